@@ -1,0 +1,37 @@
+# zapd: every target works on a fresh machine; it builds .venv and installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench venv deps-system clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Integration tests talk to a real mosquitto broker; install Debian's when it is missing.
+deps-system:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/zapd demo --hours 24
+
+test: $(STAMP) deps-system
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check zapd drivers fallback cloud_sync cloud tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
