@@ -1,0 +1,83 @@
+"""The fallback ladder: what the site does when it has no fresh plan, as pure functions.
+
+Rungs, from best to safest:
+  1. PLAN             a valid plan with a slot for now, and the link is fine: execute the slot.
+  2. CACHED_PLAN      link down or plan past its refresh time: keep executing cached slots.
+  3. SELF_CONSUMPTION no cached slot for now: local rules (charge from surplus, cover import,
+                      never below reserve (the envelope enforces it), no grid charging).
+  4. SAFE_HOLD        the meter or a battery reading is stale: battery idle, EV at minimum,
+                      never the last setpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+
+from zapd.model import Intent, IntentMode, Plan
+from zapd.state import Snapshot
+
+
+class Rung(IntEnum):
+    PLAN = 1
+    CACHED_PLAN = 2
+    SELF_CONSUMPTION = 3
+    SAFE_HOLD = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    rung: Rung
+    intent: Intent
+    reason: str
+
+
+HOLD = Intent(mode=IntentMode.HOLD, battery_w=0.0)
+
+
+def choose(now: datetime, plan: Plan | None, plan_fresh: bool, snapshot: Snapshot) -> Decision:
+    """Pick the rung and its intent. `plan_fresh` is false when the link is down or the plan is overdue."""
+    if snapshot.grid_w is None:
+        return Decision(Rung.SAFE_HOLD, HOLD, "meter reading stale or missing")
+    stale = [b.der_id for b in snapshot.batteries.values() if b.soc is None or b.power_w is None]
+    if stale:
+        return Decision(Rung.SAFE_HOLD, HOLD, f"battery reading stale or missing: {', '.join(sorted(stale))}")
+    slot = None
+    if plan is not None and now < plan.valid_until:
+        slot = plan.slot_at(now)
+    if slot is not None:
+        if plan_fresh:
+            return Decision(Rung.PLAN, slot.intent, f"plan v{plan.version if plan else 0} slot {slot.start:%H:%M}")
+        return Decision(
+            Rung.CACHED_PLAN, slot.intent, f"cached plan v{plan.version if plan else 0}: link down or plan overdue"
+        )
+    if plan is None:
+        reason = "no plan"
+    elif now >= plan.valid_until:
+        reason = f"plan v{plan.version} expired"
+    else:
+        reason = f"plan v{plan.version} has no slot for now"
+    return Decision(Rung.SELF_CONSUMPTION, Intent(mode=IntentMode.SELF_CONSUMPTION), reason)
+
+
+def self_consumption_w(snapshot: Snapshot) -> float:
+    """Battery total that zeroes the grid: charge from surplus, discharge to cover import.
+
+    Never charges from the grid: the result is at most the PV surplus. Returns 0 when the
+    state is unknown (the ladder should have chosen SAFE_HOLD then anyway).
+    """
+    battery_now = snapshot.battery_total_w()
+    if snapshot.grid_w is None or battery_now is None:
+        return 0.0
+    base_w = snapshot.grid_w - battery_now  # + import without the battery
+    return -base_w
+
+
+def resolve_battery_w(intent: Intent, snapshot: Snapshot) -> float:
+    """The site battery total an intent asks for, before the envelope."""
+    if intent.mode is IntentMode.HOLD:
+        return 0.0
+    if intent.mode is IntentMode.SELF_CONSUMPTION or intent.battery_w is None:
+        return self_consumption_w(snapshot)
+    return intent.battery_w

@@ -1,0 +1,223 @@
+"""The daemon's TOML configuration, validated into typed structures at start.
+
+pydantic (not msgspec) validates the config because it reports *every* problem in one pass
+with its location, so `zapd config check` can print one `file: key.path: reason` line per
+problem; msgspec stops at the first error. msgspec stays the choice for the hot wire formats.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/zapd/zapd.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteConfig(_Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    phases: Literal[1, 3] = 3
+    voltage_v: float = Field(default=230.0, gt=0, le=480)
+    fuse_a: float = Field(gt=0, le=1000, description="main fuse rating per phase")
+    max_export_w: float | None = Field(default=None, ge=0, description="grid export limit; None = fuse")
+
+    @property
+    def fuse_limit_w(self) -> float:
+        return self.fuse_a * self.voltage_v * self.phases
+
+
+class ControlConfig(_Strict):
+    tick_s: float = Field(default=10.0, gt=0, le=3600)
+    refresh_s: float = Field(default=60.0, gt=0, le=3600, description="re-write an unchanged setpoint")
+    deadband_w: float = Field(default=50.0, ge=0, le=10_000)
+    fuse_margin: float = Field(default=0.95, gt=0, le=1)
+
+
+class StoreConfig(_Strict):
+    state_dir: Path = Path("/var/lib/zapd")
+    retention_days: float = Field(default=30.0, gt=0, le=3650)
+    retention_mb: float = Field(default=512.0, gt=0)
+
+
+class PlanConfig(_Strict):
+    file: Path | None = None
+
+
+class CloudConfig(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    public_key: str = Field(min_length=40, description="the cloud's Ed25519 public key, base64")
+    upload_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    plan_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    batch_max: int = Field(default=5000, ge=1, le=100_000)
+
+
+class BatteryLimits(_Strict):
+    capacity_wh: float | None = Field(default=None, gt=0)
+    max_charge_w: float | None = Field(default=None, ge=0)
+    max_discharge_w: float | None = Field(default=None, ge=0)
+    reserve_soc: float = Field(default=0.10, ge=0, le=1)
+    max_soc: float = Field(default=1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _reserve_below_max(self) -> BatteryLimits:
+        if self.reserve_soc >= self.max_soc:
+            raise ValueError("reserve_soc must be below max_soc")
+        return self
+
+
+class ModbusTcpDevice(_Strict):
+    driver: Literal["modbus_tcp"]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=247)
+    map: str = Field(min_length=1, description="register map name or path")
+    poll_s: float = Field(default=5.0, gt=0, le=3600)
+    timeout_s: float = Field(default=3.0, gt=0, le=60)
+    battery: BatteryLimits = BatteryLimits()
+
+
+class P1SerialDevice(_Strict):
+    driver: Literal["p1_serial"]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    port: str = Field(min_length=1)
+    baudrate: int = Field(default=115200, gt=0)
+    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = "5"
+    poll_s: float = Field(default=1.0, gt=0, le=3600, description="the meter's telegram interval")
+    decryption_key: str | None = None
+
+
+class P1TcpDevice(_Strict):
+    driver: Literal["p1_tcp"]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = "5"
+    poll_s: float = Field(default=1.0, gt=0, le=3600)
+    decryption_key: str | None = None
+
+
+DeviceConfig = Annotated[ModbusTcpDevice | P1SerialDevice | P1TcpDevice, Field(discriminator="driver")]
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ApiConfig(_Strict):
+    socket: Path = Path("/run/zapd/zapd.sock")
+
+
+class ZapdConfig(_Strict):
+    site: SiteConfig
+    control: ControlConfig = ControlConfig()
+    store: StoreConfig = StoreConfig()
+    plan: PlanConfig = PlanConfig()
+    cloud: CloudConfig | None = None
+    log: LogConfig = LogConfig()
+    api: ApiConfig = ApiConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_device_ids(self) -> ZapdConfig:
+        seen: set[str] = set()
+        for dev in self.devices:
+            if dev.id in seen:
+                raise ValueError(f"duplicate device id {dev.id!r}")
+            seen.add(dev.id)
+        return self
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `lines` are `file: key.path: reason`, one per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _key_path(loc: tuple[int | str, ...], data: object) -> str:
+    """Turn pydantic's location into `devices[0].port`, dropping union tag names it inserts."""
+    parts: list[str] = []
+    node: object = data
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        if isinstance(node, dict) and item not in node and item in ("modbus_tcp", "p1_serial", "p1_tcp"):
+            continue  # the discriminator branch pydantic reports, not a key the user wrote
+        parts.append(("." if parts else "") + item)
+        node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+_REASONS = {
+    "extra_forbidden": "unknown key",
+    "missing": "missing required key",
+    "union_tag_invalid": "unknown driver",
+    "union_tag_not_found": "missing required key 'driver'",
+}
+
+
+def _reason(err_type: str, msg: str, err_input: object) -> str:
+    if err_type == "union_tag_invalid":
+        name = err_input.get("driver") if isinstance(err_input, dict) else err_input
+        return f"unknown driver {name!r} (expected one of: modbus_tcp, p1_serial, p1_tcp)"
+    return _REASONS.get(err_type, msg[0].lower() + msg[1:] if msg else err_type)
+
+
+def _duplicate_ids(data: dict[str, object], source: str) -> list[str]:
+    """Checked on the raw data so a duplicate is reported even when other keys are wrong too."""
+    devices = data.get("devices")
+    if not isinstance(devices, list):
+        return []
+    lines: list[str] = []
+    first_index: dict[str, int] = {}
+    for i, dev in enumerate(devices):
+        dev_id = dev.get("id") if isinstance(dev, dict) else None
+        if not isinstance(dev_id, str):
+            continue
+        if dev_id in first_index:
+            lines.append(f"{source}: devices[{i}].id: duplicate device id {dev_id!r} (first at devices[{first_index[dev_id]}])")
+        else:
+            first_index[dev_id] = i
+    return lines
+
+
+def validate_config(data: dict[str, object], source: str) -> ZapdConfig:
+    lines = _duplicate_ids(data, source)
+    try:
+        config = ZapdConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = err["loc"]
+            reason = _reason(err["type"], err["msg"].removeprefix("Value error, "), err.get("input"))
+            if err["type"] == "union_tag_invalid" and loc:
+                loc = (*loc, "driver")
+            line = f"{source}: {_key_path(tuple(loc), data)}: {reason}"
+            if "duplicate device id" not in reason:
+                lines.append(line)
+        raise ConfigError(lines) from None
+    if lines:
+        raise ConfigError(lines)
+    return config
+
+
+def load_config(path: Path) -> ZapdConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: (file): cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: (syntax): {exc}"]) from None
+    return validate_config(data, str(path))

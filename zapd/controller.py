@@ -1,0 +1,170 @@
+"""The one writer: each cycle turns the active intent into safe device commands.
+
+Cycle = snapshot → ladder (plan slot or fallback rules) → safety envelope → write phase.
+A setpoint is written only when it moved by more than the deadband, when the refresh
+interval ran out, or when the last write failed; every write is logged in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from drivers.api import Controllable
+from fallback.policy import Decision, Rung, choose, resolve_battery_w
+from zapd.clock import Clock
+from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
+from zapd.model import BatterySetpoint, CommandResult, Plan
+from zapd.state import SiteState
+from zapd.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Written:
+    power_w: float
+    at: datetime
+    ok: bool
+
+
+@dataclass
+class ControllerStats:
+    cycles: int = 0
+    writes: int = 0
+    write_failures: int = 0
+    last_cycle_ms: float = 0.0
+    rung: Rung | None = None
+    rung_since: datetime | None = None
+    rung_reason: str = ""
+    last_setpoints: dict[str, Setpoint] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        state: SiteState,
+        store: Store,
+        batteries: list[BatteryEnvelope],
+        actuators: dict[str, Controllable],
+        site: SiteLimits,
+        tick_s: float,
+        refresh_s: float,
+        deadband_w: float,
+        plan_source: Callable[[], Plan | None],
+        plan_fresh: Callable[[], bool],
+        on_cycle: Callable[[], None] | None = None,
+        forced_rung: Callable[[], Decision | None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._state = state
+        self._store = store
+        self._batteries = batteries
+        self._actuators = actuators
+        self._site = site
+        self._tick_s = tick_s
+        self._refresh_s = refresh_s
+        self._deadband_w = deadband_w
+        self._plan_source = plan_source
+        self._plan_fresh = plan_fresh
+        self._on_cycle = on_cycle
+        self._forced_rung = forced_rung
+        self._wake = asyncio.Event()
+        self._written: dict[str, _Written] = {}
+        self.stats = ControllerStats()
+        self.cycle_listeners: list[Callable[[], Awaitable[None]]] = []
+
+    def wake(self) -> None:
+        """Run a cycle now (a new meter reading arrived) instead of waiting for the tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.cycle()
+            self._wake.clear()
+            sleeper = asyncio.ensure_future(self._clock.sleep(self._tick_s))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    def decide(self, now: datetime) -> tuple[Decision, list[Setpoint]]:
+        snapshot = self._state.snapshot(now)
+        forced = self._forced_rung() if self._forced_rung else None
+        decision = forced or choose(now, self._plan_source(), self._plan_fresh(), snapshot)
+        requested = resolve_battery_w(decision.intent, snapshot)
+        setpoints = clamp_batteries(requested, snapshot, self._batteries, self._site, self._tick_s)
+        return decision, setpoints
+
+    async def cycle(self) -> None:
+        started = time.perf_counter()
+        now = self._clock.now()
+        decision, setpoints = self.decide(now)
+        await self._note_rung(now, decision)
+        results: list[tuple[CommandResult, str]] = []
+        for sp in setpoints:
+            if not self._needs_write(sp, now):
+                continue
+            actuator = self._actuators.get(sp.der_id)
+            if actuator is None:
+                continue
+            result = await actuator.apply(BatterySetpoint(der_id=sp.der_id, power_w=sp.power_w))
+            self._written[sp.der_id] = _Written(sp.power_w, now, result.ok)
+            self.stats.writes += 1
+            if not result.ok:
+                self.stats.write_failures += 1
+            results.append((result, sp.clamped_reason))
+        if results:
+            await self._store.log_commands(now, results)
+        self.stats.last_setpoints = {sp.der_id: sp for sp in setpoints}
+        self.stats.cycles += 1
+        self.stats.last_cycle_ms = (time.perf_counter() - started) * 1000
+        if self._on_cycle is not None:
+            self._on_cycle()
+        for listener in self.cycle_listeners:
+            await listener()
+
+    def _needs_write(self, sp: Setpoint, now: datetime) -> bool:
+        prev = self._written.get(sp.der_id)
+        if prev is None or not prev.ok:
+            return True
+        if (now - prev.at).total_seconds() >= self._refresh_s:
+            return True
+        moved = abs(sp.power_w - prev.power_w)
+        # Always honour a move to exactly idle, and any move past the deadband.
+        return moved > self._deadband_w or (sp.power_w == 0.0 and prev.power_w != 0.0)
+
+    async def _note_rung(self, now: datetime, decision: Decision) -> None:
+        """Log and store each transition once, with its reason (no log flood on every cycle)."""
+        if decision.rung == self.stats.rung:
+            self.stats.rung_reason = decision.reason
+            return
+        log.info(
+            "fallback_rung_changed",
+            rung=decision.rung.name.lower(),
+            previous=self.stats.rung.name.lower() if self.stats.rung else None,
+            reason=decision.reason,
+        )
+        self.stats.rung = decision.rung
+        self.stats.rung_since = now
+        self.stats.rung_reason = decision.reason
+        await self._store.add_event(now, "fallback", f"{decision.rung.name.lower()}: {decision.reason}")
+
+    async def safe_mode(self) -> None:
+        """Put every controllable device in its safe state; each bounded by its own timeout."""
+        for der_id, actuator in self._actuators.items():
+            try:
+                await asyncio.wait_for(actuator.safe_mode(), timeout=5.0)
+            except TimeoutError:
+                log.warning("safe_mode_timeout", der_id=der_id)
+            except Exception as exc:  # one device failing must not stop the others going safe
+                log.warning("safe_mode_failed", der_id=der_id, error=str(exc))

@@ -1,0 +1,132 @@
+"""The safety envelope: the last word before any command leaves the daemon.
+
+Whatever the plan or the rules asked for, the setpoints that come out of `clamp_batteries`
+respect, in this order: an unknown battery holds (0 W); device power limits; the reserve
+and maximum SoC (including the energy one tick can move); the site's fuse limit computed
+from the live meter reading. A request the envelope cannot honour is cut down and the
+reason is recorded, so the command log and the cloud see what was changed and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from zapd.state import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryEnvelope:
+    """A battery's hard limits as the controller knows them (config overrides nameplate)."""
+
+    der_id: str
+    capacity_wh: float
+    max_charge_w: float
+    max_discharge_w: float
+    reserve_soc: float
+    max_soc: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLimits:
+    fuse_limit_w: float  # already multiplied by the safety margin
+    fuse_a: float  # per phase, already multiplied by the margin
+    voltage_v: float
+    phases: int
+    max_export_w: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Setpoint:
+    der_id: str
+    power_w: float
+    clamped_reason: str  # "" when the request passed unchanged
+
+
+def _fuse_headroom_w(snapshot: Snapshot, site: SiteLimits, battery_now_w: float) -> float | None:
+    """Extra import the batteries may add on top of the site *without* them; None if the meter is unknown."""
+    if snapshot.grid_w is None:
+        return None
+    base_w = snapshot.grid_w - battery_now_w  # the site as if the batteries were idle
+    headroom = site.fuse_limit_w - base_w
+    if snapshot.phase_currents_a:
+        # Batteries are assumed to spread evenly over the site's phases; the worst phase decides.
+        battery_per_phase_a = battery_now_w / (site.voltage_v * site.phases)
+        worst_base_a = max(snapshot.phase_currents_a) - battery_per_phase_a
+        headroom = min(headroom, (site.fuse_a - worst_base_a) * site.voltage_v * site.phases)
+    return headroom
+
+
+def _export_floor_w(snapshot: Snapshot, site: SiteLimits, battery_now_w: float) -> float | None:
+    """Lowest battery total that keeps export within the limit; None if no limit or meter unknown."""
+    if site.max_export_w is None or snapshot.grid_w is None:
+        return None
+    base_w = snapshot.grid_w - battery_now_w
+    return -site.max_export_w - base_w
+
+
+def _split(total_w: float, rooms: Mapping[str, float]) -> dict[str, float]:
+    """Share a total across batteries in proportion to each one's room in that direction."""
+    room_sum = sum(rooms.values())
+    if room_sum <= 0:
+        return dict.fromkeys(rooms, 0.0)
+    share = min(1.0, abs(total_w) / room_sum)
+    sign = 1.0 if total_w >= 0 else -1.0
+    return {k: sign * share * v for k, v in rooms.items()}
+
+
+def clamp_batteries(
+    requested_total_w: float,
+    snapshot: Snapshot,
+    batteries: list[BatteryEnvelope],
+    site: SiteLimits,
+    tick_s: float,
+) -> list[Setpoint]:
+    """Turn a site-level battery request into per-battery setpoints that are safe to send."""
+    hours = max(tick_s, 1.0) / 3600
+    charge_room: dict[str, float] = {}
+    discharge_room: dict[str, float] = {}
+    reasons: dict[str, list[str]] = {b.der_id: [] for b in batteries}
+    battery_now_w = 0.0
+    for b in batteries:
+        view = snapshot.batteries.get(b.der_id)
+        if view is None or view.soc is None or view.power_w is None:
+            charge_room[b.der_id] = discharge_room[b.der_id] = 0.0
+            reasons[b.der_id].append("battery state unknown: hold")
+            continue
+        battery_now_w += view.power_w
+        soc = view.soc
+        # Energy that may still move before the next decision without crossing the SoC bounds.
+        up_w = max(0.0, (b.max_soc - soc) * b.capacity_wh / hours)
+        down_w = max(0.0, (soc - b.reserve_soc) * b.capacity_wh / hours)
+        charge_room[b.der_id] = min(b.max_charge_w, up_w)
+        discharge_room[b.der_id] = min(b.max_discharge_w, down_w)
+
+    total = requested_total_w
+    max_total = sum(charge_room.values())
+    min_total = -sum(discharge_room.values())
+    site_reason = ""
+    if total > max_total:
+        total, site_reason = max_total, "device limit or max SoC"
+    elif total < min_total:
+        total, site_reason = min_total, "device limit or reserve SoC"
+
+    floor = _export_floor_w(snapshot, site, battery_now_w)
+    if floor is not None and total < floor:
+        total, site_reason = min(floor, max_total), "export limit"
+    headroom = _fuse_headroom_w(snapshot, site, battery_now_w)
+    if headroom is None:
+        if total > 0:
+            total, site_reason = 0.0, "meter unknown: no charging"
+    elif total > headroom:
+        # A negative headroom means the site alone is over the fuse: discharge to help, within the reserve.
+        total, site_reason = max(min_total, headroom), "fuse limit"
+
+    per = _split(total, charge_room if total >= 0 else discharge_room)
+    out = []
+    for b in batteries:
+        why = list(reasons[b.der_id])
+        if site_reason and abs(total - requested_total_w) > 1e-6:
+            why.append(site_reason)
+        out.append(Setpoint(b.der_id, per[b.der_id], "; ".join(why)))
+    return out

@@ -1,0 +1,108 @@
+"""Latest reading per DER, and the snapshot the controller acts on.
+
+Stale is unknown (evcc dsmr meter, Home Assistant dsmr): a reading older than three poll
+periods of its device is absent from the snapshot, so no decision is taken on an old value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from zapd.model import PHASE_CURRENT_A, POWER_W, SOC, DerKind, Reading
+
+STALE_AFTER_POLLS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryView:
+    der_id: str
+    soc: float | None
+    power_w: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What is known *now*. None = unknown (missing or stale)."""
+
+    ts: datetime
+    grid_w: float | None
+    phase_currents_a: tuple[float, ...] | None
+    pv_w: float | None
+    batteries: dict[str, BatteryView] = field(default_factory=dict)
+    ev_w: dict[str, float | None] = field(default_factory=dict)
+
+    def battery_total_w(self) -> float | None:
+        """Sum of the batteries' actual power, None if any is unknown."""
+        total = 0.0
+        for b in self.batteries.values():
+            if b.power_w is None:
+                return None
+            total += b.power_w
+        return total
+
+
+class SiteState:
+    """Holds the newest reading of each DER; the daemon's one place for "what is the site doing"."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, Reading] = {}
+        self._poll_s: dict[str, float] = {}
+        self._kinds: dict[str, DerKind] = {}
+
+    def register(self, der_id: str, kind: DerKind, poll_s: float) -> None:
+        """Declare a DER so it shows up (as unknown) before its first reading."""
+        self._poll_s[der_id] = poll_s
+        self._kinds[der_id] = kind
+
+    def update(self, reading: Reading) -> None:
+        prev = self._latest.get(reading.der_id)
+        if prev is not None and reading.ts < prev.ts:
+            return  # out of order: keep the newer one
+        self._latest[reading.der_id] = reading
+        self._kinds.setdefault(reading.der_id, reading.kind)
+
+    def latest(self) -> dict[str, Reading]:
+        return dict(self._latest)
+
+    def age_s(self, der_id: str, now: datetime) -> float | None:
+        r = self._latest.get(der_id)
+        return None if r is None else (now - r.ts).total_seconds()
+
+    def is_fresh(self, der_id: str, now: datetime) -> bool:
+        r = self._latest.get(der_id)
+        if r is None:
+            return False
+        limit = STALE_AFTER_POLLS * self._poll_s.get(der_id, 10.0)
+        age = (now - r.ts).total_seconds()
+        return -limit <= age <= limit
+
+    def fresh(self, der_id: str, now: datetime) -> Reading | None:
+        return self._latest.get(der_id) if self.is_fresh(der_id, now) else None
+
+    def snapshot(self, now: datetime) -> Snapshot:
+        grid_w: float | None = None
+        phases: tuple[float, ...] | None = None
+        pv_w: float | None = None
+        batteries: dict[str, BatteryView] = {}
+        evs: dict[str, float | None] = {}
+        meters = 0
+        for der_id, kind in self._kinds.items():
+            r = self.fresh(der_id, now)
+            vals = r.values if r is not None else {}
+            if kind is DerKind.METER:
+                meters += 1
+                if POWER_W in vals:
+                    grid_w = (grid_w or 0.0) + vals[POWER_W]
+                    currents = tuple(vals[k] for k in PHASE_CURRENT_A if k in vals)
+                    phases = currents or None
+            elif kind is DerKind.PV:
+                if POWER_W in vals:
+                    pv_w = (pv_w or 0.0) + vals[POWER_W]
+            elif kind is DerKind.BATTERY:
+                batteries[der_id] = BatteryView(der_id, vals.get(SOC), vals.get(POWER_W))
+            elif kind is DerKind.EV_CHARGER:
+                evs[der_id] = vals.get(POWER_W)
+        if meters > 1:
+            phases = None  # per-phase sums across meters are not meaningful
+        return Snapshot(now, grid_w, phases, pv_w, batteries, evs)
