@@ -88,7 +88,7 @@ class P1SerialDevice(_Strict):
     driver: Literal["p1_serial"]
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     port: str = Field(min_length=1)
-    baudrate: int = Field(default=115200, gt=0)
+    baudrate: int | None = Field(default=None, gt=0, description="None = what the DSMR version prescribes")
     dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = "5"
     poll_s: float = Field(default=1.0, gt=0, le=3600, description="the meter's telegram interval")
     decryption_key: str | None = None

@@ -63,7 +63,7 @@ def pv_power_w(ts: datetime, peak_w: float, cloudiness: float = 0.0) -> float:
     if not sunrise < hour < sunset:
         return 0.0
     x = (hour - sunrise) / (sunset - sunrise)
-    return peak_w * math.sin(math.pi * x) ** 1.5 * (1.0 - 0.7 * cloudiness)
+    return float(peak_w * math.sin(math.pi * x) ** 1.5 * (1.0 - 0.7 * cloudiness))
 
 
 def load_power_w(ts: datetime, scale: float = 1.0) -> float:

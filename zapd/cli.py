@@ -1,0 +1,134 @@
+"""`zapd`: the daemon and its set-up commands (see ARCHITECTURE.md, Contracts: CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zapd.config import DEFAULT_CONFIG_PATH, ConfigError, ZapdConfig, load_config
+
+EXIT_BAD_CONFIG = 2
+
+
+def _load_or_report(path: Path) -> ZapdConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return None
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load_or_report(Path(args.path))
+    if config is None:
+        return EXIT_BAD_CONFIG
+    print(f"{args.path}: ok ({len(config.devices)} devices, site {config.site.id})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from zapd.clock import SystemClock
+    from zapd.daemon import Daemon
+    from zapd.logs import configure
+
+    config = _load_or_report(Path(args.config))
+    if config is None:
+        return EXIT_BAD_CONFIG
+    configure(config.log.level)
+    return asyncio.run(Daemon(config, SystemClock()).run())
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from cloud_sync.keys import KeyFileExistsError, generate_keypair, public_key_b64
+
+    try:
+        verify_key = generate_keypair(Path(args.state_dir), force=args.force)
+    except KeyFileExistsError as exc:
+        print(f"zapd keygen: {exc}", file=sys.stderr)
+        return 1
+    print(public_key_b64(verify_key))
+    return 0
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    from cloud_sync.keys import KeyFileError, load_signing_key, public_key_b64, zap_key_path
+
+    path = zap_key_path(Path(args.state_dir))
+    try:
+        key = load_signing_key(path)
+    except KeyFileError as exc:
+        hint = "; run 'zapd keygen' first" if not path.exists() else ""
+        print(f"zapd keys show: {exc}{hint}", file=sys.stderr)
+        return 1
+    print(public_key_b64(key.verify_key))
+    return 0
+
+
+def cmd_devices_scan(args: argparse.Namespace) -> int:
+    from zapd.scan import scan
+
+    config = _load_or_report(Path(args.config))
+    if config is None:
+        return EXIT_BAD_CONFIG
+    return asyncio.run(scan(config, as_json=args.json))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zapd.demo import run_demo
+
+    return run_demo(hours=args.hours, speed=args.speed, out_dir=Path(args.out), quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zapd", description="zapd: edge energy management daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    run.set_defaults(func=cmd_run)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file without starting anything")
+    check.add_argument("path")
+    check.set_defaults(func=cmd_config_check)
+
+    keygen = sub.add_parser("keygen", help="create the Zap's Ed25519 key pair")
+    keygen.add_argument("--state-dir", default="/var/lib/zapd")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
+    keygen.set_defaults(func=cmd_keygen)
+
+    keys = sub.add_parser("keys", help="key tools")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    show = keys_sub.add_parser("show", help="print the Zap's public key")
+    show.add_argument("--state-dir", default="/var/lib/zapd")
+    show.set_defaults(func=cmd_keys_show)
+
+    devices = sub.add_parser("devices", help="device tools")
+    dev_sub = devices.add_subparsers(dest="devices_command", required=True)
+    scan = dev_sub.add_parser("scan", help="list the devices found at the configured endpoints")
+    scan.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    scan.add_argument("--json", action="store_true")
+    scan.set_defaults(func=cmd_devices_scan)
+
+    demo = sub.add_parser("demo", help="run a whole simulated site on loopback")
+    demo.add_argument("--hours", type=float, default=24.0)
+    demo.add_argument("--speed", type=float, default=0.0, help="clock speed-up (0 = fit the run in ~45 s)")
+    demo.add_argument("--out", default="demo-out", help="folder for the plot, database and config")
+    demo.add_argument("--quiet", action="store_true", help="no daemon logs")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""`zapd run`: wires config, store, drivers, controller and the supervisor into one process.
+
+Shutdown on SIGTERM/SIGINT: stop the tasks, put controllable devices in their safe mode
+(shielded and time-limited), flush queued telemetry to the store, tell systemd, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from zapd.clock import Clock
+from zapd.config import ZapdConfig
+from zapd.controller import Controller
+from zapd.devices import DeviceSet, build_devices
+from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.model import DerKind, Plan, Reading
+from zapd.sdnotify import Notifier
+from zapd.state import SiteState
+from zapd.store import Store
+from zapd.supervisor import Supervisor
+
+log = structlog.get_logger(__name__)
+
+TELEMETRY_FLUSH_S = 1.0  # real seconds: one transaction (one fsync) per second at most
+SAFE_MODE_TIMEOUT_S = 10.0
+
+
+class TelemetryWriter:
+    """Queues readings from the drivers and appends them to the outbox in batches."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: list[Reading] = []
+        self.written = 0
+
+    def add(self, reading: Reading) -> None:
+        self._pending.append(reading)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self._store.append_readings(batch)
+        except Exception:
+            self._pending[:0] = batch  # keep them for the next try (e.g. disk full)
+            raise
+        self.written += len(batch)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(TELEMETRY_FLUSH_S)
+            await self.flush()
+
+
+class LocalPlanFile:
+    """A plan from a JSON file (until the cloud supplies one); reloaded when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._mtime: float | None = None
+        self.plan: Plan | None = None
+        self.rejected = 0
+
+    def poll(self) -> Plan | None:
+        try:
+            mtime = self._path.stat().st_mtime
+        except OSError:
+            return self.plan
+        if mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                plan = msgspec.json.decode(self._path.read_bytes(), type=Plan)
+            except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self.rejected += 1
+                log.warning("plan_file_rejected", path=str(self._path), error=str(exc))
+                return self.plan
+            if self.plan is None or plan.version >= self.plan.version:
+                self.plan = plan
+                log.info("plan_loaded", path=str(self._path), version=plan.version, slots=len(plan.slots))
+        return self.plan
+
+
+def battery_envelopes(devices: DeviceSet) -> list[BatteryEnvelope]:
+    """Config limits override the nameplate the driver probed; missing both means "cannot move"."""
+    caps = {c.der_id: c for d in devices.drivers for c in d.capabilities()}
+    out = []
+    for der_id, limits in devices.battery_limits.items():
+        cap = caps.get(der_id)
+        out.append(
+            BatteryEnvelope(
+                der_id=der_id,
+                capacity_wh=limits.capacity_wh or (cap.capacity_wh if cap else 0.0),
+                max_charge_w=min(
+                    x for x in (limits.max_charge_w, cap.max_charge_w if cap else None) if x is not None
+                )
+                if (limits.max_charge_w is not None or cap is not None)
+                else 0.0,
+                max_discharge_w=min(
+                    x for x in (limits.max_discharge_w, cap.max_discharge_w if cap else None) if x is not None
+                )
+                if (limits.max_discharge_w is not None or cap is not None)
+                else 0.0,
+                reserve_soc=limits.reserve_soc,
+                max_soc=limits.max_soc,
+            )
+        )
+    return out
+
+
+def site_limits(config: ZapdConfig) -> SiteLimits:
+    margin = config.control.fuse_margin
+    return SiteLimits(
+        fuse_limit_w=config.site.fuse_limit_w * margin,
+        fuse_a=config.site.fuse_a * margin,
+        voltage_v=config.site.voltage_v,
+        phases=config.site.phases,
+        max_export_w=config.site.max_export_w,
+    )
+
+
+class Daemon:
+    def __init__(self, config: ZapdConfig, clock: Clock, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.state = SiteState()
+        self.supervisor = Supervisor()
+        self.devices = build_devices(config, clock)
+        self.plan_file = LocalPlanFile(config.plan.file) if config.plan.file else None
+        self.store: Store | None = None
+        self.controller: Controller | None = None
+        self.telemetry: TelemetryWriter | None = None
+        self.readings_in = 0
+        self._stop = asyncio.Event()
+        self.extra_tasks: dict[str, Callable[[], object]] = {}
+
+    @property
+    def db_path(self) -> Path:
+        return self.config.store.state_dir / "zapd.sqlite"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _sink(self, reading: Reading) -> None:
+        self.readings_in += 1
+        self.state.update(reading)
+        if self.telemetry is not None:
+            self.telemetry.add(reading)
+        if reading.kind is DerKind.METER and self.controller is not None:
+            self.controller.wake()
+
+    def current_plan(self) -> Plan | None:
+        return self.plan_file.poll() if self.plan_file else None
+
+    def _on_cycle(self) -> None:
+        self.notifier.ready(status="controlling")
+        self.notifier.watchdog()
+
+    async def _retention(self) -> None:
+        assert self.store is not None
+        while True:
+            cutoff = self.clock.now() - timedelta(days=self.config.store.retention_days)
+            # Budget by bytes: ~150 B per stored reading.
+            max_rows = int(self.config.store.retention_mb * 1024 * 1024 / 150)
+            dropped = await self.store.enforce_retention(cutoff, max_rows)
+            if dropped:
+                log.warning("telemetry_dropped_by_retention", count=dropped)
+            await asyncio.sleep(60)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        self.store = await Store.open(self.db_path)
+        self.telemetry = TelemetryWriter(self.store)
+        for der_id, kind in self.devices.kinds.items():
+            self.state.register(der_id, kind, self.devices.poll_s[der_id])
+        self.controller = Controller(
+            clock=self.clock,
+            state=self.state,
+            store=self.store,
+            batteries=battery_envelopes(self.devices),
+            actuators=self.devices.actuators,
+            site=site_limits(self.config),
+            tick_s=self.config.control.tick_s,
+            refresh_s=self.config.control.refresh_s,
+            deadband_w=self.config.control.deadband_w,
+            plan_source=self.current_plan,
+            plan_fresh=lambda: True,
+            on_cycle=self._on_cycle,
+        )
+        log.info(
+            "zapd_starting",
+            site=self.config.site.id,
+            devices=[d.name for d in self.devices.drivers],
+            db=str(self.db_path),
+        )
+        for driver in self.devices.drivers:
+            self.supervisor.add(f"driver:{driver.name}", lambda d=driver: d.run(self._sink))  # type: ignore[misc]
+        self.supervisor.add("controller", self._run_controller)
+        self.supervisor.add("telemetry_writer", self.telemetry.run)
+        self.supervisor.add("retention", self._retention)
+        sup_task = asyncio.create_task(self.supervisor.run(), name="supervisor")
+        stop_task = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({sup_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            log.info("zapd_stopping")
+            self.notifier.stopping()
+            sup_task.cancel()
+            stop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sup_task
+            await asyncio.shield(self._shutdown())
+        return 0
+
+    async def _run_controller(self) -> None:
+        assert self.controller is not None
+        await self.controller.run()
+
+    async def _shutdown(self) -> None:
+        """Bounded cleanup: safe devices first, then the data."""
+        if self.controller is not None:
+            try:
+                await asyncio.wait_for(self.controller.safe_mode(), SAFE_MODE_TIMEOUT_S)
+            except TimeoutError:
+                log.error("safe_mode_timeout")
+        if self.telemetry is not None:
+            try:
+                await self.telemetry.flush()
+            except Exception as exc:
+                log.error("telemetry_flush_failed", error=str(exc))
+        if self.store is not None:
+            await self.store.close()
+        log.info("zapd_stopped")

@@ -1,0 +1,337 @@
+"""`zapd demo`: a whole simulated site on loopback, driven by the real daemon.
+
+The simulated inverter/battery is a pymodbus server on 127.0.0.1, the meter writes DSMR v5
+telegrams into a real pty, and `zapd run`'s Daemon drives them on a shared fast clock. The
+plan comes from the optimizer (a local file, as a Zap without a cloud would have it). The
+summary is computed from the simulator's ground truth, not from what the daemon believes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from drivers.sim.modbus_server import start_modbus_sim
+from drivers.sim.p1_pty import SimP1Pty
+from drivers.sim.physics import BatteryModel, SimSite, load_power_w, pv_power_w
+from zapd.clock import ScaledClock
+from zapd.config import validate_config
+from zapd.daemon import Daemon
+from zapd.model import Intent, IntentMode, Plan, PlanSlot
+
+DEMO_START = datetime(2026, 6, 21, 0, 0, tzinfo=UTC)
+DEMO_WALL_S = 40.0
+PHYSICS_STEP_S = 10.0
+SAMPLE_S = 300.0
+SLOT_MIN = 15
+EXPORT_PRICE = 0.07
+RESERVE_SOC = 0.10
+
+# An example dynamic tariff (EUR/kWh incl. taxes) by hour: cheap night and solar noon, dear evening.
+_PRICE_BY_HOUR = [
+    0.24, 0.23, 0.22, 0.22, 0.23, 0.26, 0.31, 0.36, 0.33, 0.27, 0.21, 0.17,
+    0.15, 0.15, 0.17, 0.21, 0.27, 0.36, 0.42, 0.40, 0.35, 0.30, 0.27, 0.25,
+]
+
+
+def import_price(ts: datetime) -> float:
+    return _PRICE_BY_HOUR[ts.hour]
+
+
+@dataclass
+class Trace:
+    ts: list[datetime] = field(default_factory=list)
+    soc: list[float] = field(default_factory=list)
+    grid_w: list[float] = field(default_factory=list)
+    pv_w: list[float] = field(default_factory=list)
+    load_w: list[float] = field(default_factory=list)
+    battery_w: list[float] = field(default_factory=list)
+
+
+def build_plan(site: SimSite, start: datetime, hours: float) -> tuple[Plan | None, str]:
+    """Optimize the simulated day with a perfect forecast; None if the optimizer is not installed."""
+    try:
+        from cloud.optimizer import solve
+        from cloud.optimizer_io import Battery, Grid, Problem
+    except ImportError:
+        return None, "optimizer not installed (pip install zapd[cloud]): self-consumption rules only"
+    steps = math.ceil(hours * 60 / SLOT_MIN)
+    mids = [start + timedelta(minutes=SLOT_MIN * (i + 0.5)) for i in range(steps)]
+    b = site.battery
+    problem = Problem(
+        start=start,
+        step_minutes=SLOT_MIN,
+        import_price=[import_price(t) for t in mids],
+        export_price=[EXPORT_PRICE] * steps,
+        load_kw=[load_power_w(t, site.load_scale) / 1000 for t in mids],
+        pv_kw=[pv_power_w(t, site.pv_peak_w, site.cloudiness) / 1000 for t in mids],
+        battery=Battery(
+            capacity_kwh=b.capacity_wh / 1000,
+            soc_initial=b.soc,
+            soc_min=RESERVE_SOC + 0.02,
+            soc_max=0.98,
+            max_charge_kw=b.max_charge_w / 1000,
+            max_discharge_kw=b.max_discharge_w / 1000,
+            charge_efficiency=b.charge_efficiency,
+            discharge_efficiency=b.discharge_efficiency,
+            cycle_cost_per_kwh=0.02,
+        ),
+        grid=Grid(max_import_kw=17.0, max_export_kw=10.0),
+    )
+    solution = solve(problem)
+    if solution.status != "optimal":
+        return None, f"optimizer: {solution.status} {solution.message or ''}"
+    slots = tuple(
+        PlanSlot(
+            start=start + timedelta(minutes=SLOT_MIN * i),
+            end=start + timedelta(minutes=SLOT_MIN * (i + 1)),
+            intent=Intent(
+                mode=IntentMode.SETPOINT,
+                battery_w=round((solution.battery_charge_kw[i] - solution.battery_discharge_kw[i]) * 1000, 1),
+            ),
+        )
+        for i in range(steps)
+    )
+    plan = Plan(
+        site_id="demo",
+        version=1,
+        issued_at=start,
+        valid_until=start + timedelta(hours=hours),
+        slots=slots,
+    )
+    return plan, f"optimizer: optimal in {solution.solve_ms:.1f} ms, planned cost {solution.cost:.2f} EUR"
+
+
+def demo_config(out: Path, modbus_port: int, p1_port: str, plan_file: Path | None) -> dict[str, object]:
+    config: dict[str, object] = {
+        "site": {"id": "demo", "phases": 3, "fuse_a": 25.0, "max_export_w": 10_000.0},
+        "control": {"tick_s": 60.0, "refresh_s": 300.0, "deadband_w": 50.0},
+        "store": {"state_dir": str(out / "state")},
+        "api": {"socket": str(out / "zapd.sock")},
+        "log": {"level": "warning"},
+        "devices": [
+            {
+                "driver": "modbus_tcp",
+                "id": "inverter",
+                "host": "127.0.0.1",
+                "port": modbus_port,
+                "unit_id": 1,
+                "map": "sim_hybrid",
+                "poll_s": 30.0,
+                "timeout_s": 2.0,
+                "battery": {"reserve_soc": RESERVE_SOC},
+            },
+            {"driver": "p1_serial", "id": "meter", "port": p1_port, "poll_s": 30.0},
+        ],
+    }
+    if plan_file is not None:
+        config["plan"] = {"file": str(plan_file)}
+    return config
+
+
+async def _physics(site: SimSite, clock: ScaledClock, trace: Trace, end: datetime) -> None:
+    next_sample = clock.now()
+    while True:
+        now = clock.now()
+        site.step(min(now, end), import_price(now), EXPORT_PRICE)
+        if now >= next_sample:
+            trace.ts.append(now)
+            trace.soc.append(site.battery.soc)
+            trace.grid_w.append(site.grid_w)
+            trace.pv_w.append(site.pv_w)
+            trace.load_w.append(site.load_w)
+            trace.battery_w.append(site.battery.power_w)
+            next_sample = now + timedelta(seconds=SAMPLE_S)
+        await clock.sleep(PHYSICS_STEP_S)
+
+
+async def run_site(hours: float, speed: float, out: Path, quiet: bool) -> dict[str, object]:
+    from zapd.logs import configure
+
+    configure("error" if quiet else "warning")
+    out.mkdir(parents=True, exist_ok=True)
+    state_db = out / "state" / "zapd.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{state_db}{suffix}").unlink(missing_ok=True)
+    site = SimSite(battery=BatteryModel(capacity_wh=10_000, soc=0.5, max_charge_w=5_000, max_discharge_w=5_000))
+    plan, plan_note = build_plan(site, DEMO_START, hours)
+    plan_file = None
+    if plan is not None:
+        plan_file = out / "plan.json"
+        plan_file.write_bytes(msgspec.json.encode(plan))
+    speed = speed if speed > 0 else hours * 3600 / DEMO_WALL_S
+    modbus = await start_modbus_sim(site)
+    meter = SimP1Pty(site)
+    config_dict = demo_config(out, modbus.port, meter.port, plan_file)
+    (out / "zapd.toml").write_text(_to_toml(config_dict))
+    config = validate_config(config_dict, str(out / "zapd.toml"))
+    clock = ScaledClock(DEMO_START, speed)
+    site.step(clock.now())
+    trace = Trace()
+    end = DEMO_START + timedelta(hours=hours)
+    daemon = Daemon(config, clock)
+    wall0 = time.monotonic()
+    tasks = [
+        asyncio.create_task(_physics(site, clock, trace, end)),
+        asyncio.create_task(meter.run(clock, interval_s=10.0)),
+    ]
+    daemon_task = asyncio.create_task(daemon.run())
+    try:
+        await clock.sleep((end - clock.now()).total_seconds())
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(daemon_task, 30)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await modbus.stop()
+        meter.close()
+    site.step(end, import_price(end), EXPORT_PRICE)
+    wall = time.monotonic() - wall0
+    return await _summarize(site, trace, daemon, state_db, plan_note, hours, wall, out)
+
+
+async def _summarize(
+    site: SimSite, trace: Trace, daemon: Daemon, db: Path, plan_note: str, hours: float, wall: float, out: Path
+) -> dict[str, object]:
+    from zapd.store import Store
+
+    c = site.counters
+    store = await Store.open(db)
+    try:
+        events = await store.events("fallback", limit=10_000)
+        commands = await store.recent_commands(limit=100_000)
+        stored = await store.last_seq()
+    finally:
+        await store.close()
+    balance_in = c.pv_wh + c.import_wh + c.discharge_wh
+    balance_out = c.load_wh + c.charge_wh + c.export_wh
+    summary: dict[str, object] = {
+        "hours": hours,
+        "wall_s": round(wall, 1),
+        "plan": plan_note,
+        "import_kwh": c.import_wh / 1000,
+        "export_kwh": c.export_wh / 1000,
+        "pv_kwh": c.pv_wh / 1000,
+        "load_kwh": c.load_wh / 1000,
+        "charge_kwh": c.charge_wh / 1000,
+        "discharge_kwh": c.discharge_wh / 1000,
+        "self_consumption": (c.pv_wh - c.export_wh) / c.pv_wh if c.pv_wh else 0.0,
+        "baseline_self_consumption": (c.pv_wh - c.baseline_export_wh) / c.pv_wh if c.pv_wh else 0.0,
+        "battery_cycles": c.discharge_wh / site.battery.capacity_wh,
+        "cost_eur": c.cost,
+        "baseline_cost_eur": c.baseline_cost,
+        "baseline_import_kwh": c.baseline_import_wh / 1000,
+        "baseline_export_kwh": c.baseline_export_wh / 1000,
+        "balance_error": abs(balance_in - balance_out) / max(balance_in, 1e-9),
+        "final_soc": site.battery.soc,
+        "min_soc": min(trace.soc, default=site.battery.soc),
+        "fallback_transitions": [e.detail for e in reversed(events)],
+        "commands": len(commands),
+        "readings_stored": stored,
+    }
+    _plot(trace, out / "demo.png")
+    summary["plot"] = str(out / "demo.png")
+    return summary
+
+
+def _plot(trace: Trace, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    ax1.plot(trace.ts, [w / 1000 for w in trace.grid_w], label="grid (+import) kW")
+    ax1.plot(trace.ts, [w / 1000 for w in trace.pv_w], label="PV kW")
+    ax1.plot(trace.ts, [w / 1000 for w in trace.load_w], label="load kW")
+    ax1.plot(trace.ts, [w / 1000 for w in trace.battery_w], label="battery (+charge) kW")
+    ax1.set_ylabel("kW")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.plot(trace.ts, [s * 100 for s in trace.soc], color="tab:purple", label="battery SoC %")
+    ax2.axhline(RESERVE_SOC * 100, color="tab:red", linestyle="--", label="reserve")
+    ax2.set_ylabel("SoC %")
+    ax2.set_ylim(0, 100)
+    ax2.legend(loc="upper left", fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.suptitle("zapd demo: simulated site")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _to_toml(data: dict[str, object]) -> str:
+    """Enough TOML for the demo's own config (tables, arrays of tables, scalars)."""
+
+    def scalar(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines: list[str] = []
+
+    def table(prefix: str, tbl: dict[str, object], array: bool = False) -> None:
+        lines.append(f"[[{prefix}]]" if array else f"[{prefix}]")
+        subtables = []
+        for k, v in tbl.items():
+            if isinstance(v, dict):
+                subtables.append((k, v))
+            else:
+                lines.append(f"{k} = {scalar(v)}")
+        for k, v in subtables:
+            table(f"{prefix}.{k}", v)
+        lines.append("")
+
+    for key, value in data.items():
+        if isinstance(value, dict):
+            table(key, value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    table(key, item, array=True)
+    return "\n".join(lines)
+
+
+def format_summary(s: dict[str, object]) -> str:
+    def f(key: str, fmt: str = "{:.2f}") -> str:
+        v = s[key]
+        return fmt.format(v) if isinstance(v, float | int) else str(v)
+
+    rows = [
+        ("simulated hours", f("hours", "{:.1f}"), f"{s['wall_s']} s wall"),
+        ("plan", str(s["plan"]), ""),
+        ("PV produced", f("pv_kwh") + " kWh", ""),
+        ("load consumed", f("load_kwh") + " kWh", ""),
+        ("grid import", f("import_kwh") + " kWh", f"without battery {f('baseline_import_kwh')} kWh"),
+        ("grid export", f("export_kwh") + " kWh", f"without battery {f('baseline_export_kwh')} kWh"),
+        ("self-consumption", f("self_consumption", "{:.1%}"), f"without battery {f('baseline_self_consumption', '{:.1%}')}"),
+        ("battery charged/discharged", f"{f('charge_kwh')} / {f('discharge_kwh')} kWh", f"{f('battery_cycles')} cycles"),
+        ("battery SoC final / min", f"{f('final_soc', '{:.1%}')} / {f('min_soc', '{:.1%}')}", f"reserve {RESERVE_SOC:.0%}"),
+        ("energy cost", f("cost_eur") + " EUR", f"without battery {f('baseline_cost_eur')} EUR"),
+        ("savings", f"{float(s['baseline_cost_eur']) - float(s['cost_eur']):.2f} EUR", ""),  # type: ignore[arg-type]
+        ("energy balance error", f("balance_error", "{:.3%}"), "pv+import+discharge vs load+charge+export"),
+        ("commands written", f("commands", "{}"), f"readings stored {s['readings_stored']}"),
+        ("fallback transitions", str(len(s["fallback_transitions"])), "; ".join(s["fallback_transitions"])[:90]),  # type: ignore[arg-type]
+        ("plot", str(s["plot"]), ""),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)
+
+
+def run_demo(*, hours: float, speed: float, out_dir: Path, quiet: bool = False) -> int:
+    summary = asyncio.run(run_site(hours, speed, out_dir, quiet))
+    print(format_summary(summary))
+    return 0
