@@ -29,7 +29,7 @@ SPECIFICATIONS: dict[str, dict[str, Any]] = {
     "SAGEMCOM_T210_D_R": specs.SAGEMCOM_T210_D_R,
 }
 
-_SCALE = {"kw": 1000.0, "w": 1.0, "kwh": 1000.0, "wh": 1.0, "a": 1.0}
+_SCALE = {"kw": 1000, "w": 1, "kwh": 1000, "wh": 1, "a": 1}
 
 
 def specification_for(dsmr_version: str, *, encrypted: bool = False) -> dict[str, Any]:
@@ -43,21 +43,24 @@ def specification_for(dsmr_version: str, *, encrypted: bool = False) -> dict[str
         raise ValueError(f"unknown dsmr_version {dsmr_version!r} (known: {known})") from None
 
 
-def _number(telegram: Any, name: str) -> float | None:
-    """A register in base units (W, Wh, A), or None when the meter does not send it."""
+def _number(telegram: Any, name: str) -> Decimal | None:
+    """A register in base units (W, Wh, A), or None when the meter does not send it.
+
+    Decimal until the end, so 1.001 kWh + 1.001 kWh is exactly 2002 Wh.
+    """
     obj = getattr(telegram, name, None)
     if obj is None:
         return None
     value = getattr(obj, "value", None)
-    if not isinstance(value, Decimal | int | float):
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
         return None
     unit = str(getattr(obj, "unit", "") or "").lower()
-    return float(value) * _SCALE.get(unit, 1.0)
+    return Decimal(value) * _SCALE.get(unit, 1)
 
 
-def _sum(telegram: Any, names: list[str]) -> float | None:
+def _sum(telegram: Any, names: list[str]) -> Decimal | None:
     parts = [v for v in (_number(telegram, n) for n in names) if v is not None]
-    return sum(parts) if parts else None
+    return sum(parts, Decimal(0)) if parts else None
 
 
 def meter_values(telegram: Any) -> dict[str, float]:
@@ -74,7 +77,7 @@ def meter_values(telegram: Any) -> dict[str, float]:
         if phase_pos is None and phase_neg is None:
             raise ValueError("telegram has no active power")
         used, delivered = phase_pos, phase_neg
-    values: dict[str, float] = {POWER_W: (used or 0.0) - (delivered or 0.0)}
+    values: dict[str, float] = {POWER_W: float((used or 0) - (delivered or 0))}
 
     # Tariff registers when the meter has them (NL/BE), else the totals (SE, LU, Q3D).
     imp = _sum(telegram, [f"ELECTRICITY_USED_TARIFF_{i}" for i in (1, 2, 3, 4)])
@@ -84,9 +87,9 @@ def meter_values(telegram: Any) -> dict[str, float]:
     if exp is None:
         exp = _number(telegram, "ELECTRICITY_EXPORTED_TOTAL")
     if imp is not None:
-        values[IMPORT_WH] = imp
+        values[IMPORT_WH] = float(imp)
     if exp is not None:
-        values[EXPORT_WH] = exp
+        values[EXPORT_WH] = float(exp)
 
     for i, key in enumerate(PHASE_CURRENT_A, start=1):
         current = _number(telegram, f"INSTANTANEOUS_CURRENT_L{i}")
@@ -95,6 +98,6 @@ def meter_values(telegram: Any) -> dict[str, float]:
         # Meters print current unsigned; the phase's export register gives the direction.
         pos = _number(telegram, f"INSTANTANEOUS_ACTIVE_POWER_L{i}_POSITIVE")
         neg = _number(telegram, f"INSTANTANEOUS_ACTIVE_POWER_L{i}_NEGATIVE")
-        exporting = neg is not None and neg > (pos or 0.0)
-        values[key] = -abs(current) if exporting else abs(current)
+        exporting = neg is not None and neg > (pos or 0)
+        values[key] = float(-abs(current) if exporting else abs(current))
     return values

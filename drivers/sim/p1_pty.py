@@ -18,6 +18,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import structlog
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from drivers.sim.physics import SimSite
 from zapd.clock import Clock
@@ -47,6 +48,32 @@ def frame_telegram(header: str, lines: list[str], *, bad_crc: bool = False) -> b
     if bad_crc:
         crc ^= 0x5A5A
     return raw + f"{crc:04X}\r\n".encode("ascii")
+
+
+# The fixed, published DLMS authentication key of every Luxembourg Smarty meter (Luxmetering P1 spec 3.2.5).
+SMARTY_AUTHENTICATION_KEY = "00112233445566778899AABBCCDDEEFF"
+_GGC_TAG = 0xDB
+_SECURITY_CONTROL = 0x30  # suite 0, authenticated and encrypted
+
+
+def encrypt_telegram(
+    plain: bytes,
+    encryption_key: str,
+    *,
+    authentication_key: str = SMARTY_AUTHENTICATION_KEY,
+    system_title: bytes = b"SAGSIM01",
+    invocation_counter: int = 1,
+) -> bytes:
+    """Wrap a telegram in a DLMS general-global-cipher frame (AES-GCM, 12-byte tag) as Smarty meters do."""
+    if len(system_title) != 8:
+        raise ValueError("system_title must be 8 bytes")
+    iv = system_title + invocation_counter.to_bytes(4, "big")
+    enc = Cipher(algorithms.AES(bytes.fromhex(encryption_key)), modes.GCM(iv)).encryptor()
+    enc.authenticate_additional_data(bytes([_SECURITY_CONTROL]) + bytes.fromhex(authentication_key))
+    ciphertext = enc.update(plain) + enc.finalize()
+    payload = bytes([_SECURITY_CONTROL]) + invocation_counter.to_bytes(4, "big") + ciphertext + enc.tag[:12]
+    head = bytes([_GGC_TAG, len(system_title)]) + system_title + b"\x82" + len(payload).to_bytes(2, "big")
+    return head + payload
 
 
 def dsmr_timestamp(ts: datetime, tz: ZoneInfo = AMSTERDAM) -> str:
@@ -152,8 +179,11 @@ class TelegramSource:
         split_chunks: bool = False,
         step_site: bool = False,
         seed: int | None = None,
+        encryption_key: str | None = None,
     ) -> None:
         self.site = site
+        # Set: send every telegram encrypted like a Luxembourg Smarty meter (dsmr_version "5L" + key).
+        self.encryption_key = encryption_key
         self.builder = builder or TelegramBuilder()
         self.split_chunks = split_chunks
         self.step_site = step_site
@@ -175,7 +205,10 @@ class TelegramSource:
         bad = self._bad_crc_pending > 0
         if bad:
             self._bad_crc_pending -= 1
-        data = b"".join(self._garbage) + self.builder.build(self.site, now, bad_crc=bad)
+        telegram = self.builder.build(self.site, now, bad_crc=bad)
+        if self.encryption_key is not None:
+            telegram = encrypt_telegram(telegram, self.encryption_key, invocation_counter=self.sent + 1)
+        data = b"".join(self._garbage) + telegram
         self._garbage.clear()
         self.sent += 1
         if not self.split_chunks:
@@ -200,8 +233,16 @@ class SimP1Pty(TelegramSource):
         split_chunks: bool = False,
         step_site: bool = False,
         seed: int | None = None,
+        encryption_key: str | None = None,
     ) -> None:
-        super().__init__(site, builder, split_chunks=split_chunks, step_site=step_site, seed=seed)
+        super().__init__(
+            site,
+            builder,
+            split_chunks=split_chunks,
+            step_site=step_site,
+            seed=seed,
+            encryption_key=encryption_key,
+        )
         self._master, self._slave = os.openpty()
         # Raw: no echo, no CR/LF translation, so the driver reads exactly the bytes written.
         tty.setraw(self._master)
@@ -262,8 +303,16 @@ class SimP1Tcp(TelegramSource):
         split_chunks: bool = False,
         step_site: bool = False,
         seed: int | None = None,
+        encryption_key: str | None = None,
     ) -> None:
-        super().__init__(site, builder, split_chunks=split_chunks, step_site=step_site, seed=seed)
+        super().__init__(
+            site,
+            builder,
+            split_chunks=split_chunks,
+            step_site=step_site,
+            seed=seed,
+            encryption_key=encryption_key,
+        )
         self.host = "127.0.0.1"
         self.port = 0
         self.connections = 0

@@ -38,7 +38,9 @@ class Sink:
 
 async def _until(cond: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT_S):
-        while not cond():
+        while True:
+            if cond():
+                return
             await asyncio.sleep(0.01)
 
 
