@@ -1,0 +1,365 @@
+"""The HTTP API of `zapcloud serve` (see docs/wire.md for the contract).
+
+Every request from a Zap is authenticated before anything in it is parsed: the key id
+header selects the site's registered key, the signature is checked over the exact
+(decompressed) body bytes, and only then is the JSON decoded. All state is in the
+database, so any number of workers can serve the same sites.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+from nacl.signing import SigningKey, VerifyKey
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cloud.server.db import Database, PlanVersionConflictError, SiteKeyConflictError, SiteRecord
+from cloud.server.metrics import Metrics
+from cloud.server.service import publish_plan, register_site
+from cloud_sync.keys import key_id, load_verify_key_b64
+from cloud_sync.wire import (
+    HEADER_KEY_ID,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    MAX_BODY_BYTES,
+    GapError,
+    TelemetryAck,
+    WireError,
+    decode_batch,
+    decode_discovery,
+    decode_plan,
+    encode,
+    etag,
+    gunzip_limited,
+    if_none_match_hits,
+    verify_body,
+    verify_request,
+)
+
+log = structlog.get_logger("zapcloud.api")
+
+ADMIN_TOKEN_ENV = "ZAPCLOUD_ADMIN_TOKEN"
+# Bounds one request end to end (slow client body + database); past it the answer is 503.
+REQUEST_TIMEOUT_S = 30.0
+HEALTH_TIMEOUT_S = 2.0
+
+
+class SiteRegistration(msgspec.Struct, frozen=True, kw_only=True):
+    site_id: str
+    public_key: str
+    assets: Any = None
+    tariff: Any = None
+
+
+class ApiError(Exception):
+    """A refused request: status, a stable machine-readable reason, and a human detail."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        detail: str = "",
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {reason}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.body = body
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    db: Database
+    signing_key: SigningKey
+    key_id: str
+    admin_token: str | None
+    clock: Callable[[], datetime]
+    metrics: Metrics
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(
+    db_url: str,
+    signing_key: SigningKey,
+    *,
+    admin_token: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Starlette:
+    """Build the ASGI app. `admin_token` defaults to $ZAPCLOUD_ADMIN_TOKEN (unset: no admin auth)."""
+    if admin_token is None:
+        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    ctx = _Context(
+        db=Database(db_url),
+        signing_key=signing_key,
+        key_id=key_id(signing_key),
+        admin_token=admin_token,
+        clock=clock or (lambda: datetime.now(UTC)),
+        metrics=Metrics(),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await ctx.db.create_schema()
+        if ctx.admin_token is None:
+            log.warning("admin_auth_disabled", hint=f"set {ADMIN_TOKEN_ENV} to protect admin endpoints")
+        try:
+            yield
+        finally:
+            await ctx.db.dispose()
+
+    def ep(name: str, fn: Callable[[_Context, Request], Awaitable[Response]]) -> Handler:
+        return _guarded(ctx, name, fn)
+
+    routes = [
+        Route("/healthz", ep("healthz", _healthz), methods=["GET"]),
+        Route("/metrics", ep("metrics", _metrics), methods=["GET"]),
+        Route("/v1/sites", ep("register", _register), methods=["POST"]),
+        Route("/v1/sites/{site_id}/telemetry", ep("telemetry", _telemetry), methods=["POST"]),
+        Route("/v1/sites/{site_id}/discovery", ep("discovery", _discovery), methods=["POST"]),
+        Route("/v1/sites/{site_id}/plan", ep("plan_get", _plan_get), methods=["GET"]),
+        Route("/v1/sites/{site_id}/plan", ep("plan_put", _plan_put), methods=["PUT"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.db = ctx.db
+    app.state.metrics = ctx.metrics
+    return app
+
+
+def _guarded(ctx: _Context, name: str, fn: Callable[[_Context, Request], Awaitable[Response]]) -> Handler:
+    """Turn refusals, timeouts and database failures into counted, logged HTTP answers."""
+
+    async def handler(request: Request) -> Response:
+        site_id = request.path_params.get("site_id")
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                response = await fn(ctx, request)
+        except ApiError as exc:
+            ctx.metrics.reject(name, exc.reason)
+            log.info(
+                "request_rejected",
+                endpoint=name,
+                site_id=site_id,
+                status=exc.status,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+            body = exc.body if exc.body is not None else encode({"error": exc.reason, "detail": exc.detail})
+            return Response(body, status_code=exc.status, media_type="application/json", headers=exc.headers)
+        except TimeoutError:
+            ctx.metrics.reject(name, "timeout")
+            log.warning("request_timeout", endpoint=name, site_id=site_id)
+            return _json({"error": "timeout", "detail": "request took too long"}, 503)
+        except SQLAlchemyError as exc:
+            ctx.metrics.reject(name, "database")
+            log.error("database_error", endpoint=name, site_id=site_id, error=type(exc).__name__)
+            return _json({"error": "database", "detail": "database unavailable"}, 503)
+        ctx.metrics.accept(name)
+        return response
+
+    return handler
+
+
+def _json(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(encode(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+# --- request plumbing -------------------------------------------------------------------
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, size-capped, with Content-Encoding undone: the bytes the Zap signed."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > MAX_BODY_BYTES:
+                raise ApiError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+        except ValueError:
+            raise ApiError(400, "bad_request", "bad Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding == "gzip":
+        try:
+            return gunzip_limited(raw)
+        except WireError as exc:
+            raise ApiError(400, "bad_encoding", str(exc)) from None
+    raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} (use gzip or none)")
+
+
+async def _site_for_key(ctx: _Context, request: Request, site_id: str) -> tuple[SiteRecord, VerifyKey]:
+    """The site's registered key, if the request names it; 401 otherwise (never says which)."""
+    kid = request.headers.get(HEADER_KEY_ID)
+    if not kid:
+        raise ApiError(401, "missing_key_id", f"{HEADER_KEY_ID} header required")
+    site = await ctx.db.get_site(site_id)
+    if site is None or not hmac.compare_digest(site.key_id.encode(), kid.strip().encode()):
+        raise ApiError(401, "unknown_key", "key id not registered for this site")
+    return site, load_verify_key_b64(site.public_key)
+
+
+async def _signed_body(ctx: _Context, request: Request, site_id: str) -> tuple[SiteRecord, bytes]:
+    body = await _read_body(request)
+    site, verify_key = await _site_for_key(ctx, request, site_id)
+    signature = request.headers.get(HEADER_SIGNATURE)
+    if not signature:
+        raise ApiError(401, "missing_signature", f"{HEADER_SIGNATURE} header required")
+    if not verify_body(verify_key, body, signature):
+        raise ApiError(401, "bad_signature", "signature does not match the body")
+    return site, body
+
+
+def _require_admin(ctx: _Context, request: Request) -> None:
+    if ctx.admin_token is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    good = hmac.compare_digest(token.strip().encode(), ctx.admin_token.encode())
+    if scheme.lower() != "bearer" or not good:
+        raise ApiError(
+            401, "admin_auth", "admin bearer token required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+# --- endpoints --------------------------------------------------------------------------
+
+
+async def _healthz(ctx: _Context, _request: Request) -> Response:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            await ctx.db.ping()
+    except (TimeoutError, SQLAlchemyError):
+        raise ApiError(503, "unhealthy", "database unreachable") from None
+    return _json({"status": "ok", "cloud_key_id": ctx.key_id})
+
+
+async def _metrics(ctx: _Context, _request: Request) -> Response:
+    return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def _register(ctx: _Context, request: Request) -> Response:
+    _require_admin(ctx, request)
+    body = await _read_body(request)
+    try:
+        reg = msgspec.json.decode(body, type=SiteRegistration)
+    except msgspec.DecodeError as exc:
+        raise ApiError(422, "malformed", f"malformed registration: {exc}") from None
+    try:
+        kid = await register_site(
+            ctx.db, reg.site_id, reg.public_key, assets=reg.assets, tariff=reg.tariff, now=ctx.clock()
+        )
+    except ValueError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    except SiteKeyConflictError as exc:
+        raise ApiError(409, "key_conflict", str(exc)) from None
+    log.info("site_registered", site_id=reg.site_id, key_id=kid)
+    return _json({"site_id": reg.site_id, "key_id": kid}, 201)
+
+
+async def _telemetry(ctx: _Context, request: Request) -> Response:
+    site_id = request.path_params["site_id"]
+    _site, body = await _signed_body(ctx, request, site_id)
+    try:
+        batch = decode_batch(body)
+    except WireError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    if batch.site_id != site_id:
+        raise ApiError(422, "site_mismatch", f"batch is for site {batch.site_id!r}, URL says {site_id!r}")
+    result = await ctx.db.ingest_telemetry(batch)
+    if not result.accepted:
+        raise ApiError(
+            409,
+            "gap",
+            f"batch starts at {batch.first_seq}; re-send from {result.stored_through + 1}",
+            body=encode(GapError(error="gap", stored_through=result.stored_through)),
+        )
+    return _json(TelemetryAck(stored_through=result.stored_through))
+
+
+async def _discovery(ctx: _Context, request: Request) -> Response:
+    site_id = request.path_params["site_id"]
+    _site, body = await _signed_body(ctx, request, site_id)
+    try:
+        report = decode_discovery(body)
+    except WireError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    if report.site_id != site_id:
+        raise ApiError(422, "site_mismatch", f"report is for site {report.site_id!r}, URL says {site_id!r}")
+    await ctx.db.replace_der_models(report, now=ctx.clock())
+    return _json({"ders": len(report.ders)})
+
+
+async def _plan_get(ctx: _Context, request: Request) -> Response:
+    site_id = request.path_params["site_id"]
+    # A GET has no body: the Zap signs method, path and a timestamp instead (docs/wire.md).
+    _site, verify_key = await _site_for_key(ctx, request, site_id)
+    problem = verify_request(
+        verify_key,
+        "GET",
+        request.url.path,
+        request.headers.get(HEADER_TIMESTAMP),
+        request.headers.get(HEADER_SIGNATURE),
+        now=ctx.clock(),
+    )
+    if problem is not None:
+        raise ApiError(401, problem, "request signature or timestamp not accepted")
+    plan = await ctx.db.latest_plan(site_id)
+    if plan is None or plan.valid_until <= ctx.clock():
+        raise ApiError(404, "no_plan", "no current plan for this site")
+    tag = etag(plan.version)
+    if if_none_match_hits(request.headers.get("if-none-match"), plan.version):
+        return Response(status_code=304, headers={"ETag": tag})
+    headers = {
+        "ETag": tag,
+        HEADER_SIGNATURE: plan.signature,
+        HEADER_KEY_ID: ctx.key_id,
+        "Cache-Control": "no-cache",
+    }
+    return Response(plan.body, media_type="application/json", headers=headers)
+
+
+async def _plan_put(ctx: _Context, request: Request) -> Response:
+    _require_admin(ctx, request)
+    site_id = request.path_params["site_id"]
+    body = await _read_body(request)
+    try:
+        plan = decode_plan(body)
+    except WireError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    if plan.site_id != site_id:
+        raise ApiError(422, "site_mismatch", f"plan is for site {plan.site_id!r}, URL says {site_id!r}")
+    try:
+        await publish_plan(ctx.db, ctx.signing_key, plan, now=ctx.clock())
+    except WireError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    except LookupError as exc:
+        raise ApiError(404, "unknown_site", str(exc)) from None
+    except PlanVersionConflictError as exc:
+        raise ApiError(409, "version_conflict", str(exc)) from None
+    log.info("plan_published", site_id=site_id, version=plan.version)
+    return _json({"site_id": site_id, "version": plan.version}, headers={"ETag": etag(plan.version)})

@@ -1,0 +1,36 @@
+"""Request counters for `GET /metrics` (Prometheus text format).
+
+These are the one piece of process state: counters are per worker by nature, and a
+Prometheus scrape of each worker sums them, so keeping them out of the DB loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.rejected: Counter[tuple[str, str]] = Counter()
+        self.accepted: Counter[str] = Counter()
+
+    def reject(self, endpoint: str, reason: str) -> None:
+        self.rejected[(endpoint, reason)] += 1
+
+    def accept(self, endpoint: str) -> None:
+        self.accepted[endpoint] += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP zapcloud_requests_rejected_total Requests refused, by endpoint and reason.",
+            "# TYPE zapcloud_requests_rejected_total counter",
+        ]
+        for (endpoint, reason), n in sorted(self.rejected.items()):
+            lines.append(f'zapcloud_requests_rejected_total{{endpoint="{endpoint}",reason="{reason}"}} {n}')
+        lines += [
+            "# HELP zapcloud_requests_accepted_total Requests served successfully, by endpoint.",
+            "# TYPE zapcloud_requests_accepted_total counter",
+        ]
+        for endpoint, n in sorted(self.accepted.items()):
+            lines.append(f'zapcloud_requests_accepted_total{{endpoint="{endpoint}"}} {n}')
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,362 @@
+"""Wire formats between the Zap and the cloud, and the signing rules around them.
+
+Shared by the edge (uploader, plan fetcher) and the cloud endpoint so that both sides
+encode, sign and verify with the same code. docs/wire.md is the human description.
+
+Signatures are Ed25519, detached, over the EXACT uncompressed body bytes. Signing the
+uncompressed bytes keeps the signature independent of transport choices (a proxy may
+re-encode, the gzip header carries an mtime, compression levels differ) and lets the
+receiver verify before it parses JSON; the cost is that the receiver gunzips before it
+verifies, so gunzip is size-capped (`gunzip_limited`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import zlib
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal
+
+import msgspec
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from cloud_sync.keys import key_id
+from zapd.model import Command, DerCapabilities, DerKind, Plan, Quality
+
+HEADER_KEY_ID: Final = "X-Zap-Key-Id"
+HEADER_SIGNATURE: Final = "X-Zap-Signature"
+HEADER_TIMESTAMP: Final = "X-Zap-Timestamp"
+
+# Caps that keep a hostile or buggy peer from exhausting memory. Both sides use them: the
+# uploader sizes its batches below them, the server rejects anything above them.
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+MAX_BATCH_READINGS: Final = 10_000
+# How far the timestamp of a signed GET may be from the server's clock.
+MAX_REQUEST_SKEW_S: Final = 300.0
+
+_SIGNATURE_BYTES: Final = 64
+
+SiteId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Seq = Annotated[int, msgspec.Meta(ge=1)]
+UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class WireReading(msgspec.Struct, frozen=True, kw_only=True):
+    """A Reading plus its outbox sequence number, which makes re-sending idempotent."""
+
+    seq: Seq
+    der_id: str
+    kind: DerKind
+    ts: UtcDatetime
+    values: dict[str, float]
+    quality: Quality = Quality.GOOD
+
+
+class CommandReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What the controller asked a device to do and what came of it, for the cloud's audit."""
+
+    ts: UtcDatetime
+    der_id: str
+    command: Command
+    result: str  # "ok" or a short failure reason
+    clamped_reason: str | None = None  # set when the safety envelope changed the intent
+
+
+class TelemetryBatch(msgspec.Struct, frozen=True, kw_only=True):
+    site_id: SiteId
+    first_seq: Seq
+    last_seq: Seq
+    readings: list[WireReading]
+    commands: list[CommandReport] = msgspec.field(default_factory=list)
+    # The Zap declares that its outbox dropped everything up to this seq (retention), so the
+    # server must accept first_seq == lost_through + 1 despite the gap. None: nothing lost.
+    lost_through: int | None = None
+
+
+class TelemetryAck(msgspec.Struct, frozen=True, kw_only=True):
+    stored_through: int
+
+
+class GapError(msgspec.Struct, frozen=True, kw_only=True):
+    """409 body: the Zap must re-send from stored_through + 1."""
+
+    error: str
+    stored_through: int
+
+
+class DiscoveryReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The full set of DERs the Zap found; it replaces the previous set for the site."""
+
+    site_id: SiteId
+    ders: list[DerCapabilities]
+
+
+class SignedPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """The plan exactly as signed, so the edge can cache it and re-verify it after a restart."""
+
+    body: bytes
+    signature: str  # base64
+
+
+class WireError(ValueError):
+    """A body that is well-formed JSON but breaks a rule of the format (reported as 422)."""
+
+
+PlanRejectReason = Literal["unsigned", "bad_signature", "malformed", "wrong_site", "stale_version", "expired"]
+
+
+class PlanRejected(Exception):
+    def __init__(self, reason: PlanRejectReason, detail: str = "") -> None:
+        super().__init__(f"plan rejected: {reason}" + (f": {detail}" if detail else ""))
+        self.reason: PlanRejectReason = reason
+        self.detail = detail
+
+
+_batch_decoder = msgspec.json.Decoder(TelemetryBatch)
+_discovery_decoder = msgspec.json.Decoder(DiscoveryReport)
+_plan_decoder = msgspec.json.Decoder(Plan)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: object) -> bytes:
+    return _encoder.encode(obj)
+
+
+# --- signatures -------------------------------------------------------------------------
+
+
+def sign_body(key: SigningKey, body: bytes) -> dict[str, str]:
+    """Headers that authenticate `body` (the uncompressed bytes) as coming from `key`."""
+    signature = key.sign(body).signature
+    return {HEADER_KEY_ID: key_id(key), HEADER_SIGNATURE: base64.b64encode(signature).decode("ascii")}
+
+
+def verify_body(verify_key: VerifyKey, body: bytes, sig_b64: str | None) -> bool:
+    if not sig_b64:
+        return False
+    try:
+        signature = base64.b64decode(sig_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(signature) != _SIGNATURE_BYTES:
+        return False
+    try:
+        verify_key.verify(body, signature)
+    except BadSignatureError:
+        return False
+    return True
+
+
+def request_signing_bytes(method: str, path: str, timestamp: str) -> bytes:
+    """What a body-less request (GET) signs: method, path and a timestamp the server bounds.
+
+    The timestamp limits replay of a captured request to MAX_REQUEST_SKEW_S; that is enough
+    because a GET only reads, and the plan it returns is itself signed by the cloud.
+    """
+    return f"zap-request-v1\n{method.upper()}\n{path}\n{timestamp}".encode()
+
+
+def sign_request(key: SigningKey, method: str, path: str, now: datetime) -> dict[str, str]:
+    timestamp = format_ts(now)
+    headers = sign_body(key, request_signing_bytes(method, path, timestamp))
+    headers[HEADER_TIMESTAMP] = timestamp
+    return headers
+
+
+def verify_request(
+    verify_key: VerifyKey,
+    method: str,
+    path: str,
+    timestamp: str | None,
+    sig_b64: str | None,
+    *,
+    now: datetime,
+    max_skew_s: float = MAX_REQUEST_SKEW_S,
+) -> str | None:
+    """Check a signed body-less request. Returns None if good, else the rejection reason."""
+    if not timestamp:
+        return "missing_timestamp"
+    try:
+        ts = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return "bad_timestamp"
+    if ts.tzinfo is None:
+        return "bad_timestamp"
+    if abs((ts - now).total_seconds()) > max_skew_s:
+        return "stale_timestamp"
+    if not verify_body(verify_key, request_signing_bytes(method, path, timestamp), sig_b64):
+        return "bad_signature"
+    return None
+
+
+def format_ts(dt: datetime) -> str:
+    """RFC 3339 UTC with a Z, the only timestamp form the wire uses."""
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime on the wire")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- compression ------------------------------------------------------------------------
+
+
+def gzip_body(body: bytes) -> bytes:
+    # mtime=0 keeps the compressed bytes reproducible (useful in tests and for caches).
+    return gzip.compress(body, compresslevel=6, mtime=0)
+
+
+def gunzip_limited(data: bytes, limit: int = MAX_BODY_BYTES) -> bytes:
+    """Decompress gzip, refusing output above `limit` so a small bomb cannot exhaust memory."""
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise WireError(f"bad gzip body: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise WireError(f"body larger than {limit} bytes after decompression")
+    if not d.eof:
+        raise WireError("bad gzip body: truncated")
+    return out
+
+
+# --- telemetry --------------------------------------------------------------------------
+
+
+def decode_batch(body: bytes) -> TelemetryBatch:
+    """Decode and check a telemetry batch; raises WireError with a message fit for a 422."""
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        raise WireError(f"malformed telemetry batch: {exc}") from None
+    check_batch(batch)
+    return batch
+
+
+def check_batch(batch: TelemetryBatch) -> None:
+    if not batch.readings:
+        raise WireError("batch has no readings")
+    if len(batch.readings) > MAX_BATCH_READINGS:
+        raise WireError(f"batch has {len(batch.readings)} readings, more than {MAX_BATCH_READINGS}")
+    if batch.first_seq != batch.readings[0].seq or batch.last_seq != batch.readings[-1].seq:
+        raise WireError("first_seq/last_seq do not match the readings")
+    for prev, cur in zip(batch.readings, batch.readings[1:], strict=False):
+        if cur.seq != prev.seq + 1:
+            raise WireError(f"sequence numbers not contiguous: {prev.seq} then {cur.seq}")
+    if batch.lost_through is not None and batch.lost_through != batch.first_seq - 1:
+        raise WireError("lost_through must be first_seq - 1")
+
+
+def make_batch(
+    site_id: str,
+    readings: list[WireReading],
+    *,
+    commands: list[CommandReport] | None = None,
+    lost_through: int | None = None,
+) -> TelemetryBatch:
+    if not readings:
+        raise WireError("batch has no readings")
+    batch = TelemetryBatch(
+        site_id=site_id,
+        first_seq=readings[0].seq,
+        last_seq=readings[-1].seq,
+        readings=readings,
+        commands=commands or [],
+        lost_through=lost_through,
+    )
+    check_batch(batch)
+    return batch
+
+
+def decode_discovery(body: bytes) -> DiscoveryReport:
+    try:
+        return _discovery_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed discovery report: {exc}") from None
+
+
+# --- plans ------------------------------------------------------------------------------
+
+
+def encode_plan(plan: Plan) -> bytes:
+    return _encoder.encode(plan)
+
+
+def sign_plan(key: SigningKey, plan: Plan) -> SignedPlan:
+    body = encode_plan(plan)
+    return SignedPlan(body=body, signature=sign_body(key, body)[HEADER_SIGNATURE])
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def if_none_match_hits(header: str | None, version: int) -> bool:
+    """True if an If-None-Match header names `version` (so the answer is 304)."""
+    if not header:
+        return False
+    wanted = etag(version)
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == "*" or tag == wanted:
+            return True
+    return False
+
+
+def decode_plan(body: bytes) -> Plan:
+    """Decode and sanity-check a plan; raises WireError. Does not check any signature."""
+    try:
+        plan = _plan_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed plan: {exc}") from None
+    check_plan(plan)
+    return plan
+
+
+def check_plan(plan: Plan) -> None:
+    stamps = [plan.issued_at, plan.valid_until]
+    for slot in plan.slots:
+        stamps += [slot.start, slot.end]
+        if slot.end <= slot.start:
+            raise WireError(f"plan slot ends before it starts: {slot.start} .. {slot.end}")
+    if any(ts.tzinfo is None or ts.utcoffset() is None for ts in stamps):
+        raise WireError("plan has a timestamp without a UTC offset")
+    if plan.version < 1:
+        raise WireError("plan version must be >= 1")
+    if plan.valid_until <= plan.issued_at:
+        raise WireError("plan valid_until is not after issued_at")
+
+
+def verify_plan(
+    body: bytes,
+    sig_b64: str | None,
+    pinned_key: VerifyKey,
+    *,
+    site_id: str,
+    min_version_exclusive: int | None,
+    now: datetime,
+) -> Plan:
+    """Accept a plan from the cloud only if every rule holds; else raise PlanRejected.
+
+    The signature is checked before the body is parsed, so unauthenticated bytes never
+    reach the JSON decoder. `min_version_exclusive` is the version of the plan the Zap
+    already holds (None if it holds none): an equal or older version is a replay.
+    """
+    if not sig_b64:
+        raise PlanRejected("unsigned")
+    if not verify_body(pinned_key, body, sig_b64):
+        raise PlanRejected("bad_signature")
+    try:
+        plan = decode_plan(body)
+    except WireError as exc:
+        raise PlanRejected("malformed", str(exc)) from None
+    if plan.site_id != site_id:
+        raise PlanRejected("wrong_site", f"plan is for {plan.site_id!r}")
+    if min_version_exclusive is not None and plan.version <= min_version_exclusive:
+        raise PlanRejected("stale_version", f"version {plan.version} <= {min_version_exclusive}")
+    if plan.valid_until <= now:
+        raise PlanRejected("expired", f"valid_until {format_ts(plan.valid_until)}")
+    return plan
