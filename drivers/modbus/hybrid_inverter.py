@@ -1,0 +1,328 @@
+"""A hybrid inverter (PV + battery) over Modbus TCP, laid out by a register map file.
+
+The driver knows the *meaning* of a few fields (soc, powers, setpoint, remote control,
+nameplate); the map knows where they are. It refuses setpoints beyond the device's nameplate
+(the controller's envelope does site-level clamping; this is the last line that keeps a bad
+command off the wire) and never lets a device problem escape `run()` or `apply()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import structlog
+
+from drivers.api import ConfigurationError, DriverError, ReadingSink
+from drivers.modbus.backoff import Backoff
+from drivers.modbus.bus import ModbusBus, Priority
+from drivers.modbus.register_map import Field, RegisterMap, Table
+from zapd.clock import Clock
+from zapd.model import (
+    POWER_W,
+    SOC,
+    BatterySetpoint,
+    Command,
+    CommandResult,
+    DerCapabilities,
+    DerKind,
+    Reading,
+)
+
+log = structlog.get_logger(__name__)
+
+_REQUIRED = ("battery_soc", "battery_power", "pv_power", "battery_setpoint", "remote_control")
+_WRITABLE = ("battery_setpoint", "remote_control")
+_NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
+_DEFAULT_COMMAND_TIMEOUT_S = 300  # written when the map has a timeout register: device falls back on its own
+
+
+class ModbusHybridInverter:
+    """Driver + Controllable for one unit id behind a shared `ModbusBus`."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        bus: ModbusBus,
+        unit_id: int,
+        register_map: RegisterMap,
+        poll_s: float,
+        clock: Clock,
+        max_charge_w: float | None = None,
+        max_discharge_w: float | None = None,
+        capacity_wh: float | None = None,
+        backoff_max_s: float = 60.0,
+        apply_timeout_s: float = 10.0,
+        device_command_timeout_s: int = _DEFAULT_COMMAND_TIMEOUT_S,
+    ) -> None:
+        if poll_s <= 0:
+            raise ValueError("poll_s must be > 0")
+        register_map.require(*_REQUIRED, writable=_WRITABLE)
+        self._id = device_id
+        self._bus = bus
+        self._unit = unit_id
+        self._map = register_map
+        self._poll_s = poll_s
+        self._clock = clock
+        self._override = {
+            "max_charge_w": max_charge_w,
+            "max_discharge_w": max_discharge_w,
+            "capacity_wh": capacity_wh,
+        }
+        self._nameplate: dict[str, float] = {}
+        self._probed = False
+        self._backoff_max_s = max(backoff_max_s, poll_s)
+        self._apply_timeout_s = apply_timeout_s
+        self._device_command_timeout_s = device_command_timeout_s
+        self._healthy: bool | None = None
+        self._last_error = ""
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "polls",
+                "poll_errors",
+                "config_errors",
+                "probe_errors",
+                "commands",
+                "commands_refused",
+                "command_errors",
+                "safe_mode_errors",
+            ),
+            0,
+        )
+
+    # ---- identity and capabilities ----
+
+    @property
+    def name(self) -> str:
+        return self._id
+
+    @property
+    def battery_id(self) -> str:
+        return f"{self._id}.battery"
+
+    @property
+    def pv_id(self) -> str:
+        return f"{self._id}.pv"
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._healthy)
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    def _limit(self, key: str) -> float | None:
+        """Config may lower the nameplate, never raise it: the device cannot do more than it says."""
+        probed, configured = self._nameplate.get(key), self._override[key]
+        if probed is not None and configured is not None:
+            return min(probed, configured)
+        return configured if configured is not None else probed
+
+    def capabilities(self) -> list[DerCapabilities]:
+        charge, discharge = self._limit("max_charge_w"), self._limit("max_discharge_w")
+        return [
+            DerCapabilities(
+                der_id=self.battery_id,
+                kind=DerKind.BATTERY,
+                controllable=charge is not None and discharge is not None,
+                model=self._map.name,
+                max_charge_w=charge or 0.0,
+                max_discharge_w=discharge or 0.0,
+                capacity_wh=self._limit("capacity_wh") or 0.0,
+            ),
+            DerCapabilities(der_id=self.pv_id, kind=DerKind.PV, model=self._map.name),
+        ]
+
+    # ---- register access ----
+
+    async def _read_regs(self, f: Field, priority: Priority) -> list[int]:
+        if f.table is Table.INPUT:
+            return await self._bus.read_input(self._unit, f.address, f.count, priority=priority)
+        return await self._bus.read_holding(self._unit, f.address, f.count, priority=priority)
+
+    async def _scale_factor(self, f: Field, priority: Priority) -> int | None:
+        if f.scale_factor is None:
+            return None
+        sf_field = self._map.field(f.scale_factor)
+        return sf_field.decode_raw_int(await self._read_regs(sf_field, priority))
+
+    async def _read(self, name: str, priority: Priority = Priority.POLL) -> float:
+        f = self._map.field(name)
+        sf = await self._scale_factor(f, priority)
+        value = f.decode(await self._read_regs(f, priority), sf)
+        if not math.isfinite(value):
+            raise DriverError(f"{self._id}: {name} read as {value}")
+        return value
+
+    async def _write(self, name: str, value: float) -> list[int]:
+        f = self._map.field(name)
+        sf = await self._scale_factor(f, Priority.CONTROL)
+        regs = f.encode(value, sf)
+        await self._bus.write_registers(self._unit, f.address, regs, priority=Priority.CONTROL)
+        return regs
+
+    # ---- probe and poll ----
+
+    async def probe(self) -> None:
+        """Read the nameplate. A map without nameplate fields relies on the config overrides."""
+        for key in _NAMEPLATE:
+            if self._map.get(key) is None:
+                continue
+            value = await self._read(key, Priority.CONTROL)
+            if value <= 0:
+                raise DriverError(f"{self._id}: nameplate {key} read as {value}")
+            self._nameplate[key] = value
+        for key in ("max_charge_w", "max_discharge_w"):
+            probed, configured = self._nameplate.get(key), self._override[key]
+            if probed is not None and configured is not None and configured > probed:
+                log.warning(
+                    "modbus.override_above_nameplate",
+                    device=self._id,
+                    key=key,
+                    configured=configured,
+                    nameplate=probed,
+                )
+        self._probed = True
+        log.info("modbus.probed", device=self._id, unit=self._unit, **self._nameplate)
+
+    async def poll_once(self, sink: ReadingSink) -> None:
+        soc = await self._read("battery_soc")
+        battery_w = await self._read("battery_power")
+        pv_w = await self._read("pv_power")
+        ts = self._clock.now()
+        battery = {POWER_W: battery_w, SOC: soc}
+        sink(Reading(der_id=self.battery_id, kind=DerKind.BATTERY, ts=ts, values=battery))
+        sink(Reading(der_id=self.pv_id, kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}))
+        self.counters["polls"] += 1
+
+    async def run(self, sink: ReadingSink) -> None:
+        """Probe (until it works), then poll forever; device trouble means a pause, never an exit."""
+        backoff = Backoff(min(self._poll_s, 1.0), self._backoff_max_s)
+        while True:
+            try:
+                if not self._probed:
+                    await self._probe_step()
+                await self.poll_once(sink)
+            except ConfigurationError as exc:
+                # The device says our map is wrong: asking again soon will not change its mind.
+                self.counters["config_errors"] += 1
+                self._trouble(exc, config=True)
+                await self._clock.sleep(self._backoff_max_s)
+                continue
+            except DriverError as exc:
+                self.counters["poll_errors"] += 1
+                self._trouble(exc, config=False)
+                await self._clock.sleep(max(self._poll_s, backoff.next_delay()))
+                continue
+            backoff.reset()
+            self._recovered()
+            await self._clock.sleep(self._poll_s)
+
+    async def _probe_step(self) -> None:
+        try:
+            await self.probe()
+        except ConfigurationError as exc:
+            # Nameplate registers the device does not have: run on the config's limits (if any), keep polling.
+            self.counters["probe_errors"] += 1
+            log.error("modbus.probe_config_error", device=self._id, error=str(exc))
+            self._probed = True
+        except DriverError:
+            self.counters["probe_errors"] += 1
+            raise
+
+    def _trouble(self, exc: DriverError, *, config: bool) -> None:
+        msg = str(exc)
+        # Once per outage; a configuration error again when it changes (it names the register at fault).
+        if self._healthy is not False or (config and msg != self._last_error):
+            log.error(
+                "modbus.device_error",
+                device=self._id,
+                unit=self._unit,
+                error=msg,
+                kind="configuration" if config else "io",
+            )
+        self._healthy = False
+        self._last_error = msg
+
+    def _recovered(self) -> None:
+        if self._healthy is False:
+            log.info("modbus.device_recovered", device=self._id, unit=self._unit)
+        self._healthy = True
+        self._last_error = ""
+
+    # ---- control ----
+
+    def _refusal(self, command: Command) -> str | None:
+        if not isinstance(command, BatterySetpoint):
+            return f"{type(command).__name__} is not supported by {self._id}"
+        if command.der_id != self.battery_id:
+            return f"unknown DER {command.der_id!r} (this driver controls {self.battery_id!r})"
+        if not math.isfinite(command.power_w):
+            return f"setpoint {command.power_w} W is not a number"
+        charge, discharge = self._limit("max_charge_w"), self._limit("max_discharge_w")
+        if charge is None or discharge is None:
+            return "nameplate limits unknown (device not probed yet and no config override)"
+        if not -discharge <= command.power_w <= charge:
+            return f"setpoint {command.power_w:g} W outside nameplate -{discharge:g}..{charge:g} W"
+        return None
+
+    async def apply(self, command: Command) -> CommandResult:
+        self.counters["commands"] += 1
+        refusal = self._refusal(command)
+        if refusal is not None:
+            self.counters["commands_refused"] += 1
+            log.warning("modbus.command_refused", device=self._id, reason=refusal)
+            return CommandResult(command=command, ok=False, detail=refusal)
+        assert isinstance(command, BatterySetpoint)  # _refusal checked it
+        try:
+            async with asyncio.timeout(self._apply_timeout_s):
+                detail = await self._write_setpoint(command.power_w)
+        except TimeoutError:
+            detail = f"no completion within {self._apply_timeout_s:g} s"
+        except DriverError as exc:
+            detail = str(exc)
+        else:
+            if detail is None:
+                return CommandResult(command=command, ok=True, detail=f"{command.power_w:g} W read back")
+        self.counters["command_errors"] += 1
+        log.warning("modbus.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
+        return CommandResult(command=command, ok=False, detail=detail)
+
+    async def _write_setpoint(self, power_w: float) -> str | None:
+        """Returns None when the device holds the setpoint, else why not."""
+        await self._ensure_remote_control()
+        written = await self._write("battery_setpoint", power_w)
+        f = self._map.field("battery_setpoint")
+        back = await self._read_regs(f, Priority.CONTROL)
+        if back != written:
+            got = f.decode(back, await self._scale_factor(f, Priority.CONTROL))
+            return f"read back {got:g} W, wrote {power_w:g} W"
+        return None
+
+    async def _ensure_remote_control(self) -> None:
+        f = self._map.field("remote_control")
+        mode = f.decode_raw_int(await self._read_regs(f, Priority.CONTROL))
+        if mode == self._map.remote_control_on:
+            return
+        timeout_field = self._map.get("command_timeout")
+        if timeout_field is not None and timeout_field.writable:
+            await self._write("command_timeout", self._device_command_timeout_s)
+        await self._bus.write_registers(
+            self._unit, f.address, f.encode_raw_int(self._map.remote_control_on), priority=Priority.CONTROL
+        )
+        log.info("modbus.remote_control_enabled", device=self._id, unit=self._unit)
+
+    async def safe_mode(self) -> None:
+        """Battery idle. Logs instead of raising: this runs on the way out and must not mask the exit."""
+        try:
+            async with asyncio.timeout(self._apply_timeout_s):
+                problem = await self._write_setpoint(0.0)
+        except (DriverError, TimeoutError) as exc:
+            problem = str(exc) or type(exc).__name__
+        if problem is not None:
+            self.counters["safe_mode_errors"] += 1
+            log.error("modbus.safe_mode_failed", device=self._id, error=problem)
+            return
+        log.info("modbus.safe_mode", device=self._id)

@@ -1,0 +1,282 @@
+"""Vendor register maps as data files: a map says where a value lives and how to read it.
+
+Keeping the layout in TOML (drivers/modbus/maps/*.toml) means a new inverter model is a
+reviewed data file, not new code. Values crossing this module's API are in zapd units
+(W, Wh, SoC fraction 0..1, seconds, zapd sign conventions); the map's `unit`, `scale`,
+`scale_factor` and `invert` describe how the device differs.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from drivers.modbus.bus import RegisterType, decode_registers, encode_registers
+
+MAPS_DIR = Path(__file__).parent / "maps"
+
+WordOrder = Literal["big", "little"]
+
+
+class RegisterMapError(ValueError):
+    """A map file is unreadable or inconsistent; the message names the file and the field."""
+
+
+class Table(StrEnum):
+    HOLDING = "holding"
+    INPUT = "input"
+
+
+class DataType(StrEnum):
+    U16 = "u16"
+    S16 = "s16"
+    U32 = "u32"
+    S32 = "s32"
+    FLOAT32 = "float32"
+
+
+_REGISTER_TYPE = {
+    DataType.U16: RegisterType.UINT16,
+    DataType.S16: RegisterType.INT16,
+    DataType.U32: RegisterType.UINT32,
+    DataType.S32: RegisterType.INT32,
+    DataType.FLOAT32: RegisterType.FLOAT32,
+}
+_WIDTH = {DataType.U16: 1, DataType.S16: 1, DataType.U32: 2, DataType.S32: 2, DataType.FLOAT32: 2}
+_INT_RANGE = {
+    DataType.U16: (0, 0xFFFF),
+    DataType.S16: (-0x8000, 0x7FFF),
+    DataType.U32: (0, 0xFFFF_FFFF),
+    DataType.S32: (-0x8000_0000, 0x7FFF_FFFF),
+}
+# Device unit -> factor to zapd's unit. "%" becomes a fraction because SoC is 0..1 everywhere in zapd.
+_UNIT_TO_ZAPD = {"": 1.0, "W": 1.0, "kW": 1000.0, "Wh": 1.0, "kWh": 1000.0, "%": 0.01, "s": 1.0}
+
+_FIELD_KEYS = {
+    "address",
+    "table",
+    "type",
+    "scale",
+    "scale_factor",
+    "unit",
+    "writable",
+    "invert",
+    "word_order",
+    "description",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Field:
+    name: str
+    address: int
+    table: Table
+    dtype: DataType
+    scale: float = 1.0
+    # Name of another field holding a power-of-ten exponent (SunSpec *_SF style), read alongside.
+    scale_factor: str | None = None
+    unit: str = ""
+    writable: bool = False
+    # The device counts the other way round from zapd (e.g. + = discharging).
+    invert: bool = False
+    word_order: WordOrder = "big"
+    description: str = ""
+
+    @property
+    def count(self) -> int:
+        return _WIDTH[self.dtype]
+
+    def _factor(self, sf: int | None) -> float:
+        if self.scale_factor is not None and sf is None:
+            raise ValueError(f"field {self.name!r} needs the value of scale factor {self.scale_factor!r}")
+        f = self.scale * _UNIT_TO_ZAPD[self.unit] * (10.0 ** (sf or 0))
+        return -f if self.invert else f
+
+    def decode(self, registers: list[int], sf: int | None = None) -> float:
+        """Raw registers -> value in zapd units."""
+        if len(registers) != self.count:
+            raise ValueError(f"field {self.name!r} is {self.count} register(s), got {len(registers)}")
+        raw = decode_registers(registers, _REGISTER_TYPE[self.dtype], self.word_order)
+        return float(raw) * self._factor(sf)
+
+    def decode_raw_int(self, registers: list[int]) -> int:
+        """For scale-factor and mode registers, which are plain integers with no scaling."""
+        raw = decode_registers(registers, _REGISTER_TYPE[self.dtype], self.word_order)
+        return int(raw)
+
+    def encode(self, value: float, sf: int | None = None) -> list[int]:
+        """Value in zapd units -> registers; ValueError when the device type cannot hold it."""
+        if not math.isfinite(value):
+            raise ValueError(f"field {self.name!r}: {value} is not a finite number")
+        raw = value / self._factor(sf)
+        if self.dtype is DataType.FLOAT32:
+            return encode_registers(raw, _REGISTER_TYPE[self.dtype], self.word_order)
+        return self.encode_raw_int(round(raw))
+
+    def encode_raw_int(self, raw: int) -> list[int]:
+        lo, hi = _INT_RANGE.get(self.dtype, (-(2**31), 2**31 - 1))
+        if not lo <= raw <= hi:
+            raise ValueError(f"field {self.name!r}: raw value {raw} does not fit {self.dtype.value}")
+        return encode_registers(raw, _REGISTER_TYPE[self.dtype], self.word_order)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterMap:
+    name: str
+    path: Path
+    source: str
+    fields: Mapping[str, Field]
+    # Values of the remote-control register that hand the battery to zapd or give it back.
+    remote_control_on: int = 1
+    remote_control_off: int = 0
+
+    def get(self, name: str) -> Field | None:
+        return self.fields.get(name)
+
+    def field(self, name: str) -> Field:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise RegisterMapError(f"{self.path}: field {name!r} is not declared") from None
+
+    def require(self, *names: str, writable: tuple[str, ...] = ()) -> None:
+        """Fail at construction, not at the first poll, when a driver needs what the map lacks."""
+        for name in names:
+            self.field(name)
+        for name in writable:
+            if not self.field(name).writable:
+                raise RegisterMapError(f"{self.path}: field {name!r} must be writable")
+
+
+def load_register_map(name_or_path: str | Path) -> RegisterMap:
+    """A bare name (no suffix, no slash) is looked up in the package's maps folder."""
+    path = _resolve(name_or_path)
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise RegisterMapError(f"{path}: register map file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RegisterMapError(f"{path}: not valid TOML: {exc}") from None
+    return _parse(path, doc)
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    if isinstance(name_or_path, Path):
+        return name_or_path
+    if "/" in name_or_path or name_or_path.endswith(".toml"):
+        return Path(name_or_path)
+    return MAPS_DIR / f"{name_or_path}.toml"
+
+
+def _parse(path: Path, doc: dict[str, Any]) -> RegisterMap:
+    device = doc.get("device", {})
+    if not isinstance(device, dict):
+        raise RegisterMapError(f"{path}: [device] must be a table")
+    word_order = device.get("word_order", "big")
+    if word_order not in ("big", "little"):
+        raise RegisterMapError(f"{path}: device.word_order must be 'big' or 'little', got {word_order!r}")
+    raw_fields = doc.get("fields")
+    if not isinstance(raw_fields, dict) or not raw_fields:
+        raise RegisterMapError(f"{path}: no [fields.*] tables")
+    fields = {name: _parse_field(path, name, spec, word_order) for name, spec in raw_fields.items()}
+    _check_consistency(path, fields)
+    control = doc.get("control", {})
+    on, off = control.get("remote_control_on", 1), control.get("remote_control_off", 0)
+    if not (isinstance(on, int) and isinstance(off, int)) or on == off:
+        raise RegisterMapError(f"{path}: control.remote_control_on/off must be two different integers")
+    return RegisterMap(
+        name=str(device.get("name", path.stem)),
+        path=path,
+        source=str(device.get("source", "")),
+        fields=fields,
+        remote_control_on=on,
+        remote_control_off=off,
+    )
+
+
+def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Field:
+    where = f"{path}: field {name!r}"
+    if not isinstance(spec, dict):
+        raise RegisterMapError(f"{where}: must be a table")
+    unknown = set(spec) - _FIELD_KEYS
+    if unknown:
+        raise RegisterMapError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    address = spec.get("address")
+    if not isinstance(address, int) or isinstance(address, bool) or not 0 <= address <= 0xFFFF:
+        raise RegisterMapError(f"{where}: address must be an integer 0..65535, got {address!r}")
+    try:
+        table = Table(spec.get("table", ""))
+    except ValueError:
+        raise RegisterMapError(
+            f"{where}: table must be 'holding' or 'input', got {spec.get('table')!r}"
+        ) from None
+    try:
+        dtype = DataType(spec.get("type", ""))
+    except ValueError:
+        choices = ", ".join(t.value for t in DataType)
+        raise RegisterMapError(f"{where}: type must be one of {choices}, got {spec.get('type')!r}") from None
+    scale = spec.get("scale", 1.0)
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or scale == 0
+        or not math.isfinite(scale)
+    ):
+        raise RegisterMapError(f"{where}: scale must be a non-zero number, got {scale!r}")
+    unit = spec.get("unit", "")
+    if unit not in _UNIT_TO_ZAPD:
+        raise RegisterMapError(f"{where}: unit must be one of {sorted(_UNIT_TO_ZAPD)}, got {unit!r}")
+    field_order = spec.get("word_order", word_order)
+    if field_order not in ("big", "little"):
+        raise RegisterMapError(f"{where}: word_order must be 'big' or 'little', got {field_order!r}")
+    for key in ("writable", "invert"):
+        if not isinstance(spec.get(key, False), bool):
+            raise RegisterMapError(f"{where}: {key} must be true or false")
+    sf = spec.get("scale_factor")
+    if sf is not None and not isinstance(sf, str):
+        raise RegisterMapError(f"{where}: scale_factor must name another field")
+    if address + _WIDTH[dtype] - 1 > 0xFFFF:
+        raise RegisterMapError(f"{where}: {dtype.value} at {address} runs past register 65535")
+    return Field(
+        name=name,
+        address=address,
+        table=table,
+        dtype=dtype,
+        scale=float(scale),
+        scale_factor=sf,
+        unit=unit,
+        writable=spec.get("writable", False),
+        invert=spec.get("invert", False),
+        word_order=field_order,
+        description=str(spec.get("description", "")),
+    )
+
+
+def _check_consistency(path: Path, fields: Mapping[str, Field]) -> None:
+    for f in fields.values():
+        if f.scale_factor is None:
+            continue
+        sf = fields.get(f.scale_factor)
+        if sf is None:
+            raise RegisterMapError(
+                f"{path}: field {f.name!r}: scale_factor {f.scale_factor!r} is not declared"
+            )
+        if sf.dtype not in (DataType.S16, DataType.U16) or sf.scale_factor is not None:
+            raise RegisterMapError(
+                f"{path}: field {f.name!r}: scale factor field {sf.name!r} must be a plain s16/u16"
+            )
+    for table in Table:
+        used: dict[int, str] = {}
+        for f in sorted((f for f in fields.values() if f.table is table), key=lambda f: f.address):
+            for reg in range(f.address, f.address + f.count):
+                if reg in used:
+                    where = f"{table.value} register {reg}"
+                    other = used[reg]
+                    raise RegisterMapError(f"{path}: field {f.name!r} overlaps field {other!r} at {where}")
+                used[reg] = f.name
