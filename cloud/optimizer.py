@@ -1,0 +1,251 @@
+"""Exact site optimizer: the MILP of ARCHITECTURE.md ("Optimizer problem"), solved with HiGHS.
+
+Why it is fast and still exact: the LP relaxation (exclusions dropped) is solved first. Its optimum is a
+lower bound on the MILP optimum, so if its solution already respects both exclusions it IS the MILP
+optimum. Simultaneous flows that cost nothing to remove (import and export in a slot where exporting
+does not pay more than importing costs; charge and discharge whose net effect can be matched with less
+throughput and the surplus curtailed) are netted out without raising the cost. Only slots that still
+violate an exclusion get binaries (big-M from the variable bounds), and the MILP is re-solved; a
+solution of that partial MILP that respects every exclusion is optimal for the full MILP for the same
+reason. After a few rounds every slot gets its binaries, so the loop always ends with the exact answer.
+
+An EV target that cannot be met is handled lexicographically: a heavily penalized shortfall first finds
+how much can be delivered, then the shortfall is capped at that amount and the true cost re-optimized,
+so the reported plan is the cheapest among those that charge the EV as much as possible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import highspy
+import msgspec
+import numpy as np
+from highspy._core import _Highs
+
+from cloud.optimizer_io import Problem, ProblemError, Solution, Status, decode_problem, error_solution
+from cloud.optimizer_model import (
+    CHARGE,
+    DISCHARGE,
+    ENERGY,
+    EV_CHARGE,
+    EXPORT,
+    IMPORT,
+    N_BLOCKS,
+    PV_USED,
+    BoolArray,
+    FloatArray,
+    Model,
+    SiteData,
+    build_model,
+    site_data,
+)
+
+__all__ = ["recompute_cost", "solve", "solve_json"]
+
+# Flows below this (kW) count as zero when checking the exclusions; HiGHS' feasibility tolerance is 1e-7.
+EXCLUSION_TOL = 1e-7
+# Shortfalls below this (kWh) are solver noise, not an unreachable target.
+EV_SHORTFALL_TOL = 1e-6
+MIP_REL_GAP = 1e-7
+DEFAULT_TIME_LIMIT_S = 10.0
+# Lazy rounds before every slot gets its binaries.
+_LAZY_ROUNDS = 3
+
+
+def recompute_cost(problem: Problem, solution: Solution) -> float:
+    """The contract cost from the solution's arrays alone, so reported and audited costs cannot diverge."""
+    dt = problem.dt_hours
+    imp = np.asarray(solution.grid_import_kw, dtype=np.float64)
+    exp = np.asarray(solution.grid_export_kw, dtype=np.float64)
+    throughput = np.asarray(solution.battery_charge_kw) + np.asarray(solution.battery_discharge_kw)
+    energy = dt * (
+        float(np.dot(problem.import_price, imp)) - float(np.dot(problem.export_price, exp))
+    )
+    cycling = problem.battery.cycle_cost_per_kwh * dt * float(np.sum(throughput))
+    demand = 0.0
+    if problem.demand_charge is not None and len(imp) > 0:
+        dc = problem.demand_charge
+        demand = dc.price_per_kw * max(0.0, float(np.max(imp)) - dc.peak_already_kw)
+    return energy + cycling + demand
+
+
+def solve_json(data: bytes | str, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> Solution:
+    """Entry point for untrusted JSON: bad input becomes status "error" with a message, never a traceback."""
+    started = time.perf_counter()
+    try:
+        problem = decode_problem(data)
+    except ProblemError as exc:
+        return error_solution("error", str(exc), _ms_since(started))
+    return solve(problem, time_limit_s=time_limit_s)
+
+
+def solve(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> Solution:
+    started = time.perf_counter()
+    d = site_data(problem)
+    T = d.horizon
+    bin_charge = np.zeros(T, dtype=np.bool_)
+    bin_grid = np.zeros(T, dtype=np.bool_)
+    slack_cap: float | None = None
+    rounds = 0
+    while True:
+        remaining = time_limit_s - (time.perf_counter() - started)
+        model = build_model(d, bin_charge, bin_grid, slack_cap)
+        outcome = _run(model, max(remaining, 0.001))
+        if outcome.status != "optimal":
+            return error_solution(outcome.status, outcome.message, _ms_since(started))
+        x = outcome.x
+        flows = x[: N_BLOCKS * T].reshape(N_BLOCKS, T).copy()
+        _net_grid(d, flows)
+        _net_battery(d, flows)
+        bad_charge, bad_grid = _violations(flows)
+        # A slot that already has binaries can only show integrality-tolerance noise; _tidy removes it.
+        bad_charge &= ~bin_charge
+        bad_grid &= ~bin_grid
+        if not bad_charge.any() and not bad_grid.any():
+            shortfall = x[model.slack_col] if model.slack_col is not None else 0.0
+            if slack_cap is None and shortfall > EV_SHORTFALL_TOL:
+                # This plan meets every exclusion, so its shortfall is the least possible: keep it, and
+                # now minimize the real cost.
+                slack_cap = float(shortfall) * (1.0 + 1e-9) + 1e-9
+                continue
+            return _solution(problem, d, flows, slack_cap is not None, started)
+        rounds += 1
+        bin_charge |= bad_charge
+        bin_grid |= bad_grid
+        if rounds >= _LAZY_ROUNDS:
+            bin_charge[:] = d.max_charge > 0 and d.max_discharge > 0
+            bin_grid[:] = d.max_import > 0 and d.max_export > 0
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: Status
+    x: FloatArray
+    message: str = ""
+
+
+def _run(model: Model, time_limit_s: float) -> _Outcome:
+    # highspy.Highs() prints a banner on stdout when created; the bare core class does not, and stdout
+    # carries the CLI's JSON.
+    h = _Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit_s))
+    if model.is_mip:
+        h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
+    n_col, n_row = len(model.col_cost), len(model.row_lower)
+    h.passModel(
+        n_col,
+        n_row,
+        len(model.a_value),
+        int(highspy.MatrixFormat.kRowwise),
+        int(highspy.ObjSense.kMinimize),
+        0.0,
+        model.col_cost,
+        model.col_lower,
+        model.col_upper,
+        model.row_lower,
+        model.row_upper,
+        model.a_start,
+        model.a_index,
+        model.a_value,
+        model.integrality,
+    )
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kOptimal:
+        return _Outcome("optimal", np.asarray(h.getSolution().col_value, dtype=np.float64))
+    empty = np.zeros(0)
+    if status in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible):
+        return _Outcome("infeasible", empty, "no plan satisfies the constraints (load beyond supply limits?)")
+    if status == highspy.HighsModelStatus.kTimeLimit:
+        message = f"time limit of {time_limit_s:.3f} s reached before proving optimality"
+        return _Outcome("error", empty, message)
+    return _Outcome("error", empty, f"solver stopped: {h.modelStatusToString(status)}")
+
+
+def _net_grid(d: SiteData, flows: FloatArray) -> None:
+    """Cancel simultaneous import/export where exporting pays no more than importing costs."""
+    imp, exp = flows[IMPORT], flows[EXPORT]
+    both = np.minimum(imp, exp)
+    fix = (both > 0.0) & (d.export_price <= d.import_price)
+    imp[fix] -= both[fix]
+    exp[fix] -= both[fix]
+
+
+def _net_battery(d: SiteData, flows: FloatArray) -> None:
+    """Replace simultaneous charge/discharge by the net flow with the same SoC, when the energy this frees
+    can be absorbed without raising the cost (curtail PV, import less at a price >= 0, export more at a
+    price >= 0). Only slots with such a violation are visited, so the Python loop stays short."""
+    ch, dis = flows[CHARGE], flows[DISCHARGE]
+    round_trip = d.eff_charge * d.eff_discharge
+    for t in np.flatnonzero(np.minimum(ch, dis) > EXCLUSION_TOL):
+        removed_charge = min(ch[t], dis[t] / round_trip)
+        removed_discharge = removed_charge * round_trip
+        surplus = removed_charge - removed_discharge
+        pv_cut = min(surplus, flows[PV_USED, t])
+        import_cut = min(surplus - pv_cut, flows[IMPORT, t]) if d.import_price[t] >= 0.0 else 0.0
+        export_add = 0.0
+        rest = surplus - pv_cut - import_cut
+        if rest > 0.0 and d.export_price[t] >= 0.0 and flows[IMPORT, t] - import_cut <= EXCLUSION_TOL:
+            export_add = min(rest, d.max_export - flows[EXPORT, t])
+        if rest - export_add > 1e-12:
+            continue
+        ch[t] -= removed_charge
+        dis[t] -= removed_discharge
+        flows[PV_USED, t] -= pv_cut
+        flows[IMPORT, t] -= import_cut
+        flows[EXPORT, t] += export_add
+
+
+def _violations(flows: FloatArray) -> tuple[BoolArray, BoolArray]:
+    bad_charge = np.minimum(flows[CHARGE], flows[DISCHARGE]) > EXCLUSION_TOL
+    bad_grid = np.minimum(flows[IMPORT], flows[EXPORT]) > EXCLUSION_TOL
+    return bad_charge, bad_grid
+
+
+def _tidy(d: SiteData, flows: FloatArray) -> None:
+    """Clip solver noise so the plan is exactly within bounds and exactly exclusive."""
+    np.clip(flows, 0.0, None, out=flows)
+    for a, b in ((CHARGE, DISCHARGE), (IMPORT, EXPORT)):
+        smaller_a = flows[a] <= flows[b]
+        flows[a][smaller_a] = 0.0
+        flows[b][~smaller_a] = 0.0
+    flows[CHARGE] = np.minimum(flows[CHARGE], d.max_charge)
+    flows[DISCHARGE] = np.minimum(flows[DISCHARGE], d.max_discharge)
+    flows[IMPORT] = np.minimum(flows[IMPORT], d.max_import)
+    flows[EXPORT] = np.minimum(flows[EXPORT], d.max_export)
+    flows[PV_USED] = np.minimum(flows[PV_USED], d.pv)
+    flows[EV_CHARGE] = np.minimum(flows[EV_CHARGE], d.ev_ub)
+    flows[ENERGY] = np.clip(flows[ENERGY], d.energy_lb, d.energy_ub)
+
+
+def _solution(
+    problem: Problem, d: SiteData, flows: FloatArray, ev_unreachable: bool, started: float
+) -> Solution:
+    _tidy(d, flows)
+    soc = np.concatenate([[problem.battery.soc_initial], flows[ENERGY] / d.capacity])
+    draft = Solution(
+        status="optimal",
+        cost=0.0,
+        solve_ms=0.0,
+        battery_charge_kw=flows[CHARGE].tolist(),
+        battery_discharge_kw=flows[DISCHARGE].tolist(),
+        grid_import_kw=flows[IMPORT].tolist(),
+        grid_export_kw=flows[EXPORT].tolist(),
+        pv_used_kw=flows[PV_USED].tolist(),
+        ev_charge_kw=flows[EV_CHARGE].tolist(),
+        soc=soc.tolist(),
+        ev_target_unreachable=ev_unreachable,
+        message="ev target unreachable: charging as much as possible" if ev_unreachable else None,
+    )
+    return _replace(draft, cost=recompute_cost(problem, draft), solve_ms=_ms_since(started))
+
+
+def _replace(solution: Solution, *, cost: float, solve_ms: float) -> Solution:
+    return msgspec.structs.replace(solution, cost=cost, solve_ms=solve_ms)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,176 @@
+"""The optimizer's wire format (ARCHITECTURE.md, "Optimizer problem"): typed structs and their validation.
+
+Kept apart from the solver so that callers (HTTP API, backtest, edge-side tooling) can decode, validate and
+encode problems and solutions without importing HiGHS. Every input problem becomes either a valid `Problem`
+or a `ProblemError` whose message names the field, so bad input never surfaces as a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+NonNeg = Annotated[float, msgspec.Meta(ge=0.0)]
+Positive = Annotated[float, msgspec.Meta(gt=0.0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Efficiency = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+SlotIndex = Annotated[int, msgspec.Meta(ge=0)]
+
+Status = Literal["optimal", "infeasible", "error"]
+
+
+class ProblemError(ValueError):
+    """Input that does not describe a solvable-in-principle problem; the message names the field."""
+
+
+class Battery(msgspec.Struct, frozen=True):
+    capacity_kwh: Positive
+    soc_initial: Fraction
+    soc_min: Fraction
+    soc_max: Fraction
+    max_charge_kw: NonNeg
+    max_discharge_kw: NonNeg
+    charge_efficiency: Efficiency
+    discharge_efficiency: Efficiency
+    cycle_cost_per_kwh: NonNeg
+    soc_final_min: Fraction | None = None
+
+
+class Grid(msgspec.Struct, frozen=True):
+    max_import_kw: NonNeg
+    max_export_kw: NonNeg
+
+
+class DemandCharge(msgspec.Struct, frozen=True):
+    """`peak_already_kw` is the billing period's peak so far: only import above it costs anything more."""
+
+    price_per_kw: NonNeg
+    peak_already_kw: NonNeg = 0.0
+
+
+class Ev(msgspec.Struct, frozen=True):
+    capacity_kwh: Positive
+    soc_initial: Fraction
+    soc_target: Fraction
+    arrival_slot: SlotIndex
+    departure_slot: SlotIndex
+    max_charge_kw: NonNeg
+    efficiency: Efficiency
+
+
+class Problem(msgspec.Struct, frozen=True):
+    start: datetime
+    step_minutes: Positive
+    import_price: list[float]
+    export_price: list[float]
+    load_kw: list[NonNeg]
+    pv_kw: list[NonNeg]
+    battery: Battery
+    grid: Grid
+    demand_charge: DemandCharge | None = None
+    ev: Ev | None = None
+
+    @property
+    def horizon(self) -> int:
+        return len(self.import_price)
+
+    @property
+    def dt_hours(self) -> float:
+        return self.step_minutes / 60.0
+
+
+class Solution(msgspec.Struct, frozen=True):
+    """`cost` is the contract cost recomputed from the arrays (never a solver objective with penalties)."""
+
+    status: Status
+    cost: float | None
+    solve_ms: float
+    battery_charge_kw: list[float]
+    battery_discharge_kw: list[float]
+    grid_import_kw: list[float]
+    grid_export_kw: list[float]
+    pv_used_kw: list[float]
+    ev_charge_kw: list[float]
+    soc: list[float]
+    ev_target_unreachable: bool = False
+    message: str | None = None
+
+
+def error_solution(status: Status, message: str, solve_ms: float = 0.0) -> Solution:
+    return Solution(
+        status=status,
+        cost=None,
+        solve_ms=solve_ms,
+        battery_charge_kw=[],
+        battery_discharge_kw=[],
+        grid_import_kw=[],
+        grid_export_kw=[],
+        pv_used_kw=[],
+        ev_charge_kw=[],
+        soc=[],
+        message=message,
+    )
+
+
+_decoder = msgspec.json.Decoder(Problem)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_problem(data: bytes | str) -> Problem:
+    """Decode and validate; msgspec's messages already carry the JSON path (e.g. `$.battery.soc_min`)."""
+    try:
+        problem = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProblemError(str(exc)) from None
+    validate_problem(problem)
+    return problem
+
+
+def validate_problem(problem: Problem) -> None:
+    """Cross-field rules that a per-field schema cannot express."""
+    horizon = problem.horizon
+    if horizon == 0:
+        raise ProblemError("import_price: must have at least one slot")
+    for name in ("import_price", "export_price", "load_kw", "pv_kw"):
+        values: list[float] = getattr(problem, name)
+        if len(values) != horizon:
+            raise ProblemError(f"{name}: length {len(values)} != T={horizon} (the length of import_price)")
+        if not all(math.isfinite(v) for v in values):
+            raise ProblemError(f"{name}: values must be finite numbers")
+    if problem.start.tzinfo is None:
+        raise ProblemError("start: must be an RFC 3339 timestamp with a UTC offset")
+    bat = problem.battery
+    if bat.soc_min > bat.soc_max:
+        raise ProblemError(f"battery.soc_min ({bat.soc_min}) > battery.soc_max ({bat.soc_max})")
+    if bat.soc_final_min is not None and bat.soc_final_min > bat.soc_max:
+        raise ProblemError(f"battery.soc_final_min ({bat.soc_final_min}) > battery.soc_max ({bat.soc_max})")
+    ev = problem.ev
+    if ev is not None and ev.departure_slot < ev.arrival_slot:
+        raise ProblemError(f"ev.departure_slot ({ev.departure_slot}) < ev.arrival_slot ({ev.arrival_slot})")
+    for path, value in _all_floats(problem):
+        if not math.isfinite(value):
+            raise ProblemError(f"{path}: must be a finite number")
+
+
+def _all_floats(problem: Problem) -> list[tuple[str, float]]:
+    found: list[tuple[str, float]] = [("step_minutes", problem.step_minutes)]
+    for prefix, struct in (
+        ("battery", problem.battery),
+        ("grid", problem.grid),
+        ("demand_charge", problem.demand_charge),
+        ("ev", problem.ev),
+    ):
+        if struct is None:
+            continue
+        for field in struct.__struct_fields__:
+            value = getattr(struct, field)
+            if isinstance(value, float):
+                found.append((f"{prefix}.{field}", value))
+    return found
+
+
+def encode_solution(solution: Solution) -> bytes:
+    return _encoder.encode(solution)

@@ -1,0 +1,350 @@
+"""The optimizer's linear model as sparse numpy arrays, built in a few vectorized steps.
+
+The model is the one in ARCHITECTURE.md ("Optimizer problem"). The two exclusions (no charge+discharge, no
+import+export in one slot) need binaries; they are only added for the slots listed in `bin_charge` /
+`bin_grid`, so the same builder serves the LP relaxation and every lazily tightened MILP.
+
+Two deliberate relaxations keep real-world input solvable instead of "infeasible":
+
+* Battery starting outside [soc_min, soc_max]: the SoC bound of slot t is relaxed to what the battery can
+  reach by then when moving towards the band at the fastest rate the site allows (charge limited by the
+  charger and by pv + max_import - load; discharge by the inverter and by load + max_export). The lower
+  bound is `min(soc_min, soc_initial + cumulative fastest charge)`, symmetric for the upper bound, so the
+  battery is forced back into the band as fast as physically possible and never allowed to drift further.
+  `soc_final_min` is likewise capped at the highest energy reachable by the end of the horizon.
+* EV target: a shortfall variable with a large penalty makes an unreachable target "charge as much as
+  possible"; the solver then fixes the shortfall and re-optimizes the true cost (see optimizer.py).
+
+An EV whose departure lies beyond the horizon must reach its target by the end of the horizon (the
+conservative choice for a rolling planner: the next plan may not have enough slots left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cloud.optimizer_io import Problem
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int32]
+BoolArray = NDArray[np.bool_]
+
+# Column blocks of length T, in this order; SOC holds the stored energy (kWh) at the END of slot t.
+CHARGE, DISCHARGE, IMPORT, EXPORT, PV_USED, EV_CHARGE, ENERGY = range(7)
+N_BLOCKS = 7
+
+# A kWh of EV shortfall must cost more than anything the site could gain by not delivering it.
+_PENALTY_MARGIN = 100.0
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """The problem as float arrays and scalars, with derived bounds computed once per solve."""
+
+    horizon: int
+    dt: float
+    import_price: FloatArray
+    export_price: FloatArray
+    load: FloatArray
+    pv: FloatArray
+    capacity: float
+    energy_initial: float
+    max_charge: float
+    max_discharge: float
+    eff_charge: float
+    eff_discharge: float
+    cycle_cost: float
+    max_import: float
+    max_export: float
+    energy_lb: FloatArray
+    energy_ub: FloatArray
+    ev_ub: FloatArray
+    ev_eff: float
+    ev_need_kwh: float
+    ev_room_kwh: float
+    has_ev: bool
+    demand_price: float
+    peak_already: float
+    has_demand: bool
+    ev_penalty: float
+
+
+def site_data(problem: Problem) -> SiteData:
+    horizon, dt = problem.horizon, problem.dt_hours
+    bat, grid = problem.battery, problem.grid
+    load = np.asarray(problem.load_kw, dtype=np.float64)
+    pv = np.asarray(problem.pv_kw, dtype=np.float64)
+    ip = np.asarray(problem.import_price, dtype=np.float64)
+    ep = np.asarray(problem.export_price, dtype=np.float64)
+    lb, ub = energy_bounds(problem, load, pv)
+
+    ev_ub = np.zeros(horizon)
+    ev_need = ev_room = 0.0
+    ev_eff = 1.0
+    if problem.ev is not None:
+        ev = problem.ev
+        ev_ub[min(ev.arrival_slot, horizon) : min(ev.departure_slot, horizon)] = ev.max_charge_kw
+        ev_need = max(0.0, ev.soc_target - ev.soc_initial) * ev.capacity_kwh
+        ev_room = max(0.0, 1.0 - ev.soc_initial) * ev.capacity_kwh
+        ev_eff = ev.efficiency
+    dc = problem.demand_charge
+    demand_price = dc.price_per_kw if dc is not None else 0.0
+    worst_value = (
+        1.0
+        + float(np.max(np.abs(ip)))
+        + float(np.max(np.abs(ep)))
+        + 2.0 * bat.cycle_cost_per_kwh
+        + demand_price / dt
+    )
+    penalty = _PENALTY_MARGIN * worst_value / (ev_eff * bat.charge_efficiency * bat.discharge_efficiency)
+    return SiteData(
+        horizon=horizon,
+        dt=dt,
+        import_price=ip,
+        export_price=ep,
+        load=load,
+        pv=pv,
+        capacity=bat.capacity_kwh,
+        energy_initial=bat.soc_initial * bat.capacity_kwh,
+        max_charge=bat.max_charge_kw,
+        max_discharge=bat.max_discharge_kw,
+        eff_charge=bat.charge_efficiency,
+        eff_discharge=bat.discharge_efficiency,
+        cycle_cost=bat.cycle_cost_per_kwh,
+        max_import=grid.max_import_kw,
+        max_export=grid.max_export_kw,
+        energy_lb=lb,
+        energy_ub=ub,
+        ev_ub=ev_ub,
+        ev_eff=ev_eff,
+        ev_need_kwh=ev_need,
+        ev_room_kwh=ev_room,
+        has_ev=problem.ev is not None,
+        demand_price=demand_price,
+        peak_already=dc.peak_already_kw if dc is not None else 0.0,
+        has_demand=dc is not None and dc.price_per_kw > 0.0,
+        ev_penalty=penalty,
+    )
+
+
+def energy_bounds(problem: Problem, load: FloatArray, pv: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Stored-energy bounds (kWh) at the end of each slot, relaxed for an out-of-band start (module doc)."""
+    bat, grid, dt = problem.battery, problem.grid, problem.dt_hours
+    cap, e0 = bat.capacity_kwh, bat.soc_initial * bat.capacity_kwh
+    charge_room = np.minimum(bat.max_charge_kw, np.maximum(0.0, pv + grid.max_import_kw - load))
+    gain = dt * bat.charge_efficiency * charge_room
+    drop = dt / bat.discharge_efficiency * np.minimum(bat.max_discharge_kw, load + grid.max_export_kw)
+    lb = np.minimum(bat.soc_min * cap, e0 + np.cumsum(gain))
+    ub = np.maximum(bat.soc_max * cap, e0 - np.cumsum(drop))
+    if bat.soc_final_min is not None:
+        reach = e0
+        for t in range(problem.horizon):
+            reach = min(float(ub[t]), reach + float(gain[t]))
+        lb[-1] = max(float(lb[-1]), min(bat.soc_final_min * cap, reach))
+    return lb, ub
+
+
+@dataclass(frozen=True)
+class Model:
+    """Arrays for `Highs.passModel` (row-wise CSR) plus where the extra columns live."""
+
+    col_cost: FloatArray
+    col_lower: FloatArray
+    col_upper: FloatArray
+    row_lower: FloatArray
+    row_upper: FloatArray
+    a_start: IntArray
+    a_index: IntArray
+    a_value: FloatArray
+    integrality: IntArray
+    peak_col: int | None
+    slack_col: int | None
+
+    @property
+    def is_mip(self) -> bool:
+        return bool(self.integrality.any())
+
+
+class _Coo:
+    """Accumulates constraint rows as coordinate triples, then compresses them once."""
+
+    def __init__(self) -> None:
+        self.rows: list[NDArray[np.int64]] = []
+        self.cols: list[NDArray[np.int64]] = []
+        self.vals: list[FloatArray] = []
+        self.lower: list[FloatArray] = []
+        self.upper: list[FloatArray] = []
+        self.n_rows = 0
+
+    def add_block(
+        self,
+        n: int,
+        entries: list[tuple[NDArray[np.int64], FloatArray]],
+        lower: FloatArray,
+        upper: FloatArray,
+    ) -> None:
+        """Add n rows; each entry gives one column index and coefficient per row."""
+        row_ids = np.arange(self.n_rows, self.n_rows + n, dtype=np.int64)
+        for cols, vals in entries:
+            self.rows.append(row_ids)
+            self.cols.append(cols)
+            self.vals.append(np.broadcast_to(vals, (n,)).astype(np.float64))
+        self.lower.append(np.broadcast_to(lower, (n,)).astype(np.float64))
+        self.upper.append(np.broadcast_to(upper, (n,)).astype(np.float64))
+        self.n_rows += n
+
+    def add_row(self, cols: NDArray[np.int64], vals: FloatArray, lower: float, upper: float) -> None:
+        self.rows.append(np.full(len(cols), self.n_rows, dtype=np.int64))
+        self.cols.append(cols)
+        self.vals.append(vals.astype(np.float64))
+        self.lower.append(np.array([lower]))
+        self.upper.append(np.array([upper]))
+        self.n_rows += 1
+
+    def csr(self) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray]:
+        rows = np.concatenate(self.rows)
+        order = np.argsort(rows, kind="stable")
+        start = np.searchsorted(rows[order], np.arange(self.n_rows + 1)).astype(np.int32)
+        index = np.concatenate(self.cols)[order].astype(np.int32)
+        value = np.concatenate(self.vals)[order]
+        return start, index, value, np.concatenate(self.lower), np.concatenate(self.upper)
+
+
+def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slack_cap: float | None) -> Model:
+    """The full model; `ev_slack_cap` set means the EV shortfall is fixed (no penalty) at most that value."""
+    T, dt = d.horizon, d.dt
+    slots = np.arange(T, dtype=np.int64)
+
+    def col(block: int) -> NDArray[np.int64]:
+        return block * T + slots
+
+    cost = np.zeros(N_BLOCKS * T)
+    lower = np.zeros(N_BLOCKS * T)
+    upper = np.empty(N_BLOCKS * T)
+    cost[col(CHARGE)] = dt * d.cycle_cost
+    cost[col(DISCHARGE)] = dt * d.cycle_cost
+    cost[col(IMPORT)] = dt * d.import_price
+    cost[col(EXPORT)] = -dt * d.export_price
+    upper[col(CHARGE)] = d.max_charge
+    upper[col(DISCHARGE)] = d.max_discharge
+    upper[col(IMPORT)] = d.max_import
+    upper[col(EXPORT)] = d.max_export
+    upper[col(PV_USED)] = d.pv
+    upper[col(EV_CHARGE)] = d.ev_ub
+    lower[col(ENERGY)] = d.energy_lb
+    upper[col(ENERGY)] = d.energy_ub
+    extra_cost: list[float] = []
+    extra_lower: list[float] = []
+    extra_upper: list[float] = []
+    n_cols = N_BLOCKS * T
+
+    def new_col(c: float, lo: float, hi: float) -> int:
+        nonlocal n_cols
+        extra_cost.append(c)
+        extra_lower.append(lo)
+        extra_upper.append(hi)
+        n_cols += 1
+        return n_cols - 1
+
+    coo = _Coo()
+    one, minus = np.ones(1), -np.ones(1)
+    # Balance: pv_used + import + discharge - charge - export - ev = load.
+    coo.add_block(
+        T,
+        [
+            (col(PV_USED), one),
+            (col(IMPORT), one),
+            (col(DISCHARGE), one),
+            (col(CHARGE), minus),
+            (col(EXPORT), minus),
+            (col(EV_CHARGE), minus),
+        ],
+        d.load,
+        d.load,
+    )
+    # Storage: e[t] - e[t-1] - dt*eta_c*charge + dt/eta_d*discharge = 0 (e[-1] is the initial energy).
+    soc_rhs = np.zeros(T)
+    soc_rhs[0] = d.energy_initial
+    coo.add_block(
+        T,
+        [
+            (col(ENERGY), one),
+            (col(CHARGE), np.array([-dt * d.eff_charge])),
+            (col(DISCHARGE), np.array([dt / d.eff_discharge])),
+        ],
+        soc_rhs,
+        soc_rhs,
+    )
+    if T > 1:
+        # The e[t-1] coefficients of rows 1..T-1 of the storage block (row ids T+1 .. 2T-1).
+        coo.rows.append(T + slots[1:])
+        coo.cols.append(col(ENERGY)[:-1])
+        coo.vals.append(-np.ones(T - 1))
+
+    peak_col = None
+    if d.has_demand:
+        # Only import above the period's peak so far is charged: excess >= import[t] - peak_already.
+        peak_col = new_col(d.demand_price, 0.0, np.inf)
+        coo.add_block(
+            T,
+            [(col(IMPORT), one), (np.full(T, peak_col, dtype=np.int64), minus)],
+            np.full(T, -np.inf),
+            np.full(T, d.peak_already),
+        )
+
+    slack_col = None
+    window = EV_CHARGE * T + np.flatnonzero(d.ev_ub > 0.0).astype(np.int64)
+    ev_coef = np.full(len(window), d.ev_eff * dt)
+    if d.has_ev and d.ev_need_kwh > 0.0:
+        if ev_slack_cap is None:
+            slack_col = new_col(d.ev_penalty, 0.0, d.ev_need_kwh)
+        else:
+            slack_col = new_col(0.0, 0.0, min(ev_slack_cap, d.ev_need_kwh))
+        coo.add_row(np.append(window, slack_col), np.append(ev_coef, 1.0), d.ev_need_kwh, np.inf)
+    if d.has_ev and len(window) > 0:
+        coo.add_row(window, ev_coef, -np.inf, d.ev_room_kwh)
+
+    n_real = n_cols
+    for mask, on_block, off_block, on_max, off_max in (
+        (bin_charge, CHARGE, DISCHARGE, d.max_charge, d.max_discharge),
+        (bin_grid, IMPORT, EXPORT, d.max_import, d.max_export),
+    ):
+        sel = np.flatnonzero(mask).astype(np.int64)
+        if len(sel) == 0:
+            continue
+        z = n_cols + np.arange(len(sel), dtype=np.int64)
+        for _ in sel:
+            new_col(0.0, 0.0, 1.0)
+        # on <= on_max * z ; off <= off_max * (1 - z)  (big-M taken from the variable bounds)
+        coo.add_block(
+            len(sel),
+            [(on_block * T + sel, one), (z, np.array([-on_max]))],
+            np.full(len(sel), -np.inf),
+            np.zeros(len(sel)),
+        )
+        coo.add_block(
+            len(sel),
+            [(off_block * T + sel, one), (z, np.array([off_max]))],
+            np.full(len(sel), -np.inf),
+            np.full(len(sel), off_max),
+        )
+
+    a_start, a_index, a_value, row_lower, row_upper = coo.csr()
+    integrality = np.zeros(n_cols, dtype=np.int32)
+    integrality[n_real:] = 1
+    return Model(
+        col_cost=np.concatenate([cost, np.asarray(extra_cost, dtype=np.float64)]),
+        col_lower=np.concatenate([lower, np.asarray(extra_lower, dtype=np.float64)]),
+        col_upper=np.concatenate([upper, np.asarray(extra_upper, dtype=np.float64)]),
+        row_lower=row_lower,
+        row_upper=row_upper,
+        a_start=a_start,
+        a_index=a_index,
+        a_value=a_value,
+        integrality=integrality,
+        peak_col=peak_col,
+        slack_col=slack_col,
+    )
