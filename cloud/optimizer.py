@@ -60,9 +60,7 @@ def recompute_cost(problem: Problem, solution: Solution) -> float:
     imp = np.asarray(solution.grid_import_kw, dtype=np.float64)
     exp = np.asarray(solution.grid_export_kw, dtype=np.float64)
     throughput = np.asarray(solution.battery_charge_kw) + np.asarray(solution.battery_discharge_kw)
-    energy = dt * (
-        float(np.dot(problem.import_price, imp)) - float(np.dot(problem.export_price, exp))
-    )
+    energy = dt * (float(np.dot(problem.import_price, imp)) - float(np.dot(problem.export_price, exp)))
     cycling = problem.battery.cycle_cost_per_kwh * dt * float(np.sum(throughput))
     demand = 0.0
     if problem.demand_charge is not None and len(imp) > 0:
