@@ -186,6 +186,7 @@ class ModbusBus:
         priority: Priority,
     ) -> ModbusPDU:
         where = f"{self}: {op} unit {unit_id} @{address}"
+        self._bind_loop()
         await self._lock.acquire(priority)
         try:
             client = await self._ensure_connected()
@@ -203,6 +204,10 @@ class ModbusBus:
                 self.counters["errors"] += 1
                 self._link_lost(str(exc))
                 raise DriverError(f"{where}: {exc}") from exc
+            except asyncio.CancelledError:
+                # The caller gave up mid-request; its answer may still come and be taken for the next one's.
+                self._drop_client()
+                raise
         finally:
             self._lock.release()
         self._link_ok()
@@ -219,13 +224,17 @@ class ModbusBus:
             raise ConfigurationError(f"{where}: device answered exception {code} ({reason})")
         raise DriverError(f"{where}: device answered exception {code}")
 
-    async def _ensure_connected(self) -> AsyncModbusTcpClient:
+    def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            # A bus outlived its event loop (tests, or a restarted daemon loop): its socket is gone.
-            self._client, self._loop = None, loop
-        if self._client is not None and self._client.connected:
-            return self._client
+            # The bus outlived its event loop (tests, a restarted daemon loop): socket and waiters are gone.
+            self._client, self._loop, self._lock = None, loop, _PriorityLock()
+
+    async def _ensure_connected(self) -> AsyncModbusTcpClient:
+        if self._client is not None:
+            if self._client.connected:
+                return self._client
+            self._link_lost("connection closed by peer")
         wait = self._next_connect_at - time.monotonic()
         if wait > 0:
             raise DriverError(f"{self}: link down, next connect attempt in {wait:.1f} s")
@@ -245,6 +254,9 @@ class ModbusBus:
                 ok = await client.connect()
         except TimeoutError:
             ok = False
+        except asyncio.CancelledError:
+            client.close()
+            raise
         if not ok:
             client.close()
             self.counters["connect_failures"] += 1
