@@ -7,6 +7,7 @@ are the same for either and the transport stays a few lines of connection setup.
 from __future__ import annotations
 
 import asyncio
+import termios
 from typing import Protocol
 
 import serial
@@ -58,15 +59,20 @@ class SerialP1:
         return f"serial:{self.port}@{self.baudrate}"
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await serial_asyncio.open_serial_connection(
-            url=self.port,
-            baudrate=self.baudrate,
-            bytesize=self.bytesize,
-            parity=self.parity,
-            stopbits=self.stopbits,
-            xonxoff=False,
-            rtscts=False,
-        )
+        try:
+            reader, writer = await serial_asyncio.open_serial_connection(
+                url=self.port,
+                baudrate=self.baudrate,
+                bytesize=self.bytesize,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                xonxoff=False,
+                rtscts=False,
+            )
+        except termios.error as exc:
+            # Line settings the device refuses (e.g. 7E1 on an adapter without parity) raise
+            # termios.error, which is no OSError; make it a link error the reconnect loop handles.
+            raise serial.SerialException(f"{self.port}: line settings refused: {exc}") from exc
         return reader, writer
 
 

@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from drivers.p1.dsmr import P1Meter, SerialP1, TcpP1
 from drivers.sim.p1_pty import SimP1Pty, SimP1Tcp
@@ -148,3 +150,126 @@ async def test_tcp_reconnects_after_server_restart() -> None:
 
     assert reading.values[POWER_W] == pytest.approx(site.grid_w, abs=1.0)
     assert meter.counters["connects"] >= 2
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "dsmr"
+KEY = "0123456789ABCDEF0123456789ABCDEF"
+
+# Real recorded telegrams of each national variant, written byte for byte into the pty.
+VARIANTS = [
+    ("v2_2_iskra.txt", "2.2", 1010.0),
+    ("v4_2_kaifa.txt", "4", 2027.0),
+    ("v5_iskra.txt", "5", 244.0),
+    ("be_fluvius_emucs171.txt", "5B", 0.0),
+    ("lu_smarty.txt", "5L", -897.0),
+    ("se_ell5.txt", "5S", 532.0),
+    ("q3d_easymeter.txt", "Q3D", 2124.86),
+]
+
+
+@pytest.mark.parametrize(("name", "version", "power_w"), VARIANTS, ids=[v[0] for v in VARIANTS])
+async def test_pty_real_variants(name: str, version: str, power_w: float) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    clock = ManualClock(T0)
+    with SimP1Pty(SimSite()) as sim:
+        # A pty refuses 7E1 (see the test below), so the bytes go over its default 8N1.
+        meter = P1Meter(device_id="grid", transport=SerialP1(sim.port), dsmr_version=version, clock=clock)
+        sink = Sink()
+        async with running(meter, sink):
+            await _until(lambda: meter.connected)
+            sim.write_raw(b"\r\n!garbage before the first telegram\r\n")
+            sim.write_raw(raw[:50])
+            await asyncio.sleep(0.01)
+            sim.write_raw(raw[50:] + raw)
+            await sink.wait_for(2)
+    assert [r.values[POWER_W] for r in sink.readings] == [pytest.approx(power_w)] * 2
+    assert meter.counters["parse_error"] == 0 and meter.counters["bad_crc"] == 0
+
+
+async def test_pty_encrypted_smarty() -> None:
+    clock = ManualClock(T0)
+    site = _site(T0, battery_w=2000.0)
+    with SimP1Pty(site, encryption_key=KEY, split_chunks=True, seed=3) as sim:
+        meter = P1Meter(
+            device_id="grid", transport=SerialP1(sim.port), dsmr_version="5L", decryption_key=KEY, clock=clock
+        )
+        sink = Sink()
+        async with running(meter, sink):
+            await _until(lambda: meter.connected)
+            await sim.send_once(clock.now())
+            sim.inject_garbage(b"\xdb\x08 not a frame")
+            await sim.send_once(clock.now())
+            await sink.wait_for(2)
+    assert sink.readings[-1].values[POWER_W] == pytest.approx(site.grid_w, abs=1.0)
+
+
+async def test_wrong_key_is_counted_not_fatal() -> None:
+    clock = ManualClock(T0)
+    with SimP1Pty(_site(T0), encryption_key=KEY) as sim:
+        meter = P1Meter(
+            device_id="grid",
+            transport=SerialP1(sim.port),
+            dsmr_version="5L",
+            decryption_key="00" * 16,
+            clock=clock,
+        )
+        sink = Sink()
+        async with running(meter, sink) as task:
+            await _until(lambda: meter.connected)
+            for _ in range(3):
+                await sim.send_once(clock.now())
+            await _until(lambda: meter.counters["decrypt_error"] == 3)
+            assert not task.done()
+    assert sink.readings == []
+
+
+async def test_bad_crc_flood_logs_once_and_counts_all() -> None:
+    clock = ManualClock(T0)
+    with capture_logs() as logs, SimP1Pty(_site(T0)) as sim:
+        meter = _meter(SerialP1(sim.port), clock)
+        sink = Sink()
+        async with running(meter, sink):
+            await _until(lambda: meter.connected)
+            sim.inject_bad_crc(20)
+            for _ in range(21):
+                await sim.send_once(clock.now())
+            await sink.wait_for(1)
+    assert meter.counters["bad_crc"] == 20
+    assert meter.counters["telegrams"] == 21
+    dropped = [e for e in logs if e["event"] == "p1 telegram dropped"]
+    assert len(dropped) == 1 and dropped[0]["reason"] == "bad_crc"
+
+
+async def test_silent_meter_logged_once_then_recovery() -> None:
+    clock = ManualClock(T0)
+    with capture_logs() as logs, SimP1Pty(_site(T0)) as sim:
+        meter = P1Meter(device_id="grid", transport=SerialP1(sim.port), poll_s=0.05, clock=clock)
+        sink = Sink()
+        async with running(meter, sink):
+            await _until(lambda: meter.connected)
+            await _until(lambda: meter.counters["silent"] == 1)
+            await asyncio.sleep(0.3)  # still silent: no second line
+            await sim.send_once(clock.now())
+            await sink.wait_for(1)
+    events = [e["event"] for e in logs]
+    assert events.count("meter silent") == 1
+    assert events.count("meter talking again") == 1
+    assert meter.counters["connects"] == 1
+
+
+async def test_missing_port_retries_and_logs_once() -> None:
+    clock = ManualClock(T0)
+    with capture_logs() as logs:
+        meter = _meter(SerialP1("/dev/does-not-exist-p1"), clock)
+        async with running(meter, Sink()):
+            await _until(lambda: meter.counters["link_errors"] >= 2)
+    assert [e["event"] for e in logs].count("p1 link down") == 1
+
+
+async def test_refused_line_settings_are_a_link_error_not_a_crash() -> None:
+    clock = ManualClock(T0)
+    with SimP1Pty(_site(T0)) as sim:
+        meter = _meter(SerialP1.for_version(sim.port, "4"), clock)  # 7E1: a pty says EINVAL
+        async with running(meter, Sink()) as task:
+            await _until(lambda: meter.counters["link_errors"] >= 2)
+            assert not task.done()
