@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from zapd.api import LocalApi
 from zapd.clock import Clock
 from zapd.config import ZapdConfig
 from zapd.controller import Controller
@@ -142,6 +143,7 @@ class Daemon:
         self.readings_in = 0
         self._stop = asyncio.Event()
         self.extra_tasks: dict[str, Callable[[], object]] = {}
+        self.api = LocalApi(self)  # local control API (zapctl); see docs/local-api.md
 
     @property
     def db_path(self) -> Path:
@@ -153,6 +155,7 @@ class Daemon:
     def _sink(self, reading: Reading) -> None:
         self.readings_in += 1
         self.state.update(reading)
+        self.api.publish(reading)
         if self.telemetry is not None:
             self.telemetry.add(reading)
         if reading.kind is DerKind.METER and self.controller is not None:
@@ -198,6 +201,7 @@ class Daemon:
             plan_source=self.current_plan,
             plan_fresh=lambda: True,
             on_cycle=self._on_cycle,
+            forced_rung=self.api.forced,
         )
         log.info(
             "zapd_starting",
@@ -210,6 +214,7 @@ class Daemon:
         self.supervisor.add("controller", self._run_controller)
         self.supervisor.add("telemetry_writer", self.telemetry.run)
         self.supervisor.add("retention", self._retention)
+        self.supervisor.add("api", self.api.serve)
         sup_task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         stop_task = asyncio.create_task(self._stop.wait())
         try:
