@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,7 +47,6 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 @dataclass
 class Cloud:
-    url: str
     db_path: Path
     cloud_key: VerifyKey
     client: httpx.Client
@@ -60,43 +61,58 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _serve(tmp: Path, db_path: Path, name: str) -> Iterator[Cloud]:
+    """A `zapcloud serve` subprocess; retried on another port if the probed one was taken meanwhile."""
+    env = {**os.environ, "ZAPCLOUD_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(REPO)}
+    for _attempt in range(3):
+        port = _free_port()
+        out = tmp / f"{name}-{port}.log"
+        cmd = [sys.executable, "-m", "cloud.cli", "serve", "--port", str(port),
+               "--db", f"sqlite+aiosqlite:///{db_path}", "--key", str(tmp / "cloud.key")]  # fmt: skip
+        with out.open("wb") as out_f:
+            proc = subprocess.Popen(cmd, stdout=out_f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        try:
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
+            with client:
+                if not _wait_healthy(proc, client, out):
+                    continue  # port stolen: try another
+                m = re.search(r"cloud public key (\S+)", out.read_text())
+                assert m, out.read_text()
+                yield Cloud(db_path=db_path, cloud_key=load_verify_key_b64(m.group(1)), client=client)
+                return
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+    pytest.fail("zapcloud could not bind a port")
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], client: httpx.Client, out: Path) -> bool:
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            if "address already in use" in out.read_text().lower():
+                return False
+            pytest.fail(f"zapcloud exited {proc.returncode}:\n{out.read_text()}")
+        try:
+            if client.get("/healthz").status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"zapcloud did not come up:\n{out.read_text()}")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     tmp = tmp_path_factory.mktemp("cloud")
-    db_path = tmp / "x.sqlite"
-    port = _free_port()
-    out = tmp / "stdout.log"
-    env = {**os.environ, "ZAPCLOUD_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "cloud.cli", "serve", "--port", str(port),
-           "--db", f"sqlite+aiosqlite:///{db_path}", "--key", str(tmp / "cloud.key")]  # fmt: skip
-    with out.open("wb") as out_f:
-        proc = subprocess.Popen(cmd, stdout=out_f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        client = httpx.Client(base_url=url, timeout=5.0)
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"zapcloud exited {proc.returncode}:\n{out.read_text()}")
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"zapcloud did not come up:\n{out.read_text()}")
-            time.sleep(0.1)
-        m = re.search(r"cloud public key (\S+)", out.read_text())
-        assert m, out.read_text()
-        yield Cloud(url=url, db_path=db_path, cloud_key=load_verify_key_b64(m.group(1)), client=client)
-        client.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with _serve(tmp, tmp / "x.sqlite", "a") as c:
+        yield c
 
 
 def _register(cloud: Cloud, site_id: str) -> SigningKey:
@@ -357,3 +373,35 @@ def test_metrics_count_rejections(cloud: Cloud) -> None:
     cloud.client.post("/v1/sites/site-m/telemetry", content=b"{}")
     text = cloud.client.get("/metrics").text
     assert 'zapcloud_requests_rejected_total{endpoint="telemetry",reason="missing_key_id"}' in text
+
+
+def test_two_workers_share_one_database(cloud: Cloud) -> None:
+    """No state in the process: a second worker on the same DB serves the same sites, and
+    racing re-sends of one batch to both workers store every reading exactly once."""
+    tmp = cloud.db_path.parent
+    with _serve(tmp, cloud.db_path, "b") as other:
+        key = _register(cloud, "site-two")
+        body = encode(_batch("site-two", 1, 200))
+
+        def post(i: int) -> int:
+            target = cloud if i % 2 else other
+            r = _post(target, "site-two", key, body)
+            assert r.json() == {"stored_through": 200}, r.text
+            return r.status_code
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert set(pool.map(post, range(8))) == {200}
+        assert _rows(cloud, "site-two") == list(range(1, 201))
+        r = _post(other, "site-two", key, encode(_batch("site-two", 150, 250)))
+        assert (r.status_code, r.json()) == (200, {"stored_through": 250})
+
+        plan = _plan("site-two", 1)
+        assert other.client.put(
+            "/v1/sites/site-two/plan", content=encode_plan(plan), headers=other.admin()
+        ).is_success
+        r = _get_plan(cloud, "site-two", key)
+        assert r.status_code == 200
+        assert verify_plan(
+            r.content, r.headers[HEADER_SIGNATURE], other.cloud_key,
+            site_id="site-two", min_version_exclusive=None, now=datetime.now(UTC),
+        ) == plan  # fmt: skip
