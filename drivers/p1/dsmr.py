@@ -138,6 +138,8 @@ class P1Meter:
         self._phases = 1
         self._limiter = _LogLimiter()
         self._link_broken_logged = False
+        self._silent = False
+        self._got_reading = False
         self._log = log.bind(der_id=device_id, transport=transport.describe())
 
     @property
@@ -174,25 +176,23 @@ class P1Meter:
             else:
                 self.counters["connects"] += 1
                 self.connected = True
-                if self._link_broken_logged:
-                    self._log.info("p1 link recovered")
-                    self._link_broken_logged = False
+                reason: BaseException | None = None
                 try:
                     got_any = await self._read(reader, sink)
-                    reason: BaseException | None = None
                 except (OSError, _Silent) as exc:
-                    got_any, reason = False, exc
+                    got_any, reason = self._got_reading, exc
                 finally:
                     self.connected = False
                     await self._close(writer)
                 if got_any:
                     backoff = BACKOFF_INITIAL_S
                 self._link_down("link closed", reason)
-            # Full jitter: many gateways restarting together must not hit ser2net in lockstep.
+            # Jitter: many gateways restarting together must not hit one ser2net in lockstep.
             await asyncio.sleep(random.uniform(backoff / 2, backoff))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     def _link_down(self, what: str, exc: BaseException | None) -> None:
+        """Count every failure; log only the first one until a good telegram shows recovery."""
         self.counters["link_errors"] += 1
         if not self._link_broken_logged:
             self._link_broken_logged = True
@@ -207,30 +207,37 @@ class P1Meter:
         """Read until EOF (returns) or a link error/long silence (raises). True if a reading was made."""
         framer = _Framer(self._encrypted)
         last_good = time.monotonic()
-        silent = False
-        got_any = False
+        self._got_reading = False
         while True:
-            limit = self.reconnect_after_silent_s if silent else self.silence_timeout_s
+            # Silence state outlives the connection, so a dead meter is logged once, not per reconnect.
+            limit = self.reconnect_after_silent_s if self._silent else self.silence_timeout_s
             remaining = last_good + limit - time.monotonic()
             try:
                 data = await asyncio.wait_for(reader.read(4096), max(0.001, remaining))
             except TimeoutError:
-                if silent:
+                if self._silent:
                     raise _Silent(f"no telegram for {self.reconnect_after_silent_s:.1f}s") from None
-                silent = True
+                self._silent = True
                 self.counters["silent"] += 1
                 self._log.warning("meter silent", seconds=round(self.silence_timeout_s, 3))
                 continue
             if not data:
-                return got_any
+                return self._got_reading
+            overflows = framer.overflows
             for raw in framer.feed(data):
                 if self._handle(raw, sink):
-                    got_any = True
                     last_good = time.monotonic()
-                    if silent:
-                        silent = False
-                        self._log.info("meter talking again")
-            self.counters["overflow"] = framer.overflows
+                    self._on_good_telegram()
+            self.counters["overflow"] += framer.overflows - overflows
+
+    def _on_good_telegram(self) -> None:
+        self._got_reading = True
+        if self._link_broken_logged:
+            self._link_broken_logged = False
+            self._log.info("p1 link recovered", link_errors=self.counters["link_errors"])
+        if self._silent:
+            self._silent = False
+            self._log.info("meter talking again")
 
     def _handle(self, raw: str, sink: ReadingSink) -> bool:
         """Parse one framed telegram and push its reading; False when it was dropped."""

@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.p1.dsmr import P1Meter, SerialP1, TcpP1
-from drivers.sim.p1_pty import SimP1Pty, SimP1Tcp
+from drivers.sim.p1_pty import SimP1Pty, SimP1Tcp, frame_telegram
 from drivers.sim.physics import SimSite
 from zapd.clock import ManualClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, DerKind, Reading
@@ -128,28 +128,65 @@ async def test_pty_split_chunks_bad_crc_and_garbage() -> None:
 async def test_tcp_reconnects_after_server_restart() -> None:
     clock = ManualClock(T0)
     site = _site(T0, battery_w=3000.0)
-    sim = SimP1Tcp(site)
+    sim = SimP1Tcp(site, split_chunks=True, seed=1)
     port = await sim.start()
-    meter = _meter(TcpP1("127.0.0.1", port), clock)
     sink = Sink()
     try:
-        async with running(meter, sink):
-            await _until(lambda: sim.connections == 1)
-            await sim.send_once(clock.now())
-            await sink.wait_for(1)
+        with capture_logs() as logs:
+            meter = _meter(TcpP1("127.0.0.1", port), clock)
+            async with running(meter, sink):
+                await _until(lambda: sim.connections == 1)
+                await sim.send_once(clock.now())
+                await sink.wait_for(1)
 
-            await sim.stop()
-            await _until(lambda: not meter.connected)
-            await sim.start()
-            assert sim.port == port
-            await _until(lambda: sim.connections == 2)
-            await sim.send_once(clock.now())
-            reading = await sink.wait_for(2)
+                await sim.stop()  # the dongle reboots: connection closed, port refused for a while
+                await _until(lambda: meter.counters["link_errors"] >= 2)
+                await sim.start()
+                assert sim.port == port
+                await _until(lambda: sim.connections == 2)
+                await sim.send_once(clock.now())
+                reading = await sink.wait_for(2)
     finally:
         await sim.stop()
 
     assert reading.values[POWER_W] == pytest.approx(site.grid_w, abs=1.0)
-    assert meter.counters["connects"] >= 2
+    assert meter.counters["connects"] == 2
+    events = [e["event"] for e in logs]
+    assert events.count("p1 link down") == 1
+    assert events.count("p1 link recovered") == 1
+
+
+async def test_pty_vanishing_is_survived() -> None:
+    clock = ManualClock(T0)
+    sim = SimP1Pty(_site(T0))
+    meter = _meter(SerialP1(sim.port), clock)
+    sink = Sink()
+    async with running(meter, sink) as task:
+        await _until(lambda: meter.connected)
+        await sim.send_once(clock.now())
+        await sink.wait_for(1)
+        sim.close()  # USB cable pulled
+        await _until(lambda: meter.counters["link_errors"] >= 2)
+        assert not task.done() and not meter.connected
+
+
+async def test_noise_overflow_and_malformed_line_do_not_stop_readings() -> None:
+    clock = ManualClock(T0)
+    with SimP1Pty(_site(T0)) as sim:
+        meter = _meter(SerialP1(sim.port), clock)
+        sink = Sink()
+        async with running(meter, sink):
+            await _until(lambda: meter.connected)
+            for _ in range(12):  # 48 KiB of noise without a telegram end
+                sim.write_raw(b"x" * 4096)
+                await asyncio.sleep(0.005)
+            # A valid CRC around a line the parser cannot read.
+            sim.write_raw(frame_telegram("XMX5LGBBLB2410065887", ["1-3:0.2.8(50)", "1-0:1.7.0(ab.cde*kW)"]))
+            await _until(lambda: meter.counters["parse_error"] == 1)
+            await sim.send_once(clock.now())
+            await sink.wait_for(1)
+    assert meter.counters["overflow"] >= 1
+    assert meter.counters["bad_crc"] == 0
 
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "dsmr"

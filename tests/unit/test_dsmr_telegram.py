@@ -168,3 +168,9 @@ def test_real_telegram_with_one_flipped_digit_fails_crc() -> None:
 def test_unknown_version_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown dsmr_version"):
         specification_for("6")
+
+
+def test_telegram_without_power_is_rejected() -> None:
+    raw = frame_telegram("XMX5LGBBLB2410065887", ["1-3:0.2.8(50)", "1-0:1.8.1(000001.000*kWh)"])
+    with pytest.raises(ValueError, match="no active power"):
+        meter_values(_parse(raw))
