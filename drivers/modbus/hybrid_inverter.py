@@ -26,6 +26,7 @@ from zapd.model import (
     CommandResult,
     DerCapabilities,
     DerKind,
+    Quality,
     Reading,
 )
 
@@ -192,9 +193,12 @@ class ModbusHybridInverter:
         battery_w = await self._read("battery_power")
         pv_w = await self._read("pv_power")
         ts = self._clock.now()
+        # Pass implausible values on, flagged: the state layer decides; clamping would hide a bad map.
+        battery_q = Quality.GOOD if 0.0 <= soc <= 1.0 else Quality.SUSPECT
+        pv_q = Quality.GOOD if pv_w >= 0.0 else Quality.SUSPECT
         battery = {POWER_W: battery_w, SOC: soc}
-        sink(Reading(der_id=self.battery_id, kind=DerKind.BATTERY, ts=ts, values=battery))
-        sink(Reading(der_id=self.pv_id, kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}))
+        sink(Reading(der_id=self.battery_id, kind=DerKind.BATTERY, ts=ts, values=battery, quality=battery_q))
+        sink(Reading(der_id=self.pv_id, kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}, quality=pv_q))
         self.counters["polls"] += 1
 
     async def run(self, sink: ReadingSink) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 from pymodbus.constants import ExcCodes
@@ -44,6 +45,8 @@ class _Unit:
     rmap: RegisterMap
     remote_control: bool = False
     command_timeout_s: float = 0.0
+    # Site time (SimSite.last) of the last accepted command, for the command-timeout deadman.
+    last_command_at: datetime | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"reads": 0, "writes": 0, "rejected_writes": 0})
 
     def _fields(self, table: Table) -> list[Field]:
@@ -75,6 +78,7 @@ class _Unit:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         table = Table.INPUT if function_code in _INPUT_FUNCTION_CODES else Table.HOLDING
+        self._expire_remote_control()
         if set_values is None:
             self.counters["reads"] += 1
             return self._refresh(table, start_address, registers)
@@ -83,6 +87,16 @@ class _Unit:
         if result is not None:
             self.counters["rejected_writes"] += 1
         return result
+
+    def _expire_remote_control(self) -> None:
+        """Like a real inverter, fall back on its own when the EMS stops talking (in simulated time)."""
+        now, last = self.site.last, self.last_command_at
+        if not self.remote_control or self.command_timeout_s <= 0 or now is None or last is None:
+            return
+        if (now - last).total_seconds() > self.command_timeout_s:
+            self.remote_control = False
+            self.site.battery.setpoint_w = 0.0
+            log.warning("sim.modbus.command_timeout", timeout_s=self.command_timeout_s)
 
     def _refresh(self, table: Table, start: int, registers: list[int]) -> ExcCodes | None:
         for f in self._fields(table):
@@ -118,12 +132,14 @@ class _Unit:
             if raw not in (self.rmap.remote_control_on, self.rmap.remote_control_off):
                 return ExcCodes.ILLEGAL_VALUE
             self.remote_control = raw == self.rmap.remote_control_on
+            self.last_command_at = self.site.last
         elif f.name == "battery_setpoint":
             value = f.decode(regs, self._sf_for(f))
             if not -battery.max_discharge_w <= value <= battery.max_charge_w:
                 return ExcCodes.ILLEGAL_VALUE
             if self.remote_control:  # like real inverters: accepted, but obeyed only in remote control
                 battery.setpoint_w = value
+                self.last_command_at = self.site.last
         elif f.name == "command_timeout":
             self.command_timeout_s = f.decode(regs)
         return None

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from drivers.api import ConfigurationError, Controllable, Driver, DriverError
 from drivers.modbus.bus import ModbusBus, close_all_buses, get_tcp_bus
@@ -17,7 +19,7 @@ from drivers.modbus.register_map import MAPS_DIR, RegisterMap, load_register_map
 from drivers.sim.modbus_server import SimModbusServer, start_modbus_sim
 from drivers.sim.physics import BatteryModel, SimSite
 from zapd.clock import SystemClock
-from zapd.model import BatterySetpoint, DerKind, EvCurrent, Reading
+from zapd.model import BatterySetpoint, DerKind, EvCurrent, Quality, Reading
 
 POLL_S = 0.05
 
@@ -188,6 +190,16 @@ async def test_survives_server_restart_on_the_same_port(
     bus: ModbusBus, site: SimSite, sim: SimModbusServer
 ) -> None:
     driver = make_driver(bus)
+    with capture_logs() as logs:
+        await _restart_scenario(driver, bus, site, sim)
+    events = [e["event"] for e in logs]
+    for event in ("modbus.link_down", "modbus.link_up", "modbus.device_error", "modbus.device_recovered"):
+        assert events.count(event) == 1, (event, events)
+
+
+async def _restart_scenario(
+    driver: ModbusHybridInverter, bus: ModbusBus, site: SimSite, sim: SimModbusServer
+) -> None:
     async with running(driver) as readings:
         await eventually(lambda: driver.healthy)
         await sim.stop()
@@ -279,3 +291,70 @@ def socket_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield int(s.getsockname()[1])
+
+
+async def test_other_exception_codes_are_driver_errors_not_configuration(bus: ModbusBus) -> None:
+    with pytest.raises(DriverError) as info:
+        await bus.read_input(7, 100, 1)  # no such unit behind this endpoint: device failure (4)
+    assert not isinstance(info.value, ConfigurationError)
+    assert "exception 4" in str(info.value)
+    assert bus.counters["exception_responses"] == 1 and bus.counters["config_errors"] == 0
+
+
+async def test_silent_device_times_out_and_the_bus_reconnects() -> None:
+    accepted = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(ConnectionError):
+            await reader.read(1024)  # take the request, never answer
+            await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bus = get_tcp_bus("127.0.0.1", port, timeout_s=0.2, backoff_initial_s=0.05, backoff_max_s=0.1)
+    try:
+        for _ in range(2):
+            async with asyncio.timeout(2):
+                with pytest.raises(DriverError, match="no answer within"):
+                    await bus.read_input(1, 100, 1)
+        assert bus.counters["timeouts"] == 2
+        assert accepted == 2, "a timed-out connection is not reused: a late answer would be misread"
+    finally:
+        await close_all_buses()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_implausible_values_are_flagged_suspect(bus: ModbusBus, site: SimSite) -> None:
+    site.battery.soc = 1.2  # a broken BMS or a wrong scale in the map
+    driver = make_driver(bus)
+    async with running(driver) as readings:
+        await eventually(lambda: len(readings) >= 2)
+        assert latest(readings, "inv.battery").quality is Quality.SUSPECT
+        assert latest(readings, "inv.battery").values["soc"] == pytest.approx(1.2)
+        assert latest(readings, "inv.pv").quality is Quality.GOOD
+        site.battery.soc = 0.4
+        await eventually(lambda: latest(readings, "inv.battery").quality is Quality.GOOD)
+
+
+async def test_device_leaves_remote_control_when_commands_stop(
+    bus: ModbusBus, site: SimSite, sim: SimModbusServer
+) -> None:
+    t0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    site.step(t0)
+    driver = make_driver(bus)
+    await driver.probe()
+    assert (await driver.apply(BatterySetpoint(der_id="inv.battery", power_w=2000.0))).ok
+    assert sim.remote_control() and sim.counters()["writes"] == 3  # timeout, mode, setpoint
+    site.step(t0 + timedelta(seconds=299))
+    assert (await driver.apply(BatterySetpoint(der_id="inv.battery", power_w=1500.0))).ok
+    site.step(t0 + timedelta(seconds=299 + 301))  # more than the 300 s the driver asked for
+    async with running(driver) as readings:
+        await eventually(lambda: len(readings) >= 2)
+    assert not sim.remote_control()
+    assert site.battery.setpoint_w == 0.0
+    assert (await driver.apply(BatterySetpoint(der_id="inv.battery", power_w=1000.0))).ok  # re-enables
+    assert sim.remote_control() and site.battery.setpoint_w == 1000.0
