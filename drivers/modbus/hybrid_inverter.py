@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 _REQUIRED = ("battery_soc", "battery_power", "pv_power", "battery_setpoint", "remote_control")
 _WRITABLE = ("battery_setpoint", "remote_control")
 _NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
+_MAX_SF = 10  # beyond 10**±10 a scale factor is garbage, not a unit
 _DEFAULT_COMMAND_TIMEOUT_S = 300  # written when the map has a timeout register: device falls back on its own
 
 
@@ -147,12 +148,19 @@ class ModbusHybridInverter:
         if f.scale_factor is None:
             return None
         sf_field = self._map.field(f.scale_factor)
-        return sf_field.decode_raw_int(await self._read_regs(sf_field, priority))
+        sf = sf_field.decode_raw_int(await self._read_regs(sf_field, priority))
+        if not -_MAX_SF <= sf <= _MAX_SF:  # SunSpec "not implemented" is 0x8000; 10**-32768 is no scale
+            raise DriverError(f"{self._id}: scale factor {sf_field.name} read as {sf}")
+        return sf
 
     async def _read(self, name: str, priority: Priority = Priority.POLL) -> float:
         f = self._map.field(name)
         sf = await self._scale_factor(f, priority)
-        value = f.decode(await self._read_regs(f, priority), sf)
+        regs = await self._read_regs(f, priority)
+        try:
+            value = f.decode(regs, sf)
+        except ValueError as exc:
+            raise DriverError(f"{self._id}: {name}: {exc}") from exc
         if not math.isfinite(value):
             raise DriverError(f"{self._id}: {name} read as {value}")
         return value
@@ -172,8 +180,9 @@ class ModbusHybridInverter:
             if self._map.get(key) is None:
                 continue
             value = await self._read(key, Priority.CONTROL)
-            if value <= 0:
-                raise DriverError(f"{self._id}: nameplate {key} read as {value}")
+            if value <= 0:  # unset on many devices; the config must then supply it
+                log.warning("modbus.nameplate_missing", device=self._id, key=key, value=value)
+                continue
             self._nameplate[key] = value
         for key in ("max_charge_w", "max_discharge_w"):
             probed, configured = self._nameplate.get(key), self._override[key]
@@ -285,7 +294,7 @@ class ModbusHybridInverter:
                 detail = await self._write_setpoint(command.power_w)
         except TimeoutError:
             detail = f"no completion within {self._apply_timeout_s:g} s"
-        except DriverError as exc:
+        except (DriverError, ValueError) as exc:  # ValueError: the map's register type cannot hold it
             detail = str(exc)
         else:
             if detail is None:
@@ -323,7 +332,7 @@ class ModbusHybridInverter:
         try:
             async with asyncio.timeout(self._apply_timeout_s):
                 problem = await self._write_setpoint(0.0)
-        except (DriverError, TimeoutError) as exc:
+        except (DriverError, TimeoutError, ValueError) as exc:
             problem = str(exc) or type(exc).__name__
         if problem is not None:
             self.counters["safe_mode_errors"] += 1

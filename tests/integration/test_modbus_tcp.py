@@ -60,6 +60,7 @@ def make_driver(
     backoff_max_s: float = 0.3,
     max_charge_w: float | None = None,
     max_discharge_w: float | None = None,
+    capacity_wh: float | None = None,
 ) -> ModbusHybridInverter:
     return ModbusHybridInverter(
         device_id=device_id,
@@ -70,6 +71,7 @@ def make_driver(
         clock=SystemClock(),
         max_charge_w=max_charge_w,
         max_discharge_w=max_discharge_w,
+        capacity_wh=capacity_wh,
         backoff_max_s=backoff_max_s,
     )
 
@@ -358,3 +360,25 @@ async def test_device_leaves_remote_control_when_commands_stop(
     assert site.battery.setpoint_w == 0.0
     assert (await driver.apply(BatterySetpoint(der_id="inv.battery", power_w=1000.0))).ok  # re-enables
     assert sim.remote_control() and site.battery.setpoint_w == 1000.0
+
+
+async def test_setpoint_the_map_cannot_encode_is_reported_not_raised(bus: ModbusBus, tmp_path: Path) -> None:
+    text = (MAPS_DIR / "sim_hybrid.toml").read_text()
+    unsigned = tmp_path / "unsigned.toml"
+    setpoint = 'address = 40210\ntable = "holding"\ntype = "s32"'
+    assert setpoint in text
+    unsigned.write_text(text.replace(setpoint, setpoint.replace("s32", "u32")))
+    driver = make_driver(bus, register_map=load_register_map(unsigned))
+    await driver.probe()
+    result = await driver.apply(BatterySetpoint(der_id="inv.battery", power_w=-100.0))
+    assert not result.ok and "does not fit" in result.detail
+
+
+async def test_unset_nameplate_falls_back_to_config(bus: ModbusBus, site: SimSite) -> None:
+    site.battery.capacity_wh = 0.0
+    driver = make_driver(bus)
+    await driver.probe()
+    assert driver.capabilities()[0].capacity_wh == 0.0 and driver.capabilities()[0].controllable
+    configured = make_driver(bus, capacity_wh=9000.0)
+    await configured.probe()
+    assert configured.capabilities()[0].capacity_wh == 9000.0
