@@ -40,6 +40,7 @@ BACKOFF_MAX_S = 30.0
 # Longest plausible telegram (Belgian with M-Bus and 13-month peaks) is a few kB; more is noise.
 MAX_PENDING_BYTES = 32 * 1024
 LOG_EVERY_S = 60.0
+MIN_SILENCE_S = 0.5
 
 
 class _LogLimiter:
@@ -158,8 +159,13 @@ class P1Meter:
 
     @property
     def silence_timeout_s(self) -> float:
-        """3 telegram periods of clock time, in real seconds (the simulated meter runs on the clock)."""
-        return 3 * self.poll_s / self.clock.speed
+        """3 telegram periods of clock time, in real seconds (the simulated meter runs on the clock).
+
+        A fast demo clock would make that a few ms, and a busy gateway would then log silence on
+        every scheduling hiccup, so it never drops below MIN_SILENCE_S unless 3 × poll_s does.
+        """
+        periods = 3 * self.poll_s
+        return max(periods / self.clock.speed, min(periods, MIN_SILENCE_S))
 
     @property
     def reconnect_after_silent_s(self) -> float:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from drivers.api import Driver
 from drivers.p1.dsmr import P1Meter, SerialP1, TcpP1
 from drivers.sim.p1_pty import SimP1Pty, SimP1Tcp, frame_telegram
 from drivers.sim.physics import SimSite
-from zapd.clock import ManualClock
+from zapd.clock import ManualClock, ScaledClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, DerKind, Reading
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -310,3 +311,24 @@ async def test_refused_line_settings_are_a_link_error_not_a_crash() -> None:
         async with running(meter, Sink()) as task:
             await _until(lambda: meter.counters["link_errors"] >= 2)
             assert not task.done()
+
+
+async def test_sim_run_on_a_fast_clock_feeds_the_driver() -> None:
+    clock = ScaledClock(T0, speed=50.0)
+    site = SimSite()
+    with SimP1Pty(site, step_site=True) as sim:
+        meter = P1Meter(device_id="grid", transport=SerialP1(sim.port), clock=clock)
+        assert isinstance(meter, Driver)
+        sink = Sink()
+        async with running(meter, sink):
+            await _until(lambda: meter.connected)
+            sim_task = asyncio.create_task(sim.run(clock, interval_s=1.0))
+            try:
+                await sink.wait_for(5)
+            finally:
+                sim_task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await sim_task
+    timestamps = [r.ts for r in sink.readings]
+    assert timestamps == sorted(timestamps) and timestamps[-1] > T0
+    assert sink.readings[-1].values[POWER_W] == pytest.approx(site.grid_w, abs=50.0)
