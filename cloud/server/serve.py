@@ -10,10 +10,12 @@ from sqlalchemy.exc import ArgumentError
 
 from cloud.server.app import create_app
 from cloud_sync.keys import KeyFileError, key_id, load_or_create_signing_key, public_key_b64
+from zapd.logs import configure as configure_logging
 
 
 def run_serve(*, db_url: str, host: str, port: int, key_path: str) -> int:
     """Run until SIGINT/SIGTERM. Exit 0 after a clean stop, 1 if it could not start, 2 on bad input."""
+    configure_logging()
     try:
         key = load_or_create_signing_key(Path(key_path))
     except (KeyFileError, OSError) as exc:
@@ -24,7 +26,10 @@ def run_serve(*, db_url: str, host: str, port: int, key_path: str) -> int:
     try:
         app = create_app(db_url, key)
     except (ArgumentError, ValueError) as exc:
-        print(f"zapcloud: --db {db_url!r}: {exc}", file=sys.stderr)
+        print(f"zapcloud: --db: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"zapcloud: --db: database driver not installed: {exc.name or exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
         app,

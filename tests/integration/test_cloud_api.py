@@ -1,12 +1,16 @@
-"""The cloud HTTP API against a real `zapcloud serve` process on loopback with a SQLite file."""
+"""The cloud HTTP API against a real `zapcloud serve` process on loopback with a SQLite file.
+
+Set ZAPCLOUD_TEST_DB_URL (e.g. postgresql+asyncpg://zap@127.0.0.1:5432/zapcloud_test) to run the
+same tests against another database; its zapcloud tables are DROPPED first.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,11 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from nacl.signing import SigningKey, VerifyKey
+from sqlalchemy import Select, select
 
+from cloud.server import db as schema
+from cloud.server.db import Database
 from cloud_sync.keys import load_verify_key_b64, public_key_b64
 from cloud_sync.wire import (
     HEADER_KEY_ID,
@@ -47,7 +55,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 @dataclass
 class Cloud:
-    db_path: Path
+    db_url: str
+    tmp: Path
     cloud_key: VerifyKey
     client: httpx.Client
 
@@ -62,14 +71,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _serve(tmp: Path, db_path: Path, name: str) -> Iterator[Cloud]:
+def _serve(tmp: Path, db_url: str, name: str) -> Iterator[Cloud]:
     """A `zapcloud serve` subprocess; retried on another port if the probed one was taken meanwhile."""
-    env = {**os.environ, "ZAPCLOUD_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "ZAPCLOUD_ADMIN_TOKEN": ADMIN, "PYTHONPATH": path}
     for _attempt in range(3):
         port = _free_port()
         out = tmp / f"{name}-{port}.log"
         cmd = [sys.executable, "-m", "cloud.cli", "serve", "--port", str(port),
-               "--db", f"sqlite+aiosqlite:///{db_path}", "--key", str(tmp / "cloud.key")]  # fmt: skip
+               "--db", db_url, "--key", str(tmp / "cloud.key")]  # fmt: skip
         with out.open("wb") as out_f:
             proc = subprocess.Popen(cmd, stdout=out_f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         try:
@@ -79,7 +89,7 @@ def _serve(tmp: Path, db_path: Path, name: str) -> Iterator[Cloud]:
                     continue  # port stolen: try another
                 m = re.search(r"cloud public key (\S+)", out.read_text())
                 assert m, out.read_text()
-                yield Cloud(db_path=db_path, cloud_key=load_verify_key_b64(m.group(1)), client=client)
+                yield Cloud(db_url=db_url, tmp=tmp, cloud_key=load_verify_key_b64(m.group(1)), client=client)
                 return
         finally:
             proc.terminate()
@@ -111,8 +121,22 @@ def _wait_healthy(proc: subprocess.Popen[bytes], client: httpx.Client, out: Path
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     tmp = tmp_path_factory.mktemp("cloud")
-    with _serve(tmp, tmp / "x.sqlite", "a") as c:
+    url = os.environ.get("ZAPCLOUD_TEST_DB_URL")
+    if url:
+        asyncio.run(_drop_tables(url))
+    else:
+        url = f"sqlite+aiosqlite:///{tmp / 'x.sqlite'}"
+    with _serve(tmp, url, "a") as c:
         yield c
+
+
+async def _drop_tables(url: str) -> None:
+    db = Database(url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(schema.metadata.drop_all)
+    finally:
+        await db.dispose()
 
 
 def _register(cloud: Cloud, site_id: str) -> SigningKey:
@@ -151,11 +175,23 @@ def _post(cloud: Cloud, site_id: str, key: SigningKey, body: bytes, *, gzip: boo
     return cloud.client.post(f"/v1/sites/{site_id}/telemetry", content=body, headers=headers)
 
 
+def _fetch(cloud: Cloud, stmt: Select[Any]) -> list[tuple[Any, ...]]:
+    """Look into the server's database directly, through the same data layer, whatever the engine."""
+
+    async def run() -> list[tuple[Any, ...]]:
+        db = Database(cloud.db_url)
+        try:
+            async with db.engine.connect() as conn:
+                return [tuple(r) for r in await conn.execute(stmt)]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
 def _rows(cloud: Cloud, site_id: str) -> list[int]:
-    with sqlite3.connect(cloud.db_path) as db:
-        return [
-            r[0] for r in db.execute("SELECT seq FROM telemetry WHERE site_id = ? ORDER BY seq", (site_id,))
-        ]
+    stmt = select(schema.telemetry.c.seq).where(schema.telemetry.c.site_id == site_id).order_by("seq")
+    return [r[0] for r in _fetch(cloud, stmt)]
 
 
 def test_register_requires_admin_token(cloud: Cloud) -> None:
@@ -218,9 +254,10 @@ def test_command_reports_ride_along(cloud: Cloud) -> None:
     body = encode(_batch("site-cmd", 1, 2, commands=[cmd]))
     assert _post(cloud, "site-cmd", key, body).status_code == 200
     assert _post(cloud, "site-cmd", key, body).status_code == 200
-    with sqlite3.connect(cloud.db_path) as db:
-        n = db.execute("SELECT count(*) FROM command_reports WHERE site_id = 'site-cmd'").fetchone()[0]
-    assert n == 1
+    cr = schema.command_reports
+    assert _fetch(cloud, select(cr.c.der_id, cr.c.result).where(cr.c.site_id == "site-cmd")) == [
+        ("bat1", "ok")
+    ]
 
 
 def test_bad_signature_and_unknown_key_are_401(cloud: Cloud) -> None:
@@ -274,9 +311,8 @@ def test_discovery_is_stored(cloud: Cloud) -> None:
     body = encode(report)
     r = cloud.client.post("/v1/sites/site-disc/discovery", content=body, headers=sign_body(key, body))
     assert (r.status_code, r.json()) == (200, {"ders": 1})
-    with sqlite3.connect(cloud.db_path) as db:
-        rows = db.execute("SELECT der_id FROM der_models WHERE site_id = 'site-disc'").fetchall()
-    assert rows == [("bat1",)]
+    dm = schema.der_models
+    assert _fetch(cloud, select(dm.c.der_id).where(dm.c.site_id == "site-disc")) == [("bat1",)]
 
 
 def _plan(site_id: str, version: int, *, hours: float = 24) -> Plan:
@@ -378,8 +414,7 @@ def test_metrics_count_rejections(cloud: Cloud) -> None:
 def test_two_workers_share_one_database(cloud: Cloud) -> None:
     """No state in the process: a second worker on the same DB serves the same sites, and
     racing re-sends of one batch to both workers store every reading exactly once."""
-    tmp = cloud.db_path.parent
-    with _serve(tmp, cloud.db_path, "b") as other:
+    with _serve(cloud.tmp, cloud.db_url, "b") as other:
         key = _register(cloud, "site-two")
         body = encode(_batch("site-two", 1, 200))
 
