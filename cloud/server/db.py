@@ -251,14 +251,20 @@ class Database:
                     .values(stored_through=last)
                 )
             if (await conn.execute(advance)).rowcount == 1:
-                await self._insert_batch_rows(conn, batch)
+                await self._insert_readings(conn, batch)
+                await self._insert_commands(conn, batch)
                 return IngestResult(accepted=True, stored_through=last)
             current = await _stored_through(conn, site_id)
-        if current is None:
-            raise LookupError(f"unknown site {site_id!r}")
-        return IngestResult(accepted=current >= last, stored_through=current)
+            if current is None:
+                raise LookupError(f"unknown site {site_id!r}")
+            accepted = current >= last
+            if accepted:
+                # A re-sent batch may carry command reports the first one did not (the Zap
+                # attaches whatever is unsent); they must not be lost behind the 200.
+                await self._insert_commands(conn, batch)
+        return IngestResult(accepted=accepted, stored_through=current)
 
-    async def _insert_batch_rows(self, conn: AsyncConnection, batch: TelemetryBatch) -> None:
+    async def _insert_readings(self, conn: AsyncConnection, batch: TelemetryBatch) -> None:
         rows = [
             {
                 "site_id": batch.site_id,
@@ -272,6 +278,8 @@ class Database:
             for r in batch.readings
         ]
         await conn.execute(self._insert_ignore(telemetry), rows)
+
+    async def _insert_commands(self, conn: AsyncConnection, batch: TelemetryBatch) -> None:
         if batch.commands:
             cmds = [
                 {

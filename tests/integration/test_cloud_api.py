@@ -255,9 +255,13 @@ def test_command_reports_ride_along(cloud: Cloud) -> None:
     assert _post(cloud, "site-cmd", key, body).status_code == 200
     assert _post(cloud, "site-cmd", key, body).status_code == 200
     cr = schema.command_reports
-    assert _fetch(cloud, select(cr.c.der_id, cr.c.result).where(cr.c.site_id == "site-cmd")) == [
-        ("bat1", "ok")
-    ]
+    stmt = select(cr.c.der_id, cr.c.result).where(cr.c.site_id == "site-cmd").order_by(cr.c.ts)
+    assert _fetch(cloud, stmt) == [("bat1", "ok")]
+    # The same (already stored) readings re-sent with a newer report: the report is kept.
+    later = CommandReport(ts=T0 + timedelta(seconds=5), der_id="bat1", command=cmd.command, result="timeout")
+    r = _post(cloud, "site-cmd", key, encode(_batch("site-cmd", 1, 2, commands=[cmd, later])))
+    assert (r.status_code, r.json()) == (200, {"stored_through": 2})
+    assert _fetch(cloud, stmt) == [("bat1", "ok"), ("bat1", "timeout")]
 
 
 def test_bad_signature_and_unknown_key_are_401(cloud: Cloud) -> None:
