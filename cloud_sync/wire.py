@@ -117,6 +117,7 @@ class PlanRejected(Exception):
 
 _batch_decoder = msgspec.json.Decoder(TelemetryBatch)
 _discovery_decoder = msgspec.json.Decoder(DiscoveryReport)
+_ack_decoder = msgspec.json.Decoder(TelemetryAck)
 _plan_decoder = msgspec.json.Decoder(Plan)
 _encoder = msgspec.json.Encoder()
 
@@ -148,6 +149,21 @@ def verify_body(verify_key: VerifyKey, body: bytes, sig_b64: str | None) -> bool
     except BadSignatureError:
         return False
     return True
+
+
+def signed_request_body(
+    key: SigningKey, obj: object, *, compress: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """Encode `obj` for a POST: the bytes to send and every header that goes with them.
+
+    The signature is taken before compression (see the module docstring).
+    """
+    body = encode(obj)
+    headers = {**sign_body(key, body), "Content-Type": "application/json"}
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+        body = gzip_body(body)
+    return body, headers
 
 
 def request_signing_bytes(method: str, path: str, timestamp: str) -> bytes:
@@ -267,6 +283,15 @@ def make_batch(
     )
     check_batch(batch)
     return batch
+
+
+def decode_ack(body: bytes) -> TelemetryAck:
+    """Read the server's answer to a telemetry POST: a 200 ack and a 409 gap both carry
+    stored_through, the point the Zap continues from."""
+    try:
+        return _ack_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed telemetry ack: {exc}") from None
 
 
 def decode_discovery(body: bytes) -> DiscoveryReport:

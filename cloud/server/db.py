@@ -309,7 +309,7 @@ class Database:
                 .order_by(telemetry.c.seq)
                 .limit(limit)
             )
-            return [dict(r._mapping) for r in result]
+            return [{**r._mapping, "ts": _utc(r.ts)} for r in result]
 
     # --- DER models ---------------------------------------------------------------------
 

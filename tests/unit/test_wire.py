@@ -21,6 +21,7 @@ from cloud_sync.wire import (
     WireError,
     WireReading,
     check_batch,
+    decode_ack,
     decode_batch,
     encode,
     encode_plan,
@@ -31,6 +32,7 @@ from cloud_sync.wire import (
     sign_body,
     sign_plan,
     sign_request,
+    signed_request_body,
     verify_body,
     verify_plan,
     verify_request,
@@ -303,3 +305,21 @@ def test_structs_are_msgspec() -> None:
     # The uploader stores batches and the fetcher caches SignedPlans with msgspec too.
     signed = sign_plan(CLOUD, _plan())
     assert msgspec.json.decode(msgspec.json.encode(signed), type=type(signed)) == signed
+
+
+def test_signed_request_body_signs_the_uncompressed_bytes() -> None:
+    batch = make_batch("s1", _readings([1, 2]))
+    for compress in (False, True):
+        content, headers = signed_request_body(OTHER, batch, compress=compress)
+        plain = gunzip_limited(content) if compress else content
+        assert plain == encode(batch)
+        assert verify_body(OTHER.verify_key, plain, headers[HEADER_SIGNATURE])
+        assert headers[HEADER_KEY_ID] == key_id(OTHER)
+        assert ("Content-Encoding" in headers) == compress
+
+
+def test_ack_and_gap_bodies_both_give_the_resume_point() -> None:
+    assert decode_ack(b'{"stored_through": 7}').stored_through == 7
+    assert decode_ack(b'{"error": "gap", "stored_through": 3}').stored_through == 3
+    with pytest.raises(WireError):
+        decode_ack(b'{"error": "bad_signature"}')
