@@ -141,7 +141,7 @@ class LocalApi:
         self._t0 = time.monotonic()
         self.recent: deque[Reading] = deque(maxlen=RECENT_READINGS)
         self._followers: set[asyncio.Queue[Reading]] = set()
-        self._clients = 0
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.requests = 0
         self.errors = 0
         self.follow_dropped = 0
@@ -179,6 +179,7 @@ class LocalApi:
             await server.serve_forever()
         finally:
             server.close()
+            await self._close_clients()
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
 
@@ -207,17 +208,27 @@ class LocalApi:
 
     # --- connections -----------------------------------------------------------------------
 
+    async def _close_clients(self) -> None:
+        """Hang up on clients so their handlers end by themselves: on Python 3.11 a handler task
+        cancelled at loop shutdown makes asyncio log a spurious traceback."""
+        for writer in self._clients.values():
+            writer.close()
+        if self._clients:
+            await asyncio.wait(set(self._clients), timeout=WRITE_TIMEOUT_S)
+
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._clients += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients[task] = writer
         try:
-            if self._clients > MAX_CLIENTS:
+            if len(self._clients) > MAX_CLIENTS:
                 await self._send(writer, _error("busy", f"too many clients (max {MAX_CLIENTS})"))
                 return
             await self._serve_client(reader, writer)
         except (ConnectionError, TimeoutError, OSError):
             pass  # the client went away or stalled: its problem, not the daemon's
         finally:
-            self._clients -= 1
+            self._clients.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError, OSError):
                 await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
@@ -291,7 +302,9 @@ class LocalApi:
             while not hangup.done():
                 getter = asyncio.ensure_future(queue.get())
                 try:
-                    done, _ = await asyncio.wait({getter, hangup}, timeout=HEARTBEAT_S)
+                    done, _ = await asyncio.wait(
+                        {getter, hangup}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     getter.cancel()
                 if getter in done and not getter.cancelled():
