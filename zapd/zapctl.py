@@ -340,32 +340,62 @@ def _battery_kw(s: Json) -> float:
 
 
 def _plotext_chart(slots: list[Json]) -> str | None:
-    """plotext is optional: an edge install without it still gets the ASCII chart."""
+    """plotext is optional: without it, or with an API we do not know, the ASCII chart is used.
+
+    Only plotext's 5.x module API is used; 6.x reorganised it (and drew empty bar charts in
+    our tests), so it is treated as absent. A cosmetic renderer must never fail `zapctl plan`.
+    """
     try:
         plt: Any = importlib.import_module("plotext")
     except ImportError:
         return None
-    plt.clear_figure()
-    plt.theme("clear")
-    plt.bar([_slot_label(s) for s in slots], [_battery_kw(s) for s in slots])
-    plt.title("battery setpoint kW (+ charge, - discharge), next 24 h, UTC")
-    width = min(shutil.get_terminal_size((100, 24)).columns, 140)
-    plt.plotsize(width, 18)
-    text: str = plt.build()
-    return text
+    if not all(hasattr(plt, name) for name in ("clear_figure", "bar", "plotsize", "build", "theme")):
+        return None
+    try:
+        plt.clear_figure()
+        plt.theme("clear")
+        plt.bar([_slot_label(s) for s in slots], [_battery_kw(s) for s in slots])
+        plt.title("battery setpoint kW (+ charge, - discharge), next 24 h, UTC")
+        plt.plotsize(min(shutil.get_terminal_size((100, 24)).columns, 140), 18)
+        text = plt.build()
+    except Exception:  # any plotext trouble: fall back to our own chart
+        return None
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def _chart_rows(slots: list[Json], max_rows: int = 48) -> list[tuple[str, float, str]]:
+    """(label, kW, note) per slot; hourly means when there are too many slots for a terminal."""
+    rows = [
+        (
+            _slot_label(s),
+            _battery_kw(s),
+            "" if isinstance(s.get("battery_w"), int | float) else str(s.get("mode")),
+        )
+        for s in slots
+    ]
+    if len(rows) <= max_rows:
+        return rows
+    hourly: dict[str, list[tuple[float, str]]] = {}
+    for s, (_, kw, note) in zip(slots, rows, strict=True):
+        ts = _parse_ts(s.get("start"))
+        key = ts.astimezone(UTC).strftime("%Y-%m-%d %H:00") if ts else "?"
+        hourly.setdefault(key, []).append((kw, note))
+    return [
+        (key[-5:], sum(kw for kw, _ in vals) / len(vals), "" if any(not n for _, n in vals) else vals[0][1])
+        for key, vals in hourly.items()
+    ]
 
 
 def ascii_chart(slots: list[Json], half_width: int = 24) -> str:
-    """One row per slot, bars left of the axis for discharge and right for charge."""
-    values = [_battery_kw(s) for s in slots]
-    peak = max((abs(v) for v in values), default=0.0) or 1.0
+    """One row per slot (or hour), bars left of the axis for discharge and right for charge."""
+    rows = _chart_rows(slots)
+    peak = max((abs(kw) for _, kw, _ in rows), default=0.0) or 1.0
     lines = [f"battery kW (+ charge, - discharge), scale ±{peak:.1f} kW, UTC"]
-    for s, v in zip(slots, values, strict=True):
-        n = round(abs(v) / peak * half_width)
-        left = ("#" * n if v < 0 else "").rjust(half_width)
-        right = ("#" * n if v > 0 else "").ljust(half_width)
-        note = "" if isinstance(s.get("battery_w"), int | float) else f" ({s.get('mode')})"
-        lines.append(f"{_slot_label(s)} {v:+6.2f} {left}|{right}{note}".rstrip())
+    for label, kw, note in rows:
+        n = round(abs(kw) / peak * half_width)
+        left = ("#" * n if kw < 0 else "").rjust(half_width)
+        right = "#" * n if kw > 0 else ""
+        lines.append(f"{label} {kw:+6.2f} {left}|{right}" + (f"  ({note})" if note else ""))
     return "\n".join(lines)
 
 

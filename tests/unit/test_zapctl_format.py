@@ -1,0 +1,140 @@
+"""zapctl's human output: aligned tables, readable durations, a chart that works without plotext."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from zapd import zapctl
+from zapd.zapctl import ascii_chart, duration, format_devices, format_plan, format_status, table
+
+NOW = datetime(2026, 6, 1, 12, 10, tzinfo=UTC)
+
+
+def _slots(n: int, minutes: int, start: datetime) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        st = start + timedelta(minutes=minutes * i)
+        out.append(
+            {
+                "start": st.isoformat(),
+                "end": (st + timedelta(minutes=minutes)).isoformat(),
+                "active": st <= NOW < st + timedelta(minutes=minutes),
+                "mode": "setpoint" if i % 7 else "self_consumption",
+                "battery_w": None if i % 7 == 0 else float((i % 5 - 2) * 1000),
+                "ev_w": None,
+                "grid_import_limit_w": None,
+                "grid_export_limit_w": None,
+                "target_soc": None,
+            }
+        )
+    return out
+
+
+def _plan(slots: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "now": NOW.isoformat(),
+        "plan": {
+            "version": 3,
+            "issued_at": NOW.isoformat(),
+            "valid_until": (NOW + timedelta(hours=30)).isoformat(),
+            "expires_in_s": 30 * 3600.0,
+            "expired": False,
+            "slots": len(slots),
+        },
+        "slots": slots,
+    }
+
+
+def test_table_aligns_columns_and_shows_missing_as_dash() -> None:
+    out = table(["A", "LONGER"], [("x", None), ("yyyy", 1500.4), ("z", True)]).splitlines()
+    assert out == ["A     LONGER", "x     -", "yyyy  1500", "z     yes"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "-"), (0.4, "0.4s"), (75, "1m15s"), (3 * 3600 + 60, "3h01m"), (90000, "1d01h"), (-30, "-30.0s")],
+)
+def test_duration(seconds: float | None, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_ascii_chart_bars_point_the_right_way() -> None:
+    lines = ascii_chart(_slots(4, 60, NOW.replace(minute=0)), half_width=4).splitlines()
+    assert lines[0].startswith("battery kW")
+    assert lines[1].endswith("|  (self_consumption)")  # no setpoint: local rules decide
+    assert lines[2] == "13:00  -1.00 ####|"
+    assert lines[3] == "14:00  +0.00     |"
+    assert lines[4] == "15:00  +1.00     |####"
+
+
+def test_ascii_chart_folds_quarter_hours_into_hours() -> None:
+    lines = ascii_chart(_slots(96, 15, NOW.replace(minute=0))).splitlines()
+    assert len(lines) == 1 + 24
+    assert len({line[:5] for line in lines[1:]}) == 24
+
+
+def test_plan_shows_only_the_next_24_hours_and_marks_the_active_slot() -> None:
+    out = format_plan(_plan(_slots(30, 60, NOW.replace(hour=11, minute=0))), chart="none")
+    rows = [line for line in out.splitlines() if line.startswith(("> ", "  2026"))]
+    assert len(rows) == 25  # the running slot plus the next 24 h
+    assert rows[0].startswith("> 2026-06-01 12:00Z")
+
+
+def test_plan_without_plotext_falls_back_to_ascii(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> object:
+        raise ImportError(name)
+
+    monkeypatch.setattr(zapctl.importlib, "import_module", missing)
+    out = format_plan(_plan(_slots(3, 60, NOW.replace(minute=0))), chart="auto")
+    assert "battery kW (+ charge, - discharge)" in out
+
+
+def test_no_plan_says_what_happens_instead() -> None:
+    assert "fallback" in format_plan({"plan": None, "slots": []})
+
+
+def test_status_and_devices_render_api_payloads() -> None:
+    status = {
+        "site_id": "s1",
+        "version": "0.1.0",
+        "pid": 42,
+        "now": NOW.isoformat(),
+        "uptime_s": 3700.0,
+        "fallback": {"rung": "plan", "since": (NOW - timedelta(minutes=5)).isoformat(), "reason": "plan v3"},
+        "link": {"state": "up", "last_upload": NOW.isoformat(), "outbox_depth": 12},
+        "plan": {"version": 3, "slots": 96, "expired": False, "expires_in_s": 7200.0},
+        "control": {"cycles": 10, "last_cycle_ms": 1.5, "writes": 2, "write_failures": 0, "setpoints": {}},
+        "tasks": [{"name": "controller", "ok": True, "restarts": 0, "last_error": ""}],
+        "readings_in": 99,
+    }
+    out = format_status(status)
+    assert "plan since 2026-06-01 12:05:00Z (5m00s ago)" in out
+    assert "outbox 12 readings" in out and "v3, 96 slots, expires in 2h00m" in out
+    devices = {
+        "devices": [
+            {
+                "der_id": "meter",
+                "kind": "meter",
+                "age_s": 1.2,
+                "quality": "good",
+                "fresh": True,
+                "driver_ok": True,
+                "values": {"power_w": 512.0},
+            },
+            {
+                "der_id": "inv.battery",
+                "kind": "battery",
+                "age_s": None,
+                "quality": None,
+                "fresh": False,
+                "driver_ok": False,
+                "values": {},
+            },
+        ]
+    }
+    lines = format_devices(devices).splitlines()
+    assert lines[1].split() == ["meter", "meter", "1.2s", "good", "fresh", "ok", "power_w=512"]
+    assert lines[2].split() == ["inv.battery", "battery", "-", "-", "STALE", "FAILING"]
