@@ -52,6 +52,9 @@ MIP_REL_GAP = 1e-7
 DEFAULT_TIME_LIMIT_S = 10.0
 # Lazy rounds before every slot gets its binaries.
 _LAZY_ROUNDS = 3
+# LP re-solves the exclusion-repair heuristic may spend.
+_DIVE_STEPS = 6
+_INFEASIBLE = "no plan satisfies the constraints (load beyond the grid, PV and battery limits?)"
 
 
 def recompute_cost(problem: Problem, solution: Solution) -> float:
@@ -81,55 +84,132 @@ def solve_json(data: bytes | str, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S)
 
 def solve(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> Solution:
     started = time.perf_counter()
+    deadline = started + time_limit_s
     d = site_data(problem)
     T = d.horizon
     bin_charge = np.zeros(T, dtype=np.bool_)
     bin_grid = np.zeros(T, dtype=np.bool_)
     slack_cap: float | None = None
+    incumbent: _Plan | None = None  # best plan known to meet every exclusion, a MIP start
     rounds = 0
     while True:
-        remaining = time_limit_s - (time.perf_counter() - started)
         model = build_model(d, bin_charge, bin_grid, slack_cap)
-        outcome = _run(model, max(remaining, 0.001))
-        if outcome.status != "optimal":
+        outcome = _run(model, deadline, _mip_start(d, model, incumbent))
+        if outcome.status != "optimal" or outcome.x is None:
+            best = _plan(d, outcome.x, outcome.objective) if outcome.x is not None else incumbent
+            if best is not None and not any(v.any() for v in _violations(best.flows)):
+                return _solution(problem, d, best.flows, slack_cap is not None, started, outcome.message)
             return error_solution(outcome.status, outcome.message, _ms_since(started))
-        x = outcome.x
-        flows = x[: N_BLOCKS * T].reshape(N_BLOCKS, T).copy()
-        _net_grid(d, flows)
-        _net_battery(d, flows)
-        bad_charge, bad_grid = _violations(flows)
+        plan = _plan(d, outcome.x, outcome.objective)
+        bad_charge, bad_grid = _violations(plan.flows)
         # A slot that already has binaries can only show integrality-tolerance noise; _tidy removes it.
         bad_charge &= ~bin_charge
         bad_grid &= ~bin_grid
-        if not bad_charge.any() and not bad_grid.any():
-            shortfall = x[model.slack_col] if model.slack_col is not None else 0.0
-            if slack_cap is None and shortfall > EV_SHORTFALL_TOL:
-                # This plan meets every exclusion, so its shortfall is the least possible: keep it, and
-                # now minimize the real cost.
-                slack_cap = float(shortfall) * (1.0 + 1e-9) + 1e-9
+        if bad_charge.any() or bad_grid.any():
+            dived = _dive(d, plan, slack_cap, deadline)
+            if dived is not None and (incumbent is None or dived.objective < incumbent.objective):
+                incumbent = dived
+            if dived is None or dived.objective > outcome.bound + _gap(outcome.bound):
+                rounds += 1
+                bin_charge |= bad_charge
+                bin_grid |= bad_grid
+                if rounds >= _LAZY_ROUNDS:
+                    bin_charge[:] = d.max_charge > 0 and d.max_discharge > 0
+                    bin_grid[:] = d.max_import > 0 and d.max_export > 0
                 continue
-            return _solution(problem, d, flows, slack_cap is not None, started)
-        rounds += 1
-        bin_charge |= bad_charge
-        bin_grid |= bad_grid
-        if rounds >= _LAZY_ROUNDS:
-            bin_charge[:] = d.max_charge > 0 and d.max_discharge > 0
-            bin_grid[:] = d.max_import > 0 and d.max_export > 0
+            plan = dived  # meets every exclusion and the relaxation's bound: optimal
+        if slack_cap is None and plan.shortfall(model) > EV_SHORTFALL_TOL:
+            # This plan meets every exclusion, so its shortfall is the least possible: keep it, and
+            # now minimize the real cost.
+            slack_cap = plan.shortfall(model) * (1.0 + 1e-9) + 1e-9
+            incumbent = plan
+            continue
+        return _solution(problem, d, plan.flows, slack_cap is not None, started)
+
+
+def _gap(bound: float) -> float:
+    return MIP_REL_GAP * max(1.0, abs(bound))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A solver solution: the raw column values and the flows after cost-free netting."""
+
+    x: FloatArray
+    flows: FloatArray
+    objective: float
+
+    def shortfall(self, model: Model) -> float:
+        return float(self.x[model.slack_col]) if model.slack_col is not None else 0.0
+
+
+def _plan(d: SiteData, x: FloatArray, objective: float) -> _Plan:
+    flows = x[: N_BLOCKS * d.horizon].reshape(N_BLOCKS, d.horizon).copy()
+    _net_grid(d, flows)
+    _net_battery(d, flows)
+    return _Plan(x, flows, objective)
+
+
+def _dive(d: SiteData, plan: _Plan, slack_cap: float | None, deadline: float) -> _Plan | None:
+    """Find a plan that meets every exclusion: forbid the weaker of the two flows wherever both run and
+    re-solve the LP. Cheap, and on real profiles usually optimal, which the relaxation's bound proves."""
+    T = d.horizon
+    forbid = np.zeros((N_BLOCKS, T), dtype=np.bool_)
+    for _ in range(_DIVE_STEPS):
+        bad_charge, bad_grid = _violations(plan.flows)
+        if not bad_charge.any() and not bad_grid.any():
+            return plan
+        f = plan.flows
+        forbid[DISCHARGE] |= bad_charge & (f[CHARGE] >= f[DISCHARGE])
+        forbid[CHARGE] |= bad_charge & (f[CHARGE] < f[DISCHARGE])
+        forbid[EXPORT] |= bad_grid & (f[IMPORT] >= f[EXPORT])
+        forbid[IMPORT] |= bad_grid & (f[IMPORT] < f[EXPORT])
+        model = build_model(d, np.zeros(T, dtype=np.bool_), np.zeros(T, dtype=np.bool_), slack_cap)
+        model.col_upper[: N_BLOCKS * T][forbid.ravel()] = 0.0
+        outcome = _run(model, deadline, None)
+        if outcome.x is None or outcome.status != "optimal":
+            return None
+        plan = _plan(d, outcome.x, outcome.objective)
+    return None
+
+
+def _mip_start(d: SiteData, model: Model, plan: _Plan | None) -> FloatArray | None:
+    """The incumbent as a full column vector of `model` (binaries set to its flow directions)."""
+    if plan is None or not model.is_mip:
+        return None
+    T = d.horizon
+    x = np.zeros(len(model.col_cost))
+    n_real = len(plan.x)
+    x[:n_real] = plan.x
+    x[: N_BLOCKS * T] = plan.flows.ravel()
+    if model.peak_col is not None:
+        x[model.peak_col] = max(0.0, float(np.max(plan.flows[IMPORT])) - d.peak_already)
+    if model.slack_col is not None and x[model.slack_col] > model.col_upper[model.slack_col]:
+        return None  # the shortfall cap came from another plan; this one no longer fits
+    z = n_real
+    for mask, on in ((model.bin_charge, CHARGE), (model.bin_grid, IMPORT)):
+        sel = np.flatnonzero(mask)
+        x[z : z + len(sel)] = plan.flows[on, sel] > 0.0
+        z += len(sel)
+    return x
 
 
 @dataclass(frozen=True)
 class _Outcome:
     status: Status
-    x: FloatArray
+    x: FloatArray | None  # the model's real (non-binary) columns, when a feasible solution exists
+    objective: float = np.inf
+    bound: float = -np.inf
     message: str = ""
 
 
-def _run(model: Model, time_limit_s: float) -> _Outcome:
+def _run(model: Model, deadline: float, start: FloatArray | None) -> _Outcome:
     # highspy.Highs() prints a banner on stdout when created; the bare core class does not, and stdout
     # carries the CLI's JSON.
     h = _Highs()
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", float(time_limit_s))
+    time_limit_s = max(deadline - time.perf_counter(), 0.001)
+    h.setOptionValue("time_limit", time_limit_s)
     if model.is_mip:
         h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
     n_col, n_row = len(model.col_cost), len(model.row_lower)
@@ -150,17 +230,25 @@ def _run(model: Model, time_limit_s: float) -> _Outcome:
         model.a_value,
         model.integrality,
     )
+    if start is not None:
+        h.setSolution(n_col, np.arange(n_col, dtype=np.int32), start)
     h.run()
     status = h.getModelStatus()
-    if status == highspy.HighsModelStatus.kOptimal:
-        return _Outcome("optimal", np.asarray(h.getSolution().col_value, dtype=np.float64))
-    empty = np.zeros(0)
+    info = h.getInfo()
+    has_solution = info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible
+    x = None
+    objective = float(info.objective_function_value)
+    if has_solution:
+        x = np.asarray(h.getSolution().col_value, dtype=np.float64)[: model.n_real]
+    if status == highspy.HighsModelStatus.kOptimal and x is not None:
+        bound = float(info.mip_dual_bound) if model.is_mip else objective
+        return _Outcome("optimal", x, objective, bound)
     if status in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible):
-        return _Outcome("infeasible", empty, "no plan satisfies the constraints (load beyond supply limits?)")
+        return _Outcome("infeasible", None, message=_INFEASIBLE)
     if status == highspy.HighsModelStatus.kTimeLimit:
-        message = f"time limit of {time_limit_s:.3f} s reached before proving optimality"
-        return _Outcome("error", empty, message)
-    return _Outcome("error", empty, f"solver stopped: {h.modelStatusToString(status)}")
+        gap = f" (best plan within {100 * info.mip_gap:.3g}% of optimal)" if x is not None else ""
+        return _Outcome("error", x, objective, message=f"time limit of {time_limit_s:.3f} s reached{gap}")
+    return _Outcome("error", None, message=f"solver stopped: {h.modelStatusToString(status)}")
 
 
 def _net_grid(d: SiteData, flows: FloatArray) -> None:
@@ -220,12 +308,22 @@ def _tidy(d: SiteData, flows: FloatArray) -> None:
 
 
 def _solution(
-    problem: Problem, d: SiteData, flows: FloatArray, ev_unreachable: bool, started: float
+    problem: Problem,
+    d: SiteData,
+    flows: FloatArray,
+    ev_unreachable: bool,
+    started: float,
+    failure: str | None = None,
 ) -> Solution:
+    """`failure` set: a plan that meets every constraint but is not proven optimal (status "error")."""
+    flows = flows.copy()
     _tidy(d, flows)
     soc = np.concatenate([[problem.battery.soc_initial], flows[ENERGY] / d.capacity])
+    message = "ev target unreachable: charging as much as possible" if ev_unreachable else None
+    if failure is not None:
+        message = failure if message is None else f"{failure}; {message}"
     draft = Solution(
-        status="optimal",
+        status="optimal" if failure is None else "error",
         cost=0.0,
         solve_ms=0.0,
         battery_charge_kw=flows[CHARGE].tolist(),
@@ -236,7 +334,7 @@ def _solution(
         ev_charge_kw=flows[EV_CHARGE].tolist(),
         soc=soc.tolist(),
         ev_target_unreachable=ev_unreachable,
-        message="ev target unreachable: charging as much as possible" if ev_unreachable else None,
+        message=message,
     )
     return _replace(draft, cost=recompute_cost(problem, draft), solve_ms=_ms_since(started))
 

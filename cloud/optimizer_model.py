@@ -162,6 +162,9 @@ class Model:
     integrality: IntArray
     peak_col: int | None
     slack_col: int | None
+    n_real: int  # columns before the binaries
+    bin_charge: BoolArray
+    bin_grid: BoolArray
 
     @property
     def is_mip(self) -> bool:
@@ -347,4 +350,7 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
         integrality=integrality,
         peak_col=peak_col,
         slack_col=slack_col,
+        n_real=n_real,
+        bin_charge=bin_charge,
+        bin_grid=bin_grid,
     )
