@@ -113,6 +113,12 @@ def solve(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> So
                 rounds += 1
                 bin_charge |= bad_charge
                 bin_grid |= bad_grid
+                if rounds == 1:
+                    # Wasting energy (battery) or round-tripping it (grid) only pays where importing does
+                    # or where exporting pays more than importing costs: give all such slots binaries now
+                    # rather than discovering them one MILP at a time.
+                    bin_charge |= (d.import_price < 0.0) & bad_charge.any() & (d.max_charge > 0.0)
+                    bin_grid |= (d.export_price > d.import_price) & bad_grid.any() & (d.max_import > 0.0)
                 if rounds >= _LAZY_ROUNDS:
                     bin_charge[:] = d.max_charge > 0 and d.max_discharge > 0
                     bin_grid[:] = d.max_import > 0 and d.max_export > 0
@@ -179,18 +185,23 @@ def _mip_start(d: SiteData, model: Model, plan: _Plan | None) -> FloatArray | No
         return None
     T = d.horizon
     x = np.zeros(len(model.col_cost))
-    n_real = len(plan.x)
-    x[:n_real] = plan.x
+    x[: model.n_real] = plan.x
     x[: N_BLOCKS * T] = plan.flows.ravel()
     if model.peak_col is not None:
         x[model.peak_col] = max(0.0, float(np.max(plan.flows[IMPORT])) - d.peak_already)
     if model.slack_col is not None and x[model.slack_col] > model.col_upper[model.slack_col]:
         return None  # the shortfall cap came from another plan; this one no longer fits
-    z = n_real
-    for mask, on in ((model.bin_charge, CHARGE), (model.bin_grid, IMPORT)):
-        sel = np.flatnonzero(mask)
-        x[z : z + len(sel)] = plan.flows[on, sel] > 0.0
-        z += len(sel)
+    for group in model.disjunctions:
+        chosen = np.zeros(len(group.slots), dtype=np.bool_)
+        for mode in group.modes:
+            excluded = [b for b in (CHARGE, DISCHARGE, IMPORT, EXPORT) if b not in mode.blocks]
+            fits = ~chosen & np.all(plan.flows[excluded][:, group.slots] <= 0.0, axis=0)
+            x[mode.weight] = fits
+            for block, cols in mode.copies.items():
+                x[cols] = np.where(fits, plan.flows[block, group.slots], 0.0)
+            chosen |= fits
+        if not chosen.all():
+            return None
     return x
 
 

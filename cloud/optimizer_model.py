@@ -21,6 +21,7 @@ conservative choice for a rolling planner: the next plan may not have enough slo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,6 +149,21 @@ def energy_bounds(problem: Problem, load: FloatArray, pv: FloatArray) -> tuple[F
 
 
 @dataclass(frozen=True)
+class Mode:
+    """One way a slot may run: which flows it allows, its weight column (binary) and its flow copies."""
+
+    blocks: tuple[int, ...]
+    weight: NDArray[np.int64]
+    copies: dict[int, NDArray[np.int64]]
+
+
+@dataclass(frozen=True)
+class Disjunction:
+    slots: NDArray[np.int64]
+    modes: tuple[Mode, ...]
+
+
+@dataclass(frozen=True)
 class Model:
     """Arrays for `Highs.passModel` (row-wise CSR) plus where the extra columns live."""
 
@@ -162,13 +178,29 @@ class Model:
     integrality: IntArray
     peak_col: int | None
     slack_col: int | None
-    n_real: int  # columns before the binaries
-    bin_charge: BoolArray
-    bin_grid: BoolArray
+    n_real: int  # columns before those of the disjunctions
+    disjunctions: tuple[Disjunction, ...]
 
     @property
     def is_mip(self) -> bool:
         return bool(self.integrality.any())
+
+
+class _Columns:
+    """Column data appended in blocks; indices are handed out as they are added."""
+
+    def __init__(self, cost: FloatArray, lower: FloatArray, upper: FloatArray) -> None:
+        self.parts: list[tuple[FloatArray, FloatArray, FloatArray]] = [(cost, lower, upper)]
+        self.count = len(cost)
+
+    def add(self, cost: FloatArray, lower: FloatArray, upper: FloatArray) -> NDArray[np.int64]:
+        self.parts.append((cost, lower, upper))
+        self.count += len(cost)
+        return np.arange(self.count - len(cost), self.count, dtype=np.int64)
+
+    def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        cost, lower, upper = (np.concatenate(a).astype(np.float64) for a in zip(*self.parts, strict=True))
+        return cost, lower, upper
 
 
 class _Coo:
@@ -239,18 +271,10 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
     upper[col(EV_CHARGE)] = d.ev_ub
     lower[col(ENERGY)] = d.energy_lb
     upper[col(ENERGY)] = d.energy_ub
-    extra_cost: list[float] = []
-    extra_lower: list[float] = []
-    extra_upper: list[float] = []
-    n_cols = N_BLOCKS * T
+    columns = _Columns(cost, lower, upper)
 
     def new_col(c: float, lo: float, hi: float) -> int:
-        nonlocal n_cols
-        extra_cost.append(c)
-        extra_lower.append(lo)
-        extra_upper.append(hi)
-        n_cols += 1
-        return n_cols - 1
+        return int(columns.add(np.array([c]), np.array([lo]), np.array([hi]))[0])
 
     coo = _Coo()
     one, minus = np.ones(1), -np.ones(1)
@@ -310,38 +334,26 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
     if d.has_ev and len(window) > 0:
         coo.add_row(window, ev_coef, -np.inf, d.ev_room_kwh)
 
-    n_real = n_cols
-    for mask, on_block, off_block, on_max, off_max in (
-        (bin_charge, CHARGE, DISCHARGE, d.max_charge, d.max_discharge),
-        (bin_grid, IMPORT, EXPORT, d.max_import, d.max_export),
-    ):
-        sel = np.flatnonzero(mask).astype(np.int64)
-        if len(sel) == 0:
-            continue
-        z = n_cols + np.arange(len(sel), dtype=np.int64)
-        for _ in sel:
-            new_col(0.0, 0.0, 1.0)
-        # on <= on_max * z ; off <= off_max * (1 - z)  (big-M taken from the variable bounds)
-        coo.add_block(
-            len(sel),
-            [(on_block * T + sel, one), (z, np.array([-on_max]))],
-            np.full(len(sel), -np.inf),
-            np.zeros(len(sel)),
-        )
-        coo.add_block(
-            len(sel),
-            [(off_block * T + sel, one), (z, np.array([off_max]))],
-            np.full(len(sel), -np.inf),
-            np.full(len(sel), off_max),
-        )
+    n_real = columns.count
+    integer_cols: list[NDArray[np.int64]] = []
+    groups: list[Disjunction] = []
+
+    def new_cols(n: int, hi: FloatArray) -> NDArray[np.int64]:
+        return columns.add(np.zeros(n), np.zeros(n), hi)
+
+    for slots, battery_modes, grid_modes in _disjunction_groups(bin_charge, bin_grid):
+        groups.append(_add_disjunction(d, coo, new_cols, slots, battery_modes, grid_modes))
+        integer_cols.extend(mode.weight for mode in groups[-1].modes)
 
     a_start, a_index, a_value, row_lower, row_upper = coo.csr()
-    integrality = np.zeros(n_cols, dtype=np.int32)
-    integrality[n_real:] = 1
+    col_cost, col_lower, col_upper = columns.arrays()
+    integrality = np.zeros(len(col_cost), dtype=np.int32)
+    for cols in integer_cols:
+        integrality[cols] = 1
     return Model(
-        col_cost=np.concatenate([cost, np.asarray(extra_cost, dtype=np.float64)]),
-        col_lower=np.concatenate([lower, np.asarray(extra_lower, dtype=np.float64)]),
-        col_upper=np.concatenate([upper, np.asarray(extra_upper, dtype=np.float64)]),
+        col_cost=col_cost,
+        col_lower=col_lower,
+        col_upper=col_upper,
         row_lower=row_lower,
         row_upper=row_upper,
         a_start=a_start,
@@ -351,6 +363,74 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
         peak_col=peak_col,
         slack_col=slack_col,
         n_real=n_real,
-        bin_charge=bin_charge,
-        bin_grid=bin_grid,
+        disjunctions=tuple(groups),
     )
+
+
+_FLOW_BLOCKS = (CHARGE, DISCHARGE, IMPORT, EXPORT, PV_USED, EV_CHARGE)
+# Balance-row sign of each flow (supply +, demand -).
+_SIGN = {PV_USED: 1.0, IMPORT: 1.0, DISCHARGE: 1.0, CHARGE: -1.0, EXPORT: -1.0, EV_CHARGE: -1.0}
+
+
+_Group = tuple[NDArray[np.int64], list[tuple[int, ...]], list[tuple[int, ...]]]
+
+
+def _disjunction_groups(bin_charge: BoolArray, bin_grid: BoolArray) -> list[_Group]:
+    """Slots grouped by which exclusions they enforce, with the modes each group's slots choose from."""
+    battery_split: list[tuple[int, ...]] = [(CHARGE,), (DISCHARGE,)]
+    grid_split: list[tuple[int, ...]] = [(IMPORT,), (EXPORT,)]
+    both: list[tuple[int, ...]] = [(CHARGE, DISCHARGE)]
+    both_grid: list[tuple[int, ...]] = [(IMPORT, EXPORT)]
+    groups: list[_Group] = []
+    for battery_on, grid_on in ((True, True), (True, False), (False, True)):
+        mask = (bin_charge if battery_on else ~bin_charge) & (bin_grid if grid_on else ~bin_grid)
+        slots = np.flatnonzero(mask).astype(np.int64)
+        if len(slots):
+            groups.append(
+                (
+                    slots,
+                    battery_split if battery_on else both,
+                    grid_split if grid_on else both_grid,
+                )
+            )
+    return groups
+
+
+def _add_disjunction(
+    d: SiteData,
+    coo: _Coo,
+    new_cols: Callable[[int, FloatArray], NDArray[np.int64]],
+    slots: NDArray[np.int64],
+    battery_modes: list[tuple[int, ...]],
+    grid_modes: list[tuple[int, ...]],
+) -> Disjunction:
+    """Balas' disjunctive formulation of the slot's modes: each mode gets its own copy of the slot's flows,
+    scaled by a binary weight, with the slot's balance and bounds. Its LP relaxation is the convex hull of
+    the slot's modes, much tighter than big-M, so branch and bound has little left to do."""
+    T, n = d.horizon, len(slots)
+    upper = {
+        CHARGE: np.full(n, d.max_charge),
+        DISCHARGE: np.full(n, d.max_discharge),
+        IMPORT: np.full(n, d.max_import),
+        EXPORT: np.full(n, d.max_export),
+        PV_USED: d.pv[slots],
+        EV_CHARGE: d.ev_ub[slots],
+    }
+    one, minus = np.ones(1), -np.ones(1)
+    neg_inf, zeros = np.full(n, -np.inf), np.zeros(n)
+    modes = []
+    for battery in battery_modes:
+        for grid in grid_modes:
+            blocks = (*battery, *grid, PV_USED, EV_CHARGE)
+            weight = new_cols(n, np.ones(n))
+            copies = {block: new_cols(n, upper[block]) for block in blocks}
+            for block, cols in copies.items():
+                coo.add_block(n, [(cols, one), (weight, -upper[block])], neg_inf, zeros)
+            balance = [(cols, np.array([_SIGN[block]])) for block, cols in copies.items()]
+            coo.add_block(n, [*balance, (weight, -d.load[slots])], zeros, zeros)
+            modes.append(Mode(blocks, weight, copies))
+    coo.add_block(n, [(mode.weight, one) for mode in modes], np.ones(n), np.ones(n))
+    for block in _FLOW_BLOCKS:
+        parts = [(mode.copies[block], minus) for mode in modes if block in mode.copies]
+        coo.add_block(n, [(block * T + slots, one), *parts], zeros, zeros)
+    return Disjunction(slots, tuple(modes))
