@@ -54,6 +54,13 @@ DEFAULT_TIME_LIMIT_S = 10.0
 _LAZY_ROUNDS = 3
 # LP re-solves the exclusion-repair heuristic may spend.
 _DIVE_STEPS = 6
+_SEARCH_OPTIONS_OFF = (
+    "mip_allow_restart",
+    "mip_heuristic_run_rins",
+    "mip_heuristic_run_rens",
+    "mip_heuristic_run_root_reduced_cost",
+    "mip_heuristic_run_feasibility_jump",
+)
 _INFEASIBLE = "no plan satisfies the constraints (load beyond the grid, PV and battery limits?)"
 
 
@@ -243,6 +250,11 @@ def _run(model: Model, deadline: float, start: FloatArray | None) -> _Outcome:
     )
     if start is not None:
         h.setSolution(n_col, np.arange(n_col, dtype=np.int32), start)
+        # The start comes from the repair dive and is usually optimal already: what is left is proving it.
+        # HiGHS' restarts and sub-MIP heuristics then cost up to 10x the proof itself.
+        for option in _SEARCH_OPTIONS_OFF:
+            h.setOptionValue(option, False)
+        h.setOptionValue("mip_heuristic_effort", 0.0)
     h.run()
     status = h.getModelStatus()
     info = h.getInfo()
