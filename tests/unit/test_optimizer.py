@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.optimizer import site_problem
+from cloud import optimizer
 from cloud.optimizer import recompute_cost, solve, solve_json
 from cloud.optimizer_io import Problem, Solution, decode_problem
 
@@ -353,6 +356,27 @@ def test_negative_prices_never_charge_and_discharge_together() -> None:
     i, e = np.array(s.grid_import_kw), np.array(s.grid_export_kw)
     assert np.all(c * d == 0) and np.all(i * e == 0)
     assert np.sum(i[10:15]) > 0  # it is paid to import
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_negative_price_days_match_reference(seed: int) -> None:
+    """A full day of 15-minute slots where, without a cycle cost, dumping energy through the battery pays."""
+    p = json.loads(msgspec.json.encode(site_problem(96, True, seed, cycle_cost=0.0)))
+    assert_optimal(p)
+
+
+def test_dumping_energy_takes_the_milp_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    mip_solves = []
+    run = optimizer._run
+
+    def counting(model: Any, deadline: float, start: Any) -> Any:
+        mip_solves.append(model.is_mip)
+        return run(model, deadline, start)
+
+    monkeypatch.setattr(optimizer, "_run", counting)
+    p = json.loads(msgspec.json.encode(site_problem(96, True, 4, cycle_cost=0.0)))
+    assert_optimal(p)
+    assert any(mip_solves)
 
 
 def test_demand_charge_shaves_the_peak() -> None:
