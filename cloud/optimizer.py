@@ -4,14 +4,23 @@ Why it is fast and still exact: the LP relaxation (exclusions dropped) is solved
 lower bound on the MILP optimum, so if its solution already respects both exclusions it IS the MILP
 optimum. Simultaneous flows that cost nothing to remove (import and export in a slot where exporting
 does not pay more than importing costs; charge and discharge whose net effect can be matched with less
-throughput and the surplus curtailed) are netted out without raising the cost. Only slots that still
-violate an exclusion get binaries (big-M from the variable bounds), and the MILP is re-solved; a
-solution of that partial MILP that respects every exclusion is optimal for the full MILP for the same
-reason. After a few rounds every slot gets its binaries, so the loop always ends with the exact answer.
+throughput and the surplus curtailed) are netted out without raising the cost.
+
+Only when a real violation remains (negative prices make dumping energy pay) does the MILP come in:
+1. a repair dive forbids the weaker flow of each violating slot and re-solves the LP; if that plan's cost
+   meets the relaxation's bound it is optimal and we are done;
+2. otherwise the violating slots (and every slot where importing is paid or exporting beats importing)
+   get binaries in a disjunctive formulation (optimizer_model.py) and HiGHS solves the MILP from the
+   dive's plan with a 1e-7 relative gap. A solution of this partial MILP that respects every exclusion
+   is optimal for the full MILP, for the same relaxation argument; slots still violating are added and
+   after a few rounds every slot gets its binaries, so the loop always ends with the exact answer.
 
 An EV target that cannot be met is handled lexicographically: a heavily penalized shortfall first finds
 how much can be delivered, then the shortfall is capped at that amount and the true cost re-optimized,
 so the reported plan is the cheapest among those that charge the EV as much as possible.
+
+A solve that hits the time limit returns status "error" with a message; if a plan meeting every
+constraint is known by then, its arrays and cost come with it (usable, just not proven optimal).
 """
 
 from __future__ import annotations

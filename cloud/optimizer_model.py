@@ -2,7 +2,10 @@
 
 The model is the one in ARCHITECTURE.md ("Optimizer problem"). The two exclusions (no charge+discharge, no
 import+export in one slot) need binaries; they are only added for the slots listed in `bin_charge` /
-`bin_grid`, so the same builder serves the LP relaxation and every lazily tightened MILP.
+`bin_grid`, so the same builder serves the LP relaxation and every lazily tightened MILP. Those slots use
+Balas' disjunctive formulation rather than big-M: big-M's relaxation lets a slot charge and discharge at
+half rate each, which is exactly the energy dumping the exclusion forbids, and HiGHS then needed seconds
+to close the gap on a week of negative-price middays.
 
 Two deliberate relaxations keep real-world input solvable instead of "infeasible":
 
