@@ -201,7 +201,7 @@ class LocalApi:
         store = self._d.store
         if store is None:
             return
-        raw = await store.kv_get(KV_KEY)
+        raw = await asyncio.wait_for(store.kv_get(KV_KEY), HANDLER_TIMEOUT_S)
         ov = decode_override(raw) if raw else None
         if ov is not None and self.forced.restore(ov):
             log.warning("fallback_force_restored", rung=ov.rung.name.lower(), until=ov.until.isoformat())
@@ -269,9 +269,7 @@ class LocalApi:
         handler = self._handlers.get(request.cmd)
         if handler is None:
             self.errors += 1
-            return _error(
-                "unknown_command", f"unknown cmd {request.cmd!r} (known: {', '.join(self._handlers)})"
-            )
+            return _error("unknown_command", f"unknown cmd {request.cmd!r} (known: {', '.join(self._handlers)})")
         try:
             data = await asyncio.wait_for(handler(request), HANDLER_TIMEOUT_S)
         except RequestError as exc:
@@ -290,9 +288,7 @@ class LocalApi:
         writer.write(_encoder.encode(message) + b"\n")
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
 
-    async def _follow(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request
-    ) -> None:
+    async def _follow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request) -> None:
         """Stream new readings until the client hangs up; heartbeats let it detect a stuck daemon."""
         queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=FOLLOW_QUEUE)
         self._followers.add(queue)
@@ -480,15 +476,11 @@ class LocalApi:
             raise RequestError("bad_request", str(exc)) from None
         if self._d.controller is not None:
             self._d.controller.wake()
-        log.warning(
-            "fallback_forced", rung=ov.rung.name.lower(), until=ov.until.isoformat(), reason=ov.reason
-        )
+        log.warning("fallback_forced", rung=ov.rung.name.lower(), until=ov.until.isoformat(), reason=ov.reason)
         store = self._d.store
         if store is not None:
             await store.kv_set(KV_KEY, encode_override(ov))
-            await store.add_event(
-                ov.set_at, "operator", f"force {ov.rung.name.lower()} until {ov.until.isoformat()}"
-            )
+            await store.add_event(ov.set_at, "operator", f"force {ov.rung.name.lower()} until {ov.until.isoformat()}")
         return {"forced": ov.to_json()}
 
     async def _fallback_release(self, request: Request) -> dict[str, object]:
@@ -499,9 +491,7 @@ class LocalApi:
         if store is not None:
             await store.kv_set(KV_KEY, "")
             if released is not None:
-                await store.add_event(
-                    self._d.clock.now(), "operator", f"release {released.rung.name.lower()}"
-                )
+                await store.add_event(self._d.clock.now(), "operator", f"release {released.rung.name.lower()}")
         log.warning("fallback_released", had_override=released is not None)
         return {"released": released.to_json() if released else None}
 
