@@ -186,7 +186,9 @@ def _duplicate_ids(data: dict[str, object], source: str) -> list[str]:
         if not isinstance(dev_id, str):
             continue
         if dev_id in first_index:
-            lines.append(f"{source}: devices[{i}].id: duplicate device id {dev_id!r} (first at devices[{first_index[dev_id]}])")
+            lines.append(
+                f"{source}: devices[{i}].id: duplicate device id {dev_id!r} (first at devices[{first_index[dev_id]}])"
+            )
         else:
             first_index[dev_id] = i
     return lines

@@ -52,7 +52,7 @@ class Controller:
         clock: Clock,
         state: SiteState,
         store: Store,
-        batteries: list[BatteryEnvelope],
+        batteries: Callable[[], list[BatteryEnvelope]],
         actuators: dict[str, Controllable],
         site: SiteLimits,
         tick_s: float,
@@ -102,7 +102,7 @@ class Controller:
         forced = self._forced_rung() if self._forced_rung else None
         decision = forced or choose(now, self._plan_source(), self._plan_fresh(), snapshot)
         requested = resolve_battery_w(decision.intent, snapshot)
-        setpoints = clamp_batteries(requested, snapshot, self._batteries, self._site, self._tick_s)
+        setpoints = clamp_batteries(requested, snapshot, self._batteries(), self._site, self._tick_s)
         return decision, setpoints
 
     async def cycle(self) -> None:

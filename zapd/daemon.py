@@ -100,9 +100,7 @@ def battery_envelopes(devices: DeviceSet) -> list[BatteryEnvelope]:
             BatteryEnvelope(
                 der_id=der_id,
                 capacity_wh=limits.capacity_wh or (cap.capacity_wh if cap else 0.0),
-                max_charge_w=min(
-                    x for x in (limits.max_charge_w, cap.max_charge_w if cap else None) if x is not None
-                )
+                max_charge_w=min(x for x in (limits.max_charge_w, cap.max_charge_w if cap else None) if x is not None)
                 if (limits.max_charge_w is not None or cap is not None)
                 else 0.0,
                 max_discharge_w=min(
@@ -192,7 +190,7 @@ class Daemon:
             clock=self.clock,
             state=self.state,
             store=self.store,
-            batteries=battery_envelopes(self.devices),
+            batteries=lambda: battery_envelopes(self.devices),
             actuators=self.devices.actuators,
             site=site_limits(self.config),
             tick_s=self.config.control.tick_s,

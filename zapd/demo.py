@@ -35,8 +35,30 @@ RESERVE_SOC = 0.10
 
 # An example dynamic tariff (EUR/kWh incl. taxes) by hour: cheap night and solar noon, dear evening.
 _PRICE_BY_HOUR = [
-    0.24, 0.23, 0.22, 0.22, 0.23, 0.26, 0.31, 0.36, 0.33, 0.27, 0.21, 0.17,
-    0.15, 0.15, 0.17, 0.21, 0.27, 0.36, 0.42, 0.40, 0.35, 0.30, 0.27, 0.25,
+    0.24,
+    0.23,
+    0.22,
+    0.22,
+    0.23,
+    0.26,
+    0.31,
+    0.36,
+    0.33,
+    0.27,
+    0.21,
+    0.17,
+    0.15,
+    0.15,
+    0.17,
+    0.21,
+    0.27,
+    0.36,
+    0.42,
+    0.40,
+    0.35,
+    0.30,
+    0.27,
+    0.25,
 ]
 
 
@@ -81,6 +103,7 @@ def build_plan(site: SimSite, start: datetime, hours: float) -> tuple[Plan | Non
             charge_efficiency=b.charge_efficiency,
             discharge_efficiency=b.discharge_efficiency,
             cycle_cost_per_kwh=0.02,
+            soc_final_min=b.soc,  # end the horizon where it started: no free energy from the battery
         ),
         grid=Grid(max_import_kw=17.0, max_export_kw=10.0),
     )
@@ -111,7 +134,7 @@ def build_plan(site: SimSite, start: datetime, hours: float) -> tuple[Plan | Non
 def demo_config(out: Path, modbus_port: int, p1_port: str, plan_file: Path | None) -> dict[str, object]:
     config: dict[str, object] = {
         "site": {"id": "demo", "phases": 3, "fuse_a": 25.0, "max_export_w": 10_000.0},
-        "control": {"tick_s": 60.0, "refresh_s": 300.0, "deadband_w": 50.0},
+        "control": {"tick_s": 60.0, "refresh_s": 120.0, "deadband_w": 50.0},
         "store": {"state_dir": str(out / "state")},
         "api": {"socket": str(out / "zapd.sock")},
         "log": {"level": "warning"},
@@ -151,25 +174,41 @@ async def _physics(site: SimSite, clock: ScaledClock, trace: Trace, end: datetim
         await clock.sleep(PHYSICS_STEP_S)
 
 
-async def run_site(hours: float, speed: float, out: Path, quiet: bool) -> dict[str, object]:
-    from zapd.logs import configure
-
-    configure("error" if quiet else "warning")
+def prepare_out_dir(out: Path) -> Path:
+    """A fresh state database for each run, so the summary speaks of this run only."""
     out.mkdir(parents=True, exist_ok=True)
     state_db = out / "state" / "zapd.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{state_db}{suffix}").unlink(missing_ok=True)
-    site = SimSite(battery=BatteryModel(capacity_wh=10_000, soc=0.5, max_charge_w=5_000, max_discharge_w=5_000))
+    return state_db
+
+
+def new_site() -> SimSite:
+    return SimSite(
+        battery=BatteryModel(capacity_wh=10_000, soc=0.5, max_charge_w=5_000, max_discharge_w=5_000),
+        pv_peak_w=4_500.0,
+        load_scale=1.6,
+    )
+
+
+def write_plan(site: SimSite, out: Path, hours: float) -> tuple[Path | None, str]:
     plan, plan_note = build_plan(site, DEMO_START, hours)
-    plan_file = None
-    if plan is not None:
-        plan_file = out / "plan.json"
-        plan_file.write_bytes(msgspec.json.encode(plan))
+    if plan is None:
+        return None, plan_note
+    plan_file = out / "plan.json"
+    plan_file.write_bytes(msgspec.json.encode(plan))
+    return plan_file, plan_note
+
+
+async def run_site(
+    site: SimSite, hours: float, speed: float, out: Path, plan_file: Path | None, plan_note: str
+) -> dict[str, object]:
+    state_db = out / "state" / "zapd.sqlite"
     speed = speed if speed > 0 else hours * 3600 / DEMO_WALL_S
     modbus = await start_modbus_sim(site)
     meter = SimP1Pty(site)
     config_dict = demo_config(out, modbus.port, meter.port, plan_file)
-    (out / "zapd.toml").write_text(_to_toml(config_dict))
+    await asyncio.to_thread((out / "zapd.toml").write_text, _to_toml(config_dict))
     config = validate_config(config_dict, str(out / "zapd.toml"))
     clock = ScaledClock(DEMO_START, speed)
     site.step(clock.now())
@@ -316,9 +355,21 @@ def format_summary(s: dict[str, object]) -> str:
         ("load consumed", f("load_kwh") + " kWh", ""),
         ("grid import", f("import_kwh") + " kWh", f"without battery {f('baseline_import_kwh')} kWh"),
         ("grid export", f("export_kwh") + " kWh", f"without battery {f('baseline_export_kwh')} kWh"),
-        ("self-consumption", f("self_consumption", "{:.1%}"), f"without battery {f('baseline_self_consumption', '{:.1%}')}"),
-        ("battery charged/discharged", f"{f('charge_kwh')} / {f('discharge_kwh')} kWh", f"{f('battery_cycles')} cycles"),
-        ("battery SoC final / min", f"{f('final_soc', '{:.1%}')} / {f('min_soc', '{:.1%}')}", f"reserve {RESERVE_SOC:.0%}"),
+        (
+            "self-consumption",
+            f("self_consumption", "{:.1%}"),
+            f"without battery {f('baseline_self_consumption', '{:.1%}')}",
+        ),
+        (
+            "battery charged/discharged",
+            f"{f('charge_kwh')} / {f('discharge_kwh')} kWh",
+            f"{f('battery_cycles')} cycles",
+        ),
+        (
+            "battery SoC final / min",
+            f"{f('final_soc', '{:.1%}')} / {f('min_soc', '{:.1%}')}",
+            f"reserve {RESERVE_SOC:.0%}",
+        ),
         ("energy cost", f("cost_eur") + " EUR", f"without battery {f('baseline_cost_eur')} EUR"),
         ("savings", f"{float(s['baseline_cost_eur']) - float(s['cost_eur']):.2f} EUR", ""),  # type: ignore[arg-type]
         ("energy balance error", f("balance_error", "{:.3%}"), "pv+import+discharge vs load+charge+export"),
@@ -332,6 +383,12 @@ def format_summary(s: dict[str, object]) -> str:
 
 
 def run_demo(*, hours: float, speed: float, out_dir: Path, quiet: bool = False) -> int:
-    summary = asyncio.run(run_site(hours, speed, out_dir, quiet))
+    from zapd.logs import configure
+
+    configure("error" if quiet else "warning")
+    prepare_out_dir(out_dir)
+    site = new_site()
+    plan_file, plan_note = write_plan(site, out_dir, hours)
+    summary = asyncio.run(run_site(site, hours, speed, out_dir, plan_file, plan_note))
     print(format_summary(summary))
     return 0

@@ -7,6 +7,7 @@ abstract-namespace socket support and the watchdog interval from $WATCHDOG_USEC.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -33,10 +34,9 @@ class Notifier:
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.settimeout(1.0)
-            try:
+            # systemd gone (shutdown) or socket not ours: nothing useful to do.
+            with contextlib.suppress(OSError):
                 sock.sendto(message.encode(), self._address)
-            except OSError:
-                pass  # systemd gone (shutdown) or socket not ours: nothing useful to do
 
     def ready(self, status: str = "") -> None:
         if not self._ready_sent:

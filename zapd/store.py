@@ -18,7 +18,7 @@ from pathlib import Path
 import aiosqlite
 import msgspec
 
-from zapd.model import Command, CommandResult, Plan, Reading
+from zapd.model import CommandResult, Plan, Reading
 
 _reading_encoder = msgspec.json.Encoder()
 _reading_decoder = msgspec.json.Decoder(Reading)
@@ -138,9 +138,7 @@ class Store:
             )
         for version in range(current, len(MIGRATIONS)):
             # executescript commits first; the version bump is part of the same script.
-            await self._db.executescript(
-                f"BEGIN; {MIGRATIONS[version]}; PRAGMA user_version = {version + 1}; COMMIT;"
-            )
+            await self._db.executescript(f"BEGIN; {MIGRATIONS[version]}; PRAGMA user_version = {version + 1}; COMMIT;")
 
     async def integrity_check(self) -> str:
         async with self._db.execute("PRAGMA integrity_check") as cur:
@@ -230,9 +228,7 @@ class Store:
         await self._db.commit()
 
     async def latest_plan(self) -> StoredPlan | None:
-        async with self._db.execute(
-            "SELECT body, signature FROM plans ORDER BY version DESC LIMIT 1"
-        ) as cur:
+        async with self._db.execute("SELECT body, signature FROM plans ORDER BY version DESC LIMIT 1") as cur:
             row = await cur.fetchone()
         if row is None:
             return None
@@ -280,9 +276,7 @@ class Store:
         await self._db.commit()
 
     async def add_event(self, ts: datetime, kind: str, detail: str) -> None:
-        await self._db.execute(
-            "INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)", (ts.isoformat(), kind, detail)
-        )
+        await self._db.execute("INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)", (ts.isoformat(), kind, detail))
         await self._db.commit()
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRow]:

@@ -1,0 +1,126 @@
+"""The safety envelope as a property: whatever is asked, no command breaks a limit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zapd.envelope import BatteryEnvelope, SiteLimits, clamp_batteries
+from zapd.state import BatteryView, Snapshot
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+TICK_S = 10.0
+EPS = 1e-6
+
+power = st.floats(min_value=-50_000, max_value=50_000, allow_nan=False)
+soc = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+
+@st.composite
+def battery_cases(draw: st.DrawFn, index: int) -> tuple[BatteryEnvelope, BatteryView]:
+    reserve = draw(st.floats(min_value=0.0, max_value=0.5))
+    env = BatteryEnvelope(
+        der_id=f"b{index}",
+        capacity_wh=draw(st.floats(min_value=1_000, max_value=100_000)),
+        max_charge_w=draw(st.floats(min_value=0, max_value=20_000)),
+        max_discharge_w=draw(st.floats(min_value=0, max_value=20_000)),
+        reserve_soc=reserve,
+        max_soc=draw(st.floats(min_value=reserve + 0.05, max_value=1.0)),
+    )
+    known = draw(st.booleans()) or draw(st.booleans())
+    view = BatteryView(
+        env.der_id,
+        draw(soc) if known else None,
+        draw(st.floats(min_value=-env.max_discharge_w, max_value=env.max_charge_w)) if known else None,
+    )
+    return env, view
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits]:
+    n = draw(st.integers(min_value=1, max_value=3))
+    cases = [draw(battery_cases(i)) for i in range(n)]
+    fuse_a = draw(st.floats(min_value=6, max_value=80))
+    phases = draw(st.sampled_from([1, 3]))
+    site = SiteLimits(
+        fuse_limit_w=fuse_a * 230 * phases,
+        fuse_a=fuse_a,
+        voltage_v=230,
+        phases=phases,
+        max_export_w=draw(st.none() | st.floats(min_value=0, max_value=30_000)),
+    )
+    grid = draw(st.none() | power)
+    phase_currents = None
+    if grid is not None and draw(st.booleans()):
+        phase_currents = tuple(draw(st.floats(min_value=-100, max_value=100)) for _ in range(phases))
+    snapshot = Snapshot(NOW, grid, phase_currents, None, {v.der_id: v for _, v in cases})
+    return draw(power), snapshot, [e for e, _ in cases], site
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios())
+def test_no_setpoint_breaks_a_limit(case: tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits]) -> None:
+    requested, snapshot, batteries, site = case
+    setpoints = {s.der_id: s for s in clamp_batteries(requested, snapshot, batteries, site, TICK_S)}
+    assert set(setpoints) == {b.der_id for b in batteries}
+    hours = TICK_S / 3600
+    battery_now = sum(v.power_w or 0.0 for v in snapshot.batteries.values())
+    for b in batteries:
+        p = setpoints[b.der_id].power_w
+        view = snapshot.batteries[b.der_id]
+        # Device limits.
+        assert -b.max_discharge_w - EPS <= p <= b.max_charge_w + EPS
+        if view.soc is None or view.power_w is None:
+            assert p == 0.0  # unknown battery: hold, never the last setpoint
+            continue
+        # Reserve: the energy one tick removes never takes the battery below the reserve.
+        if p < 0:
+            assert view.soc - (-p) * hours / b.capacity_wh >= b.reserve_soc - EPS
+        if p > 0:
+            assert view.soc + p * hours / b.capacity_wh <= b.max_soc + EPS
+    total = sum(s.power_w for s in setpoints.values())
+    if snapshot.grid_w is None:
+        assert total <= EPS  # no charging on an unknown meter
+    elif total > EPS:
+        # Charging never pushes the site over its fuse, in total or on the worst phase.
+        base = snapshot.grid_w - battery_now
+        assert base + total <= site.fuse_limit_w + 1e-3
+        if snapshot.phase_currents_a:
+            worst = max(snapshot.phase_currents_a) - battery_now / (site.voltage_v * site.phases)
+            assert worst + total / (site.voltage_v * site.phases) <= site.fuse_a + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios())
+def test_request_inside_limits_passes_unchanged(
+    case: tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits],
+) -> None:
+    _, snapshot, batteries, site = case
+    site = SiteLimits(1e9, 1e9, 230, 3, None)  # no site limit binds
+    known = all(v.soc is not None and v.power_w is not None for v in snapshot.batteries.values())
+    setpoints = clamp_batteries(0.0, snapshot, batteries, site, TICK_S)
+    assert all(s.power_w == 0.0 for s in setpoints)
+    if known and snapshot.grid_w is not None:
+        assert all(s.clamped_reason == "" for s in setpoints)
+
+
+def test_fuse_overload_forces_discharge_within_reserve() -> None:
+    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    snap = Snapshot(NOW, 20_000.0, None, None, {"b0": BatteryView("b0", 0.5, 0.0)})
+    site = SiteLimits(fuse_limit_w=17_250, fuse_a=25, voltage_v=230, phases=3, max_export_w=None)
+    (sp,) = clamp_batteries(3_000, snap, [b], site, TICK_S)
+    assert sp.power_w == -2_750  # discharge so the site is back at the fuse limit
+    assert "fuse" in sp.clamped_reason
+
+
+def test_split_by_headroom() -> None:
+    big = BatteryEnvelope("big", capacity_wh=20_000, max_charge_w=6_000, max_discharge_w=6_000, reserve_soc=0.1)
+    small = BatteryEnvelope("small", capacity_wh=5_000, max_charge_w=2_000, max_discharge_w=2_000, reserve_soc=0.1)
+    snap = Snapshot(
+        NOW, 0.0, None, None, {"big": BatteryView("big", 0.5, 0.0), "small": BatteryView("small", 0.5, 0.0)}
+    )
+    site = SiteLimits(1e9, 1e9, 230, 3, None)
+    out = {s.der_id: s.power_w for s in clamp_batteries(4_000, snap, [big, small], site, TICK_S)}
+    assert out["big"] == 3_000 and out["small"] == 1_000
