@@ -7,11 +7,13 @@ problem; msgspec stops at the first error. msgspec stays the choice for the hot 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path("/etc/zapd/zapd.toml")
 
@@ -55,7 +57,18 @@ class CloudConfig(_Strict):
     upload_interval_s: float = Field(default=10.0, gt=0, le=3600)
     plan_interval_s: float = Field(default=60.0, gt=0, le=86_400)
     timeout_s: float = Field(default=10.0, gt=0, le=120)
-    batch_max: int = Field(default=5000, ge=1, le=100_000)
+    batch_max: int = Field(default=5000, ge=1, le=10_000)
+
+    @field_validator("public_key")
+    @classmethod
+    def _is_ed25519_key(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64") from None
+        if len(raw) != 32:
+            raise ValueError(f"an Ed25519 public key is 32 bytes, this is {len(raw)}")
+        return value
 
 
 class BatteryLimits(_Strict):
