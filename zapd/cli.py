@@ -32,14 +32,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from zapd.clock import SystemClock
-    from zapd.daemon import Daemon
+    from zapd.daemon import Daemon, StartupError
     from zapd.logs import configure
 
     config = _load_or_report(Path(args.config))
     if config is None:
         return EXIT_BAD_CONFIG
     configure(config.log.level)
-    return asyncio.run(Daemon(config, SystemClock()).run())
+    try:
+        return asyncio.run(Daemon(config, SystemClock()).run())
+    except StartupError as exc:
+        print(f"zapd: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

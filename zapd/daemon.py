@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import structlog
 
+from cloud_sync.keys import KeyFileError, load_signing_key, zap_key_path
+from cloud_sync.session import CloudSync
 from zapd.api import LocalApi
 from zapd.clock import Clock
 from zapd.config import ZapdConfig
@@ -32,6 +33,10 @@ log = structlog.get_logger(__name__)
 
 TELEMETRY_FLUSH_S = 1.0  # real seconds: one transaction (one fsync) per second at most
 SAFE_MODE_TIMEOUT_S = 10.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start (e.g. the key is missing); one clear line for the journal."""
 
 
 class TelemetryWriter:
@@ -140,7 +145,7 @@ class Daemon:
         self.telemetry: TelemetryWriter | None = None
         self.readings_in = 0
         self._stop = asyncio.Event()
-        self.extra_tasks: dict[str, Callable[[], object]] = {}
+        self.cloud: CloudSync | None = None
         self.api = LocalApi(self)  # local control API (zapctl); see docs/local-api.md
 
     @property
@@ -160,7 +165,39 @@ class Daemon:
             self.controller.wake()
 
     def current_plan(self) -> Plan | None:
+        """The cloud's plan when there is one, else the local plan file's."""
+        if self.cloud is not None and self.cloud.plan() is not None:
+            return self.cloud.plan()
         return self.plan_file.poll() if self.plan_file else None
+
+    def plan_fresh(self) -> bool:
+        if self.cloud is None:
+            return True  # a local plan file is as fresh as the installer made it
+        return self.cloud.fresh(self.clock.now())
+
+    async def link_status(self) -> dict[str, object]:
+        """Merged into `zapctl status` by the local API."""
+        if self.cloud is None:
+            return {"state": "not_configured"}
+        return await self.cloud.status()
+
+    def _start_cloud(self, store: Store) -> None:
+        if self.config.cloud is None:
+            return
+        key_file = zap_key_path(self.config.store.state_dir)
+        try:
+            key = load_signing_key(key_file)
+        except KeyFileError as exc:
+            hint = f"create it with 'zapd keygen --state-dir {self.config.store.state_dir}'"
+            raise StartupError(f"{exc}; {hint}") from None
+        self.cloud = CloudSync(
+            config=self.config.cloud,
+            site_id=self.config.site.id,
+            key=key,
+            store=store,
+            clock=self.clock,
+            capabilities=lambda: [c for d in self.devices.drivers for c in d.capabilities()],
+        )
 
     def _on_cycle(self) -> None:
         self.notifier.ready(status="controlling")
@@ -183,6 +220,13 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         self.store = await Store.open(self.db_path)
+        try:
+            self._start_cloud(self.store)
+        except StartupError:
+            await self.store.close()
+            raise
+        if self.cloud is not None:
+            await self.cloud.fetcher.load_cached()
         self.telemetry = TelemetryWriter(self.store)
         for der_id, kind in self.devices.kinds.items():
             self.state.register(der_id, kind, self.devices.poll_s[der_id])
@@ -197,7 +241,7 @@ class Daemon:
             refresh_s=self.config.control.refresh_s,
             deadband_w=self.config.control.deadband_w,
             plan_source=self.current_plan,
-            plan_fresh=lambda: True,
+            plan_fresh=self.plan_fresh,
             on_cycle=self._on_cycle,
             forced_rung=self.api.forced,
         )
@@ -213,6 +257,9 @@ class Daemon:
         self.supervisor.add("telemetry_writer", self.telemetry.run)
         self.supervisor.add("retention", self._retention)
         self.supervisor.add("api", self.api.serve)
+        if self.cloud is not None:
+            self.supervisor.add("uploader", self.cloud.uploader.run)
+            self.supervisor.add("plan_fetcher", self.cloud.fetcher.run)
         sup_task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         stop_task = asyncio.create_task(self._stop.wait())
         try:
@@ -243,6 +290,8 @@ class Daemon:
                 await self.telemetry.flush()
             except Exception as exc:
                 log.error("telemetry_flush_failed", error=str(exc))
+        if self.cloud is not None:
+            await self.cloud.close()
         if self.store is not None:
             await self.store.close()
         log.info("zapd_stopped")
