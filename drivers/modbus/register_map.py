@@ -38,6 +38,7 @@ class DataType(StrEnum):
     U32 = "u32"
     S32 = "s32"
     FLOAT32 = "float32"
+    FLOAT64 = "float64"  # e.g. Alfen's energy counters
 
 
 _REGISTER_TYPE = {
@@ -46,8 +47,9 @@ _REGISTER_TYPE = {
     DataType.U32: RegisterType.UINT32,
     DataType.S32: RegisterType.INT32,
     DataType.FLOAT32: RegisterType.FLOAT32,
+    DataType.FLOAT64: RegisterType.FLOAT64,
 }
-_WIDTH = {DataType.U16: 1, DataType.S16: 1, DataType.U32: 2, DataType.S32: 2, DataType.FLOAT32: 2}
+_WIDTH = {DataType.U16: 1, DataType.S16: 1, DataType.U32: 2, DataType.S32: 2, DataType.FLOAT32: 2, DataType.FLOAT64: 4}
 _INT_RANGE = {
     DataType.U16: (0, 0xFFFF),
     DataType.S16: (-0x8000, 0x7FFF),
@@ -55,7 +57,7 @@ _INT_RANGE = {
     DataType.S32: (-0x8000_0000, 0x7FFF_FFFF),
 }
 # Device unit -> factor to zapd's unit. "%" becomes a fraction because SoC is 0..1 everywhere in zapd.
-_UNIT_TO_ZAPD = {"": 1.0, "W": 1.0, "kW": 1000.0, "Wh": 1.0, "kWh": 1000.0, "%": 0.01, "s": 1.0}
+_UNIT_TO_ZAPD = {"": 1.0, "W": 1.0, "kW": 1000.0, "Wh": 1.0, "kWh": 1000.0, "%": 0.01, "s": 1.0, "A": 1.0, "V": 1.0}
 
 _FIELD_KEYS = {
     "address",
@@ -114,7 +116,7 @@ class Field:
         if not math.isfinite(value):
             raise ValueError(f"field {self.name!r}: {value} is not a finite number")
         raw = value / self._factor(sf)
-        if self.dtype is DataType.FLOAT32:
+        if self.dtype in (DataType.FLOAT32, DataType.FLOAT64):
             return encode_registers(raw, _REGISTER_TYPE[self.dtype], self.word_order)
         return self.encode_raw_int(round(raw))
 
