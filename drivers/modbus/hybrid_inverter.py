@@ -32,7 +32,8 @@ from zapd.model import (
 
 log = structlog.get_logger(__name__)
 
-_REQUIRED = ("battery_soc", "battery_power", "pv_power", "battery_setpoint", "remote_control")
+_REQUIRED = ("battery_soc", "battery_power")
+# A map without a setpoint (a vendor whose control zapd does not speak) is monitoring-only.
 _WRITABLE = ("battery_setpoint", "remote_control")
 _NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
 _MAX_SF = 10  # beyond 10**±10 a scale factor is garbage, not a unit
@@ -60,7 +61,12 @@ class ModbusHybridInverter:
     ) -> None:
         if poll_s <= 0:
             raise ValueError("poll_s must be > 0")
-        register_map.require(*_REQUIRED, writable=_WRITABLE)
+        register_map.require(*_REQUIRED)
+        self._can_control = register_map.get("battery_setpoint") is not None
+        if self._can_control:
+            register_map.require(writable=_WRITABLE)
+        # A stand-alone (AC-coupled) battery has no PV of its own.
+        self._has_pv = register_map.get("pv_power") is not None
         self._id = device_id
         self._bus = bus
         self._unit = unit_id
@@ -124,18 +130,20 @@ class ModbusHybridInverter:
 
     def capabilities(self) -> list[DerCapabilities]:
         charge, discharge = self._limit("max_charge_w"), self._limit("max_discharge_w")
-        return [
+        caps = [
             DerCapabilities(
                 der_id=self.battery_id,
                 kind=DerKind.BATTERY,
-                controllable=charge is not None and discharge is not None,
+                controllable=self._can_control and charge is not None and discharge is not None,
                 model=self._map.name,
                 max_charge_w=charge or 0.0,
                 max_discharge_w=discharge or 0.0,
                 capacity_wh=self._limit("capacity_wh") or 0.0,
             ),
-            DerCapabilities(der_id=self.pv_id, kind=DerKind.PV, model=self._map.name),
         ]
+        if self._has_pv:
+            caps.append(DerCapabilities(der_id=self.pv_id, kind=DerKind.PV, model=self._map.name))
+        return caps
 
     # ---- register access ----
 
@@ -200,14 +208,15 @@ class ModbusHybridInverter:
     async def poll_once(self, sink: ReadingSink) -> None:
         soc = await self._read("battery_soc")
         battery_w = await self._read("battery_power")
-        pv_w = await self._read("pv_power")
+        pv_w = await self._read("pv_power") if self._has_pv else None
         ts = self._clock.now()
         # Pass implausible values on, flagged: the state layer decides; clamping would hide a bad map.
         battery_q = Quality.GOOD if 0.0 <= soc <= 1.0 else Quality.SUSPECT
-        pv_q = Quality.GOOD if pv_w >= 0.0 else Quality.SUSPECT
         battery = {POWER_W: battery_w, SOC: soc}
         sink(Reading(der_id=self.battery_id, kind=DerKind.BATTERY, ts=ts, values=battery, quality=battery_q))
-        sink(Reading(der_id=self.pv_id, kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}, quality=pv_q))
+        if pv_w is not None:
+            pv_q = Quality.GOOD if pv_w >= 0.0 else Quality.SUSPECT
+            sink(Reading(der_id=self.pv_id, kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}, quality=pv_q))
         self.counters["polls"] += 1
 
     async def run(self, sink: ReadingSink) -> None:
@@ -270,6 +279,8 @@ class ModbusHybridInverter:
     def _refusal(self, command: Command) -> str | None:
         if not isinstance(command, BatterySetpoint):
             return f"{type(command).__name__} is not supported by {self._id}"
+        if not self._can_control:
+            return f"register map {self._map.name!r} has no battery setpoint: monitoring only"
         if command.der_id != self.battery_id:
             return f"unknown DER {command.der_id!r} (this driver controls {self.battery_id!r})"
         if not math.isfinite(command.power_w):
@@ -329,6 +340,8 @@ class ModbusHybridInverter:
 
     async def safe_mode(self) -> None:
         """Battery idle. Logs instead of raising: this runs on the way out and must not mask the exit."""
+        if not self._can_control:
+            return  # zapd never took control of it
         try:
             async with asyncio.timeout(self._apply_timeout_s):
                 problem = await self._write_setpoint(0.0)

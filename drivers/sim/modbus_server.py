@@ -19,7 +19,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.modbus.register_map import Field, RegisterMap, Table, load_register_map
-from drivers.sim.physics import SimSite
+from drivers.sim.physics import EvModel, SimSite
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +35,37 @@ _SOURCES: dict[str, Callable[[SimSite], float]] = {
     "capacity_wh": lambda s: s.battery.capacity_wh,
     "battery_setpoint": lambda s: s.battery.setpoint_w,
 }
+
+
+def _ev(site: SimSite) -> EvModel:
+    if site.ev is None:
+        raise KeyError("ev")  # a site without a charger: its EV registers keep what was written
+    return site.ev
+
+
+# An EV charger's registers (drivers/modbus/maps/alfen_eve.toml), mirrored from site.ev.
+_EV_SOURCES: dict[str, Callable[[EvModel], float]] = {
+    "ev_power": lambda ev: ev.power_w,
+    "ev_energy_total": lambda ev: ev.energy_wh,
+    "ev_voltage_l1": lambda ev: ev.voltage_v,
+    "ev_current_l1": lambda ev: ev.current_a,
+    "ev_current_l2": lambda ev: ev.current_a if ev.phases == 3 else 0.0,
+    "ev_current_l3": lambda ev: ev.current_a if ev.phases == 3 else 0.0,
+    "ev_availability": lambda ev: 1.0,
+    "ev_applied_current": lambda ev: ev.setpoint_a,
+    "ev_current_setpoint": lambda ev: ev.setpoint_a,
+    "ev_safe_current": lambda ev: ev.safe_current_a,
+    "ev_setpoint_accounted": lambda ev: 1.0,
+    "ev_phases": lambda ev: float(ev.phases),
+    "ev_valid_time": lambda ev: 60.0,
+}
+_EV_MAX_CURRENT_A = 80.0  # what the simulated charger accepts at all (a real one: its rating)
+
+
+def _ascii_word(text: str) -> int:
+    """First two characters of a Modbus string register block, high byte first."""
+    raw = (text + "\0\0")[:2].encode("ascii")
+    return (raw[0] << 8) | raw[1]
 
 
 @dataclass
@@ -63,6 +94,11 @@ class _Unit:
             return f.encode_raw_int(on if self.remote_control else off)
         if f.name == "command_timeout":
             return f.encode(self.command_timeout_s)
+        if f.name == "ev_state":
+            return f.encode_raw_int(_ascii_word(_ev(self.site).state))
+        ev_source = _EV_SOURCES.get(f.name)
+        if ev_source is not None:
+            return f.encode(ev_source(_ev(self.site)), self._sf_for(f))
         source = _SOURCES.get(f.name)
         if source is None:
             raise KeyError(f.name)
@@ -142,6 +178,21 @@ class _Unit:
                 self.last_command_at = self.site.last
         elif f.name == "command_timeout":
             self.command_timeout_s = f.decode(regs)
+        elif f.name in ("ev_current_setpoint", "ev_phases") and self.site.ev is not None:
+            return self._apply_ev(f, regs, self.site.ev)
+        return None
+
+    def _apply_ev(self, f: Field, regs: list[int], ev: EvModel) -> ExcCodes | None:
+        value = f.decode(regs)
+        if f.name == "ev_current_setpoint":
+            if not 0.0 <= value <= _EV_MAX_CURRENT_A:  # also refuses NaN
+                return ExcCodes.ILLEGAL_VALUE
+            ev.setpoint_a = value
+        elif value not in (1.0, 3.0):
+            return ExcCodes.ILLEGAL_VALUE
+        else:
+            ev.phases = int(value)
+        self.last_command_at = self.site.last
         return None
 
 

@@ -78,6 +78,49 @@ class BatteryModel:
         return p
 
 
+@dataclass
+class EvModel:
+    """A car behind a charger: charges at the offered current x phases x voltage while plugged in.
+
+    The charger side (offered current, phases, its meter) lives here too, so a simulated charger
+    protocol server has one object to mirror. Below the IEC 61851 minimum (6 A) the car draws nothing.
+    """
+
+    capacity_wh: float = 60_000.0
+    soc: float = 0.3
+    connected: bool = True
+    car_max_current_a: float = 32.0  # the car's on-board charger limit
+    phases: int = 3
+    voltage_v: float = 230.0
+    setpoint_a: float = 0.0  # what the charger offers (0 = pause)
+    safe_current_a: float = 6.0  # what the charger falls back to when the EMS goes silent
+    efficiency: float = 0.9
+    min_current_a: float = 6.0
+    energy_wh: float = 0.0  # the charger meter's lifetime total
+    power_w: float = 0.0
+
+    @property
+    def current_a(self) -> float:
+        """Per-phase current the car draws now."""
+        if not self.connected or self.setpoint_a < self.min_current_a or self.soc >= 1.0:
+            return 0.0
+        return min(self.setpoint_a, self.car_max_current_a)
+
+    @property
+    def state(self) -> str:
+        """IEC 61851 Mode 3 state: A unplugged, B2 plugged and ready, C2 charging."""
+        if not self.connected:
+            return "A"
+        return "C2" if self.current_a > 0 else "B2"
+
+    def step(self, dt_s: float) -> float:
+        self.power_w = self.current_a * self.phases * self.voltage_v
+        h = max(0.0, dt_s) / 3600
+        self.energy_wh += self.power_w * h
+        self.soc = min(1.0, self.soc + self.power_w * h * self.efficiency / self.capacity_wh)
+        return self.power_w
+
+
 def pv_power_w(ts: datetime, peak_w: float, cloudiness: float = 0.0) -> float:
     """A smooth clear-sky-like bell between 06:00 and 20:00 local (UTC here), dimmed by clouds."""
     hour = ts.hour + ts.minute / 60 + ts.second / 3600
@@ -110,6 +153,7 @@ class EnergyCounters:
     baseline_export_wh: float = 0.0
     cost: float = 0.0
     baseline_cost: float = 0.0
+    ev_wh: float = 0.0
 
 
 @dataclass
@@ -125,6 +169,7 @@ class SimSite:
     grid_w: float = 0.0  # + import
     counters: EnergyCounters = field(default_factory=EnergyCounters)
     last: datetime | None = None
+    ev: EvModel | None = None  # an EV charger with a car, on the same meter
 
     def step(self, now: datetime, import_price: float = 0.0, export_price: float = 0.0) -> None:
         dt_s = 0.0 if self.last is None else max(0.0, (now - self.last).total_seconds())
@@ -132,7 +177,8 @@ class SimSite:
         self.pv_w = pv_power_w(now, self.pv_peak_w, self.cloudiness)
         self.load_w = load_power_w(now, self.load_scale)
         batt = self.battery.step(dt_s)
-        self.grid_w = self.load_w - self.pv_w + batt
+        ev_w = self.ev.step(dt_s) if self.ev is not None else 0.0
+        self.grid_w = self.load_w - self.pv_w + batt + ev_w
         h = dt_s / 3600
         c = self.counters
         c.pv_wh += self.pv_w * h
@@ -141,7 +187,8 @@ class SimSite:
         c.discharge_wh += max(0.0, -batt) * h
         c.import_wh += max(0.0, self.grid_w) * h
         c.export_wh += max(0.0, -self.grid_w) * h
-        base = self.load_w - self.pv_w
+        c.ev_wh += ev_w * h
+        base = self.load_w - self.pv_w + ev_w  # the EV charges without the battery too
         c.baseline_import_wh += max(0.0, base) * h
         c.baseline_export_wh += max(0.0, -base) * h
         c.cost += (max(0.0, self.grid_w) * import_price - max(0.0, -self.grid_w) * export_price) * h / 1000
