@@ -1,11 +1,13 @@
 """One owner per Modbus bus: the only module that imports pymodbus's client.
 
 Several drivers (unit ids) may sit behind one TCP endpoint (a gateway, or an inverter that
-also answers for its battery). Modbus TCP devices often accept only one or two connections
-and misbehave with interleaved requests, so every request for an endpoint goes through one
-`ModbusBus`: one connection, one request at a time, control writes ahead of queued polls,
-a timeout on every request, and reconnects with capped jittered backoff that do not hammer a
-device that is down. Failures surface as `drivers.api` errors so drivers stay protocol-free.
+also answers for its battery) or on one RS-485 line. Modbus TCP devices often accept only
+one or two connections and misbehave with interleaved requests, and two masters on one
+RS-485 line corrupt each other's frames, so every request for an endpoint goes through one
+`ModbusBus`: one connection, one request at a time, control writes ahead of queued polls, a
+minimum quiet gap between frames and a request-rate cap, a timeout on every request, and
+reconnects with capped jittered backoff that do not hammer a device that is down. Failures
+surface as `drivers.api` errors so drivers stay protocol-free.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import heapq
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, TypeAlias
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
@@ -32,13 +36,15 @@ log = structlog.get_logger(__name__)
 RegisterType: TypeAlias = AsyncModbusTcpClient.DATATYPE
 """pymodbus's data types for register conversion, re-exported so register maps need not import the client."""
 
+Parity: TypeAlias = Literal["N", "E", "O"]
+
 # Exception codes that mean "your request is wrong for this device": retrying cannot help.
 _CONFIG_EXCEPTION_CODES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value"}
+# Exception codes that mean "not now": the same request may well work a moment later.
+_TRANSIENT_EXCEPTION_CODES = {6: "server device busy", 10: "gateway path unavailable", 11: "gateway target failed"}
 
 
-def decode_registers(
-    registers: Sequence[int], dtype: RegisterType, word_order: Literal["big", "little"]
-) -> float:
+def decode_registers(registers: Sequence[int], dtype: RegisterType, word_order: Literal["big", "little"]) -> float:
     """Registers -> one number, with pymodbus's converter (one implementation of the byte rules)."""
     value = AsyncModbusTcpClient.convert_from_registers(list(registers), dtype, word_order=word_order)
     if not isinstance(value, int | float):
@@ -57,20 +63,33 @@ class Priority(IntEnum):
     POLL = 1
 
 
+class BusConflictError(ValueError):
+    """Two users asked for one serial port with different line settings: one of them is misconfigured."""
+
+
 class _PriorityLock:
-    """A mutex whose waiters are served by (priority, arrival); ownership passes directly on release."""
+    """A mutex served by (priority, arrival) that also paces the bus.
+
+    `release(not_before=t)` keeps the bus quiet until loop time t (frame gap, rate limit). The
+    choice of the next owner is made when the quiet time is over, not at release, so a control
+    write that arrives during the gap still overtakes polls that were queued before it.
+    """
 
     def __init__(self) -> None:
         self._locked = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self._not_before = 0.0
+        self._handover: asyncio.TimerHandle | None = None
 
     async def acquire(self, priority: int) -> None:
-        if not self._locked:
+        loop = asyncio.get_running_loop()
+        if not self._locked and not self._waiters and loop.time() >= self._not_before:
             self._locked = True
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        self._schedule()
         try:
             await fut
         except asyncio.CancelledError:
@@ -78,30 +97,119 @@ class _PriorityLock:
                 self.release()  # we were handed the lock just as we were cancelled: pass it on
             raise
 
-    def release(self) -> None:
+    def release(self, not_before: float | None = None) -> None:
+        if not_before is not None:
+            self._not_before = not_before
+        self._locked = False
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._locked or not self._waiters or self._handover is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._not_before - loop.time()
+        if delay <= 0:
+            self._hand_over()
+        else:
+            self._handover = loop.call_later(delay, self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._handover = None
+        if self._locked:
+            return
         while self._waiters:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
+                self._locked = True
                 fut.set_result(None)  # the lock stays held, now by that waiter
                 return
-        self._locked = False
+
+
+@dataclass(frozen=True)
+class TcpEndpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return ("tcp", self.host, str(self.port))
+
+    def make_client(self, timeout_s: float) -> ModbusBaseClient:
+        # reconnect_delay=0: reconnecting is ours (backoff, logging); retries=0: so is retrying.
+        return AsyncModbusTcpClient(
+            self.host, port=self.port, timeout=timeout_s, retries=0, reconnect_delay=0, name=f"zapd-{self}"
+        )
+
+
+@dataclass(frozen=True)
+class SerialLine:
+    """An RS-485/RS-232 port and its line settings; every device on the line must share them."""
+
+    port: str
+    baudrate: int = 9600
+    parity: Parity = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+    def __str__(self) -> str:
+        return f"{self.port}@{self.baudrate}{self.bytesize}{self.parity}{self.stopbits}"
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return ("serial", self.port)
+
+    def char_time_s(self) -> float:
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    def min_frame_gap_s(self) -> float:
+        """Modbus over serial line v1.02 §2.5.1.1: 3.5 character times, fixed at 1.75 ms above 19200 baud."""
+        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time_s()
+
+    def make_client(self, timeout_s: float) -> ModbusBaseClient:
+        return AsyncModbusSerialClient(
+            self.port,
+            framer=FramerType.RTU,
+            baudrate=self.baudrate,
+            bytesize=self.bytesize,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0,
+            name=f"zapd-{self.port}",
+        )
+
+
+Endpoint: TypeAlias = TcpEndpoint | SerialLine
 
 
 class ModbusBus:
-    """A shared Modbus TCP endpoint. Get one with `get_tcp_bus`, not by constructing it."""
+    """A shared Modbus endpoint. Get one with `get_tcp_bus`/`get_serial_bus`, not by constructing it."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        endpoint: Endpoint,
         *,
         timeout_s: float = 3.0,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        min_gap_s: float = 0.0,
+        max_requests_per_s: float | None = None,
+        transient_retries: int = 2,
+        transient_retry_delay_s: float = 0.2,
     ) -> None:
-        self.host = host
-        self.port = port
+        if timeout_s <= 0 or min_gap_s < 0 or (max_requests_per_s is not None and max_requests_per_s <= 0):
+            raise ValueError("need timeout_s > 0, min_gap_s >= 0, max_requests_per_s > 0")
+        self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.min_gap_s = min_gap_s
+        self.max_requests_per_s = max_requests_per_s
+        self.transient_retries = transient_retries
+        self.transient_retry_delay_s = transient_retry_delay_s
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "requests",
@@ -109,25 +217,38 @@ class ModbusBus:
                 "timeouts",
                 "exception_responses",
                 "config_errors",
+                "transient_retries",
                 "connects",
                 "connect_failures",
                 "disconnects",
+                "reopens",
             ),
             0,
         )
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._next_connect_at = 0.0
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusBaseClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = _PriorityLock()
         self._link_up: bool | None = None  # None: never connected yet
 
     def __repr__(self) -> str:
-        return f"ModbusBus({self.host}:{self.port})"
+        return f"ModbusBus({self.endpoint})"
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
+
+    @property
+    def is_serial(self) -> bool:
+        return isinstance(self.endpoint, SerialLine)
+
+    def tighten(self, *, min_gap_s: float = 0.0, max_requests_per_s: float | None = None) -> None:
+        """Several devices share this bus: the strictest pacing any of them asked for applies to all."""
+        self.min_gap_s = max(self.min_gap_s, min_gap_s)
+        if max_requests_per_s is not None:
+            current = self.max_requests_per_s
+            self.max_requests_per_s = max_requests_per_s if current is None else min(current, max_requests_per_s)
 
     async def read_holding(
         self, unit_id: int, address: int, count: int, *, priority: Priority = Priority.POLL
@@ -166,8 +287,9 @@ class ModbusBus:
         )
 
     async def close(self) -> None:
-        """Drop the connection and forget this bus, so the next `get_tcp_bus` builds a fresh one."""
-        _BUSES.pop((self.host, self.port), None)
+        """Drop the connection and forget this bus, so the next `get_*_bus` builds a fresh one."""
+        if _BUSES.get(self.endpoint.key) is self:
+            del _BUSES[self.endpoint.key]
         self._drop_client()
 
     def _registers(self, pdu: ModbusPDU, count: int, unit_id: int, address: int) -> list[int]:
@@ -182,14 +304,35 @@ class ModbusBus:
         op: str,
         unit_id: int,
         address: int,
-        call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]],
+        call: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]],
         priority: Priority,
     ) -> ModbusPDU:
         where = f"{self}: {op} unit {unit_id} @{address}"
+        attempt = 0
+        while True:
+            pdu = await self._exchange(where, call, priority)
+            if not (isinstance(pdu, ExceptionResponse) or pdu.isError()):
+                return pdu
+            code = int(getattr(pdu, "exception_code", 0))
+            if code in _TRANSIENT_EXCEPTION_CODES and attempt < self.transient_retries:
+                # Busy or a gateway hiccup: a short pause (with the bus free for others) usually cures it.
+                attempt += 1
+                self.counters["transient_retries"] += 1
+                await asyncio.sleep(self.transient_retry_delay_s * attempt)
+                continue
+            self._raise_exception_response(where, code)
+
+    async def _exchange(
+        self, where: str, call: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]], priority: Priority
+    ) -> ModbusPDU:
+        """One frame out, one frame in, holding the bus; the next frame waits for the gap and the rate cap."""
         self._bind_loop()
+        loop = asyncio.get_running_loop()
         await self._lock.acquire(priority)
+        started = loop.time()
         try:
             client = await self._ensure_connected()
+            started = loop.time()
             self.counters["requests"] += 1
             try:
                 async with asyncio.timeout(self.timeout_s):
@@ -197,8 +340,7 @@ class ModbusBus:
             except TimeoutError:
                 self.counters["timeouts"] += 1
                 self.counters["errors"] += 1
-                # A late answer would be taken for the next request's: start over on a fresh connection.
-                self._link_lost("timeout")
+                self._after_timeout()
                 raise DriverError(f"{where}: no answer within {self.timeout_s:g} s") from None
             except (ModbusException, OSError) as exc:
                 self.counters["errors"] += 1
@@ -209,20 +351,35 @@ class ModbusBus:
                 self._drop_client()
                 raise
         finally:
-            self._lock.release()
+            self._lock.release(self._quiet_until(started, loop.time()))
         self._link_ok()
-        if isinstance(pdu, ExceptionResponse) or pdu.isError():
-            self._raise_exception_response(where, int(getattr(pdu, "exception_code", 0)))
         return pdu
+
+    def _quiet_until(self, started: float, ended: float) -> float:
+        not_before = ended + self.min_gap_s
+        if self.max_requests_per_s is not None:
+            not_before = max(not_before, started + 1.0 / self.max_requests_per_s)
+        return not_before
+
+    def _after_timeout(self) -> None:
+        if self.is_serial:
+            # One silent unit on a multi-drop line is not a dead line; reopening the port drops a late
+            # answer that would otherwise be taken for the next request's.
+            self.counters["reopens"] += 1
+            self._drop_client()
+        else:
+            # A late answer would be taken for the next request's: start over on a fresh connection.
+            self._link_lost("timeout")
 
     def _raise_exception_response(self, where: str, code: int) -> None:
         self.counters["exception_responses"] += 1
         self.counters["errors"] += 1
         if code in _CONFIG_EXCEPTION_CODES:
             self.counters["config_errors"] += 1
-            reason = _CONFIG_EXCEPTION_CODES[code]
-            raise ConfigurationError(f"{where}: device answered exception {code} ({reason})")
-        raise DriverError(f"{where}: device answered exception {code}")
+            raise ConfigurationError(f"{where}: device answered exception {code} ({_CONFIG_EXCEPTION_CODES[code]})")
+        transient = _TRANSIENT_EXCEPTION_CODES.get(code)
+        suffix = f" ({transient}), still after {self.transient_retries} retries" if transient else ""
+        raise DriverError(f"{where}: device answered exception {code}{suffix}")
 
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -230,7 +387,7 @@ class ModbusBus:
             # The bus outlived its event loop (tests, a restarted daemon loop): socket and waiters are gone.
             self._client, self._loop, self._lock = None, loop, _PriorityLock()
 
-    async def _ensure_connected(self) -> AsyncModbusTcpClient:
+    async def _ensure_connected(self) -> ModbusBaseClient:
         if self._client is not None:
             if self._client.connected:
                 return self._client
@@ -239,15 +396,7 @@ class ModbusBus:
         if wait > 0:
             raise DriverError(f"{self}: link down, next connect attempt in {wait:.1f} s")
         self._drop_client()
-        # reconnect_delay=0: reconnecting is ours (backoff, logging); retries=0: so is retrying.
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            timeout=self.timeout_s * 2,
-            retries=0,
-            reconnect_delay=0,
-            name=f"zapd-{self.host}:{self.port}",
-        )
+        client = self.endpoint.make_client(self.timeout_s * 2)
         ok = False
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -280,18 +429,18 @@ class ModbusBus:
             self.counters["disconnects"] += 1
             self._drop_client()
         if self._link_up is not False:
-            log.warning("modbus.link_down", host=self.host, port=self.port, reason=reason)
+            log.warning("modbus.link_down", endpoint=str(self.endpoint), reason=reason)
         self._link_up = False
 
     def _link_ok(self) -> None:
         if self._link_up is False:
-            log.info("modbus.link_up", host=self.host, port=self.port)
+            log.info("modbus.link_up", endpoint=str(self.endpoint))
         elif self._link_up is None:
-            log.info("modbus.connected", host=self.host, port=self.port)
+            log.info("modbus.connected", endpoint=str(self.endpoint))
         self._link_up = True
 
 
-_BUSES: dict[tuple[str, int], ModbusBus] = {}
+_BUSES: dict[tuple[str, ...], ModbusBus] = {}
 
 
 def get_tcp_bus(
@@ -301,13 +450,62 @@ def get_tcp_bus(
     timeout_s: float = 3.0,
     backoff_initial_s: float = 0.5,
     backoff_max_s: float = 30.0,
+    min_gap_s: float = 0.0,
+    max_requests_per_s: float | None = None,
 ) -> ModbusBus:
-    """The one bus for (host, port). Settings apply when the bus is first created."""
-    bus = _BUSES.get((host, port))
+    """The one bus for (host, port). Timeouts and backoff apply when the bus is first created."""
+    endpoint = TcpEndpoint(host, port)
+    bus = _BUSES.get(endpoint.key)
     if bus is None:
-        bus = _BUSES[(host, port)] = ModbusBus(
-            host, port, timeout_s=timeout_s, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s
+        bus = _BUSES[endpoint.key] = ModbusBus(
+            endpoint,
+            timeout_s=timeout_s,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            min_gap_s=min_gap_s,
+            max_requests_per_s=max_requests_per_s,
         )
+    else:
+        bus.tighten(min_gap_s=min_gap_s, max_requests_per_s=max_requests_per_s)
+    return bus
+
+
+def get_serial_bus(
+    port: str,
+    *,
+    baudrate: int = 9600,
+    parity: Parity = "N",
+    stopbits: Literal[1, 2] = 1,
+    bytesize: Literal[7, 8] = 8,
+    timeout_s: float = 1.0,
+    backoff_initial_s: float = 0.5,
+    backoff_max_s: float = 30.0,
+    min_gap_s: float | None = None,
+    max_requests_per_s: float | None = None,
+) -> ModbusBus:
+    """The one bus for a serial port, Modbus RTU framing.
+
+    `min_gap_s` None means the 3.5 character times the line needs; a larger value (slow
+    converters, devices that need a pause) is honoured, a smaller one is raised to that floor.
+    Asking for the same port with other line settings raises `BusConflictError`: two drivers
+    disagreeing about the line would garble each other's frames.
+    """
+    line = SerialLine(port, baudrate=baudrate, parity=parity, stopbits=stopbits, bytesize=bytesize)
+    gap = max(line.min_frame_gap_s(), min_gap_s or 0.0)
+    bus = _BUSES.get(line.key)
+    if bus is None:
+        bus = _BUSES[line.key] = ModbusBus(
+            line,
+            timeout_s=timeout_s,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            min_gap_s=gap,
+            max_requests_per_s=max_requests_per_s,
+        )
+        return bus
+    if bus.endpoint != line:
+        raise BusConflictError(f"serial port {port}: already opened as {bus.endpoint}, asked for {line}")
+    bus.tighten(min_gap_s=gap, max_requests_per_s=max_requests_per_s)
     return bus
 
 
