@@ -1,0 +1,312 @@
+"""An EV charger over Modbus TCP, laid out by a register map file (e.g. maps/alfen_eve.toml).
+
+The charger is told a per-phase current (IEC 61851: 0 = pause, else at least 6 A) and
+optionally 1 or 3 phases. Chargers that take an EMS setpoint forget it after a validity time
+and fall back to their own safe current, so the driver re-writes the last command every
+`keepalive_s` on its own, independent of the controller's refresh. It refuses commands
+beyond the configured limits: the envelope clamps at site level, this keeps a bad command
+off the wire. Device problems never escape `run()` or `apply()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+from drivers.api import ConfigurationError, DriverError, ReadingSink
+from drivers.modbus.backoff import Backoff
+from drivers.modbus.bus import ModbusBus, Priority
+from drivers.modbus.register_map import Field, RegisterMap, RegisterMapError, Table
+from zapd.clock import Clock
+from zapd.model import (
+    CHARGING,
+    CONNECTED,
+    POWER_W,
+    SESSION_WH,
+    Command,
+    CommandResult,
+    DerCapabilities,
+    DerKind,
+    EvCurrent,
+    Quality,
+    Reading,
+)
+
+log = structlog.get_logger(__name__)
+
+IEC_MIN_CURRENT_A = 6.0
+CURRENT_A = "current_a"  # Reading value: the current the charger offers now, per phase
+_REQUIRED = ("ev_power", "ev_state", "ev_current_setpoint")
+SafeMode = Literal["minimum", "pause"]
+
+
+@dataclass(frozen=True, slots=True)
+class EvState:
+    connected: bool
+    charging: bool
+    fault: bool = False
+
+
+def decode_ascii_state(raw: int) -> EvState:
+    """First register of an IEC 61851 state string: 'A' unplugged, 'B' plugged, 'C'/'D' charging, 'E'/'F' fault."""
+    letter = chr((raw >> 8) & 0xFF)
+    if letter == "A":
+        return EvState(connected=False, charging=False)
+    if letter == "B":
+        return EvState(connected=True, charging=False)
+    if letter in ("C", "D"):
+        return EvState(connected=True, charging=True)
+    return EvState(connected=False, charging=False, fault=True)
+
+
+def _state_encoding(rmap: RegisterMap) -> str:
+    """The map's [ev] table is ours; register_map.py does not need to know about it."""
+    with rmap.path.open("rb") as f:
+        ev = tomllib.load(f).get("ev", {})
+    encoding = ev.get("state_encoding", "ascii") if isinstance(ev, dict) else None
+    if encoding != "ascii":
+        raise RegisterMapError(f"{rmap.path}: ev.state_encoding must be 'ascii', got {encoding!r}")
+    return str(encoding)
+
+
+class ModbusEvCharger:
+    """Driver + Controllable for one charger socket (one unit id) behind a shared `ModbusBus`."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        bus: ModbusBus,
+        unit_id: int,
+        register_map: RegisterMap,
+        poll_s: float,
+        clock: Clock,
+        max_current_a: float,
+        phases: Literal[1, 3] = 3,
+        min_current_a: float = IEC_MIN_CURRENT_A,
+        voltage_v: float = 230.0,
+        safe_mode: SafeMode = "minimum",
+        keepalive_s: float = 30.0,
+        backoff_max_s: float = 60.0,
+        apply_timeout_s: float = 10.0,
+    ) -> None:
+        if poll_s <= 0 or keepalive_s <= 0:
+            raise ValueError("poll_s and keepalive_s must be > 0")
+        if not IEC_MIN_CURRENT_A <= min_current_a <= max_current_a:
+            raise ValueError(f"need {IEC_MIN_CURRENT_A:g} A <= min_current_a <= max_current_a")
+        register_map.require(*_REQUIRED, writable=("ev_current_setpoint",))
+        _state_encoding(register_map)
+        self._id = device_id
+        self._bus = bus
+        self._unit = unit_id
+        self._map = register_map
+        self._poll_s = poll_s
+        self._clock = clock
+        self.max_current_a = max_current_a
+        self.min_current_a = min_current_a
+        self.phases: int = phases
+        self.voltage_v = voltage_v
+        self._safe_mode = safe_mode
+        self._keepalive_s = keepalive_s
+        self._backoff_max_s = max(backoff_max_s, poll_s)
+        self._apply_timeout_s = apply_timeout_s
+        self._can_switch_phases = (f := register_map.get("ev_phases")) is not None and f.writable
+        self._last_command: EvCurrent | None = None
+        self._last_write_at = 0.0  # monotonic
+        self._session_start_wh: float | None = None
+        self._was_connected = False
+        self._healthy: bool | None = None
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("polls", "poll_errors", "config_errors", "commands", "commands_refused", "command_errors", "keepalives"),
+            0,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._id
+
+    @property
+    def ev_id(self) -> str:
+        return f"{self._id}.ev"
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._healthy)
+
+    def capabilities(self) -> list[DerCapabilities]:
+        return [
+            DerCapabilities(
+                der_id=self.ev_id,
+                kind=DerKind.EV_CHARGER,
+                controllable=True,
+                model=self._map.name,
+                max_power_w=self.max_current_a * self.phases * self.voltage_v,
+                min_current_a=self.min_current_a,
+                max_current_a=self.max_current_a,
+                phases=self.phases,
+                voltage_v=self.voltage_v,
+            )
+        ]
+
+    # ---- register access ----
+
+    async def _read_regs(self, f: Field, priority: Priority) -> list[int]:
+        if f.table is Table.INPUT:
+            return await self._bus.read_input(self._unit, f.address, f.count, priority=priority)
+        return await self._bus.read_holding(self._unit, f.address, f.count, priority=priority)
+
+    async def _read(self, name: str, priority: Priority = Priority.POLL) -> float:
+        f = self._map.field(name)
+        try:
+            value = f.decode(await self._read_regs(f, priority))
+        except ValueError as exc:
+            raise DriverError(f"{self._id}: {name}: {exc}") from exc
+        if not math.isfinite(value):
+            raise DriverError(f"{self._id}: {name} read as {value}")
+        return value
+
+    async def _write(self, name: str, value: float) -> str | None:
+        """Write and read back; None when the device holds the value, else why not."""
+        f = self._map.field(name)
+        regs = f.encode(value)
+        await self._bus.write_registers(self._unit, f.address, regs, priority=Priority.CONTROL)
+        back = await self._read_regs(f, Priority.CONTROL)
+        if back != regs:
+            return f"{name}: read back {f.decode(back):g}, wrote {value:g}"
+        return None
+
+    # ---- poll ----
+
+    async def poll_once(self, sink: ReadingSink) -> None:
+        state_field = self._map.field("ev_state")
+        state = decode_ascii_state(state_field.decode_raw_int(await self._read_regs(state_field, Priority.POLL)))
+        power_w = await self._read("ev_power")
+        values = {
+            POWER_W: power_w,
+            CONNECTED: 1.0 if state.connected else 0.0,
+            CHARGING: 1.0 if state.charging else 0.0,
+        }
+        if self._map.get("ev_applied_current") is not None:
+            values[CURRENT_A] = await self._read("ev_applied_current")
+        if self._map.get("ev_energy_total") is not None:
+            total_wh = await self._read("ev_energy_total")
+            # The meter counts for ever; a session starts when a car is plugged in.
+            if state.connected and (not self._was_connected or self._session_start_wh is None):
+                self._session_start_wh = total_wh
+            if state.connected and self._session_start_wh is not None:
+                values[SESSION_WH] = max(0.0, total_wh - self._session_start_wh)
+        if not state.connected:
+            self._session_start_wh = None
+        self._was_connected = state.connected
+        quality = Quality.SUSPECT if state.fault or power_w < 0 else Quality.GOOD
+        sink(Reading(der_id=self.ev_id, kind=DerKind.EV_CHARGER, ts=self._clock.now(), values=values, quality=quality))
+        self.counters["polls"] += 1
+
+    async def run(self, sink: ReadingSink) -> None:
+        """Poll forever and keep the last setpoint alive; device trouble means a pause, never an exit."""
+        backoff = Backoff(min(self._poll_s, 1.0), self._backoff_max_s)
+        while True:
+            try:
+                await self._keepalive()
+                await self.poll_once(sink)
+            except ConfigurationError as exc:
+                self.counters["config_errors"] += 1
+                self._trouble(exc, config=True)
+                await self._clock.sleep(self._backoff_max_s)
+                continue
+            except DriverError as exc:
+                self.counters["poll_errors"] += 1
+                self._trouble(exc, config=False)
+                await self._clock.sleep(max(self._poll_s, backoff.next_delay()))
+                continue
+            backoff.reset()
+            if self._healthy is False:
+                log.info("ev.device_recovered", device=self._id)
+            self._healthy = True
+            await self._clock.sleep(self._poll_s)
+
+    async def _keepalive(self) -> None:
+        cmd = self._last_command
+        if cmd is None or time.monotonic() - self._last_write_at < self._keepalive_s:
+            return
+        self.counters["keepalives"] += 1
+        async with asyncio.timeout(self._apply_timeout_s):
+            await self._write("ev_current_setpoint", cmd.current_a)
+        self._last_write_at = time.monotonic()
+
+    def _trouble(self, exc: DriverError, *, config: bool) -> None:
+        if self._healthy is not False:
+            log.error("ev.device_error", device=self._id, error=str(exc), kind="configuration" if config else "io")
+        self._healthy = False
+
+    # ---- control ----
+
+    def _refusal(self, command: Command) -> str | None:
+        if not isinstance(command, EvCurrent):
+            return f"{type(command).__name__} is not supported by {self._id}"
+        if command.der_id != self.ev_id:
+            return f"unknown DER {command.der_id!r} (this driver controls {self.ev_id!r})"
+        a = command.current_a
+        if not math.isfinite(a):
+            return f"current {a} A is not a number"
+        if a != 0.0 and not self.min_current_a <= a <= self.max_current_a:
+            return f"current {a:g} A outside 0 or {self.min_current_a:g}..{self.max_current_a:g} A"
+        if command.phases not in (1, 3) or command.phases > self.phases:
+            return f"{command.phases} phase(s) requested, charger set up for {self.phases}"
+        if command.phases != self.phases and not self._can_switch_phases:
+            return f"register map {self._map.name!r} cannot switch phases"
+        return None
+
+    async def apply(self, command: Command) -> CommandResult:
+        self.counters["commands"] += 1
+        refusal = self._refusal(command)
+        if refusal is not None:
+            self.counters["commands_refused"] += 1
+            log.warning("ev.command_refused", device=self._id, reason=refusal)
+            return CommandResult(command=command, ok=False, detail=refusal)
+        assert isinstance(command, EvCurrent)  # _refusal checked it
+        try:
+            async with asyncio.timeout(self._apply_timeout_s):
+                detail = await self._write_command(command)
+        except TimeoutError:
+            detail = f"no completion within {self._apply_timeout_s:g} s"
+        except (DriverError, ValueError) as exc:
+            detail = str(exc)
+        else:
+            if detail is None:
+                self._last_command = command
+                self._last_write_at = time.monotonic()
+                return CommandResult(command=command, ok=True, detail=f"{command.current_a:g} A read back")
+        self.counters["command_errors"] += 1
+        log.warning("ev.command_failed", device=self._id, current_a=command.current_a, error=detail)
+        return CommandResult(command=command, ok=False, detail=detail)
+
+    async def _write_command(self, command: EvCurrent) -> str | None:
+        if self._can_switch_phases:
+            f = self._map.field("ev_phases")
+            now = f.decode(await self._read_regs(f, Priority.CONTROL))
+            if int(now) != command.phases:
+                problem = await self._write("ev_phases", command.phases)
+                if problem is not None:
+                    return problem
+        return await self._write("ev_current_setpoint", command.current_a)
+
+    async def safe_mode(self) -> None:
+        """Minimum current (or pause, per config). Logs instead of raising: it runs on the way out."""
+        current = self.min_current_a if self._safe_mode == "minimum" else 0.0
+        try:
+            async with asyncio.timeout(self._apply_timeout_s):
+                problem = await self._write("ev_current_setpoint", current)
+        except (DriverError, TimeoutError, ValueError) as exc:
+            problem = str(exc) or type(exc).__name__
+        if problem is not None:
+            log.error("ev.safe_mode_failed", device=self._id, error=problem)
+            return
+        self._last_command = None
+        log.info("ev.safe_mode", device=self._id, current_a=current)
