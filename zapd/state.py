@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from zapd.model import PHASE_CURRENT_A, POWER_W, SOC, DerKind, Reading
+from zapd.model import CHARGING, CONNECTED, PHASE_CURRENT_A, POWER_W, SOC, DerKind, Reading
 
 STALE_AFTER_POLLS = 3
 
@@ -22,6 +22,16 @@ class BatteryView:
 
 
 @dataclass(frozen=True, slots=True)
+class EvView:
+    """An EV charger as the EV envelope needs it: is a car there, and what does it draw."""
+
+    der_id: str
+    power_w: float | None
+    connected: bool | None
+    charging: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """What is known *now*. None = unknown (missing or stale)."""
 
@@ -31,6 +41,7 @@ class Snapshot:
     pv_w: float | None
     batteries: dict[str, BatteryView] = field(default_factory=dict)
     ev_w: dict[str, float | None] = field(default_factory=dict)
+    evs: dict[str, EvView] = field(default_factory=dict)
 
     def battery_total_w(self) -> float | None:
         """Sum of the batteries' actual power, None if any is unknown."""
@@ -86,6 +97,7 @@ class SiteState:
         pv_w: float | None = None
         batteries: dict[str, BatteryView] = {}
         evs: dict[str, float | None] = {}
+        ev_views: dict[str, EvView] = {}
         meters = 0
         for der_id, kind in self._kinds.items():
             r = self.fresh(der_id, now)
@@ -103,6 +115,13 @@ class SiteState:
                 batteries[der_id] = BatteryView(der_id, vals.get(SOC), vals.get(POWER_W))
             elif kind is DerKind.EV_CHARGER:
                 evs[der_id] = vals.get(POWER_W)
+                plugged, charging = vals.get(CONNECTED), vals.get(CHARGING)
+                ev_views[der_id] = EvView(
+                    der_id,
+                    vals.get(POWER_W),
+                    None if plugged is None else plugged >= 0.5,
+                    None if charging is None else charging >= 0.5,
+                )
         if meters > 1:
             phases = None  # per-phase sums across meters are not meaningful
-        return Snapshot(now, grid_w, phases, pv_w, batteries, evs)
+        return Snapshot(now, grid_w, phases, pv_w, batteries, evs, ev_views)
