@@ -1,0 +1,357 @@
+"""Forecasts of a site's PV output and load, on the planner's slot grid.
+
+PV = clear-sky output of the site's arrays (pvlib: Ineichen clear sky, isotropic transposition onto each
+array's plane) × a per-site factor learned from the site's own telemetry × (optionally) a weather dimming.
+The factor absorbs what a site model never knows exactly: real kWp, shading, soiling, inverter clipping,
+a wrong tilt in the registration. It is learned as the ratio of measured to clear-sky daily energy:
+
+* `typical` (median of the daily ratios): the expected output when no weather forecast is configured; it
+  already contains the site's usual cloudiness, so it must not be combined with a weather forecast;
+* `clear` (80th percentile of the daily ratios): the output on a clear day, which a weather forecast's
+  dimming then scales down. Using the median there would count the clouds twice.
+
+Medians and quantiles of daily ratios make the factor robust to a day of snow, an outage or a meter gap.
+
+Load = same weekday and time of day over the past weeks (household load is weekly-periodic), blended with
+the recent level: the ratio of the last hours' measured load to what the profile said for those hours is
+applied fully now and fades out with a few hours' time constant (a party tonight says little about
+tomorrow).
+
+Everything here is numpy on regular grids, with NaN for a missing slot, so the backtest can call it for
+every hourly re-plan of a year.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+import httpx
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import pandas as pd  # type: ignore[import-untyped]  # no stubs installed; pvlib hands us pandas anyway
+import pvlib
+
+FloatArray = npt.NDArray[np.float64]
+
+OPEN_METEO_URL: Final = "https://api.open-meteo.com/v1/forecast"
+DEFAULT_TIMEOUT_S: Final = 10.0
+# Daily ratios are only meaningful on days with real sun to measure against.
+_MIN_CLEAR_KWH_PER_KWP: Final = 0.5
+_FACTOR_BOUNDS: Final = (0.02, 1.5)
+DEFAULT_FACTOR_TYPICAL: Final = 0.6
+DEFAULT_FACTOR_CLEAR: Final = 0.85
+_MIN_GHI_CLEAR: Final = 20.0  # W/m²: below this the weather ratio is noise (dawn, dusk)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    lat: float
+    lon: float
+    altitude_m: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PvArray:
+    """One plane of modules. azimuth in pvlib's convention: 180 = south, 90 = east."""
+
+    kwp: float
+    tilt_deg: float = 30.0
+    azimuth_deg: float = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class PvFactor:
+    typical: float = DEFAULT_FACTOR_TYPICAL
+    clear: float = DEFAULT_FACTOR_CLEAR
+    days: int = 0  # days the factor was learned from (0: defaults)
+
+
+# --- clear sky ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClearSky:
+    """Clear-sky PV power (kW, before the learned factor) and GHI (W/m²) per slot."""
+
+    pv_kw: FloatArray
+    ghi: FloatArray
+
+
+def clear_sky(location: Location, arrays: Sequence[PvArray], start: datetime, step: timedelta, n: int) -> ClearSky:
+    """Evaluated at slot midpoints, so a slot's value is (close to) its mean power."""
+    times = pd.date_range(start.astimezone(UTC) + step / 2, periods=n, freq=step)
+    site = pvlib.location.Location(location.lat, location.lon, tz="UTC", altitude=location.altitude_m)
+    with warnings.catch_warnings():
+        # pvlib 0.16 on pandas 3 uses a deprecated DatetimeIndex attribute; harmless and not ours to fix.
+        warnings.filterwarnings("ignore", message=".*dayofyear is deprecated")
+        sky = site.get_clearsky(times, model="ineichen")
+    ghi = sky["ghi"].to_numpy(dtype=np.float64)
+    total = np.zeros(n, dtype=np.float64)
+    if arrays:
+        sun = site.get_solarposition(times)
+        for a in arrays:
+            poa = pvlib.irradiance.get_total_irradiance(
+                surface_tilt=a.tilt_deg,
+                surface_azimuth=a.azimuth_deg,
+                solar_zenith=sun["apparent_zenith"],
+                solar_azimuth=sun["azimuth"],
+                dni=sky["dni"],
+                ghi=sky["ghi"],
+                dhi=sky["dhi"],
+                model="isotropic",
+            )
+            total += a.kwp * np.nan_to_num(poa["poa_global"].to_numpy(dtype=np.float64)) / 1000.0
+    return ClearSky(pv_kw=np.clip(total, 0.0, None), ghi=np.clip(np.nan_to_num(ghi), 0.0, None))
+
+
+def learn_pv_factor(measured_kw: FloatArray, clear_kw: FloatArray, slots_per_day: int, kwp: float) -> PvFactor:
+    """Learn the site factor from aligned past series (whole days, oldest first; NaN = missing)."""
+    days = len(measured_kw) // slots_per_day
+    if days == 0 or kwp <= 0:
+        return PvFactor()
+    usable = days * slots_per_day
+    m = measured_kw[-usable:].reshape(days, slots_per_day)
+    c = clear_kw[-usable:].reshape(days, slots_per_day)
+    sunny = c > 0.02 * kwp
+    complete = (~np.isnan(m) | ~sunny).all(axis=1)
+    c_energy = np.where(sunny, c, 0.0).sum(axis=1)
+    m_energy = np.where(sunny, np.nan_to_num(m), 0.0).sum(axis=1)
+    dt_h = 24.0 / slots_per_day
+    ok = complete & (c_energy * dt_h >= _MIN_CLEAR_KWH_PER_KWP * kwp)
+    if not ok.any():
+        return PvFactor()
+    ratios = m_energy[ok] / c_energy[ok]
+    lo, hi = _FACTOR_BOUNDS
+    typical = float(np.clip(np.median(ratios), lo, hi))
+    clear = float(np.clip(np.quantile(ratios, 0.8), lo, hi))
+    return PvFactor(typical=typical, clear=max(clear, typical), days=int(ok.sum()))
+
+
+def weather_dimming(
+    clear_ghi: FloatArray, *, ghi: FloatArray | None = None, cloud_cover_pct: FloatArray | None = None
+) -> FloatArray:
+    """Fraction of clear-sky output the weather forecast lets through, per slot (NaN in input: 1).
+
+    GHI is used when present (the model's own radiative transfer beats any cloud rule); otherwise the
+    Kasten-Czeplak relation GHI/GHI_clear = 1 - 0.75 (cloud fraction)^3.4.
+    """
+    out = np.ones_like(clear_ghi)
+    if ghi is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = ghi / clear_ghi
+        use = (clear_ghi >= _MIN_GHI_CLEAR) & np.isfinite(ratio)
+        out[use] = np.clip(ratio[use], 0.0, 1.2)
+        return out
+    if cloud_cover_pct is not None:
+        cc = np.clip(np.nan_to_num(cloud_cover_pct, nan=0.0) / 100.0, 0.0, 1.0)
+        out = 1.0 - 0.75 * cc**3.4
+        out[np.isnan(cloud_cover_pct)] = 1.0
+    return out
+
+
+def forecast_pv(clear_kw: FloatArray, factor: PvFactor, dimming: FloatArray | None = None) -> FloatArray:
+    if dimming is None:
+        return clear_kw * factor.typical
+    return clear_kw * factor.clear * dimming
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+def forecast_load(
+    history_kw: FloatArray,
+    horizon: int,
+    slots_per_day: int,
+    *,
+    weeks: int = 4,
+    recent_hours: float = 2.0,
+    fade_hours: float = 4.0,
+    default_kw: float = 0.5,
+) -> FloatArray:
+    """Load for the `horizon` slots right after `history_kw` (which ends at now; NaN = missing)."""
+    n = len(history_kw)
+    dt_h = 24.0 / slots_per_day
+    profile = _seasonal_profile(history_kw, n, horizon, slots_per_day, weeks)
+    r = max(1, round(recent_hours / dt_h))
+    recent = history_kw[max(0, n - r) :]
+    if n == 0 or np.isnan(recent).all():
+        base = float(np.nanmean(history_kw)) if n and not np.isnan(history_kw).all() else default_kw
+        return np.where(np.isnan(profile), base, profile)
+    recent_level = float(np.nanmean(recent))
+    past_profile = _seasonal_profile(history_kw, n - len(recent), len(recent), slots_per_day, weeks)
+    expected = float(np.nanmean(past_profile)) if not np.isnan(past_profile).all() else math.nan
+    profile = np.where(np.isnan(profile), recent_level, profile)
+    if not math.isfinite(expected) or expected <= 1e-6:
+        ratio = 1.0
+    else:
+        ratio = float(np.clip(recent_level / expected, 0.5, 2.0))
+    fade = np.exp(-np.arange(horizon) * dt_h / fade_hours)
+    return np.asarray(np.clip(profile * (1.0 + (ratio - 1.0) * fade), 0.0, None), dtype=np.float64)
+
+
+def _seasonal_profile(history: FloatArray, at: int, horizon: int, slots_per_day: int, weeks: int) -> FloatArray:
+    """For slots at..at+horizon-1: the mean of the same weekday/time over past weeks, else of past days."""
+    idx = at + np.arange(horizon)
+    week = 7 * slots_per_day
+    out = _lagged_mean(history, at, idx, week, weeks)
+    missing = np.isnan(out)
+    if missing.any():
+        out[missing] = _lagged_mean(history, at, idx[missing], slots_per_day, 7)
+    return out
+
+
+def _lagged_mean(history: FloatArray, at: int, idx: npt.NDArray[np.int64], lag: int, count: int) -> FloatArray:
+    # Lags that reach only into the past: for a slot `k` periods back that still lands after `at`, use an
+    # older period instead (a 48 h horizon looks 2 days back for its second day, not 1).
+    ks = np.arange(1, count + 3)
+    cand = idx[:, None] - ks[None, :] * lag
+    valid = (cand >= 0) & (cand < at)
+    # keep only the first `count` valid lags of each slot
+    valid &= np.cumsum(valid, axis=1) <= count
+    if len(history) == 0:
+        return np.full(len(idx), np.nan)
+    vals = history[np.clip(cand, 0, len(history) - 1)]
+    ok = valid & ~np.isnan(vals)
+    total = np.where(ok, vals, 0.0).sum(axis=1)
+    count = ok.sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def mae(forecast: FloatArray, actual: FloatArray) -> tuple[float, int] | None:
+    """Mean absolute error over the slots that have an actual value, and how many there were."""
+    ok = ~np.isnan(actual) & ~np.isnan(forecast)
+    count = int(ok.sum())
+    if count == 0:
+        return None
+    return float(np.mean(np.abs(forecast[ok] - actual[ok]))), count
+
+
+# --- Open-Meteo ---------------------------------------------------------------------------
+
+
+class WeatherError(Exception):
+    """The weather service failed or answered something unusable."""
+
+
+class _Hourly(msgspec.Struct):
+    time: list[str]
+    cloud_cover: list[float | None] | None = None
+    shortwave_radiation: list[float | None] | None = None
+
+
+class _OpenMeteoAnswer(msgspec.Struct):
+    utc_offset_seconds: int
+    hourly: _Hourly
+
+
+@dataclass(frozen=True, slots=True)
+class WeatherForecast:
+    """Hourly values stamped at `times` (UTC). `ghi` is Open-Meteo's mean over the hour BEFORE its stamp."""
+
+    times: tuple[datetime, ...]
+    cloud_cover_pct: FloatArray | None
+    ghi: FloatArray | None
+
+    def on_grid(self, start: datetime, step: timedelta, n: int, kind: Literal["ghi", "cloud_cover"]) -> FloatArray:
+        """Values for the slots of a grid; NaN outside the forecast."""
+        values = self.ghi if kind == "ghi" else self.cloud_cover_pct
+        out = np.full(n, np.nan)
+        if values is None or not self.times:
+            return out
+        t0 = self.times[0]
+        hour = timedelta(hours=1)
+        for i in range(n):
+            mid = start + step * i + step / 2
+            # GHI: the stamp at the END of the hour that contains the slot's midpoint; cloud cover: nearest
+            k = math.ceil((mid - t0) / hour) if kind == "ghi" else round((mid - t0) / hour)
+            if 0 <= k < len(values):
+                out[i] = values[k]
+        return out
+
+
+def parse_open_meteo(body: bytes) -> WeatherForecast:
+    try:
+        raw: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise WeatherError(f"Open-Meteo: not JSON: {exc}") from None
+    if isinstance(raw, dict) and raw.get("error"):
+        raise WeatherError(f"Open-Meteo: {raw.get('reason', 'error')}")
+    try:
+        answer = msgspec.convert(raw, type=_OpenMeteoAnswer)
+    except msgspec.ValidationError as exc:
+        raise WeatherError(f"Open-Meteo: unexpected answer: {exc}") from None
+    offset = timedelta(seconds=answer.utc_offset_seconds)
+    try:
+        times = tuple(datetime.fromisoformat(t).replace(tzinfo=UTC) - offset for t in answer.hourly.time)
+    except ValueError as exc:
+        raise WeatherError(f"Open-Meteo: bad time: {exc}") from None
+    n = len(times)
+
+    def arr(values: list[float | None] | None, name: str) -> FloatArray | None:
+        if values is None:
+            return None
+        if len(values) != n:
+            raise WeatherError(f"Open-Meteo: {name} has {len(values)} values for {n} times")
+        return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+    return WeatherForecast(
+        times=times,
+        cloud_cover_pct=arr(answer.hourly.cloud_cover, "cloud_cover"),
+        ghi=arr(answer.hourly.shortwave_radiation, "shortwave_radiation"),
+    )
+
+
+class OpenMeteoClient:
+    def __init__(
+        self,
+        *,
+        base_url: str = OPEN_METEO_URL,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base_url = base_url
+        self._timeout = httpx.Timeout(timeout_s)
+        self._transport = transport
+
+    async def forecast(self, location: Location, *, days: int = 3) -> WeatherForecast:
+        params: dict[str, str | int | float] = {
+            "latitude": location.lat,
+            "longitude": location.lon,
+            "hourly": "cloud_cover,shortwave_radiation",
+            "timezone": "GMT",
+            "forecast_days": days,
+        }
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as client:
+                response = await client.get(self._base_url, params=params)
+        except httpx.TimeoutException:
+            raise WeatherError(f"Open-Meteo: no answer within {self._timeout.read}s") from None
+        except httpx.HTTPError as exc:
+            raise WeatherError(f"Open-Meteo: {type(exc).__name__}: {exc}") from None
+        if response.status_code != 200 and b'"reason"' not in response.content[:2000]:
+            raise WeatherError(f"Open-Meteo: HTTP {response.status_code}")
+        return parse_open_meteo(response.content)
+
+
+__all__ = [
+    "ClearSky",
+    "Location",
+    "OpenMeteoClient",
+    "PvArray",
+    "PvFactor",
+    "WeatherError",
+    "WeatherForecast",
+    "clear_sky",
+    "forecast_load",
+    "forecast_pv",
+    "learn_pv_factor",
+    "mae",
+    "parse_open_meteo",
+    "weather_dimming",
+]
