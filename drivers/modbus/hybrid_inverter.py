@@ -17,6 +17,7 @@ from drivers.api import ConfigurationError, DriverError, ReadingSink
 from drivers.modbus.backoff import Backoff
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.register_map import Field, RegisterMap, Table
+from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
 from zapd.clock import Clock
 from zapd.model import (
     POWER_W,
@@ -58,6 +59,7 @@ class ModbusHybridInverter:
         backoff_max_s: float = 60.0,
         apply_timeout_s: float = 10.0,
         device_command_timeout_s: int = _DEFAULT_COMMAND_TIMEOUT_S,
+        max_writes_per_hour: int | None = None,
     ) -> None:
         if poll_s <= 0:
             raise ValueError("poll_s must be > 0")
@@ -83,6 +85,9 @@ class ModbusHybridInverter:
         self._backoff_max_s = max(backoff_max_s, poll_s)
         self._apply_timeout_s = apply_timeout_s
         self._device_command_timeout_s = device_command_timeout_s
+        self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
+        # Setpoint registers as last read back from the device, and when they were written.
+        self._held: tuple[list[int], float] | None = None
         self._healthy: bool | None = None
         self._last_error = ""
         self.counters: dict[str, int] = dict.fromkeys(
@@ -95,6 +100,8 @@ class ModbusHybridInverter:
                 "commands_refused",
                 "command_errors",
                 "safe_mode_errors",
+                "writes_skipped",
+                "commands_over_budget",
             ),
             0,
         )
@@ -173,12 +180,18 @@ class ModbusHybridInverter:
             raise DriverError(f"{self._id}: {name} read as {value}")
         return value
 
-    async def _write(self, name: str, value: float) -> list[int]:
+    async def _write(self, name: str, value: float, *, force: bool = False) -> list[int]:
         f = self._map.field(name)
         sf = await self._scale_factor(f, Priority.CONTROL)
         regs = f.encode(value, sf)
-        await self._bus.write_registers(self._unit, f.address, regs, priority=Priority.CONTROL)
+        await self._write_regs(f, regs, force=force)
         return regs
+
+    async def _write_regs(self, f: Field, regs: list[int], *, force: bool) -> None:
+        """Every write goes through the flash budget; `force` is for the safe mode on the way out."""
+        if not force:
+            self._budget.spend()
+        await self._bus.write_registers(self._unit, f.address, regs, priority=Priority.CONTROL)
 
     # ---- probe and poll ----
 
@@ -302,40 +315,60 @@ class ModbusHybridInverter:
         assert isinstance(command, BatterySetpoint)  # _refusal checked it
         try:
             async with asyncio.timeout(self._apply_timeout_s):
-                detail = await self._write_setpoint(command.power_w)
+                ok, detail = await self._write_setpoint(command.power_w)
         except TimeoutError:
             detail = f"no completion within {self._apply_timeout_s:g} s"
+        except WriteBudgetExhausted:
+            self.counters["commands_over_budget"] += 1  # the budget logs once per window, not per refusal
+            return CommandResult(command=command, ok=False, detail=BUDGET_EXHAUSTED)
         except (DriverError, ValueError) as exc:  # ValueError: the map's register type cannot hold it
             detail = str(exc)
         else:
-            if detail is None:
-                return CommandResult(command=command, ok=True, detail=f"{command.power_w:g} W read back")
+            if ok:
+                return CommandResult(command=command, ok=True, detail=detail)
+        self._held = None
         self.counters["command_errors"] += 1
         log.warning("modbus.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
         return CommandResult(command=command, ok=False, detail=detail)
 
-    async def _write_setpoint(self, power_w: float) -> str | None:
-        """Returns None when the device holds the setpoint, else why not."""
-        await self._ensure_remote_control()
-        written = await self._write("battery_setpoint", power_w)
-        f = self._map.field("battery_setpoint")
-        back = await self._read_regs(f, Priority.CONTROL)
-        if back != written:
-            got = f.decode(back, await self._scale_factor(f, Priority.CONTROL))
-            return f"read back {got:g} W, wrote {power_w:g} W"
-        return None
+    def _holds(self, regs: list[int]) -> bool:
+        """The device read back these registers recently enough that its command timeout is not near."""
+        if self._held is None:
+            return False
+        held, at = self._held
+        return held == regs and self._clock.now().timestamp() - at < self._device_command_timeout_s / 2
 
-    async def _ensure_remote_control(self) -> None:
+    async def _write_setpoint(self, power_w: float, *, force: bool = False) -> tuple[bool, str]:
+        """(True, detail) when the device holds the setpoint, else (False, why not).
+
+        A value the device already holds (by the last read-back) is not written again, except as
+        a keep-alive at half the device's command timeout so it does not fall back while zapd runs.
+        """
+        await self._ensure_remote_control(force=force)
+        f = self._map.field("battery_setpoint")
+        sf = await self._scale_factor(f, Priority.CONTROL)
+        wanted = f.encode(power_w, sf)
+        if not force and self._holds(wanted):
+            self.counters["writes_skipped"] += 1
+            return True, f"{power_w:g} W already held"
+        self._held = None
+        await self._write_regs(f, wanted, force=force)
+        back = await self._read_regs(f, Priority.CONTROL)
+        if back != wanted:
+            return False, f"read back {f.decode(back, sf):g} W, wrote {power_w:g} W"
+        self._held = (back, self._clock.now().timestamp())
+        return True, f"{power_w:g} W read back"
+
+    async def _ensure_remote_control(self, *, force: bool = False) -> None:
         f = self._map.field("remote_control")
         mode = f.decode_raw_int(await self._read_regs(f, Priority.CONTROL))
         if mode == self._map.remote_control_on:
             return
+        self._held = None  # the device left remote control on its own: its setpoint is not ours any more
         timeout_field = self._map.get("command_timeout")
         if timeout_field is not None and timeout_field.writable:
-            await self._write("command_timeout", self._device_command_timeout_s)
-        await self._bus.write_registers(
-            self._unit, f.address, f.encode_raw_int(self._map.remote_control_on), priority=Priority.CONTROL
-        )
+            await self._write("command_timeout", self._device_command_timeout_s, force=force)
+        await self._write_regs(f, f.encode_raw_int(self._map.remote_control_on), force=force)
         log.info("modbus.remote_control_enabled", device=self._id, unit=self._unit)
 
     async def safe_mode(self) -> None:
@@ -344,10 +377,10 @@ class ModbusHybridInverter:
             return  # zapd never took control of it
         try:
             async with asyncio.timeout(self._apply_timeout_s):
-                problem = await self._write_setpoint(0.0)
+                ok, problem = await self._write_setpoint(0.0, force=True)
         except (DriverError, TimeoutError, ValueError) as exc:
-            problem = str(exc) or type(exc).__name__
-        if problem is not None:
+            ok, problem = False, str(exc) or type(exc).__name__
+        if not ok:
             self.counters["safe_mode_errors"] += 1
             log.error("modbus.safe_mode_failed", device=self._id, error=problem)
             return
