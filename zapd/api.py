@@ -83,6 +83,7 @@ class DaemonView(Protocol):
     @property
     def readings_in(self) -> int: ...
     def current_plan(self) -> Plan | None: ...
+    async def link_status(self) -> dict[str, object]: ...
 
 
 class RequestError(Exception):
@@ -353,11 +354,7 @@ class LocalApi:
             "last_upload": None,
             "outbox_depth": await store.outbox_depth() if store is not None else None,
         }
-        extra = getattr(self._d, "link_status", None)
-        if callable(extra):
-            more = extra()
-            if isinstance(more, dict):
-                link.update(more)
+        link.update(await self._d.link_status())
         return link
 
     def _control(self) -> dict[str, object]:

@@ -31,7 +31,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from zapd.clock import SystemClock
+    from zapd.clock import clock_from_env
     from zapd.daemon import Daemon, StartupError
     from zapd.logs import configure
 
@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     configure(config.log.level)
     try:
-        return asyncio.run(Daemon(config, SystemClock()).run())
+        return asyncio.run(Daemon(config, clock_from_env()).run())
     except StartupError as exc:
         print(f"zapd: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

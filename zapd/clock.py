@@ -7,6 +7,7 @@ site on one ScaledClock that runs faster than real time (OpenEMS TimeLeapClock i
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -38,13 +39,19 @@ class SystemClock:
 
 
 class ScaledClock:
-    """Runs `speed` times faster than real time from `start`."""
+    """Runs `speed` times faster than real time from `start`.
 
-    def __init__(self, start: datetime, speed: float) -> None:
+    `wall_ref` (a time.time() value) anchors `start` to a wall instant, so several processes
+    (simulator, daemon, cloud) started at different moments share one simulated time line.
+    """
+
+    def __init__(self, start: datetime, speed: float, *, wall_ref: float | None = None) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self._start = start
-        self._t0 = time.monotonic()
+        # Monotonic time for the running clock; the wall reference only sets where it starts.
+        offset = 0.0 if wall_ref is None else time.time() - wall_ref
+        self._t0 = time.monotonic() - offset
         self._speed = speed
 
     @property
@@ -77,3 +84,28 @@ class ManualClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(0)
+
+
+SIM_CLOCK_ENV = "ZAPD_SIM_CLOCK"
+
+
+def clock_from_env(env: dict[str, str] | None = None) -> Clock:
+    """The system clock, unless ZAPD_SIM_CLOCK="START_ISO@SPEED@WALL_REF" asks for a shared fast one.
+
+    For the simulator, end-to-end tests and the demo only: a real site never sets it.
+    """
+    value = (env if env is not None else dict(os.environ)).get(SIM_CLOCK_ENV, "")
+    if not value:
+        return SystemClock()
+    try:
+        start_s, speed_s, wall_s = value.split("@")
+        start = datetime.fromisoformat(start_s)
+        if start.tzinfo is None:
+            raise ValueError("start needs a UTC offset")
+        return ScaledClock(start, float(speed_s), wall_ref=float(wall_s))
+    except ValueError as exc:
+        raise ValueError(f"{SIM_CLOCK_ENV}={value!r}: expected START_ISO@SPEED@WALL_REF ({exc})") from None
+
+
+def sim_clock_env(start: datetime, speed: float, wall_ref: float | None = None) -> str:
+    return f"{start.isoformat()}@{speed}@{time.time() if wall_ref is None else wall_ref}"

@@ -9,6 +9,7 @@ import uvicorn
 from sqlalchemy.exc import ArgumentError
 
 from cloud.server.app import create_app
+from zapd.clock import clock_from_env
 from cloud_sync.keys import KeyFileError, key_id, load_or_create_signing_key, public_key_b64
 from zapd.logs import configure as configure_logging
 
@@ -24,7 +25,12 @@ def run_serve(*, db_url: str, host: str, port: int, key_path: str) -> int:
     # The Zap pins this key in its config; printing it is the supported way to learn it.
     print(f"zapcloud: cloud public key {public_key_b64(key)} key_id {key_id(key)}", flush=True)
     try:
-        app = create_app(db_url, key)
+        sim_clock = clock_from_env()  # the real clock unless an e2e test shares a fast one
+    except ValueError as exc:
+        print(f"zapcloud: {exc}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(db_url, key, clock=sim_clock.now)
     except (ArgumentError, ValueError) as exc:
         print(f"zapcloud: --db: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,134 @@
+"""Promises of ARCHITECTURE.md with real processes: zapcloud serve + simulated site + zapd run.
+
+- Offline: the cached plan runs until its horizon ends, then the fallback rules; a stale meter
+  or battery → safe hold; back online → the new plan is taken without operator action.
+- No telemetry lost: every stored reading arrives at the cloud exactly once, in order,
+  also across kill -9 of zapd in the middle of uploads.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from tests.e2e.harness import Site, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+def rung(site: Site) -> str | None:
+    return site.zapctl("status")["fallback"]["rung"]  # type: ignore[no-any-return]
+
+
+def plan_version(site: Site) -> int | None:
+    plan = site.zapctl("status")["plan"]
+    return plan["version"] if plan else None
+
+
+def battery_power(site: Site) -> float | None:
+    for row in site.zapctl("devices")["devices"]:
+        if row["der_id"] == "inverter.battery" and row["fresh"]:
+            return float(row["values"]["power_w"])
+    return None
+
+
+def drained(site: Site) -> bool:
+    last, acked = site.outbox()
+    return last > 0 and acked == last
+
+
+def assert_exactly_once_in_order(site: Site) -> int:
+    last, acked = site.outbox()
+    seqs = site.cloud_seqs()
+    assert seqs == list(range(1, last + 1)), f"cloud holds {len(seqs)} seqs, zapd stored {last}"
+    assert acked == last
+    return last
+
+
+def test_ladder_offline_and_back(site: Site) -> None:
+    site.start_cloud()
+    site.keygen()
+    site.register()
+    site.start_sim()
+    site.put_plan(1, battery_w=1500.0, hours=1.0)
+    site.start_zapd()
+    t0 = time.monotonic()
+
+    # Rung 1: the plan is fetched, verified and executed; telemetry arrives.
+    wait_for(lambda: rung(site) == "plan" and plan_version(site) == 1, 30, "plan v1 in force")
+    wait_for(lambda: abs((battery_power(site) or 0) - 1500.0) < 1.0, 30, "battery following the plan")
+    wait_for(lambda: len(site.cloud_seqs()) > 10, 30, "telemetry in the cloud")
+    timings = {"plan": time.monotonic() - t0}
+
+    # Rung 2: the cloud goes away; the cached plan keeps running.
+    site.stop_cloud()
+    t_cut = time.monotonic()
+    wait_for(lambda: rung(site) == "cached_plan", 30, "cached plan rung")
+    timings["cached_plan"] = time.monotonic() - t_cut
+    wait_for(lambda: site.zapctl("status")["link"]["state"] == "down", 30, "link reported down")
+    assert abs((battery_power(site) or 0) - 1500.0) < 1.0
+
+    # Rung 3: past the cached horizon, local self-consumption rules.
+    wait_for(lambda: rung(site) == "self_consumption", 60, "self-consumption rung")
+    timings["self_consumption"] = time.monotonic() - t_cut
+
+    # Rung 4: the devices fall silent (simulator frozen): hold, never the last setpoint.
+    site.procs["sim"].signal(signal.SIGSTOP)
+    t_stop = time.monotonic()
+    try:
+        wait_for(lambda: rung(site) == "safe_hold", 30, "safe-hold rung")
+        timings["safe_hold"] = time.monotonic() - t_stop
+    finally:
+        site.procs["sim"].signal(signal.SIGCONT)
+    wait_for(lambda: rung(site) == "self_consumption", 30, "back to self-consumption")
+
+    # Back online: the new plan is taken without operator action, and the backlog drains.
+    site.start_cloud()
+    site.put_plan(2, battery_w=-800.0, hours=1.0)
+    t_back = time.monotonic()
+    wait_for(lambda: rung(site) == "plan" and plan_version(site) == 2, 60, "plan v2 in force")
+    timings["resync"] = time.monotonic() - t_back
+    wait_for(lambda: abs((battery_power(site) or 0) + 800.0) < 1.0, 30, "battery following plan v2")
+
+    # Silence the devices so nothing new is stored, let the outbox drain, stop zapd (SIGTERM → 0):
+    # then everything it ever stored must be in the cloud exactly once, in order.
+    site.procs["sim"].stop()
+    time.sleep(1.0)
+    wait_for(lambda: drained(site), 30, "outbox drained")
+    assert site.procs["zapd"].stop() == 0
+    last = assert_exactly_once_in_order(site)
+    transitions = site.procs["zapd"].output().count("fallback_rung_changed")
+    print(f"\nladder timings (real s at {site.speed}x): {timings}; readings={last}; transitions={transitions}")
+
+
+def test_kill9_during_uploads_loses_nothing(site: Site) -> None:
+    # Small batches make a backlog take many round trips, so the kills land mid-drain.
+    site.zapd_overrides = {"upload_interval_s": 5, "batch_max": 7}
+    site.start_cloud()
+    site.keygen()
+    site.register()
+    site.start_sim()
+    site.stop_cloud()  # build a backlog while the cloud is away
+    site.start_zapd()
+    wait_for(lambda: site.outbox()[0] > 150, 60, "a backlog of readings")
+    site.start_cloud()
+    rng = random.Random(7)
+    acked_before = 0
+    for _ in range(4):
+        # Let some batches through, then kill -9 at a random moment in the middle of the drain.
+        wait_for(lambda b=acked_before: site.outbox()[1] > b, 30, "uploads under way")
+        time.sleep(rng.uniform(0.0, 0.3))
+        acked_before = site.outbox()[1]
+        site.procs["zapd"].kill9()
+        assert site.integrity() == "ok"
+        site.start_zapd()
+    site.procs["sim"].stop()
+    time.sleep(1.0)
+    wait_for(lambda: drained(site), 60, "outbox drained after restarts")
+    assert site.procs["zapd"].stop() == 0
+    with_integrity = site.procs["zapd"].output()
+    assert "Traceback" not in with_integrity
+    assert_exactly_once_in_order(site)
