@@ -9,8 +9,8 @@ import uvicorn
 from sqlalchemy.exc import ArgumentError
 
 from cloud.server.app import create_app
-from zapd.clock import clock_from_env
 from cloud_sync.keys import KeyFileError, key_id, load_or_create_signing_key, public_key_b64
+from zapd.clock import clock_from_env
 from zapd.logs import configure as configure_logging
 
 

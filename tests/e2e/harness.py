@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -219,7 +219,14 @@ class Site:
             if self.sim_info["p1"] == "pty"
             else f'driver = "p1_tcp"\nhost = "127.0.0.1"\nport = {self.sim_info["p1_endpoint"]}'
         )
-        o = {"upload_interval_s": 10, "plan_interval_s": 30, "batch_max": 5000, "poll_s": 10, "meter_poll_s": 10, **self.zapd_overrides}
+        o = {
+            "upload_interval_s": 10,
+            "plan_interval_s": 30,
+            "batch_max": 5000,
+            "poll_s": 10,
+            "meter_poll_s": 10,
+            **self.zapd_overrides,
+        }
         text = f"""
 [site]
 id = "{self.site_id}"
