@@ -20,7 +20,10 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
+    Index,
     Insert,
+    Integer,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
@@ -104,6 +107,85 @@ command_reports = Table(
     Column("clamped_reason", Text, nullable=True),
     # One command per DER per instant: a re-sent batch carries the same reports and is ignored.
     PrimaryKeyConstraint("site_id", "der_id", "ts"),
+)
+
+# Forecasters read telemetry by time range (cloud/site_series.py).
+Index("ix_telemetry_site_ts", telemetry.c.site_id, telemetry.c.ts)
+
+# --- planning (cloud/planner.py, cloud/store.py, cloud/fleet.py own these tables) ----------
+
+# One row per planned site: the work queue any worker claims from (lease), and why it is due.
+plan_jobs = Table(
+    "plan_jobs",
+    metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("planned_at", DateTime(timezone=True), nullable=True),
+    Column("planned_through_seq", BigInteger, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+)
+
+# Day-ahead spot prices per bidding zone, per kWh, normalized to 15-minute rows.
+spot_prices = Table(
+    "spot_prices",
+    metadata,
+    Column("area", String(32), nullable=False),
+    Column("start", DateTime(timezone=True), nullable=False),
+    Column("price", Float, nullable=False),
+    Column("fetched_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("area", "start"),
+)
+
+# Each forecast the planner used, and its day-ahead error once the actuals are in.
+forecasts = Table(
+    "forecasts",
+    metadata,
+    Column("site_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("start", DateTime(timezone=True), nullable=False),
+    Column("step_s", Integer, nullable=False),
+    Column("values", JSON, nullable=False),
+    Column("mae", Float, nullable=True),
+    Column("mae_slots", Integer, nullable=True),
+    PrimaryKeyConstraint("site_id", "kind", "issued_at"),
+)
+
+# The optimizer's flows behind a stored plan (the signed plan carries only the intents).
+plan_flows = Table(
+    "plan_flows",
+    metadata,
+    Column("site_id", String(64), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("start", DateTime(timezone=True), nullable=False),
+    Column("step_s", Integer, nullable=False),
+    Column("flows", JSON, nullable=False),
+    PrimaryKeyConstraint("site_id", "version"),
+)
+
+# Demand-response events and what each site was asked to do for them.
+fleet_events = Table(
+    "fleet_events",
+    metadata,
+    Column("event_id", String(40), primary_key=True),
+    Column("start", DateTime(timezone=True), nullable=False),
+    Column("end", DateTime(timezone=True), nullable=False),
+    Column("reduction_kw", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("result", JSON, nullable=True),
+)
+
+fleet_event_sites = Table(
+    "fleet_event_sites",
+    metadata,
+    Column("event_id", String(40), nullable=False),
+    Column("site_id", String(64), nullable=False),
+    Column("start", DateTime(timezone=True), nullable=False),
+    Column("end", DateTime(timezone=True), nullable=False),
+    Column("incentive", Float, nullable=False),  # per kWh of net import avoided in the window
+    PrimaryKeyConstraint("event_id", "site_id"),
 )
 
 
