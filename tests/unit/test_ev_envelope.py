@@ -1,0 +1,142 @@
+"""The EV envelope as a property (no command breaks a limit) and as a table of everyday cases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zapd.envelope import SiteLimits
+from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
+from zapd.model import Intent, IntentMode
+from zapd.state import BatteryView, EvView, Snapshot
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+EPS = 1e-6
+V = 230.0
+
+
+@st.composite
+def charger_cases(draw: st.DrawFn, index: int) -> tuple[EvEnvelope, EvView | None]:
+    env = EvEnvelope(
+        der_id=f"ev{index}",
+        max_current_a=draw(st.floats(min_value=6, max_value=32)),
+        phases=draw(st.sampled_from([1, 3])),
+    )
+    if draw(st.integers(0, 5)) == 0:
+        return env, None  # never heard from
+    connected = draw(st.none() | st.booleans())
+    power = draw(st.none() | st.floats(min_value=0, max_value=env.max_current_a * env.w_per_a))
+    return env, EvView(env.der_id, power, connected)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[Intent, Snapshot, list[EvEnvelope], SiteLimits, float]:
+    cases = [draw(charger_cases(i)) for i in range(draw(st.integers(1, 3)))]
+    fuse_a = draw(st.floats(min_value=6, max_value=80))
+    phases = draw(st.sampled_from([1, 3]))
+    site = SiteLimits(fuse_limit_w=fuse_a * V * phases, fuse_a=fuse_a, voltage_v=V, phases=phases, max_export_w=None)
+    grid = draw(st.none() | st.floats(min_value=-30_000, max_value=60_000))
+    phase_currents = None
+    if grid is not None and draw(st.booleans()):
+        phase_currents = tuple(draw(st.floats(min_value=-100, max_value=100)) for _ in range(phases))
+    battery_now = draw(st.floats(min_value=-5000, max_value=5000))
+    batteries = {"b": BatteryView("b", 0.5, battery_now)}
+    evs = {env.der_id: view for env, view in cases if view is not None}
+    snapshot = Snapshot(NOW, grid, phase_currents, None, batteries, {}, evs)
+    mode = draw(st.sampled_from(list(IntentMode)))
+    intent = Intent(mode=mode, ev_w=draw(st.none() | st.floats(min_value=-5000, max_value=80_000)))
+    battery_new = draw(st.floats(min_value=-5000, max_value=5000))
+    return intent, snapshot, [e for e, _ in cases], site, battery_new
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios())
+def test_no_ev_command_breaks_a_limit(case: tuple[Intent, Snapshot, list[EvEnvelope], SiteLimits, float]) -> None:
+    intent, snapshot, chargers, site, battery_new = case
+    out = clamp_evs(intent, snapshot, chargers, site, battery_new)
+    assert [s.der_id for s in out] == [c.der_id for c in chargers]
+    by_id = {c.der_id: c for c in chargers}
+    for sp in out:
+        c = by_id[sp.der_id]
+        assert sp.current_a == 0.0 or c.min_current_a - EPS <= sp.current_a <= c.max_current_a + EPS
+        assert not 0.0 < sp.current_a < 6.0
+        assert sp.power_w == pytest.approx(sp.current_a * c.w_per_a)
+        view = snapshot.evs.get(sp.der_id)
+        if view is None or not view.connected or snapshot.grid_w is None:
+            assert sp.current_a == 0.0
+    ev_total_w = sum(sp.power_w for sp in out)
+    if intent.mode is IntentMode.SETPOINT and intent.ev_w is not None:
+        assert ev_total_w <= max(0.0, intent.ev_w) + EPS
+    if intent.mode is IntentMode.HOLD:
+        assert all(sp.current_a in (0.0, by_id[sp.der_id].min_current_a) for sp in out)
+    if ev_total_w == 0.0:
+        return
+    # The site with these currents stays under the fuse (batteries at their new setpoint).
+    assert snapshot.grid_w is not None
+    battery_now = snapshot.battery_total_w() or 0.0
+    ev_now = sum(max(0.0, v.power_w or 0.0) for k, v in snapshot.evs.items() if k in by_id)
+    base = snapshot.grid_w - battery_now - ev_now
+    assert base + max(0.0, battery_new) + ev_total_w <= site.fuse_limit_w + 1e-3
+    if snapshot.phase_currents_a:
+        three_now = sum(
+            max(0.0, v.power_w or 0.0) / by_id[k].w_per_a
+            for k, v in snapshot.evs.items()
+            if k in by_id and by_id[k].phases == 3
+        )
+        worst = max(snapshot.phase_currents_a) - battery_now / (V * site.phases) - three_now
+        per_phase = worst + max(0.0, battery_new) / (V * site.phases) + sum(sp.current_a for sp in out)
+        assert per_phase <= site.fuse_a + 1e-3
+
+
+SITE = SiteLimits(fuse_limit_w=25 * V * 3, fuse_a=25, voltage_v=V, phases=3, max_export_w=None)
+TWO = [EvEnvelope("a", max_current_a=16), EvEnvelope("b", max_current_a=32)]
+
+
+def snap(grid_w: float | None = 1000.0, **evs: EvView) -> Snapshot:
+    return Snapshot(NOW, grid_w, None, None, {}, {}, dict(evs))
+
+
+def plugged(der_id: str, power_w: float = 0.0) -> EvView:
+    return EvView(der_id, power_w, True)
+
+
+def currents(out: list[EvSetpoint]) -> dict[str, float]:
+    return {s.der_id: round(s.current_a, 1) for s in out}
+
+
+@pytest.mark.parametrize(
+    ("intent", "snapshot", "battery_w", "expected"),
+    [
+        # split by each charger's max power: 16 A and 32 A share 13.8 kW as 1:2
+        (Intent(ev_w=13_800.0), snap(a=plugged("a"), b=plugged("b")), 0.0, {"a": 6.6, "b": 13.3}),
+        # 11 kW would leave the 16 A charger under 6 A: minimums first, the rest by room above them
+        (Intent(ev_w=11_040.0), snap(a=plugged("a"), b=plugged("b")), 0.0, {"a": 7.1, "b": 8.9}),
+        # a car that is not plugged in gets nothing; the other one the whole request
+        (Intent(ev_w=6900.0), snap(a=EvView("a", 0.0, False), b=plugged("b")), 0.0, {"a": 0.0, "b": 10.0}),
+        # below one minimum (6 A x 3 x 230 V = 4140 W): pause
+        (Intent(ev_w=3000.0), snap(a=plugged("a"), b=plugged("b")), 0.0, {"a": 0.0, "b": 0.0}),
+        # HOLD: minimum current for connected cars
+        (Intent(mode=IntentMode.HOLD), snap(a=plugged("a"), b=plugged("b")), 0.0, {"a": 6.0, "b": 6.0}),
+        # no EV opinion: as fast as the fuse allows (25 A x 3 x 230 = 17250 W; house 1000 W; battery 2000 W)
+        (Intent(), snap(a=plugged("a"), b=plugged("b")), 2000.0, {"a": 6.8, "b": 13.7}),
+        # meter unknown: nothing can be checked against the fuse: pause
+        (Intent(ev_w=20_000.0), snap(None, a=plugged("a"), b=plugged("b")), 0.0, {"a": 0.0, "b": 0.0}),
+        # a car's own draw is in the meter reading: it is not counted twice
+        (Intent(ev_w=50_000.0), snap(12_040.0, a=plugged("a", 11_040.0)), 0.0, {"a": 16.0, "b": 0.0}),
+    ],
+)
+def test_ev_envelope_table(intent: Intent, snapshot: Snapshot, battery_w: float, expected: dict[str, float]) -> None:
+    assert currents(clamp_evs(intent, snapshot, TWO, SITE, battery_w)) == pytest.approx(expected, abs=0.11)
+
+
+def test_fuse_drops_the_smaller_charger_rather_than_starving_both() -> None:
+    # 16250 W left: two at 6 A would fit (8280 W), the proportional split 1:2 gives a 7.8 A, b 15.7 A
+    out = clamp_evs(Intent(), snap(a=plugged("a"), b=plugged("b")), TWO, SITE, 0.0)
+    assert all(s.current_a == 0 or s.current_a >= 6 for s in out)
+    tight = SiteLimits(fuse_limit_w=10 * V * 3 + 1000, fuse_a=100, voltage_v=V, phases=3, max_export_w=None)
+    out = clamp_evs(Intent(), snap(a=plugged("a"), b=plugged("b")), TWO, tight, 0.0)
+    assert currents(out) == {"a": 0.0, "b": 10.0}
+    assert next(s for s in out if s.der_id == "a").clamped_reason == "fuse limit"

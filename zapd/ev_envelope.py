@@ -1,0 +1,179 @@
+"""The EV part of the safety envelope: a site EV intent in W → a safe current per charger.
+
+Runs after the batteries' envelope, so the EV chargers get the fuse headroom that is left once
+the batteries' new setpoints are counted. IEC 61851 forbids offering a car less than 6 A (it
+would stop or fault), so a charger gets either 0 A (pause) or min..max A: when the budget
+cannot give every connected charger its minimum, chargers are dropped (smallest first) rather
+than all of them starved. Only connected chargers get current; one whose state is unknown is
+paused. When the meter is unknown nothing can be checked against the fuse: every charger pauses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from zapd.envelope import SiteLimits
+from zapd.model import Intent, IntentMode
+from zapd.state import Snapshot
+
+_STEP_A = 0.1  # chargers take tenths of an amp at best; rounding down keeps the sum under the budget
+
+
+@dataclass(frozen=True, slots=True)
+class EvEnvelope:
+    """A charger's hard limits (config), as the controller knows them."""
+
+    der_id: str
+    max_current_a: float
+    phases: int = 3
+    min_current_a: float = 6.0
+    voltage_v: float = 230.0
+
+    @property
+    def w_per_a(self) -> float:
+        return self.phases * self.voltage_v
+
+
+@dataclass(frozen=True, slots=True)
+class EvSetpoint:
+    der_id: str
+    current_a: float  # per phase; 0 = pause
+    phases: int
+    power_w: float
+    clamped_reason: str  # "" when the request passed unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    power_w: float  # total EV power the fuse allows (site total)
+    phase_a: float  # per-phase current the worst phase allows, summed over chargers (conservative)
+
+
+def _ev_budget(
+    snapshot: Snapshot, chargers: list[EvEnvelope], site: SiteLimits, battery_now_w: float, battery_new_w: float
+) -> _Budget | None:
+    """Headroom the chargers may use once the batteries' new setpoints are in; None if the meter is unknown."""
+    if snapshot.grid_w is None:
+        return None
+    ev_now = {c.der_id: _ev_now_w(snapshot, c.der_id) for c in chargers}
+    base_w = snapshot.grid_w - battery_now_w - sum(ev_now.values())  # the site with batteries and EVs idle
+    power_w = site.fuse_limit_w - base_w - battery_new_w
+    phase_a = math.inf
+    if snapshot.phase_currents_a:
+        # Three-phase chargers load every phase evenly, so their current can come off the worst phase.
+        # A one-phase charger may sit on any phase: its current stays counted (double at worst = safe).
+        three_phase_now_a = sum(ev_now[c.der_id] / c.w_per_a for c in chargers if c.phases == 3)
+        battery_a = battery_now_w / (site.voltage_v * site.phases)
+        worst_base_a = max(snapshot.phase_currents_a) - battery_a - three_phase_now_a
+        phase_a = site.fuse_a - worst_base_a - battery_new_w / (site.voltage_v * site.phases)
+    return _Budget(max(0.0, power_w), max(0.0, phase_a))
+
+
+def _ev_now_w(snapshot: Snapshot, der_id: str) -> float:
+    view = snapshot.evs.get(der_id)
+    return max(0.0, view.power_w) if view is not None and view.power_w is not None else 0.0
+
+
+def _floor(a: float) -> float:
+    return math.floor(a / _STEP_A + 1e-9) * _STEP_A
+
+
+def _fit(wanted: Mapping[str, float], chargers: Mapping[str, EvEnvelope], budget: _Budget) -> dict[str, float]:
+    """Scale the wanted currents into the budget; drop chargers that would fall under their minimum."""
+    active = {k: v for k, v in wanted.items() if v > 0}
+    while active:
+        power = sum(a * chargers[k].w_per_a for k, a in active.items())
+        amps = sum(active.values())
+        scale = min(1.0, budget.power_w / power if power > 0 else 1.0, budget.phase_a / amps if amps > 0 else 1.0)
+        scaled = {k: _floor(a * scale) for k, a in active.items()}
+        short = [k for k, a in scaled.items() if a < chargers[k].min_current_a]
+        if not short:
+            return {k: scaled.get(k, 0.0) for k in wanted}
+        # The smallest charger gives way, so the others keep charging at a useful current.
+        drop = min(short, key=lambda k: (chargers[k].max_current_a * chargers[k].w_per_a, k))
+        del active[drop]
+    return dict.fromkeys(wanted, 0.0)
+
+
+def clamp_evs(
+    intent: Intent,
+    snapshot: Snapshot,
+    chargers: list[EvEnvelope],
+    site: SiteLimits,
+    battery_new_w: float,
+) -> list[EvSetpoint]:
+    """Turn the intent's EV request into per-charger currents that are safe to send.
+
+    `battery_new_w` is the total of the batteries' clamped setpoints for this cycle. An intent
+    with no EV opinion (ev_w None) lets connected cars charge as fast as the fuse allows.
+    """
+    by_id = {c.der_id: c for c in chargers}
+    reasons: dict[str, str] = {}
+    connected: list[EvEnvelope] = []
+    for c in chargers:
+        view = snapshot.evs.get(c.der_id)
+        if view is None or view.connected is None:
+            reasons[c.der_id] = "charger state unknown: pause"
+        elif not view.connected:
+            reasons[c.der_id] = "no car connected"
+        else:
+            connected.append(c)
+
+    battery_now_w = snapshot.battery_total_w() or 0.0
+    budget = _ev_budget(snapshot, chargers, site, battery_now_w, max(0.0, battery_new_w))
+    wanted: dict[str, float] = {}
+    if intent.mode is IntentMode.HOLD:
+        wanted = {c.der_id: c.min_current_a for c in connected}
+        request_w = sum(c.min_current_a * c.w_per_a for c in connected)
+    elif intent.ev_w is None or not math.isfinite(intent.ev_w):
+        wanted = {c.der_id: c.max_current_a for c in connected}
+        request_w = math.inf
+    else:
+        request_w = max(0.0, intent.ev_w)
+        room_w = sum(c.max_current_a * c.w_per_a for c in connected)
+        share = min(1.0, request_w / room_w) if room_w > 0 else 0.0
+        # Split by each charger's headroom (its max power), like the batteries' split.
+        wanted = {c.der_id: c.max_current_a * share for c in connected}
+        # A share under the minimum for everyone: give the request to as few chargers as it can feed.
+        wanted = _concentrate(wanted, by_id, request_w)
+
+    if budget is None:
+        for c in connected:
+            reasons[c.der_id] = "meter unknown: pause"
+        got = dict.fromkeys(wanted, 0.0)
+    else:
+        got = _fit(wanted, by_id, budget)
+
+    out = []
+    for c in chargers:
+        a = got.get(c.der_id, 0.0)
+        why = reasons.get(c.der_id, "")
+        if not why and wanted.get(c.der_id) == 0.0 and request_w > 0:
+            why = "request below minimum current: pause"
+        elif not why and a < wanted.get(c.der_id, 0.0) - 1e-6:
+            why = "fuse limit"
+        out.append(EvSetpoint(c.der_id, a, c.phases, a * c.w_per_a, why))
+    return out
+
+
+def _concentrate(wanted: dict[str, float], chargers: Mapping[str, EvEnvelope], request_w: float) -> dict[str, float]:
+    """When the even share leaves someone under 6 A: minimums first to as many cars as the request
+    feeds (the largest chargers first), then the rest shared by each one's room above its minimum."""
+    if all(a >= chargers[k].min_current_a for k, a in wanted.items()):
+        return wanted
+    chosen: list[str] = []
+    left = request_w
+    for k in sorted(wanted, key=lambda k: (-chargers[k].max_current_a * chargers[k].w_per_a, k)):
+        c = chargers[k]
+        if left >= c.min_current_a * c.w_per_a:
+            chosen.append(k)
+            left -= c.min_current_a * c.w_per_a
+    room = {k: (chargers[k].max_current_a - chargers[k].min_current_a) * chargers[k].w_per_a for k in chosen}
+    share = min(1.0, left / sum(room.values())) if sum(room.values()) > 0 else 0.0
+    out = dict.fromkeys(wanted, 0.0)
+    for k in chosen:
+        c = chargers[k]
+        out[k] = c.min_current_a + share * room[k] / c.w_per_a
+    return out
