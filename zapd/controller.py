@@ -19,7 +19,8 @@ from drivers.api import Controllable
 from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.clock import Clock
 from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
-from zapd.model import BatterySetpoint, CommandResult, Plan
+from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
+from zapd.model import BatterySetpoint, CommandResult, EvCurrent, Plan
 from zapd.state import SiteState
 from zapd.store import Store
 
@@ -43,6 +44,7 @@ class ControllerStats:
     rung_since: datetime | None = None
     rung_reason: str = ""
     last_setpoints: dict[str, Setpoint] = field(default_factory=dict)
+    last_ev_setpoints: dict[str, EvSetpoint] = field(default_factory=dict)
 
 
 class Controller:
@@ -62,11 +64,13 @@ class Controller:
         plan_fresh: Callable[[], bool],
         on_cycle: Callable[[], None] | None = None,
         forced_rung: Callable[[], Decision | None] | None = None,
+        evs: Callable[[], list[EvEnvelope]] | None = None,
     ) -> None:
         self._clock = clock
         self._state = state
         self._store = store
         self._batteries = batteries
+        self._evs = evs
         self._actuators = actuators
         self._site = site
         self._tick_s = tick_s
@@ -105,6 +109,14 @@ class Controller:
         setpoints = clamp_batteries(requested, snapshot, self._batteries(), self._site, self._tick_s)
         return decision, setpoints
 
+    def decide_evs(self, now: datetime, decision: Decision, setpoints: list[Setpoint]) -> list[EvSetpoint]:
+        """After the batteries: the chargers get the fuse headroom the batteries' new setpoints leave."""
+        chargers = self._evs() if self._evs is not None else []
+        if not chargers:
+            return []
+        battery_new_w = sum(sp.power_w for sp in setpoints)
+        return clamp_evs(decision.intent, self._state.snapshot(now), chargers, self._site, battery_new_w)
+
     async def cycle(self) -> None:
         started = time.perf_counter()
         now = self._clock.now()
@@ -123,6 +135,18 @@ class Controller:
             if not result.ok:
                 self.stats.write_failures += 1
             results.append((result, sp.clamped_reason))
+        ev_setpoints = self.decide_evs(now, decision, setpoints)
+        for ev in ev_setpoints:
+            actuator = self._actuators.get(ev.der_id)
+            if actuator is None or not self._needs_write(ev, now):
+                continue
+            result = await actuator.apply(EvCurrent(der_id=ev.der_id, current_a=ev.current_a, phases=ev.phases))
+            self._written[ev.der_id] = _Written(ev.power_w, now, result.ok)
+            self.stats.writes += 1
+            if not result.ok:
+                self.stats.write_failures += 1
+            results.append((result, ev.clamped_reason))
+        self.stats.last_ev_setpoints = {ev.der_id: ev for ev in ev_setpoints}
         if results:
             await self._store.log_commands(now, results)
         self.stats.last_setpoints = {sp.der_id: sp for sp in setpoints}
@@ -133,7 +157,7 @@ class Controller:
         for listener in self.cycle_listeners:
             await listener()
 
-    def _needs_write(self, sp: Setpoint, now: datetime) -> bool:
+    def _needs_write(self, sp: Setpoint | EvSetpoint, now: datetime) -> bool:
         prev = self._written.get(sp.der_id)
         if prev is None or not prev.ok:
             return True
