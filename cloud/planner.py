@@ -1,0 +1,633 @@
+"""The rolling planner: turn a site's assets, telemetry, forecasts and prices into a signed plan.
+
+`plan_site(db, site_id, now, signing_key)` plans one site once; `run_planner` is the loop in each
+`zapcloud serve` worker. The loop keeps nothing in the process: which site is due, who is planning it and
+what telemetry the last plan saw all live in `plan_jobs` (cloud/store.py), so any worker can plan any site
+and a worker that dies mid-plan only delays that site by one lease.
+
+A site becomes due (a) 15 minutes after its last plan (the rolling horizon must move on even when nothing
+arrives, because forecasts and the SoC drift from the plan), (b) when telemetry arrived after its last plan
+(at most every 5 minutes, so a chatty Zap does not keep a worker busy), (c) when new spot prices for its
+zone are stored, (d) on a demand-response event.
+
+The horizon is 48 h of 15-minute slots where prices reach that far: day-ahead prices for tomorrow appear
+around 12:00 UTC, so the horizon is 12-36 h in the morning and 36-48 h after publication. A tariff without
+spot prices is known arbitrarily far ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from typing import Final
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import structlog
+from nacl.signing import SigningKey
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud import store
+from cloud.assets import AssetsError, SiteAssets, decode_assets
+from cloud.forecast import (
+    FloatArray,
+    OpenMeteoClient,
+    PvFactor,
+    WeatherError,
+    clear_sky,
+    forecast_load,
+    forecast_pv,
+    learn_pv_factor,
+    mae,
+    weather_dimming,
+)
+from cloud.optimizer import solve
+from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
+from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
+from cloud.server.db import Database, PlanVersionConflictError
+from cloud.server.service import next_plan_version, publish_plan
+from cloud.site_series import SiteSeries, load_series
+from cloud.tariffs import Tariff, TariffError, billing_period_start, decode_tariff, demand_charge, price_arrays
+from cloud_sync.wire import WireError
+from zapd.model import Intent, IntentMode, Plan, PlanSlot
+
+log = structlog.get_logger("zapcloud.planner")
+
+STEP: Final = timedelta(minutes=15)
+SLOTS_PER_DAY: Final = 96
+ENTSOE_TOKEN_ENV: Final = "ZAPCLOUD_ENTSOE_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerOptions:
+    horizon_slots: int = 192
+    min_slots: int = 4  # plan at least an hour, or not at all
+    replan_every: timedelta = timedelta(minutes=15)
+    telemetry_min_interval: timedelta = timedelta(minutes=5)
+    retry_after_error: timedelta = timedelta(minutes=5)
+    lease: timedelta = timedelta(minutes=2)
+    plan_valid_for: timedelta = timedelta(hours=24)
+    load_history_days: int = 28
+    pv_history_days: int = 14
+    forecast_score_slots: int = SLOTS_PER_DAY  # MAE over the first day of each forecast
+    solve_time_limit_s: float = 10.0
+    weather: OpenMeteoClient | None = None
+
+
+class PlanError(Exception):
+    """This site cannot be planned now (no prices yet, no assets, infeasible); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Everything the planner derived for one site at one instant, before solving."""
+
+    site_id: str
+    now: datetime
+    start: datetime
+    assets: SiteAssets
+    tariff: Tariff
+    problem: Problem
+    series: SiteSeries
+    pv_forecast: FloatArray
+    load_forecast: FloatArray
+    pv_factor: PvFactor
+    soc_source: str
+    incentive: FloatArray  # per slot, already added to the problem's prices
+    base_import_price: list[float] = field(default_factory=list)
+    base_export_price: list[float] = field(default_factory=list)
+
+    @property
+    def starts(self) -> list[datetime]:
+        return [self.start + STEP * i for i in range(self.problem.horizon)]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    site_id: str
+    version: int
+    slots: int
+    cost: float
+    solve_ms: float
+    soc_source: str
+    planned_through_seq: int
+
+
+def floor_slot(ts: datetime) -> datetime:
+    ts = ts.astimezone(UTC)
+    return ts.replace(minute=ts.minute - ts.minute % 15, second=0, microsecond=0)
+
+
+# --- building the problem -------------------------------------------------------------------
+
+
+async def prepare(
+    db: Database,
+    site_id: str,
+    now: datetime,
+    options: PlannerOptions,
+    *,
+    extra_incentives: list[store.Incentive] | None = None,
+) -> Prepared:
+    site = await db.get_site(site_id)
+    if site is None:
+        raise PlanError(f"unknown site {site_id!r}")
+    try:
+        assets = decode_assets(site.assets)
+        tariff = decode_tariff(site.tariff)
+    except (AssetsError, TariffError) as exc:
+        raise PlanError(str(exc)) from None
+    start = floor_slot(now)
+    spot = await _spot(db, tariff, start, options.horizon_slots)
+    horizon = _known_slots(spot, options.horizon_slots)
+    if horizon < options.min_slots:
+        raise PlanError(f"prices known for {horizon} slots only (spot area {tariff.spot_area})")
+    starts = [start + STEP * i for i in range(horizon)]
+    imp, exp = price_arrays(tariff, starts, None if spot is None else spot[:horizon])
+
+    history_start = min(start - timedelta(days=options.load_history_days), billing_period_start(tariff, now))
+    series = await load_series(
+        db, site_id, history_start, start, STEP, has_battery=assets.battery is not None, has_ev=assets.ev is not None
+    )
+    pv_fc, factor = await _pv_forecast(assets, series, start, horizon, options)
+    load_hist = series.load_kw[-options.load_history_days * SLOTS_PER_DAY :]
+    load_fc = forecast_load(load_hist, horizon, SLOTS_PER_DAY)
+    load_fc = np.minimum(load_fc, assets.grid.max_import_kw + pv_fc)  # a forecast must not make it infeasible
+
+    incentives = await store.site_incentives(db, site_id, start, starts[-1] + STEP)
+    incentive = _incentive_per_slot(starts, [*incentives, *(extra_incentives or [])])
+    soc, soc_source = await _initial_soc(db, site_id, series, assets, now)
+    month_start = billing_period_start(tariff, now)
+    # The peak already set this billing period (history starts at or before the period's start).
+    in_month = series.grid_kw[max(0, int((month_start - series.start) // STEP)) :]
+    peak = float(np.nanmax(in_month)) if len(in_month) and not np.isnan(in_month).all() else 0.0
+    problem = Problem(
+        start=start,
+        step_minutes=15.0,
+        import_price=[p + i for p, i in zip(imp, incentive, strict=True)],
+        export_price=[p + i for p, i in zip(exp, incentive, strict=True)],
+        load_kw=[round(float(x), 4) for x in load_fc],
+        pv_kw=[round(float(x), 4) for x in pv_fc],
+        battery=_battery(assets, soc),
+        grid=Grid(max_import_kw=assets.grid.max_import_kw, max_export_kw=assets.grid.max_export_kw),
+        demand_charge=demand_charge(tariff, max(peak, 0.0)),
+        ev=_ev_session(assets, series, starts, now),
+    )
+    return Prepared(
+        site_id=site_id,
+        now=now,
+        start=start,
+        assets=assets,
+        tariff=tariff,
+        problem=problem,
+        series=series,
+        pv_forecast=pv_fc,
+        load_forecast=load_fc,
+        pv_factor=factor,
+        soc_source=soc_source,
+        incentive=incentive,
+        base_import_price=imp,
+        base_export_price=exp,
+    )
+
+
+async def _spot(db: Database, tariff: Tariff, start: datetime, n: int) -> list[float | None] | None:
+    if not tariff.needs_spot:
+        return None
+    assert tariff.spot_area is not None  # decode_tariff checks it
+    return await store.get_spot_prices(db, tariff.spot_area, start, n)
+
+
+def _known_slots(spot: list[float | None] | None, n: int) -> int:
+    if spot is None:
+        return n
+    for i, v in enumerate(spot):
+        if v is None:
+            return i
+    return n
+
+
+async def _pv_forecast(
+    assets: SiteAssets, series: SiteSeries, start: datetime, horizon: int, options: PlannerOptions
+) -> tuple[FloatArray, PvFactor]:
+    if not assets.pv:
+        return np.zeros(horizon), PvFactor()
+    past = options.pv_history_days * SLOTS_PER_DAY
+    sky = clear_sky(assets.pv_location(), assets.pv_arrays(), start - STEP * past, STEP, past + horizon)
+    measured = series.pv_kw[-past:]
+    factor = learn_pv_factor(measured, sky.pv_kw[past - len(measured) : past], SLOTS_PER_DAY, assets.pv_kwp)
+    dimming = None
+    if assets.weather is not None and options.weather is not None:
+        try:
+            wx = await options.weather.forecast(assets.pv_location())
+        except WeatherError as exc:
+            log.warning("weather_unavailable", error=str(exc))
+        else:
+            grid = wx.on_grid(start, STEP, horizon, assets.weather.use)
+            kw = {"ghi": grid} if assets.weather.use == "ghi" else {"cloud_cover_pct": grid}
+            dimming = weather_dimming(sky.ghi[past:], **kw)
+    return forecast_pv(sky.pv_kw[past:], factor, dimming), factor
+
+
+def _incentive_per_slot(starts: list[datetime], incentives: list[store.Incentive]) -> FloatArray:
+    out = np.zeros(len(starts))
+    for inc in incentives:
+        for i, s in enumerate(starts):
+            if inc.start <= s < inc.end:
+                out[i] += inc.per_kwh
+    return out
+
+
+async def _initial_soc(
+    db: Database, site_id: str, series: SiteSeries, assets: SiteAssets, now: datetime
+) -> tuple[float, str]:
+    """Measured SoC if fresh; else where the last plan expected it to be; else mid-range."""
+    if assets.battery is None:
+        return 0.5, "none"
+    if series.soc is not None:
+        return min(max(series.soc, 0.0), 1.0), "telemetry"
+    flows = await store.latest_flows(db, site_id)
+    if flows is not None and "soc" in flows.flows:
+        k = int((floor_slot(now) - flows.start) // flows.step)
+        socs = flows.flows["soc"]
+        if 0 <= k < len(socs):
+            return float(socs[k]), "plan"
+    b = assets.battery
+    return (b.soc_min + b.soc_max) / 2, "default"
+
+
+def _battery(assets: SiteAssets, soc: float) -> Battery:
+    b = assets.battery
+    if b is None:  # the optimizer always has a battery: give it one that can do nothing
+        return Battery(
+            capacity_kwh=1e-3,
+            soc_initial=0.5,
+            soc_min=0.0,
+            soc_max=1.0,
+            max_charge_kw=0.0,
+            max_discharge_kw=0.0,
+            charge_efficiency=1.0,
+            discharge_efficiency=1.0,
+            cycle_cost_per_kwh=0.0,
+        )
+    return Battery(
+        capacity_kwh=b.capacity_kwh,
+        soc_initial=soc,
+        soc_min=b.soc_min,
+        soc_max=b.soc_max,
+        max_charge_kw=b.max_charge_kw,
+        max_discharge_kw=b.max_discharge_kw,
+        charge_efficiency=b.charge_efficiency,
+        discharge_efficiency=b.discharge_efficiency,
+        cycle_cost_per_kwh=b.cycle_cost_per_kwh,
+    )
+
+
+def _next_local(after: datetime, clock: str, zone: ZoneInfo) -> datetime:
+    """The next instant (>= after) when the local clock shows `clock`."""
+    hh, mm = (int(x) for x in clock.split(":"))
+    local = after.astimezone(zone)
+    candidate = datetime.combine(local.date(), time(hh, mm), tzinfo=zone)
+    if candidate < local:
+        candidate = datetime.combine(local.date() + timedelta(days=1), time(hh, mm), tzinfo=zone)
+    return candidate.astimezone(UTC)
+
+
+def _ev_session(assets: SiteAssets, series: SiteSeries, starts: list[datetime], now: datetime) -> Ev | None:
+    """The next (or current) charging session inside the horizon, from the schedule and the charger.
+
+    A session that ends past the horizon gets the share of its energy target that is due by the horizon's
+    end, so the plan neither rushes the whole charge into tonight nor forgets it.
+    """
+    ev = assets.ev
+    if ev is None:
+        return None
+    zone = assets.zone
+    horizon = len(starts)
+    end = starts[0] + STEP * horizon
+    if series.ev_connected:
+        arrival = starts[0]
+    else:
+        arrival = _next_local(now, ev.arrival, zone)
+        # inside the scheduled window and the charger cannot tell: assume the car is there
+        departure_before = _next_local(now, ev.departure, zone)
+        if series.ev_connected is None and departure_before < arrival:
+            arrival = starts[0]
+    departure = _next_local(arrival + timedelta(minutes=1), ev.departure, zone)
+    a = max(0, math.ceil((arrival - starts[0]) / STEP))
+    d = min(horizon, int((departure - starts[0]) // STEP))
+    if a >= horizon or d <= a:
+        return None
+    soc0 = series.ev_soc if series.ev_connected and series.ev_soc is not None else ev.soc_at_arrival
+    target = ev.soc_target
+    if departure > end:
+        total = max(1, int((departure - starts[0]) // STEP) - a)
+        target = soc0 + max(0.0, target - soc0) * (d - a) / total
+    return Ev(
+        capacity_kwh=ev.capacity_kwh,
+        soc_initial=soc0,
+        soc_target=min(max(target, soc0), 1.0),
+        arrival_slot=a,
+        departure_slot=d,
+        max_charge_kw=ev.max_charge_kw,
+        efficiency=ev.efficiency,
+    )
+
+
+# --- turning a solution into a plan ---------------------------------------------------------
+
+
+def to_plan(prepared: Prepared, solution: Solution, version: int, options: PlannerOptions) -> Plan:
+    """One slot per optimizer slot: battery setpoint, EV power and the grid limits to hold.
+
+    Grid limits are the connection's, except where the plan has a reason to be stricter: in a negative
+    export-price slot the export limit is the planned export (PV is curtailed beyond it), and inside a
+    demand-response window the import limit is the planned import, so the edge keeps the promise even if
+    the load turns out higher than forecast.
+    """
+    p = prepared.problem
+    slots: list[PlanSlot] = []
+    for t, start in enumerate(prepared.starts):
+        imp_w = solution.grid_import_kw[t] * 1000.0
+        exp_w = solution.grid_export_kw[t] * 1000.0
+        import_limit = p.grid.max_import_kw * 1000.0
+        export_limit = p.grid.max_export_kw * 1000.0
+        if prepared.incentive[t] > 0:
+            import_limit = min(import_limit, math.ceil(imp_w / 100.0) * 100.0)
+        if prepared.base_export_price[t] < 0:
+            export_limit = min(export_limit, math.ceil(exp_w / 100.0) * 100.0)
+        battery_w = (solution.battery_charge_kw[t] - solution.battery_discharge_kw[t]) * 1000.0
+        slots.append(
+            PlanSlot(
+                start=start,
+                end=start + STEP,
+                intent=Intent(
+                    mode=IntentMode.SETPOINT,
+                    battery_w=round(battery_w, 1) if prepared.assets.battery is not None else None,
+                    ev_w=round(solution.ev_charge_kw[t] * 1000.0, 1) if p.ev is not None else None,
+                    grid_import_limit_w=import_limit,
+                    grid_export_limit_w=export_limit,
+                    target_soc=round(solution.soc[t + 1], 4) if prepared.assets.battery is not None else None,
+                ),
+            )
+        )
+    horizon_end = prepared.starts[-1] + STEP
+    return Plan(
+        site_id=prepared.site_id,
+        version=version,
+        issued_at=prepared.now,
+        valid_until=min(horizon_end, prepared.now + options.plan_valid_for),
+        slots=tuple(slots),
+    )
+
+
+def true_cost(prepared: Prepared, solution: Solution) -> float:
+    """The plan's cost at the site's real prices (without demand-response incentives)."""
+    p = prepared.problem
+    dt = p.dt_hours
+    imp = np.asarray(solution.grid_import_kw)
+    exp = np.asarray(solution.grid_export_kw)
+    energy = dt * float(np.dot(prepared.base_import_price, imp) - np.dot(prepared.base_export_price, exp))
+    cycling = (
+        p.battery.cycle_cost_per_kwh
+        * dt
+        * float(np.sum(solution.battery_charge_kw) + np.sum(solution.battery_discharge_kw))
+    )
+    demand = 0.0
+    if p.demand_charge is not None and len(imp):
+        demand = p.demand_charge.price_per_kw * max(0.0, float(imp.max()) - p.demand_charge.peak_already_kw)
+    return energy + cycling + demand
+
+
+async def solve_prepared(prepared: Prepared, options: PlannerOptions) -> Solution:
+    solution = await asyncio.to_thread(solve, prepared.problem, time_limit_s=options.solve_time_limit_s)
+    if solution.status != "optimal" and not solution.grid_import_kw:
+        raise PlanError(f"optimizer {solution.status}: {solution.message}")
+    return solution
+
+
+async def publish(
+    db: Database,
+    signing_key: SigningKey,
+    prepared: Prepared,
+    solution: Solution,
+    options: PlannerOptions,
+) -> int:
+    """Sign, store and version the plan (one retry if another worker took the version); returns it."""
+    for attempt in (1, 2):
+        version = await next_plan_version(db, prepared.site_id)
+        plan = to_plan(prepared, solution, version, options)
+        try:
+            await publish_plan(db, signing_key, plan, now=prepared.now)
+        except PlanVersionConflictError:
+            if attempt == 2:
+                raise
+            continue
+        except WireError as exc:
+            raise PlanError(f"plan rejected: {exc}") from None
+        await store.save_flows(
+            db,
+            prepared.site_id,
+            version,
+            prepared.start,
+            STEP,
+            {
+                "import_kw": solution.grid_import_kw,
+                "export_kw": solution.grid_export_kw,
+                "battery_kw": [
+                    c - d for c, d in zip(solution.battery_charge_kw, solution.battery_discharge_kw, strict=True)
+                ],
+                "ev_kw": solution.ev_charge_kw,
+                "soc": solution.soc,
+                "load_kw": prepared.problem.load_kw,
+                "pv_kw": prepared.problem.pv_kw,
+                "import_price": prepared.base_import_price,
+                "export_price": prepared.base_export_price,
+            },
+        )
+        return version
+    raise AssertionError("unreachable")
+
+
+async def record_forecasts(db: Database, prepared: Prepared, options: PlannerOptions) -> None:
+    """Store this run's forecasts and score the older ones whose first day is now in the past."""
+    sid, series = prepared.site_id, prepared.series
+    for kind, values in (("pv", prepared.pv_forecast), ("load", prepared.load_forecast)):
+        await store.save_forecast(db, sid, kind, prepared.now, prepared.start, STEP, [float(v) for v in values])
+    window = STEP * options.forecast_score_slots
+    for f in await store.unscored_forecasts(db, sid, prepared.start - window + STEP):
+        actual_all = series.pv_kw if f.kind == "pv" else series.load_kw
+        offset = int((f.start - series.start) // STEP)
+        k = min(len(f.values), options.forecast_score_slots)
+        if offset < 0 or offset + k > series.n or f.step != STEP:
+            await store.set_forecast_mae(db, sid, f.kind, f.issued_at, None, 0)
+            continue
+        scored = mae(np.asarray(f.values[:k], dtype=np.float64), actual_all[offset : offset + k])
+        err, n = scored if scored is not None else (None, 0)
+        await store.set_forecast_mae(db, sid, f.kind, f.issued_at, err, n)
+
+
+async def plan_site(
+    db: Database,
+    site_id: str,
+    now: datetime,
+    signing_key: SigningKey,
+    *,
+    options: PlannerOptions | None = None,
+) -> PlanResult:
+    """Plan one site now: build the problem, solve it, publish the signed plan, record the forecasts."""
+    options = options or PlannerOptions()
+    prepared = await prepare(db, site_id, now, options)
+    solution = await solve_prepared(prepared, options)
+    version = await publish(db, signing_key, prepared, solution, options)
+    await record_forecasts(db, prepared, options)
+    log.info(
+        "site_planned",
+        site_id=site_id,
+        version=version,
+        slots=prepared.problem.horizon,
+        cost=round(true_cost(prepared, solution), 4),
+        solve_ms=round(solution.solve_ms, 1),
+        soc_source=prepared.soc_source,
+    )
+    return PlanResult(
+        site_id=site_id,
+        version=version,
+        slots=prepared.problem.horizon,
+        cost=true_cost(prepared, solution),
+        solve_ms=solution.solve_ms,
+        soc_source=prepared.soc_source,
+        planned_through_seq=prepared.series.last_seq,
+    )
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+async def plan_next(
+    db: Database, signing_key: SigningKey, owner: str, now: datetime, options: PlannerOptions
+) -> str | None:
+    """Claim one due site and plan it; returns its id, or None if nothing was due."""
+    site_id = await store.claim_site(db, owner, now, options.lease)
+    if site_id is None:
+        return None
+    stored = await db.stored_through(site_id)
+    try:
+        result = await plan_site(db, site_id, now, signing_key, options=options)
+    except (PlanError, PlanVersionConflictError) as exc:
+        log.warning("plan_failed", site_id=site_id, error=str(exc))
+        error = str(exc)
+    except SQLAlchemyError:
+        raise  # the lease runs out; the loop logs and backs off
+    except Exception as exc:  # a bug for one site's data must not block its queue row until the lease ends
+        log.exception("plan_crashed", site_id=site_id, error=type(exc).__name__)
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    else:
+        error = ""
+    if error:
+        await store.finish_site(
+            db, site_id, owner, now, next_due=now + options.retry_after_error, planned_through_seq=None, error=error
+        )
+        return site_id
+    await store.finish_site(
+        db,
+        site_id,
+        owner,
+        now,
+        next_due=now + options.replan_every,
+        planned_through_seq=max(result.planned_through_seq, stored or 0),
+        error=None,
+    )
+    return site_id
+
+
+async def refresh_prices(db: Database, client: EntsoeClient, now: datetime) -> None:
+    """Fetch today's and tomorrow's day-ahead prices for every spot area in use."""
+    areas: set[str] = set()
+    for site_id in await store.planned_sites(db):
+        site = await db.get_site(site_id)
+        if site is not None and isinstance(site.tariff, dict) and site.tariff.get("spot_area"):
+            areas.add(str(site.tariff["spot_area"]))
+    day = datetime.combine(now.astimezone(UTC).date(), time(0), tzinfo=UTC)
+    for area in sorted(areas):
+        try:
+            series = await client.day_ahead(area, day - timedelta(hours=2), day + timedelta(days=2))
+        except NoPriceData as exc:
+            log.info("prices_not_published", area=area, detail=str(exc))
+            continue
+        except PriceSourceError as exc:
+            log.warning("prices_fetch_failed", area=area, error=str(exc))
+            continue
+        stored = await store.put_spot_prices(db, area, series, now)
+        log.info("prices_stored", area=area, rows=stored, until=series.known_until().isoformat())
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def run_planner(
+    db: Database,
+    signing_key: SigningKey,
+    *,
+    clock: Callable[[], datetime],
+    options: PlannerOptions | None = None,
+    idle_s: float = 5.0,
+    price_client: EntsoeClient | None = None,
+    price_every: timedelta = timedelta(minutes=30),
+) -> None:
+    """Plan due sites forever. A database outage or a site that fails to plan never ends the loop.
+
+    The only process state is when this worker last asked ENTSO-E: a politeness throttle, not data; with
+    several workers each asks at most every `price_every`, and the stored rows are idempotent.
+    """
+    options = options or PlannerOptions()
+    owner = worker_id()
+    last_price_fetch: datetime | None = None
+    log.info("planner_started", owner=owner)
+    while True:
+        try:
+            now = clock()
+            if price_client is not None and (last_price_fetch is None or now - last_price_fetch >= price_every):
+                last_price_fetch = now
+                await refresh_prices(db, price_client, now)
+            await store.ensure_jobs(db, now)
+            await store.mark_due_on_telemetry(db, now, options.telemetry_min_interval)
+            planned = await plan_next(db, signing_key, owner, now, options)
+        except SQLAlchemyError as exc:
+            log.error("planner_database_error", error=type(exc).__name__)
+            planned = None
+        except Exception as exc:  # one site's bug must not stop planning for the fleet
+            log.exception("planner_error", error=type(exc).__name__)
+            planned = None
+        if planned is None:
+            await asyncio.sleep(idle_s)
+
+
+def price_client_from_env() -> EntsoeClient | None:
+    token = os.environ.get(ENTSOE_TOKEN_ENV)
+    return EntsoeClient(token) if token else None
+
+
+__all__ = [
+    "PlanError",
+    "PlanResult",
+    "PlannerOptions",
+    "Prepared",
+    "floor_slot",
+    "plan_next",
+    "plan_site",
+    "prepare",
+    "price_client_from_env",
+    "publish",
+    "run_planner",
+    "solve_prepared",
+    "to_plan",
+    "true_cost",
+]
