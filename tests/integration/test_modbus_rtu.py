@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -54,8 +54,8 @@ async def rtu(line: NullModem, site1: SimSite, site2: SimSite) -> AsyncIterator[
     await server.stop()
 
 
-def serial_bus(line: NullModem, **kw: float) -> ModbusBus:
-    return get_serial_bus(line.port_a, baudrate=BAUD, timeout_s=0.5, backoff_initial_s=0.05, **kw)
+def serial_bus(line: NullModem, *, min_gap_s: float | None = None) -> ModbusBus:
+    return get_serial_bus(line.port_a, baudrate=BAUD, timeout_s=0.5, backoff_initial_s=0.05, min_gap_s=min_gap_s)
 
 
 def make_driver(bus: ModbusBus, unit_id: int, device_id: str) -> ModbusHybridInverter:
@@ -84,8 +84,7 @@ async def running(*drivers: ModbusHybridInverter) -> AsyncIterator[list[Reading]
                 await t
 
 
-async def eventually(pred: object, within_s: float = 3.0) -> None:
-    assert callable(pred)
+async def eventually(pred: Callable[[], bool], within_s: float = 3.0) -> None:
     for _ in range(int(within_s / 0.02)):
         if pred():
             return

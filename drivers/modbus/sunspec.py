@@ -1,0 +1,585 @@
+"""SunSpec discovery and a driver for SunSpec inverters with storage.
+
+A SunSpec device describes itself: a 'SunS' marker, then a chain of (model id, length)
+blocks up to 0xFFFF. Walking that chain once at start tells zapd what the device is
+(model 1), what it can do (nameplate 120, DER capacity 702, storage 124/713/802) and where
+every value lives, so one driver serves any brand that implements the standard instead of a
+register map per model. Control uses model 124's charge/discharge rate window with a revert
+timeout, so the device falls back to its own control on its own when zapd stops talking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from drivers.api import ConfigurationError, DriverError, ReadingSink
+from drivers.modbus.backoff import Backoff
+from drivers.modbus.bus import ModbusBus, Priority
+from drivers.modbus.sunspec_models import (
+    ModelDef,
+    SunSpecError,
+    Value,
+    decode_model,
+    decode_raw,
+    encode_raw,
+    model_def,
+    point_regs,
+    scale_factor,
+)
+from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
+from zapd.clock import Clock
+from zapd.model import (
+    EXPORT_WH,
+    IMPORT_WH,
+    PHASE_CURRENT_A,
+    POWER_W,
+    SOC,
+    BatterySetpoint,
+    Command,
+    CommandResult,
+    DerCapabilities,
+    DerKind,
+    Quality,
+    Reading,
+)
+
+log = structlog.get_logger(__name__)
+
+SUNS_MARKER = [0x5375, 0x6E53]  # "SunS"
+# Wire (0-based) addresses to look for the marker: the standard 40000/50000/0, then the same
+# read by devices (or manuals) that count registers from 1.
+SUNSPEC_BASES = (40000, 50000, 0, 40001, 50001, 1)
+END_MODEL_ID = 0xFFFF
+INVERTER_MODELS = (103, 113, 102, 112, 101, 111)
+METER_MODELS = (203, 204, 201, 202, 213, 214, 211, 212)
+# Models whose bodies are read and decoded at scan; others are listed (id, address, length) only.
+DECODED_MODELS = frozenset({1, 101, 102, 103, 111, 112, 113, 120, 121, 124, 201, 202, 203, 204, 802})
+DECODED_MODELS |= frozenset(range(701, 714))
+_MAX_MODELS = 64
+_MAX_READ = 100  # registers per request: under the protocol's 125, and what small gateways accept
+_CHARGE_AND_DISCHARGE_LIMITS = 0x3  # StorCtl_Mod bits 0 (CHARGE) and 1 (DISCHARGE)
+_CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms")
+
+
+@dataclass
+class SunSpecModel:
+    id: int
+    address: int  # of its ID register
+    length: int  # L: registers after ID and L
+    regs: list[int] = field(default_factory=list)  # from ID; empty for models not read
+    values: dict[str, Value] = field(default_factory=dict)
+
+    @property
+    def definition(self) -> ModelDef | None:
+        return model_def(self.id)
+
+    def number(self, name: str) -> float | None:
+        value = self.values.get(name)
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass
+class SunSpecDevice:
+    unit_id: int
+    base: int
+    models: list[SunSpecModel]
+
+    def model(self, *ids: int) -> SunSpecModel | None:
+        """The first model of the chain among `ids`, preferring the order given."""
+        for mid in ids:
+            for m in self.models:
+                if m.id == mid:
+                    return m
+        return None
+
+    def _text(self, name: str) -> str:
+        common = self.model(1)
+        value = common.values.get(name) if common else None
+        return value if isinstance(value, str) else ""
+
+    @property
+    def manufacturer(self) -> str:
+        return self._text("Mn")
+
+    @property
+    def model_name(self) -> str:
+        return self._text("Md")
+
+    @property
+    def serial(self) -> str:
+        return self._text("SN")
+
+    @property
+    def description(self) -> str:
+        return " ".join(p for p in (self.manufacturer, self.model_name) if p) or "SunSpec device"
+
+    def _first(self, *candidates: tuple[int, str]) -> float | None:
+        for mid, name in candidates:
+            m = self.model(mid)
+            value = m.number(name) if m else None
+            if value is not None and value > 0:
+                return value
+        return None
+
+    def max_ac_power_w(self) -> float | None:
+        return self._first((120, "WRtg"), (702, "WMaxRtg"), (702, "WMax"), (121, "WMax"))
+
+    def max_charge_w(self) -> float | None:
+        return self._first((124, "WChaMax"), (702, "WChaRteMax"), (120, "MaxChaRte"), (802, "WChaRteMax"))
+
+    def max_discharge_w(self) -> float | None:
+        """Model 124 has no discharge maximum; Fronius and others use WChaMax for both directions."""
+        return self._first((702, "WDisChaRteMax"), (120, "MaxDisChaRte"), (802, "WDisChaRteMax"), (124, "WChaMax"))
+
+    def capacity_wh(self) -> float | None:
+        return self._first((713, "WHRtg"), (802, "WHRtg"), (120, "WHRtg"))
+
+    @property
+    def has_storage(self) -> bool:
+        return any(self.model(mid) is not None for mid in (124, 713, 802))
+
+    @property
+    def storage_control(self) -> bool:
+        """Model 124 with the rate-window points implemented and a usable scale factor."""
+        m = self.model(124)
+        mdef = model_def(124)
+        if m is None or mdef is None or self.max_charge_w() is None:
+            return False
+        if any(point_regs(mdef.point(n), m.regs) is None for n in _CONTROL_POINTS):
+            return False
+        return scale_factor(mdef, mdef.point("InWRte"), m.regs) is not None
+
+
+async def _read_block(bus: ModbusBus, unit_id: int, address: int, count: int, priority: Priority) -> list[int]:
+    regs: list[int] = []
+    while len(regs) < count:
+        n = min(_MAX_READ, count - len(regs))
+        regs += await bus.read_holding(unit_id, address + len(regs), n, priority=priority)
+    return regs
+
+
+async def read_model(
+    bus: ModbusBus, unit_id: int, model: SunSpecModel, priority: Priority = Priority.POLL
+) -> SunSpecModel:
+    """A fresh copy of a model (registers and decoded values)."""
+    regs = [model.id, model.length] + await _read_block(bus, unit_id, model.address + 2, model.length, priority)
+    mdef = model_def(model.id)
+    values = decode_model(mdef, regs) if mdef is not None else {}
+    return SunSpecModel(model.id, model.address, model.length, regs, values)
+
+
+async def find_sunspec_base(bus: ModbusBus, unit_id: int) -> int:
+    """The wire address of 'SunS'. Exception 2 at a candidate is normal (nothing there); a timeout is not."""
+    for base in SUNSPEC_BASES:
+        try:
+            regs = await bus.read_holding(unit_id, base, 2)
+        except ConfigurationError:
+            continue
+        if regs == SUNS_MARKER:
+            return base
+    tried = ", ".join(str(b) for b in SUNSPEC_BASES)
+    raise ConfigurationError(f"{bus}: unit {unit_id}: no SunSpec 'SunS' marker at {tried}")
+
+
+async def scan_sunspec(bus: ModbusBus, unit_id: int) -> SunSpecDevice:
+    """Find the marker, walk the model chain to 0xFFFF, read and decode the models zapd understands."""
+    base = await find_sunspec_base(bus, unit_id)
+    models: list[SunSpecModel] = []
+    address = base + 2
+    for _ in range(_MAX_MODELS):
+        mid, length = await bus.read_holding(unit_id, address, 2)
+        if mid == END_MODEL_ID:
+            break
+        if address + 2 + length > 0x10000:
+            raise DriverError(f"{bus}: unit {unit_id}: model {mid} at {address} runs past register 65535")
+        model = SunSpecModel(mid, address, length)
+        if mid in DECODED_MODELS:
+            model = await read_model(bus, unit_id, model)
+        models.append(model)
+        address += 2 + length
+    else:
+        raise DriverError(f"{bus}: unit {unit_id}: no end marker after {_MAX_MODELS} models")
+    device = SunSpecDevice(unit_id, base, models)
+    log.info(
+        "sunspec.discovered",
+        endpoint=str(bus.endpoint),
+        unit=unit_id,
+        base=base,
+        models=[m.id for m in models],
+        device=device.description,
+        serial=device.serial,
+    )
+    return device
+
+
+def device_capabilities(
+    device: SunSpecDevice, device_id: str, overrides: dict[str, float | None] | None = None
+) -> list[DerCapabilities]:
+    """DERs behind a SunSpec device; config may lower a limit, never raise it."""
+    over = overrides or {}
+
+    def limit(key: str, probed: float | None) -> float | None:
+        configured = over.get(key)
+        if probed is not None and configured is not None:
+            return min(probed, configured)
+        return configured if configured is not None else probed
+
+    caps: list[DerCapabilities] = []
+    name = device.description
+    inverter = device.model(*INVERTER_MODELS)
+    if inverter is not None:
+        caps.append(
+            DerCapabilities(
+                der_id=f"{device_id}.pv", kind=DerKind.PV, model=name, max_power_w=device.max_ac_power_w() or 0.0
+            )
+        )
+    if device.has_storage:
+        charge = limit("max_charge_w", device.max_charge_w())
+        discharge = limit("max_discharge_w", device.max_discharge_w())
+        caps.append(
+            DerCapabilities(
+                der_id=f"{device_id}.battery",
+                kind=DerKind.BATTERY,
+                controllable=device.storage_control and bool(charge) and bool(discharge),
+                model=name,
+                max_charge_w=charge or 0.0,
+                max_discharge_w=discharge or 0.0,
+                capacity_wh=limit("capacity_wh", device.capacity_wh()) or 0.0,
+            )
+        )
+    if device.model(*METER_MODELS) is not None:
+        caps.append(DerCapabilities(der_id=f"{device_id}.meter", kind=DerKind.METER, model=name))
+    return caps
+
+
+class SunSpecInverter:
+    """Driver (+ Controllable when model 124 is there) for one SunSpec unit id behind a shared bus."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        bus: ModbusBus,
+        unit_id: int,
+        poll_s: float,
+        clock: Clock,
+        max_charge_w: float | None = None,
+        max_discharge_w: float | None = None,
+        capacity_wh: float | None = None,
+        max_writes_per_hour: int | None = None,
+        revert_timeout_s: int = 300,
+        backoff_max_s: float = 60.0,
+        apply_timeout_s: float = 10.0,
+    ) -> None:
+        if poll_s <= 0 or not 0 < revert_timeout_s <= 0xFFFE:
+            raise ValueError("need poll_s > 0 and 0 < revert_timeout_s < 65535")
+        self._id = device_id
+        self._bus = bus
+        self._unit = unit_id
+        self._poll_s = poll_s
+        self._clock = clock
+        self._overrides: dict[str, float | None] = {
+            "max_charge_w": max_charge_w,
+            "max_discharge_w": max_discharge_w,
+            "capacity_wh": capacity_wh,
+        }
+        self._revert_s = revert_timeout_s
+        self._backoff_max_s = max(backoff_max_s, poll_s)
+        self._apply_timeout_s = apply_timeout_s
+        self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
+        self.device: SunSpecDevice | None = None
+        self._held: tuple[list[int], float] | None = None  # model-124 control span as read back, and when
+        self._healthy: bool | None = None
+        self._last_error = ""
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "scans",
+                "scan_errors",
+                "polls",
+                "poll_errors",
+                "config_errors",
+                "commands",
+                "commands_refused",
+                "command_errors",
+                "commands_over_budget",
+                "writes_skipped",
+                "safe_mode_errors",
+            ),
+            0,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._id
+
+    @property
+    def battery_id(self) -> str:
+        return f"{self._id}.battery"
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._healthy)
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    def capabilities(self) -> list[DerCapabilities]:
+        """Empty until the first scan: what the device is, only it can say."""
+        return [] if self.device is None else device_capabilities(self.device, self._id, self._overrides)
+
+    # ---- discovery and polling ----
+
+    async def scan(self) -> SunSpecDevice:
+        self.counters["scans"] += 1
+        self.device = await scan_sunspec(self._bus, self._unit)
+        self._held = None
+        return self.device
+
+    async def poll_once(self, sink: ReadingSink) -> None:
+        device = self.device
+        assert device is not None
+        ts = self._clock.now()
+        inverter = device.model(*INVERTER_MODELS)
+        if inverter is not None:
+            fresh = await read_model(self._bus, self._unit, inverter)
+            pv_w = fresh.number("DCW")
+            pv_w = fresh.number("W") if pv_w is None else pv_w
+            if pv_w is not None:
+                q = Quality.GOOD if pv_w >= 0 else Quality.SUSPECT
+                sink(Reading(der_id=f"{self._id}.pv", kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}, quality=q))
+        if device.has_storage:
+            await self._poll_storage(device, sink, ts)
+        meter = device.model(*METER_MODELS)
+        if meter is not None:
+            fresh = await read_model(self._bus, self._unit, meter)
+            values = _meter_values(fresh)
+            if values:
+                sink(Reading(der_id=f"{self._id}.meter", kind=DerKind.METER, ts=ts, values=values))
+        self.counters["polls"] += 1
+
+    async def _poll_storage(self, device: SunSpecDevice, sink: ReadingSink, ts: datetime) -> None:
+        values: dict[str, float] = {}
+        for mid, soc_point in ((713, "SoC"), (802, "SoC"), (124, "ChaState")):
+            m = device.model(mid)
+            if m is None:
+                continue
+            fresh = await read_model(self._bus, self._unit, m)
+            if mid == 124:
+                self._check_held(fresh)
+            soc = fresh.number(soc_point)
+            if soc is not None and SOC not in values:
+                values[SOC] = soc / 100.0
+            battery_w = fresh.number("W") if mid == 802 else None
+            if battery_w is not None:
+                values[POWER_W] = battery_w
+        if values:
+            soc = values.get(SOC)
+            q = Quality.GOOD if soc is None or 0.0 <= soc <= 1.0 else Quality.SUSPECT
+            sink(Reading(der_id=self.battery_id, kind=DerKind.BATTERY, ts=ts, values=values, quality=q))
+
+    def _check_held(self, m124: SunSpecModel) -> None:
+        """A poll that shows other control values than we left (device reverted, someone else wrote) forgets them."""
+        if self._held is not None and self._control_span(m124.regs) != self._held[0]:
+            self._held = None
+
+    async def run(self, sink: ReadingSink) -> None:
+        """Scan (until it works), then poll forever; device trouble means a pause, never an exit."""
+        backoff = Backoff(min(self._poll_s, 1.0), self._backoff_max_s)
+        while True:
+            try:
+                if self.device is None:
+                    try:
+                        await self.scan()
+                    except DriverError:
+                        self.counters["scan_errors"] += 1
+                        raise
+                await self.poll_once(sink)
+            except ConfigurationError as exc:
+                self.counters["config_errors"] += 1
+                self._trouble(exc, config=True)
+                await self._clock.sleep(self._backoff_max_s)
+                continue
+            except (DriverError, SunSpecError) as exc:
+                self.counters["poll_errors"] += 1
+                self._trouble(exc, config=False)
+                await self._clock.sleep(max(self._poll_s, backoff.next_delay()))
+                continue
+            backoff.reset()
+            self._recovered()
+            await self._clock.sleep(self._poll_s)
+
+    def _trouble(self, exc: Exception, *, config: bool) -> None:
+        msg = str(exc)
+        if self._healthy is not False or (config and msg != self._last_error):
+            log.error(
+                "sunspec.device_error",
+                device=self._id,
+                unit=self._unit,
+                error=msg,
+                kind="configuration" if config else "io",
+            )
+        self._healthy = False
+        self._last_error = msg
+
+    def _recovered(self) -> None:
+        if self._healthy is False:
+            log.info("sunspec.device_recovered", device=self._id, unit=self._unit)
+        self._healthy = True
+        self._last_error = ""
+
+    # ---- control (model 124) ----
+
+    def _span(self) -> tuple[int, int]:
+        """Offsets (from ID) of the control points' first and one-past-last register."""
+        mdef = model_def(124)
+        assert mdef is not None
+        points = [mdef.point(n) for n in _CONTROL_POINTS]
+        return min(p.offset for p in points), max(p.offset + p.size for p in points)
+
+    def _control_span(self, regs: list[int]) -> list[int]:
+        lo, hi = self._span()
+        return regs[lo:hi]
+
+    def _refusal(self, command: Command) -> str | None:
+        if not isinstance(command, BatterySetpoint):
+            return f"{type(command).__name__} is not supported by {self._id}"
+        if command.der_id != self.battery_id:
+            return f"unknown DER {command.der_id!r} (this driver controls {self.battery_id!r})"
+        if self.device is None:
+            return "device not scanned yet"
+        if not self.device.storage_control:
+            return "device has no SunSpec storage control (model 124)"
+        if not math.isfinite(command.power_w):
+            return f"setpoint {command.power_w} W is not a number"
+        battery = next(c for c in self.capabilities() if c.kind is DerKind.BATTERY)
+        if not -battery.max_discharge_w <= command.power_w <= battery.max_charge_w:
+            return (
+                f"setpoint {command.power_w:g} W outside limits "
+                f"-{battery.max_discharge_w:g}..{battery.max_charge_w:g} W"
+            )
+        return None
+
+    async def apply(self, command: Command) -> CommandResult:
+        self.counters["commands"] += 1
+        refusal = self._refusal(command)
+        if refusal is not None:
+            self.counters["commands_refused"] += 1
+            log.warning("sunspec.command_refused", device=self._id, reason=refusal)
+            return CommandResult(command=command, ok=False, detail=refusal)
+        assert isinstance(command, BatterySetpoint)
+        try:
+            async with asyncio.timeout(self._apply_timeout_s):
+                ok, detail = await self._set_power(command.power_w)
+        except TimeoutError:
+            ok, detail = False, f"no completion within {self._apply_timeout_s:g} s"
+        except WriteBudgetExhausted:
+            self.counters["commands_over_budget"] += 1
+            return CommandResult(command=command, ok=False, detail=BUDGET_EXHAUSTED)
+        except (DriverError, SunSpecError) as exc:
+            ok, detail = False, str(exc)
+        if not ok:
+            self._held = None
+            self.counters["command_errors"] += 1
+            log.warning("sunspec.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
+        return CommandResult(command=command, ok=ok, detail=detail)
+
+    def _wanted_span(self, m124: SunSpecModel, power_w: float) -> list[int]:
+        """Rate window [-OutWRte, InWRte] pinned to power_w (percent of the device's own maxima)."""
+        device = self.device
+        assert device is not None
+        mdef = model_def(124)
+        assert mdef is not None
+        charge_max, discharge_max = device.max_charge_w(), device.max_discharge_w()
+        assert charge_max and discharge_max  # storage_control checked
+        regs = list(m124.regs)
+        sf = scale_factor(mdef, mdef.point("InWRte"), regs)
+        if sf is None:
+            raise SunSpecError("InOutWRte_SF not implemented")
+
+        def put(name: str, raw: int) -> None:
+            p = mdef.point(name)
+            regs[p.offset : p.offset + p.size] = encode_raw(p, raw)
+
+        put("InWRte", round(power_w / charge_max * 100.0 / 10.0**sf))
+        put("OutWRte", round(-power_w / discharge_max * 100.0 / 10.0**sf))
+        put("InOutWRte_WinTms", 0)
+        put("InOutWRte_RvrtTms", self._revert_s)
+        put("StorCtl_Mod", _CHARGE_AND_DISCHARGE_LIMITS)
+        return self._control_span(regs)
+
+    def _holds(self, span: list[int]) -> bool:
+        if self._held is None:
+            return False
+        held, at = self._held
+        return held == span and self._clock.now().timestamp() - at < self._revert_s / 2
+
+    async def _set_power(self, power_w: float, *, force: bool = False) -> tuple[bool, str]:
+        """Write the rate window (one write) and the mode (only when it changes); read back both."""
+        device = self.device
+        assert device is not None
+        m124 = device.model(124)
+        assert m124 is not None
+        wanted = self._wanted_span(m124, power_w)
+        if not force and self._holds(wanted):
+            self.counters["writes_skipped"] += 1
+            return True, f"{power_w:g} W already held"
+        lo, _ = self._span()
+        mdef = model_def(124)
+        assert mdef is not None
+        mode = mdef.point("StorCtl_Mod")
+        rates_from = mdef.point("OutWRte").offset
+        current = await read_model(self._bus, self._unit, m124, Priority.CONTROL)
+        cur_span = self._control_span(current.regs)
+        rates = wanted[rates_from - lo :]
+        if cur_span[rates_from - lo :] != rates or force or self._held is None:
+            # Rates first, then the mode: enabling the limits before the rates would apply stale ones.
+            await self._write(m124.address + rates_from, rates, force=force)
+        if cur_span[mode.offset - lo] != wanted[mode.offset - lo]:
+            await self._write(m124.address + mode.offset, [wanted[mode.offset - lo]], force=force)
+        back = await read_model(self._bus, self._unit, m124, Priority.CONTROL)
+        got = self._control_span(back.regs)
+        if got != wanted:
+            mode_now = decode_raw(mode, got[mode.offset - lo : mode.offset - lo + 1])
+            return False, f"read back StorCtl_Mod={mode_now} and rates {got}, wrote {wanted} for {power_w:g} W"
+        self._held = (got, self._clock.now().timestamp())
+        return True, f"{power_w:g} W read back"
+
+    async def _write(self, address: int, regs: list[int], *, force: bool) -> None:
+        if not force:
+            self._budget.spend()
+        await self._bus.write_registers(self._unit, address, regs, priority=Priority.CONTROL)
+
+    async def safe_mode(self) -> None:
+        """Battery idle (window 0..0); the revert timeout then hands it back to the device's own control."""
+        if self.device is None or not self.device.storage_control:
+            return
+        try:
+            async with asyncio.timeout(self._apply_timeout_s):
+                ok, problem = await self._set_power(0.0, force=True)
+        except (DriverError, SunSpecError, TimeoutError) as exc:
+            ok, problem = False, str(exc) or type(exc).__name__
+        if not ok:
+            self.counters["safe_mode_errors"] += 1
+            log.error("sunspec.safe_mode_failed", device=self._id, error=problem)
+            return
+        log.info("sunspec.safe_mode", device=self._id)
+
+
+def _meter_values(m: SunSpecModel) -> dict[str, float]:
+    """SunSpec meters count W + = import at the grid connection point, like zapd."""
+    values: dict[str, float] = {}
+    for key, point in ((POWER_W, "W"), (IMPORT_WH, "TotWhImp"), (EXPORT_WH, "TotWhExp")):
+        v = m.number(point)
+        if v is not None:
+            values[key] = v
+    for key, point in zip(PHASE_CURRENT_A, ("AphA", "AphB", "AphC"), strict=True):
+        v = m.number(point)
+        if v is not None:
+            values[key] = v
+    return values
