@@ -117,7 +117,118 @@ class P1TcpDevice(_Strict):
     decryption_key: str | None = None
 
 
-DeviceConfig = Annotated[ModbusTcpDevice | P1SerialDevice | P1TcpDevice, Field(discriminator="driver")]
+class EvLimits(_Strict):
+    """An EV charger's limits as installed (the cable, the circuit breaker, the phases wired)."""
+
+    max_current_a: float = Field(gt=0, le=80, description="per phase; the lower of charger, cable and breaker")
+    min_current_a: float = Field(default=6.0, ge=6, le=80, description="IEC 61851: at least 6 A")
+    phases: Literal[1, 3] = 3
+    voltage_v: float = Field(default=230.0, gt=0, le=480)
+    safe_mode: Literal["minimum", "pause"] = Field(default="minimum", description="what zapd leaves on exit")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> EvLimits:
+        if self.min_current_a > self.max_current_a:
+            raise ValueError("min_current_a must not exceed max_current_a")
+        return self
+
+
+class ModbusEvDevice(_Strict):
+    driver: Literal["modbus_ev"]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255, description="Alfen: 1 = socket 1, 2 = socket 2")
+    map: str = Field(default="alfen_eve", min_length=1, description="register map name or path")
+    poll_s: float = Field(default=5.0, gt=0, le=3600)
+    timeout_s: float = Field(default=3.0, gt=0, le=60)
+    keepalive_s: float = Field(default=30.0, gt=0, le=3600, description="re-write the setpoint this often")
+    ev: EvLimits
+
+
+MqttUnit = Literal["", "W", "kW", "Wh", "kWh", "%", "A", "V"]
+
+
+class MqttReadingConfig(_Strict):
+    topic: str = Field(min_length=1, description="topic filter; + and # allowed")
+    key: str = Field(min_length=1, description="reading value key, e.g. power_w, import_wh, soc")
+    path: str | None = Field(default=None, min_length=1, description="dotted JSON path; none = plain number")
+    unit: MqttUnit = ""
+    scale: float = 1.0
+
+    @model_validator(mode="after")
+    def _scale_nonzero(self) -> MqttReadingConfig:
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        return self
+
+
+class MqttDerConfig(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="DER id is <device id>.<id>")
+    kind: Literal["meter", "pv", "battery", "ev_charger", "load"]
+    preset: Literal["shelly_em", "shelly_em_rpc", "tasmota_sensor", "opendtu"] | None = None
+    source: str | None = Field(default=None, min_length=1, description="the preset's topic root")
+    readings: list[MqttReadingConfig] = Field(default_factory=list)
+    ev: EvLimits | None = None
+
+    @model_validator(mode="after")
+    def _has_readings(self) -> MqttDerConfig:
+        if self.preset is not None and self.source is None:
+            raise ValueError(f"preset {self.preset!r} needs source (its topic root)")
+        if self.preset is None and not self.readings:
+            raise ValueError("give a preset or at least one [[...readings]] entry")
+        return self
+
+
+class MqttCommandConfig(_Strict):
+    der: str = Field(min_length=1, description="id of one of this device's ders")
+    topic: str = Field(min_length=1, pattern=r"^[^+#]+$")
+    payload: str = Field(default="{value}", description="{value} is replaced by the current in A")
+    on_payload: str | None = None
+    off_payload: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+    safe_value: float | None = Field(default=None, description="published when zapd stops; none = nothing")
+
+    @model_validator(mode="after")
+    def _on_off_pair(self) -> MqttCommandConfig:
+        if (self.on_payload is None) != (self.off_payload is None):
+            raise ValueError("on_payload and off_payload go together")
+        return self
+
+
+class MqttDevice(_Strict):
+    driver: Literal["mqtt"]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = Field(default=None, min_length=1, max_length=64)
+    stale_s: float = Field(default=60.0, gt=0, le=86_400, description="a value older than this is unknown")
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    ders: list[MqttDerConfig] = Field(min_length=1)
+    commands: list[MqttCommandConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _commands_target_chargers(self) -> MqttDevice:
+        ders = {d.id: d for d in self.ders}
+        if len(ders) != len(self.ders):
+            raise ValueError("der ids must be unique within the device")
+        for c in self.commands:
+            der = ders.get(c.der)
+            if der is None:
+                raise ValueError(f"command for unknown der {c.der!r}")
+            if der.kind != "ev_charger" or der.ev is None:
+                raise ValueError(f"der {c.der!r}: commands need kind = 'ev_charger' with an [ev] table of limits")
+        return self
+
+
+DRIVER_NAMES = ("modbus_tcp", "modbus_ev", "mqtt", "p1_serial", "p1_tcp")
+DeviceConfig = Annotated[
+    ModbusTcpDevice | ModbusEvDevice | MqttDevice | P1SerialDevice | P1TcpDevice, Field(discriminator="driver")
+]
 
 
 class LogConfig(_Strict):
@@ -145,6 +256,13 @@ class ZapdConfig(_Strict):
             if dev.id in seen:
                 raise ValueError(f"duplicate device id {dev.id!r}")
             seen.add(dev.id)
+        brokers: set[tuple[str, int]] = set()
+        for dev in self.devices:
+            if isinstance(dev, MqttDevice):
+                if (dev.host, dev.port) in brokers:
+                    # One connection per broker: put every DER of that broker under one mqtt device.
+                    raise ValueError(f"two mqtt devices for broker {dev.host}:{dev.port}")
+                brokers.add((dev.host, dev.port))
         return self
 
 
@@ -165,7 +283,7 @@ def _key_path(loc: tuple[int | str, ...], data: object) -> str:
             parts.append(f"[{item}]")
             node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
-        if isinstance(node, dict) and item not in node and item in ("modbus_tcp", "p1_serial", "p1_tcp"):
+        if isinstance(node, dict) and item not in node and item in DRIVER_NAMES:
             continue  # the discriminator branch pydantic reports, not a key the user wrote
         parts.append(("." if parts else "") + item)
         node = node.get(item) if isinstance(node, dict) else None
@@ -183,7 +301,7 @@ _REASONS = {
 def _reason(err_type: str, msg: str, err_input: object) -> str:
     if err_type == "union_tag_invalid":
         name = err_input.get("driver") if isinstance(err_input, dict) else err_input
-        return f"unknown driver {name!r} (expected one of: modbus_tcp, p1_serial, p1_tcp)"
+        return f"unknown driver {name!r} (expected one of: {', '.join(DRIVER_NAMES)})"
     return _REASONS.get(err_type, msg[0].lower() + msg[1:] if msg else err_type)
 
 

@@ -244,6 +244,7 @@ class Daemon:
             plan_fresh=self.plan_fresh,
             on_cycle=self._on_cycle,
             forced_rung=self.api.forced,
+            evs=lambda: self.devices.ev_envelopes,
         )
         log.info(
             "zapd_starting",

@@ -109,6 +109,8 @@ class MqttDriver:
         known = {d.der_id: d for d in ders}
         for m in self._mappings:
             known.setdefault(m.der_id, MqttDer(m.der_id, m.kind))
+        for c in commands:
+            known.setdefault(c.der_id, MqttDer(c.der_id, DerKind.EV_CHARGER))
         self._ders = known
         self._topics = sorted({m.topic for m in self._mappings})
         self._values: dict[str, dict[str, tuple[float, datetime]]] = {}
@@ -229,6 +231,8 @@ class MqttDriver:
             problem = f"value {value} is not a number"
         elif isinstance(command, BatterySetpoint) and self._ders[command.der_id].kind is not DerKind.BATTERY:
             problem = f"{command.der_id!r} is not a battery"
+        elif isinstance(command, EvCurrent) and (why := self._ev_refusal(command)) is not None:
+            problem = why
         else:
             problem = await self._publish(target, value)
         if problem is None:
@@ -236,6 +240,14 @@ class MqttDriver:
         self.counters["command_errors"] += 1
         log.warning("mqtt.command_failed", device=self._id, der_id=command.der_id, error=problem)
         return CommandResult(command=command, ok=False, detail=problem)
+
+    def _ev_refusal(self, command: EvCurrent) -> str | None:
+        """The last line that keeps a current outside the charger's limits off the wire."""
+        der = self._ders[command.der_id]
+        a = command.current_a
+        if der.max_current_a > 0 and a != 0.0 and not der.min_current_a <= a <= der.max_current_a:
+            return f"current {a:g} A outside 0 or {der.min_current_a:g}..{der.max_current_a:g} A"
+        return None
 
     async def _publish(self, target: CommandTopic, value: float) -> str | None:
         client = self._client
