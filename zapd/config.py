@@ -94,6 +94,51 @@ class ModbusTcpDevice(_Strict):
     map: str = Field(min_length=1, description="register map name or path")
     poll_s: float = Field(default=5.0, gt=0, le=3600)
     timeout_s: float = Field(default=3.0, gt=0, le=60)
+    min_gap_ms: float = Field(default=0.0, ge=0, le=10_000, description="quiet time between frames on the bus")
+    max_requests_per_s: float | None = Field(default=None, gt=0, le=1000, description="bus request-rate cap")
+    max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000, description="flash wear cap; none = off")
+    battery: BatteryLimits = BatteryLimits()
+
+
+class ModbusRtuDevice(_Strict):
+    """A register-map device on an RS-485 line; every device on one port must share its line settings."""
+
+    driver: Literal["modbus_rtu"]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    port: str = Field(min_length=1, description="serial device, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, ge=300, le=921_600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_id: int = Field(default=1, ge=1, le=247)
+    map: str = Field(min_length=1, description="register map name or path")
+    poll_s: float = Field(default=5.0, gt=0, le=3600)
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    min_gap_ms: float | None = Field(default=None, ge=0, le=10_000, description="none = 3.5 character times")
+    max_requests_per_s: float | None = Field(default=None, gt=0, le=1000)
+    max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000)
+    battery: BatteryLimits = BatteryLimits()
+
+    def line(self) -> tuple[int, str, int, int]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+
+
+class SunSpecTcpDevice(_Strict):
+    """A SunSpec inverter/battery/meter; what it has is discovered, the flags say which DERs to expect."""
+
+    driver: Literal["sunspec_tcp"]
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=247)
+    poll_s: float = Field(default=5.0, gt=0, le=3600)
+    timeout_s: float = Field(default=3.0, gt=0, le=60)
+    min_gap_ms: float = Field(default=0.0, ge=0, le=10_000)
+    max_requests_per_s: float | None = Field(default=None, gt=0, le=1000)
+    max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000)
+    revert_timeout_s: int = Field(default=300, ge=10, le=65_534, description="model 124 InOutWRte_RvrtTms")
+    has_battery: bool = True
+    has_meter: bool = False
     battery: BatteryLimits = BatteryLimits()
 
 
@@ -225,10 +270,41 @@ class MqttDevice(_Strict):
         return self
 
 
-DRIVER_NAMES = ("modbus_tcp", "modbus_ev", "mqtt", "p1_serial", "p1_tcp")
+DRIVER_NAMES = ("modbus_tcp", "modbus_rtu", "sunspec_tcp", "modbus_ev", "mqtt", "p1_serial", "p1_tcp")
 DeviceConfig = Annotated[
-    ModbusTcpDevice | ModbusEvDevice | MqttDevice | P1SerialDevice | P1TcpDevice, Field(discriminator="driver")
+    ModbusTcpDevice | ModbusRtuDevice | SunSpecTcpDevice | ModbusEvDevice | MqttDevice | P1SerialDevice | P1TcpDevice,
+    Field(discriminator="driver"),
 ]
+
+
+def _line_text(dev: ModbusRtuDevice) -> str:
+    return f"{dev.baudrate} {dev.bytesize}{dev.parity}{dev.stopbits}"
+
+
+def serial_port_conflicts(devices: list[ModbusRtuDevice | P1SerialDevice]) -> list[str]:
+    """One owner per serial port: RTU devices on a port must agree on the line and on nothing else using it."""
+    problems: list[str] = []
+    first: dict[str, ModbusRtuDevice | P1SerialDevice] = {}
+    units: dict[tuple[str, int], str] = {}
+    for dev in devices:
+        other = first.setdefault(dev.port, dev)
+        if isinstance(dev, ModbusRtuDevice):
+            unit_owner = units.setdefault((dev.port, dev.unit_id), dev.id)
+            if unit_owner != dev.id:
+                problems.append(
+                    f"devices {unit_owner!r} and {dev.id!r} both use unit id {dev.unit_id} on serial port {dev.port}"
+                )
+        if other is dev:
+            continue
+        if isinstance(dev, ModbusRtuDevice) and isinstance(other, ModbusRtuDevice):
+            if dev.line() != other.line():
+                problems.append(
+                    f"devices {other.id!r} and {dev.id!r} share serial port {dev.port} with different line "
+                    f"settings ({_line_text(other)} vs {_line_text(dev)})"
+                )
+        else:
+            problems.append(f"devices {other.id!r} and {dev.id!r} cannot share serial port {dev.port}")
+    return problems
 
 
 class LogConfig(_Strict):
@@ -263,6 +339,10 @@ class ZapdConfig(_Strict):
                     # One connection per broker: put every DER of that broker under one mqtt device.
                     raise ValueError(f"two mqtt devices for broker {dev.host}:{dev.port}")
                 brokers.add((dev.host, dev.port))
+        serial = [d for d in self.devices if isinstance(d, ModbusRtuDevice | P1SerialDevice)]
+        problems = serial_port_conflicts(serial)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

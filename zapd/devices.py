@@ -18,12 +18,15 @@ from zapd.config import (
     BatteryLimits,
     EvLimits,
     ModbusEvDevice,
+    ModbusRtuDevice,
     ModbusTcpDevice,
     MqttDevice,
     P1SerialDevice,
     P1TcpDevice,
+    SunSpecTcpDevice,
     ZapdConfig,
 )
+from zapd.devices_modbus import add_modbus_rtu, add_sunspec_tcp
 from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
@@ -55,7 +58,13 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
         if isinstance(dev, ModbusTcpDevice):
             inverter = ModbusHybridInverter(
                 device_id=dev.id,
-                bus=get_tcp_bus(dev.host, dev.port, timeout_s=dev.timeout_s),
+                bus=get_tcp_bus(
+                    dev.host,
+                    dev.port,
+                    timeout_s=dev.timeout_s,
+                    min_gap_s=dev.min_gap_ms / 1000.0,
+                    max_requests_per_s=dev.max_requests_per_s,
+                ),
                 unit_id=dev.unit_id,
                 register_map=load_register_map(dev.map),
                 poll_s=dev.poll_s,
@@ -63,6 +72,7 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
                 max_charge_w=dev.battery.max_charge_w,
                 max_discharge_w=dev.battery.max_discharge_w,
                 capacity_wh=dev.battery.capacity_wh,
+                max_writes_per_hour=dev.max_writes_per_hour,
             )
             out.drivers.append(inverter)
             battery_id = f"{dev.id}.battery"
@@ -114,6 +124,10 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
             out.add_ev(charger.ev_id, dev.ev)
         elif isinstance(dev, MqttDevice):
             _add_mqtt(out, dev, clock)
+        elif isinstance(dev, ModbusRtuDevice):
+            add_modbus_rtu(out, dev, clock)
+        elif isinstance(dev, SunSpecTcpDevice):
+            add_sunspec_tcp(out, dev, clock)
     return out
 
 

@@ -1,0 +1,99 @@
+"""Config -> drivers for Modbus RTU and SunSpec devices (kept apart from devices.py so each stays small).
+
+Buses come from the bus registry, so every device on one serial port or TCP endpoint shares
+one owner; the config check has already refused one port with two sets of line settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.modbus.bus import get_serial_bus, get_tcp_bus
+from drivers.modbus.hybrid_inverter import ModbusHybridInverter
+from drivers.modbus.register_map import load_register_map
+from drivers.modbus.sunspec import SunSpecInverter
+from zapd.clock import Clock
+from zapd.model import DerKind
+
+if TYPE_CHECKING:
+    from zapd.config import ModbusRtuDevice, SunSpecTcpDevice
+    from zapd.devices import DeviceSet
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value / 1000.0
+
+
+def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
+    bus = get_serial_bus(
+        dev.port,
+        baudrate=dev.baudrate,
+        parity=dev.parity,
+        stopbits=dev.stopbits,
+        bytesize=dev.bytesize,
+        timeout_s=dev.timeout_s,
+        min_gap_s=_ms(dev.min_gap_ms),
+        max_requests_per_s=dev.max_requests_per_s,
+    )
+    inverter = ModbusHybridInverter(
+        device_id=dev.id,
+        bus=bus,
+        unit_id=dev.unit_id,
+        register_map=load_register_map(dev.map),
+        poll_s=dev.poll_s,
+        clock=clock,
+        max_charge_w=dev.battery.max_charge_w,
+        max_discharge_w=dev.battery.max_discharge_w,
+        capacity_wh=dev.battery.capacity_wh,
+        max_writes_per_hour=dev.max_writes_per_hour,
+    )
+    out.drivers.append(inverter)
+    battery_id = inverter.battery_id
+    out.actuators[battery_id] = inverter
+    out.battery_limits[battery_id] = dev.battery
+    out.poll_s[battery_id] = dev.poll_s
+    out.kinds[battery_id] = DerKind.BATTERY
+    if any(c.kind is DerKind.PV for c in inverter.capabilities()):
+        out.poll_s[inverter.pv_id] = dev.poll_s
+        out.kinds[inverter.pv_id] = DerKind.PV
+
+
+def add_sunspec_tcp(out: DeviceSet, dev: SunSpecTcpDevice, clock: Clock) -> None:
+    """What a SunSpec device is becomes known at its first scan; the DER ids are fixed in advance.
+
+    The daemon learns kinds from here before any I/O, so a SunSpec device is declared with
+    the DERs the config says it has (`battery`, `meter` flags); the driver reports none of
+    them until the scan shows them, and refuses commands until then.
+    """
+    inverter = SunSpecInverter(
+        device_id=dev.id,
+        bus=get_tcp_bus(
+            dev.host,
+            dev.port,
+            timeout_s=dev.timeout_s,
+            min_gap_s=_ms(dev.min_gap_ms) or 0.0,
+            max_requests_per_s=dev.max_requests_per_s,
+        ),
+        unit_id=dev.unit_id,
+        poll_s=dev.poll_s,
+        clock=clock,
+        max_charge_w=dev.battery.max_charge_w,
+        max_discharge_w=dev.battery.max_discharge_w,
+        capacity_wh=dev.battery.capacity_wh,
+        max_writes_per_hour=dev.max_writes_per_hour,
+        revert_timeout_s=dev.revert_timeout_s,
+    )
+    out.drivers.append(inverter)
+    pv_id = f"{dev.id}.pv"
+    out.poll_s[pv_id] = dev.poll_s
+    out.kinds[pv_id] = DerKind.PV
+    if dev.has_battery:
+        battery_id = inverter.battery_id
+        out.actuators[battery_id] = inverter
+        out.battery_limits[battery_id] = dev.battery
+        out.poll_s[battery_id] = dev.poll_s
+        out.kinds[battery_id] = DerKind.BATTERY
+    if dev.has_meter:
+        meter_id = f"{dev.id}.meter"
+        out.poll_s[meter_id] = dev.poll_s
+        out.kinds[meter_id] = DerKind.METER
