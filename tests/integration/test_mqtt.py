@@ -228,3 +228,24 @@ def test_mapping_paths_units_and_errors() -> None:
     assert m.extract({"a": []}) is None
     with pytest.raises(ValueError, match="unit"):
         TopicMapping(topic="t", der_id="d", kind=DerKind.PV, key="x", unit="furlongs")
+
+
+async def test_broker_down_at_start_does_not_block_and_driver_connects_later(mosquitto: MosquittoBroker) -> None:
+    await asyncio.to_thread(mosquitto.stop)
+    sink = Collector()
+    driver = make_driver(mosquitto, preset_mappings("tasmota_sensor", "plug", "mq.plug", DerKind.LOAD))
+    with capture_logs() as logs:
+        task = asyncio.create_task(driver.run(sink))
+        try:
+            await asyncio.sleep(0.5)  # the daemon runs on; the driver retries with backoff
+            assert not driver.connected and not task.done()
+            await asyncio.to_thread(mosquitto.start)
+            await eventually(lambda: driver.connected)
+            await publish(mosquitto, ("tele/plug/SENSOR", TASMOTA_SENSOR))
+            await eventually(lambda: len(sink.readings) == 1)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    events = [e["event"] for e in logs]
+    assert events.count("mqtt.link_down") == 1 and events.count("mqtt.link_up") == 1

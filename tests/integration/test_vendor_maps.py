@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from drivers.api import Controllable, Driver
 from drivers.modbus.bus import ModbusBus, close_all_buses, get_tcp_bus
 from drivers.modbus.ev_charger import CURRENT_A, ModbusEvCharger, decode_ascii_state
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
-from drivers.modbus.register_map import load_register_map
+from drivers.modbus.register_map import MAPS_DIR, load_register_map
 from drivers.sim.modbus_server import SimModbusServer, start_modbus_sim
 from drivers.sim.physics import BatteryModel, EvModel, SimSite
 from zapd.clock import SystemClock
@@ -130,8 +131,11 @@ def make_charger(bus: ModbusBus, **kw: object) -> ModbusEvCharger:
     return ModbusEvCharger(**args)  # type: ignore[arg-type]
 
 
+def word(state: str) -> int:
+    return (ord(state[0]) << 8) | (ord(state[1]) if len(state) > 1 else 0)
+
+
 def test_ascii_mode3_states() -> None:
-    word = lambda s: (ord(s[0]) << 8) | (ord(s[1]) if len(s) > 1 else 0)  # noqa: E731
     assert decode_ascii_state(word("A")).connected is False
     assert decode_ascii_state(word("B2")).connected and not decode_ascii_state(word("B2")).charging
     assert decode_ascii_state(word("C2")).charging and decode_ascii_state(word("D1")).charging
@@ -239,3 +243,26 @@ async def eventually(pred: Callable[[], bool], within_s: float = 3.0) -> None:
             return
         await asyncio.sleep(0.02)
     assert pred()
+
+
+async def test_ev_charger_map_pointing_at_a_missing_register_is_a_configuration_error(tmp_path: Path) -> None:
+    """Illegal data address is reported and counted as a configuration error, not hammered."""
+    text = (MAPS_DIR / "alfen_eve.toml").read_text().replace("address = 1206", "address = 1300")
+    bad = tmp_path / "alfen_wrong.toml"
+    bad.write_text(text)
+    site = ev_site()
+    async with serving(site, "alfen_eve", 1) as (server, bus):
+        charger = make_charger(bus, register_map=load_register_map(bad), backoff_max_s=5.0)
+        readings: list[Reading] = []
+        task = asyncio.create_task(charger.run(readings.append))
+        try:
+            await eventually(lambda: charger.counters["config_errors"] == 1)
+            reads = server.counters(1)["reads"]
+            await asyncio.sleep(0.3)
+            assert charger.counters["config_errors"] == 1  # waits backoff_max_s before asking again
+            assert server.counters(1)["reads"] == reads
+            assert not readings and not charger.healthy
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
