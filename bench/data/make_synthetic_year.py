@@ -36,8 +36,9 @@ def main() -> None:
     mid = times + pd.Timedelta(minutes=30)
     sky = loc.get_clearsky(mid, model="ineichen")
     sun = loc.get_solarposition(mid)
-    poa = pvlib.irradiance.get_total_irradiance(35, 180, sun["apparent_zenith"], sun["azimuth"],
-                                                sky["dni"], sky["ghi"], sky["dhi"], model="isotropic")
+    poa = pvlib.irradiance.get_total_irradiance(
+        35, 180, sun["apparent_zenith"], sun["azimuth"], sky["dni"], sky["ghi"], sky["dhi"], model="isotropic"
+    )
     clear_pv = 5.0 * np.nan_to_num(poa["poa_global"].to_numpy()) / 1000.0 * 0.76
     # daily cloud regime: 0 clear, 1 mixed, 2 overcast
     trans = np.array([[0.55, 0.35, 0.10], [0.25, 0.45, 0.30], [0.10, 0.35, 0.55]])
@@ -58,8 +59,13 @@ def main() -> None:
     doy = times.dayofyear.to_numpy()
     winter = 0.5 + 0.5 * np.cos((doy - 15) / 365 * 2 * np.pi)
     weekend = dow >= 5
-    shape = (0.25 + 0.45 * np.exp(-(((hod - 7.5) / 1.3) ** 2)) * ~weekend + 0.35 * np.exp(-(((hod - 10) / 2.5) ** 2)) * weekend
-             + 0.9 * np.exp(-(((hod - 19) / 2.2) ** 2)) + 0.15 * np.exp(-(((hod - 13) / 2) ** 2)))
+    shape = (
+        0.25
+        + 0.45 * np.exp(-(((hod - 7.5) / 1.3) ** 2)) * ~weekend
+        + 0.35 * np.exp(-(((hod - 10) / 2.5) ** 2)) * weekend
+        + 0.9 * np.exp(-(((hod - 19) / 2.2) ** 2))
+        + 0.15 * np.exp(-(((hod - 13) / 2) ** 2))
+    )
     load = shape * (1 + 0.35 * winter) * np.clip(rng.lognormal(0.0, 0.28, n), 0.4, 3.0)
     load *= 3500.0 / load.sum()
 
@@ -72,8 +78,12 @@ def main() -> None:
         wind[d] = 0.7 * wind[d - 1] + rng.normal(0, 0.45)
     wind_h = np.repeat(np.clip(wind, -1.5, 2.5), 24)
     sunshine = np.repeat(dim_day, 24) * clear_pv / 4.3
-    duck = (18 * np.exp(-(((hod - 8) / 1.6) ** 2)) + 35 * np.exp(-(((hod - 19.5) / 2.0) ** 2))
-            - 95 * sunshine - 12 * np.exp(-(((hod - 3.5) / 2.5) ** 2)))
+    duck = (
+        18 * np.exp(-(((hod - 8) / 1.6) ** 2))
+        + 35 * np.exp(-(((hod - 19.5) / 2.0) ** 2))
+        - 95 * sunshine
+        - 12 * np.exp(-(((hod - 3.5) / 2.5) ** 2))
+    )
     spot = np.repeat(level, 24) * (1 - 0.12 * weekend) + duck - 22 * wind_h + rng.normal(0, 5, n)
     spot = np.where(spot < -20, -20 + (spot + 20) * 0.3, spot)  # bids floor the dips
     spot_kwh = np.round(spot / 1000.0, 5)
@@ -83,11 +93,15 @@ def main() -> None:
         fh.write("# SYNTHETIC data (bench/data/make_synthetic_year.py, seed 2025), not real market prices.\n")
         fh.write("ts,import_price,export_price,load_kw,pv_kw\n")
         for i, ts in enumerate(times):
-            fh.write(f"{ts.strftime('%Y-%m-%dT%H:%M:%SZ')},{import_price[i]:.5f},{export_price[i]:.5f},"
-                     f"{load[i]:.3f},{pv[i]:.3f}\n")
+            fh.write(
+                f"{ts.strftime('%Y-%m-%dT%H:%M:%SZ')},{import_price[i]:.5f},{export_price[i]:.5f},"
+                f"{load[i]:.3f},{pv[i]:.3f}\n"
+            )
     neg = int((spot < 0).sum())
-    print(f"{OUT.name}: {n} rows, spot mean {spot.mean():.1f} EUR/MWh, {neg} negative hours, "
-          f"PV {pv.sum():.0f} kWh, load {load.sum():.0f} kWh")
+    print(
+        f"{OUT.name}: {n} rows, spot mean {spot.mean():.1f} EUR/MWh, {neg} negative hours, "
+        f"PV {pv.sum():.0f} kWh, load {load.sum():.0f} kWh"
+    )
 
 
 if __name__ == "__main__":
