@@ -14,7 +14,7 @@ import hmac
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -103,8 +103,13 @@ def create_app(
     *,
     admin_token: str | None = None,
     clock: Callable[[], datetime] | None = None,
+    planner: bool = True,
 ) -> Starlette:
-    """Build the ASGI app. `admin_token` defaults to $ZAPCLOUD_ADMIN_TOKEN (unset: no admin auth)."""
+    """Build the ASGI app. `admin_token` defaults to $ZAPCLOUD_ADMIN_TOKEN (unset: no admin auth).
+
+    `planner`: run the planning loop (cloud/planner.py) in this worker; every worker may, the database
+    hands each due site to one of them.
+    """
     if admin_token is None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
     ctx = _Context(
@@ -121,9 +126,20 @@ def create_app(
         await ctx.db.create_schema()
         if ctx.admin_token is None:
             log.warning("admin_auth_disabled", hint=f"set {ADMIN_TOKEN_ENV} to protect admin endpoints")
+        planning: asyncio.Task[None] | None = None
+        if planner:
+            from cloud.planner import price_client_from_env, run_planner
+
+            planning = asyncio.create_task(
+                run_planner(ctx.db, ctx.signing_key, clock=ctx.clock, price_client=price_client_from_env()),
+                name="planner",
+            )
         try:
             yield
         finally:
+            if planning is not None:
+                planning.cancel()
+                await asyncio.wait([planning])  # our own cancellation still propagates
             await ctx.db.dispose()
 
     def ep(name: str, fn: Callable[[_Context, Request], Awaitable[Response]]) -> Handler:
@@ -137,6 +153,10 @@ def create_app(
         Route("/v1/sites/{site_id}/discovery", ep("discovery", _discovery), methods=["POST"]),
         Route("/v1/sites/{site_id}/plan", ep("plan_get", _plan_get), methods=["GET"]),
         Route("/v1/sites/{site_id}/plan", ep("plan_put", _plan_put), methods=["PUT"]),
+        Route("/v1/prices/{area}", ep("prices_put", _prices_put), methods=["PUT"]),
+        Route("/v1/fleet/flexibility", ep("fleet_flexibility", _fleet_flexibility), methods=["GET"]),
+        Route("/v1/fleet/events", ep("fleet_event", _fleet_event), methods=["POST"]),
+        Route("/v1/sites/{site_id}/forecast-errors", ep("forecast_errors", _forecast_errors), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.db = ctx.db
@@ -244,9 +264,7 @@ def _require_admin(ctx: _Context, request: Request) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     good = hmac.compare_digest(token.strip().encode(), ctx.admin_token.encode())
     if scheme.lower() != "bearer" or not good:
-        raise ApiError(
-            401, "admin_auth", "admin bearer token required", headers={"WWW-Authenticate": "Bearer"}
-        )
+        raise ApiError(401, "admin_auth", "admin bearer token required", headers={"WWW-Authenticate": "Bearer"})
 
 
 # --- endpoints --------------------------------------------------------------------------
@@ -366,3 +384,62 @@ async def _plan_put(ctx: _Context, request: Request) -> Response:
         raise ApiError(409, "version_conflict", str(exc)) from None
     log.info("plan_published", site_id=site_id, version=plan.version)
     return _json({"site_id": site_id, "version": plan.version}, headers={"ETag": etag(plan.version)})
+
+
+# --- planning and fleet (cloud/planner.py, cloud/fleet.py) ------------------------------------
+
+
+class _PriceUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    start: datetime
+    step_minutes: int
+    prices: list[float]  # per kWh
+
+
+async def _prices_put(ctx: _Context, request: Request) -> Response:
+    """Day-ahead prices for a bidding zone from an operator or script (ENTSO-E is fetched by the planner)."""
+    from cloud.prices import PriceSeries
+    from cloud.store import put_spot_prices
+
+    _require_admin(ctx, request)
+    try:
+        up = msgspec.json.decode(await _read_body(request), type=_PriceUpload)
+    except msgspec.DecodeError as exc:
+        raise ApiError(422, "malformed", f"malformed prices: {exc}") from None
+    if up.start.tzinfo is None or up.step_minutes not in (15, 30, 60) or not up.prices:
+        raise ApiError(422, "malformed", "need start with a UTC offset, step_minutes 15/30/60 and prices")
+    series = PriceSeries(up.start, timedelta(minutes=up.step_minutes), tuple(up.prices))
+    rows = await put_spot_prices(ctx.db, request.path_params["area"], series, ctx.clock())
+    return _json({"area": request.path_params["area"], "rows": rows})
+
+
+async def _fleet_flexibility(ctx: _Context, request: Request) -> Response:
+    from cloud.fleet import flexibility
+
+    _require_admin(ctx, request)
+    try:
+        slots = int(request.query_params.get("slots", "96"))
+    except ValueError:
+        raise ApiError(422, "malformed", "slots must be an integer") from None
+    return _json(await flexibility(ctx.db, ctx.clock(), slots))
+
+
+async def _fleet_event(ctx: _Context, request: Request) -> Response:
+    from cloud.fleet import EventError, decode_event, dispatch_event
+
+    _require_admin(ctx, request)
+    try:
+        event = decode_event(await _read_body(request))
+        result = await dispatch_event(ctx.db, ctx.signing_key, event, ctx.clock())
+    except EventError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    return _json(result, 201)
+
+
+async def _forecast_errors(ctx: _Context, request: Request) -> Response:
+    from cloud.store import forecast_errors
+
+    _require_admin(ctx, request)
+    now = ctx.clock()
+    site_id = request.path_params["site_id"]
+    errors = await forecast_errors(ctx.db, site_id, now - timedelta(days=30))
+    return _json({"site_id": site_id, "since_days": 30, "errors": errors})

@@ -14,7 +14,7 @@ from zapd.clock import clock_from_env
 from zapd.logs import configure as configure_logging
 
 
-def run_serve(*, db_url: str, host: str, port: int, key_path: str) -> int:
+def run_serve(*, db_url: str, host: str, port: int, key_path: str, planner: bool = True) -> int:
     """Run until SIGINT/SIGTERM. Exit 0 after a clean stop, 1 if it could not start, 2 on bad input."""
     configure_logging()
     try:
@@ -30,7 +30,7 @@ def run_serve(*, db_url: str, host: str, port: int, key_path: str) -> int:
         print(f"zapcloud: {exc}", file=sys.stderr)
         return 2
     try:
-        app = create_app(db_url, key, clock=sim_clock.now)
+        app = create_app(db_url, key, clock=sim_clock.now, planner=planner)
     except (ArgumentError, ValueError) as exc:
         print(f"zapcloud: --db: {exc}", file=sys.stderr)
         return 2
