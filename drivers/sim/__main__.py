@@ -13,8 +13,10 @@ import contextlib
 import json
 import signal
 import sys
+from pathlib import Path
 
-from drivers.sim.modbus_server import start_modbus_sim
+from drivers.sim.control import ModbusSwitch, SimControl
+from drivers.sim.modbus_server import SimModbusServer, start_modbus_sim
 from drivers.sim.p1_pty import SimP1Pty, SimP1Tcp
 from drivers.sim.physics import BatteryModel, SimSite
 from zapd.clock import Clock, clock_from_env
@@ -33,7 +35,21 @@ async def main_async(args: argparse.Namespace) -> int:
         pv_peak_w=args.pv_peak_w,
     )
     site.step(clock.now())
-    modbus = await start_modbus_sim(site, port=args.modbus_port)
+    # Further inverters (unit ids 2..N+1) on the same endpoint: benches and soaks with many devices.
+    extra = {
+        uid: SimSite(
+            battery=BatteryModel(capacity_wh=args.capacity_wh, soc=args.soc, max_charge_w=5000, max_discharge_w=5000),
+            pv_peak_w=args.pv_peak_w,
+        )
+        for uid in range(2, 2 + args.extra_units)
+    }
+    for other in extra.values():
+        other.step(clock.now())
+
+    async def serve_modbus(port: int) -> SimModbusServer:
+        return await start_modbus_sim(site, port=port, extra_units=extra)
+
+    modbus = await serve_modbus(args.modbus_port)
     meter: SimP1Pty | SimP1Tcp
     if args.p1 == "tcp":
         meter = SimP1Tcp(site)
@@ -49,12 +65,19 @@ async def main_async(args: argparse.Namespace) -> int:
     tasks = [
         asyncio.create_task(_physics(site, clock, args.step_s)),
         asyncio.create_task(meter.run(clock, interval_s=args.p1_interval_s)),
+        *(asyncio.create_task(_physics(other, clock, args.step_s)) for other in extra.values()),
     ]
+    switch = ModbusSwitch(serve_modbus, modbus)
+    control = SimControl(Path(args.control), meter, switch) if args.control else None
+    if control is not None:
+        await control.start()
     await stop.wait()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await modbus.stop()
+    if control is not None:
+        await control.stop()
+    await switch.down()
     if isinstance(meter, SimP1Tcp):
         await meter.stop()
     else:
@@ -71,6 +94,8 @@ def main() -> int:
     parser.add_argument("--capacity-wh", type=float, default=10_000.0)
     parser.add_argument("--soc", type=float, default=0.5)
     parser.add_argument("--pv-peak-w", type=float, default=4_500.0)
+    parser.add_argument("--extra-units", type=int, default=0, help="further inverters at unit ids 2..N+1")
+    parser.add_argument("--control", default="", help="unix socket for fault injection (drivers/sim/control.py)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(main_async(args))

@@ -190,9 +190,20 @@ class Site:
 
     # --- simulator ----------------------------------------------------------------------------
 
-    def start_sim(self, *, p1: str = "pty") -> None:
+    @property
+    def sim_control_path(self) -> Path:
+        return self.tmp / "sim.ctl"
+
+    def start_sim(
+        self, *, p1: str = "pty", p1_interval_s: float = 10.0, step_s: float = 5.0, extra_units: int = 0
+    ) -> None:
+        """The simulated site; `extra_units` more inverters at unit ids 2.. for many-device runs."""
         log = self.tmp / "sim.log"
-        cmd = [sys.executable, "-m", "drivers.sim", "--p1", p1, "--p1-interval-s", "10"]
+        cmd = [sys.executable, "-m", "drivers.sim", "--p1", p1, "--p1-interval-s", str(p1_interval_s),
+               "--step-s", str(step_s), "--extra-units", str(extra_units),
+               "--control", str(self.sim_control_path)]  # fmt: skip
+        if self.sim_info.get("modbus_port"):
+            cmd += ["--modbus-port", str(self.sim_info["modbus_port"])]  # a restarted sim keeps its port
         proc = Proc("sim", cmd, log, self.env()).start()
         self.procs["sim"] = proc
 
@@ -202,7 +213,24 @@ class Site:
                     return dict(json.loads(line))
             return None
 
-        self.sim_info = wait_for(info, 20, "simulator endpoints")
+        self.sim_info = {**wait_for(info, 20, "simulator endpoints"), "extra_units": extra_units}
+        wait_for(self.sim_control_path.exists, 10, "simulator control socket")
+
+    def sim_control(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """One request to the simulator's control socket (drivers/sim/control.py)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.sim_control_path))
+            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        answer = dict(json.loads(buf))
+        assert answer.get("ok"), answer
+        return answer
 
     # --- daemon -------------------------------------------------------------------------------
 
@@ -225,21 +253,14 @@ class Site:
             "batch_max": 5000,
             "poll_s": 10,
             "meter_poll_s": 10,
+            "tick_s": 10,
+            "refresh_s": 60,
+            "retention_mb": 512,
+            "cloud": True,
+            "log_level": "info",
             **self.zapd_overrides,
         }
-        text = f"""
-[site]
-id = "{self.site_id}"
-fuse_a = 25
-[control]
-tick_s = 10
-refresh_s = 60
-[store]
-state_dir = "{self.state_dir}"
-[api]
-socket = "{self.socket}"
-[log]
-level = "info"
+        cloud = f"""
 [cloud]
 url = "http://127.0.0.1:{self.cloud_port}"
 public_key = "{self.cloud_key_b64}"
@@ -247,6 +268,36 @@ upload_interval_s = {o["upload_interval_s"]}
 plan_interval_s = {o["plan_interval_s"]}
 timeout_s = 2
 batch_max = {o["batch_max"]}
+"""
+        extra = "".join(
+            f"""
+[[devices]]
+driver = "modbus_tcp"
+id = "inverter{uid}"
+host = "127.0.0.1"
+port = {self.sim_info["modbus_port"]}
+unit_id = {uid}
+map = "sim_hybrid"
+poll_s = {o["poll_s"]}
+timeout_s = 1
+"""
+            for uid in range(2, 2 + int(self.sim_info.get("extra_units", 0)))
+        )
+        text = f"""
+[site]
+id = "{self.site_id}"
+fuse_a = 25
+[control]
+tick_s = {o["tick_s"]}
+refresh_s = {o["refresh_s"]}
+[store]
+state_dir = "{self.state_dir}"
+retention_mb = {o["retention_mb"]}
+[api]
+socket = "{self.socket}"
+[log]
+level = "{o["log_level"]}"
+{cloud if o["cloud"] else ""}
 [[devices]]
 driver = "modbus_tcp"
 id = "inverter"
@@ -261,7 +312,7 @@ reserve_soc = 0.1
 id = "meter"
 {meter}
 poll_s = {o["meter_poll_s"]}
-"""
+{extra}"""
         path = self.tmp / "zapd.toml"
         path.write_text(text)
         return path
@@ -295,10 +346,45 @@ poll_s = {o["meter_poll_s"]}
         with contextlib.closing(sqlite3.connect(self.state_dir / "zapd.sqlite", timeout=10)) as db:
             return str(db.execute("PRAGMA integrity_check").fetchone()[0])
 
+    def dropped_by_retention(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.state_dir / "zapd.sqlite", timeout=10)) as db:
+            row = db.execute("SELECT value FROM kv WHERE key = 'sync.dropped_by_retention'").fetchone()
+        return int(row[0]) if row else 0
+
+    def cloud_readings(self) -> list[tuple[int, str, str]]:
+        """(seq, der_id, ts) of every reading the cloud holds for the site, in seq order."""
+        with contextlib.closing(sqlite3.connect(self.cloud_db, timeout=10)) as db:
+            rows = db.execute("SELECT seq, der_id, ts FROM telemetry WHERE site_id = ? ORDER BY seq", (self.site_id,))
+            return [(int(a), str(b), str(c)) for a, b, c in rows]
+
+    def cloud_lost_readings(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.cloud_db, timeout=10)) as db:
+            row = db.execute("SELECT lost_readings FROM sites WHERE site_id = ?", (self.site_id,)).fetchone()
+        return int(row[0]) if row else 0
+
     def stop_all(self) -> None:
         for name in ("zapd", "sim", "cloud"):
             if name in self.procs:
                 self.procs[name].stop()
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """One look at a process in /proc: resident memory and CPU time used so far (no psutil needed)."""
+
+    at: float  # time.monotonic()
+    rss_kb: int
+    cpu_s: float
+
+
+def proc_sample(pid: int) -> ProcSample:
+    status = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    rss = int(m.group(1)) if m else 0
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; utime, stime are fields 14, 15
+    ticks = os.sysconf("SC_CLK_TCK")
+    return ProcSample(time.monotonic(), rss, (int(fields[11]) + int(fields[12])) / ticks)
 
 
 def plan_json(plan: Plan) -> bytes:

@@ -1,0 +1,92 @@
+"""zapd's resident memory and CPU with 10 devices polled every second, measured on the zapd process alone.
+
+The gateway is a small ARM box shared with nothing else we control, so the daemon's own cost is
+what matters: the simulator (9 hybrid inverters on one Modbus TCP endpoint + a DSMR meter on a
+pty, one telegram a second) and a loopback zapcloud run as separate processes and are not
+counted. Real time (clock speed 1): a faster clock would poll faster than 1 s and inflate CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.table import row
+from tests.e2e.harness import ProcSample, Site, proc_sample, wait_for
+
+COMMAND = "python -m bench.footprint"
+RSS_TARGET_MB = 50.0
+CPU_TARGET_PCT = 3.0
+INVERTERS = 9  # + the meter = 10 devices
+
+
+def quick() -> bool:
+    return os.environ.get("ZAPD_BENCH_QUICK") == "1"
+
+
+def start_site(tmp: Path, *, speed: float = 1.0, inverters: int = INVERTERS) -> Site:
+    """Cloud, simulator and zapd with `inverters` + 1 devices, every one polled once a (clock) second."""
+    site = Site(tmp, speed=speed)
+    site.zapd_overrides = {"poll_s": 1, "meter_poll_s": 1, "upload_interval_s": 10, "log_level": "warning"}
+    site.start_cloud()
+    site.keygen()
+    site.register()
+    site.start_sim(p1_interval_s=1.0, step_s=1.0, extra_units=inverters - 1)
+    site.start_zapd()
+    return site
+
+
+def measure(warmup_s: float, window_s: float) -> tuple[list[ProcSample], int]:
+    """Samples of the zapd process over the window (after warm-up), and readings it took in."""
+    with tempfile.TemporaryDirectory(prefix="zapd-footprint-") as tmp:
+        site = start_site(Path(tmp))
+        try:
+            wait_for(lambda: site.zapctl("status")["readings_in"] > 10 * INVERTERS, 30, "all devices reporting")
+            pid = site.zapctl("status")["pid"]
+            time.sleep(warmup_s)
+            before = site.zapctl("status")["readings_in"]
+            samples = [proc_sample(pid)]
+            end = time.monotonic() + window_s
+            while time.monotonic() < end:
+                time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+                samples.append(proc_sample(pid))
+            readings = site.zapctl("status")["readings_in"] - before
+            assert site.procs["zapd"].alive(), site.procs["zapd"].output()[-2000:]
+        finally:
+            site.stop_all()
+    return samples, readings
+
+
+def rows() -> list[dict[str, str]]:
+    warmup, window = (10.0, 20.0) if quick() else (20.0, 60.0)
+    samples, readings = measure(warmup, window)
+    first, last = samples[0], samples[-1]
+    cpu_pct = 100.0 * (last.cpu_s - first.cpu_s) / (last.at - first.at)
+    peak_mb = max(s.rss_kb for s in samples) / 1024
+    growth_mb = (last.rss_kb - first.rss_kb) / 1024
+    rate = readings / (last.at - first.at)
+    label = f"10 devices @1 s, {window:.0f} s window"
+    return [
+        row(f"zapd RSS peak ({label})", f"{peak_mb:.1f} MB", f"<= {RSS_TARGET_MB:g} MB", COMMAND),
+        row(f"zapd CPU ({label}, {rate:.0f} readings/s)", f"{cpu_pct:.2f} %", f"<= {CPU_TARGET_PCT:g} %", COMMAND),
+        row(f"zapd RSS growth over the window ({label})", f"{growth_mb:+.2f} MB", "-", COMMAND),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="20 s window instead of 60 s")
+    if parser.parse_args().quick:
+        os.environ["ZAPD_BENCH_QUICK"] = "1"
+    from bench.table import print_table
+
+    print_table(rows())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
