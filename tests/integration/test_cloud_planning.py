@@ -1,0 +1,201 @@
+"""Planning through a real `zapcloud serve` on 127.0.0.1 with a SQLite file: the planner loop publishes
+signed plans from telemetry and prices, the fleet endpoints aggregate them and dispatch a demand-response
+event; `--no-planner` keeps a worker from planning."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nacl.signing import SigningKey, VerifyKey
+
+from cloud_sync.keys import load_verify_key_b64, public_key_b64
+from cloud_sync.wire import WireReading, encode, make_batch, sign_body, sign_request, verify_plan
+from zapd.model import DerKind, IntentMode
+
+ADMIN = "planning-admin"
+REPO = Path(__file__).resolve().parents[2]
+AREA = "10YNL----------L"
+ASSETS: dict[str, Any] = {
+    "location": {"lat": 52.1, "lon": 5.18},
+    "grid": {"max_import_kw": 17.0, "max_export_kw": 10.0},
+    "battery": {"capacity_kwh": 10.0, "max_charge_kw": 5.0, "max_discharge_kw": 5.0},
+    "pv": [{"kwp": 4.0}],
+}
+TARIFF: dict[str, Any] = {"spot_area": AREA, "energy": {"kind": "spot"}, "energy_tax": 0.1, "vat": 0.21,
+                          "export": {"kind": "spot"}}  # fmt: skip
+
+
+@dataclass
+class Server:
+    client: httpx.Client
+    cloud_key: VerifyKey
+    log: Path
+
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(tmp: Path, *extra: str) -> Iterator[Server]:
+    env = {**os.environ, "ZAPCLOUD_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(REPO)}
+    env.pop("ZAPCLOUD_ENTSOE_TOKEN", None)  # no network at test time
+    port = _free_port()
+    log = tmp / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "cloud.cli", "serve", "--port", str(port), "--db",
+           f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}", "--key", str(tmp / "cloud.key"), *extra]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"zapcloud exited:\n{log.read_text()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/healthz").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"zapcloud did not come up:\n{log.read_text()}")
+                time.sleep(0.1)
+            m = re.search(r"cloud public key (\S+)", log.read_text())
+            assert m
+            yield Server(client, load_verify_key_b64(m.group(1)), log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def register(srv: Server, site_id: str) -> SigningKey:
+    key = SigningKey.generate()
+    body = {"site_id": site_id, "public_key": public_key_b64(key), "assets": ASSETS, "tariff": TARIFF}
+    r = srv.client.post("/v1/sites", json=body, headers=srv.admin())
+    assert r.status_code == 201, r.text
+    return key
+
+
+def send_telemetry(srv: Server, site_id: str, key: SigningKey, now: datetime, soc: float) -> None:
+    readings: list[WireReading] = []
+    seq = 1
+    t = now - timedelta(hours=6)
+    while t < now:
+        for der, kind, values in (
+            ("meter", DerKind.METER, {"power_w": 600.0}),
+            ("bat", DerKind.BATTERY, {"power_w": 0.0, "soc": soc}),
+        ):
+            readings.append(WireReading(seq=seq, der_id=der, kind=kind, ts=t, values=values))
+            seq += 1
+        t += timedelta(minutes=5)
+    body = encode(make_batch(site_id, readings))
+    r = srv.client.post(
+        f"/v1/sites/{site_id}/telemetry",
+        content=body,
+        headers={**sign_body(key, body), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+
+
+def put_prices(srv: Server, now: datetime) -> None:
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    # evening peak, cheap night and midday: the battery has something to do
+    prices = [0.08 + 0.12 * math.exp(-(((h % 24 - 18) / 2.5) ** 2)) - 0.05 * math.exp(-(((h % 24 - 13) / 2) ** 2))
+              for h in range(48)]  # fmt: skip
+    r = srv.client.put(
+        f"/v1/prices/{AREA}", json={"start": day.isoformat(), "step_minutes": 60, "prices": prices}, headers=srv.admin()
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == 48 * 4
+
+
+def get_plan(srv: Server, site_id: str, key: SigningKey) -> httpx.Response:
+    path = f"/v1/sites/{site_id}/plan"
+    return srv.client.get(path, headers=sign_request(key, "GET", path, datetime.now(UTC)))
+
+
+def wait_plan(srv: Server, site_id: str, key: SigningKey, min_version: int = 1, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = get_plan(srv, site_id, key)
+        if r.status_code == 200:
+            plan = verify_plan(r.content, r.headers.get("X-Zap-Signature"), srv.cloud_key, site_id=site_id,
+                               min_version_exclusive=None, now=datetime.now(UTC))  # fmt: skip
+            if plan.version >= min_version:
+                return plan
+        if time.monotonic() > deadline:
+            pytest.fail(f"no plan v{min_version} for {site_id}:\n{srv.log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def test_planner_loop_plans_and_the_fleet_responds(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    with serve(tmp_path) as srv:
+        keys = {sid: register(srv, sid) for sid in ("a", "b")}
+        for i, (sid, key) in enumerate(keys.items()):
+            send_telemetry(srv, sid, key, now, soc=0.6 + 0.2 * i)
+        put_prices(srv, now)
+        plans = {sid: wait_plan(srv, sid, key) for sid, key in keys.items()}
+        for plan in plans.values():
+            assert len(plan.slots) >= 4
+            assert plan.slots[0].start <= datetime.now(UTC) < plan.slots[0].end + timedelta(minutes=15)
+            assert {s.intent.mode for s in plan.slots} <= {IntentMode.SETPOINT, IntentMode.SELF_CONSUMPTION}
+
+        r = srv.client.get("/v1/fleet/flexibility", params={"slots": 8}, headers=srv.admin())
+        assert r.status_code == 200, r.text
+        flex = r.json()
+        assert flex["sites"] == 2 and len(flex["slots"]) == 8
+        first = flex["slots"][0]
+        assert first["sites"] == 2
+        assert first["down_kw"] > 1.0  # two batteries well above their reserve
+        assert first["up_kw"] > 1.0
+        assert srv.client.get("/v1/fleet/flexibility").status_code == 401
+
+        start = (now + timedelta(minutes=45)).replace(second=0, microsecond=0)
+        event = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(), "reduction_kw": 1.0}
+        r = srv.client.post("/v1/fleet/events", json=event, headers=srv.admin())
+        assert r.status_code == 201, r.text
+        result = r.json()
+        assert result["fully_met"] and result["met_kw"] >= 1.0
+        assert result["sites"], result
+        chosen = result["sites"][0]
+        plan = wait_plan(srv, chosen["site_id"], keys[chosen["site_id"]], min_version=chosen["plan_version"])
+        in_window = [s for s in plan.slots if start <= s.start < start + timedelta(hours=1)]
+        assert in_window and all(s.intent.grid_import_limit_w is not None for s in in_window)
+        assert max(s.intent.grid_import_limit_w or 0 for s in in_window) < 17000
+
+        bad = srv.client.post("/v1/fleet/events", json={**event, "reduction_kw": -1}, headers=srv.admin())
+        assert bad.status_code == 422
+        errs = srv.client.get("/v1/sites/a/forecast-errors", headers=srv.admin())
+        assert errs.status_code == 200 and errs.json()["site_id"] == "a"
+
+
+def test_no_planner_flag(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    with serve(tmp_path, "--no-planner") as srv:
+        key = register(srv, "quiet")
+        send_telemetry(srv, "quiet", key, now, soc=0.5)
+        put_prices(srv, now)
+        time.sleep(1.5)
+        assert get_plan(srv, "quiet", key).status_code == 404

@@ -1,0 +1,36 @@
+"""Demand-response allocation: convex hull of each site's curve, greedy by marginal cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloud.fleet import Option, SiteCurve, _lower_hull, allocate
+
+
+def opt(r: float, c: float, lam: float = 0.1) -> Option:
+    dummy: Any = None
+    return Option(incentive=lam, reduction_kw=r, extra_cost=c, prepared=dummy, solution=dummy)
+
+
+def test_hull_drops_dominated_and_non_convex_points() -> None:
+    pts = [opt(1.0, 1.0), opt(2.0, 5.0), opt(3.0, 6.0), opt(0.0, 0.0), opt(2.5, 9.0)]
+    hull = _lower_hull(pts)
+    # from (0,0): slope 1 to (1,1); then (3,6) at 2.5/kW beats (2,5) at 4/kW
+    assert [(p.reduction_kw, p.extra_cost) for p in hull] == [(1.0, 1.0), (3.0, 6.0)]
+
+
+def test_greedy_takes_the_cheapest_kw_first_and_stops_at_the_target() -> None:
+    cheap = SiteCurve("cheap", [opt(1.0, 0.5), opt(2.0, 2.0)])  # 0.5/kW then 1.5/kW
+    dear = SiteCurve("dear", [opt(1.5, 1.5)])  # 1.0/kW
+    chosen = allocate([cheap, dear], 2.4)
+    # order: cheap 1 kW (0.5), dear 1.5 kW (1.0) → 2.5 kW met, cheap's second step not needed
+    assert set(chosen) == {"cheap", "dear"}
+    assert chosen["cheap"].reduction_kw == 1.0
+    assert sum(o.reduction_kw for o in chosen.values()) == pytest.approx(2.5)
+
+
+def test_unreachable_target_takes_everything() -> None:
+    chosen = allocate([SiteCurve("a", [opt(1.0, 1.0), opt(2.0, 3.0)]), SiteCurve("b", [])], 10.0)
+    assert chosen["a"].reduction_kw == 2.0 and "b" not in chosen
