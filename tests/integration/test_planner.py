@@ -200,3 +200,31 @@ async def test_failed_plan_is_recorded_and_retried_later(db: Database) -> None:
     job = await store.job_state(db, "s4")
     assert job is not None and "prices known" in job["last_error"]
     assert await plan_next(db, SigningKey.generate(), "w", T0 + timedelta(minutes=1), opts) is None
+
+
+async def test_ev_session_is_scheduled_into_cheap_night_hours(db: Database) -> None:
+    assets = {**ASSETS, "ev": {"capacity_kwh": 60, "max_charge_kw": 11, "efficiency": 0.9, "arrival": "18:00",
+                               "departure": "07:00", "soc_at_arrival": 0.4, "soc_target": 0.8}}  # fmt: skip
+    tariff = {
+        "timezone": "Europe/Amsterdam",
+        "energy": {
+            "kind": "tou",
+            "tou": {"default": 0.30, "windows": [{"start": "01:00", "end": "05:00", "value": 0.1}]},
+        },
+    }
+    await register_site(db, "ev1", public_key_b64(SigningKey.generate()), assets=assets, tariff=tariff, now=T0)
+    await plan_site(db, "ev1", T0, SigningKey.generate())
+    plan_row = await db.latest_plan("ev1")
+    assert plan_row is not None
+    from cloud_sync.wire import decode_plan
+
+    plan = decode_plan(plan_row.body)
+    energy = {s.start: (s.intent.ev_w or 0.0) * 0.25 / 1000 for s in plan.slots}
+    arrival = datetime(2026, 6, 15, 16, 0, tzinfo=UTC)  # 18:00 CEST
+    departure = datetime(2026, 6, 16, 5, 0, tzinfo=UTC)  # 07:00 CEST
+    assert sum(energy.values()) == pytest.approx(0.4 * 60 / 0.9, rel=1e-3)
+    assert all(e == 0 for t, e in energy.items() if not arrival <= t < departure)
+    cheap = sum(
+        e for t, e in energy.items() if datetime(2026, 6, 15, 23, tzinfo=UTC) <= t < departure - timedelta(hours=2)
+    )
+    assert cheap == pytest.approx(sum(energy.values()), rel=0.05)  # 01:00-05:00 local
