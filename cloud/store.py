@@ -80,6 +80,8 @@ async def mark_due_on_telemetry(db: Database, now: datetime, min_interval: timed
             update(plan_jobs)
             .where(
                 plan_jobs.c.due_at > now,
+                # a site that failed waits for its retry time; new telemetry rarely fixes it
+                plan_jobs.c.last_error.is_(None),
                 plan_jobs.c.planned_through_seq < stored,
                 or_(plan_jobs.c.planned_at.is_(None), plan_jobs.c.planned_at <= now - min_interval),
             )

@@ -228,3 +228,13 @@ async def test_ev_session_is_scheduled_into_cheap_night_hours(db: Database) -> N
         e for t, e in energy.items() if datetime(2026, 6, 15, 23, tzinfo=UTC) <= t < departure - timedelta(hours=2)
     )
     assert cheap == pytest.approx(sum(energy.values()), rel=0.05)  # 01:00-05:00 local
+
+
+async def test_failing_site_is_not_hot_looped_by_telemetry(db: Database) -> None:
+    await register_site(db, "s5", public_key_b64(SigningKey.generate()), assets=ASSETS, tariff=TARIFF, now=T0)
+    await store.ensure_jobs(db, T0)
+    opts = PlannerOptions()
+    assert await plan_next(db, SigningKey.generate(), "w", T0, opts) == "s5"  # fails: no prices
+    await ingest(db, "s5", readings(T0, T0 + Q, 1))
+    assert await store.mark_due_on_telemetry(db, T0 + timedelta(minutes=1), opts.telemetry_min_interval) == 0
+    assert await plan_next(db, SigningKey.generate(), "w", T0 + timedelta(minutes=6), opts) == "s5"  # retry time
