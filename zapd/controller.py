@@ -161,8 +161,9 @@ class Controller:
         prev = self._written.get(sp.der_id)
         if prev is None or not prev.ok:
             return True
-        if (now - prev.at).total_seconds() >= self._refresh_s:
-            return True
+        elapsed = (now - prev.at).total_seconds()
+        if elapsed >= self._refresh_s or elapsed < 0:
+            return True  # < 0: the clock went back; waiting for it to catch up would let the device time out
         moved = abs(sp.power_w - prev.power_w)
         # Always honour a move to exactly idle, and any move past the deadband.
         return moved > self._deadband_w or (sp.power_w == 0.0 and prev.power_w != 0.0)

@@ -157,7 +157,7 @@ class Daemon:
 
     def _sink(self, reading: Reading) -> None:
         self.readings_in += 1
-        self.state.update(reading)
+        self.state.update(reading, now=self.clock.now())
         self.api.publish(reading)
         if self.telemetry is not None:
             self.telemetry.add(reading)

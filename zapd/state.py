@@ -66,10 +66,18 @@ class SiteState:
         self._poll_s[der_id] = poll_s
         self._kinds[der_id] = kind
 
-    def update(self, reading: Reading) -> None:
+    def update(self, reading: Reading, now: datetime | None = None) -> None:
+        """`now` (the daemon clock's) tells a late message from a clock stepped back.
+
+        A previous reading stamped further in the future than the staleness window means the clock
+        went back: it is no longer the newer one, and refusing what comes now would hold the site
+        for as long as the step.
+        """
         prev = self._latest.get(reading.der_id)
         if prev is not None and reading.ts < prev.ts:
-            return  # out of order: keep the newer one
+            clock_went_back = now is not None and (prev.ts - now).total_seconds() > self._limit(reading.der_id)
+            if not clock_went_back:
+                return  # out of order: keep the newer one
         self._latest[reading.der_id] = reading
         self._kinds.setdefault(reading.der_id, reading.kind)
 
@@ -80,11 +88,14 @@ class SiteState:
         r = self._latest.get(der_id)
         return None if r is None else (now - r.ts).total_seconds()
 
+    def _limit(self, der_id: str) -> float:
+        return STALE_AFTER_POLLS * self._poll_s.get(der_id, 10.0)
+
     def is_fresh(self, der_id: str, now: datetime) -> bool:
         r = self._latest.get(der_id)
         if r is None:
             return False
-        limit = STALE_AFTER_POLLS * self._poll_s.get(der_id, 10.0)
+        limit = self._limit(der_id)
         age = (now - r.ts).total_seconds()
         return -limit <= age <= limit
 
