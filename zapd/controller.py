@@ -8,6 +8,7 @@ interval ran out, or when the last write failed; every write is logged in the st
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class ControllerStats:
     cycles: int = 0
     writes: int = 0
     write_failures: int = 0
+    record_failures: int = 0  # command log / event rows the store refused
     last_cycle_ms: float = 0.0
     rung: Rung | None = None
     rung_since: datetime | None = None
@@ -82,6 +84,7 @@ class Controller:
         self._forced_rung = forced_rung
         self._wake = asyncio.Event()
         self._written: dict[str, _Written] = {}
+        self._record_failing = False
         self.stats = ControllerStats()
         self.cycle_listeners: list[Callable[[], Awaitable[None]]] = []
 
@@ -148,7 +151,7 @@ class Controller:
             results.append((result, ev.clamped_reason))
         self.stats.last_ev_setpoints = {ev.der_id: ev for ev in ev_setpoints}
         if results:
-            await self._store.log_commands(now, results)
+            await self._record(self._store.log_commands(now, results))
         self.stats.last_setpoints = {sp.der_id: sp for sp in setpoints}
         self.stats.cycles += 1
         self.stats.last_cycle_ms = (time.perf_counter() - started) * 1000
@@ -182,7 +185,22 @@ class Controller:
         self.stats.rung = decision.rung
         self.stats.rung_since = now
         self.stats.rung_reason = decision.reason
-        await self._store.add_event(now, "fallback", f"{decision.rung.name.lower()}: {decision.reason}")
+        await self._record(self._store.add_event(now, "fallback", f"{decision.rung.name.lower()}: {decision.reason}"))
+
+    async def _record(self, write: Awaitable[None]) -> None:
+        """The command log and events are the record, not the control: a store that fails (disk full)
+        must not stop the cycle. Logged once per failure streak."""
+        try:
+            await write
+        except (sqlite3.Error, OSError) as exc:
+            self.stats.record_failures += 1
+            if not self._record_failing:
+                self._record_failing = True
+                log.error("command_log_write_failed", error=str(exc))
+            return
+        if self._record_failing:
+            self._record_failing = False
+            log.info("command_log_write_recovered", failures=self.stats.record_failures)
 
     async def safe_mode(self) -> None:
         """Put every controllable device in its safe state; each bounded by its own timeout."""

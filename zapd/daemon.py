@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from zapd.supervisor import Supervisor
 log = structlog.get_logger(__name__)
 
 TELEMETRY_FLUSH_S = 1.0  # real seconds: one transaction (one fsync) per second at most
+MAX_PENDING = 200_000  # readings held in memory while the store fails: ~3 h of a 10-device site
+RETENTION_EVERY_S = 60.0  # clock seconds between retention passes
 SAFE_MODE_TIMEOUT_S = 10.0
 
 
@@ -40,15 +44,33 @@ class StartupError(Exception):
 
 
 class TelemetryWriter:
-    """Queues readings from the drivers and appends them to the outbox in batches."""
+    """Queues readings from the drivers and appends them to the outbox in batches.
 
-    def __init__(self, store: Store) -> None:
+    When the store cannot take them (disk full, I/O error) they stay queued in memory, up to
+    MAX_PENDING; past that the oldest are dropped and counted, the same rule as the outbox's
+    retention, so a disk that stays full cannot take the daemon's memory with it.
+    """
+
+    def __init__(self, store: Store, *, max_pending: int = MAX_PENDING) -> None:
         self._store = store
         self._pending: list[Reading] = []
+        self._max_pending = max_pending
+        self._failing_since: float | None = None
         self.written = 0
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def add(self, reading: Reading) -> None:
         self._pending.append(reading)
+        if len(self._pending) > self._max_pending:
+            excess = len(self._pending) - self._max_pending
+            del self._pending[:excess]
+            if not self.dropped:
+                log.error("telemetry_dropped_in_memory", reason="store failing and queue full", limit=self._max_pending)
+            self.dropped += excess
 
     async def flush(self) -> None:
         if not self._pending:
@@ -64,7 +86,22 @@ class TelemetryWriter:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TELEMETRY_FLUSH_S)
-            await self.flush()
+            try:
+                await self.flush()
+            except (sqlite3.Error, OSError) as exc:
+                # Logged once per failure streak; control must go on, and the readings wait in memory.
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.error("telemetry_store_failed", error=str(exc), pending=len(self._pending))
+                continue
+            if self._failing_since is not None:
+                log.info(
+                    "telemetry_store_recovered",
+                    failed_for_s=round(time.monotonic() - self._failing_since, 1),
+                    written=self.written,
+                    dropped_in_memory=self.dropped,
+                )
+                self._failing_since = None
 
 
 class LocalPlanFile:
@@ -212,7 +249,8 @@ class Daemon:
             dropped = await self.store.enforce_retention(cutoff, max_rows)
             if dropped:
                 log.warning("telemetry_dropped_by_retention", count=dropped)
-            await asyncio.sleep(60)
+            # Once a clock minute (a simulated day prunes like a real one), at most once a real second.
+            await asyncio.sleep(max(1.0, RETENTION_EVERY_S / self.clock.speed))
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
