@@ -22,7 +22,7 @@ from drivers.sim.p1_pty import TelegramSource
 
 log = structlog.get_logger(__name__)
 
-MAX_LINE = 64 * 1024
+MAX_LINE = 1024 * 1024  # a test may send a noise burst of a few hundred kB as hex
 
 
 class ModbusSwitch:
@@ -76,7 +76,7 @@ class SimControl:
                     answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the test hung up; nothing to clean beyond closing
         finally:
             writer.close()
