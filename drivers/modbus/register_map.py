@@ -116,8 +116,13 @@ class Field:
         if not math.isfinite(value):
             raise ValueError(f"field {self.name!r}: {value} is not a finite number")
         raw = value / self._factor(sf)
+        if not math.isfinite(raw):  # a finite value over a tiny scale: no register holds it
+            raise ValueError(f"field {self.name!r}: {value} does not fit {self.dtype.value}")
         if self.dtype in (DataType.FLOAT32, DataType.FLOAT64):
-            return encode_registers(raw, _REGISTER_TYPE[self.dtype], self.word_order)
+            try:
+                return encode_registers(raw, _REGISTER_TYPE[self.dtype], self.word_order)
+            except OverflowError:  # beyond float32's range: struct raises this, callers expect ValueError
+                raise ValueError(f"field {self.name!r}: {value} does not fit {self.dtype.value}") from None
         return self.encode_raw_int(round(raw))
 
     def encode_raw_int(self, raw: int) -> list[int]:
