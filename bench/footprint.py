@@ -24,6 +24,16 @@ CPU_TARGET_PCT = 3.0
 INVERTERS = 9  # + the meter = 10 devices
 
 
+def smaps_mb(pid: int) -> dict[str, float]:
+    """Pss (shared library pages split among their users) and private memory, which RSS overstates."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            out[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    return out
+
+
 def quick() -> bool:
     return os.environ.get("ZAPD_BENCH_QUICK") == "1"
 
@@ -40,8 +50,8 @@ def start_site(tmp: Path, *, speed: float = 1.0, inverters: int = INVERTERS) -> 
     return site
 
 
-def measure(warmup_s: float, window_s: float) -> tuple[list[ProcSample], int]:
-    """Samples of the zapd process over the window (after warm-up), and readings it took in."""
+def measure(warmup_s: float, window_s: float) -> tuple[list[ProcSample], int, dict[str, float]]:
+    """Samples of the zapd process over the window (after warm-up), readings it took in, and its smaps."""
     with tempfile.TemporaryDirectory(prefix="zapd-footprint-") as tmp:
         site = start_site(Path(tmp))
         try:
@@ -55,15 +65,16 @@ def measure(warmup_s: float, window_s: float) -> tuple[list[ProcSample], int]:
                 time.sleep(min(5.0, max(0.0, end - time.monotonic())))
                 samples.append(proc_sample(pid))
             readings = site.zapctl("status")["readings_in"] - before
+            smaps = smaps_mb(pid)
             assert site.procs["zapd"].alive(), site.procs["zapd"].output()[-2000:]
         finally:
             site.stop_all()
-    return samples, readings
+    return samples, readings, smaps
 
 
 def rows() -> list[dict[str, str]]:
     warmup, window = (10.0, 20.0) if quick() else (20.0, 60.0)
-    samples, readings = measure(warmup, window)
+    samples, readings, smaps = measure(warmup, window)
     first, last = samples[0], samples[-1]
     cpu_pct = 100.0 * (last.cpu_s - first.cpu_s) / (last.at - first.at)
     peak_mb = max(s.rss_kb for s in samples) / 1024
@@ -74,6 +85,13 @@ def rows() -> list[dict[str, str]]:
         row(f"zapd RSS peak ({label})", f"{peak_mb:.1f} MB", f"<= {RSS_TARGET_MB:g} MB", COMMAND),
         row(f"zapd CPU ({label}, {rate:.0f} readings/s)", f"{cpu_pct:.2f} %", f"<= {CPU_TARGET_PCT:g} %", COMMAND),
         row(f"zapd RSS growth over the window ({label})", f"{growth_mb:+.2f} MB", "-", COMMAND),
+        row(
+            f"zapd PSS / private / shared-clean at the end ({label})",
+            f"{smaps.get('Pss', 0):.1f} / {smaps.get('Private_Dirty', 0) + smaps.get('Private_Clean', 0):.1f} / "
+            f"{smaps.get('Shared_Clean', 0):.1f} MB",
+            "-",
+            COMMAND,
+        ),
     ]
 
 
