@@ -3,6 +3,8 @@
 Each bench module exposes `rows() -> list[dict[str, str]]` with keys name, value, target and
 command. A module that fails still gets a row (marked fail) so one broken bench never hides the
 others' figures. Modules of other teams (bench/backtest.py) are picked up when they exist.
+The whole run takes about 20 minutes (the 24-hour soak is 12 of them); `--quick` about 5, with
+smaller sizes that each metric names; `--only sync,latency` runs a subset.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import traceback
 
 from bench.table import Row, print_table
 
-MODULES = ("footprint", "latency", "sync", "optimizer", "backtest")
+MODULES = ("footprint", "latency", "sync", "optimizer", "backtest", "soak")
 
 
 def collect(names: list[str]) -> list[Row]:
