@@ -34,7 +34,7 @@ import httpx
 import msgspec
 import numpy as np
 import numpy.typing as npt
-import pandas as pd  # type: ignore[import-untyped]  # no stubs installed; pvlib hands us pandas anyway
+import pandas as pd
 import pvlib
 
 FloatArray = npt.NDArray[np.float64]

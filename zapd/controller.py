@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
@@ -21,7 +21,7 @@ from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.clock import Clock
 from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
 from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
-from zapd.model import BatterySetpoint, CommandResult, EvCurrent, Plan
+from zapd.model import BatterySetpoint, CommandResult, EvCurrent, Intent, Plan
 from zapd.state import SiteState
 from zapd.store import Store
 
@@ -47,6 +47,23 @@ class ControllerStats:
     rung_reason: str = ""
     last_setpoints: dict[str, Setpoint] = field(default_factory=dict)
     last_ev_setpoints: dict[str, EvSetpoint] = field(default_factory=dict)
+
+
+def limits_for(site: SiteLimits, intent: Intent) -> SiteLimits:
+    """The site's limits, tightened by a plan's grid limits for this slot (e.g. a demand-response event).
+
+    A plan can only make the limits stricter, never looser than the fuse and the export limit.
+    """
+    import_w = site.fuse_limit_w
+    if intent.grid_import_limit_w is not None:
+        import_w = min(import_w, max(0.0, intent.grid_import_limit_w))
+    export_w = site.max_export_w
+    if intent.grid_export_limit_w is not None:
+        limit = max(0.0, intent.grid_export_limit_w)
+        export_w = limit if export_w is None else min(export_w, limit)
+    if import_w == site.fuse_limit_w and export_w == site.max_export_w:
+        return site
+    return replace(site, fuse_limit_w=import_w, max_export_w=export_w)
 
 
 class Controller:
@@ -109,7 +126,8 @@ class Controller:
         forced = self._forced_rung() if self._forced_rung else None
         decision = forced or choose(now, self._plan_source(), self._plan_fresh(), snapshot)
         requested = resolve_battery_w(decision.intent, snapshot)
-        setpoints = clamp_batteries(requested, snapshot, self._batteries(), self._site, self._tick_s)
+        site = limits_for(self._site, decision.intent)
+        setpoints = clamp_batteries(requested, snapshot, self._batteries(), site, self._tick_s)
         return decision, setpoints
 
     def decide_evs(self, now: datetime, decision: Decision, setpoints: list[Setpoint]) -> list[EvSetpoint]:
@@ -118,7 +136,8 @@ class Controller:
         if not chargers:
             return []
         battery_new_w = sum(sp.power_w for sp in setpoints)
-        return clamp_evs(decision.intent, self._state.snapshot(now), chargers, self._site, battery_new_w)
+        site = limits_for(self._site, decision.intent)
+        return clamp_evs(decision.intent, self._state.snapshot(now), chargers, site, battery_new_w)
 
     async def cycle(self) -> None:
         started = time.perf_counter()

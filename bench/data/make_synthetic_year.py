@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd  # type: ignore[import-untyped]
+import pandas as pd
 import pvlib
 
 OUT = Path(__file__).with_name("synthetic_nl_2025_hourly.csv")

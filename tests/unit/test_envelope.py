@@ -124,3 +124,19 @@ def test_split_by_headroom() -> None:
     site = SiteLimits(1e9, 1e9, 230, 3, None)
     out = {s.der_id: s.power_w for s in clamp_batteries(4_000, snap, [big, small], site, TICK_S)}
     assert out["big"] == 3_000 and out["small"] == 1_000
+
+
+def test_plan_grid_limits_only_tighten() -> None:
+    from zapd.controller import limits_for
+    from zapd.model import Intent
+
+    site = SiteLimits(fuse_limit_w=17_250, fuse_a=25, voltage_v=230, phases=3, max_export_w=10_000)
+    tight = limits_for(site, Intent(battery_w=0.0, grid_import_limit_w=3_000, grid_export_limit_w=2_000))
+    assert tight.fuse_limit_w == 3_000 and tight.max_export_w == 2_000
+    loose = limits_for(site, Intent(battery_w=0.0, grid_import_limit_w=99_000, grid_export_limit_w=50_000))
+    assert loose == site
+    # An import cap from a demand-response slot makes the battery cover load above it.
+    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    snap = Snapshot(NOW, 4_000.0, None, None, {"b0": BatteryView("b0", 0.5, 0.0)})
+    (sp,) = clamp_batteries(0.0, snap, [b], tight, TICK_S)
+    assert sp.power_w == -1_000
