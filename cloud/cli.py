@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--key", default="zapcloud.key", help="cloud Ed25519 signing key file (created if missing)")
     serve.add_argument("--no-planner", action="store_true", help="do not run the planning loop in this worker")
+    serve.add_argument(
+        "--planner-idle-s", type=float, default=5.0, help="seconds the planner waits when no site is due"
+    )
 
     opt = sub.add_parser("optimize", help="solve one optimization problem (JSON) and print the solution")
     opt.add_argument("problem", help="path to PROBLEM.json, or - for stdin")
@@ -47,7 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from cloud.server import run_serve
 
-        return run_serve(db_url=args.db, host=args.host, port=args.port, key_path=args.key, planner=not args.no_planner)
+        return run_serve(
+            db_url=args.db,
+            host=args.host,
+            port=args.port,
+            key_path=args.key,
+            planner=not args.no_planner,
+            planner_idle_s=args.planner_idle_s,
+        )
     if args.command == "backtest":
         from cloud.backtest import run_backtest
 

@@ -202,7 +202,8 @@ class LocalApi:
         store = self._d.store
         if store is None:
             return
-        raw = await asyncio.wait_for(store.kv_get(KV_KEY), HANDLER_TIMEOUT_S)
+        async with asyncio.timeout(HANDLER_TIMEOUT_S):
+            raw = await store.kv_get(KV_KEY)
         ov = decode_override(raw) if raw else None
         if ov is not None and self.forced.restore(ov):
             log.warning("fallback_force_restored", rung=ov.rung.name.lower(), until=ov.until.isoformat())
@@ -232,12 +233,14 @@ class LocalApi:
             self._clients.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError, OSError):
-                await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await writer.wait_closed()
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT_S)
+                async with asyncio.timeout(IDLE_TIMEOUT_S):
+                    line = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():  # last request without a newline (`echo -n ... | nc -U`)
                     response, request = self._answer_line(exc.partial)
@@ -272,7 +275,8 @@ class LocalApi:
             self.errors += 1
             return _error("unknown_command", f"unknown cmd {request.cmd!r} (known: {', '.join(self._handlers)})")
         try:
-            data = await asyncio.wait_for(handler(request), HANDLER_TIMEOUT_S)
+            async with asyncio.timeout(HANDLER_TIMEOUT_S):
+                data = await handler(request)
         except RequestError as exc:
             self.errors += 1
             return _error(exc.code, str(exc))
@@ -287,7 +291,8 @@ class LocalApi:
 
     async def _send(self, writer: asyncio.StreamWriter, message: dict[str, object]) -> None:
         writer.write(_encoder.encode(message) + b"\n")
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await writer.drain()
 
     async def _follow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request) -> None:
         """Stream new readings until the client hangs up; heartbeats let it detect a stuck daemon."""

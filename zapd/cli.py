@@ -84,7 +84,9 @@ def cmd_devices_scan(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from zapd.demo import run_demo
 
-    return run_demo(hours=args.hours, speed=args.speed, out_dir=Path(args.out), quiet=args.quiet)
+    return run_demo(
+        hours=args.hours, speed=args.speed, out_dir=Path(args.out), quiet=args.quiet, use_cloud=not args.no_cloud
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=0.0, help="clock speed-up (0 = fit the run in ~45 s)")
     demo.add_argument("--out", default="demo-out", help="folder for the plot, database and config")
     demo.add_argument("--quiet", action="store_true", help="no daemon logs")
+    demo.add_argument(
+        "--no-cloud", action="store_true", help="plan locally into a plan file instead of a local zapcloud"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -97,6 +97,9 @@ class ModbusTcpDevice(_Strict):
     min_gap_ms: float = Field(default=0.0, ge=0, le=10_000, description="quiet time between frames on the bus")
     max_requests_per_s: float | None = Field(default=None, gt=0, le=1000, description="bus request-rate cap")
     max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000, description="flash wear cap; none = off")
+    command_timeout_s: int = Field(
+        default=300, ge=10, le=65_535, description="the device reverts to its own mode without a write this long"
+    )
     battery: BatteryLimits = BatteryLimits()
 
 
@@ -117,6 +120,9 @@ class ModbusRtuDevice(_Strict):
     min_gap_ms: float | None = Field(default=None, ge=0, le=10_000, description="none = 3.5 character times")
     max_requests_per_s: float | None = Field(default=None, gt=0, le=1000)
     max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000)
+    command_timeout_s: int = Field(
+        default=300, ge=10, le=65_535, description="the device reverts to its own mode without a write this long"
+    )
     battery: BatteryLimits = BatteryLimits()
 
     def line(self) -> tuple[int, str, int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -21,8 +22,8 @@ from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.clock import Clock
 from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
 from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
-from zapd.model import BatterySetpoint, CommandResult, EvCurrent, Intent, Plan
-from zapd.state import SiteState
+from zapd.model import BatterySetpoint, CommandResult, DerKind, EvCurrent, Intent, Plan
+from zapd.state import SiteState, Snapshot
 from zapd.store import Store
 
 log = structlog.get_logger(__name__)
@@ -101,6 +102,7 @@ class Controller:
         self._forced_rung = forced_rung
         self._wake = asyncio.Event()
         self._written: dict[str, _Written] = {}
+        self._write_history: dict[str, deque[_Written]] = {}
         self._record_failing = False
         self.stats = ControllerStats()
         self.cycle_listeners: list[Callable[[], Awaitable[None]]] = []
@@ -121,8 +123,33 @@ class Controller:
                 sleeper.cancel()
                 waker.cancel()
 
+    def _battery_at_meter_time(self, snapshot: Snapshot) -> Snapshot:
+        """Pair the meter reading with what each battery was doing *when the meter measured*.
+
+        Batteries are polled less often than the meter speaks. A battery polled before our last
+        accepted write is doing what we wrote, and the meter saw that; using the older polled power
+        would mis-estimate the house's own balance and make the loop overshoot and oscillate.
+        """
+        latest = self._state.latest()
+        meter_ts = max((r.ts for r in latest.values() if r.kind is DerKind.METER), default=None)
+        if meter_ts is None:
+            return snapshot
+        views = dict(snapshot.batteries)
+        changed = False
+        for der_id, view in views.items():
+            polled = latest.get(der_id)
+            writes = self._write_history.get(der_id, ())
+            before_meter = [w for w in writes if w.ok and w.at <= meter_ts]
+            if view.power_w is None or polled is None or not before_meter:
+                continue
+            last = before_meter[-1]
+            if last.at > polled.ts:
+                views[der_id] = replace(view, power_w=last.power_w)
+                changed = True
+        return replace(snapshot, batteries=views) if changed else snapshot
+
     def decide(self, now: datetime) -> tuple[Decision, list[Setpoint]]:
-        snapshot = self._state.snapshot(now)
+        snapshot = self._battery_at_meter_time(self._state.snapshot(now))
         forced = self._forced_rung() if self._forced_rung else None
         decision = forced or choose(now, self._plan_source(), self._plan_fresh(), snapshot)
         requested = resolve_battery_w(decision.intent, snapshot)
@@ -153,6 +180,8 @@ class Controller:
                 continue
             result = await actuator.apply(BatterySetpoint(der_id=sp.der_id, power_w=sp.power_w))
             self._written[sp.der_id] = _Written(sp.power_w, now, result.ok)
+            history = self._write_history.setdefault(sp.der_id, deque(maxlen=8))
+            history.append(self._written[sp.der_id])
             self.stats.writes += 1
             if not result.ok:
                 self.stats.write_failures += 1
@@ -225,7 +254,8 @@ class Controller:
         """Put every controllable device in its safe state; each bounded by its own timeout."""
         for der_id, actuator in self._actuators.items():
             try:
-                await asyncio.wait_for(actuator.safe_mode(), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    await actuator.safe_mode()
             except TimeoutError:
                 log.warning("safe_mode_timeout", der_id=der_id)
             except Exception as exc:  # one device failing must not stop the others going safe

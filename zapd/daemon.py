@@ -321,7 +321,8 @@ class Daemon:
         """Bounded cleanup: safe devices first, then the data."""
         if self.controller is not None:
             try:
-                await asyncio.wait_for(self.controller.safe_mode(), SAFE_MODE_TIMEOUT_S)
+                async with asyncio.timeout(SAFE_MODE_TIMEOUT_S):
+                    await self.controller.safe_mode()
             except TimeoutError:
                 log.error("safe_mode_timeout")
         if self.telemetry is not None:

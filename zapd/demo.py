@@ -20,14 +20,17 @@ import msgspec
 from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.p1_pty import SimP1Pty
 from drivers.sim.physics import BatteryModel, SimSite, load_power_w, pv_power_w
-from zapd.clock import ScaledClock
+from zapd.clock import SIM_CLOCK_ENV, ScaledClock, clock_from_env, sim_clock_env
 from zapd.config import validate_config
 from zapd.daemon import Daemon
-from zapd.model import EXPORT_WH, IMPORT_WH, DerKind, Intent, IntentMode, Plan, PlanSlot, Reading
+from zapd.demo_cloud import LocalCloud, cloud_config
+from zapd.model import EXPORT_WH, IMPORT_WH, DerKind, Intent, IntentMode, Plan, PlanSlot
 from zapd.store import Store
 
 DEMO_START = datetime(2026, 6, 21, 0, 0, tzinfo=UTC)
 DEMO_WALL_S = 40.0
+CLOUD_STARTUP_S = 6.0
+DEMO_SITE_ID = "demo"
 PHYSICS_STEP_S = 10.0
 SAMPLE_S = 300.0
 SLOT_MIN = 15
@@ -75,6 +78,7 @@ class Trace:
     pv_w: list[float] = field(default_factory=list)
     load_w: list[float] = field(default_factory=list)
     battery_w: list[float] = field(default_factory=list)
+    plan_w: list[float] = field(default_factory=list)  # the plan's battery setpoint; nan = local rules
 
 
 def build_plan(site: SimSite, start: datetime, hours: float) -> tuple[Plan | None, str]:
@@ -123,7 +127,7 @@ def build_plan(site: SimSite, start: datetime, hours: float) -> tuple[Plan | Non
         for i in range(steps)
     )
     plan = Plan(
-        site_id="demo",
+        site_id=DEMO_SITE_ID,
         version=1,
         issued_at=start,
         valid_until=start + timedelta(hours=hours),
@@ -134,7 +138,7 @@ def build_plan(site: SimSite, start: datetime, hours: float) -> tuple[Plan | Non
 
 def demo_config(out: Path, modbus_port: int, p1_port: str, plan_file: Path | None) -> dict[str, object]:
     config: dict[str, object] = {
-        "site": {"id": "demo", "phases": 3, "fuse_a": 25.0, "max_export_w": 10_000.0},
+        "site": {"id": DEMO_SITE_ID, "phases": 3, "fuse_a": 25.0, "max_export_w": 10_000.0},
         "control": {"tick_s": 60.0, "refresh_s": 120.0, "deadband_w": 50.0},
         "store": {"state_dir": str(out / "state")},
         "api": {"socket": str(out / "zapd.sock")},
@@ -149,6 +153,8 @@ def demo_config(out: Path, modbus_port: int, p1_port: str, plan_file: Path | Non
                 "map": "sim_hybrid",
                 "poll_s": 60.0,
                 "timeout_s": 2.0,
+                # An hour of site time is ~2 s of wall time here: give the dead-man timer room.
+                "command_timeout_s": 3600,
                 "battery": {"reserve_soc": RESERVE_SOC},
             },
             # Telegrams come every 20 s of site time; stale after 3 x 60 s leaves room for the event
@@ -161,12 +167,16 @@ def demo_config(out: Path, modbus_port: int, p1_port: str, plan_file: Path | Non
     return config
 
 
-async def _physics(site: SimSite, clock: ScaledClock, trace: Trace, end: datetime) -> None:
+async def _physics(site: SimSite, clock: ScaledClock, trace: Trace, end: datetime, daemon: Daemon) -> None:
     next_sample = clock.now()
     while True:
         now = clock.now()
         site.step(min(now, end), import_price(now), EXPORT_PRICE)
         if now >= next_sample:
+            plan = daemon.current_plan()
+            slot = plan.slot_at(now) if plan is not None else None
+            planned = slot.intent.battery_w if slot is not None and slot.intent.mode is IntentMode.SETPOINT else None
+            trace.plan_w.append(math.nan if planned is None else planned)
             trace.ts.append(now)
             trace.soc.append(site.battery.soc)
             trace.grid_w.append(site.grid_w)
@@ -204,23 +214,31 @@ def write_plan(site: SimSite, out: Path, hours: float) -> tuple[Path | None, str
 
 
 async def run_site(
-    site: SimSite, hours: float, speed: float, out: Path, plan_file: Path | None, plan_note: str
+    site: SimSite,
+    hours: float,
+    clock: ScaledClock,
+    out: Path,
+    plan_file: Path | None,
+    plan_note: str,
+    cloud: LocalCloud | None = None,
 ) -> dict[str, object]:
     state_db = out / "state" / "zapd.sqlite"
-    speed = speed if speed > 0 else hours * 3600 / DEMO_WALL_S
     modbus = await start_modbus_sim(site)
     meter = SimP1Pty(site)
     config_dict = demo_config(out, modbus.port, meter.port, plan_file)
+    if cloud is not None:
+        config_dict["cloud"] = cloud_config(cloud)
     await asyncio.to_thread((out / "zapd.toml").write_text, _to_toml(config_dict))
     config = validate_config(config_dict, str(out / "zapd.toml"))
-    clock = ScaledClock(DEMO_START, speed)
-    site.step(clock.now())
+    # The clock may already have started while the cloud came up: the day starts when we do.
+    start = max(DEMO_START, clock.now())
+    site.step(start)
     trace = Trace()
-    end = DEMO_START + timedelta(hours=hours)
+    end = start + timedelta(hours=hours)
     daemon = Daemon(config, clock)
     wall0 = time.monotonic()
     tasks = [
-        asyncio.create_task(_physics(site, clock, trace, end)),
+        asyncio.create_task(_physics(site, clock, trace, end, daemon)),
         asyncio.create_task(meter.run(clock, interval_s=20.0)),
     ]
     daemon_task = asyncio.create_task(daemon.run())
@@ -232,7 +250,8 @@ async def run_site(
         day.cancel()
         daemon.stop()
         try:
-            await asyncio.wait_for(daemon_task, 30)
+            async with asyncio.timeout(30):
+                await daemon_task
         finally:
             for t in tasks:
                 t.cancel()
@@ -242,12 +261,26 @@ async def run_site(
     end = min(end, clock.now())
     site.step(end, import_price(end), EXPORT_PRICE)
     wall = time.monotonic() - wall0
-    ran_h = (end - DEMO_START).total_seconds() / 3600
-    return await _summarize(site, trace, daemon, state_db, plan_note, ran_h, wall, out)
+    ran_h = (end - start).total_seconds() / 3600
+    if cloud is not None:
+        held = await asyncio.to_thread(cloud.stats)
+        plan_note = (
+            f"zapcloud planner: {held['plans']} signed plans (last v{held['last_version']}); "
+            f"{held['readings']} readings uploaded"
+        )
+    return await _summarize(site, trace, daemon, state_db, plan_note, ran_h, wall, out, cloud)
 
 
 async def _summarize(
-    site: SimSite, trace: Trace, daemon: Daemon, db: Path, plan_note: str, hours: float, wall: float, out: Path
+    site: SimSite,
+    trace: Trace,
+    daemon: Daemon,
+    db: Path,
+    plan_note: str,
+    hours: float,
+    wall: float,
+    out: Path,
+    cloud: LocalCloud | None,
 ) -> dict[str, object]:
     c = site.counters
     store = await Store.open(db)
@@ -255,7 +288,7 @@ async def _summarize(
         events = await store.events("fallback", limit=10_000)
         commands = await store.recent_commands(limit=100_000)
         stored = await store.last_seq()
-        metered = await _metered_energy(store)
+        metered = await _metered_energy(store, cloud)
     finally:
         await store.close()
     balance_in = c.pv_wh + c.import_wh + c.discharge_wh
@@ -286,32 +319,36 @@ async def _summarize(
         # What the daemon measured through the P1 meter, against the simulator's ground truth.
         "metered_import_kwh": metered[0] / 1000,
         "metered_export_kwh": metered[1] / 1000,
+        # Relative to the energy through the site: the meter counts whole Wh, so a tiny import alone
+        # would make rounding look like an error.
         "metering_error": (abs(metered[0] - c.import_wh) + abs(metered[1] - c.export_wh))
-        / max(c.import_wh + c.export_wh, 1.0),
+        / max(c.load_wh + c.pv_wh, 1.0),
     }
     _plot(trace, out / "demo.png")
     summary["plot"] = str(out / "demo.png")
     return summary
 
 
-async def _metered_energy(store: Store) -> tuple[float, float]:
-    """Import and export Wh between the first and last meter telegram the daemon stored."""
-    first: Reading | None = None
-    last: Reading | None = None
-    after = 0
+async def _metered_energy(store: Store, cloud: LocalCloud | None) -> tuple[float, float]:
+    """Import and export Wh between the first and last meter telegram zapd stored.
+
+    Readings already uploaded live in the cloud's database, the rest still in the outbox.
+    """
+    meter: list[tuple[int, dict[str, float]]] = []
+    if cloud is not None:
+        meter = await asyncio.to_thread(cloud.meter_counters)
+    after = meter[-1][0] if meter else 0
     while rows := await store.outbox_after(after, 5000):
         for row in rows:
             r = row.reading()
-            if r.kind is DerKind.METER and IMPORT_WH in r.values:
-                first = first or r
-                last = r
+            if r.kind is DerKind.METER:
+                meter.append((row.seq, r.values))
         after = rows[-1].seq
-    if first is None or last is None:
+    meter = [(seq, v) for seq, v in meter if IMPORT_WH in v]
+    if not meter:
         return 0.0, 0.0
-    return (
-        last.values[IMPORT_WH] - first.values[IMPORT_WH],
-        last.values.get(EXPORT_WH, 0.0) - first.values.get(EXPORT_WH, 0.0),
-    )
+    first, last = meter[0][1], meter[-1][1]
+    return last[IMPORT_WH] - first[IMPORT_WH], last.get(EXPORT_WH, 0.0) - first.get(EXPORT_WH, 0.0)
 
 
 def _plot(trace: Trace, path: Path) -> None:
@@ -327,6 +364,8 @@ def _plot(trace: Trace, path: Path) -> None:
     ax1.plot(trace.ts, [w / 1000 for w in trace.pv_w], label="PV kW")
     ax1.plot(trace.ts, [w / 1000 for w in trace.load_w], label="load kW")
     ax1.plot(trace.ts, [w / 1000 for w in trace.battery_w], label="battery (+charge) kW")
+    ax1.step(trace.ts, [w / 1000 for w in trace.plan_w], where="post", linestyle=":", color="black",
+             label="plan: battery setpoint kW (gaps: local rules)")  # fmt: skip
     ax1.set_ylabel("kW")
     ax1.legend(loc="upper left", fontsize=8)
     ax1.grid(alpha=0.3)
@@ -410,7 +449,7 @@ def format_summary(s: dict[str, object]) -> str:
         (
             "metered by zapd (P1)",
             f"{f('metered_import_kwh')} / {f('metered_export_kwh')} kWh",
-            f"import/export; error vs. truth {f('metering_error', '{:.2%}')}",
+            f"import/export; error vs. truth {f('metering_error', '{:.2%}')} of site energy",
         ),
         ("commands written", f("commands", "{}"), f"readings stored {s['readings_stored']}"),
         ("fallback transitions", str(len(s["fallback_transitions"])), "; ".join(s["fallback_transitions"])[:90]),  # type: ignore[arg-type]
@@ -421,13 +460,61 @@ def format_summary(s: dict[str, object]) -> str:
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)
 
 
-def run_demo(*, hours: float, speed: float, out_dir: Path, quiet: bool = False) -> int:
+def run_demo(*, hours: float, speed: float, out_dir: Path, quiet: bool = False, use_cloud: bool = True) -> int:
     from zapd.logs import configure
 
     configure("error" if quiet else "warning")
     prepare_out_dir(out_dir)
     site = new_site()
-    plan_file, plan_note = write_plan(site, out_dir, hours)
-    summary = asyncio.run(run_site(site, hours, speed, out_dir, plan_file, plan_note))
+    speed = speed if speed > 0 else hours * 3600 / DEMO_WALL_S
+    cloud: LocalCloud | None = None
+    plan_file: Path | None = None
+    plan_note = ""
+    # The shared clock starts a few seconds from now, so the cloud process is up when the day begins.
+    clock_env = sim_clock_env(DEMO_START, speed, wall_ref=time.time() + CLOUD_STARTUP_S)
+    clock = clock_from_env({SIM_CLOCK_ENV: clock_env})
+    assert isinstance(clock, ScaledClock)
+    if use_cloud and cloud_available():
+        cloud = LocalCloud(out_dir, clock_env, DEMO_SITE_ID)
+        try:
+            cloud.start()
+            cloud.register(out_dir / "state", site)
+            day0 = DEMO_START - timedelta(days=1)
+            cloud.publish_prices(day0, [import_price(day0 + timedelta(hours=h)) for h in range(24)], days=4)
+        except Exception:
+            cloud.stop()
+            raise
+    else:
+        plan_file, plan_note = write_plan(site, out_dir, hours)
+    try:
+        summary = asyncio.run(_wait_then_run(site, hours, clock, out_dir, plan_file, plan_note, cloud))
+    finally:
+        if cloud is not None:
+            cloud.stop()
     print(format_summary(summary))
     return 0
+
+
+async def _wait_then_run(
+    site: SimSite,
+    hours: float,
+    clock: ScaledClock,
+    out: Path,
+    plan_file: Path | None,
+    plan_note: str,
+    cloud: LocalCloud | None,
+) -> dict[str, object]:
+    wait_s = (DEMO_START - clock.now()).total_seconds() / clock.speed
+    await asyncio.sleep(max(0.0, wait_s))
+    return await run_site(site, hours, clock, out, plan_file, plan_note, cloud)
+
+
+def cloud_available() -> bool:
+    """The local cloud needs the [cloud] extra (solver, web stack)."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import cloud.planner  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -73,6 +73,7 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
                 max_discharge_w=dev.battery.max_discharge_w,
                 capacity_wh=dev.battery.capacity_wh,
                 max_writes_per_hour=dev.max_writes_per_hour,
+                device_command_timeout_s=dev.command_timeout_s,
             )
             out.drivers.append(inverter)
             battery_id = f"{dev.id}.battery"

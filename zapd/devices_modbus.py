@@ -46,6 +46,7 @@ def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
         max_discharge_w=dev.battery.max_discharge_w,
         capacity_wh=dev.battery.capacity_wh,
         max_writes_per_hour=dev.max_writes_per_hour,
+        device_command_timeout_s=dev.command_timeout_s,
     )
     out.drivers.append(inverter)
     battery_id = inverter.battery_id

@@ -35,6 +35,7 @@ from cloud_sync.wire import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     MAX_BODY_BYTES,
+    MAX_REQUEST_SKEW_S,
     GapError,
     TelemetryAck,
     WireError,
@@ -92,6 +93,7 @@ class _Context:
     admin_token: str | None
     clock: Callable[[], datetime]
     metrics: Metrics
+    max_request_skew_s: float = MAX_REQUEST_SKEW_S
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -104,6 +106,8 @@ def create_app(
     admin_token: str | None = None,
     clock: Callable[[], datetime] | None = None,
     planner: bool = True,
+    planner_idle_s: float = 5.0,
+    max_request_skew_s: float = MAX_REQUEST_SKEW_S,
 ) -> Starlette:
     """Build the ASGI app. `admin_token` defaults to $ZAPCLOUD_ADMIN_TOKEN (unset: no admin auth).
 
@@ -119,6 +123,7 @@ def create_app(
         admin_token=admin_token,
         clock=clock or (lambda: datetime.now(UTC)),
         metrics=Metrics(),
+        max_request_skew_s=max_request_skew_s,
     )
 
     @contextlib.asynccontextmanager
@@ -131,7 +136,13 @@ def create_app(
             from cloud.planner import price_client_from_env, run_planner
 
             planning = asyncio.create_task(
-                run_planner(ctx.db, ctx.signing_key, clock=ctx.clock, price_client=price_client_from_env()),
+                run_planner(
+                    ctx.db,
+                    ctx.signing_key,
+                    clock=ctx.clock,
+                    price_client=price_client_from_env(),
+                    idle_s=planner_idle_s,
+                ),
                 name="planner",
             )
         try:
@@ -346,6 +357,7 @@ async def _plan_get(ctx: _Context, request: Request) -> Response:
         request.headers.get(HEADER_TIMESTAMP),
         request.headers.get(HEADER_SIGNATURE),
         now=ctx.clock(),
+        max_skew_s=ctx.max_request_skew_s,
     )
     if problem is not None:
         raise ApiError(401, problem, "request signature or timestamp not accepted")

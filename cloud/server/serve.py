@@ -10,11 +10,14 @@ from sqlalchemy.exc import ArgumentError
 
 from cloud.server.app import create_app
 from cloud_sync.keys import KeyFileError, key_id, load_or_create_signing_key, public_key_b64
+from cloud_sync.wire import MAX_REQUEST_SKEW_S
 from zapd.clock import clock_from_env
 from zapd.logs import configure as configure_logging
 
 
-def run_serve(*, db_url: str, host: str, port: int, key_path: str, planner: bool = True) -> int:
+def run_serve(
+    *, db_url: str, host: str, port: int, key_path: str, planner: bool = True, planner_idle_s: float = 5.0
+) -> int:
     """Run until SIGINT/SIGTERM. Exit 0 after a clean stop, 1 if it could not start, 2 on bad input."""
     configure_logging()
     try:
@@ -30,7 +33,15 @@ def run_serve(*, db_url: str, host: str, port: int, key_path: str, planner: bool
         print(f"zapcloud: {exc}", file=sys.stderr)
         return 2
     try:
-        app = create_app(db_url, key, clock=sim_clock.now, planner=planner)
+        app = create_app(
+            db_url,
+            key,
+            clock=sim_clock.now,
+            planner=planner,
+            planner_idle_s=planner_idle_s,
+            # The allowed skew of a signed request is real time; on a sped-up test clock it scales.
+            max_request_skew_s=MAX_REQUEST_SKEW_S * sim_clock.speed,
+        )
     except (ArgumentError, ValueError) as exc:
         print(f"zapcloud: --db: {exc}", file=sys.stderr)
         return 2

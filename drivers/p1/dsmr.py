@@ -176,7 +176,8 @@ class P1Meter:
         backoff = BACKOFF_INITIAL_S
         while True:
             try:
-                reader, writer = await asyncio.wait_for(self.transport.open(), CONNECT_TIMEOUT_S)
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    reader, writer = await self.transport.open()
             except (OSError, TimeoutError) as exc:
                 self._link_down("connect failed", exc)
             else:
@@ -207,7 +208,8 @@ class P1Meter:
     async def _close(self, writer: asyncio.StreamWriter) -> None:
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await writer.wait_closed()
 
     async def _read(self, reader: asyncio.StreamReader, sink: ReadingSink) -> bool:
         """Read until EOF (returns) or a link error/long silence (raises). True if a reading was made."""
@@ -219,7 +221,8 @@ class P1Meter:
             limit = self.reconnect_after_silent_s if self._silent else self.silence_timeout_s
             remaining = last_good + limit - time.monotonic()
             try:
-                data = await asyncio.wait_for(reader.read(4096), max(0.001, remaining))
+                async with asyncio.timeout(max(0.001, remaining)):
+                    data = await reader.read(4096)
             except TimeoutError:
                 if self._silent:
                     raise _Silent(f"no telegram for {self.reconnect_after_silent_s:.1f}s") from None

@@ -63,7 +63,8 @@ class SimControl:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

@@ -332,7 +332,8 @@ class SimP1Tcp(TelegramSource):
         await self.drop_clients()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
             self._server = None
 
     async def drop_clients(self) -> None:
@@ -341,7 +342,8 @@ class SimP1Tcp(TelegramSource):
             w.close()
         for w in writers:
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(w.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await w.wait_closed()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -361,7 +363,8 @@ class SimP1Tcp(TelegramSource):
                 continue
             w.write(data)
             try:
-                await asyncio.wait_for(w.drain(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await w.drain()
             except (OSError, TimeoutError):
                 self._writers.discard(w)
                 w.close()
