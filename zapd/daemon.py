@@ -25,7 +25,7 @@ from zapd.config import ZapdConfig
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
 from zapd.envelope import BatteryEnvelope, SiteLimits
-from zapd.model import DerKind, Plan, Reading
+from zapd.model import DerCapabilities, DerKind, Plan, Reading
 from zapd.sdnotify import Notifier
 from zapd.state import SiteState
 from zapd.store import Store
@@ -295,6 +295,7 @@ class Daemon:
         self.supervisor.add("controller", self._run_controller)
         self.supervisor.add("telemetry_writer", self.telemetry.run)
         self.supervisor.add("retention", self._retention)
+        self.supervisor.add("device_report", self._report_devices)
         self.supervisor.add("api", self.api.serve)
         if self.cloud is not None:
             self.supervisor.add("uploader", self.cloud.uploader.run)
@@ -312,6 +313,28 @@ class Daemon:
                 await sup_task
             await asyncio.shield(self._shutdown())
         return 0
+
+    async def _report_devices(self) -> None:
+        """Log what each device showed it can do, once at start and again whenever that changes
+        (a device that was down at start is reported when its first probe succeeds)."""
+        reported: dict[str, DerCapabilities] = {}
+        while True:
+            for driver in self.devices.drivers:
+                for cap in driver.capabilities():
+                    if reported.get(cap.der_id) != cap:
+                        reported[cap.der_id] = cap
+                        log.info(
+                            "device_discovered",
+                            device=driver.name,
+                            der_id=cap.der_id,
+                            kind=cap.kind.value,
+                            model=cap.model,
+                            controllable=cap.controllable,
+                            max_charge_w=cap.max_charge_w,
+                            max_discharge_w=cap.max_discharge_w,
+                            capacity_wh=cap.capacity_wh,
+                        )
+            await asyncio.sleep(5.0)
 
     async def _run_controller(self) -> None:
         assert self.controller is not None

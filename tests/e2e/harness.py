@@ -188,6 +188,11 @@ class Site:
             rows = db.execute("SELECT seq FROM telemetry WHERE site_id = ? ORDER BY seq", (self.site_id,))
             return [int(r[0]) for r in rows]
 
+    def cloud_rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Any query against the cloud's SQLite file (the tests read what the cloud really stored)."""
+        with contextlib.closing(sqlite3.connect(self.cloud_db, timeout=10)) as db:
+            return list(db.execute(sql, ()))
+
     # --- simulator ----------------------------------------------------------------------------
 
     @property

@@ -61,6 +61,14 @@ def test_ladder_offline_and_back(site: Site) -> None:
     wait_for(lambda: rung(site) == "plan" and plan_version(site) == 1, 30, "plan v1 in force")
     wait_for(lambda: abs((battery_power(site) or 0) - 1500.0) < 1.0, 30, "battery following the plan")
     wait_for(lambda: len(site.cloud_seqs()) > 10, 30, "telemetry in the cloud")
+    # The Zap reported its DERs (signed) and what it did with the plan (command results).
+    ders = {row[0] for row in site.cloud_rows("SELECT der_id FROM der_models")}
+    assert {"inverter.battery", "inverter.pv", "meter"} <= ders
+    wait_for(
+        lambda: site.cloud_rows("SELECT COUNT(*) FROM command_reports WHERE result = 'ok'")[0][0] > 0,
+        30,
+        "command reports in the cloud",
+    )
     timings = {"plan": time.monotonic() - t0}
 
     # Rung 2: the cloud goes away; the cached plan keeps running.
