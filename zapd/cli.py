@@ -134,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from zapd.logs import configure
+
     args = build_parser().parse_args(argv)
+    configure("warning")  # logs go to stderr, so --json output on stdout stays clean
     result: int = args.func(args)
     return result
 

@@ -5,7 +5,7 @@ transaction per flush, about once a second), so FULL costs one fsync per batch, 
 exchange a committed reading survives power loss, which is what "no stored reading is
 lost" promises. With NORMAL a power cut could roll back the last committed transactions
 (the database would stay consistent, but readings we believed stored would be gone).
-See docs/store.md.
+See docs/decisions.md.
 """
 
 from __future__ import annotations
