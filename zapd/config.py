@@ -23,11 +23,35 @@ class _Strict(BaseModel):
 
 
 class SiteConfig(_Strict):
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    phases: Literal[1, 3] = 3
-    voltage_v: float = Field(default=230.0, gt=0, le=480)
-    fuse_a: float = Field(gt=0, le=1000, description="main fuse rating per phase")
-    max_export_w: float | None = Field(default=None, ge=0, description="grid export limit; None = fuse")
+    id: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Site id as registered with the cloud: letters, digits, `.`, `_` and `-`.",
+    )
+    phases: Literal[1, 3] = Field(default=3, description="Phases of the grid connection.")
+    voltage_v: float = Field(
+        default=230.0,
+        gt=0,
+        le=480,
+        description="Nominal phase voltage in V; with `fuse_a` and `phases` it sets the site's import limit.",
+    )
+    fuse_a: float = Field(
+        gt=0,
+        le=1000,
+        description=(
+            "Main fuse rating per phase in A. No command may take the site's import above `fuse_a` × "
+            "`voltage_v` × `phases` × `control.fuse_margin`."
+        ),
+    )
+    max_export_w: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Grid export limit in W (e.g. set by the DSO): battery discharge is held back so the site exports "
+            "no more. Not set: only the fuse limits export."
+        ),
+    )
 
     @property
     def fuse_limit_w(self) -> float:
@@ -35,29 +59,104 @@ class SiteConfig(_Strict):
 
 
 class ControlConfig(_Strict):
-    tick_s: float = Field(default=10.0, gt=0, le=3600)
-    refresh_s: float = Field(default=60.0, gt=0, le=3600, description="re-write an unchanged setpoint")
-    deadband_w: float = Field(default=50.0, ge=0, le=10_000)
-    fuse_margin: float = Field(default=0.95, gt=0, le=1)
+    tick_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Control cycle period in s; a new meter reading also starts a cycle at once.",
+    )
+    refresh_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Re-write an unchanged setpoint after this many s, so a device with a command timeout keeps it.",
+    )
+    deadband_w: float = Field(
+        default=50.0,
+        ge=0,
+        le=10_000,
+        description=(
+            "A setpoint that moved by this many W or less is not re-written (saves device writes); a move to "
+            "0 W is always written."
+        ),
+    )
+    fuse_margin: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Fraction of the fuse limit the controller may use; 0.95 keeps 5 % headroom for meter lag.",
+    )
 
 
 class StoreConfig(_Strict):
-    state_dir: Path = Path("/var/lib/zapd")
-    retention_days: float = Field(default=30.0, gt=0, le=3650)
-    retention_mb: float = Field(default=512.0, gt=0)
+    state_dir: Path = Field(
+        default=Path("/var/lib/zapd"),
+        description="State directory: `zapd.sqlite` (WAL) and `keys/` (the Zap's key pair) live here.",
+    )
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=3650,
+        description="Unsent telemetry older than this many days is dropped (counted and logged, never silently).",
+    )
+    retention_mb: float = Field(
+        default=512.0,
+        gt=0,
+        description=(
+            "Size budget of the unsent-telemetry outbox in MiB (about 150 bytes per reading); beyond it the "
+            "oldest readings are dropped (counted and logged)."
+        ),
+    )
 
 
 class PlanConfig(_Strict):
-    file: Path | None = None
+    file: Path | None = Field(
+        default=None,
+        description=(
+            "A local plan file (JSON, the Plan wire format), used when there is no cloud plan; re-read "
+            "when it changes, an invalid file is rejected and logged. Not set: no local plan."
+        ),
+    )
 
 
 class CloudConfig(_Strict):
-    url: str = Field(pattern=r"^https?://")
-    public_key: str = Field(min_length=40, description="the cloud's Ed25519 public key, base64")
-    upload_interval_s: float = Field(default=10.0, gt=0, le=3600)
-    plan_interval_s: float = Field(default=60.0, gt=0, le=86_400)
-    timeout_s: float = Field(default=10.0, gt=0, le=120)
-    batch_max: int = Field(default=5000, ge=1, le=10_000)
+    url: str = Field(pattern=r"^https?://", description="Base URL of the zapcloud endpoint (`http://` or `https://`).")
+    public_key: str = Field(
+        min_length=40,
+        description=(
+            "The cloud's Ed25519 public key: 32 bytes in base64, as printed by `zapcloud serve`. Plans signed "
+            "by any other key are rejected."
+        ),
+    )
+    upload_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds between telemetry uploads; while offline readings wait in the outbox (see `[store]` retention)."
+        ),
+    )
+    plan_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between plan fetches (a conditional GET: cheap when nothing changed).",
+    )
+    timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description=(
+            "Timeout of each request to the cloud in s; a request that takes longer fails and is tried again "
+            "at the next interval."
+        ),
+    )
+    batch_max: int = Field(
+        default=5000,
+        ge=1,
+        le=10_000,
+        description="Most readings in one upload; a longer backlog goes up in several batches.",
+    )
 
     @field_validator("public_key")
     @classmethod
@@ -72,11 +171,31 @@ class CloudConfig(_Strict):
 
 
 class BatteryLimits(_Strict):
-    capacity_wh: float | None = Field(default=None, gt=0)
-    max_charge_w: float | None = Field(default=None, ge=0)
-    max_discharge_w: float | None = Field(default=None, ge=0)
-    reserve_soc: float = Field(default=0.10, ge=0, le=1)
-    max_soc: float = Field(default=1.0, gt=0, le=1)
+    capacity_wh: float | None = Field(
+        default=None, gt=0, description="Usable capacity in Wh. Not set: the capacity the device reports."
+    )
+    max_charge_w: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Highest charge power in W; the lower of this and the device's nameplate is used. Not set: the nameplate."
+        ),
+    )
+    max_discharge_w: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Highest discharge power in W; the lower of this and the device's nameplate is used. Not set: the "
+            "nameplate."
+        ),
+    )
+    reserve_soc: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="Never discharge below this SoC (fraction 0..1), whatever a plan says; must be below `max_soc`.",
+    )
+    max_soc: float = Field(default=1.0, gt=0, le=1, description="Never charge above this SoC (fraction 0..1).")
 
     @model_validator(mode="after")
     def _reserve_below_max(self) -> BatteryLimits:
@@ -86,44 +205,155 @@ class BatteryLimits(_Strict):
 
 
 class ModbusTcpDevice(_Strict):
-    driver: Literal["modbus_tcp"]
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=247)
-    map: str = Field(min_length=1, description="register map name or path")
-    poll_s: float = Field(default=5.0, gt=0, le=3600)
-    timeout_s: float = Field(default=3.0, gt=0, le=60)
-    min_gap_ms: float = Field(default=0.0, ge=0, le=10_000, description="quiet time between frames on the bus")
-    max_requests_per_s: float | None = Field(default=None, gt=0, le=1000, description="bus request-rate cap")
-    max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000, description="flash wear cap; none = off")
-    command_timeout_s: int = Field(
-        default=300, ge=10, le=65_535, description="the device reverts to its own mode without a write this long"
+    driver: Literal["modbus_tcp"] = Field(
+        description=(
+            "A hybrid inverter or battery over Modbus-TCP, read and controlled through a register map. Its "
+            "DERs are `<id>.battery` and `<id>.pv`."
+        )
     )
-    battery: BatteryLimits = BatteryLimits()
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Device id, unique in the file: names its DERs and appears in logs. Letters, digits, `_` and `-`.",
+    )
+    host: str = Field(min_length=1, description="IP address or host name of the device or its Modbus gateway.")
+    port: int = Field(default=502, ge=1, le=65535, description="Modbus-TCP port.")
+    unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
+    map: str = Field(
+        min_length=1,
+        description=(
+            "Register map: a name shipped with zapd (`drivers/modbus/maps/NAME.toml`) or a path to your own file."
+        ),
+    )
+    poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Poll period in s; a reading older than three periods counts as unknown.",
+    )
+    timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
+    )
+    min_gap_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description=(
+            "Quiet time between Modbus frames in ms (many TCP-to-RTU gateways need tens of ms). Devices "
+            "behind one host and port share the strictest setting."
+        ),
+    )
+    max_requests_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description=(
+            "Cap on Modbus requests per second to this host and port; requests beyond it wait. Not set: no cap."
+        ),
+    )
+    max_writes_per_hour: int | None = Field(
+        default=360,
+        ge=1,
+        le=100_000,
+        description=(
+            "Cap on register writes per rolling hour (inverter flash wears out). Beyond it commands are "
+            "refused and logged, and the device keeps its last setpoint until its command timeout. A setpoint "
+            "the device already holds is not written again."
+        ),
+    )
+    command_timeout_s: int = Field(
+        default=300,
+        ge=10,
+        le=65_535,
+        description=(
+            "Written to the device: without a write from zapd for this many s it returns to its own mode. "
+            "zapd re-writes within half of it."
+        ),
+    )
+    battery: BatteryLimits = Field(default=BatteryLimits(), description="Limits of the battery behind this device.")
 
 
 class ModbusRtuDevice(_Strict):
     """A register-map device on an RS-485 line; every device on one port must share its line settings."""
 
-    driver: Literal["modbus_rtu"]
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    port: str = Field(min_length=1, description="serial device, e.g. /dev/ttyUSB0")
-    baudrate: int = Field(default=9600, ge=300, le=921_600)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    unit_id: int = Field(default=1, ge=1, le=247)
-    map: str = Field(min_length=1, description="register map name or path")
-    poll_s: float = Field(default=5.0, gt=0, le=3600)
-    timeout_s: float = Field(default=1.0, gt=0, le=60)
-    min_gap_ms: float | None = Field(default=None, ge=0, le=10_000, description="none = 3.5 character times")
-    max_requests_per_s: float | None = Field(default=None, gt=0, le=1000)
-    max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000)
-    command_timeout_s: int = Field(
-        default=300, ge=10, le=65_535, description="the device reverts to its own mode without a write this long"
+    driver: Literal["modbus_rtu"] = Field(
+        description=(
+            "A hybrid inverter or battery on an RS-485 line (Modbus RTU), through a register map. Its DERs "
+            "are `<id>.battery` and `<id>.pv` (when the map has PV). Devices on one serial port must share "
+            "baudrate, parity, stopbits and bytesize, and need different unit ids."
+        )
     )
-    battery: BatteryLimits = BatteryLimits()
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Device id, unique in the file: names its DERs and appears in logs. Letters, digits, `_` and `-`.",
+    )
+    port: str = Field(min_length=1, description="Serial device of the RS-485 adapter, e.g. `/dev/ttyUSB0`.")
+    baudrate: int = Field(
+        default=9600, ge=300, le=921_600, description="Line speed in bit/s; the same for every device on this port."
+    )
+    parity: Literal["N", "E", "O"] = Field(
+        default="N", description="Parity: none, even or odd; the same for every device on this port."
+    )
+    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits; the same for every device on this port.")
+    bytesize: Literal[7, 8] = Field(default=8, description="Data bits; the same for every device on this port.")
+    unit_id: int = Field(default=1, ge=1, le=247, description="Modbus unit (slave) id; unique on this port.")
+    map: str = Field(
+        min_length=1,
+        description=(
+            "Register map: a name shipped with zapd (`drivers/modbus/maps/NAME.toml`) or a path to your own file."
+        ),
+    )
+    poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Poll period in s; a reading older than three periods counts as unknown.",
+    )
+    timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
+    )
+    min_gap_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description=(
+            "Quiet time between frames in ms. Not set: 3.5 character times (1.75 ms above 19200 bit/s), as "
+            "Modbus RTU requires."
+        ),
+    )
+    max_requests_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="Cap on Modbus requests per second on this serial line; requests beyond it wait. Not set: no cap.",
+    )
+    max_writes_per_hour: int | None = Field(
+        default=360,
+        ge=1,
+        le=100_000,
+        description=(
+            "Cap on register writes per rolling hour (inverter flash wears out). Beyond it commands are "
+            "refused and logged, and the device keeps its last setpoint until its command timeout. A setpoint "
+            "the device already holds is not written again."
+        ),
+    )
+    command_timeout_s: int = Field(
+        default=300,
+        ge=10,
+        le=65_535,
+        description=(
+            "Written to the device: without a write from zapd for this many s it returns to its own mode. "
+            "zapd re-writes within half of it."
+        ),
+    )
+    battery: BatteryLimits = Field(default=BatteryLimits(), description="Limits of the battery behind this device.")
 
     def line(self) -> tuple[int, str, int, int]:
         return (self.baudrate, self.parity, self.stopbits, self.bytesize)
@@ -132,50 +362,174 @@ class ModbusRtuDevice(_Strict):
 class SunSpecTcpDevice(_Strict):
     """A SunSpec inverter/battery/meter; what it has is discovered, the flags say which DERs to expect."""
 
-    driver: Literal["sunspec_tcp"]
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=247)
-    poll_s: float = Field(default=5.0, gt=0, le=3600)
-    timeout_s: float = Field(default=3.0, gt=0, le=60)
-    min_gap_ms: float = Field(default=0.0, ge=0, le=10_000)
-    max_requests_per_s: float | None = Field(default=None, gt=0, le=1000)
-    max_writes_per_hour: int | None = Field(default=360, ge=1, le=100_000)
-    revert_timeout_s: int = Field(default=300, ge=10, le=65_534, description="model 124 InOutWRte_RvrtTms")
-    has_battery: bool = True
-    has_meter: bool = False
-    battery: BatteryLimits = BatteryLimits()
+    driver: Literal["sunspec_tcp"] = Field(
+        description=(
+            "A SunSpec inverter (Fronius, SMA, SolarEdge, ...) over Modbus-TCP: zapd reads its model chain "
+            "and learns model, limits and capacity from it; battery control uses SunSpec model 124. Its DERs "
+            "are `<id>.pv`, `<id>.battery` and `<id>.meter`."
+        )
+    )
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Device id, unique in the file: names its DERs and appears in logs. Letters, digits, `_` and `-`.",
+    )
+    host: str = Field(min_length=1, description="IP address or host name of the inverter.")
+    port: int = Field(default=502, ge=1, le=65535, description="Modbus-TCP port.")
+    unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
+    poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Poll period in s; a reading older than three periods counts as unknown.",
+    )
+    timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
+    )
+    min_gap_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description=(
+            "Quiet time between Modbus frames in ms. Devices behind one host and port share the strictest setting."
+        ),
+    )
+    max_requests_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description=(
+            "Cap on Modbus requests per second to this host and port; requests beyond it wait. Not set: no cap."
+        ),
+    )
+    max_writes_per_hour: int | None = Field(
+        default=360,
+        ge=1,
+        le=100_000,
+        description=(
+            "Cap on register writes per rolling hour (inverter flash wears out). Beyond it commands are "
+            "refused and logged, and the inverter returns to its own control after `revert_timeout_s`."
+        ),
+    )
+    revert_timeout_s: int = Field(
+        default=300,
+        ge=10,
+        le=65_534,
+        description=(
+            "Written to the inverter (model 124 `InOutWRte_RvrtTms`): without a write from zapd for this many "
+            "s it drops zapd's charge/discharge rates and returns to its own control."
+        ),
+    )
+    has_battery: bool = Field(
+        default=True, description="Expect a battery behind the inverter: report and control it as `<id>.battery`."
+    )
+    has_meter: bool = Field(
+        default=False, description="Expect a SunSpec meter behind the inverter: report it as `<id>.meter`."
+    )
+    battery: BatteryLimits = Field(
+        default=BatteryLimits(), description="Limits of the battery behind this inverter (with `has_battery`)."
+    )
 
 
 class P1SerialDevice(_Strict):
-    driver: Literal["p1_serial"]
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    port: str = Field(min_length=1)
-    baudrate: int | None = Field(default=None, gt=0, description="None = what the DSMR version prescribes")
-    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = "5"
-    poll_s: float = Field(default=1.0, gt=0, le=3600, description="the meter's telegram interval")
-    decryption_key: str | None = None
+    driver: Literal["p1_serial"] = Field(
+        description="A smart meter's P1 port (DSMR) through a USB cable. Its DER is `<id>`."
+    )
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Device id of the meter, unique in the file: the meter's DER id. Letters, digits, `_` and `-`.",
+    )
+    port: str = Field(min_length=1, description="Serial port of the P1 cable, e.g. `/dev/ttyUSB0`.")
+    baudrate: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Line speed in bit/s. Not set: what the DSMR version prescribes (9600 7E1 for 2.2, 115200 7E1 for "
+            "4, 115200 8N1 otherwise)."
+        ),
+    )
+    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = Field(
+        default="5", description="DSMR version: 2.2, 4, 5, 5B (Belgium), 5L (Luxembourg), 5S (Sweden) or Q3D."
+    )
+    poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description=(
+            "The meter's telegram interval in s (1 for DSMR 5, 10 for DSMR 4); a reading older than three "
+            "intervals counts as unknown."
+        ),
+    )
+    decryption_key: str | None = Field(
+        default=None,
+        description=(
+            "Luxembourg Smarty meters: the decryption key from the grid operator, in hex. Not set: telegrams "
+            "are plain text."
+        ),
+    )
 
 
 class P1TcpDevice(_Strict):
-    driver: Literal["p1_tcp"]
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
-    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = "5"
-    poll_s: float = Field(default=1.0, gt=0, le=3600)
-    decryption_key: str | None = None
+    driver: Literal["p1_tcp"] = Field(
+        description=(
+            "A network P1 reader (or ser2net) that serves the meter's DSMR telegrams over TCP. Its DER is `<id>`."
+        )
+    )
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Device id of the meter, unique in the file: the meter's DER id. Letters, digits, `_` and `-`.",
+    )
+    host: str = Field(min_length=1, description="IP address or host name of the P1 reader.")
+    port: int = Field(ge=1, le=65535, description="TCP port of the P1 reader.")
+    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = Field(
+        default="5", description="DSMR version: 2.2, 4, 5, 5B (Belgium), 5L (Luxembourg), 5S (Sweden) or Q3D."
+    )
+    poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description=(
+            "The meter's telegram interval in s (1 for DSMR 5, 10 for DSMR 4); a reading older than three "
+            "intervals counts as unknown."
+        ),
+    )
+    decryption_key: str | None = Field(
+        default=None,
+        description=(
+            "Luxembourg Smarty meters: the decryption key from the grid operator, in hex. Not set: telegrams "
+            "are plain text."
+        ),
+    )
 
 
 class EvLimits(_Strict):
     """An EV charger's limits as installed (the cable, the circuit breaker, the phases wired)."""
 
-    max_current_a: float = Field(gt=0, le=80, description="per phase; the lower of charger, cable and breaker")
-    min_current_a: float = Field(default=6.0, ge=6, le=80, description="IEC 61851: at least 6 A")
-    phases: Literal[1, 3] = 3
-    voltage_v: float = Field(default=230.0, gt=0, le=480)
-    safe_mode: Literal["minimum", "pause"] = Field(default="minimum", description="what zapd leaves on exit")
+    max_current_a: float = Field(
+        gt=0,
+        le=80,
+        description="Highest charging current per phase in A: the lowest of charger, cable and circuit breaker.",
+    )
+    min_current_a: float = Field(
+        default=6.0,
+        ge=6,
+        le=80,
+        description=(
+            "Lowest charging current per phase in A (IEC 61851: at least 6 A); below it zapd pauses charging. "
+            "Must not exceed `max_current_a`."
+        ),
+    )
+    phases: Literal[1, 3] = Field(default=3, description="Phases wired to the charger.")
+    voltage_v: float = Field(default=230.0, gt=0, le=480, description="Phase voltage in V, to turn current into power.")
+    safe_mode: Literal["minimum", "pause"] = Field(
+        default="minimum",
+        description="What zapd leaves the charger at when it stops: `minimum` (`min_current_a`) or `pause` (0 A).",
+    )
 
     @model_validator(mode="after")
     def _min_below_max(self) -> EvLimits:
@@ -185,27 +539,72 @@ class EvLimits(_Strict):
 
 
 class ModbusEvDevice(_Strict):
-    driver: Literal["modbus_ev"]
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=255, description="Alfen: 1 = socket 1, 2 = socket 2")
-    map: str = Field(default="alfen_eve", min_length=1, description="register map name or path")
-    poll_s: float = Field(default=5.0, gt=0, le=3600)
-    timeout_s: float = Field(default=3.0, gt=0, le=60)
-    keepalive_s: float = Field(default=30.0, gt=0, le=3600, description="re-write the setpoint this often")
-    ev: EvLimits
+    driver: Literal["modbus_ev"] = Field(
+        description=(
+            'An EV charger over Modbus-TCP (Alfen Eve: enable active load balancing with data source "Energy '
+            'Management System" in ACE Service Installer). Its DER is `<id>.ev`.'
+        )
+    )
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description=(
+            "Device id of the charger, unique in the file: names its DER and appears in logs. Letters, "
+            "digits, `_` and `-`."
+        ),
+    )
+    host: str = Field(min_length=1, description="IP address or host name of the charger.")
+    port: int = Field(default=502, ge=1, le=65535, description="Modbus-TCP port.")
+    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit id; Alfen: 1 = socket 1, 2 = socket 2.")
+    map: str = Field(
+        default="alfen_eve", min_length=1, description="Register map: `alfen_eve` (shipped) or a path to your own file."
+    )
+    poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Poll period in s; a reading older than three periods counts as unknown.",
+    )
+    timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
+    )
+    keepalive_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Re-write the charging current this often, in s; keep it below the charger's \"max current valid "
+            'time" or the charger falls back to its own safe current.'
+        ),
+    )
+    ev: EvLimits = Field(description="Limits of the charger as installed.")
 
 
 MqttUnit = Literal["", "W", "kW", "Wh", "kWh", "%", "A", "V"]
 
 
 class MqttReadingConfig(_Strict):
-    topic: str = Field(min_length=1, description="topic filter; + and # allowed")
-    key: str = Field(min_length=1, description="reading value key, e.g. power_w, import_wh, soc")
-    path: str | None = Field(default=None, min_length=1, description="dotted JSON path; none = plain number")
-    unit: MqttUnit = ""
-    scale: float = 1.0
+    topic: str = Field(min_length=1, description="Topic filter to subscribe to; `+` and `#` allowed.")
+    key: str = Field(
+        min_length=1,
+        description=(
+            "Reading key the value is stored as: power_w, import_wh, export_wh, soc, connected, charging, "
+            "session_wh, ..."
+        ),
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Dotted JSON path to the value in the payload. Not set: the payload is a plain number.",
+    )
+    unit: MqttUnit = Field(
+        default="",
+        description='Unit of the value, converted to W, Wh, a fraction (%), A or V; "" = already in the key\'s unit.',
+    )
+    scale: float = Field(default=1.0, description="Extra multiplier on top of the unit conversion; must not be 0.")
 
     @model_validator(mode="after")
     def _scale_nonzero(self) -> MqttReadingConfig:
@@ -215,12 +614,33 @@ class MqttReadingConfig(_Strict):
 
 
 class MqttDerConfig(_Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="DER id is <device id>.<id>")
-    kind: Literal["meter", "pv", "battery", "ev_charger", "load"]
-    preset: Literal["shelly_em", "shelly_em_rpc", "tasmota_sensor", "opendtu"] | None = None
-    source: str | None = Field(default=None, min_length=1, description="the preset's topic root")
-    readings: list[MqttReadingConfig] = Field(default_factory=list)
-    ev: EvLimits | None = None
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="DER id within the device; the DER is `<device id>.<id>`. Unique within the device.",
+    )
+    kind: Literal["meter", "pv", "battery", "ev_charger", "load"] = Field(description="What the DER is.")
+    preset: Literal["shelly_em", "shelly_em_rpc", "tasmota_sensor", "opendtu"] | None = Field(
+        default=None,
+        description=(
+            "Read a known device's topics without listing readings: `shelly_em` (Shelly status topics), "
+            "`shelly_em_rpc` (its NotifyStatus events on `<prefix>/events/rpc`), `tasmota_sensor`, `opendtu`. "
+            "Needs `source`. Not set: give `readings`."
+        ),
+    )
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The preset's topic root: Shelly prefix, Tasmota topic, or OpenDTU `<base>/<inverter serial>`.",
+    )
+    readings: list[MqttReadingConfig] = Field(
+        default_factory=list,
+        description="One entry per value to read; needed without a preset, added to the preset's with one.",
+    )
+    ev: EvLimits | None = Field(
+        default=None,
+        description="Limits of an `ev_charger` DER controlled through `[[devices.commands]]`; commands need it.",
+    )
 
     @model_validator(mode="after")
     def _has_readings(self) -> MqttDerConfig:
@@ -232,14 +652,31 @@ class MqttDerConfig(_Strict):
 
 
 class MqttCommandConfig(_Strict):
-    der: str = Field(min_length=1, description="id of one of this device's ders")
-    topic: str = Field(min_length=1, pattern=r"^[^+#]+$")
-    payload: str = Field(default="{value}", description="{value} is replaced by the current in A")
-    on_payload: str | None = None
-    off_payload: str | None = None
-    qos: Literal[0, 1, 2] = 1
-    retain: bool = False
-    safe_value: float | None = Field(default=None, description="published when zapd stops; none = nothing")
+    der: str = Field(
+        min_length=1,
+        description=(
+            "Id of the DER this topic controls: one of this device's `ders`, of kind `ev_charger` with an `[ev]` table."
+        ),
+    )
+    topic: str = Field(min_length=1, pattern=r"^[^+#]+$", description="Topic to publish commands to; no wildcards.")
+    payload: str = Field(
+        default="{value}", description="Payload template: `{value}` is replaced by the charging current in A."
+    )
+    on_payload: str | None = Field(
+        default=None,
+        description=(
+            "For a relay instead of a setpoint (e.g. a Shelly switch): published for a current above 0. Set "
+            "together with `off_payload`."
+        ),
+    )
+    off_payload: str | None = Field(
+        default=None, description="For a relay: published for a current of 0. Set together with `on_payload`."
+    )
+    qos: Literal[0, 1, 2] = Field(default=1, description="MQTT QoS of the commands.")
+    retain: bool = Field(default=False, description="Ask the broker to keep the last command for new subscribers.")
+    safe_value: float | None = Field(
+        default=None, description="Current in A published when zapd stops. Not set: the device is left as it is."
+    )
 
     @model_validator(mode="after")
     def _on_off_pair(self) -> MqttCommandConfig:
@@ -249,18 +686,43 @@ class MqttCommandConfig(_Strict):
 
 
 class MqttDevice(_Strict):
-    driver: Literal["mqtt"]
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    host: str = Field(min_length=1)
-    port: int = Field(default=1883, ge=1, le=65535)
-    username: str | None = None
-    password: str | None = None
-    client_id: str | None = Field(default=None, min_length=1, max_length=64)
-    stale_s: float = Field(default=60.0, gt=0, le=86_400, description="a value older than this is unknown")
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    ders: list[MqttDerConfig] = Field(min_length=1)
-    commands: list[MqttCommandConfig] = Field(default_factory=list)
+    driver: Literal["mqtt"] = Field(
+        description=(
+            "An MQTT broker connection: one entry per broker, with the DERs it carries in `[[devices.ders]]` "
+            "and command topics in `[[devices.commands]]`. Its DERs are `<id>.<der id>`."
+        )
+    )
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description=(
+            "Device id of the broker connection, unique in the file: names its DERs. Letters, digits, `_` and `-`."
+        ),
+    )
+    host: str = Field(min_length=1, description="IP address or host name of the broker.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(default=None, description="Broker user name, if the broker wants credentials.")
+    password: str | None = Field(
+        default=None, description="Broker password, if the broker wants credentials; never logged."
+    )
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="MQTT client id; must be unique on the broker. Not set: `zapd-<id>`.",
+    )
+    stale_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="A value not refreshed for this many s counts as unknown."
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Timeout of connect, subscribe and publish in s.")
+    keepalive_s: int = Field(
+        default=30, ge=5, le=3600, description="MQTT keepalive in s; a dead broker is noticed after about 1.5 × this."
+    )
+    ders: list[MqttDerConfig] = Field(min_length=1, description="The DERs this broker carries; at least one.")
+    commands: list[MqttCommandConfig] = Field(
+        default_factory=list,
+        description="Command topics for `ev_charger` DERs. None: zapd only reads from this broker.",
+    )
 
     @model_validator(mode="after")
     def _commands_target_chargers(self) -> MqttDevice:
@@ -314,22 +776,37 @@ def serial_port_conflicts(devices: list[ModbusRtuDevice | P1SerialDevice]) -> li
 
 
 class LogConfig(_Strict):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="Least severe level logged. Logs are key=value on a terminal, JSON lines under systemd.",
+    )
 
 
 class ApiConfig(_Strict):
-    socket: Path = Path("/run/zapd/zapd.sock")
+    socket: Path = Field(
+        default=Path("/run/zapd/zapd.sock"),
+        description="Unix socket of the local API that `zapctl` talks to (group zapd, mode 0660).",
+    )
 
 
 class ZapdConfig(_Strict):
-    site: SiteConfig
-    control: ControlConfig = ControlConfig()
-    store: StoreConfig = StoreConfig()
-    plan: PlanConfig = PlanConfig()
-    cloud: CloudConfig | None = None
-    log: LogConfig = LogConfig()
-    api: ApiConfig = ApiConfig()
-    devices: list[DeviceConfig] = Field(default_factory=list)
+    site: SiteConfig = Field(description="The grid connection: the site's id and the limits no command may break.")
+    control: ControlConfig = Field(default=ControlConfig(), description="The local control loop.")
+    store: StoreConfig = Field(default=StoreConfig(), description="Local state and the telemetry outbox.")
+    plan: PlanConfig = Field(default=PlanConfig(), description="A local plan, for sites without a cloud.")
+    cloud: CloudConfig | None = Field(
+        default=None,
+        description=(
+            "The zapcloud endpoint for plans and telemetry; needs the Zap's key pair (`zapd keygen`). "
+            "Not set: no uploads, plans only from `[plan]`."
+        ),
+    )
+    log: LogConfig = Field(default=LogConfig(), description="Logging.")
+    api: ApiConfig = Field(default=ApiConfig(), description="The local API for `zapctl`.")
+    devices: list[DeviceConfig] = Field(
+        default_factory=list,
+        description="One `[[devices]]` table per device; `driver` picks the protocol, `id` must be unique.",
+    )
 
     @model_validator(mode="after")
     def _unique_device_ids(self) -> ZapdConfig:
