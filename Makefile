@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv deps-system clean
+.PHONY: demo test lint bench docs venv deps-system clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The config reference is generated from the schema; `make test` fails when it is out of date.
+docs: $(STAMP)
+	$(BIN)/python -m zapd.config_doc > docs/config-reference.md.tmp && mv docs/config-reference.md.tmp docs/config-reference.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

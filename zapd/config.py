@@ -789,6 +789,70 @@ class ApiConfig(_Strict):
     )
 
 
+class HomeAssistantConfig(_Strict):
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Announce zapd's sensors and a mode select to Home Assistant through MQTT discovery and keep "
+            "their states up to date."
+        ),
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, description="IP address or host name of the MQTT broker.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(default=None, description="Broker user name, if the broker wants credentials.")
+    password: str | None = Field(default=None, description="Broker password; never logged, redacted in `zapctl diag`.")
+    discovery_prefix: str = Field(
+        default="homeassistant",
+        min_length=1,
+        pattern=r"^[^+#]+$",
+        description="Home Assistant's discovery prefix (its MQTT integration setting); no wildcards.",
+    )
+    node_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description=(
+            "Node id in the discovery and state topics and in the entities' unique ids: letters, digits, "
+            "`_` and `-`. Not set: the site id, with other characters replaced by `_`."
+        ),
+    )
+    base_topic: str = Field(
+        default="zapd",
+        min_length=1,
+        pattern=r"^[^+#]+$",
+        description="Root of zapd's own state, availability and command topics: `<base_topic>/<node_id>/...`.",
+    )
+    state_interval_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description=(
+            "Publish every sensor state this often (real s); the rung, the next action and the mode select "
+            "are also published as soon as they change."
+        ),
+    )
+    override_minutes: float = Field(
+        default=60.0,
+        gt=0,
+        le=1440,
+        description=(
+            "How long a mode chosen in Home Assistant's select holds before zapd returns to `auto` by itself "
+            "(like `zapctl fallback force --minutes`)."
+        ),
+    )
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = Field(default=True, description="Serve OpenMetrics (Prometheus) for scraping.")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address to listen on; keep it on loopback and let the fleet's agent scrape locally.",
+    )
+    port: int = Field(default=9464, ge=1, le=65535, description="TCP port of the metrics endpoint (`/metrics`).")
+
+
 class ZapdConfig(_Strict):
     site: SiteConfig = Field(description="The grid connection: the site's id and the limits no command may break.")
     control: ControlConfig = Field(default=ControlConfig(), description="The local control loop.")
@@ -803,6 +867,13 @@ class ZapdConfig(_Strict):
     )
     log: LogConfig = Field(default=LogConfig(), description="Logging.")
     api: ApiConfig = Field(default=ApiConfig(), description="The local API for `zapctl`.")
+    metrics: MetricsConfig = Field(
+        default=MetricsConfig(), description="Prometheus metrics on localhost (counters, gauges, fallback rung)."
+    )
+    home_assistant: HomeAssistantConfig = Field(
+        default=HomeAssistantConfig(),
+        description="Home Assistant MQTT discovery: zapd's sensors and a mode select (see docs/operations.md).",
+    )
     devices: list[DeviceConfig] = Field(
         default_factory=list,
         description="One `[[devices]]` table per device; `driver` picks the protocol, `id` must be unique.",

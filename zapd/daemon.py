@@ -19,12 +19,14 @@ import structlog
 
 from cloud_sync.keys import KeyFileError, load_signing_key, zap_key_path
 from cloud_sync.session import CloudSync
+from drivers.api import Driver
 from zapd.api import LocalApi
 from zapd.clock import Clock
 from zapd.config import ZapdConfig
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
 from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.metrics import SyncGauges, serve_metrics
 from zapd.model import DerCapabilities, DerKind, Plan, Reading
 from zapd.sdnotify import Notifier
 from zapd.state import SiteState
@@ -183,6 +185,7 @@ class Daemon:
         self.readings_in = 0
         self._stop = asyncio.Event()
         self.cloud: CloudSync | None = None
+        self._sync_gauges = SyncGauges()
         self.api = LocalApi(self)  # local control API (zapctl); see docs/local-api.md
 
     @property
@@ -296,6 +299,14 @@ class Daemon:
         self.supervisor.add("telemetry_writer", self.telemetry.run)
         self.supervisor.add("retention", self._retention)
         self.supervisor.add("device_report", self._report_devices)
+        self.supervisor.add("sync_gauges", self._refresh_sync_gauges)
+        metrics = self.config.metrics
+        if metrics.enabled:
+            try:
+                serve_metrics(self, metrics.host, metrics.port)
+                log.info("metrics_listening", host=metrics.host, port=metrics.port)
+            except OSError as exc:
+                log.error("metrics_unavailable", host=metrics.host, port=metrics.port, error=str(exc))
         self.supervisor.add("api", self.api.serve)
         if self.cloud is not None:
             self.supervisor.add("uploader", self.cloud.uploader.run)
@@ -313,6 +324,42 @@ class Daemon:
                 await sup_task
             await asyncio.shield(self._shutdown())
         return 0
+
+    # --- metrics (read from prometheus-client's thread: plain attributes only) -------------------
+
+    def metric_drivers(self) -> list[Driver]:
+        return list(self.devices.drivers)
+
+    def metric_rung(self) -> int | None:
+        rung = self.controller.stats.rung if self.controller is not None else None
+        return int(rung) if rung is not None else None
+
+    def metric_control(self) -> tuple[int, float, int, int]:
+        if self.controller is None:
+            return 0, 0.0, 0, 0
+        st = self.controller.stats
+        return st.cycles, st.last_cycle_ms, st.writes, st.write_failures
+
+    def metric_plans_rejected(self) -> dict[str, int]:
+        rejected = dict(self.cloud.fetcher.rejected) if self.cloud is not None else {}
+        if self.plan_file is not None and self.plan_file.rejected:
+            rejected["plan_file"] = self.plan_file.rejected
+        return rejected
+
+    def metric_sync(self) -> SyncGauges:
+        return self._sync_gauges
+
+    def metric_readings_in(self) -> int:
+        return self.readings_in
+
+    async def _refresh_sync_gauges(self) -> None:
+        assert self.store is not None
+        while True:
+            depth = await self.store.outbox_depth()
+            oldest = await self.store.oldest_unacked_ts()
+            lag = max(0.0, (self.clock.now() - oldest).total_seconds()) if oldest is not None else 0.0
+            self._sync_gauges = SyncGauges(outbox_depth=depth, sync_lag_s=lag)
+            await asyncio.sleep(5.0)
 
     async def _report_devices(self) -> None:
         """Log what each device showed it can do, once at start and again whenever that changes

@@ -189,6 +189,13 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def oldest_unacked_ts(self) -> datetime | None:
+        """Timestamp of the oldest reading the cloud has not acknowledged: the sync lag."""
+        acked = await self.acked_seq()
+        async with self._db.execute("SELECT ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (acked,)) as cur:
+            row = await cur.fetchone()
+        return datetime.fromisoformat(str(row[0])) if row else None
+
     async def enforce_retention(self, older_than: datetime, max_rows: int | None = None) -> int:
         """Drop unsent readings past the retention bound; count them, never silently."""
         dropped = 0

@@ -1,0 +1,103 @@
+"""OpenMetrics for Prometheus on localhost: what a fleet operator graphs and alerts on.
+
+The collector reads plain attributes of the daemon when scraped (from prometheus-client's
+HTTP thread), so it never touches the event loop or the database; values that need the
+database (outbox depth) are refreshed by a small task in the daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from drivers.api import Driver
+
+# P1 driver counters that mean "a telegram came in and was thrown away".
+TELEGRAM_REJECTIONS = ("bad_crc", "parse_error", "decrypt_error", "overflow")
+# Driver counters that mean "something went wrong talking to the device".
+DRIVER_ERRORS = (
+    "link_errors", "poll_errors", "probe_errors", "config_errors", "command_errors", "commands_refused",
+    "bad_payloads", "errors",
+)  # fmt: skip
+
+
+@dataclass
+class SyncGauges:
+    """Refreshed by the daemon every few seconds; read by the collector."""
+
+    outbox_depth: int = 0
+    sync_lag_s: float = 0.0  # age of the oldest reading not yet acknowledged by the cloud
+
+
+class MetricsSource(Protocol):
+    """What the collector needs from the daemon (kept narrow so it is easy to test)."""
+
+    def metric_drivers(self) -> list[Driver]: ...
+    def metric_rung(self) -> int | None: ...
+    def metric_control(self) -> tuple[int, float, int, int]: ...  # cycles, last ms, writes, failures
+    def metric_plans_rejected(self) -> dict[str, int]: ...
+    def metric_sync(self) -> SyncGauges: ...
+    def metric_readings_in(self) -> int: ...
+
+
+class DaemonCollector(Collector):
+    def __init__(self, source: MetricsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        src = self._source
+        rejected = CounterMetricFamily(
+            "zapd_telegrams_rejected", "Meter telegrams dropped (bad CRC, unparsable, undecryptable)",
+            labels=["device", "reason"],
+        )  # fmt: skip
+        errors = CounterMetricFamily(
+            "zapd_driver_errors", "Device errors by device and kind", labels=["device", "kind"]
+        )
+        events = CounterMetricFamily("zapd_driver_events", "Every driver counter", labels=["device", "event"])
+        for driver in src.metric_drivers():
+            counters: dict[str, int] = getattr(driver, "counters", {})
+            for name, value in sorted(counters.items()):
+                events.add_metric([driver.name, name], value)
+                if name in TELEGRAM_REJECTIONS:
+                    rejected.add_metric([driver.name, name], value)
+                if name in DRIVER_ERRORS:
+                    errors.add_metric([driver.name, name], value)
+        yield rejected
+        yield errors
+        yield events
+
+        plans = CounterMetricFamily("zapd_plans_rejected", "Plans refused by verification", labels=["reason"])
+        for reason, count in sorted(src.metric_plans_rejected().items()):
+            plans.add_metric([reason], count)
+        yield plans
+
+        sync = src.metric_sync()
+        yield GaugeMetricFamily("zapd_outbox_depth", "Readings stored and not yet acknowledged by the cloud",
+                                value=sync.outbox_depth)  # fmt: skip
+        yield GaugeMetricFamily("zapd_sync_lag_seconds", "Age of the oldest unacknowledged reading",
+                                value=sync.sync_lag_s)  # fmt: skip
+
+        cycles, last_ms, writes, failures = src.metric_control()
+        yield CounterMetricFamily("zapd_control_cycles", "Control cycles run", value=cycles)
+        yield GaugeMetricFamily("zapd_control_loop_duration_ms", "Duration of the last control cycle", value=last_ms)
+        yield CounterMetricFamily("zapd_commands_written", "Device commands written", value=writes)
+        yield CounterMetricFamily("zapd_command_failures", "Device commands that failed", value=failures)
+        rung = src.metric_rung()
+        yield GaugeMetricFamily(
+            "zapd_fallback_rung", "1 plan, 2 cached plan, 3 self-consumption, 4 safe hold (0 = not yet decided)",
+            value=rung or 0,
+        )  # fmt: skip
+        yield CounterMetricFamily("zapd_readings", "Readings received from all drivers", value=src.metric_readings_in())
+
+
+def serve_metrics(source: MetricsSource, host: str, port: int) -> CollectorRegistry:
+    """Expose the metrics on host:port (a daemon thread of prometheus-client's own server)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(source))
+    start_http_server(port, addr=host, registry=registry)
+    return registry
