@@ -1,0 +1,89 @@
+"""OpenMetrics from a running daemon, scraped over HTTP: the counters move with what happens."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from drivers.sim.p1_pty import SimP1Tcp
+from drivers.sim.physics import SimSite
+from zapd.clock import ScaledClock
+from zapd.config import validate_config
+from zapd.daemon import Daemon
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_metrics_follow_the_daemon(tmp_path: Path) -> None:
+    start = datetime(2026, 6, 21, 12, tzinfo=UTC)
+    site = SimSite()
+    site.step(start)
+    meter = SimP1Tcp(site)
+    p1_port = await meter.start()
+    clock = ScaledClock(start, 1.0)
+    metrics_port = free_port()
+    config = validate_config(
+        {
+            "site": {"id": "m", "fuse_a": 25},
+            "control": {"tick_s": 0.2},
+            "store": {"state_dir": str(tmp_path / "state")},
+            "api": {"socket": str(tmp_path / "zapd.sock")},
+            "metrics": {"port": metrics_port},
+            "devices": [{"driver": "p1_tcp", "id": "meter", "host": "127.0.0.1", "port": p1_port, "poll_s": 0.2}],
+        },
+        "test",
+    )
+    daemon = Daemon(config, clock)
+    feeder = asyncio.create_task(meter.run(clock, 0.1))
+    run = asyncio.create_task(daemon.run())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}", timeout=5) as client:
+
+            async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+                resp = await client.get("/metrics")
+                assert resp.status_code == 200
+                return samples(resp.text)
+
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                try:
+                    m = await scrape()
+                except httpx.TransportError:
+                    continue
+                if m.get(("zapd_readings_total", ()), 0) >= 3:
+                    break
+            meter.inject_bad_crc(2)
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                m = await scrape()
+                if m.get(("zapd_telegrams_rejected_total", (("device", "meter"), ("reason", "bad_crc"))), 0) >= 2:
+                    break
+            assert m[("zapd_telegrams_rejected_total", (("device", "meter"), ("reason", "bad_crc")))] == 2
+            assert m[("zapd_readings_total", ())] >= 3
+            assert m[("zapd_control_cycles_total", ())] >= 1
+            assert m[("zapd_fallback_rung", ())] == 3  # a fresh meter, no battery, no plan: self-consumption
+            assert ("zapd_outbox_depth", ()) in m and ("zapd_sync_lag_seconds", ()) in m
+            assert m[("zapd_control_loop_duration_ms", ())] >= 0
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(run, 20)
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        await meter.stop()
