@@ -26,7 +26,8 @@ from zapd.config import ZapdConfig
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
 from zapd.envelope import BatteryEnvelope, SiteLimits
-from zapd.metrics import SyncGauges, serve_metrics
+from zapd.homeassistant import HomeAssistant
+from zapd.metrics import MetricsServer, SyncGauges
 from zapd.model import DerCapabilities, DerKind, Plan, Reading
 from zapd.sdnotify import Notifier
 from zapd.state import SiteState
@@ -186,7 +187,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self.cloud: CloudSync | None = None
         self._sync_gauges = SyncGauges()
+        self._metrics: MetricsServer | None = None
         self.api = LocalApi(self)  # local control API (zapctl); see docs/local-api.md
+        self.home_assistant: HomeAssistant | None = None
 
     @property
     def db_path(self) -> Path:
@@ -303,11 +306,14 @@ class Daemon:
         metrics = self.config.metrics
         if metrics.enabled:
             try:
-                serve_metrics(self, metrics.host, metrics.port)
+                self._metrics = MetricsServer(self, metrics.host, metrics.port)
                 log.info("metrics_listening", host=metrics.host, port=metrics.port)
             except OSError as exc:
                 log.error("metrics_unavailable", host=metrics.host, port=metrics.port, error=str(exc))
         self.supervisor.add("api", self.api.serve)
+        if self.config.home_assistant.enabled:
+            self.home_assistant = HomeAssistant(self, self.config.home_assistant)
+            self.supervisor.add("home_assistant", self.home_assistant.run)
         if self.cloud is not None:
             self.supervisor.add("uploader", self.cloud.uploader.run)
             self.supervisor.add("plan_fetcher", self.cloud.fetcher.run)
@@ -400,6 +406,8 @@ class Daemon:
                 await self.telemetry.flush()
             except Exception as exc:
                 log.error("telemetry_flush_failed", error=str(exc))
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.close)
         if self.cloud is not None:
             await self.cloud.close()
         if self.store is not None:

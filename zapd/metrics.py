@@ -95,9 +95,15 @@ class DaemonCollector(Collector):
         yield CounterMetricFamily("zapd_readings", "Readings received from all drivers", value=src.metric_readings_in())
 
 
-def serve_metrics(source: MetricsSource, host: str, port: int) -> CollectorRegistry:
-    """Expose the metrics on host:port (a daemon thread of prometheus-client's own server)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(source))
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+class MetricsServer:
+    """prometheus-client's own HTTP server in a thread; closed when the daemon stops."""
+
+    def __init__(self, source: MetricsSource, host: str, port: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(DaemonCollector(source))
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
