@@ -59,12 +59,14 @@ class TelemetryWriter:
         self._pending: list[Reading] = []
         self._max_pending = max_pending
         self._failing_since: float | None = None
+        self._in_flight = 0
         self.written = 0
         self.dropped = 0
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Readings not in the store yet, including a batch being written right now."""
+        return len(self._pending) + self._in_flight
 
     def add(self, reading: Reading) -> None:
         self._pending.append(reading)
@@ -79,11 +81,14 @@ class TelemetryWriter:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        self._in_flight = len(batch)
         try:
             await self._store.append_readings(batch)
         except Exception:
             self._pending[:0] = batch  # keep them for the next try (e.g. disk full)
             raise
+        finally:
+            self._in_flight = 0
         self.written += len(batch)
 
     async def run(self) -> None:

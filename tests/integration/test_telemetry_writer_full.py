@@ -91,11 +91,11 @@ async def test_run_loop_survives_a_full_store(store: Store, monkeypatch: pytest.
         await asyncio.sleep(0.1)
         assert not task.done() and writer.pending == 2000
         await set_max_pages(store, None)
-        for _ in range(100):
+        for _ in range(250):  # `pending` reads 0 while a flush is in flight: wait for `written`
             await asyncio.sleep(0.02)
-            if writer.pending == 0:
+            if writer.written == 2000:
                 break
-        assert writer.written == 2000
+        assert writer.written == 2000 and writer.pending == 0
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
