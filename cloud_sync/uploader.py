@@ -8,6 +8,7 @@ reading instead of decoding and re-encoding it: that keeps a drain of a long out
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 
@@ -98,6 +99,7 @@ class Uploader:
         self._reported_caps: bytes | None = None
         self._cursor: int | None = None
         self._backoff = Backoff(1.0, 300.0)
+        self._store_failing = False
 
     @property
     def path(self) -> str:
@@ -174,4 +176,14 @@ class Uploader:
             except (httpx.HTTPError, UploadRejected, WireError, OSError) as exc:
                 self._link.failed(now, "upload", f"{type(exc).__name__}: {exc}")
                 await self._clock.sleep(self._backoff.next_delay())
-
+            except sqlite3.Error as exc:
+                # The local store (disk full) refused the ack or the read: a local problem, not the link's.
+                # The cloud keeps what it stored; the next round re-sends the batch and it answers the same.
+                if not self._store_failing:
+                    self._store_failing = True
+                    log.error("upload_store_failed", error=str(exc))
+                await self._clock.sleep(self._backoff.next_delay())
+            else:
+                if self._store_failing:
+                    self._store_failing = False
+                    log.info("upload_store_recovered")
