@@ -229,6 +229,7 @@ class HomeAssistant:
         self._published: dict[str, str] = {}  # topic -> payload last published on this connection
         self._wake = asyncio.Event()
         self._full_due = True
+        self._announce_at: float | None = None  # loop time of a re-announcement Home Assistant asked for
         self._invalid_logged = False
         self._retained_logged = False
         self.counters: dict[str, int] = dict.fromkeys(
@@ -408,6 +409,7 @@ class HomeAssistant:
         await self._publish(client, self.availability_topic, ONLINE, retain=True)
         self._link_ok()
         self._full_due = True
+        self._announce_at = None
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._publish_loop(client))
@@ -437,6 +439,10 @@ class HomeAssistant:
         loop = asyncio.get_running_loop()
         last_full = -math.inf
         while True:
+            if self._announce_at is not None and loop.time() >= self._announce_at:
+                self._announce_at = None
+                await self.announce(client)
+                self._full_due = True
             full = self._full_due or loop.time() - last_full >= self._cfg.state_interval_s
             if full:
                 self._full_due = False
@@ -458,16 +464,11 @@ class HomeAssistant:
             if topic == self.command_topic:
                 await self.on_command(_payload_text(message.payload), retained=message.retain)
             elif topic == self.ha_status_topic and _payload_text(message.payload) == ONLINE:
-                # Home Assistant (re)started: it may have lost our entities' states; tell it again,
-                # after a pause so that it has subscribed to what the configs name.
-                await asyncio.sleep(random.uniform(0.5, 2.0))
-                await self.announce(client)
-                self._request_full()
+                # Home Assistant (re)started and lost our entities' states: announce and publish
+                # everything again, after a pause so that it has subscribed to what the configs name
+                # (its docs ask for a random delay, so many devices do not answer at once).
+                self._announce_at = asyncio.get_running_loop().time() + random.uniform(0.5, 2.0)
         raise aiomqtt.MqttError("message stream ended")
-
-    def _request_full(self) -> None:
-        self._full_due = True
-        self._wake.set()
 
     # ---- the select ----
 
@@ -527,6 +528,10 @@ class HomeAssistant:
             log.error("home_assistant.override_not_stored", error=str(exc) or type(exc).__name__)
 
     # ---- link state, logged on change ----
+
+    @property
+    def link_up(self) -> bool:
+        return bool(self._link_up)
 
     def _link_ok(self) -> None:
         self.counters["connects"] += 1

@@ -290,7 +290,7 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
             # --- broker restart: no persistence, so the configs come back only if zapd re-announces ---
             connects = ha.counters["connects"]
             await asyncio.to_thread(mosquitto.stop)
-            await until(lambda: ha._link_up is False, "the link loss noticed")
+            await until(lambda: not ha.link_up, "the link loss noticed")
             await asyncio.to_thread(mosquitto.start)
             await until(lambda: ha.counters["connects"] > connects, "the reconnect", within_s=40)
             async with watcher(mosquitto) as seen:
@@ -300,6 +300,11 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
                 await until(lambda: seen.payload(f"{BASE}/grid_power/state") not in (None, "None"), "states again")
                 assert f"{BASE}/mode/set" not in seen.last  # the retained command died with the broker
                 assert daemon.api.forced.active() is None
+
+                # --- Home Assistant's birth message: announce again (its own restart lost the states) ---
+                announced = ha.counters["discovery"]
+                await send(mosquitto, "homeassistant/status", "online")
+                await until(lambda: ha.counters["discovery"] > announced, "the re-announcement")
 
                 # --- a clean stop says offline (no will is sent on a clean disconnect) ---
                 daemon.stop()
