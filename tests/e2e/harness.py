@@ -347,6 +347,19 @@ poll_s = {o["meter_poll_s"]}
             acked = db.execute("SELECT value FROM kv WHERE key = 'sync.acked_seq'").fetchone()
         return (int(row[0]) if row else 0, int(acked[0]) if acked else 0)
 
+    def rung_events(self) -> list[tuple[datetime, str]]:
+        """(site time, rung) of every fallback transition zapd stored, oldest first."""
+        with contextlib.closing(sqlite3.connect(self.state_dir / "zapd.sqlite", timeout=10)) as db:
+            rows = db.execute("SELECT ts, detail FROM events WHERE kind = 'fallback' ORDER BY id").fetchall()
+        return [(datetime.fromisoformat(ts), detail.split(":", 1)[0]) for ts, detail in rows]
+
+    def sim_s_until(self, rung: str, since: datetime) -> float:
+        """Site-time seconds from `since` to zapd's first transition to `rung` after it."""
+        for ts, name in self.rung_events():
+            if name == rung and ts >= since:
+                return (ts - since).total_seconds()
+        raise AssertionError(f"no transition to {rung} after {since}")
+
     def integrity(self) -> str:
         with contextlib.closing(sqlite3.connect(self.state_dir / "zapd.sqlite", timeout=10)) as db:
             return str(db.execute("PRAGMA integrity_check").fetchone()[0])
