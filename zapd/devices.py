@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from drivers.api import Controllable, Driver
 from drivers.modbus.bus import get_tcp_bus
 from drivers.modbus.ev_charger import ModbusEvCharger
-from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import load_register_map
 from drivers.mqtt.driver import CommandTopic, MqttDer, MqttDriver
 from drivers.mqtt.mapping import TopicMapping, preset_mappings
@@ -26,7 +25,7 @@ from zapd.config import (
     SunSpecTcpDevice,
     ZapdConfig,
 )
-from zapd.devices_modbus import add_modbus_rtu, add_sunspec_tcp
+from zapd.devices_modbus import add_modbus_rtu, add_modbus_tcp, add_sunspec_tcp
 from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
@@ -56,33 +55,7 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
     out = DeviceSet()
     for dev in config.devices:
         if isinstance(dev, ModbusTcpDevice):
-            inverter = ModbusHybridInverter(
-                device_id=dev.id,
-                bus=get_tcp_bus(
-                    dev.host,
-                    dev.port,
-                    timeout_s=dev.timeout_s,
-                    min_gap_s=dev.min_gap_ms / 1000.0,
-                    max_requests_per_s=dev.max_requests_per_s,
-                ),
-                unit_id=dev.unit_id,
-                register_map=load_register_map(dev.map),
-                poll_s=dev.poll_s,
-                clock=clock,
-                max_charge_w=dev.battery.max_charge_w,
-                max_discharge_w=dev.battery.max_discharge_w,
-                capacity_wh=dev.battery.capacity_wh,
-                max_writes_per_hour=dev.max_writes_per_hour,
-                device_command_timeout_s=dev.command_timeout_s,
-            )
-            out.drivers.append(inverter)
-            battery_id = f"{dev.id}.battery"
-            out.actuators[battery_id] = inverter
-            out.battery_limits[battery_id] = dev.battery
-            out.poll_s[battery_id] = dev.poll_s
-            out.kinds[battery_id] = DerKind.BATTERY
-            out.poll_s[f"{dev.id}.pv"] = dev.poll_s
-            out.kinds[f"{dev.id}.pv"] = DerKind.PV
+            add_modbus_tcp(out, dev, clock)
         elif isinstance(dev, P1SerialDevice | P1TcpDevice):
             transport: SerialP1 | TcpP1
             if isinstance(dev, P1SerialDevice):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drivers.modbus.bus import get_serial_bus, get_tcp_bus
+from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import load_register_map
 from drivers.modbus.sunspec import SunSpecInverter
@@ -16,12 +16,23 @@ from zapd.clock import Clock
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
-    from zapd.config import ModbusRtuDevice, SunSpecTcpDevice
+    from zapd.config import ModbusRtuDevice, ModbusTcpDevice, SunSpecTcpDevice
     from zapd.devices import DeviceSet
 
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else value / 1000.0
+
+
+def add_modbus_tcp(out: DeviceSet, dev: ModbusTcpDevice, clock: Clock) -> None:
+    bus = get_tcp_bus(
+        dev.host,
+        dev.port,
+        timeout_s=dev.timeout_s,
+        min_gap_s=dev.min_gap_ms / 1000.0,
+        max_requests_per_s=dev.max_requests_per_s,
+    )
+    _add_register_map_device(out, dev, bus, clock)
 
 
 def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
@@ -35,6 +46,13 @@ def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
         min_gap_s=_ms(dev.min_gap_ms),
         max_requests_per_s=dev.max_requests_per_s,
     )
+    _add_register_map_device(out, dev, bus, clock)
+
+
+def _add_register_map_device(
+    out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevice, bus: ModbusBus, clock: Clock
+) -> None:
+    """The same register-map driver serves a device on TCP or on an RS-485 line."""
     inverter = ModbusHybridInverter(
         device_id=dev.id,
         bus=bus,
