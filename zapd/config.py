@@ -21,6 +21,53 @@ DEFAULT_CONFIG_PATH = Path("/etc/zapd/zapd.toml")
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+# Field types several device kinds share: one definition, one description.
+DeviceId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Device id, unique in the file: names its DERs and appears in logs. Letters, digits, `_` and `-`.",
+    ),
+]
+RegisterMapName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description=(
+            "Register map: a name shipped with zapd (`drivers/modbus/maps/NAME.toml`) or a path to your own file."
+        ),
+    ),
+]
+PollPeriod = Annotated[
+    float,
+    Field(gt=0, le=3600, description="Poll period in s; a reading older than three periods counts as unknown."),
+]
+WritesPerHour = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=100_000,
+        description=(
+            "Cap on register writes per rolling hour (inverter flash wears out). Beyond it commands are "
+            "refused and logged, and the device keeps its last setpoint until its command timeout. A setpoint "
+            "the device already holds is not written again."
+        ),
+    ),
+]
+CommandTimeout = Annotated[
+    int,
+    Field(
+        ge=10,
+        le=65_535,
+        description=(
+            "Written to the device: without a write from zapd for this many s it returns to its own mode. "
+            "zapd re-writes within half of it."
+        ),
+    ),
+]
+
+
 
 class SiteConfig(_Strict):
     id: str = Field(
@@ -211,26 +258,12 @@ class ModbusTcpDevice(_Strict):
             "DERs are `<id>.battery` and `<id>.pv`."
         )
     )
-    id: str = Field(
-        min_length=1,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Device id, unique in the file: names its DERs and appears in logs. Letters, digits, `_` and `-`.",
-    )
+    id: DeviceId
     host: str = Field(min_length=1, description="IP address or host name of the device or its Modbus gateway.")
     port: int = Field(default=502, ge=1, le=65535, description="Modbus-TCP port.")
     unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
-    map: str = Field(
-        min_length=1,
-        description=(
-            "Register map: a name shipped with zapd (`drivers/modbus/maps/NAME.toml`) or a path to your own file."
-        ),
-    )
-    poll_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=3600,
-        description="Poll period in s; a reading older than three periods counts as unknown.",
-    )
+    map: RegisterMapName
+    poll_s: PollPeriod = 5.0
     timeout_s: float = Field(
         default=3.0,
         gt=0,
@@ -254,25 +287,8 @@ class ModbusTcpDevice(_Strict):
             "Cap on Modbus requests per second to this host and port; requests beyond it wait. Not set: no cap."
         ),
     )
-    max_writes_per_hour: int | None = Field(
-        default=360,
-        ge=1,
-        le=100_000,
-        description=(
-            "Cap on register writes per rolling hour (inverter flash wears out). Beyond it commands are "
-            "refused and logged, and the device keeps its last setpoint until its command timeout. A setpoint "
-            "the device already holds is not written again."
-        ),
-    )
-    command_timeout_s: int = Field(
-        default=300,
-        ge=10,
-        le=65_535,
-        description=(
-            "Written to the device: without a write from zapd for this many s it returns to its own mode. "
-            "zapd re-writes within half of it."
-        ),
-    )
+    max_writes_per_hour: WritesPerHour = 360
+    command_timeout_s: CommandTimeout = 300
     battery: BatteryLimits = Field(default=BatteryLimits(), description="Limits of the battery behind this device.")
 
 
@@ -286,11 +302,7 @@ class ModbusRtuDevice(_Strict):
             "baudrate, parity, stopbits and bytesize, and need different unit ids."
         )
     )
-    id: str = Field(
-        min_length=1,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Device id, unique in the file: names its DERs and appears in logs. Letters, digits, `_` and `-`.",
-    )
+    id: DeviceId
     port: str = Field(min_length=1, description="Serial device of the RS-485 adapter, e.g. `/dev/ttyUSB0`.")
     baudrate: int = Field(
         default=9600, ge=300, le=921_600, description="Line speed in bit/s; the same for every device on this port."
@@ -301,18 +313,8 @@ class ModbusRtuDevice(_Strict):
     stopbits: Literal[1, 2] = Field(default=1, description="Stop bits; the same for every device on this port.")
     bytesize: Literal[7, 8] = Field(default=8, description="Data bits; the same for every device on this port.")
     unit_id: int = Field(default=1, ge=1, le=247, description="Modbus unit (slave) id; unique on this port.")
-    map: str = Field(
-        min_length=1,
-        description=(
-            "Register map: a name shipped with zapd (`drivers/modbus/maps/NAME.toml`) or a path to your own file."
-        ),
-    )
-    poll_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=3600,
-        description="Poll period in s; a reading older than three periods counts as unknown.",
-    )
+    map: RegisterMapName
+    poll_s: PollPeriod = 5.0
     timeout_s: float = Field(
         default=1.0,
         gt=0,
@@ -334,25 +336,8 @@ class ModbusRtuDevice(_Strict):
         le=1000,
         description="Cap on Modbus requests per second on this serial line; requests beyond it wait. Not set: no cap.",
     )
-    max_writes_per_hour: int | None = Field(
-        default=360,
-        ge=1,
-        le=100_000,
-        description=(
-            "Cap on register writes per rolling hour (inverter flash wears out). Beyond it commands are "
-            "refused and logged, and the device keeps its last setpoint until its command timeout. A setpoint "
-            "the device already holds is not written again."
-        ),
-    )
-    command_timeout_s: int = Field(
-        default=300,
-        ge=10,
-        le=65_535,
-        description=(
-            "Written to the device: without a write from zapd for this many s it returns to its own mode. "
-            "zapd re-writes within half of it."
-        ),
-    )
+    max_writes_per_hour: WritesPerHour = 360
+    command_timeout_s: CommandTimeout = 300
     battery: BatteryLimits = Field(default=BatteryLimits(), description="Limits of the battery behind this device.")
 
     def line(self) -> tuple[int, str, int, int]:
@@ -369,20 +354,11 @@ class SunSpecTcpDevice(_Strict):
             "are `<id>.pv`, `<id>.battery` and `<id>.meter`."
         )
     )
-    id: str = Field(
-        min_length=1,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Device id, unique in the file: names its DERs and appears in logs. Letters, digits, `_` and `-`.",
-    )
+    id: DeviceId
     host: str = Field(min_length=1, description="IP address or host name of the inverter.")
     port: int = Field(default=502, ge=1, le=65535, description="Modbus-TCP port.")
     unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
-    poll_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=3600,
-        description="Poll period in s; a reading older than three periods counts as unknown.",
-    )
+    poll_s: PollPeriod = 5.0
     timeout_s: float = Field(
         default=3.0,
         gt=0,
@@ -559,12 +535,7 @@ class ModbusEvDevice(_Strict):
     map: str = Field(
         default="alfen_eve", min_length=1, description="Register map: `alfen_eve` (shipped) or a path to your own file."
     )
-    poll_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=3600,
-        description="Poll period in s; a reading older than three periods counts as unknown.",
-    )
+    poll_s: PollPeriod = 5.0
     timeout_s: float = Field(
         default=3.0,
         gt=0,
