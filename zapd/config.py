@@ -66,6 +66,30 @@ CommandTimeout = Annotated[
         ),
     ),
 ]
+DsmrVersion = Annotated[
+    Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"],
+    Field(description="DSMR version: 2.2, 4, 5, 5B (Belgium), 5L (Luxembourg), 5S (Sweden) or Q3D."),
+]
+TelegramInterval = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=3600,
+        description=(
+            "The meter's telegram interval in s (1 for DSMR 5, 10 for DSMR 4); a reading older than three "
+            "intervals counts as unknown."
+        ),
+    ),
+]
+DecryptionKey = Annotated[
+    str | None,
+    Field(
+        description=(
+            "Luxembourg Smarty meters: the decryption key from the grid operator, in hex. Not set: telegrams "
+            "are plain text."
+        ),
+    ),
+]
 
 
 
@@ -428,25 +452,9 @@ class P1SerialDevice(_Strict):
             "4, 115200 8N1 otherwise)."
         ),
     )
-    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = Field(
-        default="5", description="DSMR version: 2.2, 4, 5, 5B (Belgium), 5L (Luxembourg), 5S (Sweden) or Q3D."
-    )
-    poll_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=3600,
-        description=(
-            "The meter's telegram interval in s (1 for DSMR 5, 10 for DSMR 4); a reading older than three "
-            "intervals counts as unknown."
-        ),
-    )
-    decryption_key: str | None = Field(
-        default=None,
-        description=(
-            "Luxembourg Smarty meters: the decryption key from the grid operator, in hex. Not set: telegrams "
-            "are plain text."
-        ),
-    )
+    dsmr_version: DsmrVersion = "5"
+    poll_s: TelegramInterval = 1.0
+    decryption_key: DecryptionKey = None
 
 
 class P1TcpDevice(_Strict):
@@ -462,25 +470,9 @@ class P1TcpDevice(_Strict):
     )
     host: str = Field(min_length=1, description="IP address or host name of the P1 reader.")
     port: int = Field(ge=1, le=65535, description="TCP port of the P1 reader.")
-    dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = Field(
-        default="5", description="DSMR version: 2.2, 4, 5, 5B (Belgium), 5L (Luxembourg), 5S (Sweden) or Q3D."
-    )
-    poll_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=3600,
-        description=(
-            "The meter's telegram interval in s (1 for DSMR 5, 10 for DSMR 4); a reading older than three "
-            "intervals counts as unknown."
-        ),
-    )
-    decryption_key: str | None = Field(
-        default=None,
-        description=(
-            "Luxembourg Smarty meters: the decryption key from the grid operator, in hex. Not set: telegrams "
-            "are plain text."
-        ),
-    )
+    dsmr_version: DsmrVersion = "5"
+    poll_s: TelegramInterval = 1.0
+    decryption_key: DecryptionKey = None
 
 
 class EvLimits(_Strict):
