@@ -19,9 +19,9 @@ from typing import Literal
 
 import structlog
 
-from drivers.api import ConfigurationError, DriverError, ReadingSink
-from drivers.modbus.backoff import Backoff
+from drivers.api import DriverError, ReadingSink
 from drivers.modbus.bus import ModbusBus, Priority
+from drivers.modbus.device_loop import DeviceHealth, poll_forever
 from drivers.modbus.register_map import Field, RegisterMap, RegisterMapError, Table
 from zapd.clock import Clock
 from zapd.model import (
@@ -121,7 +121,7 @@ class ModbusEvCharger:
         self._last_write_at = 0.0  # monotonic
         self._session_start_wh: float | None = None
         self._was_connected = False
-        self._healthy: bool | None = None
+        self._health = DeviceHealth(device_id, unit_id, "ev")
         self.counters: dict[str, int] = dict.fromkeys(
             ("polls", "poll_errors", "config_errors", "commands", "commands_refused", "command_errors", "keepalives"),
             0,
@@ -137,7 +137,7 @@ class ModbusEvCharger:
 
     @property
     def healthy(self) -> bool:
-        return bool(self._healthy)
+        return self._health.healthy
 
     def capabilities(self) -> list[DerCapabilities]:
         return [
@@ -210,26 +210,19 @@ class ModbusEvCharger:
 
     async def run(self, sink: ReadingSink) -> None:
         """Poll forever and keep the last setpoint alive; device trouble means a pause, never an exit."""
-        backoff = Backoff(min(self._poll_s, 1.0), self._backoff_max_s)
-        while True:
-            try:
-                await self._keepalive()
-                await self.poll_once(sink)
-            except ConfigurationError as exc:
-                self.counters["config_errors"] += 1
-                self._trouble(exc, config=True)
-                await self._clock.sleep(self._backoff_max_s)
-                continue
-            except DriverError as exc:
-                self.counters["poll_errors"] += 1
-                self._trouble(exc, config=False)
-                await self._clock.sleep(max(self._poll_s, backoff.next_delay()))
-                continue
-            backoff.reset()
-            if self._healthy is False:
-                log.info("ev.device_recovered", device=self._id)
-            self._healthy = True
-            await self._clock.sleep(self._poll_s)
+
+        async def step() -> None:
+            await self._keepalive()
+            await self.poll_once(sink)
+
+        await poll_forever(
+            step,
+            health=self._health,
+            counters=self.counters,
+            clock=self._clock,
+            poll_s=self._poll_s,
+            backoff_max_s=self._backoff_max_s,
+        )
 
     async def _keepalive(self) -> None:
         cmd = self._last_command
@@ -239,11 +232,6 @@ class ModbusEvCharger:
         async with asyncio.timeout(self._apply_timeout_s):
             await self._write("ev_current_setpoint", cmd.current_a)
         self._last_write_at = time.monotonic()
-
-    def _trouble(self, exc: DriverError, *, config: bool) -> None:
-        if self._healthy is not False:
-            log.error("ev.device_error", device=self._id, error=str(exc), kind="configuration" if config else "io")
-        self._healthy = False
 
     # ---- control ----
 

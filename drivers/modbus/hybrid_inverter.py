@@ -14,8 +14,8 @@ import math
 import structlog
 
 from drivers.api import ConfigurationError, DriverError, ReadingSink
-from drivers.modbus.backoff import Backoff
 from drivers.modbus.bus import ModbusBus, Priority
+from drivers.modbus.device_loop import DeviceHealth, poll_forever
 from drivers.modbus.register_map import Field, RegisterMap, Table
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
 from zapd.clock import Clock
@@ -88,8 +88,7 @@ class ModbusHybridInverter:
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
         # Setpoint registers as last read back from the device, and when they were written.
         self._held: tuple[list[int], float] | None = None
-        self._healthy: bool | None = None
-        self._last_error = ""
+        self._health = DeviceHealth(device_id, unit_id, "modbus")
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "polls",
@@ -122,11 +121,11 @@ class ModbusHybridInverter:
 
     @property
     def healthy(self) -> bool:
-        return bool(self._healthy)
+        return self._health.healthy
 
     @property
     def last_error(self) -> str:
-        return self._last_error
+        return self._health.last_error
 
     def _limit(self, key: str) -> float | None:
         """Config may lower the nameplate, never raise it: the device cannot do more than it says."""
@@ -234,26 +233,20 @@ class ModbusHybridInverter:
 
     async def run(self, sink: ReadingSink) -> None:
         """Probe (until it works), then poll forever; device trouble means a pause, never an exit."""
-        backoff = Backoff(min(self._poll_s, 1.0), self._backoff_max_s)
-        while True:
-            try:
-                if not self._probed:
-                    await self._probe_step()
-                await self.poll_once(sink)
-            except ConfigurationError as exc:
-                # The device says our map is wrong: asking again soon will not change its mind.
-                self.counters["config_errors"] += 1
-                self._trouble(exc, config=True)
-                await self._clock.sleep(self._backoff_max_s)
-                continue
-            except DriverError as exc:
-                self.counters["poll_errors"] += 1
-                self._trouble(exc, config=False)
-                await self._clock.sleep(max(self._poll_s, backoff.next_delay()))
-                continue
-            backoff.reset()
-            self._recovered()
-            await self._clock.sleep(self._poll_s)
+
+        async def step() -> None:
+            if not self._probed:
+                await self._probe_step()
+            await self.poll_once(sink)
+
+        await poll_forever(
+            step,
+            health=self._health,
+            counters=self.counters,
+            clock=self._clock,
+            poll_s=self._poll_s,
+            backoff_max_s=self._backoff_max_s,
+        )
 
     async def _probe_step(self) -> None:
         try:
@@ -266,26 +259,6 @@ class ModbusHybridInverter:
         except DriverError:
             self.counters["probe_errors"] += 1
             raise
-
-    def _trouble(self, exc: DriverError, *, config: bool) -> None:
-        msg = str(exc)
-        # Once per outage; a configuration error again when it changes (it names the register at fault).
-        if self._healthy is not False or (config and msg != self._last_error):
-            log.error(
-                "modbus.device_error",
-                device=self._id,
-                unit=self._unit,
-                error=msg,
-                kind="configuration" if config else "io",
-            )
-        self._healthy = False
-        self._last_error = msg
-
-    def _recovered(self) -> None:
-        if self._healthy is False:
-            log.info("modbus.device_recovered", device=self._id, unit=self._unit)
-        self._healthy = True
-        self._last_error = ""
 
     # ---- control ----
 

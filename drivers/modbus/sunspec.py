@@ -18,8 +18,8 @@ from datetime import datetime
 import structlog
 
 from drivers.api import ConfigurationError, DriverError, ReadingSink
-from drivers.modbus.backoff import Backoff
 from drivers.modbus.bus import ModbusBus, Priority
+from drivers.modbus.device_loop import DeviceHealth, poll_forever
 from drivers.modbus.sunspec_models import (
     ModelDef,
     SunSpecError,
@@ -294,8 +294,7 @@ class SunSpecInverter:
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
         self.device: SunSpecDevice | None = None
         self._held: tuple[list[int], float] | None = None  # model-124 control span as read back, and when
-        self._healthy: bool | None = None
-        self._last_error = ""
+        self._health = DeviceHealth(device_id, unit_id, "sunspec")
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "scans",
@@ -323,11 +322,11 @@ class SunSpecInverter:
 
     @property
     def healthy(self) -> bool:
-        return bool(self._healthy)
+        return self._health.healthy
 
     @property
     def last_error(self) -> str:
-        return self._last_error
+        return self._health.last_error
 
     def capabilities(self) -> list[DerCapabilities]:
         """Empty until the first scan: what the device is, only it can say."""
@@ -390,48 +389,25 @@ class SunSpecInverter:
 
     async def run(self, sink: ReadingSink) -> None:
         """Scan (until it works), then poll forever; device trouble means a pause, never an exit."""
-        backoff = Backoff(min(self._poll_s, 1.0), self._backoff_max_s)
-        while True:
-            try:
-                if self.device is None:
-                    try:
-                        await self.scan()
-                    except DriverError:
-                        self.counters["scan_errors"] += 1
-                        raise
-                await self.poll_once(sink)
-            except ConfigurationError as exc:
-                self.counters["config_errors"] += 1
-                self._trouble(exc, config=True)
-                await self._clock.sleep(self._backoff_max_s)
-                continue
-            except (DriverError, SunSpecError) as exc:
-                self.counters["poll_errors"] += 1
-                self._trouble(exc, config=False)
-                await self._clock.sleep(max(self._poll_s, backoff.next_delay()))
-                continue
-            backoff.reset()
-            self._recovered()
-            await self._clock.sleep(self._poll_s)
 
-    def _trouble(self, exc: Exception, *, config: bool) -> None:
-        msg = str(exc)
-        if self._healthy is not False or (config and msg != self._last_error):
-            log.error(
-                "sunspec.device_error",
-                device=self._id,
-                unit=self._unit,
-                error=msg,
-                kind="configuration" if config else "io",
-            )
-        self._healthy = False
-        self._last_error = msg
+        async def step() -> None:
+            if self.device is None:
+                try:
+                    await self.scan()
+                except DriverError:
+                    self.counters["scan_errors"] += 1
+                    raise
+            await self.poll_once(sink)
 
-    def _recovered(self) -> None:
-        if self._healthy is False:
-            log.info("sunspec.device_recovered", device=self._id, unit=self._unit)
-        self._healthy = True
-        self._last_error = ""
+        await poll_forever(
+            step,
+            health=self._health,
+            counters=self.counters,
+            clock=self._clock,
+            poll_s=self._poll_s,
+            backoff_max_s=self._backoff_max_s,
+            io_errors=(DriverError, SunSpecError),
+        )
 
     # ---- control (model 124) ----
 
