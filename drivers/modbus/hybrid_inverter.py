@@ -16,7 +16,7 @@ import structlog
 from drivers.api import ConfigurationError, DriverError, ReadingSink
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import DeviceHealth, poll_forever
-from drivers.modbus.register_map import Field, RegisterMap, Table
+from drivers.modbus.register_map import SCALE_FACTOR_LIMIT, Field, RegisterMap, Table
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
 from zapd.clock import Clock
 from zapd.model import (
@@ -37,7 +37,6 @@ _REQUIRED = ("battery_soc", "battery_power")
 # A map without a setpoint (a vendor whose control zapd does not speak) is monitoring-only.
 _WRITABLE = ("battery_setpoint", "remote_control")
 _NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
-_MAX_SF = 10  # beyond 10**±10 a scale factor is garbage, not a unit
 _DEFAULT_COMMAND_TIMEOUT_S = 300  # written when the map has a timeout register: device falls back on its own
 
 
@@ -163,7 +162,7 @@ class ModbusHybridInverter:
             return None
         sf_field = self._map.field(f.scale_factor)
         sf = sf_field.decode_raw_int(await self._read_regs(sf_field, priority))
-        if not -_MAX_SF <= sf <= _MAX_SF:  # SunSpec "not implemented" is 0x8000; 10**-32768 is no scale
+        if not -SCALE_FACTOR_LIMIT <= sf <= SCALE_FACTOR_LIMIT:  # SunSpec "not implemented" is 0x8000
             raise DriverError(f"{self._id}: scale factor {sf_field.name} read as {sf}")
         return sf
 

@@ -49,6 +49,7 @@ _REGISTER_TYPE = {
     DataType.FLOAT32: RegisterType.FLOAT32,
     DataType.FLOAT64: RegisterType.FLOAT64,
 }
+SCALE_FACTOR_LIMIT = 10  # SunSpec scale factors are -10..10; beyond is a garbled register
 _WIDTH = {DataType.U16: 1, DataType.S16: 1, DataType.U32: 2, DataType.S32: 2, DataType.FLOAT32: 2, DataType.FLOAT64: 4}
 _INT_RANGE = {
     DataType.U16: (0, 0xFFFF),
@@ -96,6 +97,9 @@ class Field:
     def _factor(self, sf: int | None) -> float:
         if self.scale_factor is not None and sf is None:
             raise ValueError(f"field {self.name!r} needs the value of scale factor {self.scale_factor!r}")
+        if sf is not None and not -SCALE_FACTOR_LIMIT <= sf <= SCALE_FACTOR_LIMIT:
+            # SunSpec scale factors are -10..10; anything far outside is a garbled register, not a value.
+            raise ValueError(f"field {self.name!r}: scale factor {sf} is out of range")
         f = self.scale * _UNIT_TO_ZAPD[self.unit] * (10.0 ** (sf or 0))
         return -f if self.invert else f
 
