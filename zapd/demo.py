@@ -143,6 +143,7 @@ def demo_config(out: Path, modbus_port: int, p1_port: str, plan_file: Path | Non
         "store": {"state_dir": str(out / "state")},
         "api": {"socket": str(out / "zapd.sock")},
         "log": {"level": "warning"},
+        "metrics": {"enabled": False},  # no fixed port on a developer's machine
         "devices": [
             {
                 "driver": "modbus_tcp",
