@@ -36,13 +36,18 @@ STEP_EVERY_S = 0.5
 
 
 class TimedBattery(BatteryModel):
-    """Records when (perf_counter) each setpoint arrives from the Modbus server's write handler."""
+    """Records when (perf_counter) each setpoint arrives from the Modbus server's write handler.
+
+    The battery does what it is told at once (power = setpoint), so the meter the bench writes can
+    show the site as it is: house step + battery response, as the controller expects of real physics.
+    """
 
     writes: list[tuple[float, float]]
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "setpoint_w" and hasattr(self, "writes"):
             self.writes.append((time.perf_counter(), float(value)))
+            super().__setattr__("power_w", float(value))
         super().__setattr__(name, value)
 
 
@@ -74,6 +79,8 @@ port = {modbus_port}
 map = "sim_hybrid"
 poll_s = 1
 timeout_s = 1
+# Hundreds of steps a minute: far above a real site's writes, so lift the flash-wear budget.
+max_writes_per_hour = 100000
 [[devices]]
 driver = "p1_serial"
 id = "meter"
@@ -105,17 +112,17 @@ async def _measure(samples: int) -> tuple[list[float], int]:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 sign = -sign
-                site.grid_w = sign * STEP_W
+                site.grid_w = sign * STEP_W + battery.setpoint_w  # the house steps; the battery still runs
                 await meter.send_once(datetime.now(UTC))
                 await asyncio.sleep(STEP_EVERY_S)
-                if any(abs(v + site.grid_w) < 1.0 for _, v in battery.writes[-3:]):
+                if any(abs(v + sign * STEP_W) < 1.0 for _, v in battery.writes[-3:]):
                     break
             else:
                 raise RuntimeError(f"zapd never followed the meter: {zapd.output()[-2000:]}")
             for _ in range(samples):
                 sign = -sign
-                site.grid_w = sign * STEP_W
-                expected = -site.grid_w  # self-consumption: the battery cancels the grid step
+                site.grid_w = sign * STEP_W + battery.setpoint_w
+                expected = -sign * STEP_W  # self-consumption: the battery cancels the house's step
                 seen = len(battery.writes)
                 await meter.send_once(datetime.now(UTC))
                 t0 = time.perf_counter()

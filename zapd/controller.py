@@ -113,8 +113,10 @@ class Controller:
 
     async def run(self) -> None:
         while True:
-            await self.cycle()
+            # Cleared before the cycle, not after: a reading that arrives while the cycle awaits device
+            # I/O must wake the next cycle at once instead of waiting for the tick.
             self._wake.clear()
+            await self.cycle()
             sleeper = asyncio.ensure_future(self._clock.sleep(self._tick_s))
             waker = asyncio.ensure_future(self._wake.wait())
             try:

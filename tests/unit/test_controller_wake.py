@@ -1,0 +1,91 @@
+"""A meter reading that arrives while a control cycle is running must get its own cycle at once.
+
+Why: the controller is event driven (a new meter reading wakes it) so the fuse limit reacts in
+milliseconds, not at the next tick. Found by `python -m bench.latency`: about one step in 300
+waited for the 10 s tick because the wake-up set during a cycle (the cycle awaits Modbus I/O)
+was cleared when the cycle ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from zapd.clock import SystemClock
+from zapd.controller import Controller
+from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.model import POWER_W, SOC, Command, CommandResult, DerKind, Reading
+from zapd.state import SiteState
+from zapd.store import Store
+
+BATTERY = "inverter.battery"
+
+
+class SlowBattery:
+    """Takes 50 ms per write, like a Modbus write plus read-back; the test wakes the controller meanwhile."""
+
+    def __init__(self, on_apply: asyncio.Event) -> None:
+        self.applied = on_apply
+        self.commands: list[Command] = []
+
+    async def apply(self, command: Command) -> CommandResult:
+        self.commands.append(command)
+        self.applied.set()
+        await asyncio.sleep(0.05)
+        return CommandResult(command=command, ok=True)
+
+    async def safe_mode(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "zapd.sqlite")
+    yield s
+    await s.close()
+
+
+def feed(state: SiteState, grid_w: float) -> None:
+    now = datetime.now(UTC)
+    state.update(Reading(der_id="meter", kind=DerKind.METER, ts=now, values={POWER_W: grid_w}))
+    state.update(Reading(der_id=BATTERY, kind=DerKind.BATTERY, ts=now, values={POWER_W: 0.0, SOC: 0.5}))
+
+
+async def test_wake_during_a_cycle_runs_another_cycle_without_waiting_for_the_tick(store: Store) -> None:
+    state = SiteState()
+    state.register("meter", DerKind.METER, 1)
+    state.register(BATTERY, DerKind.BATTERY, 1)
+    applied = asyncio.Event()
+    battery = SlowBattery(applied)
+    ctl = Controller(
+        clock=SystemClock(),
+        state=state,
+        store=store,
+        batteries=lambda: [BatteryEnvelope(BATTERY, 10_000, 5000, 5000, 0.1)],
+        actuators={BATTERY: battery},
+        site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
+        tick_s=10,  # the next tick is far away: only a wake-up can explain a prompt second cycle
+        refresh_s=60,
+        deadband_w=50,
+        plan_source=lambda: None,
+        plan_fresh=lambda: True,
+    )
+    feed(state, 1000.0)
+    task = asyncio.create_task(ctl.run())
+    try:
+        await asyncio.wait_for(applied.wait(), 2)  # the first cycle is writing now
+        feed(state, -1000.0)  # a new meter reading lands mid-cycle
+        ctl.wake()
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if len(battery.commands) >= 2:
+                break
+        assert [c.power_w for c in battery.commands] == [-1000.0, 1000.0]  # type: ignore[union-attr]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
