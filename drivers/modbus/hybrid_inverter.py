@@ -88,6 +88,8 @@ class ModbusHybridInverter:
         # Setpoint registers as last read back from the device, and when they were written.
         self._held: tuple[list[int], float] | None = None
         self._health = DeviceHealth(device_id, unit_id, "modbus")
+        self._commands_failing = False
+        self._last_refusal: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "polls",
@@ -217,10 +219,12 @@ class ModbusHybridInverter:
         log.info("modbus.probed", device=self._id, unit=self._unit, **self._nameplate)
 
     async def poll_once(self, sink: ReadingSink) -> None:
+        # Stamped when the reads start: a setpoint written while they run is newer than this reading,
+        # so the controller takes the written value as the battery's power, not the older one read here.
+        ts = self._clock.now()
         soc = await self._read("battery_soc")
         battery_w = await self._read("battery_power")
         pv_w = await self._read("pv_power") if self._has_pv else None
-        ts = self._clock.now()
         # Pass implausible values on, flagged: the state layer decides; clamping would hide a bad map.
         battery_q = Quality.GOOD if 0.0 <= soc <= 1.0 else Quality.SUSPECT
         battery = {POWER_W: battery_w, SOC: soc}
@@ -282,8 +286,11 @@ class ModbusHybridInverter:
         refusal = self._refusal(command)
         if refusal is not None:
             self.counters["commands_refused"] += 1
-            log.warning("modbus.command_refused", device=self._id, reason=refusal)
+            if refusal != self._last_refusal:  # logged when the reason changes, counted every time
+                self._last_refusal = refusal
+                log.warning("modbus.command_refused", device=self._id, reason=refusal)
             return CommandResult(command=command, ok=False, detail=refusal)
+        self._last_refusal = None
         assert isinstance(command, BatterySetpoint)  # _refusal checked it
         try:
             async with asyncio.timeout(self._apply_timeout_s):
@@ -297,10 +304,15 @@ class ModbusHybridInverter:
             detail = str(exc)
         else:
             if ok:
+                if self._commands_failing:
+                    self._commands_failing = False
+                    log.info("modbus.commands_recovered", device=self._id)
                 return CommandResult(command=command, ok=True, detail=detail)
         self._held = None
         self.counters["command_errors"] += 1
-        log.warning("modbus.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
+        if not self._commands_failing:  # once per outage: every meter reading would otherwise log one
+            self._commands_failing = True
+            log.warning("modbus.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
         return CommandResult(command=command, ok=False, detail=detail)
 
     def _holds(self, regs: list[int]) -> bool:
