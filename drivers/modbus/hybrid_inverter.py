@@ -275,8 +275,11 @@ class ModbusHybridInverter:
         if not math.isfinite(command.power_w):
             return f"setpoint {command.power_w} W is not a number"
         charge, discharge = self._limit("max_charge_w"), self._limit("max_discharge_w")
-        if charge is None or discharge is None:
+        if (charge is None or discharge is None) and command.power_w != 0.0:
+            # Idle is within any battery's limits: the controller may hold a device it has not probed yet.
             return "nameplate limits unknown (device not probed yet and no config override)"
+        if charge is None or discharge is None:
+            return None
         if not -discharge <= command.power_w <= charge:
             return f"setpoint {command.power_w:g} W outside nameplate -{discharge:g}..{charge:g} W"
         return None

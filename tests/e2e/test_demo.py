@@ -32,7 +32,7 @@ def test_demo_short_window(tmp_path: Path) -> None:
     summary = res.stdout
     assert value(summary, "energy balance error", r"([\d.]+)%") < 1.0
     assert value(summary, "metered by zapd (P1)", r"error vs\. truth ([\d.]+)%") < 1.0
-    assert value(summary, "grid import") > 0.0
+    assert value(summary, "load consumed") > 0.0
     assert value(summary, "commands written") > 0
     assert value(summary, "simulated hours") == pytest.approx(3.0, abs=0.05)
     png = tmp_path / "demo.png"
