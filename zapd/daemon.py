@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -40,6 +41,13 @@ TELEMETRY_FLUSH_S = 1.0  # real seconds: one transaction (one fsync) per second 
 MAX_PENDING = 200_000  # readings held in memory while the store fails: ~3 h of a 10-device site
 RETENTION_EVERY_S = 60.0  # clock seconds between retention passes
 SAFE_MODE_TIMEOUT_S = 10.0
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: print every asyncio task's stack to stderr, to see what a stuck daemon waits for."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
 
 
 class StartupError(Exception):
@@ -268,6 +276,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         self.store = await Store.open(self.db_path)
         try:
             self._start_cloud(self.store)
