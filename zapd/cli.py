@@ -39,11 +39,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_BAD_CONFIG
     configure(config.log.level)
+    # Not asyncio.run: its teardown waits for every task, and a task that ignores cancellation would
+    # then keep a stopped daemon (devices already safe, store closed) from exiting for systemd.
+    loop = asyncio.new_event_loop()
     try:
-        return asyncio.run(Daemon(config, clock_from_env()).run())
+        return loop.run_until_complete(Daemon(config, clock_from_env()).run())
     except StartupError as exc:
         print(f"zapd: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    finally:
+        loop.close()
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ TELEMETRY_FLUSH_S = 1.0  # real seconds: one transaction (one fsync) per second 
 MAX_PENDING = 200_000  # readings held in memory while the store fails: ~3 h of a 10-device site
 RETENTION_EVERY_S = 60.0  # clock seconds between retention passes
 SAFE_MODE_TIMEOUT_S = 10.0
+STOP_TASKS_TIMEOUT_S = 5.0
 
 
 def dump_tasks() -> None:
@@ -341,8 +342,11 @@ class Daemon:
             self.notifier.stopping()
             sup_task.cancel()
             stop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sup_task
+            # Bounded: a task that does not honour cancellation must not keep the devices from going safe.
+            done, _ = await asyncio.wait({sup_task}, timeout=STOP_TASKS_TIMEOUT_S)
+            if not done:
+                log.error("tasks_did_not_stop", timeout_s=STOP_TASKS_TIMEOUT_S)
+                dump_tasks()
             await asyncio.shield(self._shutdown())
         return 0
 
