@@ -8,22 +8,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zapd.config import DEFAULT_CONFIG_PATH, ConfigError, ZapdConfig, load_config
+from zapd.config import DEFAULT_CONFIG_PATH, ZapdConfig
+from zapd.config_check import check_file
 
 EXIT_BAD_CONFIG = 2
 
 
-def _load_or_report(path: Path) -> ZapdConfig | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
+def _load_or_report(path: Path, *, strict: bool = False) -> ZapdConfig | None:
+    """Errors and warnings go to stderr as `file: key: reason` lines; warnings stop nothing unless `strict`."""
+    result = check_file(path)
+    for line in (*result.errors, *result.warnings):
+        print(line, file=sys.stderr)
+    if result.config is None or result.errors or (strict and result.warnings):
         return None
+    return result.config
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config = _load_or_report(Path(args.path))
+    config = _load_or_report(Path(args.path), strict=args.strict)
     if config is None:
         return EXIT_BAD_CONFIG
     print(f"{args.path}: ok ({len(config.devices)} devices, site {config.site.id})")
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file without starting anything")
     check.add_argument("path")
+    check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     check.set_defaults(func=cmd_config_check)
 
     keygen = sub.add_parser("keygen", help="create the Zap's Ed25519 key pair")

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path("/etc/zapd/zapd.toml")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 # Field types several device kinds share: one definition, one description.
 DeviceId = Annotated[
@@ -70,27 +72,41 @@ DsmrVersion = Annotated[
     Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"],
     Field(description="DSMR version: 2.2, 4, 5, 5B (Belgium), 5L (Luxembourg), 5S (Sweden) or Q3D."),
 ]
+# Seconds between P1 telegrams, by DSMR version (see docs/decisions.md "P1 telegram intervals" for sources):
+# DSMR 2.2 and 4.x every 10 s, DSMR 5.0 (and Belgium's e-MUCS) every second, Luxembourg's Smarty and
+# the Swedish P1 recommendation every 10 s; Q3D has no published interval, 10 s is the safe guess
+# (a slower meter would otherwise look dead and hold the site).
+DSMR_TELEGRAM_INTERVAL_S: dict[str, float] = {
+    "2.2": 10.0,
+    "4": 10.0,
+    "5": 1.0,
+    "5B": 1.0,
+    "5L": 10.0,
+    "5S": 10.0,
+    "Q3D": 10.0,
+}
 TelegramInterval = Annotated[
-    float,
+    float | None,
     Field(
         gt=0,
         le=3600,
         description=(
-            "The meter's telegram interval in s (1 for DSMR 5, 10 for DSMR 4); a reading older than three "
-            "intervals counts as unknown."
+            "The meter's telegram interval in s; a reading older than three intervals counts as unknown. Not "
+            "set: what `dsmr_version` prescribes (10 for 2.2, 4, 5L, 5S and Q3D; 1 for 5 and 5B)."
         ),
     ),
 ]
+MeterRole = Literal["grid", "pv", "ev", "submeter"]
+METER_ROLES: tuple[str, ...] = ("grid", "pv", "ev", "submeter")
 DecryptionKey = Annotated[
     str | None,
     Field(
         description=(
-            "Luxembourg Smarty meters: the decryption key from the grid operator, in hex. Not set: telegrams "
-            "are plain text."
+            'Luxembourg Smarty meters (`dsmr_version = "5L"`): the decryption key from the grid operator, '
+            "32 hex digits (AES-128). Not set: telegrams are plain text."
         ),
     ),
 ]
-
 
 
 class SiteConfig(_Strict):
@@ -429,9 +445,22 @@ class SunSpecTcpDevice(_Strict):
     has_meter: bool = Field(
         default=False, description="Expect a SunSpec meter behind the inverter: report it as `<id>.meter`."
     )
+    meter_role: MeterRole | None = Field(
+        default=None,
+        description=(
+            "With `has_meter`: what that meter measures, `grid` (the site's connection point; exactly one per "
+            "site), `pv`, `ev` or `submeter`. Not set: `grid`."
+        ),
+    )
     battery: BatteryLimits = Field(
         default=BatteryLimits(), description="Limits of the battery behind this inverter (with `has_battery`)."
     )
+
+    @model_validator(mode="after")
+    def _meter_role_needs_meter(self) -> SunSpecTcpDevice:
+        if self.meter_role is not None and not self.has_meter:
+            raise ValueError("meter_role needs has_meter = true")
+        return self
 
 
 class P1SerialDevice(_Strict):
@@ -453,8 +482,15 @@ class P1SerialDevice(_Strict):
         ),
     )
     dsmr_version: DsmrVersion = "5"
-    poll_s: TelegramInterval = 1.0
+    poll_s: TelegramInterval = None
     decryption_key: DecryptionKey = None
+    role: MeterRole = Field(
+        default="grid",
+        description=(
+            "What the meter measures: `grid` (the site's connection point: the fuse and export limits act on "
+            "it; exactly one per site), `pv`, `ev` or `submeter` (recorded and shown, never controlled on)."
+        ),
+    )
 
 
 class P1TcpDevice(_Strict):
@@ -471,8 +507,15 @@ class P1TcpDevice(_Strict):
     host: str = Field(min_length=1, description="IP address or host name of the P1 reader.")
     port: int = Field(ge=1, le=65535, description="TCP port of the P1 reader.")
     dsmr_version: DsmrVersion = "5"
-    poll_s: TelegramInterval = 1.0
+    poll_s: TelegramInterval = None
     decryption_key: DecryptionKey = None
+    role: MeterRole = Field(
+        default="grid",
+        description=(
+            "What the meter measures: `grid` (the site's connection point: the fuse and export limits act on "
+            "it; exactly one per site), `pv`, `ev` or `submeter` (recorded and shown, never controlled on)."
+        ),
+    )
 
 
 class EvLimits(_Strict):
@@ -604,9 +647,19 @@ class MqttDerConfig(_Strict):
         default=None,
         description="Limits of an `ev_charger` DER controlled through `[[devices.commands]]`; commands need it.",
     )
+    role: MeterRole | None = Field(
+        default=None,
+        description=(
+            'For `kind = "meter"`: what it measures, `grid` (the site\'s connection point: the fuse and export '
+            "limits act on it; exactly one per site), `pv`, `ev` or `submeter` (recorded, never controlled "
+            "on). Not set: `grid`."
+        ),
+    )
 
     @model_validator(mode="after")
     def _has_readings(self) -> MqttDerConfig:
+        if self.role is not None and self.kind != "meter":
+            raise ValueError(f"role is for kind = 'meter' only, this DER is kind = {self.kind!r}")
         if self.preset is not None and self.source is None:
             raise ValueError(f"preset {self.preset!r} needs source (its topic root)")
         if self.preset is None and not self.readings:
@@ -706,6 +759,36 @@ DeviceConfig = Annotated[
     ModbusTcpDevice | ModbusRtuDevice | SunSpecTcpDevice | ModbusEvDevice | MqttDevice | P1SerialDevice | P1TcpDevice,
     Field(discriminator="driver"),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterDer:
+    """A meter DER the config declares, with its role and the key that sets it (for error lines)."""
+
+    der_id: str
+    role: str
+    key: str
+
+
+def meter_ders(devices: Sequence[object]) -> list[MeterDer]:
+    """Every meter DER of these devices: P1 meters, SunSpec meters (`has_meter`), MQTT `kind = "meter"`."""
+    out: list[MeterDer] = []
+    for dev in devices:
+        if isinstance(dev, P1SerialDevice | P1TcpDevice):
+            out.append(MeterDer(dev.id, dev.role, f"devices.{dev.id}.role"))
+        elif isinstance(dev, SunSpecTcpDevice) and dev.has_meter:
+            out.append(MeterDer(f"{dev.id}.meter", dev.meter_role or "grid", f"devices.{dev.id}.meter_role"))
+        elif isinstance(dev, MqttDevice):
+            for der in dev.ders:
+                if der.kind == "meter":
+                    key = f"devices.{dev.id}.ders.{der.id}.role"
+                    out.append(MeterDer(f"{dev.id}.{der.id}", der.role or "grid", key))
+    return out
+
+
+def telegram_interval_s(dev: P1SerialDevice | P1TcpDevice) -> float:
+    """The P1 meter's telegram interval: `poll_s` when given, else what its DSMR version sends."""
+    return dev.poll_s if dev.poll_s is not None else DSMR_TELEGRAM_INTERVAL_S[dev.dsmr_version]
 
 
 def _line_text(dev: ModbusRtuDevice) -> str:
@@ -842,6 +925,12 @@ class ZapdConfig(_Strict):
         description="One `[[devices]]` table per device; `driver` picks the protocol, `id` must be unique.",
     )
 
+    @property
+    def grid_meter(self) -> str | None:
+        """DER id of the site's one grid meter (the check refuses two); None when there is none."""
+        grid = [m.der_id for m in meter_ders(self.devices) if m.role == "grid"]
+        return grid[0] if len(grid) == 1 else None
+
     @model_validator(mode="after")
     def _unique_device_ids(self) -> ZapdConfig:
         seen: set[str] = set()
@@ -871,83 +960,20 @@ class ConfigError(Exception):
         self.lines = lines
 
 
-def _key_path(loc: tuple[int | str, ...], data: object) -> str:
-    """Turn pydantic's location into `devices[0].port`, dropping union tag names it inserts."""
-    parts: list[str] = []
-    node: object = data
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-            continue
-        if isinstance(node, dict) and item not in node and item in DRIVER_NAMES:
-            continue  # the discriminator branch pydantic reports, not a key the user wrote
-        parts.append(("." if parts else "") + item)
-        node = node.get(item) if isinstance(node, dict) else None
-    return "".join(parts) or "(top level)"
-
-
-_REASONS = {
-    "extra_forbidden": "unknown key",
-    "missing": "missing required key",
-    "union_tag_invalid": "unknown driver",
-    "union_tag_not_found": "missing required key 'driver'",
-}
-
-
-def _reason(err_type: str, msg: str, err_input: object) -> str:
-    if err_type == "union_tag_invalid":
-        name = err_input.get("driver") if isinstance(err_input, dict) else err_input
-        return f"unknown driver {name!r} (expected one of: {', '.join(DRIVER_NAMES)})"
-    return _REASONS.get(err_type, msg[0].lower() + msg[1:] if msg else err_type)
-
-
-def _duplicate_ids(data: dict[str, object], source: str) -> list[str]:
-    """Checked on the raw data so a duplicate is reported even when other keys are wrong too."""
-    devices = data.get("devices")
-    if not isinstance(devices, list):
-        return []
-    lines: list[str] = []
-    first_index: dict[str, int] = {}
-    for i, dev in enumerate(devices):
-        dev_id = dev.get("id") if isinstance(dev, dict) else None
-        if not isinstance(dev_id, str):
-            continue
-        if dev_id in first_index:
-            lines.append(
-                f"{source}: devices[{i}].id: duplicate device id {dev_id!r} (first at devices[{first_index[dev_id]}])"
-            )
-        else:
-            first_index[dev_id] = i
-    return lines
-
-
 def validate_config(data: dict[str, object], source: str) -> ZapdConfig:
-    lines = _duplicate_ids(data, source)
-    try:
-        config = ZapdConfig.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = err["loc"]
-            reason = _reason(err["type"], err["msg"].removeprefix("Value error, "), err.get("input"))
-            if err["type"] == "union_tag_invalid" and loc:
-                loc = (*loc, "driver")
-            line = f"{source}: {_key_path(tuple(loc), data)}: {reason}"
-            if "duplicate device id" not in reason:
-                lines.append(line)
-        raise ConfigError(lines) from None
-    if lines:
-        raise ConfigError(lines)
-    return config
+    """The config, or ConfigError with every problem; warnings (see zapd.config_check) do not stop it."""
+    from zapd.config_check import check_data
+
+    result = check_data(data, source)
+    if result.config is None or result.errors:
+        raise ConfigError(result.errors)
+    return result.config
 
 
 def load_config(path: Path) -> ZapdConfig:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{path}: (file): cannot read: {exc.strerror}"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: (syntax): {exc}"]) from None
-    return validate_config(data, str(path))
+    from zapd.config_check import check_file
+
+    result = check_file(path)
+    if result.config is None or result.errors:
+        raise ConfigError(result.errors)
+    return result.config

@@ -22,7 +22,7 @@ from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.clock import Clock
 from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
 from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
-from zapd.model import BatterySetpoint, CommandResult, DerKind, EvCurrent, Intent, Plan
+from zapd.model import BatterySetpoint, CommandResult, EvCurrent, Intent, Plan
 from zapd.state import SiteState, Snapshot
 from zapd.store import Store
 
@@ -133,9 +133,10 @@ class Controller:
         would mis-estimate the house's own balance and make the loop overshoot and oscillate.
         """
         latest = self._state.latest()
-        meter_ts = max((r.ts for r in latest.values() if r.kind is DerKind.METER), default=None)
-        if meter_ts is None:
+        grid = latest.get(self._state.grid_meter or "")
+        if grid is None:
             return snapshot
+        meter_ts = grid.ts
         views = dict(snapshot.batteries)
         changed = False
         for der_id, view in views.items():

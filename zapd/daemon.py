@@ -29,7 +29,7 @@ from zapd.devices import DeviceSet, build_devices
 from zapd.envelope import BatteryEnvelope, SiteLimits
 from zapd.homeassistant import HomeAssistant
 from zapd.metrics import MetricsServer, SyncGauges
-from zapd.model import DerCapabilities, DerKind, Plan, Reading
+from zapd.model import DerCapabilities, Plan, Reading
 from zapd.sdnotify import Notifier
 from zapd.state import SiteState
 from zapd.store import Store
@@ -190,9 +190,9 @@ class Daemon:
         self.config = config
         self.clock = clock
         self.notifier = notifier or Notifier()
-        self.state = SiteState()
         self.supervisor = Supervisor()
         self.devices = build_devices(config, clock)
+        self.state = SiteState(grid_meter=self.devices.grid_meter)
         self.plan_file = LocalPlanFile(config.plan.file) if config.plan.file else None
         self.store: Store | None = None
         self.controller: Controller | None = None
@@ -218,7 +218,7 @@ class Daemon:
         self.api.publish(reading)
         if self.telemetry is not None:
             self.telemetry.add(reading)
-        if reading.kind is DerKind.METER and self.controller is not None:
+        if reading.der_id == self.state.grid_meter and self.controller is not None:
             self.controller.wake()
 
     def current_plan(self) -> Plan | None:

@@ -24,6 +24,7 @@ from zapd.config import (
     P1TcpDevice,
     SunSpecTcpDevice,
     ZapdConfig,
+    telegram_interval_s,
 )
 from zapd.devices_modbus import add_modbus_rtu, add_modbus_tcp, add_sunspec_tcp
 from zapd.ev_envelope import EvEnvelope
@@ -38,6 +39,7 @@ class DeviceSet:
     poll_s: dict[str, float] = field(default_factory=dict)  # der_id → poll period
     kinds: dict[str, DerKind] = field(default_factory=dict)
     ev_envelopes: list[EvEnvelope] = field(default_factory=list)  # controllable EV chargers
+    grid_meter: str | None = None  # DER id of the site's one grid meter (the config check refuses two)
 
     def add_ev(self, der_id: str, limits: EvLimits) -> None:
         self.ev_envelopes.append(
@@ -52,7 +54,7 @@ class DeviceSet:
 
 
 def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
-    out = DeviceSet()
+    out = DeviceSet(grid_meter=config.grid_meter)
     for dev in config.devices:
         if isinstance(dev, ModbusTcpDevice):
             add_modbus_tcp(out, dev, clock)
@@ -69,12 +71,12 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
                     device_id=dev.id,
                     transport=transport,
                     dsmr_version=dev.dsmr_version,
-                    poll_s=dev.poll_s,
+                    poll_s=telegram_interval_s(dev),
                     clock=clock,
                     decryption_key=dev.decryption_key,
                 )
             )
-            out.poll_s[dev.id] = dev.poll_s
+            out.poll_s[dev.id] = telegram_interval_s(dev)
             out.kinds[dev.id] = DerKind.METER
         elif isinstance(dev, ModbusEvDevice):
             charger = ModbusEvCharger(

@@ -342,15 +342,10 @@ class HomeAssistant:
         }
 
     def _meter_kwh(self, now: datetime, key: str) -> float | None:
-        """Sum of the meters' register; unknown as soon as one meter's is (a partial sum would look like a drop)."""
-        meters = [der for der, kind in self._site.devices.kinds.items() if kind is DerKind.METER]
-        total = 0.0
-        for der in meters:
-            r = self._site.state.fresh(der, now)
-            if r is None or key not in r.values:
-                return None
-            total += r.values[key]
-        return total / 1000 if meters else None
+        """The grid meter's register (other meters measure inside the site: adding them would count twice)."""
+        grid = self._site.state.grid_meter
+        r = self._site.state.fresh(grid, now) if grid is not None else None
+        return r.values[key] / 1000 if r is not None and key in r.values else None
 
     def states(self) -> dict[str, tuple[str, bool]]:
         """Topic → (payload, published at once when it changes). Numbers wait for the interval,

@@ -2,6 +2,11 @@
 
 Stale is unknown (evcc dsmr meter, Home Assistant dsmr): a reading older than three poll
 periods of its device is absent from the snapshot, so no decision is taken on an old value.
+
+One grid meter: grid power and phase currents come from the site's grid meter alone. Other
+meters (PV, EV or sub-circuit meters) are stored and shown but never added in: a sum would
+double what the fuse and export checks act on, and a fresh sub-meter would hide a dead grid
+meter.
 """
 
 from __future__ import annotations
@@ -56,10 +61,20 @@ class Snapshot:
 class SiteState:
     """Holds the newest reading of each DER; the daemon's one place for "what is the site doing"."""
 
-    def __init__(self) -> None:
+    def __init__(self, grid_meter: str | None = None) -> None:
+        """`grid_meter`: the DER id the config names (role `grid`). Not given: the one meter DER there
+        is; with several and none named the grid is unknown (safe hold), never their sum."""
         self._latest: dict[str, Reading] = {}
         self._poll_s: dict[str, float] = {}
         self._kinds: dict[str, DerKind] = {}
+        self._grid_meter = grid_meter
+
+    @property
+    def grid_meter(self) -> str | None:
+        if self._grid_meter is not None:
+            return self._grid_meter
+        meters = [der_id for der_id, kind in self._kinds.items() if kind is DerKind.METER]
+        return meters[0] if len(meters) == 1 else None
 
     def register(self, der_id: str, kind: DerKind, poll_s: float) -> None:
         """Declare a DER so it shows up (as unknown) before its first reading."""
@@ -109,16 +124,14 @@ class SiteState:
         batteries: dict[str, BatteryView] = {}
         evs: dict[str, float | None] = {}
         ev_views: dict[str, EvView] = {}
-        meters = 0
+        grid_meter = self.grid_meter
         for der_id, kind in self._kinds.items():
             r = self.fresh(der_id, now)
             vals = r.values if r is not None else {}
             if kind is DerKind.METER:
-                meters += 1
-                if POWER_W in vals:
-                    grid_w = (grid_w or 0.0) + vals[POWER_W]
-                    currents = tuple(vals[k] for k in PHASE_CURRENT_A if k in vals)
-                    phases = currents or None
+                if der_id == grid_meter and POWER_W in vals:
+                    grid_w = vals[POWER_W]
+                    phases = tuple(vals[k] for k in PHASE_CURRENT_A if k in vals) or None
             elif kind is DerKind.PV:
                 if POWER_W in vals:
                     pv_w = (pv_w or 0.0) + vals[POWER_W]
@@ -133,6 +146,4 @@ class SiteState:
                     None if plugged is None else plugged >= 0.5,
                     None if charging is None else charging >= 0.5,
                 )
-        if meters > 1:
-            phases = None  # per-phase sums across meters are not meaningful
         return Snapshot(now, grid_w, phases, pv_w, batteries, evs, ev_views)

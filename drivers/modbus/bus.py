@@ -17,7 +17,7 @@ import contextlib
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, TypeAlias
@@ -513,3 +513,18 @@ async def close_all_buses() -> None:
     """For shutdown and tests: close every bus and empty the registry."""
     for bus in list(_BUSES.values()):
         await bus.close()
+
+
+@contextlib.contextmanager
+def private_bus_registry() -> Iterator[None]:
+    """Buses got inside are fresh and forgotten after: `zapd config check` builds drivers it never starts.
+
+    Without it a check would register (and tighten) the buses the daemon then shares.
+    """
+    saved = dict(_BUSES)
+    _BUSES.clear()
+    try:
+        yield
+    finally:
+        _BUSES.clear()
+        _BUSES.update(saved)

@@ -53,16 +53,16 @@ def test_ev_and_mqtt_devices_build() -> None:
 @pytest.mark.parametrize(
     ("device", "line"),
     [
-        ({**EVE, "ev": {"max_current_a": 16, "min_current_a": 4}}, "devices[0].ev.min_current_a: input should be"),
-        ({**EVE, "ev": {"max_current_a": 10, "min_current_a": 12}}, "devices[0].ev: min_current_a must not exceed"),
-        ({**EVE, "ev": {"max_current_a": 16, "phases": 2}}, "devices[0].ev.phases: input should be 1 or 3"),
-        ({k: v for k, v in EVE.items() if k != "ev"}, "devices[0].ev: missing required key"),
-        ({**MQTT, "ders": [{"id": "x", "kind": "meter"}]}, "devices[0].ders[0]: give a preset or at least one"),
+        ({**EVE, "ev": {"max_current_a": 16, "min_current_a": 4}}, "devices.eve.ev.min_current_a: input should be"),
+        ({**EVE, "ev": {"max_current_a": 10, "min_current_a": 12}}, "devices.eve.ev: min_current_a must not exceed"),
+        ({**EVE, "ev": {"max_current_a": 16, "phases": 2}}, "devices.eve.ev.phases: input should be 1 or 3"),
+        ({k: v for k, v in EVE.items() if k != "ev"}, "devices.eve.ev: missing required key"),
+        ({**MQTT, "ders": [{"id": "x", "kind": "meter"}]}, "devices.mq.ders.x: give a preset or at least one"),
         ({**MQTT, "ders": [{"id": "x", "kind": "meter", "preset": "opendtu"}]}, "needs source"),
         ({**MQTT, "commands": [{"der": "grid", "topic": "x"}]}, "commands need kind = 'ev_charger'"),
-        ({**MQTT, "commands": [{"der": "wallbox", "topic": "x/#"}]}, "devices[0].commands[0].topic"),
-        ({**MQTT, "port": 0}, "devices[0].port: input should be greater than or equal to 1"),
-        ({"driver": "mqtt2", "id": "x"}, "devices[0].driver: unknown driver 'mqtt2' (expected one of: modbus_tcp"),
+        ({**MQTT, "commands": [{"der": "wallbox", "topic": "x/#"}]}, "devices.mq.commands[0].topic"),
+        ({**MQTT, "port": 0}, "devices.mq.port: input should be greater than or equal to 1"),
+        ({"driver": "mqtt2", "id": "x"}, "devices.x.driver: unknown driver 'mqtt2' (expected one of: modbus_tcp"),
     ],
 )
 def test_errors_name_file_key_and_reason(device: dict[str, Any], line: str) -> None:

@@ -92,9 +92,9 @@ def test_same_unit_twice_on_a_line_and_p1_on_a_modbus_port_are_refused(tmp_path:
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        (RTU.format(id="x", port="/dev/ttyUSB0", baud=9600, parity="X", unit=1), "devices[0].parity"),
-        (RTU.format(id="x", port="/dev/ttyUSB0", baud=9600, parity="N", unit=0), "devices[0].unit_id"),
-        (SUNSPEC.replace("revert_timeout_s = 120", "revert_timeout_s = 0"), "devices[0].revert_timeout_s"),
+        (RTU.format(id="x", port="/dev/ttyUSB0", baud=9600, parity="X", unit=1), "devices.x.parity"),
+        (RTU.format(id="x", port="/dev/ttyUSB0", baud=9600, parity="N", unit=0), "devices.x.unit_id"),
+        (SUNSPEC.replace("revert_timeout_s = 120", "revert_timeout_s = 0"), "devices.fronius.revert_timeout_s"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
