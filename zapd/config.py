@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.ocpp.config import OcppDevice
+
 DEFAULT_CONFIG_PATH = Path("/etc/zapd/zapd.toml")
 
 
@@ -754,9 +756,16 @@ class MqttDevice(_Strict):
         return self
 
 
-DRIVER_NAMES = ("modbus_tcp", "modbus_rtu", "sunspec_tcp", "modbus_ev", "mqtt", "p1_serial", "p1_tcp")
+DRIVER_NAMES = ("modbus_tcp", "modbus_rtu", "sunspec_tcp", "modbus_ev", "mqtt", "p1_serial", "p1_tcp", "ocpp")
 DeviceConfig = Annotated[
-    ModbusTcpDevice | ModbusRtuDevice | SunSpecTcpDevice | ModbusEvDevice | MqttDevice | P1SerialDevice | P1TcpDevice,
+    ModbusTcpDevice
+    | ModbusRtuDevice
+    | SunSpecTcpDevice
+    | ModbusEvDevice
+    | MqttDevice
+    | P1SerialDevice
+    | P1TcpDevice
+    | OcppDevice,
     Field(discriminator="driver"),
 ]
 

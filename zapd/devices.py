@@ -10,6 +10,7 @@ from drivers.modbus.ev_charger import ModbusEvCharger
 from drivers.modbus.register_map import load_register_map
 from drivers.mqtt.driver import CommandTopic, MqttDer, MqttDriver
 from drivers.mqtt.mapping import TopicMapping, preset_mappings
+from drivers.ocpp.config import OcppDevice
 from drivers.p1.dsmr import P1Meter
 from drivers.p1.transport import SerialP1, TcpP1
 from zapd.clock import Clock
@@ -27,6 +28,7 @@ from zapd.config import (
     telegram_interval_s,
 )
 from zapd.devices_modbus import add_modbus_rtu, add_modbus_tcp, add_sunspec_tcp
+from zapd.devices_ocpp import add_ocpp
 from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
@@ -104,6 +106,8 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
             add_modbus_rtu(out, dev, clock)
         elif isinstance(dev, SunSpecTcpDevice):
             add_sunspec_tcp(out, dev, clock)
+        elif isinstance(dev, OcppDevice):
+            add_ocpp(out, dev, clock)
     return out
 
 

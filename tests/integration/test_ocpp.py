@@ -1,0 +1,428 @@
+"""zapd's OCPP 1.6J central system against a real charge point implementation on loopback.
+
+The peer is drivers/sim/ocpp_cp.py: the `ocpp` library's charge-point side (an independent
+implementation of the protocol, schema-validating every message both ways) over a real
+WebSocket. What the tests expect comes from the OCPP 1.6 specification: the message names and
+fields (§4, §5, §7), the smart-charging precedence that decides what current a charger applies
+(§3.13: TxProfile over TxDefaultProfile, highest stack level, validTo), HTTP basic auth and TLS
+from the OCPP 1.6 security whitepaper (profiles 1 and 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.exceptions import InvalidMessage, InvalidStatus
+
+from drivers.ocpp.config import OcppDevice
+from drivers.ocpp.server import OcppServer
+from drivers.sim.ocpp_cp import SimCharger, SimChargerState
+from tests.e2e.harness import free_port
+from zapd.clock import SystemClock
+from zapd.model import CHARGING, CONNECTED, POWER_W, SESSION_WH, SOC, EvCurrent, Reading
+
+PASSWORD = "correct-horse-battery"
+
+
+def _device(**over: Any) -> OcppDevice:
+    cps = over.pop(
+        "charge_points",
+        [
+            {"id": "wb1", "max_current_a": 16, "password": PASSWORD},
+            {"id": "wb2", "max_current_a": 32, "connectors": 2, "id_tags": ["TAG-OK"]},
+        ],
+    )
+    data = {
+        "driver": "ocpp",
+        "id": "ocpp",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "call_timeout_s": 1.0,
+        "meter_interval_s": 10,
+        "charge_points": cps,
+        **over,
+    }
+    return OcppDevice.model_validate(data)
+
+
+@dataclass
+class Csms:
+    server: OcppServer
+    readings: list[Reading] = field(default_factory=list)
+    scheme: str = "ws"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.server.port}/ocpp"
+
+    def last(self, der_id: str) -> Reading:
+        return next(r for r in reversed(self.readings) if r.der_id == der_id)
+
+    async def until(self, check: Callable[[], object], timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if check():
+                    return
+                await asyncio.sleep(0.02)
+
+
+async def _start(device: OcppDevice) -> tuple[Csms, asyncio.Task[None]]:
+    csms = Csms(OcppServer(device, SystemClock()), scheme="wss" if device.tls_cert else "ws")
+    task = asyncio.create_task(csms.server.run(csms.readings.append))
+    async with asyncio.timeout(5):
+        await csms.server.listening.wait()
+    return csms, task
+
+
+@pytest.fixture
+async def csms() -> AsyncIterator[Csms]:
+    c, task = await _start(_device())
+    yield c
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _charger(csms: Csms, cp_id: str = "wb1", **kw: Any) -> SimCharger:
+    password = kw.pop("password", PASSWORD if cp_id == "wb1" else None)
+    return await SimCharger(csms.url, cp_id, password=password, **kw).connect()
+
+
+async def _booted(csms: Csms, cp_id: str = "wb1", **kw: Any) -> SimCharger:
+    sim = await _charger(csms, cp_id, **kw)
+    await sim.boot()
+    await sim.wait_for("SetChargingProfile")  # the baseline: setup is done
+    await csms.until(lambda: csms.server.sessions[cp_id].setup_done)
+    return sim
+
+
+def _profiles(sim: SimCharger) -> list[dict[str, Any]]:
+    return [p["csChargingProfiles"] | {"connectorId": p["connectorId"]} for p in sim.state.received_profiles()]
+
+
+async def test_boot_is_accepted_and_vendor_model_firmware_reach_the_der_report(csms: Csms) -> None:
+    sim = await _charger(csms)
+    answer = await sim.boot(vendor="Alfen BV", model="NG910-60003", firmware="6.4.0-4206")
+    assert answer.status == "Accepted" and answer.interval == 300  # §4.2: heartbeat interval in the answer
+    datetime.fromisoformat(answer.current_time.replace("Z", "+00:00"))  # the charger may set its clock from it
+    (cap,) = [c for c in csms.server.capabilities() if c.der_id == "ocpp.wb1.1"]
+    assert "Alfen BV" in cap.model and "NG910-60003" in cap.model and "6.4.0-4206" in cap.model
+    assert cap.controllable and cap.max_current_a == 16 and cap.min_current_a == 6
+    assert (await sim.heartbeat()).current_time
+    await sim.close()
+
+
+async def test_setup_asks_for_measurands_and_interval_and_leaves_a_safe_default(csms: Csms) -> None:
+    sim = await _booted(csms)
+    changes = {p["key"]: p["value"] for p in await sim.wait_for("ChangeConfiguration", count=2)}
+    assert set(changes["MeterValuesSampledData"].split(",")) == {
+        "Power.Active.Import",
+        "Energy.Active.Import.Register",
+        "Current.Import",
+        "SoC",
+    }
+    assert changes["MeterValueSampleInterval"] == "10"
+    (get,) = await sim.wait_for("GetConfiguration")
+    assert "ChargingScheduleAllowedChargingRateUnit" in get["key"]
+    (baseline,) = _profiles(sim)
+    assert baseline["connectorId"] == 0 and baseline["chargingProfilePurpose"] == "TxDefaultProfile"
+    assert baseline["stackLevel"] == 0 and "validTo" not in baseline
+    # With nothing else from zapd the charger now gives 6 A (min_current_a), not its 32 A hardware maximum.
+    assert sim.state.limit_a(1) == 6.0
+    await sim.close()
+
+
+async def test_status_and_meter_values_become_readings(csms: Csms) -> None:
+    sim = await _booted(csms)
+    await sim.status(1, "Preparing")
+    await csms.until(lambda: any(r.der_id == "ocpp.wb1.1" for r in csms.readings))
+    r = csms.last("ocpp.wb1.1")
+    assert r.values[CONNECTED] == 1.0 and r.values[CHARGING] == 0.0 and r.values[POWER_W] == 0.0
+    await sim.status(1, "Charging")
+    await asyncio.sleep(1.05)  # one reading a second per connector at most
+    await sim.meter_values(1, power_w=7360, energy_wh=12_345, currents_a=(10.6, 10.7, 10.5), soc_pct=80)
+    await csms.until(lambda: csms.last("ocpp.wb1.1").values.get(POWER_W) == 7360)
+    v = csms.last("ocpp.wb1.1").values
+    assert v[CHARGING] == 1.0 and v["energy_wh"] == 12_345 and v[SOC] == pytest.approx(0.8)
+    assert (v["l1_a"], v["l2_a"], v["l3_a"]) == (10.6, 10.7, 10.5)
+    await sim.status(1, "SuspendedEV")
+    await csms.until(lambda: csms.last("ocpp.wb1.1").values[CHARGING] == 0.0)
+    assert csms.last("ocpp.wb1.1").values[CONNECTED] == 1.0
+    await sim.close()
+
+
+async def test_values_out_of_range_or_not_numbers_are_refused_and_counted(csms: Csms) -> None:
+    sim = await _booted(csms)
+    await sim.status(1, "Charging")
+    before = csms.server.counters["values_rejected"]
+    await asyncio.sleep(1.05)
+    await sim.meter_values(
+        1,
+        power_w=3000,
+        raw_values=[
+            {"value": "NaN", "measurand": "Energy.Active.Import.Register"},
+            {"value": "abc", "measurand": "Current.Import", "phase": "L1"},
+            {"value": "250", "measurand": "SoC", "location": "EV", "unit": "Percent"},
+            {"value": "1e9", "measurand": "Power.Active.Import", "phase": "L2", "unit": "kW"},
+        ],
+    )
+    await csms.until(lambda: csms.last("ocpp.wb1.1").values.get(POWER_W) == 3000)
+    v = csms.last("ocpp.wb1.1").values
+    assert "energy_wh" not in v and "l1_a" not in v and SOC not in v
+    assert csms.server.counters["values_rejected"] - before == 4
+    await sim.close()
+
+
+async def test_transactions_give_session_energy_and_id_tags_are_checked(csms: Csms) -> None:
+    sim = await _booted(csms, "wb2")
+    refused = await sim.start_transaction(1, "STRANGER", 1000)
+    assert refused.id_tag_info["status"] == "Invalid"
+    assert (await sim.authorize("TAG-OK")).id_tag_info["status"] == "Accepted"
+    assert (await sim.authorize("STRANGER")).id_tag_info["status"] == "Invalid"
+    started = await sim.start_transaction(2, "TAG-OK", 1000)
+    assert started.id_tag_info["status"] == "Accepted" and isinstance(started.transaction_id, int)
+    await sim.status(2, "Charging")
+    await asyncio.sleep(1.05)
+    await sim.meter_values(2, energy_wh=5000, power_w=11_000, transaction_id=started.transaction_id)
+    await csms.until(lambda: csms.last("ocpp.wb2.2").values.get(SESSION_WH) == 4000)
+    await sim.stop_transaction(2, 6000)
+    await csms.until(lambda: csms.last("ocpp.wb2.2").values.get(SESSION_WH) == 5000)
+    assert csms.server.counters["transactions"] == 1
+    await sim.close()
+
+
+async def test_controller_current_arrives_as_a_profile_with_the_limit_and_expires_to_safe(csms: Csms) -> None:
+    sim = await _booted(csms)
+    actuator = csms.server.actuators()["ocpp.wb1.1"]
+    result = await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=10.0, phases=3))
+    assert result.ok, result.detail
+    live = _profiles(sim)[-1]
+    assert live["connectorId"] == 1 and live["chargingProfilePurpose"] == "TxDefaultProfile"
+    assert live["stackLevel"] == 1 and live["chargingSchedule"]["chargingRateUnit"] == "A"
+    assert live["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 10.0
+    assert sim.state.limit_a(1) == 10.0
+    assert "charger applies 10.0 A" in result.detail  # GetCompositeSchedule read back
+    # The charger's own fallback: once validTo passes without a renewal (zapd gone), the safe 6 A default rules.
+    valid_to = datetime.fromisoformat(live["validTo"].replace("Z", "+00:00"))
+    assert timedelta(seconds=290) <= valid_to - datetime.now(UTC) <= timedelta(seconds=301)
+    assert sim.state.limit_a(1, at=valid_to + timedelta(seconds=1)) == 6.0
+    # 0 A pauses (IEC 61851: the car stops drawing).
+    assert (await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=0.0, phases=3))).ok
+    assert sim.state.limit_a(1) == 0.0
+    await sim.close()
+
+
+async def test_a_power_only_charger_gets_watts(csms: Csms) -> None:
+    sim = await _booted(csms, "wb2", state=SimChargerState(rate_units="Power"))
+    actuator = csms.server.actuators()["ocpp.wb2.1"]
+    result = await actuator.apply(EvCurrent(der_id="ocpp.wb2.1", current_a=10.0, phases=3))
+    assert result.ok, result.detail
+    schedule = _profiles(sim)[-1]["chargingSchedule"]
+    assert schedule["chargingRateUnit"] == "W" and schedule["chargingSchedulePeriod"][0]["limit"] == 6900
+    assert sim.state.limit_a(1) == pytest.approx(10.0)
+    await sim.close()
+
+
+async def test_a_running_transaction_gets_a_tx_profile(csms: Csms) -> None:
+    sim = await _booted(csms)
+    actuator = csms.server.actuators()["ocpp.wb1.1"]
+    assert (await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=8.0, phases=3))).ok
+    n = len(_profiles(sim))
+    tx = (await sim.start_transaction(1, "ANY", 0)).transaction_id
+    await csms.until(lambda: len(_profiles(sim)) > n)  # sent at once at StartTransaction
+    tx_profile = _profiles(sim)[-1]
+    assert tx_profile["chargingProfilePurpose"] == "TxProfile" and tx_profile["transactionId"] == tx
+    assert sim.state.limit_a(1) == 8.0
+    assert (await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=14.0, phases=3))).ok
+    assert _profiles(sim)[-1]["chargingProfilePurpose"] == "TxProfile" and sim.state.limit_a(1) == 14.0
+    await sim.close()
+
+
+async def test_reconnect_gets_the_profiles_again(csms: Csms) -> None:
+    sim = await _booted(csms)
+    actuator = csms.server.actuators()["ocpp.wb1.1"]
+    assert (await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=12.0, phases=3))).ok
+    await sim.close()
+    await csms.until(lambda: not csms.server.sessions["wb1"].connected)
+    failed = await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=11.0, phases=3))
+    assert not failed.ok and "not connected" in failed.detail
+    # A charger that lost its profiles (rebooted) and comes back without a BootNotification:
+    again = await _charger(csms)
+    await again.heartbeat()
+    await again.wait_for("SetChargingProfile", count=2)
+    assert again.state.limit_a(1) == 11.0  # the last command, re-sent
+    assert {p["stackLevel"] for p in _profiles(again)} == {0, 1}
+    await again.close()
+
+
+async def test_validto_follows_the_chargers_clock_not_ours(csms: Csms) -> None:
+    """Time sync is not assumed: a charger an hour ahead would ignore a validTo in our clock as already past."""
+    state = SimChargerState(clock_offset_s=3600.0)
+    sim = await _booted(csms, state=state)
+    for _ in range(3):
+        await sim.status(1, "Preparing")  # its timestamps tell zapd where its clock is
+    actuator = csms.server.actuators()["ocpp.wb1.1"]
+    assert (await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=9.0, phases=3))).ok
+    assert state.limit_a(1) == 9.0
+    assert state.limit_a(1, at=state.now() + timedelta(seconds=301)) == 6.0
+    await sim.close()
+
+
+async def test_unknown_charge_point_is_refused_at_the_handshake_and_logged_once(csms: Csms) -> None:
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            with pytest.raises(InvalidStatus) as err:
+                await SimCharger(csms.url, "intruder").connect()
+            assert err.value.response.status_code == 404
+    assert csms.server.counters["refused_unknown"] == 3
+    assert len([e for e in logs if e["event"] == "ocpp.connection_refused"]) == 1
+
+
+async def test_basic_auth_refuses_a_wrong_or_missing_password(csms: Csms) -> None:
+    for password in ("wrong-password-123", None):
+        with pytest.raises(InvalidStatus) as err:
+            await SimCharger(csms.url, "wb1", password=password).connect()
+        assert err.value.response.status_code == 401
+    assert csms.server.counters["refused_auth"] == 2
+    ok = await _charger(csms)  # the right one gets in
+    assert (await ok.boot()).status == "Accepted"
+    await ok.close()
+
+
+async def test_a_client_without_the_ocpp16_subprotocol_is_refused(csms: Csms) -> None:
+    with pytest.raises(InvalidStatus) as err:
+        await SimCharger(csms.url, "wb2", subprotocol=None).connect()
+    assert err.value.response.status_code == 400
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zapd.local")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def test_tls_security_profile_2(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    csms, task = await _start(_device(tls_cert=str(cert), tls_key=str(key)))
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        sim = await SimCharger(csms.url, "wb1", password=PASSWORD, ssl_context=trust).connect()
+        assert (await sim.boot()).status == "Accepted"
+        await sim.close()
+        with pytest.raises((OSError, InvalidMessage)):  # plain ws:// to a TLS listener gets no OCPP session
+            await SimCharger(csms.url.replace("wss://", "ws://"), "wb1", password=PASSWORD).connect()
+        with pytest.raises(ssl.SSLCertVerificationError):  # a charger that checks the certificate
+            await SimCharger(csms.url, "wb1", password=PASSWORD, ssl_context=ssl.create_default_context()).connect()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_malformed_frames_are_counted_and_the_link_stays_up(csms: Csms) -> None:
+    sim = await _booted(csms)
+    with structlog.testing.capture_logs() as logs:
+        for frame in ("not json", "[2]", '{"a": 1}', "[7, 1, 2]", '[2, 5, "Heartbeat", {}]', '[2, "x", [], {}]'):
+            await sim.send_raw(frame)
+        # schema violation: a StatusNotification without its required fields gets a CALLERROR, not a crash
+        await sim.send_raw('[2, "bad-status", "StatusNotification", {"connectorId": "one"}]')
+        assert (await sim.heartbeat()).current_time
+    assert csms.server.counters["malformed"] >= 5
+    assert csms.server.counters["calls_refused"] >= 1
+    assert len([e for e in logs if e["event"] == "ocpp.malformed_message"]) == 1
+    assert csms.server.sessions["wb1"].connected
+    await sim.close()
+
+
+async def test_a_charger_that_never_answers_times_out_and_others_go_on(csms: Csms) -> None:
+    sim = await _booted(csms)
+    other = await _booted(csms, "wb2")
+    sim.state.silent = True
+    actuator = csms.server.actuators()["ocpp.wb1.1"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=10.0, phases=3))
+    assert not result.ok and "no answer" in result.detail
+    assert loop.time() - started < 3.0  # call_timeout_s = 1 bounds it
+    assert csms.server.counters["call_timeouts"] >= 1
+    ok = await csms.server.actuators()["ocpp.wb2.1"].apply(EvCurrent(der_id="ocpp.wb2.1", current_a=20.0, phases=3))
+    assert ok.ok and other.state.limit_a(1) == 20.0
+    await sim.close()
+    await other.close()
+
+
+async def test_callerror_and_a_charger_over_its_limit_are_failures(csms: Csms) -> None:
+    sim = await _booted(csms)
+    actuator = csms.server.actuators()["ocpp.wb1.1"]
+    sim.state.call_errors = {"SetChargingProfile"}
+    result = await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=10.0, phases=3))
+    assert not result.ok and csms.server.counters["call_errors"] >= 1
+    sim.state.call_errors = set()
+    sim.state.ignore_profiles = True  # accepts, then offers its 32 A anyway: GetCompositeSchedule shows it
+    result = await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=10.0, phases=3))
+    assert not result.ok and "32.0 A" in result.detail and csms.server.counters["verify_mismatch"] == 1
+    await sim.close()
+
+
+async def test_a_meter_values_flood_is_bounded(csms: Csms) -> None:
+    sim = await _booted(csms)
+    await sim.status(1, "Charging")
+    readings_before = len(csms.readings)
+    answers = await asyncio.gather(*(sim.meter_values(1, power_w=1000 + i) for i in range(300)), return_exceptions=True)
+    refused = [a for a in answers if a is None]  # the library's call() gives None for a CALLERROR
+    assert csms.server.counters["rate_limited"] == len(refused) > 0
+    assert len(csms.readings) - readings_before <= 5  # but not 300 readings in the outbox
+    await asyncio.sleep(0.2)
+    assert (await sim.heartbeat()).current_time  # and the link still works
+    await sim.close()
+
+
+async def test_calls_out_of_order_are_answered(csms: Csms) -> None:
+    sim = await _charger(csms, "wb2")
+    # MeterValues and a StopTransaction for a transaction zapd never saw, before any BootNotification:
+    await sim.meter_values(1, power_w=500)
+    stopped = await sim.stop_transaction(1, 100, transaction_id=424242)
+    assert stopped is not None
+    assert csms.server.counters.get("unknown_transactions", 0) == 1
+    assert (await sim.boot()).status == "Accepted"
+    await sim.close()
+
+
+async def test_config_refuses_inconsistent_charge_points() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unique"):
+        _device(charge_points=[{"id": "a", "max_current_a": 16}, {"id": "a", "max_current_a": 16}])
+    with pytest.raises(ValidationError, match="safe_current_a"):
+        _device(charge_points=[{"id": "a", "max_current_a": 16, "safe_current_a": 3}])
+    with pytest.raises(ValidationError, match="tls_cert and tls_key"):
+        _device(tls_cert="/etc/cert.pem")

@@ -1,0 +1,35 @@
+"""Config -> driver for an `ocpp` device: one listener (Driver), one Controllable per connector DER."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.ocpp.server import OcppServer
+from zapd.clock import Clock
+from zapd.ev_envelope import EvEnvelope
+from zapd.model import DerKind
+
+if TYPE_CHECKING:
+    from drivers.ocpp.config import OcppDevice
+    from zapd.devices import DeviceSet
+
+
+def add_ocpp(out: DeviceSet, dev: OcppDevice, clock: Clock) -> OcppServer:
+    server = OcppServer(dev, clock)
+    out.drivers.append(server)
+    for session in server.sessions.values():
+        cp = session.config
+        for conn in session.connectors.values():
+            out.poll_s[conn.der_id] = dev.meter_interval_s
+            out.kinds[conn.der_id] = DerKind.EV_CHARGER
+            out.ev_envelopes.append(
+                EvEnvelope(
+                    der_id=conn.der_id,
+                    max_current_a=cp.max_current_a,
+                    phases=cp.phases,
+                    min_current_a=cp.min_current_a,
+                    voltage_v=cp.voltage_v,
+                )
+            )
+    out.actuators.update(server.actuators())
+    return server
