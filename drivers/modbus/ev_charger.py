@@ -20,6 +20,7 @@ from typing import Literal
 import structlog
 
 from drivers.api import DriverError, ReadingSink
+from drivers.ev_command import ev_current_refusal
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import DeviceHealth, poll_forever
 from drivers.modbus.register_map import Field, RegisterMap, RegisterMapError, Table
@@ -240,16 +241,14 @@ class ModbusEvCharger:
             return f"{type(command).__name__} is not supported by {self._id}"
         if command.der_id != self.ev_id:
             return f"unknown DER {command.der_id!r} (this driver controls {self.ev_id!r})"
-        a = command.current_a
-        if not math.isfinite(a):
-            return f"current {a} A is not a number"
-        if a != 0.0 and not self.min_current_a <= a <= self.max_current_a:
-            return f"current {a:g} A outside 0 or {self.min_current_a:g}..{self.max_current_a:g} A"
-        if command.phases not in (1, 3) or command.phases > self.phases:
-            return f"{command.phases} phase(s) requested, charger set up for {self.phases}"
-        if command.phases != self.phases and not self._can_switch_phases:
-            return f"register map {self._map.name!r} cannot switch phases"
-        return None
+        return ev_current_refusal(
+            command,
+            min_current_a=self.min_current_a,
+            max_current_a=self.max_current_a,
+            phases=self.phases,
+            can_switch_phases=self._can_switch_phases,
+            no_switch_reason=f"register map {self._map.name!r} cannot switch phases",
+        )
 
     async def apply(self, command: Command) -> CommandResult:
         self.counters["commands"] += 1

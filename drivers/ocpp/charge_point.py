@@ -31,6 +31,7 @@ from ocpp.v16.enums import Action, RegistrationStatus
 from websockets.exceptions import ConnectionClosed
 
 from drivers.api import ReadingSink
+from drivers.ev_command import ev_current_refusal
 from drivers.ocpp.config import OcppChargePoint
 from drivers.ocpp.meter_values import (
     CURRENT_A,
@@ -420,16 +421,14 @@ class ChargePointSession:
             return f"{type(command).__name__} is not supported by an OCPP charger"
         if conn is None:
             return f"unknown DER {command.der_id!r}"
-        a = command.current_a
-        if not math.isfinite(a):
-            return f"current {a} A is not a number"
-        if a != 0.0 and not c.min_current_a <= a <= c.max_current_a:
-            return f"current {a:g} A outside 0 or {c.min_current_a:g}..{c.max_current_a:g} A"
-        if command.phases not in (1, 3) or command.phases > c.phases:
-            return f"{command.phases} phase(s) requested, charger set up for {c.phases}"
-        if command.phases != c.phases and not c.phase_switching:
-            return f"charge point {self.id!r} is not set up for phase switching"
-        return None
+        return ev_current_refusal(
+            command,
+            min_current_a=c.min_current_a,
+            max_current_a=c.max_current_a,
+            phases=c.phases,
+            can_switch_phases=c.phase_switching,
+            no_switch_reason=f"charge point {self.id!r} is not set up for phase switching",
+        )
 
     async def apply(self, number: int, command: Command) -> CommandResult:
         self.count("commands")
