@@ -28,7 +28,6 @@ from zapd.config import (
     telegram_interval_s,
 )
 from zapd.devices_modbus import add_modbus_rtu, add_modbus_tcp, add_sunspec_tcp
-from zapd.devices_ocpp import add_ocpp
 from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
@@ -107,6 +106,9 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
         elif isinstance(dev, SunSpecTcpDevice):
             add_sunspec_tcp(out, dev, clock)
         elif isinstance(dev, OcppDevice):
+            # Imported here: websockets and ocpp load only on a site that has OCPP chargers.
+            from zapd.devices_ocpp import add_ocpp
+
             add_ocpp(out, dev, clock)
     return out
 
