@@ -34,6 +34,7 @@ import aiomqtt
 import structlog
 
 from drivers.modbus.backoff import Backoff
+from drivers.mqtt.client import Client
 from zapd.clock import Clock
 from zapd.config import HomeAssistantConfig, ZapdConfig
 from zapd.controller import Controller
@@ -380,7 +381,7 @@ class HomeAssistant:
         """Own the broker connection forever; a lost link means a backoff pause, never an exit."""
         while True:
             try:
-                async with aiomqtt.Client(
+                async with Client(
                     self._cfg.host,
                     self._cfg.port,
                     username=self._cfg.username,

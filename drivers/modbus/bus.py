@@ -30,6 +30,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from drivers.api import ConfigurationError, DriverError
 from drivers.modbus.backoff import Backoff
+from zapd.cancellation import honour_cancel
 
 log = structlog.get_logger(__name__)
 
@@ -336,7 +337,8 @@ class ModbusBus:
             self.counters["requests"] += 1
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    pdu = await call(client)
+                    # pymodbus waits with asyncio.wait_for, which can swallow a cancellation on 3.11.
+                    pdu = await honour_cancel(call(client))
             except TimeoutError:
                 self.counters["timeouts"] += 1
                 self.counters["errors"] += 1
@@ -400,7 +402,7 @@ class ModbusBus:
         ok = False
         try:
             async with asyncio.timeout(self.timeout_s):
-                ok = await client.connect()
+                ok = await honour_cancel(client.connect())
         except TimeoutError:
             ok = False
         except asyncio.CancelledError:

@@ -22,6 +22,7 @@ import structlog
 
 from drivers.api import ReadingSink
 from drivers.modbus.backoff import Backoff
+from drivers.mqtt.client import Client
 from drivers.mqtt.mapping import BadPayload, TopicMapping, decode_json
 from zapd.clock import Clock
 from zapd.model import (
@@ -150,7 +151,7 @@ class MqttDriver:
         """Own the broker connection forever; a lost link means a backoff pause, never an exit."""
         while True:
             try:
-                async with aiomqtt.Client(
+                async with Client(
                     self._host,
                     self._port,
                     username=self._username,
