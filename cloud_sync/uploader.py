@@ -23,12 +23,14 @@ from cloud_sync.wire import (
     CommandReport,
     DiscoveryReport,
     WireError,
+    command_problem,
     decode_ack,
     gzip_body,
     sign_body,
     signed_request_body,
 )
 from drivers.modbus.backoff import Backoff
+from zapd.bounds import check_ts
 from zapd.clock import Clock
 from zapd.model import Command, DerCapabilities
 from zapd.store import CommandLogRow, OutboxRow, Store
@@ -58,10 +60,13 @@ def command_reports(rows: list[CommandLogRow]) -> list[CommandReport]:
         try:
             command = _command_decoder.decode(row.command)
         except msgspec.DecodeError:
-            continue  # a row from an older schema: the command log keeps it locally
+            continue  # a row from an older schema (or a NaN stored as null): the command log keeps it locally
+        ts = datetime.fromisoformat(row.ts)
+        if command_problem(command) is not None or check_ts(ts) is not None:
+            continue  # the cloud would refuse the whole batch for it: it stays in the local command log
         out.append(
             CommandReport(
-                ts=datetime.fromisoformat(row.ts),
+                ts=ts,
                 der_id=row.der_id,
                 command=command,
                 result="ok" if row.ok else (row.detail or "failed"),

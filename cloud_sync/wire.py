@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import math
 import zlib
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
@@ -24,7 +25,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from cloud_sync.keys import key_id
-from zapd.model import Command, DerCapabilities, DerKind, Plan, Quality
+from zapd.bounds import MAX_CURRENT_A, MAX_POWER_W, bad_values, check_ts
+from zapd.model import BatterySetpoint, Command, DerCapabilities, DerKind, EvCurrent, Intent, Plan, Quality, Reading
 
 HEADER_KEY_ID: Final = "X-Zap-Key-Id"
 HEADER_SIGNATURE: Final = "X-Zap-Signature"
@@ -151,9 +153,7 @@ def verify_body(verify_key: VerifyKey, body: bytes, sig_b64: str | None) -> bool
     return True
 
 
-def signed_request_body(
-    key: SigningKey, obj: object, *, compress: bool = False
-) -> tuple[bytes, dict[str, str]]:
+def signed_request_body(key: SigningKey, obj: object, *, compress: bool = False) -> tuple[bytes, dict[str, str]]:
     """Encode `obj` for a POST: the bytes to send and every header that goes with them.
 
     The signature is taken before compression (see the module docstring).
@@ -262,6 +262,58 @@ def check_batch(batch: TelemetryBatch) -> None:
             raise WireError(f"sequence numbers not contiguous: {prev.seq} then {cur.seq}")
     if batch.lost_through is not None and batch.lost_through != batch.first_seq - 1:
         raise WireError("lost_through must be first_seq - 1")
+    for r in batch.readings:
+        problem = reading_problem(r.ts, r.values)
+        if problem is not None:
+            raise WireError(f"reading seq {r.seq} ({r.der_id}): {problem}")
+    for c in batch.commands:
+        problem = check_ts(c.ts) or command_problem(c.command)
+        if problem is not None:
+            raise WireError(f"command report for {c.der_id}: {problem}")
+
+
+# --- the numbers both sides accept (zapd/bounds.py) -------------------------------------------
+
+
+def reading_problem(ts: datetime, values: dict[str, float]) -> str | None:
+    """Why the cloud refuses a reading with this timestamp and these values; None when it accepts it.
+
+    The one rule for both sides: `check_batch` applies it on the cloud, the Zap's telemetry
+    writer applies it before anything reaches the outbox, so a stored reading is never refused.
+    """
+    problem = check_ts(ts)
+    if problem is not None:
+        return problem
+    bad = bad_values(values)
+    if bad:
+        key = min(bad)
+        return f"value {key}={values[key]!r} is {bad[key].replace('_', ' ')} (zapd/bounds.py)"
+    return None
+
+
+def command_problem(command: Command) -> str | None:
+    """Why a command is not a command any device could have been sent; None when it is one."""
+    if isinstance(command, BatterySetpoint):
+        if not math.isfinite(command.power_w) or abs(command.power_w) > MAX_POWER_W:
+            return f"battery setpoint {command.power_w!r} W outside +-{MAX_POWER_W:g}"
+    elif isinstance(command, EvCurrent):
+        if not math.isfinite(command.current_a) or not 0.0 <= command.current_a <= MAX_CURRENT_A:
+            return f"EV current {command.current_a!r} A outside 0..{MAX_CURRENT_A:g}"
+        if not 1 <= command.phases <= 3:
+            return f"EV phases {command.phases} outside 1..3"
+    return None
+
+
+def wire_safe(reading: Reading) -> Reading | None:
+    """The reading as the cloud will accept it: implausible values left out (quality BAD), or None
+    when nothing can save it (its timestamp is outside the bounds)."""
+    if check_ts(reading.ts) is not None:
+        return None
+    bad = bad_values(reading.values)
+    if not bad:
+        return reading
+    good = {k: v for k, v in reading.values.items() if k not in bad}
+    return msgspec.structs.replace(reading, values=good, quality=Quality.BAD)
 
 
 def make_batch(
@@ -353,6 +405,26 @@ def check_plan(plan: Plan) -> None:
         raise WireError("plan version must be >= 1")
     if plan.valid_until <= plan.issued_at:
         raise WireError("plan valid_until is not after issued_at")
+    for slot in plan.slots:
+        problem = intent_problem(slot.intent)
+        if problem is not None:
+            raise WireError(f"plan slot {format_ts(slot.start)}: {problem}")
+
+
+def intent_problem(intent: Intent) -> str | None:
+    """Why an intent holds a number no site can act on (not finite, or outside zapd/bounds.py)."""
+    ranges = {
+        "battery_w": (intent.battery_w, -MAX_POWER_W, MAX_POWER_W),
+        # The controller reads a negative EV power or limit as 0; only magnitude and finiteness matter here.
+        "ev_w": (intent.ev_w, -MAX_POWER_W, MAX_POWER_W),
+        "grid_import_limit_w": (intent.grid_import_limit_w, -MAX_POWER_W, MAX_POWER_W),
+        "grid_export_limit_w": (intent.grid_export_limit_w, -MAX_POWER_W, MAX_POWER_W),
+        "target_soc": (intent.target_soc, 0.0, 1.0),
+    }
+    for name, (value, lo, hi) in ranges.items():
+        if value is not None and (not math.isfinite(value) or not lo <= value <= hi):
+            return f"{name} {value!r} outside {lo:g}..{hi:g}"
+    return None
 
 
 def verify_plan(

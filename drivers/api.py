@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from zapd.model import Command, CommandResult, DerCapabilities, Reading
+import msgspec
+import structlog
+
+from zapd.bounds import bad_values
+from zapd.model import Command, CommandResult, DerCapabilities, Quality, Reading
+
+log = structlog.get_logger(__name__)
 
 ReadingSink = Callable[[Reading], None]
 """Called by a driver for every new reading. Must not block: the daemon queues the work."""
@@ -49,3 +55,46 @@ class Controllable(Protocol):
     async def safe_mode(self) -> None:
         """Put the device into the state it should hold when zapd stops (battery idle, EV minimum)."""
         ...
+
+
+class ReadingGuard:
+    """The one gate every driver's readings pass on their way to the daemon, so no driver can forget it.
+
+    A value that is not a finite number inside zapd/bounds.py (a SunSpec float32 of +Inf, a scale
+    factor gone wrong, "NaN" on MQTT) is never a number for the rest of zapd: the reading goes on
+    with only its plausible values and quality BAD, which the snapshot reads as "DER unknown" (so the
+    ladder holds on a meter or battery it cannot trust), and the outbox never gets a value the cloud
+    refuses. Each refused reading is counted in the driver's own counters (`rejected_nonfinite`,
+    `rejected_out_of_range`, exported per device by the metrics) and logged once per streak per DER.
+    """
+
+    def __init__(self, device: str, sink: ReadingSink, counters: dict[str, int] | None = None) -> None:
+        self._device = device
+        self._sink = sink
+        self.counters: dict[str, int] = counters if counters is not None else {}
+        for reason in ("nonfinite", "out_of_range"):
+            self.counters.setdefault(f"rejected_{reason}", 0)
+        self._streaks: dict[str, int] = {}  # der_id -> readings refused in a row
+
+    def __call__(self, reading: Reading) -> None:
+        bad = bad_values(reading.values)
+        if not bad and reading.quality is not Quality.BAD:
+            streak = self._streaks.pop(reading.der_id, None)
+            if streak is not None:
+                log.info("reading_valid_again", device=self._device, der_id=reading.der_id, refused=streak)
+            self._sink(reading)
+            return
+        for reason in sorted(set(bad.values())):
+            self.counters[f"rejected_{reason}"] += 1
+        streak = self._streaks.get(reading.der_id, 0)
+        if streak == 0:
+            log.warning(
+                "reading_rejected",
+                device=self._device,
+                der_id=reading.der_id,
+                values={k: repr(reading.values[k]) for k in sorted(bad)},
+                reasons=[str(r) for r in sorted(set(bad.values()))] or ["driver"],
+            )
+        self._streaks[reading.der_id] = streak + 1
+        good = {k: v for k, v in reading.values.items() if k not in bad}
+        self._sink(msgspec.structs.replace(reading, values=good, quality=Quality.BAD))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 
+from zapd.bounds import known
 from zapd.model import Intent, IntentMode, Plan
 from zapd.state import Snapshot
 
@@ -38,9 +39,11 @@ HOLD = Intent(mode=IntentMode.HOLD, battery_w=0.0)
 
 def choose(now: datetime, plan: Plan | None, plan_fresh: bool, snapshot: Snapshot) -> Decision:
     """Pick the rung and its intent. `plan_fresh` is false when the link is down or the plan is overdue."""
-    if snapshot.grid_w is None:
+    if known(snapshot.grid_w) is None:
         return Decision(Rung.SAFE_HOLD, HOLD, "meter reading stale or missing")
-    stale = [b.der_id for b in snapshot.batteries.values() if b.soc is None or b.power_w is None]
+    stale = [
+        b.der_id for b in snapshot.batteries.values() if known(b.soc, 0.0, 1.0) is None or known(b.power_w) is None
+    ]
     if stale:
         return Decision(Rung.SAFE_HOLD, HOLD, f"battery reading stale or missing: {', '.join(sorted(stale))}")
     slot = None
@@ -67,10 +70,11 @@ def self_consumption_w(snapshot: Snapshot) -> float:
     Never charges from the grid: the result is at most the PV surplus. Returns 0 when the
     state is unknown (the ladder should have chosen SAFE_HOLD then anyway).
     """
-    battery_now = snapshot.battery_total_w()
-    if snapshot.grid_w is None or battery_now is None:
+    battery_now = known(snapshot.battery_total_w())
+    grid_w = known(snapshot.grid_w)
+    if grid_w is None or battery_now is None:
         return 0.0
-    base_w = snapshot.grid_w - battery_now  # + import without the battery
+    base_w = grid_w - battery_now  # + import without the battery
     return -base_w
 
 
@@ -80,4 +84,5 @@ def resolve_battery_w(intent: Intent, snapshot: Snapshot) -> float:
         return 0.0
     if intent.mode is IntentMode.SELF_CONSUMPTION or intent.battery_w is None:
         return self_consumption_w(snapshot)
-    return intent.battery_w
+    # A request that is not a number (a plan that slipped past verification) asks for nothing: hold.
+    return known(intent.battery_w) or 0.0

@@ -20,7 +20,8 @@ import structlog
 
 from cloud_sync.keys import KeyFileError, load_signing_key, zap_key_path
 from cloud_sync.session import CloudSync
-from drivers.api import Driver
+from cloud_sync.wire import wire_safe
+from drivers.api import Driver, ReadingGuard
 from zapd.api import LocalApi
 from zapd.clock import Clock
 from zapd.config import ZapdConfig
@@ -71,6 +72,7 @@ class TelemetryWriter:
         self._in_flight = 0
         self.written = 0
         self.dropped = 0
+        self.refused = 0  # readings not stored because the cloud would refuse them (timestamp out of bounds)
 
     @property
     def pending(self) -> int:
@@ -78,7 +80,15 @@ class TelemetryWriter:
         return len(self._pending) + self._in_flight
 
     def add(self, reading: Reading) -> None:
-        self._pending.append(reading)
+        # Nothing goes into the outbox that the cloud refuses (cloud_sync/wire.py applies the same
+        # rule on ingest): a batch holding one such reading would be refused whole, again and again.
+        safe = wire_safe(reading)
+        if safe is None:
+            if not self.refused:
+                log.error("telemetry_refused", der_id=reading.der_id, ts=reading.ts.isoformat(), reason="timestamp")
+            self.refused += 1
+            return
+        self._pending.append(safe)
         if len(self._pending) > self._max_pending:
             excess = len(self._pending) - self._max_pending
             del self._pending[:excess]
@@ -313,7 +323,8 @@ class Daemon:
             db=str(self.db_path),
         )
         for driver in self.devices.drivers:
-            self.supervisor.add(f"driver:{driver.name}", lambda d=driver: d.run(self._sink))  # type: ignore[misc]
+            guard = ReadingGuard(driver.name, self._sink, getattr(driver, "counters", None))
+            self.supervisor.add(f"driver:{driver.name}", lambda d=driver, g=guard: d.run(g))  # type: ignore[misc]
         self.supervisor.add("controller", self._run_controller)
         self.supervisor.add("telemetry_writer", self.telemetry.run)
         self.supervisor.add("retention", self._retention)

@@ -5,14 +5,21 @@ respect, in this order: an unknown battery holds (0 W); device power limits; the
 and maximum SoC (including the energy one tick can move); the site's fuse limit computed
 from the live meter reading. A request the envelope cannot honour is cut down and the
 reason is recorded, so the command log and the cloud see what was changed and why.
+
+Any input that is not a finite, plausible number (zapd/bounds.py) is unknown, and unknown is
+safe: a NaN or infinite request holds (0 W), a battery whose SoC, power or limits are not numbers
+holds, a meter reading (or phase current, or site limit) that is not a number is an unknown
+meter (no charging), an export limit that is not a number is the strictest one (0 W).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from zapd.state import Snapshot
+from zapd.bounds import MAX_CURRENT_A, MAX_POWER_W, known
+from zapd.state import BatteryView, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,48 @@ class Setpoint:
     der_id: str
     power_w: float
     clamped_reason: str  # "" when the request passed unchanged
+
+
+def trusted_inputs(snapshot: Snapshot, site: SiteLimits) -> tuple[Snapshot, SiteLimits]:
+    """The snapshot and limits with every value that is not a plausible number made unknown.
+
+    The meter is unknown as a whole when its power, any phase current or a site limit it is
+    checked against is not a number: half a meter cannot be checked against the fuse.
+    """
+    grid_w = known(snapshot.grid_w)
+    phases = snapshot.phase_currents_a
+    if phases is not None and any(known(a, -MAX_CURRENT_A, MAX_CURRENT_A) is None for a in phases):
+        grid_w = None
+    # Limits come from the config: any finite value is taken as meant (a test may lift them to 1e9).
+    site_ok = (
+        math.isfinite(site.fuse_limit_w)
+        and math.isfinite(site.fuse_a)
+        and site.fuse_a >= 0
+        and math.isfinite(site.voltage_v)
+        and site.voltage_v >= 1.0
+        and site.phases in (1, 2, 3)
+    )
+    if grid_w is None or not site_ok:
+        grid_w, phases = None, None
+    export_w = site.max_export_w
+    if export_w is not None and known(export_w, 0.0, math.inf) is None:
+        export_w = 0.0  # a limit that is not a number is the strictest one
+    batteries = {
+        k: BatteryView(b.der_id, known(b.soc, 0.0, 1.0), known(b.power_w)) for k, b in snapshot.batteries.items()
+    }
+    evs = {k: replace(v, power_w=known(v.power_w)) for k, v in snapshot.evs.items()}
+    clean = replace(snapshot, grid_w=grid_w, phase_currents_a=phases, batteries=batteries, evs=evs)
+    return clean, replace(site, max_export_w=export_w) if export_w != site.max_export_w else site
+
+
+def _limits_known(b: BatteryEnvelope) -> bool:
+    return (
+        known(b.capacity_wh, 0.0, math.inf) is not None
+        and known(b.max_charge_w, 0.0, MAX_POWER_W) is not None
+        and known(b.max_discharge_w, 0.0, MAX_POWER_W) is not None
+        and known(b.reserve_soc, 0.0, 1.0) is not None
+        and known(b.max_soc, 0.0, 1.0) is not None
+    )
 
 
 def _fuse_headroom_w(snapshot: Snapshot, site: SiteLimits, battery_now_w: float) -> float | None:
@@ -83,7 +132,9 @@ def clamp_batteries(
     tick_s: float,
 ) -> list[Setpoint]:
     """Turn a site-level battery request into per-battery setpoints that are safe to send."""
-    hours = max(tick_s, 1.0) / 3600
+    snapshot, site = trusted_inputs(snapshot, site)
+    # A tick that is not a number: as if it were endless, so no battery may move off its SoC bounds.
+    hours = max(tick_s, 1.0) / 3600 if math.isfinite(tick_s) else math.inf
     charge_room: dict[str, float] = {}
     discharge_room: dict[str, float] = {}
     reasons: dict[str, list[str]] = {b.der_id: [] for b in batteries}
@@ -94,6 +145,10 @@ def clamp_batteries(
             charge_room[b.der_id] = discharge_room[b.der_id] = 0.0
             reasons[b.der_id].append("battery state unknown: hold")
             continue
+        if not _limits_known(b):
+            charge_room[b.der_id] = discharge_room[b.der_id] = 0.0
+            reasons[b.der_id].append("battery limits not numbers: hold")
+            continue
         battery_now_w += view.power_w
         soc = view.soc
         # Energy that may still move before the next decision without crossing the SoC bounds.
@@ -103,6 +158,10 @@ def clamp_batteries(
         discharge_room[b.der_id] = min(b.max_discharge_w, down_w)
 
     total = requested_total_w
+    if not math.isfinite(total):
+        total = 0.0  # a request that is not a number asks for nothing: hold
+        for why in reasons.values():
+            why.append("request not a number: hold")
     max_total = sum(charge_room.values())
     min_total = -sum(discharge_room.values())
     site_reason = ""
@@ -126,7 +185,7 @@ def clamp_batteries(
     out = []
     for b in batteries:
         why = list(reasons[b.der_id])
-        if site_reason and abs(total - requested_total_w) > 1e-6:
+        if site_reason and not abs(total - requested_total_w) <= 1e-6:
             why.append(site_reason)
         out.append(Setpoint(b.der_id, per[b.der_id], "; ".join(why)))
     return out

@@ -6,6 +6,9 @@ would stop or fault), so a charger gets either 0 A (pause) or min..max A: when t
 cannot give every connected charger its minimum, chargers are dropped (smallest first) rather
 than all of them starved. Only connected chargers get current; one whose state is unknown is
 paused. When the meter is unknown nothing can be checked against the fuse: every charger pauses.
+Numbers that are not numbers are unknown (zapd/envelope.py `trusted_inputs`): a NaN or infinite
+EV request is a hold (minimum current), a charger whose limits are not numbers pauses, and a
+meter, phase current or battery setpoint that is not a number pauses every charger.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from zapd.envelope import SiteLimits
+from zapd.bounds import MAX_CURRENT_A, known
+from zapd.envelope import SiteLimits, trusted_inputs
 from zapd.model import Intent, IntentMode
 from zapd.state import Snapshot
 
@@ -71,6 +75,15 @@ def _ev_budget(
     return _Budget(max(0.0, power_w), max(0.0, phase_a))
 
 
+def _limits_known(c: EvEnvelope) -> bool:
+    return (
+        known(c.max_current_a, 0.0, MAX_CURRENT_A) is not None
+        and known(c.min_current_a, 0.0, MAX_CURRENT_A) is not None
+        and known(c.voltage_v, 1.0, 1e5) is not None
+        and c.phases in (1, 2, 3)
+    )
+
+
 def _ev_now_w(snapshot: Snapshot, der_id: str) -> float:
     view = snapshot.evs.get(der_id)
     return max(0.0, view.power_w) if view is not None and view.power_w is not None else 0.0
@@ -109,12 +122,15 @@ def clamp_evs(
     `battery_new_w` is the total of the batteries' clamped setpoints for this cycle. An intent
     with no EV opinion (ev_w None) lets connected cars charge as fast as the fuse allows.
     """
+    snapshot, site = trusted_inputs(snapshot, site)
     by_id = {c.der_id: c for c in chargers}
     reasons: dict[str, str] = {}
     connected: list[EvEnvelope] = []
     for c in chargers:
         view = snapshot.evs.get(c.der_id)
-        if view is None or view.connected is None:
+        if not _limits_known(c):
+            reasons[c.der_id] = "charger limits not numbers: pause"
+        elif view is None or view.connected is None:
             reasons[c.der_id] = "charger state unknown: pause"
         elif not view.connected:
             reasons[c.der_id] = "no car connected"
@@ -122,12 +138,21 @@ def clamp_evs(
             connected.append(c)
 
     battery_now_w = snapshot.battery_total_w() or 0.0
-    budget = _ev_budget(snapshot, chargers, site, battery_now_w, max(0.0, battery_new_w))
+    known_chargers = [c for c in chargers if _limits_known(c)]
+    budget = None
+    if math.isfinite(battery_new_w):
+        budget = _ev_budget(snapshot, known_chargers, site, battery_now_w, max(0.0, battery_new_w))
     wanted: dict[str, float] = {}
-    if intent.mode is IntentMode.HOLD:
+    hold = intent.mode is IntentMode.HOLD
+    if not hold and intent.ev_w is not None and not math.isfinite(intent.ev_w):
+        hold = True  # a request that is not a number asks for nothing more than the safe hold
+        for c in connected:
+            reasons[c.der_id] = "request not a number: hold"
+    if hold:
         wanted = {c.der_id: c.min_current_a for c in connected}
         request_w = sum(c.min_current_a * c.w_per_a for c in connected)
-    elif intent.ev_w is None or not math.isfinite(intent.ev_w):
+    elif intent.ev_w is None:
+        # No opinion (also what SELF_CONSUMPTION carries): as fast as the fuse allows.
         wanted = {c.der_id: c.max_current_a for c in connected}
         request_w = math.inf
     else:
@@ -141,7 +166,9 @@ def clamp_evs(
 
     if budget is None:
         for c in connected:
-            reasons[c.der_id] = "meter unknown: pause"
+            reasons[c.der_id] = (
+                "meter unknown: pause" if math.isfinite(battery_new_w) else "battery setpoint unknown: pause"
+            )
         got = dict.fromkeys(wanted, 0.0)
     else:
         got = _fit(wanted, by_id, budget)
@@ -154,7 +181,7 @@ def clamp_evs(
             why = "request below minimum current: pause"
         elif not why and a < wanted.get(c.der_id, 0.0) - 1e-6:
             why = "fuse limit"
-        out.append(EvSetpoint(c.der_id, a, c.phases, a * c.w_per_a, why))
+        out.append(EvSetpoint(c.der_id, a, c.phases, a * c.w_per_a if a > 0 else 0.0, why))
     return out
 
 

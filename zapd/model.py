@@ -25,6 +25,9 @@ class Quality(StrEnum):
     GOOD = "good"
     # The driver produced the value but something about it is doubtful (e.g. out of plausible range).
     SUSPECT = "suspect"
+    # The driver's guard refused a value (not a number, or outside zapd/bounds.py): the reading carries only
+    # the plausible values, and the DER is unknown in the snapshot until a good reading comes.
+    BAD = "bad"
 
 
 # Well-known keys of Reading.values. Drivers may add more; these are the ones the controller reads.

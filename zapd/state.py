@@ -2,6 +2,8 @@
 
 Stale is unknown (evcc dsmr meter, Home Assistant dsmr): a reading older than three poll
 periods of its device is absent from the snapshot, so no decision is taken on an old value.
+A bad reading (a value the drivers' guard refused: NaN, ±Inf, out of zapd/bounds.py) is unknown too,
+and it replaces the previous good one: the DER is unknown from that moment, not three polls later.
 
 One grid meter: grid power and phase currents come from the site's grid meter alone. Other
 meters (PV, EV or sub-circuit meters) are stored and shown but never added in: a sum would
@@ -14,9 +16,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from zapd.model import CHARGING, CONNECTED, PHASE_CURRENT_A, POWER_W, SOC, DerKind, Reading
+from zapd.bounds import bad_values
+from zapd.model import CHARGING, CONNECTED, PHASE_CURRENT_A, POWER_W, SOC, DerKind, Quality, Reading
 
 STALE_AFTER_POLLS = 3
+
+
+def _trusted_values(reading: Reading | None) -> dict[str, float]:
+    """The values the controller may act on: none of a BAD reading (the DER is unknown, as if stale),
+    and only the plausible ones of any other (a driver that skipped the guard still cannot pass NaN)."""
+    if reading is None or reading.quality is Quality.BAD:
+        return {}
+    bad = bad_values(reading.values)
+    if bad:
+        return {}
+    return reading.values
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +141,7 @@ class SiteState:
         grid_meter = self.grid_meter
         for der_id, kind in self._kinds.items():
             r = self.fresh(der_id, now)
-            vals = r.values if r is not None else {}
+            vals = _trusted_values(r)
             if kind is DerKind.METER:
                 if der_id == grid_meter and POWER_W in vals:
                     grid_w = vals[POWER_W]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
@@ -140,3 +141,143 @@ def test_plan_grid_limits_only_tighten() -> None:
     snap = Snapshot(NOW, 4_000.0, None, None, {"b0": BatteryView("b0", 0.5, 0.0)})
     (sp,) = clamp_batteries(0.0, snap, [b], tight, TICK_S)
     assert sp.power_w == -1_000
+
+
+# --- any input may be garbage: NaN, ±Inf, absurd magnitudes (issue 10 item 2) ---------------------
+
+anything = st.floats(allow_nan=True, allow_infinity=True)
+
+
+def _maybe_bad(good: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
+    """Mostly a sane value, often any float at all (NaN, ±Inf, ±1e308, subnormals)."""
+    return st.one_of(good, anything, st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e308, -1e308]))
+
+
+@st.composite
+def garbage_scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits, float]:
+    n = draw(st.integers(min_value=1, max_value=3))
+    batteries, views = [], {}
+    for i in range(n):
+        reserve = draw(_maybe_bad(st.floats(min_value=0.0, max_value=0.5)))
+        env = BatteryEnvelope(
+            der_id=f"b{i}",
+            capacity_wh=draw(_maybe_bad(st.floats(min_value=1_000, max_value=100_000))),
+            max_charge_w=draw(_maybe_bad(st.floats(min_value=0, max_value=20_000))),
+            max_discharge_w=draw(_maybe_bad(st.floats(min_value=0, max_value=20_000))),
+            reserve_soc=reserve,
+            max_soc=draw(_maybe_bad(st.floats(min_value=0.55, max_value=1.0))),
+        )
+        batteries.append(env)
+        views[env.der_id] = BatteryView(
+            env.der_id, draw(st.none() | _maybe_bad(soc)), draw(st.none() | _maybe_bad(power))
+        )
+    fuse_a = draw(_maybe_bad(st.floats(min_value=6, max_value=80)))
+    phases = draw(st.sampled_from([1, 3]))
+    site = SiteLimits(
+        fuse_limit_w=draw(_maybe_bad(st.just(fuse_a * 230 * phases))),
+        fuse_a=fuse_a,
+        voltage_v=draw(_maybe_bad(st.just(230.0))),
+        phases=phases,
+        max_export_w=draw(st.none() | _maybe_bad(st.floats(min_value=0, max_value=30_000))),
+    )
+    grid = draw(st.none() | _maybe_bad(power))
+    phase_currents = None
+    if draw(st.booleans()):
+        phase_currents = tuple(draw(_maybe_bad(st.floats(min_value=-100, max_value=100))) for _ in range(phases))
+    snapshot = Snapshot(NOW, grid, phase_currents, None, views)
+    tick = draw(_maybe_bad(st.just(TICK_S)))
+    return draw(_maybe_bad(power)), snapshot, batteries, site, tick
+
+
+def _ok(x: float | None, lo: float, hi: float) -> bool:
+    return x is not None and math.isfinite(x) and lo <= x <= hi
+
+
+@settings(max_examples=600, deadline=None)
+@given(garbage_scenarios())
+def test_non_finite_input_is_unknown_and_safe(
+    case: tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits, float],
+) -> None:
+    requested, snapshot, batteries, site, tick = case
+    setpoints = {s.der_id: s for s in clamp_batteries(requested, snapshot, batteries, site, tick)}
+    assert set(setpoints) == {b.der_id for b in batteries}
+    assert all(math.isfinite(s.power_w) for s in setpoints.values())
+    counted = []  # batteries the envelope may move: every number about them is plausible
+    for b in batteries:
+        p = setpoints[b.der_id].power_w
+        view = snapshot.batteries[b.der_id]
+        sane = (
+            _ok(view.soc, 0, 1)
+            and _ok(view.power_w, -1e7, 1e7)
+            and _ok(b.capacity_wh, 0, math.inf)
+            and _ok(b.max_charge_w, 0, 1e7)
+            and _ok(b.max_discharge_w, 0, 1e7)
+            and _ok(b.reserve_soc, 0, 1)
+            and _ok(b.max_soc, 0, 1)
+        )
+        if not sane or not math.isfinite(requested) or not math.isfinite(tick):
+            assert p == 0.0, (b, view, requested, tick)  # unknown: hold, never a full charge or discharge
+            continue
+        counted.append(b.der_id)
+        assert -b.max_discharge_w - EPS <= p <= b.max_charge_w + EPS
+        assert view.soc is not None
+        hours = max(tick, 1.0) / 3600
+        if p < 0:
+            assert view.soc - (-p) * hours / b.capacity_wh >= b.reserve_soc - EPS
+        if p > 0:
+            assert view.soc + p * hours / b.capacity_wh <= b.max_soc + EPS
+    total = sum(s.power_w for s in setpoints.values())
+    phases = snapshot.phase_currents_a
+    meter_known = (
+        _ok(snapshot.grid_w, -1e7, 1e7)
+        and (phases is None or all(_ok(a, -1e4, 1e4) for a in phases))
+        and _ok(site.fuse_limit_w, -math.inf, math.inf)
+        and _ok(site.fuse_a, 0, math.inf)
+        and _ok(site.voltage_v, 1, math.inf)
+    )
+    asked = requested if math.isfinite(requested) else 0.0
+    if not meter_known:
+        # No charging on a meter that is not a number, and never more discharge than asked.
+        assert min(asked, 0.0) - EPS <= total <= EPS
+        return
+    assert snapshot.grid_w is not None
+    battery_now = sum(snapshot.batteries[k].power_w or 0.0 for k in counted)
+    base = snapshot.grid_w - battery_now
+    per_phase = site.voltage_v * site.phases
+    if total > EPS:
+        assert base + total <= site.fuse_limit_w + 1e-3
+        if phases:
+            worst = max(phases) - battery_now / per_phase
+            assert worst + total / per_phase <= site.fuse_a + 1e-6
+    if total < -EPS and total < asked - EPS:
+        # Discharge beyond the request only to bring an overloaded site back under its fuse.
+        over_phase = phases is not None and (max(phases) - battery_now / per_phase) > site.fuse_a
+        assert base > site.fuse_limit_w or over_phase
+    export = site.max_export_w
+    if export is not None and total < -EPS:
+        limit = export if _ok(export, 0, math.inf) else 0.0  # not a number: the strictest limit
+        fuse_forced = base > site.fuse_limit_w or (
+            phases is not None and (max(phases) - battery_now / per_phase) > site.fuse_a
+        )
+        assert base + total >= -limit - 1e-3 or fuse_forced
+
+
+def test_inf_grid_reading_commands_nothing() -> None:
+    """The attack of issue 10: a grid W of +Inf commanded a full discharge labelled "fuse limit"."""
+    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    site = SiteLimits(fuse_limit_w=17_250, fuse_a=25, voltage_v=230, phases=3, max_export_w=3_000)
+    for grid, currents in ((math.inf, None), (-math.inf, None), (math.nan, None), (200.0, (math.inf, 1.0, 1.0))):
+        snap = Snapshot(NOW, grid, currents, None, {"b0": BatteryView("b0", 0.5, 0.0)})
+        for requested in (0.0, 2_000.0):
+            (sp,) = clamp_batteries(requested, snap, [b], site, TICK_S)
+            assert sp.power_w == 0.0, (grid, currents, requested, sp)
+            assert "fuse" not in sp.clamped_reason
+
+
+def test_nan_request_holds() -> None:
+    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    snap = Snapshot(NOW, 200.0, None, None, {"b0": BatteryView("b0", 0.5, 0.0)})
+    site = SiteLimits(fuse_limit_w=17_250, fuse_a=25, voltage_v=230, phases=3, max_export_w=3_000)
+    for requested in (math.nan, math.inf, -math.inf):
+        (sp,) = clamp_batteries(requested, snap, [b], site, TICK_S)
+        assert sp.power_w == 0.0 and "not a number" in sp.clamped_reason

@@ -41,6 +41,12 @@ def snap(grid: float | None = 500.0, soc: float | None = 0.5, batt: float | None
         (0.5, plan(), True, snap(grid=None), Rung.SAFE_HOLD, 0.0),  # stale meter beats a plan
         (0.5, plan(), True, snap(soc=None), Rung.SAFE_HOLD, 0.0),  # stale battery
         (0.5, None, False, snap(batt=None), Rung.SAFE_HOLD, 0.0),
+        # Not a number is unknown, never a number to act on (issue 10: +Inf grid W meant a full discharge).
+        (0.5, plan(), True, snap(grid=float("inf")), Rung.SAFE_HOLD, 0.0),
+        (0.5, plan(), True, snap(grid=float("nan")), Rung.SAFE_HOLD, 0.0),
+        (0.5, None, True, snap(grid=-1e300), Rung.SAFE_HOLD, 0.0),
+        (0.5, plan(), True, snap(soc=float("nan")), Rung.SAFE_HOLD, 0.0),
+        (0.5, plan(), True, snap(batt=float("-inf")), Rung.SAFE_HOLD, 0.0),
     ],
 )
 def test_ladder(
@@ -72,3 +78,10 @@ def test_state_marks_old_readings_stale() -> None:
     # An out-of-order older reading does not replace the newer one.
     state.update(Reading(der_id="m", kind=DerKind.METER, ts=T0 - timedelta(seconds=5), values={"power_w": 7.0}))
     assert state.snapshot(T0).grid_w == 100.0
+
+
+def test_a_request_that_is_not_a_number_holds() -> None:
+    for bad in (float("nan"), float("inf"), float("-inf"), -1e300):
+        assert resolve_battery_w(Intent(battery_w=bad), snap()) == 0.0
+    assert self_consumption_w(snap(grid=float("nan"))) == 0.0
+    assert self_consumption_w(snap(batt=float("inf"))) == 0.0
