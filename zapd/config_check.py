@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ValidationError
 
 from drivers.modbus.register_map import MAPS_DIR
+from drivers.ocpp.config import OcppDevice
 from zapd.config import (
     DRIVER_NAMES,
     DSMR_TELEGRAM_INTERVAL_S,
@@ -388,26 +389,27 @@ def _timing(config: ZapdConfig) -> Iterator[Problem]:
 
 def _chargers(config: ZapdConfig) -> Iterator[Problem]:
     site = config.site
-    limits = [(f"devices.{d.id}.ev", d.ev) for d in config.devices if isinstance(d, ModbusEvDevice)]
-    limits += [
-        (f"devices.{d.id}.ders.{der.id}.ev", der.ev)
-        for d in config.devices
-        if isinstance(d, MqttDevice)
-        for der in d.ders
-        if der.ev is not None
+    limits: list[tuple[str, float, int]] = [
+        (f"devices.{d.id}.ev", d.ev.max_current_a, d.ev.phases) for d in config.devices if isinstance(d, ModbusEvDevice)
     ]
-    for key, ev in limits:
-        if ev.max_current_a > site.fuse_a:
+    for d in config.devices:
+        if isinstance(d, MqttDevice):
+            limits += [
+                (f"devices.{d.id}.ders.{der.id}.ev", der.ev.max_current_a, der.ev.phases) for der in d.ders if der.ev
+            ]
+        elif isinstance(d, OcppDevice):
+            limits += [(f"devices.{d.id}.charge_points.{cp.id}", cp.max_current_a, cp.phases) for cp in d.charge_points]
+    for key, max_current_a, phases in limits:
+        if max_current_a > site.fuse_a:
             yield Problem(
                 f"{key}.max_current_a",
-                f"{ev.max_current_a:g} A is above the site's {site.fuse_a:g} A fuse: zapd keeps the site under "
+                f"{max_current_a:g} A is above the site's {site.fuse_a:g} A fuse: zapd keeps the site under "
                 "its fuse, but a charger circuit cannot be rated above the main fuse; check the value",
                 warning=True,
             )
-        if ev.phases > site.phases:
+        if phases > site.phases:
             yield Problem(
-                f"{key}.phases",
-                f"a {ev.phases}-phase charger on a {site.phases}-phase grid connection (site.phases)",
+                f"{key}.phases", f"a {phases}-phase charger on a {site.phases}-phase grid connection (site.phases)"
             )
 
 

@@ -290,6 +290,15 @@ def test_a_charger_above_the_fuse_warns_and_three_phases_on_one_is_an_error() ->
     ]
 
 
+def test_an_ocpp_charge_point_above_the_fuse_warns() -> None:
+    ocpp = {"driver": "ocpp", "id": "ocpp", "host": "0.0.0.0", "charge_points": [{"id": "garage", "max_current_a": 32}]}
+    result = check_data({**BASE, "devices": [*BASE["devices"], ocpp]}, SRC)
+    assert result.errors == []
+    assert [w.split(": warning: ")[0] for w in result.warnings] == [
+        f"{SRC}: devices.ocpp.charge_points.garage.max_current_a"
+    ]
+
+
 @pytest.mark.parametrize(
     ("key", "expected"),
     [
