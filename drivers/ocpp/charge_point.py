@@ -91,6 +91,15 @@ def _utc_now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _reraise_swallowed_cancel() -> None:
+    """Python 3.11's wait_for (used inside the ocpp library) can return a result and drop a cancel that
+    arrived at the same moment; the task would then run on after zapd asked it to stop. Cancellation
+    is sacred: if one is pending, honour it here."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ChargerClock:
     """How far the charger's clock is from ours, from the timestamps it sends (time sync is not assumed).
 
@@ -197,7 +206,7 @@ class ChargePointSession:
         self.setup_done = False
         self.sink: ReadingSink | None = None
         self._logged: set[str] = set()
-        self.refused_commands: dict[str, int] = {}
+        self.left_safe: set[int] = set()  # connectors sent their safe current on the way out
 
     # ---- bookkeeping ----
 
@@ -307,7 +316,9 @@ class ChargePointSession:
         self.count("calls")
         try:
             async with asyncio.timeout(self.call_timeout_s + 1.0):
-                return await link.call(payload, suppress=False)
+                result = await link.call(payload, suppress=False)
+            _reraise_swallowed_cancel()
+            return result
         except TimeoutError:
             self.count("call_timeouts")
             self.log_once(f"timeout:{action}", "ocpp.call_timeout", action=action, timeout_s=self.call_timeout_s)
@@ -316,6 +327,7 @@ class ChargePointSession:
             self.log_once(f"callerror:{action}", "ocpp.call_error", action=action, error=f"{exc.code}: {exc}")
         except ConnectionClosed:
             self.count("call_errors")
+        _reraise_swallowed_cancel()
         return None
 
     async def setup(self) -> None:
@@ -467,7 +479,10 @@ class ChargePointSession:
         problem = await self.send_live(conn) if self.link is not None and self.setup_done else "not connected"
         conn.command = None
         if problem is None:
+            self.left_safe.add(number)
             log.info("ocpp.safe_mode", der_id=conn.der_id, current_a=c.fallback_current_a)
+        elif number in self.left_safe:
+            pass  # the listener already left it safe before it closed the connection
         else:
             log.warning("ocpp.safe_mode_not_sent", der_id=conn.der_id, reason=problem)
 

@@ -11,6 +11,7 @@ before its old TCP connection timed out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import http
 import itertools
@@ -36,6 +37,7 @@ from zapd.model import DerCapabilities
 log = structlog.get_logger(__name__)
 
 PATH_PREFIX = "/ocpp/"
+LEAVE_SAFE_S = 3.0  # within the daemon's 5 s for stopping tasks
 MAX_MESSAGE_BYTES = 64 * 1024  # the largest OCPP 1.6 message a charger sends is a few kB
 COUNTER_NAMES = (
     "connections", "refused_unknown", "refused_auth", "malformed", "rate_limited", "calls", "call_timeouts",
@@ -80,6 +82,10 @@ class OcppServer:
 
     def actuators(self) -> dict[str, OcppConnector]:
         return {conn.der_id: OcppConnector(s, n) for s in self.sessions.values() for n, conn in s.connectors.items()}
+
+    async def _leave_safe(self) -> None:
+        live = [s for s in self.sessions.values() if s.link is not None and s.setup_done]
+        await asyncio.gather(*(_leave_one_safe(s) for s in live), return_exceptions=True)
 
     def connected(self) -> list[str]:
         """Charge point ids with a live connection (for status and scan)."""
@@ -236,11 +242,23 @@ class OcppServer:
                      tls=self._config.tls_cert is not None, charge_points=list(self.sessions))  # fmt: skip
             self.listening.set()
             try:
-                await server.serve_forever()
+                # Not serve_forever(): cancelling it closes every connection before the chargers are safe.
+                await asyncio.get_running_loop().create_future()
             finally:
                 self.listening.clear()
+                # Stopping (or restarting): every connected charger gets its safe current while the
+                # connection still exists; its own fallback (validTo) covers the rest.
+                leave = asyncio.ensure_future(self._leave_safe())
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(leave), LEAVE_SAFE_S)
                 server.close()
-                await asyncio.shield(server.wait_closed())
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(server.wait_closed()), LEAVE_SAFE_S)
+
+
+async def _leave_one_safe(session: ChargePointSession) -> None:
+    for number in session.connectors:
+        await session.safe_mode(number)
 
 
 def _check_basic_auth(headers: Headers, user: str, password: str) -> str | None:
