@@ -44,6 +44,27 @@ class UploadRejected(Exception):
     """The server refused a batch for a reason re-sending will not fix by itself (401/422)."""
 
 
+REFUSED_KEY = "sync.refused_by_cloud"
+# A reading the cloud refuses on its own is skipped (declared lost) so that it cannot block the
+# outbox; this many in a row, with nothing accepted in between, is no longer one bad reading but a
+# cloud that refuses everything (a version mismatch, a bug): then the uploader stops skipping and
+# waits, keeping the readings, with the reason on the link status.
+MAX_SKIPS_IN_ROW = 10
+
+
+def _content_refusal(resp: httpx.Response) -> bool:
+    """True when the server refused the batch for what it holds (so a smaller batch may pass)."""
+    if resp.status_code == 413:
+        return True
+    if resp.status_code != 422:
+        return False
+    try:
+        body = msgspec.json.decode(resp.content)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(body, dict) and body.get("error") == "malformed"
+
+
 def batch_body(site_id: str, rows: list[OutboxRow], commands: list[CommandReport], lost_through: int | None) -> bytes:
     """The TelemetryBatch JSON, with each stored reading spliced in with its sequence number."""
     parts = [b'{"seq":%d,%s' % (row.seq, row.body[1:]) for row in rows]
@@ -105,6 +126,14 @@ class Uploader:
         self._cursor: int | None = None
         self._backoff = Backoff(1.0, 300.0)
         self._store_failing = False
+        # After a refused batch: send smaller ones (halving down to one reading) until the one the
+        # cloud refuses is found and skipped; grows back on success.
+        self._limit = self._batch_max
+        self._skip_through = 0  # readings up to here that the cloud refused alone: declared lost
+        self._skips_in_row = 0
+        self._without_commands = False  # the last batch was refused with command reports attached
+        self._refused_with: tuple[int, int, int] | None = None  # (first seq, last seq, last command id)
+        self.refused_by_cloud = 0
 
     @property
     def path(self) -> str:
@@ -127,35 +156,83 @@ class Uploader:
         return True
 
     async def upload_once(self) -> int:
-        """Send one batch; returns how many readings the server newly acknowledged (0 = drained)."""
+        """Send one batch; returns how many readings the server newly acknowledged (0 = drained).
+
+        A batch the cloud refuses for its content (422 malformed, 413) never blocks the outbox: it is
+        re-sent without its command reports, then in halves, until the one reading the cloud refuses
+        alone is found; that one is skipped (declared lost through `lost_through`, counted, logged).
+        """
         if self._cursor is None:
             self._cursor = await self._store.acked_seq()
-        rows = await self._store.outbox_after(self._cursor, self._batch_max)
-        if not rows:
-            return 0
-        lost_through = rows[0].seq - 1 if rows[0].seq > self._cursor + 1 else None
-        command_rows = await self._store.unsent_commands(limit=1000)
-        body = batch_body(self._site_id, rows, command_reports(command_rows), lost_through)
+        while True:
+            rows = await self._store.outbox_after(max(self._cursor, self._skip_through), self._limit)
+            if not rows:
+                return 0
+            lost_through = rows[0].seq - 1 if rows[0].seq > self._cursor + 1 else None
+            command_rows = [] if self._without_commands else await self._store.unsent_commands(limit=1000)
+            resp = await self._post(rows, command_rows, lost_through)
+            if resp.status_code == 409:
+                # The server is missing what comes before this batch: continue from where it stands.
+                stored = decode_ack(resp.content).stored_through
+                log.warning("telemetry_gap", server_stored_through=stored, our_cursor=self._cursor)
+                if stored < self._cursor:
+                    self._skip_through = 0  # what lay between is to be re-sent, not declared lost with a skip
+                self._cursor = min(stored, self._cursor)
+                return 0
+            if _content_refusal(resp):
+                await self._refused(rows, command_rows, resp)
+                continue
+            if resp.status_code != 200:
+                raise UploadRejected(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            stored = decode_ack(resp.content).stored_through
+            before = self._cursor
+            await self._store.ack_through(stored)
+            if command_rows:
+                await self._store.mark_commands_uploaded(command_rows[-1].id)
+            elif self._refused_with is not None and self._refused_with[:2] == (rows[0].seq, rows[-1].seq):
+                # The same readings passed without the command reports they were refused with: those are
+                # at fault. They stay in the local command log; the cloud will not get them.
+                log.error("command_reports_refused_by_cloud", through_id=self._refused_with[2])
+                await self._store.mark_commands_uploaded(self._refused_with[2])
+            self._without_commands, self._refused_with = False, None
+            self._skips_in_row = 0
+            self._limit = min(self._batch_max, self._limit * 2)
+            self._cursor = max(self._cursor, stored)
+            return max(0, self._cursor - before)
+
+    async def _post(self, rows: list[OutboxRow], command_rows: list[CommandLogRow], lost: int | None) -> httpx.Response:
+        body = batch_body(self._site_id, rows, command_reports(command_rows), lost)
         headers = {**sign_body(self._key, body), "Content-Type": "application/json"}
         if self._compress:
             headers["Content-Encoding"] = "gzip"
             body = gzip_body(body)
-        resp = await self._client.post(self.path, content=body, headers=headers)
-        if resp.status_code == 409:
-            # The server is missing what comes before this batch: continue from where it stands.
-            stored = decode_ack(resp.content).stored_through
-            log.warning("telemetry_gap", server_stored_through=stored, our_cursor=self._cursor)
-            self._cursor = min(stored, self._cursor)
-            return 0
-        if resp.status_code != 200:
-            raise UploadRejected(f"HTTP {resp.status_code}: {resp.text[:200]}")
-        stored = decode_ack(resp.content).stored_through
-        before = self._cursor
-        await self._store.ack_through(stored)
+        return await self._client.post(self.path, content=body, headers=headers)
+
+    async def _refused(self, rows: list[OutboxRow], command_rows: list[CommandLogRow], resp: httpx.Response) -> None:
+        """Narrow a refused batch down: without commands, then halves, then skip the one reading."""
+        detail = resp.text[:200]
         if command_rows:
-            await self._store.mark_commands_uploaded(command_rows[-1].id)
-        self._cursor = max(self._cursor, stored)
-        return max(0, self._cursor - before)
+            self._without_commands = True
+            self._refused_with = (rows[0].seq, rows[-1].seq, command_rows[-1].id)
+            log.warning("telemetry_batch_refused", readings=len(rows), retry="without command reports", detail=detail)
+            return
+        if len(rows) > 1:
+            self._limit = max(1, len(rows) // 2)
+            log.warning("telemetry_batch_refused", readings=len(rows), retry=f"batches of {self._limit}", detail=detail)
+            return
+        if self._skips_in_row >= MAX_SKIPS_IN_ROW:
+            raise UploadRejected(
+                f"the cloud refused {self._skips_in_row + 1} readings in a row one by one; not skipping more "
+                f"(seq {rows[0].seq}): {detail}"
+            )
+        seq = rows[0].seq
+        self._skip_through = seq
+        self._skips_in_row += 1
+        self.refused_by_cloud += 1
+        total = int(await self._store.kv_get(REFUSED_KEY) or 0) + 1
+        await self._store.kv_set(REFUSED_KEY, str(total))
+        log.error("telemetry_reading_refused_by_cloud", seq=seq, reading=rows[0].body[:300].decode("utf-8", "replace"),
+                  detail=detail, total=total)  # fmt: skip
 
     async def drain(self) -> int:
         """Upload until the outbox is empty; returns readings sent."""
