@@ -26,9 +26,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from drivers.ocpp.config import OcppDevice
+from drivers.ocpp.profiles import limit_in_unit
 from drivers.ocpp.server import OcppServer
 from drivers.sim.ocpp_cp import SimCharger, SimChargerState
 from tests.e2e.harness import free_port
@@ -426,3 +429,68 @@ async def test_config_refuses_inconsistent_charge_points() -> None:
         _device(charge_points=[{"id": "a", "max_current_a": 16, "safe_current_a": 3}])
     with pytest.raises(ValidationError, match="tls_cert and tls_key"):
         _device(tls_cert="/etc/cert.pem")
+
+
+async def test_the_controller_lowers_the_chargers_current_as_the_house_load_rises(
+    csms: Csms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The EV envelope as for any charger: the fuse (25 A x 3 x 230 V) minus the house, 6 A minimum, else pause."""
+    from fallback.policy import Decision, Rung
+    from zapd.controller import Controller
+    from zapd.envelope import SiteLimits
+    from zapd.ev_envelope import EvEnvelope
+    from zapd.model import DerKind, Intent
+    from zapd.state import SiteState
+    from zapd.store import Store
+
+    monkeypatch.setattr("drivers.ocpp.charge_point.EMIT_MIN_GAP_S", 0.0)  # every MeterValues makes a reading
+    sim = await _booted(csms)
+    await sim.status(1, "Charging")
+    store = await Store.open(tmp_path / "zapd.sqlite")
+    state = SiteState()
+    state.register("meter", DerKind.METER, 5)
+    state.register("ocpp.wb1.1", DerKind.EV_CHARGER, 10)
+    for r in csms.readings:
+        state.update(r)
+    clock = SystemClock()
+    ctl = Controller(
+        clock=clock,
+        state=state,
+        store=store,
+        batteries=list,
+        actuators=dict(csms.server.actuators()),
+        site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
+        tick_s=10,
+        refresh_s=60,
+        deadband_w=50,
+        plan_source=lambda: None,
+        plan_fresh=lambda: True,
+        forced_rung=lambda: Decision(Rung.PLAN, Intent(ev_w=None), "test"),  # no EV opinion: as fast as allowed
+        evs=lambda: [EvEnvelope("ocpp.wb1.1", max_current_a=16)],
+    )
+    try:
+        for house_w, expected_a in ((500.0, 16.0), (12_000.0, 7.6), (14_000.0, 0.0), (3000.0, 16.0)):
+            ev_w = sim.state.limit_a(1) * 3 * 230  # the car draws what the charger offers; the meter sees it
+            n = len(csms.readings)
+            await sim.meter_values(1, power_w=ev_w)
+            await csms.until(lambda n=n: len(csms.readings) > n)
+            state.update(Reading(der_id="meter", kind=DerKind.METER, ts=clock.now(), values={POWER_W: house_w + ev_w}))
+            state.update(csms.last("ocpp.wb1.1"))
+            await ctl.cycle()
+            assert sim.state.limit_a(1) == pytest.approx(expected_a), house_w
+    finally:
+        await store.close()
+        await sim.close()
+
+
+@given(current=st.floats(allow_nan=True, allow_infinity=True), phases=st.integers(-1, 4))
+def test_no_command_gets_a_profile_above_the_chargers_limits(current: float, phases: int) -> None:
+    """Whatever reaches the driver, what would go on the wire is 0 or min..max A on the wired phases."""
+    device = _device(charge_points=[{"id": "x", "max_current_a": 16, "phases": 3}])
+    session = OcppServer(device, SystemClock()).sessions["x"]
+    cmd = EvCurrent(der_id="ocpp.x.1", current_a=current, phases=phases)
+    if session.refusal(cmd, session.connectors[1]) is None:
+        limit = limit_in_unit(cmd.current_a, "A", cmd.phases, 230)
+        assert limit == 0.0 or 6.0 <= limit <= 16.0
+        assert cmd.phases == 3
+        assert limit_in_unit(cmd.current_a, "W", cmd.phases, 230) <= 16 * 3 * 230
