@@ -19,6 +19,7 @@ import base64
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,6 +60,7 @@ class SimChargerState:
     clock_offset_s: float = 0.0
     profiles: list[StoredProfile] = field(default_factory=list)
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (action, payload) from the CSMS
+    received_times: list[float] = field(default_factory=list)  # time.perf_counter() of each, for benches
     config: dict[str, str] = field(default_factory=dict)
     transactions: dict[int, int] = field(default_factory=dict)  # connector -> transaction id
     silent: bool = False
@@ -123,6 +125,7 @@ class SimChargePoint(OcppChargePoint16):  # type: ignore[misc]
 
     def _note(self, action: str, payload: dict[str, Any]) -> None:
         self.state.received.append((action, payload))
+        self.state.received_times.append(time.perf_counter())
         self.state.changed.set()
         if action in self.state.call_errors:
             from ocpp.exceptions import NotSupportedError

@@ -184,6 +184,7 @@ async def test_a_killed_zapd_leaves_the_charger_at_its_safe_current_and_a_new_on
         # A new zapd: the charger reconnects without rebooting (no BootNotification) and gets its profiles again.
         state = sim.state
         state.received.clear()
+        state.received_times.clear()
         zapd = _start_zapd(site, port, plan)
         sim = await _connect(zapd, port, state)
         await sim.heartbeat()
