@@ -282,7 +282,20 @@ class Daemon:
             # Once a clock minute (a simulated day prunes like a real one), at most once a real second.
             await asyncio.sleep(max(1.0, RETENTION_EVERY_S / self.clock.speed))
 
+    def _check_watchdog(self) -> None:
+        """Under systemd the watchdog is pinged from the control cycle: a tick as long as WatchdogSec
+        (in real time) gets zapd killed whenever no meter reading wakes the cycle, so refuse to start
+        (exit 2, which the unit does not restart) instead of looping. `zapd config check` warns earlier."""
+        watchdog_s = self.notifier.watchdog_s
+        real_tick_s = self.config.control.tick_s / self.clock.speed
+        if watchdog_s is not None and real_tick_s >= watchdog_s:
+            raise StartupError(
+                f"control.tick_s = {self.config.control.tick_s:g} s is not below the systemd watchdog "
+                f"({watchdog_s:g} s, pinged from the control cycle): lower tick_s below {watchdog_s / 2:g} s"
+            )
+
     async def run(self) -> int:
+        self._check_watchdog()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -8,6 +8,7 @@ placeholder key, `reserve_soc = 10`, and devices named by index.
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import copy
 import subprocess
@@ -361,3 +362,16 @@ def test_load_config_raises_only_on_errors() -> None:
     assert validate_config(doc(**{"site.max_export_w": 10}), SRC).site.max_export_w == 10
     with pytest.raises(ConfigError):
         validate_config(doc(**{"devices.0.map": "nope"}), SRC)
+
+
+def test_zapd_run_under_systemd_refuses_a_tick_the_watchdog_would_kill(tmp_path: Path) -> None:
+    from zapd.daemon import Daemon, StartupError
+    from zapd.sdnotify import Notifier
+
+    systemd = Notifier(env={"WATCHDOG_USEC": "30000000"})  # what WatchdogSec=30 hands the service
+    slow = validate_config(doc(**{"control.tick_s": 60, "store.state_dir": str(tmp_path)}), SRC)
+    with pytest.raises(StartupError, match=r"tick_s = 60 s is not below the systemd watchdog \(30 s"):
+        asyncio.run(Daemon(slow, SystemClock(), notifier=systemd).run())
+    assert not (tmp_path / "zapd.sqlite").exists()  # refused before touching anything
+    Daemon(validate_config(doc(), SRC), SystemClock(), notifier=systemd)._check_watchdog()
+    Daemon(slow, SystemClock(), notifier=Notifier(env={}))._check_watchdog()  # not under systemd: no watchdog
