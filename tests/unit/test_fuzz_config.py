@@ -134,7 +134,12 @@ def test_one_value_of_a_valid_config_replaced_by_anything(data: st.DataObject) -
 
 def _run_check(raw: bytes) -> int:
     """`zapd config check` in process on a file holding `raw`: an exit code, never an exception."""
-    from zapd.cli import main
+    from zapd.cli import build_parser
+
+    def main(argv: list[str]) -> int:  # the CLI minus its logging set-up, which would leak into other tests
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        return code
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "zapd.toml"
