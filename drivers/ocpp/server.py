@@ -159,9 +159,11 @@ class OcppServer:
                 session.link = None
                 session.setup_done = False
                 log.info("ocpp.disconnected", device=self.name, charge_point=cp_id, code=ws.close_code)
-        exc = reader.exception() if reader.done() and not reader.cancelled() else None
-        if exc is not None and not isinstance(exc, ConnectionClosed):
-            session.log_once(f"link:{type(exc).__name__}", "ocpp.link_failed", error=repr(exc))
+        for task in (reader, worker):
+            exc = task.exception() if task.done() and not task.cancelled() else None
+            if exc is not None and not isinstance(exc, ConnectionClosed):
+                session.count("link_failures")
+                session.log_once(f"link:{type(exc).__name__}", "ocpp.link_failed", error=repr(exc))
 
     async def _work(self, session: ChargePointSession, link: _Link) -> None:
         """Set the charger up once it is registered, then keep the live profiles valid."""

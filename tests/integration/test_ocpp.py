@@ -494,3 +494,16 @@ def test_no_command_gets_a_profile_above_the_chargers_limits(current: float, pha
         assert limit == 0.0 or 6.0 <= limit <= 16.0
         assert cmd.phases == 3
         assert limit_in_unit(cmd.current_a, "W", cmd.phases, 230) <= 16 * 3 * 230
+
+
+async def test_a_second_connection_of_the_same_charger_replaces_the_first(csms: Csms) -> None:
+    first = await _booted(csms)
+    second = await _charger(csms)  # the charger reconnected before its old TCP connection timed out
+    assert (await second.boot()).status == "Accepted"
+    await csms.until(lambda: first.ws is not None and first.ws.close_code is not None)
+    link = csms.server.sessions["wb1"].link
+    assert link is not None and second.ws is not None
+    assert link._connection.remote_address == second.ws.local_address
+    assert csms.server.counters.get("replaced_connections") == 1
+    await second.wait_for("SetChargingProfile")  # the new connection gets its setup
+    await second.close()
