@@ -162,13 +162,16 @@ class ModbusEvCharger:
             return await self._bus.read_input(self._unit, f.address, f.count, priority=priority)
         return await self._bus.read_holding(self._unit, f.address, f.count, priority=priority)
 
-    async def _read(self, name: str, priority: Priority = Priority.POLL) -> float:
+    async def _read(self, name: str, priority: Priority = Priority.POLL, *, measured: bool = False) -> float:
+        """A field in zapd units. A measurement (`measured`) that is not a number is returned as it is: the
+        reading carries it to the drivers' guard (drivers/api.py), which makes the DER unknown at once and
+        counts it; anything else (nameplate) that is not a number is a device error."""
         f = self._map.field(name)
         try:
             value = f.decode(await self._read_regs(f, priority))
         except ValueError as exc:
             raise DriverError(f"{self._id}: {name}: {exc}") from exc
-        if not math.isfinite(value):
+        if not measured and not math.isfinite(value):
             raise DriverError(f"{self._id}: {name} read as {value}")
         return value
 
@@ -187,21 +190,24 @@ class ModbusEvCharger:
     async def poll_once(self, sink: ReadingSink) -> None:
         state_field = self._map.field("ev_state")
         state = decode_ascii_state(state_field.decode_raw_int(await self._read_regs(state_field, Priority.POLL)))
-        power_w = await self._read("ev_power")
+        power_w = await self._read("ev_power", measured=True)
         values = {
             POWER_W: power_w,
             CONNECTED: 1.0 if state.connected else 0.0,
             CHARGING: 1.0 if state.charging else 0.0,
         }
         if self._map.get("ev_applied_current") is not None:
-            values[CURRENT_A] = await self._read("ev_applied_current")
+            values[CURRENT_A] = await self._read("ev_applied_current", measured=True)
         if self._map.get("ev_energy_total") is not None:
-            total_wh = await self._read("ev_energy_total")
-            # The meter counts for ever; a session starts when a car is plugged in.
-            if state.connected and (not self._was_connected or self._session_start_wh is None):
-                self._session_start_wh = total_wh
-            if state.connected and self._session_start_wh is not None:
-                values[SESSION_WH] = max(0.0, total_wh - self._session_start_wh)
+            total_wh = await self._read("ev_energy_total", measured=True)
+            if not math.isfinite(total_wh):
+                values[SESSION_WH] = total_wh  # the guard refuses the reading; the session start is kept
+            else:
+                # The meter counts for ever; a session starts when a car is plugged in.
+                if state.connected and (not self._was_connected or self._session_start_wh is None):
+                    self._session_start_wh = total_wh
+                if state.connected and self._session_start_wh is not None:
+                    values[SESSION_WH] = max(0.0, total_wh - self._session_start_wh)
         if not state.connected:
             self._session_start_wh = None
         self._was_connected = state.connected

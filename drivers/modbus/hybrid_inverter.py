@@ -168,7 +168,10 @@ class ModbusHybridInverter:
             raise DriverError(f"{self._id}: scale factor {sf_field.name} read as {sf}")
         return sf
 
-    async def _read(self, name: str, priority: Priority = Priority.POLL) -> float:
+    async def _read(self, name: str, priority: Priority = Priority.POLL, *, measured: bool = False) -> float:
+        """A field in zapd units. A measurement (`measured`) that is not a number is returned as it is: the
+        reading carries it to the drivers' guard (drivers/api.py), which makes the DER unknown at once and
+        counts it; anything else (nameplate) that is not a number is a device error."""
         f = self._map.field(name)
         sf = await self._scale_factor(f, priority)
         regs = await self._read_regs(f, priority)
@@ -176,7 +179,7 @@ class ModbusHybridInverter:
             value = f.decode(regs, sf)
         except ValueError as exc:
             raise DriverError(f"{self._id}: {name}: {exc}") from exc
-        if not math.isfinite(value):
+        if not measured and not math.isfinite(value):
             raise DriverError(f"{self._id}: {name} read as {value}")
         return value
 
@@ -222,9 +225,9 @@ class ModbusHybridInverter:
         # Stamped when the reads start: a setpoint written while they run is newer than this reading,
         # so the controller takes the written value as the battery's power, not the older one read here.
         ts = self._clock.now()
-        soc = await self._read("battery_soc")
-        battery_w = await self._read("battery_power")
-        pv_w = await self._read("pv_power") if self._has_pv else None
+        soc = await self._read("battery_soc", measured=True)
+        battery_w = await self._read("battery_power", measured=True)
+        pv_w = await self._read("pv_power", measured=True) if self._has_pv else None
         # Pass implausible values on, flagged: the state layer decides; clamping would hide a bad map.
         battery_q = Quality.GOOD if 0.0 <= soc <= 1.0 else Quality.SUSPECT
         battery = {POWER_W: battery_w, SOC: soc}

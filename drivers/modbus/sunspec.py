@@ -358,7 +358,7 @@ class SunSpecInverter:
         if meter is not None:
             fresh = await read_model(self._bus, self._unit, meter)
             values = _meter_values(fresh)
-            if values:
+            if values:  # never empty: power is always there (a NaN when the meter has none)
                 sink(Reading(der_id=f"{self._id}.meter", kind=DerKind.METER, ts=ts, values=values))
         self.counters["polls"] += 1
 
@@ -549,8 +549,12 @@ class SunSpecInverter:
 
 def _meter_values(m: SunSpecModel) -> dict[str, float]:
     """SunSpec meters count W + = import at the grid connection point, like zapd."""
-    values: dict[str, float] = {}
-    for key, point in ((POWER_W, "W"), (IMPORT_WH, "TotWhImp"), (EXPORT_WH, "TotWhExp")):
+    # W is mandatory in every meter model: not implemented (0x8000, a float32 NaN) on a meter that answers
+    # is a meter without power, whose other values must not make it look known. NaN lets the drivers'
+    # guard make it unknown and count it, as it does for the ±Inf a float32 point can carry.
+    w = m.number("W")
+    values: dict[str, float] = {POWER_W: math.nan if w is None else w}
+    for key, point in ((IMPORT_WH, "TotWhImp"), (EXPORT_WH, "TotWhExp")):
         v = m.number(point)
         if v is not None:
             values[key] = v

@@ -200,13 +200,20 @@ class MqttDriver:
         touched: set[str] = set()
         try:
             parsed = decode_json(payload) if any(m.path is not None for m in matching) else None
-            extracted = [(m, m.extract(payload if m.path is None else parsed)) for m in matching]
         except BadPayload as exc:
-            self.counters["bad_payloads"] += 1
-            if topic not in self._bad_topics:  # once per topic: a broken publisher repeats itself
-                self._bad_topics.add(topic)
-                log.warning("mqtt.bad_payload", device=self._id, topic=topic, error=str(exc))
+            self._bad_payload(topic, exc)  # not JSON: nothing in it can be attributed to a value
             return
+        extracted: list[tuple[TopicMapping, float | None]] = []
+        problem: BadPayload | None = None
+        for m in matching:
+            try:
+                extracted.append((m, m.extract(payload if m.path is None else parsed)))
+            except BadPayload as exc:
+                # The value is there but is no number ("lots", null, true): it is unknown now, not the last one.
+                problem = problem or exc
+                extracted.append((m, math.nan))
+        if problem is not None:
+            self._bad_payload(topic, problem)
         for m, value in extracted:
             if value is None:
                 continue
@@ -218,6 +225,12 @@ class MqttDriver:
             }
             sink(Reading(der_id=der_id, kind=self._ders[der_id].kind, ts=now, values=values))
             self.counters["readings"] += 1
+
+    def _bad_payload(self, topic: str, exc: BadPayload) -> None:
+        self.counters["bad_payloads"] += 1
+        if topic not in self._bad_topics:  # once per topic: a broken publisher repeats itself
+            self._bad_topics.add(topic)
+            log.warning("mqtt.bad_payload", device=self._id, topic=topic, error=str(exc))
 
     # ---- commands ----
 

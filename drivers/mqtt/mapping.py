@@ -57,10 +57,9 @@ class TopicMapping:
             raw = node
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise BadPayload(f"{self.topic} {self.path or '(payload)'}: not a number: {raw!r:.40}")
-        value = float(raw) * self.scale * UNITS[self.unit]
-        if not math.isfinite(value):
-            raise BadPayload(f"{self.topic} {self.path or '(payload)'}: {value}")
-        return value
+        # NaN, ±Inf ("NaN", "inf", 1e400 in the JSON) and absurd magnitudes are returned as they are: the
+        # reading carries them to the drivers' guard (drivers/api.py), which makes the DER unknown and counts.
+        return float(raw) * self.scale * UNITS[self.unit]
 
 
 def decode_json(payload: bytes | str) -> Any:
@@ -87,6 +86,7 @@ def _number_payload(payload: Any) -> Any:
 def preset_mappings(preset: Preset, source: str, der_id: str, kind: DerKind) -> list[TopicMapping]:
     """Mappings for a known device. `source` is the device's topic root: the Shelly MQTT prefix,
     the Tasmota topic, or OpenDTU's `<base>/<inverter serial>`."""
+
     def m(topic: str, key: str, path: str | None, unit: str = "") -> TopicMapping:
         return TopicMapping(topic=topic, der_id=der_id, kind=kind, key=key, path=path, unit=unit)
 

@@ -126,6 +126,8 @@ class SimSunSpecDevice:
     # address -> exception code answered for any request touching it (and how many more times; None = always)
     faults: dict[int, tuple[ExcCodes, int | None]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: {"reads": 0, "writes": 0, "faults": 0})
+    # (model, point) -> value served instead of the site's: a float32 point can be +Inf, -Inf or NaN.
+    overrides: dict[tuple[int, str], float] = field(default_factory=dict)
 
     def inject(self, address: int, code: ExcCodes, times: int | None = None) -> None:
         self.faults[address] = (code, times)
@@ -162,17 +164,20 @@ class SimSunSpecDevice:
         img.set(124, "WChaMax", b.max_charge_w)
         img.set(124, "ChaState", b.soc * 100.0)
         img.set_raw(124, "ChaSt", 4 if b.power_w > 0 else 3 if b.power_w < 0 else 6)
-        img.set(203, "W", s.grid_w)
-        for phase in ("AphA", "AphB", "AphC"):
-            img.set(203, phase, s.grid_w / 3 / 230.0)
-        img.set(203, "PhV", 230.0)
-        img.set(203, "Hz", 50.0)
-        img.set(203, "TotWhImp", round(s.counters.import_wh) or None)
-        img.set(203, "TotWhExp", round(s.counters.export_wh) or None)
+        for meter in (203, 213):  # the int + scale factor meter, or the float32 one (whichever is served)
+            img.set(meter, "W", s.grid_w)
+            for phase in ("AphA", "AphB", "AphC"):
+                img.set(meter, phase, s.grid_w / 3 / 230.0)
+            img.set(meter, "PhV", 230.0)
+            img.set(meter, "Hz", 50.0)
+            img.set(meter, "TotWhImp", round(s.counters.import_wh) or None)
+            img.set(meter, "TotWhExp", round(s.counters.export_wh) or None)
         img.set(713, "WHRtg", b.capacity_wh)
         img.set(713, "WHAvail", b.soc * b.capacity_wh)
         img.set(713, "SoC", b.soc * 100.0)
         img.set(713, "SoH", 100.0)
+        for (mid, name), value in self.overrides.items():
+            img.set(mid, name, value)
 
     def _revert_if_silent(self) -> None:
         """Model 124: without a new rate inside InOutWRte_RvrtTms the device returns to its own control."""
