@@ -340,14 +340,19 @@ class ChargePointSession:
                     config[item["key"]] = item["value"]
         units = {u.strip() for u in config.get("ChargingScheduleAllowedChargingRateUnit", "Current").split(",")}
         self.unit = "A" if "Current" in units or not units & {"Power"} else "W"
-        for key, value in (
-            ("MeterValuesSampledData", ",".join(MEASURANDS)),
-            ("MeterValueSampleInterval", str(self.meter_interval_s)),
+        # A charger without ISO 15118 cannot report SoC and may refuse the whole list for it: then without.
+        for key, values in (
+            ("MeterValuesSampledData", (",".join(MEASURANDS), ",".join(m for m in MEASURANDS if m != "SoC"))),
+            ("MeterValueSampleInterval", (str(self.meter_interval_s),)),
         ):
-            if config.get(key) != value:
+            if config.get(key) in values:
+                continue
+            for value in values:
                 result = await self.call_charger(call.ChangeConfiguration(key=key, value=value))
-                if result is not None and result.status not in ("Accepted", "RebootRequired"):
-                    self.log_once(f"config:{key}", "ocpp.configuration_refused", key=key, status=result.status)
+                if result is None or result.status in ("Accepted", "RebootRequired"):
+                    break
+                self.log_once(f"config:{key}:{value}", "ocpp.configuration_refused", key=key, value=value,
+                              status=result.status)  # fmt: skip
         await self.send_baseline()
         self.setup_done = True
         for conn in self.connectors.values():

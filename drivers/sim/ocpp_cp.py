@@ -64,6 +64,7 @@ class SimChargerState:
     config: dict[str, str] = field(default_factory=dict)
     transactions: dict[int, int] = field(default_factory=dict)  # connector -> transaction id
     silent: bool = False
+    measurands: frozenset[str] | None = None  # what MeterValuesSampledData may hold; None: anything
     ignore_profiles: bool = False  # accepts profiles but keeps giving its hardware maximum (a broken charger)
     call_errors: set[str] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -177,6 +178,9 @@ class SimChargePoint(OcppChargePoint16):  # type: ignore[misc]
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str) -> call_result.ChangeConfiguration:
         self._note("ChangeConfiguration", {"key": key, "value": value})
+        allowed = self.state.measurands
+        if key == "MeterValuesSampledData" and allowed is not None and not set(value.split(",")) <= allowed:
+            return call_result.ChangeConfiguration(status="Rejected")  # §5.3: a value it cannot use
         self.state.config[key] = value
         return call_result.ChangeConfiguration(status="Accepted")
 

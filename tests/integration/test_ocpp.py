@@ -507,3 +507,34 @@ async def test_a_second_connection_of_the_same_charger_replaces_the_first(csms: 
     assert csms.server.counters.get("replaced_connections") == 1
     await second.wait_for("SetChargingProfile")  # the new connection gets its setup
     await second.close()
+
+
+async def test_a_charger_that_cannot_report_soc_gets_the_other_measurands(csms: Csms) -> None:
+    state = SimChargerState(
+        measurands=frozenset({"Power.Active.Import", "Energy.Active.Import.Register", "Current.Import"})
+    )
+    sim = await _booted(csms, state=state)
+    await sim.wait_for("ChangeConfiguration", count=3)
+    assert state.config["MeterValuesSampledData"] == "Power.Active.Import,Energy.Active.Import.Register,Current.Import"
+    await sim.close()
+
+
+async def test_phase_switching_goes_in_number_phases_only_where_configured(csms: Csms) -> None:
+    device = _device(
+        charge_points=[{"id": "sw", "max_current_a": 16, "phase_switching": True}, {"id": "fix", "max_current_a": 16}]
+    )
+    server, task = await _start(device)
+    try:
+        sw = await _booted(server, "sw", password=None)
+        one = await server.server.actuators()["ocpp.sw.1"].apply(EvCurrent(der_id="ocpp.sw.1", current_a=10, phases=1))
+        assert one.ok, one.detail
+        period = _profiles(sw)[-1]["chargingSchedule"]["chargingSchedulePeriod"][0]
+        assert period["numberPhases"] == 1 and period["limit"] == 10.0
+        fixed = await server.server.actuators()["ocpp.fix.1"].apply(
+            EvCurrent(der_id="ocpp.fix.1", current_a=10, phases=1)
+        )
+        assert not fixed.ok and "phase switching" in fixed.detail
+        await sw.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
