@@ -28,6 +28,7 @@ from cloud_sync.wire import (
     gzip_body,
     sign_body,
     signed_request_body,
+    wire_safe_capabilities,
 )
 from drivers.modbus.backoff import Backoff
 from zapd.bounds import check_ts
@@ -134,6 +135,7 @@ class Uploader:
         self._without_commands = False  # the last batch was refused with command reports attached
         self._refused_with: tuple[int, int, int] | None = None  # (first seq, last seq, last command id)
         self.refused_by_cloud = 0
+        self._discovery_error = ""
 
     @property
     def path(self) -> str:
@@ -143,7 +145,8 @@ class Uploader:
         """Send the DER set when it changed since the last successful report."""
         if self._capabilities is None:
             return False
-        ders = self._capabilities()
+        # A nameplate that is not a number must not make the cloud refuse the report (and, with it, the site's DERs).
+        ders = [wire_safe_capabilities(c) for c in self._capabilities()]
         encoded = msgspec.json.encode(ders)
         if encoded == self._reported_caps or not ders:
             return False
@@ -154,6 +157,17 @@ class Uploader:
         self._reported_caps = encoded
         log.info("discovery_reported", ders=len(ders))
         return True
+
+    async def _report_discovery_apart(self) -> None:
+        """Discovery is sent before telemetry, but its failure must not hold the telemetry back."""
+        try:
+            await self.report_discovery()
+        except (UploadRejected, WireError) as exc:
+            if str(exc) != self._discovery_error:
+                self._discovery_error = str(exc)
+                log.warning("discovery_refused", error=str(exc)[:300])
+        else:
+            self._discovery_error = ""
 
     async def upload_once(self) -> int:
         """Send one batch; returns how many readings the server newly acknowledged (0 = drained).
@@ -247,7 +261,7 @@ class Uploader:
         while True:
             now = self._clock.now()
             try:
-                await self.report_discovery()
+                await self._report_discovery_apart()
                 sent = await self.drain()
                 self._link.ok(now)
                 if sent:

@@ -25,7 +25,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from cloud_sync.keys import key_id
-from zapd.bounds import MAX_CURRENT_A, MAX_POWER_W, bad_values, check_ts
+from zapd.bounds import MAX_CURRENT_A, MAX_ENERGY_WH, MAX_POWER_W, MAX_VOLTAGE_V, bad_values, check_ts
 from zapd.model import BatterySetpoint, Command, DerCapabilities, DerKind, EvCurrent, Intent, Plan, Quality, Reading
 
 HEADER_KEY_ID: Final = "X-Zap-Key-Id"
@@ -348,9 +348,50 @@ def decode_ack(body: bytes) -> TelemetryAck:
 
 def decode_discovery(body: bytes) -> DiscoveryReport:
     try:
-        return _discovery_decoder.decode(body)
+        report = _discovery_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise WireError(f"malformed discovery report: {exc}") from None
+    for der in report.ders:
+        problem = capabilities_problem(der)
+        if problem is not None:
+            raise WireError(f"discovery report, {der.der_id}: {problem}")
+    return report
+
+
+_CAPABILITY_RANGES: Final = {
+    "max_charge_w": MAX_POWER_W,
+    "max_discharge_w": MAX_POWER_W,
+    "max_power_w": MAX_POWER_W,
+    "capacity_wh": MAX_ENERGY_WH,
+    "min_current_a": MAX_CURRENT_A,
+    "max_current_a": MAX_CURRENT_A,
+    "voltage_v": MAX_VOLTAGE_V,
+}
+
+
+def capabilities_problem(der: DerCapabilities) -> str | None:
+    """Why a DER's limits are not numbers any device has (0 = unknown is fine); None when they are."""
+    for name, hi in _CAPABILITY_RANGES.items():
+        value = getattr(der, name)
+        if not math.isfinite(value) or not 0.0 <= value <= hi:
+            return f"{name} {value!r} outside 0..{hi:g}"
+    if not 1 <= der.phases <= 3:
+        return f"phases {der.phases} outside 1..3"
+    return None
+
+
+def wire_safe_capabilities(der: DerCapabilities) -> DerCapabilities:
+    """The DER as the cloud accepts it: a limit that is not a plausible number becomes 0 (unknown)."""
+    if capabilities_problem(der) is None:
+        return der
+    fixed: dict[str, float | int] = {}
+    for name, hi in _CAPABILITY_RANGES.items():
+        value = getattr(der, name)
+        if not math.isfinite(value) or not 0.0 <= value <= hi:
+            fixed[name] = 0.0
+    if not 1 <= der.phases <= 3:
+        fixed["phases"] = 1
+    return msgspec.structs.replace(der, **fixed)
 
 
 # --- plans ------------------------------------------------------------------------------

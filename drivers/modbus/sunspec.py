@@ -32,6 +32,7 @@ from drivers.modbus.sunspec_models import (
     scale_factor,
 )
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
+from zapd.bounds import check_value
 from zapd.clock import Clock
 from zapd.model import (
     EXPORT_WH,
@@ -118,11 +119,12 @@ class SunSpecDevice:
     def description(self) -> str:
         return " ".join(p for p in (self.manufacturer, self.model_name) if p) or "SunSpec device"
 
-    def _first(self, *candidates: tuple[int, str]) -> float | None:
+    def _first(self, *candidates: tuple[int, str], key: str = "power_w") -> float | None:
+        """The first positive, plausible value (zapd/bounds.py, as `key`): a float32 nameplate of +Inf is unset."""
         for mid, name in candidates:
             m = self.model(mid)
             value = m.number(name) if m else None
-            if value is not None and value > 0:
+            if value is not None and value > 0 and check_value(key, value) is None:
                 return value
         return None
 
@@ -137,7 +139,7 @@ class SunSpecDevice:
         return self._first((702, "WDisChaRteMax"), (120, "MaxDisChaRte"), (802, "WDisChaRteMax"), (124, "WChaMax"))
 
     def capacity_wh(self) -> float | None:
-        return self._first((713, "WHRtg"), (802, "WHRtg"), (120, "WHRtg"))
+        return self._first((713, "WHRtg"), (802, "WHRtg"), (120, "WHRtg"), key="capacity_wh")
 
     @property
     def has_storage(self) -> bool:

@@ -10,6 +10,7 @@ What the cloud stored is read from its own SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import sqlite3
@@ -23,9 +24,9 @@ import pytest
 from cloud_sync.link import LinkStatus
 from cloud_sync.uploader import REFUSED_KEY, Uploader
 from tests.integration.test_cloud_api import Cloud, _register, _serve
-from zapd.clock import ManualClock
+from zapd.clock import ManualClock, SystemClock
 from zapd.daemon import TelemetryWriter
-from zapd.model import IMPORT_WH, POWER_W, DerKind, Reading
+from zapd.model import IMPORT_WH, POWER_W, DerCapabilities, DerKind, Reading
 from zapd.store import Store
 
 T0 = datetime(2026, 6, 21, 12, tzinfo=UTC)
@@ -104,5 +105,40 @@ async def test_a_reading_the_cloud_refuses_is_skipped_not_a_stall(cloud: Cloud, 
         assert up.refused_by_cloud == 2 and await store.kv_get(REFUSED_KEY) == "2"
         assert cloud_lost(cloud, "nf-old-outbox") == 2  # declared lost, so the cloud's stream stays gap-free
         assert await store.acked_seq() == 40 and await store.outbox_depth() == 0
+    finally:
+        await store.close()
+
+
+async def test_a_nameplate_of_inf_neither_loses_the_ders_nor_holds_telemetry_back(cloud: Cloud, tmp_path: Path) -> None:
+    """A float32 nameplate of +Inf was encoded as null: the discovery report was refused (422) and, sent
+    first in every round, it kept the telemetry from going up at all."""
+    store = await Store.open(tmp_path / "zapd.sqlite")
+    try:
+        await store.append_readings([meter(i) for i in range(1, 6)])
+        key = _register(cloud, "nf-caps")
+        caps = [
+            DerCapabilities(der_id="inv.battery", kind=DerKind.BATTERY, controllable=True, max_charge_w=math.inf,
+                            max_discharge_w=5000.0, capacity_wh=1e300),
+            DerCapabilities(der_id="gm.meter", kind=DerKind.METER),
+        ]  # fmt: skip
+        link = LinkStatus()
+        async with httpx.AsyncClient(base_url=str(cloud.client.base_url), timeout=10) as client:
+            up = Uploader(store=store, client=client, site_id="nf-caps", key=key, clock=SystemClock(), link=link,
+                          interval_s=0.05, capabilities=lambda: caps)  # fmt: skip
+            task = asyncio.create_task(up.run())
+            try:
+                for _ in range(250):
+                    if await store.acked_seq() == 5:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        assert await store.acked_seq() == 5
+        path = cloud.db_url.removeprefix("sqlite+aiosqlite:///")
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+            ders = {r[0] for r in db.execute("SELECT der_id FROM der_models WHERE site_id = 'nf-caps'")}
+        assert ders == {"inv.battery", "gm.meter"}  # the report went through, the unknown limits as 0
     finally:
         await store.close()

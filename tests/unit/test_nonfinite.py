@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -23,22 +24,27 @@ from structlog.testing import capture_logs
 from cloud_sync.uploader import batch_body
 from cloud_sync.wire import (
     HEADER_SIGNATURE,
+    DiscoveryReport,
     PlanRejected,
     WireError,
     check_plan,
     decode_batch,
+    decode_discovery,
     sign_body,
     sign_plan,
     verify_plan,
     wire_safe,
+    wire_safe_capabilities,
 )
 from drivers.api import ReadingGuard
 from zapd.daemon import TelemetryWriter
+from zapd.metrics import DaemonCollector, SyncGauges
 from zapd.model import (
     IMPORT_WH,
     PHASE_CURRENT_A,
     POWER_W,
     SOC,
+    DerCapabilities,
     DerKind,
     Intent,
     Plan,
@@ -183,3 +189,55 @@ def test_signed_plan_with_huge_numbers_is_malformed() -> None:
         with pytest.raises(PlanRejected) as err:
             verify_plan(doc, sig, CLOUD.verify_key, site_id="s1", min_version_exclusive=None, now=NOW)
         assert err.value.reason == "malformed"
+
+
+# --- discovery reports and metrics ----------------------------------------------------------------
+
+
+def test_discovery_with_limits_that_are_not_numbers() -> None:
+    bad = DerCapabilities(der_id="b", kind=DerKind.BATTERY, max_charge_w=math.inf, capacity_wh=1e300)
+    body = msgspec.json.encode(DiscoveryReport(site_id="s1", ders=[bad]))
+    with pytest.raises(WireError):
+        decode_discovery(body)  # Inf is encoded as null, and 1e300 Wh is no battery
+    safe = wire_safe_capabilities(bad)
+    assert (safe.max_charge_w, safe.capacity_wh) == (0.0, 0.0)  # 0 = unknown, which the envelope reads as "cannot move"
+    assert decode_discovery(msgspec.json.encode(DiscoveryReport(site_id="s1", ders=[safe]))).ders == [safe]
+
+
+def test_rejections_are_in_the_driver_metrics() -> None:
+    class FakeDriver:
+        def __init__(self) -> None:
+            self.name = "p1"
+            self.counters = {"telegrams": 2}
+
+    driver = FakeDriver()
+    guard = ReadingGuard(driver.name, lambda r: None, driver.counters)
+    guard(meter({POWER_W: math.inf}))
+    guard(meter({POWER_W: 1e9}))
+
+    class Source:
+        def metric_drivers(self) -> list[Any]:
+            return [driver]
+
+        def metric_rung(self) -> int | None:
+            return None
+
+        def metric_control(self) -> tuple[int, float, int, int]:
+            return (0, 0.0, 0, 0)
+
+        def metric_plans_rejected(self) -> dict[str, int]:
+            return {}
+
+        def metric_sync(self) -> SyncGauges:
+            return SyncGauges()
+
+        def metric_readings_in(self) -> int:
+            return 0
+
+    samples = {
+        (s.labels.get("device"), s.labels.get("event")): s.value
+        for family in DaemonCollector(Source()).collect()
+        if family.name == "zapd_driver_events"
+        for s in family.samples
+    }
+    assert samples[("p1", "rejected_nonfinite")] == 1 and samples[("p1", "rejected_out_of_range")] == 1
