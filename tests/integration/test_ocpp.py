@@ -538,3 +538,44 @@ async def test_phase_switching_goes_in_number_phases_only_where_configured(csms:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_devices_scan_lists_the_charge_points_that_connect(capsys: pytest.CaptureFixture[str]) -> None:
+    """`zapd devices scan`: the listener runs for the scan window; a charger that boots in it is listed with
+    the vendor and model from its BootNotification, one that stays away shows "no answer"."""
+    import json
+
+    from zapd.config import validate_config
+    from zapd.scan import scan
+
+    port = free_port()
+    config = validate_config(
+        {
+            "site": {"id": "scan", "fuse_a": 25},
+            "devices": [
+                {"driver": "ocpp", "id": "ocpp", "host": "127.0.0.1", "port": port, "charge_points": [
+                    {"id": "here", "max_current_a": 16}, {"id": "away", "max_current_a": 16}]},
+            ],
+        },
+        "test",
+    )  # fmt: skip
+
+    async def charger() -> None:
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    sim = await SimCharger(f"ws://127.0.0.1:{port}/ocpp", "here").connect()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+        await sim.boot(vendor="ScanVendor", model="ScanModel")
+        await sim.status(1, "Available")
+        await asyncio.sleep(2)
+        await sim.close()
+
+    rc, _ = await asyncio.gather(scan(config, as_json=True, window_s=1.5), charger())
+    out = capsys.readouterr().out  # structlog's default test output shares stdout with the report
+    report = {r["der_id"]: r for r in json.loads(out[out.index("[\n") :])}
+    assert rc == 1  # one charge point did not come
+    assert report["ocpp.here.1"]["status"] == "ok" and "ScanVendor ScanModel" in report["ocpp.here.1"]["model"]
+    assert report["ocpp.away.1"]["status"] == "no answer"
