@@ -132,6 +132,7 @@ class Uploader:
         self._limit = self._batch_max
         self._skip_through = 0  # readings up to here that the cloud refused alone: declared lost
         self._skips_in_row = 0
+        self._pending_skips = 0  # skipped readings the cloud has not yet confirmed as lost
         self._without_commands = False  # the last batch was refused with command reports attached
         self._refused_with: tuple[int, int, int] | None = None  # (first seq, last seq, last command id)
         self.refused_by_cloud = 0
@@ -190,7 +191,8 @@ class Uploader:
                 stored = decode_ack(resp.content).stored_through
                 log.warning("telemetry_gap", server_stored_through=stored, our_cursor=self._cursor)
                 if stored < self._cursor:
-                    self._skip_through = 0  # what lay between is to be re-sent, not declared lost with a skip
+                    # What lay between is to be re-sent, not declared lost with a skip.
+                    self._skip_through = self._pending_skips = 0
                 self._cursor = min(stored, self._cursor)
                 return 0
             if _content_refusal(resp):
@@ -209,6 +211,14 @@ class Uploader:
                 log.error("command_reports_refused_by_cloud", through_id=self._refused_with[2])
                 await self._store.mark_commands_uploaded(self._refused_with[2])
             self._without_commands, self._refused_with = False, None
+            if self._pending_skips and lost_through is not None:
+                # The cloud took the batch that declared the skipped readings lost: now they are.
+                self.refused_by_cloud += self._pending_skips
+                total = int(await self._store.kv_get(REFUSED_KEY) or 0) + self._pending_skips
+                await self._store.kv_set(REFUSED_KEY, str(total))
+                log.warning("telemetry_readings_declared_lost", count=self._pending_skips, through=lost_through,
+                            refused_by_cloud_total=total)  # fmt: skip
+            self._pending_skips = 0
             self._skips_in_row = 0
             self._limit = min(self._batch_max, self._limit * 2)
             self._cursor = max(self._cursor, stored)
@@ -235,6 +245,8 @@ class Uploader:
             log.warning("telemetry_batch_refused", readings=len(rows), retry=f"batches of {self._limit}", detail=detail)
             return
         if self._skips_in_row >= MAX_SKIPS_IN_ROW:
+            # Not one bad reading but a cloud that refuses them all: declare nothing lost, wait with the outbox.
+            self._skip_through = self._pending_skips = 0
             raise UploadRejected(
                 f"the cloud refused {self._skips_in_row + 1} readings in a row one by one; not skipping more "
                 f"(seq {rows[0].seq}): {detail}"
@@ -242,11 +254,9 @@ class Uploader:
         seq = rows[0].seq
         self._skip_through = seq
         self._skips_in_row += 1
-        self.refused_by_cloud += 1
-        total = int(await self._store.kv_get(REFUSED_KEY) or 0) + 1
-        await self._store.kv_set(REFUSED_KEY, str(total))
+        self._pending_skips += 1
         log.error("telemetry_reading_refused_by_cloud", seq=seq, reading=rows[0].body[:300].decode("utf-8", "replace"),
-                  detail=detail, total=total)  # fmt: skip
+                  detail=detail)  # fmt: skip
 
     async def drain(self) -> int:
         """Upload until the outbox is empty; returns readings sent."""

@@ -20,7 +20,7 @@ import structlog
 
 from cloud_sync.keys import KeyFileError, load_signing_key, zap_key_path
 from cloud_sync.session import CloudSync
-from cloud_sync.wire import wire_safe
+from cloud_sync.wire import intent_problem, wire_safe
 from drivers.api import Driver, ReadingGuard
 from zapd.api import LocalApi
 from zapd.clock import Clock
@@ -149,7 +149,11 @@ class LocalPlanFile:
             self._mtime = mtime
             try:
                 plan = msgspec.json.decode(self._path.read_bytes(), type=Plan)
-            except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+                # The same numbers rule as a cloud plan: an intent that is not a number is refused, not run.
+                problem = next((p for p in (intent_problem(s.intent) for s in plan.slots) if p is not None), None)
+                if problem is not None:
+                    raise ValueError(problem)
+            except (OSError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
                 self.rejected += 1
                 log.warning("plan_file_rejected", path=str(self._path), error=str(exc))
                 return self.plan

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -37,7 +40,7 @@ from cloud_sync.wire import (
     wire_safe_capabilities,
 )
 from drivers.api import ReadingGuard
-from zapd.daemon import TelemetryWriter
+from zapd.daemon import LocalPlanFile, TelemetryWriter
 from zapd.metrics import DaemonCollector, SyncGauges
 from zapd.model import (
     IMPORT_WH,
@@ -241,3 +244,17 @@ def test_rejections_are_in_the_driver_metrics() -> None:
         for s in family.samples
     }
     assert samples[("p1", "rejected_nonfinite")] == 1 and samples[("p1", "rejected_out_of_range")] == 1
+
+
+def test_local_plan_file_with_numbers_that_are_not_numbers_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    good = plan_with(Intent(battery_w=1000.0))
+    path.write_bytes(msgspec.json.encode(good))
+    plans = LocalPlanFile(path)
+    assert plans.poll() == good
+    for raw in ("1e30", "-1e400", "NaN"):
+        doc = msgspec.json.encode(msgspec.structs.replace(good, version=good.version + 1)).decode()
+        path.write_text(doc.replace('"battery_w":1000.0', f'"battery_w":{raw}'))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + len(raw)))  # a new mtime for each version
+        assert plans.poll() == good  # the old plan stays
+    assert plans.rejected == 3
