@@ -514,6 +514,7 @@ class LocalApi:
             counters["outbox_acked_seq"] = await store.acked_seq()
             counters["outbox_depth"] = await store.outbox_depth()
             counters["dropped_by_retention"] = int(await store.kv_get("sync.dropped_by_retention") or 0)
+            counters["refused_by_cloud"] = int(await store.kv_get("sync.refused_by_cloud") or 0)
             db = {
                 "path": str(store.path),
                 "schema_version": await store.schema_version(),

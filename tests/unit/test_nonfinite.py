@@ -40,6 +40,7 @@ from cloud_sync.wire import (
     wire_safe_capabilities,
 )
 from drivers.api import ReadingGuard
+from fallback.policy import Rung, choose, resolve_battery_w
 from zapd.daemon import LocalPlanFile, TelemetryWriter
 from zapd.metrics import DaemonCollector, SyncGauges
 from zapd.model import (
@@ -258,3 +259,26 @@ def test_local_plan_file_with_numbers_that_are_not_numbers_is_refused(tmp_path: 
         os.utime(path, ns=(time.time_ns(), time.time_ns() + len(raw)))  # a new mtime for each version
         assert plans.poll() == good  # the old plan stays
     assert plans.rejected == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from([POWER_W, *PHASE_CURRENT_A, IMPORT_WH]), any_float, min_size=1, max_size=5),
+    st.dictionaries(st.sampled_from([POWER_W, SOC]), any_float, min_size=2, max_size=2),
+)
+def test_snapshot_holds_only_plausible_numbers(meter_values: dict[str, float], battery: dict[str, float]) -> None:
+    state = SiteState(grid_meter="grid")
+    state.register("grid", DerKind.METER, 5.0)
+    state.register("b", DerKind.BATTERY, 5.0)
+    guard = ReadingGuard("dev", lambda r: state.update(r, now=NOW))
+    guard(meter(meter_values))
+    guard(Reading(der_id="b", kind=DerKind.BATTERY, ts=NOW, values=battery))
+    snap = state.snapshot(NOW)
+    numbers = [snap.grid_w, *(snap.phase_currents_a or ()), snap.batteries["b"].soc, snap.batteries["b"].power_w]
+    assert all(x is None or (math.isfinite(x) and abs(x) <= 1e7) for x in numbers)
+    meter_ok = all(math.isfinite(v) and abs(v) <= (1e4 if k.endswith("_a") else 1e7) for k, v in meter_values.items())
+    meter_ok = meter_ok and meter_values.get(IMPORT_WH, 0.0) >= 0 and POWER_W in meter_values
+    assert (snap.grid_w is not None) is meter_ok
+    decision = choose(NOW, None, True, snap)
+    if not meter_ok:
+        assert decision.rung is Rung.SAFE_HOLD and resolve_battery_w(decision.intent, snap) == 0.0
