@@ -1,17 +1,23 @@
-"""`zapcloud backtest TRACES.csv`: what would the planner have saved on this site, and how much was there?
+"""`zapcloud backtest TRACES.csv`: what would the whole chain have saved on this site, and how much was there?
 
-The traces (CSV: ts,import_price,export_price,load_kw,pv_kw; one row per slot, prices per kWh) are the
-truth. Four strategies are settled against them with the same rules:
+The traces (CSV: ts,import_price,export_price,load_kw,pv_kw[,a PV forecast column]; one row per slot, prices per
+kWh) are the truth. Four strategies are settled against them with the same rules:
 
 * no battery;
-* self-consumption rules (charge from PV surplus, discharge to cover load, never touch the grid);
-* our planner, rolling: every `--replan-hours` it sees only the past (load and PV up to now, prices as far
-  as they would have been published: the day-ahead auction for tomorrow clears around 12:00 UTC), forecasts
-  with the same forecasters the cloud uses (cloud/forecast.py), solves the same optimizer, and the site
-  executes the plan's slots as the edge does until the next re-plan (planner.slot_mode: slots that only
-  balance the house run the self-consumption rule on the real load and PV, the others follow the battery
-  setpoint and the grid absorbs the forecast error);
+* the edge's own self-consumption rule: the zapd fallback ladder with no plan (rung SELF_CONSUMPTION);
+* our planner, rolling: every `replan_hours` it sees only what was known then (load and PV up to now, prices
+  as far as they were published: day-ahead prices for tomorrow appear at `price_publication` site-local time),
+  forecasts (cloud/forecast.py), solves the optimizer, turns the solution into plan intents exactly as the
+  cloud does (cloud.planner.slot_intent) and the simulated edge executes them;
 * perfect foresight: the optimizer over the whole trace at once, knowing every price, load and PV value.
+
+The edge is not re-implemented: every slot, the simulated site's meter and battery readings (the slot's real
+load and PV, the battery's SoC and its last power) go into `zapd.controller.decide_batteries`, the function the
+daemon's controller calls each cycle: the fallback ladder (`fallback.policy.choose`), the intent's battery
+power (`fallback.policy.resolve_battery_w`, where forecast errors are absorbed or not), the plan's grid limits
+and the safety envelope (`zapd.envelope.clamp_batteries`). One decision per data slot: the data has one load
+and PV value per slot, so a faster tick would see the same numbers. The battery then does what it was told,
+within its own SoC limits and efficiency (a BMS stops at the reserve even when the AC request is larger).
 
 The capture ratio is (no-battery cost - planner cost) / (no-battery cost - perfect-foresight cost).
 
@@ -27,11 +33,15 @@ import csv
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
+from typing import Final
 
 import numpy as np
 
+from cloud.backtest_config import NO_LIMIT_KW, Config, Forecast, add_arguments, config_from_args, config_problem
+from cloud.execution import slot_intent
 from cloud.forecast import (
     FloatArray,
     Location,
@@ -43,11 +53,13 @@ from cloud.forecast import (
     learn_pv_factor,
 )
 from cloud.optimizer import solve
-from cloud.optimizer_io import Battery, Grid, Problem
-from cloud.planner import slot_mode
-from zapd.model import IntentMode
+from cloud.optimizer_io import Battery, Grid, Problem, Solution
+from zapd.controller import decide_batteries
+from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.model import Plan, PlanSlot
+from zapd.state import BatteryView, Snapshot
 
-PRICE_PUBLICATION_HOUR_UTC = 12
+BATTERY_ID: Final = "battery"
 
 
 class TraceError(ValueError):
@@ -62,6 +74,7 @@ class Traces:
     export_price: FloatArray
     load_kw: FloatArray
     pv_kw: FloatArray
+    pv_forecast_kw: FloatArray | None = None  # an external PV forecast, NaN where it has no value
 
     @property
     def n(self) -> int:
@@ -75,28 +88,20 @@ class Traces:
     def slots_per_day(self) -> int:
         return int(timedelta(days=1) // self.step)
 
-    def head(self, n: int) -> Traces:
+    def window(self, a: int, b: int) -> Traces:
+        fc = None if self.pv_forecast_kw is None else self.pv_forecast_kw[a:b]
         return Traces(
-            self.start, self.step, self.import_price[:n], self.export_price[:n], self.load_kw[:n], self.pv_kw[:n]
+            self.start + self.step * a,
+            self.step,
+            self.import_price[a:b],
+            self.export_price[a:b],
+            self.load_kw[a:b],
+            self.pv_kw[a:b],
+            fc,
         )
 
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    battery_kwh: float = 10.0
-    battery_kw: float = 5.0
-    efficiency: float = 0.95
-    soc_min: float = 0.1
-    soc_max: float = 0.95
-    soc_initial: float = 0.5
-    cycle_cost: float = 0.02
-    replan_hours: float = 1.0
-    horizon_hours: float = 48.0
-    lat: float = 52.1
-    lon: float = 5.18
-    pv_kwp: float = 5.0
-    tilt_deg: float = 35.0
-    azimuth_deg: float = 180.0
+    def head(self, n: int) -> Traces:
+        return self.window(0, n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,23 @@ class Outcome:
     throughput_kwh: float
 
 
+@dataclass(slots=True)
+class SlotLog:
+    """Per data slot: what the planner forecast and planned, what the edge did, what happened."""
+
+    load_fc_kw: FloatArray
+    pv_fc_kw: FloatArray
+    planned_battery_kw: FloatArray
+    battery_kw: FloatArray
+    soc: FloatArray  # at the end of the slot
+    intent: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n: int) -> SlotLog:
+        nan = np.full(n, math.nan)
+        return cls(nan.copy(), nan.copy(), nan.copy(), np.zeros(n), nan.copy(), [""] * n)
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     outcomes: list[Outcome]
@@ -115,40 +137,58 @@ class Report:
     replans: int
     planner_wall_s: float
     total_wall_s: float
+    log: SlotLog | None = None
 
     def by_name(self, name: str) -> Outcome:
         return next(o for o in self.outcomes if o.name == name)
 
+    def _saving(self, name: str) -> float:
+        return self.by_name("no battery").cost - self.by_name(name).cost
+
     @property
     def capture_ratio(self) -> float:
-        none = self.by_name("no battery").cost
-        possible = none - self.by_name("perfect foresight").cost
-        achieved = none - self.by_name("planner").cost
-        return achieved / possible if possible > 1e-9 else math.nan
+        possible = self._saving("perfect foresight")
+        return self._saving("planner") / possible if possible > 1e-9 else math.nan
+
+    @property
+    def over_rule(self) -> float:
+        """(planner - rule) as a share of (oracle - rule): what the cloud adds over the edge's own rule."""
+        headroom = self._saving("perfect foresight") - self._saving("self-consumption rules")
+        gained = self._saving("planner") - self._saving("self-consumption rules")
+        return gained / headroom if headroom > 1e-9 else math.nan
 
 
-def read_traces(path: str) -> Traces:
-    cols = ("ts", "import_price", "export_price", "load_kw", "pv_kw")
+COLUMNS: Final = ("ts", "import_price", "export_price", "load_kw", "pv_kw")
+
+
+def read_traces(path: str, pv_forecast_column: str | None = None) -> Traces:
     stamps: list[datetime] = []
     data: list[list[float]] = []
+    forecast: list[float] = []
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(line for line in fh if not line.startswith("#"))
-            missing = [c for c in cols if c not in (reader.fieldnames or [])]
+            fields = reader.fieldnames or []
+            wanted = [*COLUMNS, *([pv_forecast_column] if pv_forecast_column else [])]
+            missing = [c for c in wanted if c not in fields]
             if missing:
                 raise TraceError(f"{path}: missing columns {', '.join(missing)}")
             for line, row in enumerate(reader, start=2):
                 try:
                     ts = datetime.fromisoformat(row["ts"])
-                    values = [float(row[c]) for c in cols[1:]]
+                    values = [float(row[c]) for c in COLUMNS[1:]]
+                    fc = float(row[pv_forecast_column]) if pv_forecast_column and row[pv_forecast_column] else math.nan
                 except (TypeError, ValueError) as exc:
                     raise TraceError(f"{path}: row {line}: {exc}") from None
                 if ts.tzinfo is None:
                     raise TraceError(f"{path}: row {line}: ts without UTC offset")
                 if not all(math.isfinite(v) for v in values) or values[2] < 0 or values[3] < 0:
                     raise TraceError(f"{path}: row {line}: values must be finite, load and pv >= 0")
+                if not math.isnan(fc) and (not math.isfinite(fc) or fc < 0):
+                    raise TraceError(f"{path}: row {line}: {pv_forecast_column} must be finite and >= 0 (or empty)")
                 stamps.append(ts.astimezone(UTC))
                 data.append(values)
+                forecast.append(fc)
     except OSError as exc:
         raise TraceError(f"{path}: {exc.strerror or exc}") from None
     if len(stamps) < 2:
@@ -157,10 +197,11 @@ def read_traces(path: str) -> Traces:
     for i in range(1, len(stamps)):
         if stamps[i] - stamps[i - 1] != step:
             raise TraceError(f"{path}: row {i + 2}: not {step} after the previous row (gaps are not supported)")
-    if timedelta(days=1) % step:
+    if step <= timedelta(0) or timedelta(days=1) % step:
         raise TraceError(f"{path}: step {step} does not divide a day")
     arr = np.asarray(data, dtype=np.float64)
-    return Traces(stamps[0], step, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+    fc_arr = np.asarray(forecast, dtype=np.float64) if pv_forecast_column else None
+    return Traces(stamps[0], step, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], fc_arr)
 
 
 # --- settlement ---------------------------------------------------------------------------
@@ -183,22 +224,70 @@ def no_battery(tr: Traces) -> Outcome:
     return settle(tr, zero, zero, 0.0, "no battery")
 
 
+# --- the simulated edge -------------------------------------------------------------------
+
+
+class Edge:
+    """A site as zapd sees it: one battery behind the meter; each slot one `decide_batteries` call."""
+
+    def __init__(self, tr: Traces, cfg: Config) -> None:
+        self.tr = tr
+        self.cfg = cfg
+        self.soc = cfg.soc_initial
+        self.power_w = 0.0
+        self.tick_s = tr.step.total_seconds()
+        self.envelope = [
+            BatteryEnvelope(
+                der_id=BATTERY_ID,
+                capacity_wh=cfg.battery_kwh * 1000.0,
+                max_charge_w=cfg.battery_kw * 1000.0,
+                max_discharge_w=cfg.battery_kw * 1000.0,
+                reserve_soc=cfg.soc_min,
+                max_soc=cfg.soc_max,
+            )
+        ]
+        self.site = SiteLimits(
+            fuse_limit_w=cfg.grid_import_kw * 1000.0,
+            fuse_a=1e9,
+            voltage_v=230.0,
+            phases=3,
+            max_export_w=cfg.grid_export_kw * 1000.0 if cfg.grid_export_kw < NO_LIMIT_KW else None,
+        )
+        self.charge = np.zeros(tr.n)
+        self.discharge = np.zeros(tr.n)
+
+    def step(self, t: int, plan: Plan | None) -> tuple[float, str]:
+        """Run slot t: the controller decides on the live readings, the battery follows. Returns (kW, rung)."""
+        tr, cfg = self.tr, self.cfg
+        now = tr.start + tr.step * t + timedelta(seconds=1)
+        base_w = (tr.load_kw[t] - tr.pv_kw[t]) * 1000.0
+        snapshot = Snapshot(
+            ts=now,
+            grid_w=base_w + self.power_w,  # the meter still shows the battery's last power
+            phase_currents_a=None,
+            pv_w=tr.pv_kw[t] * 1000.0,
+            batteries={BATTERY_ID: BatteryView(BATTERY_ID, self.soc, self.power_w)},
+        )
+        decision, setpoints = decide_batteries(now, snapshot, plan, True, self.site, self.envelope, self.tick_s)
+        want_kw = sum(sp.power_w for sp in setpoints) / 1000.0
+        dt, cap, eta = tr.dt_h, cfg.battery_kwh, cfg.efficiency
+        # the battery's own limits (its BMS), which also account for the conversion losses
+        c = min(max(want_kw, 0.0), cfg.battery_kw, max(0.0, (cfg.soc_max - self.soc) * cap / (eta * dt)))
+        d = min(max(-want_kw, 0.0), cfg.battery_kw, max(0.0, (self.soc - cfg.soc_min) * cap * eta / dt))
+        self.charge[t], self.discharge[t] = c, d
+        self.soc += (c * eta - d / eta) * dt / cap
+        self.power_w = (c - d) * 1000.0
+        intent = decision.intent
+        label = intent.mode.value if intent.absorb is None else f"{intent.mode.value}:{intent.absorb.value}"
+        return c - d, f"{decision.rung.name.lower()}/{label}"
+
+
 def self_consumption(tr: Traces, cfg: Config) -> Outcome:
-    dt, cap, eta = tr.dt_h, cfg.battery_kwh, cfg.efficiency
-    soc = cfg.soc_initial
-    charge = np.zeros(tr.n)
-    discharge = np.zeros(tr.n)
+    """The edge with no plan at all: zapd's fallback ladder runs its self-consumption rung."""
+    edge = Edge(tr, cfg)
     for t in range(tr.n):
-        surplus = tr.pv_kw[t] - tr.load_kw[t]
-        if surplus > 0:
-            c = min(surplus, cfg.battery_kw, max(0.0, (cfg.soc_max - soc) * cap / (eta * dt)))
-            charge[t] = c
-            soc += c * eta * dt / cap
-        else:
-            d = min(-surplus, cfg.battery_kw, max(0.0, (soc - cfg.soc_min) * cap * eta / dt))
-            discharge[t] = d
-            soc -= d * dt / (eta * cap)
-    return settle(tr, charge, discharge, cfg.cycle_cost, "self-consumption rules")
+        edge.step(t, None)
+    return settle(tr, edge.charge, edge.discharge, cfg.cycle_cost, "self-consumption rules")
 
 
 def _battery(cfg: Config, soc: float) -> Battery:
@@ -215,8 +304,8 @@ def _battery(cfg: Config, soc: float) -> Battery:
     )
 
 
-# The traces carry no connection limit; this one never binds for a household.
-_GRID = Grid(max_import_kw=1000.0, max_export_kw=1000.0)
+def _grid(cfg: Config) -> Grid:
+    return Grid(max_import_kw=cfg.grid_import_kw, max_export_kw=cfg.grid_export_kw)
 
 
 def perfect_foresight(tr: Traces, cfg: Config) -> Outcome:
@@ -228,7 +317,7 @@ def perfect_foresight(tr: Traces, cfg: Config) -> Outcome:
         load_kw=tr.load_kw.tolist(),
         pv_kw=tr.pv_kw.tolist(),
         battery=_battery(cfg, cfg.soc_initial),
-        grid=_GRID,
+        grid=_grid(cfg),
     )
     solution = solve(problem, time_limit_s=600.0)
     if not solution.battery_charge_kw:
@@ -242,91 +331,150 @@ def perfect_foresight(tr: Traces, cfg: Config) -> Outcome:
     )
 
 
-def known_price_slots(tr: Traces, k: int) -> int:
-    """How many slots from k on have published prices at the time of slot k (day-ahead rule)."""
-    now = tr.start + tr.step * k
-    midnight = datetime.combine(now.date(), datetime.min.time(), tzinfo=UTC)
-    days = 2 if now.hour >= PRICE_PUBLICATION_HOUR_UTC else 1
-    return int((midnight + timedelta(days=days) - now) // tr.step)
+def known_price_slots(tr: Traces, k: int, cfg: Config | None = None) -> int:
+    """How many slots from k on have published prices at the start of slot k.
 
-
-def rolling_planner(tr: Traces, cfg: Config) -> tuple[Outcome, int]:
-    charge, discharge, replans = rolling_flows(tr, cfg)
-    return settle(tr, charge, discharge, cfg.cycle_cost, "planner"), replans
-
-
-def rolling_flows(tr: Traces, cfg: Config) -> tuple[FloatArray, FloatArray, int]:
-    """The battery's executed charge/discharge per slot under the rolling planner, and the re-plan count.
-
-    Slot t's decision may use: prices published by t, load and PV before t (forecasts), and the real load
-    and PV of slot t itself only through the edge's self-consumption rule, which measures them live.
+    Day-ahead prices for site-local day D+1 are published at `price_publication` site-local time on day D, so
+    before that only today's (local) slots are known, after it today's and tomorrow's.
     """
-    spd = tr.slots_per_day
-    dt = tr.dt_h
-    horizon_max = round(cfg.horizon_hours / dt)
-    every = max(1, round(cfg.replan_hours / dt))
-    # clear sky for the whole trace (and a horizon past its end) once: pvlib per re-plan would dominate
-    sky = clear_sky(
-        Location(cfg.lat, cfg.lon),
-        [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)],
-        tr.start,
-        tr.step,
-        tr.n + horizon_max,
-    ).pv_kw
-    charge = np.zeros(tr.n)
-    discharge = np.zeros(tr.n)
-    soc = cfg.soc_initial
-    cap, eta = cfg.battery_kwh, cfg.efficiency
-    pv_days, load_days = 14, 28
-    factor = PvFactor()
-    replans = 0
-    for k in range(0, tr.n, every):
-        horizon = min(horizon_max, known_price_slots(tr, k), tr.n - k)
+    cfg = cfg or Config()
+    zone = cfg.zone
+    now = tr.start + tr.step * k
+    local = now.astimezone(zone)
+    days = 2 if local.time() >= cfg.price_publication else 1
+    end = datetime.combine(local.date() + timedelta(days=days), clock_time(0), tzinfo=zone).astimezone(UTC)
+    return max(0, int((end - now) // tr.step))
+
+
+class Planner:
+    """The cloud side, rolling: forecasts from the past only, one optimizer solve per re-plan."""
+
+    def __init__(self, tr: Traces, cfg: Config) -> None:
+        self.tr, self.cfg = tr, cfg
+        self.spd = tr.slots_per_day
+        self.horizon_max = max(1, round(cfg.horizon_hours / tr.dt_h))
+        # clear sky for the whole trace (and a horizon past its end) once: pvlib per re-plan would dominate
+        self.sky = clear_sky(
+            Location(cfg.lat, cfg.lon),
+            [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)],
+            tr.start,
+            tr.step,
+            tr.n + self.horizon_max,
+        ).pv_kw
+        self.factor = PvFactor()
+        self.factor_day = -1
+
+    def forecasts(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:
+        """(load kW, PV kW) for slots k..k+horizon-1, from what was known at the start of slot k."""
+        tr, cfg, spd = self.tr, self.cfg, self.spd
+        if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_LOAD):
+            load = tr.load_kw[k : k + horizon].copy()
+        else:
+            load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
+        if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_PV):
+            return load, tr.pv_kw[k : k + horizon].copy()
+        if k // spd != self.factor_day:  # daily ratios: re-learning once a day is enough
+            lo = max(0, k - 14 * spd)
+            self.factor = learn_pv_factor(tr.pv_kw[lo:k], self.sky[lo:k], spd, cfg.pv_kwp)
+            self.factor_day = k // spd
+        pv = forecast_pv(self.sky[k : k + horizon], self.factor)
+        if tr.pv_forecast_kw is not None:
+            external = tr.pv_forecast_kw[k : k + horizon]
+            pv = np.where(np.isnan(external), pv, external)
+        return load, pv
+
+    def plan(self, k: int, soc: float, executed: int) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
+        """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
+        tr, cfg = self.tr, self.cfg
+        horizon = min(self.horizon_max, known_price_slots(tr, k, cfg), tr.n - k)
         if horizon <= 0:
-            break
-        if k % spd == 0 or replans == 0:  # daily ratios: re-learning once a day is enough
-            lo = max(0, k - pv_days * spd)
-            factor = learn_pv_factor(tr.pv_kw[lo:k], sky[lo:k], spd, cfg.pv_kwp)
-        pv_fc = forecast_pv(sky[k : k + horizon], factor)
-        load_fc = forecast_load(tr.load_kw[max(0, k - load_days * spd) : k], horizon, spd)
+            return None
+        load_fc, pv_fc = self.forecasts(k, horizon)
+        load_fc = np.minimum(load_fc, cfg.grid_import_kw + pv_fc)  # a forecast must not make it infeasible
+        start = tr.start + tr.step * k
         problem = Problem(
-            start=tr.start + tr.step * k,
+            start=start,
             step_minutes=tr.step.total_seconds() / 60.0,
             import_price=tr.import_price[k : k + horizon].tolist(),
             export_price=tr.export_price[k : k + horizon].tolist(),
             load_kw=load_fc.tolist(),
             pv_kw=pv_fc.tolist(),
             battery=_battery(cfg, soc),
-            grid=_GRID,
+            grid=_grid(cfg),
         )
         solution = solve(problem)
-        replans += 1
         if not solution.battery_charge_kw:
-            continue  # hold the battery until the next re-plan (the edge would run its fallback)
-        for j in range(min(every, horizon)):
-            t = k + j
-            # as the edge executes a plan slot (planner.slot_mode): self-consumption slots balance the real
-            # load and PV, setpoint slots follow the plan; both within the battery's real limits
-            if slot_mode(solution.grid_import_kw[j], solution.grid_export_kw[j]) is IntentMode.SELF_CONSUMPTION:
-                want = tr.pv_kw[t] - tr.load_kw[t]
-            else:
-                want = solution.battery_charge_kw[j] - solution.battery_discharge_kw[j]
-            c = min(max(want, 0.0), cfg.battery_kw, max(0.0, (cfg.soc_max - soc) * cap / (eta * dt)))
-            d = min(max(-want, 0.0), cfg.battery_kw, max(0.0, (soc - cfg.soc_min) * cap * eta / dt))
-            charge[t], discharge[t] = c, d
-            soc += (c * eta - d / eta) * dt / cap
-    return charge, discharge, replans
+            return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption
+        slots = tuple(
+            PlanSlot(
+                start=start + tr.step * j,
+                end=start + tr.step * (j + 1),
+                intent=slot_intent(
+                    solution.grid_import_kw[j],
+                    solution.grid_export_kw[j],
+                    solution.battery_charge_kw[j],
+                    solution.battery_discharge_kw[j],
+                    cfg.execution,
+                ),
+            )
+            for j in range(min(executed, horizon))
+        )
+        plan = Plan(
+            site_id="backtest",
+            version=k + 1,
+            issued_at=start,
+            valid_until=start + tr.step * horizon,
+            slots=slots,
+        )
+        return plan, solution, load_fc, pv_fc
 
 
-def run(tr: Traces, cfg: Config) -> Report:
+def rolling_flows(tr: Traces, cfg: Config) -> tuple[FloatArray, FloatArray, int, SlotLog]:
+    """The battery's executed charge/discharge per slot under the rolling planner, the re-plan count, the log.
+
+    Slot t's decision may use: prices published by t, load and PV before t (forecasts), and the real load and
+    PV of slot t itself only through the edge's controller, which measures them live.
+    """
+    every = max(1, round(cfg.replan_hours / tr.dt_h))
+    planner = Planner(tr, cfg)
+    edge = Edge(tr, cfg)
+    log = SlotLog.empty(tr.n)
+    replans = 0
+    for k in range(0, tr.n, every):
+        planned = planner.plan(k, edge.soc, every)
+        replans += 1
+        plan = None
+        if planned is not None:
+            plan, solution, load_fc, pv_fc = planned
+            m = min(every, len(load_fc), tr.n - k)
+            log.load_fc_kw[k : k + m] = load_fc[:m]
+            log.pv_fc_kw[k : k + m] = pv_fc[:m]
+            log.planned_battery_kw[k : k + m] = np.asarray(solution.battery_charge_kw[:m]) - np.asarray(
+                solution.battery_discharge_kw[:m]
+            )
+        for t in range(k, min(k + every, tr.n)):
+            log.battery_kw[t], log.intent[t] = edge.step(t, plan)
+            log.soc[t] = edge.soc
+    return edge.charge, edge.discharge, replans, log
+
+
+def rolling_planner(tr: Traces, cfg: Config) -> tuple[Outcome, int]:
+    charge, discharge, replans, _ = rolling_flows(tr, cfg)
+    return settle(tr, charge, discharge, cfg.cycle_cost, "planner"), replans
+
+
+def run(tr: Traces, cfg: Config, *, oracle: bool = True) -> Report:
     started = time.perf_counter()
     base = no_battery(tr)
     rules = self_consumption(tr, cfg)
     t0 = time.perf_counter()
-    planner, replans = rolling_planner(tr, cfg)
+    charge, discharge, replans, log = rolling_flows(tr, cfg)
+    planner = settle(tr, charge, discharge, cfg.cycle_cost, "planner")
     planner_s = time.perf_counter() - t0
-    best = perfect_foresight(tr, cfg)
-    return Report([base, rules, planner, best], tr.n, replans, planner_s, time.perf_counter() - started)
+    outcomes = [base, rules, planner]
+    if oracle:
+        outcomes.append(perfect_foresight(tr, cfg))
+    return Report(outcomes, tr.n, replans, planner_s, time.perf_counter() - started, log)
 
 
 def format_report(report: Report, tr: Traces) -> str:
@@ -341,56 +489,125 @@ def format_report(report: Report, tr: Traces) -> str:
             f"{o.name:<24} {o.cost:>10.2f} {none - o.cost:>10.2f} {o.import_kwh:>11.1f} {o.export_kwh:>11.1f} "
             f"{o.throughput_kwh:>12.1f}"
         )
-    lines.append(f"capture ratio (planner saving / possible saving): {report.capture_ratio:.3f}")
+    if any(o.name == "perfect foresight" for o in report.outcomes):
+        lines.append(f"capture ratio (planner saving / possible saving): {report.capture_ratio:.3f}")
+        lines.append(f"planner - rule as a share of oracle - rule: {report.over_rule:.3f}")
     lines.append(f"wall time: planner {report.planner_wall_s:.1f} s, total {report.total_wall_s:.1f} s")
     return "\n".join(lines)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    d = Config()
-    return Config(
-        battery_kwh=args.battery_kwh,
-        battery_kw=args.battery_kw,
-        replan_hours=args.replan_hours,
-        horizon_hours=args.horizon_hours,
-        cycle_cost=getattr(args, "cycle_cost", d.cycle_cost),
-        lat=getattr(args, "lat", d.lat),
-        lon=getattr(args, "lon", d.lon),
-        pv_kwp=getattr(args, "pv_kwp", d.pv_kwp),
-        tilt_deg=getattr(args, "tilt", d.tilt_deg),
-        azimuth_deg=getattr(args, "azimuth", d.azimuth_deg),
-    )
+def write_slots(path: str, tr: Traces, log: SlotLog) -> None:
+    """One row per slot: the truth, what the planner forecast and planned, what the edge did."""
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(
+            [
+                "ts",
+                "import_price",
+                "export_price",
+                "load_kw",
+                "pv_kw",
+                "load_forecast_kw",
+                "pv_forecast_kw",
+                "planned_battery_kw",
+                "battery_kw",
+                "grid_kw",
+                "soc",
+                "rung_intent",
+            ]
+        )
+        for t in range(tr.n):
+            grid = tr.load_kw[t] - tr.pv_kw[t] + log.battery_kw[t]
+            out.writerow(
+                [
+                    (tr.start + tr.step * t).isoformat().replace("+00:00", "Z"),
+                    f"{tr.import_price[t]:.5f}",
+                    f"{tr.export_price[t]:.5f}",
+                    f"{tr.load_kw[t]:.3f}",
+                    f"{tr.pv_kw[t]:.3f}",
+                    f"{log.load_fc_kw[t]:.3f}",
+                    f"{log.pv_fc_kw[t]:.3f}",
+                    f"{log.planned_battery_kw[t]:.3f}",
+                    f"{log.battery_kw[t]:.3f}",
+                    f"{grid:.3f}",
+                    f"{log.soc[t]:.4f}",
+                    log.intent[t],
+                ]
+            )
+
+
+def plot_slots(path: str, tr: Traces, log: SlotLog, days: float = 7.0) -> None:
+    """A picture of the first `days`: prices, load and PV (real and forecast), battery plan vs executed, SoC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(tr.n, max(1, round(days * tr.slots_per_day)))
+    x = [tr.start + tr.step * t for t in range(n)]
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
+    ax1.step(x, tr.import_price[:n], where="post", label="import EUR/kWh")
+    ax1.step(x, tr.export_price[:n], where="post", label="export EUR/kWh")
+    ax1.legend(loc="upper right")
+    ax2.plot(x, tr.load_kw[:n], label="load kW")
+    ax2.plot(x, log.load_fc_kw[:n], "--", label="load forecast")
+    ax2.plot(x, tr.pv_kw[:n], label="PV kW")
+    ax2.plot(x, log.pv_fc_kw[:n], "--", label="PV forecast")
+    ax2.legend(loc="upper right")
+    ax3.step(x, log.planned_battery_kw[:n], where="post", label="planned battery kW (+ charge)")
+    ax3.step(x, log.battery_kw[:n], where="post", label="executed battery kW")
+    ax3b = ax3.twinx()
+    ax3b.plot(x, log.soc[:n], color="grey", label="SoC")
+    ax3b.set_ylim(0, 1)
+    ax3.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def run_backtest(args: argparse.Namespace) -> int:
     """Exit 0 with the table on stdout; 2 for a bad trace file or options (one line on stderr)."""
     try:
-        tr = read_traces(args.traces)
+        tr = read_traces(args.traces, getattr(args, "pv_forecast_column", None))
     except TraceError as exc:
         print(f"zapcloud backtest: {exc}", file=sys.stderr)
         return 2
     days = getattr(args, "days", None)
     if days:
-        tr = tr.head(int(days * tr.slots_per_day))
+        tr = tr.head(max(1, int(days * tr.slots_per_day)))
     cfg = config_from_args(args)
-    if cfg.battery_kwh <= 0 or cfg.battery_kw < 0 or cfg.replan_hours <= 0 or cfg.horizon_hours <= 0:
-        print("zapcloud backtest: battery size, power, re-plan and horizon hours must be positive", file=sys.stderr)
+    problem = config_problem(cfg)
+    if problem:
+        print(f"zapcloud backtest: {problem}", file=sys.stderr)
         return 2
-    report = run(tr, cfg)
+    report = run(tr, cfg, oracle=not getattr(args, "no_oracle", False))
     print(format_report(report, tr))
+    assert report.log is not None
+    if getattr(args, "slots_csv", None):
+        write_slots(args.slots_csv, tr, report.log)
+    if getattr(args, "plot", None):
+        plot_slots(args.plot, tr, report.log, getattr(args, "plot_days", 7.0))
     return 0
 
 
 __all__ = [
     "Config",
+    "Edge",
+    "Forecast",
     "Outcome",
+    "Planner",
     "Report",
+    "SlotLog",
     "TraceError",
     "Traces",
+    "add_arguments",
+    "config_from_args",
+    "config_problem",
     "format_report",
     "known_price_slots",
     "no_battery",
     "perfect_foresight",
+    "plot_slots",
     "read_traces",
     "rolling_flows",
     "rolling_planner",
@@ -398,4 +615,5 @@ __all__ = [
     "run_backtest",
     "self_consumption",
     "settle",
+    "write_slots",
 ]

@@ -25,19 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", help="solve one optimization problem (JSON) and print the solution")
     opt.add_argument("problem", help="path to PROBLEM.json, or - for stdin")
 
-    bt = sub.add_parser("backtest", help="replay price/load/PV traces through the rolling planner")
-    bt.add_argument("traces", help="CSV with columns ts,import_price,export_price,load_kw,pv_kw")
-    bt.add_argument("--battery-kwh", type=float, default=10.0)
-    bt.add_argument("--battery-kw", type=float, default=5.0)
-    bt.add_argument("--replan-hours", type=float, default=1.0)
-    bt.add_argument("--horizon-hours", type=float, default=48.0)
-    bt.add_argument("--cycle-cost", type=float, default=0.02, help="battery wear per kWh in or out")
-    bt.add_argument("--pv-kwp", type=float, default=5.0, help="PV size the clear-sky forecaster assumes")
-    bt.add_argument("--lat", type=float, default=52.1)
-    bt.add_argument("--lon", type=float, default=5.18)
-    bt.add_argument("--tilt", type=float, default=35.0, help="PV tilt, degrees")
-    bt.add_argument("--azimuth", type=float, default=180.0, help="PV azimuth, degrees (180 = south)")
-    bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
+    bt = sub.add_parser("backtest", help="replay price/load/PV traces through the rolling planner and the edge")
+    from cloud.backtest_config import add_arguments
+
+    add_arguments(bt)
     return parser
 
 

@@ -35,6 +35,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud import store
 from cloud.assets import AssetsError, SiteAssets, decode_assets
+from cloud.execution import (
+    DEFAULT_EXECUTION,
+    Execution,
+    absorb_for,
+    slot_intent,
+    slot_mode,
+)
 from cloud.forecast import (
     FloatArray,
     OpenMeteoClient,
@@ -78,6 +85,7 @@ class PlannerOptions:
     forecast_score_slots: int = SLOTS_PER_DAY  # MAE over the first day of each forecast
     solve_time_limit_s: float = 10.0
     weather: OpenMeteoClient | None = None
+    execution: Execution = DEFAULT_EXECUTION
 
 
 class PlanError(Exception):
@@ -117,24 +125,6 @@ class PlanResult:
     solve_ms: float
     soc_source: str
     planned_through_seq: int
-
-
-# A slot whose planned grid exchange is below this only balances the house with the battery.
-SELF_CONSUMPTION_MAX_GRID_KW: Final = 0.05
-
-
-def slot_mode(import_kw: float, export_kw: float) -> IntentMode:
-    """How the edge should execute a slot.
-
-    Where the plan only balances the house (no planned grid exchange), the slot is SELF_CONSUMPTION: the
-    edge's own rule then covers the real load and PV, so forecast errors are absorbed by the battery instead
-    of the grid. Where the plan trades with the grid on purpose (charging at cheap hours, holding energy for
-    a dearer one, exporting into a price peak) the slot is a SETPOINT. In the backtest this raised the
-    capture ratio from about 0.6 (setpoints everywhere) to about 0.9.
-    """
-    if import_kw + export_kw < SELF_CONSUMPTION_MAX_GRID_KW:
-        return IntentMode.SELF_CONSUMPTION
-    return IntentMode.SETPOINT
 
 
 def floor_slot(ts: datetime) -> datetime:
@@ -383,23 +373,27 @@ def to_plan(prepared: Prepared, solution: Solution, version: int, options: Plann
             import_limit = min(import_limit, math.ceil(imp_w / 100.0) * 100.0)
         if prepared.base_export_price[t] < 0:
             export_limit = min(export_limit, math.ceil(exp_w / 100.0) * 100.0)
-        battery_w = (solution.battery_charge_kw[t] - solution.battery_discharge_kw[t]) * 1000.0
-        slots.append(
-            PlanSlot(
-                start=start,
-                end=start + STEP,
-                intent=Intent(
-                    mode=slot_mode(solution.grid_import_kw[t], solution.grid_export_kw[t])
-                    if prepared.assets.battery is not None
-                    else IntentMode.SETPOINT,
-                    battery_w=round(battery_w, 1) if prepared.assets.battery is not None else None,
-                    ev_w=round(solution.ev_charge_kw[t] * 1000.0, 1) if p.ev is not None else None,
-                    grid_import_limit_w=import_limit,
-                    grid_export_limit_w=export_limit,
-                    target_soc=round(solution.soc[t + 1], 4) if prepared.assets.battery is not None else None,
-                ),
+        ev_w = round(solution.ev_charge_kw[t] * 1000.0, 1) if p.ev is not None else None
+        if prepared.assets.battery is not None:
+            intent = slot_intent(
+                solution.grid_import_kw[t],
+                solution.grid_export_kw[t],
+                solution.battery_charge_kw[t],
+                solution.battery_discharge_kw[t],
+                options.execution,
+                ev_w=ev_w,
+                grid_import_limit_w=import_limit,
+                grid_export_limit_w=export_limit,
+                target_soc=round(solution.soc[t + 1], 4),
             )
-        )
+        else:
+            intent = Intent(
+                mode=IntentMode.SETPOINT,
+                ev_w=ev_w,
+                grid_import_limit_w=import_limit,
+                grid_export_limit_w=export_limit,
+            )
+        slots.append(PlanSlot(start=start, end=start + STEP, intent=intent))
     horizon_end = prepared.starts[-1] + STEP
     return Plan(
         site_id=prepared.site_id,
@@ -639,10 +633,13 @@ def price_client_from_env() -> EntsoeClient | None:
 
 
 __all__ = [
+    "DEFAULT_EXECUTION",
+    "Execution",
     "PlanError",
     "PlanResult",
     "PlannerOptions",
     "Prepared",
+    "absorb_for",
     "floor_slot",
     "plan_next",
     "plan_site",
@@ -650,6 +647,7 @@ __all__ = [
     "price_client_from_env",
     "publish",
     "run_planner",
+    "slot_intent",
     "slot_mode",
     "solve_prepared",
     "to_plan",

@@ -461,6 +461,7 @@ def intent_problem(intent: Intent) -> str | None:
         "grid_import_limit_w": (intent.grid_import_limit_w, -MAX_POWER_W, MAX_POWER_W),
         "grid_export_limit_w": (intent.grid_export_limit_w, -MAX_POWER_W, MAX_POWER_W),
         "target_soc": (intent.target_soc, 0.0, 1.0),
+        "grid_w": (intent.grid_w, -MAX_POWER_W, MAX_POWER_W),
     }
     for name, (value, lo, hi) in ranges.items():
         if value is not None and (not math.isfinite(value) or not lo <= value <= hi):

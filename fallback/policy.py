@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import IntEnum
 
 from zapd.bounds import known
-from zapd.model import Intent, IntentMode, Plan
+from zapd.model import Absorb, Intent, IntentMode, Plan
 from zapd.state import Snapshot
 
 
@@ -85,4 +85,27 @@ def resolve_battery_w(intent: Intent, snapshot: Snapshot) -> float:
     if intent.mode is IntentMode.SELF_CONSUMPTION or intent.battery_w is None:
         return self_consumption_w(snapshot)
     # A request that is not a number (a plan that slipped past verification) asks for nothing: hold.
-    return known(intent.battery_w) or 0.0
+    battery_w = known(intent.battery_w) or 0.0
+    grid_w = known(intent.grid_w)
+    if intent.absorb is None or grid_w is None:
+        return battery_w
+    return absorbed_w(battery_w, grid_w, intent.absorb, snapshot)
+
+
+def absorbed_w(battery_w: float, grid_w: float, absorb: Absorb, snapshot: Snapshot) -> float:
+    """The setpoint moved by the forecast error the plan lets the battery take (see `Absorb`).
+
+    error = live grid with the setpoint - planned grid. A positive error (more demand than planned) is taken by
+    DOWN or BOTH, a negative one (more surplus) by UP or BOTH; the other direction stays on the grid. With the
+    state unknown the setpoint is returned unchanged (the ladder holds the battery then anyway).
+    """
+    battery_now = known(snapshot.battery_total_w())
+    live_grid_w = known(snapshot.grid_w)
+    if live_grid_w is None or battery_now is None:
+        return battery_w
+    error = (live_grid_w - battery_now + battery_w) - grid_w
+    if error > 0 and absorb in (Absorb.DOWN, Absorb.BOTH):
+        return battery_w - error
+    if error < 0 and absorb in (Absorb.UP, Absorb.BOTH):
+        return battery_w - error
+    return battery_w

@@ -67,6 +67,27 @@ def limits_for(site: SiteLimits, intent: Intent) -> SiteLimits:
     return replace(site, fuse_limit_w=import_w, max_export_w=export_w)
 
 
+def decide_batteries(
+    now: datetime,
+    snapshot: Snapshot,
+    plan: Plan | None,
+    plan_fresh: bool,
+    site: SiteLimits,
+    batteries: list[BatteryEnvelope],
+    tick_s: float,
+    forced: Decision | None = None,
+) -> tuple[Decision, list[Setpoint]]:
+    """One battery decision, as pure code: ladder, intent, the plan's grid limits, envelope.
+
+    `Controller.decide` is this on the daemon's live state; `cloud.backtest` calls it on simulated state so
+    the backtest executes plans with exactly the edge's rules.
+    """
+    decision = forced or choose(now, plan, plan_fresh, snapshot)
+    requested = resolve_battery_w(decision.intent, snapshot)
+    limits = limits_for(site, decision.intent)
+    return decision, clamp_batteries(requested, snapshot, batteries, limits, tick_s)
+
+
 class Controller:
     def __init__(
         self,
@@ -154,11 +175,9 @@ class Controller:
     def decide(self, now: datetime) -> tuple[Decision, list[Setpoint]]:
         snapshot = self._battery_at_meter_time(self._state.snapshot(now))
         forced = self._forced_rung() if self._forced_rung else None
-        decision = forced or choose(now, self._plan_source(), self._plan_fresh(), snapshot)
-        requested = resolve_battery_w(decision.intent, snapshot)
-        site = limits_for(self._site, decision.intent)
-        setpoints = clamp_batteries(requested, snapshot, self._batteries(), site, self._tick_s)
-        return decision, setpoints
+        return decide_batteries(
+            now, snapshot, self._plan_source(), self._plan_fresh(), self._site, self._batteries(), self._tick_s, forced
+        )
 
     def decide_evs(self, now: datetime, decision: Decision, setpoints: list[Setpoint]) -> list[EvSetpoint]:
         """After the batteries: the chargers get the fuse headroom the batteries' new setpoints leave."""

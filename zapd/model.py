@@ -98,8 +98,27 @@ class IntentMode(StrEnum):
     HOLD = "hold"  # battery idle, EV at minimum: the safe choice when state is unknown
 
 
+class Absorb(StrEnum):
+    """Which forecast errors the battery takes in a SETPOINT slot that carries a planned grid power.
+
+    The error is the live grid power the setpoint would give minus the planned one. BOTH keeps the grid at the
+    plan (the battery takes every error), UP lets the battery take surplus the plan did not expect (more PV,
+    less load: charge more or discharge less), DOWN lets it cover demand the plan did not expect (discharge more
+    or charge less). The cloud picks the direction in which a kWh moved through the battery is worth more than
+    the same kWh moved through the grid at this slot's price.
+    """
+
+    BOTH = "both"
+    UP = "up"
+    DOWN = "down"
+
+
 class Intent(msgspec.Struct, frozen=True, kw_only=True):
-    """What the site should do in one slot. None means "no opinion"."""
+    """What the site should do in one slot. None means "no opinion".
+
+    `grid_w` and `absorb` were added after the first edges shipped: an older edge ignores them (msgspec skips
+    unknown fields) and executes `battery_w` as a plain setpoint, which is the plan it was always given.
+    """
 
     mode: IntentMode = IntentMode.SETPOINT
     battery_w: float | None = None  # site total, + charging
@@ -107,6 +126,8 @@ class Intent(msgspec.Struct, frozen=True, kw_only=True):
     grid_import_limit_w: float | None = None
     grid_export_limit_w: float | None = None
     target_soc: float | None = None
+    grid_w: float | None = None  # planned net grid power for the slot, + import (with `absorb`)
+    absorb: Absorb | None = None  # None: the grid takes every forecast error (a plain setpoint)
 
 
 class PlanSlot(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import time
 from pathlib import Path
 
 import numpy as np
@@ -85,17 +86,23 @@ def test_no_peeking_at_the_future(week: Traces) -> None:
         pv_kw=np.concatenate([week.pv_kw[:k], week.pv_kw[k:] * 0.1]),
     )
     cfg = Config()
-    c1, d1, _ = rolling_flows(week, cfg)
-    c2, d2, _ = rolling_flows(changed, cfg)
+    c1, d1, _, _ = rolling_flows(week, cfg)
+    c2, d2, _, _ = rolling_flows(changed, cfg)
     assert np.array_equal(c1[:k], c2[:k]) and np.array_equal(d1[:k], d2[:k])
     assert not np.array_equal(c1[k:], c2[k:])
 
 
 def test_prices_are_known_only_after_publication(week: Traces) -> None:
-    # week starts at 00:00 UTC: until 12:00 only today's prices, then tomorrow's too
-    assert known_price_slots(week, 0) == 24
-    assert known_price_slots(week, 11) == 13
-    assert known_price_slots(week, 12) == 36
+    # week starts at 00:00 UTC; with a UTC site publishing at 12:00: until then only today's, then tomorrow's too
+    utc = Config(tz="UTC", price_publication=time(12, 0))
+    assert known_price_slots(week, 0, utc) == 24
+    assert known_price_slots(week, 11, utc) == 13
+    assert known_price_slots(week, 12, utc) == 36
+    # a Dutch site in summer (UTC+2) learns tomorrow's prices at 13:00 local = 11:00 UTC, days end at 22:00 UTC
+    nl = Config(tz="Europe/Amsterdam", price_publication=time(13, 0))
+    assert known_price_slots(week, 0, nl) == 22
+    assert known_price_slots(week, 10, nl) == 12
+    assert known_price_slots(week, 11, nl) == 35
 
 
 def test_self_consumption_never_charges_from_the_grid(week: Traces) -> None:

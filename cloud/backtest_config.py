@@ -1,0 +1,150 @@
+"""The `zapcloud backtest` configuration and options, light enough for the CLI to load with every command."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from datetime import time as clock_time
+from enum import StrEnum
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cloud.execution import DEFAULT_EXECUTION, Execution
+
+NO_LIMIT_KW: Final = 1000.0  # a trace carries no connection limit; this never binds for a household
+
+
+class Forecast(StrEnum):
+    """What the planner is told about load and PV: its forecasters, or (diagnostics) the truth."""
+
+    MODEL = "model"
+    PERFECT = "perfect"
+    PERFECT_PV = "perfect_pv"
+    PERFECT_LOAD = "perfect_load"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    battery_kwh: float = 10.0
+    battery_kw: float = 5.0
+    efficiency: float = 0.95  # each way (charge and discharge)
+    soc_min: float = 0.1
+    soc_max: float = 0.95
+    soc_initial: float = 0.5
+    cycle_cost: float = 0.02
+    grid_import_kw: float = NO_LIMIT_KW
+    grid_export_kw: float = NO_LIMIT_KW
+    replan_hours: float = 1.0
+    horizon_hours: float = 48.0
+    lat: float = 52.1
+    lon: float = 5.18
+    pv_kwp: float = 5.0
+    tilt_deg: float = 35.0
+    azimuth_deg: float = 180.0
+    tz: str = "Europe/Amsterdam"
+    price_publication: clock_time = clock_time(13, 0)  # site-local time tomorrow's day-ahead prices are known
+    execution: Execution = DEFAULT_EXECUTION
+    forecast: Forecast = Forecast.MODEL
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.tz)
+
+
+def _hhmm(text: str) -> clock_time:
+    try:
+        hh, mm = (int(x) for x in text.split(":"))
+        return clock_time(hh, mm)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a local time HH:MM: {text!r}") from None
+
+
+def add_arguments(bt: argparse.ArgumentParser) -> None:
+    """The `zapcloud backtest` options (cloud/cli.py calls this)."""
+    d = Config()
+    bt.add_argument("traces", help="CSV with columns ts,import_price,export_price,load_kw,pv_kw")
+    bt.add_argument("--battery-kwh", type=float, default=d.battery_kwh)
+    bt.add_argument("--battery-kw", type=float, default=d.battery_kw, help="charge and discharge power limit")
+    bt.add_argument("--efficiency", type=float, default=d.efficiency, help="one-way (charge and discharge)")
+    bt.add_argument("--soc-min", type=float, default=d.soc_min, help="reserve SoC (fraction)")
+    bt.add_argument("--soc-max", type=float, default=d.soc_max)
+    bt.add_argument("--soc-initial", type=float, default=d.soc_initial)
+    bt.add_argument("--cycle-cost", type=float, default=d.cycle_cost, help="battery wear per kWh in or out")
+    bt.add_argument("--grid-import-kw", type=float, default=d.grid_import_kw, help="connection import limit")
+    bt.add_argument("--grid-export-kw", type=float, default=d.grid_export_kw, help="connection export limit")
+    bt.add_argument("--replan-hours", type=float, default=d.replan_hours)
+    bt.add_argument("--horizon-hours", type=float, default=d.horizon_hours)
+    bt.add_argument("--pv-kwp", type=float, default=d.pv_kwp, help="PV size the clear-sky forecaster assumes")
+    bt.add_argument("--lat", type=float, default=d.lat)
+    bt.add_argument("--lon", type=float, default=d.lon)
+    bt.add_argument("--tilt", type=float, default=d.tilt_deg, help="PV tilt, degrees")
+    bt.add_argument("--azimuth", type=float, default=d.azimuth_deg, help="PV azimuth, degrees (180 = south)")
+    bt.add_argument("--tz", default=d.tz, help="the site's time zone (price publication, local days)")
+    bt.add_argument(
+        "--price-publication",
+        type=_hhmm,
+        default=d.price_publication,
+        help="site-local time tomorrow's day-ahead prices become known (HH:MM)",
+    )
+    bt.add_argument("--pv-forecast-column", default=None, help="a trace column holding an external PV forecast")
+    bt.add_argument("--execution", choices=[e.value for e in Execution], default=d.execution.value)
+    bt.add_argument(
+        "--forecast", choices=[f.value for f in Forecast], default=d.forecast.value, help="diagnostics: perfect*"
+    )
+    bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
+    bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
+    bt.add_argument("--plot", default=None, help="write a PNG of the first --plot-days days")
+    bt.add_argument("--plot-days", type=float, default=7.0)
+    bt.add_argument("--no-oracle", action="store_true", help="skip the perfect-foresight solve")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    d = Config()
+    return Config(
+        battery_kwh=args.battery_kwh,
+        battery_kw=args.battery_kw,
+        efficiency=getattr(args, "efficiency", d.efficiency),
+        soc_min=getattr(args, "soc_min", d.soc_min),
+        soc_max=getattr(args, "soc_max", d.soc_max),
+        soc_initial=getattr(args, "soc_initial", d.soc_initial),
+        cycle_cost=getattr(args, "cycle_cost", d.cycle_cost),
+        grid_import_kw=getattr(args, "grid_import_kw", d.grid_import_kw),
+        grid_export_kw=getattr(args, "grid_export_kw", d.grid_export_kw),
+        replan_hours=args.replan_hours,
+        horizon_hours=args.horizon_hours,
+        lat=getattr(args, "lat", d.lat),
+        lon=getattr(args, "lon", d.lon),
+        pv_kwp=getattr(args, "pv_kwp", d.pv_kwp),
+        tilt_deg=getattr(args, "tilt", d.tilt_deg),
+        azimuth_deg=getattr(args, "azimuth", d.azimuth_deg),
+        tz=getattr(args, "tz", d.tz),
+        price_publication=getattr(args, "price_publication", d.price_publication),
+        execution=Execution(getattr(args, "execution", d.execution.value)),
+        forecast=Forecast(getattr(args, "forecast", d.forecast.value)),
+    )
+
+
+def config_problem(cfg: Config) -> str | None:
+    """Why a configuration cannot be simulated, or None."""
+    numbers = [getattr(cfg, f) for f in ("battery_kwh", "battery_kw", "efficiency", "soc_min", "soc_max")]
+    numbers += [cfg.soc_initial, cfg.cycle_cost, cfg.grid_import_kw, cfg.grid_export_kw, cfg.replan_hours]
+    numbers += [cfg.horizon_hours, cfg.lat, cfg.lon, cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg]
+    if not all(math.isfinite(x) for x in numbers):
+        return "every number must be finite"
+    if cfg.battery_kwh <= 0 or cfg.battery_kw < 0 or cfg.replan_hours <= 0 or cfg.horizon_hours <= 0:
+        return "battery size, power, re-plan and horizon hours must be positive"
+    if not 0 < cfg.efficiency <= 1:
+        return "efficiency must be in (0, 1]"
+    if not 0 <= cfg.soc_min < cfg.soc_max <= 1 or not cfg.soc_min <= cfg.soc_initial <= cfg.soc_max:
+        return "need 0 <= soc-min <= soc-initial <= soc-max <= 1 and soc-min < soc-max"
+    if cfg.grid_import_kw <= 0 or cfg.grid_export_kw < 0 or cfg.cycle_cost < 0 or cfg.pv_kwp < 0:
+        return "grid limits, cycle cost and PV size must not be negative (import limit > 0)"
+    try:
+        cfg.zone  # noqa: B018 - resolves the name
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {cfg.tz!r}"
+    return None
+
+
+__all__ = ["NO_LIMIT_KW", "Config", "Forecast", "add_arguments", "config_from_args", "config_problem"]

@@ -1,0 +1,154 @@
+"""Setpoints that absorb forecast errors (Intent.grid_w + Intent.absorb): the edge rule and its safety.
+
+Worked examples by hand: a plan slot discharging 2 kW to import 0.5 kW while the house was forecast at 2.5 kW.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloud.execution import Execution, absorb_for, slot_intent
+from cloud_sync.wire import check_plan, decode_plan, encode_plan
+from fallback.policy import resolve_battery_w
+from zapd.controller import decide_batteries
+from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.model import Absorb, Intent, IntentMode, Plan, PlanSlot
+from zapd.state import BatteryView, Snapshot
+
+T0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+def snap(house_w: float, battery_now_w: float = -2000.0, soc: float = 0.5) -> Snapshot:
+    """The meter shows the house (load - PV) plus what the battery does now."""
+    return Snapshot(T0, house_w + battery_now_w, None, None, {"b": BatteryView("b", soc, battery_now_w)})
+
+
+SETPOINT = Intent(mode=IntentMode.SETPOINT, battery_w=-2000.0, grid_w=500.0)
+
+
+@pytest.mark.parametrize(
+    ("absorb", "house_w", "expected"),
+    [
+        (None, 3500.0, -2000.0),  # plain setpoint: 1 kW more demand goes to the grid
+        (Absorb.BOTH, 3500.0, -3000.0),  # the battery covers it
+        (Absorb.DOWN, 3500.0, -3000.0),
+        (Absorb.UP, 3500.0, -2000.0),  # UP takes only surplus: the grid covers the extra demand
+        (Absorb.BOTH, 1500.0, -1000.0),  # 1 kW less demand: discharge less, keep the energy
+        (Absorb.UP, 1500.0, -1000.0),
+        (Absorb.DOWN, 1500.0, -2000.0),  # DOWN takes only demand: the grid imports 1 kW less
+        (Absorb.BOTH, 2500.0, -2000.0),  # the forecast was right: the setpoint stands
+    ],
+)
+def test_error_goes_where_the_plan_says(absorb: Absorb | None, house_w: float, expected: float) -> None:
+    intent = msgspec.structs.replace(SETPOINT, absorb=absorb)
+    assert resolve_battery_w(intent, snap(house_w)) == pytest.approx(expected)
+
+
+def test_without_grid_w_or_state_it_is_a_plain_setpoint() -> None:
+    assert resolve_battery_w(Intent(battery_w=-2000.0, absorb=Absorb.BOTH), snap(3500.0)) == -2000.0
+    unknown = Snapshot(T0, None, None, None, {"b": BatteryView("b", 0.5, -2000.0)})
+    assert resolve_battery_w(msgspec.structs.replace(SETPOINT, absorb=Absorb.BOTH), unknown) == -2000.0
+    nan = msgspec.structs.replace(SETPOINT, absorb=Absorb.BOTH, grid_w=math.nan)
+    assert resolve_battery_w(nan, snap(3500.0)) == -2000.0
+
+
+def test_absorb_follows_the_plans_own_choice() -> None:
+    assert absorb_for(import_kw=0.5, export_kw=0.0, battery_kw=-2.0) is Absorb.BOTH  # discharging
+    assert absorb_for(import_kw=3.0, export_kw=0.0, battery_kw=2.0) is Absorb.UP  # charging from the grid
+    assert absorb_for(import_kw=0.0, export_kw=1.0, battery_kw=2.0) is Absorb.BOTH  # charging, surplus exported
+    assert absorb_for(import_kw=1.0, export_kw=0.0, battery_kw=0.0) is None  # holding energy for later
+    assert absorb_for(import_kw=0.0, export_kw=2.0, battery_kw=0.0) is None
+
+
+def test_slot_intent_per_execution() -> None:
+    legacy = slot_intent(0.5, 0.0, 0.0, 2.0, Execution.SETPOINT)
+    assert legacy.mode is IntentMode.SETPOINT and legacy.absorb is None and legacy.grid_w is None
+    target = slot_intent(0.5, 0.0, 0.0, 2.0, Execution.GRID_TARGET)
+    assert target.absorb is Absorb.BOTH and target.grid_w == 500.0 and target.battery_w == -2000.0
+    assert slot_intent(1.0, 0.0, 0.0, 0.0, Execution.DIRECTIONAL).absorb is None
+    balance = slot_intent(0.0, 0.0, 0.0, 1.0, Execution.SETPOINT)  # no grid exchange planned
+    assert balance.mode is IntentMode.SELF_CONSUMPTION
+
+
+class OldIntent(msgspec.Struct, frozen=True, kw_only=True):
+    """What edges from before grid_w/absorb decode (their Intent had no such fields)."""
+
+    mode: IntentMode = IntentMode.SETPOINT
+    battery_w: float | None = None
+
+
+class OldSlot(msgspec.Struct, frozen=True, kw_only=True):
+    start: datetime
+    end: datetime
+    intent: OldIntent
+
+
+class OldPlan(msgspec.Struct, frozen=True, kw_only=True):
+    site_id: str
+    version: int
+    issued_at: datetime
+    valid_until: datetime
+    slots: tuple[OldSlot, ...] = ()
+
+
+def test_wire_carries_the_new_fields_and_old_edges_ignore_them() -> None:
+    slot = PlanSlot(
+        start=T0, end=T0 + timedelta(minutes=15), intent=msgspec.structs.replace(SETPOINT, absorb=Absorb.UP)
+    )
+    plan = Plan(site_id="s", version=2, issued_at=T0, valid_until=T0 + timedelta(hours=1), slots=(slot,))
+    body = encode_plan(plan)
+    assert decode_plan(body).slots[0].intent.absorb is Absorb.UP
+
+    old = msgspec.json.decode(body, type=OldPlan)
+    assert old.slots[0].intent.battery_w == -2000.0  # it executes the setpoint it was always given
+
+
+def test_wire_refuses_a_grid_w_no_site_can_act_on() -> None:
+    bad = PlanSlot(start=T0, end=T0 + timedelta(minutes=15), intent=Intent(battery_w=0.0, grid_w=1e12))
+    plan = Plan(site_id="s", version=2, issued_at=T0, valid_until=T0 + timedelta(hours=1), slots=(bad,))
+    with pytest.raises(ValueError, match="grid_w"):
+        check_plan(plan)
+
+
+finite = st.floats(min_value=-50_000, max_value=50_000, allow_nan=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    battery_w=st.one_of(finite, st.just(math.nan), st.just(math.inf)),
+    grid_w=st.one_of(finite, st.just(math.nan), st.just(-math.inf)),
+    absorb=st.sampled_from([None, *Absorb]),
+    house_w=finite,
+    now_w=st.floats(min_value=-5000, max_value=5000),
+    soc=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_no_absorbing_intent_breaks_a_limit(
+    battery_w: float, grid_w: float, absorb: Absorb | None, house_w: float, now_w: float, soc: float
+) -> None:
+    """Whatever the plan's numbers and the house do, the envelope's limits hold (reserve, max SoC, power, fuse)."""
+    env = BatteryEnvelope(
+        "b", capacity_wh=10_000, max_charge_w=5000, max_discharge_w=5000, reserve_soc=0.1, max_soc=0.95
+    )
+    site = SiteLimits(fuse_limit_w=17_000, fuse_a=25, voltage_v=230, phases=3, max_export_w=10_000)
+    intent = Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=grid_w, absorb=absorb)
+    plan = Plan(
+        site_id="s",
+        version=1,
+        issued_at=T0,
+        valid_until=T0 + timedelta(hours=1),
+        slots=(PlanSlot(start=T0, end=T0 + timedelta(hours=1), intent=intent),),
+    )
+    snapshot = Snapshot(T0, house_w + now_w, None, None, {"b": BatteryView("b", soc, now_w)})
+    _, (sp,) = decide_batteries(T0 + timedelta(seconds=1), snapshot, plan, True, site, [env], 1800.0)
+    hours = 0.5
+    assert -5000 - 1e-6 <= sp.power_w <= 5000 + 1e-6
+    assert soc + max(sp.power_w, 0) * hours / 10_000 <= max(0.95, soc) + 1e-9  # never charged past max SoC
+    assert soc - max(-sp.power_w, 0) * hours / 10_000 >= min(0.1, soc) - 1e-9  # never below the reserve
+    if sp.power_w > 0:
+        assert house_w + sp.power_w <= 17_000 + 1e-6  # charging never pushes the site over its fuse
