@@ -11,6 +11,7 @@ from nacl.signing import SigningKey
 from cloud_sync.fetcher import PlanFetcher
 from cloud_sync.keys import load_verify_key_b64
 from cloud_sync.link import LinkStatus
+from cloud_sync.transport import require_secure_url
 from cloud_sync.uploader import Uploader
 from zapd.clock import Clock
 from zapd.config import CloudConfig
@@ -29,6 +30,8 @@ class CloudSync:
         clock: Clock,
         capabilities: Callable[[], list[DerCapabilities]],
     ) -> None:
+        # The client refuses what `zapd config check` refuses, for callers that skip the CLI.
+        require_secure_url(config.url, config.allow_insecure)
         self.link = LinkStatus()
         self.client = httpx.AsyncClient(base_url=config.url, timeout=httpx.Timeout(config.timeout_s))
         self.uploader = Uploader(

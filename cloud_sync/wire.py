@@ -17,7 +17,7 @@ import binascii
 import gzip
 import math
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -40,6 +40,21 @@ MAX_BATCH_READINGS: Final = 10_000
 MAX_REQUEST_SKEW_S: Final = 300.0
 
 _SIGNATURE_BYTES: Final = 64
+
+# Bounds on every number a plan carries, device-independent (the safety envelope applies the
+# device and site limits later). They exist so that one signed message cannot pin a Zap:
+# a version the cloud can never exceed, a plan that never expires, a clock far in the future.
+# 2^53 - 1 is the largest integer every JSON implementation holds exactly; at one plan a
+# minute it lasts 17 billion years.
+MAX_PLAN_VERSION: Final = 2**53 - 1
+# valid_until - issued_at. The planner issues plans valid for a day; a week covers any
+# sensible cloud and bounds how long a plan issued in error can stay in force.
+MAX_PLAN_VALIDITY: Final = timedelta(days=7)
+# Every slot starts and ends within this of issued_at (slots may run past valid_until).
+MAX_PLAN_HORIZON: Final = timedelta(days=14)
+# A week of one-minute slots.
+MAX_PLAN_SLOTS: Final = 7 * 24 * 60
+# The numbers of each slot's intent are bounded by zapd/bounds.py (intent_problem).
 
 SiteId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Seq = Annotated[int, msgspec.Meta(ge=1)]
@@ -107,7 +122,21 @@ class WireError(ValueError):
     """A body that is well-formed JSON but breaks a rule of the format (reported as 422)."""
 
 
-PlanRejectReason = Literal["unsigned", "bad_signature", "malformed", "wrong_site", "stale_version", "expired"]
+class OutOfRangeError(WireError):
+    """A well-formed body with a number beyond its documented bound (see the MAX_PLAN_* caps)."""
+
+
+PlanRejectReason = Literal[
+    "unsigned",
+    "bad_signature",
+    "malformed",
+    "out_of_range",
+    "wrong_site",
+    "stale_version",
+    "issued_before_reset",
+    "issued_in_future",
+    "expired",
+]
 
 
 class PlanRejected(Exception):
@@ -435,21 +464,43 @@ def decode_plan(body: bytes) -> Plan:
 
 
 def check_plan(plan: Plan) -> None:
+    """The rules a plan obeys whoever reads it: the cloud before it signs, the Zap after it verifies.
+
+    Raises WireError (structure) or OutOfRangeError (a number beyond its bound).
+    """
     stamps = [plan.issued_at, plan.valid_until]
     for slot in plan.slots:
         stamps += [slot.start, slot.end]
-        if slot.end <= slot.start:
-            raise WireError(f"plan slot ends before it starts: {slot.start} .. {slot.end}")
     if any(ts.tzinfo is None or ts.utcoffset() is None for ts in stamps):
         raise WireError("plan has a timestamp without a UTC offset")
     if plan.version < 1:
         raise WireError("plan version must be >= 1")
+    if plan.version > MAX_PLAN_VERSION:
+        raise OutOfRangeError(f"plan version {plan.version} is above {MAX_PLAN_VERSION} (2^53 - 1)")
     if plan.valid_until <= plan.issued_at:
         raise WireError("plan valid_until is not after issued_at")
+    if plan.valid_until - plan.issued_at > MAX_PLAN_VALIDITY:
+        raise OutOfRangeError(
+            f"plan valid for {plan.valid_until - plan.issued_at}, more than {MAX_PLAN_VALIDITY.days} days"
+        )
+    if len(plan.slots) > MAX_PLAN_SLOTS:
+        raise OutOfRangeError(f"plan has {len(plan.slots)} slots, more than {MAX_PLAN_SLOTS}")
+    earliest, latest = plan.issued_at - MAX_PLAN_HORIZON, plan.issued_at + MAX_PLAN_HORIZON
+    previous_end: datetime | None = None
     for slot in plan.slots:
+        if slot.end <= slot.start:
+            raise WireError(f"plan slot ends before it starts: {slot.start} .. {slot.end}")
+        if previous_end is not None and slot.start < previous_end:
+            raise WireError(f"plan slots overlap or are out of order at {format_ts(slot.start)}")
+        previous_end = slot.end
+        if slot.start < earliest or slot.end > latest:
+            raise OutOfRangeError(
+                f"plan slot {format_ts(slot.start)} .. {format_ts(slot.end)} is more than "
+                f"{MAX_PLAN_HORIZON.days} days from issued_at"
+            )
         problem = intent_problem(slot.intent)
         if problem is not None:
-            raise WireError(f"plan slot {format_ts(slot.start)}: {problem}")
+            raise OutOfRangeError(f"plan slot {format_ts(slot.start)}: {problem}")
 
 
 def intent_problem(intent: Intent) -> str | None:
@@ -477,12 +528,17 @@ def verify_plan(
     site_id: str,
     min_version_exclusive: int | None,
     now: datetime,
+    issued_floor: datetime | None = None,
+    max_skew_s: float = MAX_REQUEST_SKEW_S,
 ) -> Plan:
     """Accept a plan from the cloud only if every rule holds; else raise PlanRejected.
 
     The signature is checked before the body is parsed, so unauthenticated bytes never
     reach the JSON decoder. `min_version_exclusive` is the version of the plan the Zap
     already holds (None if it holds none): an equal or older version is a replay.
+    `issued_floor` is set by an operator's version reset: a plan issued before it is a
+    replay of one the reset meant to forget. A plan issued more than `max_skew_s` in the
+    Zap's future is refused: the clock that signed it is wrong, and its validity with it.
     """
     if not sig_b64:
         raise PlanRejected("unsigned")
@@ -490,12 +546,22 @@ def verify_plan(
         raise PlanRejected("bad_signature")
     try:
         plan = decode_plan(body)
+    except OutOfRangeError as exc:
+        raise PlanRejected("out_of_range", str(exc)) from None
     except WireError as exc:
         raise PlanRejected("malformed", str(exc)) from None
     if plan.site_id != site_id:
         raise PlanRejected("wrong_site", f"plan is for {plan.site_id!r}")
     if min_version_exclusive is not None and plan.version <= min_version_exclusive:
         raise PlanRejected("stale_version", f"version {plan.version} <= {min_version_exclusive}")
+    if issued_floor is not None and plan.issued_at < issued_floor:
+        raise PlanRejected(
+            "issued_before_reset", f"issued_at {format_ts(plan.issued_at)} < reset {format_ts(issued_floor)}"
+        )
+    if (plan.issued_at - now).total_seconds() > max_skew_s:
+        raise PlanRejected(
+            "issued_in_future", f"issued_at {format_ts(plan.issued_at)} is more than {max_skew_s:g} s ahead"
+        )
     if plan.valid_until <= now:
         raise PlanRejected("expired", f"valid_until {format_ts(plan.valid_until)}")
     return plan

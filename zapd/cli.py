@@ -12,20 +12,38 @@ from zapd.config import DEFAULT_CONFIG_PATH, ZapdConfig
 from zapd.config_check import check_file
 
 EXIT_BAD_CONFIG = 2
+_INSECURE_HELP = "allow plain http:// to a cloud that is not on loopback (telemetry readable on the path)"
 
 
-def _load_or_report(path: Path, *, strict: bool = False) -> ZapdConfig | None:
+def _load_or_report(path: Path, *, strict: bool = False, allow_insecure: bool = False) -> ZapdConfig | None:
     """Errors and warnings go to stderr as `file: key: reason` lines; warnings stop nothing unless `strict`."""
     result = check_file(path)
     for line in (*result.errors, *result.warnings):
         print(line, file=sys.stderr)
     if result.config is None or result.errors or (strict and result.warnings):
         return None
-    return result.config
+    return _cloud_transport(path, result.config, allow_insecure)
+
+
+def _cloud_transport(path: Path, config: ZapdConfig, allow_insecure: bool) -> ZapdConfig | None:
+    """Plain http:// only to loopback, unless the config or `--allow-insecure` accepts it."""
+    from cloud_sync.transport import insecure_url_problem
+
+    cloud = config.cloud
+    if cloud is None:
+        return config
+    if allow_insecure and not cloud.allow_insecure:
+        cloud = cloud.model_copy(update={"allow_insecure": True})
+        config = config.model_copy(update={"cloud": cloud})
+    problem = insecure_url_problem(cloud.url, cloud.allow_insecure)
+    if problem is not None:
+        print(f"{path}: cloud.url: {problem}", file=sys.stderr)
+        return None
+    return config
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config = _load_or_report(Path(args.path), strict=args.strict)
+    config = _load_or_report(Path(args.path), strict=args.strict, allow_insecure=args.allow_insecure)
     if config is None:
         return EXIT_BAD_CONFIG
     print(f"{args.path}: ok ({len(config.devices)} devices, site {config.site.id})")
@@ -37,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from zapd.daemon import Daemon, StartupError
     from zapd.logs import configure
 
-    config = _load_or_report(Path(args.config))
+    config = _load_or_report(Path(args.config), allow_insecure=args.allow_insecure)
     if config is None:
         return EXIT_BAD_CONFIG
     configure(config.log.level)
@@ -82,10 +100,37 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 def cmd_devices_scan(args: argparse.Namespace) -> int:
     from zapd.scan import scan
 
-    config = _load_or_report(Path(args.config))
+    config = _load_or_report(Path(args.config), allow_insecure=True)
     if config is None:
         return EXIT_BAD_CONFIG
     return asyncio.run(scan(config, as_json=args.json))
+
+
+def cmd_plan_reset_version(args: argparse.Namespace) -> int:
+    """Operator recovery from a plan version the cloud can no longer exceed (docs/operations.md)."""
+    from cloud_sync.fetcher import reset_plan_version
+    from zapd.clock import clock_from_env
+    from zapd.store import Store
+
+    config = _load_or_report(Path(args.config), allow_insecure=True)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    now = clock_from_env().now()
+
+    async def reset() -> int | None:
+        store = await Store.open(config.store.state_dir / "zapd.sqlite")
+        try:
+            return await reset_plan_version(store, now)
+        finally:
+            await store.close()
+
+    forgotten = asyncio.run(reset())
+    held = f"version {forgotten}" if forgotten is not None else "no version"
+    print(
+        f"zapd plan reset-version: forgot {held} and the cached plans; the next plan issued after "
+        f"{now.isoformat()} (less 300 s of clock skew) is taken, whatever its version"
+    )
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -102,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    run.add_argument("--allow-insecure", action="store_true", help=_INSECURE_HELP)
     run.set_defaults(func=cmd_run)
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -109,7 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = cfg_sub.add_parser("check", help="validate a config file without starting anything")
     check.add_argument("path")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
+    check.add_argument("--allow-insecure", action="store_true", help=_INSECURE_HELP)
     check.set_defaults(func=cmd_config_check)
+
+    plan = sub.add_parser("plan", help="plan state tools")
+    plan_sub = plan.add_subparsers(dest="plan_command", required=True)
+    reset = plan_sub.add_parser(
+        "reset-version",
+        help="forget the accepted plan version and cached plans (recovery from a version the cloud cannot exceed)",
+    )
+    reset.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    reset.set_defaults(func=cmd_plan_reset_version)
 
     keygen = sub.add_parser("keygen", help="create the Zap's Ed25519 key pair")
     keygen.add_argument("--state-dir", default="/var/lib/zapd")

@@ -209,7 +209,20 @@ class PlanConfig(_Strict):
 
 
 class CloudConfig(_Strict):
-    url: str = Field(pattern=r"^https?://", description="Base URL of the zapcloud endpoint (`http://` or `https://`).")
+    url: str = Field(
+        pattern=r"^https?://",
+        description=(
+            "Base URL of the zapcloud endpoint: `https://`; plain `http://` only to a loopback address "
+            "unless `allow_insecure` is set."
+        ),
+    )
+    allow_insecure: bool = Field(
+        default=False,
+        description=(
+            "Allow plain `http://` to a cloud that is not on loopback (anyone on the path reads the telemetry); "
+            "also `zapd run --allow-insecure`."
+        ),
+    )
     public_key: str = Field(
         min_length=40,
         description=(

@@ -20,6 +20,7 @@ import structlog
 
 from cloud_sync.keys import KeyFileError, load_signing_key, zap_key_path
 from cloud_sync.session import CloudSync
+from cloud_sync.transport import InsecureTransportError
 from cloud_sync.wire import intent_problem, wire_safe
 from drivers.api import Driver, ReadingGuard
 from zapd.api import LocalApi
@@ -261,14 +262,17 @@ class Daemon:
         except KeyFileError as exc:
             hint = f"create it with 'zapd keygen --state-dir {self.config.store.state_dir}'"
             raise StartupError(f"{exc}; {hint}") from None
-        self.cloud = CloudSync(
-            config=self.config.cloud,
-            site_id=self.config.site.id,
-            key=key,
-            store=store,
-            clock=self.clock,
-            capabilities=lambda: [c for d in self.devices.drivers for c in d.capabilities()],
-        )
+        try:
+            self.cloud = CloudSync(
+                config=self.config.cloud,
+                site_id=self.config.site.id,
+                key=key,
+                store=store,
+                clock=self.clock,
+                capabilities=lambda: [c for d in self.devices.drivers for c in d.capabilities()],
+            )
+        except InsecureTransportError as exc:
+            raise StartupError(str(exc)) from None
 
     def _on_cycle(self) -> None:
         self.notifier.ready(status="controlling")

@@ -242,6 +242,20 @@ class Store:
         body = bytes(row[0])
         return StoredPlan(msgspec.json.decode(body, type=Plan), body, row[1])
 
+    async def forget_plans(self, kv_keys: Sequence[str], kv_set: dict[str, str]) -> None:
+        """Drop every cached plan, delete `kv_keys` and write `kv_set`, in one transaction.
+
+        The operator's plan-version reset (cloud_sync.fetcher.reset_plan_version): a cached plan
+        with an absurd version would otherwise stay the "latest" one (plans sort by version).
+        """
+        await self._db.execute("DELETE FROM plans")
+        await self._db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in kv_keys])
+        await self._db.executemany(
+            "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            list(kv_set.items()),
+        )
+        await self._db.commit()
+
     # --- command log and events -------------------------------------------------------------
 
     async def log_commands(self, ts: datetime, entries: Iterable[tuple[CommandResult, str]]) -> None:

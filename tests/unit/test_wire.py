@@ -16,6 +16,9 @@ from cloud_sync.wire import (
     HEADER_KEY_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    MAX_PLAN_SLOTS,
+    MAX_PLAN_VERSION,
+    MAX_REQUEST_SKEW_S,
     PlanRejected,
     TelemetryBatch,
     WireError,
@@ -189,6 +192,78 @@ def test_inverted_slot_is_malformed() -> None:
     assert _reason(*_signed(plan)) == "malformed"
 
 
+def _one_slot(intent: Intent, **kw: object) -> Plan:
+    slot = PlanSlot(start=NOW, end=NOW + timedelta(minutes=15), intent=intent)
+    args: dict[str, object] = {"site_id": "s1", "version": 9, "issued_at": NOW, "valid_until": NOW + HOUR}
+    args.update(kw)
+    return Plan(slots=(slot,), **args)  # type: ignore[arg-type]
+
+
+# Issue 10: one signed message must not pin the Zap. The bounds are the documented ones
+# (docs/wire.md "Plan"), written out here rather than taken from the module's constants.
+@pytest.mark.parametrize(
+    ("case", "plan", "reason"),
+    [
+        ("version 2^63-1", _one_slot(Intent(), version=2**63 - 1), "out_of_range"),
+        ("version 2^53", _one_slot(Intent(), version=2**53), "out_of_range"),
+        ("valid 50 years", _one_slot(Intent(), valid_until=NOW + timedelta(days=365 * 50)), "out_of_range"),
+        ("valid 7 days + 1 s", _one_slot(Intent(), valid_until=NOW + timedelta(days=7, seconds=1)), "out_of_range"),
+        ("issued 1 h ahead", _one_slot(Intent(), issued_at=NOW + HOUR, valid_until=NOW + 2 * HOUR),
+         "issued_in_future"),
+        ("battery 1e308 W", _one_slot(Intent(battery_w=1e308)), "out_of_range"),
+        ("battery -11 MW", _one_slot(Intent(battery_w=-11e6)), "out_of_range"),
+        ("import limit 1e12 W", _one_slot(Intent(grid_import_limit_w=1e12)), "out_of_range"),
+        ("target soc 50 (percent)", _one_slot(Intent(target_soc=50.0)), "out_of_range"),
+    ],
+)  # fmt: skip
+def test_plans_beyond_the_bounds_are_refused(case: str, plan: Plan, reason: str) -> None:
+    assert _reason(*_signed(plan), min_version_exclusive=None) == reason, case
+
+
+def test_plans_at_the_bounds_are_accepted() -> None:
+    at_bounds = [
+        _one_slot(Intent(), version=2**53 - 1),
+        _one_slot(Intent(), valid_until=NOW + timedelta(days=7)),
+        _one_slot(Intent(), issued_at=NOW + timedelta(seconds=300), valid_until=NOW + HOUR),
+        _one_slot(Intent(battery_w=-10e6, ev_w=10e6, grid_import_limit_w=0.0, target_soc=1.0)),
+    ]
+    for plan in at_bounds:
+        assert _verify(*_signed(plan), min_version_exclusive=None) == plan
+    assert MAX_PLAN_VERSION == 2**53 - 1 and MAX_REQUEST_SKEW_S == 300
+
+
+def test_non_finite_and_overlong_plans_are_refused() -> None:
+    for raw in (b"1e999", b"-1e999"):
+        body = (
+            b'{"site_id":"s1","version":9,"issued_at":"2026-03-01T12:00:00Z","valid_until":"2026-03-01T13:00:00Z",'
+            b'"slots":[{"start":"2026-03-01T12:00:00Z","end":"2026-03-01T12:15:00Z","intent":{"battery_w":'
+            + raw
+            + b"}}]}"
+        )
+        assert _reason(*_sign_raw(body), min_version_exclusive=None) == "malformed"
+    minute = timedelta(minutes=1)
+    many = tuple(
+        PlanSlot(start=NOW + i * minute, end=NOW + (i + 1) * minute, intent=Intent()) for i in range(MAX_PLAN_SLOTS + 1)
+    )
+    plan = Plan(site_id="s1", version=9, issued_at=NOW, valid_until=NOW + HOUR, slots=many)
+    assert _reason(*_signed(plan), min_version_exclusive=None) == "out_of_range"
+    far = PlanSlot(start=NOW + timedelta(days=15), end=NOW + timedelta(days=15, hours=1), intent=Intent())
+    assert _reason(*_signed(Plan(site_id="s1", version=9, issued_at=NOW, valid_until=NOW + HOUR, slots=(far,))),
+                   min_version_exclusive=None) == "out_of_range"  # fmt: skip
+    a = PlanSlot(start=NOW, end=NOW + HOUR, intent=Intent())
+    b = PlanSlot(start=NOW + timedelta(minutes=30), end=NOW + 2 * HOUR, intent=Intent())
+    overlapping = Plan(site_id="s1", version=9, issued_at=NOW, valid_until=NOW + HOUR, slots=(a, b))
+    assert _reason(*_signed(overlapping), min_version_exclusive=None) == "malformed"
+
+
+def test_a_plan_issued_before_a_reset_is_a_replay() -> None:
+    plan = _one_slot(Intent(), issued_at=NOW - timedelta(minutes=10))
+    assert _reason(*_signed(plan), min_version_exclusive=None, issued_floor=NOW - timedelta(minutes=5)) == (
+        "issued_before_reset"
+    )
+    assert _verify(*_signed(plan), min_version_exclusive=None, issued_floor=NOW - timedelta(minutes=10)) == plan
+
+
 @settings(max_examples=200, deadline=None)
 @given(bit=st.integers(min_value=0))
 def test_any_bit_flip_in_signed_plan_is_rejected(bit: int) -> None:
@@ -212,7 +287,8 @@ def test_plan_accepted_iff_every_rule_holds(
     plan = _plan(site_id=site, version=version, valid_for=timedelta(minutes=valid_minutes))
     body, sig = _signed(plan)
     now = NOW + timedelta(minutes=now_offset_minutes)
-    should_accept = site == "s1" and (held is None or version > held) and plan.valid_until > now
+    not_from_the_future = plan.issued_at <= now + timedelta(seconds=MAX_REQUEST_SKEW_S)
+    should_accept = site == "s1" and (held is None or version > held) and plan.valid_until > now and not_from_the_future
     try:
         got = _verify(body, sig, min_version_exclusive=held, now=now)
     except PlanRejected:
@@ -236,9 +312,7 @@ def test_if_none_match() -> None:
 
 def _readings(seqs: list[int]) -> list[WireReading]:
     return [
-        WireReading(
-            seq=s, der_id="m", kind=DerKind.METER, ts=NOW + timedelta(seconds=s), values={"power_w": 1.0}
-        )
+        WireReading(seq=s, der_id="m", kind=DerKind.METER, ts=NOW + timedelta(seconds=s), values={"power_w": 1.0})
         for s in seqs
     ]
 
@@ -263,9 +337,7 @@ def test_batch_round_trip() -> None:
     ],
 )
 def test_bad_batches(seqs: list[int], first: int, last: int, lost: int | None) -> None:
-    batch = TelemetryBatch(
-        site_id="s1", first_seq=first, last_seq=last, readings=_readings(seqs), lost_through=lost
-    )
+    batch = TelemetryBatch(site_id="s1", first_seq=first, last_seq=last, readings=_readings(seqs), lost_through=lost)
     with pytest.raises(WireError):
         check_batch(batch)
 
