@@ -37,6 +37,7 @@ from zapd.model import DerCapabilities
 log = structlog.get_logger(__name__)
 
 PATH_PREFIX = "/ocpp/"
+MAX_WAKE_S = 30.0  # the worker looks at the live profiles' age at least this often
 LEAVE_SAFE_S = 3.0  # within the daemon's 5 s for stopping tasks
 MAX_MESSAGE_BYTES = 64 * 1024  # the largest OCPP 1.6 message a charger sends is a few kB
 COUNTER_NAMES = (
@@ -172,13 +173,16 @@ class OcppServer:
                 await link.heard.wait()
         except TimeoutError:
             pass  # a charger that says nothing still gets its safe profile
+        link.booted.clear()  # this setup covers the boot that got us here; only a later one means a reboot
         await session.setup()
         while True:
             interval = session.profile_validity_s / 3
             booted = asyncio.ensure_future(link.booted.wait())
             queued = asyncio.ensure_future(link.work.get())
             try:
-                done, _ = await asyncio.wait({booted, queued}, timeout=min(interval, 30.0))
+                done, _ = await asyncio.wait(
+                    {booted, queued}, timeout=min(interval, MAX_WAKE_S), return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 booted.cancel()
                 queued.cancel()

@@ -592,3 +592,31 @@ async def test_devices_scan_lists_the_charge_points_that_connect(capsys: pytest.
     assert rc == 1  # one charge point did not come
     assert report["ocpp.here.1"]["status"] == "ok" and "ScanVendor ScanModel" in report["ocpp.here.1"]["model"]
     assert report["ocpp.away.1"]["status"] == "no answer"
+
+
+async def test_a_charger_that_reboots_while_connected_is_set_up_again_once(csms: Csms) -> None:
+    sim = await _booted(csms)
+    actuator = csms.server.actuators()["ocpp.wb1.1"]
+    assert (await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=12.0, phases=3))).ok
+    await asyncio.sleep(0.3)
+    assert len(await sim.wait_for("GetConfiguration")) == 1  # one setup per boot, not two
+    sim.state.profiles.clear()  # a reboot forgets the profiles (§3.13.4 allows it) ...
+    assert (await sim.boot()).status == "Accepted"  # ... and announces itself again on the same connection
+    await sim.wait_for("GetConfiguration", count=2)
+    await csms.until(lambda: sim.state.limit_a(1) == 12.0)
+    await sim.close()
+
+
+async def test_the_live_profile_is_renewed_before_its_valid_to(csms: Csms, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("drivers.ocpp.server.MAX_WAKE_S", 0.1)
+    sim = await _booted(csms)
+    session = csms.server.sessions["wb1"]
+    assert (await csms.server.actuators()["ocpp.wb1.1"].apply(EvCurrent(der_id="ocpp.wb1.1", current_a=9.0))).ok
+    first = _profiles(sim)[-1]
+    await asyncio.sleep(1.1)  # validTo has whole seconds
+    session.connectors[1].sent_at -= session.profile_validity_s / 3  # a third of the validity has passed
+    await csms.until(lambda: len(_profiles(sim)) > 2)
+    renewed = _profiles(sim)[-1]
+    assert renewed["chargingSchedule"] == first["chargingSchedule"] and renewed["validTo"] > first["validTo"]
+    assert csms.server.counters["keepalives"] == 1
+    await sim.close()
