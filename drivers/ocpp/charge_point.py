@@ -34,7 +34,6 @@ from drivers.api import ReadingSink
 from drivers.ev_command import ev_current_refusal
 from drivers.ocpp.config import OcppChargePoint
 from drivers.ocpp.meter_values import (
-    CURRENT_A,
     ENERGY_WH,
     MEASURANDS,
     parse_meter_value_number,
@@ -51,7 +50,6 @@ from zapd.clock import Clock
 from zapd.model import (
     CHARGING,
     CONNECTED,
-    PHASE_CURRENT_A,
     POWER_W,
     SESSION_WH,
     SOC,
@@ -74,6 +72,7 @@ _LIB_LOG.setLevel(logging.CRITICAL)
 # OCPP 1.6 §7.7 ChargePointStatus: a car is plugged in for these.
 CONNECTED_STATES = frozenset({"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing"})
 KNOWN_STATES = CONNECTED_STATES | {"Available", "Unavailable", "Faulted", "Reserved"}
+MAX_LOGGED_KINDS = 200
 EMIT_MIN_GAP_S = 1.0  # readings per connector per second at most, whatever the charger sends
 BURST_CALLS = 60  # calls from one charger answered before the rate limit starts
 CALLS_PER_S = 20.0
@@ -141,7 +140,7 @@ class ConnectorState:
     status: str | None = None
     error_code: str = ""
     values: dict[str, float] = field(default_factory=dict)  # last meter values
-    meter_at: float | None = None  # monotonic
+    value_at: dict[str, float] = field(default_factory=dict)  # monotonic, per value: each one goes stale alone
     transaction_id: int | None = None
     meter_start_wh: float | None = None
     session_wh: float | None = None
@@ -215,8 +214,8 @@ class ChargePointSession:
 
     def log_once(self, once: str, event: str, **kw: object) -> None:
         """One line per kind of trouble per charger; the counters carry the rest."""
-        if once in self._logged:
-            return
+        if once in self._logged or len(self._logged) >= MAX_LOGGED_KINDS:
+            return  # the keys carry charger-chosen values (connector ids, actions): the set stays bounded
         self._logged.add(once)
         log.warning(event, device=self.device_id, charge_point=self.id, **kw)
 
@@ -262,11 +261,9 @@ class ChargePointSession:
             CONNECTED: 1.0 if conn.status in CONNECTED_STATES else 0.0,
             CHARGING: 1.0 if conn.status == "Charging" else 0.0,
         }
-        fresh = conn.meter_at is not None and now_m - conn.meter_at <= 3 * self.meter_interval_s
-        measured = conn.values if fresh else {}
-        for key in (POWER_W, ENERGY_WH, SOC, CURRENT_A, *PHASE_CURRENT_A):
-            if key in measured:
-                values[key] = measured[key]
+        for key, value in conn.values.items():
+            if now_m - conn.value_at[key] <= 3 * self.meter_interval_s:
+                values[key] = value
         if POWER_W not in values and conn.status != "Charging":
             values[POWER_W] = 0.0  # no current flows in any other state (§7.7)
         if conn.session_wh is not None and values[CONNECTED]:
@@ -575,7 +572,8 @@ class _Link(OcppChargePoint16):  # type: ignore[misc]
             changed = conn.status != status or conn.error_code != error_code
             conn.status, conn.error_code = status, error_code
             if status in ("Available", "Unavailable", "Faulted"):
-                conn.session_wh = None  # unplugged: the session is over
+                conn.session_wh = None  # unplugged: the session is over, and the car's SoC left with it
+                conn.values.pop(SOC, None)
             if changed and status == "Faulted":
                 log.warning("ocpp.connector_faulted", der_id=conn.der_id, error_code=error_code)
             s.emit(conn, force=changed)
@@ -595,7 +593,8 @@ class _Link(OcppChargePoint16):  # type: ignore[misc]
             s.reject_value(problem)
         if parsed.values:
             conn.values.update(parsed.values)
-            conn.meter_at = time.monotonic()
+            now_m = time.monotonic()
+            conn.value_at.update(dict.fromkeys(parsed.values, now_m))
             energy = parsed.values.get(ENERGY_WH)
             if energy is not None and conn.meter_start_wh is not None and conn.transaction_id is not None:
                 conn.session_wh = max(0.0, energy - conn.meter_start_wh)

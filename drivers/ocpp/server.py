@@ -29,7 +29,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from drivers.api import ReadingSink
-from drivers.ocpp.charge_point import BOOT_WAIT_S, ChargePointSession, OcppConnector, _Link
+from drivers.ocpp.charge_point import BOOT_WAIT_S, MAX_LOGGED_KINDS, ChargePointSession, OcppConnector, _Link
 from drivers.ocpp.config import OcppDevice
 from zapd.clock import Clock
 from zapd.model import DerCapabilities
@@ -96,7 +96,7 @@ class OcppServer:
 
     def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, cp_id: str, why: str) -> Response:
         key = (cp_id, why)
-        if key not in self._logged_refusals:
+        if key not in self._logged_refusals and len(self._logged_refusals) < MAX_LOGGED_KINDS:
             self._logged_refusals.add(key)
             peer = connection.remote_address[0] if connection.remote_address else "?"
             log.warning("ocpp.connection_refused", device=self.name, charge_point=cp_id, reason=why, peer=peer)

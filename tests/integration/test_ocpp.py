@@ -620,3 +620,24 @@ async def test_the_live_profile_is_renewed_before_its_valid_to(csms: Csms, monke
     assert renewed["chargingSchedule"] == first["chargingSchedule"] and renewed["validTo"] > first["validTo"]
     assert csms.server.counters["keepalives"] == 1
     await sim.close()
+
+
+async def test_a_value_the_charger_stops_sending_goes_stale_and_soc_leaves_with_the_car() -> None:
+    """Stale is unknown: after three meter intervals without it, power is not reported (not the last value)."""
+    csms, task = await _start(_device(meter_interval_s=1))
+    try:
+        sim = await _booted(csms, "wb2")
+        await sim.status(1, "Charging")
+        await asyncio.sleep(1.05)
+        await sim.meter_values(1, power_w=4000, soc_pct=42)
+        await csms.until(lambda: csms.last("ocpp.wb2.1").values.get(POWER_W) == 4000)
+        await csms.until(lambda: POWER_W not in csms.last("ocpp.wb2.1").values, timeout_s=6)
+        assert csms.last("ocpp.wb2.1").values[CHARGING] == 1.0  # the status still holds: the link is alive
+        await sim.meter_values(1, soc_pct=43)
+        await sim.status(1, "Available")  # unplugged
+        await csms.until(lambda: csms.last("ocpp.wb2.1").values[CONNECTED] == 0.0)
+        assert SOC not in csms.last("ocpp.wb2.1").values and csms.last("ocpp.wb2.1").values[POWER_W] == 0.0
+        await sim.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
