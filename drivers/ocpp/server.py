@@ -246,6 +246,12 @@ class OcppServer:
             self.port = int(next(iter(server.sockets)).getsockname()[1])
             log.info("ocpp.listening", device=self.name, host=self._config.host, port=self.port,
                      tls=self._config.tls_cert is not None, charge_points=list(self.sessions))  # fmt: skip
+            open_cps = [
+                s.id for s in self.sessions.values() if s.config.password is None and s.config.password_file is None
+            ]
+            if open_cps:
+                log.warning("ocpp.no_authentication", device=self.name, charge_points=open_cps,
+                            hint="any client that knows the id gets in: set password or password_file")  # fmt: skip
             self.listening.set()
             try:
                 # Not serve_forever(): cancelling it closes every connection before the chargers are safe.

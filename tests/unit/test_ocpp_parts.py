@@ -96,3 +96,21 @@ def test_the_commented_example_in_zapd_example_toml_validates() -> None:
     data = tomllib.loads("\n".join(lines))
     device = OcppDevice.model_validate(data["devices"][0])
     assert device.charge_points[0].fallback_current_a == 6
+
+
+def test_the_chargers_clock_offset_is_the_median_of_its_recent_timestamps() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from drivers.ocpp.charge_point import ChargerClock
+
+    clock = ChargerClock()
+    assert clock.offset_s == 0.0  # nothing known: our clock
+    now = datetime.now(UTC)
+    for _ in range(5):
+        clock.observe((now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    clock.observe((now - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))  # one replayed offline sample
+    clock.observe("not a time")
+    assert abs(clock.offset_s - 3600) < 5
+    near = ChargerClock()
+    near.observe((now + timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert near.offset_s == 0.0  # under 30 s: taken as in sync
