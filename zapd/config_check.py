@@ -52,7 +52,8 @@ PLACEHOLDER_P1_KEYS = frozenset({"00112233445566778899AABBCCDDEEFF"})
 _RESERVED_DOMAINS = ("example", "example.com", "example.net", "example.org", "invalid", "test")
 SMARTY_KEY_HEX_DIGITS = 32  # AES-128-GCM (Luxembourg Smarty P1 specification; ESPHome: "32 characters")
 SMALL_W = 100.0  # below this a power or energy limit is more likely kW/kWh typed as W/Wh
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# RFC 1123 labels, plus `_` (container and compose service names resolve with it).
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -225,18 +226,18 @@ def _model_problems(exc: ValidationError, data: dict[str, object]) -> list[Probl
 def _grid_meter(config: ZapdConfig) -> Iterator[Problem]:
     meters = meter_ders(config.devices)
     grid = [m for m in meters if m.role == "grid"]
-    roles = "/".join(METER_ROLES)
+    others = ", ".join(repr(r) for r in METER_ROLES if r != "grid")
     for extra in grid[1:]:
         yield Problem(
             extra.key,
             f"a second grid meter: {grid[0].der_id!r} and {extra.der_id!r} are both role 'grid'; a site has "
-            f"exactly one (zapd never adds meters up): set role to one of {roles} on the other",
+            f"exactly one (zapd never adds meters up): give the other role {others}",
         )
     if not grid:
-        others = f" (meters: {', '.join(repr(m.der_id) for m in meters)}, none with role 'grid')" if meters else ""
+        listed = f" (meters: {', '.join(repr(m.der_id) for m in meters)}, none with role 'grid')" if meters else ""
         yield Problem(
             "devices",
-            f"no grid meter{others}: zapd cannot see the site's import and export, so it cannot keep the fuse "
+            f"no grid meter{listed}: zapd cannot see the site's import and export, so it cannot keep the fuse "
             "or export limit; it holds every battery idle and EV chargers at their minimum",
             warning=True,
         )
@@ -293,6 +294,8 @@ def host_problem(host: str) -> str | None:
     labels = host.removesuffix(".").split(".")
     if not all(_HOST_LABEL.match(label) for label in labels):
         return "not a host name or IP address"
+    if all(label.isdigit() for label in labels):
+        return "not a valid IP address (four numbers 0..255, e.g. 192.168.1.50)"
     return None
 
 

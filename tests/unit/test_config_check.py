@@ -218,13 +218,16 @@ def test_zero_export_and_zero_charge_are_real_settings() -> None:
         ("192.168.1.55:502", "a host name or address without the port: write '192.168.1.55' and port = 502"),
         ("192.168.1.55/24", "a host name or address, not a URL: write '192.168.1.55'"),
         ("my inverter", "not a host name or IP address"),
+        ("192.168.1.300", "not a valid IP address (four numbers 0..255, e.g. 192.168.1.50)"),
     ],
 )
 def test_a_url_or_port_for_a_host_is_an_error(host: str, expected: str) -> None:
     assert error(**{"devices.0.host": host}) == f"{SRC}: devices.inverter.host: {expected}"
 
 
-@pytest.mark.parametrize("host", ["192.168.1.55", "fe80::1", "inverter", "inverter.local", "gw-2.example.net."])
+@pytest.mark.parametrize(
+    "host", ["192.168.1.55", "fe80::1", "[fe80::1]", "inverter", "inverter.local", "gw-2.example.net.", "mqtt_broker"]
+)
 def test_real_hosts_pass(host: str) -> None:
     assert host_problem(host) is None
 
