@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import msgspec
 import structlog
 
+from drivers.health import DeviceHealth
 from zapd.bounds import bad_values
 from zapd.model import Command, CommandResult, DerCapabilities, Quality, Reading
 
@@ -28,6 +29,10 @@ class DriverError(Exception):
 
 class ConfigurationError(DriverError):
     """The device says our configuration is wrong (e.g. Modbus illegal address): do not hammer it."""
+
+
+class DeviceUnreachable(DriverError):
+    """No answer at all (connection refused, timeout, link down), as opposed to an answer that is an error."""
 
 
 @runtime_checkable
@@ -98,3 +103,11 @@ class ReadingGuard:
         self._streaks[reading.der_id] = streak + 1
         good = {k: v for k, v in reading.values.items() if k not in bad}
         self._sink(msgspec.structs.replace(reading, values=good, quality=Quality.BAD))
+
+
+@runtime_checkable
+class HasHealth(Protocol):
+    """Every zapd driver keeps one health record (drivers/health.py); the daemon reads it, never writes it."""
+
+    @property
+    def health(self) -> DeviceHealth: ...

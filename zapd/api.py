@@ -27,6 +27,7 @@ from typing import Protocol
 import msgspec
 import structlog
 
+from drivers.api import HasHealth
 from zapd.clock import Clock
 from zapd.config import ZapdConfig
 from zapd.controller import Controller
@@ -384,6 +385,30 @@ class LocalApi:
             for h in self._d.supervisor.health.values()
         ]
 
+    def _device_health(self) -> list[dict[str, object]]:
+        """One entry per configured device: does it answer (drivers/health.py), and its driver task."""
+        now = self._d.clock.now()
+        tasks = self._d.supervisor.health
+        out: list[dict[str, object]] = []
+        for driver in self._d.devices.drivers:
+            task = tasks.get(f"driver:{driver.name}")
+            entry: dict[str, object] = {"device": driver.name}
+            if isinstance(driver, HasHealth):
+                entry.update(driver.health.view(now).to_json())
+            else:  # a driver that keeps no record: say so rather than guess
+                entry.update(
+                    {"state": "unknown", "since": None, "reason": "this driver reports no health", "last_error": "",
+                     "last_error_at": None, "errors": 0, "last_ok": None}
+                )  # fmt: skip
+            if task is not None and task.failing:
+                # The driver itself keeps crashing: whatever its record said last is not current.
+                entry["state"] = "degraded" if entry["state"] in ("ok", "connecting") else entry["state"]
+                entry["reason"] = f"driver task failing: {task.last_error}"
+            entry["task_ok"] = (not task.failing) if task else None
+            entry["restarts"] = task.restarts if task else 0
+            out.append(entry)
+        return out
+
     async def _status(self, request: Request) -> dict[str, object]:
         now = self._d.clock.now()
         return {
@@ -398,6 +423,7 @@ class LocalApi:
             "plan": self._plan_summary(self._d.current_plan()),
             "control": self._control(),
             "tasks": self._tasks(),
+            "devices": self._device_health(),
             "readings_in": self._d.readings_in,
         }
 
@@ -409,18 +435,21 @@ class LocalApi:
         for der, seen in latest.items():
             kinds.setdefault(der, str(seen.kind))
         health = self._d.supervisor.health
+        devices = {h["device"]: h for h in self._device_health()}
         rows: list[dict[str, object]] = []
         for der in sorted(kinds):
             r = latest.get(der)
             age = state.age_s(der, now)
             driver = der.split(".", 1)[0]
             task = health.get(f"driver:{driver}")
+            dev = devices.get(driver)
             rows.append(
                 {
                     "der_id": der,
                     "kind": kinds[der],
                     "driver": driver,
                     "driver_ok": (not task.failing) if task else None,
+                    "health": _der_health(dev),
                     "ts": _ts(r.ts) if r else None,
                     "age_s": round(age, 1) if age is not None else None,
                     "quality": str(r.quality) if r else None,
@@ -431,7 +460,11 @@ class LocalApi:
         return rows
 
     async def _devices(self, request: Request) -> dict[str, object]:
-        return {"now": _ts(self._d.clock.now()), "devices": self._device_rows()}
+        return {
+            "now": _ts(self._d.clock.now()),
+            "devices": self._device_rows(),
+            "device_health": self._device_health(),
+        }
 
     async def _plan(self, request: Request) -> dict[str, object]:
         plan = self._d.current_plan()
@@ -557,6 +590,13 @@ class LocalApi:
             "recent_commands": recent_commands,
             "fallback": await self._fallback(Request(cmd="fallback", limit=50)),
         }
+
+
+def _der_health(device: dict[str, object] | None) -> dict[str, object] | None:
+    """The device's health as shown on each of its DER rows (the per-device list has the rest)."""
+    if device is None:
+        return None
+    return {k: device[k] for k in ("state", "since", "reason", "last_error", "errors")}
 
 
 def _error(code: str, message: str) -> dict[str, object]:

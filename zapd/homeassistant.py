@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import aiomqtt
 import structlog
 
+from drivers.api import HasHealth
+from drivers.health import HealthState
 from drivers.modbus.backoff import Backoff
 from drivers.mqtt.client import Client
 from zapd.clock import Clock
@@ -120,6 +122,21 @@ SENSORS: tuple[SensorSpec, ...] = (
     ),
     SensorSpec("next_action", "Next planned action", None, icon="mdi:calendar-clock", attributes=True, numeric=False),
 )
+
+
+def device_health_spec(device_id: str) -> SensorSpec:
+    """One enum sensor per configured device: ok, connecting, stale, degraded, unusable, unreachable;
+    `since`, `reason`, `last_error` and `errors` as its attributes."""
+    return SensorSpec(
+        f"device_{default_node_id(device_id).lower()}_health",
+        f"{device_id} health",
+        None,
+        device_class="enum",
+        icon="mdi:lan-connect",
+        options=tuple(str(s) for s in HealthState),
+        attributes=True,
+        numeric=False,
+    )
 
 
 def default_node_id(site_id: str) -> str:
@@ -313,8 +330,14 @@ class HomeAssistant:
             out[self.config_topic("sensor", spec.object_id)] = (
                 json.dumps(self.sensor_config(spec), sort_keys=True) if present else ""
             )
+        for driver in self._health_drivers():
+            spec = device_health_spec(driver.health.device_id)
+            out[self.config_topic("sensor", spec.object_id)] = json.dumps(self.sensor_config(spec), sort_keys=True)
         out[self.config_topic("select", "mode")] = json.dumps(self.select_config(), sort_keys=True)
         return out
+
+    def _health_drivers(self) -> list[HasHealth]:
+        return [d for d in self._site.devices.drivers if isinstance(d, HasHealth)]
 
     # ---- states ----
 
@@ -371,6 +394,15 @@ class HomeAssistant:
         text, attrs = next_action(site.current_plan(), now, self._tz)
         out[self.state_topic("next_action")] = (text, True)
         out[self.attributes_topic("next_action")] = (json.dumps(attrs, sort_keys=True), True)
+        for driver in self._health_drivers():
+            view = driver.health.view(now)
+            spec = device_health_spec(view.device)
+            out[self.state_topic(spec.object_id)] = (str(view.state), True)
+            attrs = view.to_json()
+            del attrs["state"]
+            # The error count moves on every failed poll: that waits for the interval.
+            urgent = self._published.get(self.state_topic(spec.object_id)) != str(view.state)
+            out[self.attributes_topic(spec.object_id)] = (json.dumps(attrs, sort_keys=True), urgent)
         out[self.state_topic("mode")] = (ov.rung.name.lower() if ov is not None else AUTO, True)
         out[self.attributes_topic("mode")] = (json.dumps(ov.to_json() if ov else {}, sort_keys=True), True)
         return out

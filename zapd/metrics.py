@@ -15,7 +15,8 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from drivers.api import Driver
+from drivers.api import Driver, HasHealth
+from drivers.health import HealthState
 
 # P1 driver counters that mean "a telegram came in and was thrown away".
 TELEGRAM_REJECTIONS = ("bad_crc", "parse_error", "decrypt_error", "overflow")
@@ -70,6 +71,7 @@ class DaemonCollector(Collector):
         yield rejected
         yield errors
         yield events
+        yield from _device_health(src.metric_drivers())
 
         plans = CounterMetricFamily("zapd_plans_rejected", "Plans refused by verification", labels=["reason"])
         for reason, count in sorted(src.metric_plans_rejected().items()):
@@ -93,6 +95,33 @@ class DaemonCollector(Collector):
             value=rung or 0,
         )  # fmt: skip
         yield CounterMetricFamily("zapd_readings", "Readings received from all drivers", value=src.metric_readings_in())
+
+
+def _device_health(drivers: list[Driver]) -> Iterator[Metric]:
+    """Per device: does it answer (1/0), which state it is in (one series per state, 1 for the current
+    one: alert on `zapd_device_state{state="unreachable"} == 1`), and the errors its record counted."""
+    up = GaugeMetricFamily("zapd_device_up", "1 while the device answers as it should, else 0", labels=["device"])
+    state = GaugeMetricFamily(
+        "zapd_device_state", "1 for the device's current health state", labels=["device", "state"]
+    )
+    since = GaugeMetricFamily(
+        "zapd_device_state_since_seconds", "Unix time the current health state began", labels=["device"]
+    )
+    errors = CounterMetricFamily("zapd_device_health_errors", "Failures the health record counted", labels=["device"])
+    for driver in drivers:
+        if not isinstance(driver, HasHealth):
+            continue
+        view = driver.health.view()
+        up.add_metric([driver.name], 1.0 if view.ok else 0.0)
+        for s in HealthState:
+            state.add_metric([driver.name, str(s)], 1.0 if view.state is s else 0.0)
+        if view.since is not None:
+            since.add_metric([driver.name], view.since.timestamp())
+        errors.add_metric([driver.name], view.errors)
+    yield up
+    yield state
+    yield since
+    yield errors
 
 
 class MetricsServer:

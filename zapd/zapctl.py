@@ -266,25 +266,62 @@ def format_status(d: Json) -> str:
         (t.get("name"), "ok" if t.get("ok") else "FAILING", t.get("restarts"), t.get("last_error") or "")
         for t in d.get("tasks") or []
     ]
-    return head + "\n\n" + table(["TASK", "STATE", "RESTARTS", "LAST ERROR"], tasks)
+    out = head + "\n\n" + table(["TASK", "STATE", "RESTARTS", "LAST ERROR"], tasks)
+    devices = d.get("devices")
+    if devices:
+        out += "\n\n" + device_health_table(devices, d.get("now"))
+    return out
+
+
+def _health_state(state: object) -> str:
+    """ok stays lower case; anything else shouts, like STALE and FAILING do."""
+    if state is None:
+        return "-"
+    return str(state) if state == "ok" else str(state).upper()
+
+
+def device_health_table(devices: Sequence[Json], now: object) -> str:
+    """One row per configured device: does it answer, since when, and why not."""
+    rows = [
+        (
+            h.get("device"),
+            _health_state(h.get("state")),
+            _since(h.get("since"), now),
+            h.get("errors"),
+            h.get("restarts"),
+            h.get("reason") or (f"last: {h.get('last_error')}" if h.get("last_error") else ""),
+        )
+        for h in devices
+    ]
+    return table(["DEVICE", "HEALTH", "SINCE", "ERRORS", "RESTARTS", "REASON"], rows)
 
 
 def format_devices(d: Json) -> str:
-    rows = [
-        (
-            r.get("der_id"),
-            r.get("kind"),
-            duration(r.get("age_s")),
-            r.get("quality"),
-            "fresh" if r.get("fresh") else "STALE",
-            "ok" if r.get("driver_ok") in (True, None) else "FAILING",
-            _values(r.get("values")),
+    rows = []
+    for r in d.get("devices") or []:
+        health = r.get("health")
+        state = health.get("state") if isinstance(health, dict) else None
+        device = _health_state(state) if state is not None else ("ok" if r.get("driver_ok") in (True, None) else "-")
+        if r.get("driver_ok") is False:
+            device = "FAILING"
+        rows.append(
+            (
+                r.get("der_id"),
+                r.get("kind"),
+                duration(r.get("age_s")),
+                r.get("quality"),
+                "fresh" if r.get("fresh") else "STALE",
+                device,
+                _values(r.get("values")),
+            )
         )
-        for r in d.get("devices") or []
-    ]
     if not rows:
         return "no devices configured"
-    return table(["DER", "KIND", "AGE", "QUALITY", "STATE", "DRIVER", "VALUES"], rows)
+    out = table(["DER", "KIND", "AGE", "QUALITY", "STATE", "DEVICE", "VALUES"], rows)
+    devices = d.get("device_health")
+    if devices:
+        out += "\n\n" + device_health_table(devices, d.get("now"))
+    return out
 
 
 def _next_slots(d: Json, hours: float = CHART_HOURS) -> list[Json]:

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Modbu
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from drivers.api import ConfigurationError, DriverError
+from drivers.api import ConfigurationError, DeviceUnreachable, DriverError
+from drivers.health import describe_os_error
 from drivers.modbus.backoff import Backoff
 from zapd.cancellation import honour_cancel
 
@@ -138,6 +141,20 @@ class TcpEndpoint:
     def key(self) -> tuple[str, ...]:
         return ("tcp", self.host, str(self.port))
 
+    async def why_not_connected(self, timeout_s: float) -> str:
+        """One plain TCP connect, to name the reason pymodbus keeps to itself ("connection refused at ...")."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, writer = await asyncio.open_connection(self.host, self.port)
+        except TimeoutError:
+            return f"no answer to connect at {self} within {timeout_s:g} s"
+        except socket.gaierror as exc:
+            return f"cannot resolve {self.host}: {exc.strerror}"
+        except OSError as exc:
+            return f"{describe_os_error(exc)} at {self}"
+        writer.close()  # it answers now: the device came up between the two attempts
+        return f"connect failed at {self} (it accepts a plain TCP connection now)"
+
     def make_client(self, timeout_s: float) -> ModbusBaseClient:
         # reconnect_delay=0: reconnecting is ours (backoff, logging); retries=0: so is retrying.
         return AsyncModbusTcpClient(
@@ -169,6 +186,11 @@ class SerialLine:
     def min_frame_gap_s(self) -> float:
         """Modbus over serial line v1.02 §2.5.1.1: 3.5 character times, fixed at 1.75 ms above 19200 baud."""
         return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time_s()
+
+    async def why_not_connected(self, timeout_s: float) -> str:
+        if not await asyncio.to_thread(os.path.exists, self.port):
+            return f"cannot open {self.port}: no such device"
+        return f"cannot open {self.port}"
 
     def make_client(self, timeout_s: float) -> ModbusBaseClient:
         return AsyncModbusSerialClient(
@@ -228,6 +250,7 @@ class ModbusBus:
         )
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._next_connect_at = 0.0
+        self._connect_failure = "not connected yet"  # why the last connect failed, for the health record
         self._client: ModbusBaseClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = _PriorityLock()
@@ -343,11 +366,11 @@ class ModbusBus:
                 self.counters["timeouts"] += 1
                 self.counters["errors"] += 1
                 self._after_timeout()
-                raise DriverError(f"{where}: no answer within {self.timeout_s:g} s") from None
+                raise DeviceUnreachable(f"{where}: no answer within {self.timeout_s:g} s") from None
             except (ModbusException, OSError) as exc:
                 self.counters["errors"] += 1
                 self._link_lost(str(exc))
-                raise DriverError(f"{where}: {exc}") from exc
+                raise DeviceUnreachable(f"{where}: {exc}") from exc
             except asyncio.CancelledError:
                 # The caller gave up mid-request; its answer may still come and be taken for the next one's.
                 self._drop_client()
@@ -396,24 +419,26 @@ class ModbusBus:
             self._link_lost("connection closed by peer")
         wait = self._next_connect_at - time.monotonic()
         if wait > 0:
-            raise DriverError(f"{self}: link down, next connect attempt in {wait:.1f} s")
+            raise DeviceUnreachable(f"{self._connect_failure}; next connect attempt in {wait:.1f} s")
         self._drop_client()
         client = self.endpoint.make_client(self.timeout_s * 2)
-        ok = False
+        ok, why = False, ""
         try:
             async with asyncio.timeout(self.timeout_s):
                 ok = await honour_cancel(client.connect())
         except TimeoutError:
-            ok = False
+            ok, why = False, f"no answer to connect at {self.endpoint} within {self.timeout_s:g} s"
         except asyncio.CancelledError:
             client.close()
             raise
         if not ok:
             client.close()
+            # pymodbus says only False; ask the OS why (refused, no route, no such port), once per attempt.
+            self._connect_failure = why or await self.endpoint.why_not_connected(self.timeout_s)
             self.counters["connect_failures"] += 1
             self._next_connect_at = time.monotonic() + self._backoff.next_delay()
-            self._link_lost("connect failed")
-            raise DriverError(f"{self}: cannot connect")
+            self._link_lost(self._connect_failure)
+            raise DeviceUnreachable(self._connect_failure)
         self.counters["connects"] += 1
         self._backoff.reset()
         self._client = client

@@ -21,8 +21,9 @@ import structlog
 
 from drivers.api import DriverError, ReadingSink
 from drivers.ev_command import ev_current_refusal
+from drivers.health import DeviceHealth
 from drivers.modbus.bus import ModbusBus, Priority
-from drivers.modbus.device_loop import DeviceHealth, poll_forever
+from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.register_map import Field, RegisterMap, RegisterMapError, Table
 from zapd.clock import Clock
 from zapd.model import (
@@ -122,7 +123,7 @@ class ModbusEvCharger:
         self._last_write_at = 0.0  # monotonic
         self._session_start_wh: float | None = None
         self._was_connected = False
-        self._health = DeviceHealth(device_id, unit_id, "ev")
+        self._health = DeviceHealth(device_id, clock, event_prefix="ev", unit=unit_id)
         self.counters: dict[str, int] = dict.fromkeys(
             ("polls", "poll_errors", "config_errors", "commands", "commands_refused", "command_errors", "keepalives"),
             0,
@@ -135,6 +136,10 @@ class ModbusEvCharger:
     @property
     def ev_id(self) -> str:
         return f"{self._id}.ev"
+
+    @property
+    def health(self) -> DeviceHealth:
+        return self._health
 
     @property
     def healthy(self) -> bool:

@@ -14,8 +14,9 @@ import math
 import structlog
 
 from drivers.api import ConfigurationError, DriverError, ReadingSink
+from drivers.health import DeviceHealth
 from drivers.modbus.bus import ModbusBus, Priority
-from drivers.modbus.device_loop import DeviceHealth, poll_forever
+from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.register_map import SCALE_FACTOR_LIMIT, Field, RegisterMap, Table
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
 from zapd.clock import Clock
@@ -87,7 +88,7 @@ class ModbusHybridInverter:
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
         # Setpoint registers as last read back from the device, and when they were written.
         self._held: tuple[list[int], float] | None = None
-        self._health = DeviceHealth(device_id, unit_id, "modbus")
+        self._health = DeviceHealth(device_id, clock, event_prefix="modbus", unit=unit_id)
         self._commands_failing = False
         self._last_refusal: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -121,12 +122,17 @@ class ModbusHybridInverter:
         return f"{self._id}.pv"
 
     @property
+    def health(self) -> DeviceHealth:
+        return self._health
+
+    @property
     def healthy(self) -> bool:
         return self._health.healthy
 
     @property
     def last_error(self) -> str:
-        return self._health.last_error
+        """Why the device is not healthy now; empty while it is."""
+        return self._health.reason
 
     def _limit(self, key: str) -> float | None:
         """Config may lower the nameplate, never raise it: the device cannot do more than it says."""

@@ -18,8 +18,9 @@ from datetime import datetime
 import structlog
 
 from drivers.api import ConfigurationError, DriverError, ReadingSink
+from drivers.health import DeviceHealth
 from drivers.modbus.bus import ModbusBus, Priority
-from drivers.modbus.device_loop import DeviceHealth, poll_forever
+from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.sunspec_models import (
     ModelDef,
     SunSpecError,
@@ -296,7 +297,7 @@ class SunSpecInverter:
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
         self.device: SunSpecDevice | None = None
         self._held: tuple[list[int], float] | None = None  # model-124 control span as read back, and when
-        self._health = DeviceHealth(device_id, unit_id, "sunspec")
+        self._health = DeviceHealth(device_id, clock, event_prefix="sunspec", unit=unit_id)
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "scans",
@@ -323,12 +324,17 @@ class SunSpecInverter:
         return f"{self._id}.battery"
 
     @property
+    def health(self) -> DeviceHealth:
+        return self._health
+
+    @property
     def healthy(self) -> bool:
         return self._health.healthy
 
     @property
     def last_error(self) -> str:
-        return self._health.last_error
+        """Why the device is not healthy now; empty while it is."""
+        return self._health.reason
 
     def capabilities(self) -> list[DerCapabilities]:
         """Empty until the first scan: what the device is, only it can say."""
@@ -337,8 +343,13 @@ class SunSpecInverter:
     # ---- discovery and polling ----
 
     async def scan(self) -> SunSpecDevice:
+        """Walk the model chain; a chain with nothing zapd can read or drive is a configuration error."""
         self.counters["scans"] += 1
-        self.device = await scan_sunspec(self._bus, self._unit)
+        device = await scan_sunspec(self._bus, self._unit)
+        if not device_capabilities(device, self._id, self._overrides):
+            found = ", ".join(str(m.id) for m in device.models) or "none"
+            raise ConfigurationError(f"{self._bus}: unit {self._unit}: no usable SunSpec models: found {found}")
+        self.device = device
         self._held = None
         return self.device
 

@@ -21,6 +21,7 @@ import aiomqtt
 import structlog
 
 from drivers.api import ReadingSink
+from drivers.health import DeviceHealth
 from drivers.modbus.backoff import Backoff
 from drivers.mqtt.client import Client
 from drivers.mqtt.mapping import BadPayload, TopicMapping, decode_json
@@ -118,6 +119,8 @@ class MqttDriver:
         self._client: aiomqtt.Client | None = None
         self._link_up: bool | None = None
         self._bad_topics: set[str] = set()
+        # No message within stale_s is what makes a DER stale; it makes the device stale too.
+        self._health = DeviceHealth(device_id, clock, event_prefix="mqtt", stale_after_s=stale_s)
         self.counters: dict[str, int] = dict.fromkeys(
             ("messages", "readings", "bad_payloads", "connects", "disconnects", "commands", "command_errors"), 0
         )
@@ -125,6 +128,10 @@ class MqttDriver:
     @property
     def name(self) -> str:
         return self._id
+
+    @property
+    def health(self) -> DeviceHealth:
+        return self._health
 
     @property
     def connected(self) -> bool:
@@ -164,10 +171,12 @@ class MqttDriver:
                         await client.subscribe(topic, qos=1)
                     self._client = client
                     self._link_ok()
+                    self._health.connecting("connected to the broker, no message yet")
                     async for message in client.messages:
                         self.handle(str(message.topic), message.payload, sink)
             except aiomqtt.MqttError as exc:
                 self._link_lost(str(exc))
+                self._health.failed(f"broker {self._host}:{self._port}: {exc}")
             finally:
                 self._client = None
             await self._clock.sleep(self._backoff.next_delay())
@@ -225,9 +234,12 @@ class MqttDriver:
             }
             sink(Reading(der_id=der_id, kind=self._ders[der_id].kind, ts=now, values=values))
             self.counters["readings"] += 1
+        if touched:
+            self._health.ok()
 
     def _bad_payload(self, topic: str, exc: BadPayload) -> None:
         self.counters["bad_payloads"] += 1
+        self._health.note_error(f"{topic}: {exc}")
         if topic not in self._bad_topics:  # once per topic: a broken publisher repeats itself
             self._bad_topics.add(topic)
             log.warning("mqtt.bad_payload", device=self._id, topic=topic, error=str(exc))

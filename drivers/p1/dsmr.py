@@ -21,6 +21,7 @@ from dsmr_parser.exceptions import DecryptionError, InvalidChecksumError, ParseE
 from dsmr_parser.parsers import TelegramParser
 
 from drivers.api import ReadingSink
+from drivers.health import DeviceHealth, HealthState, describe_os_error
 from drivers.p1.convert import meter_values, specification_for
 from drivers.p1.transport import P1Transport, SerialP1, TcpP1
 from zapd.clock import Clock
@@ -142,10 +143,15 @@ class P1Meter:
         self._silent = False
         self._got_reading = False
         self._log = log.bind(der_id=device_id, transport=transport.describe())
+        self._health = DeviceHealth(device_id, clock, event_prefix="p1")
 
     @property
     def name(self) -> str:
         return self.device_id
+
+    @property
+    def health(self) -> DeviceHealth:
+        return self._health
 
     def capabilities(self) -> list[DerCapabilities]:
         return [
@@ -180,9 +186,11 @@ class P1Meter:
                     reader, writer = await self.transport.open()
             except (OSError, TimeoutError) as exc:
                 self._link_down("connect failed", exc)
+                self._health.failed(f"{describe_os_error(exc)} at {self.transport.describe()}")
             else:
                 self.counters["connects"] += 1
                 self.connected = True
+                self._health.connecting()
                 reason: BaseException | None = None
                 try:
                     got_any = await self._read(reader, sink)
@@ -194,6 +202,11 @@ class P1Meter:
                 if got_any:
                     backoff = BACKOFF_INITIAL_S
                 self._link_down("link closed", reason)
+                if isinstance(reason, _Silent):
+                    self._health.failed(f"{reason}; reconnecting", HealthState.STALE)
+                else:
+                    why = describe_os_error(reason) if reason is not None else "closed by the other end"
+                    self._health.failed(f"link lost at {self.transport.describe()}: {why}")
             # Jitter: many gateways restarting together must not hit one ser2net in lockstep.
             await asyncio.sleep(random.uniform(backoff / 2, backoff))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
@@ -228,6 +241,7 @@ class P1Meter:
                     raise _Silent(f"no telegram for {self.reconnect_after_silent_s:.1f}s") from None
                 self._silent = True
                 self.counters["silent"] += 1
+                self._health.failed(f"no valid telegram for {self.silence_timeout_s:.1f} s", HealthState.STALE)
                 self._log.warning("meter silent", seconds=round(self.silence_timeout_s, 3))
                 continue
             if not data:
@@ -241,6 +255,7 @@ class P1Meter:
 
     def _on_good_telegram(self) -> None:
         self._got_reading = True
+        self._health.ok()
         if self._link_broken_logged:
             self._link_broken_logged = False
             self._log.info("p1 link recovered", link_errors=self.counters["link_errors"])
@@ -281,6 +296,7 @@ class P1Meter:
 
     def _drop(self, counter: str, exc: Exception) -> None:
         self.counters[counter] += 1
+        self._health.note_error(f"telegram dropped ({counter}): {str(exc)[:200]}")
         suppressed = self._limiter.allow(counter)
         if suppressed is not None:
             self._log.warning(
