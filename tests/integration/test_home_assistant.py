@@ -350,7 +350,15 @@ async def test_stale_meter_is_published_as_unknown(tmp_path: Path, mosquitto: Mo
             await asyncio.gather(feeder, return_exceptions=True)
             await until(lambda: seen.payload(topic) == "None", "grid power unknown")
             await until(lambda: seen.payload(f"{BASE}/fallback_rung/state") == "safe_hold", "safe hold")
-            assert json.loads(seen.payload(f"{BASE}/fallback_rung/attributes") or "{}")["reason"].startswith("meter")
+            # The attributes are a message of their own, published after the state: wait for it too.
+            await until(
+                lambda: (
+                    json.loads(seen.payload(f"{BASE}/fallback_rung/attributes") or "{}")
+                    .get("reason", "")
+                    .startswith("meter")
+                ),
+                "the safe hold's reason",
+            )
     finally:
         daemon.stop()
         async with asyncio.timeout(30):
