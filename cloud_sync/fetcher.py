@@ -220,7 +220,7 @@ class PlanFetcher:
             now = self._clock.now()
             try:
                 await self.fetch_once()
-                self._link.ok(now)
+                self._link.ok(now, "plan")
                 self._link.last_plan_fetch = now
                 self._backoff.reset()
                 await self._clock.sleep(self._interval_s)

@@ -1,7 +1,9 @@
 """The Zap's view of its cloud link, shared by the uploader and the plan fetcher.
 
 Both report success and failure here; the link state changes (down, up again) are logged
-once each, and `zapctl status` reads the same object.
+once each, and `zapctl status` reads the same object. The link is "up" only while no part
+fails: a plan fetch that works does not make the link look up while the cloud's telemetry
+answers are refused (issue 10: a forged ACK left the link "up").
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ class LinkStatus:
     last_plan_fetch: datetime | None = None
     uploaded_readings: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    failing: dict[str, str] = field(default_factory=dict)  # part -> its last error, while it fails
 
-    def ok(self, now: datetime) -> None:
+    def ok(self, now: datetime, what: str = "") -> None:
+        self.failing.pop(what, None)
+        if self.failing:
+            return  # another part still fails: the link is not up
         if self.state != "up":
             log.info("cloud_link_up", previous=self.state, down_since=self.since.isoformat() if self.since else None)
             self.state = "up"
@@ -33,6 +39,7 @@ class LinkStatus:
 
     def failed(self, now: datetime, what: str, error: str) -> None:
         self.failures[what] = self.failures.get(what, 0) + 1
+        self.failing[what] = error
         self.last_error = f"{what}: {error}"
         if self.state != "down":
             log.warning("cloud_link_down", what=what, error=error)
@@ -48,4 +55,5 @@ class LinkStatus:
             "last_plan_fetch": self.last_plan_fetch.isoformat() if self.last_plan_fetch else None,
             "uploaded_readings": self.uploaded_readings,
             "failures": dict(self.failures),
+            "failing": sorted(self.failing),
         }

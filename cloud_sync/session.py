@@ -33,6 +33,7 @@ class CloudSync:
         # The client refuses what `zapd config check` refuses, for callers that skip the CLI.
         require_secure_url(config.url, config.allow_insecure)
         self.link = LinkStatus()
+        pinned_key = load_verify_key_b64(config.public_key)
         self.client = httpx.AsyncClient(base_url=config.url, timeout=httpx.Timeout(config.timeout_s))
         self.uploader = Uploader(
             store=store,
@@ -44,13 +45,14 @@ class CloudSync:
             interval_s=config.upload_interval_s,
             batch_max=config.batch_max,
             capabilities=capabilities,
+            cloud_key=pinned_key,
         )
         self.fetcher = PlanFetcher(
             store=store,
             client=self.client,
             site_id=site_id,
             key=key,
-            pinned_key=load_verify_key_b64(config.public_key),
+            pinned_key=pinned_key,
             clock=clock,
             link=self.link,
             interval_s=config.plan_interval_s,
@@ -69,6 +71,7 @@ class CloudSync:
         out["acked_seq"] = await self._store.acked_seq()
         out["dropped_by_retention"] = int(await self._store.kv_get("sync.dropped_by_retention") or 0)
         out["plans_rejected"] = dict(self.fetcher.rejected)
+        out["acks_rejected"] = dict(self.uploader.acks_rejected)
         out["plan_version"] = self.fetcher.accepted_version
         return out
 

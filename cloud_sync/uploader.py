@@ -4,6 +4,13 @@ At-least-once delivery from here (the acknowledged position moves only on the se
 answer, and survives restarts in the store) plus the server's idempotency by (site, seq)
 gives exactly-once storage, in order. Batches are built by splicing the stored JSON of each
 reading instead of decoding and re-encoding it: that keeps a drain of a long outage fast.
+
+The outbox is deleted only on an answer the Zap can trust and that makes sense: signed by
+the pinned cloud key for this site (cloud_sync.wire.verify_ack), with a stored_through that
+lies between the start of the batch and the highest seq the Zap has ever sent
+(`ack_range_problem`). Anything else is a protocol error: counted, logged once per reason,
+the link is not up, and nothing is deleted (issue 10: a forged `{"stored_through": 1e18}`
+emptied the outbox).
 """
 
 from __future__ import annotations
@@ -15,19 +22,23 @@ from datetime import datetime
 import httpx
 import msgspec
 import structlog
-from nacl.signing import SigningKey
+from nacl.signing import SigningKey, VerifyKey
 
 from cloud_sync.link import LinkStatus
+from cloud_sync.transport import MAX_ACK_BYTES, Answer, request_limited
 from cloud_sync.wire import (
+    HEADER_SIGNATURE,
     MAX_BATCH_READINGS,
+    AckRejected,
+    AckRejectReason,
     CommandReport,
     DiscoveryReport,
     WireError,
     command_problem,
-    decode_ack,
     gzip_body,
     sign_body,
     signed_request_body,
+    verify_ack,
     wire_safe_capabilities,
 )
 from drivers.modbus.backoff import Backoff
@@ -46,6 +57,9 @@ class UploadRejected(Exception):
 
 
 REFUSED_KEY = "sync.refused_by_cloud"
+# The highest seq the Zap has ever sent: a signed ACK may confirm up to it (an earlier, larger batch
+# whose answer was lost), never beyond.
+SENT_THROUGH_KEY = "sync.sent_through"
 # A reading the cloud refuses on its own is skipped (declared lost) so that it cannot block the
 # outbox; this many in a row, with nothing accepted in between, is no longer one bad reading but a
 # cloud that refuses everything (a version mismatch, a bug): then the uploader stops skipping and
@@ -53,7 +67,31 @@ REFUSED_KEY = "sync.refused_by_cloud"
 MAX_SKIPS_IN_ROW = 10
 
 
-def _content_refusal(resp: httpx.Response) -> bool:
+def ack_range_problem(
+    stored: int, *, first_seq: int, last_seq: int, sent_through: int, gap: bool
+) -> tuple[AckRejectReason, str] | None:
+    """Why the Zap must not act on `stored` as the answer to the batch first_seq..last_seq, or None.
+
+    200: first_seq - 1 <= stored <= the highest seq ever sent. Below, the server says it took the
+    batch yet stands before it; above, it confirms readings it was never sent.
+    409 (gap): 0 <= stored < first_seq - 1, the server is behind and the Zap re-sends from there;
+    a gap answer at or past the batch start contradicts itself.
+    """
+    high = max(last_seq, sent_through)
+    if stored > high:
+        return "ahead", f"stored_through {stored} is past {high}, the highest seq sent"
+    if gap:
+        if stored < 0:
+            return "behind", f"409 with stored_through {stored} < 0"
+        if stored >= first_seq - 1:
+            return "not_a_gap", f"409 with stored_through {stored}, but the batch starts at {first_seq}"
+        return None
+    if stored < first_seq - 1:
+        return "behind", f"200 with stored_through {stored}, before the batch start {first_seq}"
+    return None
+
+
+def _content_refusal(resp: Answer) -> bool:
     """True when the server refused the batch for what it holds (so a smaller batch may pass)."""
     if resp.status_code == 413:
         return True
@@ -112,7 +150,10 @@ class Uploader:
         batch_max: int = 5000,
         compress: bool = True,
         capabilities: Callable[[], list[DerCapabilities]] | None = None,
+        cloud_key: VerifyKey | None = None,
     ) -> None:
+        """`cloud_key`: the pinned cloud key; when given (the daemon always gives it) every ACK must
+        be signed by it. Without it only the format and the range of an ACK are checked."""
         self._store = store
         self._client = client
         self._site_id = site_id
@@ -137,6 +178,10 @@ class Uploader:
         self._refused_with: tuple[int, int, int] | None = None  # (first seq, last seq, last command id)
         self.refused_by_cloud = 0
         self._discovery_error = ""
+        self._cloud_key = cloud_key
+        self._sent_through: int | None = None
+        self.acks_rejected: dict[str, int] = {}
+        self._logged_ack_reasons: set[str] = set()
 
     @property
     def path(self) -> str:
@@ -185,10 +230,10 @@ class Uploader:
                 return 0
             lost_through = rows[0].seq - 1 if rows[0].seq > self._cursor + 1 else None
             command_rows = [] if self._without_commands else await self._store.unsent_commands(limit=1000)
-            resp = await self._post(rows, command_rows, lost_through)
+            resp, sent_through = await self._post(rows, command_rows, lost_through)
             if resp.status_code == 409:
                 # The server is missing what comes before this batch: continue from where it stands.
-                stored = decode_ack(resp.content).stored_through
+                stored = self._checked_ack(resp, rows, sent_through)
                 log.warning("telemetry_gap", server_stored_through=stored, our_cursor=self._cursor)
                 if stored < self._cursor:
                     # What lay between is to be re-sent, not declared lost with a skip.
@@ -200,8 +245,8 @@ class Uploader:
                 continue
             if resp.status_code != 200:
                 raise UploadRejected(f"HTTP {resp.status_code}: {resp.text[:200]}")
-            stored = decode_ack(resp.content).stored_through
-            before = self._cursor
+            stored = self._checked_ack(resp, rows, sent_through)
+            before = max(self._cursor, lost_through or 0)  # declared lost is not uploaded
             await self._store.ack_through(stored)
             if command_rows:
                 await self._store.mark_commands_uploaded(command_rows[-1].id)
@@ -224,15 +269,52 @@ class Uploader:
             self._cursor = max(self._cursor, stored)
             return max(0, self._cursor - before)
 
-    async def _post(self, rows: list[OutboxRow], command_rows: list[CommandLogRow], lost: int | None) -> httpx.Response:
+    async def _post(
+        self, rows: list[OutboxRow], command_rows: list[CommandLogRow], lost: int | None
+    ) -> tuple[Answer, int]:
+        """Send one batch; returns the answer and the highest seq ever sent (this batch included)."""
         body = batch_body(self._site_id, rows, command_reports(command_rows), lost)
         headers = {**sign_body(self._key, body), "Content-Type": "application/json"}
         if self._compress:
             headers["Content-Encoding"] = "gzip"
             body = gzip_body(body)
-        return await self._client.post(self.path, content=body, headers=headers)
+        sent_through = await self._mark_sent(rows[-1].seq)
+        answer = await request_limited(
+            self._client, "POST", self.path, limit=MAX_ACK_BYTES, content=body, headers=headers
+        )
+        return answer, sent_through
 
-    async def _refused(self, rows: list[OutboxRow], command_rows: list[CommandLogRow], resp: httpx.Response) -> None:
+    async def _mark_sent(self, last_seq: int) -> int:
+        """Persist the sent high-water mark before the batch leaves (an ACK may confirm up to it later)."""
+        if self._sent_through is None:
+            try:
+                self._sent_through = int(await self._store.kv_get(SENT_THROUGH_KEY) or 0)
+            except ValueError:
+                self._sent_through = 0
+        if last_seq > self._sent_through:
+            await self._store.kv_set(SENT_THROUGH_KEY, str(last_seq))
+            self._sent_through = last_seq
+        return self._sent_through
+
+    def _checked_ack(self, resp: Answer, rows: list[OutboxRow], sent_through: int) -> int:
+        """stored_through of a 200/409 answer the Zap may act on; else AckRejected (counted, logged once)."""
+        try:
+            ack = verify_ack(resp.content, resp.headers.get(HEADER_SIGNATURE), self._cloud_key, site_id=self._site_id)
+            problem = ack_range_problem(ack.stored_through, first_seq=rows[0].seq, last_seq=rows[-1].seq,
+                                        sent_through=sent_through, gap=resp.status_code == 409)  # fmt: skip
+            if problem is not None:
+                raise AckRejected(*problem)
+        except AckRejected as exc:
+            self.acks_rejected[exc.reason] = self.acks_rejected.get(exc.reason, 0) + 1
+            if exc.reason not in self._logged_ack_reasons:
+                self._logged_ack_reasons.add(exc.reason)
+                log.error("telemetry_ack_rejected", reason=exc.reason, detail=exc.detail, status=resp.status_code,
+                          batch=f"{rows[0].seq}..{rows[-1].seq}", keeping="outbox")  # fmt: skip
+            raise
+        self._logged_ack_reasons.clear()
+        return ack.stored_through
+
+    async def _refused(self, rows: list[OutboxRow], command_rows: list[CommandLogRow], resp: Answer) -> None:
         """Narrow a refused batch down: without commands, then halves, then skip the one reading."""
         detail = resp.text[:200]
         if command_rows:
@@ -273,7 +355,7 @@ class Uploader:
             try:
                 await self._report_discovery_apart()
                 sent = await self.drain()
-                self._link.ok(now)
+                self._link.ok(now, "upload")
                 if sent:
                     self._link.last_upload = now
                     self._link.uploaded_readings += sent

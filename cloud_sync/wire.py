@@ -94,14 +94,22 @@ class TelemetryBatch(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TelemetryAck(msgspec.Struct, frozen=True, kw_only=True):
+    """200 body, signed by the cloud key (X-Zap-Signature over these exact bytes).
+
+    `site_id` sits inside the signed bytes so that an ACK signed for one site cannot be
+    replayed to another; a cloud older than signed ACKs leaves it out.
+    """
+
     stored_through: int
+    site_id: str | None = None
 
 
 class GapError(msgspec.Struct, frozen=True, kw_only=True):
-    """409 body: the Zap must re-send from stored_through + 1."""
+    """409 body: the Zap must re-send from stored_through + 1. Signed like TelemetryAck."""
 
     error: str
     stored_through: int
+    site_id: str | None = None
 
 
 class DiscoveryReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +132,18 @@ class WireError(ValueError):
 
 class OutOfRangeError(WireError):
     """A well-formed body with a number beyond its documented bound (see the MAX_PLAN_* caps)."""
+
+
+AckRejectReason = Literal["unsigned", "bad_signature", "malformed", "wrong_site", "ahead", "behind", "not_a_gap"]
+
+
+class AckRejected(WireError):
+    """The cloud's answer to a telemetry POST is not one the Zap may act on; it deletes nothing."""
+
+    def __init__(self, reason: AckRejectReason, detail: str = "") -> None:
+        super().__init__(f"telemetry ack rejected: {reason}" + (f": {detail}" if detail else ""))
+        self.reason: AckRejectReason = reason
+        self.detail = detail
 
 
 PlanRejectReason = Literal[
@@ -180,6 +200,17 @@ def verify_body(verify_key: VerifyKey, body: bytes, sig_b64: str | None) -> bool
     except BadSignatureError:
         return False
     return True
+
+
+def signature_problem(
+    verify_key: VerifyKey, body: bytes, sig_b64: str | None
+) -> Literal["unsigned", "bad_signature"] | None:
+    """Why `body` is not signed by `verify_key` (the order the rejection tables list), or None."""
+    if not sig_b64:
+        return "unsigned"
+    if not verify_body(verify_key, body, sig_b64):
+        return "bad_signature"
+    return None
 
 
 def signed_request_body(key: SigningKey, obj: object, *, compress: bool = False) -> tuple[bytes, dict[str, str]]:
@@ -375,6 +406,27 @@ def decode_ack(body: bytes) -> TelemetryAck:
         raise WireError(f"malformed telemetry ack: {exc}") from None
 
 
+def verify_ack(body: bytes, sig_b64: str | None, cloud_key: VerifyKey | None, *, site_id: str) -> TelemetryAck:
+    """Check and read a 200 ACK or a 409 gap answer; raises AckRejected.
+
+    With `cloud_key` (the Zap's pinned cloud key) the answer must be signed by it over the
+    exact body and name this site: only the cloud can then tell the Zap to delete its outbox,
+    whatever sits on the path. Without it (tests, tools) only the format is checked. Either
+    way the Zap still bounds stored_through by what it sent (cloud_sync.uploader).
+    """
+    if cloud_key is not None:
+        unsigned = signature_problem(cloud_key, body, sig_b64)
+        if unsigned is not None:
+            raise AckRejected(unsigned)
+    try:
+        ack = decode_ack(body)
+    except WireError as exc:
+        raise AckRejected("malformed", str(exc)) from None
+    if cloud_key is not None and ack.site_id != site_id:
+        raise AckRejected("wrong_site", f"answer is for {ack.site_id!r}")
+    return ack
+
+
 def decode_discovery(body: bytes) -> DiscoveryReport:
     try:
         report = _discovery_decoder.decode(body)
@@ -540,10 +592,9 @@ def verify_plan(
     replay of one the reset meant to forget. A plan issued more than `max_skew_s` in the
     Zap's future is refused: the clock that signed it is wrong, and its validity with it.
     """
-    if not sig_b64:
-        raise PlanRejected("unsigned")
-    if not verify_body(pinned_key, body, sig_b64):
-        raise PlanRejected("bad_signature")
+    unsigned = signature_problem(pinned_key, body, sig_b64)
+    if unsigned is not None:
+        raise PlanRejected(unsigned)
     try:
         plan = decode_plan(body)
     except OutOfRangeError as exc:

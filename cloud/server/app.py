@@ -46,6 +46,7 @@ from cloud_sync.wire import (
     etag,
     gunzip_limited,
     if_none_match_hits,
+    sign_body,
     verify_body,
     verify_request,
 )
@@ -323,14 +324,18 @@ async def _telemetry(ctx: _Context, request: Request) -> Response:
     if batch.site_id != site_id:
         raise ApiError(422, "site_mismatch", f"batch is for site {batch.site_id!r}, URL says {site_id!r}")
     result = await ctx.db.ingest_telemetry(batch)
+    # Both answers are signed with the cloud key: the Zap deletes its outbox only on a signed ACK.
     if not result.accepted:
+        gap = encode(GapError(error="gap", stored_through=result.stored_through, site_id=site_id))
         raise ApiError(
             409,
             "gap",
             f"batch starts at {batch.first_seq}; re-send from {result.stored_through + 1}",
-            body=encode(GapError(error="gap", stored_through=result.stored_through)),
+            body=gap,
+            headers=sign_body(ctx.signing_key, gap),
         )
-    return _json(TelemetryAck(stored_through=result.stored_through))
+    ack = encode(TelemetryAck(stored_through=result.stored_through, site_id=site_id))
+    return Response(ack, media_type="application/json", headers=sign_body(ctx.signing_key, ack))
 
 
 async def _discovery(ctx: _Context, request: Request) -> Response:

@@ -209,15 +209,15 @@ def test_telemetry_ingest_is_idempotent_and_in_order(cloud: Cloud) -> None:
     body = encode(_batch("site-a", 1, 5))
     r = _post(cloud, "site-a", key, body)
     assert r.status_code == 200, r.text
-    assert r.json() == {"stored_through": 5}
+    assert r.json() == {"stored_through": 5, "site_id": "site-a"}
 
     # The same batch again (a lost ack): harmless, same answer, no duplicate rows.
     r = _post(cloud, "site-a", key, body)
-    assert (r.status_code, r.json()) == (200, {"stored_through": 5})
+    assert (r.status_code, r.json()) == (200, {"stored_through": 5, "site_id": "site-a"})
 
     # An overlapping re-batch advances without duplicating 3..5.
     r = _post(cloud, "site-a", key, encode(_batch("site-a", 3, 8)))
-    assert (r.status_code, r.json()) == (200, {"stored_through": 8})
+    assert (r.status_code, r.json()) == (200, {"stored_through": 8, "site_id": "site-a"})
     assert _rows(cloud, "site-a") == list(range(1, 9))
 
 
@@ -226,17 +226,17 @@ def test_gap_is_refused_with_the_resume_point(cloud: Cloud) -> None:
     assert _post(cloud, "site-gap", key, encode(_batch("site-gap", 1, 3))).status_code == 200
     r = _post(cloud, "site-gap", key, encode(_batch("site-gap", 7, 9)))
     assert r.status_code == 409
-    assert r.json() == {"error": "gap", "stored_through": 3}
+    assert r.json() == {"error": "gap", "stored_through": 3, "site_id": "site-gap"}
     assert _rows(cloud, "site-gap") == [1, 2, 3]
     # The Zap may declare readings lost (outbox retention); then the stream resumes past them.
     r = _post(cloud, "site-gap", key, encode(_batch("site-gap", 7, 9, lost_through=6)))
-    assert (r.status_code, r.json()) == (200, {"stored_through": 9})
+    assert (r.status_code, r.json()) == (200, {"stored_through": 9, "site_id": "site-gap"})
 
 
 def test_gzip_body_is_verified_after_decompression(cloud: Cloud) -> None:
     key = _register(cloud, "site-gz")
     r = _post(cloud, "site-gz", key, encode(_batch("site-gz", 1, 50)), gzip=True)
-    assert (r.status_code, r.json()) == (200, {"stored_through": 50})
+    assert (r.status_code, r.json()) == (200, {"stored_through": 50, "site_id": "site-gz"})
     bad = cloud.client.post(
         "/v1/sites/site-gz/telemetry",
         content=b"not gzip",
@@ -260,7 +260,7 @@ def test_command_reports_ride_along(cloud: Cloud) -> None:
     # The same (already stored) readings re-sent with a newer report: the report is kept.
     later = CommandReport(ts=T0 + timedelta(seconds=5), der_id="bat1", command=cmd.command, result="timeout")
     r = _post(cloud, "site-cmd", key, encode(_batch("site-cmd", 1, 2, commands=[cmd, later])))
-    assert (r.status_code, r.json()) == (200, {"stored_through": 2})
+    assert (r.status_code, r.json()) == (200, {"stored_through": 2, "site_id": "site-cmd"})
     assert _fetch(cloud, stmt) == [("bat1", "ok"), ("bat1", "timeout")]
 
 
@@ -425,14 +425,14 @@ def test_two_workers_share_one_database(cloud: Cloud) -> None:
         def post(i: int) -> int:
             target = cloud if i % 2 else other
             r = _post(target, "site-two", key, body)
-            assert r.json() == {"stored_through": 200}, r.text
+            assert r.json() == {"stored_through": 200, "site_id": "site-two"}, r.text
             return r.status_code
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             assert set(pool.map(post, range(8))) == {200}
         assert _rows(cloud, "site-two") == list(range(1, 201))
         r = _post(other, "site-two", key, encode(_batch("site-two", 150, 250)))
-        assert (r.status_code, r.json()) == (200, {"stored_through": 250})
+        assert (r.status_code, r.json()) == (200, {"stored_through": 250, "site_id": "site-two"})
 
         plan = _plan("site-two", 1)
         assert other.client.put(

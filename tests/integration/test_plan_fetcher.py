@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from nacl.signing import SigningKey
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +25,7 @@ from starlette.routing import Route
 from cloud_sync.fetcher import PlanFetcher
 from cloud_sync.link import LinkStatus
 from cloud_sync.wire import HEADER_SIGNATURE, encode_plan, sign_body
+from tests.integration.loopback_http import serve_on_loopback
 from zapd.clock import SIM_CLOCK_ENV, ManualClock, sim_clock_env
 from zapd.model import Intent, Plan, PlanSlot
 from zapd.store import Store
@@ -57,12 +56,6 @@ def signed(plan: Plan, key: SigningKey) -> Served:
     return Served(body, sign_body(key, body)[HEADER_SIGNATURE])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def plan_server(served: Served) -> AsyncIterator[str]:
     async def plan(request: Request) -> Response:
@@ -70,18 +63,8 @@ async def plan_server(served: Served) -> AsyncIterator[str]:
         return Response(served.body, status_code=served.status, headers=headers, media_type="application/json")
 
     app = Starlette(routes=[Route(f"/v1/sites/{SITE}/plan", plan)])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # uvicorn has no started event to await
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_on_loopback(app) as url:
+        yield url
 
 
 def flip_bit(data: bytes, index: int) -> bytes:
