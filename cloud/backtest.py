@@ -33,22 +33,34 @@ import csv
 import math
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
+from multiprocessing import get_context
 from typing import Final
 
 import numpy as np
 
-from cloud.backtest_config import NO_LIMIT_KW, Config, Forecast, add_arguments, config_from_args, config_problem
+from cloud.backtest_config import (
+    NO_LIMIT_KW,
+    Config,
+    Forecast,
+    LoadModel,
+    add_arguments,
+    config_from_args,
+    config_problem,
+)
 from cloud.execution import slot_intent
 from cloud.forecast import (
     FloatArray,
+    GbmLoadForecaster,
     Location,
     PvArray,
     PvFactor,
     clear_sky,
     forecast_load,
+    forecast_load_persistence,
     forecast_pv,
     learn_pv_factor,
 )
@@ -363,12 +375,27 @@ class Planner:
         ).pv_kw
         self.factor = PvFactor()
         self.factor_day = -1
+        self.gbm: GbmLoadForecaster | None = None
+        if cfg.load_model is LoadModel.GBM:
+            country, _, subdiv = (cfg.holidays or "").partition("/")
+            self.gbm = GbmLoadForecaster(
+                tr.start,
+                tr.step,
+                cfg.tz,
+                country=country or None,
+                subdiv=subdiv or None,
+                max_lead_hours=cfg.horizon_hours,
+            )
 
     def forecasts(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:
         """(load kW, PV kW) for slots k..k+horizon-1, from what was known at the start of slot k."""
         tr, cfg, spd = self.tr, self.cfg, self.spd
         if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_LOAD):
             load = tr.load_kw[k : k + horizon].copy()
+        elif self.gbm is not None:
+            load = self.gbm.forecast(tr.load_kw, k, horizon)
+        elif cfg.load_model is LoadModel.PERSISTENCE:
+            load = forecast_load_persistence(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
         else:
             load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
         if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_PV):
@@ -463,17 +490,26 @@ def rolling_planner(tr: Traces, cfg: Config) -> tuple[Outcome, int]:
     return settle(tr, charge, discharge, cfg.cycle_cost, "planner"), replans
 
 
-def run(tr: Traces, cfg: Config, *, oracle: bool = True) -> Report:
+def run(tr: Traces, cfg: Config, *, oracle: bool = True, parallel: bool = True) -> Report:
+    """All four strategies; the perfect-foresight year (one large solve) runs in a second process meanwhile."""
     started = time.perf_counter()
-    base = no_battery(tr)
-    rules = self_consumption(tr, cfg)
-    t0 = time.perf_counter()
-    charge, discharge, replans, log = rolling_flows(tr, cfg)
-    planner = settle(tr, charge, discharge, cfg.cycle_cost, "planner")
-    planner_s = time.perf_counter() - t0
-    outcomes = [base, rules, planner]
-    if oracle:
-        outcomes.append(perfect_foresight(tr, cfg))
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) if oracle and parallel else None
+    try:
+        pending = pool.submit(perfect_foresight, tr, cfg) if pool is not None else None
+        base = no_battery(tr)
+        rules = self_consumption(tr, cfg)
+        t0 = time.perf_counter()
+        charge, discharge, replans, log = rolling_flows(tr, cfg)
+        planner = settle(tr, charge, discharge, cfg.cycle_cost, "planner")
+        planner_s = time.perf_counter() - t0
+        outcomes = [base, rules, planner]
+        if pending is not None:
+            outcomes.append(pending.result())
+        elif oracle:
+            outcomes.append(perfect_foresight(tr, cfg))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return Report(outcomes, tr.n, replans, planner_s, time.perf_counter() - started, log)
 
 
@@ -594,6 +630,7 @@ __all__ = [
     "Config",
     "Edge",
     "Forecast",
+    "LoadModel",
     "Outcome",
     "Planner",
     "Report",

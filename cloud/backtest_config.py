@@ -15,6 +15,14 @@ from cloud.execution import DEFAULT_EXECUTION, Execution
 NO_LIMIT_KW: Final = 1000.0  # a trace carries no connection limit; this never binds for a household
 
 
+class LoadModel(StrEnum):
+    """The load forecaster the planner uses (scored against each other in money by the backtest)."""
+
+    PROFILE = "profile"  # the seasonal profile with a fading recent level (cloud.forecast.forecast_load)
+    PERSISTENCE = "persistence"  # the same slot on the most recent measured day
+    GBM = "gbm"  # LightGBM on calendar, holidays and lags (cloud.forecast.GbmLoadForecaster)
+
+
 class Forecast(StrEnum):
     """What the planner is told about load and PV: its forecasters, or (diagnostics) the truth."""
 
@@ -46,6 +54,8 @@ class Config:
     price_publication: clock_time = clock_time(13, 0)  # site-local time tomorrow's day-ahead prices are known
     execution: Execution = DEFAULT_EXECUTION
     forecast: Forecast = Forecast.MODEL
+    load_model: LoadModel = LoadModel.PROFILE
+    holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -92,6 +102,8 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument(
         "--forecast", choices=[f.value for f in Forecast], default=d.forecast.value, help="diagnostics: perfect*"
     )
+    bt.add_argument("--load-model", choices=[m.value for m in LoadModel], default=d.load_model.value)
+    bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
     bt.add_argument("--plot", default=None, help="write a PNG of the first --plot-days days")
@@ -122,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         price_publication=getattr(args, "price_publication", d.price_publication),
         execution=Execution(getattr(args, "execution", d.execution.value)),
         forecast=Forecast(getattr(args, "forecast", d.forecast.value)),
+        load_model=LoadModel(getattr(args, "load_model", d.load_model.value)),
+        holidays=getattr(args, "holidays", None),
     )
 
 
@@ -144,7 +158,15 @@ def config_problem(cfg: Config) -> str | None:
         cfg.zone  # noqa: B018 - resolves the name
     except (ZoneInfoNotFoundError, ValueError):
         return f"unknown time zone {cfg.tz!r}"
+    if cfg.holidays:
+        import holidays
+
+        country, _, subdiv = cfg.holidays.partition("/")
+        try:
+            holidays.country_holidays(country, subdiv=subdiv or None)
+        except NotImplementedError:
+            return f"unknown holiday calendar {cfg.holidays!r}"
     return None
 
 
-__all__ = ["NO_LIMIT_KW", "Config", "Forecast", "add_arguments", "config_from_args", "config_problem"]
+__all__ = ["NO_LIMIT_KW", "Config", "Forecast", "LoadModel", "add_arguments", "config_from_args", "config_problem"]

@@ -58,15 +58,16 @@ def absorb_for(import_kw: float, export_kw: float, battery_kw: float) -> Absorb 
       covered from it, and less demand leaves the energy in it for later (BOTH);
     * charging while importing: energy is cheap now, so extra demand is bought (not taken from the charge),
       while surplus the plan did not expect is stored on top (UP);
-    * charging while exporting (the surplus is larger than the charge): BOTH, the battery keeps the export
-      at the plan;
+    * charging while exporting (the surplus is larger than the charge): UP as well: more surplus goes into the
+      battery, less surplus first lowers the export (the plan charges because it needs the energy later; the
+      export was only what the forecast said would not fit);
     * idle while importing or exporting: the plan keeps the stored energy for a dearer slot (or the battery is
       at a limit), so the grid takes the error (None: a plain setpoint).
     """
     if battery_kw < -IDLE_BATTERY_KW:
         return Absorb.BOTH
     if battery_kw > IDLE_BATTERY_KW:
-        return Absorb.UP if import_kw > export_kw else Absorb.BOTH
+        return Absorb.UP
     return None
 
 

@@ -61,7 +61,7 @@ def test_without_grid_w_or_state_it_is_a_plain_setpoint() -> None:
 def test_absorb_follows_the_plans_own_choice() -> None:
     assert absorb_for(import_kw=0.5, export_kw=0.0, battery_kw=-2.0) is Absorb.BOTH  # discharging
     assert absorb_for(import_kw=3.0, export_kw=0.0, battery_kw=2.0) is Absorb.UP  # charging from the grid
-    assert absorb_for(import_kw=0.0, export_kw=1.0, battery_kw=2.0) is Absorb.BOTH  # charging, surplus exported
+    assert absorb_for(import_kw=0.0, export_kw=1.0, battery_kw=2.0) is Absorb.UP  # charging, surplus exported
     assert absorb_for(import_kw=1.0, export_kw=0.0, battery_kw=0.0) is None  # holding energy for later
     assert absorb_for(import_kw=0.0, export_kw=2.0, battery_kw=0.0) is None
 
