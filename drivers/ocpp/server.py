@@ -233,16 +233,20 @@ class OcppServer:
         for session in self.sessions.values():
             session.sink = sink
         delay = 1.0
+        last_error = ""
         while True:
             try:
                 server = await self._serve()
             except (OSError, ssl.SSLError, ValueError) as exc:
-                log.error("ocpp.listen_failed", device=self.name, host=self._config.host, port=self._config.port,
-                          error=str(exc), retry_s=round(delay, 1))  # fmt: skip
+                self.counters["listen_failures"] = self.counters.get("listen_failures", 0) + 1
+                if str(exc) != last_error:  # once per distinct cause; retries in between are silent
+                    last_error = str(exc)
+                    log.error("ocpp.listen_failed", device=self.name, host=self._config.host,
+                              port=self._config.port, error=last_error, retrying=True)  # fmt: skip
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 60.0)
                 continue
-            delay = 1.0
+            delay, last_error = 1.0, ""
             self.port = int(next(iter(server.sockets)).getsockname()[1])
             log.info("ocpp.listening", device=self.name, host=self._config.host, port=self.port,
                      tls=self._config.tls_cert is not None, charge_points=list(self.sessions))  # fmt: skip

@@ -641,3 +641,26 @@ async def test_a_value_the_charger_stops_sending_goes_stale_and_soc_leaves_with_
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_port_in_use_is_retried_and_logged_once() -> None:
+    import socket
+
+    device = _device()
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", device.port))
+    blocker.listen()
+    server = OcppServer(device, SystemClock())
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(server.run(lambda r: None))
+        try:
+            await Csms(server).until(lambda: server.counters.get("listen_failures", 0) >= 2, timeout_s=10)
+            blocker.close()  # the other program went away: zapd gets the port
+            async with asyncio.timeout(10):
+                await server.listening.wait()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            blocker.close()
+    assert len([e for e in logs if e["event"] == "ocpp.listen_failed"]) == 1
