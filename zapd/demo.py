@@ -160,7 +160,7 @@ def demo_config(out: Path, modbus_port: int, p1_port: str, plan_file: Path | Non
             },
             # Telegrams come every 20 s of site time; stale after 3 x 60 s leaves room for the event
             # loop's hiccups at the demo's ~2000x speed-up (a real DSMR 5 meter sends every second).
-            {"driver": "p1_serial", "id": "meter", "port": p1_port, "poll_s": 60.0},
+            {"driver": "p1_serial", "id": "meter", "port": p1_port, "poll_s": 60.0, "role": "grid"},
         ],
     }
     if plan_file is not None:
