@@ -3,6 +3,10 @@
 Cycle = snapshot → ladder (plan slot or fallback rules) → safety envelope → write phase.
 A setpoint is written only when it moved by more than the deadband, when the refresh
 interval ran out, or when the last write failed; every write is logged in the store.
+
+The controller does not assume that a write shows in the next meter sample: the battery's power
+at the meter's time is a range (zapd/estimate.py), the envelope is asked for both ends, and the
+command moves only as far as is certainly needed (docs/decisions.md, "Closed loop").
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from drivers.api import Controllable
 from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.clock import Clock
 from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
+from zapd.estimate import Command as SentCommand
+from zapd.estimate import Sample, battery_range, hold_or_move
 from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
-from zapd.model import BatterySetpoint, CommandResult, EvCurrent, Intent, Plan
-from zapd.state import SiteState, Snapshot
+from zapd.model import POWER_W, BatterySetpoint, CommandResult, DerKind, EvCurrent, Intent, Plan
+from zapd.state import BatteryView, SiteState, Snapshot
 from zapd.store import Store
 
 log = structlog.get_logger(__name__)
@@ -67,6 +73,14 @@ def limits_for(site: SiteLimits, intent: Intent) -> SiteLimits:
     return replace(site, fuse_limit_w=import_w, max_export_w=export_w)
 
 
+def _inside(site: SiteLimits, margin_w: float) -> SiteLimits:
+    """The limits `margin_w` tighter: a command held within the estimate's tolerance never sits over them."""
+    if margin_w <= 0:
+        return site
+    export_w = None if site.max_export_w is None else max(0.0, site.max_export_w - margin_w)
+    return replace(site, fuse_limit_w=max(0.0, site.fuse_limit_w - margin_w), max_export_w=export_w)
+
+
 def decide_batteries(
     now: datetime,
     snapshot: Snapshot,
@@ -76,15 +90,17 @@ def decide_batteries(
     batteries: list[BatteryEnvelope],
     tick_s: float,
     forced: Decision | None = None,
+    margin_w: float = 0.0,
 ) -> tuple[Decision, list[Setpoint]]:
     """One battery decision, as pure code: ladder, intent, the plan's grid limits, envelope.
 
-    `Controller.decide` is this on the daemon's live state; `cloud.backtest` calls it on simulated state so
-    the backtest executes plans with exactly the edge's rules.
+    `Controller.decide` runs this on plausible states of the daemon's live site (zapd/estimate.py);
+    `cloud.backtest` calls it on simulated state so the backtest executes plans with exactly the
+    edge's rules. `margin_w` tightens the grid limits (the controller's estimate tolerance).
     """
     decision = forced or choose(now, plan, plan_fresh, snapshot)
     requested = resolve_battery_w(decision.intent, snapshot)
-    limits = limits_for(site, decision.intent)
+    limits = _inside(limits_for(site, decision.intent), margin_w)
     return decision, clamp_batteries(requested, snapshot, batteries, limits, tick_s)
 
 
@@ -106,7 +122,14 @@ class Controller:
         on_cycle: Callable[[], None] | None = None,
         forced_rung: Callable[[], Decision | None] | None = None,
         evs: Callable[[], list[EvEnvelope]] | None = None,
+        settle_s: float = 30.0,
+        dead_time_s: float = 5.0,
+        estimate_tolerance_w: float = 50.0,
     ) -> None:
+        """`settle_s`: after this long a battery that has not reached its setpoint is taken as it reads
+        (SoC or device limit, not in remote control). `dead_time_s`: the longest an inverter waits
+        before it follows a write (hybrid inverters: 1-3 s). `estimate_tolerance_w`: the rounding and
+        noise of battery and meter readings; the command holds while the site is within it."""
         self._clock = clock
         self._state = state
         self._store = store
@@ -124,6 +147,14 @@ class Controller:
         self._wake = asyncio.Event()
         self._written: dict[str, _Written] = {}
         self._write_history: dict[str, deque[_Written]] = {}
+        self._settle_s = settle_s
+        self._dead_time_s = dead_time_s
+        self._tolerance_w = estimate_tolerance_w
+        # Per battery: its recent readings, oldest first (what the meter's window may reach back to).
+        self._samples: dict[str, deque[Sample]] = {}
+        # The meter's last reading time and the intervals between its readings, for its window.
+        self._meter_ts: datetime | None = None
+        self._meter_intervals: deque[float] = deque(maxlen=8)
         self._record_failing = False
         self.stats = ControllerStats()
         self.cycle_listeners: list[Callable[[], Awaitable[None]]] = []
@@ -146,38 +177,85 @@ class Controller:
                 sleeper.cancel()
                 waker.cancel()
 
-    def _battery_at_meter_time(self, snapshot: Snapshot) -> Snapshot:
-        """Pair the meter reading with what each battery was doing *when the meter measured*.
-
-        Batteries are polled less often than the meter speaks. A battery polled before our last
-        accepted write is doing what we wrote, and the meter saw that; using the older polled power
-        would mis-estimate the house's own balance and make the loop overshoot and oscillate.
-        """
+    def _observe(self) -> datetime | None:
+        """Note new battery polls and the meter's rhythm; returns the newest meter reading's time."""
         latest = self._state.latest()
         grid = latest.get(self._state.grid_meter or "")
-        if grid is None:
-            return snapshot
-        meter_ts = grid.ts
-        views = dict(snapshot.batteries)
-        changed = False
-        for der_id, view in views.items():
-            polled = latest.get(der_id)
-            writes = self._write_history.get(der_id, ())
-            before_meter = [w for w in writes if w.ok and w.at <= meter_ts]
-            if view.power_w is None or polled is None or not before_meter:
+        meter_ts = grid.ts if grid is not None else None
+        if meter_ts is not None and meter_ts != self._meter_ts:
+            if self._meter_ts is not None and meter_ts > self._meter_ts:
+                self._meter_intervals.append((meter_ts - self._meter_ts).total_seconds())
+            self._meter_ts = meter_ts
+        for der_id, reading in latest.items():
+            power = reading.values.get(POWER_W) if reading.kind is DerKind.BATTERY else None
+            if power is None:
                 continue
-            last = before_meter[-1]
-            if last.at > polled.ts:
-                views[der_id] = replace(view, power_w=last.power_w)
-                changed = True
-        return replace(snapshot, batteries=views) if changed else snapshot
+            known = self._samples.setdefault(der_id, deque(maxlen=16))
+            if not known or reading.ts > known[-1].ts:
+                known.append(Sample(power, reading.ts))
+        return meter_ts
+
+    def _meter_window_s(self) -> float:
+        """How far back a meter value may reach: its slowest recent interval (a meter reports the average
+        since its last telegram, or less) plus 1 s for the meter's own delay and the way to us."""
+        return max(self._meter_intervals, default=1.0) + 1.0
+
+    def _battery_ranges(self, snapshot: Snapshot, meter_ts: datetime | None) -> dict[str, tuple[float, float]]:
+        """Per battery with a fresh reading: the range of its power while the meter measured."""
+        out: dict[str, tuple[float, float]] = {}
+        if meter_ts is None:
+            return out
+        for der_id, view in snapshot.batteries.items():
+            samples = self._samples.get(der_id)
+            if view.power_w is None or not samples:
+                continue
+            commands = [SentCommand(w.power_w, w.at) for w in self._write_history.get(der_id, ()) if w.ok]
+            out[der_id] = battery_range(
+                samples,
+                commands,
+                meter_ts=meter_ts,
+                meter_window_s=self._meter_window_s(),
+                settle_s=self._settle_s,
+                dead_time_s=self._dead_time_s,
+                tolerance_w=self._tolerance_w,
+            )
+        return out
+
+    def _current_command_w(self, snapshot: Snapshot) -> float:
+        """The batteries' total as last commanded (what they head for); as measured where nothing was accepted."""
+        total = 0.0
+        for der_id, view in snapshot.batteries.items():
+            written = self._written.get(der_id)
+            if written is not None and written.ok:
+                total += written.power_w
+            elif view.power_w is not None:
+                total += view.power_w
+        return total
 
     def decide(self, now: datetime) -> tuple[Decision, list[Setpoint]]:
-        snapshot = self._battery_at_meter_time(self._state.snapshot(now))
+        measured = self._state.snapshot(now)
+        ranges = self._battery_ranges(measured, self._observe())
         forced = self._forced_rung() if self._forced_rung else None
-        return decide_batteries(
-            now, snapshot, self._plan_source(), self._plan_fresh(), self._site, self._batteries(), self._tick_s, forced
-        )
+        decision = forced or choose(now, self._plan_source(), self._plan_fresh(), measured)
+        envelopes = self._batteries()
+
+        def at(fraction: float) -> Snapshot:
+            """The site with each battery `fraction` of the way up its plausible range."""
+            views = dict(measured.batteries)
+            for der_id, (lo, hi) in ranges.items():
+                views[der_id] = BatteryView(der_id, views[der_id].soc, lo + fraction * (hi - lo))
+            return replace(measured, batteries=views)
+
+        def answer(fraction: float) -> list[Setpoint]:
+            _, setpoints = decide_batteries(
+                now, at(fraction), None, True, self._site, envelopes, self._tick_s, decision, self._tolerance_w
+            )
+            return setpoints
+
+        if not ranges:
+            return decision, answer(0.0)
+        fraction = hold_or_move(lambda f: sum(sp.power_w for sp in answer(f)), self._current_command_w(measured))
+        return decision, answer(fraction)
 
     def decide_evs(self, now: datetime, decision: Decision, setpoints: list[Setpoint]) -> list[EvSetpoint]:
         """After the batteries: the chargers get the fuse headroom the batteries' new setpoints leave."""
@@ -202,7 +280,7 @@ class Controller:
                 continue
             result = await actuator.apply(BatterySetpoint(der_id=sp.der_id, power_w=sp.power_w))
             self._written[sp.der_id] = _Written(sp.power_w, now, result.ok)
-            history = self._write_history.setdefault(sp.der_id, deque(maxlen=8))
+            history = self._write_history.setdefault(sp.der_id, deque(maxlen=64))
             history.append(self._written[sp.der_id])
             self.stats.writes += 1
             if not result.ok:

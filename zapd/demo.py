@@ -19,7 +19,7 @@ import msgspec
 
 from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.p1_pty import SimP1Pty
-from drivers.sim.physics import BatteryModel, SimSite, load_power_w, pv_power_w
+from drivers.sim.physics import BatteryModel, SimSite, load_power_w, pv_power_w, realistic
 from zapd.clock import SIM_CLOCK_ENV, ScaledClock, clock_from_env, sim_clock_env
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -198,10 +198,13 @@ def prepare_out_dir(out: Path) -> Path:
 
 
 def new_site() -> SimSite:
-    return SimSite(
-        battery=BatteryModel(capacity_wh=10_000, soc=0.5, max_charge_w=5_000, max_discharge_w=5_000),
-        pv_peak_w=4_500.0,
-        load_scale=1.6,
+    """The demo's site, with a hybrid inverter's dead time and ramp and a DSMR 5 meter's lag (sim/physics.py)."""
+    return realistic(
+        SimSite(
+            battery=BatteryModel(capacity_wh=10_000, soc=0.5, max_charge_w=5_000, max_discharge_w=5_000),
+            pv_peak_w=4_500.0,
+            load_scale=1.6,
+        )
     )
 
 

@@ -28,7 +28,7 @@ _INPUT_FUNCTION_CODES = {4}
 
 _SOURCES: dict[str, Callable[[SimSite], float]] = {
     "pv_power": lambda s: s.pv_w,
-    "battery_power": lambda s: s.battery.power_w,
+    "battery_power": lambda s: s.battery.measured_power_w(),
     "battery_soc": lambda s: s.battery.soc,
     "max_charge_w": lambda s: s.battery.max_charge_w,
     "max_discharge_w": lambda s: s.battery.max_discharge_w,
@@ -174,7 +174,7 @@ class _Unit:
             if not -battery.max_discharge_w <= value <= battery.max_charge_w:
                 return ExcCodes.ILLEGAL_VALUE
             if self.remote_control:  # like real inverters: accepted, but obeyed only in remote control
-                battery.setpoint_w = value
+                battery.command(value)  # in the device's resolution; acts after its dead time
                 self.last_command_at = self.site.last
         elif f.name == "command_timeout":
             self.command_timeout_s = f.decode(regs)

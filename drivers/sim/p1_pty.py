@@ -123,7 +123,7 @@ class TelegramBuilder:
 
     def lines(self, site: SimSite, now: datetime) -> list[str]:
         imp, exp = self.registers(site, now)
-        grid = site.grid_w
+        grid = site.metered_grid_w(now)  # the meter's own (averaged, late) measurement
         tariff = 1 if _is_low_tariff(now, self.tz) else 2
         out = [
             "1-3:0.2.8(50)",
@@ -150,14 +150,8 @@ class TelegramBuilder:
             f"1-0:{code}.7.0({round(abs(per_phase) / v):03d}*A)"
             for code, v in zip(("31", "51", "71"), volts, strict=False)
         ]
-        out += [
-            f"1-0:{code}.7.0({max(0.0, per_phase) / 1000:06.3f}*kW)"
-            for code in ("21", "41", "61")[: self.phases]
-        ]
-        out += [
-            f"1-0:{code}.7.0({max(0.0, -per_phase) / 1000:06.3f}*kW)"
-            for code in ("22", "42", "62")[: self.phases]
-        ]
+        out += [f"1-0:{code}.7.0({max(0.0, per_phase) / 1000:06.3f}*kW)" for code in ("21", "41", "61")[: self.phases]]
+        out += [f"1-0:{code}.7.0({max(0.0, -per_phase) / 1000:06.3f}*kW)" for code in ("22", "42", "62")[: self.phases]]
         if self.gas_m3 is not None:
             out.append("0-1:24.1.0(003)")
             out.append("0-1:96.1.0(4730303339303031363532303530323136)")

@@ -152,7 +152,7 @@ class SimSunSpecDevice:
         img.set_raw(1, "Vr", "1.0")
         img.set_raw(1, "SN", "SIM-0001")
         img.set_raw(1, "DA", 1)
-        img.set(103, "W", s.pv_w - b.power_w)  # AC side: PV minus what goes into the battery
+        img.set(103, "W", s.pv_w - b.measured_power_w())  # AC side: PV minus what goes into the battery
         img.set(103, "DCW", s.pv_w)
         img.set(103, "Hz", 50.0)
         img.set_raw(103, "St", 4)  # MPPT
@@ -164,10 +164,11 @@ class SimSunSpecDevice:
         img.set(124, "WChaMax", b.max_charge_w)
         img.set(124, "ChaState", b.soc * 100.0)
         img.set_raw(124, "ChaSt", 4 if b.power_w > 0 else 3 if b.power_w < 0 else 6)
+        grid_w = s.metered_grid_w()  # the meter's own (averaged, late) measurement
         for meter in (203, 213):  # the int + scale factor meter, or the float32 one (whichever is served)
-            img.set(meter, "W", s.grid_w)
+            img.set(meter, "W", grid_w)
             for phase in ("AphA", "AphB", "AphC"):
-                img.set(meter, phase, s.grid_w / 3 / 230.0)
+                img.set(meter, phase, grid_w / 3 / 230.0)
             img.set(meter, "PhV", 230.0)
             img.set(meter, "Hz", 50.0)
             img.set(meter, "TotWhImp", round(s.counters.import_wh) or None)

@@ -49,10 +49,10 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.close()
 
 
-def feed(state: SiteState, grid_w: float) -> None:
+def feed(state: SiteState, grid_w: float, battery_w: float = 0.0) -> None:
     now = datetime.now(UTC)
     state.update(Reading(der_id="meter", kind=DerKind.METER, ts=now, values={POWER_W: grid_w}))
-    state.update(Reading(der_id=BATTERY, kind=DerKind.BATTERY, ts=now, values={POWER_W: 0.0, SOC: 0.5}))
+    state.update(Reading(der_id=BATTERY, kind=DerKind.BATTERY, ts=now, values={POWER_W: battery_w, SOC: 0.5}))
 
 
 async def test_wake_during_a_cycle_runs_another_cycle_without_waiting_for_the_tick(store: Store) -> None:
@@ -78,13 +78,20 @@ async def test_wake_during_a_cycle_runs_another_cycle_without_waiting_for_the_ti
     task = asyncio.create_task(ctl.run())
     try:
         await asyncio.wait_for(applied.wait(), 2)  # the first cycle is writing now
-        feed(state, -1000.0)  # a new meter reading lands mid-cycle
+        first = battery.commands[0].power_w  # type: ignore[union-attr]
+        # A new meter reading lands mid-cycle: the battery does what it was told, and the house now exports 1 kW.
+        feed(state, -1000.0 + first, battery_w=first)
         ctl.wake()
         for _ in range(50):
             await asyncio.sleep(0.02)
             if len(battery.commands) >= 2:
                 break
-        assert [c.power_w for c in battery.commands] == [-1000.0, 1000.0]  # type: ignore[union-attr]
+        # Self-consumption: discharge to cover the 1 kW import, then charge from the 1 kW surplus (each to
+        # within the controller's 50 W estimate tolerance).
+        powers = [c.power_w for c in battery.commands]  # type: ignore[union-attr]
+        assert len(powers) == 2
+        assert powers[0] == pytest.approx(-1000.0, abs=50.0)
+        assert powers[1] == pytest.approx(1000.0, abs=50.0)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -1,0 +1,119 @@
+"""What the batteries were doing when the meter measured, as a range, and a decision that only acts on certainty.
+
+The envelope works on the site "as if the batteries were idle": base = grid - battery. The grid
+comes from the meter and the battery power from the inverter, read at other times, and a written
+setpoint acts only after the inverter's dead time and ramp, and shows in the meter's averaged,
+late telegram later still. Pairing the meter with a battery value from the wrong moment (issue
+10: a poll taken before the inverter applied a write, trusted as fresh; or the written value
+assumed applied when the meter had not seen it) puts the whole step into the base estimate; the
+next setpoint then corrects by the full error again, a one-cycle-delay loop with gain 1, and the
+setpoint bangs between its limits.
+
+So the battery's power at the meter's time is not one number but a range: the reading, the
+reading before it when the meter's window reaches back past it, and every setpoint that may
+still have been moving the battery (written after that reading, or shortly before and not yet
+seen reached). Everything the envelope computes grows with the battery power (the base, the
+export floor, the fuse headroom, the self-consumption target), so the envelope's answer over the
+range is an interval [low, high] that holds the right answer. The decision keeps the current
+command when it lies in that interval (it may be right: wait for the device to show where it
+is), and otherwise moves it to the nearest end (it is certainly wrong by at least that much).
+A move thus never goes past what is certainly needed: no overshoot from the estimate, no limit
+cycle, and once the battery settles the range closes to the tolerance and the loop is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+# Bisection steps to find the plausible battery state whose answer is the current command (2^-30 of the range).
+_BISECT_STEPS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A battery power reading: W (+ charging) at ts."""
+
+    power_w: float
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A setpoint that was accepted by the device at `at`."""
+
+    power_w: float
+    at: datetime
+
+
+def battery_range(
+    samples: Sequence[Sample],
+    commands: Sequence[Command],
+    *,
+    meter_ts: datetime,
+    meter_window_s: float,
+    settle_s: float,
+    dead_time_s: float,
+    tolerance_w: float,
+) -> tuple[float, float]:
+    """(lowest, highest) power the battery may have had while the meter measured at `meter_ts`.
+
+    `samples`: the battery's recent readings, oldest first (at least one). `meter_window_s`: how
+    far back the meter's value reaches (its averaging window plus its delay). `settle_s`: a
+    setpoint older than this before a reading is in the reading (done, or the device will not do
+    it). `dead_time_s`: the longest an inverter waits before it starts to follow a setpoint.
+    `tolerance_w`: the readings' rounding and noise.
+    """
+    window_start = meter_ts.timestamp() - meter_window_s
+    # The newest reading from before the meter's window began, and every reading inside it.
+    older = [s for s in samples if s.ts.timestamp() <= window_start]
+    ref = older[-1] if older else samples[0]
+    points = [s.power_w for s in samples if s.ts >= ref.ts]
+    moving = [c for c in commands if (ref.ts - c.at).total_seconds() < settle_s]
+    before = [c for c in commands if c.at <= ref.ts]
+    if before and _done(before[-1], ref, samples, dead_time_s, tolerance_w):
+        # The newest setpoint before the reading is done: it and the older ones no longer move the battery.
+        moving = [c for c in moving if c.at > before[-1].at]
+    points += [c.power_w for c in moving]
+    return min(points) - tolerance_w, max(points) + tolerance_w
+
+
+def _done(command: Command, reading: Sample, samples: Sequence[Sample], dead_time_s: float, tolerance_w: float) -> bool:
+    """Has the battery finished following `command` by the time of `reading`?
+
+    Reached: the reading is the setpoint (within the tolerance). Or stopped: this reading and the one
+    before it agree, and both came after the dead time, so the battery is not waiting to start and
+    not ramping; it stopped where its limits, its rounding or its own control put it. (Two readings
+    that agree *within* the dead time prove nothing: that is the poll that predates the write's
+    effect, the reading issue 10 trusted.)
+    """
+    if abs(command.power_w - reading.power_w) <= tolerance_w:
+        return True
+    earlier = [s for s in samples if s.ts < reading.ts]
+    if not earlier:
+        return False
+    prev = earlier[-1]
+    started = (prev.ts - command.at).total_seconds() >= dead_time_s
+    return started and abs(prev.power_w - reading.power_w) <= tolerance_w
+
+
+def hold_or_move(answer: Callable[[float], float], current_w: float) -> float:
+    """The λ in [0, 1] to act on: answer(λ) is the envelope's total for the battery state λ of the way up the range.
+
+    `answer` is nondecreasing in λ. The current command is kept when some plausible state calls
+    for it; otherwise the command moves to the nearest end of what the plausible states call for.
+    """
+    low, high = answer(0.0), answer(1.0)
+    if current_w <= low or high <= low:
+        return 0.0
+    if current_w >= high:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(_BISECT_STEPS):
+        mid = (lo + hi) / 2
+        if answer(mid) < current_w:
+            lo = mid
+        else:
+            hi = mid
+    return hi
