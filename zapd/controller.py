@@ -209,7 +209,8 @@ class Controller:
             samples = self._samples.get(der_id)
             if view.power_w is None or not samples:
                 continue
-            commands = [SentCommand(w.power_w, w.at) for w in self._write_history.get(der_id, ()) if w.ok]
+            # Failed writes too: a write that timed out or read back wrong may still have reached the device.
+            commands = [SentCommand(w.power_w, w.at) for w in self._write_history.get(der_id, ())]
             out[der_id] = battery_range(
                 samples,
                 commands,
@@ -222,11 +223,12 @@ class Controller:
         return out
 
     def _current_command_w(self, snapshot: Snapshot) -> float:
-        """The batteries' total as last commanded (what they head for); as measured where nothing was accepted."""
+        """The batteries' total as last commanded (what they head for, or will be told again if the write
+        failed); as measured where nothing was written yet."""
         total = 0.0
         for der_id, view in snapshot.batteries.items():
             written = self._written.get(der_id)
-            if written is not None and written.ok:
+            if written is not None:
                 total += written.power_w
             elif view.power_w is not None:
                 total += view.power_w

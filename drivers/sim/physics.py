@@ -139,12 +139,13 @@ class BatteryModel:
         self._heard_w = self._target_w = self.setpoint_w
 
     def command(self, setpoint_w: float) -> None:
-        """A setpoint written over the wire: the device keeps it in its own resolution.
+        """A setpoint written over the wire. The register keeps what was written (a read-back matches);
+        the inverter acts on it in its own resolution, after its dead time.
 
         The dead time counts from the physics step before the write, so the simulated delay is
         `dynamics.delay_s` to within one physics step.
         """
-        self.setpoint_w = _quantize(setpoint_w, self.dynamics.setpoint_step_w)
+        self.setpoint_w = setpoint_w
 
     def measured_power_w(self) -> float:
         """What the inverter reports: its power, with its noise, in its resolution."""
@@ -155,7 +156,8 @@ class BatteryModel:
         """Step the inverter's time; returns the power it heads for, after dead time and ramp."""
         if self.setpoint_w != self._heard_w:  # written since the last step: counted from that step
             self._heard_w = self.setpoint_w
-            self._pending.append((self._t + self.dynamics.delay_s, self.setpoint_w))
+            acted_on = _quantize(self.setpoint_w, self.dynamics.setpoint_step_w)
+            self._pending.append((self._t + self.dynamics.delay_s, acted_on))
         self._t += max(0.0, dt_s)
         while self._pending and self._pending[0][0] <= self._t:
             self._target_w = self._pending.popleft()[1]
