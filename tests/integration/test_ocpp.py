@@ -664,3 +664,21 @@ async def test_a_port_in_use_is_retried_and_logged_once() -> None:
             await asyncio.gather(task, return_exceptions=True)
             blocker.close()
     assert len([e for e in logs if e["event"] == "ocpp.listen_failed"]) == 1
+
+
+async def test_the_password_can_come_from_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "wb1.secret"
+    secret.write_text("from-the-secret-file\n")
+    csms, task = await _start(_device(charge_points=[{"id": "wb1", "max_current_a": 16, "password_file": str(secret)}]))
+    try:
+        sim = await SimCharger(csms.url, "wb1", password="from-the-secret-file").connect()
+        assert (await sim.boot()).status == "Accepted"
+        await sim.close()
+        secret.unlink()  # an unreadable secret refuses the charger rather than letting anyone in
+        with structlog.testing.capture_logs() as logs, pytest.raises(InvalidStatus) as err:
+            await SimCharger(csms.url, "wb1", password="from-the-secret-file").connect()
+        assert err.value.response.status_code == 401
+        assert [e["event"] for e in logs if e["event"] == "ocpp.password_file_unreadable"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
