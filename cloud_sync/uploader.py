@@ -171,6 +171,8 @@ class Uploader:
         # After a refused batch: send smaller ones (halving down to one reading) until the one the
         # cloud refuses is found and skipped; grows back on success.
         self._limit = self._batch_max
+        # While narrowing down: the refused reading lies at or before this seq (a binary search, one POST a step).
+        self._suspect_through: int | None = None
         self._skip_through = 0  # readings up to here that the cloud refused alone: declared lost
         self._skips_in_row = 0
         self._pending_skips = 0  # skipped readings the cloud has not yet confirmed as lost
@@ -265,7 +267,11 @@ class Uploader:
                             refused_by_cloud_total=total)  # fmt: skip
             self._pending_skips = 0
             self._skips_in_row = 0
-            self._limit = min(self._batch_max, self._limit * 2)
+            if self._suspect_through is not None and rows[-1].seq < self._suspect_through:
+                # This half went through: the refused reading is in the rest; try the first half of that next.
+                self._limit = max(1, (self._suspect_through - rows[-1].seq + 1) // 2)
+            else:
+                self._suspect_through, self._limit = None, self._batch_max
             self._cursor = max(self._cursor, stored)
             return max(0, self._cursor - before)
 
@@ -323,6 +329,7 @@ class Uploader:
             log.warning("telemetry_batch_refused", readings=len(rows), retry="without command reports", detail=detail)
             return
         if len(rows) > 1:
+            self._suspect_through = rows[-1].seq
             self._limit = max(1, len(rows) // 2)
             log.warning("telemetry_batch_refused", readings=len(rows), retry=f"batches of {self._limit}", detail=detail)
             return
@@ -335,6 +342,7 @@ class Uploader:
             )
         seq = rows[0].seq
         self._skip_through = seq
+        self._suspect_through, self._limit = None, self._batch_max  # found: full batches again
         self._skips_in_row += 1
         self._pending_skips += 1
         log.error("telemetry_reading_refused_by_cloud", seq=seq, reading=rows[0].body[:300].decode("utf-8", "replace"),
