@@ -192,7 +192,7 @@ def test_signed_plan_with_huge_numbers_is_malformed() -> None:
         sig = sign_body(CLOUD, doc)[HEADER_SIGNATURE]
         with pytest.raises(PlanRejected) as err:
             verify_plan(doc, sig, CLOUD.verify_key, site_id="s1", min_version_exclusive=None, now=NOW)
-        assert err.value.reason == "malformed"
+        assert err.value.reason in ("malformed", "out_of_range")  # 1e400 does not decode; 1e30 W is out of range
 
 
 # --- discovery reports and metrics ----------------------------------------------------------------
