@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench.table import row
+from cloud_sync.keys import load_verify_key_b64
 from cloud_sync.link import LinkStatus
 from cloud_sync.uploader import Uploader, batch_body
 from cloud_sync.wire import HEADER_SIGNATURE, sign_body, verify_body
@@ -68,8 +69,10 @@ async def fill(store: Store, n: int) -> float:
 async def drain(site: Site, store: Store) -> tuple[float, int]:
     assert site.zap_key is not None
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{site.cloud_port}", timeout=60.0) as client:
+        # As the daemon does: every answer must be signed by the pinned cloud key.
         uploader = Uploader(store=store, client=client, site_id=site.site_id, key=site.zap_key,
-                            clock=SystemClock(), link=LinkStatus(), batch_max=5000)  # fmt: skip
+                            clock=SystemClock(), link=LinkStatus(), batch_max=5000,
+                            cloud_key=load_verify_key_b64(site.cloud_key_b64))  # fmt: skip
         t0 = time.perf_counter()
         sent = await uploader.drain()
         return sent / (time.perf_counter() - t0), sent

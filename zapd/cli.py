@@ -116,9 +116,13 @@ def cmd_plan_reset_version(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_BAD_CONFIG
     now = clock_from_env().now()
+    db = config.store.state_dir / "zapd.sqlite"
+    if not db.exists():
+        print(f"zapd plan reset-version: no store at {db} (store.state_dir in {args.config}?)", file=sys.stderr)
+        return 1
 
     async def reset() -> int | None:
-        store = await Store.open(config.store.state_dir / "zapd.sqlite")
+        store = await Store.open(db)
         try:
             return await reset_plan_version(store, now)
         finally:

@@ -255,6 +255,16 @@ async def test_operator_reset_version_recovers_a_pinned_zap(tmp_path: Path) -> N
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert "forgot version 9000000000" in out.stdout
+        # A config that points elsewhere creates no empty store there.
+        wrong = tmp_path / "wrong.toml"
+        wrong.write_text(f'[site]\nid = "{SITE}"\nfuse_a = 25\n\n[store]\nstate_dir = "{tmp_path / "nowhere"}"\n')
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "zapd.cli", "plan", "reset-version", "--config", str(wrong)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 1 and "no store" in out.stderr
+        assert not (tmp_path / "nowhere").exists()
 
         assert await f.fetch_once() == "rejected:issued_before_reset"  # the replay
         assert f.plan is None and f.accepted_version is None
