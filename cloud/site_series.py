@@ -7,8 +7,9 @@ meter measures directly, is derived from the balance at the grid connection:
     load = grid import - battery charging - EV charging + PV        (ARCHITECTURE.md sign conventions)
 
 unless a DER of kind `load` reports it. A slot with no meter reading has an unknown load (NaN), never 0:
-forecasters skip unknowns, but would learn a wrong profile from invented zeros. For the grid meter we use
-the DER with the most readings, because a site may also report sub-meters.
+forecasters skip unknowns, but would learn a wrong profile from invented zeros. The grid meter is the meter
+DER the Zap reported with role `grid` (its DER capabilities, from the site config); a site that reported no
+role (an older Zap) falls back to the meter DER with the most readings. Sub-meters are never added in.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ async def load_series(
             .order_by(telemetry.c.ts)
         )
         rows = [tuple(r) for r in result]
-    return bin_readings(rows, start, end, step, has_battery=has_battery, has_ev=has_ev)
+    grid = [
+        m.get("der_id") for m in await db.der_models(site_id) if m.get("kind") == "meter" and m.get("role") == "grid"
+    ]
+    grid_meter = grid[0] if len(grid) == 1 and isinstance(grid[0], str) else None
+    return bin_readings(rows, start, end, step, has_battery=has_battery, has_ev=has_ev, grid_meter=grid_meter)
 
 
 def bin_readings(
@@ -70,8 +75,9 @@ def bin_readings(
     *,
     has_battery: bool,
     has_ev: bool,
+    grid_meter: str | None = None,
 ) -> SiteSeries:
-    """rows: (seq, der_id, kind, ts, values) in time order."""
+    """rows: (seq, der_id, kind, ts, values) in time order; `grid_meter` the DER id reported with role grid."""
     n = int((end - start) // step)
     step_s = step.total_seconds()
     sums: dict[str, FloatArray] = defaultdict(lambda: np.zeros(n))
@@ -98,7 +104,11 @@ def bin_readings(
         ders = [d for d, k in kinds.items() if k == kind]
         if not ders:
             return None
-        if kind == "meter":
+        if kind == "meter" and grid_meter is not None:
+            ders = [d for d in ders if d == grid_meter]  # a silent grid meter is unknown, never a sub-meter
+            if not ders:
+                return None
+        elif kind == "meter":
             ders = [max(ders, key=lambda d: counts[d].sum())]
         total = np.zeros(n)
         seen = np.zeros(n, dtype=bool)

@@ -788,7 +788,7 @@ class MeterDer:
     """A meter DER the config declares, with its role and the key that sets it (for error lines)."""
 
     der_id: str
-    role: str
+    role: MeterRole
     key: str
 
 

@@ -25,7 +25,7 @@ from cloud_sync.wire import intent_problem, wire_safe
 from drivers.api import Driver, ReadingGuard
 from zapd.api import LocalApi
 from zapd.clock import Clock
-from zapd.config import ZapdConfig
+from zapd.config import ZapdConfig, meter_ders
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
 from zapd.envelope import BatteryEnvelope, SiteLimits
@@ -269,10 +269,19 @@ class Daemon:
                 key=key,
                 store=store,
                 clock=self.clock,
-                capabilities=lambda: [c for d in self.devices.drivers for c in d.capabilities()],
+                capabilities=self._capabilities,
             )
         except InsecureTransportError as exc:
             raise StartupError(str(exc)) from None
+
+    def _capabilities(self) -> list[DerCapabilities]:
+        """What the drivers found, with each meter's configured role (the cloud plans on the grid meter's data)."""
+        roles = {m.der_id: m.role for m in meter_ders(self.config.devices)}
+        return [
+            msgspec.structs.replace(c, role=roles[c.der_id]) if c.der_id in roles else c
+            for d in self.devices.drivers
+            for c in d.capabilities()
+        ]
 
     def _on_cycle(self) -> None:
         self.notifier.ready(status="controlling")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 import msgspec
 
@@ -66,6 +67,8 @@ class DerCapabilities(msgspec.Struct, frozen=True, kw_only=True):
     max_current_a: float = 0.0
     phases: int = 1
     voltage_v: float = 230.0
+    # Meters: the config's role, so the cloud plans on the grid meter's data ("" = not a meter, or an older Zap).
+    role: Literal["", "grid", "pv", "ev", "submeter"] = ""
 
 
 class BatterySetpoint(msgspec.Struct, frozen=True, kw_only=True, tag="battery_setpoint"):

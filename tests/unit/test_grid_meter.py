@@ -138,3 +138,22 @@ def test_without_a_named_grid_meter_two_meters_are_unknown_never_summed() -> Non
     lone = SiteState()
     lone.update(meter("a", T0, 1000.0, (1.0, 1.0, 1.0)))
     assert lone.snapshot(T0).grid_w == 1000.0  # one meter and no config: it is the grid meter
+
+
+def test_the_cloud_is_told_which_meter_is_the_grid_meter(tmp_path: Path) -> None:
+    """The DER capabilities the Zap uploads carry each meter's role, and the cloud's wire decoder keeps it."""
+    import msgspec
+
+    from cloud_sync.wire import WireError, decode_discovery
+    from zapd.daemon import Daemon
+
+    shelly = {**MQTT, "ders": [{**SHELLY, "role": "submeter"}]}
+    cfg = validate_config({**config(P1, shelly), "store": {"state_dir": str(tmp_path)}}, "z.toml")
+    caps = Daemon(cfg, SystemClock())._capabilities()
+    roles = {c.der_id: c.role for c in caps if c.kind is DerKind.METER}
+    assert roles == {"meter": "grid", "mq.grid": "submeter"}
+    body = msgspec.json.encode({"site_id": "home", "ders": caps})
+    assert {d.der_id: d.role for d in decode_discovery(body).ders if d.kind is DerKind.METER} == roles
+    bad = body.replace(b'"submeter"', b'"boss"')
+    with pytest.raises(WireError, match="malformed"):
+        decode_discovery(bad)

@@ -56,3 +56,18 @@ def test_assets_decode_and_errors() -> None:
             {"location": {"lat": 1, "lon": 1}, "grid": {"max_import_kw": 1, "max_export_kw": 1},
              "battery": {"capacity_kwh": 5, "max_charge_kw": 2, "max_discharge_kw": 2, "soc_min": 0.9, "soc_max": 0.5}}
         )  # fmt: skip
+
+
+def test_the_grid_meter_the_zap_named_is_the_grid_never_a_busier_sub_meter() -> None:
+    # A DSMR 4 grid meter (every 10 s: 2 readings here) and a Shelly on the heat pump reporting every second
+    # (5 readings): by count the sub-meter would win and the planner would learn the heat pump as the house.
+    rows = [(i, "meter", "meter", T0 + timedelta(seconds=10 * i), {"power_w": 2000.0}) for i in range(2)]
+    rows += [(10 + i, "mq.heat_pump", "meter", T0 + timedelta(seconds=i), {"power_w": 600.0}) for i in range(5)]
+    rows.sort(key=lambda r: r[3])
+    named = bin_readings(rows, T0, T0 + 2 * Q, Q, has_battery=False, has_ev=False, grid_meter="meter")
+    assert named.grid_kw[0] == pytest.approx(2.0) and named.load_kw[0] == pytest.approx(2.0)
+    guessed = bin_readings(rows, T0, T0 + 2 * Q, Q, has_battery=False, has_ev=False)
+    assert guessed.grid_kw[0] == pytest.approx(0.6)  # what an older Zap without roles gets: the busiest meter
+    only_sub = [r for r in rows if r[1] != "meter"]
+    silent = bin_readings(only_sub, T0, T0 + 2 * Q, Q, has_battery=False, has_ev=False, grid_meter="meter")
+    assert np.isnan(silent.grid_kw[0]) and np.isnan(silent.load_kw[0])  # the grid meter said nothing: unknown
