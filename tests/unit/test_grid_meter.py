@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fallback.policy import Rung, choose
 from zapd.clock import SystemClock
@@ -157,3 +159,30 @@ def test_the_cloud_is_told_which_meter_is_the_grid_meter(tmp_path: Path) -> None
     bad = body.replace(b'"submeter"', b'"boss"')
     with pytest.raises(WireError, match="malformed"):
         decode_discovery(bad)
+
+
+finite_w = st.floats(-50_000, 50_000, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    grid=st.tuples(finite_w, st.floats(0, 30)),  # (power, age in s)
+    others=st.lists(st.tuples(finite_w, st.floats(0, 30)), max_size=4),
+    poll_s=st.floats(0.5, 5),
+)
+def test_grid_power_is_the_fresh_grid_meters_or_unknown_whatever_other_meters_say(
+    grid: tuple[float, float], others: list[tuple[float, float]], poll_s: float
+) -> None:
+    now = T0 + timedelta(seconds=60)
+    state = SiteState(grid_meter="meter")
+    state.register("meter", DerKind.METER, poll_s=poll_s)
+    state.update(meter("meter", now - timedelta(seconds=grid[1]), grid[0], (1.0, 2.0, 3.0)))
+    for i, (power, age) in enumerate(others):
+        state.register(f"sub{i}", DerKind.METER, poll_s=poll_s)
+        state.update(meter(f"sub{i}", now - timedelta(seconds=age), power, (9.0, 9.0, 9.0)))
+    snap = state.snapshot(now)
+    if state.is_fresh("meter", now):
+        assert snap.grid_w == grid[0] and snap.phase_currents_a == (1.0, 2.0, 3.0)
+    else:
+        assert snap.grid_w is None and snap.phase_currents_a is None
+        assert choose(now, None, True, snap).rung is Rung.SAFE_HOLD
