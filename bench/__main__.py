@@ -19,7 +19,7 @@ import traceback
 
 from bench.table import Row, print_table
 
-MODULES = ("footprint", "latency", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "soak")
+MODULES = ("footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "soak")
 
 
 def collect(names: list[str]) -> list[Row]:

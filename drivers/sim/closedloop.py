@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from drivers.sim.physics import (
@@ -229,6 +229,55 @@ async def _run(cfg: LoopConfig) -> LoopTrace:
     return trace
 
 
+def tolerance_w(limit_w: float) -> float:
+    """The stated tolerance over a grid limit: 5 % of it, at least 100 W (meter rounding, noise, lag)."""
+    return max(0.05 * limit_w, 100.0)
+
+
+def control_period_s(cfg: LoopConfig) -> float:
+    """How long the controller needs for fresh data of both devices and a decision on it."""
+    return max(cfg.tick_s, cfg.battery_poll_s, cfg.meter_interval_s)
+
+
+def loop_delay_s(cfg: LoopConfig) -> float:
+    """One trip round the loop: a control period, the battery's dead time and full swing, the meter's lateness."""
+    swing_s = 0.0 if math.isinf(cfg.actuator.ramp_w_per_s) else 2 * cfg.max_power_w / cfg.actuator.ramp_w_per_s
+    return control_period_s(cfg) + cfg.actuator.delay_s + swing_s + cfg.meter.window_s + cfg.meter.delay_s
+
+
+def grace_s(cfg: LoopConfig) -> float:
+    """After a step: one more control period to see it, one trip round the loop to act, the meter's next telegram."""
+    return control_period_s(cfg) + loop_delay_s(cfg) + cfg.meter_interval_s + cfg.physics_step_s
+
+
+def issue_10_case(tick_s: float = 5.0, poll_s: float = 5.0, meter_s: float = 1.0, **over: object) -> LoopConfig:
+    """Issue 10's site, 25 minutes: PV surplus, max_export_w = 3000, a 3.5 kW fuse, a -2000 W discharge plan
+    that changes every 4 minutes, load and PV steps, a hybrid inverter and a DSMR meter sending every
+    `meter_s` (the average of that interval)."""
+    plans = [-2000.0, -3000.0, 1000.0, -2000.0, -5000.0]
+    cfg = LoopConfig(
+        tick_s=tick_s,
+        battery_poll_s=poll_s,
+        meter_interval_s=meter_s,
+        meter=MeterDynamics(window_s=meter_s, delay_s=0.5, step_w=1.0, noise_w=5.0),
+        max_export_w=3000.0,
+        fuse_limit_w=3500.0,
+        duration_s=1500.0,
+        base_load_w=500.0,
+        pv_w=6000.0,
+        plan_w=-2000.0,
+        steps=(
+            *(Step(240.0 * (i + 1), plan_w=p) for i, p in enumerate(plans)),
+            Step(700.0, load_offset_w=4000.0),
+            Step(1000.0, load_offset_w=500.0, pv_w=200.0),
+            # The load first, the plan 10 s later: the controller cannot know of a load step before the meter does.
+            Step(1290.0, load_offset_w=3000.0),
+            Step(1300.0, plan_w=3000.0),  # charging from the grid into the fuse limit
+        ),
+    )
+    return replace(cfg, **over)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True)
 class LoopFigures:
     """What the bench reports and the property test bounds."""
@@ -238,6 +287,7 @@ class LoopFigures:
     late_export_over_w: float  # ... outside the grace window after each step
     late_import_over_w: float
     settling_s: float  # the longest time from a step until the setpoint stays near where it ends up
+    recovery_s: float  # the longest time from a step until export and import stay within limit + tolerance
     reversals: int  # setpoint direction changes, all run
     late_reversals: int  # ... once settled (a limit cycle shows here)
     writes: int
@@ -309,7 +359,19 @@ def figures(cfg: LoopConfig, trace: LoopTrace, grace_s: float, settled_band_w: f
                 settled_at = t
         assert settled_at is not None  # the final write is near itself
         settling = max(settling, settled_at - lo)
+    # Recovery: from each step to the last moment in its span that the site was over a limit + tolerance.
+    recovery = 0.0
+    export_tol = tolerance_w(0.0 if cfg.max_export_w is None else cfg.max_export_w)
+    import_tol = tolerance_w(cfg.fuse_limit_w)
+    span = 0
+    for t, g in zip(trace.t_s, grid, strict=True):
+        while span + 1 < len(starts) and starts[span + 1] <= t:
+            span += 1
+        exp_over, imp_over = max(0.0, -g - export_limit), max(0.0, g - cfg.fuse_limit_w)
+        if exp_over > export_tol or imp_over > import_tol:
+            recovery = max(recovery, t - starts[span])
     return LoopFigures(
+        recovery_s=recovery,
         worst_export_over_w=worst_exp,
         worst_import_over_w=worst_imp,
         late_export_over_w=late_exp,

@@ -27,30 +27,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.sim.closedloop import LoopConfig, LoopTrace, Step, figures, run_loop
+from drivers.sim.closedloop import (
+    LoopConfig,
+    LoopTrace,
+    Step,
+    figures,
+    grace_s,
+    issue_10_case,
+    loop_delay_s,
+    run_loop,
+    tolerance_w,
+)
 from drivers.sim.physics import ActuatorDynamics, MeterDynamics
 
 MAX_W = 5000.0  # the battery's power either way
-
-
-def tolerance_w(limit_w: float) -> float:
-    return max(0.05 * limit_w, 100.0)
-
-
-def control_period_s(cfg: LoopConfig) -> float:
-    """How long the controller needs for fresh data of both devices and a decision on it."""
-    return max(cfg.tick_s, cfg.battery_poll_s, cfg.meter_interval_s)
-
-
-def loop_delay_s(cfg: LoopConfig) -> float:
-    """One trip round the loop: a control period, the battery's dead time and full swing, the meter's lateness."""
-    swing_s = 0.0 if math.isinf(cfg.actuator.ramp_w_per_s) else 2 * MAX_W / cfg.actuator.ramp_w_per_s
-    return control_period_s(cfg) + cfg.actuator.delay_s + swing_s + cfg.meter.window_s + cfg.meter.delay_s
-
-
-def grace_s(cfg: LoopConfig) -> float:
-    """After a step: one more control period to see it, one trip round the loop to act, the meter's next telegram."""
-    return control_period_s(cfg) + loop_delay_s(cfg) + cfg.meter_interval_s + cfg.physics_step_s
 
 
 @st.composite
@@ -179,26 +169,7 @@ def test_issue_10_export_limit_with_a_discharge_plan_does_not_oscillate(
 ) -> None:
     """The issue's case: PV surplus, max_export_w = 3000, a -2000 W discharge plan that changes every few
     minutes, a hybrid inverter (1.5 s dead time, 3 kW/s) and a DSMR meter; 25 minutes."""
-    plans = [-2000.0, -3000.0, 1000.0, -2000.0, -5000.0]
-    cfg = LoopConfig(
-        tick_s=tick_s,
-        battery_poll_s=poll_s,
-        meter_interval_s=meter_s,
-        meter=MeterDynamics(window_s=meter_s, delay_s=0.5, step_w=1.0, noise_w=5.0),
-        max_export_w=3000.0,
-        fuse_limit_w=3500.0,
-        duration_s=1500.0,
-        base_load_w=500.0,
-        pv_w=6000.0,
-        plan_w=-2000.0,
-        steps=(
-            *(Step(240.0 * (i + 1), plan_w=p) for i, p in enumerate(plans)),
-            Step(700.0, load_offset_w=4000.0),
-            Step(1000.0, load_offset_w=500.0, pv_w=200.0),
-            Step(1290.0, load_offset_w=3000.0),
-            Step(1300.0, plan_w=3000.0),  # charging from the grid into the fuse limit
-        ),
-    )
+    cfg = issue_10_case(tick_s, poll_s, meter_s)
     trace = run_loop(cfg)
     check_loop(cfg, trace)
     f = figures(cfg, trace, grace_s(cfg))
