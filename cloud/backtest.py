@@ -358,6 +358,20 @@ def known_price_slots(tr: Traces, k: int, cfg: Config | None = None) -> int:
     return max(0, int((end - now) // tr.step))
 
 
+def price_outlook(price: FloatArray, k: int, known: int, horizon: int, slots_per_day: int) -> FloatArray:
+    """Prices for slots k..k+horizon-1: the published ones, then a forecast where none is published yet.
+
+    The forecast is day-persistence: an unpublished slot takes the price of the same slot on the latest
+    published day. Flagged as a forecast by construction (it only ever fills slots past `known`); a plan
+    only executes its first slots, which are published, and is re-made when the next day's prices appear.
+    """
+    out = np.array(price[k : k + horizon], dtype=np.float64)
+    for j in range(known, horizon):
+        back = ((j - known) // slots_per_day + 1) * slots_per_day
+        out[j] = out[j - back] if j - back >= 0 else out[known - 1]
+    return out
+
+
 class Planner:
     """The cloud side, rolling: forecasts from the past only, one optimizer solve per re-plan."""
 
@@ -413,17 +427,22 @@ class Planner:
     def plan(self, k: int, soc: float, executed: int) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
         """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
         tr, cfg = self.tr, self.cfg
-        horizon = min(self.horizon_max, known_price_slots(tr, k, cfg), tr.n - k)
-        if horizon <= 0:
+        known = min(known_price_slots(tr, k, cfg), tr.n - k)
+        horizon = min(self.horizon_max, tr.n - k) if cfg.price_forecast else min(self.horizon_max, known)
+        if horizon <= 0 or known <= 0:
             return None
+        imp, exp = (
+            price_outlook(tr.import_price, k, known, horizon, self.spd),
+            price_outlook(tr.export_price, k, known, horizon, self.spd),
+        )
         load_fc, pv_fc = self.forecasts(k, horizon)
         load_fc = np.minimum(load_fc, cfg.grid_import_kw + pv_fc)  # a forecast must not make it infeasible
         start = tr.start + tr.step * k
         problem = Problem(
             start=start,
             step_minutes=tr.step.total_seconds() / 60.0,
-            import_price=tr.import_price[k : k + horizon].tolist(),
-            export_price=tr.export_price[k : k + horizon].tolist(),
+            import_price=imp.tolist(),
+            export_price=exp.tolist(),
             load_kw=load_fc.tolist(),
             pv_kw=pv_fc.tolist(),
             battery=_battery(cfg, soc),
@@ -645,6 +664,7 @@ __all__ = [
     "no_battery",
     "perfect_foresight",
     "plot_slots",
+    "price_outlook",
     "read_traces",
     "rolling_flows",
     "rolling_planner",

@@ -55,6 +55,7 @@ class Config:
     execution: Execution = DEFAULT_EXECUTION
     forecast: Forecast = Forecast.MODEL
     load_model: LoadModel = LoadModel.PROFILE
+    price_forecast: bool = False  # plan past the published prices with day-persistence prices (flagged forecast)
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
 
     @property
@@ -103,6 +104,11 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         "--forecast", choices=[f.value for f in Forecast], default=d.forecast.value, help="diagnostics: perfect*"
     )
     bt.add_argument("--load-model", choices=[m.value for m in LoadModel], default=d.load_model.value)
+    bt.add_argument(
+        "--price-forecast",
+        action="store_true",
+        help="plan the whole horizon: unpublished hours take the latest published day's price (a forecast)",
+    )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
@@ -136,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         forecast=Forecast(getattr(args, "forecast", d.forecast.value)),
         load_model=LoadModel(getattr(args, "load_model", d.load_model.value)),
         holidays=getattr(args, "holidays", None),
+        price_forecast=getattr(args, "price_forecast", False),
     )
 
 

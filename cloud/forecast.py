@@ -243,8 +243,8 @@ class GbmLoadForecaster:
     (the `holidays` package, when a country is given), the lead, the same slot on the most recent measured
     day and week, the mean of that slot over the last four weeks, the last two hours' mean and the last
     day's mean. Trees need no scaling, take the weekly and daily shape from the features and learn how much
-    the recent level matters at each lead. Refitting once every `refit_days` is plenty for a household and
-    keeps a year's backtest cheap. Until `min_days` of history exist (a new site), `forecast` falls back
+    the recent level matters at each lead. Refitting once every `refit_days` (two weeks) is plenty for a household
+    and keeps a year's backtest affordable. Until `min_days` of history exist (a new site), `forecast` falls back
     to `forecast_load` (the seasonal profile).
     """
 
@@ -258,7 +258,7 @@ class GbmLoadForecaster:
         subdiv: str | None = None,
         train_days: int = 56,
         min_days: int = 14,
-        refit_days: int = 7,
+        refit_days: int = 14,
         max_lead_hours: float = 48.0,
     ) -> None:
         from zoneinfo import ZoneInfo
@@ -269,7 +269,7 @@ class GbmLoadForecaster:
         self.country, self.subdiv = country, subdiv
         self.train_days, self.min_days, self.refit_days = train_days, min_days, refit_days
         self.max_lead = max(1, round(max_lead_hours * 3600 / step.total_seconds()))
-        self.origin_every = max(1, self.spd // 12)  # every 2 hours
+        self.origin_every = max(1, self.spd // 6)  # every 4 hours
         self.model: Any = None
         self.fitted_at = -(10**9)
         self._calendar: dict[int, tuple[float, float, float]] = {}
@@ -339,7 +339,7 @@ class GbmLoadForecaster:
             "num_threads": 1,
             "seed": 1,
         }
-        model = lightgbm.train(params, lightgbm.Dataset(x[ok], y[ok]), num_boost_round=120)
+        model = lightgbm.train(params, lightgbm.Dataset(x[ok], y[ok]), num_boost_round=80)
         self.model, self.fitted_at = model, now
 
     def forecast(self, load: FloatArray, now: int, horizon: int) -> FloatArray:

@@ -14,7 +14,7 @@ import pytest
 
 import zapd.controller
 from cloud import backtest
-from cloud.backtest import Config, Traces, read_traces, rolling_flows
+from cloud.backtest import Config, Traces, price_outlook, read_traces, rolling_flows
 from cloud.cli import main
 from cloud.execution import Execution
 
@@ -52,8 +52,13 @@ def test_no_load_or_pv_from_the_future(days: Traces, execution: Execution) -> No
     assert not (np.array_equal(c1[k:], c2[k:]) and np.array_equal(d1[k:], d2[k:]))
 
 
-def test_no_prices_before_they_are_published(days: Traces) -> None:
-    """Tomorrow's prices changed: nothing before their publication (13:00 site time) may differ."""
+@pytest.mark.parametrize("price_forecast", [False, True])
+def test_no_prices_before_they_are_published(days: Traces, price_forecast: bool) -> None:
+    """Tomorrow's prices changed: nothing before their publication (13:00 site time) may differ.
+
+    With --price-forecast the planner plans past the published prices, on persistence prices only.
+    """
+    cfg = _with(SITE, price_forecast=price_forecast)
     zone = SITE.zone
     day2 = datetime(2011, 7, 3, tzinfo=zone)  # local midnight starting day 3 of the trace
     publish = datetime(2011, 7, 2, 13, 0, tzinfo=zone)
@@ -67,8 +72,8 @@ def test_no_prices_before_they_are_published(days: Traces) -> None:
         days.load_kw,
         days.pv_kw,
     )
-    c1, d1, _, _ = rolling_flows(days, SITE)
-    c2, d2, _, _ = rolling_flows(changed, SITE)
+    c1, d1, _, _ = rolling_flows(days, cfg)
+    c2, d2, _, _ = rolling_flows(changed, cfg)
     assert np.array_equal(c1[:p], c2[:p]) and np.array_equal(d1[:p], d2[:p])
     assert not (np.array_equal(c1[p:a], c2[p:a]) and np.array_equal(d1[p:a], d2[p:a]))
 
@@ -148,6 +153,13 @@ def _with(cfg: Config, **changes: object) -> Config:
     from dataclasses import replace
 
     return replace(cfg, **changes)  # type: ignore[arg-type]
+
+
+def test_price_outlook_fills_only_unpublished_slots_with_the_last_published_day() -> None:
+    price = np.arange(10.0)
+    out = price_outlook(price, 0, 4, 10, 2)
+    assert out.tolist() == [0, 1, 2, 3, 2, 3, 2, 3, 2, 3]
+    assert price_outlook(price, 3, 7, 7, 2).tolist() == price[3:10].tolist()  # all published: untouched
 
 
 def test_start_is_local_midnight(days: Traces) -> None:
