@@ -1,0 +1,144 @@
+"""Where the battery was while the meter measured (zapd/estimate.py), against the simulator's inverter.
+
+Issue 10's mechanism: the first battery poll after a write came before the inverter applied it and
+was trusted as fresh. The range must hold the battery's true power over the meter's window in that
+case and every other; it must close once the battery shows it is done, so the loop can be exact.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.sim.physics import ActuatorDynamics, BatteryModel
+from zapd.estimate import Command, Sample, battery_range, hold_or_move
+
+T0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
+TOL = 50.0
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def rng(
+    samples: list[tuple[float, float]], commands: list[tuple[float, float]], meter_s: float, window_s: float = 2.0
+) -> tuple[float, float]:
+    """The range for readings (t, W) and writes (t, W), the meter speaking at meter_s."""
+    return battery_range(
+        [Sample(w, at(t)) for t, w in samples],
+        [Command(w, at(t)) for t, w in commands],
+        meter_ts=at(meter_s),
+        meter_window_s=window_s,
+        settle_s=30.0,
+        dead_time_s=5.0,
+        tolerance_w=TOL,
+    )
+
+
+def test_a_poll_from_before_the_inverter_applied_the_write_is_not_taken_as_its_power() -> None:
+    # Written 3000 W at 10 s; the poll at 11 s still shows 0 W (dead time); the meter speaks at 12 s.
+    lo, hi = rng([(5.0, 0.0), (11.0, 0.0)], [(10.0, 3000.0)], meter_s=12.0)
+    assert lo <= 0.0 and hi >= 3000.0
+
+
+def test_two_equal_polls_inside_the_dead_time_prove_nothing() -> None:
+    _, hi = rng([(11.0, 0.0), (12.0, 0.0), (13.0, 0.0)], [(10.0, 3000.0)], meter_s=16.0)
+    assert hi >= 3000.0
+
+
+def test_a_reached_setpoint_closes_the_range() -> None:
+    lo, hi = rng([(11.0, 0.0), (16.0, 3000.0)], [(10.0, 3000.0)], meter_s=19.0)
+    assert (lo, hi) == (3000.0 - TOL, 3000.0 + TOL)
+
+
+def test_a_meter_window_that_reaches_back_before_the_poll_keeps_the_older_power() -> None:
+    # The poll at 16 s shows the setpoint reached, but the meter at 17 s averages from 15 s on.
+    lo, hi = rng([(11.0, 0.0), (16.0, 3000.0)], [(10.0, 3000.0)], meter_s=17.0)
+    assert lo <= 0.0 and hi >= 3000.0
+
+
+def test_a_battery_that_stopped_short_after_the_dead_time_is_taken_as_it_reads() -> None:
+    # SoC or its own limit: asked 3000 W, does 1200 W, twice, both polls well after the dead time.
+    lo, hi = rng([(16.0, 1200.0), (21.0, 1200.0)], [(10.0, 3000.0)], meter_s=24.0)
+    assert (lo, hi) == (1200.0 - TOL, 1200.0 + TOL)
+
+
+def test_a_write_after_the_poll_is_in_the_range() -> None:
+    lo, hi = rng([(16.0, 3000.0)], [(10.0, 3000.0), (17.0, -2000.0)], meter_s=18.0)
+    assert lo <= -2000.0 and hi >= 3000.0
+
+
+def test_hold_inside_the_interval_and_move_to_the_nearest_end_outside() -> None:
+    def answer(f: float) -> float:
+        return 1000.0 + 2000.0 * f
+
+    assert abs(answer(hold_or_move(answer, 2000.0)) - 2000.0) < 1e-3  # inside: the state that calls for it
+    assert hold_or_move(answer, 500.0) == 0.0  # below what is certainly needed: up to the low end
+    assert hold_or_move(answer, 4000.0) == 1.0  # above: down to the high end
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    delay_s=st.floats(0.0, 3.0),
+    ramp=st.floats(500.0, 20_000.0),
+    poll_s=st.sampled_from([1.0, 2.0, 5.0, 10.0]),
+    meter_every_s=st.sampled_from([1.0, 2.0, 5.0, 10.0]),
+    meter_window=st.floats(0.0, 1.0),  # the meter's true window, as a fraction of its interval (+ up to 1 s delay)
+    meter_delay_s=st.floats(0.0, 1.0),
+    writes=st.lists(st.tuples(st.floats(0.0, 120.0), st.floats(-5000.0, 5000.0)), min_size=1, max_size=8),
+)
+def test_the_range_holds_the_simulated_inverters_power_over_the_meter_window(
+    delay_s: float,
+    ramp: float,
+    poll_s: float,
+    meter_every_s: float,
+    meter_window: float,
+    meter_delay_s: float,
+    writes: list[tuple[float, float]],
+) -> None:
+    """The simulator's inverter (dead time, ramp), polled and metered on their own schedules: at every telegram
+    the true average battery power over the telegram's window lies in the range the controller computes."""
+    battery = BatteryModel(
+        capacity_wh=1e6, soc=0.5, max_charge_w=5000.0, max_discharge_w=5000.0,
+        dynamics=ActuatorDynamics(delay_s=delay_s, ramp_w_per_s=ramp),
+    )  # fmt: skip
+    dt = 0.05
+    pending = sorted(writes)
+    history: list[tuple[float, float]] = []  # (t, true power)
+    samples: list[Sample] = []
+    commands: list[Command] = []
+    t, next_poll, next_meter = 0.0, 0.0, meter_every_s
+    while t < 150.0:
+        while pending and pending[0][0] <= t:
+            _, w = pending.pop(0)
+            battery.command(w)
+            commands.append(Command(w, at(t)))
+        battery.step(dt)
+        t += dt
+        history.append((t, battery.power_w))
+        if t >= next_poll:
+            samples.append(Sample(battery.power_w, at(t)))
+            next_poll += poll_s
+        if t >= next_meter:
+            next_meter += meter_every_s
+            end = t - meter_delay_s
+            start = end - meter_window * meter_every_s
+            inside = [p for s, p in history if start - dt / 2 <= s <= end + dt / 2] or [
+                min(history, key=lambda h: abs(h[0] - end))[1]
+            ]
+            lo, hi = battery_range(
+                samples[-16:],
+                commands,
+                meter_ts=at(t),
+                meter_window_s=meter_every_s + 1.0,  # what the controller assumes
+                settle_s=30.0,
+                dead_time_s=5.0,
+                tolerance_w=TOL,
+            )
+            true_w = sum(inside) / len(inside)
+            assert lo <= true_w <= hi, (
+                f"t={t:.2f}: battery averaged {true_w:.0f} W over the meter's window, range {lo:.0f}..{hi:.0f}"
+            )
