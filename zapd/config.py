@@ -175,6 +175,43 @@ class ControlConfig(_Strict):
         le=1,
         description="Fraction of the fuse limit the controller may use; 0.95 keeps 5 % headroom for meter lag.",
     )
+    dead_time_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description=(
+            "The longest an inverter takes before it starts to follow a written setpoint, in s (hybrid "
+            "inverters: 1-3 s). Two equal battery readings within it do not mean the battery is done "
+            "(docs/decisions.md, Closed loop)."
+        ),
+    )
+    settle_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description=(
+            "After this many s a battery that has not reached its setpoint is taken as it reads (SoC or "
+            "device limit, its own control); at least the dead time plus a full swing at the inverter's ramp."
+        ),
+    )
+    estimate_tolerance_w: float = Field(
+        default=50.0,
+        ge=0,
+        le=1000,
+        description=(
+            "Rounding and noise of the battery and meter readings in W: the setpoint holds while the site is "
+            "within it, and the grid limits are kept this much tighter."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _settle_after_dead_time(self) -> ControlConfig:
+        if self.settle_s <= self.dead_time_s:
+            raise ValueError(
+                f"settle_s ({self.settle_s:g} s) must be longer than dead_time_s ({self.dead_time_s:g} s): a battery "
+                "cannot be done with a setpoint before it has started to follow it"
+            )
+        return self
 
 
 class StoreConfig(_Strict):
