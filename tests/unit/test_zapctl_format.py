@@ -138,3 +138,39 @@ def test_status_and_devices_render_api_payloads() -> None:
     lines = format_devices(devices).splitlines()
     assert lines[1].split() == ["meter", "meter", "1.2s", "good", "fresh", "ok", "power_w=512"]
     assert lines[2].split() == ["inv.battery", "battery", "-", "-", "STALE", "FAILING"]
+
+
+def test_devices_show_the_device_health_not_the_task() -> None:
+    now = NOW.isoformat()
+    refused = {
+        "device": "inv",
+        "state": "unreachable",
+        "since": (NOW - timedelta(minutes=3)).isoformat(),
+        "reason": "connection refused at 127.0.0.1:1502",
+        "last_error": "connection refused at 127.0.0.1:1502",
+        "errors": 7,
+        "task_ok": True,
+        "restarts": 0,
+    }
+    data = {
+        "now": now,
+        "devices": [
+            {
+                "der_id": "inv.battery",
+                "kind": "battery",
+                "age_s": None,
+                "quality": None,
+                "fresh": False,
+                "driver_ok": True,  # the task runs: that alone used to print "ok"
+                "health": {k: refused[k] for k in ("state", "since", "reason", "last_error", "errors")},
+                "values": {},
+            }
+        ],
+        "device_health": [refused],
+    }
+    der_table, device_table = format_devices(data).split("\n\n")
+    assert der_table.splitlines()[1].split() == ["inv.battery", "battery", "-", "-", "STALE", "UNREACHABLE"]
+    header, row = device_table.splitlines()
+    assert header.split() == ["DEVICE", "HEALTH", "SINCE", "ERRORS", "RESTARTS", "REASON"]
+    assert row.startswith("inv ") and "UNREACHABLE" in row and "(3m00s ago)" in row
+    assert row.split()[-6:-3] == ["7", "0", "connection"] and row.endswith("connection refused at 127.0.0.1:1502")
