@@ -2,10 +2,11 @@
 
 One in-process `Daemon` with real peers on loopback: a Modbus inverter at a closed port
 (connection refused), an inverter that answers every read with exception 2 (the map does not
-fit it), a SunSpec device whose chain holds only models zapd cannot use (1, 129), a P1 port
-that accepts and never sends a telegram, an MQTT broker where nobody publishes, an MQTT broker
-that is not there, and one good P1 meter as the control. `zapctl` asks through the daemon's
-unix socket, Prometheus scrapes /metrics, and a subscriber plays Home Assistant on mosquitto.
+fit it), a SunSpec device whose chain holds only models zapd cannot use (1, 129), a TCP port
+that accepts and never says a word (a P1 meter there goes stale, a Modbus device times out),
+an MQTT broker where nobody publishes, an MQTT broker that is not there, and one good P1 meter
+as the control. `zapctl` asks through the daemon's unix socket, Prometheus scrapes /metrics,
+and a subscriber plays Home Assistant on mosquitto.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ async def test_unreachable_and_unusable_devices_are_shown_as_such(tmp_path: Path
                  "has_battery": False},
                 {"driver": "p1_tcp", "id": "quiet", "host": "127.0.0.1", "port": silent_port, "poll_s": 0.5,
                  "role": "submeter"},
+                {"driver": "modbus_tcp", "id": "mute", "host": "127.0.0.1", "port": silent_port,
+                 "map": "sim_hybrid", "poll_s": 1, "timeout_s": 0.5},
                 {"driver": "mqtt", "id": "mqttquiet", "host": mosquitto.host, "port": mosquitto.port, "stale_s": 2,
                  "ders": [{"id": "pv", "kind": "pv", "readings": [{"topic": "nobody/pv", "key": "power_w"}]}]},
                 {"driver": "mqtt", "id": "mqttgone", "host": "127.0.0.1", "port": no_broker, "timeout_s": 1,
@@ -113,6 +116,7 @@ async def test_unreachable_and_unusable_devices_are_shown_as_such(tmp_path: Path
         "wrongmap": ("unusable", "exception 2"),
         "odd": ("unusable", "no usable SunSpec models: found 1, 129"),
         "quiet": ("stale", "no valid telegram"),
+        "mute": ("unreachable", "no answer within 0.5 s"),
         "mqttquiet": ("stale", "no data for"),
         "mqttgone": ("unreachable", f"broker 127.0.0.1:{no_broker}"),
     }
