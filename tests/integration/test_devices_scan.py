@@ -16,6 +16,25 @@ from drivers.sim.physics import SimSite
 from drivers.sim.sunspec_server import start_sunspec_sim
 from zapd.clock import ScaledClock
 
+SITE = """
+[site]
+id = "scan"
+fuse_a = 25
+"""
+
+
+def inverter_toml(port: int, device_id: str = "inverter", extra: str = "") -> str:
+    """A simulated hybrid inverter (or whatever listens at `port`) as a config entry."""
+    return f"""
+[[devices]]
+driver = "modbus_tcp"
+id = "{device_id}"
+host = "127.0.0.1"
+port = {port}
+map = "sim_hybrid"
+poll_s = 1
+{extra}"""
+
 
 def closed_port() -> int:
     with socket.socket() as s:
@@ -32,46 +51,23 @@ async def test_scan_lists_devices_and_capabilities(tmp_path: Path) -> None:
     feeder = asyncio.create_task(meter.run(ScaledClock(datetime(2026, 6, 21, 12, tzinfo=UTC), 1.0), 0.5))
     dead = closed_port()
     config = tmp_path / "zapd.toml"
-    config.write_text(
-        f"""
-[site]
-id = "scan"
-fuse_a = 25
-[[devices]]
-driver = "modbus_tcp"
-id = "inverter"
-host = "127.0.0.1"
-port = {modbus.port}
-map = "sim_hybrid"
-poll_s = 1
+    meter_toml = f"""
 [[devices]]
 driver = "p1_tcp"
 id = "meter"
 host = "127.0.0.1"
 port = {p1_port}
 poll_s = 1
-[[devices]]
-driver = "modbus_tcp"
-id = "ghost"
-host = "127.0.0.1"
-port = {dead}
-map = "sim_hybrid"
-poll_s = 1
-timeout_s = 0.5
 """
-    )
+    config.write_text(SITE + inverter_toml(modbus.port) + meter_toml + inverter_toml(dead, "ghost", "timeout_s = 0.5"))
     try:
-        proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "zapd"), "devices", "scan", "--config", str(config), "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        code, out, err = await _scan(config, "--json")
     finally:
         feeder.cancel()
         await asyncio.gather(feeder, return_exceptions=True)
         await meter.stop()
         await modbus.stop()
-    assert proc.returncode == 1, err.decode()  # one device did not answer
+    assert code == 1, err  # one device did not answer
     rows = {r["der_id"]: r for r in json.loads(out)}
     battery = rows["inverter.battery"]
     assert battery["status"] == "ok" and battery["controllable"] is True
@@ -111,10 +107,8 @@ async def test_scan_rows_for_unusable_and_unreachable_sunspec_and_charger(tmp_pa
     dead_sunspec, dead_alfen = closed_port(), closed_port()
     config = tmp_path / "zapd.toml"
     config.write_text(
-        f"""
-[site]
-id = "scan"
-fuse_a = 25
+        SITE
+        + f"""
 [[devices]]
 driver = "sunspec_tcp"
 id = "odd"
@@ -171,20 +165,7 @@ async def test_scan_exits_0_when_every_device_answers(tmp_path: Path) -> None:
     site.step(datetime(2026, 6, 21, 12, tzinfo=UTC))
     modbus = await start_modbus_sim(site)
     config = tmp_path / "zapd.toml"
-    config.write_text(
-        f"""
-[site]
-id = "scan"
-fuse_a = 25
-[[devices]]
-driver = "modbus_tcp"
-id = "inverter"
-host = "127.0.0.1"
-port = {modbus.port}
-map = "sim_hybrid"
-poll_s = 1
-"""
-    )
+    config.write_text(SITE + inverter_toml(modbus.port))
     try:
         code, out, err = await _scan(config, "--json")
     finally:
