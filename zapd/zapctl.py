@@ -309,7 +309,7 @@ def format_devices(d: Json) -> str:
                 r.get("der_id"),
                 r.get("kind"),
                 duration(r.get("age_s")),
-                r.get("quality"),
+                "BAD" if r.get("quality") == "bad" else r.get("quality"),  # a refused value: the DER is unknown
                 "fresh" if r.get("fresh") else "STALE",
                 device,
                 _values(r.get("values")),

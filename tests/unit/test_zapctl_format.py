@@ -174,3 +174,11 @@ def test_devices_show_the_device_health_not_the_task() -> None:
     assert header.split() == ["DEVICE", "HEALTH", "SINCE", "ERRORS", "RESTARTS", "REASON"]
     assert row.startswith("inv ") and "UNREACHABLE" in row and "(3m00s ago)" in row
     assert row.split()[-6:-3] == ["7", "0", "connection"] and row.endswith("connection refused at 127.0.0.1:1502")
+
+
+def test_a_bad_reading_shouts_in_devices() -> None:
+    """A reading the drivers' guard refused (NaN, ±Inf, out of range) is fresh but not to be trusted."""
+    row = {"der_id": "gm.meter", "kind": "meter", "age_s": 0.4, "quality": "bad", "fresh": True, "driver_ok": True,
+           "values": {"import_wh": 1234.0}}  # fmt: skip
+    lines = format_devices({"devices": [row]}).splitlines()
+    assert lines[1].split()[:5] == ["gm.meter", "meter", "0.4s", "BAD", "fresh"]
