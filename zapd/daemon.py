@@ -427,7 +427,8 @@ class Daemon:
             depth = await self.store.outbox_depth()
             oldest = await self.store.oldest_unacked_ts()
             lag = max(0.0, (self.clock.now() - oldest).total_seconds()) if oldest is not None else 0.0
-            self._sync_gauges = SyncGauges(outbox_depth=depth, sync_lag_s=lag)
+            acks = dict(self.cloud.uploader.acks_rejected) if self.cloud is not None else {}
+            self._sync_gauges = SyncGauges(outbox_depth=depth, sync_lag_s=lag, acks_rejected=acks)
             await asyncio.sleep(5.0)
 
     async def _report_devices(self) -> None:

@@ -8,7 +8,7 @@ database (outbox depth) are refreshed by a small task in the daemon.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import start_http_server
@@ -33,6 +33,7 @@ class SyncGauges:
 
     outbox_depth: int = 0
     sync_lag_s: float = 0.0  # age of the oldest reading not yet acknowledged by the cloud
+    acks_rejected: dict[str, int] = field(default_factory=dict)  # cloud answers refused, by reason
 
 
 class MetricsSource(Protocol):
@@ -83,6 +84,12 @@ class DaemonCollector(Collector):
                                 value=sync.outbox_depth)  # fmt: skip
         yield GaugeMetricFamily("zapd_sync_lag_seconds", "Age of the oldest unacknowledged reading",
                                 value=sync.sync_lag_s)  # fmt: skip
+        acks = CounterMetricFamily("zapd_telemetry_acks_rejected",
+                                   "Cloud answers to uploads refused (unsigned, out of range); nothing deleted",
+                                   labels=["reason"])  # fmt: skip
+        for reason, count in sorted(sync.acks_rejected.items()):
+            acks.add_metric([reason], count)
+        yield acks
 
         cycles, last_ms, writes, failures = src.metric_control()
         yield CounterMetricFamily("zapd_control_cycles", "Control cycles run", value=cycles)

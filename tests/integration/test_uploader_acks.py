@@ -30,12 +30,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
+from cloud_sync.keys import generate_keypair, public_key_b64
 from cloud_sync.link import LinkStatus
 from cloud_sync.uploader import Uploader
 from cloud_sync.wire import HEADER_SIGNATURE, AckRejected, gunzip_limited, sign_body, verify_body
-from tests.integration.loopback_http import serve_on_loopback
+from drivers.sim.p1_pty import SimP1Tcp
+from drivers.sim.physics import SimSite
+from tests.integration.loopback_http import free_port, serve_on_loopback
 from tests.integration.test_cloud_api import Cloud, _register, _serve
-from zapd.clock import ManualClock
+from zapd.clock import ManualClock, ScaledClock
+from zapd.config import validate_config
+from zapd.daemon import Daemon
 from zapd.model import DerKind, Reading
 from zapd.store import Store
 
@@ -69,7 +74,11 @@ async def hostile_cloud(h: Hostile) -> AsyncIterator[str]:
         headers = sign_body(key, body) if key is not None else {}
         return Response(body, status_code=status, headers=headers, media_type="application/json")
 
-    app = Starlette(routes=[Route(f"/v1/sites/{SITE}/telemetry", telemetry, methods=["POST"])])
+    async def no_plan(request: Request) -> Response:
+        return Response(b'{"error": "no_plan"}', status_code=404, media_type="application/json")
+
+    app = Starlette(routes=[Route(f"/v1/sites/{SITE}/telemetry", telemetry, methods=["POST"]),
+                            Route(f"/v1/sites/{SITE}/plan", no_plan)])  # fmt: skip
     async with serve_on_loopback(app) as url:
         yield url
 
@@ -202,6 +211,58 @@ async def test_a_refused_ack_keeps_the_link_down_and_is_logged_once(store: Store
     assert "unsigned" in link.last_error
     assert [e["reason"] for e in logs if e["event"] == "telemetry_ack_rejected"] == ["unsigned"]
     assert await kept(store) == (0, 20)
+
+
+async def test_the_daemon_keeps_its_outbox_against_a_forging_cloud(tmp_path: Path) -> None:
+    """The whole daemon (config, key files, a P1 meter feeding readings) against a cloud URL where a
+    forger answers every upload with an unsigned 10^18: the outbox grows, the link is down, the
+    refusals show in `zapctl status` and in the metrics."""
+    state = tmp_path / "state"
+    generate_keypair(state)
+    site = SimSite()
+    site.step(T0)
+    meter = SimP1Tcp(site)
+    p1_port = await meter.start()
+    clock = ScaledClock(T0, 1.0)
+    metrics_port = free_port()
+    h = Hostile(answer=lambda b: (200, ack(10**18), None))
+    async with hostile_cloud(h) as url:
+        config = validate_config(
+            {
+                "site": {"id": SITE, "fuse_a": 25},
+                "control": {"tick_s": 0.2},
+                "store": {"state_dir": str(state)},
+                "api": {"socket": str(tmp_path / "zapd.sock")},
+                "metrics": {"port": metrics_port},
+                "cloud": {"url": url, "public_key": public_key_b64(CLOUD.verify_key), "upload_interval_s": 0.2,
+                          "plan_interval_s": 0.5},
+                "devices": [{"driver": "p1_tcp", "id": "meter", "host": "127.0.0.1", "port": p1_port, "poll_s": 0.2}],
+            },
+            "test",
+        )  # fmt: skip
+        daemon = Daemon(config, clock)
+        feeder = asyncio.create_task(meter.run(clock, 0.1))
+        run = asyncio.create_task(daemon.run())
+        try:
+            for _ in range(150):
+                await asyncio.sleep(0.1)
+                link = await daemon.link_status()
+                if dict(link["acks_rejected"]).get("unsigned", 0) >= 2:  # type: ignore[call-overload]
+                    break
+            assert link["state"] == "down" and link["acked_seq"] == 0
+            assert link["acks_rejected"] == {"unsigned": link["acks_rejected"]["unsigned"]}  # type: ignore[index]
+            assert 2 <= link["acks_rejected"]["unsigned"] <= len(h.batches)  # type: ignore[index]
+            assert int(str(link["outbox_depth"])) >= int(str(h.batches[-1]["last_seq"]))
+            await asyncio.sleep(5.5)  # the sync gauges refresh every 5 s
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}", timeout=5) as client:
+                text = (await client.get("/metrics")).text
+            assert 'zapd_telemetry_acks_rejected_total{reason="unsigned"}' in text
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(run, 20)
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            await meter.stop()
 
 
 # --- the real zapcloud serve ------------------------------------------------------------------
