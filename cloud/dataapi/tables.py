@@ -1,0 +1,74 @@
+"""Tables of the data API, on the cloud's one `metadata` so `create_schema` makes them too.
+
+Secrets are never stored: client secrets, authorization codes, access and refresh tokens are kept
+as SHA-256 digests (they are 256-bit random strings, so a fast hash is enough); owner passwords as
+scrypt hashes (they are chosen by people).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, DateTime, Index, PrimaryKeyConstraint, String, Table, Text
+
+from cloud.server.db import metadata
+
+# A person who owns sites and signs in to grant apps access to them.
+owners = Table(
+    "owners",
+    metadata,
+    Column("owner_id", String(64), primary_key=True),
+    Column("password_hash", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+owner_sites = Table(
+    "owner_sites",
+    metadata,
+    Column("owner_id", String(64), nullable=False),
+    Column("site_id", String(64), nullable=False),
+    PrimaryKeyConstraint("owner_id", "site_id"),
+)
+
+# A registered app (authorization code + PKCE) or operator service (client credentials).
+oauth_clients = Table(
+    "oauth_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("secret_hash", String(64), nullable=True),  # None: a public client (PKCE required)
+    Column("redirect_uris", JSON, nullable=False),
+    Column("grant_types", JSON, nullable=False),
+    Column("scope", Text, nullable=False),  # the most this client may ever be granted
+    Column("sites", JSON, nullable=False),  # client credentials only: the sites the operator gave it
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+oauth_codes = Table(
+    "oauth_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("owner_id", String(64), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("sites", JSON, nullable=False),
+    Column("code_challenge", String(128), nullable=True),
+    Column("code_challenge_method", String(16), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+oauth_tokens = Table(
+    "oauth_tokens",
+    metadata,
+    Column("access_hash", String(64), primary_key=True),
+    Column("refresh_hash", String(64), nullable=True, unique=True),
+    Column("client_id", String(64), nullable=False),
+    Column("owner_id", String(64), nullable=True),  # None for client credentials
+    Column("scope", Text, nullable=False),
+    Column("sites", JSON, nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("refresh_expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+Index("ix_oauth_tokens_client", oauth_tokens.c.client_id)
