@@ -22,7 +22,7 @@ from nacl.signing import SigningKey
 
 from cloud_sync.link import LinkStatus
 from cloud_sync.uploader import Uploader, UploadRejected
-from cloud_sync.wire import WireError, gunzip_limited, sign_body
+from cloud_sync.wire import AckRejected, WireError, gunzip_limited, sign_body, verify_ack
 from zapd.clock import ManualClock
 from zapd.model import DerKind, Reading
 from zapd.store import Store
@@ -79,3 +79,18 @@ async def _run(script: list[tuple[int, int]], batch_max: int, tmp: Path) -> None
 def test_no_answer_deletes_what_was_not_sent(script: list[tuple[int, int]], batch_max: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_run(script, batch_max, Path(tmp)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=300) | st.builds(lambda n, s: msgspec.json.encode({"stored_through": n, "site_id": s}),
+                                                 st.integers() | st.floats(), st.sampled_from(["s", "t", None])),
+       signed=st.booleans())  # fmt: skip
+def test_any_answer_body_is_a_valid_ack_or_ack_rejected(body: bytes, signed: bool) -> None:
+    """Random bytes, signed or not, give a TelemetryAck for this site or AckRejected, never another error."""
+    sig = sign_body(CLOUD, body)["X-Zap-Signature"] if signed else None
+    try:
+        ack = verify_ack(body, sig, CLOUD.verify_key, site_id="s")
+    except AckRejected as exc:
+        assert exc.reason in ("malformed", "wrong_site") if signed else exc.reason == "unsigned"
+    else:
+        assert signed and ack.site_id == "s" and isinstance(ack.stored_through, int)
