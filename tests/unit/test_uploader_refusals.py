@@ -7,6 +7,8 @@ per site; a declared `lost_through` closes a gap). The store is the real SQLite 
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,8 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from cloud_sync.link import LinkStatus
@@ -130,3 +134,31 @@ async def test_a_refusal_that_is_not_about_content_is_not_narrowed_down(store: S
     with pytest.raises(UploadRejected):
         await drain(store, cloud)
     assert cloud.posts == 1 and await store.kv_get("sync.refused_by_cloud") is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 120), st.sets(st.integers(1, 120), max_size=6), st.integers(1, 64))
+def test_whatever_single_readings_the_cloud_refuses_the_rest_arrive_once_in_order(
+    n: int, refused: set[int], batch_max: int
+) -> None:
+    refused = {s for s in refused if s <= n}  # at most six: never the streak of ten that stops the skipping
+
+    async def run() -> tuple[FakeCloud, Uploader, int, int]:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = await Store.open(Path(tmp) / "zapd.sqlite")
+            try:
+                await fill(store, n)
+                cloud = FakeCloud(refuse_reading=lambda r: r["values"]["power_w"] in refused)
+                up = await drain(store, cloud, batch_max=batch_max)
+                return cloud, up, await store.acked_seq(), await store.outbox_depth()
+            finally:
+                await store.close()
+
+    cloud, up, acked, depth = asyncio.run(run())
+    good = [s for s in range(1, n + 1) if s not in refused]
+    assert cloud.seqs == good  # every other reading, once, in order
+    last_good = good[-1] if good else 0
+    # A refused reading is declared lost by the next batch the cloud takes; trailing ones wait for one.
+    declared = {s for s in refused if s < last_good}
+    assert up.refused_by_cloud == cloud.lost == len(declared)
+    assert acked == last_good and depth == n - last_good
