@@ -7,6 +7,7 @@ class full of NotImplementedError.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -70,22 +71,28 @@ class ReadingGuard:
     with only its plausible values and quality BAD, which the snapshot reads as "DER unknown" (so the
     ladder holds on a meter or battery it cannot trust), and the outbox never gets a value the cloud
     refuses. Each refused reading is counted in the driver's own counters (`rejected_nonfinite`,
-    `rejected_out_of_range`, exported per device by the metrics) and logged once per streak per DER.
+    `rejected_out_of_range`, exported per device by the metrics) and logged once per streak per DER;
+    a DER that flaps between good and bad logs a new streak at most once per `log_every_s`.
     """
 
-    def __init__(self, device: str, sink: ReadingSink, counters: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, device: str, sink: ReadingSink, counters: dict[str, int] | None = None, *, log_every_s: float = 60.0
+    ) -> None:
         self._device = device
         self._sink = sink
         self.counters: dict[str, int] = counters if counters is not None else {}
         for reason in ("nonfinite", "out_of_range"):
             self.counters.setdefault(f"rejected_{reason}", 0)
         self._streaks: dict[str, int] = {}  # der_id -> readings refused in a row
+        self._log_every_s = log_every_s
+        self._logged_at: dict[str, float] = {}  # der_id -> monotonic time of its last reading_rejected line
+        self._quiet_streaks: dict[str, int] = {}  # der_id -> streaks not logged since that line
 
     def __call__(self, reading: Reading) -> None:
         bad = bad_values(reading.values)
         if not bad and reading.quality is not Quality.BAD:
             streak = self._streaks.pop(reading.der_id, None)
-            if streak is not None:
+            if streak is not None and reading.der_id not in self._quiet_streaks:
                 log.info("reading_valid_again", device=self._device, der_id=reading.der_id, refused=streak)
             self._sink(reading)
             return
@@ -93,13 +100,20 @@ class ReadingGuard:
             self.counters[f"rejected_{reason}"] += 1
         streak = self._streaks.get(reading.der_id, 0)
         if streak == 0:
-            log.warning(
-                "reading_rejected",
-                device=self._device,
-                der_id=reading.der_id,
-                values={k: repr(reading.values[k]) for k in sorted(bad)},
-                reasons=[str(r) for r in sorted(set(bad.values()))] or ["driver"],
-            )
+            now = time.monotonic()
+            last = self._logged_at.get(reading.der_id)
+            if last is not None and now - last < self._log_every_s:
+                self._quiet_streaks[reading.der_id] = self._quiet_streaks.get(reading.der_id, 0) + 1
+            else:
+                self._logged_at[reading.der_id] = now
+                log.warning(
+                    "reading_rejected",
+                    device=self._device,
+                    der_id=reading.der_id,
+                    values={k: repr(reading.values[k]) for k in sorted(bad)},
+                    reasons=[str(r) for r in sorted(set(bad.values()))] or ["driver"],
+                    streaks_not_logged=self._quiet_streaks.pop(reading.der_id, 0),
+                )
         self._streaks[reading.der_id] = streak + 1
         good = {k: v for k, v in reading.values.items() if k not in bad}
         self._sink(msgspec.structs.replace(reading, values=good, quality=Quality.BAD))

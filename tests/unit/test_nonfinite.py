@@ -98,6 +98,17 @@ def test_guard_refuses_and_counts(values: dict[str, float], reason: str) -> None
     assert events == ["reading_rejected", "reading_valid_again"]  # once per streak, and its end
 
 
+def test_a_flapping_value_is_counted_every_time_and_logged_once_a_minute() -> None:
+    counters: dict[str, int] = {}
+    guard = ReadingGuard("p1", lambda r: None, counters)
+    with capture_logs() as logs:
+        for _ in range(5):
+            guard(meter({POWER_W: math.nan}))
+            guard(meter({POWER_W: 200.0}))
+    assert counters["rejected_nonfinite"] == 5
+    assert [e["event"] for e in logs] == ["reading_rejected", "reading_valid_again"]
+
+
 def test_bad_reading_makes_the_der_unknown_at_once() -> None:
     state = SiteState()
     state.register("grid", DerKind.METER, 5.0)
