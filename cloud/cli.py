@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cloud.server.limits import Limits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +26,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--planner-idle-s", type=float, default=5.0, help="seconds the planner waits when no site is due"
     )
+    serve.add_argument(
+        "--admin-token-file",
+        metavar="PATH",
+        help="file holding the admin bearer token (else $ZAPCLOUD_ADMIN_TOKEN; one of them is required)",
+    )
+    serve.add_argument(
+        "--metrics-token-file",
+        metavar="PATH",
+        help="file holding a token that may only read /metrics (else $ZAPCLOUD_METRICS_TOKEN; optional)",
+    )
+    # Defaults: cloud/server/limits.py `Limits` (listed in docs/operations.md); unset flags keep them.
+    lim = serve.add_argument_group("limits (defaults in docs/operations.md)")
+    lim.add_argument("--max-connections", type=int, help="open connections per worker")
+    lim.add_argument("--header-timeout-s", type=float, help="seconds a client has to send its request headers")
+    lim.add_argument("--body-timeout-s", type=float, help="seconds a client has to send its request body")
+    for name, what in (
+        ("site", "requests per site key"),
+        ("admin", "requests per admin/metrics token"),
+        ("fail", "failed authentications per client address"),
+    ):
+        lim.add_argument(f"--{name}-rate", type=float, help=f"{what}, per second")
+        lim.add_argument(f"--{name}-burst", type=float, help=f"{what}, in a burst")
+
+    token = sub.add_parser("token", help="write a new random admin (or metrics) token to a file, mode 0600")
+    token.add_argument("path", help="file to create (never overwritten)")
 
     opt = sub.add_parser("optimize", help="solve one optimization problem (JSON) and print the solution")
     opt.add_argument("problem", help="path to PROBLEM.json, or - for stdin")
@@ -32,6 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limits(args: argparse.Namespace) -> Limits:
+    from cloud.server.limits import Limits, Rate
+
+    d = Limits()
+    rates = {
+        name: Rate(
+            d_rate.per_s if getattr(args, f"{name}_rate") is None else getattr(args, f"{name}_rate"),
+            d_rate.burst if getattr(args, f"{name}_burst") is None else getattr(args, f"{name}_burst"),
+        )
+        for name, d_rate in (("site", d.site_rate), ("admin", d.admin_rate), ("fail", d.fail_rate))
+    }
+    return Limits(
+        max_connections=d.max_connections if args.max_connections is None else args.max_connections,
+        header_timeout_s=d.header_timeout_s if args.header_timeout_s is None else args.header_timeout_s,
+        body_timeout_s=d.body_timeout_s if args.body_timeout_s is None else args.body_timeout_s,
+        site_rate=rates["site"],
+        admin_rate=rates["admin"],
+        fail_rate=rates["fail"],
+        cpu_slots=d.cpu_slots,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "optimize":
@@ -41,14 +93,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from cloud.server import run_serve
 
+        try:
+            limits = _limits(args)
+        except ValueError as exc:
+            print(f"zapcloud: {exc}", file=sys.stderr)
+            return 2
         return run_serve(
             db_url=args.db,
             host=args.host,
             port=args.port,
             key_path=args.key,
+            admin_token_file=args.admin_token_file,
+            metrics_token_file=args.metrics_token_file,
+            limits=limits,
             planner=not args.no_planner,
             planner_idle_s=args.planner_idle_s,
         )
+    if args.command == "token":
+        from cloud.server.auth import write_token_file
+
+        try:
+            write_token_file(Path(args.path))
+        except OSError as exc:
+            print(f"zapcloud: {args.path}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"zapcloud: wrote a new token to {args.path}")
+        return 0
     if args.command == "backtest":
         from cloud.backtest import run_backtest
 

@@ -35,7 +35,13 @@ HEADER_TIMESTAMP: Final = "X-Zap-Timestamp"
 # Caps that keep a hostile or buggy peer from exhausting memory. Both sides use them: the
 # uploader sizes its batches below them, the server rejects anything above them.
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
-MAX_BATCH_READINGS: Final = 10_000
+# 5000 readings are ~0.8 MB of JSON and ~50 ms of one SQLite write transaction on the cloud.
+MAX_BATCH_READINGS: Final = 5_000
+MAX_BATCH_COMMANDS: Final = 1_000
+# Telemetry seqs stay exact in every JSON parser (IEEE double) and fit a signed 64-bit column.
+MAX_SEQ: Final = 2**53 - 1
+MAX_ID_CHARS: Final = 128  # der_id and value names
+MAX_READING_VALUES: Final = 64
 # How far the timestamp of a signed GET may be from the server's clock.
 MAX_REQUEST_SKEW_S: Final = 300.0
 
@@ -261,7 +267,11 @@ def verify_request(
         return "bad_timestamp"
     if ts.tzinfo is None:
         return "bad_timestamp"
-    if abs((ts - now).total_seconds()) > max_skew_s:
+    try:
+        skew = abs((ts - now).total_seconds())
+    except OverflowError:  # year 1 or 9999 with an offset
+        return "bad_timestamp"
+    if skew > max_skew_s:
         return "stale_timestamp"
     if not verify_body(verify_key, request_signing_bytes(method, path, timestamp), sig_b64):
         return "bad_signature"
@@ -322,7 +332,15 @@ def check_batch(batch: TelemetryBatch) -> None:
             raise WireError(f"sequence numbers not contiguous: {prev.seq} then {cur.seq}")
     if batch.lost_through is not None and batch.lost_through != batch.first_seq - 1:
         raise WireError("lost_through must be first_seq - 1")
+    if batch.last_seq > MAX_SEQ:
+        raise WireError(f"seq {batch.last_seq} is above the maximum {MAX_SEQ} (2^53 - 1)")
+    if len(batch.commands) > MAX_BATCH_COMMANDS:
+        raise WireError(f"batch has {len(batch.commands)} command reports, more than {MAX_BATCH_COMMANDS}")
     for r in batch.readings:
+        if not 0 < len(r.der_id) <= MAX_ID_CHARS or len(r.values) > MAX_READING_VALUES:
+            raise WireError(f"reading seq {r.seq}: der_id of 1..{MAX_ID_CHARS} characters, {MAX_READING_VALUES} values")
+        if any(not 0 < len(name) <= MAX_ID_CHARS for name in r.values):
+            raise WireError(f"reading seq {r.seq}: value names must be 1..{MAX_ID_CHARS} characters")
         problem = reading_problem(r.ts, r.values)
         if problem is not None:
             raise WireError(f"reading seq {r.seq} ({r.der_id}): {problem}")

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import socket
 import sqlite3
 import subprocess
@@ -44,6 +45,10 @@ class LocalCloud:
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     public_key: str = ""
+    admin_token: str = ""
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     @property
     def url(self) -> str:
@@ -61,8 +66,9 @@ class LocalCloud:
             "serve", "--port", str(self.port), "--db", f"sqlite+aiosqlite:///{db}",
             "--key", str(self.out / "cloud.key"), "--planner-idle-s", "0.05",
         ]  # fmt: skip
-        env = {**os.environ, SIM_CLOCK_ENV: self.clock_env}
-        env.pop("ZAPCLOUD_ADMIN_TOKEN", None)  # loopback demo: admin endpoints open
+        # The cloud has no open mode: the demo makes its own admin token for this run.
+        self.admin_token = secrets.token_urlsafe(32)
+        env = {**os.environ, SIM_CLOCK_ENV: self.clock_env, "ZAPCLOUD_ADMIN_TOKEN": self.admin_token}
         log = (self.out / "cloud.log").open("wb")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
@@ -108,13 +114,13 @@ class LocalCloud:
             "export": {"kind": "fixed", "price": 0.07},
         }
         body = {"site_id": self.site_id, "public_key": public_key_b64(verify_key), "assets": assets, "tariff": tariff}
-        resp = httpx.post(f"{self.url}/v1/sites", json=body, timeout=10)
+        resp = httpx.post(f"{self.url}/v1/sites", json=body, headers=self.admin_headers(), timeout=10)
         if resp.status_code not in (200, 201):
             raise RuntimeError(f"site registration failed: {resp.status_code} {resp.text}")
 
     def publish_prices(self, start: datetime, hourly: list[float], days: int) -> None:
         body = {"start": start.isoformat(), "step_minutes": 60, "prices": hourly * days}
-        resp = httpx.put(f"{self.url}/v1/prices/{DEMO_AREA}", json=body, timeout=10)
+        resp = httpx.put(f"{self.url}/v1/prices/{DEMO_AREA}", json=body, headers=self.admin_headers(), timeout=10)
         if resp.status_code not in (200, 201, 204):
             raise RuntimeError(f"price upload failed: {resp.status_code} {resp.text}")
 

@@ -1,21 +1,25 @@
-"""The HTTP API of `zapcloud serve` (see docs/wire.md for the contract).
+"""The HTTP API of `zapcloud serve` (see docs/wire.md for the contract, docs/operations.md for limits).
 
-Every request from a Zap is authenticated before anything in it is parsed: the key id
-header selects the site's registered key, the signature is checked over the exact
-(decompressed) body bytes, and only then is the JSON decoded. All state is in the
-database, so any number of workers can serve the same sites.
+Cheap checks come before expensive ones. A request from a Zap is refused on its headers alone when
+they cannot be right (no key id, a signature that is not 64 bytes of base64, a declared body over the
+cap, an unknown encoding), then on the key lookup and the site's rate limit; only then is its body read
+(under a deadline), decompressed, hashed and decoded, in a worker thread so that a large body does not
+stall the event loop. The signature is checked over the exact (decompressed) body bytes before the
+JSON is decoded. Admin endpoints check the bearer token (constant time) before they read anything. All
+state is in the database except the per-worker rate-limit buckets and metrics counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -26,7 +30,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cloud.server import bounds
+from cloud.server.auth import BearerTokens, check_token
+from cloud.server.bounds import BoundsError
 from cloud.server.db import Database, PlanVersionConflictError, SiteKeyConflictError, SiteRecord
+from cloud.server.limits import Limits, TokenBuckets, retry_after
 from cloud.server.metrics import Metrics
 from cloud.server.service import publish_plan, register_site
 from cloud_sync.keys import key_id, load_verify_key_b64
@@ -53,10 +61,13 @@ from cloud_sync.wire import (
 
 log = structlog.get_logger("zapcloud.api")
 
-ADMIN_TOKEN_ENV = "ZAPCLOUD_ADMIN_TOKEN"
 # Bounds one request end to end (slow client body + database); past it the answer is 503.
 REQUEST_TIMEOUT_S = 30.0
 HEALTH_TIMEOUT_S = 2.0
+_MAX_KEY_ID_CHARS = 64
+_MAX_SIGNATURE_CHARS = 128
+
+T = TypeVar("T")
 
 
 class SiteRegistration(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,10 +102,19 @@ class _Context:
     db: Database
     signing_key: SigningKey
     key_id: str
-    admin_token: str | None
+    tokens: BearerTokens
     clock: Callable[[], datetime]
     metrics: Metrics
+    limits: Limits
+    site_buckets: TokenBuckets
+    admin_buckets: TokenBuckets
+    fail_buckets: TokenBuckets
+    cpu: asyncio.Semaphore
     max_request_skew_s: float = MAX_REQUEST_SKEW_S
+
+    @property
+    def future_skew(self) -> timedelta:
+        return timedelta(seconds=self.max_request_skew_s)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -104,34 +124,43 @@ def create_app(
     db_url: str,
     signing_key: SigningKey,
     *,
-    admin_token: str | None = None,
+    admin_token: str,
+    metrics_token: str | None = None,
+    limits: Limits | None = None,
     clock: Callable[[], datetime] | None = None,
     planner: bool = True,
     planner_idle_s: float = 5.0,
     max_request_skew_s: float = MAX_REQUEST_SKEW_S,
+    rate_scale: float = 1.0,
 ) -> Starlette:
-    """Build the ASGI app. `admin_token` defaults to $ZAPCLOUD_ADMIN_TOKEN (unset: no admin auth).
+    """Build the ASGI app. There is no open mode: `admin_token` is required (cloud/server/auth.py).
 
     `planner`: run the planning loop (cloud/planner.py) in this worker; every worker may, the database
-    hands each due site to one of them.
+    hands each due site to one of them. `rate_scale` multiplies the request rates (a test on a sped-up
+    clock sends requests that much faster).
     """
-    if admin_token is None:
-        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    tokens = {"admin": check_token(admin_token, "admin token")}
+    if metrics_token is not None:
+        tokens["metrics"] = check_token(metrics_token, "metrics token")
+    limits = limits or Limits()
     ctx = _Context(
         db=Database(db_url),
         signing_key=signing_key,
         key_id=key_id(signing_key),
-        admin_token=admin_token,
+        tokens=BearerTokens(tokens),
         clock=clock or (lambda: datetime.now(UTC)),
         metrics=Metrics(),
+        limits=limits,
+        site_buckets=TokenBuckets(limits.site_rate.scaled(rate_scale)),
+        admin_buckets=TokenBuckets(limits.admin_rate.scaled(rate_scale)),
+        fail_buckets=TokenBuckets(limits.fail_rate),
+        cpu=asyncio.Semaphore(limits.cpu_slots),
         max_request_skew_s=max_request_skew_s,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await ctx.db.create_schema()
-        if ctx.admin_token is None:
-            log.warning("admin_auth_disabled", hint=f"set {ADMIN_TOKEN_ENV} to protect admin endpoints")
         planning: asyncio.Task[None] | None = None
         if planner:
             from cloud.planner import price_client_from_env, run_planner
@@ -192,7 +221,11 @@ def _guarded(ctx: _Context, name: str, fn: Callable[[_Context, Request], Awaitab
                 response = await fn(ctx, request)
         except ApiError as exc:
             ctx.metrics.reject(name, exc.reason)
-            log.info(
+            if exc.status == 401:
+                ctx.fail_buckets.charge(_client(request))
+            # A flood of 429s would flood the log too: the counter has them.
+            level = log.debug if exc.status == 429 else log.info
+            level(
                 "request_rejected",
                 endpoint=name,
                 site_id=site_id,
@@ -223,66 +256,147 @@ def _json(obj: object, status: int = 200, headers: dict[str, str] | None = None)
 # --- request plumbing -------------------------------------------------------------------
 
 
-async def _read_body(request: Request) -> bytes:
-    """The raw body, size-capped, with Content-Encoding undone: the bytes the Zap signed."""
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _rate_limited(wait_s: float, what: str) -> ApiError:
+    return ApiError(
+        429, "rate_limited", f"too many {what}; retry in {wait_s:.1f} s", headers={"Retry-After": retry_after(wait_s)}
+    )
+
+
+def _check_fail_budget(ctx: _Context, request: Request) -> None:
+    """An address that keeps failing authentication is refused before any lookup."""
+    wait = ctx.fail_buckets.spent(_client(request))
+    if wait > 0:
+        raise _rate_limited(wait, "failed authentications from this address")
+
+
+def _check_body_headers(request: Request) -> str:
+    """Size and encoding as declared, before anything is read; returns the encoding."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > MAX_BODY_BYTES:
-                raise ApiError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+            size = int(declared)
         except ValueError:
             raise ApiError(400, "bad_request", "bad Content-Length") from None
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", "gzip"):
+        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding[:40]!r} (use gzip or none)")
+    return encoding
+
+
+async def _read_raw(ctx: _Context, request: Request) -> bytes:
+    """The raw body, size-capped, within the body deadline."""
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise ApiError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(ctx.limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ApiError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "client_disconnect", "client went away while sending the body") from None
-    raw = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return raw
+    except TimeoutError:
+        detail = f"body not received within {ctx.limits.body_timeout_s:g} s"
+        raise ApiError(408, "body_timeout", detail, headers={"Connection": "close"}) from None
+    return b"".join(chunks)
+
+
+def _decompress(raw: bytes, encoding: str) -> bytes:
     if encoding == "gzip":
         try:
             return gunzip_limited(raw)
         except WireError as exc:
             raise ApiError(400, "bad_encoding", str(exc)) from None
-    raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} (use gzip or none)")
+    return raw
 
 
-async def _site_for_key(ctx: _Context, request: Request, site_id: str) -> tuple[SiteRecord, VerifyKey]:
-    """The site's registered key, if the request names it; 401 otherwise (never says which)."""
-    kid = request.headers.get(HEADER_KEY_ID)
-    if not kid:
-        raise ApiError(401, "missing_key_id", f"{HEADER_KEY_ID} header required")
-    site = await ctx.db.get_site(site_id)
-    if site is None or not hmac.compare_digest(site.key_id.encode(), kid.strip().encode()):
-        raise ApiError(401, "unknown_key", "key id not registered for this site")
-    return site, load_verify_key_b64(site.public_key)
+async def _in_thread(ctx: _Context, fn: Callable[[], T]) -> T:
+    """CPU work on a body (gunzip, hashing, JSON) off the event loop, `limits.cpu_slots` at a time."""
+    async with ctx.cpu:
+        return await asyncio.to_thread(fn)
 
 
-async def _signed_body(ctx: _Context, request: Request, site_id: str) -> tuple[SiteRecord, bytes]:
-    body = await _read_body(request)
-    site, verify_key = await _site_for_key(ctx, request, site_id)
+def _decode_or_422(decode: Callable[[bytes], T], body: bytes) -> T:
+    try:
+        return decode(body)
+    except ValueError as exc:  # WireError, BoundsError, EventError: messages fit for the client
+        raise ApiError(422, "malformed", str(exc)) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ApiError(422, "malformed", f"malformed body: {exc}") from None
+
+
+async def _admin_body(ctx: _Context, request: Request, decode: Callable[[bytes], T]) -> T:
+    """An admin request's body, decoded (the caller has checked the token)."""
+    encoding = _check_body_headers(request)
+    raw = await _read_raw(ctx, request)
+    return await _in_thread(ctx, lambda: _decode_or_422(decode, _decompress(raw, encoding)))
+
+
+def _signature_header(request: Request) -> str:
     signature = request.headers.get(HEADER_SIGNATURE)
     if not signature:
         raise ApiError(401, "missing_signature", f"{HEADER_SIGNATURE} header required")
-    if not verify_body(verify_key, body, signature):
-        raise ApiError(401, "bad_signature", "signature does not match the body")
-    return site, body
+    try:
+        if len(signature) > _MAX_SIGNATURE_CHARS or len(base64.b64decode(signature, validate=True)) != 64:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise ApiError(401, "bad_signature", f"{HEADER_SIGNATURE} is not base64 of 64 bytes") from None
+    return signature
 
 
-def _require_admin(ctx: _Context, request: Request) -> None:
-    if ctx.admin_token is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    good = hmac.compare_digest(token.strip().encode(), ctx.admin_token.encode())
-    if scheme.lower() != "bearer" or not good:
+async def _site_for_key(ctx: _Context, request: Request, site_id: str) -> tuple[SiteRecord, VerifyKey]:
+    """The site's registered key, if the request names it; 401 otherwise (never says which).
+
+    Then the site's rate limit: a flood under one valid key is refused before its body is read.
+    """
+    _check_fail_budget(ctx, request)
+    kid = request.headers.get(HEADER_KEY_ID)
+    if not kid:
+        raise ApiError(401, "missing_key_id", f"{HEADER_KEY_ID} header required")
+    if len(kid) > _MAX_KEY_ID_CHARS or len(site_id) > 64:
+        raise ApiError(401, "unknown_key", "key id not registered for this site")
+    site = await ctx.db.get_site(site_id)
+    if site is None or not hmac.compare_digest(site.key_id.encode(), kid.strip().encode()):
+        raise ApiError(401, "unknown_key", "key id not registered for this site")
+    wait = ctx.site_buckets.take(site.key_id)
+    if wait > 0:
+        raise _rate_limited(wait, "requests for this site")
+    return site, load_verify_key_b64(site.public_key)
+
+
+async def _signed(ctx: _Context, request: Request, site_id: str, decode: Callable[[bytes], T]) -> tuple[SiteRecord, T]:
+    """A Zap's signed POST: headers, key and rate first, then body, signature and decoding."""
+    _check_fail_budget(ctx, request)
+    signature = _signature_header(request)
+    encoding = _check_body_headers(request)
+    site, verify_key = await _site_for_key(ctx, request, site_id)
+    raw = await _read_raw(ctx, request)
+
+    def work() -> T:
+        body = _decompress(raw, encoding)
+        if not verify_body(verify_key, body, signature):
+            raise ApiError(401, "bad_signature", "signature does not match the body")
+        return _decode_or_422(decode, body)
+
+    return site, await _in_thread(ctx, work)
+
+
+def _require_admin(ctx: _Context, request: Request, *, metrics: bool = False) -> None:
+    """The admin token (or, for `metrics`, the metrics token); each has its own rate limit."""
+    _check_fail_budget(ctx, request)
+    name = ctx.tokens.match(request.headers.get("authorization"))
+    if name is None or (name == "metrics" and not metrics):
         raise ApiError(401, "admin_auth", "admin bearer token required", headers={"WWW-Authenticate": "Bearer"})
+    wait = ctx.admin_buckets.take(name)
+    if wait > 0:
+        raise _rate_limited(wait, "admin requests")
 
 
 # --- endpoints --------------------------------------------------------------------------
@@ -297,17 +411,18 @@ async def _healthz(ctx: _Context, _request: Request) -> Response:
     return _json({"status": "ok", "cloud_key_id": ctx.key_id})
 
 
-async def _metrics(ctx: _Context, _request: Request) -> Response:
+async def _metrics(ctx: _Context, request: Request) -> Response:
+    _require_admin(ctx, request, metrics=True)
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _decode_registration(body: bytes) -> SiteRegistration:
+    return msgspec.json.decode(body, type=SiteRegistration)
 
 
 async def _register(ctx: _Context, request: Request) -> Response:
     _require_admin(ctx, request)
-    body = await _read_body(request)
-    try:
-        reg = msgspec.json.decode(body, type=SiteRegistration)
-    except msgspec.DecodeError as exc:
-        raise ApiError(422, "malformed", f"malformed registration: {exc}") from None
+    reg = await _admin_body(ctx, request, _decode_registration)
     try:
         kid = await register_site(
             ctx.db, reg.site_id, reg.public_key, assets=reg.assets, tariff=reg.tariff, now=ctx.clock()
@@ -322,13 +437,19 @@ async def _register(ctx: _Context, request: Request) -> Response:
 
 async def _telemetry(ctx: _Context, request: Request) -> Response:
     site_id = request.path_params["site_id"]
-    _site, body = await _signed_body(ctx, request, site_id)
-    try:
-        batch = decode_batch(body)
-    except WireError as exc:
-        raise ApiError(422, "malformed", str(exc)) from None
+    site, batch = await _signed(ctx, request, site_id, decode_batch)
     if batch.site_id != site_id:
         raise ApiError(422, "site_mismatch", f"batch is for site {batch.site_id!r}, URL says {site_id!r}")
+    try:
+        bounds.check_times(batch, ctx.clock(), ctx.future_skew)
+        if batch.lost_through is not None and batch.first_seq > site.stored_through + 1:
+            last_ts = await ctx.db.last_reading_ts(site_id)
+            try:
+                bounds.check_seq_jump(batch, site.stored_through, last_ts)
+            except BoundsError as exc:
+                raise ApiError(422, "seq_jump", str(exc)) from None
+    except BoundsError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
     result = await ctx.db.ingest_telemetry(batch)
     # Both answers are signed with the cloud key: the Zap deletes its outbox only on a signed ACK.
     if not result.accepted:
@@ -346,13 +467,13 @@ async def _telemetry(ctx: _Context, request: Request) -> Response:
 
 async def _discovery(ctx: _Context, request: Request) -> Response:
     site_id = request.path_params["site_id"]
-    _site, body = await _signed_body(ctx, request, site_id)
-    try:
-        report = decode_discovery(body)
-    except WireError as exc:
-        raise ApiError(422, "malformed", str(exc)) from None
+    _site, report = await _signed(ctx, request, site_id, decode_discovery)
     if report.site_id != site_id:
         raise ApiError(422, "site_mismatch", f"report is for site {report.site_id!r}, URL says {site_id!r}")
+    try:
+        bounds.check_discovery(report)
+    except BoundsError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
     await ctx.db.replace_der_models(report, now=ctx.clock())
     return _json({"ders": len(report.ders)})
 
@@ -360,13 +481,14 @@ async def _discovery(ctx: _Context, request: Request) -> Response:
 async def _plan_get(ctx: _Context, request: Request) -> Response:
     site_id = request.path_params["site_id"]
     # A GET has no body: the Zap signs method, path and a timestamp instead (docs/wire.md).
+    signature = _signature_header(request)
     _site, verify_key = await _site_for_key(ctx, request, site_id)
     problem = verify_request(
         verify_key,
         "GET",
         request.url.path,
         request.headers.get(HEADER_TIMESTAMP),
-        request.headers.get(HEADER_SIGNATURE),
+        signature,
         now=ctx.clock(),
         max_skew_s=ctx.max_request_skew_s,
     )
@@ -390,15 +512,11 @@ async def _plan_get(ctx: _Context, request: Request) -> Response:
 async def _plan_put(ctx: _Context, request: Request) -> Response:
     _require_admin(ctx, request)
     site_id = request.path_params["site_id"]
-    body = await _read_body(request)
-    try:
-        plan = decode_plan(body)
-    except WireError as exc:
-        raise ApiError(422, "malformed", str(exc)) from None
+    plan = await _admin_body(ctx, request, decode_plan)
     if plan.site_id != site_id:
         raise ApiError(422, "site_mismatch", f"plan is for site {plan.site_id!r}, URL says {site_id!r}")
     try:
-        await publish_plan(ctx.db, ctx.signing_key, plan, now=ctx.clock())
+        await publish_plan(ctx.db, ctx.signing_key, plan, now=ctx.clock(), future_skew=ctx.future_skew)
     except WireError as exc:
         raise ApiError(422, "malformed", str(exc)) from None
     except LookupError as exc:
@@ -418,42 +536,48 @@ class _PriceUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prices: list[float]  # per kWh
 
 
+def _decode_prices(body: bytes) -> _PriceUpload:
+    return msgspec.json.decode(body, type=_PriceUpload)
+
+
 async def _prices_put(ctx: _Context, request: Request) -> Response:
     """Day-ahead prices for a bidding zone from an operator or script (ENTSO-E is fetched by the planner)."""
     from cloud.prices import PriceSeries
     from cloud.store import put_spot_prices
 
     _require_admin(ctx, request)
-    try:
-        up = msgspec.json.decode(await _read_body(request), type=_PriceUpload)
-    except msgspec.DecodeError as exc:
-        raise ApiError(422, "malformed", f"malformed prices: {exc}") from None
+    area = request.path_params["area"]
+    up = await _admin_body(ctx, request, _decode_prices)
     if up.start.tzinfo is None or up.step_minutes not in (15, 30, 60) or not up.prices:
         raise ApiError(422, "malformed", "need start with a UTC offset, step_minutes 15/30/60 and prices")
+    try:
+        bounds.check_prices(area, up.start, up.step_minutes, up.prices, ctx.clock())
+    except BoundsError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
     series = PriceSeries(up.start, timedelta(minutes=up.step_minutes), tuple(up.prices))
-    rows = await put_spot_prices(ctx.db, request.path_params["area"], series, ctx.clock())
-    return _json({"area": request.path_params["area"], "rows": rows})
+    rows = await put_spot_prices(ctx.db, area, series, ctx.clock())
+    return _json({"area": area, "rows": rows})
 
 
 async def _fleet_flexibility(ctx: _Context, request: Request) -> Response:
     from cloud.fleet import flexibility
 
     _require_admin(ctx, request)
-    try:
-        slots = int(request.query_params.get("slots", "96"))
-    except ValueError:
-        raise ApiError(422, "malformed", "slots must be an integer") from None
-    return _json(await flexibility(ctx.db, ctx.clock(), slots))
+    raw = request.query_params.get("slots", "96")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw[:6]) <= bounds.MAX_FLEX_SLOTS and len(raw) <= 6):
+        raise ApiError(422, "malformed", f"slots must be an integer 1..{bounds.MAX_FLEX_SLOTS}")
+    return _json(await flexibility(ctx.db, ctx.clock(), int(raw)))
 
 
 async def _fleet_event(ctx: _Context, request: Request) -> Response:
     from cloud.fleet import EventError, decode_event, dispatch_event
 
     _require_admin(ctx, request)
+    event = await _admin_body(ctx, request, decode_event)
     try:
-        event = decode_event(await _read_body(request))
+        bounds.check_event(event.start, event.reduction_kw, ctx.clock())
         result = await dispatch_event(ctx.db, ctx.signing_key, event, ctx.clock())
-    except EventError as exc:
+    except (EventError, BoundsError) as exc:
         raise ApiError(422, "malformed", str(exc)) from None
     return _json(result, 201)
 

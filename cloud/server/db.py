@@ -9,9 +9,12 @@ is enforced by a single conditional UPDATE, which both engines execute atomicall
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -380,9 +384,7 @@ class Database:
         async with self.engine.connect() as conn:
             return await _stored_through(conn, site_id)
 
-    async def telemetry_rows(
-        self, site_id: str, *, after_seq: int = 0, limit: int = 10_000
-    ) -> list[Mapping[str, Any]]:
+    async def telemetry_rows(self, site_id: str, *, after_seq: int = 0, limit: int = 10_000) -> list[Mapping[str, Any]]:
         """Stored readings in seq order, for forecasters and tests."""
         async with self.engine.connect() as conn:
             result = await conn.execute(
@@ -392,6 +394,14 @@ class Database:
                 .limit(limit)
             )
             return [{**r._mapping, "ts": _utc(r.ts)} for r in result]
+
+    async def last_reading_ts(self, site_id: str) -> datetime | None:
+        """The newest stored reading's timestamp (index ix_telemetry_site_ts), None if none."""
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(select(func.max(telemetry.c.ts)).where(telemetry.c.site_id == site_id))
+            ).scalar()
+        return None if value is None else _utc(value)
 
     # --- DER models ---------------------------------------------------------------------
 
@@ -415,9 +425,7 @@ class Database:
     async def der_models(self, site_id: str) -> list[Mapping[str, Any]]:
         async with self.engine.connect() as conn:
             result = await conn.execute(
-                select(der_models.c.capabilities)
-                .where(der_models.c.site_id == site_id)
-                .order_by(der_models.c.der_id)
+                select(der_models.c.capabilities).where(der_models.c.site_id == site_id).order_by(der_models.c.der_id)
             )
             return [r[0] for r in result]
 
@@ -485,6 +493,45 @@ def _utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+class DatabaseFileError(Exception):
+    """The SQLite file or its directory is open to other users."""
+
+
+def secure_sqlite_file(url: str) -> Path | None:
+    """Create the SQLite file of `url` mode 0600 (tighten an existing one); refuse an open directory.
+
+    The database holds the site keys' registry and every site's telemetry. SQLite gives its -wal and
+    -shm files the database file's mode, so they follow. A world-writable directory (even /tmp with
+    its sticky bit) lets another user plant those files first, so it is refused. Returns the path, or
+    None for a URL that is not a SQLite file (PostgreSQL, `:memory:`).
+    """
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database).resolve()
+    directory = path.parent
+    try:
+        mode = directory.stat().st_mode
+    except OSError as exc:
+        raise DatabaseFileError(f"{directory}: {exc.strerror}") from None
+    if mode & stat.S_IWOTH:
+        raise DatabaseFileError(f"{directory} is world-writable: use a directory only zapcloud can write")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = path.with_name(path.name + suffix)
+            if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
+                side.chmod(0o600)
+    except OSError as exc:
+        raise DatabaseFileError(f"{path}: {exc.strerror}") from None
+    return path
+
+
 def _make_engine(url: str, *, echo: bool) -> AsyncEngine:
     if url.startswith("sqlite"):
         # timeout: how long a writer waits for another writer's lock (the busy timeout).
@@ -507,9 +554,11 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
 
 __all__: Sequence[str] = (
     "Database",
+    "DatabaseFileError",
     "IngestResult",
     "PlanVersionConflictError",
     "SiteKeyConflictError",
     "SiteRecord",
     "StoredPlan",
+    "secure_sqlite_file",
 )

@@ -13,12 +13,17 @@ class Metrics:
     def __init__(self) -> None:
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.accepted: Counter[str] = Counter()
+        self.connections_refused: Counter[str] = Counter()
 
     def reject(self, endpoint: str, reason: str) -> None:
         self.rejected[(endpoint, reason)] += 1
 
     def accept(self, endpoint: str) -> None:
         self.accepted[endpoint] += 1
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection closed before it made a request (connection cap, header deadline)."""
+        self.connections_refused[reason] += 1
 
     def render(self) -> str:
         lines = [
@@ -33,4 +38,10 @@ class Metrics:
         ]
         for endpoint, n in sorted(self.accepted.items()):
             lines.append(f'zapcloud_requests_accepted_total{{endpoint="{endpoint}"}} {n}')
+        lines += [
+            "# HELP zapcloud_connections_refused_total Connections closed before a request, by reason.",
+            "# TYPE zapcloud_connections_refused_total counter",
+        ]
+        for reason, n in sorted(self.connections_refused.items()):
+            lines.append(f'zapcloud_connections_refused_total{{reason="{reason}"}} {n}')
         return "\n".join(lines) + "\n"

@@ -1,7 +1,9 @@
-"""`zapcloud serve`: load or create the cloud key, then run the API under uvicorn."""
+"""`zapcloud serve`: check the credentials and the database file, load or create the cloud key, then
+run the API under uvicorn with the connection and time limits of cloud/server/limits.py."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,54 +11,88 @@ import uvicorn
 from sqlalchemy.exc import ArgumentError
 
 from cloud.server.app import create_app
+from cloud.server.auth import ADMIN_TOKEN_ENV, METRICS_TOKEN_ENV, TokenError, resolve_token
+from cloud.server.db import DatabaseFileError, secure_sqlite_file
+from cloud.server.limits import Limits
+from cloud.server.protocol import uvicorn_options
 from cloud_sync.keys import KeyFileError, key_id, load_or_create_signing_key, public_key_b64
 from cloud_sync.wire import MAX_REQUEST_SKEW_S
 from zapd.clock import clock_from_env
 from zapd.logs import configure as configure_logging
 
 
+def _fail(message: str) -> int:
+    print(f"zapcloud: {message}", file=sys.stderr)
+    return 2
+
+
 def run_serve(
-    *, db_url: str, host: str, port: int, key_path: str, planner: bool = True, planner_idle_s: float = 5.0
+    *,
+    db_url: str,
+    host: str,
+    port: int,
+    key_path: str,
+    admin_token_file: str | None = None,
+    metrics_token_file: str | None = None,
+    limits: Limits | None = None,
+    planner: bool = True,
+    planner_idle_s: float = 5.0,
 ) -> int:
     """Run until SIGINT/SIGTERM. Exit 0 after a clean stop, 1 if it could not start, 2 on bad input."""
     configure_logging()
+    # Every file we create (database, its -wal/-shm, the key) is for zapcloud's user only.
+    os.umask(0o077)
+    try:
+        admin_token = resolve_token(admin_token_file, ADMIN_TOKEN_ENV, "admin token", required=True)
+        metrics_token = resolve_token(metrics_token_file, METRICS_TOKEN_ENV, "metrics token", required=False)
+    except TokenError as exc:
+        return _fail(str(exc))
+    assert admin_token is not None
+    try:
+        secure_sqlite_file(db_url)
+    except DatabaseFileError as exc:
+        return _fail(f"--db: {exc}")
+    except ArgumentError as exc:
+        return _fail(f"--db: {exc}")
     try:
         key = load_or_create_signing_key(Path(key_path))
     except (KeyFileError, OSError) as exc:
-        print(f"zapcloud: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     # The Zap pins this key in its config; printing it is the supported way to learn it.
     print(f"zapcloud: cloud public key {public_key_b64(key)} key_id {key_id(key)}", flush=True)
     try:
         sim_clock = clock_from_env()  # the real clock unless an e2e test shares a fast one
     except ValueError as exc:
-        print(f"zapcloud: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    limits = limits or Limits()
     try:
         app = create_app(
             db_url,
             key,
+            admin_token=admin_token,
+            metrics_token=metrics_token,
+            limits=limits,
             clock=sim_clock.now,
             planner=planner,
             planner_idle_s=planner_idle_s,
-            # The allowed skew of a signed request is real time; on a sped-up test clock it scales.
+            # The allowed skew of a signed request is real time; on a sped-up test clock it scales,
+            # and so do the request rates (a Zap on that clock uploads that much more often).
             max_request_skew_s=MAX_REQUEST_SKEW_S * sim_clock.speed,
+            rate_scale=sim_clock.speed,
         )
     except (ArgumentError, ValueError) as exc:
-        print(f"zapcloud: --db: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"--db: {exc}")
     except ImportError as exc:
-        print(f"zapcloud: --db: database driver not installed: {exc.name or exc}", file=sys.stderr)
-        return 2
+        return _fail(f"--db: database driver not installed: {exc.name or exc}")
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="on",
-        timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
         proxy_headers=False,
         server_header=False,
+        **uvicorn_options(limits, app.state.metrics),
     )
     server = uvicorn.Server(config)
     server.run()

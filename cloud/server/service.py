@@ -7,14 +7,15 @@ publishes plans without a round trip through the API, and tests can set up sites
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nacl.signing import SigningKey
 
+from cloud.server.bounds import check_plan_publish, check_public_key
 from cloud.server.db import Database, StoredPlan
 from cloud_sync.keys import key_id, load_verify_key_b64
-from cloud_sync.wire import SignedPlan, WireError, check_plan, format_ts, sign_plan
+from cloud_sync.wire import MAX_REQUEST_SKEW_S, SignedPlan, WireError, check_plan, format_ts, sign_plan
 from zapd.model import Plan
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -37,6 +38,7 @@ async def register_site(
     if not _SITE_ID.match(site_id):
         raise ValueError(f"bad site id {site_id!r}: 1-64 of A-Z a-z 0-9 . _ -, not starting with . _ -")
     verify_key = load_verify_key_b64(public_key_b64)
+    check_public_key(bytes(verify_key))
     kid = key_id(verify_key)
     await db.upsert_site(
         site_id,
@@ -50,11 +52,17 @@ async def register_site(
 
 
 async def publish_plan(
-    db: Database, signing_key: SigningKey, plan: Plan, *, now: datetime | None = None
+    db: Database,
+    signing_key: SigningKey,
+    plan: Plan,
+    *,
+    now: datetime | None = None,
+    future_skew: timedelta = timedelta(seconds=MAX_REQUEST_SKEW_S),
 ) -> SignedPlan:
     """Sign `plan` with the cloud key and make it the site's current plan.
 
-    Raises WireError for a plan the Zap would reject anyway (malformed or already expired),
+    Raises WireError for a plan the Zap would reject anyway (malformed or already expired) or that is
+    outside the cloud's bounds (issued now, valid at most 7 days, version not far above the stored one),
     LookupError for an unknown site and PlanVersionConflictError if the version is not above
     the stored one (the Zap only accepts strictly increasing versions).
     """
@@ -64,6 +72,10 @@ async def publish_plan(
         raise WireError(f"plan already expired (valid_until {format_ts(plan.valid_until)})")
     if await db.get_site(plan.site_id) is None:
         raise LookupError(f"unknown site {plan.site_id!r}")
+    try:
+        check_plan_publish(plan, now, await db.latest_plan_version(plan.site_id), future_skew)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
     signed = sign_plan(signing_key, plan)
     await db.insert_plan(
         StoredPlan(

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import sqlite3
@@ -33,7 +34,7 @@ from zapd.model import Intent, Plan, PlanSlot
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-ADMIN = "e2e-admin-token"
+ADMIN = secrets.token_urlsafe(24)  # each run makes its own admin token
 SIM_START = datetime(2026, 6, 21, 8, 0, tzinfo=UTC)
 
 

@@ -7,28 +7,20 @@ same tests against another database; its zapcloud tables are DROPPED first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 from sqlalchemy import Select, select
 
 from cloud.server import db as schema
 from cloud.server.db import Database
-from cloud_sync.keys import load_verify_key_b64, public_key_b64
+from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import (
     HEADER_KEY_ID,
     HEADER_SIGNATURE,
@@ -46,76 +38,10 @@ from cloud_sync.wire import (
     sign_request,
     verify_plan,
 )
+from tests.cloud_server import Cloud, serve
 from zapd.model import BatterySetpoint, DerCapabilities, DerKind, Intent, Plan, PlanSlot
 
-ADMIN = "test-admin-token"
-REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class Cloud:
-    db_url: str
-    tmp: Path
-    cloud_key: VerifyKey
-    client: httpx.Client
-
-    def admin(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {ADMIN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _serve(tmp: Path, db_url: str, name: str) -> Iterator[Cloud]:
-    """A `zapcloud serve` subprocess; retried on another port if the probed one was taken meanwhile."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "ZAPCLOUD_ADMIN_TOKEN": ADMIN, "PYTHONPATH": path}
-    for _attempt in range(3):
-        port = _free_port()
-        out = tmp / f"{name}-{port}.log"
-        cmd = [sys.executable, "-m", "cloud.cli", "serve", "--port", str(port),
-               "--db", db_url, "--key", str(tmp / "cloud.key")]  # fmt: skip
-        with out.open("wb") as out_f:
-            proc = subprocess.Popen(cmd, stdout=out_f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        try:
-            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
-            with client:
-                if not _wait_healthy(proc, client, out):
-                    continue  # port stolen: try another
-                m = re.search(r"cloud public key (\S+)", out.read_text())
-                assert m, out.read_text()
-                yield Cloud(db_url=db_url, tmp=tmp, cloud_key=load_verify_key_b64(m.group(1)), client=client)
-                return
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-    pytest.fail("zapcloud could not bind a port")
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], client: httpx.Client, out: Path) -> bool:
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            if "address already in use" in out.read_text().lower():
-                return False
-            pytest.fail(f"zapcloud exited {proc.returncode}:\n{out.read_text()}")
-        try:
-            if client.get("/healthz").status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"zapcloud did not come up:\n{out.read_text()}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +52,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         asyncio.run(_drop_tables(url))
     else:
         url = f"sqlite+aiosqlite:///{tmp / 'x.sqlite'}"
-    with _serve(tmp, url, "a") as c:
+    with serve(tmp, url, "a") as c:
         yield c
 
 
@@ -359,9 +285,7 @@ def test_plan_put_then_signed_get(cloud: Cloud) -> None:
 
     # A newer version replaces it; the older one can no longer be published.
     plan2 = _plan("site-plan", 2)
-    assert cloud.client.put(
-        "/v1/sites/site-plan/plan", content=encode_plan(plan2), headers=cloud.admin()
-    ).is_success
+    assert cloud.client.put("/v1/sites/site-plan/plan", content=encode_plan(plan2), headers=cloud.admin()).is_success
     r = cloud.client.put("/v1/sites/site-plan/plan", content=encode_plan(plan), headers=cloud.admin())
     assert r.status_code == 409
     r = _get_plan(cloud, "site-plan", key, **{"If-None-Match": '"1"'})
@@ -403,22 +327,21 @@ def test_plan_put_rejects_bad_plans(cloud: Cloud) -> None:
     assert r.status_code == 422
     other = _plan("elsewhere", 1)
     assert cloud.client.put(url, content=encode_plan(other), headers=cloud.admin()).status_code == 422
-    r = cloud.client.put(
-        "/v1/sites/nosite/plan", content=encode_plan(_plan("nosite", 1)), headers=cloud.admin()
-    )
+    r = cloud.client.put("/v1/sites/nosite/plan", content=encode_plan(_plan("nosite", 1)), headers=cloud.admin())
     assert r.status_code == 404
 
 
 def test_metrics_count_rejections(cloud: Cloud) -> None:
     cloud.client.post("/v1/sites/site-m/telemetry", content=b"{}")
-    text = cloud.client.get("/metrics").text
-    assert 'zapcloud_requests_rejected_total{endpoint="telemetry",reason="missing_key_id"}' in text
+    assert cloud.client.get("/metrics").status_code == 401  # metrics are not public
+    text = cloud.client.get("/metrics", headers=cloud.admin()).text
+    assert 'zapcloud_requests_rejected_total{endpoint="telemetry",reason="missing_signature"}' in text
 
 
 def test_two_workers_share_one_database(cloud: Cloud) -> None:
     """No state in the process: a second worker on the same DB serves the same sites, and
     racing re-sends of one batch to both workers store every reading exactly once."""
-    with _serve(cloud.tmp, cloud.db_url, "b") as other:
+    with serve(cloud.tmp, cloud.db_url, "b") as other:
         key = _register(cloud, "site-two")
         body = encode(_batch("site-two", 1, 200))
 
@@ -435,9 +358,7 @@ def test_two_workers_share_one_database(cloud: Cloud) -> None:
         assert (r.status_code, r.json()) == (200, {"stored_through": 250, "site_id": "site-two"})
 
         plan = _plan("site-two", 1)
-        assert other.client.put(
-            "/v1/sites/site-two/plan", content=encode_plan(plan), headers=other.admin()
-        ).is_success
+        assert other.client.put("/v1/sites/site-two/plan", content=encode_plan(plan), headers=other.admin()).is_success
         r = _get_plan(cloud, "site-two", key)
         assert r.status_code == 200
         assert verify_plan(

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,9 +22,9 @@ from nacl.signing import SigningKey, VerifyKey
 
 from cloud_sync.keys import load_verify_key_b64, public_key_b64
 from cloud_sync.wire import WireReading, encode, make_batch, sign_body, sign_request, verify_plan
+from tests.cloud_server import ADMIN, cloud_env, free_port
 from zapd.model import DerKind, IntentMode
 
-ADMIN = "planning-admin"
 REPO = Path(__file__).resolve().parents[2]
 AREA = "10YNL----------L"
 ASSETS: dict[str, Any] = {
@@ -49,17 +47,10 @@ class Server:
         return {"Authorization": f"Bearer {ADMIN}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve(tmp: Path, *extra: str) -> Iterator[Server]:
-    env = {**os.environ, "ZAPCLOUD_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(REPO)}
-    env.pop("ZAPCLOUD_ENTSOE_TOKEN", None)  # no network at test time
-    port = _free_port()
+    env = cloud_env()  # its own admin token, no ENTSO-E token (no network at test time)
+    port = free_port()
     log = tmp / f"serve-{port}.log"
     cmd = [sys.executable, "-m", "cloud.cli", "serve", "--port", str(port), "--db",
            f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}", "--key", str(tmp / "cloud.key"), *extra]  # fmt: skip

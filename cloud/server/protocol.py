@@ -1,0 +1,79 @@
+"""uvicorn's h11 protocol with the two limits it lacks: a header deadline and a hard connection cap.
+
+uvicorn times out an idle keep-alive connection, but a connection that trickles its request line and
+headers (slowloris) is never timed out, and `limit_concurrency` only answers 503 once a request has
+arrived, so idle connections still pile up file descriptors. This subclass closes a connection whose
+headers are not complete `header_timeout_s` after it opened (or after the first byte of a later
+request on a kept-alive connection), and
+closes a new connection at once while `max_connections` are open. The body deadline is enforced in the
+app (cloud/server/app.py), which knows when it has started reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cloud.server.limits import Limits
+from cloud.server.metrics import Metrics
+
+
+def bounded_protocol(limits: Limits, metrics: Metrics) -> type[H11Protocol]:
+    """An H11Protocol class bound to `limits`, counting what it refuses in `metrics`."""
+
+    class BoundedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                metrics.connection_refused("connection_cap")
+                transport.abort()
+                return
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._cancel_header_timer()  # the request line and headers are in
+            elif self._header_timer is None and not self.transport.is_closing():
+                # The next request on a kept-alive connection has begun (the idle time before it is
+                # uvicorn's keep-alive timeout): its headers get the same deadline.
+                self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                metrics.connection_refused("header_timeout")
+                self.transport.close()
+
+    return BoundedH11Protocol
+
+
+def uvicorn_options(limits: Limits, metrics: Metrics) -> dict[str, Any]:
+    """The uvicorn.Config arguments that apply `limits`."""
+    return {
+        "http": bounded_protocol(limits, metrics),
+        # uvicorn answers 503 once this many connections (the current one included) are open, so +1:
+        # up to max_connections are served, a connection beyond them is closed on arrival.
+        "limit_concurrency": limits.max_connections + 1,
+        # request line + headers: 16 KiB is h11's default; stated so that it stays bounded.
+        "h11_max_incomplete_event_size": 16 * 1024,
+        "timeout_keep_alive": 5,
+    }
