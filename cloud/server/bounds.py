@@ -136,6 +136,8 @@ def check_event(start: datetime, reduction_kw: float, now: datetime) -> None:
 def check_discovery(report: DiscoveryReport) -> None:
     if len(report.ders) > MAX_DISCOVERY_DERS:
         raise BoundsError(f"{len(report.ders)} DERs, more than {MAX_DISCOVERY_DERS}")
+    if len({d.der_id for d in report.ders}) != len(report.ders):
+        raise BoundsError("der_id appears twice in the report")
     for der in report.ders:
         if not 0 < len(der.der_id) <= MAX_ID_CHARS or len(der.model) > MAX_ID_CHARS:
             raise BoundsError(f"der_id and model must be at most {MAX_ID_CHARS} characters")
