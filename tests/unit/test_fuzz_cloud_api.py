@@ -152,7 +152,7 @@ far_times = st.one_of(
                                  iso(50 * 365 * 86400), iso(8 * 86400), "2026-06-01T00:00:00"]))  # fmt: skip
 reading = mutated(
     {"der_id": "m1", "kind": "meter", "ts": near.map(lambda d: d.isoformat()), "quality": "good",
-     "values": st.dictionaries(often("power_w", "import_wh", "soc"), small, max_size=3)},
+     "values": st.dictionaries(often("power_w", "l1_a"), st.floats(-1e4, 1e4), max_size=2)},
     {"der_id": often("", "x" * 200, "b"), "kind": often("pv", "x"), "ts": far_times, "quality": often("bad", "x"),
      "values": st.dictionaries(st.text(max_size=70), nums, max_size=5)},
     part=True,
