@@ -23,7 +23,9 @@ import pytest
 
 from cloud_sync.link import LinkStatus
 from cloud_sync.uploader import REFUSED_KEY, Uploader
-from tests.integration.test_cloud_api import Cloud, _register, _serve
+from tests.cloud_server import Cloud
+from tests.cloud_server import serve as _serve
+from tests.integration.test_cloud_api import _register
 from zapd.clock import ManualClock, SystemClock
 from zapd.daemon import TelemetryWriter
 from zapd.model import IMPORT_WH, POWER_W, DerCapabilities, DerKind, Reading
