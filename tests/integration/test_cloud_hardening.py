@@ -168,7 +168,7 @@ def test_telemetry_seq_is_bounded(cloud: Cloud) -> None:
         assert r.status_code == 422, (seq, r.status_code, r.text)
     # The first batch of a site may start anywhere up to the bound (a Zap with a long history).
     r = _post(cloud, "seq-max", key, _batch("seq-max", _readings(MAX_SEQ - 1, MAX_SEQ, now), lost_through=MAX_SEQ - 2))
-    assert (r.status_code, r.json()) == (200, {"stored_through": MAX_SEQ})
+    assert (r.status_code, r.json()["stored_through"]) == (200, MAX_SEQ)
 
 
 def test_a_seq_jump_beyond_what_a_zap_can_have_written_is_refused(cloud: Cloud) -> None:
@@ -181,10 +181,10 @@ def test_a_seq_jump_beyond_what_a_zap_can_have_written_is_refused(cloud: Cloud) 
     assert (r.status_code, r.json()["error"]) == (422, "seq_jump"), r.text
     # The site is not pinned: the stream goes on where it was.
     r = _post(cloud, "seq-jump", key, _batch("seq-jump", _readings(4, 5, t)))
-    assert (r.status_code, r.json()) == (200, {"stored_through": 5})
+    assert (r.status_code, r.json()["stored_through"]) == (200, 5)
     # A plausible loss (an outbox that dropped 100 000 readings over 10 minutes) is accepted.
     r = _post(cloud, "seq-jump", key, _batch("seq-jump", _readings(100_006, 100_007, _now()), lost_through=100_005))
-    assert (r.status_code, r.json()) == (200, {"stored_through": 100_007})
+    assert (r.status_code, r.json()["stored_through"]) == (200, 100_007)
 
 
 def test_reading_times_and_values_are_bounded(cloud: Cloud) -> None:
@@ -388,4 +388,4 @@ def test_gzip_upload_still_works_end_to_end(cloud: Cloud) -> None:
     body = encode(make_batch("gz-ok", _readings(1, 500, _now())))
     headers = {**sign_body(key, body), "Content-Encoding": "gzip"}
     r = cloud.client.post("/v1/sites/gz-ok/telemetry", content=gzip_body(body), headers=headers)
-    assert (r.status_code, r.json()) == (200, {"stored_through": 500})
+    assert (r.status_code, r.json()["stored_through"]) == (200, 500)
