@@ -102,6 +102,7 @@ class _Context:
     db: Database
     signing_key: SigningKey
     key_id: str
+    admin_token: str  # the data API (cloud/dataapi) accepts it as a token with every scope
     tokens: BearerTokens
     clock: Callable[[], datetime]
     metrics: Metrics
@@ -139,7 +140,8 @@ def create_app(
     hands each due site to one of them. `rate_scale` multiplies the request rates (a test on a sped-up
     clock sends requests that much faster).
     """
-    tokens = {"admin": check_token(admin_token, "admin token")}
+    admin_token = check_token(admin_token, "admin token")
+    tokens = {"admin": admin_token}
     if metrics_token is not None:
         tokens["metrics"] = check_token(metrics_token, "metrics token")
     limits = limits or Limits()
@@ -147,6 +149,7 @@ def create_app(
         db=Database(db_url),
         signing_key=signing_key,
         key_id=key_id(signing_key),
+        admin_token=admin_token,
         tokens=BearerTokens(tokens),
         clock=clock or (lambda: datetime.now(UTC)),
         metrics=Metrics(),

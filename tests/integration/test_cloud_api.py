@@ -38,10 +38,13 @@ from cloud_sync.wire import (
     sign_request,
     verify_plan,
 )
-from tests.cloud_server import Cloud, serve
+from tests.cloud_server import ADMIN, Cloud, serve
 from zapd.model import BatterySetpoint, DerCapabilities, DerKind, Intent, Plan, PlanSlot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# Other test modules start their cloud through these names.
+_serve = serve
+__all__ = ["ADMIN", "Cloud", "_serve"]
 
 
 @pytest.fixture(scope="module")
