@@ -24,7 +24,7 @@ import aiomqtt
 import pytest
 
 from drivers.api import ReadingGuard
-from drivers.modbus.bus import close_all_buses
+from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.sunspec import SunSpecInverter
 from drivers.mqtt.driver import MqttDriver
 from drivers.mqtt.mapping import preset_mappings
@@ -124,6 +124,29 @@ async def test_sunspec_inf_and_nan_meter_values_hold_the_site(tmp_path: Path) ->
         await close_all_buses()
         await sim.stop()
         await inverter.stop()
+
+
+async def test_sunspec_int_meter_with_a_scale_factor_gone_wrong_is_out_of_range() -> None:
+    """Model 203 (int16 + scale factor): a W_SF of 10 makes the site's 200 W read as 2 TW."""
+    site = SimSite()
+    site.grid_w = 200.0
+    sim = await start_sunspec_sim(site, models=(1, 203))
+    bus = get_tcp_bus(sim.host, sim.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+    driver = SunSpecInverter(device_id="gm", bus=bus, unit_id=1, poll_s=0.1, clock=SystemClock())
+    seen: list[Reading] = []
+    guard = ReadingGuard(driver.name, seen.append, driver.counters)
+    try:
+        await driver.scan()
+        await driver.poll_once(guard)
+        sim.device.overrides = {(203, "W_SF"): 10}
+        await driver.poll_once(guard)
+    finally:
+        await close_all_buses()
+        await sim.stop()
+    good, bad = (r for r in seen if r.der_id == "gm.meter")
+    assert good.quality is Quality.GOOD and good.values["power_w"] == 200.0
+    assert bad.quality is Quality.BAD and "power_w" not in bad.values
+    assert driver.counters["rejected_out_of_range"] == 1
 
 
 # --- MQTT through a real mosquitto ----------------------------------------------------------------
