@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import garbage
+from tests.garbage import maybe_bad, ok
 from zapd.envelope import BatteryEnvelope, SiteLimits, clamp_batteries
 from zapd.state import BatteryView, Snapshot
 
@@ -145,52 +147,41 @@ def test_plan_grid_limits_only_tighten() -> None:
 
 # --- any input may be garbage: NaN, ±Inf, absurd magnitudes (issue 10 item 2) ---------------------
 
-anything = st.floats(allow_nan=True, allow_infinity=True)
-
-
-def _maybe_bad(good: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
-    """Mostly a sane value, often any float at all (NaN, ±Inf, ±1e308, subnormals)."""
-    return st.one_of(good, anything, st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e308, -1e308]))
-
 
 @st.composite
 def garbage_scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits, float]:
     n = draw(st.integers(min_value=1, max_value=3))
     batteries, views = [], {}
     for i in range(n):
-        reserve = draw(_maybe_bad(st.floats(min_value=0.0, max_value=0.5)))
+        reserve = draw(maybe_bad(st.floats(min_value=0.0, max_value=0.5)))
         env = BatteryEnvelope(
             der_id=f"b{i}",
-            capacity_wh=draw(_maybe_bad(st.floats(min_value=1_000, max_value=100_000))),
-            max_charge_w=draw(_maybe_bad(st.floats(min_value=0, max_value=20_000))),
-            max_discharge_w=draw(_maybe_bad(st.floats(min_value=0, max_value=20_000))),
+            capacity_wh=draw(maybe_bad(st.floats(min_value=1_000, max_value=100_000))),
+            max_charge_w=draw(maybe_bad(st.floats(min_value=0, max_value=20_000))),
+            max_discharge_w=draw(maybe_bad(st.floats(min_value=0, max_value=20_000))),
             reserve_soc=reserve,
-            max_soc=draw(_maybe_bad(st.floats(min_value=0.55, max_value=1.0))),
+            max_soc=draw(maybe_bad(st.floats(min_value=0.55, max_value=1.0))),
         )
         batteries.append(env)
         views[env.der_id] = BatteryView(
-            env.der_id, draw(st.none() | _maybe_bad(soc)), draw(st.none() | _maybe_bad(power))
+            env.der_id, draw(st.none() | maybe_bad(soc)), draw(st.none() | maybe_bad(power))
         )
-    fuse_a = draw(_maybe_bad(st.floats(min_value=6, max_value=80)))
+    fuse_a = draw(maybe_bad(st.floats(min_value=6, max_value=80)))
     phases = draw(st.sampled_from([1, 3]))
     site = SiteLimits(
-        fuse_limit_w=draw(_maybe_bad(st.just(fuse_a * 230 * phases))),
+        fuse_limit_w=draw(maybe_bad(st.just(fuse_a * 230 * phases))),
         fuse_a=fuse_a,
-        voltage_v=draw(_maybe_bad(st.just(230.0))),
+        voltage_v=draw(maybe_bad(st.just(230.0))),
         phases=phases,
-        max_export_w=draw(st.none() | _maybe_bad(st.floats(min_value=0, max_value=30_000))),
+        max_export_w=draw(st.none() | maybe_bad(st.floats(min_value=0, max_value=30_000))),
     )
-    grid = draw(st.none() | _maybe_bad(power))
+    grid = draw(st.none() | maybe_bad(power))
     phase_currents = None
     if draw(st.booleans()):
-        phase_currents = tuple(draw(_maybe_bad(st.floats(min_value=-100, max_value=100))) for _ in range(phases))
+        phase_currents = tuple(draw(maybe_bad(st.floats(min_value=-100, max_value=100))) for _ in range(phases))
     snapshot = Snapshot(NOW, grid, phase_currents, None, views)
-    tick = draw(_maybe_bad(st.just(TICK_S)))
-    return draw(_maybe_bad(power)), snapshot, batteries, site, tick
-
-
-def _ok(x: float | None, lo: float, hi: float) -> bool:
-    return x is not None and math.isfinite(x) and lo <= x <= hi
+    tick = draw(maybe_bad(st.just(TICK_S)))
+    return draw(maybe_bad(power)), snapshot, batteries, site, tick
 
 
 @settings(max_examples=600, deadline=None)
@@ -207,13 +198,13 @@ def test_non_finite_input_is_unknown_and_safe(
         p = setpoints[b.der_id].power_w
         view = snapshot.batteries[b.der_id]
         sane = (
-            _ok(view.soc, 0, 1)
-            and _ok(view.power_w, -1e7, 1e7)
-            and _ok(b.capacity_wh, 0, math.inf)
-            and _ok(b.max_charge_w, 0, 1e7)
-            and _ok(b.max_discharge_w, 0, 1e7)
-            and _ok(b.reserve_soc, 0, 1)
-            and _ok(b.max_soc, 0, 1)
+            ok(view.soc, 0, 1)
+            and ok(view.power_w, -1e7, 1e7)
+            and ok(b.capacity_wh, 0, math.inf)
+            and ok(b.max_charge_w, 0, 1e7)
+            and ok(b.max_discharge_w, 0, 1e7)
+            and ok(b.reserve_soc, 0, 1)
+            and ok(b.max_soc, 0, 1)
         )
         if not sane or not math.isfinite(requested) or not math.isfinite(tick):
             assert p == 0.0, (b, view, requested, tick)  # unknown: hold, never a full charge or discharge
@@ -228,13 +219,7 @@ def test_non_finite_input_is_unknown_and_safe(
             assert view.soc + p * hours / b.capacity_wh <= b.max_soc + EPS
     total = sum(s.power_w for s in setpoints.values())
     phases = snapshot.phase_currents_a
-    meter_known = (
-        _ok(snapshot.grid_w, -1e7, 1e7)
-        and (phases is None or all(_ok(a, -1e4, 1e4) for a in phases))
-        and _ok(site.fuse_limit_w, -math.inf, math.inf)
-        and _ok(site.fuse_a, 0, math.inf)
-        and _ok(site.voltage_v, 1, math.inf)
-    )
+    meter_known = garbage.meter_known(snapshot, site)
     asked = requested if math.isfinite(requested) else 0.0
     if not meter_known:
         # No charging on a meter that is not a number, and never more discharge than asked.
@@ -255,7 +240,7 @@ def test_non_finite_input_is_unknown_and_safe(
         assert base > site.fuse_limit_w or over_phase
     export = site.max_export_w
     if export is not None and total < -EPS:
-        limit = export if _ok(export, 0, math.inf) else 0.0  # not a number: the strictest limit
+        limit = export if ok(export, 0, math.inf) else 0.0  # not a number: the strictest limit
         fuse_forced = base > site.fuse_limit_w or (
             phases is not None and (max(phases) - battery_now / per_phase) > site.fuse_a
         )

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import garbage
+from tests.garbage import maybe_bad, ok
 from zapd.envelope import SiteLimits
 from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
 from zapd.model import Intent, IntentMode
@@ -145,16 +147,6 @@ def test_fuse_drops_the_smaller_charger_rather_than_starving_both() -> None:
 
 # --- any input may be garbage: NaN, ±Inf, absurd magnitudes (issue 10 item 2) ---------------------
 
-anything = st.floats(allow_nan=True, allow_infinity=True)
-
-
-def _maybe_bad(good: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
-    return st.one_of(good, anything, st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1e308]))
-
-
-def _ok(x: float | None, lo: float, hi: float) -> bool:
-    return x is not None and math.isfinite(x) and lo <= x <= hi
-
 
 @st.composite
 def garbage_scenarios(draw: st.DrawFn) -> tuple[Intent, Snapshot, list[EvEnvelope], SiteLimits, float]:
@@ -162,36 +154,36 @@ def garbage_scenarios(draw: st.DrawFn) -> tuple[Intent, Snapshot, list[EvEnvelop
     for i in range(draw(st.integers(1, 3))):
         env = EvEnvelope(
             der_id=f"ev{i}",
-            max_current_a=draw(_maybe_bad(st.floats(min_value=6, max_value=32))),
+            max_current_a=draw(maybe_bad(st.floats(min_value=6, max_value=32))),
             phases=draw(st.sampled_from([1, 3])),
-            min_current_a=draw(_maybe_bad(st.just(6.0))),
-            voltage_v=draw(_maybe_bad(st.just(V))),
+            min_current_a=draw(maybe_bad(st.just(6.0))),
+            voltage_v=draw(maybe_bad(st.just(V))),
         )
         chargers.append(env)
         if draw(st.integers(0, 5)):
             evs[env.der_id] = EvView(
-                env.der_id, draw(st.none() | _maybe_bad(st.floats(0, 22_000))), draw(st.none() | st.booleans())
+                env.der_id, draw(st.none() | maybe_bad(st.floats(0, 22_000))), draw(st.none() | st.booleans())
             )
-    fuse_a = draw(_maybe_bad(st.floats(min_value=6, max_value=80)))
+    fuse_a = draw(maybe_bad(st.floats(min_value=6, max_value=80)))
     phases = draw(st.sampled_from([1, 3]))
     site = SiteLimits(
-        fuse_limit_w=draw(_maybe_bad(st.just(fuse_a * V * phases))),
+        fuse_limit_w=draw(maybe_bad(st.just(fuse_a * V * phases))),
         fuse_a=fuse_a,
-        voltage_v=draw(_maybe_bad(st.just(V))),
+        voltage_v=draw(maybe_bad(st.just(V))),
         phases=phases,
         max_export_w=None,
     )
-    grid = draw(st.none() | _maybe_bad(st.floats(min_value=-30_000, max_value=60_000)))
+    grid = draw(st.none() | maybe_bad(st.floats(min_value=-30_000, max_value=60_000)))
     phase_currents = None
     if draw(st.booleans()):
-        phase_currents = tuple(draw(_maybe_bad(st.floats(min_value=-100, max_value=100))) for _ in range(phases))
-    batteries = {"b": BatteryView("b", 0.5, draw(_maybe_bad(st.floats(min_value=-5000, max_value=5000))))}
+        phase_currents = tuple(draw(maybe_bad(st.floats(min_value=-100, max_value=100))) for _ in range(phases))
+    batteries = {"b": BatteryView("b", 0.5, draw(maybe_bad(st.floats(min_value=-5000, max_value=5000))))}
     snapshot = Snapshot(NOW, grid, phase_currents, None, batteries, {}, evs)
     intent = Intent(
         mode=draw(st.sampled_from(list(IntentMode))),
-        ev_w=draw(st.none() | _maybe_bad(st.floats(min_value=-5000, max_value=80_000))),
+        ev_w=draw(st.none() | maybe_bad(st.floats(min_value=-5000, max_value=80_000))),
     )
-    return intent, snapshot, chargers, site, draw(_maybe_bad(st.floats(min_value=-5000, max_value=5000)))
+    return intent, snapshot, chargers, site, draw(maybe_bad(st.floats(min_value=-5000, max_value=5000)))
 
 
 @settings(max_examples=600, deadline=None)
@@ -203,19 +195,11 @@ def test_non_finite_input_is_unknown_and_safe(
     out = clamp_evs(intent, snapshot, chargers, site, battery_new)
     assert [s.der_id for s in out] == [c.der_id for c in chargers]
     by_id = {c.der_id: c for c in chargers}
-    phases = snapshot.phase_currents_a
-    meter_known = (
-        _ok(snapshot.grid_w, -1e7, 1e7)
-        and (phases is None or all(_ok(a, -1e4, 1e4) for a in phases))
-        and _ok(site.fuse_limit_w, -math.inf, math.inf)
-        and _ok(site.fuse_a, 0, math.inf)
-        and _ok(site.voltage_v, 1, math.inf)
-        and math.isfinite(battery_new)
-    )
+    meter_known = garbage.meter_known(snapshot, site) and math.isfinite(battery_new)
     for sp in out:
         c = by_id[sp.der_id]
         assert math.isfinite(sp.current_a) and math.isfinite(sp.power_w)
-        limits_ok = _ok(c.max_current_a, 0, 1e4) and _ok(c.min_current_a, 0, 1e4) and _ok(c.voltage_v, 1, 1e5)
+        limits_ok = ok(c.max_current_a, 0, 1e4) and ok(c.min_current_a, 0, 1e4) and ok(c.voltage_v, 1, 1e5)
         view = snapshot.evs.get(sp.der_id)
         if not limits_ok or not meter_known or view is None or not view.connected:
             assert sp.current_a == 0.0, (sp, c, view, meter_known)  # unknown: pause
@@ -228,14 +212,14 @@ def test_non_finite_input_is_unknown_and_safe(
         return
     assert snapshot.grid_w is not None
     known_batt = snapshot.batteries["b"].power_w
-    battery_now = known_batt if _ok(known_batt, -1e7, 1e7) else 0.0
+    battery_now = known_batt if ok(known_batt, -1e7, 1e7) else 0.0
     assert battery_now is not None
-    counted = [c for c in chargers if _ok(c.max_current_a, 0, 1e4) and _ok(c.min_current_a, 0, 1e4)]
-    counted = [c for c in counted if _ok(c.voltage_v, 1, 1e5)]
+    counted = [c for c in chargers if ok(c.max_current_a, 0, 1e4) and ok(c.min_current_a, 0, 1e4)]
+    counted = [c for c in counted if ok(c.voltage_v, 1, 1e5)]
 
     def now_w(k: str) -> float:
         v = snapshot.evs.get(k)
-        return v.power_w if v is not None and _ok(v.power_w, 0, 1e7) and v.power_w is not None else 0.0
+        return v.power_w if v is not None and ok(v.power_w, 0, 1e7) and v.power_w is not None else 0.0
 
     base = snapshot.grid_w - battery_now - sum(now_w(c.der_id) for c in counted)
     assert base + max(0.0, battery_new) + ev_total_w <= site.fuse_limit_w + 1e-3
