@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from drivers.api import ReadingSink
+from drivers.health import DeviceHealth, HealthState
 from drivers.ocpp.charge_point import BOOT_WAIT_S, MAX_LOGGED_KINDS, ChargePointSession, OcppConnector, _Link
 from drivers.ocpp.config import OcppDevice
 from zapd.clock import Clock
@@ -73,10 +74,27 @@ class OcppServer:
         self._logged_refusals: set[tuple[str, str]] = set()
         self.port: int | None = None  # the bound port once listening (config port 0 in tests)
         self.listening = asyncio.Event()
+        # ok while every configured charge point is connected; connecting while any is away.
+        self._health = DeviceHealth(config.id, clock, event_prefix="ocpp")
 
     @property
     def name(self) -> str:
         return self._config.id
+
+    @property
+    def health(self) -> DeviceHealth:
+        return self._health
+
+    def _update_health(self) -> None:
+        away = [cp_id for cp_id, s in self.sessions.items() if not s.connected]
+        if away:
+            reason = f"listening on port {self.port}; not connected: {', '.join(away)}"
+            if self._health.healthy:  # one that was there left: an outage, logged once
+                self._health.failed(reason, HealthState.CONNECTING)
+            else:
+                self._health.connecting(reason)
+        else:
+            self._health.ok()
 
     def capabilities(self) -> list[DerCapabilities]:
         return [cap for s in self.sessions.values() for cap in s.capabilities()]
@@ -146,6 +164,7 @@ class OcppServer:
         session.link = link
         session.setup_done = False
         self.counters["connections"] += 1
+        self._update_health()
         log.info("ocpp.connected", device=self.name, charge_point=cp_id, peer=str(ws.remote_address))
         reader = asyncio.create_task(link.start(), name=f"ocpp-read:{cp_id}")
         worker = asyncio.create_task(self._work(session, link), name=f"ocpp-work:{cp_id}")
@@ -160,6 +179,7 @@ class OcppServer:
                 session.link = None
                 session.setup_done = False
                 log.info("ocpp.disconnected", device=self.name, charge_point=cp_id, code=ws.close_code)
+                self._update_health()
         for task in (reader, worker):
             exc = task.exception() if task.done() and not task.cancelled() else None
             if exc is not None and not isinstance(exc, ConnectionClosed):
@@ -243,6 +263,8 @@ class OcppServer:
                     last_error = str(exc)
                     log.error("ocpp.listen_failed", device=self.name, host=self._config.host,
                               port=self._config.port, error=last_error, retrying=True)  # fmt: skip
+                where = f"{self._config.host}:{self._config.port}"
+                self._health.failed(f"cannot listen on {where}: {exc}", HealthState.UNUSABLE)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 60.0)
                 continue
@@ -257,6 +279,7 @@ class OcppServer:
                 log.warning("ocpp.no_authentication", device=self.name, charge_points=open_cps,
                             hint="any client that knows the id gets in: set password or password_file")  # fmt: skip
             self.listening.set()
+            self._update_health()
             try:
                 # Not serve_forever(): cancelling it closes every connection before the chargers are safe.
                 await asyncio.get_running_loop().create_future()

@@ -97,3 +97,29 @@ def test_os_errors_read_like_an_operator_would_say_them() -> None:
     )
     assert describe_os_error(TimeoutError()) == "timed out"
     assert describe_os_error(OSError("Multiple exceptions: a, b")) == "Multiple exceptions: a, b"
+
+
+def test_ocpp_listener_is_ok_only_while_every_charge_point_is_connected() -> None:
+    from drivers.ocpp.server import OcppServer
+    from zapd.config import validate_config
+
+    config = validate_config(
+        {
+            "site": {"id": "s", "fuse_a": 25},
+            "devices": [{"driver": "ocpp", "id": "csms", "host": "127.0.0.1", "port": 9000, "charge_points": [
+                {"id": "wb1", "max_current_a": 16}, {"id": "wb2", "max_current_a": 16}]}],
+        },
+        "test",
+    )  # fmt: skip
+    server = OcppServer(config.devices[0], ManualClock(T0))  # type: ignore[arg-type]
+    server.port = 9000
+    server._update_health()
+    assert server.health.view().state is HealthState.CONNECTING
+    assert server.health.view().reason == "listening on port 9000; not connected: wb1, wb2"
+    for cp in ("wb1", "wb2"):
+        server.sessions[cp].link = object()  # type: ignore[assignment]  # connected is "has a link"
+    server._update_health()
+    assert server.health.view().ok
+    server.sessions["wb2"].link = None
+    server._update_health()
+    assert server.health.view().reason.endswith("not connected: wb2")
