@@ -454,7 +454,7 @@ class _Payload(OAuth2Payload):
         return self._datalist
 
 
-class _Request(OAuth2Request):
+class FormRequest(OAuth2Request):
     """An already-read Starlette request, as Authlib's OAuth2Request."""
 
     def __init__(
@@ -532,7 +532,7 @@ class ZapAuthorizationServer(AuthorizationServer):
         return request
 
 
-async def _read(request: Request) -> _Request:
+async def _read(request: Request) -> FormRequest:
     """Read query and (bounded) form into an Authlib request, before entering Authlib's thread."""
     form: dict[str, str] = {}
     datalist: dict[str, list[str]] = {}
@@ -561,7 +561,7 @@ async def _read(request: Request) -> _Request:
     if request.headers.get("x-forwarded-proto") == "https" and peer in ("127.0.0.1", "::1"):
         uri = "https" + uri[uri.index(":") :]
     args = dict(request.query_params)
-    return _Request(request.method, uri, request.headers, args, form, datalist)  # case-insensitive, as HTTP
+    return FormRequest(request.method, uri, request.headers, args, form, datalist)  # case-insensitive, as HTTP
 
 
 class OAuthFormError(Exception):

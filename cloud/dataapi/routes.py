@@ -20,7 +20,8 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from cloud.dataapi.access import PRICES_READ, Access, AccessDenied, authenticate
 from cloud.dataapi.graphql import PriceResolution, price_series, schema
-from cloud.dataapi.oauth import OAuthEndpoints, access_ttl_s
+from cloud.dataapi.oauth import WEB_CALLBACK, OAuthEndpoints, access_ttl_s
+from cloud.dataapi.web import Web
 from cloud.server.db import Database
 
 Wrap = Callable[[str, Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
@@ -83,7 +84,14 @@ def data_api_routes(
     async def prices(request: Request) -> Response:
         return await _prices_get(db, clock, admin_token, request)
 
+    web = Web(db, clock, admin_token, oauth)
     return [
+        Route("/web/", wrap("web_home", web.home), methods=["GET"]),
+        Route("/web/login", wrap("web_login", web.login), methods=["GET"]),
+        Route(WEB_CALLBACK, wrap("web_callback", web.callback), methods=["GET"]),
+        Route("/web/site/{site_id}", wrap("web_site", web.site_page), methods=["GET"]),
+        Route("/web/fleet", wrap("web_fleet", web.fleet), methods=["GET"]),
+        Route("/web/fleet/login", wrap("web_fleet_login", web.fleet_login), methods=["GET", "POST"]),
         Route("/oauth/authorize", wrap("oauth_authorize", oauth.authorize), methods=["GET", "POST"]),
         Route("/oauth/token", wrap("oauth_token", oauth.token), methods=["POST"]),
         Route("/oauth/revoke", wrap("oauth_revoke", oauth.revoke), methods=["POST"]),

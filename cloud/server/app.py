@@ -202,12 +202,16 @@ def create_app(
         Route("/v1/fleet/events", ep("fleet_event", _fleet_event), methods=["POST"]),
         Route("/v1/sites/{site_id}/forecast-errors", ep("forecast_errors", _forecast_errors), methods=["GET"]),
     ]
-    from cloud.dataapi.routes import data_api_routes  # the data API (issue 16): OAuth, GraphQL, prices
-
     def wrap(name: str, fn: Callable[[Request], Awaitable[Response]]) -> Handler:
         return _guarded(ctx, name, lambda _ctx, request: fn(request))
 
-    extra = data_api_routes(ctx.db, ctx.clock, ctx.admin_token, lambda r: _require_admin(ctx, r), wrap)
+    try:  # the data API (issue 16): OAuth, GraphQL, prices, web pages
+        from cloud.dataapi.routes import data_api_routes
+
+        extra = data_api_routes(ctx.db, ctx.clock, ctx.admin_token, lambda r: _require_admin(ctx, r), wrap)
+    except ImportError as exc:  # an older install without authlib/strawberry: serve the Zap API alone
+        log.warning("data_api_unavailable", missing=exc.name, hint="pip install -e '.[cloud]'")
+        extra = []
     app = Starlette(routes=[*routes, *extra], lifespan=lifespan)
     app.state.db = ctx.db
     app.state.metrics = ctx.metrics
