@@ -35,8 +35,6 @@ from zapd.model import (
 log = structlog.get_logger(__name__)
 
 _REQUIRED = ("battery_soc", "battery_power")
-# A map without a setpoint (a vendor whose control zapd does not speak) is monitoring-only.
-_WRITABLE = ("battery_setpoint", "remote_control")
 _NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
 _DEFAULT_COMMAND_TIMEOUT_S = 300  # written when the map has a timeout register: device falls back on its own
 
@@ -64,9 +62,11 @@ class ModbusHybridInverter:
         if poll_s <= 0:
             raise ValueError("poll_s must be > 0")
         register_map.require(*_REQUIRED)
-        self._can_control = register_map.get("battery_setpoint") is not None
-        if self._can_control:
-            register_map.require(writable=_WRITABLE)
+        # The map's control vocabulary (drivers/modbus/control_spec.py); None = monitoring only.
+        self._ctl = register_map.control
+        self._can_control = self._ctl is not None
+        if self._ctl is not None and self._ctl.style == "grid_setpoint":
+            register_map.require(*self._ctl.grid_power)
         # A stand-alone (AC-coupled) battery has no PV of its own.
         self._has_pv = register_map.get("pv_power") is not None
         self._id = device_id
@@ -86,8 +86,9 @@ class ModbusHybridInverter:
         self._apply_timeout_s = apply_timeout_s
         self._device_command_timeout_s = device_command_timeout_s
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
-        # Setpoint registers as last read back from the device, and when they were written.
-        self._held: tuple[list[int], float] | None = None
+        # Command registers as last read back from the device, and when they were written.
+        self._held: tuple[list[tuple[str, list[int]]], float] | None = None
+        self._entered = False  # the enter writes went out (for a mode sequence without a mode field)
         self._health = DeviceHealth(device_id, clock, event_prefix="modbus", unit=unit_id)
         self._commands_failing = False
         self._last_refusal: str | None = None
@@ -160,10 +161,13 @@ class ModbusHybridInverter:
 
     # ---- register access ----
 
+    def _unit_of(self, f: Field) -> int:
+        return self._unit if f.unit_id is None else f.unit_id
+
     async def _read_regs(self, f: Field, priority: Priority) -> list[int]:
         if f.table is Table.INPUT:
-            return await self._bus.read_input(self._unit, f.address, f.count, priority=priority)
-        return await self._bus.read_holding(self._unit, f.address, f.count, priority=priority)
+            return await self._bus.read_input(self._unit_of(f), f.address, f.count, priority=priority)
+        return await self._bus.read_holding(self._unit_of(f), f.address, f.count, priority=priority)
 
     async def _scale_factor(self, f: Field, priority: Priority) -> int | None:
         if f.scale_factor is None:
@@ -187,20 +191,17 @@ class ModbusHybridInverter:
             raise DriverError(f"{self._id}: {name}: {exc}") from exc
         if not measured and not math.isfinite(value):
             raise DriverError(f"{self._id}: {name} read as {value}")
+        if f.sign_field is not None:
+            sign = self._map.field(f.sign_field)
+            if sign.decode_raw_int(await self._read_regs(sign, priority)) & f.sign_mask:
+                value = -value
         return value
-
-    async def _write(self, name: str, value: float, *, force: bool = False) -> list[int]:
-        f = self._map.field(name)
-        sf = await self._scale_factor(f, Priority.CONTROL)
-        regs = f.encode(value, sf)
-        await self._write_regs(f, regs, force=force)
-        return regs
 
     async def _write_regs(self, f: Field, regs: list[int], *, force: bool) -> None:
         """Every write goes through the flash budget; `force` is for the safe mode on the way out."""
         if not force:
             self._budget.spend()
-        await self._bus.write_registers(self._unit, f.address, regs, priority=Priority.CONTROL)
+        await self._bus.write_registers(self._unit_of(f), f.address, regs, priority=Priority.CONTROL)
 
     # ---- probe and poll ----
 
@@ -278,7 +279,7 @@ class ModbusHybridInverter:
         if not isinstance(command, BatterySetpoint):
             return f"{type(command).__name__} is not supported by {self._id}"
         if not self._can_control:
-            return f"register map {self._map.name!r} has no battery setpoint: monitoring only"
+            return f"register map {self._map.name!r} has no [control]: monitoring only"
         if command.der_id != self.battery_id:
             return f"unknown DER {command.der_id!r} (this driver controls {self.battery_id!r})"
         if not math.isfinite(command.power_w):
@@ -327,45 +328,125 @@ class ModbusHybridInverter:
             log.warning("modbus.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
         return CommandResult(command=command, ok=False, detail=detail)
 
-    def _holds(self, regs: list[int]) -> bool:
+    def _keepalive_s(self) -> float:
+        """A held command is written again after this long, so the device's own timeout never fires."""
+        ctl = self._ctl
+        if ctl is not None and ctl.keepalive_s is not None:
+            return ctl.keepalive_s
+        return self._timeout_s() / 2
+
+    def _timeout_s(self) -> float:
+        ctl = self._ctl
+        if ctl is not None and ctl.timeout_s is not None:
+            return ctl.timeout_s
+        return float(self._device_command_timeout_s)
+
+    def _holds(self, writes: list[tuple[str, list[int]]]) -> bool:
         """The device read back these registers recently enough that its command timeout is not near."""
         if self._held is None:
             return False
         held, at = self._held
-        return held == regs and self._clock.now().timestamp() - at < self._device_command_timeout_s / 2
+        return held == writes and self._clock.now().timestamp() - at < self._keepalive_s()
+
+    async def _encoded(self, name: str, value: float) -> tuple[str, list[int]]:
+        f = self._map.field(name)
+        return name, f.encode(value, await self._scale_factor(f, Priority.CONTROL))
+
+    def _raw(self, name: str, raw: int) -> tuple[str, list[int]]:
+        return name, self._map.field(name).encode_raw_int(raw)
+
+    async def _command_writes(self, power_w: float) -> list[tuple[str, list[int]]]:
+        """The register writes, in order, that make the device charge (+) or discharge (-) at power_w."""
+        ctl = self._ctl
+        assert ctl is not None  # _refusal checked it
+        if ctl.style == "signed_setpoint":
+            assert ctl.setpoint is not None
+            return [await self._encoded(ctl.setpoint, power_w)]
+        if ctl.style == "direction_magnitude":
+            assert ctl.direction is not None and ctl.charge_power is not None and ctl.discharge_power is not None
+            if power_w > 0:
+                return [await self._encoded(ctl.charge_power, power_w), self._raw(ctl.direction, ctl.charge_value)]
+            if power_w < 0:
+                return [
+                    await self._encoded(ctl.discharge_power, -power_w),
+                    self._raw(ctl.direction, ctl.discharge_value),
+                ]
+            zero = [await self._encoded(ctl.charge_power, 0.0)]
+            if ctl.discharge_power != ctl.charge_power:
+                zero.append(await self._encoded(ctl.discharge_power, 0.0))
+            return [*zero, self._raw(ctl.direction, ctl.idle_value)]
+        # grid_setpoint: the device holds the grid at its setpoint, so moving the battery by
+        # (power_w - battery now) moves the grid by the same amount (+ import, + charging).
+        assert ctl.setpoint is not None
+        grid_w = 0.0
+        for name in ctl.grid_power:
+            grid_w += await self._read(name, Priority.CONTROL)
+        battery_w = await self._read("battery_power", Priority.CONTROL)
+        target = grid_w + (power_w - battery_w)
+        if not math.isfinite(target):
+            raise DriverError(f"{self._id}: grid setpoint from grid {grid_w} W and battery {battery_w} W")
+        return [await self._encoded(ctl.setpoint, round(target))]
 
     async def _write_setpoint(self, power_w: float, *, force: bool = False) -> tuple[bool, str]:
-        """(True, detail) when the device holds the setpoint, else (False, why not).
+        """(True, detail) when the device holds the command, else (False, why not).
 
-        A value the device already holds (by the last read-back) is not written again, except as
-        a keep-alive at half the device's command timeout so it does not fall back while zapd runs.
+        A command the device already holds (by the last read-back) is not written again, except as
+        a keep-alive (the map's keepalive_s, else half the device's command timeout).
         """
-        await self._ensure_remote_control(force=force)
-        f = self._map.field("battery_setpoint")
-        sf = await self._scale_factor(f, Priority.CONTROL)
-        wanted = f.encode(power_w, sf)
+        await self._ensure_mode(force=force)
+        wanted = await self._command_writes(power_w)
         if not force and self._holds(wanted):
             self.counters["writes_skipped"] += 1
             return True, f"{power_w:g} W already held"
         self._held = None
-        await self._write_regs(f, wanted, force=force)
-        back = await self._read_regs(f, Priority.CONTROL)
-        if back != wanted:
-            return False, f"read back {f.decode(back, sf):g} W, wrote {power_w:g} W"
-        self._held = (back, self._clock.now().timestamp())
+        for name, regs in wanted:
+            await self._write_regs(self._map.field(name), regs, force=force)
+        for name, regs in wanted:
+            f = self._map.field(name)
+            back = await self._read_regs(f, Priority.CONTROL)
+            if back != regs:
+                self._entered = False
+                return False, f"{name}: read back {back}, wrote {regs} (for {power_w:g} W)"
+        self._held = (wanted, self._clock.now().timestamp())
         return True, f"{power_w:g} W read back"
 
-    async def _ensure_remote_control(self, *, force: bool = False) -> None:
-        f = self._map.field("remote_control")
-        mode = f.decode_raw_int(await self._read_regs(f, Priority.CONTROL))
-        if mode == self._map.remote_control_on:
+    async def _ensure_mode(self, *, force: bool = False) -> None:
+        """Run the map's enter sequence unless the device is (by its mode register) still in it."""
+        ctl = self._ctl
+        assert ctl is not None
+        if ctl.mode_field is not None:
+            f = self._map.field(ctl.mode_field)
+            if f.decode_raw_int(await self._read_regs(f, Priority.CONTROL)) == ctl.mode_value:
+                return
+        elif self._entered:
             return
-        self._held = None  # the device left remote control on its own: its setpoint is not ours any more
-        timeout_field = self._map.get("command_timeout")
-        if timeout_field is not None and timeout_field.writable:
-            await self._write("command_timeout", self._device_command_timeout_s, force=force)
-        await self._write_regs(f, f.encode_raw_int(self._map.remote_control_on), force=force)
+        if not ctl.enter and ctl.timeout_field is None:
+            self._entered = True
+            return
+        self._held = None  # the device left the mode on its own: its command is not ours any more
+        if ctl.timeout_field is not None:
+            name, regs = await self._encoded(ctl.timeout_field, self._timeout_s())
+            await self._write_regs(self._map.field(name), regs, force=force)
+        for w in ctl.enter:
+            await self._write_raw(w.field, w.value, force=force)
+        self._entered = True
         log.info("modbus.remote_control_enabled", device=self._id, unit=self._unit)
+
+    async def _write_raw(self, name: str, raw: int, *, force: bool) -> None:
+        f = self._map.field(name)
+        await self._write_regs(f, f.encode_raw_int(raw), force=force)
+
+    async def _release(self) -> None:
+        """The map's revert: hand the battery back to the device's own operation."""
+        ctl = self._ctl
+        assert ctl is not None
+        if ctl.style == "grid_setpoint" and ctl.setpoint is not None:
+            name, regs = await self._encoded(ctl.setpoint, ctl.grid_idle_w)
+            await self._write_regs(self._map.field(name), regs, force=True)
+        for w in ctl.release:
+            await self._write_raw(w.field, w.value, force=True)
+        self._entered = False
+        self._held = None
 
     async def safe_mode(self) -> None:
         """Battery idle. Logs instead of raising: this runs on the way out and must not mask the exit."""
@@ -376,6 +457,12 @@ class ModbusHybridInverter:
                 ok, problem = await self._write_setpoint(0.0, force=True)
         except (DriverError, TimeoutError, ValueError) as exc:
             ok, problem = False, str(exc) or type(exc).__name__
+        if ok and self._ctl is not None and self._ctl.revert == "release":
+            try:
+                async with asyncio.timeout(self._apply_timeout_s):
+                    await self._release()
+            except (DriverError, TimeoutError, ValueError) as exc:
+                ok, problem = False, f"release: {exc or type(exc).__name__}"
         if not ok:
             self.counters["safe_mode_errors"] += 1
             log.error("modbus.safe_mode_failed", device=self._id, error=problem)

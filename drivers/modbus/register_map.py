@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from drivers.modbus.bus import RegisterType, decode_registers, encode_registers
+from drivers.modbus.control_spec import ControlSpec, ControlSpecError, parse_control
 
 MAPS_DIR = Path(__file__).parent / "maps"
 
@@ -58,7 +59,18 @@ _INT_RANGE = {
     DataType.S32: (-0x8000_0000, 0x7FFF_FFFF),
 }
 # Device unit -> factor to zapd's unit. "%" becomes a fraction because SoC is 0..1 everywhere in zapd.
-_UNIT_TO_ZAPD = {"": 1.0, "W": 1.0, "kW": 1000.0, "Wh": 1.0, "kWh": 1000.0, "%": 0.01, "s": 1.0, "A": 1.0, "V": 1.0}
+_UNIT_TO_ZAPD = {
+    "": 1.0,
+    "W": 1.0,
+    "kW": 1000.0,
+    "Wh": 1.0,
+    "kWh": 1000.0,
+    "%": 0.01,
+    "s": 1.0,
+    "min": 60.0,  # e.g. Huawei's forcible charge period
+    "A": 1.0,
+    "V": 1.0,
+}
 
 _FIELD_KEYS = {
     "address",
@@ -71,6 +83,9 @@ _FIELD_KEYS = {
     "invert",
     "word_order",
     "description",
+    "unit_id",
+    "sign_field",
+    "sign_mask",
 }
 
 
@@ -89,6 +104,12 @@ class Field:
     invert: bool = False
     word_order: WordOrder = "big"
     description: str = ""
+    # Unit id of this register when it is not the device's own (Victron GX: settings on unit 100).
+    unit_id: int | None = None
+    # An unsigned magnitude whose direction is a status bit elsewhere (Sungrow SH battery power):
+    # the value is negated while `sign_field`'s raw value has any bit of `sign_mask` set.
+    sign_field: str | None = None
+    sign_mask: int = 0
 
     @property
     def count(self) -> int:
@@ -142,9 +163,13 @@ class RegisterMap:
     path: Path
     source: str
     fields: Mapping[str, Field]
+    # The second, independent public source the addresses were checked against (a vendor map's header).
+    cross_check: str = ""
     # Values of the remote-control register that hand the battery to zapd or give it back.
     remote_control_on: int = 1
     remote_control_off: int = 0
+    # How the battery takes a power command; None = monitoring only (drivers/modbus/control_spec.py).
+    control: ControlSpec | None = None
 
     def get(self, name: str) -> Field | None:
         return self.fields.get(name)
@@ -198,16 +223,24 @@ def _parse(path: Path, doc: dict[str, Any]) -> RegisterMap:
     fields = {name: _parse_field(path, name, spec, word_order) for name, spec in raw_fields.items()}
     _check_consistency(path, fields)
     control = doc.get("control", {})
+    if not isinstance(control, dict):
+        raise RegisterMapError(f"{path}: [control] must be a table")
     on, off = control.get("remote_control_on", 1), control.get("remote_control_off", 0)
     if not (isinstance(on, int) and isinstance(off, int)) or on == off:
         raise RegisterMapError(f"{path}: control.remote_control_on/off must be two different integers")
+    try:
+        spec = parse_control(control, fields)
+    except ControlSpecError as exc:
+        raise RegisterMapError(f"{path}: {exc}") from None
     return RegisterMap(
         name=str(device.get("name", path.stem)),
         path=path,
         source=str(device.get("source", "")),
+        cross_check=str(device.get("cross_check", "")),
         fields=fields,
         remote_control_on=on,
         remote_control_off=off,
+        control=spec,
     )
 
 
@@ -224,21 +257,14 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
     try:
         table = Table(spec.get("table", ""))
     except ValueError:
-        raise RegisterMapError(
-            f"{where}: table must be 'holding' or 'input', got {spec.get('table')!r}"
-        ) from None
+        raise RegisterMapError(f"{where}: table must be 'holding' or 'input', got {spec.get('table')!r}") from None
     try:
         dtype = DataType(spec.get("type", ""))
     except ValueError:
         choices = ", ".join(t.value for t in DataType)
         raise RegisterMapError(f"{where}: type must be one of {choices}, got {spec.get('type')!r}") from None
     scale = spec.get("scale", 1.0)
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, int | float)
-        or scale == 0
-        or not math.isfinite(scale)
-    ):
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale == 0 or not math.isfinite(scale):
         raise RegisterMapError(f"{where}: scale must be a non-zero number, got {scale!r}")
     unit = spec.get("unit", "")
     if unit not in _UNIT_TO_ZAPD:
@@ -252,6 +278,15 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
     sf = spec.get("scale_factor")
     if sf is not None and not isinstance(sf, str):
         raise RegisterMapError(f"{where}: scale_factor must name another field")
+    unit_id = spec.get("unit_id")
+    if unit_id is not None and (not isinstance(unit_id, int) or isinstance(unit_id, bool) or not 0 <= unit_id <= 255):
+        raise RegisterMapError(f"{where}: unit_id must be an integer 0..255, got {unit_id!r}")
+    sign_field, sign_mask = spec.get("sign_field"), spec.get("sign_mask", 0)
+    paired = (sign_field is None) == ("sign_mask" not in spec)
+    if not paired or (sign_field is not None and not isinstance(sign_field, str)):
+        raise RegisterMapError(f"{where}: sign_field (a field name) and sign_mask go together")
+    if not isinstance(sign_mask, int) or isinstance(sign_mask, bool) or not 0 <= sign_mask <= 0xFFFF_FFFF:
+        raise RegisterMapError(f"{where}: sign_mask must be a bit mask, got {sign_mask!r}")
     if address + _WIDTH[dtype] - 1 > 0xFFFF:
         raise RegisterMapError(f"{where}: {dtype.value} at {address} runs past register 65535")
     return Field(
@@ -266,25 +301,31 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
         invert=spec.get("invert", False),
         word_order=field_order,
         description=str(spec.get("description", "")),
+        unit_id=unit_id,
+        sign_field=sign_field,
+        sign_mask=sign_mask,
     )
 
 
 def _check_consistency(path: Path, fields: Mapping[str, Field]) -> None:
     for f in fields.values():
+        if f.sign_field is not None:
+            sign = fields.get(f.sign_field)
+            if sign is None or sign.dtype not in (DataType.U16, DataType.U32) or sign.unit_id != f.unit_id:
+                raise RegisterMapError(
+                    f"{path}: field {f.name!r}: sign_field {f.sign_field!r} must be a declared u16/u32 on the same unit"
+                )
         if f.scale_factor is None:
             continue
         sf = fields.get(f.scale_factor)
         if sf is None:
-            raise RegisterMapError(
-                f"{path}: field {f.name!r}: scale_factor {f.scale_factor!r} is not declared"
-            )
+            raise RegisterMapError(f"{path}: field {f.name!r}: scale_factor {f.scale_factor!r} is not declared")
         if sf.dtype not in (DataType.S16, DataType.U16) or sf.scale_factor is not None:
-            raise RegisterMapError(
-                f"{path}: field {f.name!r}: scale factor field {sf.name!r} must be a plain s16/u16"
-            )
-    for table in Table:
+            raise RegisterMapError(f"{path}: field {f.name!r}: scale factor field {sf.name!r} must be a plain s16/u16")
+    for table, unit in {(f.table, f.unit_id) for f in fields.values()}:
         used: dict[int, str] = {}
-        for f in sorted((f for f in fields.values() if f.table is table), key=lambda f: f.address):
+        same = (f for f in fields.values() if f.table is table and f.unit_id == unit)
+        for f in sorted(same, key=lambda f: f.address):
             for reg in range(f.address, f.address + f.count):
                 if reg in used:
                     where = f"{table.value} register {reg}"

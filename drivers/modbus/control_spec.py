@@ -1,0 +1,236 @@
+"""The control vocabulary of a register map's `[control]` table: how a battery takes a power command.
+
+Vendors expose battery control in a few shapes, and a profile names its shape instead of code:
+
+- `signed_setpoint`: one register, + charge / - discharge (SMA SBS, zapd's simulator);
+- `direction_magnitude`: a direction register (charge / discharge / stop values) plus unsigned
+  power register(s) (Huawei forcible charge/discharge, Sungrow SH forced mode);
+- `grid_setpoint`: the device regulates the grid connection point to a setpoint (Victron ESS);
+  zapd turns its battery command into a grid setpoint from the grid and battery power it reads.
+
+Around any of them, a *mode sequence*: `enter` writes (forced / remote mode, enable registers,
+written in order before the first command and again whenever `mode_field` shows that the device
+left that mode), `release` writes (the revert on safe mode when `revert = "release"`), an optional
+command-timeout register written on entering (the device's own deadman) and a keepalive period
+after which a command the device already holds is written again. Every value here is a raw
+register value; every power goes through its field's scale, sign and unit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ControlStyle = Literal["signed_setpoint", "direction_magnitude", "grid_setpoint"]
+RevertRule = Literal["idle", "release"]
+STYLES: tuple[ControlStyle, ...] = ("signed_setpoint", "direction_magnitude", "grid_setpoint")
+_KEEPALIVE_MAX_S = 3600.0
+_TIMEOUT_MAX_S = 86_400.0
+_KEYS = {
+    "style",
+    "enter",
+    "release",
+    "revert",
+    "mode_field",
+    "setpoint",
+    "direction",
+    "charge_value",
+    "discharge_value",
+    "idle_value",
+    "charge_power",
+    "discharge_power",
+    "grid_power",
+    "grid_idle_w",
+    "timeout_field",
+    "timeout_s",
+    "keepalive_s",
+    "remote_control_on",
+    "remote_control_off",
+}
+
+
+class ControlSpecError(ValueError):
+    """The `[control]` table is inconsistent; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RawWrite:
+    """One register write of a raw integer (a mode, a direction, an enable flag)."""
+
+    field: str
+    value: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlSpec:
+    style: ControlStyle
+    enter: tuple[RawWrite, ...] = ()
+    release: tuple[RawWrite, ...] = ()
+    revert: RevertRule = "idle"
+    # Read before each command: a value other than its `enter` value means the device left the mode.
+    mode_field: str | None = None
+    setpoint: str | None = None  # signed_setpoint / grid_setpoint
+    direction: str | None = None  # direction_magnitude
+    charge_value: int = 0
+    discharge_value: int = 0
+    idle_value: int = 0
+    charge_power: str | None = None
+    discharge_power: str | None = None
+    grid_power: tuple[str, ...] = ()  # grid_setpoint: fields summed to the grid power, + import
+    grid_idle_w: float = 0.0  # grid_setpoint: what the release hands back (Victron's default 30 W)
+    timeout_field: str | None = None
+    timeout_s: float | None = None
+    keepalive_s: float | None = None
+
+    @property
+    def mode_value(self) -> int | None:
+        for w in self.enter:
+            if w.field == self.mode_field:
+                return w.value
+        return None
+
+    def written_fields(self) -> set[str]:
+        names = {w.field for w in (*self.enter, *self.release)}
+        for name in (self.setpoint, self.direction, self.charge_power, self.discharge_power, self.timeout_field):
+            if name is not None:
+                names.add(name)
+        return names
+
+    def read_fields(self) -> set[str]:
+        names = set(self.grid_power)
+        if self.mode_field is not None:
+            names.add(self.mode_field)
+        return names
+
+
+def _int(doc: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = doc.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFF_FFFF:
+        raise ControlSpecError(f"control.{key} must be a raw register value 0..4294967295, got {value!r}")
+    return value
+
+
+def _name(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ControlSpecError(f"control.{key} must name a field, got {value!r}")
+    return value
+
+
+def _writes(doc: Mapping[str, Any], key: str) -> tuple[RawWrite, ...]:
+    """`enter = [{field = "ems_mode", value = 2}, ...]`: a list keeps the order the vendor asks for."""
+    raw = doc.get(key, [])
+    if not isinstance(raw, list):
+        raise ControlSpecError(f"control.{key} must be a list of {{field = ..., value = ...}} tables")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != {"field", "value"}:
+            raise ControlSpecError(f"control.{key}[{i}] must be {{field = NAME, value = RAW}}")
+        out.append(RawWrite(field=str(_name(item, "field")), value=_int(item, "value")))
+    return tuple(out)
+
+
+def _seconds(doc: Mapping[str, Any], key: str, limit: float) -> float | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ControlSpecError(f"control.{key} must be a number of seconds, got {value!r}")
+    if not 0 < value <= limit:
+        raise ControlSpecError(f"control.{key} must be in (0, {limit:g}] s, got {value!r}")
+    return float(value)
+
+
+def parse_control(doc: Mapping[str, Any], fields: Mapping[str, Any]) -> ControlSpec | None:
+    """`[control]` -> ControlSpec; None for a monitoring-only map. `fields` are the map's declared fields.
+
+    A map of the older form (`remote_control` and `battery_setpoint` fields, `remote_control_on/off`
+    values) is read as a signed setpoint entered by writing `remote_control_on`.
+    """
+    unknown = set(doc) - _KEYS
+    if unknown:
+        raise ControlSpecError(f"control: unknown key(s) {', '.join(sorted(unknown))}")
+    style = doc.get("style")
+    if style is None:
+        if "battery_setpoint" not in fields:
+            return None
+        on, off = doc.get("remote_control_on", 1), doc.get("remote_control_off", 0)
+        if not (isinstance(on, int) and isinstance(off, int)) or on == off:
+            raise ControlSpecError("control.remote_control_on/off must be two different integers")
+        spec = ControlSpec(
+            style="signed_setpoint",
+            setpoint="battery_setpoint",
+            enter=(RawWrite("remote_control", on),),
+            release=(RawWrite("remote_control", off),),
+            mode_field="remote_control",
+            timeout_field="command_timeout" if getattr(fields.get("command_timeout"), "writable", False) else None,
+        )
+    else:
+        spec = _parse_styled(doc, style)
+    _check_fields(spec, fields)
+    return spec
+
+
+def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
+    if style not in STYLES:
+        raise ControlSpecError(f"control.style must be one of {', '.join(STYLES)}, got {style!r}")
+    revert = doc.get("revert", "idle")
+    if revert not in ("idle", "release"):
+        raise ControlSpecError(f"control.revert must be 'idle' or 'release', got {revert!r}")
+    grid = doc.get("grid_power", [])
+    grid = [grid] if isinstance(grid, str) else grid
+    if not isinstance(grid, list) or not all(isinstance(g, str) and g for g in grid):
+        raise ControlSpecError("control.grid_power must name a field or a list of fields (summed)")
+    grid_idle = doc.get("grid_idle_w", 0.0)
+    if isinstance(grid_idle, bool) or not isinstance(grid_idle, int | float) or not math.isfinite(grid_idle):
+        raise ControlSpecError(f"control.grid_idle_w must be a number of W, got {grid_idle!r}")
+    spec = ControlSpec(
+        style=style,
+        enter=_writes(doc, "enter"),
+        release=_writes(doc, "release"),
+        revert=revert,
+        mode_field=_name(doc, "mode_field"),
+        setpoint=_name(doc, "setpoint"),
+        direction=_name(doc, "direction"),
+        charge_value=_int(doc, "charge_value", 0),
+        discharge_value=_int(doc, "discharge_value", 0),
+        idle_value=_int(doc, "idle_value", 0),
+        charge_power=_name(doc, "charge_power"),
+        discharge_power=_name(doc, "discharge_power"),
+        grid_power=tuple(grid),
+        grid_idle_w=float(grid_idle),
+        timeout_field=_name(doc, "timeout_field"),
+        timeout_s=_seconds(doc, "timeout_s", _TIMEOUT_MAX_S),
+        keepalive_s=_seconds(doc, "keepalive_s", _KEEPALIVE_MAX_S),
+    )
+    need = {
+        "signed_setpoint": ("setpoint",),
+        "direction_magnitude": ("direction", "charge_power", "discharge_power"),
+        "grid_setpoint": ("setpoint",),
+    }[style]
+    for key in need:
+        if getattr(spec, key) is None:
+            raise ControlSpecError(f"control.style {style!r} needs control.{key}")
+    if style == "direction_magnitude" and len({spec.charge_value, spec.discharge_value, spec.idle_value}) != 3:
+        raise ControlSpecError("control.charge_value, discharge_value and idle_value must differ")
+    if style == "grid_setpoint" and not spec.grid_power:
+        raise ControlSpecError("control.style 'grid_setpoint' needs control.grid_power (the grid meter's fields)")
+    if spec.mode_field is not None and spec.mode_value is None:
+        raise ControlSpecError(f"control.mode_field {spec.mode_field!r} must be one of the `enter` writes")
+    if spec.revert == "release" and not spec.release and style != "grid_setpoint":
+        # (a grid setpoint's release is the setpoint itself, back to grid_idle_w)
+        raise ControlSpecError("control.revert = 'release' needs control.release writes")
+    if (spec.timeout_field is None) != (spec.timeout_s is None):
+        raise ControlSpecError("control.timeout_field and control.timeout_s go together")
+    return spec
+
+
+def _check_fields(spec: ControlSpec, fields: Mapping[str, Any]) -> None:
+    for name in sorted(spec.written_fields() | spec.read_fields()):
+        if name not in fields:
+            raise ControlSpecError(f"control names field {name!r}, which is not declared")
+    for name in sorted(spec.written_fields()):
+        if not getattr(fields[name], "writable", False):
+            raise ControlSpecError(f"control writes field {name!r}: it must be writable")

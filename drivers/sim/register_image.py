@@ -1,0 +1,118 @@
+"""A real Modbus TCP server that serves a fixed register image and records every write.
+
+Device profiles (drivers/modbus/maps/*.toml) are tested against fixtures written from the vendor's
+document: raw registers as the device would hold them, and the writes a command must produce. This
+server is the peer for those tests: it serves exactly the fixture's registers (any other address is
+an illegal-address exception, as on a real device), keeps what is written (so a read-back sees it)
+and records each write request in order, so a test checks the wire, not the profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+log = structlog.get_logger(__name__)
+
+_WRITE_FUNCTION_CODES = {6, 16}
+_INPUT_FUNCTION_CODES = {4}
+
+# One unit's image: table ("holding" | "input") -> address -> raw 16-bit value.
+UnitImage = Mapping[str, Mapping[int, int]]
+
+
+@dataclass(frozen=True)
+class RecordedWrite:
+    unit: int
+    address: int
+    values: tuple[int, ...]
+
+
+@dataclass
+class _UnitLog:
+    unit: int
+    writes: list[RecordedWrite]
+    reads: int = 0
+
+    async def action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
+        del start_address, count, registers
+        if set_values is None or function_code not in _WRITE_FUNCTION_CODES:
+            self.reads += 1
+            return
+        self.writes.append(RecordedWrite(self.unit, address, tuple(int(v) for v in set_values)))
+
+
+def _runs(cells: Mapping[int, int]) -> list[SimData]:
+    """Contiguous address runs as SimData blocks: gaps between them stay illegal addresses.
+
+    (A list of `values` is one run; SimData's `count` would repeat it, so it is left at 1.)"""
+    blocks: list[SimData] = []
+    run: list[int] = []
+    start = -1
+    for addr in sorted(cells):
+        if not 0 <= cells[addr] <= 0xFFFF:
+            raise ValueError(f"register {addr}: {cells[addr]} is not a 16-bit value")
+        if run and addr == start + len(run):
+            run.append(cells[addr])
+            continue
+        if run:
+            blocks.append(SimData(start, values=run, datatype=DataType.REGISTERS))
+        start, run = addr, [cells[addr]]
+    if run:
+        blocks.append(SimData(start, values=run, datatype=DataType.REGISTERS))
+    return blocks or [SimData(0, datatype=DataType.INVALID)]
+
+
+@dataclass
+class RegisterImageServer:
+    """A running image server; `writes` lists every write request across units, in arrival order."""
+
+    server: ModbusTcpServer
+    host: str
+    port: int
+    writes: list[RecordedWrite] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.writes.clear()
+
+    async def stop(self) -> None:
+        await self.server.shutdown()  # type: ignore[no-untyped-call]
+
+
+async def start_register_image(
+    units: Mapping[int, UnitImage], *, host: str = "127.0.0.1", port: int = 0
+) -> RegisterImageServer:
+    """Serve each unit's image on host:port (0 = any free port; the real one is in `.port`)."""
+    writes: list[RecordedWrite] = []
+    devices = []
+    for unit_id, image in units.items():
+        unknown = set(image) - {"holding", "input"}
+        if unknown:
+            raise ValueError(f"unit {unit_id}: unknown table(s) {sorted(unknown)}")
+        unit_log = _UnitLog(unit_id, writes)
+        no_bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS, readonly=True)]
+        devices.append(
+            SimDevice(
+                id=unit_id,
+                simdata=(no_bits, list(no_bits), _runs(image.get("holding", {})), _runs(image.get("input", {}))),
+                action=unit_log.action,
+            )
+        )
+    server = ModbusTcpServer(devices, address=(host, port))
+    await server.serve_forever(background=True)
+    sockets = getattr(server.transport, "sockets", None) or ()
+    real_port = int(sockets[0].getsockname()[1]) if sockets else port
+    log.info("sim.register_image.started", host=host, port=real_port, units=sorted(units))
+    return RegisterImageServer(server, host, real_port, writes)

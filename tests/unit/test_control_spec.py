@@ -1,0 +1,91 @@
+"""The `[control]` vocabulary refuses inconsistent profiles at load time, naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus.register_map import RegisterMapError, load_register_map
+
+_FIELDS = """
+[fields.battery_soc]
+address = 0
+table = "input"
+type = "u16"
+unit = "%"
+[fields.battery_power]
+address = 1
+table = "input"
+type = "s16"
+unit = "W"
+[fields.mode]
+address = 10
+table = "holding"
+type = "u16"
+writable = true
+[fields.cmd]
+address = 11
+table = "holding"
+type = "u16"
+writable = true
+[fields.power]
+address = 12
+table = "holding"
+type = "u16"
+unit = "W"
+writable = true
+[fields.grid]
+address = 2
+table = "input"
+type = "s16"
+unit = "W"
+"""
+
+
+def _load(tmp_path: Path, control: str) -> object:
+    p = tmp_path / "m.toml"
+    p.write_text(f'[device]\nname = "t"\n[control]\n{control}\n{_FIELDS}')
+    return load_register_map(p).control
+
+
+def test_direction_magnitude_parses(tmp_path: Path) -> None:
+    spec = _load(
+        tmp_path,
+        'style = "direction_magnitude"\ndirection = "cmd"\ncharge_value = 1\ndischarge_value = 2\n'
+        'idle_value = 0\ncharge_power = "power"\ndischarge_power = "power"\n'
+        'enter = [{field = "mode", value = 2}]\nmode_field = "mode"',
+    )
+    assert spec is not None
+
+
+@pytest.mark.parametrize(
+    ("control", "message"),
+    [
+        ('style = "pulse"', "control.style must be one of"),
+        ('style = "signed_setpoint"', "needs control.setpoint"),
+        ('style = "signed_setpoint"\nsetpoint = "grid"', "must be writable"),
+        ('style = "signed_setpoint"\nsetpoint = "nope"', "not declared"),
+        (
+            'style = "direction_magnitude"\ndirection = "cmd"\ncharge_power = "power"\ndischarge_power = "power"',
+            "must differ",
+        ),
+        ('style = "grid_setpoint"\nsetpoint = "power"', "needs control.grid_power"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\nmode_field = "mode"', "must be one of the `enter` writes"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\nrevert = "release"', "needs control.release"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\ntimeout_s = 30', "go together"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\nkeepalive_s = -1', "keepalive_s must be in"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\nenter = [{field = "mode", value = -1}]', "raw register"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\nbogus = 1', "unknown key"),
+    ],
+)
+def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: str) -> None:
+    with pytest.raises(RegisterMapError, match=message):
+        _load(tmp_path, control)
+
+
+def test_shipped_profiles_with_control_cite_two_sources() -> None:
+    """Every vendor profile that commands a battery names its document and its cross-check."""
+    for name in ("sungrow_sh", "huawei_sun2000_luna2000", "victron_gx_ess"):
+        rmap = load_register_map(name)
+        assert rmap.control is not None and rmap.source and rmap.cross_check, name
