@@ -9,7 +9,9 @@ or write sequence in a profile fails here; nothing on the expected side is read 
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import load_register_map
-from drivers.sim.register_image import RecordedWrite, start_register_image
+from drivers.sim.register_image import RecordedWrite, RegisterImageServer, start_register_image
 from zapd.clock import SystemClock
 from zapd.model import POWER_W, SOC, BatterySetpoint, Reading
 
@@ -38,12 +40,9 @@ def _image(fixture: dict[str, Any]) -> dict[int, dict[str, dict[int, int]]]:
     return units
 
 
-def _writes(rows: list[list[Any]]) -> list[RecordedWrite]:
-    return [RecordedWrite(unit, address, tuple(values)) for unit, address, values in rows]
-
-
-@pytest.mark.parametrize(("name", "fixture"), INVERTER_FIXTURES, ids=[n for n, _ in INVERTER_FIXTURES])
-async def test_profile_decodes_and_commands_at_register_level(name: str, fixture: dict[str, Any]) -> None:
+@contextlib.asynccontextmanager
+async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusHybridInverter]]:
+    """The fixture's registers on a real TCP socket, and a probed driver for its profile."""
     server = await start_register_image(_image(fixture))
     try:
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -57,6 +56,19 @@ async def test_profile_decodes_and_commands_at_register_level(name: str, fixture
             **fixture.get("overrides", {}),
         )
         await inv.probe()
+        yield server, inv
+    finally:
+        await close_all_buses()
+        await server.stop()
+
+
+def _writes(rows: list[list[Any]]) -> list[RecordedWrite]:
+    return [RecordedWrite(unit, address, tuple(values)) for unit, address, values in rows]
+
+
+@pytest.mark.parametrize(("name", "fixture"), INVERTER_FIXTURES, ids=[n for n, _ in INVERTER_FIXTURES])
+async def test_profile_decodes_and_commands_at_register_level(name: str, fixture: dict[str, Any]) -> None:
+    async with serving(fixture) as (server, inv):
         got: dict[str, Reading] = {}
         await inv.poll_once(lambda r: got.__setitem__(r.der_id, r))
         expect = fixture["expect"]
@@ -81,31 +93,13 @@ async def test_profile_decodes_and_commands_at_register_level(name: str, fixture
         await inv.safe_mode()
         assert inv.counters["safe_mode_errors"] == 0
         assert server.writes == _writes(fixture["safe_mode"]["writes"])
-    finally:
-        await close_all_buses()
-        await server.stop()
 
 
 @pytest.mark.parametrize(("name", "fixture"), INVERTER_FIXTURES, ids=[n for n, _ in INVERTER_FIXTURES])
 async def test_profile_refuses_beyond_nameplate_without_writing(name: str, fixture: dict[str, Any]) -> None:
     """The last line of safety: a command over the device's limit never reaches the wire."""
-    server = await start_register_image(_image(fixture))
-    try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
-        inv = ModbusHybridInverter(
-            device_id="dev",
-            bus=bus,
-            unit_id=fixture["unit_id"],
-            register_map=load_register_map(fixture["profile"]),
-            poll_s=1.0,
-            clock=SystemClock(),
-            **fixture.get("overrides", {}),
-        )
-        await inv.probe()
+    async with serving(fixture) as (server, inv):
         limit = inv.capabilities()[0].max_discharge_w
         result = await inv.apply(BatterySetpoint(der_id="dev.battery", power_w=-(limit + 1.0)))
         assert not result.ok and "nameplate" in result.detail, name
         assert server.writes == []
-    finally:
-        await close_all_buses()
-        await server.stop()
