@@ -158,9 +158,10 @@ class BatteryModel:
             self._heard_w = self.setpoint_w
             acted_on = _quantize(self.setpoint_w, self.dynamics.setpoint_step_w)
             self._pending.append((self._t + self.dynamics.delay_s, acted_on))
-        self._t += max(0.0, dt_s)
-        while self._pending and self._pending[0][0] <= self._t:
+        # A setpoint acts from the step that begins at (or just after) its time; 1 us absorbs float sums.
+        while self._pending and self._pending[0][0] <= self._t + 1e-6:
             self._target_w = self._pending.popleft()[1]
+        self._t += max(0.0, dt_s)
         if math.isinf(self.dynamics.ramp_w_per_s):
             return self._target_w
         room = self.dynamics.ramp_w_per_s * max(0.0, dt_s)

@@ -65,12 +65,17 @@ def loops(draw: st.DrawFn) -> LoopConfig:
     # the import above the fuse, with a margin for the tolerance.
     export_room = (math.inf if max_export is None else max_export) + MAX_W - 300.0
 
-    def site_state() -> tuple[float, float]:
-        pv = draw(st.floats(0.0, 9000.0))
-        load = draw(st.floats(max(200.0, pv - export_room), min(9000.0, pv + fuse + MAX_W - 300.0)))
-        return pv, load
+    import_room = fuse + MAX_W - 300.0
 
-    pv, load = site_state()
+    def load_for(pv: float) -> float:
+        return draw(st.floats(max(200.0, pv - export_room), min(9000.0, pv + import_room)))
+
+    def pv_for(load: float) -> float:
+        return draw(st.floats(max(0.0, load - import_room), min(9000.0, load + export_room)))
+
+    pv = draw(st.floats(0.0, 9000.0))
+    load = load_for(pv)
+    first_pv, first_load = pv, load
     plan = st.none() | st.floats(-MAX_W, MAX_W)
     steps = []
     t = 0.0
@@ -79,13 +84,16 @@ def loops(draw: st.DrawFn) -> LoopConfig:
         kind = draw(st.sampled_from(["plan", "plan", "load", "pv", "both"]))
         if kind == "plan":
             steps.append(Step(t, plan_w=draw(plan)))
+        elif kind == "load":  # every state stays feasible with what is in force
+            load = load_for(pv)
+            steps.append(Step(t, load_offset_w=load))
+        elif kind == "pv":
+            pv = pv_for(load)
+            steps.append(Step(t, pv_w=pv))
         else:
-            new_pv, new_load = site_state()
-            steps.append(
-                Step(t, load_offset_w=new_load if kind != "pv" else None, pv_w=new_pv if kind != "load" else None)
-            )
-            if kind == "pv":  # keep the site feasible with the old load
-                steps[-1] = Step(t, pv_w=min(new_pv, load + export_room), load_offset_w=None)
+            pv = draw(st.floats(0.0, 9000.0))
+            load = load_for(pv)
+            steps.append(Step(t, load_offset_w=load, pv_w=pv))
     return LoopConfig(
         tick_s=draw(st.sampled_from([1.0, 2.0, 5.0, 10.0, 15.0])),
         battery_poll_s=draw(st.sampled_from([1.0, 2.0, 5.0, 10.0])),
@@ -99,8 +107,8 @@ def loops(draw: st.DrawFn) -> LoopConfig:
         reserve_soc=0.1,
         capacity_wh=20_000.0,  # 25 min at 5 kW moves 10 % of it: the SoC bounds stay out of play
         max_power_w=MAX_W,
-        base_load_w=load,
-        pv_w=pv,
+        base_load_w=first_load,
+        pv_w=first_pv,
         plan_w=draw(plan),
         steps=tuple(steps),
         seed=draw(st.integers(0, 2**16)),
