@@ -66,6 +66,10 @@ _MAX_MODELS = 64
 _MAX_READ = 100  # registers per request: under the protocol's 125, and what small gateways accept
 _CHARGE_AND_DISCHARGE_LIMITS = 0x3  # StorCtl_Mod bits 0 (CHARGE) and 1 (DISCHARGE)
 _CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms")
+# PV when there is no 10x inverter model: IEEE 1547 DER AC measurement (701).
+PV_MODELS = (*INVERTER_MODELS, 701)
+# (storage model, points of which one must be implemented for the device to show a battery)
+_STORAGE_EVIDENCE = ((124, ("WChaMax", "ChaState")), (713, ("WHRtg", "SoC")), (802, ("SoC", "WHRtg")))
 
 
 @dataclass
@@ -144,7 +148,27 @@ class SunSpecDevice:
 
     @property
     def has_storage(self) -> bool:
-        return any(self.model(mid) is not None for mid in (124, 713, 802))
+        """A storage model with at least one of its capacity / state points implemented.
+
+        IEEE 1547 devices (models 701-713) carry 713 DERStorageCapacity whether or not a battery is
+        there; a PV-only one leaves its points "not implemented". Only a device that shows a
+        battery gets a battery DER.
+        """
+        for mid, points in _STORAGE_EVIDENCE:
+            m = self.model(mid)
+            if m is not None and any(m.number(p) is not None for p in points):
+                return True
+        return False
+
+    def pv_power_w(self, inverter: SunSpecModel) -> float | None:
+        """AC power (W) is what the PV delivers to the site; DC power (DCW) includes the inverter's
+        losses (1-2 % high). A hybrid's AC power also carries its battery, so there DCW comes first."""
+        order = ("DCW", "W") if self.has_storage and inverter.id in INVERTER_MODELS else ("W", "DCW")
+        for name in order:
+            value = inverter.number(name)
+            if value is not None:
+                return value
+        return None
 
     @property
     def storage_control(self) -> bool:
@@ -154,6 +178,8 @@ class SunSpecDevice:
         if m is None or mdef is None or self.max_charge_w() is None:
             return False
         if any(point_regs(mdef.point(n), m.regs) is None for n in _CONTROL_POINTS):
+            return False
+        if any(m.number(n) is None for n in _CONTROL_POINTS):  # "not implemented" markers: no control
             return False
         return scale_factor(mdef, mdef.point("InWRte"), m.regs) is not None
 
@@ -234,7 +260,7 @@ def device_capabilities(
 
     caps: list[DerCapabilities] = []
     name = device.description
-    inverter = device.model(*INVERTER_MODELS)
+    inverter = device.model(*PV_MODELS)
     if inverter is not None:
         caps.append(
             DerCapabilities(
@@ -357,11 +383,10 @@ class SunSpecInverter:
         device = self.device
         assert device is not None
         ts = self._clock.now()
-        inverter = device.model(*INVERTER_MODELS)
+        inverter = device.model(*PV_MODELS)
         if inverter is not None:
             fresh = await read_model(self._bus, self._unit, inverter)
-            pv_w = fresh.number("DCW")
-            pv_w = fresh.number("W") if pv_w is None else pv_w
+            pv_w = device.pv_power_w(fresh)
             if pv_w is not None:
                 q = Quality.GOOD if pv_w >= 0 else Quality.SUSPECT
                 sink(Reading(der_id=f"{self._id}.pv", kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}, quality=q))

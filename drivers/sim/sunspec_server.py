@@ -43,6 +43,9 @@ _SCALE_FACTORS = {
     "MaxDisChaRte_SF": 1,
 }
 _CHARGE_LIMIT, _DISCHARGE_LIMIT = 0x1, 0x2  # StorCtl_Mod bits
+_IMPLEMENTED_CONTROLS = {
+    (124, name) for name in ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms")
+}
 
 
 @dataclass
@@ -63,7 +66,10 @@ class _Image:
             offsets[mid] = len(regs)
             body = [mid, mdef.length]
             for p in list(mdef.points.values())[2:]:
-                body += encode_raw(p, _SCALE_FACTORS.get(p.name, 0) if p.type == "sunssf" else None)
+                if p.type == "sunssf":
+                    body += encode_raw(p, _SCALE_FACTORS.get(p.name, 0))
+                else:  # a real device reads its writable controls as values (0 = off), not "not implemented"
+                    body += encode_raw(p, 0 if (mid, p.name) in _IMPLEMENTED_CONTROLS else None)
             regs += body
         regs += [0xFFFF, 0]
         return cls(base, regs, offsets)
