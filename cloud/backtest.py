@@ -390,7 +390,7 @@ class Planner:
         self.factor = PvFactor()
         self.factor_day = -1
         self.gbm: GbmLoadForecaster | None = None
-        if cfg.load_model is LoadModel.GBM:
+        if cfg.load_model in (LoadModel.GBM, LoadModel.GBM_MEAN):
             country, _, subdiv = (cfg.holidays or "").partition("/")
             self.gbm = GbmLoadForecaster(
                 tr.start,
@@ -399,6 +399,7 @@ class Planner:
                 country=country or None,
                 subdiv=subdiv or None,
                 max_lead_hours=cfg.horizon_hours,
+                objective="regression" if cfg.load_model is LoadModel.GBM_MEAN else "regression_l1",
             )
 
     def forecasts(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:

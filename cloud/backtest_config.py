@@ -20,7 +20,8 @@ class LoadModel(StrEnum):
 
     PROFILE = "profile"  # the seasonal profile with a fading recent level (cloud.forecast.forecast_load)
     PERSISTENCE = "persistence"  # the same slot on the most recent measured day
-    GBM = "gbm"  # LightGBM on calendar, holidays and lags (cloud.forecast.GbmLoadForecaster)
+    GBM = "gbm"  # LightGBM on calendar, holidays and lags (cloud.forecast.GbmLoadForecaster), the median
+    GBM_MEAN = "gbm_mean"  # the same trees fitted to the mean (costs are linear in the load: the mean is unbiased)
 
 
 class Forecast(StrEnum):
