@@ -86,6 +86,6 @@ def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: 
 
 def test_shipped_profiles_with_control_cite_two_sources() -> None:
     """Every vendor profile that commands a battery names its document and its cross-check."""
-    for name in ("sungrow_sh", "huawei_sun2000_luna2000", "victron_gx_ess"):
+    for name in ("sungrow_sh", "huawei_sun2000_luna2000", "victron_gx_ess", "solaredge_storedge"):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name
