@@ -17,7 +17,8 @@ from drivers.api import ConfigurationError, DriverError, ReadingSink
 from drivers.health import DeviceHealth
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import poll_forever
-from drivers.modbus.register_map import SCALE_FACTOR_LIMIT, Field, RegisterMap, Table
+from drivers.modbus.field_io import FieldReader
+from drivers.modbus.register_map import Field, RegisterMap
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
 from zapd.clock import Clock
 from zapd.model import (
@@ -73,6 +74,7 @@ class ModbusHybridInverter:
         self._bus = bus
         self._unit = unit_id
         self._map = register_map
+        self._fields = FieldReader(device_id, bus, unit_id, register_map)
         self._poll_s = poll_s
         self._clock = clock
         self._override = {
@@ -162,40 +164,16 @@ class ModbusHybridInverter:
     # ---- register access ----
 
     def _unit_of(self, f: Field) -> int:
-        return self._unit if f.unit_id is None else f.unit_id
+        return self._fields.unit_of(f)
 
     async def _read_regs(self, f: Field, priority: Priority) -> list[int]:
-        if f.table is Table.INPUT:
-            return await self._bus.read_input(self._unit_of(f), f.address, f.count, priority=priority)
-        return await self._bus.read_holding(self._unit_of(f), f.address, f.count, priority=priority)
+        return await self._fields.regs(f, priority)
 
     async def _scale_factor(self, f: Field, priority: Priority) -> int | None:
-        if f.scale_factor is None:
-            return None
-        sf_field = self._map.field(f.scale_factor)
-        sf = sf_field.decode_raw_int(await self._read_regs(sf_field, priority))
-        if not -SCALE_FACTOR_LIMIT <= sf <= SCALE_FACTOR_LIMIT:  # SunSpec "not implemented" is 0x8000
-            raise DriverError(f"{self._id}: scale factor {sf_field.name} read as {sf}")
-        return sf
+        return await self._fields.scale_factor(f, priority)
 
     async def _read(self, name: str, priority: Priority = Priority.POLL, *, measured: bool = False) -> float:
-        """A field in zapd units. A measurement (`measured`) that is not a number is returned as it is: the
-        reading carries it to the drivers' guard (drivers/api.py), which makes the DER unknown at once and
-        counts it; anything else (nameplate) that is not a number is a device error."""
-        f = self._map.field(name)
-        sf = await self._scale_factor(f, priority)
-        regs = await self._read_regs(f, priority)
-        try:
-            value = f.decode(regs, sf)
-        except ValueError as exc:
-            raise DriverError(f"{self._id}: {name}: {exc}") from exc
-        if not measured and not math.isfinite(value):
-            raise DriverError(f"{self._id}: {name} read as {value}")
-        if f.sign_field is not None:
-            sign = self._map.field(f.sign_field)
-            if sign.decode_raw_int(await self._read_regs(sign, priority)) & f.sign_mask:
-                value = -value
-        return value
+        return await self._fields.value(name, priority, measured=measured)
 
     async def _write_regs(self, f: Field, regs: list[int], *, force: bool) -> None:
         """Every write goes through the flash budget; `force` is for the safe mode on the way out."""

@@ -19,10 +19,11 @@ import pytest
 
 from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
+from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.register_image import RecordedWrite, RegisterImageServer, start_register_image
 from zapd.clock import SystemClock
-from zapd.model import POWER_W, SOC, BatterySetpoint, Reading
+from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, SOC, BatterySetpoint, DerKind, Reading
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "devices"
 # Read once at collection: (fixture name, its tables) for every fixture that commands a battery.
@@ -103,3 +104,35 @@ async def test_profile_refuses_beyond_nameplate_without_writing(name: str, fixtu
         result = await inv.apply(BatterySetpoint(der_id="dev.battery", power_w=-(limit + 1.0)))
         assert not result.ok and "nameplate" in result.detail, name
         assert server.writes == []
+
+
+METER_FIXTURES = [
+    (p.stem, doc) for p in sorted(FIXTURES.glob("*.toml")) if "meter" in (doc := tomllib.loads(p.read_text()))
+]
+
+
+@pytest.mark.parametrize(("name", "fixture"), METER_FIXTURES, ids=[n for n, _ in METER_FIXTURES])
+async def test_meter_profile_decodes_at_register_level(name: str, fixture: dict[str, Any]) -> None:
+    server = await start_register_image(_image(fixture))
+    try:
+        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        meter = ModbusMapMeter(
+            device_id="gm",
+            bus=bus,
+            unit_id=fixture["unit_id"],
+            register_map=load_register_map(fixture["profile"]),
+            poll_s=1.0,
+            clock=SystemClock(),
+        )
+        got: dict[str, Reading] = {}
+        await meter.poll_once(lambda r: got.__setitem__(r.der_id, r))
+        values, expect = got["gm"].values, fixture["meter"]
+        assert values[POWER_W] == pytest.approx(expect["power_w"]), name
+        assert values[IMPORT_WH] == pytest.approx(expect["import_wh"])
+        assert values[EXPORT_WH] == pytest.approx(expect["export_wh"])
+        assert [values[k] for k in PHASE_CURRENT_A] == pytest.approx(expect["currents_a"])
+        assert meter.capabilities()[0].kind is DerKind.METER and meter.capabilities()[0].role == "grid"
+        assert server.writes == []
+    finally:
+        await close_all_buses()
+        await server.stop()
