@@ -100,6 +100,14 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 def cmd_devices_scan(args: argparse.Namespace) -> int:
     from zapd.scan import scan
 
+    if args.host is not None:  # recognition at an address, without a config (docs/devices.md)
+        from zapd.recognize_cli import scan_host
+
+        try:
+            return asyncio.run(scan_host(args.host, unit_ids=args.unit or [1], as_json=args.json))
+        except ValueError as exc:
+            print(f"zapd devices scan: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     config = _load_or_report(Path(args.config), allow_insecure=True)
     if config is None:
         return EXIT_BAD_CONFIG
@@ -187,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan = dev_sub.add_parser("scan", help="list the devices found at the configured endpoints")
     scan.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
     scan.add_argument("--json", action="store_true")
+    scan.add_argument(
+        "--host", help="H[:PORT]: probe this address (read-only) for SunSpec and each profile, instead of the config"
+    )
+    scan.add_argument("--unit", type=int, action="append", help="unit id to probe with --host (repeatable; 1)")
     scan.set_defaults(func=cmd_devices_scan)
 
     demo = sub.add_parser("demo", help="run a whole simulated site on loopback")

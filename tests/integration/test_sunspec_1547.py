@@ -109,3 +109,18 @@ async def test_model_124_without_its_control_points_is_not_controllable(sample: 
     assert not caps["d.battery"].controllable
     assert got["d.battery"].values[SOC] == pytest.approx(0.5)
     assert got["d.pv"].values[POWER_W] == 1200.0  # a hybrid: W carries the battery, DCW is the PV
+
+
+async def test_recognition_reports_the_sunspec_device(sample: dict[str, Any], tmp_path: Any) -> None:
+    from drivers.modbus.recognize import recognize
+
+    server = await start_register_image({1: {"holding": _image(sample, tmp_path)}})
+    try:
+        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        found = await recognize(bus, 1)
+    finally:
+        await close_all_buses()
+        await server.stop()
+    assert [(m.driver, m.description) for m in found] == [("sunspec_tcp", "SunSpecTest Test-1547-1")]
+    assert found[0].capabilities == ["pv"] and "701" in found[0].evidence
+    assert server.writes == []
