@@ -12,7 +12,7 @@ import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -515,6 +515,73 @@ class SunSpecTcpDevice(_Strict):
         return self
 
 
+def _same_as(model: type[BaseModel], key: str) -> Any:
+    """The field `key` of `model`, reused: one definition (default, bounds, description) for one meaning."""
+    return model.model_fields[key]
+
+
+_METER_ROLE_DESCRIPTION = (
+    "What the meter measures: `grid` (the site's connection point: the fuse and export limits act on "
+    "it; exactly one per site), `pv`, `ev` or `submeter` (recorded and shown, never controlled on)."
+)
+MeterMapName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description=(
+            "Meter profile: a name shipped with zapd (`eastron_sdm72`, `eastron_sdm120`, `carlo_gavazzi_em24`, "
+            "`carlo_gavazzi_em340`, `abb_b23_b24`, ...; see docs/devices.md) or a path to your own file."
+        ),
+    ),
+]
+
+
+class ModbusMeterTcpDevice(_Strict):
+    """A read-only meter over Modbus-TCP (or behind a TCP-to-RS-485 gateway), laid out by a meter profile."""
+
+    driver: Literal["modbus_meter_tcp"] = Field(
+        description="A grid, PV, EV or sub-meter over Modbus-TCP, read through a meter profile. Its DER is `<id>`."
+    )
+    id: DeviceId
+    host: str = _same_as(ModbusTcpDevice, "host")
+    port: int = _same_as(ModbusTcpDevice, "port")
+    unit_id: int = _same_as(ModbusTcpDevice, "unit_id")
+    map: MeterMapName
+    poll_s: PollPeriod = 5.0
+    timeout_s: float = _same_as(ModbusTcpDevice, "timeout_s")
+    min_gap_ms: float = _same_as(ModbusTcpDevice, "min_gap_ms")
+    max_requests_per_s: float | None = _same_as(ModbusTcpDevice, "max_requests_per_s")
+    role: MeterRole = Field(default="grid", description=_METER_ROLE_DESCRIPTION)
+
+
+class ModbusMeterRtuDevice(_Strict):
+    """A read-only meter on an RS-485 line; it shares the line rules of `modbus_rtu` devices on its port."""
+
+    driver: Literal["modbus_meter_rtu"] = Field(
+        description=(
+            "A grid, PV, EV or sub-meter on an RS-485 line (Modbus RTU), read through a meter profile. Its DER "
+            "is `<id>`. Devices on one serial port must share baudrate, parity, stopbits and bytesize, and need "
+            "different unit ids."
+        )
+    )
+    id: DeviceId
+    port: str = _same_as(ModbusRtuDevice, "port")
+    baudrate: int = _same_as(ModbusRtuDevice, "baudrate")
+    parity: Literal["N", "E", "O"] = _same_as(ModbusRtuDevice, "parity")
+    stopbits: Literal[1, 2] = _same_as(ModbusRtuDevice, "stopbits")
+    bytesize: Literal[7, 8] = _same_as(ModbusRtuDevice, "bytesize")
+    unit_id: int = _same_as(ModbusRtuDevice, "unit_id")
+    map: MeterMapName
+    poll_s: PollPeriod = 5.0
+    timeout_s: float = _same_as(ModbusRtuDevice, "timeout_s")
+    min_gap_ms: float | None = _same_as(ModbusRtuDevice, "min_gap_ms")
+    max_requests_per_s: float | None = _same_as(ModbusRtuDevice, "max_requests_per_s")
+    role: MeterRole = Field(default="grid", description=_METER_ROLE_DESCRIPTION)
+
+    def line(self) -> tuple[int, str, int, int]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+
+
 class P1SerialDevice(_Strict):
     driver: Literal["p1_serial"] = Field(
         description="A smart meter's P1 port (DSMR) through a USB cable. Its DER is `<id>`."
@@ -806,10 +873,23 @@ class MqttDevice(_Strict):
         return self
 
 
-DRIVER_NAMES = ("modbus_tcp", "modbus_rtu", "sunspec_tcp", "modbus_ev", "mqtt", "p1_serial", "p1_tcp", "ocpp")
+DRIVER_NAMES = (
+    "modbus_tcp",
+    "modbus_rtu",
+    "modbus_meter_tcp",
+    "modbus_meter_rtu",
+    "sunspec_tcp",
+    "modbus_ev",
+    "mqtt",
+    "p1_serial",
+    "p1_tcp",
+    "ocpp",
+)
 DeviceConfig = Annotated[
     ModbusTcpDevice
     | ModbusRtuDevice
+    | ModbusMeterTcpDevice
+    | ModbusMeterRtuDevice
     | SunSpecTcpDevice
     | ModbusEvDevice
     | MqttDevice
@@ -830,10 +910,10 @@ class MeterDer:
 
 
 def meter_ders(devices: Sequence[object]) -> list[MeterDer]:
-    """Every meter DER of these devices: P1 meters, SunSpec meters (`has_meter`), MQTT `kind = "meter"`."""
+    """Every meter DER of these devices: P1 and Modbus meters, SunSpec meters (`has_meter`), MQTT `kind = "meter"`."""
     out: list[MeterDer] = []
     for dev in devices:
-        if isinstance(dev, P1SerialDevice | P1TcpDevice):
+        if isinstance(dev, P1SerialDevice | P1TcpDevice | ModbusMeterTcpDevice | ModbusMeterRtuDevice):
             out.append(MeterDer(dev.id, dev.role, f"devices.{dev.id}.role"))
         elif isinstance(dev, SunSpecTcpDevice) and dev.has_meter:
             out.append(MeterDer(f"{dev.id}.meter", dev.meter_role or "grid", f"devices.{dev.id}.meter_role"))
@@ -850,18 +930,21 @@ def telegram_interval_s(dev: P1SerialDevice | P1TcpDevice) -> float:
     return dev.poll_s if dev.poll_s is not None else DSMR_TELEGRAM_INTERVAL_S[dev.dsmr_version]
 
 
-def _line_text(dev: ModbusRtuDevice) -> str:
+def _line_text(dev: ModbusRtuDevice | ModbusMeterRtuDevice) -> str:
     return f"{dev.baudrate} {dev.bytesize}{dev.parity}{dev.stopbits}"
 
 
-def serial_port_conflicts(devices: list[ModbusRtuDevice | P1SerialDevice]) -> list[str]:
+RtuLine = ModbusRtuDevice | ModbusMeterRtuDevice
+
+
+def serial_port_conflicts(devices: list[RtuLine | P1SerialDevice]) -> list[str]:
     """One owner per serial port: RTU devices on a port must agree on the line and on nothing else using it."""
     problems: list[str] = []
-    first: dict[str, ModbusRtuDevice | P1SerialDevice] = {}
+    first: dict[str, RtuLine | P1SerialDevice] = {}
     units: dict[tuple[str, int], str] = {}
     for dev in devices:
         other = first.setdefault(dev.port, dev)
-        if isinstance(dev, ModbusRtuDevice):
+        if isinstance(dev, RtuLine):
             unit_owner = units.setdefault((dev.port, dev.unit_id), dev.id)
             if unit_owner != dev.id:
                 problems.append(
@@ -869,7 +952,7 @@ def serial_port_conflicts(devices: list[ModbusRtuDevice | P1SerialDevice]) -> li
                 )
         if other is dev:
             continue
-        if isinstance(dev, ModbusRtuDevice) and isinstance(other, ModbusRtuDevice):
+        if isinstance(dev, RtuLine) and isinstance(other, RtuLine):
             if dev.line() != other.line():
                 problems.append(
                     f"devices {other.id!r} and {dev.id!r} share serial port {dev.port} with different line "
@@ -1004,7 +1087,7 @@ class ZapdConfig(_Strict):
                     # One connection per broker: put every DER of that broker under one mqtt device.
                     raise ValueError(f"two mqtt devices for broker {dev.host}:{dev.port}")
                 brokers.add((dev.host, dev.port))
-        serial = [d for d in self.devices if isinstance(d, ModbusRtuDevice | P1SerialDevice)]
+        serial = [d for d in self.devices if isinstance(d, RtuLine | P1SerialDevice)]
         problems = serial_port_conflicts(serial)
         if problems:
             raise ValueError("; ".join(problems))

@@ -34,6 +34,8 @@ from zapd.config import (
     METER_ROLES,
     CloudConfig,
     ModbusEvDevice,
+    ModbusMeterRtuDevice,
+    ModbusMeterTcpDevice,
     ModbusRtuDevice,
     ModbusTcpDevice,
     MqttDevice,
@@ -263,7 +265,8 @@ def _builds(config: ZapdConfig) -> Iterator[Problem]:
 
     for dev in config.devices:
         map_name = getattr(dev, "map", None)
-        if isinstance(dev, ModbusTcpDevice | ModbusRtuDevice | ModbusEvDevice) and isinstance(map_name, str):
+        mapped = ModbusTcpDevice | ModbusRtuDevice | ModbusEvDevice | ModbusMeterTcpDevice | ModbusMeterRtuDevice
+        if isinstance(dev, mapped) and isinstance(map_name, str):
             missing = _unknown_map(map_name)
             if missing is not None:
                 yield Problem(f"devices.{dev.id}.map", missing)
@@ -301,7 +304,9 @@ def host_problem(host: str) -> str | None:
 
 def _hosts(config: ZapdConfig) -> Iterator[Problem]:
     places = [
-        (f"devices.{d.id}.host", d.host) for d in config.devices if not isinstance(d, ModbusRtuDevice | P1SerialDevice)
+        (f"devices.{d.id}.host", d.host)
+        for d in config.devices
+        if not isinstance(d, ModbusRtuDevice | ModbusMeterRtuDevice | P1SerialDevice)
     ]
     places += [("home_assistant.host", config.home_assistant.host), ("metrics.host", config.metrics.host)]
     for key, host in places:
@@ -369,7 +374,8 @@ def _p1(config: ZapdConfig) -> Iterator[Problem]:
 def _serial_ports(config: ZapdConfig) -> Iterator[Problem]:
     """A warning, not an error: a USB adapter may be plugged in after the check; zapd keeps retrying."""
     for dev in config.devices:
-        if isinstance(dev, P1SerialDevice | ModbusRtuDevice) and "://" not in dev.port and not Path(dev.port).exists():
+        serial = P1SerialDevice | ModbusRtuDevice | ModbusMeterRtuDevice
+        if isinstance(dev, serial) and "://" not in dev.port and not Path(dev.port).exists():
             yield Problem(
                 f"devices.{dev.id}.port",
                 f"serial port {dev.port} does not exist (not plugged in?); zapd keeps retrying until it appears",

@@ -18,6 +18,8 @@ from zapd.config import (
     BatteryLimits,
     EvLimits,
     ModbusEvDevice,
+    ModbusMeterRtuDevice,
+    ModbusMeterTcpDevice,
     ModbusRtuDevice,
     ModbusTcpDevice,
     MqttDevice,
@@ -27,7 +29,7 @@ from zapd.config import (
     ZapdConfig,
     telegram_interval_s,
 )
-from zapd.devices_modbus import add_modbus_rtu, add_modbus_tcp, add_sunspec_tcp
+from zapd.devices_modbus import add_modbus_meter, add_modbus_rtu, add_modbus_tcp, add_sunspec_tcp
 from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
@@ -103,6 +105,8 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
             _add_mqtt(out, dev, clock)
         elif isinstance(dev, ModbusRtuDevice):
             add_modbus_rtu(out, dev, clock)
+        elif isinstance(dev, ModbusMeterTcpDevice | ModbusMeterRtuDevice):
+            add_modbus_meter(out, dev, clock)
         elif isinstance(dev, SunSpecTcpDevice):
             add_sunspec_tcp(out, dev, clock)
         elif isinstance(dev, OcppDevice):

@@ -10,13 +10,20 @@ from typing import TYPE_CHECKING
 
 from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
+from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import load_register_map
 from drivers.modbus.sunspec import SunSpecInverter
 from zapd.clock import Clock
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
-    from zapd.config import ModbusRtuDevice, ModbusTcpDevice, SunSpecTcpDevice
+    from zapd.config import (
+        ModbusMeterRtuDevice,
+        ModbusMeterTcpDevice,
+        ModbusRtuDevice,
+        ModbusTcpDevice,
+        SunSpecTcpDevice,
+    )
     from zapd.devices import DeviceSet
 
 
@@ -24,19 +31,22 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else value / 1000.0
 
 
-def add_modbus_tcp(out: DeviceSet, dev: ModbusTcpDevice, clock: Clock) -> None:
-    bus = get_tcp_bus(
+def _tcp_bus(dev: ModbusTcpDevice | ModbusMeterTcpDevice) -> ModbusBus:
+    return get_tcp_bus(
         dev.host,
         dev.port,
         timeout_s=dev.timeout_s,
         min_gap_s=dev.min_gap_ms / 1000.0,
         max_requests_per_s=dev.max_requests_per_s,
     )
-    _add_register_map_device(out, dev, bus, clock)
 
 
-def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
-    bus = get_serial_bus(
+def add_modbus_tcp(out: DeviceSet, dev: ModbusTcpDevice, clock: Clock) -> None:
+    _add_register_map_device(out, dev, _tcp_bus(dev), clock)
+
+
+def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice) -> ModbusBus:
+    return get_serial_bus(
         dev.port,
         baudrate=dev.baudrate,
         parity=dev.parity,
@@ -46,7 +56,29 @@ def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
         min_gap_s=_ms(dev.min_gap_ms),
         max_requests_per_s=dev.max_requests_per_s,
     )
-    _add_register_map_device(out, dev, bus, clock)
+
+
+def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
+    _add_register_map_device(out, dev, _serial_bus(dev), clock)
+
+
+def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuDevice, clock: Clock) -> None:
+    """A read-only meter: one METER DER named like the device, on a TCP or a serial bus."""
+    from zapd.config import ModbusMeterTcpDevice
+
+    bus = _tcp_bus(dev) if isinstance(dev, ModbusMeterTcpDevice) else _serial_bus(dev)
+    meter = ModbusMapMeter(
+        device_id=dev.id,
+        bus=bus,
+        unit_id=dev.unit_id,
+        register_map=load_register_map(dev.map),
+        poll_s=dev.poll_s,
+        clock=clock,
+        role=dev.role,
+    )
+    out.drivers.append(meter)
+    out.poll_s[dev.id] = dev.poll_s  # the meter's DER id is the device id, as for a P1 meter
+    out.kinds[dev.id] = DerKind.METER
 
 
 def _add_register_map_device(

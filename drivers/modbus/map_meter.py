@@ -2,7 +2,8 @@
 
 The map names `meter_power` (net W at the meter, + = import) or the per-phase
 `meter_l1_power`..`meter_l3_power` to be summed, and optionally `import_wh`, `export_wh` and
-`current_l1`..`current_l3`. Read-only: a meter is never written, and a profile with a
+`current_l1`..`current_l3`. Per-phase powers, when the map has them, are reported too (`l1_w`..)
+and give each phase current its sign. Read-only: a meter is never written, and a profile with a
 `[control]` table is refused for it.
 """
 
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 _PHASE_POWER = ("meter_l1_power", "meter_l2_power", "meter_l3_power")
 _CURRENTS = ("current_l1", "current_l2", "current_l3")
+PHASE_POWER_KEYS = ("l1_w", "l2_w", "l3_w")  # Reading keys of the per-phase powers, when the profile has them
 MeterRole = Literal["grid", "pv", "ev", "submeter"]
 
 
@@ -81,19 +83,28 @@ class ModbusMapMeter:
     async def poll_once(self, sink: ReadingSink) -> None:
         ts = self._clock.now()
         read = self._fields.value
+        phase_w = {
+            key: await read(name, measured=True)
+            for key, name in zip(PHASE_POWER_KEYS, _PHASE_POWER, strict=True)
+            if self._map.get(name) is not None
+        }
         if self._map.get("meter_power") is not None:
             power = await read("meter_power", measured=True)
         else:
-            power = 0.0
-            for name in _PHASE_POWER:
-                power += await read(name, measured=True)
-        values = {POWER_W: power}
+            power = sum(phase_w.values())
+        values = {POWER_W: power, **phase_w}
         for key, name in ((IMPORT_WH, "import_wh"), (EXPORT_WH, "export_wh")):
             if self._map.get(name) is not None:
                 values[key] = await read(name, measured=True)
-        for key, name in zip(PHASE_CURRENT_A, _CURRENTS, strict=True):
-            if self._map.get(name) is not None:
-                values[key] = await read(name, measured=True)
+        # Meters print current unsigned; a phase's direction is its power's (a single-phase meter's
+        # phase is the total), as the P1 driver does. Without per-phase power it stays as printed.
+        single_phase = not phase_w and all(self._map.get(n) is None for n in _CURRENTS[1:])
+        for key, name, power_key in zip(PHASE_CURRENT_A, _CURRENTS, PHASE_POWER_KEYS, strict=True):
+            if self._map.get(name) is None:
+                continue
+            current = await read(name, measured=True)
+            direction = power if single_phase else phase_w.get(power_key)
+            values[key] = -abs(current) if direction is not None and direction < 0 else current
         sink(Reading(der_id=self._id, kind=DerKind.METER, ts=ts, values=values))
         self.counters["polls"] += 1
 

@@ -38,6 +38,7 @@ class DataType(StrEnum):
     S16 = "s16"
     U32 = "u32"
     S32 = "s32"
+    U64 = "u64"  # e.g. ABB B-series energy counters
     FLOAT32 = "float32"
     FLOAT64 = "float64"  # e.g. Alfen's energy counters
 
@@ -47,16 +48,26 @@ _REGISTER_TYPE = {
     DataType.S16: RegisterType.INT16,
     DataType.U32: RegisterType.UINT32,
     DataType.S32: RegisterType.INT32,
+    DataType.U64: RegisterType.UINT64,
     DataType.FLOAT32: RegisterType.FLOAT32,
     DataType.FLOAT64: RegisterType.FLOAT64,
 }
 SCALE_FACTOR_LIMIT = 10  # SunSpec scale factors are -10..10; beyond is a garbled register
-_WIDTH = {DataType.U16: 1, DataType.S16: 1, DataType.U32: 2, DataType.S32: 2, DataType.FLOAT32: 2, DataType.FLOAT64: 4}
+_WIDTH = {
+    DataType.U16: 1,
+    DataType.S16: 1,
+    DataType.U32: 2,
+    DataType.S32: 2,
+    DataType.U64: 4,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+}
 _INT_RANGE = {
     DataType.U16: (0, 0xFFFF),
     DataType.S16: (-0x8000, 0x7FFF),
     DataType.U32: (0, 0xFFFF_FFFF),
     DataType.S32: (-0x8000_0000, 0x7FFF_FFFF),
+    DataType.U64: (0, 0xFFFF_FFFF_FFFF_FFFF),
 }
 # Device unit -> factor to zapd's unit. "%" becomes a fraction because SoC is 0..1 everywhere in zapd.
 _UNIT_TO_ZAPD = {

@@ -9,11 +9,13 @@ and records each write request in order, so a test checks the wire, not the prof
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
-from pymodbus.server import ModbusTcpServer
+from pymodbus import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 log = structlog.get_logger(__name__)
@@ -54,6 +56,16 @@ class _UnitLog:
         self.writes.append(RecordedWrite(self.unit, address, tuple(int(v) for v in set_values)))
 
 
+def fixture_units(blocks: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, dict[int, int]]]:
+    """A fixture's `[[image]]` blocks (unit, table, address, values) as the per-unit images served here."""
+    units: dict[int, dict[str, dict[int, int]]] = {}
+    for block in blocks:
+        table = units.setdefault(block["unit"], {}).setdefault(block["table"], {})
+        for i, value in enumerate(block["values"]):
+            table[block["address"] + i] = value
+    return units
+
+
 def _runs(cells: Mapping[int, int]) -> list[SimData]:
     """Contiguous address runs as SimData blocks: gaps between them stay illegal addresses.
 
@@ -79,7 +91,7 @@ def _runs(cells: Mapping[int, int]) -> list[SimData]:
 class RegisterImageServer:
     """A running image server; `writes` lists every write request across units, in arrival order."""
 
-    server: ModbusTcpServer
+    server: ModbusTcpServer | ModbusSerialServer
     host: str
     port: int
     writes: list[RecordedWrite] = field(default_factory=list)
@@ -91,11 +103,7 @@ class RegisterImageServer:
         await self.server.shutdown()  # type: ignore[no-untyped-call]
 
 
-async def start_register_image(
-    units: Mapping[int, UnitImage], *, host: str = "127.0.0.1", port: int = 0
-) -> RegisterImageServer:
-    """Serve each unit's image on host:port (0 = any free port; the real one is in `.port`)."""
-    writes: list[RecordedWrite] = []
+def _devices(units: Mapping[int, UnitImage], writes: list[RecordedWrite]) -> list[SimDevice]:
     devices = []
     for unit_id, image in units.items():
         unknown = set(image) - {"holding", "input"}
@@ -110,9 +118,35 @@ async def start_register_image(
                 action=unit_log.action,
             )
         )
-    server = ModbusTcpServer(devices, address=(host, port))
+    return devices
+
+
+async def start_register_image(
+    units: Mapping[int, UnitImage], *, host: str = "127.0.0.1", port: int = 0
+) -> RegisterImageServer:
+    """Serve each unit's image on host:port (0 = any free port; the real one is in `.port`)."""
+    writes: list[RecordedWrite] = []
+    server = ModbusTcpServer(_devices(units, writes), address=(host, port))
     await server.serve_forever(background=True)
     sockets = getattr(server.transport, "sockets", None) or ()
     real_port = int(sockets[0].getsockname()[1]) if sockets else port
     log.info("sim.register_image.started", host=host, port=real_port, units=sorted(units))
     return RegisterImageServer(server, host, real_port, writes)
+
+
+async def start_register_image_rtu(
+    units: Mapping[int, UnitImage], serial_port: str, *, baudrate: int = 9600, parity: str = "N", stopbits: int = 1
+) -> RegisterImageServer:
+    """The same image as an RTU slave on a serial port (an RS-485 meter on a pty, drivers/sim/modbus_rtu.py)."""
+    writes: list[RecordedWrite] = []
+    server = ModbusSerialServer(
+        _devices(units, writes),
+        framer=FramerType.RTU,
+        port=serial_port,
+        baudrate=baudrate,
+        parity=parity,
+        stopbits=stopbits,
+    )
+    await server.serve_forever(background=True)
+    log.info("sim.register_image.started", port=serial_port, units=sorted(units))
+    return RegisterImageServer(server, serial_port, 0, writes)

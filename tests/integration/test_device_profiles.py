@@ -21,7 +21,7 @@ from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import load_register_map
-from drivers.sim.register_image import RecordedWrite, RegisterImageServer, start_register_image
+from drivers.sim.register_image import RecordedWrite, RegisterImageServer, fixture_units, start_register_image
 from zapd.clock import SystemClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, SOC, BatterySetpoint, DerKind, Reading
 
@@ -32,19 +32,10 @@ INVERTER_FIXTURES = [
 ]
 
 
-def _image(fixture: dict[str, Any]) -> dict[int, dict[str, dict[int, int]]]:
-    units: dict[int, dict[str, dict[int, int]]] = {}
-    for block in fixture["image"]:
-        table = units.setdefault(block["unit"], {}).setdefault(block["table"], {})
-        for i, value in enumerate(block["values"]):
-            table[block["address"] + i] = value
-    return units
-
-
 @contextlib.asynccontextmanager
 async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusHybridInverter]]:
     """The fixture's registers on a real TCP socket, and a probed driver for its profile."""
-    server = await start_register_image(_image(fixture))
+    server = await start_register_image(fixture_units(fixture["image"]))
     try:
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
         inv = ModbusHybridInverter(
@@ -113,7 +104,7 @@ METER_FIXTURES = [
 
 @pytest.mark.parametrize(("name", "fixture"), METER_FIXTURES, ids=[n for n, _ in METER_FIXTURES])
 async def test_meter_profile_decodes_at_register_level(name: str, fixture: dict[str, Any]) -> None:
-    server = await start_register_image(_image(fixture))
+    server = await start_register_image(fixture_units(fixture["image"]))
     try:
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
         meter = ModbusMapMeter(
@@ -130,7 +121,10 @@ async def test_meter_profile_decodes_at_register_level(name: str, fixture: dict[
         assert values[POWER_W] == pytest.approx(expect["power_w"]), name
         assert values[IMPORT_WH] == pytest.approx(expect["import_wh"])
         assert values[EXPORT_WH] == pytest.approx(expect["export_wh"])
-        assert [values[k] for k in PHASE_CURRENT_A] == pytest.approx(expect["currents_a"])
+        phases = PHASE_CURRENT_A[: len(expect["currents_a"])]  # a single-phase meter has L1 only
+        assert [values[k] for k in phases] == pytest.approx(expect["currents_a"])
+        for key, value in expect.get("phase_power_w", {}).items():  # per-phase power, when the meter has it
+            assert values[key] == pytest.approx(value), key
         assert meter.capabilities()[0].kind is DerKind.METER and meter.capabilities()[0].role == "grid"
         assert server.writes == []
     finally:

@@ -196,7 +196,7 @@ def write_map(tmp_path: Path, body: str, *, header: str = "") -> Path:
         ('[fields.soc]\naddress = 70000\ntable = "input"\ntype = "u16"\n', "soc", "address"),
         ('[fields.soc]\naddress = "12"\ntable = "input"\ntype = "u16"\n', "soc", "address"),
         ('[fields.soc]\naddress = 1\ntable = "coil"\ntype = "u16"\n', "soc", "table"),
-        ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u64"\n', "soc", "type must be one of"),
+        ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u128"\n', "soc", "type must be one of"),
         ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u16"\nscale = 0\n', "soc", "scale"),
         ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u16"\nunit = "mW"\n', "soc", "unit"),
         ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u16"\nwritable = "yes"\n', "soc", "writable"),
@@ -232,9 +232,7 @@ def test_load_errors_name_file_and_field(tmp_path: Path, body: str, field: str, 
 
 
 def test_same_address_in_different_tables_is_fine(tmp_path: Path) -> None:
-    rmap = load_register_map(
-        write_map(tmp_path, '[fields.other]\naddress = 10\ntable = "input"\ntype = "u16"\n')
-    )
+    rmap = load_register_map(write_map(tmp_path, '[fields.other]\naddress = 10\ntable = "input"\ntype = "u16"\n'))
     assert set(rmap.fields) == {"ok", "other"}
 
 
@@ -275,3 +273,12 @@ def test_require_names_the_missing_or_read_only_field(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
     with pytest.raises(RegisterMapError, match="'ok' must be writable"):
         rmap.require(writable=("ok",))
+
+
+def test_u64_decodes_big_endian_words_with_scale() -> None:
+    """ABB B-series energy: U64 in 0.01 kWh, most significant word first (ABB B21/B23/B24 manual)."""
+    f = Field(name="e", address=0x5000, table=Table.HOLDING, dtype=DataType.U64, scale=0.01, unit="kWh")
+    assert f.count == 4
+    # 0x0000_0001_0000_0000 hundredths of a kWh = 2**32 / 100 kWh
+    assert f.decode([0, 1, 0, 0]) == pytest.approx(2**32 / 100 * 1000)
+    assert f.decode([0, 0, 0x0012, 0xD687]) == pytest.approx(1234567 * 10.0)
