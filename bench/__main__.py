@@ -19,7 +19,9 @@ import traceback
 
 from bench.table import Row, print_table
 
-MODULES = ("footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "soak")
+MODULES = (
+    "footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "dataapi", "soak",
+)  # fmt: skip
 
 
 def collect(names: list[str]) -> list[Row]:

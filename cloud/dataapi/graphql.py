@@ -22,11 +22,11 @@ import msgspec
 import strawberry
 from graphql import GraphQLError
 from sqlalchemy import select
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import MaskErrors, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from cloud.dataapi import series
+from cloud.dataapi import rollup, series
 from cloud.dataapi.access import (
     PLANS_READ,
     PRICES_READ,
@@ -80,6 +80,10 @@ def _charge(info: Info[Any, Any], points: int) -> None:
 
 def _utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _on_minutes(ts: datetime) -> bool:
+    return ts.second == 0 and ts.microsecond == 0
 
 
 def _range(start: datetime, end: datetime, step_s: int) -> int:
@@ -331,7 +335,11 @@ class Site:
                         has_more=more,
                         points=[Point(ts=t, value=v) for t, v in pts],
                     )
-                got = await series.downsample(db, str(self.id), der, field, from_, to, step)
+                aligned = _on_minutes(from_) and _on_minutes(to) and series.FIELD.match(field) is not None
+                if aligned and await rollup.catch_up(db, str(self.id)):
+                    got = await rollup.buckets(db, str(self.id), der, field, from_, to, step)
+                else:  # off whole minutes, or the rollup is still folding a backlog: from the raw readings
+                    got = await series.downsample(db, str(self.id), der, field, from_, to, step)
         except series.ScanLimitError as exc:
             raise _err("too_costly", str(exc)) from None
         except ValueError as exc:
@@ -539,6 +547,12 @@ async def _recheck(info: Info[Any, Any]) -> None:
             raise _err(exc.reason, exc.detail) from None
 
 
+def _internal(error: GraphQLError) -> bool:
+    """Validation errors and our own refusals (GraphQLError with a code) are shown; anything raised below is not."""
+    original = error.original_error
+    return original is not None and not isinstance(original, GraphQLError)
+
+
 schema = strawberry.Schema(
     query=Query,
     subscription=Subscription,
@@ -546,6 +560,9 @@ schema = strawberry.Schema(
         lambda: QueryDepthLimiter(max_depth=6),
         lambda: MaxAliasesLimiter(max_alias_count=20),
         lambda: MaxTokensLimiter(max_token_count=2000),
+        # Our own refusals carry a code; anything else (a database error, a bug) is logged by strawberry and
+        # answered as "Unexpected error." so no SQL or internals reach the client.
+        lambda: MaskErrors(should_mask_error=_internal),
     ],
 )
 

@@ -7,7 +7,19 @@ scrypt hashes (they are chosen by people).
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Index, PrimaryKeyConstraint, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
 
 from cloud.server.db import metadata
 
@@ -72,3 +84,30 @@ oauth_tokens = Table(
 )
 
 Index("ix_oauth_tokens_client", oauth_tokens.c.client_id)
+
+# Per-minute aggregates of every numeric telemetry field, kept by cloud/dataapi/rollup.py so that
+# 1 min .. 1 day history never rescans raw readings. `minute` is epoch seconds // 60.
+telemetry_rollup = Table(
+    "telemetry_rollup",
+    metadata,
+    Column("site_id", String(64), nullable=False),
+    Column("der_id", String(128), nullable=False),
+    Column("field", String(32), nullable=False),
+    Column("minute", BigInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("min", Float, nullable=False),
+    Column("max", Float, nullable=False),
+    Column("energy_wh", Float, nullable=False),
+    PrimaryKeyConstraint("site_id", "der_id", "field", "minute"),
+)
+
+# How far each site's rollup has read its telemetry (seq), and the last sample of each series, whose
+# energy (held until the next sample) is only known once the next one arrives.
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("rolled_through", BigInteger, nullable=False),
+    Column("tails", JSON, nullable=False),
+)

@@ -37,7 +37,9 @@ from tests.integration.test_cloud_api import ADMIN, Cloud, _serve
 from zapd.model import DerCapabilities, DerKind, Intent, Plan, PlanSlot
 
 PASSWORD = "correct horse battery"
-TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+# Yesterday: a whole day of readings, none in the future (the cloud refuses those).
+TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+DAY_Q = {"day": TODAY.date().isoformat()}
 ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
 SCREENSHOT_DIR = Path(os.environ.get("ZAPCLOUD_SCREENSHOT_DIR", tempfile.gettempdir()))
 
@@ -89,7 +91,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                          intent=Intent(battery_w=1500.0 if 10 <= h < 14 else (-1500.0 if 18 <= h < 21 else 0.0)))
                 for h in range(24)
             )  # fmt: skip
-            plan = Plan(site_id=site, version=1, issued_at=TODAY, valid_until=TODAY + timedelta(days=2), slots=slots)
+            now = datetime.now(UTC).replace(microsecond=0)
+            plan = Plan(site_id=site, version=1, issued_at=now, valid_until=now + timedelta(days=1), slots=slots)
             r = c.client.put(f"/v1/sites/{site}/plan", content=encode_plan(plan), headers=ADMIN_H)
             assert r.status_code == 200, r.text
         for owner, site in (("wendy", "site-w"), ("xavier", "site-x")):
@@ -130,7 +133,7 @@ def _drawn(page: str) -> dict[str, list[int]]:
 
 def test_site_page_after_oauth_sign_in_draws_the_day(cloud: Cloud) -> None:
     with _sign_in(cloud, "/web/site/site-w", "wendy") as s:
-        r = s.get("/web/site/site-w")
+        r = s.get("/web/site/site-w", params=DAY_Q)
         assert r.status_code == 200
         drawn = _drawn(r.text)
         # 15-minute means of a whole day: 96 points per power series; the plan has 24 hourly slots.
@@ -139,7 +142,7 @@ def test_site_page_after_oauth_sign_in_draws_the_day(cloud: Cloud) -> None:
         assert drawn["plan"] == [24]
         assert drawn["import"] == [96] and drawn["export"] == [96]
         # Another owner's site: refused, and nothing of it is drawn.
-        other = s.get("/web/site/site-x")
+        other = s.get("/web/site/site-x", params=DAY_Q)
         assert other.status_code == 403 and "data-series" not in other.text
         # A day without data still renders, saying so.
         empty = s.get("/web/site/site-w", params={"day": "2020-01-01"})
@@ -246,7 +249,9 @@ def test_browser_signs_in_and_sees_the_charts(cloud: Cloud, tmp_path: Path) -> N
                 f"document.querySelector('input[name=password]').value={json.dumps(PASSWORD)};"
                 "document.querySelector('button[value=allow]').click()"
             )
-            await cdp.wait_for("document.querySelectorAll('svg.chart').length === 4")
+            await cdp.wait_for("document.querySelectorAll('svg.chart').length == 4")
+            await cdp.call("Page.navigate", url=f"{base}/web/site/site-w?day={TODAY.date().isoformat()}")
+            await cdp.wait_for("location.search.includes('day=') && document.querySelectorAll('svg.chart').length == 4")
             drawn = await cdp.js(
                 "JSON.stringify({url: location.pathname, series: [...document.querySelectorAll('polyline.series')]"
                 ".map(p => [p.dataset.series, p.points.length, p.getBoundingClientRect().width])})"
