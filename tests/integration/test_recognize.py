@@ -47,7 +47,7 @@ async def test_recognize_finds_the_profile_and_only_it(name: str, fixture: dict[
 
 def test_every_shipped_identify_table_is_valid() -> None:
     names = {p.profile for p in identification_probes()}
-    assert {"sungrow_sh", "huawei_sun2000_luna2000", "solaredge_storedge", "eastron_sdm630"} <= names
+    assert {"sungrow_sh", "huawei_sun2000_luna2000", "solaredge_storedge", "eastron_sdm630", "victron_gx_ess"} <= names
 
 
 async def test_cli_scan_host_prints_profile_and_snippet(capsys: pytest.CaptureFixture[str]) -> None:
