@@ -687,7 +687,12 @@ class ModbusEvDevice(_Strict):
     port: int = Field(default=502, ge=1, le=65535, description="Modbus-TCP port.")
     unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit id; Alfen: 1 = socket 1, 2 = socket 2.")
     map: str = Field(
-        default="alfen_eve", min_length=1, description="Register map: `alfen_eve` (shipped) or a path to your own file."
+        default="alfen_eve",
+        min_length=1,
+        description=(
+            "Register map: `alfen_eve`, `abb_terra_ac` or `mennekes_amtron` (shipped; see docs/devices.md) or a "
+            "path to your own file."
+        ),
     )
     poll_s: PollPeriod = 5.0
     timeout_s: float = Field(

@@ -14,7 +14,8 @@ import asyncio
 import math
 import time
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 import structlog
@@ -46,6 +47,7 @@ IEC_MIN_CURRENT_A = 6.0
 CURRENT_A = "current_a"  # Reading value: the current the charger offers now, per phase
 _REQUIRED = ("ev_power", "ev_state", "ev_current_setpoint")
 SafeMode = Literal["minimum", "pause"]
+_IEC_LETTERS = frozenset("ABCDEF")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +57,8 @@ class EvState:
     fault: bool = False
 
 
-def decode_ascii_state(raw: int) -> EvState:
-    """First register of an IEC 61851 state string: 'A' unplugged, 'B' plugged, 'C'/'D' charging, 'E'/'F' fault."""
-    letter = chr((raw >> 8) & 0xFF)
+def _letter_state(letter: str) -> EvState:
+    """IEC 61851 state letter: 'A' unplugged, 'B' plugged, 'C'/'D' charging, anything else ('E'/'F') fault."""
     if letter == "A":
         return EvState(connected=False, charging=False)
     if letter == "B":
@@ -67,14 +68,56 @@ def decode_ascii_state(raw: int) -> EvState:
     return EvState(connected=False, charging=False, fault=True)
 
 
-def _state_encoding(rmap: RegisterMap) -> str:
+def decode_ascii_state(raw: int) -> EvState:
+    """First register of an IEC 61851 state string: 'A' unplugged, 'B' plugged, 'C'/'D' charging, 'E'/'F' fault."""
+    return _letter_state(chr((raw >> 8) & 0xFF))
+
+
+@dataclass(frozen=True)
+class EvProfile:
+    """The map's `[ev]` table: how the state register reads and whether the setpoint reads back.
+
+    `state_encoding = "ascii"`: the state register's high byte is the IEC 61851 letter (Alfen).
+    `state_encoding = "codes"`: `(raw >> state_shift) & state_mask` is a vendor code that
+    `state_codes` turns into a letter (ABB Terra AC, Mennekes); an unknown code is a fault.
+    `readback = false`: the setpoint register is write-only (ABB 4100h), so a write that the
+    device acknowledged is taken as held.
+    """
+
+    encoding: Literal["ascii", "codes"] = "ascii"
+    codes: Mapping[int, str] = field(default_factory=dict)
+    shift: int = 0
+    mask: int = 0xFFFF
+    readback: bool = True
+
+    def state(self, raw: int) -> EvState:
+        if self.encoding == "ascii":
+            return decode_ascii_state(raw)
+        return _letter_state(self.codes.get((raw >> self.shift) & self.mask, "?"))
+
+
+def ev_profile(rmap: RegisterMap) -> EvProfile:
     """The map's [ev] table is ours; register_map.py does not need to know about it."""
     with rmap.path.open("rb") as f:
         ev = tomllib.load(f).get("ev", {})
-    encoding = ev.get("state_encoding", "ascii") if isinstance(ev, dict) else None
-    if encoding != "ascii":
-        raise RegisterMapError(f"{rmap.path}: ev.state_encoding must be 'ascii', got {encoding!r}")
-    return str(encoding)
+    if not isinstance(ev, dict):
+        raise RegisterMapError(f"{rmap.path}: [ev] must be a table")
+    encoding = ev.get("state_encoding", "ascii")
+    if encoding not in ("ascii", "codes"):
+        raise RegisterMapError(f"{rmap.path}: ev.state_encoding must be 'ascii' or 'codes', got {encoding!r}")
+    codes: dict[int, str] = {}
+    for key, letter in ev.get("state_codes", {}).items():
+        if not (str(key).isdigit() and isinstance(letter, str) and letter in _IEC_LETTERS):
+            raise RegisterMapError(f"{rmap.path}: ev.state_codes: {key!r} = {letter!r} is not code = IEC letter")
+        codes[int(key)] = letter
+    if encoding == "codes" and not codes:
+        raise RegisterMapError(f"{rmap.path}: ev.state_encoding = 'codes' needs ev.state_codes")
+    shift, mask, readback = ev.get("state_shift", 0), ev.get("state_mask", 0xFFFF), ev.get("readback", True)
+    if not (isinstance(shift, int) and 0 <= shift < 16 and isinstance(mask, int) and 0 < mask <= 0xFFFF):
+        raise RegisterMapError(f"{rmap.path}: ev.state_shift must be 0..15 and ev.state_mask 1..0xFFFF")
+    if not isinstance(readback, bool):
+        raise RegisterMapError(f"{rmap.path}: ev.readback must be true or false")
+    return EvProfile(encoding=encoding, codes=codes, shift=shift, mask=mask, readback=readback)
 
 
 class ModbusEvCharger:
@@ -103,7 +146,7 @@ class ModbusEvCharger:
         if not IEC_MIN_CURRENT_A <= min_current_a <= max_current_a:
             raise ValueError(f"need {IEC_MIN_CURRENT_A:g} A <= min_current_a <= max_current_a")
         register_map.require(*_REQUIRED, writable=("ev_current_setpoint",))
-        _state_encoding(register_map)
+        self._profile = ev_profile(register_map)
         self._id = device_id
         self._bus = bus
         self._unit = unit_id
@@ -185,6 +228,8 @@ class ModbusEvCharger:
         f = self._map.field(name)
         regs = f.encode(value)
         await self._bus.write_registers(self._unit, f.address, regs, priority=Priority.CONTROL)
+        if not self._profile.readback:
+            return None  # write-only register: the device's acknowledgement is all there is
         back = await self._read_regs(f, Priority.CONTROL)
         if back != regs:
             return f"{name}: read back {f.decode(back):g}, wrote {value:g}"
@@ -194,7 +239,7 @@ class ModbusEvCharger:
 
     async def poll_once(self, sink: ReadingSink) -> None:
         state_field = self._map.field("ev_state")
-        state = decode_ascii_state(state_field.decode_raw_int(await self._read_regs(state_field, Priority.POLL)))
+        state = self._profile.state(state_field.decode_raw_int(await self._read_regs(state_field, Priority.POLL)))
         power_w = await self._read("ev_power", measured=True)
         values = {
             POWER_W: power_w,
