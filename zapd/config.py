@@ -582,6 +582,44 @@ class ModbusMeterRtuDevice(_Strict):
         return (self.baudrate, self.parity, self.stopbits, self.bytesize)
 
 
+class SunSpecRtuDevice(_Strict):
+    """A SunSpec inverter on an RS-485 line: the SunSpec driver over a serial bus (line rules as `modbus_rtu`)."""
+
+    driver: Literal["sunspec_rtu"] = Field(
+        description=(
+            "A SunSpec inverter or battery on an RS-485 line (Modbus RTU): as `sunspec_tcp`, its model chain says "
+            "what it is. Its DERs are `<id>.pv`, `<id>.battery` and `<id>.meter`. Devices on one serial port must "
+            "share baudrate, parity, stopbits and bytesize, and need different unit ids."
+        )
+    )
+    id: DeviceId
+    port: str = _same_as(ModbusRtuDevice, "port")
+    baudrate: int = _same_as(ModbusRtuDevice, "baudrate")
+    parity: Literal["N", "E", "O"] = _same_as(ModbusRtuDevice, "parity")
+    stopbits: Literal[1, 2] = _same_as(ModbusRtuDevice, "stopbits")
+    bytesize: Literal[7, 8] = _same_as(ModbusRtuDevice, "bytesize")
+    unit_id: int = _same_as(ModbusRtuDevice, "unit_id")
+    poll_s: PollPeriod = 5.0
+    timeout_s: float = _same_as(ModbusRtuDevice, "timeout_s")
+    min_gap_ms: float | None = _same_as(ModbusRtuDevice, "min_gap_ms")
+    max_requests_per_s: float | None = _same_as(ModbusRtuDevice, "max_requests_per_s")
+    max_writes_per_hour: int | None = _same_as(SunSpecTcpDevice, "max_writes_per_hour")
+    revert_timeout_s: int = _same_as(SunSpecTcpDevice, "revert_timeout_s")
+    has_battery: bool = _same_as(SunSpecTcpDevice, "has_battery")
+    has_meter: bool = _same_as(SunSpecTcpDevice, "has_meter")
+    meter_role: MeterRole | None = _same_as(SunSpecTcpDevice, "meter_role")
+    battery: BatteryLimits = _same_as(SunSpecTcpDevice, "battery")
+
+    @model_validator(mode="after")
+    def _meter_role_needs_meter(self) -> SunSpecRtuDevice:
+        if self.meter_role is not None and not self.has_meter:
+            raise ValueError("meter_role needs has_meter = true")
+        return self
+
+    def line(self) -> tuple[int, str, int, int]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+
+
 class P1SerialDevice(_Strict):
     driver: Literal["p1_serial"] = Field(
         description="A smart meter's P1 port (DSMR) through a USB cable. Its DER is `<id>`."
@@ -884,6 +922,7 @@ DRIVER_NAMES = (
     "modbus_meter_tcp",
     "modbus_meter_rtu",
     "sunspec_tcp",
+    "sunspec_rtu",
     "modbus_ev",
     "mqtt",
     "p1_serial",
@@ -896,6 +935,7 @@ DeviceConfig = Annotated[
     | ModbusMeterTcpDevice
     | ModbusMeterRtuDevice
     | SunSpecTcpDevice
+    | SunSpecRtuDevice
     | ModbusEvDevice
     | MqttDevice
     | P1SerialDevice
@@ -920,7 +960,7 @@ def meter_ders(devices: Sequence[object]) -> list[MeterDer]:
     for dev in devices:
         if isinstance(dev, P1SerialDevice | P1TcpDevice | ModbusMeterTcpDevice | ModbusMeterRtuDevice):
             out.append(MeterDer(dev.id, dev.role, f"devices.{dev.id}.role"))
-        elif isinstance(dev, SunSpecTcpDevice) and dev.has_meter:
+        elif isinstance(dev, SunSpecTcpDevice | SunSpecRtuDevice) and dev.has_meter:
             out.append(MeterDer(f"{dev.id}.meter", dev.meter_role or "grid", f"devices.{dev.id}.meter_role"))
         elif isinstance(dev, MqttDevice):
             for der in dev.ders:
@@ -935,11 +975,11 @@ def telegram_interval_s(dev: P1SerialDevice | P1TcpDevice) -> float:
     return dev.poll_s if dev.poll_s is not None else DSMR_TELEGRAM_INTERVAL_S[dev.dsmr_version]
 
 
-def _line_text(dev: ModbusRtuDevice | ModbusMeterRtuDevice) -> str:
+def _line_text(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice) -> str:
     return f"{dev.baudrate} {dev.bytesize}{dev.parity}{dev.stopbits}"
 
 
-RtuLine = ModbusRtuDevice | ModbusMeterRtuDevice
+RtuLine = ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice
 
 
 def serial_port_conflicts(devices: list[RtuLine | P1SerialDevice]) -> list[str]:

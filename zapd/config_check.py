@@ -41,6 +41,7 @@ from zapd.config import (
     MqttDevice,
     P1SerialDevice,
     P1TcpDevice,
+    SunSpecRtuDevice,
     ZapdConfig,
     meter_ders,
 )
@@ -306,7 +307,7 @@ def _hosts(config: ZapdConfig) -> Iterator[Problem]:
     places = [
         (f"devices.{d.id}.host", d.host)
         for d in config.devices
-        if not isinstance(d, ModbusRtuDevice | ModbusMeterRtuDevice | P1SerialDevice)
+        if not isinstance(d, ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice | P1SerialDevice)
     ]
     places += [("home_assistant.host", config.home_assistant.host), ("metrics.host", config.metrics.host)]
     for key, host in places:
@@ -374,7 +375,7 @@ def _p1(config: ZapdConfig) -> Iterator[Problem]:
 def _serial_ports(config: ZapdConfig) -> Iterator[Problem]:
     """A warning, not an error: a USB adapter may be plugged in after the check; zapd keeps retrying."""
     for dev in config.devices:
-        serial = P1SerialDevice | ModbusRtuDevice | ModbusMeterRtuDevice
+        serial = P1SerialDevice | ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice
         if isinstance(dev, serial) and "://" not in dev.port and not Path(dev.port).exists():
             yield Problem(
                 f"devices.{dev.id}.port",

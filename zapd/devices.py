@@ -25,6 +25,7 @@ from zapd.config import (
     MqttDevice,
     P1SerialDevice,
     P1TcpDevice,
+    SunSpecRtuDevice,
     SunSpecTcpDevice,
     ZapdConfig,
     telegram_interval_s,
@@ -107,7 +108,7 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
             add_modbus_rtu(out, dev, clock)
         elif isinstance(dev, ModbusMeterTcpDevice | ModbusMeterRtuDevice):
             add_modbus_meter(out, dev, clock)
-        elif isinstance(dev, SunSpecTcpDevice):
+        elif isinstance(dev, SunSpecTcpDevice | SunSpecRtuDevice):
             add_sunspec_tcp(out, dev, clock)
         elif isinstance(dev, OcppDevice):
             # Imported here: websockets and ocpp load only on a site that has OCPP chargers.

@@ -14,6 +14,7 @@ from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import load_register_map
 from drivers.modbus.sunspec import SunSpecInverter
 from zapd.clock import Clock
+from zapd.config import SunSpecRtuDevice
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def add_modbus_tcp(out: DeviceSet, dev: ModbusTcpDevice, clock: Clock) -> None:
     _add_register_map_device(out, dev, _tcp_bus(dev), clock)
 
 
-def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice) -> ModbusBus:
+def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice) -> ModbusBus:
     return get_serial_bus(
         dev.port,
         baudrate=dev.baudrate,
@@ -109,7 +110,7 @@ def _add_register_map_device(
         out.kinds[inverter.pv_id] = DerKind.PV
 
 
-def add_sunspec_tcp(out: DeviceSet, dev: SunSpecTcpDevice, clock: Clock) -> None:
+def add_sunspec_tcp(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, clock: Clock) -> None:
     """What a SunSpec device is becomes known at its first scan; the DER ids are fixed in advance.
 
     The daemon learns kinds from here before any I/O, so a SunSpec device is declared with
@@ -118,7 +119,9 @@ def add_sunspec_tcp(out: DeviceSet, dev: SunSpecTcpDevice, clock: Clock) -> None
     """
     inverter = SunSpecInverter(
         device_id=dev.id,
-        bus=get_tcp_bus(
+        bus=_serial_bus(dev)
+        if isinstance(dev, SunSpecRtuDevice)
+        else get_tcp_bus(
             dev.host,
             dev.port,
             timeout_s=dev.timeout_s,

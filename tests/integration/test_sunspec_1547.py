@@ -124,3 +124,37 @@ async def test_recognition_reports_the_sunspec_device(sample: dict[str, Any], tm
     assert [(m.driver, m.description) for m in found] == [("sunspec_tcp", "SunSpecTest Test-1547-1")]
     assert found[0].capabilities == ["pv"] and "701" in found[0].evidence
     assert server.writes == []
+
+
+async def test_sunspec_rtu_device_from_the_config_scans_over_a_serial_line(
+    sample: dict[str, Any], tmp_path: Any
+) -> None:
+    """`driver = "sunspec_rtu"`: the daemon's device builder puts the SunSpec driver on a serial bus; the
+    sample device is served by pymodbus's RTU server behind a pty null modem."""
+    from drivers.modbus.bus import close_all_buses as close_buses
+    from drivers.sim.modbus_rtu import NullModem
+    from drivers.sim.register_image import start_register_image_rtu
+    from zapd.config import load_config
+    from zapd.devices import build_devices
+
+    modem = NullModem()
+    modem.open()
+    server = await start_register_image_rtu({3: {"holding": _image(sample, tmp_path)}}, modem.port_b, baudrate=19200)
+    try:
+        path = tmp_path / "zapd.toml"
+        path.write_text(
+            '[site]\nid = "home"\nfuse_a = 25\n\n[[devices]]\ndriver = "sunspec_rtu"\nid = "inv"\n'
+            f'port = "{modem.port_a}"\nbaudrate = 19200\nunit_id = 3\nhas_battery = false\npoll_s = 1\n'
+        )
+        devices = build_devices(load_config(path), SystemClock())
+        (inv,) = devices.drivers
+        assert isinstance(inv, SunSpecInverter) and devices.kinds == {"inv.pv": DerKind.PV}
+        await inv.scan()
+        got: dict[str, Reading] = {}
+        await inv.poll_once(lambda r: got.__setitem__(r.der_id, r))
+        assert got["inv.pv"].values[POWER_W] == 9800.0
+        assert server.writes == []
+    finally:
+        await close_buses()
+        await server.stop()
+        modem.close()
