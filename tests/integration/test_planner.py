@@ -19,7 +19,7 @@ from cloud.prices import PriceSeries
 from cloud.server.db import Database
 from cloud.server.service import register_site
 from cloud_sync.keys import public_key_b64
-from cloud_sync.wire import WireReading, make_batch, verify_plan
+from cloud_sync.wire import MAX_BATCH_READINGS, WireReading, make_batch, verify_plan
 from zapd.model import DerKind
 
 AREA = "10YNL----------L"
@@ -77,8 +77,8 @@ def readings(start: datetime, end: datetime, first_seq: int, soc: float = 0.5) -
 
 
 async def ingest(db: Database, site_id: str, rs: list[WireReading]) -> None:
-    for i in range(0, len(rs), 9000):
-        result = await db.ingest_telemetry(make_batch(site_id, rs[i : i + 9000]))
+    for i in range(0, len(rs), MAX_BATCH_READINGS):
+        result = await db.ingest_telemetry(make_batch(site_id, rs[i : i + MAX_BATCH_READINGS]))
         assert result.accepted
 
 
