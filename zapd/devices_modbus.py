@@ -136,6 +136,7 @@ def add_sunspec_tcp(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, cl
         capacity_wh=dev.battery.capacity_wh,
         max_writes_per_hour=dev.max_writes_per_hour,
         revert_timeout_s=dev.revert_timeout_s,
+        expect_battery=dev.has_battery,
     )
     out.drivers.append(inverter)
     pv_id = f"{dev.id}.pv"

@@ -304,6 +304,7 @@ class SunSpecInverter:
         revert_timeout_s: int = 300,
         backoff_max_s: float = 60.0,
         apply_timeout_s: float = 10.0,
+        expect_battery: bool | None = None,
     ) -> None:
         if poll_s <= 0 or not 0 < revert_timeout_s <= 0xFFFE:
             raise ValueError("need poll_s > 0 and 0 < revert_timeout_s < 65535")
@@ -318,6 +319,8 @@ class SunSpecInverter:
             "capacity_wh": capacity_wh,
         }
         self._revert_s = revert_timeout_s
+        # The config's `has_battery` (None: no expectation): a scan that disagrees is said once, loudly.
+        self._expect_battery = expect_battery
         self._backoff_max_s = max(backoff_max_s, poll_s)
         self._apply_timeout_s = apply_timeout_s
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
@@ -377,7 +380,26 @@ class SunSpecInverter:
             raise ConfigurationError(f"{self._bus}: unit {self._unit}: no usable SunSpec models: found {found}")
         self.device = device
         self._held = None
+        self._check_battery_expectation(device)
         return self.device
+
+    def _check_battery_expectation(self, device: SunSpecDevice) -> None:
+        """A configured battery the device does not show stays unknown and refuses every command: say why.
+        (The DER ids are fixed by the config before any I/O, so the scan cannot add or drop one.)"""
+        shows = device.has_storage
+        if self._expect_battery is None or shows == self._expect_battery:
+            return
+        models = " ".join(str(m.id) for m in device.models)
+        if self._expect_battery:
+            problem = (
+                f"has_battery = true, but the device shows no battery (models {models}: no storage model with an "
+                "implemented point): set has_battery = false"
+            )
+        else:
+            problem = f"the device shows a battery (models {models}); set has_battery = true to use it"
+        self.counters["config_errors"] += 1
+        self._health.note_error(problem)
+        log.error("sunspec.battery_mismatch", device=self._id, problem=problem)
 
     async def poll_once(self, sink: ReadingSink) -> None:
         device = self.device

@@ -158,3 +158,28 @@ async def test_sunspec_rtu_device_from_the_config_scans_over_a_serial_line(
         await close_buses()
         await server.stop()
         modem.close()
+
+
+@pytest.mark.parametrize("expect_battery", [True, False])
+async def test_a_battery_expectation_the_scan_contradicts_is_reported(
+    sample: dict[str, Any], tmp_path: Any, expect_battery: bool
+) -> None:
+    """`has_battery = true` on the PV-only sample (and `false` on the sample with a battery) is a counted,
+    logged configuration error on the device's health record, naming the fix."""
+    doc = copy.deepcopy(sample)
+    if not expect_battery:
+        m713 = next(m for m in doc["models"] if m["ID"] == 713)
+        m713.update({"WHRtg": 13500, "SoC": 55, "WH_SF": 0, "Pct_SF": 0})
+    server = await start_register_image({1: {"holding": _image(doc, tmp_path)}})
+    try:
+        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        inv = SunSpecInverter(
+            device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock(), expect_battery=expect_battery
+        )
+        await inv.scan()
+    finally:
+        await close_all_buses()
+        await server.stop()
+    assert inv.counters["config_errors"] == 1
+    wanted = "set has_battery = false" if expect_battery else "set has_battery = true"
+    assert wanted in inv.health.view().last_error
