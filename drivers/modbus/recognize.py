@@ -40,7 +40,7 @@ _MAX_COUNT = 32
 class Match:
     """One thing found at the address, with what zapd can do with it and a config snippet to paste."""
 
-    driver: str  # "sunspec_tcp" or "modbus_tcp"
+    driver: str  # "sunspec_tcp", "modbus_tcp" or "modbus_meter_tcp"
     profile: str  # profile name ("" for SunSpec)
     description: str
     unit_id: int
@@ -158,9 +158,10 @@ async def recognize(bus: ModbusBus, unit_id: int) -> list[Match]:
         why = None if regs is None else probe.matches(regs)
         if why is not None:
             rmap = load_register_map(probe.profile)
+            meter_only = rmap.get("battery_soc") is None and rmap.get("meter_power") is not None
             found.append(
                 Match(
-                    driver="modbus_tcp",
+                    driver="modbus_meter_tcp" if meter_only else "modbus_tcp",
                     profile=probe.profile,
                     description=rmap.name,
                     unit_id=unit_id,

@@ -22,6 +22,7 @@ import pytest
 from drivers.health import HealthState
 from drivers.modbus.bus import ModbusBus, close_all_buses, get_serial_bus, get_tcp_bus
 from drivers.modbus.map_meter import ModbusMapMeter
+from drivers.modbus.recognize import recognize
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.modbus_rtu import NullModem
 from drivers.sim.register_image import (
@@ -154,3 +155,13 @@ async def test_meter_profile_pointing_off_the_image_is_unusable(tmp_path: Path) 
                 await task
         assert broken.counters["config_errors"] >= 1, name
         assert broken.health.state is HealthState.UNUSABLE
+
+
+async def test_a_recognized_meter_gets_a_meter_snippet() -> None:
+    """`zapd devices scan` on a meter must print a `modbus_meter_tcp` device, not a battery kind."""
+    fixture = dict(METER_FIXTURES)["carlo_gavazzi_em24"]
+    async with over_tcp(fixture) as (server, bus):
+        found = await recognize(bus, fixture["unit_id"])
+    assert [(m.profile, m.driver) for m in found] == [("carlo_gavazzi_em24", "modbus_meter_tcp")]
+    assert 'driver = "modbus_meter_tcp"' in found[0].snippet(server.host, server.port)
+    assert server.writes == []
