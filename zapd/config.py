@@ -39,7 +39,8 @@ RegisterMapName = Annotated[
     Field(
         min_length=1,
         description=(
-            "Register map: a name shipped with zapd (`drivers/modbus/maps/NAME.toml`) or a path to your own file."
+            "Register map: a name shipped with zapd (`drivers/modbus/maps/NAME.toml`), a path to your own file, "
+            "or `auto`: recognise the profile at start (read-only probes; docs/devices.md)."
         ),
     ),
 ]

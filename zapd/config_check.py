@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
-from drivers.modbus.register_map import MAPS_DIR
+from drivers.modbus.register_map import AUTO_MAP, MAPS_DIR
 from drivers.ocpp.config import OcppDevice
 from zapd.config import (
     DRIVER_NAMES,
@@ -247,6 +247,8 @@ def _grid_meter(config: ZapdConfig) -> Iterator[Problem]:
 
 
 def _unknown_map(name: str) -> str | None:
+    if name == AUTO_MAP:
+        return None  # recognised at start
     if "/" in name or name.endswith(".toml"):
         return None if Path(name).is_file() else f"register map file {name} not found"
     if (MAPS_DIR / f"{name}.toml").is_file():

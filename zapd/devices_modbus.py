@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from drivers.modbus.auto_profile import AutoProfileInverter
 from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.map_meter import ModbusMapMeter
-from drivers.modbus.register_map import load_register_map
+from drivers.modbus.register_map import AUTO_MAP, RegisterMap, load_register_map
 from drivers.modbus.sunspec import SunSpecInverter
 from zapd.clock import Clock
 from zapd.config import SunSpecRtuDevice
@@ -85,27 +86,38 @@ def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuD
 def _add_register_map_device(
     out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevice, bus: ModbusBus, clock: Clock
 ) -> None:
-    """The same register-map driver serves a device on TCP or on an RS-485 line."""
-    inverter = ModbusHybridInverter(
-        device_id=dev.id,
-        bus=bus,
-        unit_id=dev.unit_id,
-        register_map=load_register_map(dev.map),
-        poll_s=dev.poll_s,
-        clock=clock,
-        max_charge_w=dev.battery.max_charge_w,
-        max_discharge_w=dev.battery.max_discharge_w,
-        capacity_wh=dev.battery.capacity_wh,
-        max_writes_per_hour=dev.max_writes_per_hour,
-        device_command_timeout_s=dev.command_timeout_s,
-    )
+    """The same register-map driver serves a device on TCP or on an RS-485 line; `map = "auto"` finds
+    the profile at start (drivers/modbus/auto_profile.py)."""
+
+    def make(rmap: RegisterMap) -> ModbusHybridInverter:
+        return ModbusHybridInverter(
+            device_id=dev.id,
+            bus=bus,
+            unit_id=dev.unit_id,
+            register_map=rmap,
+            poll_s=dev.poll_s,
+            clock=clock,
+            max_charge_w=dev.battery.max_charge_w,
+            max_discharge_w=dev.battery.max_discharge_w,
+            capacity_wh=dev.battery.capacity_wh,
+            max_writes_per_hour=dev.max_writes_per_hour,
+            device_command_timeout_s=dev.command_timeout_s,
+        )
+
+    inverter: ModbusHybridInverter | AutoProfileInverter
+    if dev.map == AUTO_MAP:
+        inverter = AutoProfileInverter(device_id=dev.id, bus=bus, unit_id=dev.unit_id, clock=clock, make=make)
+        has_pv = True  # not known before recognition: declared, as a SunSpec device's PV is
+    else:
+        inverter = make(load_register_map(dev.map))
+        has_pv = any(c.kind is DerKind.PV for c in inverter.capabilities())
     out.drivers.append(inverter)
     battery_id = inverter.battery_id
     out.actuators[battery_id] = inverter
     out.battery_limits[battery_id] = dev.battery
     out.poll_s[battery_id] = dev.poll_s
     out.kinds[battery_id] = DerKind.BATTERY
-    if any(c.kind is DerKind.PV for c in inverter.capabilities()):
+    if has_pv:
         out.poll_s[inverter.pv_id] = dev.poll_s
         out.kinds[inverter.pv_id] = DerKind.PV
 

@@ -20,6 +20,7 @@ from drivers.modbus.bus import RegisterType, decode_registers, encode_registers
 from drivers.modbus.control_spec import ControlSpec, ControlSpecError, parse_control
 
 MAPS_DIR = Path(__file__).parent / "maps"
+AUTO_MAP = "auto"  # config `map = "auto"`: the profile is recognised at start (drivers/modbus/auto_profile.py)
 
 WordOrder = Literal["big", "little"]
 
