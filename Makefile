@@ -14,17 +14,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Integration tests talk to a real mosquitto broker; install Debian's when it is missing.
+# Integration tests talk to a real mosquitto broker and a real PostgreSQL server; install Debian's when missing.
+# (postgresql-common would create and start a system cluster: the tests never use it, they initdb their own.)
 deps-system:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto (apt-get)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/zapd demo --hours 24
 
+# The whole suite, with a throwaway PostgreSQL cluster (its own data dir, a free port) for the cloud's SQL tests.
 test: $(STAMP) deps-system
-	$(BIN)/pytest -q
+	$(BIN)/python -m tests.pg_cluster -- $(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check zapd drivers fallback cloud_sync cloud tests bench

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         lim.add_argument(f"--{name}-rate", type=float, help=f"{what}, per second")
         lim.add_argument(f"--{name}-burst", type=float, help=f"{what}, in a burst")
 
+    db = sub.add_parser("db", help="the database schema: upgrade to the newest migration, show or check it")
+    db.add_argument(
+        "action", choices=("upgrade", "current", "check"), help="check: exit 1 if it differs from the models"
+    )
+    db.add_argument("--db", default="sqlite+aiosqlite:///zapcloud.sqlite", help="SQLAlchemy async URL")
+
     token = sub.add_parser("token", help="write a new random admin (or metrics) token to a file, mode 0600")
     token.add_argument("path", help="file to create (never overwritten)")
 
@@ -109,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             planner=not args.no_planner,
             planner_idle_s=args.planner_idle_s,
         )
+    if args.command == "db":
+        from cloud.server.dbcli import run_db
+
+        return run_db(args.action, args.db)
     if args.command == "token":
         from cloud.server.auth import write_token_file
 

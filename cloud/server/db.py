@@ -239,8 +239,10 @@ class Database:
         self._dialect = name
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Bring the schema to the newest migration (cloud/server/migrate.py), safe with racing workers."""
+        from cloud.server.migrate import upgrade
+
+        await upgrade(self)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

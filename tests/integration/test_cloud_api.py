@@ -1,13 +1,10 @@
-"""The cloud HTTP API against a real `zapcloud serve` process on loopback with a SQLite file.
-
-Set ZAPCLOUD_TEST_DB_URL (e.g. postgresql+asyncpg://zap@127.0.0.1:5432/zapcloud_test) to run the
-same tests against another database; its zapcloud tables are DROPPED first.
+"""The cloud HTTP API against a real `zapcloud serve` process on loopback, on a SQLite file and on
+PostgreSQL (ZAPCLOUD_TEST_DB_URL, started by `make test`; tests/db_backends.py empties it first).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -39,6 +36,7 @@ from cloud_sync.wire import (
     verify_plan,
 )
 from tests.cloud_server import ADMIN, Cloud, serve
+from tests.db_backends import BACKENDS, empty_db_url
 from zapd.model import BatterySetpoint, DerCapabilities, DerKind, Intent, Plan, PlanSlot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -47,25 +45,11 @@ _serve = serve
 __all__ = ["ADMIN", "Cloud", "_serve"]
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def cloud(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     tmp = tmp_path_factory.mktemp("cloud")
-    url = os.environ.get("ZAPCLOUD_TEST_DB_URL")
-    if url:
-        asyncio.run(_drop_tables(url))
-    else:
-        url = f"sqlite+aiosqlite:///{tmp / 'x.sqlite'}"
-    with serve(tmp, url, "a") as c:
+    with serve(tmp, empty_db_url(request.param, tmp, "x"), "a") as c:
         yield c
-
-
-async def _drop_tables(url: str) -> None:
-    db = Database(url)
-    try:
-        async with db.engine.begin() as conn:
-            await conn.run_sync(schema.metadata.drop_all)
-    finally:
-        await db.dispose()
 
 
 def _register(cloud: Cloud, site_id: str) -> SigningKey:

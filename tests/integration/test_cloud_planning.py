@@ -1,6 +1,6 @@
-"""Planning through a real `zapcloud serve` on 127.0.0.1 with a SQLite file: the planner loop publishes
-signed plans from telemetry and prices, the fleet endpoints aggregate them and dispatch a demand-response
-event; `--no-planner` keeps a worker from planning."""
+"""Planning through real `zapcloud serve` workers on 127.0.0.1, on a SQLite file and on PostgreSQL: the
+planner loop publishes signed plans from telemetry and prices, the fleet endpoints aggregate them and
+dispatch a demand-response event; `--no-planner` keeps a worker from planning."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import contextlib
 import math
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from cloud_sync.keys import load_verify_key_b64, public_key_b64
 from cloud_sync.wire import WireReading, encode, make_batch, sign_body, sign_request, verify_plan
-from tests.cloud_server import ADMIN, cloud_env, free_port
+from tests.cloud_server import ADMIN, cloud_env, free_port, serve_cmd
+from tests.db_backends import BACKENDS, empty_db_url
 from zapd.model import DerKind, IntentMode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,12 +48,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(tmp: Path, *extra: str) -> Iterator[Server]:
+def serve(tmp: Path, *extra: str, db_url: str | None = None) -> Iterator[Server]:
     env = cloud_env()  # its own admin token, no ENTSO-E token (no network at test time)
     port = free_port()
     log = tmp / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "cloud.cli", "serve", "--port", str(port), "--db",
-           f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}", "--key", str(tmp / "cloud.key"), *extra]  # fmt: skip
+    cmd = serve_cmd(port, db_url or f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}", tmp / "cloud.key", *extra)
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
@@ -140,9 +139,12 @@ def wait_plan(srv: Server, site_id: str, key: SigningKey, min_version: int = 1, 
         time.sleep(0.3)
 
 
-def test_planner_loop_plans_and_the_fleet_responds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_planner_loop_plans_and_the_fleet_responds(backend: str, tmp_path: Path) -> None:
+    """Two workers on one database: sites registered at one are planned, an event posted at the other."""
     now = datetime.now(UTC)
-    with serve(tmp_path) as srv:
+    url = empty_db_url(backend, tmp_path)
+    with serve(tmp_path, db_url=url) as srv, serve(tmp_path, db_url=url) as other:
         keys = {sid: register(srv, sid) for sid in ("a", "b")}
         for i, (sid, key) in enumerate(keys.items()):
             send_telemetry(srv, sid, key, now, soc=0.6 + 0.2 * i)
@@ -165,7 +167,7 @@ def test_planner_loop_plans_and_the_fleet_responds(tmp_path: Path) -> None:
 
         start = (now + timedelta(minutes=45)).replace(second=0, microsecond=0)
         event = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(), "reduction_kw": 1.0}
-        r = srv.client.post("/v1/fleet/events", json=event, headers=srv.admin())
+        r = other.client.post("/v1/fleet/events", json=event, headers=other.admin())
         assert r.status_code == 201, r.text
         result = r.json()
         assert result["fully_met"] and result["met_kw"] >= 1.0

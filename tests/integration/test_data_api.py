@@ -1,7 +1,7 @@
 """The data API (issue 16) against a real `zapcloud serve` on loopback: OAuth flows, the GraphQL permission
 matrix (every field × every scope × own/other site), downsampling, prices, the live subscription.
 
-SQLite file by default; ZAPCLOUD_TEST_DB_URL runs the same tests on PostgreSQL (its tables are dropped first).
+On a SQLite file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import websockets
 from nacl.signing import SigningKey
 
 from cloud_sync.wire import DiscoveryReport, WireReading, encode, make_batch, sign_body
-from tests.integration.test_cloud_api import ADMIN, Cloud, _drop_tables, _serve
+from tests.db_backends import empty_db_url
+from tests.integration.test_cloud_api import ADMIN, Cloud, _serve
 from zapd.model import DerCapabilities, DerKind
 
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -134,12 +135,9 @@ def _setup(cloud: Cloud) -> World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("dataapi")
-    url = os.environ.get("ZAPCLOUD_TEST_DB_URL")
-    if url:
-        asyncio.run(_drop_tables(url))
-    else:
-        url = f"sqlite+aiosqlite:///{tmp / 'd.sqlite'}"
-    with _serve(tmp, url, "d") as cloud:
+    # SQLite only: the data API's SQL is the same on PostgreSQL (its tables are in the migrations) and
+    # the PostgreSQL time of `make test` goes to the planner, fleet and Zap API.
+    with _serve(tmp, empty_db_url("sqlite", tmp, "d"), "d") as cloud:
         yield _setup(cloud)
 
 

@@ -1,4 +1,5 @@
-"""The planner against a real SQLite file: telemetry in, signed plan out, forecasts scored, work claimed."""
+"""The planner against a real SQLite file and a real PostgreSQL: telemetry in, signed plan out, forecasts
+scored, work claimed."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cloud.server.db import Database
 from cloud.server.service import register_site
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import MAX_BATCH_READINGS, WireReading, make_batch, verify_plan
+from tests.db_backends import BACKENDS, empty_db_url_async
 from zapd.model import DerKind
 
 AREA = "10YNL----------L"
@@ -87,9 +89,10 @@ async def put_prices(db: Database, start: datetime, hours: int, now: datetime) -
     await store.put_spot_prices(db, AREA, PriceSeries(start, timedelta(hours=1), values), now)
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'planner.sqlite'}")
+@pytest.fixture(params=BACKENDS)
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    # PostgreSQL too: the work queue's claim is FOR UPDATE SKIP LOCKED there, a conditional UPDATE on SQLite.
+    database = Database(await empty_db_url_async(request.param, tmp_path, "planner"))
     await database.create_schema()
     try:
         yield database
