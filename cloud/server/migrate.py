@@ -36,6 +36,23 @@ MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 MIGRATION_LOCK_KEY = 0x7A617064
 
 
+def create_table_if_missing(name: str, *columns: Any) -> None:
+    """`op.create_table` for a revision whose tables a database made before migrations may have already."""
+    from alembic import op
+    from sqlalchemy import inspect
+
+    if not inspect(op.get_bind()).has_table(name):
+        op.create_table(name, *columns)
+
+
+def create_index_if_missing(name: str, table: str, columns: list[str], *, unique: bool) -> None:
+    from alembic import op
+    from sqlalchemy import inspect
+
+    if name not in {ix["name"] for ix in inspect(op.get_bind()).get_indexes(table)}:
+        op.create_index(name, table, columns, unique=unique)
+
+
 def target_metadata() -> MetaData:
     """The models every revision is compared against: the core tables and the data API's."""
     import cloud.dataapi.tables  # noqa: F401  (registers its tables on `metadata`)

@@ -12,10 +12,11 @@ Create Date: 2026-12-01
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+
+from cloud.server.migrate import create_index_if_missing, create_table_if_missing
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
@@ -23,18 +24,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _table(name: str, *columns: Any) -> None:
-    if not sa.inspect(op.get_bind()).has_table(name):
-        op.create_table(name, *columns)
-
-
-def _index(name: str, table: str, columns: list[str], *, unique: bool) -> None:
-    if name not in {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(table)}:
-        op.create_index(name, table, columns, unique=unique)
-
-
 def upgrade() -> None:
-    _table(
+    create_table_if_missing(
         "command_reports",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("der_id", sa.String(length=128), nullable=False),
@@ -44,7 +35,7 @@ def upgrade() -> None:
         sa.Column("clamped_reason", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("site_id", "der_id", "ts"),
     )
-    _table(
+    create_table_if_missing(
         "der_models",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("der_id", sa.String(length=128), nullable=False),
@@ -52,7 +43,7 @@ def upgrade() -> None:
         sa.Column("reported_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("site_id", "der_id"),
     )
-    _table(
+    create_table_if_missing(
         "fleet_event_sites",
         sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.Column("site_id", sa.String(length=64), nullable=False),
@@ -61,7 +52,7 @@ def upgrade() -> None:
         sa.Column("incentive", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("event_id", "site_id"),
     )
-    _table(
+    create_table_if_missing(
         "fleet_events",
         sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.Column("start", sa.DateTime(timezone=True), nullable=False),
@@ -71,7 +62,7 @@ def upgrade() -> None:
         sa.Column("result", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("event_id"),
     )
-    _table(
+    create_table_if_missing(
         "forecasts",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -83,7 +74,7 @@ def upgrade() -> None:
         sa.Column("mae_slots", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("site_id", "kind", "issued_at"),
     )
-    _table(
+    create_table_if_missing(
         "oauth_clients",
         sa.Column("client_id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
@@ -95,7 +86,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("client_id"),
     )
-    _table(
+    create_table_if_missing(
         "oauth_codes",
         sa.Column("code_hash", sa.String(length=64), nullable=False),
         sa.Column("client_id", sa.String(length=64), nullable=False),
@@ -108,7 +99,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("code_hash"),
     )
-    _table(
+    create_table_if_missing(
         "oauth_tokens",
         sa.Column("access_hash", sa.String(length=64), nullable=False),
         sa.Column("refresh_hash", sa.String(length=64), nullable=True),
@@ -123,21 +114,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("access_hash"),
         sa.UniqueConstraint("refresh_hash"),
     )
-    _index("ix_oauth_tokens_client", "oauth_tokens", ["client_id"], unique=False)
-    _table(
+    create_index_if_missing("ix_oauth_tokens_client", "oauth_tokens", ["client_id"], unique=False)
+    create_table_if_missing(
         "owner_sites",
         sa.Column("owner_id", sa.String(length=64), nullable=False),
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("owner_id", "site_id"),
     )
-    _table(
+    create_table_if_missing(
         "owners",
         sa.Column("owner_id", sa.String(length=64), nullable=False),
         sa.Column("password_hash", sa.String(length=256), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("owner_id"),
     )
-    _table(
+    create_table_if_missing(
         "plan_flows",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
@@ -146,7 +137,7 @@ def upgrade() -> None:
         sa.Column("flows", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("site_id", "version"),
     )
-    _table(
+    create_table_if_missing(
         "plan_jobs",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
@@ -157,7 +148,7 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("site_id"),
     )
-    _table(
+    create_table_if_missing(
         "plans",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
@@ -167,7 +158,7 @@ def upgrade() -> None:
         sa.Column("valid_until", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("site_id", "version"),
     )
-    _table(
+    create_table_if_missing(
         "sites",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("public_key", sa.String(length=64), nullable=False),
@@ -180,7 +171,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("site_id"),
         sa.UniqueConstraint("key_id"),
     )
-    _table(
+    create_table_if_missing(
         "spot_prices",
         sa.Column("area", sa.String(length=32), nullable=False),
         sa.Column("start", sa.DateTime(timezone=True), nullable=False),
@@ -188,7 +179,7 @@ def upgrade() -> None:
         sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("area", "start"),
     )
-    _table(
+    create_table_if_missing(
         "telemetry",
         sa.Column("site_id", sa.String(length=64), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
@@ -199,7 +190,7 @@ def upgrade() -> None:
         sa.Column("quality", sa.String(length=16), nullable=False),
         sa.PrimaryKeyConstraint("site_id", "seq"),
     )
-    _index("ix_telemetry_site_ts", "telemetry", ["site_id", "ts"], unique=False)
+    create_index_if_missing("ix_telemetry_site_ts", "telemetry", ["site_id", "ts"], unique=False)
 
 
 def downgrade() -> None:
@@ -208,4 +199,4 @@ def downgrade() -> None:
         "oauth_tokens", "oauth_codes", "oauth_clients", "forecasts", "fleet_events", "fleet_event_sites",
         "der_models", "command_reports",
     ):  # fmt: skip
-        op.drop_table(name)
+        op.dropcreate_table_if_missing(name)
