@@ -337,10 +337,9 @@ def check_batch(batch: TelemetryBatch) -> None:
     if len(batch.commands) > MAX_BATCH_COMMANDS:
         raise WireError(f"batch has {len(batch.commands)} command reports, more than {MAX_BATCH_COMMANDS}")
     for r in batch.readings:
-        if not 0 < len(r.der_id) <= MAX_ID_CHARS or len(r.values) > MAX_READING_VALUES:
-            raise WireError(f"reading seq {r.seq}: der_id of 1..{MAX_ID_CHARS} characters, {MAX_READING_VALUES} values")
-        if any(not 0 < len(name) <= MAX_ID_CHARS for name in r.values):
-            raise WireError(f"reading seq {r.seq}: value names must be 1..{MAX_ID_CHARS} characters")
+        problem = shape_problem(r.der_id, r.values)
+        if problem is not None:
+            raise WireError(f"reading seq {r.seq}: {problem}")
         problem = reading_problem(r.ts, r.values)
         if problem is not None:
             raise WireError(f"reading seq {r.seq} ({r.der_id}): {problem}")
@@ -351,6 +350,21 @@ def check_batch(batch: TelemetryBatch) -> None:
 
 
 # --- the numbers both sides accept (zapd/bounds.py) -------------------------------------------
+
+
+def _name_ok(name: str) -> bool:
+    return 0 < len(name) <= MAX_ID_CHARS
+
+
+def shape_problem(der_id: str, values: dict[str, float]) -> str | None:
+    """Why the cloud refuses a reading for its names or size; None when the shape is accepted."""
+    if not _name_ok(der_id):
+        return f"der_id must be 1..{MAX_ID_CHARS} characters"
+    if len(values) > MAX_READING_VALUES:
+        return f"{len(values)} values, more than {MAX_READING_VALUES}"
+    if not all(_name_ok(name) for name in values):
+        return f"value names must be 1..{MAX_ID_CHARS} characters"
+    return None
 
 
 def reading_problem(ts: datetime, values: dict[str, float]) -> str | None:
@@ -385,12 +399,14 @@ def command_problem(command: Command) -> str | None:
 def wire_safe(reading: Reading) -> Reading | None:
     """The reading as the cloud will accept it: implausible values left out (quality BAD), or None
     when nothing can save it (its timestamp is outside the bounds)."""
-    if check_ts(reading.ts) is not None:
+    if check_ts(reading.ts) is not None or not _name_ok(reading.der_id):
         return None
     bad = bad_values(reading.values)
-    if not bad:
+    if not bad and shape_problem(reading.der_id, reading.values) is None:
         return reading
-    good = {k: v for k, v in reading.values.items() if k not in bad}
+    # Same rule as check_batch: names the cloud refuses and values past the cap are left out.
+    good = {k: v for k, v in sorted(reading.values.items()) if k not in bad and _name_ok(k)}
+    good = dict(list(good.items())[:MAX_READING_VALUES])
     return msgspec.structs.replace(reading, values=good, quality=Quality.BAD)
 
 
