@@ -199,4 +199,4 @@ def downgrade() -> None:
         "oauth_tokens", "oauth_codes", "oauth_clients", "forecasts", "fleet_events", "fleet_event_sites",
         "der_models", "command_reports",
     ):  # fmt: skip
-        op.dropcreate_table_if_missing(name)
+        op.drop_table(name)
