@@ -102,6 +102,14 @@ telemetry_rollup = Table(
     PrimaryKeyConstraint("site_id", "der_id", "field", "minute"),
 )
 
+# The same per hour (`minute` = the hour's first minute), folded alongside: a month at 1 h reads 720 rows.
+telemetry_rollup_hour = Table(
+    "telemetry_rollup_hour",
+    metadata,
+    *(Column(c.name, c.type, nullable=False) for c in telemetry_rollup.columns),
+    PrimaryKeyConstraint("site_id", "der_id", "field", "minute"),
+)
+
 # How far each site's rollup has read its telemetry (seq), and the last sample of each series, whose
 # energy (held until the next sample) is only known once the next one arrives.
 rollup_state = Table(

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -156,7 +156,7 @@ class Web:
 
     async def login(self, request: Request) -> Response:
         nxt = request.query_params.get("next", "/web/")
-        if not nxt.startswith("/web/") or "//" in nxt:
+        if not _local_page(nxt):
             nxt = "/web/"
         verifier = secrets.token_urlsafe(48)
         state = secrets.token_urlsafe(16)
@@ -186,8 +186,8 @@ class Web:
         if token_resp.status_code != 200:
             return HTMLResponse(_page("Sign-in failed", "<p>the code was not accepted</p>"), 400)
         tok = json.loads(bytes(token_resp.body))
-        target = nxt.replace("%2F", "/") if nxt else "/web/"
-        resp = RedirectResponse(target if target.startswith("/web/") else "/web/", status_code=303)
+        target = unquote(nxt) if nxt else "/web/"
+        resp = RedirectResponse(target if _local_page(target) else "/web/", status_code=303)
         resp.set_cookie(TOKEN_COOKIE, tok["access_token"], max_age=int(tok["expires_in"]), httponly=True,
                         samesite="lax", path="/")  # fmt: skip
         resp.delete_cookie(PKCE_COOKIE, path="/web")
@@ -316,6 +316,11 @@ class Web:
                  "<th>plan</th><th>forecast MAE (kW)</th></tr>" + "".join(rows) + "</table>"
                  "<p class='muted'>Flexibility: <code>GET /v1/fleet/flexibility</code> (admin).</p>")  # fmt: skip
         return HTMLResponse(_page(f"Fleet — {len(ids)} sites", table))
+
+
+def _local_page(path: str) -> bool:
+    """Only our own pages are redirect targets after sign-in (no open redirect)."""
+    return path.startswith("/web/") and "//" not in path and "\\" not in path and len(path) <= 512
 
 
 def _age(delta: timedelta) -> str:

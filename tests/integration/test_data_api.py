@@ -1,7 +1,8 @@
 """The data API (issue 16) against a real `zapcloud serve` on loopback: OAuth flows, the GraphQL permission
 matrix (every field × every scope × own/other site), downsampling, prices, the live subscription.
 
-On a SQLite file.
+Each test runs on a SQLite file and on PostgreSQL (ZAPCLOUD_TEST_DB_URL, which `make test` sets to a
+throwaway cluster, tests/pg_cluster.py; without it the PostgreSQL cases are skipped, saying so).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import websockets
 from nacl.signing import SigningKey
 
 from cloud_sync.wire import DiscoveryReport, WireReading, encode, make_batch, sign_body
-from tests.db_backends import empty_db_url
+from tests.db_backends import BACKENDS, empty_db_url
 from tests.integration.test_cloud_api import ADMIN, Cloud, _serve
 from zapd.model import DerCapabilities, DerKind
 
@@ -132,12 +133,11 @@ def _setup(cloud: Cloud) -> World:
     return world
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Every test of this module runs on a SQLite file and on PostgreSQL (tests/db_backends.py)."""
     tmp = tmp_path_factory.mktemp("dataapi")
-    # SQLite only: the data API's SQL is the same on PostgreSQL (its tables are in the migrations) and
-    # the PostgreSQL time of `make test` goes to the planner, fleet and Zap API.
-    with _serve(tmp, empty_db_url("sqlite", tmp, "d"), "d") as cloud:
+    with _serve(tmp, empty_db_url(request.param, tmp, "d"), "d") as cloud:
         yield _setup(cloud)
 
 

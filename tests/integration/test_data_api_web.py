@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -147,6 +148,14 @@ def test_site_page_after_oauth_sign_in_draws_the_day(cloud: Cloud) -> None:
         # A day without data still renders, saying so.
         empty = s.get("/web/site/site-w", params={"day": "2020-01-01"})
         assert empty.status_code == 200 and "(no data)" in empty.text
+
+
+def test_sign_in_never_redirects_off_site(cloud: Cloud) -> None:
+    for target in ("https://evil.example/", "//evil.example/web/", "/web/\\evil"):
+        r = cloud.client.get("/web/login", params={"next": target})
+        assert r.status_code == 303
+        stash = r.cookies["zc_pkce"].strip('"')
+        assert unquote(stash.split(".", 2)[2]) == "/web/", stash
 
 
 def test_fleet_page_is_for_the_operator(cloud: Cloud) -> None:
