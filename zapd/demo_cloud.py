@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -134,14 +134,14 @@ class LocalCloud:
             ).fetchone()
         return {"readings": int(readings[0]), "plans": int(plans[0]), "last_version": int(plans[1] or 0)}
 
-    def meter_counters(self) -> list[tuple[int, dict[str, float]]]:
-        """(seq, values) of every meter reading the cloud stored, in sequence order."""
+    def meter_counters(self) -> list[tuple[int, datetime, dict[str, float]]]:
+        """(seq, ts, values) of every meter reading the cloud stored, in sequence order."""
         with contextlib.closing(sqlite3.connect(self.out / "cloud.sqlite", timeout=10)) as conn:
             rows = conn.execute(
-                "SELECT seq, \"values\" FROM telemetry WHERE site_id = ? AND kind = 'meter' ORDER BY seq",
+                "SELECT seq, ts, \"values\" FROM telemetry WHERE site_id = ? AND kind = 'meter' ORDER BY seq",
                 (self.site_id,),
             ).fetchall()
-        return [(int(seq), dict(json.loads(values))) for seq, values in rows]
+        return [(int(seq), _utc(ts), dict(json.loads(values))) for seq, ts, values in rows]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -151,6 +151,12 @@ class LocalCloud:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+
+def _utc(ts: str) -> datetime:
+    """The cloud stores UTC timestamps without their zone (SQLite DATETIME)."""
+    parsed = datetime.fromisoformat(ts)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def cloud_config(cloud: LocalCloud) -> dict[str, object]:

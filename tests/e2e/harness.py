@@ -29,6 +29,7 @@ from nacl.signing import SigningKey
 
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import encode_plan
+from drivers.sim.physics import HYBRID_INVERTER
 from zapd.clock import SIM_CLOCK_ENV, ScaledClock, sim_clock_env
 from zapd.model import Intent, Plan, PlanSlot
 
@@ -36,6 +37,10 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ADMIN = secrets.token_urlsafe(24)  # each run makes its own admin token
 SIM_START = datetime(2026, 6, 21, 8, 0, tzinfo=UTC)
+# The simulator's inverter is a hardware-like one by default (drivers/sim/physics.py HYBRID_INVERTER): it keeps a
+# setpoint in 10 W steps and reports its power in 10 W steps with 10 W (one sigma) of noise. A battery that
+# follows a setpoint reads within both roundings and 5 sigma of it (one reading in ~2 million is further off).
+BATTERY_TOLERANCE_W = HYBRID_INVERTER.setpoint_step_w + HYBRID_INVERTER.reading_step_w + 5 * HYBRID_INVERTER.noise_w
 
 
 def free_port() -> int:
@@ -160,6 +165,11 @@ class Site:
         assert resp.status_code in (200, 201), resp.text
 
     def put_plan(self, version: int, battery_w: float, hours: float, *, slot_min: int = 15) -> Plan:
+        """A plan from the site clock's now for `hours` of site time.
+
+        Put it once zapd runs: at 4320x a daemon's start-up (seconds of wall time) is hours of site
+        time, and a plan put before it may have ended before zapd first asks for it.
+        """
         now = self.clock.now()
         start = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % slot_min)
         slots = []
@@ -340,6 +350,18 @@ poll_s = {o["meter_poll_s"]}
         if res.returncode != 0:
             raise RuntimeError(f"zapctl {' '.join(args)}: {res.stderr.strip()}")
         return dict(json.loads(res.stdout))
+
+    def battery_power(self) -> float | None:
+        """The battery's power as zapd last read it; None while that reading is not fresh."""
+        for row in self.zapctl("devices")["devices"]:
+            if row["der_id"] == "inverter.battery" and row["fresh"]:
+                return float(row["values"]["power_w"])
+        return None
+
+    def battery_near(self, watts: float) -> bool:
+        """The battery, read fresh, is at `watts` within what the simulated inverter's readings are accurate to."""
+        power = self.battery_power()
+        return power is not None and abs(power - watts) <= BATTERY_TOLERANCE_W
 
     def outbox(self) -> tuple[int, int]:
         """(last stored seq, acked seq) from the daemon's SQLite file."""
