@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,10 +51,61 @@ class EventError(ValueError):
     """A demand-response request that cannot be served as asked (422)."""
 
 
+# A claim on a client key whose worker gave no answer for this long is taken over (the request limit is 30 s).
+STALE_CLAIM: Final = timedelta(minutes=2)
+_CLIENT_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 class EventRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start: datetime
     end: datetime
     reduction_kw: float
+    # The caller's idempotency key: a retry with the same key gets the first answer, never a second dispatch.
+    client_key: str | None = None
+
+
+class EventInProgressError(Exception):
+    """Another request with this client key is being dispatched right now (409, retry later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventAnswer:
+    result: dict[str, Any]
+    replayed: bool  # True: the stored answer of an earlier request with the same client key
+
+
+async def submit_event(
+    db: Database,
+    signing_key: SigningKey,
+    request: EventRequest,
+    now: datetime,
+    *,
+    options: PlannerOptions | None = None,
+) -> EventAnswer:
+    """`dispatch_event` at most once per client key (see store.reserve_event); without a key, every time."""
+    key = request.client_key
+    if key is None:
+        return EventAnswer(await dispatch_event(db, signing_key, request, now, options=options), replayed=False)
+    if not _CLIENT_KEY.fullmatch(key):
+        raise EventError("client_key must be 1..64 characters of A-Z a-z 0-9 . _ : -")
+    event_id = uuid.uuid4().hex
+    known = await store.reserve_event(
+        db, event_id, key, request.start, request.end, request.reduction_kw, now, stale_after=STALE_CLAIM
+    )
+    if known is not None:
+        if (known.start, known.end, known.reduction_kw) != (request.start, request.end, request.reduction_kw):
+            raise EventError(f"client_key {key!r} already names event {known.event_id} with other parameters")
+        if known.result is None:
+            raise EventInProgressError(f"event {known.event_id} with this client_key is being dispatched")
+        log.info("fleet_event_replayed", event_id=known.event_id, client_key=key)
+        return EventAnswer(known.result, replayed=True)
+    try:
+        result = await dispatch_event(db, signing_key, request, now, options=options, event_id=event_id)
+    except BaseException:
+        # Shielded: a cancelled request (the 30 s limit) still frees its key for the retry.
+        await asyncio.shield(store.release_event(db, event_id))
+        raise
+    return EventAnswer(result, replayed=False)
 
 
 # --- flexibility ----------------------------------------------------------------------------
@@ -226,6 +278,7 @@ async def dispatch_event(
     now: datetime,
     *,
     options: PlannerOptions | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     options = options or PlannerOptions()
     start, end = request.start, request.end
@@ -249,7 +302,7 @@ async def dispatch_event(
             continue
         curves.append(await asyncio.to_thread(_site_curve, site_id, base, start, end, window_slots))
     chosen = allocate(curves, request.reduction_kw)
-    event_id = uuid.uuid4().hex
+    event_id = event_id or uuid.uuid4().hex
     sites_out: list[dict[str, Any]] = []
     for site_id, option in sorted(chosen.items()):
         version = await publish(db, signing_key, option.prepared, option.solution, options)
@@ -265,6 +318,7 @@ async def dispatch_event(
     met = sum(o.reduction_kw for o in chosen.values())
     result: dict[str, Any] = {
         "event_id": event_id,
+        "client_key": request.client_key,
         "start": format_ts(start),
         "end": format_ts(end),
         "requested_kw": request.reduction_kw,
@@ -297,10 +351,13 @@ def decode_event(body: bytes) -> EventRequest:
 
 __all__ = [
     "INCENTIVE_LADDER",
+    "EventAnswer",
     "EventError",
+    "EventInProgressError",
     "EventRequest",
     "allocate",
     "decode_event",
     "dispatch_event",
     "flexibility",
+    "submit_event",
 ]

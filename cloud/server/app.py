@@ -202,6 +202,7 @@ def create_app(
         Route("/v1/fleet/events", ep("fleet_event", _fleet_event), methods=["POST"]),
         Route("/v1/sites/{site_id}/forecast-errors", ep("forecast_errors", _forecast_errors), methods=["GET"]),
     ]
+
     def wrap(name: str, fn: Callable[[Request], Awaitable[Response]]) -> Handler:
         return _guarded(ctx, name, lambda _ctx, request: fn(request))
 
@@ -577,16 +578,19 @@ async def _fleet_flexibility(ctx: _Context, request: Request) -> Response:
 
 
 async def _fleet_event(ctx: _Context, request: Request) -> Response:
-    from cloud.fleet import EventError, decode_event, dispatch_event
+    from cloud.fleet import EventError, EventInProgressError, decode_event, submit_event
 
     _require_admin(ctx, request)
     event = await _admin_body(ctx, request, decode_event)
     try:
         bounds.check_event(event.start, event.reduction_kw, ctx.clock())
-        result = await dispatch_event(ctx.db, ctx.signing_key, event, ctx.clock())
+        answer = await submit_event(ctx.db, ctx.signing_key, event, ctx.clock())
     except (EventError, BoundsError) as exc:
         raise ApiError(422, "malformed", str(exc)) from None
-    return _json(result, 201)
+    except EventInProgressError as exc:
+        raise ApiError(409, "in_progress", str(exc), headers={"Retry-After": "5"}) from None
+    # A retry with the same client_key: the first answer, 200 instead of 201, nothing dispatched again.
+    return _json(answer.result, 200 if answer.replayed else 201)
 
 
 async def _forecast_errors(ctx: _Context, request: Request) -> Response:

@@ -178,8 +178,11 @@ fleet_events = Table(
     Column("end", DateTime(timezone=True), nullable=False),
     Column("reduction_kw", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("result", JSON, nullable=True),
+    Column("result", JSON, nullable=True),  # None while a worker is dispatching it
+    # The caller's idempotency key (migration 0003): a retry with it gets the first answer, never a second dispatch.
+    Column("client_key", String(64), nullable=True),
 )
+Index("ux_fleet_events_client_key", fleet_events.c.client_key, unique=True)
 
 fleet_event_sites = Table(
     "fleet_event_sites",

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Connection, MetaData, inspect, select
+from sqlalchemy import inspect, select
 
 from cloud.server import db as schema
 from cloud.server.db import Database
-from cloud.server.migrate import head_revision, target_metadata
+from cloud.server.migrate import head_revision, upgrade
 from tests.cloud_server import REPO, cloud_env, free_port, serve_cmd
 from tests.db_backends import BACKENDS, empty_db_url
 
@@ -111,20 +111,15 @@ def test_a_database_from_before_migrations_is_adopted(backend: str, tmp_path: Pa
     """Made by the old start (`create_all`) at a time its telemetry index did not exist; its rows stay."""
     url = empty_db_url(backend, tmp_path)
 
-    def legacy(conn: Connection) -> None:
-        old = MetaData()
-        for table in target_metadata().sorted_tables:
-            copy = table.to_metadata(old)
-            for ix in list(copy.indexes):
-                if ix.name == "ix_telemetry_site_ts":
-                    copy.indexes.discard(ix)
-        old.create_all(conn)
-
     async def make() -> None:
+        # The tables of that time (revision 0002: what `create_all` made on main before migrations), made
+        # without the telemetry index and with no alembic_version.
         db = Database(url)
         try:
+            await upgrade(db, "0002")
             async with db.engine.begin() as conn:
-                await conn.run_sync(legacy)
+                await conn.exec_driver_sql("DROP TABLE alembic_version")
+                await conn.exec_driver_sql("DROP INDEX ix_telemetry_site_ts")
             await db.upsert_site("old1", "k" * 43, "kid1", now=datetime(2026, 1, 1, tzinfo=UTC))
         finally:
             await db.dispose()

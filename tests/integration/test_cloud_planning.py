@@ -166,10 +166,20 @@ def test_planner_loop_plans_and_the_fleet_responds(backend: str, tmp_path: Path)
         assert srv.client.get("/v1/fleet/flexibility").status_code == 401
 
         start = (now + timedelta(minutes=45)).replace(second=0, microsecond=0)
-        event = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(), "reduction_kw": 1.0}
+        event = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(), "reduction_kw": 1.0,
+                 "client_key": f"dr-{backend}-1"}  # fmt: skip
         r = other.client.post("/v1/fleet/events", json=event, headers=other.admin())
         assert r.status_code == 201, r.text
         result = r.json()
+        assert result["client_key"] == event["client_key"]
+        # The retry (at the other worker, as after a lost answer) gets the first answer; nothing is re-planned.
+        versions = {sid: wait_plan(srv, sid, key).version for sid, key in keys.items()}
+        again = srv.client.post("/v1/fleet/events", json=event, headers=srv.admin())
+        assert again.status_code == 200, again.text
+        assert again.json() == result
+        assert {sid: wait_plan(srv, sid, key).version for sid, key in keys.items()} == versions
+        reused = srv.client.post("/v1/fleet/events", json={**event, "reduction_kw": 2.0}, headers=srv.admin())
+        assert reused.status_code == 422 and "other parameters" in reused.text
         assert result["fully_met"] and result["met_kw"] >= 1.0
         assert result["sites"], result
         chosen = result["sites"][0]
