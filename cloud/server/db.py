@@ -179,7 +179,7 @@ fleet_events = Table(
     Column("reduction_kw", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("result", JSON, nullable=True),  # None while a worker is dispatching it
-    # The caller's idempotency key (migration 0003): a retry with it gets the first answer, never a second dispatch.
+    # The caller's idempotency key (migration 0004): a retry with it gets the first answer, never a second dispatch.
     Column("client_key", String(64), nullable=True),
 )
 Index("ux_fleet_events_client_key", fleet_events.c.client_key, unique=True)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
 from cloud.server import db as schema
 from cloud.server.db import Database
-from cloud.server.migrate import head_revision, upgrade
+from cloud.server.migrate import MIGRATIONS, alembic_config, head_revision, upgrade
 from tests.cloud_server import REPO, cloud_env, free_port, serve_cmd
 from tests.db_backends import BACKENDS, empty_db_url
 
@@ -141,3 +142,13 @@ def test_a_database_from_before_migrations_is_adopted(backend: str, tmp_path: Pa
 
     assert asyncio.run(sites()) == ["old1"]
     assert zapcloud_db("check", url).returncode == 0
+
+
+def test_revisions_form_one_line() -> None:
+    """Two engineers adding revision N each give two heads and a start that fails: renumber before merging."""
+    script = ScriptDirectory.from_config(alembic_config())
+    revisions = list(script.walk_revisions())
+    assert len(script.get_heads()) == 1, script.get_heads()
+    files = sorted(p.name for p in (MIGRATIONS / "versions").glob("[0-9]*.py"))
+    assert len(files) == len(revisions)
+    assert [r.revision for r in reversed(revisions)] == [f.split("_", 1)[0] for f in files]
