@@ -227,53 +227,62 @@ class Uploader:
         if self._cursor is None:
             self._cursor = await self._store.acked_seq()
         while True:
-            rows = await self._store.outbox_after(max(self._cursor, self._skip_through), self._limit)
-            if not rows:
-                return 0
-            lost_through = rows[0].seq - 1 if rows[0].seq > self._cursor + 1 else None
-            command_rows = [] if self._without_commands else await self._store.unsent_commands(limit=1000)
-            resp, sent_through = await self._post(rows, command_rows, lost_through)
-            if resp.status_code == 409:
-                # The server is missing what comes before this batch: continue from where it stands.
-                stored = self._checked_ack(resp, rows, sent_through)
-                log.warning("telemetry_gap", server_stored_through=stored, our_cursor=self._cursor)
-                if stored < self._cursor:
-                    # What lay between is to be re-sent, not declared lost with a skip.
-                    self._skip_through = self._pending_skips = 0
-                self._cursor = min(stored, self._cursor)
-                return 0
-            if _content_refusal(resp):
-                await self._refused(rows, command_rows, resp)
-                continue
-            if resp.status_code != 200:
-                raise UploadRejected(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            # Retention waits while a batch is read, sent and acknowledged (zapd.store.Store.sending).
+            async with self._store.sending:
+                sent = await self._upload_batch()
+            if sent is not None:
+                return sent
+
+    async def _upload_batch(self) -> int | None:
+        """One batch out and its answer recorded; None when it was refused and is to be narrowed down."""
+        assert self._cursor is not None
+        rows = await self._store.outbox_after(max(self._cursor, self._skip_through), self._limit)
+        if not rows:
+            return 0
+        lost_through = rows[0].seq - 1 if rows[0].seq > self._cursor + 1 else None
+        command_rows = [] if self._without_commands else await self._store.unsent_commands(limit=1000)
+        resp, sent_through = await self._post(rows, command_rows, lost_through)
+        if resp.status_code == 409:
+            # The server is missing what comes before this batch: continue from where it stands.
             stored = self._checked_ack(resp, rows, sent_through)
-            before = max(self._cursor, lost_through or 0)  # declared lost is not uploaded
-            await self._store.ack_through(stored)
-            if command_rows:
-                await self._store.mark_commands_uploaded(command_rows[-1].id)
-            elif self._refused_with is not None and self._refused_with[:2] == (rows[0].seq, rows[-1].seq):
-                # The same readings passed without the command reports they were refused with: those are
-                # at fault. They stay in the local command log; the cloud will not get them.
-                log.error("command_reports_refused_by_cloud", through_id=self._refused_with[2])
-                await self._store.mark_commands_uploaded(self._refused_with[2])
-            self._without_commands, self._refused_with = False, None
-            if self._pending_skips and lost_through is not None:
-                # The cloud took the batch that declared the skipped readings lost: now they are.
-                self.refused_by_cloud += self._pending_skips
-                total = int(await self._store.kv_get(REFUSED_KEY) or 0) + self._pending_skips
-                await self._store.kv_set(REFUSED_KEY, str(total))
-                log.warning("telemetry_readings_declared_lost", count=self._pending_skips, through=lost_through,
-                            refused_by_cloud_total=total)  # fmt: skip
-            self._pending_skips = 0
-            self._skips_in_row = 0
-            if self._suspect_through is not None and rows[-1].seq < self._suspect_through:
-                # This half went through: the refused reading is in the rest; try the first half of that next.
-                self._limit = max(1, (self._suspect_through - rows[-1].seq + 1) // 2)
-            else:
-                self._suspect_through, self._limit = None, self._batch_max
-            self._cursor = max(self._cursor, stored)
-            return max(0, self._cursor - before)
+            log.warning("telemetry_gap", server_stored_through=stored, our_cursor=self._cursor)
+            if stored < self._cursor:
+                # What lay between is to be re-sent, not declared lost with a skip.
+                self._skip_through = self._pending_skips = 0
+            self._cursor = min(stored, self._cursor)
+            return 0
+        if _content_refusal(resp):
+            await self._refused(rows, command_rows, resp)
+            return None
+        if resp.status_code != 200:
+            raise UploadRejected(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        stored = self._checked_ack(resp, rows, sent_through)
+        before = max(self._cursor, lost_through or 0)  # declared lost is not uploaded
+        await self._store.ack_through(stored)
+        if command_rows:
+            await self._store.mark_commands_uploaded(command_rows[-1].id)
+        elif self._refused_with is not None and self._refused_with[:2] == (rows[0].seq, rows[-1].seq):
+            # The same readings passed without the command reports they were refused with: those are
+            # at fault. They stay in the local command log; the cloud will not get them.
+            log.error("command_reports_refused_by_cloud", through_id=self._refused_with[2])
+            await self._store.mark_commands_uploaded(self._refused_with[2])
+        self._without_commands, self._refused_with = False, None
+        if self._pending_skips and lost_through is not None:
+            # The cloud took the batch that declared the skipped readings lost: now they are.
+            self.refused_by_cloud += self._pending_skips
+            total = int(await self._store.kv_get(REFUSED_KEY) or 0) + self._pending_skips
+            await self._store.kv_set(REFUSED_KEY, str(total))
+            log.warning("telemetry_readings_declared_lost", count=self._pending_skips, through=lost_through,
+                        refused_by_cloud_total=total)  # fmt: skip
+        self._pending_skips = 0
+        self._skips_in_row = 0
+        if self._suspect_through is not None and rows[-1].seq < self._suspect_through:
+            # This half went through: the refused reading is in the rest; try the first half of that next.
+            self._limit = max(1, (self._suspect_through - rows[-1].seq + 1) // 2)
+        else:
+            self._suspect_through, self._limit = None, self._batch_max
+        self._cursor = max(self._cursor, stored)
+        return max(0, self._cursor - before)
 
     async def _post(
         self, rows: list[OutboxRow], command_rows: list[CommandLogRow], lost: int | None

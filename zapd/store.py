@@ -10,6 +10,7 @@ See docs/decisions.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,6 +110,10 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        # Held by the uploader from reading a batch out of the outbox until the cloud's answer is
+        # recorded; retention waits for it. Otherwise retention deletes (and counts as lost) readings
+        # that are on their way and that the cloud then stores: counted twice, as stored and as dropped.
+        self.sending = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -197,7 +202,14 @@ class Store:
         return datetime.fromisoformat(str(row[0])) if row else None
 
     async def enforce_retention(self, older_than: datetime, max_rows: int | None = None) -> int:
-        """Drop unsent readings past the retention bound; count them, never silently."""
+        """Drop unsent readings past the retention bound; count them, never silently.
+
+        Never the batch in flight (`sending`): the outbox may exceed its bound by one batch meanwhile.
+        """
+        async with self.sending:
+            return await self._enforce_retention(older_than, max_rows)
+
+    async def _enforce_retention(self, older_than: datetime, max_rows: int | None) -> int:
         dropped = 0
         cur = await self._db.execute("DELETE FROM outbox WHERE ts < ?", (older_than.isoformat(),))
         dropped += cur.rowcount if cur.rowcount > 0 else 0
