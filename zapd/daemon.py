@@ -289,13 +289,24 @@ class Daemon:
 
     async def _retention(self) -> None:
         assert self.store is not None
+        failing = False
         while True:
             cutoff = self.clock.now() - timedelta(days=self.config.store.retention_days)
             # Budget by bytes: ~150 B per stored reading.
             max_rows = int(self.config.store.retention_mb * 1024 * 1024 / 150)
-            dropped = await self.store.enforce_retention(cutoff, max_rows)
-            if dropped:
-                log.warning("telemetry_dropped_by_retention", count=dropped)
+            try:
+                dropped = await self.store.enforce_retention(cutoff, max_rows)
+            except (sqlite3.Error, OSError) as exc:
+                # Disk full: nothing was dropped (rolled back); retention tries again next round.
+                if not failing:
+                    failing = True
+                    log.error("telemetry_retention_failed", error=str(exc))
+            else:
+                if failing:
+                    failing = False
+                    log.info("telemetry_retention_recovered")
+                if dropped:
+                    log.warning("telemetry_dropped_by_retention", count=dropped)
             # Once a clock minute (a simulated day prunes like a real one), at most once a real second.
             await asyncio.sleep(max(1.0, RETENTION_EVERY_S / self.clock.speed))
 

@@ -157,8 +157,14 @@ class Store:
         if not readings:
             return await self.last_seq()
         rows = [(r.ts.isoformat(), r.der_id, _reading_encoder.encode(r)) for r in readings]
-        await self._db.executemany("INSERT INTO outbox (ts, der_id, body) VALUES (?, ?, ?)", rows)
-        await self._db.commit()
+        try:
+            await self._db.executemany("INSERT INTO outbox (ts, der_id, body) VALUES (?, ?, ?)", rows)
+            await self._db.commit()
+        except BaseException:
+            # Disk full half-way: the caller keeps the batch and writes it again; rows left in the open
+            # transaction would be committed by the next write and stored twice under new numbers.
+            await self._db.rollback()
+            raise
         return await self.last_seq()
 
     async def last_seq(self) -> int:
@@ -207,7 +213,12 @@ class Store:
         Never the batch in flight (`sending`): the outbox may exceed its bound by one batch meanwhile.
         """
         async with self.sending:
-            return await self._enforce_retention(older_than, max_rows)
+            try:
+                return await self._enforce_retention(older_than, max_rows)
+            except BaseException:
+                # Disk full after the DELETE: the next commit must not drop the rows without the count.
+                await self._db.rollback()
+                raise
 
     async def _enforce_retention(self, older_than: datetime, max_rows: int | None) -> int:
         dropped = 0
