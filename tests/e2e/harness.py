@@ -370,6 +370,13 @@ poll_s = {o["meter_poll_s"]}
             acked = db.execute("SELECT value FROM kv WHERE key = 'sync.acked_seq'").fetchone()
         return (int(row[0]) if row else 0, int(acked[0]) if acked else 0)
 
+    def unsent_seqs(self) -> list[int]:
+        """Sequence numbers still in the daemon's outbox past the acknowledged position."""
+        _, acked = self.outbox()
+        with contextlib.closing(sqlite3.connect(self.state_dir / "zapd.sqlite", timeout=10)) as db:
+            rows = db.execute("SELECT seq FROM outbox WHERE seq > ? ORDER BY seq", (acked,)).fetchall()
+        return [int(r[0]) for r in rows]
+
     def rung_events(self) -> list[tuple[datetime, str]]:
         """(site time, rung) of every fallback transition zapd stored, oldest first."""
         with contextlib.closing(sqlite3.connect(self.state_dir / "zapd.sqlite", timeout=10)) as db:
