@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Integration tests talk to a real mosquitto broker and a real PostgreSQL server; install Debian's when missing.
+# Integration tests talk to a real mosquitto broker and a real PostgreSQL server, and the web view is tested in
+# Debian's headless chromium; install each when missing.
 # (postgresql-common would create and start a system cluster: the tests never use it, they initdb their own.)
 deps-system:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
@@ -23,6 +24,9 @@ deps-system:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (apt-get)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium for the web view's browser tests (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/zapd demo --hours 24
