@@ -37,6 +37,7 @@ test: $(STAMP) deps-system
 
 lint: $(STAMP)
 	$(BIN)/ruff check zapd drivers fallback cloud_sync cloud tests bench
+	$(BIN)/ruff format --check zapd drivers fallback cloud_sync cloud tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

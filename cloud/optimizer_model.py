@@ -97,11 +97,7 @@ def site_data(problem: Problem) -> SiteData:
     dc = problem.demand_charge
     demand_price = dc.price_per_kw if dc is not None else 0.0
     worst_value = (
-        1.0
-        + float(np.max(np.abs(ip)))
-        + float(np.max(np.abs(ep)))
-        + 2.0 * bat.cycle_cost_per_kwh
-        + demand_price / dt
+        1.0 + float(np.max(np.abs(ip))) + float(np.max(np.abs(ep))) + 2.0 * bat.cycle_cost_per_kwh + demand_price / dt
     )
     penalty = _PENALTY_MARGIN * worst_value / (ev_eff * bat.charge_efficiency * bat.discharge_efficiency)
     return SiteData(

@@ -74,9 +74,7 @@ def write_signing_key(path: Path, key: SigningKey, *, force: bool = False) -> No
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise KeyFileExistsError(
-                    f"{path}: key file exists; refusing to overwrite it (use --force)"
-                ) from None
+                raise KeyFileExistsError(f"{path}: key file exists; refusing to overwrite it (use --force)") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -48,20 +48,17 @@ class ApiClient:
         except FileNotFoundError:
             sock.close()
             raise ZapctlError(
-                f"cannot reach zapd: socket {self.path} not found"
-                " (is zapd running? try: systemctl status zapd)"
+                f"cannot reach zapd: socket {self.path} not found (is zapd running? try: systemctl status zapd)"
             ) from None
         except ConnectionRefusedError:
             sock.close()
             raise ZapctlError(
-                f"cannot reach zapd: connection refused on {self.path}"
-                " (zapd not running? try: systemctl status zapd)"
+                f"cannot reach zapd: connection refused on {self.path} (zapd not running? try: systemctl status zapd)"
             ) from None
         except PermissionError:
             sock.close()
             raise ZapctlError(
-                f"permission denied on {self.path}"
-                " (join the zapd group: sudo usermod -aG zapd $USER, or use sudo)"
+                f"permission denied on {self.path} (join the zapd group: sudo usermod -aG zapd $USER, or use sudo)"
             ) from None
         except TimeoutError:
             sock.close()
@@ -145,9 +142,7 @@ def _decode(line: bytes) -> Json:
 
 def _data(response: Json) -> Json:
     if not response.get("ok"):
-        raise ZapctlError(
-            f"zapd refused: {response.get('error', 'unknown error')} ({response.get('code', '?')})"
-        )
+        raise ZapctlError(f"zapd refused: {response.get('error', 'unknown error')} ({response.get('code', '?')})")
     data = response.get("data")
     if not isinstance(data, dict):
         raise ZapctlError("zapd sent a response without data")
@@ -226,17 +221,14 @@ def format_status(d: Json) -> str:
     lines = [
         (
             "site",
-            f"{d.get('site_id')}  (zapd {d.get('version')}, pid {d.get('pid')}, "
-            f"up {duration(d.get('uptime_s'))})",
+            f"{d.get('site_id')}  (zapd {d.get('version')}, pid {d.get('pid')}, up {duration(d.get('uptime_s'))})",
         ),
         ("fallback", f"{fb.get('rung') or 'starting'} since {_since(fb.get('since'), d.get('now'))}"),
         ("reason", fb.get("reason") or "-"),
     ]
     forced = fb.get("forced")
     if forced:
-        lines.append(
-            ("forced", f"{forced.get('rung')} until {_clock(forced.get('until'))} {forced.get('reason', '')}")
-        )
+        lines.append(("forced", f"{forced.get('rung')} until {_clock(forced.get('until'))} {forced.get('reason', '')}"))
     lines.append(
         (
             "link",
@@ -463,17 +455,12 @@ def format_fallback(d: Json) -> str:
         else "forced  no"
     )
     rows = [(_clock(t.get("ts")), t.get("rung"), t.get("reason")) for t in d.get("transitions") or []]
-    return (
-        "\n".join(lines)
-        + "\n\n"
-        + (table(["TS", "RUNG", "REASON"], rows) if rows else "no transitions recorded")
-    )
+    return "\n".join(lines) + "\n\n" + (table(["TS", "RUNG", "REASON"], rows) if rows else "no transitions recorded")
 
 
 def format_diag(d: Json) -> str:
-    return (
-        "# zapd support bundle (secrets redacted); save with: zapctl diag --json > zapd-diag.json\n"
-        + json.dumps(d, indent=2, sort_keys=True)
+    return "# zapd support bundle (secrets redacted); save with: zapctl diag --json > zapd-diag.json\n" + json.dumps(
+        d, indent=2, sort_keys=True
     )
 
 
@@ -536,20 +523,13 @@ def cmd_fallback(client: ApiClient, args: argparse.Namespace) -> int:
         _emit(args, data, lambda: human)
         return 0
     if args.rung is None or args.minutes is None:
-        raise ZapctlError(
-            "usage: zapctl fallback force {safe_hold|self_consumption} --for MINUTES [--reason TEXT]"
-        )
-    data = client.request(
-        {"cmd": "fallback_force", "rung": args.rung, "minutes": args.minutes, "reason": args.reason}
-    )
+        raise ZapctlError("usage: zapctl fallback force {safe_hold|self_consumption} --for MINUTES [--reason TEXT]")
+    data = client.request({"cmd": "fallback_force", "rung": args.rung, "minutes": args.minutes, "reason": args.reason})
     forced = data.get("forced") or {}
     _emit(
         args,
         data,
-        lambda: (
-            f"forced {forced.get('rung')} until {_clock(forced.get('until'))}"
-            " (release: zapctl fallback release)"
-        ),
+        lambda: f"forced {forced.get('rung')} until {_clock(forced.get('until'))} (release: zapctl fallback release)",
     )
     return 0
 
@@ -564,9 +544,7 @@ def cmd_logs(extra: Sequence[str]) -> int:
     """Hand the terminal to journalctl (exec), so paging, colours and Ctrl-C behave as usual."""
     journalctl = shutil.which("journalctl")
     if journalctl is None:
-        raise ZapctlError(
-            "journalctl not found: this host has no systemd journal (zapd logs go to its stderr)"
-        )
+        raise ZapctlError("journalctl not found: this host has no systemd journal (zapd logs go to its stderr)")
     argv = [journalctl, "-u", "zapd", "-n", "200", "--no-pager", *extra]
     sys.stdout.flush()
     try:
@@ -592,25 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="site, fallback rung, link, plan, tasks")
     sub.add_parser("devices", parents=[common], help="latest reading per DER, age and freshness")
     plan = sub.add_parser("plan", parents=[common], help="the current plan: next 24 h as a table and a chart")
-    plan.add_argument(
-        "--chart", choices=["auto", "ascii", "none"], default="auto", help="auto = plotext if installed"
-    )
+    plan.add_argument("--chart", choices=["auto", "ascii", "none"], default="auto", help="auto = plotext if installed")
     tel = sub.add_parser("telemetry", parents=[common], help="recent readings; --follow streams new ones")
     tel.add_argument("--follow", "-f", action="store_true")
     tel.add_argument("--limit", type=int, default=50)
     tel.add_argument("--der", help="only this DER id")
-    fb = sub.add_parser(
-        "fallback", parents=[common], help="fallback rung and history; force or release an override"
-    )
+    fb = sub.add_parser("fallback", parents=[common], help="fallback rung and history; force or release an override")
     fb.add_argument("action", nargs="?", choices=["force", "release"])
     fb.add_argument("rung", nargs="?", help="safe_hold or self_consumption (with force)")
     fb.add_argument("--for", dest="minutes", type=float, metavar="MINUTES", help="how long the force lasts")
     fb.add_argument("--reason", default="", help="why (stored in the event log)")
     fb.add_argument("--limit", type=int, default=20, help="transitions to show")
     sub.add_parser("logs", parents=[common], help="journalctl -u zapd -n 200 (extra arguments pass through)")
-    sub.add_parser(
-        "diag", parents=[common], help="support bundle: redacted config, versions, counters, health"
-    )
+    sub.add_parser("diag", parents=[common], help="support bundle: redacted config, versions, counters, health")
     return parser
 
 

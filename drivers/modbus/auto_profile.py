@@ -89,9 +89,9 @@ class AutoProfileInverter:
                 log.info("modbus.profile_recognised", device=self._id, profile=match.profile, evidence=match.evidence)
                 return match.profile
         what = ", ".join(m.profile or m.driver for m in found) or "nothing"
-        hint = " (a SunSpec device: use driver = \"sunspec_tcp\")" if any(not m.profile for m in found) else ""
+        hint = ' (a SunSpec device: use driver = "sunspec_tcp")' if any(not m.profile for m in found) else ""
         self._own_health.failed(
-            f"map = \"auto\": no battery profile fits unit {self._unit} (found {what}){hint}", HealthState.UNUSABLE
+            f'map = "auto": no battery profile fits unit {self._unit} (found {what}){hint}', HealthState.UNUSABLE
         )
         return None
 
@@ -107,7 +107,7 @@ class AutoProfileInverter:
 
     async def apply(self, command: Command) -> CommandResult:
         if self.inner is None:
-            return CommandResult(command=command, ok=False, detail="map = \"auto\": profile not recognised yet")
+            return CommandResult(command=command, ok=False, detail='map = "auto": profile not recognised yet')
         return await self.inner.apply(command)
 
     async def safe_mode(self) -> None:

@@ -67,9 +67,7 @@ def _plan(now: datetime) -> Plan:
         )
         for i in range(26)
     )
-    return Plan(
-        site_id=SITE, version=7, issued_at=start, valid_until=start + timedelta(hours=26), slots=slots
-    )
+    return Plan(site_id=SITE, version=7, issued_at=start, valid_until=start + timedelta(hours=26), slots=slots)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +127,7 @@ poll_s = 0.5
         meter.wait(5)
 
 
-def zapctl(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 20.0
-) -> subprocess.CompletedProcess[str]:
+def zapctl(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "zapd.zapctl", *args],
         capture_output=True,

@@ -142,9 +142,7 @@ async def test_poll_readings_match_the_site(bus: ModbusBus, site: SimSite) -> No
         assert latest(readings, "inv.battery").values["power_w"] == pytest.approx(1500.5)
 
 
-async def test_setpoint_lands_in_the_site_and_reads_back(
-    bus: ModbusBus, site: SimSite, sim: SimModbusServer
-) -> None:
+async def test_setpoint_lands_in_the_site_and_reads_back(bus: ModbusBus, site: SimSite, sim: SimModbusServer) -> None:
     driver = make_driver(bus)
     await driver.probe()
     assert not sim.remote_control()
@@ -188,9 +186,7 @@ async def test_safe_mode_writes_zero(bus: ModbusBus, site: SimSite) -> None:
     assert site.battery.setpoint_w == 0.0
 
 
-async def test_survives_server_restart_on_the_same_port(
-    bus: ModbusBus, site: SimSite, sim: SimModbusServer
-) -> None:
+async def test_survives_server_restart_on_the_same_port(bus: ModbusBus, site: SimSite, sim: SimModbusServer) -> None:
     driver = make_driver(bus)
     with capture_logs() as logs:
         await _restart_scenario(driver, bus, site, sim)
@@ -199,9 +195,7 @@ async def test_survives_server_restart_on_the_same_port(
         assert events.count(event) == 1, (event, events)
 
 
-async def _restart_scenario(
-    driver: ModbusHybridInverter, bus: ModbusBus, site: SimSite, sim: SimModbusServer
-) -> None:
+async def _restart_scenario(driver: ModbusHybridInverter, bus: ModbusBus, site: SimSite, sim: SimModbusServer) -> None:
     async with running(driver) as readings:
         await eventually(lambda: driver.healthy)
         await sim.stop()

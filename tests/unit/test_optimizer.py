@@ -143,9 +143,7 @@ def reference_solve(p: dict[str, Any]) -> Reference:
     best_ev = 0.0
     if ev is not None and need > 0:
         cons = scipy_optimize.LinearConstraint(np.array(rows), rlo, rhi)
-        stage1 = scipy_optimize.milp(
-            -ev_energy, constraints=cons, integrality=integ, bounds=bounds, options=opts
-        )
+        stage1 = scipy_optimize.milp(-ev_energy, constraints=cons, integrality=integ, bounds=bounds, options=opts)
         if stage1.status == 2:
             return Reference("infeasible", math.nan, 0.0)
         best_ev = min(need, float(ev_energy @ stage1.x))
@@ -210,12 +208,8 @@ def _independent_cost(p: dict[str, Any], s: Solution) -> float:
     dt = p["step_minutes"] / 60.0
     total = 0.0
     for t in range(len(p["import_price"])):
-        total += dt * (
-            p["import_price"][t] * s.grid_import_kw[t] - p["export_price"][t] * s.grid_export_kw[t]
-        )
-        total += (
-            p["battery"]["cycle_cost_per_kwh"] * dt * (s.battery_charge_kw[t] + s.battery_discharge_kw[t])
-        )
+        total += dt * (p["import_price"][t] * s.grid_import_kw[t] - p["export_price"][t] * s.grid_export_kw[t])
+        total += p["battery"]["cycle_cost_per_kwh"] * dt * (s.battery_charge_kw[t] + s.battery_discharge_kw[t])
     dc = p.get("demand_charge")
     if dc:
         total += dc["price_per_kw"] * max(0.0, max(s.grid_import_kw) - dc.get("peak_already_kw", 0.0))

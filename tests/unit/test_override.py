@@ -51,9 +51,7 @@ def test_forced_rung_table(rung: str, meter: bool, leap_s: float, expected: Rung
         assert decision.intent.mode is wanted
 
 
-@pytest.mark.parametrize(
-    ("rung", "minutes"), [("plan", 5), ("cached_plan", 5), ("safe_hold", 0), ("safe_hold", 1441)]
-)
+@pytest.mark.parametrize(("rung", "minutes"), [("plan", 5), ("cached_plan", 5), ("safe_hold", 0), ("safe_hold", 1441)])
 def test_force_refuses_what_it_must_not_do(rung: str, minutes: float) -> None:
     clock = ManualClock(T0)
     with pytest.raises(OverrideError):
@@ -76,9 +74,7 @@ def test_release_and_restore_after_restart() -> None:
     assert not ForcedRung(clock, _site(clock)).restore(restored)  # expired while zapd was down
 
 
-@pytest.mark.parametrize(
-    "raw", ["", "{", '{"rung": "plan", "until": "2026-06-01T12:00:00Z", "set_at": "x"}', "[]"]
-)
+@pytest.mark.parametrize("raw", ["", "{", '{"rung": "plan", "until": "2026-06-01T12:00:00Z", "set_at": "x"}', "[]"])
 def test_damaged_saved_override_is_ignored(raw: str) -> None:
     assert decode_override(raw) is None
 
