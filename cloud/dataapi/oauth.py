@@ -565,7 +565,7 @@ async def _read(request: Request) -> FormRequest:
 
 
 class OAuthFormError(Exception):
-    pass
+    """A request body that is not a small url-encoded form: answered 400 invalid_request before Authlib sees it."""
 
 
 # --- Starlette endpoints ----------------------------------------------------------------------

@@ -129,7 +129,7 @@ async def run_query(db: Database, access: Access, query: str, variables: dict[st
 
 
 class PageError(Exception):
-    pass
+    """The GraphQL query behind a page failed for this viewer (scope, site): shown as a 403 page, never a 500."""
 
 
 def _hour(ts: str, day0: datetime) -> float:
