@@ -159,3 +159,25 @@ class DeviceHealth:
         return HealthView(
             self.device_id, state, since, reason, self.last_error, self.last_error_at, self.errors, self.last_ok
         )
+
+
+class ReportsHealth:
+    """The `health`, `healthy` and `last_error` a device driver offers, read from its one record.
+
+    A driver mixes this in and keeps its record in `self._health`, so the three views cannot drift apart.
+    """
+
+    _health: DeviceHealth
+
+    @property
+    def health(self) -> DeviceHealth:
+        return self._health
+
+    @property
+    def healthy(self) -> bool:
+        return self._health.healthy
+
+    @property
+    def last_error(self) -> str:
+        """Why the device is not healthy now; empty while it is."""
+        return self._health.reason

@@ -14,7 +14,7 @@ import math
 import structlog
 
 from drivers.api import ConfigurationError, DriverError, ReadingSink
-from drivers.health import DeviceHealth
+from drivers.health import DeviceHealth, ReportsHealth
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.field_io import FieldReader
@@ -40,7 +40,7 @@ _NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
 _DEFAULT_COMMAND_TIMEOUT_S = 300  # written when the map has a timeout register: device falls back on its own
 
 
-class ModbusHybridInverter:
+class ModbusHybridInverter(ReportsHealth):
     """Driver + Controllable for one unit id behind a shared `ModbusBus`."""
 
     def __init__(
@@ -123,19 +123,6 @@ class ModbusHybridInverter:
     @property
     def pv_id(self) -> str:
         return f"{self._id}.pv"
-
-    @property
-    def health(self) -> DeviceHealth:
-        return self._health
-
-    @property
-    def healthy(self) -> bool:
-        return self._health.healthy
-
-    @property
-    def last_error(self) -> str:
-        """Why the device is not healthy now; empty while it is."""
-        return self._health.reason
 
     def _limit(self, key: str) -> float | None:
         """Config may lower the nameplate, never raise it: the device cannot do more than it says."""

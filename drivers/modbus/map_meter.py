@@ -14,7 +14,7 @@ from typing import Literal
 import structlog
 
 from drivers.api import ConfigurationError, ReadingSink
-from drivers.health import DeviceHealth
+from drivers.health import DeviceHealth, ReportsHealth
 from drivers.modbus.bus import ModbusBus
 from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.field_io import FieldReader
@@ -30,7 +30,7 @@ PHASE_POWER_KEYS = ("l1_w", "l2_w", "l3_w")  # Reading keys of the per-phase pow
 MeterRole = Literal["grid", "pv", "ev", "submeter"]
 
 
-class ModbusMapMeter:
+class ModbusMapMeter(ReportsHealth):
     """Driver for one meter unit id behind a shared `ModbusBus`; its DER is `<device_id>`."""
 
     def __init__(
@@ -64,18 +64,6 @@ class ModbusMapMeter:
     @property
     def name(self) -> str:
         return self._id
-
-    @property
-    def health(self) -> DeviceHealth:
-        return self._health
-
-    @property
-    def healthy(self) -> bool:
-        return self._health.healthy
-
-    @property
-    def last_error(self) -> str:
-        return self._health.reason
 
     def capabilities(self) -> list[DerCapabilities]:
         return [DerCapabilities(der_id=self._id, kind=DerKind.METER, model=self._map.name, role=self._role)]

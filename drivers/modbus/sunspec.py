@@ -18,7 +18,7 @@ from datetime import datetime
 import structlog
 
 from drivers.api import ConfigurationError, DriverError, ReadingSink
-from drivers.health import DeviceHealth
+from drivers.health import DeviceHealth, ReportsHealth
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.sunspec_models import (
@@ -286,7 +286,7 @@ def device_capabilities(
     return caps
 
 
-class SunSpecInverter:
+class SunSpecInverter(ReportsHealth):
     """Driver (+ Controllable when model 124 is there) for one SunSpec unit id behind a shared bus."""
 
     def __init__(
@@ -351,19 +351,6 @@ class SunSpecInverter:
     @property
     def battery_id(self) -> str:
         return f"{self._id}.battery"
-
-    @property
-    def health(self) -> DeviceHealth:
-        return self._health
-
-    @property
-    def healthy(self) -> bool:
-        return self._health.healthy
-
-    @property
-    def last_error(self) -> str:
-        """Why the device is not healthy now; empty while it is."""
-        return self._health.reason
 
     def capabilities(self) -> list[DerCapabilities]:
         """Empty until the first scan: what the device is, only it can say."""
