@@ -37,7 +37,7 @@ from cloud_sync.wire import (
     sign_request,
     verify_plan,
 )
-from drivers.modbus.backoff import Backoff
+from drivers.resilience import Backoff
 from zapd.clock import Clock
 from zapd.model import Plan
 from zapd.store import Store
@@ -135,7 +135,7 @@ class PlanFetcher:
                 problem = f"cached plan v{cached.plan.version}: {exc}"
         if problem is not None:
             forgotten = await reset_plan_version(self._store, self._clock.now())
-            log.warning("plan_state_reset", reason=problem, forgotten_version=forgotten)
+            log.warning("plan.state_reset", reason=problem, forgotten_version=forgotten)
             version, cached = None, None
         self.accepted_version = version
         if cached is not None and cached.plan.site_id == self._site_id:
@@ -158,7 +158,7 @@ class PlanFetcher:
         reset_at = _parse_reset(raw)
         self.issued_floor = reset_at - timedelta(seconds=MAX_REQUEST_SKEW_S) if reset_at else None
         if changed:
-            log.warning("plan_version_reset", forgotten_version=self.accepted_version, reset_at=raw)
+            log.warning("plan.version_reset", forgotten_version=self.accepted_version, reset_at=raw)
             # Idempotent: also forgets a plan this process stored after the reset was written.
             await self._store.forget_plans([ACCEPTED_VERSION_KEY], {RESET_AT_KEY: str(raw)})
             self.plan = None
@@ -204,7 +204,7 @@ class PlanFetcher:
             self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
             if exc.reason not in self._logged_reasons:
                 self._logged_reasons.add(exc.reason)
-                log.warning("plan_rejected", reason=exc.reason, detail=exc.detail, keeping=self.accepted_version)
+                log.warning("plan.rejected", reason=exc.reason, detail=exc.detail, keeping=self.accepted_version)
             return f"rejected:{exc.reason}"
         await self._store.save_plan(plan, resp.content, resp.headers.get(HEADER_SIGNATURE), now)
         await self._store.kv_set(ACCEPTED_VERSION_KEY, str(plan.version))
@@ -212,7 +212,7 @@ class PlanFetcher:
         self.accepted_version = plan.version
         self.last_ok = now
         self._logged_reasons.clear()
-        log.info("plan_accepted", version=plan.version, slots=len(plan.slots), valid_until=plan.valid_until.isoformat())
+        log.info("plan.accepted", version=plan.version, slots=len(plan.slots), valid_until=plan.valid_until.isoformat())
         return "new"
 
     async def run(self) -> None:

@@ -32,7 +32,9 @@ class LinkStatus:
         if self.failing:
             return  # another part still fails: the link is not up
         if self.state != "up":
-            log.info("cloud_link_up", previous=self.state, down_since=self.since.isoformat() if self.since else None)
+            log.info(
+                "cloud_sync.link_up", previous=self.state, down_since=self.since.isoformat() if self.since else None
+            )
             self.state = "up"
             self.since = now
             self.last_error = ""
@@ -42,7 +44,7 @@ class LinkStatus:
         self.failing[what] = error
         self.last_error = f"{what}: {error}"
         if self.state != "down":
-            log.warning("cloud_link_down", what=what, error=error)
+            log.warning("cloud_sync.link_down", what=what, error=error)
             self.state = "down"
             self.since = now
 

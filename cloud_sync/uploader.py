@@ -41,7 +41,7 @@ from cloud_sync.wire import (
     verify_ack,
     wire_safe_capabilities,
 )
-from drivers.modbus.backoff import Backoff
+from drivers.resilience import Backoff, FailureLatch
 from zapd.bounds import check_ts
 from zapd.clock import Clock
 from zapd.model import Command, DerCapabilities
@@ -167,7 +167,7 @@ class Uploader:
         self._reported_caps: bytes | None = None
         self._cursor: int | None = None
         self._backoff = Backoff(1.0, 300.0)
-        self._store_failing = False
+        self._store_latch = FailureLatch(log, "upload.store_failed", "upload.store_recovered")
         # After a refused batch: send smaller ones (halving down to one reading) until the one the
         # cloud refuses is found and skipped; grows back on success.
         self._limit = self._batch_max
@@ -203,7 +203,7 @@ class Uploader:
         if resp.status_code >= 300:
             raise UploadRejected(f"discovery: HTTP {resp.status_code}: {resp.text[:200]}")
         self._reported_caps = encoded
-        log.info("discovery_reported", ders=len(ders))
+        log.info("upload.discovery_reported", ders=len(ders))
         return True
 
     async def _report_discovery_apart(self) -> None:
@@ -213,7 +213,7 @@ class Uploader:
         except (UploadRejected, WireError) as exc:
             if str(exc) != self._discovery_error:
                 self._discovery_error = str(exc)
-                log.warning("discovery_refused", error=str(exc)[:300])
+                log.warning("upload.discovery_refused", error=str(exc)[:300])
         else:
             self._discovery_error = ""
 
@@ -245,7 +245,7 @@ class Uploader:
         if resp.status_code == 409:
             # The server is missing what comes before this batch: continue from where it stands.
             stored = self._checked_ack(resp, rows, sent_through)
-            log.warning("telemetry_gap", server_stored_through=stored, our_cursor=self._cursor)
+            log.warning("upload.gap", server_stored_through=stored, our_cursor=self._cursor)
             if stored < self._cursor:
                 # What lay between is to be re-sent, not declared lost with a skip.
                 self._skip_through = self._pending_skips = 0
@@ -264,7 +264,7 @@ class Uploader:
         elif self._refused_with is not None and self._refused_with[:2] == (rows[0].seq, rows[-1].seq):
             # The same readings passed without the command reports they were refused with: those are
             # at fault. They stay in the local command log; the cloud will not get them.
-            log.error("command_reports_refused_by_cloud", through_id=self._refused_with[2])
+            log.error("upload.command_reports_refused", through_id=self._refused_with[2])
             await self._store.mark_commands_uploaded(self._refused_with[2])
         self._without_commands, self._refused_with = False, None
         if self._pending_skips and lost_through is not None:
@@ -272,7 +272,7 @@ class Uploader:
             self.refused_by_cloud += self._pending_skips
             total = int(await self._store.kv_get(REFUSED_KEY) or 0) + self._pending_skips
             await self._store.kv_set(REFUSED_KEY, str(total))
-            log.warning("telemetry_readings_declared_lost", count=self._pending_skips, through=lost_through,
+            log.warning("upload.readings_declared_lost", count=self._pending_skips, through=lost_through,
                         refused_by_cloud_total=total)  # fmt: skip
         self._pending_skips = 0
         self._skips_in_row = 0
@@ -323,7 +323,7 @@ class Uploader:
             self.acks_rejected[exc.reason] = self.acks_rejected.get(exc.reason, 0) + 1
             if exc.reason not in self._logged_ack_reasons:
                 self._logged_ack_reasons.add(exc.reason)
-                log.error("telemetry_ack_rejected", reason=exc.reason, detail=exc.detail, status=resp.status_code,
+                log.error("upload.ack_rejected", reason=exc.reason, detail=exc.detail, status=resp.status_code,
                           batch=f"{rows[0].seq}..{rows[-1].seq}", keeping="outbox")  # fmt: skip
             raise
         self._logged_ack_reasons.clear()
@@ -335,12 +335,12 @@ class Uploader:
         if command_rows:
             self._without_commands = True
             self._refused_with = (rows[0].seq, rows[-1].seq, command_rows[-1].id)
-            log.warning("telemetry_batch_refused", readings=len(rows), retry="without command reports", detail=detail)
+            log.warning("upload.batch_refused", readings=len(rows), retry="without command reports", detail=detail)
             return
         if len(rows) > 1:
             self._suspect_through = rows[-1].seq
             self._limit = max(1, len(rows) // 2)
-            log.warning("telemetry_batch_refused", readings=len(rows), retry=f"batches of {self._limit}", detail=detail)
+            log.warning("upload.batch_refused", readings=len(rows), retry=f"batches of {self._limit}", detail=detail)
             return
         if self._skips_in_row >= MAX_SKIPS_IN_ROW:
             # Not one bad reading but a cloud that refuses them all: declare nothing lost, wait with the outbox.
@@ -354,7 +354,7 @@ class Uploader:
         self._suspect_through, self._limit = None, self._batch_max  # found: full batches again
         self._skips_in_row += 1
         self._pending_skips += 1
-        log.error("telemetry_reading_refused_by_cloud", seq=seq, reading=rows[0].body[:300].decode("utf-8", "replace"),
+        log.error("upload.reading_refused", seq=seq, reading=rows[0].body[:300].decode("utf-8", "replace"),
                   detail=detail)  # fmt: skip
 
     async def drain(self) -> int:
@@ -384,11 +384,7 @@ class Uploader:
             except sqlite3.Error as exc:
                 # The local store (disk full) refused the ack or the read: a local problem, not the link's.
                 # The cloud keeps what it stored; the next round re-sends the batch and it answers the same.
-                if not self._store_failing:
-                    self._store_failing = True
-                    log.error("upload_store_failed", error=str(exc))
+                self._store_latch.failed(error=str(exc))
                 await self._clock.sleep(self._backoff.next_delay())
             else:
-                if self._store_failing:
-                    self._store_failing = False
-                    log.info("upload_store_recovered")
+                self._store_latch.ok()

@@ -85,7 +85,7 @@ class ReadingGuard:
             self.counters.setdefault(f"rejected_{reason}", 0)
         self._streaks: dict[str, int] = {}  # der_id -> readings refused in a row
         self._log_every_s = log_every_s
-        self._logged_at: dict[str, float] = {}  # der_id -> monotonic time of its last reading_rejected line
+        self._logged_at: dict[str, float] = {}  # der_id -> monotonic time of its last reading.rejected line
         self._quiet_streaks: dict[str, int] = {}  # der_id -> streaks not logged since that line
 
     def __call__(self, reading: Reading) -> None:
@@ -93,7 +93,7 @@ class ReadingGuard:
         if not bad and reading.quality is not Quality.BAD:
             streak = self._streaks.pop(reading.der_id, None)
             if streak is not None and reading.der_id not in self._quiet_streaks:
-                log.info("reading_valid_again", device=self._device, der_id=reading.der_id, refused=streak)
+                log.info("reading.valid_again", device=self._device, der_id=reading.der_id, refused=streak)
             self._sink(reading)
             return
         for reason in sorted(set(bad.values())):
@@ -107,7 +107,7 @@ class ReadingGuard:
             else:
                 self._logged_at[reading.der_id] = now
                 log.warning(
-                    "reading_rejected",
+                    "reading.rejected",
                     device=self._device,
                     der_id=reading.der_id,
                     values={k: repr(reading.values[k]) for k in sorted(bad)},

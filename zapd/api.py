@@ -177,7 +177,7 @@ class LocalApi:
         server = await asyncio.start_unix_server(self._on_client, path=str(self.socket_path), limit=MAX_LINE)
         try:
             os.chmod(self.socket_path, SOCKET_MODE)
-            log.info("api_listening", socket=str(self.socket_path))
+            log.info("api.listening", socket=str(self.socket_path))
             await server.serve_forever()
         finally:
             server.close()
@@ -207,7 +207,7 @@ class LocalApi:
             raw = await store.kv_get(KV_KEY)
         ov = decode_override(raw) if raw else None
         if ov is not None and self.forced.restore(ov):
-            log.warning("fallback_force_restored", rung=ov.rung.name.lower(), until=ov.until.isoformat())
+            log.warning("fallback.force_restored", rung=ov.rung.name.lower(), until=ov.until.isoformat())
 
     # --- connections -----------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class LocalApi:
             return _error("timeout", f"{request.cmd} took longer than {HANDLER_TIMEOUT_S:.0f} s")
         except Exception as exc:  # a bug in one handler must not take the API down
             self.errors += 1
-            log.exception("api_handler_failed", cmd=request.cmd)
+            log.exception("api.handler_failed", cmd=request.cmd)
             return _error("internal", f"{type(exc).__name__}: {exc}")
         return {"ok": True, "cmd": request.cmd, "data": data}
 
@@ -511,7 +511,7 @@ class LocalApi:
             raise RequestError("bad_request", str(exc)) from None
         if self._d.controller is not None:
             self._d.controller.wake()
-        log.warning("fallback_forced", rung=ov.rung.name.lower(), until=ov.until.isoformat(), reason=ov.reason)
+        log.warning("fallback.forced", rung=ov.rung.name.lower(), until=ov.until.isoformat(), reason=ov.reason)
         store = self._d.store
         if store is not None:
             await store.kv_set(KV_KEY, encode_override(ov))
@@ -527,7 +527,7 @@ class LocalApi:
             await store.kv_set(KV_KEY, "")
             if released is not None:
                 await store.add_event(self._d.clock.now(), "operator", f"release {released.rung.name.lower()}")
-        log.warning("fallback_released", had_override=released is not None)
+        log.warning("fallback.released", had_override=released is not None)
         return {"released": released.to_json() if released else None}
 
     async def _diag(self, request: Request) -> dict[str, object]:

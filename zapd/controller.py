@@ -22,6 +22,7 @@ from datetime import datetime
 import structlog
 
 from drivers.api import Controllable
+from drivers.resilience import FailureLatch
 from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.clock import Clock
 from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
@@ -155,7 +156,9 @@ class Controller:
         # The meter's last reading time and the intervals between its readings, for its window.
         self._meter_ts: datetime | None = None
         self._meter_intervals: deque[float] = deque(maxlen=8)
-        self._record_failing = False
+        self._record_latch = FailureLatch(
+            log, "controller.command_log_write_failed", "controller.command_log_write_recovered"
+        )
         self.stats = ControllerStats()
         self.cycle_listeners: list[Callable[[], Awaitable[None]]] = []
 
@@ -327,7 +330,7 @@ class Controller:
             self.stats.rung_reason = decision.reason
             return
         log.info(
-            "fallback_rung_changed",
+            "fallback.rung_changed",
             rung=decision.rung.name.lower(),
             previous=self.stats.rung.name.lower() if self.stats.rung else None,
             reason=decision.reason,
@@ -344,13 +347,9 @@ class Controller:
             await write
         except (sqlite3.Error, OSError) as exc:
             self.stats.record_failures += 1
-            if not self._record_failing:
-                self._record_failing = True
-                log.error("command_log_write_failed", error=str(exc))
+            self._record_latch.failed(error=str(exc))
             return
-        if self._record_failing:
-            self._record_failing = False
-            log.info("command_log_write_recovered", failures=self.stats.record_failures)
+        self._record_latch.ok(total_failures=self.stats.record_failures)
 
     async def safe_mode(self) -> None:
         """Put every controllable device in its safe state; each bounded by its own timeout."""
@@ -359,6 +358,6 @@ class Controller:
                 async with asyncio.timeout(5.0):
                     await actuator.safe_mode()
             except TimeoutError:
-                log.warning("safe_mode_timeout", der_id=der_id)
+                log.warning("controller.safe_mode_timeout", der_id=der_id)
             except Exception as exc:  # one device failing must not stop the others going safe
-                log.warning("safe_mode_failed", der_id=der_id, error=str(exc))
+                log.warning("controller.safe_mode_failed", der_id=der_id, error=str(exc))

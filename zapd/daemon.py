@@ -11,7 +11,6 @@ import contextlib
 import signal
 import sqlite3
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cloud_sync.session import CloudSync
 from cloud_sync.transport import InsecureTransportError
 from cloud_sync.wire import intent_problem, wire_safe
 from drivers.api import Driver, ReadingGuard
+from drivers.resilience import FailureLatch
 from zapd.api import LocalApi
 from zapd.clock import Clock
 from zapd.config import ZapdConfig, meter_ders
@@ -69,7 +69,7 @@ class TelemetryWriter:
         self._store = store
         self._pending: list[Reading] = []
         self._max_pending = max_pending
-        self._failing_since: float | None = None
+        self._latch = FailureLatch(log, "telemetry.store_failed", "telemetry.store_recovered")
         self._in_flight = 0
         self.written = 0
         self.dropped = 0
@@ -86,7 +86,7 @@ class TelemetryWriter:
         safe = wire_safe(reading)
         if safe is None:
             if not self.refused:
-                log.error("telemetry_refused", der_id=reading.der_id, ts=reading.ts.isoformat(), reason="timestamp")
+                log.error("telemetry.refused", der_id=reading.der_id, ts=reading.ts.isoformat(), reason="timestamp")
             self.refused += 1
             return
         self._pending.append(safe)
@@ -94,7 +94,7 @@ class TelemetryWriter:
             excess = len(self._pending) - self._max_pending
             del self._pending[:excess]
             if not self.dropped:
-                log.error("telemetry_dropped_in_memory", reason="store failing and queue full", limit=self._max_pending)
+                log.error("telemetry.dropped_in_memory", reason="store failing and queue full", limit=self._max_pending)
             self.dropped += excess
 
     async def flush(self) -> None:
@@ -118,18 +118,9 @@ class TelemetryWriter:
                 await self.flush()
             except (sqlite3.Error, OSError) as exc:
                 # Logged once per failure streak; control must go on, and the readings wait in memory.
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    log.error("telemetry_store_failed", error=str(exc), pending=len(self._pending))
+                self._latch.failed(error=str(exc), pending=len(self._pending))
                 continue
-            if self._failing_since is not None:
-                log.info(
-                    "telemetry_store_recovered",
-                    failed_for_s=round(time.monotonic() - self._failing_since, 1),
-                    written=self.written,
-                    dropped_in_memory=self.dropped,
-                )
-                self._failing_since = None
+            self._latch.ok(written=self.written, dropped_in_memory=self.dropped)
 
 
 class LocalPlanFile:
@@ -156,11 +147,11 @@ class LocalPlanFile:
                     raise ValueError(problem)
             except (OSError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
                 self.rejected += 1
-                log.warning("plan_file_rejected", path=str(self._path), error=str(exc))
+                log.warning("plan.file_rejected", path=str(self._path), error=str(exc))
                 return self.plan
             if self.plan is None or plan.version >= self.plan.version:
                 self.plan = plan
-                log.info("plan_loaded", path=str(self._path), version=plan.version, slots=len(plan.slots))
+                log.info("plan.file_loaded", path=str(self._path), version=plan.version, slots=len(plan.slots))
         return self.plan
 
 
@@ -289,7 +280,7 @@ class Daemon:
 
     async def _retention(self) -> None:
         assert self.store is not None
-        failing = False
+        latch = FailureLatch(log, "telemetry.retention_failed", "telemetry.retention_recovered")
         while True:
             cutoff = self.clock.now() - timedelta(days=self.config.store.retention_days)
             # Budget by bytes: ~150 B per stored reading.
@@ -298,15 +289,11 @@ class Daemon:
                 dropped = await self.store.enforce_retention(cutoff, max_rows)
             except (sqlite3.Error, OSError) as exc:
                 # Disk full: nothing was dropped (rolled back); retention tries again next round.
-                if not failing:
-                    failing = True
-                    log.error("telemetry_retention_failed", error=str(exc))
+                latch.failed(error=str(exc))
             else:
-                if failing:
-                    failing = False
-                    log.info("telemetry_retention_recovered")
+                latch.ok()
                 if dropped:
-                    log.warning("telemetry_dropped_by_retention", count=dropped)
+                    log.warning("telemetry.dropped_by_retention", count=dropped)
             # Once a clock minute (a simulated day prunes like a real one), at most once a real second.
             await asyncio.sleep(max(1.0, RETENTION_EVERY_S / self.clock.speed))
 
@@ -361,7 +348,7 @@ class Daemon:
             evs=lambda: self.devices.ev_envelopes,
         )
         log.info(
-            "zapd_starting",
+            "daemon.starting",
             site=self.config.site.id,
             devices=[d.name for d in self.devices.drivers],
             db=str(self.db_path),
@@ -378,9 +365,9 @@ class Daemon:
         if metrics.enabled:
             try:
                 self._metrics = MetricsServer(self, metrics.host, metrics.port)
-                log.info("metrics_listening", host=metrics.host, port=metrics.port)
+                log.info("metrics.listening", host=metrics.host, port=metrics.port)
             except OSError as exc:
-                log.error("metrics_unavailable", host=metrics.host, port=metrics.port, error=str(exc))
+                log.error("metrics.unavailable", host=metrics.host, port=metrics.port, error=str(exc))
         self.supervisor.add("api", self.api.serve)
         if self.config.home_assistant.enabled:
             self.home_assistant = HomeAssistant(self, self.config.home_assistant)
@@ -393,14 +380,14 @@ class Daemon:
         try:
             await asyncio.wait({sup_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            log.info("zapd_stopping")
+            log.info("daemon.stopping")
             self.notifier.stopping()
             sup_task.cancel()
             stop_task.cancel()
             # Bounded: a task that does not honour cancellation must not keep the devices from going safe.
             done, _ = await asyncio.wait({sup_task}, timeout=STOP_TASKS_TIMEOUT_S)
             if not done:
-                log.error("tasks_did_not_stop", timeout_s=STOP_TASKS_TIMEOUT_S)
+                log.error("daemon.tasks_did_not_stop", timeout_s=STOP_TASKS_TIMEOUT_S)
                 dump_tasks()
             await asyncio.shield(self._shutdown())
         return 0
@@ -452,7 +439,7 @@ class Daemon:
                     if reported.get(cap.der_id) != cap:
                         reported[cap.der_id] = cap
                         log.info(
-                            "device_discovered",
+                            "daemon.device_discovered",
                             device=driver.name,
                             der_id=cap.der_id,
                             kind=cap.kind.value,
@@ -475,16 +462,16 @@ class Daemon:
                 async with asyncio.timeout(SAFE_MODE_TIMEOUT_S):
                     await self.controller.safe_mode()
             except TimeoutError:
-                log.error("safe_mode_timeout")
+                log.error("controller.safe_mode_timeout")
         if self.telemetry is not None:
             try:
                 await self.telemetry.flush()
             except Exception as exc:
-                log.error("telemetry_flush_failed", error=str(exc))
+                log.error("telemetry.flush_failed", error=str(exc))
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.close)
         if self.cloud is not None:
             await self.cloud.close()
         if self.store is not None:
             await self.store.close()
-        log.info("zapd_stopped")
+        log.info("daemon.stopped")

@@ -35,8 +35,8 @@ import structlog
 
 from drivers.api import HasHealth
 from drivers.health import HealthState
-from drivers.modbus.backoff import Backoff
 from drivers.mqtt.client import Client
+from drivers.resilience import Backoff, FailureLatch
 from zapd.clock import Clock
 from zapd.config import HomeAssistantConfig, ZapdConfig
 from zapd.controller import Controller
@@ -243,7 +243,15 @@ class HomeAssistant:
         self.command_topic = f"{self.base}/mode/set"
         self.ha_status_topic = f"{self.prefix}/status"
         self._backoff = Backoff(backoff_initial_s, max(backoff_initial_s, backoff_max_s))
-        self._link_up: bool | None = None
+        self._link = FailureLatch(
+            log,
+            "home_assistant.link_down",
+            "home_assistant.link_up",
+            first_ok_event="home_assistant.connected",
+            level="warning",
+            host=config.host,
+            port=config.port,
+        )
         self._published: dict[str, str] = {}  # topic -> payload last published on this connection
         self._wake = asyncio.Event()
         self._full_due = True
@@ -527,13 +535,13 @@ class HomeAssistant:
         now = self._site.clock.now()
         if choice == AUTO:
             released = forced.release()
-            log.warning("fallback_released", source="home_assistant", had_override=released is not None)
+            log.warning("fallback.released", source="home_assistant", had_override=released is not None)
             await self._record(
                 "", f"release {released.rung.name.lower()} (home assistant)" if released is not None else None, now
             )
         else:
             ov = forced.force(choice, self._cfg.override_minutes, "set in Home Assistant")
-            log.warning("fallback_forced", source="home_assistant", rung=choice, until=ov.until.isoformat())
+            log.warning("fallback.forced", source="home_assistant", rung=choice, until=ov.until.isoformat())
             await self._record(
                 encode_override(ov), f"force {choice} until {ov.until.isoformat()} (home assistant)", ov.set_at
             )
@@ -559,29 +567,17 @@ class HomeAssistant:
 
     @property
     def link_up(self) -> bool:
-        return bool(self._link_up)
+        return bool(self._link.up)
 
     def _link_ok(self) -> None:
         self.counters["connects"] += 1
         self._backoff.reset()
-        if self._link_up is False:
-            log.info("home_assistant.link_up", host=self._cfg.host, port=self._cfg.port)
-        elif self._link_up is None:
-            log.info(
-                "home_assistant.connected",
-                host=self._cfg.host,
-                port=self._cfg.port,
-                node_id=self.node_id,
-                discovery_prefix=self.prefix,
-            )
-        self._link_up = True
+        self._link.ok(node_id=self.node_id, discovery_prefix=self.prefix)
 
     def _link_lost(self, reason: str) -> None:
-        if self._link_up:
+        if self._link.up:
             self.counters["disconnects"] += 1
-        if self._link_up is not False:
-            log.warning("home_assistant.link_down", host=self._cfg.host, port=self._cfg.port, reason=reason)
-        self._link_up = False
+        self._link.failed(reason=reason)
 
 
 def _version() -> str:

@@ -7,11 +7,12 @@ device that stays broken for a day does not flood the journal.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
+
+from drivers.resilience import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +49,7 @@ class Supervisor:
 
     async def _keep_running(self, name: str, factory: TaskFactory) -> None:
         health = self.health[name]
-        backoff = self._initial
+        backoff = Backoff(self._initial, max(self._initial, self._max))
         while True:
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -65,17 +66,16 @@ class Supervisor:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if not health.failing:
-                    log.exception("task_crashed", task=name, error=error)
+                    log.exception("supervisor.task_crashed", task=name, error=error)
             if not health.failing:
                 if error == "returned unexpectedly":
-                    log.error("task_crashed", task=name, error=error)
+                    log.error("supervisor.task_crashed", task=name, error=error)
                 health.failing = True
             health.restarts += 1
             health.last_error = error
             if loop.time() - started > 60:
-                backoff = self._initial  # it ran well for a while: start the backoff again
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(self._max, backoff * 2)
+                backoff.reset()  # it ran well for a while: start the backoff again
+            await asyncio.sleep(backoff.next_delay())
 
     def _mark_if_running(self, name: str, task: asyncio.Future[None]) -> None:
         if not task.done():
@@ -86,4 +86,4 @@ class Supervisor:
         health = self.health.get(name)
         if health is not None and health.failing:
             health.failing = False
-            log.info("task_recovered", task=name, restarts=health.restarts)
+            log.info("supervisor.task_recovered", task=name, restarts=health.restarts)

@@ -32,7 +32,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from drivers.api import ConfigurationError, DeviceUnreachable, DriverError
 from drivers.health import describe_os_error
-from drivers.modbus.backoff import Backoff
+from drivers.resilience import Backoff, FailureLatch
 from zapd.cancellation import honour_cancel
 
 log = structlog.get_logger(__name__)
@@ -254,7 +254,14 @@ class ModbusBus:
         self._client: ModbusBaseClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = _PriorityLock()
-        self._link_up: bool | None = None  # None: never connected yet
+        self._link = FailureLatch(
+            log,
+            "modbus.link_down",
+            "modbus.link_up",
+            first_ok_event="modbus.connected",
+            level="warning",
+            endpoint=str(self.endpoint),
+        )
 
     def __repr__(self) -> str:
         return f"ModbusBus({self.endpoint})"
@@ -455,16 +462,10 @@ class ModbusBus:
         if self._client is not None:
             self.counters["disconnects"] += 1
             self._drop_client()
-        if self._link_up is not False:
-            log.warning("modbus.link_down", endpoint=str(self.endpoint), reason=reason)
-        self._link_up = False
+        self._link.failed(reason=reason)
 
     def _link_ok(self) -> None:
-        if self._link_up is False:
-            log.info("modbus.link_up", endpoint=str(self.endpoint))
-        elif self._link_up is None:
-            log.info("modbus.connected", endpoint=str(self.endpoint))
-        self._link_up = True
+        self._link.ok()
 
 
 _BUSES: dict[tuple[str, ...], ModbusBus] = {}

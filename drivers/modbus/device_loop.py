@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from drivers.api import ConfigurationError, DeviceUnreachable, DriverError
 from drivers.health import DeviceHealth, HealthState
-from drivers.modbus.backoff import Backoff
+from drivers.resilience import Backoff
 from zapd.clock import Clock
 
 

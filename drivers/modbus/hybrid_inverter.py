@@ -20,6 +20,7 @@ from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.field_io import FieldReader
 from drivers.modbus.register_map import Field, RegisterMap
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
+from drivers.resilience import FailureLatch
 from zapd.clock import Clock
 from zapd.model import (
     POWER_W,
@@ -92,7 +93,10 @@ class ModbusHybridInverter(ReportsHealth):
         self._held: tuple[list[tuple[str, list[int]]], float] | None = None
         self._entered = False  # the enter writes went out (for a mode sequence without a mode field)
         self._health = DeviceHealth(device_id, clock, event_prefix="modbus", unit=unit_id)
-        self._commands_failing = False
+        # Once per outage: every meter reading would otherwise log one failed command.
+        self._commands_latch = FailureLatch(
+            log, "modbus.command_failed", "modbus.commands_recovered", level="warning", device=self._id
+        )
         self._last_refusal: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -282,15 +286,11 @@ class ModbusHybridInverter(ReportsHealth):
             detail = str(exc)
         else:
             if ok:
-                if self._commands_failing:
-                    self._commands_failing = False
-                    log.info("modbus.commands_recovered", device=self._id)
+                self._commands_latch.ok()
                 return CommandResult(command=command, ok=True, detail=detail)
         self._held = None
         self.counters["command_errors"] += 1
-        if not self._commands_failing:  # once per outage: every meter reading would otherwise log one
-            self._commands_failing = True
-            log.warning("modbus.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
+        self._commands_latch.failed(setpoint_w=command.power_w, error=detail)
         return CommandResult(command=command, ok=False, detail=detail)
 
     def _keepalive_s(self) -> float:

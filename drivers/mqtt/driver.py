@@ -22,9 +22,9 @@ import structlog
 
 from drivers.api import ReadingSink
 from drivers.health import DeviceHealth
-from drivers.modbus.backoff import Backoff
 from drivers.mqtt.client import Client
 from drivers.mqtt.mapping import BadPayload, TopicMapping, decode_json
+from drivers.resilience import Backoff, FailureLatch
 from zapd.clock import Clock
 from zapd.model import (
     BatterySetpoint,
@@ -117,7 +117,16 @@ class MqttDriver:
         self._topics = sorted({m.topic for m in self._mappings})
         self._values: dict[str, dict[str, tuple[float, datetime]]] = {}
         self._client: aiomqtt.Client | None = None
-        self._link_up: bool | None = None
+        self._link = FailureLatch(
+            log,
+            "mqtt.link_down",
+            "mqtt.link_up",
+            first_ok_event="mqtt.connected",
+            level="warning",
+            device=device_id,
+            host=host,
+            port=port,
+        )
         self._bad_topics: set[str] = set()
         # No message within stale_s is what makes a DER stale; it makes the device stale too.
         self._health = DeviceHealth(device_id, clock, event_prefix="mqtt", stale_after_s=stale_s)
@@ -184,18 +193,12 @@ class MqttDriver:
     def _link_ok(self) -> None:
         self.counters["connects"] += 1
         self._backoff.reset()
-        if self._link_up is False:
-            log.info("mqtt.link_up", device=self._id, host=self._host, port=self._port)
-        elif self._link_up is None:
-            log.info("mqtt.connected", device=self._id, host=self._host, port=self._port, topics=len(self._topics))
-        self._link_up = True
+        self._link.ok(topics=len(self._topics))
 
     def _link_lost(self, reason: str) -> None:
-        if self._link_up:
+        if self._link.up:
             self.counters["disconnects"] += 1
-        if self._link_up is not False:
-            log.warning("mqtt.link_down", device=self._id, host=self._host, port=self._port, reason=reason)
-        self._link_up = False
+        self._link.failed(reason=reason)
 
     # ---- readings ----
 

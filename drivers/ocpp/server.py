@@ -15,7 +15,6 @@ import contextlib
 import hmac
 import http
 import itertools
-import random
 import ssl
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from drivers.api import ReadingSink
 from drivers.health import DeviceHealth, HealthState
 from drivers.ocpp.charge_point import BOOT_WAIT_S, MAX_LOGGED_KINDS, ChargePointSession, OcppConnector, _Link
 from drivers.ocpp.config import OcppDevice
+from drivers.resilience import Backoff
 from zapd.clock import Clock
 from zapd.model import DerCapabilities
 
@@ -252,7 +252,7 @@ class OcppServer:
     async def run(self, sink: ReadingSink) -> None:
         for session in self.sessions.values():
             session.sink = sink
-        delay = 1.0
+        backoff = Backoff(1.0, 60.0)
         last_error = ""
         while True:
             try:
@@ -265,10 +265,10 @@ class OcppServer:
                               port=self._config.port, error=last_error, retrying=True)  # fmt: skip
                 where = f"{self._config.host}:{self._config.port}"
                 self._health.failed(f"cannot listen on {where}: {exc}", HealthState.UNUSABLE)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, 60.0)
+                await asyncio.sleep(backoff.next_delay())
                 continue
-            delay, last_error = 1.0, ""
+            last_error = ""
+            backoff.reset()
             self.port = int(next(iter(server.sockets)).getsockname()[1])
             log.info("ocpp.listening", device=self.name, host=self._config.host, port=self.port,
                      tls=self._config.tls_cert is not None, charge_points=list(self.sessions))  # fmt: skip

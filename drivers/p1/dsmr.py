@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from drivers.api import ReadingSink
 from drivers.health import DeviceHealth, HealthState, describe_os_error
 from drivers.p1.convert import meter_values, specification_for
 from drivers.p1.transport import P1Transport, SerialP1, TcpP1
+from drivers.resilience import Backoff, FailureLatch
 from zapd.clock import Clock
 from zapd.model import PHASE_CURRENT_A, DerCapabilities, DerKind, Reading
 
@@ -139,10 +139,10 @@ class P1Meter:
         self.connected = False
         self._phases = 1
         self._limiter = _LogLimiter()
-        self._link_broken_logged = False
         self._silent = False
         self._got_reading = False
         self._log = log.bind(der_id=device_id, transport=transport.describe())
+        self._link = FailureLatch(self._log, "p1.link_down", "p1.link_up", level="warning")
         self._health = DeviceHealth(device_id, clock, event_prefix="p1")
 
     @property
@@ -179,7 +179,7 @@ class P1Meter:
         return max(10 * self.poll_s / self.clock.speed, 5.0)
 
     async def run(self, sink: ReadingSink) -> None:
-        backoff = BACKOFF_INITIAL_S
+        backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         while True:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -200,7 +200,7 @@ class P1Meter:
                     self.connected = False
                     await self._close(writer)
                 if got_any:
-                    backoff = BACKOFF_INITIAL_S
+                    backoff.reset()
                 self._link_down("link closed", reason)
                 if isinstance(reason, _Silent):
                     self._health.failed(f"{reason}; reconnecting", HealthState.STALE)
@@ -208,15 +208,12 @@ class P1Meter:
                     why = describe_os_error(reason) if reason is not None else "closed by the other end"
                     self._health.failed(f"link lost at {self.transport.describe()}: {why}")
             # Jitter: many gateways restarting together must not hit one ser2net in lockstep.
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
+            await asyncio.sleep(backoff.next_delay())
 
     def _link_down(self, what: str, exc: BaseException | None) -> None:
         """Count every failure; log only the first one until a good telegram shows recovery."""
         self.counters["link_errors"] += 1
-        if not self._link_broken_logged:
-            self._link_broken_logged = True
-            self._log.warning("p1 link down", reason=what, error=repr(exc) if exc else "eof")
+        self._link.failed(reason=what, error=repr(exc) if exc else "eof")
 
     async def _close(self, writer: asyncio.StreamWriter) -> None:
         writer.close()
@@ -242,7 +239,7 @@ class P1Meter:
                 self._silent = True
                 self.counters["silent"] += 1
                 self._health.failed(f"no valid telegram for {self.silence_timeout_s:.1f} s", HealthState.STALE)
-                self._log.warning("meter silent", seconds=round(self.silence_timeout_s, 3))
+                self._log.warning("p1.meter_silent", seconds=round(self.silence_timeout_s, 3))
                 continue
             if not data:
                 return self._got_reading
@@ -256,12 +253,10 @@ class P1Meter:
     def _on_good_telegram(self) -> None:
         self._got_reading = True
         self._health.ok()
-        if self._link_broken_logged:
-            self._link_broken_logged = False
-            self._log.info("p1 link recovered", link_errors=self.counters["link_errors"])
+        self._link.ok(link_errors=self.counters["link_errors"])
         if self._silent:
             self._silent = False
-            self._log.info("meter talking again")
+            self._log.info("p1.meter_talking_again")
 
     def _handle(self, raw: str, sink: ReadingSink) -> bool:
         """Parse one framed telegram and push its reading; False when it was dropped."""
@@ -300,7 +295,7 @@ class P1Meter:
         suppressed = self._limiter.allow(counter)
         if suppressed is not None:
             self._log.warning(
-                "p1 telegram dropped",
+                "p1.telegram_dropped",
                 reason=counter,
                 error=str(exc)[:200],
                 suppressed=suppressed,

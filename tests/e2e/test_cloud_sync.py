@@ -108,7 +108,7 @@ def test_ladder_offline_and_back(site: Site) -> None:
     wait_for(lambda: drained(site), 30, "outbox drained")
     assert site.procs["zapd"].stop() == 0
     last = assert_exactly_once_in_order(site)
-    transitions = site.procs["zapd"].output().count("fallback_rung_changed")
+    transitions = site.procs["zapd"].output().count("fallback.rung_changed")
     sim_timings = {
         "cached_plan after link cut": site.sim_s_until("cached_plan", sim_cut),
         "self_consumption after link cut": site.sim_s_until("self_consumption", sim_cut),

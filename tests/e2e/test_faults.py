@@ -195,7 +195,7 @@ def test_retention_bound_drops_oldest_and_counts_them(sites: list[Site], tmp_pat
     assert site.cloud_lost_readings() == dropped
     gaps = [(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1]
     assert len(gaps) == 1, f"expected one declared gap, got {gaps}"
-    assert "telemetry_dropped_by_retention" in site.procs["zapd"].output()
+    assert "telemetry.dropped_by_retention" in site.procs["zapd"].output()
 
 
 def test_modbus_device_disappears_and_returns(sites: list[Site], tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_p1_garbage_bad_crc_and_truncated_telegrams(sites: list[Site], tmp_path:
     assert site.procs["zapd"].stop() == 0  # flushes every reading it took
     sent = site.sim_control("stats")["p1_sent"]
     log = site.procs["zapd"].output()
-    assert "p1 telegram dropped" in log and "bad_crc" in log
+    assert "p1.telegram_dropped" in log and "bad_crc" in log
     assert "Traceback" not in log
     # A bad telegram never becomes a reading: at most one reading per good telegram ever sent.
     assert _meter_rows(site) <= sent - 3
@@ -320,7 +320,7 @@ def test_state_dir_disk_full_then_space_returns(sites: list[Site], tmp_path: Pat
         assert site.battery_near(1200), site.battery_power()
         assert site.integrity() == "ok"
         ballast.unlink()
-        wait_for(lambda: "telemetry_store_recovered" in site.procs["zapd"].output(), 30, "recovery logged")
+        wait_for(lambda: "telemetry.store_recovered" in site.procs["zapd"].output(), 30, "recovery logged")
         print(f"\ndisk full for {(datetime.now() - full_at).total_seconds():.1f} s real")
         finish_and_check_exactly_once(site)
         assert site.integrity() == "ok"

@@ -153,8 +153,8 @@ async def test_tcp_reconnects_after_server_restart() -> None:
     assert reading.values[POWER_W] == pytest.approx(site.grid_w, abs=1.0)
     assert meter.counters["connects"] == 2
     events = [e["event"] for e in logs]
-    assert events.count("p1 link down") == 1
-    assert events.count("p1 link recovered") == 1
+    assert events.count("p1.link_down") == 1
+    assert events.count("p1.link_up") == 1
 
 
 async def test_pty_vanishing_is_survived() -> None:
@@ -274,7 +274,7 @@ async def test_bad_crc_flood_logs_once_and_counts_all() -> None:
             await sink.wait_for(1)
     assert meter.counters["bad_crc"] == 20
     assert meter.counters["telegrams"] == 21
-    dropped = [e for e in logs if e["event"] == "p1 telegram dropped"]
+    dropped = [e for e in logs if e["event"] == "p1.telegram_dropped"]
     assert len(dropped) == 1 and dropped[0]["reason"] == "bad_crc"
 
 
@@ -290,8 +290,8 @@ async def test_silent_meter_logged_once_then_recovery() -> None:
             await sim.send_once(clock.now())
             await sink.wait_for(1)
     events = [e["event"] for e in logs]
-    assert events.count("meter silent") == 1
-    assert events.count("meter talking again") == 1
+    assert events.count("p1.meter_silent") == 1
+    assert events.count("p1.meter_talking_again") == 1
     assert meter.counters["connects"] == 1
 
 
@@ -301,7 +301,7 @@ async def test_missing_port_retries_and_logs_once() -> None:
         meter = _meter(SerialP1("/dev/does-not-exist-p1"), clock)
         async with running(meter, Sink()):
             await _until(lambda: meter.counters["link_errors"] >= 2)
-    assert [e["event"] for e in logs].count("p1 link down") == 1
+    assert [e["event"] for e in logs].count("p1.link_down") == 1
 
 
 async def test_refused_line_settings_are_a_link_error_not_a_crash() -> None:

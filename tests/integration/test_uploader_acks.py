@@ -209,7 +209,7 @@ async def test_a_refused_ack_keeps_the_link_down_and_is_logged_once(store: Store
     assert up.acks_rejected["unsigned"] >= 3
     assert link.state == "down" and link.failing == {"upload": link.failing["upload"]}
     assert "unsigned" in link.last_error
-    assert [e["reason"] for e in logs if e["event"] == "telemetry_ack_rejected"] == ["unsigned"]
+    assert [e["reason"] for e in logs if e["event"] == "upload.ack_rejected"] == ["unsigned"]
     assert await kept(store) == (0, 20)
 
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from drivers.modbus.backoff import Backoff
 from drivers.modbus.bus import Priority, _PriorityLock
+from drivers.resilience import Backoff
 
 
 async def test_control_requests_overtake_queued_polls() -> None:

@@ -95,7 +95,7 @@ def test_guard_refuses_and_counts(values: dict[str, float], reason: str) -> None
     assert all(math.isfinite(v) for r in seen for v in r.values.values())
     assert counters[f"rejected_{reason}"] == 2 and counters["polls"] == 3
     events = [e["event"] for e in logs]
-    assert events == ["reading_rejected", "reading_valid_again"]  # once per streak, and its end
+    assert events == ["reading.rejected", "reading.valid_again"]  # once per streak, and its end
 
 
 def test_a_flapping_value_is_counted_every_time_and_logged_once_a_minute() -> None:
@@ -106,7 +106,7 @@ def test_a_flapping_value_is_counted_every_time_and_logged_once_a_minute() -> No
             guard(meter({POWER_W: math.nan}))
             guard(meter({POWER_W: 200.0}))
     assert counters["rejected_nonfinite"] == 5
-    assert [e["event"] for e in logs] == ["reading_rejected", "reading_valid_again"]
+    assert [e["event"] for e in logs] == ["reading.rejected", "reading.valid_again"]
 
 
 def test_bad_reading_makes_the_der_unknown_at_once() -> None:

@@ -31,8 +31,8 @@ async def test_crashing_task_restarts_and_logs_once() -> None:
     assert calls == 5
     assert sup.health["flaky"].restarts == 4
     events = [e["event"] for e in logs]
-    assert events.count("task_crashed") == 1
-    assert events.count("task_recovered") == 1
+    assert events.count("supervisor.task_crashed") == 1
+    assert events.count("supervisor.task_recovered") == 1
     assert not sup.health["flaky"].failing
 
 
