@@ -7,6 +7,14 @@ Vendors expose battery control in a few shapes, and a profile names its shape in
   power register(s) (Huawei forcible charge/discharge, Sungrow SH forced mode);
 - `grid_setpoint`: the device regulates the grid connection point to a setpoint (Victron ESS);
   zapd turns its battery command into a grid setpoint from the grid and battery power it reads.
+- `tou_slot`: the device follows its own time-of-use program (Deye / Sunsynk "System work mode":
+  six slots, each with a power, a SoC target and a grid-charge flag); zapd takes one slot over
+  (its `enter` writes make that slot span the day) and writes the slot's power, SoC target and
+  grid-charge flag. Charge P: power P, target = the battery's max SoC, grid charge on. Discharge P:
+  power |P|, target = the reserve SoC, grid charge off. Idle: power 0, target = reserve, grid
+  charge off. The SoC targets come from the battery's configured reserve / max SoC, rounded
+  towards the safe side (never below the reserve, never above the max), so no command can move
+  the device's own program past them.
 
 Around any of them, a *mode sequence*: `enter` writes (forced / remote mode, enable registers,
 written in order before the first command and again whenever `mode_field` shows that the device
@@ -23,9 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ControlStyle = Literal["signed_setpoint", "direction_magnitude", "grid_setpoint"]
+ControlStyle = Literal["signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot"]
 RevertRule = Literal["idle", "release"]
-STYLES: tuple[ControlStyle, ...] = ("signed_setpoint", "direction_magnitude", "grid_setpoint")
+STYLES: tuple[ControlStyle, ...] = ("signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot")
 _KEEPALIVE_MAX_S = 3600.0
 _TIMEOUT_MAX_S = 86_400.0
 _KEYS = {
@@ -46,6 +54,11 @@ _KEYS = {
     "timeout_field",
     "timeout_s",
     "keepalive_s",
+    "slot_power",
+    "slot_soc",
+    "slot_charge",
+    "slot_charge_on",
+    "slot_charge_off",
     "remote_control_on",
     "remote_control_off",
 }
@@ -83,6 +96,12 @@ class ControlSpec:
     timeout_field: str | None = None
     timeout_s: float | None = None
     keepalive_s: float | None = None
+    # tou_slot: the slot's power (W), SoC target (%) and grid-charge flag (raw on / off values).
+    slot_power: str | None = None
+    slot_soc: str | None = None
+    slot_charge: str | None = None
+    slot_charge_on: int = 1
+    slot_charge_off: int = 0
 
     @property
     def mode_value(self) -> int | None:
@@ -93,7 +112,16 @@ class ControlSpec:
 
     def written_fields(self) -> set[str]:
         names = {w.field for w in (*self.enter, *self.release)}
-        for name in (self.setpoint, self.direction, self.charge_power, self.discharge_power, self.timeout_field):
+        for name in (
+            self.setpoint,
+            self.direction,
+            self.charge_power,
+            self.discharge_power,
+            self.timeout_field,
+            self.slot_power,
+            self.slot_soc,
+            self.slot_charge,
+        ):
             if name is not None:
                 names.add(name)
         return names
@@ -204,17 +232,25 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         timeout_field=_name(doc, "timeout_field"),
         timeout_s=_seconds(doc, "timeout_s", _TIMEOUT_MAX_S),
         keepalive_s=_seconds(doc, "keepalive_s", _KEEPALIVE_MAX_S),
+        slot_power=_name(doc, "slot_power"),
+        slot_soc=_name(doc, "slot_soc"),
+        slot_charge=_name(doc, "slot_charge"),
+        slot_charge_on=_int(doc, "slot_charge_on", 1),
+        slot_charge_off=_int(doc, "slot_charge_off", 0),
     )
     need = {
         "signed_setpoint": ("setpoint",),
         "direction_magnitude": ("direction", "charge_power", "discharge_power"),
         "grid_setpoint": ("setpoint",),
+        "tou_slot": ("slot_power", "slot_soc", "slot_charge"),
     }[style]
     for key in need:
         if getattr(spec, key) is None:
             raise ControlSpecError(f"control.style {style!r} needs control.{key}")
     if style == "direction_magnitude" and len({spec.charge_value, spec.discharge_value, spec.idle_value}) != 3:
         raise ControlSpecError("control.charge_value, discharge_value and idle_value must differ")
+    if style == "tou_slot" and spec.slot_charge_on == spec.slot_charge_off:
+        raise ControlSpecError("control.slot_charge_on and slot_charge_off must differ")
     if style == "grid_setpoint" and not spec.grid_power:
         raise ControlSpecError("control.style 'grid_setpoint' needs control.grid_power (the grid meter's fields)")
     if spec.mode_field is not None and spec.mode_value is None:
@@ -234,3 +270,6 @@ def _check_fields(spec: ControlSpec, fields: Mapping[str, Any]) -> None:
     for name in sorted(spec.written_fields()):
         if not getattr(fields[name], "writable", False):
             raise ControlSpecError(f"control writes field {name!r}: it must be writable")
+    if spec.slot_soc is not None and getattr(fields[spec.slot_soc], "scale_factor", None) is not None:
+        # its target is rounded to a raw step on the safe side, which needs a fixed scale
+        raise ControlSpecError(f"control.slot_soc {spec.slot_soc!r} must have a fixed scale, not a scale_factor")

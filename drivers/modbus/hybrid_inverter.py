@@ -60,9 +60,13 @@ class ModbusHybridInverter(ReportsHealth):
         apply_timeout_s: float = 10.0,
         device_command_timeout_s: int = _DEFAULT_COMMAND_TIMEOUT_S,
         max_writes_per_hour: int | None = None,
+        reserve_soc: float = 0.10,
+        max_soc: float = 1.0,
     ) -> None:
         if poll_s <= 0:
             raise ValueError("poll_s must be > 0")
+        if not (math.isfinite(reserve_soc) and math.isfinite(max_soc) and 0.0 <= reserve_soc < max_soc <= 1.0):
+            raise ValueError(f"need 0 <= reserve_soc < max_soc <= 1, got {reserve_soc} / {max_soc}")
         register_map.require(*_REQUIRED)
         # The map's control vocabulary (drivers/modbus/control_spec.py); None = monitoring only.
         self._ctl = register_map.control
@@ -89,6 +93,14 @@ class ModbusHybridInverter(ReportsHealth):
         self._apply_timeout_s = apply_timeout_s
         self._device_command_timeout_s = device_command_timeout_s
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
+        # SoC bounds a time-of-use slot's target is written within (the battery config's reserve / max).
+        self._reserve_soc = reserve_soc
+        self._max_soc = max_soc
+        if self._ctl is not None and self._ctl.slot_soc is not None:
+            f = register_map.field(self._ctl.slot_soc)
+            floor = f.decode(self._bounded(f.name, reserve_soc, at_least=True)[1])
+            if floor > f.decode(self._bounded(f.name, max_soc, at_least=False)[1]):
+                raise ValueError(f"no {f.name} step lies between reserve_soc {reserve_soc} and max_soc {max_soc}")
         # Command registers as last read back from the device, and when they were written.
         self._held: tuple[list[tuple[str, list[int]]], float] | None = None
         self._entered = False  # the enter writes went out (for a mode sequence without a mode field)
@@ -317,6 +329,18 @@ class ModbusHybridInverter(ReportsHealth):
         f = self._map.field(name)
         return name, f.encode(value, await self._scale_factor(f, Priority.CONTROL))
 
+    def _bounded(self, name: str, value: float, *, at_least: bool) -> tuple[str, list[int]]:
+        """`value` as the field's nearest raw step on the safe side: never below (at_least) or above it.
+
+        A SoC target of 10.5 % on a whole-percent register is 11 % as a discharge floor and 10 % as
+        a charge ceiling: plain rounding could move either past the battery's configured bound.
+        """
+        f = self._map.field(name)
+        step = f.decode(f.encode_raw_int(1))  # one raw unit in zapd units (negative when inverted)
+        raw = value / step
+        wanted = math.ceil(raw - 1e-9) if (at_least == (step > 0)) else math.floor(raw + 1e-9)
+        return name, f.encode_raw_int(wanted)
+
     def _raw(self, name: str, raw: int) -> tuple[str, list[int]]:
         return name, self._map.field(name).encode_raw_int(raw)
 
@@ -340,6 +364,15 @@ class ModbusHybridInverter(ReportsHealth):
             if ctl.discharge_power != ctl.charge_power:
                 zero.append(await self._encoded(ctl.discharge_power, 0.0))
             return [*zero, self._raw(ctl.direction, ctl.idle_value)]
+        if ctl.style == "tou_slot":
+            assert ctl.slot_power is not None and ctl.slot_soc is not None and ctl.slot_charge is not None
+            if power_w > 0:  # charge towards the max SoC, from the grid if need be
+                soc = self._bounded(ctl.slot_soc, self._max_soc, at_least=False)
+                flag = ctl.slot_charge_on
+            else:  # discharge (or hold at 0 W) no lower than the reserve, no grid charging
+                soc = self._bounded(ctl.slot_soc, self._reserve_soc, at_least=True)
+                flag = ctl.slot_charge_off
+            return [await self._encoded(ctl.slot_power, abs(power_w)), soc, self._raw(ctl.slot_charge, flag)]
         # grid_setpoint: the device holds the grid at its setpoint, so moving the battery by
         # (power_w - battery now) moves the grid by the same amount (+ import, + charging).
         assert ctl.setpoint is not None

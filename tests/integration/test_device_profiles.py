@@ -1,4 +1,5 @@
-"""Each vendor profile against its register-level fixture, over a real Modbus TCP socket.
+"""Each vendor profile against its register-level fixture, over a real Modbus TCP socket (and, for
+an RS-485 device, a fixture with an `rtu` table, over Modbus RTU on a pty null modem too).
 
 The fixtures (tests/fixtures/devices/*.toml) are written from the vendor documents: raw registers
 as the device holds them, the values they must decode to, and the exact register writes (unit,
@@ -22,6 +23,7 @@ from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.register_image import RecordedWrite, RegisterImageServer, fixture_units, start_register_image
+from tests.integration.profile_peers import served, transports
 from zapd.clock import SystemClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, SOC, BatterySetpoint, DerKind, Reading
 
@@ -32,12 +34,15 @@ INVERTER_FIXTURES = [
 ]
 
 
+INVERTER_PEERS = transports(INVERTER_FIXTURES)
+
+
 @contextlib.asynccontextmanager
-async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusHybridInverter]]:
-    """The fixture's registers on a real TCP socket, and a probed driver for its profile."""
-    server = await start_register_image(fixture_units(fixture["image"]))
-    try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+async def serving(
+    fixture: dict[str, Any], transport: str = "tcp"
+) -> AsyncIterator[tuple[RegisterImageServer, ModbusHybridInverter]]:
+    """The fixture's registers on a real TCP socket (or RTU pty), and a probed driver for its profile."""
+    async with served(fixture, transport) as (server, bus):
         inv = ModbusHybridInverter(
             device_id="dev",
             bus=bus,
@@ -49,18 +54,19 @@ async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageS
         )
         await inv.probe()
         yield server, inv
-    finally:
-        await close_all_buses()
-        await server.stop()
 
 
 def _writes(rows: list[list[Any]]) -> list[RecordedWrite]:
     return [RecordedWrite(unit, address, tuple(values)) for unit, address, values in rows]
 
 
-@pytest.mark.parametrize(("name", "fixture"), INVERTER_FIXTURES, ids=[n for n, _ in INVERTER_FIXTURES])
-async def test_profile_decodes_and_commands_at_register_level(name: str, fixture: dict[str, Any]) -> None:
-    async with serving(fixture) as (server, inv):
+@pytest.mark.parametrize(
+    ("name", "fixture", "transport"), INVERTER_PEERS, ids=[f"{n}-{t}" for n, _, t in INVERTER_PEERS]
+)
+async def test_profile_decodes_and_commands_at_register_level(
+    name: str, fixture: dict[str, Any], transport: str
+) -> None:
+    async with serving(fixture, transport) as (server, inv):
         got: dict[str, Reading] = {}
         await inv.poll_once(lambda r: got.__setitem__(r.der_id, r))
         expect = fixture["expect"]

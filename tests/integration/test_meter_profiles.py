@@ -13,24 +13,17 @@ import asyncio
 import contextlib
 import re
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from drivers.health import HealthState
-from drivers.modbus.bus import ModbusBus, close_all_buses, get_serial_bus, get_tcp_bus
+from drivers.modbus.bus import ModbusBus
 from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.recognize import recognize
 from drivers.modbus.register_map import load_register_map
-from drivers.sim.modbus_rtu import NullModem
-from drivers.sim.register_image import (
-    RegisterImageServer,
-    fixture_units,
-    start_register_image,
-    start_register_image_rtu,
-)
+from tests.integration.profile_peers import over_rtu, over_tcp
 from zapd.clock import SystemClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, DerKind, Reading
 
@@ -51,45 +44,6 @@ def _meter(fixture: dict[str, Any], bus: ModbusBus, profile: str | Path | None =
         clock=SystemClock(),
         backoff_max_s=0.2,
     )
-
-
-@contextlib.asynccontextmanager
-async def over_tcp(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusBus]]:
-    server = await start_register_image(fixture_units(fixture["image"]))
-    try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
-        yield server, bus
-    finally:
-        await close_all_buses()
-        await server.stop()
-
-
-@contextlib.asynccontextmanager
-async def over_rtu(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusBus]]:
-    line = fixture["rtu"]
-    modem = NullModem()
-    modem.open()
-    server = await start_register_image_rtu(
-        fixture_units(fixture["image"]),
-        modem.port_b,
-        baudrate=line["baudrate"],
-        parity=line["parity"],
-        stopbits=line["stopbits"],
-    )
-    try:
-        bus = get_serial_bus(
-            modem.port_a,
-            baudrate=line["baudrate"],
-            parity=line["parity"],
-            stopbits=line["stopbits"],
-            timeout_s=1.0,
-            backoff_initial_s=0.05,
-        )
-        yield server, bus
-    finally:
-        await close_all_buses()
-        await server.stop()
-        modem.close()
 
 
 def _check(name: str, reading: Reading, expect: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
 """Property: whatever power a plan asks for, a profile's control writes stay within the device's limits.
 
+For a time-of-use slot profile (Deye) the written SoC target also stays within the battery's
+configured reserve and max SoC, whatever those are.
+
 A fake bus that stores registers like a device (unit tests may use fakes; the wire is covered by
 tests/integration/test_device_profiles.py) runs each shipped controllable profile. For any
 command: within the nameplate it is written with the right direction and a magnitude that decodes
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +30,14 @@ from zapd.clock import SystemClock
 from zapd.model import BatterySetpoint
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "devices"
-PROFILES = ["sungrow_sh", "huawei_sun2000_luna2000", "solaredge_storedge", "victron_gx_ess"]
+PROFILES = [
+    "sungrow_sh",
+    "huawei_sun2000_luna2000",
+    "solaredge_storedge",
+    "victron_gx_ess",
+    "goodwe_et",
+    "deye_sunsynk_3p",
+]
 
 
 class FakeBus:
@@ -68,9 +79,12 @@ def _image(fixture: dict[str, Any]) -> dict[tuple[int, str, int], int]:
     return {(b["unit"], b["table"], b["address"] + i): v for b in fixture["image"] for i, v in enumerate(b["values"])}
 
 
-async def _run(profile: str, power_w: float) -> tuple[ModbusHybridInverter, FakeBus, bool]:
+async def _run(
+    profile: str, power_w: float, soc_bounds: tuple[float, float] = (0.1, 1.0)
+) -> tuple[ModbusHybridInverter, FakeBus, bool]:
     fixture = FIXTURE_DATA[profile]
     bus = FakeBus(_image(fixture))
+    overrides = {**fixture.get("overrides", {}), "reserve_soc": soc_bounds[0], "max_soc": soc_bounds[1]}
     inv = ModbusHybridInverter(
         device_id="d",
         bus=cast(ModbusBus, bus),
@@ -78,7 +92,7 @@ async def _run(profile: str, power_w: float) -> tuple[ModbusHybridInverter, Fake
         register_map=load_register_map(profile),
         poll_s=1.0,
         clock=SystemClock(),
-        **fixture.get("overrides", {}),
+        **overrides,
     )
     await inv.probe()
     result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=power_w))
@@ -113,3 +127,57 @@ def test_commands_never_exceed_the_nameplate(profile: str, power_w: float) -> No
         assert got == (ctl.charge_value if power_w > 0 else ctl.discharge_value)
         assert 0 <= magnitude <= (battery.max_charge_w if power_w > 0 else battery.max_discharge_w)
         assert math.isclose(magnitude, abs(power_w), abs_tol=0.5 + abs(power_w) * 1e-6)
+
+
+def _reg(bus: FakeBus, unit: int, address: int, count: int) -> list[int]:
+    return [bus.regs[(unit, "holding", address + i)] for i in range(count)]
+
+
+@st.composite
+def _soc_bounds(draw: st.DrawFn) -> tuple[float, float]:
+    reserve = draw(st.floats(0.0, 0.95, allow_nan=False))
+    return reserve, draw(st.floats(reserve + 0.01, 1.0, allow_nan=False))
+
+
+@settings(max_examples=150, deadline=None)
+@given(power_w=st.floats(-20_000, 20_000, allow_nan=False), bounds=_soc_bounds())
+def test_tou_slot_targets_stay_within_reserve_and_max_soc(power_w: float, bounds: tuple[float, float]) -> None:
+    """Whatever the command and the configured SoC bounds: slot power within the nameplate, the slot's
+    SoC target never below the reserve nor above the max SoC, grid charging only when charging."""
+    profile = "deye_sunsynk_3p"
+    inv, bus, ok = asyncio.run(_run(profile, power_w, bounds))
+    battery = inv.capabilities()[0]
+    within = -battery.max_discharge_w <= power_w <= battery.max_charge_w
+    assert ok == within
+    if not within:
+        assert bus.writes == []
+        return
+    rmap = load_register_map(profile)
+    ctl = rmap.control
+    assert ctl is not None and ctl.slot_power and ctl.slot_soc and ctl.slot_charge
+    unit = FIXTURE_DATA[profile]["unit_id"]
+    fields = {name: rmap.field(name) for name in (ctl.slot_power, ctl.slot_soc, ctl.slot_charge)}
+    power = fields[ctl.slot_power].decode(_reg(bus, unit, fields[ctl.slot_power].address, 1))
+    target = fields[ctl.slot_soc].decode(_reg(bus, unit, fields[ctl.slot_soc].address, 1))
+    flag = _reg(bus, unit, fields[ctl.slot_charge].address, 1)[0]
+    reserve, max_soc = bounds
+    assert 0 <= power <= (battery.max_charge_w if power_w > 0 else battery.max_discharge_w)
+    assert math.isclose(power, abs(power_w), abs_tol=0.5 + abs(power_w) * 1e-6)
+    assert reserve - 1e-9 <= target <= max_soc + 1e-9
+    assert flag == (ctl.slot_charge_on if power_w > 0 else ctl.slot_charge_off)
+
+
+def test_tou_slot_refuses_soc_bounds_with_no_whole_percent_between() -> None:
+    """reserve 50.2 % and max 50.8 %: no whole-percent target is within both; a config error, not a guess."""
+    fixture = FIXTURE_DATA["deye_sunsynk_3p"]
+    with pytest.raises(ValueError, match="between reserve_soc"):
+        ModbusHybridInverter(
+            device_id="d",
+            bus=cast(ModbusBus, FakeBus(_image(fixture))),
+            unit_id=1,
+            register_map=load_register_map("deye_sunsynk_3p"),
+            poll_s=1.0,
+            clock=SystemClock(),
+            reserve_soc=0.502,
+            max_soc=0.508,
+        )

@@ -77,6 +77,12 @@ def test_direction_magnitude_parses(tmp_path: Path) -> None:
         ('style = "signed_setpoint"\nsetpoint = "power"\nkeepalive_s = -1', "keepalive_s must be in"),
         ('style = "signed_setpoint"\nsetpoint = "power"\nenter = [{field = "mode", value = -1}]', "raw register"),
         ('style = "signed_setpoint"\nsetpoint = "power"\nbogus = 1', "unknown key"),
+        ('style = "tou_slot"\nslot_power = "power"\nslot_soc = "cmd"', "needs control.slot_charge"),
+        (
+            'style = "tou_slot"\nslot_power = "power"\nslot_soc = "cmd"\nslot_charge = "mode"\nslot_charge_on = 0',
+            "slot_charge_on and slot_charge_off must differ",
+        ),
+        ('style = "tou_slot"\nslot_power = "power"\nslot_soc = "grid"\nslot_charge = "mode"', "must be writable"),
     ],
 )
 def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: str) -> None:
@@ -84,8 +90,26 @@ def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: 
         _load(tmp_path, control)
 
 
+def test_tou_slot_parses(tmp_path: Path) -> None:
+    spec = _load(
+        tmp_path,
+        'style = "tou_slot"\nslot_power = "power"\nslot_soc = "cmd"\nslot_charge = "mode"\n'
+        'enter = [{field = "mode", value = 255}]\nmode_field = "mode"\nrevert = "release"\n'
+        'release = [{field = "mode", value = 0}]',
+    )
+    assert spec is not None and spec.style == "tou_slot" and spec.slot_charge_on == 1 and spec.slot_charge_off == 0
+    assert {"power", "cmd", "mode"} <= spec.written_fields()  # type: ignore[attr-defined]
+
+
 def test_shipped_profiles_with_control_cite_two_sources() -> None:
     """Every vendor profile that commands a battery names its document and its cross-check."""
-    for name in ("sungrow_sh", "huawei_sun2000_luna2000", "victron_gx_ess", "solaredge_storedge"):
+    for name in (
+        "sungrow_sh",
+        "huawei_sun2000_luna2000",
+        "victron_gx_ess",
+        "solaredge_storedge",
+        "goodwe_et",
+        "deye_sunsynk_3p",
+    ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name
