@@ -14,6 +14,8 @@ class Metrics:
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.accepted: Counter[str] = Counter()
         self.connections_refused: Counter[str] = Counter()
+        self.channel_events: Counter[tuple[str, str]] = Counter()
+        self.channel_open = 0  # live channels on this worker (a gauge)
 
     def reject(self, endpoint: str, reason: str) -> None:
         self.rejected[(endpoint, reason)] += 1
@@ -24,6 +26,10 @@ class Metrics:
     def connection_refused(self, reason: str) -> None:
         """A connection closed before it made a request (connection cap, header deadline)."""
         self.connections_refused[reason] += 1
+
+    def channel(self, side: str, reason: str) -> None:
+        """A live-channel event: refused frames and connections by reason (`side` is who refused)."""
+        self.channel_events[(side, reason)] += 1
 
     def render(self) -> str:
         lines = [
@@ -44,4 +50,15 @@ class Metrics:
         ]
         for reason, n in sorted(self.connections_refused.items()):
             lines.append(f'zapcloud_connections_refused_total{{reason="{reason}"}} {n}')
+        lines += [
+            "# HELP zapcloud_channel_events_total Live-channel refusals and events, by reason.",
+            "# TYPE zapcloud_channel_events_total counter",
+        ]
+        for (side, reason), n in sorted(self.channel_events.items()):
+            lines.append(f'zapcloud_channel_events_total{{side="{side}",reason="{reason}"}} {n}')
+        lines += [
+            "# HELP zapcloud_channel_connections Live channels held by this worker.",
+            "# TYPE zapcloud_channel_connections gauge",
+            f"zapcloud_channel_connections {self.channel_open}",
+        ]
         return "\n".join(lines) + "\n"

@@ -55,7 +55,8 @@ def create_index_if_missing(name: str, table: str, columns: list[str], *, unique
 
 def target_metadata() -> MetaData:
     """The models every revision is compared against: the core tables and the data API's."""
-    import cloud.dataapi.tables  # noqa: F401  (registers its tables on `metadata`)
+    import cloud.dataapi.tables
+    import cloud.server.channel_hub  # noqa: F401  (the live channel's tables)
     from cloud.server.db import metadata
 
     return metadata
