@@ -33,7 +33,7 @@ from zapd.config import ZapdConfig
 from zapd.controller import Controller
 from zapd.devices import DeviceSet
 from zapd.model import Plan, Reading
-from zapd.override import KV_KEY, ForcedRung, OverrideError, decode_override, encode_override
+from zapd.override import OperatorOverride, OverrideError
 from zapd.state import SiteState
 from zapd.store import Store
 from zapd.supervisor import Supervisor
@@ -135,9 +135,9 @@ def _version(dist: str) -> str:
 
 
 class LocalApi:
-    def __init__(self, daemon: DaemonView, forced: ForcedRung | None = None) -> None:
+    def __init__(self, daemon: DaemonView, override: OperatorOverride | None = None) -> None:
         self._d = daemon
-        self.forced = forced or ForcedRung(daemon.clock, daemon.state)
+        self.override = override or OperatorOverride(daemon.clock, daemon.state)
         self.socket_path = Path(daemon.config.api.socket)
         self.started_at = daemon.clock.now()
         self._t0 = time.monotonic()
@@ -172,7 +172,7 @@ class LocalApi:
 
     async def serve(self) -> None:
         """Supervised task: listen until cancelled, then remove the socket file."""
-        await self._restore_override()
+        await self.override.restore()
         self._prepare_path()
         server = await asyncio.start_unix_server(self._on_client, path=str(self.socket_path), limit=MAX_LINE)
         try:
@@ -198,16 +198,6 @@ class LocalApi:
                 self.socket_path.unlink()  # nobody listening: a leftover from a crash
                 return
         raise RuntimeError(f"{self.socket_path}: another process is listening on the API socket")
-
-    async def _restore_override(self) -> None:
-        store = self._d.store
-        if store is None:
-            return
-        async with asyncio.timeout(HANDLER_TIMEOUT_S):
-            raw = await store.kv_get(KV_KEY)
-        ov = decode_override(raw) if raw else None
-        if ov is not None and self.forced.restore(ov):
-            log.warning("fallback.force_restored", rung=ov.rung.name.lower(), until=ov.until.isoformat())
 
     # --- connections -----------------------------------------------------------------------
 
@@ -331,7 +321,7 @@ class LocalApi:
     def _rung(self) -> dict[str, object]:
         c = self._d.controller
         stats = c.stats if c is not None else None
-        ov = self.forced.active()
+        ov = self.override.active()
         return {
             "rung": stats.rung.name.lower() if stats and stats.rung else None,
             "since": _ts(stats.rung_since) if stats else None,
@@ -506,29 +496,17 @@ class LocalApi:
         if request.rung is None or request.minutes is None:
             raise RequestError("bad_request", "fallback_force needs 'rung' and 'minutes'")
         try:
-            ov = self.forced.force(request.rung, request.minutes, request.reason)
+            change = await self.override.force(request.rung, request.minutes, request.reason, source="api")
         except OverrideError as exc:
             raise RequestError("bad_request", str(exc)) from None
-        if self._d.controller is not None:
-            self._d.controller.wake()
-        log.warning("fallback.forced", rung=ov.rung.name.lower(), until=ov.until.isoformat(), reason=ov.reason)
-        store = self._d.store
-        if store is not None:
-            await store.kv_set(KV_KEY, encode_override(ov))
-            await store.add_event(ov.set_at, "operator", f"force {ov.rung.name.lower()} until {ov.until.isoformat()}")
-        return {"forced": ov.to_json()}
+        assert change.override is not None
+        # `stored: false`: in force now, but a restart will forget it (the store refused the write).
+        return {"forced": change.override.to_json(), "stored": change.stored}
 
     async def _fallback_release(self, request: Request) -> dict[str, object]:
-        released = self.forced.release()
-        if self._d.controller is not None:
-            self._d.controller.wake()
-        store = self._d.store
-        if store is not None:
-            await store.kv_set(KV_KEY, "")
-            if released is not None:
-                await store.add_event(self._d.clock.now(), "operator", f"release {released.rung.name.lower()}")
-        log.warning("fallback.released", had_override=released is not None)
-        return {"released": released.to_json() if released else None}
+        change = await self.override.release(source="api")
+        released = change.override
+        return {"released": released.to_json() if released else None, "stored": change.stored}
 
     async def _diag(self, request: Request) -> dict[str, object]:
         d = self._d

@@ -32,6 +32,7 @@ from zapd.envelope import BatteryEnvelope, SiteLimits
 from zapd.homeassistant import HomeAssistant
 from zapd.metrics import MetricsServer, SyncGauges
 from zapd.model import DerCapabilities, Plan, Reading
+from zapd.override import OperatorOverride
 from zapd.sdnotify import Notifier
 from zapd.state import SiteState
 from zapd.store import Store
@@ -208,7 +209,8 @@ class Daemon:
         self.cloud: CloudSync | None = None
         self._sync_gauges = SyncGauges()
         self._metrics: MetricsServer | None = None
-        self.api = LocalApi(self)  # local control API (zapctl); see docs/local-api.md
+        self.override = OperatorOverride(clock, self.state)  # zapctl and Home Assistant both set it
+        self.api = LocalApi(self, self.override)  # local control API (zapctl); see docs/local-api.md
         self.home_assistant: HomeAssistant | None = None
 
     @property
@@ -344,9 +346,10 @@ class Daemon:
             plan_source=self.current_plan,
             plan_fresh=self.plan_fresh,
             on_cycle=self._on_cycle,
-            forced_rung=self.api.forced,
+            forced_rung=self.override,
             evs=lambda: self.devices.ev_envelopes,
         )
+        self.override.store, self.override.wake = self.store, self.controller.wake
         log.info(
             "daemon.starting",
             site=self.config.site.id,

@@ -25,7 +25,6 @@ import json
 import math
 import random
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol
@@ -42,7 +41,7 @@ from zapd.config import HomeAssistantConfig, ZapdConfig
 from zapd.controller import Controller
 from zapd.devices import DeviceSet
 from zapd.model import EXPORT_WH, IMPORT_WH, DerKind, Intent, IntentMode, Plan
-from zapd.override import FORCEABLE, KV_KEY, ForcedRung, encode_override
+from zapd.override import FORCEABLE, OperatorOverride
 from zapd.state import SiteState
 from zapd.store import Store
 
@@ -57,12 +56,6 @@ TIMEOUT_S = 5.0  # connect, subscribe, publish
 KEEPALIVE_S = 30
 GOODBYE_S = 2.0  # bounded "offline" on a clean stop
 CHECK_S = 1.0  # how often a changed rung, plan or override is noticed (real s)
-STORE_TIMEOUT_S = 5.0
-
-
-class _HasForced(Protocol):
-    @property
-    def forced(self) -> ForcedRung: ...
 
 
 class HaSite(Protocol):
@@ -81,7 +74,7 @@ class HaSite(Protocol):
     @property
     def store(self) -> Store | None: ...
     @property
-    def api(self) -> _HasForced: ...
+    def override(self) -> OperatorOverride: ...
     def current_plan(self) -> Plan | None: ...
 
 
@@ -390,7 +383,7 @@ class HomeAssistant:
             prev = self._published.get(self.state_topic(object_id))
             out[self.state_topic(object_id)] = (payload, prev is None or (prev == UNKNOWN) != (payload == UNKNOWN))
         stats = site.controller.stats if site.controller is not None else None
-        ov = site.api.forced.active()
+        ov = site.override.active()
         rung = stats.rung.name.lower() if stats is not None and stats.rung is not None else UNKNOWN
         out[self.state_topic("fallback_rung")] = (rung, True)
         rung_attrs = {
@@ -531,37 +524,12 @@ class HomeAssistant:
                     expected=", ".join(MODE_OPTIONS),
                 )
             return
-        forced = self._site.api.forced
-        now = self._site.clock.now()
+        override = self._site.override
         if choice == AUTO:
-            released = forced.release()
-            log.warning("fallback.released", source="home_assistant", had_override=released is not None)
-            await self._record(
-                "", f"release {released.rung.name.lower()} (home assistant)" if released is not None else None, now
-            )
+            await override.release(source="home_assistant")
         else:
-            ov = forced.force(choice, self._cfg.override_minutes, "set in Home Assistant")
-            log.warning("fallback.forced", source="home_assistant", rung=choice, until=ov.until.isoformat())
-            await self._record(
-                encode_override(ov), f"force {choice} until {ov.until.isoformat()} (home assistant)", ov.set_at
-            )
-        if self._site.controller is not None:
-            self._site.controller.wake()
+            await override.force(choice, self._cfg.override_minutes, "set in Home Assistant", source="home_assistant")
         self._wake.set()
-
-    async def _record(self, stored: str, event: str | None, at: datetime) -> None:
-        """Persist like the local API does, so the override survives a restart and shows in
-        `zapctl fallback`; a store that cannot take it leaves the override in force, in memory."""
-        store = self._site.store
-        if store is None:
-            return
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT_S):
-                await store.kv_set(KV_KEY, stored)
-                if event is not None:
-                    await store.add_event(at, "operator", event)
-        except (sqlite3.Error, OSError, TimeoutError) as exc:
-            log.error("home_assistant.override_not_stored", error=str(exc) or type(exc).__name__)
 
     # ---- link state, logged on change ----
 

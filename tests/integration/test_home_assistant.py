@@ -250,8 +250,8 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
 
                 # --- the select drives the operator override, and its state follows ---
                 await send(mosquitto, f"{BASE}/mode/set", "self_consumption")
-                await until(lambda: daemon.api.forced.active() is not None, "the override")
-                ov = daemon.api.forced.active()
+                await until(lambda: daemon.override.active() is not None, "the override")
+                ov = daemon.override.active()
                 assert ov is not None and ov.rung is Rung.SELF_CONSUMPTION
                 assert ov.until - ov.set_at == timedelta(minutes=30)
                 await until(lambda: _rung(daemon) is Rung.SELF_CONSUMPTION, "the self-consumption rung")
@@ -261,7 +261,7 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
                 assert daemon.store is not None and (await daemon.store.kv_get(KV_KEY) or "").startswith("{")
 
                 await send(mosquitto, f"{BASE}/mode/set", "auto")
-                await until(lambda: daemon.api.forced.active() is None, "the release")
+                await until(lambda: daemon.override.active() is None, "the release")
                 await until(lambda: _rung(daemon) is Rung.PLAN, "the plan rung again")
                 await until(lambda: seen.payload(f"{BASE}/mode/state") == "auto", "select state auto")
                 await until(lambda: seen.payload(f"{BASE}/fallback_rung/state") == "plan", "rung state plan")
@@ -276,14 +276,14 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
                 await send(mosquitto, f"{BASE}/mode/set", "safe_hold", retain=True)
                 await until(lambda: _rung(daemon) is Rung.SAFE_HOLD, "safe hold forced")
                 await send(mosquitto, f"{BASE}/mode/set", "auto")
-                await until(lambda: daemon.api.forced.active() is None, "released again")
+                await until(lambda: daemon.override.active() is None, "released again")
                 connects = ha.counters["connects"]
                 async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"zapd-ha-{NODE}", timeout=5):
                     pass  # same client id: the broker drops zapd's session, zapd reconnects
                 await until(lambda: ha.counters["connects"] > connects, "the reconnect after the takeover")
                 await until(lambda: ha.counters["ignored_retained"] == 1, "the replayed command refused")
                 await asyncio.sleep(0.5)
-                assert daemon.api.forced.active() is None
+                assert daemon.override.active() is None
                 assert not run.done() and not daemon.supervisor.health["home_assistant"].failing
                 assert sum(e["event"] == "home_assistant.invalid_command" for e in logs) == 1
 
@@ -299,7 +299,7 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
                 await until(lambda: seen.payload(f"{BASE}/availability") == "online", "online after the restart")
                 await until(lambda: seen.payload(f"{BASE}/grid_power/state") not in (None, "None"), "states again")
                 assert f"{BASE}/mode/set" not in seen.last  # the retained command died with the broker
-                assert daemon.api.forced.active() is None
+                assert daemon.override.active() is None
 
                 # --- Home Assistant's birth message: announce again (its own restart lost the states) ---
                 announced = ha.counters["discovery"]

@@ -16,16 +16,11 @@ from zapd.controller import Controller
 from zapd.devices import DeviceSet
 from zapd.homeassistant import HomeAssistant, default_node_id, describe_intent, next_action
 from zapd.model import DerKind, Intent, IntentMode, Plan, PlanSlot
-from zapd.override import ForcedRung
+from zapd.override import OperatorOverride
 from zapd.state import SiteState
 from zapd.store import Store
 
 T0 = datetime(2026, 6, 1, 10, 30, tzinfo=UTC)
-
-
-@dataclass
-class _Api:
-    forced: ForcedRung
 
 
 @dataclass
@@ -36,7 +31,7 @@ class FakeSite:
     clock: ManualClock
     state: SiteState
     devices: DeviceSet
-    api: _Api
+    override: OperatorOverride
     controller: Controller | None = None
     store: Store | None = None
     plan: Plan | None = None
@@ -50,7 +45,7 @@ def _site(kinds: dict[str, DerKind] | None = None, site_id: str = "home.1") -> F
     state = SiteState()
     config = validate_config({"site": {"id": site_id, "fuse_a": 25}}, "test")
     devices = DeviceSet(kinds=dict(kinds or {"meter": DerKind.METER}))
-    return FakeSite(config, clock, state, devices, _Api(ForcedRung(clock, state)))
+    return FakeSite(config, clock, state, devices, OperatorOverride(clock, state))
 
 
 def _ha(site: FakeSite, **cfg: object) -> HomeAssistant:
@@ -152,11 +147,11 @@ async def test_select_forces_and_releases_without_a_store() -> None:
     site = _site()
     ha = _ha(site, override_minutes=15)
     await ha.on_command("Self_Consumption\n")
-    ov = site.api.forced.active()
+    ov = site.override.active()
     assert ov is not None and ov.rung is Rung.SELF_CONSUMPTION and ov.until == T0 + timedelta(minutes=15)
     assert ha.states()["zapd/home_1/mode/state"][0] == "self_consumption"
     await ha.on_command("auto")
-    assert site.api.forced.active() is None
+    assert site.override.active() is None
     await ha.on_command("safe_hold")
     site.clock.advance(15 * 60)  # the override expires by itself: the select shows auto again
     assert ha.states()["zapd/home_1/mode/state"][0] == "auto"
@@ -168,7 +163,7 @@ async def test_bad_and_retained_commands_change_nothing() -> None:
     for payload in ("turbo", "", None, "plan"):
         await ha.on_command(payload)
     await ha.on_command("safe_hold", retained=True)
-    assert site.api.forced.active() is None
+    assert site.override.active() is None
     assert ha.counters["invalid_commands"] == 4 and ha.counters["ignored_retained"] == 1
 
 
