@@ -317,6 +317,35 @@ class ModbusBus:
             priority,
         )
 
+    async def read_coils(
+        self, unit_id: int, address: int, count: int, *, priority: Priority = Priority.POLL
+    ) -> list[int]:
+        """Coils (function 0x01) as 0 / 1, e.g. a charger's enable bit."""
+        pdu = await self._request(
+            "read_coils",
+            unit_id,
+            address,
+            lambda c: c.read_coils(address, count=count, device_id=unit_id),
+            priority,
+        )
+        bits = [int(bool(b)) for b in pdu.bits[:count]]
+        if len(bits) != count:
+            self.counters["errors"] += 1
+            raise DriverError(f"{self}: unit {unit_id} @{address}: asked {count} coils, got {len(bits)}")
+        return bits
+
+    async def write_coil(
+        self, unit_id: int, address: int, value: bool, *, priority: Priority = Priority.CONTROL
+    ) -> None:
+        """One coil (function 0x05)."""
+        await self._request(
+            "write_coil",
+            unit_id,
+            address,
+            lambda c: c.write_coil(address, value, device_id=unit_id),
+            priority,
+        )
+
     async def close(self) -> None:
         """Drop the connection and forget this bus, so the next `get_*_bus` builds a fresh one."""
         if _BUSES.get(self.endpoint.key) is self:

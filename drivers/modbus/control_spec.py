@@ -270,6 +270,10 @@ def _check_fields(spec: ControlSpec, fields: Mapping[str, Any]) -> None:
     for name in sorted(spec.written_fields()):
         if not getattr(fields[name], "writable", False):
             raise ControlSpecError(f"control writes field {name!r}: it must be writable")
+    for w in (*spec.enter, *spec.release):
+        # a coil (an enable bit) takes 0 or 1; the bus writes it with function 0x05
+        if getattr(getattr(fields[w.field], "dtype", None), "value", None) == "bool" and w.value not in (0, 1):
+            raise ControlSpecError(f"control writes coil {w.field!r} = {w.value}: a coil takes 0 or 1")
     if spec.slot_soc is not None and getattr(fields[spec.slot_soc], "scale_factor", None) is not None:
         # its target is rounded to a raw step on the safe side, which needs a fixed scale
         raise ControlSpecError(f"control.slot_soc {spec.slot_soc!r} must have a fixed scale, not a scale_factor")

@@ -25,7 +25,8 @@ from drivers.ev_command import ev_current_refusal
 from drivers.health import DeviceHealth
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import poll_forever
-from drivers.modbus.register_map import Field, RegisterMap, RegisterMapError, Table
+from drivers.modbus.field_io import FieldReader
+from drivers.modbus.register_map import DataType, Field, RegisterMap, RegisterMapError
 from zapd.clock import Clock
 from zapd.model import (
     CHARGING,
@@ -82,6 +83,11 @@ class EvProfile:
     `state_codes` turns into a letter (ABB Terra AC, Mennekes); an unknown code is a fault.
     `readback = false`: the setpoint register is write-only (ABB 4100h), so a write that the
     device acknowledged is taken as held.
+    `enable = FIELD`: a coil that allows charging (Phoenix Contact EV-CC coil 400). Its rule:
+    a current of at least 6 A writes the setpoint, then the coil on; 0 A (pause) writes only the
+    coil off (the setpoint register keeps its last value, as the controller refuses < 6 A); the
+    keep-alive writes both again; safe mode "minimum" is the minimum current with the coil on,
+    "pause" the coil off.
     """
 
     encoding: Literal["ascii", "codes"] = "ascii"
@@ -89,6 +95,7 @@ class EvProfile:
     shift: int = 0
     mask: int = 0xFFFF
     readback: bool = True
+    enable: str | None = None
 
     def state(self, raw: int) -> EvState:
         if self.encoding == "ascii":
@@ -117,7 +124,12 @@ def ev_profile(rmap: RegisterMap) -> EvProfile:
         raise RegisterMapError(f"{rmap.path}: ev.state_shift must be 0..15 and ev.state_mask 1..0xFFFF")
     if not isinstance(readback, bool):
         raise RegisterMapError(f"{rmap.path}: ev.readback must be true or false")
-    return EvProfile(encoding=encoding, codes=codes, shift=shift, mask=mask, readback=readback)
+    enable = ev.get("enable")
+    if enable is not None:
+        coil = rmap.get(enable) if isinstance(enable, str) else None
+        if coil is None or coil.dtype is not DataType.BOOL or not coil.writable:
+            raise RegisterMapError(f"{rmap.path}: ev.enable must name a writable coil field, got {enable!r}")
+    return EvProfile(encoding=encoding, codes=codes, shift=shift, mask=mask, readback=readback, enable=enable)
 
 
 class ModbusEvCharger:
@@ -151,6 +163,7 @@ class ModbusEvCharger:
         self._bus = bus
         self._unit = unit_id
         self._map = register_map
+        self._fields = FieldReader(device_id, bus, unit_id, register_map)
         self._poll_s = poll_s
         self._clock = clock
         self.max_current_a = max_current_a
@@ -206,9 +219,7 @@ class ModbusEvCharger:
     # ---- register access ----
 
     async def _read_regs(self, f: Field, priority: Priority) -> list[int]:
-        if f.table is Table.INPUT:
-            return await self._bus.read_input(self._unit, f.address, f.count, priority=priority)
-        return await self._bus.read_holding(self._unit, f.address, f.count, priority=priority)
+        return await self._fields.regs(f, priority)
 
     async def _read(self, name: str, priority: Priority = Priority.POLL, *, measured: bool = False) -> float:
         """A field in zapd units. A measurement (`measured`) that is not a number is returned as it is: the
@@ -227,7 +238,7 @@ class ModbusEvCharger:
         """Write and read back; None when the device holds the value, else why not."""
         f = self._map.field(name)
         regs = f.encode(value)
-        await self._bus.write_registers(self._unit, f.address, regs, priority=Priority.CONTROL)
+        await self._fields.write(f, regs)
         if not self._profile.readback:
             return None  # write-only register: the device's acknowledgement is all there is
         back = await self._read_regs(f, Priority.CONTROL)
@@ -287,7 +298,7 @@ class ModbusEvCharger:
             return
         self.counters["keepalives"] += 1
         async with asyncio.timeout(self._apply_timeout_s):
-            await self._write("ev_current_setpoint", cmd.current_a)
+            await self._write_current(cmd.current_a)
         self._last_write_at = time.monotonic()
 
     # ---- control ----
@@ -338,14 +349,23 @@ class ModbusEvCharger:
                 problem = await self._write("ev_phases", command.phases)
                 if problem is not None:
                     return problem
-        return await self._write("ev_current_setpoint", command.current_a)
+        return await self._write_current(command.current_a)
+
+    async def _write_current(self, current_a: float) -> str | None:
+        """The setpoint, and with an enable coil its rule (EvProfile): pause = coil off only."""
+        enable = self._profile.enable
+        if enable is None:
+            return await self._write("ev_current_setpoint", current_a)
+        if current_a <= 0.0:
+            return await self._write(enable, 0.0)
+        return await self._write("ev_current_setpoint", current_a) or await self._write(enable, 1.0)
 
     async def safe_mode(self) -> None:
         """Minimum current (or pause, per config). Logs instead of raising: it runs on the way out."""
         current = self.min_current_a if self._safe_mode == "minimum" else 0.0
         try:
             async with asyncio.timeout(self._apply_timeout_s):
-                problem = await self._write("ev_current_setpoint", current)
+                problem = await self._write_current(current)
         except (DriverError, TimeoutError, ValueError) as exc:
             problem = str(exc) or type(exc).__name__
         if problem is not None:

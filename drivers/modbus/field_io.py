@@ -26,9 +26,18 @@ class FieldReader:
         return self.unit if f.unit_id is None else f.unit_id
 
     async def regs(self, f: Field, priority: Priority) -> list[int]:
+        if f.table is Table.COIL:
+            return await self.bus.read_coils(self.unit_of(f), f.address, f.count, priority=priority)
         if f.table is Table.INPUT:
             return await self.bus.read_input(self.unit_of(f), f.address, f.count, priority=priority)
         return await self.bus.read_holding(self.unit_of(f), f.address, f.count, priority=priority)
+
+    async def write(self, f: Field, regs: list[int], priority: Priority = Priority.CONTROL) -> None:
+        """Raw words (or a coil's 0 / 1) to the field's place on the bus."""
+        if f.table is Table.COIL:
+            await self.bus.write_coil(self.unit_of(f), f.address, bool(regs[0]), priority=priority)
+        else:
+            await self.bus.write_registers(self.unit_of(f), f.address, regs, priority=priority)
 
     async def scale_factor(self, f: Field, priority: Priority) -> int | None:
         if f.scale_factor is None:

@@ -182,7 +182,7 @@ class ModbusHybridInverter(ReportsHealth):
         """Every write goes through the flash budget; `force` is for the safe mode on the way out."""
         if not force:
             self._budget.spend()
-        await self._bus.write_registers(self._unit_of(f), f.address, regs, priority=Priority.CONTROL)
+        await self._fields.write(f, regs)
 
     # ---- probe and poll ----
 

@@ -32,6 +32,7 @@ class RegisterMapError(ValueError):
 class Table(StrEnum):
     HOLDING = "holding"
     INPUT = "input"
+    COIL = "coil"  # one bit (function 0x01 / 0x05), e.g. a charger's enable; its type is "bool"
 
 
 class DataType(StrEnum):
@@ -42,6 +43,7 @@ class DataType(StrEnum):
     U64 = "u64"  # e.g. ABB B-series energy counters
     FLOAT32 = "float32"
     FLOAT64 = "float64"  # e.g. Alfen's energy counters
+    BOOL = "bool"  # a coil: 0 or 1
 
 
 _REGISTER_TYPE = {
@@ -55,6 +57,7 @@ _REGISTER_TYPE = {
 }
 SCALE_FACTOR_LIMIT = 10  # SunSpec scale factors are -10..10; beyond is a garbled register
 _WIDTH = {
+    DataType.BOOL: 1,
     DataType.U16: 1,
     DataType.S16: 1,
     DataType.U32: 2,
@@ -64,6 +67,7 @@ _WIDTH = {
     DataType.FLOAT64: 4,
 }
 _INT_RANGE = {
+    DataType.BOOL: (0, 1),
     DataType.U16: (0, 0xFFFF),
     DataType.S16: (-0x8000, 0x7FFF),
     DataType.U32: (0, 0xFFFF_FFFF),
@@ -140,13 +144,16 @@ class Field:
         """Raw registers -> value in zapd units."""
         if len(registers) != self.count:
             raise ValueError(f"field {self.name!r} is {self.count} register(s), got {len(registers)}")
-        raw = decode_registers(registers, _REGISTER_TYPE[self.dtype], self.word_order)
-        return float(raw) * self._factor(sf)
+        return float(self._raw_value(registers)) * self._factor(sf)
+
+    def _raw_value(self, registers: list[int]) -> int | float:
+        if self.dtype is DataType.BOOL:
+            return 1 if registers[0] else 0
+        return decode_registers(registers, _REGISTER_TYPE[self.dtype], self.word_order)
 
     def decode_raw_int(self, registers: list[int]) -> int:
         """For scale-factor and mode registers, which are plain integers with no scaling."""
-        raw = decode_registers(registers, _REGISTER_TYPE[self.dtype], self.word_order)
-        return int(raw)
+        return int(self._raw_value(registers))
 
     def encode(self, value: float, sf: int | None = None) -> list[int]:
         """Value in zapd units -> registers; ValueError when the device type cannot hold it."""
@@ -166,6 +173,8 @@ class Field:
         lo, hi = _INT_RANGE.get(self.dtype, (-(2**31), 2**31 - 1))
         if not lo <= raw <= hi:
             raise ValueError(f"field {self.name!r}: raw value {raw} does not fit {self.dtype.value}")
+        if self.dtype is DataType.BOOL:
+            return [raw]
         return encode_registers(raw, _REGISTER_TYPE[self.dtype], self.word_order)
 
 
@@ -269,7 +278,9 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
     try:
         table = Table(spec.get("table", ""))
     except ValueError:
-        raise RegisterMapError(f"{where}: table must be 'holding' or 'input', got {spec.get('table')!r}") from None
+        raise RegisterMapError(
+            f"{where}: table must be 'holding', 'input' or 'coil', got {spec.get('table')!r}"
+        ) from None
     try:
         dtype = DataType(spec.get("type", ""))
     except ValueError:
@@ -299,6 +310,8 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
         raise RegisterMapError(f"{where}: sign_field (a field name) and sign_mask go together")
     if not isinstance(sign_mask, int) or isinstance(sign_mask, bool) or not 0 <= sign_mask <= 0xFFFF_FFFF:
         raise RegisterMapError(f"{where}: sign_mask must be a bit mask, got {sign_mask!r}")
+    if (table is Table.COIL) != (dtype is DataType.BOOL):
+        raise RegisterMapError(f"{where}: a coil is type 'bool', and type 'bool' is a coil")
     if address + _WIDTH[dtype] - 1 > 0xFFFF:
         raise RegisterMapError(f"{where}: {dtype.value} at {address} runs past register 65535")
     return Field(

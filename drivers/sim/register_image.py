@@ -21,9 +21,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 log = structlog.get_logger(__name__)
 
 _WRITE_FUNCTION_CODES = {6, 16}
+_COIL_WRITE_FUNCTION_CODES = {5, 15}
 _INPUT_FUNCTION_CODES = {4}
 
-# One unit's image: table ("holding" | "input") -> address -> raw 16-bit value.
+# One unit's image: table ("holding" | "input" | "coil") -> address -> raw 16-bit value (a coil: 0 / 1).
 UnitImage = Mapping[str, Mapping[int, int]]
 
 
@@ -32,6 +33,7 @@ class RecordedWrite:
     unit: int
     address: int
     values: tuple[int, ...]
+    table: str = "holding"  # "coil" for a coil write (function 0x05 / 0x0F)
 
 
 @dataclass
@@ -50,10 +52,11 @@ class _UnitLog:
         set_values: list[int] | list[bool] | None,
     ) -> None:
         del start_address, count, registers
-        if set_values is None or function_code not in _WRITE_FUNCTION_CODES:
+        if set_values is None or function_code not in _WRITE_FUNCTION_CODES | _COIL_WRITE_FUNCTION_CODES:
             self.reads += 1
             return
-        self.writes.append(RecordedWrite(self.unit, address, tuple(int(v) for v in set_values)))
+        table = "coil" if function_code in _COIL_WRITE_FUNCTION_CODES else "holding"
+        self.writes.append(RecordedWrite(self.unit, address, tuple(int(v) for v in set_values), table))
 
 
 def fixture_units(blocks: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, dict[int, int]]]:
@@ -87,6 +90,23 @@ def _runs(cells: Mapping[int, int]) -> list[SimData]:
     return blocks or [SimData(0, datatype=DataType.INVALID)]
 
 
+def _coil_runs(cells: Mapping[int, int]) -> list[SimData]:
+    """Coils by bit address. The simulator stores bits sixteen to a register, so each run is padded
+    to a multiple of 16 with coils that are off (they read as 0 and can be written, unlike on a device
+    with a single coil there)."""
+    if not cells:
+        return [SimData(0, values=[False] * 16, datatype=DataType.BITS, readonly=True)]
+    blocks: list[SimData] = []
+    addrs = sorted(cells)
+    start = addrs[0]
+    while addrs:
+        bits = [bool(cells.get(start + i, 0)) for i in range(16)]
+        blocks.append(SimData(start, values=bits, datatype=DataType.BITS))
+        addrs = [a for a in addrs if a >= start + 16]
+        start = addrs[0] if addrs else start
+    return blocks
+
+
 @dataclass
 class RegisterImageServer:
     """A running image server; `writes` lists every write request across units, in arrival order."""
@@ -106,15 +126,16 @@ class RegisterImageServer:
 def _devices(units: Mapping[int, UnitImage], writes: list[RecordedWrite]) -> list[SimDevice]:
     devices = []
     for unit_id, image in units.items():
-        unknown = set(image) - {"holding", "input"}
+        unknown = set(image) - {"holding", "input", "coil"}
         if unknown:
             raise ValueError(f"unit {unit_id}: unknown table(s) {sorted(unknown)}")
         unit_log = _UnitLog(unit_id, writes)
         no_bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS, readonly=True)]
+        coils = _coil_runs(image.get("coil", {}))
         devices.append(
             SimDevice(
                 id=unit_id,
-                simdata=(no_bits, list(no_bits), _runs(image.get("holding", {})), _runs(image.get("input", {}))),
+                simdata=(coils, no_bits, _runs(image.get("holding", {})), _runs(image.get("input", {}))),
                 action=unit_log.action,
             )
         )

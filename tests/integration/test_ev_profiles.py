@@ -60,7 +60,16 @@ async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageS
 
 
 def _writes(rows: list[list[Any]]) -> list[RecordedWrite]:
-    return [RecordedWrite(unit, address, tuple(values)) for unit, address, values in rows]
+    """[unit, address, [words]] is a register write, [unit, "coil", address, [0 | 1]] a coil write."""
+    out = []
+    for row in rows:
+        if len(row) == 4:
+            unit, table, address, values = row
+            out.append(RecordedWrite(unit, address, tuple(values), table))
+        else:
+            unit, address, values = row
+            out.append(RecordedWrite(unit, address, tuple(values)))
+    return out
 
 
 @pytest.mark.parametrize(("name", "fixture"), EV_FIXTURES, ids=[n for n, _ in EV_FIXTURES])

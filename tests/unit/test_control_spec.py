@@ -40,6 +40,11 @@ address = 2
 table = "input"
 type = "s16"
 unit = "W"
+[fields.enable]
+address = 400
+table = "coil"
+type = "bool"
+writable = true
 """
 
 
@@ -83,6 +88,7 @@ def test_direction_magnitude_parses(tmp_path: Path) -> None:
             "slot_charge_on and slot_charge_off must differ",
         ),
         ('style = "tou_slot"\nslot_power = "power"\nslot_soc = "grid"\nslot_charge = "mode"', "must be writable"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\nenter = [{field = "enable", value = 2}]', "takes 0 or 1"),
     ],
 )
 def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: str) -> None:
@@ -113,3 +119,36 @@ def test_shipped_profiles_with_control_cite_two_sources() -> None:
     ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name
+
+
+def test_coil_enable_in_a_mode_sequence_parses(tmp_path: Path) -> None:
+    spec = _load(
+        tmp_path,
+        'style = "signed_setpoint"\nsetpoint = "power"\nenter = [{field = "enable", value = 1}]\n'
+        'revert = "release"\nrelease = [{field = "enable", value = 0}]',
+    )
+    assert spec is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ('address = 400\ntable = "coil"\ntype = "u16"', "a coil is type 'bool'"),
+        ('address = 400\ntable = "holding"\ntype = "bool"', "a coil is type 'bool'"),
+    ],
+)
+def test_coil_fields_must_be_bool(tmp_path: Path, field: str, message: str) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(f'[device]\nname = "t"\n[fields.enable]\n{field}\n')
+    with pytest.raises(RegisterMapError, match=message):
+        load_register_map(p)
+
+
+def test_ev_enable_must_be_a_writable_coil(tmp_path: Path) -> None:
+    from drivers.modbus.ev_charger import ev_profile
+
+    p = tmp_path / "ev.toml"
+    fields = '[fields.ev_state]\naddress = 1\ntable = "input"\ntype = "u16"\n'
+    p.write_text(f'[device]\nname = "t"\n[ev]\nenable = "ev_state"\n{fields}')
+    with pytest.raises(RegisterMapError, match=r"ev\.enable must name a writable coil"):
+        ev_profile(load_register_map(p))
