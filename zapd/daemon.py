@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import sqlite3
 import sys
@@ -28,6 +29,7 @@ from zapd.clock import Clock
 from zapd.config import ZapdConfig, meter_ders
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
+from zapd.energy import EnergyTotals
 from zapd.envelope import BatteryEnvelope, SiteLimits
 from zapd.homeassistant import HomeAssistant
 from zapd.metrics import MetricsServer, SyncGauges
@@ -209,6 +211,7 @@ class Daemon:
         self.cloud: CloudSync | None = None
         self._sync_gauges = SyncGauges()
         self._metrics: MetricsServer | None = None
+        self.energy = EnergyTotals()  # kWh totals for Home Assistant's Energy dashboard
         self.override = OperatorOverride(clock, self.state)  # zapctl and Home Assistant both set it
         self.api = LocalApi(self, self.override)  # local control API (zapctl); see docs/local-api.md
         self.home_assistant: HomeAssistant | None = None
@@ -224,6 +227,7 @@ class Daemon:
         self.readings_in += 1
         self.state.update(reading, now=self.clock.now())
         self.api.publish(reading)
+        self.energy.add(reading)
         if self.telemetry is not None:
             self.telemetry.add(reading)
         if reading.der_id == self.state.grid_meter and self.controller is not None:
@@ -328,6 +332,7 @@ class Daemon:
         if self.cloud is not None:
             await self.cloud.fetcher.load_cached()
         self.telemetry = TelemetryWriter(self.store)
+        await self.energy.load(self.store)  # before the first reading counts: a total never goes down
         for der_id, kind in self.devices.kinds.items():
             self.state.register(der_id, kind, self.devices.poll_s[der_id])
         self.controller = Controller(
@@ -360,6 +365,7 @@ class Daemon:
             guard = ReadingGuard(driver.name, self._sink, getattr(driver, "counters", None))
             self.supervisor.add(f"driver:{driver.name}", lambda d=driver, g=guard: d.run(g))  # type: ignore[misc]
         self.supervisor.add("controller", self._run_controller)
+        self.supervisor.add("energy", functools.partial(self.energy.run, self.store))
         self.supervisor.add("telemetry_writer", self.telemetry.run)
         self.supervisor.add("retention", self._retention)
         self.supervisor.add("device_report", self._report_devices)
@@ -471,6 +477,8 @@ class Daemon:
                 await self.telemetry.flush()
             except Exception as exc:
                 log.error("telemetry.flush_failed", error=str(exc))
+        if self.store is not None and self.energy.loaded:
+            await self.energy.save(self.store)
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.close)
         if self.cloud is not None:

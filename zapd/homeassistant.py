@@ -40,6 +40,7 @@ from zapd.clock import Clock
 from zapd.config import HomeAssistantConfig, ZapdConfig
 from zapd.controller import Controller
 from zapd.devices import DeviceSet
+from zapd.energy import EnergyTotals
 from zapd.model import EXPORT_WH, IMPORT_WH, DerKind, Intent, IntentMode, Plan
 from zapd.override import FORCEABLE, OperatorOverride
 from zapd.state import SiteState
@@ -75,6 +76,8 @@ class HaSite(Protocol):
     def store(self) -> Store | None: ...
     @property
     def override(self) -> OperatorOverride: ...
+    @property
+    def energy(self) -> EnergyTotals: ...
     def current_plan(self) -> Plan | None: ...
 
 
@@ -93,6 +96,7 @@ class SensorSpec:
     options: tuple[str, ...] = ()
     attributes: bool = False
     numeric: bool = True
+    entity_category: str | None = None  # "diagnostic": shown apart from the controls and sensors
 
 
 SENSORS: tuple[SensorSpec, ...] = (
@@ -103,6 +107,13 @@ SENSORS: tuple[SensorSpec, ...] = (
     SensorSpec("battery_soc", "Battery SoC", DerKind.BATTERY, "%", "battery", "measurement", 1),
     SensorSpec("battery_power", "Battery power", DerKind.BATTERY, "W", "power", "measurement", 0),
     SensorSpec("ev_power", "EV power", DerKind.EV_CHARGER, "W", "power", "measurement", 0),
+    # The Energy dashboard's solar, battery and device sections (zapd/energy.py integrates them).
+    SensorSpec("pv_energy", "PV production", DerKind.PV, "kWh", "energy", "total_increasing", 3),
+    SensorSpec("battery_charge_energy", "Battery charged", DerKind.BATTERY, "kWh", "energy", "total_increasing", 3),
+    SensorSpec(
+        "battery_discharge_energy", "Battery discharged", DerKind.BATTERY, "kWh", "energy", "total_increasing", 3
+    ),
+    SensorSpec("ev_energy", "EV charged", DerKind.EV_CHARGER, "kWh", "energy", "total_increasing", 3),
     SensorSpec(
         "fallback_rung",
         "Fallback rung",
@@ -112,6 +123,7 @@ SENSORS: tuple[SensorSpec, ...] = (
         options=RUNG_OPTIONS,
         attributes=True,
         numeric=False,
+        entity_category="diagnostic",
     ),
     SensorSpec("next_action", "Next planned action", None, icon="mdi:calendar-clock", attributes=True, numeric=False),
 )
@@ -129,6 +141,7 @@ def device_health_spec(device_id: str) -> SensorSpec:
         options=tuple(str(s) for s in HealthState),
         attributes=True,
         numeric=False,
+        entity_category="diagnostic",
     )
 
 
@@ -279,6 +292,9 @@ class HomeAssistant:
         return {
             "name": name,
             "unique_id": f"zapd_{self.node_id}_{object_id}",
+            # The entity id Home Assistant gives it on first discovery: `sensor.zapd_<node>_<object>`
+            # (docs/operations.md lists them), rather than one derived from the display name.
+            "object_id": f"zapd_{self.node_id}_{object_id}",
             "device": self._device(),
             "origin": {"name": "zapd", "sw_version": _version()},
             "availability_topic": self.availability_topic,
@@ -295,6 +311,7 @@ class HomeAssistant:
             ("state_class", spec.state_class),
             ("suggested_display_precision", spec.precision),
             ("icon", spec.icon),
+            ("entity_category", spec.entity_category),
         ):
             if value is not None:
                 cfg[key] = value
@@ -364,6 +381,10 @@ class HomeAssistant:
             "battery_soc": _num(soc, 1),
             "battery_power": _num(snap.battery_total_w() if snap.batteries else None, 0),
             "ev_power": _num(ev, 0),
+            "pv_energy": _num(site.energy.kwh("pv_wh"), 3),
+            "battery_charge_energy": _num(site.energy.kwh("battery_charge_wh"), 3),
+            "battery_discharge_energy": _num(site.energy.kwh("battery_discharge_wh"), 3),
+            "ev_energy": _num(site.energy.kwh("ev_wh"), 3),
         }
 
     def _meter_kwh(self, now: datetime, key: str) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +14,7 @@ from zapd.clock import ManualClock
 from zapd.config import HomeAssistantConfig, ZapdConfig, validate_config
 from zapd.controller import Controller
 from zapd.devices import DeviceSet
+from zapd.energy import EnergyTotals
 from zapd.homeassistant import HomeAssistant, default_node_id, describe_intent, next_action
 from zapd.model import DerKind, Intent, IntentMode, Plan, PlanSlot
 from zapd.override import OperatorOverride
@@ -32,6 +33,7 @@ class FakeSite:
     state: SiteState
     devices: DeviceSet
     override: OperatorOverride
+    energy: EnergyTotals = field(default_factory=EnergyTotals)
     controller: Controller | None = None
     store: Store | None = None
     plan: Plan | None = None
@@ -124,11 +126,26 @@ def test_discovery_announces_only_what_the_site_has() -> None:
         "grid_export_energy",
         "battery_soc",
         "battery_power",
+        "battery_charge_energy",
+        "battery_discharge_energy",
         "fallback_rung",
         "next_action",
         "mode",
     }
-    assert removed == {"pv_power", "ev_power"}  # an empty retained config deletes a stale entity
+    # An empty retained config deletes a stale entity.
+    assert removed == {"pv_power", "ev_power", "pv_energy", "ev_energy"}
+    # What Home Assistant's Energy dashboard asks of a battery's sensors (developers.home-assistant.io,
+    # "Energy" / sensor entity docs): energy device class, total_increasing, an energy unit.
+    for object_id in ("battery_charge_energy", "battery_discharge_energy", "grid_import_energy"):
+        cfg = json.loads(configs[f"homeassistant/sensor/home_1/{object_id}/config"])
+        assert (cfg["device_class"], cfg["state_class"], cfg["unit_of_measurement"]) == (
+            "energy",
+            "total_increasing",
+            "kWh",
+        )
+        assert "entity_category" not in cfg
+    rung = json.loads(configs["homeassistant/sensor/home_1/fallback_rung/config"])
+    assert rung["entity_category"] == "diagnostic"
     soc = json.loads(configs["homeassistant/sensor/home_1/battery_soc/config"])
     assert soc["device_class"] == "battery" and soc["unit_of_measurement"] == "%"
     assert soc["expire_after"] == 30

@@ -18,6 +18,7 @@ from zapd.api import LocalApi, Request
 from zapd.clock import ManualClock
 from zapd.config import HomeAssistantConfig, ZapdConfig, validate_config
 from zapd.devices import DeviceSet
+from zapd.energy import EnergyTotals
 from zapd.homeassistant import HomeAssistant
 from zapd.model import DerKind
 from zapd.override import KV_KEY, OperatorOverride
@@ -57,6 +58,7 @@ class FakeDaemon:
     store: Store | None
     devices: DeviceSet = field(default_factory=lambda: DeviceSet(kinds={"meter": DerKind.METER}))
     controller: None = None
+    energy: EnergyTotals = field(default_factory=EnergyTotals)
 
     def current_plan(self) -> None:
         return None
