@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import os
 import platform
 import re
@@ -128,6 +127,8 @@ def redact(value: object, key: str = "") -> object:
 
 
 def _version(dist: str) -> str:
+    import importlib.metadata  # only for a support bundle: email, zipfile, csv are 1.5 MB
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

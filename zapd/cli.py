@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zapd.config import DEFAULT_CONFIG_PATH, ZapdConfig
-from zapd.config_check import check_file
+from zapd.paths import DEFAULT_CONFIG_PATH
+
+if TYPE_CHECKING:
+    from zapd.config import ZapdConfig
 
 EXIT_BAD_CONFIG = 2
 _INSECURE_HELP = "allow plain http:// to a cloud that is not on loopback (telemetry readable on the path)"
@@ -17,6 +21,8 @@ _INSECURE_HELP = "allow plain http:// to a cloud that is not on loopback (teleme
 
 def _load_or_report(path: Path, *, strict: bool = False, allow_insecure: bool = False) -> ZapdConfig | None:
     """Errors and warnings go to stderr as `file: key: reason` lines; warnings stop nothing unless `strict`."""
+    from zapd.config_check import check_file  # after cmd_run's DAEMON_BLOCKED_IMPORTS
+
     result = check_file(path)
     for line in (*result.errors, *result.warnings):
         print(line, file=sys.stderr)
@@ -27,11 +33,11 @@ def _load_or_report(path: Path, *, strict: bool = False, allow_insecure: bool = 
 
 def _cloud_transport(path: Path, config: ZapdConfig, allow_insecure: bool) -> ZapdConfig | None:
     """Plain http:// only to loopback, unless the config or `--allow-insecure` accepts it."""
-    from cloud_sync.transport import insecure_url_problem
-
     cloud = config.cloud
     if cloud is None:
         return config
+    from cloud_sync.transport import insecure_url_problem  # httpx: only for a site with a cloud
+
     if allow_insecure and not cloud.allow_insecure:
         cloud = cloud.model_copy(update={"allow_insecure": True})
         config = config.model_copy(update={"cloud": cloud})
@@ -48,6 +54,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     print(f"{args.path}: ok ({len(config.devices)} devices, site {config.site.id})")
     return 0
+
+
+# Optional imports of libraries zapd uses that a daemon never needs, blocked before they load (an
+# entry of None in sys.modules makes `import` raise ImportError, which each library handles):
+# httpx's command-line client (click, pygments: 2 MB) and structlog's greenlet probe (1 MB; greenlet
+# comes with the cloud's SQLAlchemy, it is not on a gateway). See docs/decisions.md, footprint.
+DAEMON_BLOCKED_IMPORTS = ("httpx._main", "greenlet")
+
+
+def lean_daemon_process() -> None:
+    """Before the daemon's first import: no optional imports it never uses, no pydantic plugin scan.
+
+    Pydantic looks for plugins in the entry points of every installed distribution when it builds
+    its first model (time and memory for nothing: zapd uses none). Only for `zapd run`'s own process.
+    """
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    for name in DAEMON_BLOCKED_IMPORTS:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -214,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.func is cmd_run:
+        lean_daemon_process()
     from zapd.logs import configure
 
-    args = build_parser().parse_args(argv)
     configure("warning")  # logs go to stderr, so --json output on stdout stays clean
     result: int = args.func(args)
     return result

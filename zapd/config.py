@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.ocpp.config import OcppDevice
-
-DEFAULT_CONFIG_PATH = Path("/etc/zapd/zapd.toml")
+from zapd.paths import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
+from zapd.paths import DEFAULT_STATE_DIR
 
 
 class _Strict(BaseModel):
@@ -217,7 +217,7 @@ class ControlConfig(_Strict):
 
 class StoreConfig(_Strict):
     state_dir: Path = Field(
-        default=Path("/var/lib/zapd"),
+        default=DEFAULT_STATE_DIR,
         description="State directory: `zapd.sqlite` (WAL) and `keys/` (the Zap's key pair) live here.",
     )
     retention_days: float = Field(

@@ -14,13 +14,11 @@ import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
 
-from cloud_sync.keys import KeyFileError, load_signing_key, zap_key_path
-from cloud_sync.session import CloudSync
-from cloud_sync.transport import InsecureTransportError
 from cloud_sync.wire import intent_problem, wire_safe
 from drivers.api import Driver, ReadingGuard
 from drivers.resilience import FailureLatch
@@ -31,14 +29,18 @@ from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
 from zapd.energy import EnergyTotals
 from zapd.envelope import BatteryEnvelope, SiteLimits
-from zapd.homeassistant import HomeAssistant
-from zapd.metrics import MetricsServer, SyncGauges
+from zapd.metrics import SyncGauges
 from zapd.model import DerCapabilities, Plan, Reading
 from zapd.override import OperatorOverride
 from zapd.sdnotify import Notifier
 from zapd.state import SiteState
 from zapd.store import Store
 from zapd.supervisor import Supervisor
+
+if TYPE_CHECKING:  # imported where the config asks for them: a site pays only for what it runs
+    from cloud_sync.session import CloudSync
+    from zapd.homeassistant import HomeAssistant
+    from zapd.metrics import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -253,6 +255,11 @@ class Daemon:
     def _start_cloud(self, store: Store) -> None:
         if self.config.cloud is None:
             return
+        # httpx and the key handling only for a site with a cloud (lazy: see docs/decisions.md, footprint)
+        from cloud_sync.keys import KeyFileError, load_signing_key, zap_key_path
+        from cloud_sync.session import CloudSync
+        from cloud_sync.transport import InsecureTransportError
+
         key_file = zap_key_path(self.config.store.state_dir)
         try:
             key = load_signing_key(key_file)
@@ -372,6 +379,8 @@ class Daemon:
         self.supervisor.add("sync_gauges", self._refresh_sync_gauges)
         metrics = self.config.metrics
         if metrics.enabled:
+            from zapd.metrics import MetricsServer
+
             try:
                 self._metrics = MetricsServer(self, metrics.host, metrics.port)
                 log.info("metrics.listening", host=metrics.host, port=metrics.port)
@@ -379,6 +388,8 @@ class Daemon:
                 log.error("metrics.unavailable", host=metrics.host, port=metrics.port, error=str(exc))
         self.supervisor.add("api", self.api.serve)
         if self.config.home_assistant.enabled:
+            from zapd.homeassistant import HomeAssistant
+
             self.home_assistant = HomeAssistant(self, self.config.home_assistant)
             self.supervisor.add("home_assistant", self.home_assistant.run)
         if self.cloud is not None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from dsmr_parser import telegram_specifications as specs
-
+from drivers.p1.lib import telegram_specifications as specs
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W
 
 # dsmr_version string (the names dsmr_parser's own clients accept) → telegram specification.

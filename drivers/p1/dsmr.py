@@ -15,13 +15,19 @@ import time
 from typing import Any
 
 import structlog
-from dsmr_parser.clients.telegram_buffer import EncryptedTelegramBuffer, TelegramBuffer
-from dsmr_parser.exceptions import DecryptionError, InvalidChecksumError, ParseError
-from dsmr_parser.parsers import TelegramParser
 
 from drivers.api import ReadingSink
 from drivers.health import DeviceHealth, HealthState, describe_os_error
 from drivers.p1.convert import meter_values, specification_for
+from drivers.p1.lib import (
+    DecryptionError,
+    EncryptedTelegramBuffer,
+    InvalidChecksumError,
+    ParseError,
+    TelegramBuffer,
+    TelegramParser,
+    load_crypto,
+)
 from drivers.p1.transport import P1Transport, SerialP1, TcpP1
 from drivers.resilience import Backoff, FailureLatch
 from zapd.clock import Clock
@@ -117,6 +123,8 @@ class P1Meter:
         self._encrypted = bool(spec.get("general_global_cipher"))
         if self._encrypted and not decryption_key:
             raise ValueError(f"dsmr_version {dsmr_version!r} is encrypted: decryption_key needed")
+        if self._encrypted:
+            load_crypto()  # plain meters never load dsmr_parser's DLMS crypto (drivers/p1/lib.py)
         self._decryption_key = decryption_key or ""
         # "" lets dsmr_parser use the key the spec publishes (Luxembourg Smarty's fixed one).
         self._authentication_key = authentication_key or ""
