@@ -88,6 +88,10 @@ class EvProfile:
     coil off (the setpoint register keeps its last value, as the controller refuses < 6 A); the
     keep-alive writes both again; safe mode "minimum" is the minimum current with the coil on,
     "pause" the coil off.
+    `heartbeat = FIELD` (+ `heartbeat_value`): a life bit the charger clears on its own and falls
+    back to its degraded current when nobody sets it again (Schneider EVlink 4000). It is written,
+    not read back, after every setpoint write and keep-alive, so the keep-alive period must stay
+    below the charger's life-bit timeout; when zapd stops writing, the charger falls back by itself.
     """
 
     encoding: Literal["ascii", "codes"] = "ascii"
@@ -96,6 +100,8 @@ class EvProfile:
     mask: int = 0xFFFF
     readback: bool = True
     enable: str | None = None
+    heartbeat: str | None = None
+    heartbeat_value: int = 1
 
     def state(self, raw: int) -> EvState:
         if self.encoding == "ascii":
@@ -129,7 +135,23 @@ def ev_profile(rmap: RegisterMap) -> EvProfile:
         coil = rmap.get(enable) if isinstance(enable, str) else None
         if coil is None or coil.dtype is not DataType.BOOL or not coil.writable:
             raise RegisterMapError(f"{rmap.path}: ev.enable must name a writable coil field, got {enable!r}")
-    return EvProfile(encoding=encoding, codes=codes, shift=shift, mask=mask, readback=readback, enable=enable)
+    heartbeat, beat = ev.get("heartbeat"), ev.get("heartbeat_value", 1)
+    if heartbeat is not None:
+        beat_field = rmap.get(heartbeat) if isinstance(heartbeat, str) else None
+        if beat_field is None or not beat_field.writable or beat_field.dtype is DataType.BOOL:
+            raise RegisterMapError(f"{rmap.path}: ev.heartbeat must name a writable register field, got {heartbeat!r}")
+        if not isinstance(beat, int) or isinstance(beat, bool) or not 0 <= beat <= 0xFFFF:
+            raise RegisterMapError(f"{rmap.path}: ev.heartbeat_value must be a raw register value, got {beat!r}")
+    return EvProfile(
+        encoding=encoding,
+        codes=codes,
+        shift=shift,
+        mask=mask,
+        readback=readback,
+        enable=enable,
+        heartbeat=heartbeat,
+        heartbeat_value=beat,
+    )
 
 
 class ModbusEvCharger:
@@ -352,13 +374,18 @@ class ModbusEvCharger:
         return await self._write_current(command.current_a)
 
     async def _write_current(self, current_a: float) -> str | None:
-        """The setpoint, and with an enable coil its rule (EvProfile): pause = coil off only."""
+        """The setpoint, with an enable coil its rule (EvProfile): pause = coil off only; then the life bit."""
         enable = self._profile.enable
         if enable is None:
-            return await self._write("ev_current_setpoint", current_a)
-        if current_a <= 0.0:
-            return await self._write(enable, 0.0)
-        return await self._write("ev_current_setpoint", current_a) or await self._write(enable, 1.0)
+            problem = await self._write("ev_current_setpoint", current_a)
+        elif current_a <= 0.0:
+            problem = await self._write(enable, 0.0)
+        else:
+            problem = await self._write("ev_current_setpoint", current_a) or await self._write(enable, 1.0)
+        if problem is None and self._profile.heartbeat is not None:
+            f = self._map.field(self._profile.heartbeat)
+            await self._fields.write(f, f.encode_raw_int(self._profile.heartbeat_value))  # cleared by the charger
+        return problem
 
     async def safe_mode(self) -> None:
         """Minimum current (or pause, per config). Logs instead of raising: it runs on the way out."""

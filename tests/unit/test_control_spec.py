@@ -152,3 +152,23 @@ def test_ev_enable_must_be_a_writable_coil(tmp_path: Path) -> None:
     p.write_text(f'[device]\nname = "t"\n[ev]\nenable = "ev_state"\n{fields}')
     with pytest.raises(RegisterMapError, match=r"ev\.enable must name a writable coil"):
         ev_profile(load_register_map(p))
+
+
+@pytest.mark.parametrize(
+    ("ev", "message"),
+    [
+        ('heartbeat = "ev_state"', r"ev\.heartbeat must name a writable register"),
+        ('heartbeat = "beat"\nheartbeat_value = -1', r"ev\.heartbeat_value must be a raw register value"),
+    ],
+)
+def test_ev_heartbeat_must_be_a_writable_register(tmp_path: Path, ev: str, message: str) -> None:
+    from drivers.modbus.ev_charger import ev_profile
+
+    p = tmp_path / "ev.toml"
+    fields = (
+        '[fields.ev_state]\naddress = 1\ntable = "input"\ntype = "u16"\n'
+        '[fields.beat]\naddress = 4000\ntable = "holding"\ntype = "u16"\nwritable = true\n'
+    )
+    p.write_text(f'[device]\nname = "t"\n[ev]\n{ev}\n{fields}')
+    with pytest.raises(RegisterMapError, match=message):
+        ev_profile(load_register_map(p))
