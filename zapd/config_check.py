@@ -13,12 +13,14 @@ run with (it fails safe, or the installer may be right) are warnings: printed, e
 from __future__ import annotations
 
 import binascii
+import contextlib
 import difflib
 import ipaddress
 import re
 import tomllib
 import types
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -26,22 +28,18 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
-from drivers.modbus.register_map import AUTO_MAP, MAPS_DIR
+from drivers.config_base import DeviceModel
 from drivers.ocpp.config import OcppDevice
+from drivers.registry import kind
 from zapd.config import (
     DRIVER_NAMES,
     DSMR_TELEGRAM_INTERVAL_S,
     METER_ROLES,
     CloudConfig,
     ModbusEvDevice,
-    ModbusMeterRtuDevice,
-    ModbusMeterTcpDevice,
-    ModbusRtuDevice,
-    ModbusTcpDevice,
     MqttDevice,
     P1SerialDevice,
     P1TcpDevice,
-    SunSpecRtuDevice,
     ZapdConfig,
     meter_ders,
 )
@@ -247,6 +245,8 @@ def _grid_meter(config: ZapdConfig) -> Iterator[Problem]:
 
 
 def _unknown_map(name: str) -> str | None:
+    from drivers.modbus.register_map import AUTO_MAP, MAPS_DIR  # here: pymodbus loads only for a Modbus site
+
     if name == AUTO_MAP:
         return None  # recognised at start
     if "/" in name or name.endswith(".toml"):
@@ -260,23 +260,30 @@ def _unknown_map(name: str) -> str | None:
     )
 
 
+def _isolated(dev: DeviceModel) -> AbstractContextManager[object]:
+    """Modbus buses are shared per endpoint: a check builds its devices on a private set of them."""
+    if not kind(dev.driver).factory.startswith("drivers.modbus."):
+        return contextlib.nullcontext()  # and pymodbus is not loaded for a site without Modbus
+    from drivers.modbus.bus import private_bus_registry
+
+    return private_bus_registry()
+
+
 def _builds(config: ZapdConfig) -> Iterator[Problem]:
     """Resolve every map and build every driver as `zapd run` would, without starting any."""
-    from drivers.modbus.bus import private_bus_registry
     from zapd.clock import SystemClock
     from zapd.devices import build_devices
 
     for dev in config.devices:
         map_name = getattr(dev, "map", None)
-        mapped = ModbusTcpDevice | ModbusRtuDevice | ModbusEvDevice | ModbusMeterTcpDevice | ModbusMeterRtuDevice
-        if isinstance(dev, mapped) and isinstance(map_name, str):
+        if isinstance(map_name, str):
             missing = _unknown_map(map_name)
             if missing is not None:
                 yield Problem(f"devices.{dev.id}.map", missing)
                 continue
         one = config.model_copy(update={"devices": [dev]})
         try:
-            with private_bus_registry():
+            with _isolated(dev):
                 build_devices(one, SystemClock())
         except Exception as exc:  # any failure here is what `zapd run` would die of: report it, never raise
             key = f"devices.{dev.id}.map" if map_name is not None else f"devices.{dev.id}"
@@ -307,9 +314,7 @@ def host_problem(host: str) -> str | None:
 
 def _hosts(config: ZapdConfig) -> Iterator[Problem]:
     places = [
-        (f"devices.{d.id}.host", d.host)
-        for d in config.devices
-        if not isinstance(d, ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice | P1SerialDevice)
+        (f"devices.{d.id}.host", host) for d in config.devices if isinstance(host := getattr(d, "host", None), str)
     ]
     places += [("home_assistant.host", config.home_assistant.host), ("metrics.host", config.metrics.host)]
     for key, host in places:
@@ -377,11 +382,11 @@ def _p1(config: ZapdConfig) -> Iterator[Problem]:
 def _serial_ports(config: ZapdConfig) -> Iterator[Problem]:
     """A warning, not an error: a USB adapter may be plugged in after the check; zapd keeps retrying."""
     for dev in config.devices:
-        serial = P1SerialDevice | ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice
-        if isinstance(dev, serial) and "://" not in dev.port and not Path(dev.port).exists():
+        port = dev.serial_port()
+        if port is not None and "://" not in port and not Path(port).exists():
             yield Problem(
                 f"devices.{dev.id}.port",
-                f"serial port {dev.port} does not exist (not plugged in?); zapd keeps retrying until it appears",
+                f"serial port {port} does not exist (not plugged in?); zapd keeps retrying until it appears",
                 warning=True,
             )
 

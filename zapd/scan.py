@@ -70,7 +70,8 @@ async def scan(config: ZapdConfig, *, as_json: bool = False, window_s: float = S
     results = await asyncio.gather(*(_probe(d, window_s) for d in devices.drivers))
     report: list[dict[str, object]] = []
     for (driver, readings), dev in zip(results, config.devices, strict=True):
-        endpoint = f"{dev.host}:{dev.port}" if hasattr(dev, "host") else str(getattr(dev, "port", ""))
+        host, port = getattr(dev, "host", None), getattr(dev, "port", "")
+        endpoint = f"{host}:{port}" if host is not None else str(port)
         base: dict[str, object] = {
             "device": driver.name,
             "protocol": dev.driver,

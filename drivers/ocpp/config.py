@@ -1,7 +1,8 @@
 """The `driver = "ocpp"` config model: one listener and the charge points allowed to connect to it.
 
-Its own module (not zapd/config.py) so the OCPP keys live next to the driver; zapd/config.py only
-adds `OcppDevice` to the device union. It must not import zapd.config (that module imports this one).
+Its own module (not zapd/config.py) so the OCPP keys live next to the driver; drivers/ocpp/family.py
+registers it, and zapd/config.py's device union comes from the registry. It must not import zapd.config
+(that module imports the registry, which imports this one).
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from drivers.config_base import DeviceModel, _Strict
 
 IEC_MIN_CURRENT_A = 6.0
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class OcppChargePoint(_Strict):
@@ -104,7 +103,7 @@ class OcppChargePoint(_Strict):
         return self.min_current_a if self.safe_current_a is None else self.safe_current_a
 
 
-class OcppDevice(_Strict):
+class OcppDevice(DeviceModel):
     driver: Literal["ocpp"] = Field(
         description=(
             "zapd as the local OCPP 1.6J central system: chargers connect to `ws://HOST:PORT/ocpp/<charge point "

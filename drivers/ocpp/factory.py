@@ -1,4 +1,6 @@
-"""Config -> driver for an `ocpp` device: one listener (Driver), one Controllable per connector DER."""
+"""Config -> driver for an `ocpp` device: one listener (Driver), one Controllable per connector DER.
+
+Imported by the registry only when a config has an `ocpp` device: websockets and ocpp load with it."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
     from zapd.devices import DeviceSet
 
 
-def add_ocpp(out: DeviceSet, dev: OcppDevice, clock: Clock) -> OcppServer:
+def add_ocpp(out: DeviceSet, dev: OcppDevice, clock: Clock) -> None:
     server = OcppServer(dev, clock)
     out.drivers.append(server)
     for session in server.sessions.values():
@@ -32,4 +34,3 @@ def add_ocpp(out: DeviceSet, dev: OcppDevice, clock: Clock) -> OcppServer:
                 )
             )
     out.actuators.update(server.actuators())
-    return server

@@ -1,4 +1,4 @@
-"""Config -> drivers for Modbus RTU and SunSpec devices (kept apart from devices.py so each stays small).
+"""Config -> drivers for the Modbus kinds (drivers/modbus/family.py): register maps, meters, SunSpec, EV.
 
 Buses come from the bus registry, so every device on one serial port or TCP endpoint shares
 one owner; the config check has already refused one port with two sets of line settings.
@@ -10,22 +10,24 @@ from typing import TYPE_CHECKING
 
 from drivers.modbus.auto_profile import AutoProfileInverter
 from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
+from drivers.modbus.config import (
+    ModbusEvDevice,
+    ModbusMeterRtuDevice,
+    ModbusMeterTcpDevice,
+    ModbusRtuDevice,
+    ModbusTcpDevice,
+    SunSpecRtuDevice,
+    SunSpecTcpDevice,
+)
+from drivers.modbus.ev_charger import ModbusEvCharger
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import AUTO_MAP, RegisterMap, load_register_map
 from drivers.modbus.sunspec import SunSpecInverter
 from zapd.clock import Clock
-from zapd.config import SunSpecRtuDevice
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
-    from zapd.config import (
-        ModbusMeterRtuDevice,
-        ModbusMeterTcpDevice,
-        ModbusRtuDevice,
-        ModbusTcpDevice,
-        SunSpecTcpDevice,
-    )
     from zapd.devices import DeviceSet
 
 
@@ -43,10 +45,6 @@ def _tcp_bus(dev: ModbusTcpDevice | ModbusMeterTcpDevice) -> ModbusBus:
     )
 
 
-def add_modbus_tcp(out: DeviceSet, dev: ModbusTcpDevice, clock: Clock) -> None:
-    _add_register_map_device(out, dev, _tcp_bus(dev), clock)
-
-
 def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice) -> ModbusBus:
     return get_serial_bus(
         dev.port,
@@ -60,14 +58,8 @@ def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice) 
     )
 
 
-def add_modbus_rtu(out: DeviceSet, dev: ModbusRtuDevice, clock: Clock) -> None:
-    _add_register_map_device(out, dev, _serial_bus(dev), clock)
-
-
 def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuDevice, clock: Clock) -> None:
     """A read-only meter: one METER DER named like the device, on a TCP or a serial bus."""
-    from zapd.config import ModbusMeterTcpDevice
-
     bus = _tcp_bus(dev) if isinstance(dev, ModbusMeterTcpDevice) else _serial_bus(dev)
     meter = ModbusMapMeter(
         device_id=dev.id,
@@ -83,11 +75,10 @@ def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuD
     out.kinds[dev.id] = DerKind.METER
 
 
-def _add_register_map_device(
-    out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevice, bus: ModbusBus, clock: Clock
-) -> None:
+def add_register_map_device(out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevice, clock: Clock) -> None:
     """The same register-map driver serves a device on TCP or on an RS-485 line; `map = "auto"` finds
     the profile at start (drivers/modbus/auto_profile.py)."""
+    bus = _tcp_bus(dev) if isinstance(dev, ModbusTcpDevice) else _serial_bus(dev)
 
     def make(rmap: RegisterMap) -> ModbusHybridInverter:
         return ModbusHybridInverter(
@@ -122,7 +113,7 @@ def _add_register_map_device(
         out.kinds[inverter.pv_id] = DerKind.PV
 
 
-def add_sunspec_tcp(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, clock: Clock) -> None:
+def add_sunspec(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, clock: Clock) -> None:
     """What a SunSpec device is becomes known at its first scan; the DER ids are fixed in advance.
 
     The daemon learns kinds from here before any I/O, so a SunSpec device is declared with
@@ -164,3 +155,26 @@ def add_sunspec_tcp(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, cl
         meter_id = f"{dev.id}.meter"
         out.poll_s[meter_id] = dev.poll_s
         out.kinds[meter_id] = DerKind.METER
+
+
+def add_modbus_ev(out: DeviceSet, dev: ModbusEvDevice, clock: Clock) -> None:
+    """An EV charger through its register map: one `<id>.ev` DER, controllable by current."""
+    charger = ModbusEvCharger(
+        device_id=dev.id,
+        bus=get_tcp_bus(dev.host, dev.port, timeout_s=dev.timeout_s),
+        unit_id=dev.unit_id,
+        register_map=load_register_map(dev.map),
+        poll_s=dev.poll_s,
+        clock=clock,
+        max_current_a=dev.ev.max_current_a,
+        min_current_a=dev.ev.min_current_a,
+        phases=dev.ev.phases,
+        voltage_v=dev.ev.voltage_v,
+        safe_mode=dev.ev.safe_mode,
+        keepalive_s=dev.keepalive_s,
+    )
+    out.drivers.append(charger)
+    out.actuators[charger.ev_id] = charger
+    out.poll_s[charger.ev_id] = dev.poll_s
+    out.kinds[charger.ev_id] = DerKind.EV_CHARGER
+    out.add_ev(charger.ev_id, dev.ev)

@@ -1,0 +1,75 @@
+"""The driver registry: the config union, the driver names and the builders all come from it, and a
+family's heavy libraries load only when a config uses that family."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from typing import Literal, get_args
+
+import pytest
+
+from drivers.config_base import DeviceModel
+from drivers.registry import DriverKind, RegistryError, device_models, kinds, register
+from zapd.config import DRIVER_NAMES, ZapdConfig
+
+
+def test_the_config_union_is_the_registry() -> None:
+    union = ZapdConfig.model_fields["devices"].annotation
+    (annotated,) = get_args(union)
+    models = set(get_args(get_args(annotated)[0]))
+    assert models == set(device_models())
+    assert tuple(k.name for k in kinds()) == DRIVER_NAMES
+    # every family the brief names registered itself, from its own module
+    assert {k.family for k in kinds()} >= {"modbus", "sunspec", "modbus_ev", "p1", "mqtt", "ocpp"}
+    for k in kinds():
+        assert k.model.__module__.startswith("drivers."), k
+        assert callable(k.build()), k.factory
+
+
+def test_a_registration_must_match_its_model() -> None:
+    class Odd(DeviceModel):
+        driver: Literal["odd"]
+        id: str
+
+    with pytest.raises(RegistryError, match="Literal"):
+        register(DriverKind("not_odd", "test", Odd, "x:y"))
+    taken = kinds()[0]
+    other = type("Other", (taken.model,), {})
+    with pytest.raises(RegistryError, match="registered by"):
+        register(DriverKind(taken.name, "test", other, "x:y"))
+
+
+def _imported_after_build(toml: str) -> set[str]:
+    """Top-level modules a fresh interpreter has loaded after building this config's devices."""
+    code = textwrap.dedent(
+        f"""
+        import sys, tomllib
+        from zapd.clock import SystemClock
+        from zapd.config import validate_config
+        from zapd.devices import build_devices
+        build_devices(validate_config(tomllib.loads({toml!r}), "t"), SystemClock())
+        print(" ".join(sorted({{m.split(".")[0] for m in sys.modules}})))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return set(out.stdout.split())
+
+
+SITE = '[site]\nid = "s"\nfuse_a = 25\n'
+
+
+def test_a_modbus_site_does_not_load_dsmr_ocpp_or_mqtt() -> None:
+    loaded = _imported_after_build(
+        SITE + '[[devices]]\ndriver = "modbus_meter_tcp"\nid = "m"\nhost = "127.0.0.1"\nmap = "eastron_sdm630"\n'
+    )
+    assert "pymodbus" in loaded
+    assert not loaded & {"dsmr_parser", "ocpp", "websockets", "aiomqtt", "paho"}, loaded
+
+
+def test_a_p1_site_loads_dsmr_but_not_modbus_or_ocpp() -> None:
+    p1 = '[[devices]]\ndriver = "p1_tcp"\nid = "p1"\nhost = "127.0.0.1"\nport = 2000\n'
+    loaded = _imported_after_build(SITE + p1)
+    assert "dsmr_parser" in loaded
+    assert not loaded & {"pymodbus", "ocpp", "websockets", "aiomqtt"}, loaded
