@@ -19,23 +19,24 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
-from cloud_sync.wire import intent_problem, wire_safe
-from drivers.api import Driver, ReadingGuard
+from drivers.api import ReadingGuard
 from drivers.resilience import FailureLatch
 from zapd.api import LocalApi
 from zapd.clock import Clock
 from zapd.config import ZapdConfig, meter_ders
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
-from zapd.energy import EnergyTotals
+from zapd.energy import TOTALS, EnergyTotals
 from zapd.envelope import BatteryEnvelope, SiteLimits
-from zapd.metrics import SyncGauges
 from zapd.model import DerCapabilities, Plan, Reading
 from zapd.override import OperatorOverride
+from zapd.plan_source import LocalPlanFile, PlanSource
 from zapd.sdnotify import Notifier
+from zapd.siteview import ControlView, SiteView, SyncGauges
 from zapd.state import SiteState
 from zapd.store import Store
 from zapd.supervisor import Supervisor
+from zapd.telemetry_writer import TelemetryWriter
 
 if TYPE_CHECKING:  # imported where the config asks for them: a site pays only for what it runs
     from cloud_sync.session import CloudSync
@@ -44,8 +45,6 @@ if TYPE_CHECKING:  # imported where the config asks for them: a site pays only f
 
 log = structlog.get_logger(__name__)
 
-TELEMETRY_FLUSH_S = 1.0  # real seconds: one transaction (one fsync) per second at most
-MAX_PENDING = 200_000  # readings held in memory while the store fails: ~3 h of a 10-device site
 RETENTION_EVERY_S = 60.0  # clock seconds between retention passes
 SAFE_MODE_TIMEOUT_S = 10.0
 STOP_TASKS_TIMEOUT_S = 5.0
@@ -60,104 +59,6 @@ def dump_tasks() -> None:
 
 class StartupError(Exception):
     """The daemon cannot start (e.g. the key is missing); one clear line for the journal."""
-
-
-class TelemetryWriter:
-    """Queues readings from the drivers and appends them to the outbox in batches.
-
-    When the store cannot take them (disk full, I/O error) they stay queued in memory, up to
-    MAX_PENDING; past that the oldest are dropped and counted, the same rule as the outbox's
-    retention, so a disk that stays full cannot take the daemon's memory with it.
-    """
-
-    def __init__(self, store: Store, *, max_pending: int = MAX_PENDING) -> None:
-        self._store = store
-        self._pending: list[Reading] = []
-        self._max_pending = max_pending
-        self._latch = FailureLatch(log, "telemetry.store_failed", "telemetry.store_recovered")
-        self._in_flight = 0
-        self.written = 0
-        self.dropped = 0
-        self.refused = 0  # readings not stored because the cloud would refuse them (timestamp out of bounds)
-
-    @property
-    def pending(self) -> int:
-        """Readings not in the store yet, including a batch being written right now."""
-        return len(self._pending) + self._in_flight
-
-    def add(self, reading: Reading) -> None:
-        # Nothing goes into the outbox that the cloud refuses (cloud_sync/wire.py applies the same
-        # rule on ingest): a batch holding one such reading would be refused whole, again and again.
-        safe = wire_safe(reading)
-        if safe is None:
-            if not self.refused:
-                log.error("telemetry.refused", der_id=reading.der_id, ts=reading.ts.isoformat(), reason="timestamp")
-            self.refused += 1
-            return
-        self._pending.append(safe)
-        if len(self._pending) > self._max_pending:
-            excess = len(self._pending) - self._max_pending
-            del self._pending[:excess]
-            if not self.dropped:
-                log.error("telemetry.dropped_in_memory", reason="store failing and queue full", limit=self._max_pending)
-            self.dropped += excess
-
-    async def flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._in_flight = len(batch)
-        try:
-            await self._store.append_readings(batch)
-        except Exception:
-            self._pending[:0] = batch  # keep them for the next try (e.g. disk full)
-            raise
-        finally:
-            self._in_flight = 0
-        self.written += len(batch)
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(TELEMETRY_FLUSH_S)
-            try:
-                await self.flush()
-            except (sqlite3.Error, OSError) as exc:
-                # Logged once per failure streak; control must go on, and the readings wait in memory.
-                self._latch.failed(error=str(exc), pending=len(self._pending))
-                continue
-            self._latch.ok(written=self.written, dropped_in_memory=self.dropped)
-
-
-class LocalPlanFile:
-    """A plan from a JSON file (until the cloud supplies one); reloaded when the file changes."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._mtime: float | None = None
-        self.plan: Plan | None = None
-        self.rejected = 0
-
-    def poll(self) -> Plan | None:
-        try:
-            mtime = self._path.stat().st_mtime
-        except OSError:
-            return self.plan
-        if mtime != self._mtime:
-            self._mtime = mtime
-            try:
-                plan = msgspec.json.decode(self._path.read_bytes(), type=Plan)
-                # The same numbers rule as a cloud plan: an intent that is not a number is refused, not run.
-                problem = next((p for p in (intent_problem(s.intent) for s in plan.slots) if p is not None), None)
-                if problem is not None:
-                    raise ValueError(problem)
-            except (OSError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-                self.rejected += 1
-                log.warning("plan.file_rejected", path=str(self._path), error=str(exc))
-                return self.plan
-            if self.plan is None or plan.version >= self.plan.version:
-                self.plan = plan
-                log.info("plan.file_loaded", path=str(self._path), version=plan.version, slots=len(plan.slots))
-        return self.plan
 
 
 def battery_envelopes(devices: DeviceSet) -> list[BatteryEnvelope]:
@@ -235,16 +136,17 @@ class Daemon:
         if reading.der_id == self.state.grid_meter and self.controller is not None:
             self.controller.wake()
 
+    def _plan_sources(self) -> list[PlanSource]:
+        """In order of preference: the cloud's plan when there is one, else the local plan file's."""
+        return [s for s in (self.cloud, self.plan_file) if s is not None]
+
     def current_plan(self) -> Plan | None:
-        """The cloud's plan when there is one, else the local plan file's."""
-        if self.cloud is not None and self.cloud.plan() is not None:
-            return self.cloud.plan()
-        return self.plan_file.poll() if self.plan_file else None
+        return next((p for p in (s.plan() for s in self._plan_sources()) if p is not None), None)
 
     def plan_fresh(self) -> bool:
-        if self.cloud is None:
-            return True  # a local plan file is as fresh as the installer made it
-        return self.cloud.fresh(self.clock.now())
+        """The preferred source's word; a local plan file is as fresh as the installer made it."""
+        sources = self._plan_sources()
+        return sources[0].fresh(self.clock.now()) if sources else True
 
     async def link_status(self) -> dict[str, object]:
         """Merged into `zapctl status` by the local API."""
@@ -382,7 +284,7 @@ class Daemon:
             from zapd.metrics import MetricsServer
 
             try:
-                self._metrics = MetricsServer(self, metrics.host, metrics.port)
+                self._metrics = MetricsServer(self.view, metrics.host, metrics.port)
                 log.info("metrics.listening", host=metrics.host, port=metrics.port)
             except OSError as exc:
                 log.error("metrics.unavailable", host=metrics.host, port=metrics.port, error=str(exc))
@@ -412,32 +314,35 @@ class Daemon:
             await asyncio.shield(self._shutdown())
         return 0
 
-    # --- metrics (read from prometheus-client's thread: plain attributes only) -------------------
+    # --- the read model for the API, Home Assistant and the metrics -----------------------------
 
-    def metric_drivers(self) -> list[Driver]:
-        return list(self.devices.drivers)
-
-    def metric_rung(self) -> int | None:
-        rung = self.controller.stats.rung if self.controller is not None else None
-        return int(rung) if rung is not None else None
-
-    def metric_control(self) -> tuple[int, float, int, int]:
-        if self.controller is None:
-            return 0, 0.0, 0, 0
-        st = self.controller.stats
-        return st.cycles, st.last_cycle_ms, st.writes, st.write_failures
-
-    def metric_plans_rejected(self) -> dict[str, int]:
+    def view(self) -> SiteView:
+        """One read of the site for the API, Home Assistant and the metrics (zapd/siteview.py). The
+        metrics call it from prometheus-client's thread: it only reads plain attributes."""
+        now = self.clock.now()
+        st = self.controller.stats if self.controller is not None else None
+        control = (
+            ControlView(st.cycles, st.last_cycle_ms, st.writes, st.write_failures, st.rung, st.rung_since,
+                        st.rung_reason)
+            if st is not None else ControlView()
+        )  # fmt: skip
         rejected = dict(self.cloud.fetcher.rejected) if self.cloud is not None else {}
         if self.plan_file is not None and self.plan_file.rejected:
             rejected["plan_file"] = self.plan_file.rejected
-        return rejected
-
-    def metric_sync(self) -> SyncGauges:
-        return self._sync_gauges
-
-    def metric_readings_in(self) -> int:
-        return self.readings_in
+        return SiteView(
+            now=now,
+            site_id=self.config.site.id,
+            snapshot=self.state.snapshot(now),
+            control=control,
+            override=self.override.active(),
+            plan=self.current_plan(),
+            drivers=tuple(self.devices.drivers),
+            capacities_wh={c.der_id: c.capacity_wh for d in self.devices.drivers for c in d.capabilities()},
+            plans_rejected=rejected,
+            sync=self._sync_gauges,
+            readings_in=self.readings_in,
+            energy_kwh={total: self.energy.kwh(total) for total in TOTALS},
+        )
 
     async def _refresh_sync_gauges(self) -> None:
         assert self.store is not None

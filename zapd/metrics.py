@@ -1,15 +1,14 @@
 """OpenMetrics for Prometheus on localhost: what a fleet operator graphs and alerts on.
 
-The collector reads plain attributes of the daemon when scraped (from prometheus-client's
-HTTP thread), so it never touches the event loop or the database; values that need the
-database (outbox depth) are refreshed by a small task in the daemon.
+The collector asks the daemon for one `SiteView` per scrape (from prometheus-client's HTTP
+thread; building it reads plain attributes), so it never touches the event loop or the
+database; values that need the database (outbox depth) are refreshed by a small task in the
+daemon.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Iterator
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,6 +16,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from drivers.api import Driver, HasHealth
 from drivers.health import HealthState
+from zapd.siteview import SiteView, SyncGauges
 
 # P1 driver counters that mean "a telegram came in and was thrown away".
 TELEGRAM_REJECTIONS = ("bad_crc", "parse_error", "decrypt_error", "overflow")
@@ -27,32 +27,17 @@ DRIVER_ERRORS = (
 )  # fmt: skip
 
 
-@dataclass
-class SyncGauges:
-    """Refreshed by the daemon every few seconds; read by the collector."""
-
-    outbox_depth: int = 0
-    sync_lag_s: float = 0.0  # age of the oldest reading not yet acknowledged by the cloud
-    acks_rejected: dict[str, int] = field(default_factory=dict)  # cloud answers refused, by reason
-
-
-class MetricsSource(Protocol):
-    """What the collector needs from the daemon (kept narrow so it is easy to test)."""
-
-    def metric_drivers(self) -> list[Driver]: ...
-    def metric_rung(self) -> int | None: ...
-    def metric_control(self) -> tuple[int, float, int, int]: ...  # cycles, last ms, writes, failures
-    def metric_plans_rejected(self) -> dict[str, int]: ...
-    def metric_sync(self) -> SyncGauges: ...
-    def metric_readings_in(self) -> int: ...
+__all__ = ["DaemonCollector", "MetricsServer", "SyncGauges"]
 
 
 class DaemonCollector(Collector):
-    def __init__(self, source: MetricsSource) -> None:
-        self._source = source
+    """Reads one `SiteView` per scrape (zapd/siteview.py), so a scrape's numbers belong together."""
+
+    def __init__(self, view: Callable[[], SiteView]) -> None:
+        self._view = view
 
     def collect(self) -> Iterator[Metric]:
-        src = self._source
+        src = self._view()
         rejected = CounterMetricFamily(
             "zapd_telegrams_rejected", "Meter telegrams dropped (bad CRC, unparsable, undecryptable)",
             labels=["device", "reason"],
@@ -61,7 +46,7 @@ class DaemonCollector(Collector):
             "zapd_driver_errors", "Device errors by device and kind", labels=["device", "kind"]
         )
         events = CounterMetricFamily("zapd_driver_events", "Every driver counter", labels=["device", "event"])
-        for driver in src.metric_drivers():
+        for driver in list(src.drivers):
             counters: dict[str, int] = getattr(driver, "counters", {})
             for name, value in sorted(counters.items()):
                 events.add_metric([driver.name, name], value)
@@ -72,14 +57,14 @@ class DaemonCollector(Collector):
         yield rejected
         yield errors
         yield events
-        yield from _device_health(src.metric_drivers())
+        yield from _device_health(list(src.drivers))
 
         plans = CounterMetricFamily("zapd_plans_rejected", "Plans refused by verification", labels=["reason"])
-        for reason, count in sorted(src.metric_plans_rejected().items()):
+        for reason, count in sorted(src.plans_rejected.items()):
             plans.add_metric([reason], count)
         yield plans
 
-        sync = src.metric_sync()
+        sync = src.sync
         yield GaugeMetricFamily("zapd_outbox_depth", "Readings stored and not yet acknowledged by the cloud",
                                 value=sync.outbox_depth)  # fmt: skip
         yield GaugeMetricFamily("zapd_sync_lag_seconds", "Age of the oldest unacknowledged reading",
@@ -91,17 +76,18 @@ class DaemonCollector(Collector):
             acks.add_metric([reason], count)
         yield acks
 
-        cycles, last_ms, writes, failures = src.metric_control()
+        c = src.control
+        cycles, last_ms, writes, failures = c.cycles, c.last_cycle_ms, c.writes, c.write_failures
         yield CounterMetricFamily("zapd_control_cycles", "Control cycles run", value=cycles)
         yield GaugeMetricFamily("zapd_control_loop_duration_ms", "Duration of the last control cycle", value=last_ms)
         yield CounterMetricFamily("zapd_commands_written", "Device commands written", value=writes)
         yield CounterMetricFamily("zapd_command_failures", "Device commands that failed", value=failures)
-        rung = src.metric_rung()
+        rung = int(c.rung) if c.rung is not None else None
         yield GaugeMetricFamily(
             "zapd_fallback_rung", "1 plan, 2 cached plan, 3 self-consumption, 4 safe hold (0 = not yet decided)",
             value=rung or 0,
         )  # fmt: skip
-        yield CounterMetricFamily("zapd_readings", "Readings received from all drivers", value=src.metric_readings_in())
+        yield CounterMetricFamily("zapd_readings", "Readings received from all drivers", value=src.readings_in)
 
 
 def _device_health(drivers: list[Driver]) -> Iterator[Metric]:
@@ -134,9 +120,9 @@ def _device_health(drivers: list[Driver]) -> Iterator[Metric]:
 class MetricsServer:
     """prometheus-client's own HTTP server in a thread; closed when the daemon stops."""
 
-    def __init__(self, source: MetricsSource, host: str, port: int) -> None:
+    def __init__(self, view: Callable[[], SiteView], host: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DaemonCollector(source))
+        self.registry.register(DaemonCollector(view))
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
 
     def close(self) -> None:

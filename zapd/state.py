@@ -13,6 +13,7 @@ meter.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -61,6 +62,23 @@ class Snapshot:
     batteries: dict[str, BatteryView] = field(default_factory=dict)
     ev_w: dict[str, float | None] = field(default_factory=dict)
     evs: dict[str, EvView] = field(default_factory=dict)
+
+    def battery_soc(self, capacities_wh: Mapping[str, float]) -> float | None:
+        """The site's SoC (0..1), weighted by capacity when every battery reports one; None if any SoC
+        is unknown."""
+        socs = [b.soc for b in self.batteries.values()]
+        if not socs or any(s is None for s in socs):
+            return None
+        weights = [capacities_wh.get(b, 0.0) for b in self.batteries]
+        if not all(w > 0 for w in weights):
+            weights = [1.0] * len(socs)
+        return sum(w * (s or 0.0) for w, s in zip(weights, socs, strict=True)) / sum(weights)
+
+    def ev_total_w(self) -> float | None:
+        """Sum of the chargers' power, None if any is unknown (or there is none)."""
+        if not self.ev_w or any(v is None for v in self.ev_w.values()):
+            return None
+        return sum(v or 0.0 for v in self.ev_w.values())
 
     def battery_total_w(self) -> float | None:
         """Sum of the batteries' actual power, None if any is unknown."""

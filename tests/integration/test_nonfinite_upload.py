@@ -27,9 +27,9 @@ from tests.cloud_server import Cloud
 from tests.cloud_server import serve as _serve
 from tests.integration.test_cloud_api import _register
 from zapd.clock import ManualClock, SystemClock
-from zapd.daemon import TelemetryWriter
 from zapd.model import IMPORT_WH, POWER_W, DerCapabilities, DerKind, Reading
 from zapd.store import Store
+from zapd.telemetry_writer import TelemetryWriter
 
 T0 = datetime(2026, 6, 21, 12, tzinfo=UTC)
 

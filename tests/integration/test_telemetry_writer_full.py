@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from zapd.daemon import TelemetryWriter
 from zapd.model import DerKind, Reading
 from zapd.store import Store
+from zapd.telemetry_writer import TelemetryWriter
 
 T0 = datetime(2026, 6, 21, tzinfo=UTC)
 
@@ -81,7 +81,7 @@ async def test_queue_is_bounded_and_the_overflow_counted(store: Store) -> None:
 
 async def test_run_loop_survives_a_full_store(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer task itself keeps going (a crash would lose the queue's owner's loop, not the data)."""
-    monkeypatch.setattr("zapd.daemon.TELEMETRY_FLUSH_S", 0.01)
+    monkeypatch.setattr("zapd.telemetry_writer.TELEMETRY_FLUSH_S", 0.01)
     writer = TelemetryWriter(store)
     await set_max_pages(store, 1)
     task = asyncio.create_task(writer.run())

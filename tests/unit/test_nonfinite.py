@@ -15,7 +15,6 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -41,7 +40,6 @@ from cloud_sync.wire import (
 )
 from drivers.api import ReadingGuard
 from fallback.policy import Rung, choose, resolve_battery_w
-from zapd.daemon import LocalPlanFile, TelemetryWriter
 from zapd.metrics import DaemonCollector, SyncGauges
 from zapd.model import (
     IMPORT_WH,
@@ -56,8 +54,11 @@ from zapd.model import (
     Quality,
     Reading,
 )
-from zapd.state import SiteState
+from zapd.plan_source import LocalPlanFile
+from zapd.siteview import ControlView, SiteView
+from zapd.state import SiteState, Snapshot
 from zapd.store import OutboxRow
+from zapd.telemetry_writer import TelemetryWriter
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 KEYS = [POWER_W, SOC, IMPORT_WH, *PHASE_CURRENT_A, "session_wh", "connected", "current_a", "energy_wh", "freq_hz"]
@@ -230,28 +231,16 @@ def test_rejections_are_in_the_driver_metrics() -> None:
     guard(meter({POWER_W: math.inf}))
     guard(meter({POWER_W: 1e9}))
 
-    class Source:
-        def metric_drivers(self) -> list[Any]:
-            return [driver]
-
-        def metric_rung(self) -> int | None:
-            return None
-
-        def metric_control(self) -> tuple[int, float, int, int]:
-            return (0, 0.0, 0, 0)
-
-        def metric_plans_rejected(self) -> dict[str, int]:
-            return {}
-
-        def metric_sync(self) -> SyncGauges:
-            return SyncGauges()
-
-        def metric_readings_in(self) -> int:
-            return 0
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    view = SiteView(
+        now=now, site_id="s1", snapshot=Snapshot(now, None, None, None), control=ControlView(), override=None,
+        plan=None, drivers=(driver,), capacities_wh={}, plans_rejected={}, sync=SyncGauges(), readings_in=0,
+        energy_kwh={},
+    )  # type: ignore[arg-type]  # fmt: skip
 
     samples = {
         (s.labels.get("device"), s.labels.get("event")): s.value
-        for family in DaemonCollector(Source()).collect()
+        for family in DaemonCollector(lambda: view).collect()
         if family.name == "zapd_driver_events"
         for s in family.samples
     }
