@@ -29,15 +29,15 @@ deps-system:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
 
 demo: $(STAMP)
-	$(BIN)/zapd demo --hours 24
+	$(BIN)/python -m zapd_demo --hours 24
 
 # The whole suite, with a throwaway PostgreSQL cluster (its own data dir, a free port) for the cloud's SQL tests.
 test: $(STAMP) deps-system
 	$(BIN)/python -m tests.pg_cluster -- $(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check zapd drivers fallback cloud_sync cloud tests bench
-	$(BIN)/ruff format --check zapd drivers fallback cloud_sync cloud tests bench
+	$(BIN)/ruff check zapd zapd_demo drivers fallback cloud_sync cloud tests bench
+	$(BIN)/ruff format --check zapd zapd_demo drivers fallback cloud_sync cloud tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -171,11 +171,15 @@ def cmd_plan_reset_version(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from zapd.demo import run_demo
+    """`python -m zapd_demo` in this process's place: the demo runs the cloud, which zapd never imports."""
+    import zapd
 
-    return run_demo(
-        hours=args.hours, speed=args.speed, out_dir=Path(args.out), quiet=args.quiet, use_cloud=not args.no_cloud
-    )
+    # zapd_demo sits next to zapd (repository or site-packages), also in a venv installed before it existed.
+    root = str(Path(zapd.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    argv = [sys.executable, "-m", "zapd_demo", *args.demo_args]
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,20 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--unit", type=int, action="append", help="unit id to probe with --host (repeatable; 1)")
     scan.set_defaults(func=cmd_devices_scan)
 
-    demo = sub.add_parser("demo", help="run a whole simulated site on loopback")
-    demo.add_argument("--hours", type=float, default=24.0)
-    demo.add_argument("--speed", type=float, default=0.0, help="clock speed-up (0 = fit the run in ~45 s)")
-    demo.add_argument("--out", default="demo-out", help="folder for the plot, database and config")
-    demo.add_argument("--quiet", action="store_true", help="no daemon logs")
-    demo.add_argument(
-        "--no-cloud", action="store_true", help="plan locally into a plan file instead of a local zapcloud"
+    demo = sub.add_parser(
+        "demo",
+        help="run a whole simulated site on loopback (python -m zapd_demo; `zapd demo --help` for its options)",
+        add_help=False,
     )
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo)  # its options are zapd_demo's own (main passes them through)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        args.demo_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.func is cmd_run:
         lean_daemon_process()
     from zapd.logs import configure

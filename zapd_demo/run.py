@@ -1,4 +1,4 @@
-"""`zapd demo`: a whole simulated site on loopback, driven by the real daemon.
+"""The demo run (`python -m zapd_demo`, `zapd demo`): a whole simulated site on loopback, driven by the real daemon.
 
 The simulated inverter/battery is a pymodbus server on 127.0.0.1, the meter writes DSMR v5
 telegrams into a real pty, and `zapd run`'s Daemon drives them on a shared fast clock. The
@@ -24,9 +24,9 @@ from drivers.sim.physics import BatteryModel, SimSite, load_power_w, pv_power_w,
 from zapd.clock import SIM_CLOCK_ENV, ScaledClock, clock_from_env, sim_clock_env
 from zapd.config import validate_config
 from zapd.daemon import Daemon
-from zapd.demo_cloud import LocalCloud, cloud_config
 from zapd.model import EXPORT_WH, IMPORT_WH, DerKind, Intent, IntentMode, Plan, PlanSlot
 from zapd.store import Store
+from zapd_demo.local_cloud import LocalCloud, cloud_config
 
 DEMO_START = datetime(2026, 6, 21, 0, 0, tzinfo=UTC)
 DEMO_WALL_S = 40.0
