@@ -47,6 +47,7 @@ from cloud.backtest_config import (
     Config,
     Forecast,
     LoadModel,
+    PvModel,
     add_arguments,
     config_from_args,
     config_problem,
@@ -64,6 +65,7 @@ from cloud.forecast import (
     forecast_pv,
     learn_pv_factor,
 )
+from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Grid, Problem, Solution
 from zapd.controller import decide_batteries
@@ -389,6 +391,11 @@ class Planner:
         ).pv_kw
         self.factor = PvFactor()
         self.factor_day = -1
+        self.pv_site: PvSiteForecaster | None = None
+        if cfg.pv_model is PvModel.FIT:
+            arrays = [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)]
+            sky = SkyGrid.compute(Location(cfg.lat, cfg.lon), tr.start, tr.step, tr.n + self.horizon_max)
+            self.pv_site = PvSiteForecaster(sky, arrays)
         self.gbm: GbmLoadForecaster | None = None
         if cfg.load_model in (LoadModel.GBM, LoadModel.GBM_MEAN):
             country, _, subdiv = (cfg.holidays or "").partition("/")
@@ -415,15 +422,22 @@ class Planner:
             load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
         if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_PV):
             return load, tr.pv_kw[k : k + horizon].copy()
-        if k // spd != self.factor_day:  # daily ratios: re-learning once a day is enough
-            lo = max(0, k - 14 * spd)
-            self.factor = learn_pv_factor(tr.pv_kw[lo:k], self.sky[lo:k], spd, cfg.pv_kwp)
-            self.factor_day = k // spd
-        pv = forecast_pv(self.sky[k : k + horizon], self.factor)
+        pv = self._pv_model(k, horizon)
         if tr.pv_forecast_kw is not None:
             external = tr.pv_forecast_kw[k : k + horizon]
             pv = np.where(np.isnan(external), pv, external)
         return load, pv
+
+    def _pv_model(self, k: int, horizon: int) -> FloatArray:
+        """The PV forecaster's output (before an external forecast overrides it)."""
+        if self.pv_site is not None:
+            return self.pv_site.forecast(self.tr.pv_kw, k, horizon)
+        spd = self.spd
+        if k // spd != self.factor_day:  # daily ratios: re-learning once a day is enough
+            lo = max(0, k - 14 * spd)
+            self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
+            self.factor_day = k // spd
+        return forecast_pv(self.sky[k : k + horizon], self.factor)
 
     def plan(self, k: int, soc: float, executed: int) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
         """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
@@ -653,6 +667,7 @@ __all__ = [
     "LoadModel",
     "Outcome",
     "Planner",
+    "PvModel",
     "Report",
     "SlotLog",
     "TraceError",

@@ -24,6 +24,13 @@ class LoadModel(StrEnum):
     GBM_MEAN = "gbm_mean"  # the same trees fitted to the mean (costs are linear in the load: the mean is unbiased)
 
 
+class PvModel(StrEnum):
+    """The PV forecaster the planner uses."""
+
+    FACTOR = "factor"  # clear sky on the configured arrays x a 14-day median factor (cloud.forecast)
+    FIT = "fit"  # a site model fitted to the PV history with pvlib (cloud.forecast_pv), refitted weekly
+
+
 class Forecast(StrEnum):
     """What the planner is told about load and PV: its forecasters, or (diagnostics) the truth."""
 
@@ -56,6 +63,7 @@ class Config:
     execution: Execution = DEFAULT_EXECUTION
     forecast: Forecast = Forecast.MODEL
     load_model: LoadModel = LoadModel.PROFILE
+    pv_model: PvModel = PvModel.FACTOR
     price_forecast: bool = False  # plan past the published prices with day-persistence prices (flagged forecast)
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
 
@@ -106,6 +114,12 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     )
     bt.add_argument("--load-model", choices=[m.value for m in LoadModel], default=d.load_model.value)
     bt.add_argument(
+        "--pv-model",
+        choices=[m.value for m in PvModel],
+        default=d.pv_model.value,
+        help="fit: orientation, kWp, clipping and hourly shading fitted to the PV history (pvlib)",
+    )
+    bt.add_argument(
         "--price-forecast",
         action="store_true",
         help="plan the whole horizon: unpublished hours take the latest published day's price (a forecast)",
@@ -142,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         execution=Execution(getattr(args, "execution", d.execution.value)),
         forecast=Forecast(getattr(args, "forecast", d.forecast.value)),
         load_model=LoadModel(getattr(args, "load_model", d.load_model.value)),
+        pv_model=PvModel(getattr(args, "pv_model", d.pv_model.value)),
         holidays=getattr(args, "holidays", None),
         price_forecast=getattr(args, "price_forecast", False),
     )
@@ -177,4 +192,13 @@ def config_problem(cfg: Config) -> str | None:
     return None
 
 
-__all__ = ["NO_LIMIT_KW", "Config", "Forecast", "LoadModel", "add_arguments", "config_from_args", "config_problem"]
+__all__ = [
+    "NO_LIMIT_KW",
+    "Config",
+    "Forecast",
+    "LoadModel",
+    "PvModel",
+    "add_arguments",
+    "config_from_args",
+    "config_problem",
+]

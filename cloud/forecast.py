@@ -33,11 +33,16 @@ from typing import Any, Final, Literal
 import httpx
 import msgspec
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import pvlib
 
-FloatArray = npt.NDArray[np.float64]
+from cloud.forecast_load import (
+    FloatArray,
+    GbmLoadForecaster,
+    LoadQuantiles,
+    forecast_load,
+    forecast_load_persistence,
+)
 
 OPEN_METEO_URL: Final = "https://api.open-meteo.com/v1/forecast"
 DEFAULT_TIMEOUT_S: Final = 10.0
@@ -161,203 +166,6 @@ def forecast_pv(clear_kw: FloatArray, factor: PvFactor, dimming: FloatArray | No
     return clear_kw * factor.clear * dimming
 
 
-# --- load ---------------------------------------------------------------------------------
-
-
-def forecast_load(
-    history_kw: FloatArray,
-    horizon: int,
-    slots_per_day: int,
-    *,
-    weeks: int = 4,
-    recent_hours: float = 2.0,
-    fade_hours: float = 4.0,
-    default_kw: float = 0.5,
-) -> FloatArray:
-    """Load for the `horizon` slots right after `history_kw` (which ends at now; NaN = missing)."""
-    n = len(history_kw)
-    dt_h = 24.0 / slots_per_day
-    profile = _seasonal_profile(history_kw, n, horizon, slots_per_day, weeks)
-    r = max(1, round(recent_hours / dt_h))
-    recent = history_kw[max(0, n - r) :]
-    if n == 0 or np.isnan(recent).all():
-        base = float(np.nanmean(history_kw)) if n and not np.isnan(history_kw).all() else default_kw
-        return np.where(np.isnan(profile), base, profile)
-    recent_level = float(np.nanmean(recent))
-    past_profile = _seasonal_profile(history_kw, n - len(recent), len(recent), slots_per_day, weeks)
-    expected = float(np.nanmean(past_profile)) if not np.isnan(past_profile).all() else math.nan
-    profile = np.where(np.isnan(profile), recent_level, profile)
-    if not math.isfinite(expected) or expected <= 1e-6:
-        ratio = 1.0
-    else:
-        ratio = float(np.clip(recent_level / expected, 0.5, 2.0))
-    fade = np.exp(-np.arange(horizon) * dt_h / fade_hours)
-    return np.asarray(np.clip(profile * (1.0 + (ratio - 1.0) * fade), 0.0, None), dtype=np.float64)
-
-
-def _seasonal_profile(history: FloatArray, at: int, horizon: int, slots_per_day: int, weeks: int) -> FloatArray:
-    """For slots at..at+horizon-1: the mean of the same weekday/time over past weeks, else of past days."""
-    idx = at + np.arange(horizon)
-    week = 7 * slots_per_day
-    out = _lagged_mean(history, at, idx, week, weeks)
-    missing = np.isnan(out)
-    if missing.any():
-        out[missing] = _lagged_mean(history, at, idx[missing], slots_per_day, 7)
-    return out
-
-
-def _lagged_mean(history: FloatArray, at: int, idx: npt.NDArray[np.int64], lag: int, count: int) -> FloatArray:
-    # Lags that reach only into the past: for a slot `k` periods back that still lands after `at`, use an
-    # older period instead (a 48 h horizon looks 2 days back for its second day, not 1).
-    ks = np.arange(1, count + 3)
-    cand = idx[:, None] - ks[None, :] * lag
-    valid = (cand >= 0) & (cand < at)
-    # keep only the first `count` valid lags of each slot
-    valid &= np.cumsum(valid, axis=1) <= count
-    if len(history) == 0:
-        return np.full(len(idx), np.nan)
-    vals = history[np.clip(cand, 0, len(history) - 1)]
-    ok = valid & ~np.isnan(vals)
-    total = np.where(ok, vals, 0.0).sum(axis=1)
-    count = ok.sum(axis=1)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def forecast_load_persistence(history_kw: FloatArray, horizon: int, slots_per_day: int) -> FloatArray:
-    """The baseline every load forecaster must beat: the same slot on the most recent day already measured."""
-    n = len(history_kw)
-    if n < slots_per_day:
-        return np.full(horizon, float(np.nanmean(history_kw)) if n and not np.isnan(history_kw).all() else 0.5)
-    idx = n + np.arange(horizon)
-    back = (np.arange(horizon) // slots_per_day + 1) * slots_per_day
-    out = history_kw[idx - back]
-    return np.where(np.isnan(out), float(np.nanmean(history_kw)), out)
-
-
-class GbmLoadForecaster:
-    """Household load from its own history with LightGBM (gradient-boosted trees), refitted per site.
-
-    One model for every lead time ("direct" forecasting with the lead as a feature), trained on the site's
-    last `train_days`: for forecast origins every `origin_every` slots and every lead up to `max_lead`, the
-    features are what was known at the origin: local time of day, day of week, weekend or public holiday
-    (the `holidays` package, when a country is given), the lead, the same slot on the most recent measured
-    day and week, the mean of that slot over the last four weeks, the last two hours' mean and the last
-    day's mean. Trees need no scaling, take the weekly and daily shape from the features and learn how much
-    the recent level matters at each lead. Refitting once every `refit_days` (two weeks) is plenty for a household
-    and keeps a year's backtest affordable. Until `min_days` of history exist (a new site), `forecast` falls back
-    to `forecast_load` (the seasonal profile).
-    """
-
-    def __init__(
-        self,
-        start: datetime,
-        step: timedelta,
-        tz: str,
-        *,
-        country: str | None = None,
-        subdiv: str | None = None,
-        train_days: int = 56,
-        min_days: int = 14,
-        refit_days: int = 14,
-        max_lead_hours: float = 48.0,
-        objective: str = "regression_l1",
-    ) -> None:
-        from zoneinfo import ZoneInfo
-
-        self.start, self.step = start, step
-        self.spd = int(timedelta(days=1) // step)
-        self.zone = ZoneInfo(tz)
-        self.country, self.subdiv = country, subdiv
-        self.train_days, self.min_days, self.refit_days = train_days, min_days, refit_days
-        self.max_lead = max(1, round(max_lead_hours * 3600 / step.total_seconds()))
-        self.origin_every = max(1, self.spd // 6)  # every 4 hours
-        self.objective = objective  # "regression_l1": the median (best MAE); "regression": the mean
-        self.model: Any = None
-        self.fitted_at = -(10**9)
-        self._calendar: dict[int, tuple[float, float, float]] = {}
-
-    def _cal(self, idx: npt.NDArray[np.int64]) -> FloatArray:
-        """Per absolute slot index: (local hour, day of week, weekend or holiday)."""
-        out = np.empty((len(idx), 3))
-        hol = None
-        if self.country:
-            import holidays
-
-            hol = holidays.country_holidays(self.country, subdiv=self.subdiv)
-        for i, k in enumerate(idx.tolist()):
-            row = self._calendar.get(k)
-            if row is None:
-                local = (self.start + self.step * k).astimezone(self.zone)
-                off = local.weekday() >= 5 or (hol is not None and local.date() in hol)
-                row = (local.hour + local.minute / 60.0, float(local.weekday()), float(off))
-                self._calendar[k] = row
-            out[i] = row
-        return out
-
-    def _features(self, load: FloatArray, origin: int, leads: npt.NDArray[np.int64]) -> FloatArray:
-        """Features for targets origin + leads, from load[:origin] only (absolute indices)."""
-        spd = self.spd
-        t = origin + leads
-        day_back = (leads // spd + 1) * spd
-        week_back = (leads // (7 * spd) + 1) * 7 * spd
-        last_day = load[np.clip(t - day_back, 0, None)]
-        last_week = load[np.clip(t - week_back, 0, None)]
-        weeks = [load[np.clip(t - week_back - w * 7 * spd, 0, None)] for w in range(4)]
-        four = np.nanmean(np.vstack(weeks), axis=0) if weeks else last_week
-        recent = load[max(0, origin - max(1, spd // 12)) : origin]
-        day = load[max(0, origin - spd) : origin]
-        level = float(np.nanmean(recent)) if len(recent) else math.nan
-        daily = float(np.nanmean(day)) if len(day) else math.nan
-        cal = self._cal(t)
-        return np.column_stack(
-            [cal, leads.astype(np.float64), last_day, last_week, four, np.full(len(t), level), np.full(len(t), daily)]
-        )
-
-    def _fit(self, load: FloatArray, now: int) -> None:
-        import lightgbm
-
-        lo = max(0, now - self.train_days * self.spd)
-        first = lo + 7 * self.spd  # a week of lags before the first origin
-        origins = range(max(first, now - self.train_days * self.spd), now - 1, self.origin_every)
-        xs, ys = [], []
-        for o in origins:
-            leads = np.arange(min(self.max_lead, now - o))
-            if not len(leads):
-                continue
-            xs.append(self._features(load, o, leads))
-            ys.append(load[o + leads])
-        if not xs:
-            return
-        x, y = np.vstack(xs), np.concatenate(ys)
-        ok = ~np.isnan(y)
-        params = {
-            "objective": self.objective,
-            "learning_rate": 0.05,
-            "num_leaves": 31,
-            "min_data_in_leaf": 40,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "verbose": -1,
-            "num_threads": 1,
-            "seed": 1,
-        }
-        model = lightgbm.train(params, lightgbm.Dataset(x[ok], y[ok]), num_boost_round=80)
-        self.model, self.fitted_at = model, now
-
-    def forecast(self, load: FloatArray, now: int, horizon: int) -> FloatArray:
-        """Load for slots now..now+horizon-1 given the measured load[:now] (absolute slot indices)."""
-        history = load[:now]
-        if now < self.min_days * self.spd:
-            return forecast_load(history, horizon, self.spd)
-        if self.model is None or now - self.fitted_at >= self.refit_days * self.spd:
-            self._fit(history, now)
-        if self.model is None:
-            return forecast_load(history, horizon, self.spd)
-        leads = np.arange(horizon)
-        pred = self.model.predict(self._features(history, now, leads))
-        return np.asarray(np.clip(pred, 0.0, None), dtype=np.float64)
-
-
 def mae(forecast: FloatArray, actual: FloatArray) -> tuple[float, int] | None:
     """Mean absolute error over the slots that have an actual value, and how many there were."""
     ok = ~np.isnan(actual) & ~np.isnan(forecast)
@@ -476,7 +284,9 @@ class OpenMeteoClient:
 
 __all__ = [
     "ClearSky",
+    "FloatArray",
     "GbmLoadForecaster",
+    "LoadQuantiles",
     "Location",
     "OpenMeteoClient",
     "PvArray",
