@@ -292,7 +292,7 @@ class Daemon:
         if self.config.home_assistant.enabled:
             from zapd.homeassistant import HomeAssistant
 
-            self.home_assistant = HomeAssistant(self, self.config.home_assistant)
+            self.home_assistant = HomeAssistant(self.view, self.override, self.config.home_assistant)
             self.supervisor.add("home_assistant", self.home_assistant.run)
         if self.cloud is not None:
             self.supervisor.add("uploader", self.cloud.uploader.run)
@@ -320,12 +320,6 @@ class Daemon:
         """One read of the site for the API, Home Assistant and the metrics (zapd/siteview.py). The
         metrics call it from prometheus-client's thread: it only reads plain attributes."""
         now = self.clock.now()
-        st = self.controller.stats if self.controller is not None else None
-        control = (
-            ControlView(st.cycles, st.last_cycle_ms, st.writes, st.write_failures, st.rung, st.rung_since,
-                        st.rung_reason)
-            if st is not None else ControlView()
-        )  # fmt: skip
         rejected = dict(self.cloud.fetcher.rejected) if self.cloud is not None else {}
         if self.plan_file is not None and self.plan_file.rejected:
             rejected["plan_file"] = self.plan_file.rejected
@@ -333,9 +327,10 @@ class Daemon:
             now=now,
             site_id=self.config.site.id,
             snapshot=self.state.snapshot(now),
-            control=control,
+            control=ControlView.of(self.controller.stats if self.controller is not None else None),
             override=self.override.active(),
             plan=self.current_plan(),
+            kinds=dict(self.devices.kinds),
             drivers=tuple(self.devices.drivers),
             capacities_wh={c.der_id: c.capacity_wh for d in self.devices.drivers for c in d.capabilities()},
             plans_rejected=rejected,

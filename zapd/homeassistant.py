@@ -25,9 +25,10 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Any, Protocol
+from typing import Any
 
 import aiomqtt
 import structlog
@@ -36,15 +37,10 @@ from drivers.api import HasHealth
 from drivers.health import HealthState
 from drivers.mqtt.client import Client
 from drivers.resilience import Backoff, FailureLatch
-from zapd.clock import Clock
-from zapd.config import HomeAssistantConfig, ZapdConfig
-from zapd.controller import Controller
-from zapd.devices import DeviceSet
-from zapd.energy import EnergyTotals
-from zapd.model import EXPORT_WH, IMPORT_WH, DerKind, Intent, IntentMode, Plan
+from zapd.config import HomeAssistantConfig
+from zapd.model import DerKind, Intent, IntentMode, Plan
 from zapd.override import FORCEABLE, OperatorOverride
-from zapd.state import SiteState
-from zapd.store import Store
+from zapd.siteview import SiteView
 
 log = structlog.get_logger(__name__)
 
@@ -57,28 +53,6 @@ TIMEOUT_S = 5.0  # connect, subscribe, publish
 KEEPALIVE_S = 30
 GOODBYE_S = 2.0  # bounded "offline" on a clean stop
 CHECK_S = 1.0  # how often a changed rung, plan or override is noticed (real s)
-
-
-class HaSite(Protocol):
-    """What the publisher reads from the daemon (zapd.daemon.Daemon has all of it)."""
-
-    @property
-    def config(self) -> ZapdConfig: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def state(self) -> SiteState: ...
-    @property
-    def devices(self) -> DeviceSet: ...
-    @property
-    def controller(self) -> Controller | None: ...
-    @property
-    def store(self) -> Store | None: ...
-    @property
-    def override(self) -> OperatorOverride: ...
-    @property
-    def energy(self) -> EnergyTotals: ...
-    def current_plan(self) -> Plan | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,17 +205,19 @@ class HomeAssistant:
 
     def __init__(
         self,
-        site: HaSite,
+        view: Callable[[], SiteView],
+        override: OperatorOverride,
         config: HomeAssistantConfig,
         *,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         tz: tzinfo | None = None,
     ) -> None:
-        self._site = site
+        self._view = view  # one read of the site per publish (zapd/siteview.py)
+        self._override = override  # the select drives the one owner of the operator override
         self._cfg = config
         self._tz = tz
-        self.site_id = site.config.site.id
+        self.site_id = view().site_id
         self.node_id = config.node_id or default_node_id(self.site_id)
         self.base = f"{config.base_topic.rstrip('/')}/{self.node_id}"
         self.prefix = config.discovery_prefix.rstrip("/")
@@ -341,89 +317,71 @@ class HomeAssistant:
 
     def discovery(self) -> dict[str, str]:
         """Config topic → retained payload; an empty payload removes an entity this site has no device for."""
-        kinds = set(self._site.devices.kinds.values())
+        view = self._view()
+        kinds = set(view.kinds.values())
         out: dict[str, str] = {}
         for spec in SENSORS:
             present = spec.needs is None or spec.needs in kinds
             out[self.config_topic("sensor", spec.object_id)] = (
                 json.dumps(self.sensor_config(spec), sort_keys=True) if present else ""
             )
-        for driver in self._health_drivers():
+        for driver in _health_drivers(view):
             spec = device_health_spec(driver.health.device_id)
             out[self.config_topic("sensor", spec.object_id)] = json.dumps(self.sensor_config(spec), sort_keys=True)
         out[self.config_topic("select", "mode")] = json.dumps(self.select_config(), sort_keys=True)
         return out
 
-    def _health_drivers(self) -> list[HasHealth]:
-        return [d for d in self._site.devices.drivers if isinstance(d, HasHealth)]
-
     # ---- states ----
 
-    def _sensor_values(self, now: datetime) -> dict[str, str]:
-        site = self._site
-        snap = site.state.snapshot(now)
-        socs = [b.soc for b in snap.batteries.values()]
-        soc: float | None = None
-        if socs and all(s is not None for s in socs):
-            caps = {c.der_id: c.capacity_wh for d in site.devices.drivers for c in d.capabilities()}
-            weights = [caps.get(b, 0.0) for b in snap.batteries]
-            if not all(w > 0 for w in weights):
-                weights = [1.0] * len(socs)
-            soc = 100.0 * sum(w * (s or 0.0) for w, s in zip(weights, socs, strict=True)) / sum(weights)
-        ev: float | None = None
-        if snap.ev_w and all(v is not None for v in snap.ev_w.values()):
-            ev = sum(v or 0.0 for v in snap.ev_w.values())
+    @staticmethod
+    def _sensor_values(view: SiteView) -> dict[str, str]:
+        snap = view.snapshot
+        soc = view.battery_soc
+        energy = view.energy_kwh
         return {
             "grid_power": _num(snap.grid_w, 0),
-            "grid_import_energy": _num(self._meter_kwh(now, IMPORT_WH), 3),
-            "grid_export_energy": _num(self._meter_kwh(now, EXPORT_WH), 3),
+            "grid_import_energy": _num(_kwh(snap.grid_import_wh), 3),
+            "grid_export_energy": _num(_kwh(snap.grid_export_wh), 3),
             "pv_power": _num(snap.pv_w, 0),
-            "battery_soc": _num(soc, 1),
+            "battery_soc": _num(soc * 100.0 if soc is not None else None, 1),
             "battery_power": _num(snap.battery_total_w() if snap.batteries else None, 0),
-            "ev_power": _num(ev, 0),
-            "pv_energy": _num(site.energy.kwh("pv_wh"), 3),
-            "battery_charge_energy": _num(site.energy.kwh("battery_charge_wh"), 3),
-            "battery_discharge_energy": _num(site.energy.kwh("battery_discharge_wh"), 3),
-            "ev_energy": _num(site.energy.kwh("ev_wh"), 3),
+            "ev_power": _num(snap.ev_total_w(), 0),
+            "pv_energy": _num(energy.get("pv_wh"), 3),
+            "battery_charge_energy": _num(energy.get("battery_charge_wh"), 3),
+            "battery_discharge_energy": _num(energy.get("battery_discharge_wh"), 3),
+            "ev_energy": _num(energy.get("ev_wh"), 3),
         }
-
-    def _meter_kwh(self, now: datetime, key: str) -> float | None:
-        """The grid meter's register (other meters measure inside the site: adding them would count twice)."""
-        grid = self._site.state.grid_meter
-        r = self._site.state.fresh(grid, now) if grid is not None else None
-        return r.values[key] / 1000 if r is not None and key in r.values else None
 
     def states(self) -> dict[str, tuple[str, bool]]:
         """Topic → (payload, published at once when it changes). Numbers wait for the interval,
         except when they turn known or unknown; a power reading changes every second and Home
         Assistant's recorder does not want each one."""
-        site = self._site
-        now = site.clock.now()
+        view = self._view()
+        now = view.now
         out: dict[str, tuple[str, bool]] = {}
-        for object_id, payload in self._sensor_values(now).items():
+        for object_id, payload in self._sensor_values(view).items():
             prev = self._published.get(self.state_topic(object_id))
             out[self.state_topic(object_id)] = (payload, prev is None or (prev == UNKNOWN) != (payload == UNKNOWN))
-        stats = site.controller.stats if site.controller is not None else None
-        ov = site.override.active()
-        rung = stats.rung.name.lower() if stats is not None and stats.rung is not None else UNKNOWN
+        control, ov = view.control, view.override
+        rung = control.rung.name.lower() if control.rung is not None else UNKNOWN
         out[self.state_topic("fallback_rung")] = (rung, True)
         rung_attrs = {
-            "reason": stats.rung_reason if stats is not None else "",
-            "since": stats.rung_since.isoformat() if stats is not None and stats.rung_since else None,
+            "reason": control.rung_reason,
+            "since": control.rung_since.isoformat() if control.rung_since else None,
             "forced_until": ov.until.isoformat() if ov is not None else None,
         }
         out[self.attributes_topic("fallback_rung")] = (json.dumps(rung_attrs, sort_keys=True), True)
-        text, attrs = next_action(site.current_plan(), now, self._tz)
+        text, attrs = next_action(view.plan, now, self._tz)
         out[self.state_topic("next_action")] = (text, True)
         out[self.attributes_topic("next_action")] = (json.dumps(attrs, sort_keys=True), True)
-        for driver in self._health_drivers():
-            view = driver.health.view(now)
-            spec = device_health_spec(view.device)
-            out[self.state_topic(spec.object_id)] = (str(view.state), True)
-            attrs = view.to_json()
+        for driver in _health_drivers(view):
+            health = driver.health.view(now)
+            spec = device_health_spec(health.device)
+            out[self.state_topic(spec.object_id)] = (str(health.state), True)
+            attrs = health.to_json()
             del attrs["state"]
             # The error count moves on every failed poll: that waits for the interval.
-            urgent = self._published.get(self.state_topic(spec.object_id)) != str(view.state)
+            urgent = self._published.get(self.state_topic(spec.object_id)) != str(health.state)
             out[self.attributes_topic(spec.object_id)] = (json.dumps(attrs, sort_keys=True), urgent)
         out[self.state_topic("mode")] = (ov.rung.name.lower() if ov is not None else AUTO, True)
         out[self.attributes_topic("mode")] = (json.dumps(ov.to_json() if ov else {}, sort_keys=True), True)
@@ -545,7 +503,7 @@ class HomeAssistant:
                     expected=", ".join(MODE_OPTIONS),
                 )
             return
-        override = self._site.override
+        override = self._override
         if choice == AUTO:
             await override.release(source="home_assistant")
         else:
@@ -567,6 +525,14 @@ class HomeAssistant:
         if self._link.up:
             self.counters["disconnects"] += 1
         self._link.failed(reason=reason)
+
+
+def _health_drivers(view: SiteView) -> list[HasHealth]:
+    return [d for d in view.drivers if isinstance(d, HasHealth)]
+
+
+def _kwh(wh: float | None) -> float | None:
+    return wh / 1000.0 if wh is not None else None
 
 
 def _version() -> str:

@@ -14,12 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from drivers.api import Driver
 from fallback.policy import Rung
-from zapd.model import Plan
+from zapd.model import DerKind, Plan
 from zapd.override import Override
 from zapd.state import Snapshot
+
+if TYPE_CHECKING:
+    from zapd.controller import ControllerStats
 
 
 @dataclass
@@ -43,6 +47,13 @@ class ControlView:
     rung_since: datetime | None = None
     rung_reason: str = ""
 
+    @classmethod
+    def of(cls, stats: ControllerStats | None) -> ControlView:
+        if stats is None:
+            return cls()
+        s = stats
+        return cls(s.cycles, s.last_cycle_ms, s.writes, s.write_failures, s.rung, s.rung_since, s.rung_reason)
+
 
 @dataclass(frozen=True, slots=True)
 class SiteView:
@@ -52,6 +63,7 @@ class SiteView:
     control: ControlView
     override: Override | None
     plan: Plan | None
+    kinds: Mapping[str, DerKind]  # every configured DER, reading or not
     drivers: tuple[Driver, ...]
     capacities_wh: Mapping[str, float]
     plans_rejected: Mapping[str, int]

@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from zapd.bounds import bad_values
-from zapd.model import CHARGING, CONNECTED, PHASE_CURRENT_A, POWER_W, SOC, DerKind, Quality, Reading
+from zapd.model import (
+    CHARGING,
+    CONNECTED,
+    EXPORT_WH,
+    IMPORT_WH,
+    PHASE_CURRENT_A,
+    POWER_W,
+    SOC,
+    DerKind,
+    Quality,
+    Reading,
+)
 
 STALE_AFTER_POLLS = 3
 
@@ -62,6 +73,8 @@ class Snapshot:
     batteries: dict[str, BatteryView] = field(default_factory=dict)
     ev_w: dict[str, float | None] = field(default_factory=dict)
     evs: dict[str, EvView] = field(default_factory=dict)
+    grid_import_wh: float | None = None  # the grid meter's registers (other meters measure inside the site)
+    grid_export_wh: float | None = None
 
     def battery_soc(self, capacities_wh: Mapping[str, float]) -> float | None:
         """The site's SoC (0..1), weighted by capacity when every battery reports one; None if any SoC
@@ -156,6 +169,8 @@ class SiteState:
         batteries: dict[str, BatteryView] = {}
         evs: dict[str, float | None] = {}
         ev_views: dict[str, EvView] = {}
+        import_wh: float | None = None
+        export_wh: float | None = None
         grid_meter = self.grid_meter
         for der_id, kind in self._kinds.items():
             r = self.fresh(der_id, now)
@@ -164,6 +179,8 @@ class SiteState:
                 if der_id == grid_meter and POWER_W in vals:
                     grid_w = vals[POWER_W]
                     phases = tuple(vals[k] for k in PHASE_CURRENT_A if k in vals) or None
+                if der_id == grid_meter:
+                    import_wh, export_wh = vals.get(IMPORT_WH), vals.get(EXPORT_WH)
             elif kind is DerKind.PV:
                 if POWER_W in vals:
                     pv_w = (pv_w or 0.0) + vals[POWER_W]
@@ -178,4 +195,4 @@ class SiteState:
                     None if plugged is None else plugged >= 0.5,
                     None if charging is None else charging >= 0.5,
                 )
-        return Snapshot(now, grid_w, phases, pv_w, batteries, evs, ev_views)
+        return Snapshot(now, grid_w, phases, pv_w, batteries, evs, ev_views, import_wh, export_wh)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +23,14 @@ from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.mqtt.client import Client
 from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.physics import SimSite
+from tests.fakes import FakeSite
 from tests.integration.conftest import MosquittoBroker
 from zapd.clock import ManualClock
-from zapd.config import HomeAssistantConfig, ZapdConfig, validate_config
+from zapd.config import HomeAssistantConfig, validate_config
 from zapd.devices import DeviceSet
 from zapd.homeassistant import HomeAssistant
-from zapd.model import DerKind, Plan
-from zapd.override import ForcedRung
+from zapd.model import DerKind
+from zapd.override import OperatorOverride
 from zapd.state import SiteState
 
 
@@ -77,27 +77,6 @@ async def test_publish_cancelled_as_its_puback_arrives_raises(mosquitto: Mosquit
         assert puback_trap.sprung == 1 and task.cancelled()
 
 
-@dataclass
-class _Api:
-    forced: ForcedRung
-
-
-@dataclass
-class _Site:
-    """What HomeAssistant reads from the daemon: one meter, no controller, no store."""
-
-    config: ZapdConfig
-    clock: ManualClock
-    state: SiteState
-    devices: DeviceSet
-    api: _Api
-    controller: None = None
-    store: None = None
-
-    def current_plan(self) -> Plan | None:
-        return None
-
-
 async def _wait(cond: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -112,15 +91,15 @@ async def test_home_assistant_cancelled_as_a_puback_arrives_stops_and_says_offli
 ) -> None:
     clock = ManualClock(datetime(2026, 6, 1, 10, 30, tzinfo=UTC))
     state = SiteState()
-    site = _Site(
+    site = FakeSite(
         validate_config({"site": {"id": "cancel.1", "fuse_a": 25}}, "test"),
         clock,
         state,
         DeviceSet(kinds={"meter": DerKind.METER}),
-        _Api(ForcedRung(clock, state)),
+        OperatorOverride(clock, state),
     )
     cfg = HomeAssistantConfig(enabled=True, host=mosquitto.host, port=mosquitto.port, state_interval_s=1.0)
-    ha = HomeAssistant(site, cfg, tz=UTC)  # type: ignore[arg-type]
+    ha = HomeAssistant(site.view, site.override, cfg, tz=UTC)
     run = asyncio.create_task(ha.run())
     try:
         await _wait(lambda: ha.link_up and ha.counters["states"] > 0, "the first states")

@@ -3,43 +3,22 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from fallback.policy import Rung
+from tests.fakes import FakeSite
 from zapd.api import redact
 from zapd.clock import ManualClock
-from zapd.config import HomeAssistantConfig, ZapdConfig, validate_config
-from zapd.controller import Controller
+from zapd.config import HomeAssistantConfig, validate_config
 from zapd.devices import DeviceSet
-from zapd.energy import EnergyTotals
 from zapd.homeassistant import HomeAssistant, default_node_id, describe_intent, next_action
 from zapd.model import DerKind, Intent, IntentMode, Plan, PlanSlot
 from zapd.override import OperatorOverride
 from zapd.state import SiteState
-from zapd.store import Store
 
 T0 = datetime(2026, 6, 1, 10, 30, tzinfo=UTC)
-
-
-@dataclass
-class FakeSite:
-    """The attributes HomeAssistant reads from the daemon, and nothing else."""
-
-    config: ZapdConfig
-    clock: ManualClock
-    state: SiteState
-    devices: DeviceSet
-    override: OperatorOverride
-    energy: EnergyTotals = field(default_factory=EnergyTotals)
-    controller: Controller | None = None
-    store: Store | None = None
-    plan: Plan | None = None
-
-    def current_plan(self) -> Plan | None:
-        return self.plan
 
 
 def _site(kinds: dict[str, DerKind] | None = None, site_id: str = "home.1") -> FakeSite:
@@ -51,7 +30,7 @@ def _site(kinds: dict[str, DerKind] | None = None, site_id: str = "home.1") -> F
 
 
 def _ha(site: FakeSite, **cfg: object) -> HomeAssistant:
-    return HomeAssistant(site, HomeAssistantConfig(enabled=True, **cfg), tz=UTC)  # type: ignore[arg-type]
+    return HomeAssistant(site.view, site.override, HomeAssistantConfig(enabled=True, **cfg), tz=UTC)
 
 
 def _slot(hour: int, intent: Intent) -> PlanSlot:

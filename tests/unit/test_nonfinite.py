@@ -234,7 +234,7 @@ def test_rejections_are_in_the_driver_metrics() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     view = SiteView(
         now=now, site_id="s1", snapshot=Snapshot(now, None, None, None), control=ControlView(), override=None,
-        plan=None, drivers=(driver,), capacities_wh={}, plans_rejected={}, sync=SyncGauges(), readings_in=0,
+        plan=None, kinds={}, drivers=(driver,), capacities_wh={}, plans_rejected={}, sync=SyncGauges(), readings_in=0,
         energy_kwh={},
     )  # type: ignore[arg-type]  # fmt: skip
 

@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from fallback.policy import Rung
+from tests.fakes import FakeSite
 from zapd.api import LocalApi, Request
 from zapd.clock import ManualClock
 from zapd.config import HomeAssistantConfig, ZapdConfig, validate_config
@@ -95,7 +96,8 @@ async def test_api_force_with_a_full_disk_is_ok_in_force_and_says_not_stored(tmp
 
 async def test_home_assistant_select_with_a_full_disk_keeps_the_force(tmp_path: Path) -> None:
     d, wakes = await _daemon(tmp_path)
-    ha = HomeAssistant(d, HomeAssistantConfig(enabled=True, override_minutes=15), tz=UTC)  # type: ignore[arg-type]
+    site = FakeSite(d.config, d.clock, d.state, d.devices, d.override)
+    ha = HomeAssistant(site.view, d.override, HomeAssistantConfig(enabled=True, override_minutes=15), tz=UTC)
     await ha.on_command("self_consumption")
     ov = d.override.active()
     assert ov is not None and ov.rung is Rung.SELF_CONSUMPTION and wakes.count == 1
