@@ -159,7 +159,7 @@ class Field:
         """Value in zapd units -> registers; ValueError when the device type cannot hold it."""
         if not math.isfinite(value):
             raise ValueError(f"field {self.name!r}: {value} is not a finite number")
-        raw = value / self._factor(sf)
+        raw = value / self._factor(sf) + 0.0  # + 0.0: an inverted 0 is 0.0 on the wire, not -0.0 (0x80000000)
         if not math.isfinite(raw):  # a finite value over a tiny scale: no register holds it
             raise ValueError(f"field {self.name!r}: {value} does not fit {self.dtype.value}")
         if self.dtype in (DataType.FLOAT32, DataType.FLOAT64):

@@ -37,6 +37,7 @@ PROFILES = [
     "victron_gx_ess",
     "goodwe_et",
     "deye_sunsynk_3p",
+    "kostal_plenticore",
 ]
 
 

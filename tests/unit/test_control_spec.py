@@ -116,6 +116,7 @@ def test_shipped_profiles_with_control_cite_two_sources() -> None:
         "solaredge_storedge",
         "goodwe_et",
         "deye_sunsynk_3p",
+        "kostal_plenticore",
     ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name

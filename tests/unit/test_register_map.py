@@ -195,7 +195,7 @@ def write_map(tmp_path: Path, body: str, *, header: str = "") -> Path:
     [
         ('[fields.soc]\naddress = 70000\ntable = "input"\ntype = "u16"\n', "soc", "address"),
         ('[fields.soc]\naddress = "12"\ntable = "input"\ntype = "u16"\n', "soc", "address"),
-        ('[fields.soc]\naddress = 1\ntable = "coil"\ntype = "u16"\n', "soc", "table"),
+        ('[fields.soc]\naddress = 1\ntable = "discrete"\ntype = "u16"\n', "soc", "table"),
         ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u128"\n', "soc", "type must be one of"),
         ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u16"\nscale = 0\n', "soc", "scale"),
         ('[fields.soc]\naddress = 1\ntable = "input"\ntype = "u16"\nunit = "mW"\n', "soc", "unit"),
@@ -282,3 +282,10 @@ def test_u64_decodes_big_endian_words_with_scale() -> None:
     # 0x0000_0001_0000_0000 hundredths of a kWh = 2**32 / 100 kWh
     assert f.decode([0, 1, 0, 0]) == pytest.approx(2**32 / 100 * 1000)
     assert f.decode([0, 0, 0x0012, 0xD687]) == pytest.approx(1234567 * 10.0)
+
+
+def test_an_inverted_float_zero_is_plain_zero_on_the_wire() -> None:
+    """-0.0 would go out as 0x80000000; a device comparing the word to 0 would not see 'stop'."""
+    f = Field(name="sp", address=0, table=Table.HOLDING, dtype=DataType.FLOAT32, invert=True, writable=True)
+    assert f.encode(0.0) == [0x0000, 0x0000]
+    assert f.encode(3000.0) == [0xC53B, 0x8000]  # -3000.0, high word first
