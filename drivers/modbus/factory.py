@@ -93,6 +93,8 @@ def add_register_map_device(out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevi
             capacity_wh=dev.battery.capacity_wh,
             max_writes_per_hour=dev.max_writes_per_hour,
             device_command_timeout_s=dev.command_timeout_s,
+            reserve_soc=dev.battery.reserve_soc,  # bounds a time-of-use slot's SoC target (tou_slot)
+            max_soc=dev.battery.max_soc,
         )
 
     inverter: ModbusHybridInverter | AutoProfileInverter

@@ -136,3 +136,31 @@ async def test_meter_profile_decodes_at_register_level(name: str, fixture: dict[
     finally:
         await close_all_buses()
         await server.stop()
+
+
+async def test_configured_reserve_bounds_the_deye_slot_target_from_zapd_toml(tmp_path: Path) -> None:
+    """The battery's reserve_soc / max_soc in zapd.toml reach the time-of-use slot's SoC target on the wire."""
+    from zapd.config import load_config
+    from zapd.devices import build_devices
+
+    fixture = dict(INVERTER_FIXTURES)["deye_sunsynk_3p"]
+    server = await start_register_image(fixture_units(fixture["image"]))
+    try:
+        path = tmp_path / "zapd.toml"
+        path.write_text(
+            '[site]\nid = "home"\nfuse_a = 25\n\n[[devices]]\ndriver = "modbus_tcp"\nid = "deye"\n'
+            f'host = "{server.host}"\nport = {server.port}\nunit_id = 1\nmap = "deye_sunsynk_3p"\n\n'
+            "[devices.battery]\nmax_charge_w = 8000\nmax_discharge_w = 8000\ncapacity_wh = 10240\n"
+            "reserve_soc = 0.305\nmax_soc = 0.9\n"
+        )
+        (driver,) = build_devices(load_config(path), SystemClock()).drivers
+        assert isinstance(driver, ModbusHybridInverter)
+        await driver.probe()
+        assert (await driver.apply(BatterySetpoint(der_id="deye.battery", power_w=-1000.0))).ok
+        assert RecordedWrite(1, 166, (31,)) in server.writes  # Prog1 SoC floor: 30.5 % rounded up
+        server.clear()
+        assert (await driver.apply(BatterySetpoint(der_id="deye.battery", power_w=1000.0))).ok
+        assert RecordedWrite(1, 166, (90,)) in server.writes  # Prog1 SoC ceiling: the max SoC
+    finally:
+        await close_all_buses()
+        await server.stop()
