@@ -52,7 +52,7 @@ from cloud.backtest_config import (
     config_from_args,
     config_problem,
 )
-from cloud.execution import slot_intent
+from cloud.execution import slot_intent, value_absorb
 from cloud.forecast import (
     FloatArray,
     GbmLoadForecaster,
@@ -466,6 +466,7 @@ class Planner:
         solution = solve(problem)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption
+        values = solution.energy_value
         slots = tuple(
             PlanSlot(
                 start=start + tr.step * j,
@@ -476,6 +477,17 @@ class Planner:
                     solution.battery_charge_kw[j],
                     solution.battery_discharge_kw[j],
                     cfg.execution,
+                    None
+                    if values is None
+                    else value_absorb(
+                        solution.grid_import_kw[j] - solution.grid_export_kw[j],
+                        imp[j],
+                        exp[j],
+                        values[j],
+                        cfg.efficiency,
+                        cfg.efficiency,
+                        cfg.cycle_cost,
+                    ),
                 ),
             )
             for j in range(min(executed, horizon))

@@ -18,12 +18,15 @@ class Execution(StrEnum):
     SETPOINT: self-consumption where the plan exchanges nothing with the grid, else a battery setpoint (the
     grid takes every error). GRID_TARGET: the battery keeps the grid at the plan in every slot (takes every
     error). DIRECTIONAL: the battery takes an error only in the direction the plan's own choice in that slot
-    says is worth it (`absorb_for`); the rest goes to the grid.
+    says is worth it (`absorb_for`); the rest goes to the grid. VALUE: every slot carries the planned grid power
+    and the battery takes an error in each direction where the plan's marginal value of stored energy says a
+    kWh through the battery beats the same kWh through the grid at this slot's prices (`value_absorb`).
     """
 
     SETPOINT = "setpoint"
     GRID_TARGET = "grid_target"
     DIRECTIONAL = "directional"
+    VALUE = "value"
 
 
 DEFAULT_EXECUTION: Final = Execution.SETPOINT
@@ -71,18 +74,78 @@ def absorb_for(import_kw: float, export_kw: float, battery_kw: float) -> Absorb 
     return None
 
 
+# Where the plan charges or discharges at a partial rate its value equals the slot's price: a tie, taken as worth it.
+VALUE_TIE_EUR: Final = 1e-4
+# Below this (kW) a slot's planned grid exchange counts as none.
+GRID_IDLE_KW: Final = 0.01
+
+
+def either(a: Absorb | None, b: Absorb | None) -> Absorb | None:
+    """The errors taken by a or b."""
+    if a is None or a is b:
+        return b
+    if b is None:
+        return a
+    return Absorb.BOTH
+
+
+def value_absorb(
+    grid_kw: float,
+    import_price: float,
+    export_price: float,
+    stored_value: float,
+    charge_efficiency: float,
+    discharge_efficiency: float,
+    cycle_cost: float,
+) -> Absorb | None:
+    """Which errors the battery should take in a slot, from the plan's value of stored energy (EUR/kWh).
+
+    A kWh of error left to the grid is worth the grid's marginal price at the planned operating point: the
+    import price while the plan imports (less demand imports less, more demand imports more), the export
+    price while it exports, and at zero exchange the export price for surplus and the import price for
+    demand. Surplus is stored when a kWh in the battery (after charging losses and wear) is worth more than
+    that; demand is covered from the battery when the kWh taken out (its value grossed up by the discharge
+    loss, plus wear) costs less. Both: BOTH; neither: None, the grid takes the error.
+    """
+    planned_import = grid_kw > GRID_IDLE_KW
+    planned_export = grid_kw < -GRID_IDLE_KW
+    surplus_price = import_price if planned_import else export_price
+    demand_price = export_price if planned_export else import_price
+    store = stored_value * charge_efficiency - cycle_cost > surplus_price - VALUE_TIE_EUR
+    cover = stored_value / discharge_efficiency + cycle_cost < demand_price + VALUE_TIE_EUR
+    if store and cover:
+        return Absorb.BOTH
+    if store:
+        return Absorb.UP
+    if cover:
+        return Absorb.DOWN
+    return None
+
+
 def slot_intent(
     import_kw: float,
     export_kw: float,
     charge_kw: float,
     discharge_kw: float,
     execution: Execution = DEFAULT_EXECUTION,
+    value: Absorb | None = None,
     **limits: float | None,
 ) -> Intent:
-    """The edge intent for one plan slot (battery part); `limits` are passed to the Intent unchanged."""
+    """The edge intent for one plan slot (battery part); `limits` are passed to the Intent unchanged.
+
+    `value` is `value_absorb` for this slot; only Execution.VALUE uses it."""
     battery_kw = charge_kw - discharge_kw
     battery_w = round(battery_kw * 1000.0, 1)
     grid_w = round((import_kw - export_kw) * 1000.0, 1)
+    if execution is Execution.VALUE:
+        absorb = either(value, absorb_for(import_kw, export_kw, battery_kw))
+        return Intent(
+            mode=IntentMode.SETPOINT,
+            battery_w=battery_w,
+            grid_w=grid_w if absorb is not None else None,
+            absorb=absorb,
+            **limits,
+        )
     if slot_mode(import_kw, export_kw) is IntentMode.SELF_CONSUMPTION:
         return Intent(mode=IntentMode.SELF_CONSUMPTION, battery_w=battery_w, **limits)  # type: ignore[arg-type]
     if execution is Execution.SETPOINT:
@@ -108,4 +171,5 @@ __all__ = [
     "absorb_for",
     "slot_intent",
     "slot_mode",
+    "value_absorb",
 ]

@@ -97,6 +97,9 @@ class Solution(msgspec.Struct, frozen=True):
     soc: list[float]
     ev_target_unreachable: bool = False
     message: str | None = None
+    # EUR/kWh: what one more kWh put into the battery during each slot is worth to the plan (the LP's
+    # storage duals). The edge compares it with the slot's prices to decide where a forecast error goes.
+    energy_value: list[float] | None = None
 
 
 def error_solution(status: Status, message: str, solve_ms: float = 0.0) -> Solution:

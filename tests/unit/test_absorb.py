@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.execution import Execution, absorb_for, slot_intent
+from cloud.execution import Execution, absorb_for, slot_intent, value_absorb
 from cloud_sync.wire import check_plan, decode_plan, encode_plan
 from fallback.policy import resolve_battery_w
 from zapd.controller import decide_batteries
@@ -152,3 +152,42 @@ def test_no_absorbing_intent_breaks_a_limit(
     assert soc - max(-sp.power_w, 0) * hours / 10_000 >= min(0.1, soc) - 1e-9  # never below the reserve
     if sp.power_w > 0:
         assert house_w + sp.power_w <= 17_000 + 1e-6  # charging never pushes the site over its fuse
+
+
+# Value-based execution (Execution.VALUE): hand-worked prices, 95 % each way, 0.02 EUR/kWh wear.
+# Storing a kWh of surplus is worth value * 0.95 - 0.02; covering a kWh of demand from the battery costs
+# value / 0.95 + 0.02. The grid's price for an error is the import price while the plan imports, the export
+# price while it exports, and at zero exchange export for surplus and import for demand.
+@pytest.mark.parametrize(
+    ("grid_kw", "import_price", "export_price", "value", "expected"),
+    [
+        (0.0, 0.30, 0.05, 0.25, Absorb.BOTH),  # 0.2175 > 0.05 stores; 0.283 < 0.30 covers
+        (1.0, 0.30, 0.05, 0.25, Absorb.DOWN),  # importing: less demand saves 0.30 on the grid > 0.2175
+        (-1.0, 0.30, 0.05, 0.25, Absorb.UP),  # exporting: more demand only exports less (0.05 < 0.283)
+        (1.0, 0.20, 0.05, 0.30, Absorb.UP),  # energy kept for later (0.336 > 0.20), surplus stored (0.265 > 0.20)
+        (1.0, 0.30, 0.05, 0.30, None),  # 0.265 < 0.30 and 0.336 > 0.30: the grid takes it
+        (-1.0, 0.30, 0.40, 0.30, Absorb.DOWN),  # exporting into a peak: more demand from the battery (0.336 < 0.40)
+    ],
+)
+def test_value_absorb_worked_examples(
+    grid_kw: float, import_price: float, export_price: float, value: float, expected: Absorb | None
+) -> None:
+    assert value_absorb(grid_kw, import_price, export_price, value, 0.95, 0.95, 0.02) is expected
+
+
+def test_value_execution_carries_grid_w_and_keeps_the_plans_own_direction() -> None:
+    # discharging 2 kW, importing 0.5 kW: the plan's own choice (BOTH) stands even where the value only says UP
+    intent = slot_intent(0.5, 0.0, 0.0, 2.0, Execution.VALUE, Absorb.UP)
+    assert intent.mode is IntentMode.SETPOINT and intent.absorb is Absorb.BOTH and intent.grid_w == 500.0
+    held = slot_intent(1.0, 0.0, 0.0, 0.0, Execution.VALUE, None)  # holding, nothing worth absorbing
+    assert held.absorb is None and held.grid_w is None and held.battery_w == 0.0
+    assert slot_intent(1.0, 0.0, 0.0, 0.0, Execution.VALUE, Absorb.UP).absorb is Absorb.UP
+    check_plan(
+        Plan(
+            site_id="s",
+            version=1,
+            issued_at=T0,
+            valid_until=T0 + timedelta(hours=1),
+            slots=(PlanSlot(start=T0, end=T0 + timedelta(hours=1), intent=intent),),
+        )
+    )

@@ -13,6 +13,7 @@ import math
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from bench.optimizer import site_problem
 from cloud import optimizer
 from cloud.optimizer import recompute_cost, solve, solve_json
-from cloud.optimizer_io import Problem, Solution, decode_problem
+from cloud.optimizer_io import Battery, Grid, Problem, Solution, decode_problem
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
@@ -564,3 +565,74 @@ def test_cli_infeasible_exits_1(tmp_path: Path) -> None:
     done = _cli(str(problem_file))
     assert done.returncode == 1
     assert json.loads(done.stdout)["status"] == "infeasible"
+
+
+def test_energy_value_is_what_a_stored_kwh_saves() -> None:
+    """Two hours, an empty battery (90 % each way), 1 kW of load, import 0.10 then 0.30 EUR/kWh.
+
+    The plan charges 1/0.81 kWh in hour 0 at 0.10 to cover hour 1. One more kWh put into the battery during hour
+    0 would save 1/0.9 kWh of that charging: worth 0.10/0.9 = 0.1111 EUR. One more kWh during hour 1 replaces a
+    kWh of hour 1's discharge, so hour 0 stores a kWh less: the same 0.1111. Put in while a price of 0.30 is
+    being avoided it is still worth only what it replaces (the cheapest way to have it). With load only in hour 0:
+    a kWh put in during hour 0 gives 0.9 kWh out in it, replacing import at 0.10: 0.09; in hour 1 nothing would
+    use it: 0. (Worked by hand, not from the solver.)
+    """
+    problem = Problem(
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        step_minutes=60.0,
+        import_price=[0.10, 0.30],
+        export_price=[0.0, 0.0],
+        load_kw=[1.0, 1.0],
+        pv_kw=[0.0, 0.0],
+        battery=Battery(
+            capacity_kwh=10.0,
+            soc_initial=0.0,
+            soc_min=0.0,
+            soc_max=1.0,
+            max_charge_kw=5.0,
+            max_discharge_kw=5.0,
+            charge_efficiency=0.9,
+            discharge_efficiency=0.9,
+            cycle_cost_per_kwh=0.0,
+        ),
+        grid=Grid(max_import_kw=10.0, max_export_kw=10.0),
+    )
+    s = solve(problem)
+    assert s.battery_charge_kw[0] == pytest.approx(1 / 0.81, abs=1e-6)
+    assert s.energy_value == pytest.approx([0.10 / 0.9, 0.10 / 0.9], abs=1e-6)
+    idle = solve(msgspec.structs.replace(problem, load_kw=[1.0, 0.0]))
+    assert idle.energy_value == pytest.approx([0.09, 0.0], abs=1e-6)
+    assert msgspec.json.decode(msgspec.json.encode(s), type=Solution).energy_value == s.energy_value
+
+
+def test_a_better_mip_solution_than_the_start_is_returned() -> None:
+    """Found by test_matches_independent_milp: HiGHS reported the better objective but handed back the start's
+    columns. No battery; slot 5 exports 0.1 kW of PV at 0.01 EUR/kWh, slot 11 imports its 0.1 kW load at -0.01
+    (curtailing its PV): -0.00025 EUR each, -0.0005 in all (by hand)."""
+    zero = [0.0] * 24
+    imp, exp, load, pv = list(zero), list(zero), list(zero), list(zero)
+    imp[11], exp[5], load[11], pv[5], pv[11] = -0.01, 0.01, 0.1, 0.1, 0.4
+    s = solve(
+        Problem(
+            start=datetime(2026, 6, 1, tzinfo=UTC),
+            step_minutes=15.0,
+            import_price=imp,
+            export_price=exp,
+            load_kw=load,
+            pv_kw=pv,
+            battery=Battery(
+                capacity_kwh=1.0,
+                soc_initial=0.0,
+                soc_min=0.0,
+                soc_max=0.6,
+                max_charge_kw=0.0,
+                max_discharge_kw=0.0,
+                charge_efficiency=1.0,
+                discharge_efficiency=1.0,
+                cycle_cost_per_kwh=0.0,
+            ),
+            grid=Grid(max_import_kw=2.0, max_export_kw=1.0),
+        )
+    )
+    assert s.cost == pytest.approx(-0.0005, abs=1e-9)
+    assert s.grid_export_kw[5] == pytest.approx(0.1)
