@@ -253,26 +253,35 @@ def auth_payload(challenge: str, site_id: str, origin: str, ts: datetime) -> byt
     return b"\n".join(parts)
 
 
-def sign_hello(key: SigningKey, key_id: str, challenge: Challenge, site_id: str, now: datetime) -> Hello:
-    sig = key.sign(auth_payload(challenge.challenge, site_id, challenge.origin, now)).signature
+def sign_hello(key: SigningKey, key_id: str, challenge: str, origin: str, site_id: str, now: datetime) -> Hello:
+    """The answer to `challenge`, bound to the `origin` the Zap dialed (not the one the server claims)."""
+    sig = key.sign(auth_payload(challenge, site_id, origin, now)).signature
     return Hello(
         v=PROTOCOL_VERSION,
         site_id=site_id,
         key_id=key_id,
-        challenge=challenge.challenge,
-        origin=challenge.origin,
+        challenge=challenge,
+        origin=origin,
         ts=now,
         signature=base64.b64encode(sig).decode(),
     )
 
 
-def verify_hello(hello: Hello, verify_key: VerifyKey, *, challenge: str, origin: str, now: datetime) -> None:
+def verify_hello(
+    hello: Hello,
+    verify_key: VerifyKey,
+    *,
+    challenge: str,
+    origin: str,
+    now: datetime,
+    max_skew_s: float = AUTH_SKEW_S,
+) -> None:
     """Raise ChannelError unless `hello` answers our challenge, for our origin, now, by this key."""
     if hello.challenge != challenge:
         raise ChannelError("bad_challenge", "the answer is not to this connection's challenge")
     if hello.origin != origin:
         raise ChannelError("bad_origin", f"signed for {hello.origin[:80]!r}, this server is {origin!r}")
-    if hello.ts.tzinfo is None or abs((hello.ts - now).total_seconds()) > AUTH_SKEW_S:
+    if hello.ts.tzinfo is None or abs((hello.ts - now).total_seconds()) > max_skew_s:
         raise ChannelError("clock_skew", "hello ts too far from the server's time")
     if not _verify(verify_key, auth_payload(hello.challenge, hello.site_id, hello.origin, hello.ts), hello.signature):
         raise ChannelError("bad_signature", "hello signature does not verify with the site's key")

@@ -16,6 +16,7 @@ breaks today's bounds is reset the same way, automatically, at start.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 import httpx
@@ -111,6 +112,8 @@ class PlanFetcher:
         self._reset_raw: str | None = None
         self._reset_seen = False
         self.issued_floor: datetime | None = None
+        # The poll and the live channel (cloud_sync/channel.py) may both fetch: one at a time.
+        self._fetch_lock = asyncio.Lock()
 
     @property
     def path(self) -> str:
@@ -169,8 +172,24 @@ class PlanFetcher:
         """The plan counts as current while the link answered within three fetch intervals."""
         return self.last_ok is not None and now - self.last_ok <= timedelta(seconds=3 * self._interval_s)
 
+    async def fetch_now(self) -> int | None:
+        """A fetch outside the poll (the channel said a new plan is stored); the version in force after it."""
+        now = self._clock.now()
+        try:
+            await self.fetch_once()
+        except (httpx.HTTPError, OSError) as exc:
+            self._link.failed(now, "plan", f"{type(exc).__name__}: {exc}")
+            raise
+        self._link.ok(now, "plan")
+        self._link.last_plan_fetch = now
+        return self.accepted_version
+
     async def fetch_once(self) -> str:
         """One conditional GET. Returns 'new', 'unchanged', 'none' or 'rejected:<reason>'."""
+        async with self._fetch_lock:
+            return await self._fetch_once()
+
+    async def _fetch_once(self) -> str:
         await self._apply_reset()
         now = self._clock.now()
         headers = sign_request(self._key, "GET", self.path, now)

@@ -8,6 +8,9 @@ from datetime import datetime
 import httpx
 from nacl.signing import SigningKey
 
+from cloud_sync.channel import ChannelClient, LiveState
+from cloud_sync.channel_wire import ws_url
+from cloud_sync.commands import Applier, DemandResponse, NonceWindow
 from cloud_sync.fetcher import PlanFetcher
 from cloud_sync.keys import load_verify_key_b64
 from cloud_sync.link import LinkStatus
@@ -16,6 +19,7 @@ from cloud_sync.uploader import Uploader
 from zapd.clock import Clock
 from zapd.config import CloudConfig
 from zapd.model import DerCapabilities, Plan
+from zapd.override import OperatorOverride
 from zapd.store import Store
 
 
@@ -58,6 +62,56 @@ class CloudSync:
             interval_s=config.plan_interval_s,
         )
         self._store = store
+        self._config = config
+        self._site_id = site_id
+        self._key = key
+        self._clock = clock
+        self._pinned = pinned_key
+        # DR windows exist without the channel too (the controller always asks them); empty then.
+        self.demand = DemandResponse(store)
+        self.nonces = NonceWindow(store)
+        self.channel: ChannelClient | None = None
+
+    async def load(self) -> None:
+        """State from before a restart: the cached plan, DR windows still running, nonces still valid."""
+        await self.fetcher.load_cached()
+        await self.demand.load(self._clock.now())
+        await self.nonces.load()
+
+    def enable_channel(
+        self,
+        *,
+        override: OperatorOverride | None,
+        grid_w: Callable[[], float | None],
+        live: Callable[[], LiveState],
+        site_import_w: float,
+        site_export_w: float | None,
+    ) -> ChannelClient | None:
+        """The live channel if the config has it on (the default); the daemon runs `channel.run`."""
+        if not self._config.channel:
+            return None
+        applier = Applier(
+            demand=self.demand,
+            override=override,
+            grid_w=grid_w,
+            site_import_w=site_import_w,
+            site_export_w=site_export_w,
+            fetch_plan=self.fetcher.fetch_now,
+        )
+        self.channel = ChannelClient(
+            url=ws_url(self._config.url),
+            site_id=self._site_id,
+            key=self._key,
+            cloud_key=self._pinned,
+            clock=self._clock,
+            fetcher=self.fetcher,
+            nonces=self.nonces,
+            applier=applier,
+            live=live,
+            status_s=self._config.channel_status_s,
+            reconnect_s=self._config.channel_reconnect_s,
+        )
+        return self.channel
 
     def plan(self) -> Plan | None:
         return self.fetcher.plan
@@ -73,7 +127,15 @@ class CloudSync:
         out["plans_rejected"] = dict(self.fetcher.rejected)
         out["acks_rejected"] = dict(self.uploader.acks_rejected)
         out["plan_version"] = self.fetcher.accepted_version
+        out["channel"] = self.channel.as_dict() if self.channel is not None else {"state": "off"}
+        out["dr_windows"] = [
+            {"start": w.start.isoformat(), "end": w.end.isoformat(), "import_limit_w": w.import_limit_w,
+             "export_limit_w": w.export_limit_w}
+            for w in self.demand.windows
+        ]  # fmt: skip
         return out
 
     async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
         await self.client.aclose()

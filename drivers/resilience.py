@@ -26,11 +26,16 @@ from typing import Any, Literal, Protocol
 class Backoff:
     """Capped exponential backoff with jitter; `reset()` after a success."""
 
-    def __init__(self, initial_s: float, max_s: float, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, initial_s: float, max_s: float, *, rng: random.Random | None = None, full_jitter: bool = False
+    ) -> None:
+        """`full_jitter`: draw the delay from 0..base instead of base/2..base, so that many clients that
+        failed together (a cloud restart) come back spread over the whole window (cloud_sync/channel.py)."""
         if initial_s <= 0 or max_s < initial_s:
             raise ValueError("need 0 < initial_s <= max_s")
         self.initial_s = initial_s
         self.max_s = max_s
+        self._low = 0.0 if full_jitter else 0.5
         self._attempt = 0
         self._rng = rng or random.Random()
 
@@ -39,10 +44,10 @@ class Backoff:
         return self._attempt
 
     def next_delay(self) -> float:
-        """Delay before the next attempt: doubles per failure up to max_s, then scaled by 0.5..1."""
+        """Delay before the next attempt: doubles per failure up to max_s, then scaled by 0.5..1 (0..1)."""
         base = min(self.max_s, self.initial_s * (2.0 ** min(self._attempt, 32)))
         self._attempt += 1
-        return base * self._rng.uniform(0.5, 1.0)
+        return base * self._rng.uniform(self._low, 1.0)
 
     def reset(self) -> None:
         self._attempt = 0

@@ -261,6 +261,28 @@ class CloudConfig(_Strict):
         le=10_000,
         description="Most readings in one upload; a longer backlog goes up in several batches.",
     )
+    channel: bool = Field(
+        default=True,
+        description=(
+            "Hold the live channel (a WebSocket the Zap dials, at the cloud URL with ws(s):// and /v1/channel): plan "
+            "notices and signed commands arrive at once. Polling goes on either way; off = polling only."
+        ),
+    )
+    channel_status_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between live status messages on the channel (a rung or link change is sent at once).",
+    )
+    channel_reconnect_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "After the channel drops, the first reconnect is drawn from 0..this many seconds (full jitter, doubling "
+            "per failure up to 300 s), so a fleet does not come back to a restarted cloud in the same second."
+        ),
+    )
 
     @field_validator("public_key")
     @classmethod

@@ -126,6 +126,7 @@ class Controller:
         settle_s: float = 30.0,
         dead_time_s: float = 5.0,
         estimate_tolerance_w: float = 50.0,
+        intent_overlay: Callable[[datetime, Intent], Intent] | None = None,
     ) -> None:
         """`settle_s`: after this long a battery that has not reached its setpoint is taken as it reads
         (SoC or device limit, not in remote control). `dead_time_s`: the longest an inverter waits
@@ -145,6 +146,8 @@ class Controller:
         self._plan_fresh = plan_fresh
         self._on_cycle = on_cycle
         self._forced_rung = forced_rung
+        # Tightens every intent (a cloud DR window: cloud_sync/commands.py); never loosens the site's limits.
+        self._intent_overlay = intent_overlay
         self._wake = asyncio.Event()
         self._written: dict[str, _Written] = {}
         self._write_history: dict[str, deque[_Written]] = {}
@@ -242,6 +245,8 @@ class Controller:
         ranges = self._battery_ranges(measured, self._observe())
         forced = self._forced_rung() if self._forced_rung else None
         decision = forced or choose(now, self._plan_source(), self._plan_fresh(), measured)
+        if self._intent_overlay is not None:
+            decision = replace(decision, intent=self._intent_overlay(now, decision.intent))
         envelopes = self._batteries()
 
         def at(fraction: float) -> Snapshot:

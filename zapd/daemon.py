@@ -39,6 +39,7 @@ from zapd.supervisor import Supervisor
 from zapd.telemetry_writer import TelemetryWriter
 
 if TYPE_CHECKING:  # imported where the config asks for them: a site pays only for what it runs
+    from cloud_sync.channel import LiveState
     from cloud_sync.session import CloudSync
     from zapd.homeassistant import HomeAssistant
     from zapd.metrics import MetricsServer
@@ -180,6 +181,20 @@ class Daemon:
         except InsecureTransportError as exc:
             raise StartupError(str(exc)) from None
 
+    def _live_state(self) -> LiveState:
+        """For the channel's status frame (the fleet page shows the rung)."""
+        from cloud_sync.channel import LiveState
+
+        snap = self.state.snapshot(self.clock.now())
+        socs = [b.soc for b in snap.batteries.values() if b.soc is not None]
+        rung = self.controller.stats.rung if self.controller is not None else None
+        return LiveState(
+            rung=rung.name.lower() if rung is not None else None,
+            link=self.cloud.link.state if self.cloud is not None else "not_configured",
+            soc=sum(socs) / len(socs) if socs else None,
+            grid_w=snap.grid_w,
+        )
+
     def _capabilities(self) -> list[DerCapabilities]:
         """What the drivers found, with each meter's configured role (the cloud plans on the grid meter's data)."""
         roles = {m.der_id: m.role for m in meter_ders(self.config.devices)}
@@ -239,7 +254,7 @@ class Daemon:
             await self.store.close()
             raise
         if self.cloud is not None:
-            await self.cloud.fetcher.load_cached()
+            await self.cloud.load()
         self.telemetry = TelemetryWriter(self.store)
         await self.energy.load(self.store)  # before the first reading counts: a total never goes down
         for der_id, kind in self.devices.kinds.items():
@@ -262,6 +277,7 @@ class Daemon:
             on_cycle=self._on_cycle,
             forced_rung=self.override,
             evs=lambda: self.devices.ev_envelopes,
+            intent_overlay=self.cloud.demand.overlay if self.cloud is not None else None,
         )
         self.override.store, self.override.wake = self.store, self.controller.wake
         log.info(
@@ -297,6 +313,16 @@ class Daemon:
         if self.cloud is not None:
             self.supervisor.add("uploader", self.cloud.uploader.run)
             self.supervisor.add("plan_fetcher", self.cloud.fetcher.run)
+            limits = site_limits(self.config)
+            channel = self.cloud.enable_channel(
+                override=self.override,
+                grid_w=lambda: self.state.snapshot(self.clock.now()).grid_w,
+                live=self._live_state,
+                site_import_w=limits.fuse_limit_w,
+                site_export_w=limits.max_export_w,
+            )
+            if channel is not None:
+                self.supervisor.add("channel", channel.run)
         sup_task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         stop_task = asyncio.create_task(self._stop.wait())
         try:

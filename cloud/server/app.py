@@ -16,6 +16,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,15 +29,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from cloud.server import bounds
 from cloud.server.auth import BearerTokens, check_token
 from cloud.server.bounds import BoundsError
+from cloud.server.channel import ChannelEndpoint
+from cloud.server.channel_hub import ChannelHub
 from cloud.server.db import Database, PlanVersionConflictError, SiteKeyConflictError, SiteRecord
 from cloud.server.limits import Limits, TokenBuckets, retry_after
 from cloud.server.metrics import Metrics
 from cloud.server.service import publish_plan, register_site
+from cloud_sync.channel_wire import CHANNEL_PATH, MAX_COMMAND_TTL_S, Action, ChannelError
 from cloud_sync.keys import key_id, load_verify_key_b64
 from cloud_sync.wire import (
     HEADER_KEY_ID,
@@ -161,9 +165,21 @@ def create_app(
         max_request_skew_s=max_request_skew_s,
     )
 
+    hub = ChannelHub(ctx.db, ctx.metrics, ctx.clock)
+    channel = ChannelEndpoint(
+        db=ctx.db,
+        hub=hub,
+        metrics=ctx.metrics,
+        limits=limits,
+        clock=ctx.clock,
+        fail_buckets=ctx.fail_buckets,
+        max_skew_s=max_request_skew_s,
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await ctx.db.create_schema()
+        await hub.start()
         planning: asyncio.Task[None] | None = None
         if planner:
             from cloud.planner import price_client_from_env, run_planner
@@ -184,6 +200,7 @@ def create_app(
             if planning is not None:
                 planning.cancel()
                 await asyncio.wait([planning])  # our own cancellation still propagates
+            await hub.stop()
             await ctx.db.dispose()
 
     def ep(name: str, fn: Callable[[_Context, Request], Awaitable[Response]]) -> Handler:
@@ -201,6 +218,9 @@ def create_app(
         Route("/v1/fleet/flexibility", ep("fleet_flexibility", _fleet_flexibility), methods=["GET"]),
         Route("/v1/fleet/events", ep("fleet_event", _fleet_event), methods=["POST"]),
         Route("/v1/sites/{site_id}/forecast-errors", ep("forecast_errors", _forecast_errors), methods=["GET"]),
+        Route("/v1/sites/{site_id}/commands", ep("command_post", _command_post), methods=["POST"]),
+        Route("/v1/commands/{command_id}", ep("command_get", _command_get), methods=["GET"]),
+        WebSocketRoute(CHANNEL_PATH, channel.handle),
     ]
 
     def wrap(name: str, fn: Callable[[Request], Awaitable[Response]]) -> Handler:
@@ -216,6 +236,7 @@ def create_app(
     app = Starlette(routes=[*routes, *extra], lifespan=lifespan)
     app.state.db = ctx.db
     app.state.metrics = ctx.metrics
+    app.state.channel_hub = hub
     return app
 
 
@@ -601,3 +622,60 @@ async def _forecast_errors(ctx: _Context, request: Request) -> Response:
     site_id = request.path_params["site_id"]
     errors = await forecast_errors(ctx.db, site_id, now - timedelta(days=30))
     return _json({"site_id": site_id, "since_days": 30, "errors": errors})
+
+
+# --- live channel commands (cloud/server/channel_hub.py) ------------------------------------------
+
+
+class _CommandRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    action: Action
+    ttl_s: float = 300.0
+
+
+def _decode_command_request(body: bytes) -> _CommandRequest:
+    return msgspec.json.decode(body, type=_CommandRequest)
+
+
+async def _command_post(ctx: _Context, request: Request) -> Response:
+    """Queue a signed command for a site (an operator's DR activation, re-plan or safe-mode order): 202."""
+    from cloud.server.channel_hub import send_command
+
+    _require_admin(ctx, request)
+    site_id = request.path_params["site_id"]
+    req = await _admin_body(ctx, request, _decode_command_request)
+    if await ctx.db.get_site(site_id) is None:
+        raise ApiError(404, "unknown_site", f"no site {site_id!r}")
+    if not (math.isfinite(req.ttl_s) and 0 < req.ttl_s <= MAX_COMMAND_TTL_S):
+        raise ApiError(422, "malformed", f"ttl_s must be in (0, {MAX_COMMAND_TTL_S:g}]")
+    try:
+        command_id = await send_command(ctx.db, ctx.signing_key, site_id, req.action, now=ctx.clock(), ttl_s=req.ttl_s)
+    except ChannelError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    return _json({"command_id": command_id, "site_id": site_id}, 202)
+
+
+async def _command_get(ctx: _Context, request: Request) -> Response:
+    """A command's delivery and the Zap's answer (applied what, when; or refused why)."""
+    from cloud.server.channel_hub import command_acks
+
+    _require_admin(ctx, request)
+    command_id = request.path_params["command_id"]
+    if len(command_id) != 32:
+        raise ApiError(404, "unknown_command", "no such command")
+    ack = (await command_acks(ctx.db, [command_id])).get(command_id)
+    if ack is None:
+        raise ApiError(404, "unknown_command", "no such command")
+    return _json(
+        {
+            "command_id": ack.command_id,
+            "site_id": ack.site_id,
+            "kind": ack.kind,
+            "created_at": ack.created_at.isoformat(),
+            "sent_at": ack.sent_at.isoformat() if ack.sent_at else None,
+            "acked_at": ack.acked_at.isoformat() if ack.acked_at else None,
+            "result": ack.result,
+            "reason": ack.reason,
+            "applied": ack.applied,
+            "applied_at": ack.applied_at.isoformat() if ack.applied_at else None,
+        }
+    )

@@ -46,12 +46,15 @@ class Limits:
     admin_rate: Rate = Rate(per_s=20.0, burst=200.0)
     # Authentication failures (401) per client address; when spent, that address gets 429 for everything.
     fail_rate: Rate = Rate(per_s=1.0, burst=30.0)
+    # Live channels (cloud/server/channel.py) per worker, counted apart from the HTTP connections above:
+    # an idle channel costs a few tens of kB (bench/channel.py), so a worker holds a fleet's worth.
+    max_channels: int = 20_000
     # Decompression, signature checks and JSON decoding of large bodies run in threads, this many at once.
     cpu_slots: int = 4
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.cpu_slots < 1:
-            raise ValueError("max_connections and cpu_slots must be >= 1")
+        if self.max_connections < 1 or self.cpu_slots < 1 or self.max_channels < 0:
+            raise ValueError("max_connections and cpu_slots must be >= 1, max_channels >= 0")
         for name in ("header_timeout_s", "body_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 < value <= 3600):

@@ -24,12 +24,17 @@ from cloud.server.metrics import Metrics
 def bounded_protocol(limits: Limits, metrics: Metrics) -> type[H11Protocol]:
     """An H11Protocol class bound to `limits`, counting what it refuses in `metrics`."""
 
+    # HTTP connections only: uvicorn's own set also holds the live channels (WebSockets), which have
+    # their own cap (limits.max_channels, enforced by cloud/server/channel.py).
+    http_open: set[H11Protocol] = set()
+
     class BoundedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > limits.max_connections:
+            http_open.add(self)
+            if len(http_open) > limits.max_connections:
                 metrics.connection_refused("connection_cap")
                 transport.abort()
                 return
@@ -46,7 +51,13 @@ def bounded_protocol(limits: Limits, metrics: Metrics) -> type[H11Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
+            http_open.discard(self)
             super().connection_lost(exc)
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            self._cancel_header_timer()
+            http_open.discard(self)
+            super().handle_websocket_upgrade(event)
 
         def _arm_header_timer(self) -> None:
             self._cancel_header_timer()
@@ -68,11 +79,22 @@ def bounded_protocol(limits: Limits, metrics: Metrics) -> type[H11Protocol]:
 
 def uvicorn_options(limits: Limits, metrics: Metrics) -> dict[str, Any]:
     """The uvicorn.Config arguments that apply `limits`."""
+    from cloud_sync.channel_wire import MAX_MESSAGE_BYTES
+
     return {
         "http": bounded_protocol(limits, metrics),
-        # uvicorn answers 503 once this many connections (the current one included) are open, so +1:
-        # up to max_connections are served, a connection beyond them is closed on arrival.
-        "limit_concurrency": limits.max_connections + 1,
+        # uvicorn answers 503 once this many connections or tasks (the current one included, live channels
+        # too) are open, so +1: up to max_connections HTTP connections are served next to max_channels
+        # channels; an HTTP connection beyond its cap is closed on arrival (BoundedH11Protocol).
+        "limit_concurrency": limits.max_connections + limits.max_channels + 1,
+        # The live channel: websockets' sans-I/O protocol; a frame over twice the channel's cap closes the
+        # connection (1009) before it is buffered; the app refuses and counts anything over the cap itself.
+        # No per-message deflate: its zlib state would cost each idle channel ~ 300 kB.
+        "ws": "websockets-sansio",
+        "ws_max_size": 2 * MAX_MESSAGE_BYTES,
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
         # request line + headers: 16 KiB is h11's default; stated so that it stays bounded.
         "h11_max_incomplete_event_size": 16 * 1024,
         "timeout_keep_alive": 5,

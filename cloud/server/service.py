@@ -10,13 +10,17 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from nacl.signing import SigningKey
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.server.bounds import check_plan_publish, check_public_key
 from cloud.server.db import Database, StoredPlan
 from cloud_sync.keys import key_id, load_verify_key_b64
 from cloud_sync.wire import MAX_REQUEST_SKEW_S, SignedPlan, WireError, check_plan, format_ts, sign_plan
 from zapd.model import Plan
+
+log = structlog.get_logger("zapcloud.service")
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -87,7 +91,18 @@ async def publish_plan(
             valid_until=plan.valid_until.astimezone(UTC),
         )
     )
+    await _notify_plan(db, plan.site_id, plan.version)
     return signed
+
+
+async def _notify_plan(db: Database, site_id: str, version: int) -> None:
+    """Ring the site's live channel (if any); a failure only delays the plan to the next poll."""
+    from cloud.server.channel_hub import notify_plan
+
+    try:
+        await notify_plan(db, site_id, version)
+    except SQLAlchemyError as exc:
+        log.warning("plan_notify_failed", site_id=site_id, version=version, error=type(exc).__name__)
 
 
 async def next_plan_version(db: Database, site_id: str) -> int:
