@@ -20,7 +20,8 @@ import traceback
 from bench.table import Row, print_table
 
 MODULES = (
-    "footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "dataapi", "soak",
+    "footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "dataapi", "channel",
+    "soak",
 )  # fmt: skip
 
 

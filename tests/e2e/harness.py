@@ -273,6 +273,7 @@ class Site:
             "refresh_s": 60,
             "retention_mb": 512,
             "cloud": True,
+            "channel": True,
             "log_level": "info",
             **self.zapd_overrides,
         }
@@ -284,6 +285,7 @@ upload_interval_s = {o["upload_interval_s"]}
 plan_interval_s = {o["plan_interval_s"]}
 timeout_s = 2
 batch_max = {o["batch_max"]}
+channel = {str(o["channel"]).lower()}
 """
         extra = "".join(
             f"""

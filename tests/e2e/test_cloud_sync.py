@@ -45,7 +45,10 @@ def assert_exactly_once_in_order(site: Site) -> int:
     return last
 
 
-def test_ladder_offline_and_back(site: Site) -> None:
+@pytest.mark.parametrize("channel", [True, False], ids=["channel", "polling_only"])
+def test_ladder_offline_and_back(site: Site, channel: bool) -> None:
+    """With the live channel (default) and with it cut (polling only): the same ladder."""
+    site.zapd_overrides["channel"] = channel
     site.start_cloud()
     site.keygen()
     site.register()
