@@ -255,7 +255,8 @@ class GbmLoadForecaster:
             params["alpha"] = alpha
         return lightgbm.train(params, lightgbm.Dataset(x, y), num_boost_round=self.rounds)
 
-    def _fit(self, load: FloatArray, now: int) -> None:
+    def fit(self, load: FloatArray, now: int) -> None:
+        """(Re)train on load[:now] now (forecasts also refit by themselves every `refit_days`)."""
         rows = self._rows(load, now)
         self.quantile_models = {}
         self._train = rows
@@ -274,7 +275,7 @@ class GbmLoadForecaster:
         if now < self.min_days * self.spd:
             return forecast_load(history, horizon, self.spd)
         if self._due(now):
-            self._fit(history, now)
+            self.fit(history, now)
         if self.model is None:
             return forecast_load(history, horizon, self.spd)
         pred = self.model.predict(self._features(history, now, np.arange(horizon)))
@@ -288,7 +289,7 @@ class GbmLoadForecaster:
             p = forecast_load(history, horizon, self.spd)
             return LoadQuantiles(p, p.copy(), p.copy())
         if self._due(now):
-            self._fit(history, now)
+            self.fit(history, now)
         if self.model is None:
             p = forecast_load(history, horizon, self.spd)
             return LoadQuantiles(p, p.copy(), p.copy())

@@ -241,8 +241,10 @@ def fit_pv_site(sky: SkyGrid, history: FitInput) -> PvSiteModel:
     m = np.asarray(history.measured_kw[-days * spd :], dtype=np.float64)
     known = np.isfinite(m)
     m = np.where(known, m, 0.0)
-    day_complete = np.repeat(known.reshape(days, spd).all(axis=1), spd)
-    sunny = (sky.ghi[a:b] > _MIN_POA) & (sky.zenith[a:b] < 85.0) & day_complete
+    daylight = (sky.ghi[a:b] > _MIN_POA) & (sky.zenith[a:b] < 85.0)
+    # a day counts if every daylight slot was measured (inverters go quiet at night: NaN there is fine)
+    day_complete = np.repeat((known | ~daylight).reshape(days, spd).all(axis=1), spd)
+    sunny = daylight & day_complete
     if m[sunny].max(initial=0.0) <= 0.0:
         return default
     clip = _clip_level(m[sunny])
@@ -368,6 +370,20 @@ def _typical(m: FloatArray, clear_kw: FloatArray, sunny: BoolArray, spd: int) ->
     return float(np.clip(np.median(mm[ok] / cc[ok]), lo, hi))
 
 
+def relearn_typical(model: PvSiteModel, sky: SkyGrid, measured_kw: FloatArray, a: int) -> PvSiteModel:
+    """The model with its typical factor learned again from `measured_kw` (whole days, sky slots a..),
+    against the model's own clear-sky output: the weather regime moves faster than the geometry."""
+    spd = sky.slots_per_day
+    days = len(measured_kw) // spd
+    if model.days == 0 or days == 0:
+        return model
+    b = a + days * spd
+    m = measured_kw[len(measured_kw) - days * spd :]
+    sunny = (sky.ghi[a:b] > _MIN_POA) & np.isfinite(m)
+    typical = _typical(np.nan_to_num(m), model.clear_kw(sky, a, b), sunny, spd)
+    return msgspec.structs.replace(model, typical=round(typical, 4))
+
+
 class PvSiteForecaster:
     """Rolling use of the site model (the backtest; the planner stores the model per site instead).
 
@@ -410,13 +426,7 @@ class PvSiteForecaster:
         end = (now // spd) * spd
         start = max(0, end - self.typical_days * spd)
         self.typical_day = now // spd
-        if self.model.days == 0 or end - start < spd:
-            return
-        m = measured[start:end]
-        sunny = (self.sky.ghi[start:end] > _MIN_POA) & np.isfinite(m)
-        clear = self.model.clear_kw(self.sky, start, end)
-        typical = _typical(np.nan_to_num(m), clear, sunny, spd)
-        self.model = msgspec.structs.replace(self.model, typical=round(typical, 4))
+        self.model = relearn_typical(self.model, self.sky, measured[start:end], start)
 
     def forecast(self, measured: FloatArray, now: int, horizon: int, dimming: FloatArray | None = None) -> FloatArray:
         day = now // self.sky.slots_per_day
@@ -430,4 +440,4 @@ class PvSiteForecaster:
         return out
 
 
-__all__ = ["FitInput", "PvSiteForecaster", "PvSiteModel", "SkyGrid", "fit_pv_site"]
+__all__ = ["FitInput", "PvSiteForecaster", "PvSiteModel", "SkyGrid", "fit_pv_site", "relearn_typical"]

@@ -48,17 +48,18 @@ from cloud.forecast import (
     PvFactor,
     WeatherError,
     clear_sky,
-    forecast_load,
     forecast_pv,
     learn_pv_factor,
     mae,
     weather_dimming,
 )
+from cloud.forecast_pv import SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
 from cloud.server.db import Database, PlanVersionConflictError
 from cloud.server.service import next_plan_version, publish_plan
+from cloud.site_forecast import ModelChoice, PvChoice, site_load_forecast, site_pv_model
 from cloud.site_series import SiteSeries, load_series
 from cloud.tariffs import Tariff, TariffError, billing_period_start, decode_tariff, demand_charge, price_arrays
 from cloud_sync.wire import WireError
@@ -86,6 +87,7 @@ class PlannerOptions:
     solve_time_limit_s: float = 10.0
     weather: OpenMeteoClient | None = None
     execution: Execution = DEFAULT_EXECUTION
+    models: ModelChoice = field(default_factory=ModelChoice)  # which forecasters; trained per site (site_forecast)
 
 
 class PlanError(Exception):
@@ -163,9 +165,10 @@ async def prepare(
     series = await load_series(
         db, site_id, history_start, start, STEP, has_battery=assets.battery is not None, has_ev=assets.ev is not None
     )
-    pv_fc, factor = await _pv_forecast(assets, series, start, horizon, options)
-    load_hist = series.load_kw[-options.load_history_days * SLOTS_PER_DAY :]
-    load_fc = forecast_load(load_hist, horizon, SLOTS_PER_DAY)
+    pv_fc, factor = await _pv_forecast(db, site_id, assets, series, start, horizon, now, options)
+    load_fc = await site_load_forecast(
+        db, site_id, assets, series, horizon, now, options.models, history_days=options.load_history_days
+    )
     load_fc = np.minimum(load_fc, assets.grid.max_import_kw + pv_fc)  # a forecast must not make it infeasible
 
     incentives = await store.site_incentives(db, site_id, start, starts[-1] + STEP)
@@ -222,25 +225,44 @@ def _known_slots(spot: list[float | None] | None, n: int) -> int:
 
 
 async def _pv_forecast(
-    assets: SiteAssets, series: SiteSeries, start: datetime, horizon: int, options: PlannerOptions
+    db: Database,
+    site_id: str,
+    assets: SiteAssets,
+    series: SiteSeries,
+    start: datetime,
+    horizon: int,
+    now: datetime,
+    options: PlannerOptions,
 ) -> tuple[FloatArray, PvFactor]:
     if not assets.pv:
         return np.zeros(horizon), PvFactor()
     past = options.pv_history_days * SLOTS_PER_DAY
     sky = clear_sky(assets.pv_location(), assets.pv_arrays(), start - STEP * past, STEP, past + horizon)
+    weather = await _weather(assets, start, horizon, options)
+    if options.models.pv is PvChoice.FIT:
+        model = await site_pv_model(db, site_id, assets, series, now, options.models)
+        grid = SkyGrid.compute(assets.pv_location(), start, STEP, horizon)
+        dimming = None if weather is None else weather_dimming(grid.ghi, **weather)
+        return model.forecast(grid, 0, horizon, dimming), PvFactor(model.typical, 1.0, model.days)
     measured = series.pv_kw[-past:]
     factor = learn_pv_factor(measured, sky.pv_kw[past - len(measured) : past], SLOTS_PER_DAY, assets.pv_kwp)
-    dimming = None
-    if assets.weather is not None and options.weather is not None:
-        try:
-            wx = await options.weather.forecast(assets.pv_location())
-        except WeatherError as exc:
-            log.warning("weather_unavailable", error=str(exc))
-        else:
-            grid = wx.on_grid(start, STEP, horizon, assets.weather.use)
-            kw = {"ghi": grid} if assets.weather.use == "ghi" else {"cloud_cover_pct": grid}
-            dimming = weather_dimming(sky.ghi[past:], **kw)
+    dimming = None if weather is None else weather_dimming(sky.ghi[past:], **weather)
     return forecast_pv(sky.pv_kw[past:], factor, dimming), factor
+
+
+async def _weather(
+    assets: SiteAssets, start: datetime, horizon: int, options: PlannerOptions
+) -> dict[str, FloatArray] | None:
+    """The weather forecast on the plan's grid as weather_dimming's keyword, if configured and answering."""
+    if assets.weather is None or options.weather is None:
+        return None
+    try:
+        wx = await options.weather.forecast(assets.pv_location())
+    except WeatherError as exc:
+        log.warning("weather_unavailable", error=str(exc))
+        return None
+    grid = wx.on_grid(start, STEP, horizon, assets.weather.use)
+    return {"ghi": grid} if assets.weather.use == "ghi" else {"cloud_cover_pct": grid}
 
 
 def _incentive_per_slot(starts: list[datetime], incentives: list[store.Incentive]) -> FloatArray:

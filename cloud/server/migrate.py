@@ -56,7 +56,8 @@ def create_index_if_missing(name: str, table: str, columns: list[str], *, unique
 def target_metadata() -> MetaData:
     """The models every revision is compared against: the core tables and the data API's."""
     import cloud.dataapi.tables
-    import cloud.server.channel_hub  # noqa: F401  (the live channel's tables)
+    import cloud.forecast_models
+    import cloud.server.channel_hub  # noqa: F401  (the live channel's tables; forecast_models: per-site models)
     from cloud.server.db import metadata
 
     return metadata

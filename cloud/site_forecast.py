@@ -1,0 +1,154 @@
+"""Per-site forecasters trained in the planner worker, their state stored per site (cloud/forecast_models.py).
+
+Each plan of a site loads the site's stored models; a model older than its schedule (PV geometry: a week;
+load: two weeks) is refitted from the site's telemetry and stored again, so training is incremental over the
+site's life and spread over whichever workers plan it. A site with too little telemetry (a new site) gets
+the cold-start default: the registered arrays for PV, the seasonal profile for load. A stored model that
+cannot be read (a newer format, a corrupt row) is logged, counted and replaced by a refit, never fatal.
+
+`ModelChoice` selects the forecasters; the defaults are the ones that won in money on every backtest
+dataset (docs/cloud-planning.md has the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Final
+
+import numpy as np
+import structlog
+
+from cloud.assets import SiteAssets
+from cloud.forecast import FloatArray, GbmLoadForecaster, forecast_load
+from cloud.forecast_models import get_model, put_model
+from cloud.forecast_pv import FitInput, PvSiteModel, SkyGrid, fit_pv_site, relearn_typical
+from cloud.server.db import Database
+from cloud.site_series import SiteSeries, load_series
+
+log = structlog.get_logger("zapcloud.forecast")
+
+UNREADABLE_MODELS: dict[str, int] = {"pv": 0, "load": 0}  # stored models that failed to load, per kind
+_NEVER: Final = 10**9
+
+
+class PvChoice(StrEnum):
+    FACTOR = "factor"  # clear sky on the registered arrays x the 14-day median factor
+    FIT = "fit"  # the site model fitted to the PV telemetry
+
+
+class LoadChoice(StrEnum):
+    PROFILE = "profile"
+    GBM = "gbm"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    pv: PvChoice = PvChoice.FACTOR
+    load: LoadChoice = LoadChoice.PROFILE
+    pv_refit: timedelta = timedelta(days=7)
+    pv_fit_days: int = 28
+    load_refit: timedelta = timedelta(days=14)
+    load_train_days: int = 56
+
+
+def _stale(fitted_at: datetime, now: datetime, every: timedelta) -> bool:
+    return now - fitted_at >= every or fitted_at > now  # a fit "from the future" (clock jump) is redone
+
+
+async def site_pv_model(
+    db: Database, site_id: str, assets: SiteAssets, series: SiteSeries, now: datetime, choice: ModelChoice
+) -> PvSiteModel:
+    """The site's PV model: stored if fresh, else refitted on the telemetry in `series` (and stored); the
+    typical factor is relearned every plan from the last 14 days (cheap, and the weather moves on)."""
+    arrays = assets.pv_arrays()
+    stored = await get_model(db, site_id, "pv")
+    model: PvSiteModel | None = None
+    if stored is not None:
+        try:
+            model = PvSiteModel.from_json(stored.state)
+        except ValueError as exc:
+            UNREADABLE_MODELS["pv"] += 1
+            log.warning("forecast_model_unreadable", site_id=site_id, kind="pv", error=str(exc))
+    spd = int(timedelta(days=1) // series.step)
+    days = min(series.n // spd, choice.pv_fit_days)
+    sky = SkyGrid.compute(assets.pv_location(), series.start, series.step, series.n)
+    if model is None or stored is None or _stale(stored.fitted_at, now, choice.pv_refit):
+        a = series.n - days * spd
+        fitted = fit_pv_site(sky, FitInput(series.pv_kw[a:], a, arrays))
+        if fitted.days > 0:
+            await put_model(db, site_id, "pv", now, fitted.to_json())
+            log.info("forecast_model_fitted", site_id=site_id, kind="pv", days=fitted.days, kwp=fitted.kwp)
+            model = fitted
+    if model is None:
+        return PvSiteModel.default(arrays)
+    a = max(0, series.n - 14 * spd)
+    return relearn_typical(model, sky, series.pv_kw[a:], a)
+
+
+async def site_load_forecast(
+    db: Database,
+    site_id: str,
+    assets: SiteAssets,
+    series: SiteSeries,
+    horizon: int,
+    now: datetime,
+    choice: ModelChoice,
+    *,
+    history_days: int = 28,
+) -> FloatArray:
+    """Load kW for the horizon after `series` (which ends at the plan's start)."""
+    spd = int(timedelta(days=1) // series.step)
+    recent = series.load_kw[-history_days * spd :]
+    if choice.load is LoadChoice.PROFILE:
+        return forecast_load(recent, horizon, spd)
+    end = series.start + series.step * series.n
+    gbm = _gbm(series.start, series.step, assets.timezone, choice)
+    stored = await get_model(db, site_id, "load")
+    fresh = stored is not None and not _stale(stored.fitted_at, now, choice.load_refit)
+    if stored is not None and fresh:
+        try:
+            gbm.load_state(stored.state)
+        except ValueError as exc:
+            UNREADABLE_MODELS["load"] += 1
+            log.warning("forecast_model_unreadable", site_id=site_id, kind="load", error=str(exc))
+            fresh = False
+    if not fresh:
+        # training needs more history than a plan: the training window plus a week of lags
+        train_start = end - timedelta(days=choice.load_train_days + 8)
+        train = await load_series(
+            db,
+            site_id,
+            train_start,
+            end,
+            series.step,
+            has_battery=assets.battery is not None,
+            has_ev=assets.ev is not None,
+        )
+        trainer = _gbm(train.start, train.step, assets.timezone, choice)
+        if np.isfinite(train.load_kw).sum() < trainer.min_days * spd:
+            return forecast_load(recent, horizon, spd)  # cold start: too little telemetry for a model
+        trainer.fit(train.load_kw, train.n)
+        state = trainer.to_state()
+        if state is None:
+            return forecast_load(recent, horizon, spd)
+        await put_model(db, site_id, "load", now, state)
+        log.info("forecast_model_fitted", site_id=site_id, kind="load", bytes=len(state))
+        gbm.load_state(state)
+    return gbm.forecast(series.load_kw, series.n, horizon)
+
+
+def _gbm(start: datetime, step: timedelta, tz: str, choice: ModelChoice) -> GbmLoadForecaster:
+    # refit_days: never by itself; this module decides when to refit (stored schedule)
+    return GbmLoadForecaster(start, step, tz, train_days=choice.load_train_days, refit_days=_NEVER)
+
+
+__all__ = [
+    "UNREADABLE_MODELS",
+    "LoadChoice",
+    "ModelChoice",
+    "PvChoice",
+    "site_load_forecast",
+    "site_pv_model",
+]
