@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import signal
 import sqlite3
@@ -21,7 +22,7 @@ import structlog
 
 from drivers.api import ReadingGuard
 from drivers.resilience import FailureLatch
-from zapd.api import LocalApi
+from zapd.api import ApiContext, LocalApi
 from zapd.clock import Clock
 from zapd.config import ZapdConfig, meter_ders
 from zapd.controller import Controller
@@ -117,7 +118,9 @@ class Daemon:
         self._metrics: MetricsServer | None = None
         self.energy = EnergyTotals()  # kWh totals for Home Assistant's Energy dashboard
         self.override = OperatorOverride(clock, self.state)  # zapctl and Home Assistant both set it
-        self.api = LocalApi(self, self.override)  # local control API (zapctl); see docs/local-api.md
+        self.api = LocalApi(  # local control API (zapctl); see docs/local-api.md
+            ApiContext(config, self.view, self.override, store=lambda: self.store, link_status=self.link_status)
+        )
         self.home_assistant: HomeAssistant | None = None
 
     @property
@@ -346,6 +349,7 @@ class Daemon:
         """One read of the site for the API, Home Assistant and the metrics (zapd/siteview.py). The
         metrics call it from prometheus-client's thread: it only reads plain attributes."""
         now = self.clock.now()
+        latest = self.state.latest()
         rejected = dict(self.cloud.fetcher.rejected) if self.cloud is not None else {}
         if self.plan_file is not None and self.plan_file.rejected:
             rejected["plan_file"] = self.plan_file.rejected
@@ -363,6 +367,10 @@ class Daemon:
             sync=self._sync_gauges,
             readings_in=self.readings_in,
             energy_kwh={total: self.energy.kwh(total) for total in TOTALS},
+            latest=latest,
+            fresh=frozenset(der for der in latest if self.state.is_fresh(der, now)),
+            tasks={name: dataclasses.replace(h) for name, h in self.supervisor.health.items()},
+            readings_written=self.telemetry.written if self.telemetry is not None else 0,
         )
 
     async def _refresh_sync_gauges(self) -> None:

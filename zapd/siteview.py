@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 
 from drivers.api import Driver
 from fallback.policy import Rung
-from zapd.model import DerKind, Plan
+from zapd.model import DerKind, Plan, Reading
 from zapd.override import Override
 from zapd.state import Snapshot
+from zapd.supervisor import TaskHealth
 
 if TYPE_CHECKING:
     from zapd.controller import ControllerStats
+    from zapd.envelope import Setpoint
 
 
 @dataclass
@@ -46,13 +48,17 @@ class ControlView:
     rung: Rung | None = None
     rung_since: datetime | None = None
     rung_reason: str = ""
+    setpoints: Mapping[str, Setpoint] | None = None  # the last battery setpoints; None: no controller yet
 
     @classmethod
     def of(cls, stats: ControllerStats | None) -> ControlView:
         if stats is None:
             return cls()
         s = stats
-        return cls(s.cycles, s.last_cycle_ms, s.writes, s.write_failures, s.rung, s.rung_since, s.rung_reason)
+        return cls(
+            s.cycles, s.last_cycle_ms, s.writes, s.write_failures, s.rung, s.rung_since, s.rung_reason,
+            dict(s.last_setpoints),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,10 @@ class SiteView:
     sync: SyncGauges
     readings_in: int
     energy_kwh: Mapping[str, float | None]
+    latest: Mapping[str, Reading] = field(default_factory=dict)  # newest reading per DER, stale or not
+    fresh: frozenset[str] = frozenset()  # the DERs whose newest reading is fresh now
+    tasks: Mapping[str, TaskHealth] = field(default_factory=dict)  # supervised tasks, copied
+    readings_written: int = 0  # readings in the store's outbox so far
 
     @property
     def battery_soc(self) -> float | None:

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from fallback.policy import Rung
 from tests.fakes import FakeSite
-from zapd.api import LocalApi, Request
+from zapd.api import ApiContext, LocalApi, Request
 from zapd.clock import ManualClock
 from zapd.config import HomeAssistantConfig, ZapdConfig, validate_config
 from zapd.devices import DeviceSet
@@ -76,9 +76,14 @@ async def _daemon(tmp_path: Path, store_cls: type[Store] = DiskFullStore) -> tup
     return FakeDaemon(config, clock, state, override, store), wakes
 
 
+def _api(d: FakeDaemon) -> LocalApi:
+    site = FakeSite(d.config, d.clock, d.state, d.devices, d.override)
+    return LocalApi(ApiContext(d.config, site.view, d.override, store=lambda: d.store))
+
+
 async def test_api_force_with_a_full_disk_is_ok_in_force_and_says_not_stored(tmp_path: Path) -> None:
     d, wakes = await _daemon(tmp_path)
-    api = LocalApi(d, d.override)  # type: ignore[arg-type]
+    api = _api(d)
     with capture_logs() as logs:
         answer = await api._dispatch(Request(cmd="fallback_force", rung="safe_hold", minutes=5, reason="swap"))
         again = await api._dispatch(Request(cmd="fallback_force", rung="safe_hold", minutes=6))
@@ -132,7 +137,7 @@ async def test_stored_force_survives_a_restart_and_the_store_recovering_is_logge
 
 async def test_bad_request_changes_nothing_and_wakes_nobody(tmp_path: Path) -> None:
     d, wakes = await _daemon(tmp_path)
-    api = LocalApi(d, d.override)  # type: ignore[arg-type]
+    api = _api(d)
     answer = await api._dispatch(Request(cmd="fallback_force", rung="plan", minutes=5))
     assert answer["ok"] is False and answer["code"] == "bad_request"
     assert d.override.active() is None and wakes.count == 0
@@ -143,7 +148,7 @@ async def test_bad_request_changes_nothing_and_wakes_nobody(tmp_path: Path) -> N
 @pytest.mark.parametrize("minutes", [0.0, -1.0, 24 * 60 + 1])
 async def test_minutes_are_bounded(tmp_path: Path, minutes: float) -> None:
     d, _ = await _daemon(tmp_path)
-    api = LocalApi(d, d.override)  # type: ignore[arg-type]
+    api = _api(d)
     answer = await api._dispatch(Request(cmd="fallback_force", rung="safe_hold", minutes=minutes))
     assert answer["ok"] is False and "minutes must be" in str(answer["error"])
     assert d.store is not None
