@@ -125,11 +125,23 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 def cmd_devices_scan(args: argparse.Namespace) -> int:
     from zapd.scan import scan
 
-    if args.host is not None:  # recognition at an address, without a config (docs/devices.md)
-        from zapd.recognize_cli import scan_host
+    if args.host is not None or args.serial is not None:  # recognition without a config (docs/devices.md)
+        from zapd.recognize_cli import scan_host, scan_serial
 
+        units = args.unit or [1]
         try:
-            return asyncio.run(scan_host(args.host, unit_ids=args.unit or [1], as_json=args.json))
+            if args.host is not None:
+                return asyncio.run(scan_host(args.host, unit_ids=units, as_json=args.json))
+            return asyncio.run(
+                scan_serial(
+                    args.serial,
+                    unit_ids=units,
+                    baudrate=args.baud,
+                    parity=args.parity,
+                    stopbits=args.stopbits,
+                    as_json=args.json,
+                )
+            )
         except ValueError as exc:
             print(f"zapd devices scan: {exc}", file=sys.stderr)
             return EXIT_BAD_CONFIG
@@ -227,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument(
         "--host", help="H[:PORT]: probe this address (read-only) for SunSpec and each profile, instead of the config"
     )
-    scan.add_argument("--unit", type=int, action="append", help="unit id to probe with --host (repeatable; 1)")
+    scan.add_argument("--serial", help="/dev/ttyX: probe an RS-485 line (Modbus RTU, read-only) instead of the config")
+    scan.add_argument("--baud", type=int, default=9600, help="line speed with --serial (9600)")
+    scan.add_argument("--parity", default="N", choices=["N", "E", "O"], help="parity with --serial (N)")
+    scan.add_argument("--stopbits", type=int, default=1, choices=[1, 2], help="stop bits with --serial (1)")
+    scan.add_argument("--unit", type=int, action="append", help="unit id to probe with --host/--serial (repeatable; 1)")
     scan.set_defaults(func=cmd_devices_scan)
 
     demo = sub.add_parser(

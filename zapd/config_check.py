@@ -245,15 +245,15 @@ def _grid_meter(config: ZapdConfig) -> Iterator[Problem]:
 
 
 def _unknown_map(name: str) -> str | None:
-    from drivers.modbus.register_map import AUTO_MAP, MAPS_DIR  # here: pymodbus loads only for a Modbus site
+    from drivers.modbus.register_map import AUTO_MAP, profile_paths  # here: pymodbus loads only for Modbus
 
     if name == AUTO_MAP:
         return None  # recognised at start
     if "/" in name or name.endswith(".toml"):
         return None if Path(name).is_file() else f"register map file {name} not found"
-    if (MAPS_DIR / f"{name}.toml").is_file():
+    shipped = sorted(profile_paths())
+    if name in shipped:
         return None
-    shipped = sorted(p.stem for p in MAPS_DIR.glob("*.toml"))
     return (
         f"unknown register map {name!r}{did_you_mean(name, shipped)} "
         f"(shipped: {', '.join(shipped)}; or a path to your own .toml file)"

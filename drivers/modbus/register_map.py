@@ -9,6 +9,7 @@ reviewed data file, not new code. Values crossing this module's API are in zapd 
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from drivers.modbus.bus import RegisterType, decode_registers, encode_registers
 from drivers.modbus.control_spec import ControlSpec, ControlSpecError, parse_control
 
 MAPS_DIR = Path(__file__).parent / "maps"
+# A site's own profiles (e.g. /etc/zapd/maps): searched before the shipped ones, recognised the same way.
+MAPS_DIR_ENV = "ZAPD_MAPS_DIR"
 AUTO_MAP = "auto"  # config `map = "auto"`: the profile is recognised at start (drivers/modbus/auto_profile.py)
 
 WordOrder = Literal["big", "little"]
@@ -223,11 +226,29 @@ def load_register_map(name_or_path: str | Path) -> RegisterMap:
     return _parse(path, doc)
 
 
+def profile_dirs() -> list[Path]:
+    """Where profiles named by a bare name live: `$ZAPD_MAPS_DIR` (a site's own), then the shipped ones."""
+    extra = os.environ.get(MAPS_DIR_ENV)
+    return [Path(extra), MAPS_DIR] if extra else [MAPS_DIR]
+
+
+def profile_paths() -> dict[str, Path]:
+    """Every profile by name (the file's stem); a site's own file shadows a shipped one of the same name."""
+    found: dict[str, Path] = {}
+    for folder in profile_dirs():
+        for path in sorted(folder.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
 def _resolve(name_or_path: str | Path) -> Path:
     if isinstance(name_or_path, Path):
         return name_or_path
     if "/" in name_or_path or name_or_path.endswith(".toml"):
         return Path(name_or_path)
+    for folder in profile_dirs():
+        if (folder / f"{name_or_path}.toml").is_file():
+            return folder / f"{name_or_path}.toml"
     return MAPS_DIR / f"{name_or_path}.toml"
 
 

@@ -115,6 +115,12 @@ class RegisterImageServer:
     host: str
     port: int
     writes: list[RecordedWrite] = field(default_factory=list)
+    logs: list[_UnitLog] = field(default_factory=list)
+
+    @property
+    def reads(self) -> int:
+        """Read requests answered so far, across units (a scan's probes, a driver's polls)."""
+        return sum(log.reads for log in self.logs)
 
     def clear(self) -> None:
         self.writes.clear()
@@ -123,13 +129,17 @@ class RegisterImageServer:
         await self.server.shutdown()  # type: ignore[no-untyped-call]
 
 
-def _devices(units: Mapping[int, UnitImage], writes: list[RecordedWrite]) -> list[SimDevice]:
+def _devices(
+    units: Mapping[int, UnitImage], writes: list[RecordedWrite], logs: list[_UnitLog] | None = None
+) -> list[SimDevice]:
     devices = []
     for unit_id, image in units.items():
         unknown = set(image) - {"holding", "input", "coil"}
         if unknown:
             raise ValueError(f"unit {unit_id}: unknown table(s) {sorted(unknown)}")
         unit_log = _UnitLog(unit_id, writes)
+        if logs is not None:
+            logs.append(unit_log)
         no_bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS, readonly=True)]
         coils = _coil_runs(image.get("coil", {}))
         devices.append(
@@ -147,12 +157,13 @@ async def start_register_image(
 ) -> RegisterImageServer:
     """Serve each unit's image on host:port (0 = any free port; the real one is in `.port`)."""
     writes: list[RecordedWrite] = []
-    server = ModbusTcpServer(_devices(units, writes), address=(host, port))
+    logs: list[_UnitLog] = []
+    server = ModbusTcpServer(_devices(units, writes, logs), address=(host, port))
     await server.serve_forever(background=True)
     sockets = getattr(server.transport, "sockets", None) or ()
     real_port = int(sockets[0].getsockname()[1]) if sockets else port
     log.info("sim.register_image.started", host=host, port=real_port, units=sorted(units))
-    return RegisterImageServer(server, host, real_port, writes)
+    return RegisterImageServer(server, host, real_port, writes, logs)
 
 
 async def start_register_image_rtu(
@@ -160,8 +171,9 @@ async def start_register_image_rtu(
 ) -> RegisterImageServer:
     """The same image as an RTU slave on a serial port (an RS-485 meter on a pty, drivers/sim/modbus_rtu.py)."""
     writes: list[RecordedWrite] = []
+    logs: list[_UnitLog] = []
     server = ModbusSerialServer(
-        _devices(units, writes),
+        _devices(units, writes, logs),
         framer=FramerType.RTU,
         port=serial_port,
         baudrate=baudrate,
@@ -170,4 +182,4 @@ async def start_register_image_rtu(
     )
     await server.serve_forever(background=True)
     log.info("sim.register_image.started", port=serial_port, units=sorted(units))
-    return RegisterImageServer(server, serial_port, 0, writes)
+    return RegisterImageServer(server, serial_port, 0, writes, logs)

@@ -33,7 +33,8 @@ async def over_tcp(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImage
 
 
 @contextlib.asynccontextmanager
-async def over_rtu(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusBus]]:
+async def rtu_peer(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, str]]:
+    """The fixture as an RTU slave on one end of a pty null modem; yields the other end's port."""
     line = fixture["rtu"]
     modem = NullModem()
     modem.open()
@@ -45,8 +46,19 @@ async def over_rtu(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImage
         stopbits=line["stopbits"],
     )
     try:
+        yield server, modem.port_a
+    finally:
+        await close_all_buses()
+        await server.stop()
+        modem.close()
+
+
+@contextlib.asynccontextmanager
+async def over_rtu(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusBus]]:
+    line = fixture["rtu"]
+    async with rtu_peer(fixture) as (server, port):
         bus = get_serial_bus(
-            modem.port_a,
+            port,
             baudrate=line["baudrate"],
             parity=line["parity"],
             stopbits=line["stopbits"],
@@ -54,10 +66,6 @@ async def over_rtu(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImage
             backoff_initial_s=0.05,
         )
         yield server, bus
-    finally:
-        await close_all_buses()
-        await server.stop()
-        modem.close()
 
 
 Peer = tuple[RegisterImageServer, ModbusBus]
