@@ -43,6 +43,16 @@ class _Written:
     ok: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One command of a cycle's write phase."""
+
+    command: BatterySetpoint | EvCurrent
+    power_w: float
+    clamped_reason: str
+    battery: bool
+
+
 @dataclass
 class ControllerStats:
     cycles: int = 0
@@ -240,8 +250,9 @@ class Controller:
                 total += view.power_w
         return total
 
-    def decide(self, now: datetime) -> tuple[Decision, list[Setpoint]]:
-        measured = self._state.snapshot(now)
+    def decide(self, now: datetime, image: Snapshot | None = None) -> tuple[Decision, list[Setpoint]]:
+        """The batteries' decision on `image`, the cycle's one read of the site (taken now if not given)."""
+        measured = image if image is not None else self._state.snapshot(now)
         ranges = self._battery_ranges(measured, self._observe())
         forced = self._forced_rung() if self._forced_rung else None
         decision = forced or choose(now, self._plan_source(), self._plan_fresh(), measured)
@@ -267,46 +278,30 @@ class Controller:
         fraction = hold_or_move(lambda f: sum(sp.power_w for sp in answer(f)), self._current_command_w(measured))
         return decision, answer(fraction)
 
-    def decide_evs(self, now: datetime, decision: Decision, setpoints: list[Setpoint]) -> list[EvSetpoint]:
-        """After the batteries: the chargers get the fuse headroom the batteries' new setpoints leave."""
+    def decide_evs(
+        self, now: datetime, decision: Decision, setpoints: list[Setpoint], image: Snapshot | None = None
+    ) -> list[EvSetpoint]:
+        """After the batteries, on the same image: the chargers get the fuse headroom the batteries'
+        new setpoints leave."""
         chargers = self._evs() if self._evs is not None else []
         if not chargers:
             return []
         battery_new_w = sum(sp.power_w for sp in setpoints)
         site = limits_for(self._site, decision.intent)
-        return clamp_evs(decision.intent, self._state.snapshot(now), chargers, site, battery_new_w)
+        measured = image if image is not None else self._state.snapshot(now)
+        return clamp_evs(decision.intent, measured, chargers, site, battery_new_w)
 
     async def cycle(self) -> None:
+        """One cycle, OpenEMS `CycleWorker` style: read the process image once, decide every DER from it,
+        then one write phase. A reading that lands while a write waits on device I/O wakes the next
+        cycle; it never changes a decision of this one (issue 15: the EVs used to get a second snapshot)."""
         started = time.perf_counter()
         now = self._clock.now()
-        decision, setpoints = self.decide(now)
+        image = self._state.snapshot(now)
+        decision, setpoints = self.decide(now, image)
+        ev_setpoints = self.decide_evs(now, decision, setpoints, image)
         await self._note_rung(now, decision)
-        results: list[tuple[CommandResult, str]] = []
-        for sp in setpoints:
-            if not self._needs_write(sp, now):
-                continue
-            actuator = self._actuators.get(sp.der_id)
-            if actuator is None:
-                continue
-            result = await actuator.apply(BatterySetpoint(der_id=sp.der_id, power_w=sp.power_w))
-            self._written[sp.der_id] = _Written(sp.power_w, now, result.ok)
-            history = self._write_history.setdefault(sp.der_id, deque(maxlen=64))
-            history.append(self._written[sp.der_id])
-            self.stats.writes += 1
-            if not result.ok:
-                self.stats.write_failures += 1
-            results.append((result, sp.clamped_reason))
-        ev_setpoints = self.decide_evs(now, decision, setpoints)
-        for ev in ev_setpoints:
-            actuator = self._actuators.get(ev.der_id)
-            if actuator is None or not self._needs_write(ev, now):
-                continue
-            result = await actuator.apply(EvCurrent(der_id=ev.der_id, current_a=ev.current_a, phases=ev.phases))
-            self._written[ev.der_id] = _Written(ev.power_w, now, result.ok)
-            self.stats.writes += 1
-            if not result.ok:
-                self.stats.write_failures += 1
-            results.append((result, ev.clamped_reason))
+        results = await self._write_phase(now, self._writes(now, setpoints, ev_setpoints))
         self.stats.last_ev_setpoints = {ev.der_id: ev for ev in ev_setpoints}
         if results:
             await self._record(self._store.log_commands(now, results))
@@ -317,6 +312,34 @@ class Controller:
             self._on_cycle()
         for listener in self.cycle_listeners:
             await listener()
+
+    def _writes(self, now: datetime, setpoints: list[Setpoint], evs: list[EvSetpoint]) -> list[_Write]:
+        """The cycle's commands, batteries first: those the write rules say are due, to known actuators."""
+        out: list[_Write] = []
+        for sp in setpoints:
+            if sp.der_id in self._actuators and self._needs_write(sp, now):
+                command: BatterySetpoint | EvCurrent = BatterySetpoint(der_id=sp.der_id, power_w=sp.power_w)
+                out.append(_Write(command, sp.power_w, sp.clamped_reason, battery=True))
+        for ev in evs:
+            if ev.der_id in self._actuators and self._needs_write(ev, now):
+                command = EvCurrent(der_id=ev.der_id, current_a=ev.current_a, phases=ev.phases)
+                out.append(_Write(command, ev.power_w, ev.clamped_reason, battery=False))
+        return out
+
+    async def _write_phase(self, now: datetime, writes: list[_Write]) -> list[tuple[CommandResult, str]]:
+        """The only place commands go to devices (the one writer)."""
+        results: list[tuple[CommandResult, str]] = []
+        for w in writes:
+            der_id = w.command.der_id
+            result = await self._actuators[der_id].apply(w.command)
+            self._written[der_id] = _Written(w.power_w, now, result.ok)
+            if w.battery:
+                self._write_history.setdefault(der_id, deque(maxlen=64)).append(self._written[der_id])
+            self.stats.writes += 1
+            if not result.ok:
+                self.stats.write_failures += 1
+            results.append((result, w.clamped_reason))
+        return results
 
     def _needs_write(self, sp: Setpoint | EvSetpoint, now: datetime) -> bool:
         prev = self._written.get(sp.der_id)
