@@ -68,6 +68,18 @@ class FakeBus:
         for i, v in enumerate(values):
             self.regs[(unit_id, "holding", address + i)] = v
 
+    async def read_coils(
+        self, unit_id: int, address: int, count: int, *, priority: Priority = Priority.POLL
+    ) -> list[int]:
+        return await self._read(unit_id, "coil", address, count)
+
+    async def write_coil(
+        self, unit_id: int, address: int, value: bool, *, priority: Priority = Priority.CONTROL
+    ) -> None:
+        """Recorded like a register write, at the coil's address with the value 0 or 1."""
+        self.writes.append((unit_id, address, [int(value)]))
+        self.regs[(unit_id, "coil", address)] = int(value)
+
 
 def _fixture(profile: str) -> dict[str, Any]:
     return tomllib.loads((FIXTURES / f"{profile}.toml").read_text())

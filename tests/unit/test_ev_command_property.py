@@ -1,5 +1,8 @@
 """Property: whatever current a plan asks of a Modbus charger, the setpoint written is 0 or within limits.
 
+Besides the setpoint, a charger may only see the writes its documented rule adds: the enable
+coil (Phoenix: on after a setpoint, off for a pause) and the life bit (EVlink: 1).
+
 Each charger profile with a vendor-document fixture runs against the fake bus of
 test_control_property.py (unit tests may use fakes; the wire is covered by
 tests/integration/test_ev_profiles.py). For any commanded current: a current the charger may take
@@ -37,10 +40,32 @@ def _amtron(words: list[int]) -> float:  # 0400h: U16 in A
     return float(words[0])
 
 
+def _phoenix(words: list[int]) -> float:  # 528: U16 in A (Phoenix firmware)
+    return float(words[0])
+
+
+def _wallbe(words: list[int]) -> float:  # 528: U16 in 0.1 A (Wallbe firmware)
+    return words[0] / 10.0
+
+
+def _evlink(words: list[int]) -> float:  # 4004: U16 in A
+    return float(words[0])
+
+
 # profile -> (setpoint address, decoder, resolution of the register in A)
 SETPOINT: dict[str, tuple[int, Callable[[list[int]], float], float]] = {
     "abb_terra_ac": (0x4100, _abb, 0.001),
     "mennekes_amtron": (0x0400, _amtron, 1.0),
+    "phoenix_ev_eth": (528, _phoenix, 1.0),
+    "wallbe_phoenix_ev": (528, _wallbe, 0.1),
+    "schneider_evlink_pro_ac": (4004, _evlink, 1.0),
+}
+# profile -> the other writes its rule may add: (address, words) for a pause and for a current
+ENABLE_COIL = 400  # Phoenix coil 400: 1 = charging allowed
+EXTRA: dict[str, tuple[list[tuple[int, list[int]]], list[tuple[int, list[int]]]]] = {
+    "phoenix_ev_eth": ([(ENABLE_COIL, [0])], [(ENABLE_COIL, [1])]),
+    "wallbe_phoenix_ev": ([(ENABLE_COIL, [0])], [(ENABLE_COIL, [1])]),
+    "schneider_evlink_pro_ac": ([(4000, [1])], [(4000, [1])]),
 }
 
 
@@ -78,8 +103,15 @@ def test_any_current_is_written_within_limits_or_not_at_all(profile: str, curren
         return
     assert allowed, f"{current_a} A accepted"
     address, decode, step = SETPOINT[profile]
-    assert [a for _, a, _ in writes] == [address]
-    written = decode(writes[0][2])
+    pause_extra, current_extra = EXTRA.get(profile, ([], []))
+    setpoint = [w for w in writes if w[1] == address]
+    others = [(a, v) for _, a, v in writes if a != address]
+    if current_a == 0.0 and profile in ("phoenix_ev_eth", "wallbe_phoenix_ev"):
+        assert setpoint == [] and others == pause_extra  # pause = the coil off, nothing else
+        return
+    assert others == (pause_extra if current_a == 0.0 else current_extra)
+    assert len(setpoint) == 1
+    written = decode(setpoint[0][2])
     assert written == 0.0 or MIN_A - step <= written <= MAX_A + step
     assert abs(written - current_a) <= step / 2 + 1e-9
 
