@@ -65,6 +65,7 @@ from cloud.forecast import (
     forecast_pv,
     learn_pv_factor,
 )
+from cloud.forecast_price import forecast_prices
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Grid, Problem, Solution
@@ -363,14 +364,13 @@ def known_price_slots(tr: Traces, k: int, cfg: Config | None = None) -> int:
 def price_outlook(price: FloatArray, k: int, known: int, horizon: int, slots_per_day: int) -> FloatArray:
     """Prices for slots k..k+horizon-1: the published ones, then a forecast where none is published yet.
 
-    The forecast is day-persistence: an unpublished slot takes the price of the same slot on the latest
-    published day. Flagged as a forecast by construction (it only ever fills slots past `known`); a plan
-    only executes its first slots, which are published, and is re-made when the next day's prices appear.
+    The forecast (cloud.forecast_price) is made from the published prices only (everything before k + known)
+    and only ever fills slots past `known`, so it is a forecast by construction; a plan only executes its
+    first slots, which are published, and is re-made when the next day's prices appear.
     """
     out = np.array(price[k : k + horizon], dtype=np.float64)
-    for j in range(known, horizon):
-        back = ((j - known) // slots_per_day + 1) * slots_per_day
-        out[j] = out[j - back] if j - back >= 0 else out[known - 1]
+    if horizon > known:
+        out[known:] = forecast_prices(price[: k + known], horizon - known, slots_per_day)
     return out
 
 

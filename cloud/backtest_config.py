@@ -64,7 +64,7 @@ class Config:
     forecast: Forecast = Forecast.MODEL
     load_model: LoadModel = LoadModel.PROFILE
     pv_model: PvModel = PvModel.FACTOR
-    price_forecast: bool = False  # plan past the published prices with day-persistence prices (flagged forecast)
+    price_forecast: bool = False  # plan past the published prices with forecast prices (cloud.forecast_price)
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
 
     @property
@@ -122,7 +122,7 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument(
         "--price-forecast",
         action="store_true",
-        help="plan the whole horizon: unpublished hours take the latest published day's price (a forecast)",
+        help="plan the whole horizon: unpublished hours get a forecast from the published prices",
     )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")

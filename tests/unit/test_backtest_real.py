@@ -17,6 +17,7 @@ from cloud import backtest
 from cloud.backtest import Config, Traces, price_outlook, read_traces, rolling_flows
 from cloud.cli import main
 from cloud.execution import Execution
+from cloud.forecast_price import forecast_prices
 
 TRACE = Path(__file__).resolve().parents[2] / "bench" / "data" / "ausgrid_c12_nl_2023.csv"
 SITE = Config(
@@ -155,10 +156,14 @@ def _with(cfg: Config, **changes: object) -> Config:
     return replace(cfg, **changes)  # type: ignore[arg-type]
 
 
-def test_price_outlook_fills_only_unpublished_slots_with_the_last_published_day() -> None:
+def test_price_outlook_fills_only_unpublished_slots_from_the_published_ones() -> None:
     price = np.arange(10.0)
     out = price_outlook(price, 0, 4, 10, 2)
-    assert out.tolist() == [0, 1, 2, 3, 2, 3, 2, 3, 2, 3]
+    assert out[:4].tolist() == [0, 1, 2, 3]
+    assert out[4:].tolist() == forecast_prices(price[:4], 6, 2).tolist()
+    future = price.copy()
+    future[4:] = 99.0
+    assert price_outlook(future, 0, 4, 10, 2).tolist() == out.tolist()  # unpublished prices are never read
     assert price_outlook(price, 3, 7, 7, 2).tolist() == price[3:10].tolist()  # all published: untouched
 
 
