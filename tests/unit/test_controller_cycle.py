@@ -8,11 +8,7 @@ writes; a reading that arrives during the write phase wakes the next cycle inste
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
-
-import pytest
 
 from fallback.policy import Decision, Rung
 from zapd.clock import ManualClock
@@ -47,13 +43,6 @@ class Recorder:
 
     async def safe_mode(self) -> None:
         return None
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "zapd.sqlite")
-    yield s
-    await s.close()
 
 
 def _site(clock: ManualClock, grid_w: float) -> SiteState:

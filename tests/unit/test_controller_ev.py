@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -30,13 +28,6 @@ class FakeCharger:
 
     async def safe_mode(self) -> None:
         return None
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "zapd.sqlite")
-    yield s
-    await s.close()
 
 
 def make(store: Store, clock: ManualClock, state: SiteState, charger: FakeCharger, intent: list[Intent]) -> Controller:

@@ -9,9 +9,7 @@ was cleared when the cycle ended.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -40,13 +38,6 @@ class SlowBattery:
 
     async def safe_mode(self) -> None:
         return None
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "zapd.sqlite")
-    yield s
-    await s.close()
 
 
 def feed(state: SiteState, grid_w: float, battery_w: float = 0.0) -> None:

@@ -9,12 +9,9 @@ slowed down so that retention runs during the POST.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
-import pytest
 from nacl.signing import SigningKey
 
 from cloud_sync.link import LinkStatus
@@ -25,13 +22,6 @@ from zapd.model import DerKind, Reading
 from zapd.store import DROPPED_KEY, Store
 
 MAX_ROWS = 20
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "zapd.sqlite")
-    yield s
-    await s.close()
 
 
 async def test_retention_during_a_post_never_counts_what_the_cloud_stores(store: Store) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,13 +67,6 @@ class FakeCloud:
         self.commands += [c.der_id for c in batch.commands]
         self.stored_through = batch.last_seq
         return httpx.Response(200, json={"stored_through": self.stored_through})
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "zapd.sqlite")
-    yield s
-    await s.close()
 
 
 async def fill(store: Store, n: int) -> None:
