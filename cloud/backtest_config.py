@@ -84,20 +84,20 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     """The `zapcloud backtest` options (cloud/cli.py calls this)."""
     d = Config()
     bt.add_argument("traces", help="CSV with columns ts,import_price,export_price,load_kw,pv_kw")
-    bt.add_argument("--battery-kwh", type=float, default=d.battery_kwh)
+    bt.add_argument("--battery-kwh", type=float, default=d.battery_kwh, help="usable battery capacity, kWh")
     bt.add_argument("--battery-kw", type=float, default=d.battery_kw, help="charge and discharge power limit")
     bt.add_argument("--efficiency", type=float, default=d.efficiency, help="one-way (charge and discharge)")
     bt.add_argument("--soc-min", type=float, default=d.soc_min, help="reserve SoC (fraction)")
-    bt.add_argument("--soc-max", type=float, default=d.soc_max)
-    bt.add_argument("--soc-initial", type=float, default=d.soc_initial)
+    bt.add_argument("--soc-max", type=float, default=d.soc_max, help="highest SoC the plan may use (fraction)")
+    bt.add_argument("--soc-initial", type=float, default=d.soc_initial, help="SoC at the start (fraction)")
     bt.add_argument("--cycle-cost", type=float, default=d.cycle_cost, help="battery wear per kWh in or out")
     bt.add_argument("--grid-import-kw", type=float, default=d.grid_import_kw, help="connection import limit")
     bt.add_argument("--grid-export-kw", type=float, default=d.grid_export_kw, help="connection export limit")
-    bt.add_argument("--replan-hours", type=float, default=d.replan_hours)
-    bt.add_argument("--horizon-hours", type=float, default=d.horizon_hours)
+    bt.add_argument("--replan-hours", type=float, default=d.replan_hours, help="hours between two plans")
+    bt.add_argument("--horizon-hours", type=float, default=d.horizon_hours, help="hours each plan looks ahead")
     bt.add_argument("--pv-kwp", type=float, default=d.pv_kwp, help="PV size the clear-sky forecaster assumes")
-    bt.add_argument("--lat", type=float, default=d.lat)
-    bt.add_argument("--lon", type=float, default=d.lon)
+    bt.add_argument("--lat", type=float, default=d.lat, help="site latitude, degrees (PV forecast)")
+    bt.add_argument("--lon", type=float, default=d.lon, help="site longitude, degrees (PV forecast)")
     bt.add_argument("--tilt", type=float, default=d.tilt_deg, help="PV tilt, degrees")
     bt.add_argument("--azimuth", type=float, default=d.azimuth_deg, help="PV azimuth, degrees (180 = south)")
     bt.add_argument("--tz", default=d.tz, help="the site's time zone (price publication, local days)")
@@ -108,11 +108,21 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="site-local time tomorrow's day-ahead prices become known (HH:MM)",
     )
     bt.add_argument("--pv-forecast-column", default=None, help="a trace column holding an external PV forecast")
-    bt.add_argument("--execution", choices=[e.value for e in Execution], default=d.execution.value)
+    bt.add_argument(
+        "--execution",
+        choices=[e.value for e in Execution],
+        default=d.execution.value,
+        help="how the edge executes the slots (setpoint: the battery power; grid_target: the grid power)",
+    )
     bt.add_argument(
         "--forecast", choices=[f.value for f in Forecast], default=d.forecast.value, help="diagnostics: perfect*"
     )
-    bt.add_argument("--load-model", choices=[m.value for m in LoadModel], default=d.load_model.value)
+    bt.add_argument(
+        "--load-model",
+        choices=[m.value for m in LoadModel],
+        default=d.load_model.value,
+        help="the load forecaster the planner uses",
+    )
     bt.add_argument(
         "--pv-model",
         choices=[m.value for m in PvModel],
@@ -128,7 +138,7 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
     bt.add_argument("--plot", default=None, help="write a PNG of the first --plot-days days")
-    bt.add_argument("--plot-days", type=float, default=7.0)
+    bt.add_argument("--plot-days", type=float, default=7.0, help="days shown in --plot")
     bt.add_argument("--no-oracle", action="store_true", help="skip the perfect-foresight solve")
 
 

@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP endpoint")
     serve.add_argument("--db", default="sqlite+aiosqlite:///zapcloud.sqlite", help="SQLAlchemy async URL")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
     serve.add_argument("--key", default="zapcloud.key", help="cloud Ed25519 signing key file (created if missing)")
     serve.add_argument("--no-planner", action="store_true", help="do not run the planning loop in this worker")
     serve.add_argument(

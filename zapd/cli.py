@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zapd.paths import DEFAULT_CONFIG_PATH
+from zapd.paths import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
     from zapd.config import ZapdConfig
 
 EXIT_BAD_CONFIG = 2
+_STATE_DIR_HELP = f"the config's store.state_dir, where keys/ lives (default {DEFAULT_STATE_DIR})"
 _INSECURE_HELP = "allow plain http:// to a cloud that is not on loopback (telemetry readable on the path)"
 
 
@@ -199,14 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    run.add_argument(
+        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"the config file (default {DEFAULT_CONFIG_PATH})"
+    )
     run.add_argument("--allow-insecure", action="store_true", help=_INSECURE_HELP)
     run.set_defaults(func=cmd_run)
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file without starting anything")
-    check.add_argument("path")
+    check.add_argument("path", help="the config file to check")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     check.add_argument("--allow-insecure", action="store_true", help=_INSECURE_HELP)
     check.set_defaults(func=cmd_config_check)
@@ -217,25 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
         "reset-version",
         help="forget the accepted plan version and cached plans (recovery from a version the cloud cannot exceed)",
     )
-    reset.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    reset.add_argument(
+        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"the config file (default {DEFAULT_CONFIG_PATH})"
+    )
     reset.set_defaults(func=cmd_plan_reset_version)
 
     keygen = sub.add_parser("keygen", help="create the Zap's Ed25519 key pair")
-    keygen.add_argument("--state-dir", default="/var/lib/zapd")
+    keygen.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help=_STATE_DIR_HELP)
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key")
     keygen.set_defaults(func=cmd_keygen)
 
     keys = sub.add_parser("keys", help="key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     show = keys_sub.add_parser("show", help="print the Zap's public key")
-    show.add_argument("--state-dir", default="/var/lib/zapd")
+    show.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help=_STATE_DIR_HELP)
     show.set_defaults(func=cmd_keys_show)
 
     devices = sub.add_parser("devices", help="device tools")
     dev_sub = devices.add_subparsers(dest="devices_command", required=True)
     scan = dev_sub.add_parser("scan", help="list the devices found at the configured endpoints")
-    scan.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
-    scan.add_argument("--json", action="store_true")
+    scan.add_argument(
+        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"the config file (default {DEFAULT_CONFIG_PATH})"
+    )
+    scan.add_argument("--json", action="store_true", help="stable JSON output")
     scan.add_argument(
         "--host", help="H[:PORT]: probe this address (read-only) for SunSpec and each profile, instead of the config"
     )

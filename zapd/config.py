@@ -405,7 +405,7 @@ class HomeAssistantConfig(_Strict):
         le=1440,
         description=(
             "How long a mode chosen in Home Assistant's select holds before zapd returns to `auto` by itself "
-            "(like `zapctl fallback force --minutes`)."
+            "(like `zapctl fallback force --for MINUTES`)."
         ),
     )
 

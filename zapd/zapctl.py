@@ -16,7 +16,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 DEFAULT_SOCKET = "/run/zapd/zapd.sock"
@@ -180,9 +180,34 @@ def _parse_ts(value: object) -> datetime | None:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+# Times shown in the host's zone (TZ, else /etc/localtime), as a technician on site reads a clock;
+# `--utc` for UTC. Every time printed carries its zone's name, so a pasted line is never ambiguous.
+_display_tz: tzinfo | None = None
+
+
+def set_display_zone(*, utc: bool) -> None:
+    global _display_tz
+    _display_tz = UTC if utc else None
+
+
+def _shown(ts: datetime) -> datetime:
+    return ts.astimezone(_display_tz)  # None: the host's zone
+
+
+def zone_name(ts: datetime | None = None) -> str:
+    """`CEST`, `UTC`, or `+0530` for a zone without an abbreviation."""
+    local = _shown(ts or datetime.now(UTC))
+    return local.tzname() or local.strftime("%z")
+
+
 def _clock(value: object) -> str:
     ts = _parse_ts(value)
-    return ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
+    return f"{_shown(ts):%Y-%m-%d %H:%M:%S} {zone_name(ts)}" if ts else "-"
+
+
+def _minute(value: object) -> str:
+    ts = _parse_ts(value)
+    return f"{_shown(ts):%Y-%m-%d %H:%M} {zone_name(ts)}" if ts else "-"
 
 
 def duration(seconds: float | None) -> str:
@@ -341,7 +366,7 @@ def format_plan(d: Json, chart: str = "auto") -> str:
         return head + "\nno slots in the next 24 h"
     rows = [
         (
-            ("> " if s.get("active") else "  ") + _clock(s.get("start"))[:-4] + "Z",
+            ("> " if s.get("active") else "  ") + _minute(s.get("start")),
             s.get("mode"),
             s.get("battery_w"),
             s.get("ev_w"),
@@ -360,7 +385,12 @@ def format_plan(d: Json, chart: str = "auto") -> str:
 
 def _slot_label(s: Json) -> str:
     ts = _parse_ts(s.get("start"))
-    return ts.astimezone(UTC).strftime("%H:%M") if ts else "?"
+    return f"{_shown(ts):%H:%M}" if ts else "?"
+
+
+def _slots_zone(slots: list[Json]) -> str:
+    """The zone the chart's times are in (of its first slot; a DST change inside shows in the labels)."""
+    return zone_name(_parse_ts(slots[0].get("start")) if slots else None)
 
 
 def _battery_kw(s: Json) -> float:
@@ -384,7 +414,7 @@ def _plotext_chart(slots: list[Json]) -> str | None:
         plt.clear_figure()
         plt.theme("clear")
         plt.bar([_slot_label(s) for s in slots], [_battery_kw(s) for s in slots])
-        plt.title("battery setpoint kW (+ charge, - discharge), next 24 h, UTC")
+        plt.title(f"battery setpoint kW (+ charge, - discharge), next 24 h, {_slots_zone(slots)}")
         plt.plotsize(min(shutil.get_terminal_size((100, 24)).columns, 140), 18)
         text = plt.build()
     except Exception:  # any plotext trouble: fall back to our own chart
@@ -407,7 +437,7 @@ def _chart_rows(slots: list[Json], max_rows: int = 48) -> list[tuple[str, float,
     hourly: dict[str, list[tuple[float, str]]] = {}
     for s, (_, kw, note) in zip(slots, rows, strict=True):
         ts = _parse_ts(s.get("start"))
-        key = ts.astimezone(UTC).strftime("%Y-%m-%d %H:00") if ts else "?"
+        key = f"{_shown(ts):%Y-%m-%d %H:00}" if ts else "?"
         hourly.setdefault(key, []).append((kw, note))
     return [
         (key[-5:], sum(kw for kw, _ in vals) / len(vals), "" if any(not n for _, n in vals) else vals[0][1])
@@ -419,7 +449,7 @@ def ascii_chart(slots: list[Json], half_width: int = 24) -> str:
     """One row per slot (or hour), bars left of the axis for discharge and right for charge."""
     rows = _chart_rows(slots)
     peak = max((abs(kw) for _, kw, _ in rows), default=0.0) or 1.0
-    lines = [f"battery kW (+ charge, - discharge), scale ±{peak:.1f} kW, UTC"]
+    lines = [f"battery kW (+ charge, - discharge), scale ±{peak:.1f} kW, {_slots_zone(slots)}"]
     for label, kw, note in rows:
         n = round(abs(kw) / peak * half_width)
         left = ("#" * n if kw < 0 else "").rjust(half_width)
@@ -540,12 +570,15 @@ def cmd_diag(client: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logs(extra: Sequence[str]) -> int:
-    """Hand the terminal to journalctl (exec), so paging, colours and Ctrl-C behave as usual."""
+def cmd_logs(extra: Sequence[str], *, as_json: bool = False) -> int:
+    """Hand the terminal to journalctl (exec), so paging, colours and Ctrl-C behave as usual.
+
+    `--json`: journalctl's own JSON output, one entry (an object) per line, like `zapctl telemetry --json`.
+    """
     journalctl = shutil.which("journalctl")
     if journalctl is None:
         raise ZapctlError("journalctl not found: this host has no systemd journal (zapd logs go to its stderr)")
-    argv = [journalctl, "-u", "zapd", "-n", "200", "--no-pager", *extra]
+    argv = [journalctl, "-u", "zapd", "-n", "200", "--no-pager", *(["--output=json"] if as_json else []), *extra]
     sys.stdout.flush()
     try:
         os.execv(journalctl, argv)
@@ -560,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="stable JSON output")
     common.add_argument(
+        "--utc", action="store_true", default=argparse.SUPPRESS, help="show times in UTC (default: the host's zone)"
+    )
+    common.add_argument(
         "--socket", default=argparse.SUPPRESS, help=f"API socket (default $ZAPD_SOCKET or {DEFAULT_SOCKET})"
     )
 
@@ -572,16 +608,22 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common], help="the current plan: next 24 h as a table and a chart")
     plan.add_argument("--chart", choices=["auto", "ascii", "none"], default="auto", help="auto = plotext if installed")
     tel = sub.add_parser("telemetry", parents=[common], help="recent readings; --follow streams new ones")
-    tel.add_argument("--follow", "-f", action="store_true")
-    tel.add_argument("--limit", type=int, default=50)
+    tel.add_argument("--follow", "-f", action="store_true", help="keep printing new readings as they arrive")
+    tel.add_argument("--limit", type=int, default=50, help="readings to show (default 50)")
     tel.add_argument("--der", help="only this DER id")
     fb = sub.add_parser("fallback", parents=[common], help="fallback rung and history; force or release an override")
-    fb.add_argument("action", nargs="?", choices=["force", "release"])
+    fb.add_argument(
+        "action", nargs="?", choices=["force", "release"], help="force a rung, or release the force (none: show)"
+    )
     fb.add_argument("rung", nargs="?", help="safe_hold or self_consumption (with force)")
     fb.add_argument("--for", dest="minutes", type=float, metavar="MINUTES", help="how long the force lasts")
     fb.add_argument("--reason", default="", help="why (stored in the event log)")
     fb.add_argument("--limit", type=int, default=20, help="transitions to show")
-    sub.add_parser("logs", parents=[common], help="journalctl -u zapd -n 200 (extra arguments pass through)")
+    sub.add_parser(
+        "logs",
+        parents=[common],
+        help="journalctl -u zapd -n 200 (extra arguments pass through; --json: one JSON object per entry)",
+    )
     sub.add_parser("diag", parents=[common], help="support bundle: redacted config, versions, counters, health")
     return parser
 
@@ -592,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "logs":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.json = getattr(args, "json", False)
+    set_display_zone(utc=getattr(args, "utc", False))
     path = getattr(args, "socket", None) or os.environ.get("ZAPD_SOCKET") or DEFAULT_SOCKET
     client = ApiClient(path)
     commands = {
@@ -604,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if args.command == "logs":
-            return cmd_logs(extra)
+            return cmd_logs(extra, as_json=args.json)
         return commands[args.command](client, args)
     except ZapctlError as exc:
         print(f"zapctl: {exc}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +13,14 @@ from zapd import zapctl
 from zapd.zapctl import ascii_chart, duration, format_devices, format_plan, format_status, table
 
 NOW = datetime(2026, 6, 1, 12, 10, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _utc_display() -> Iterator[None]:
+    """These tests read UTC times (`--utc`); the host-zone tests below set their own zone."""
+    zapctl.set_display_zone(utc=True)
+    yield
+    zapctl.set_display_zone(utc=False)
 
 
 def _slots(n: int, minutes: int, start: datetime) -> list[dict[str, Any]]:
@@ -80,7 +90,7 @@ def test_plan_shows_only_the_next_24_hours_and_marks_the_active_slot() -> None:
     out = format_plan(_plan(_slots(30, 60, NOW.replace(hour=11, minute=0))), chart="none")
     rows = [line for line in out.splitlines() if line.startswith(("> ", "  2026"))]
     assert len(rows) == 25  # the running slot plus the next 24 h
-    assert rows[0].startswith("> 2026-06-01 12:00Z")
+    assert rows[0].startswith("> 2026-06-01 12:00 UTC")
 
 
 def test_plan_without_plotext_falls_back_to_ascii(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,7 +121,7 @@ def test_status_and_devices_render_api_payloads() -> None:
         "readings_in": 99,
     }
     out = format_status(status)
-    assert "plan since 2026-06-01 12:05:00Z (5m00s ago)" in out
+    assert "plan since 2026-06-01 12:05:00 UTC (5m00s ago)" in out
     assert "outbox 12 readings" in out and "v3, 96 slots, expires in 2h00m" in out
     devices = {
         "devices": [
@@ -182,3 +192,36 @@ def test_a_bad_reading_shouts_in_devices() -> None:
            "values": {"import_wh": 1234.0}}  # fmt: skip
     lines = format_devices({"devices": [row]}).splitlines()
     assert lines[1].split()[:5] == ["gm.meter", "meter", "0.4s", "BAD", "fresh"]
+
+
+@pytest.fixture
+def amsterdam(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The host's zone as TZ sets it (what /etc/localtime does on a gateway)."""
+    monkeypatch.setenv("TZ", "Europe/Amsterdam")
+    time.tzset()
+    zapctl.set_display_zone(utc=False)
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("amsterdam")
+def test_times_follow_the_host_zone_and_name_it() -> None:
+    # 12:05 UTC on 1 June is 14:05 summer time in Amsterdam (CEST, UTC+2); in January, CET (UTC+1).
+    out = format_status({"site_id": "s1", "fallback": {"rung": "plan", "since": "2026-06-01T12:05:00+00:00"}})
+    assert "plan since 2026-06-01 14:05:00 CEST" in out
+    assert zapctl._clock("2026-01-15T12:00:00Z") == "2026-01-15 13:00:00 CET"
+    plan = format_plan(_plan(_slots(30, 60, NOW.replace(hour=11, minute=0))), chart="ascii")
+    assert "> 2026-06-01 14:00 CEST" in plan
+    assert "scale ±2.0 kW, CEST" in plan
+
+
+@pytest.mark.usefixtures("amsterdam")
+def test_utc_flag_overrides_the_host_zone(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = zapctl.build_parser()
+    for argv in (["--utc", "status"], ["status", "--utc"]):
+        args = parser.parse_args(argv)
+        assert args.utc is True
+    assert zapctl.main(["status", "--utc", "--socket", "/nonexistent/zapd.sock"]) == 1  # no daemon here
+    assert "zapctl:" in capsys.readouterr().err
+    assert zapctl._clock("2026-06-01T12:05:00+00:00") == "2026-06-01 12:05:00 UTC"
