@@ -6,22 +6,21 @@ slot if asked, staying within their power and energy limits given the SoC the pl
 start ("up" = consume more: charge more or discharge less; "down" = consume less). It is per-slot
 flexibility: using it in one slot changes what is left for the next ones.
 
-Demand response (`dispatch_event`): the fleet must lower its net import in a window by `reduction_kw` (the
-mean over the window). Each site is re-solved with an incentive λ per kWh of net import avoided inside
-the window (added to its import and export prices there) for a ladder of λ; that traces each site's
-reduction-versus-extra-cost curve at its real prices, and its lower convex hull gives the marginal cost of
-each further kW. Sites are then allocated greedily, cheapest marginal kW first, until the target is met
-(a convex-hull greedy is optimal for this separable problem up to the ladder's granularity). The chosen
-sites get their λ stored with the event, so every later re-plan keeps it inside the window, and a new plan
-is published right away.
+Demand response (the curves and the allocation here; cloud/fleet_work.py runs them as claimed work): the
+fleet must lower its net import in a window by `reduction_kw` (the mean over the window). Each site is
+re-solved with an incentive λ per kWh of net import avoided inside the window (added to its import and
+export prices there) for a ladder of λ; that traces each site's reduction-versus-extra-cost curve at its
+real prices, and its lower convex hull gives the marginal cost of each further kW. Sites are then
+allocated greedily, cheapest marginal kW first, until the target is met (a convex-hull greedy is optimal
+for this separable problem up to the ladder's granularity). The chosen sites get their λ stored with the
+event, so every later re-plan keeps it inside the window, and the plan solved at that λ is published in
+the same transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -30,14 +29,13 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import structlog
-from nacl.signing import SigningKey
 
 from cloud import store
 from cloud.assets import AssetsError, decode_assets
 from cloud.forecast import FloatArray
 from cloud.optimizer import solve
 from cloud.optimizer_io import Solution
-from cloud.planner import STEP, PlanError, PlannerOptions, Prepared, floor_slot, prepare, publish, true_cost
+from cloud.planner import STEP, PlanError, PlannerOptions, Prepared, floor_slot, plan_flows, to_plan, true_cost
 from cloud.server.db import Database
 from cloud_sync.wire import format_ts
 
@@ -51,8 +49,6 @@ class EventError(ValueError):
     """A demand-response request that cannot be served as asked (422)."""
 
 
-# A claim on a client key whose worker gave no answer for this long is taken over (the request limit is 30 s).
-STALE_CLAIM: Final = timedelta(minutes=2)
 _CLIENT_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -60,52 +56,25 @@ class EventRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start: datetime
     end: datetime
     reduction_kw: float
-    # The caller's idempotency key: a retry with the same key gets the first answer, never a second dispatch.
+    # The caller's idempotency key: a retry with the same key gets the first event, never a second dispatch.
     client_key: str | None = None
 
 
-class EventInProgressError(Exception):
-    """Another request with this client key is being dispatched right now (409, retry later)."""
-
-
-@dataclass(frozen=True, slots=True)
-class EventAnswer:
-    result: dict[str, Any]
-    replayed: bool  # True: the stored answer of an earlier request with the same client key
-
-
-async def submit_event(
-    db: Database,
-    signing_key: SigningKey,
-    request: EventRequest,
-    now: datetime,
-    *,
-    options: PlannerOptions | None = None,
-) -> EventAnswer:
-    """`dispatch_event` at most once per client key (see store.reserve_event); without a key, every time."""
-    key = request.client_key
-    if key is None:
-        return EventAnswer(await dispatch_event(db, signing_key, request, now, options=options), replayed=False)
-    if not _CLIENT_KEY.fullmatch(key):
+def check_event(request: EventRequest, now: datetime) -> None:
+    """What makes an event servable at all (bounds.check_event checks the numbers' ranges)."""
+    start, end = request.start, request.end
+    if start.tzinfo is None or end.tzinfo is None:
+        raise EventError("start and end need a UTC offset")
+    if end <= start or request.reduction_kw <= 0:
+        raise EventError("need start < end and reduction_kw > 0")
+    if end - start > timedelta(hours=MAX_EVENT_HOURS) or end <= now:
+        raise EventError(f"the window must end in the future and last at most {MAX_EVENT_HOURS:g} h")
+    if request.client_key is not None and not _CLIENT_KEY.fullmatch(request.client_key):
         raise EventError("client_key must be 1..64 characters of A-Z a-z 0-9 . _ : -")
-    event_id = uuid.uuid4().hex
-    known = await store.reserve_event(
-        db, event_id, key, request.start, request.end, request.reduction_kw, now, stale_after=STALE_CLAIM
-    )
-    if known is not None:
-        if (known.start, known.end, known.reduction_kw) != (request.start, request.end, request.reduction_kw):
-            raise EventError(f"client_key {key!r} already names event {known.event_id} with other parameters")
-        if known.result is None:
-            raise EventInProgressError(f"event {known.event_id} with this client_key is being dispatched")
-        log.info("fleet_event_replayed", event_id=known.event_id, client_key=key)
-        return EventAnswer(known.result, replayed=True)
-    try:
-        result = await dispatch_event(db, signing_key, request, now, options=options, event_id=event_id)
-    except BaseException:
-        # Shielded: a cancelled request (the 30 s limit) still frees its key for the retry.
-        await asyncio.shield(store.release_event(db, event_id))
-        raise
-    return EventAnswer(result, replayed=False)
+
+
+def window_slots(start: datetime, end: datetime) -> int:
+    return max(1, int((end - start) // STEP))
 
 
 # --- flexibility ----------------------------------------------------------------------------
@@ -176,13 +145,12 @@ async def flexibility(db: Database, now: datetime, slots: int = 96) -> dict[str,
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One point of a site's reduction/cost curve."""
+    """One point of a site's reduction/cost curve; `index` names its candidate plan (SolvedCurve)."""
 
     incentive: float
     reduction_kw: float
     extra_cost: float
-    prepared: Prepared
-    solution: Solution
+    index: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +159,21 @@ class SiteCurve:
     options: list[Option]  # lower convex hull, reduction increasing, starting after (0, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class SolvedCurve:
+    """A site's curve with, per hull point, the plan (unsigned, version 0) and flows to publish if chosen."""
+
+    curve: SiteCurve
+    base_net_kw: float  # the plan without the event: mean net import over the window
+    candidates: list[dict[str, Any]]
+
+
 def _window_mask(prepared: Prepared, start: datetime, end: datetime) -> npt.NDArray[np.bool_]:
     return np.array([start <= s < end for s in prepared.starts], dtype=bool)
+
+
+def in_horizon(prepared: Prepared, start: datetime, end: datetime) -> bool:
+    return bool(_window_mask(prepared, start, end).any())
 
 
 def _net(solution: Solution) -> FloatArray:
@@ -210,24 +191,37 @@ def _with_incentive(prepared: Prepared, mask: npt.NDArray[np.bool_], per_kwh: fl
     return dataclasses.replace(prepared, problem=problem, incentive=incentive)
 
 
-def _site_curve(site_id: str, base: Prepared, start: datetime, end: datetime, window_slots: int) -> SiteCurve:
-    """Solve the site at each incentive of the ladder (blocking: run it in a thread)."""
+def solve_curve(base: Prepared, start: datetime, end: datetime, options: PlannerOptions) -> SolvedCurve:
+    """Solve the site at each incentive of the ladder (blocking: run it in a thread).
+
+    The hull points keep their plan, built now from this solve, so publishing a chosen site needs no
+    second solve: the dispatch is a database transaction (cloud/fleet_work.py).
+    """
+    n_window = window_slots(start, end)
     mask = _window_mask(base, start, end)
-    base_solution = solve(base.problem)
+    base_solution = solve(base.problem, time_limit_s=options.solve_time_limit_s)
     if not base_solution.grid_import_kw:
-        return SiteCurve(site_id, [])
+        raise PlanError(f"optimizer {base_solution.status}: {base_solution.message}")
     base_cost = true_cost(base, base_solution)
     base_net = _net(base_solution)
-    points: list[Option] = []
+    points: list[tuple[Option, Prepared, Solution]] = []
     for lam in INCENTIVE_LADDER:
         variant = _with_incentive(base, mask, lam)
-        sol = solve(variant.problem)
+        sol = solve(variant.problem, time_limit_s=options.solve_time_limit_s)
         if not sol.grid_import_kw:
             continue
         # mean over the whole window; slots past this site's horizon contribute nothing
-        reduction = float(np.sum((base_net - _net(sol))[mask])) / window_slots
-        points.append(Option(lam, reduction, true_cost(variant, sol) - base_cost, variant, sol))
-    return SiteCurve(site_id, _lower_hull(points))
+        reduction = float(np.sum((base_net - _net(sol))[mask])) / n_window
+        points.append((Option(lam, reduction, true_cost(variant, sol) - base_cost, len(points)), variant, sol))
+    hull = _lower_hull([o for o, _, _ in points])
+    candidates: list[dict[str, Any]] = []
+    out: list[Option] = []
+    for i, option in enumerate(hull):
+        _, variant, sol = points[option.index]
+        plan = to_plan(variant, sol, 0, options)
+        candidates.append({"plan": msgspec.to_builtins(plan), "flows": plan_flows(variant, sol)})
+        out.append(dataclasses.replace(option, index=i))
+    return SolvedCurve(SiteCurve(base.site_id, out), float(np.sum(base_net[mask])) / n_window, candidates)
 
 
 def _lower_hull(points: list[Option]) -> list[Option]:
@@ -271,77 +265,6 @@ def allocate(curves: list[SiteCurve], target_kw: float) -> dict[str, Option]:
     return chosen
 
 
-async def dispatch_event(
-    db: Database,
-    signing_key: SigningKey,
-    request: EventRequest,
-    now: datetime,
-    *,
-    options: PlannerOptions | None = None,
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    options = options or PlannerOptions()
-    start, end = request.start, request.end
-    if start.tzinfo is None or end.tzinfo is None:
-        raise EventError("start and end need a UTC offset")
-    if end <= start or request.reduction_kw <= 0:
-        raise EventError("need start < end and reduction_kw > 0")
-    if end - start > timedelta(hours=MAX_EVENT_HOURS) or end <= now:
-        raise EventError(f"the window must end in the future and last at most {MAX_EVENT_HOURS:g} h")
-    window_slots = max(1, int((end - start) // STEP))
-    curves: list[SiteCurve] = []
-    skipped: list[dict[str, str]] = []
-    for site_id in await store.planned_sites(db):
-        try:
-            base = await prepare(db, site_id, now, options)
-        except PlanError as exc:
-            skipped.append({"site_id": site_id, "reason": str(exc)})
-            continue
-        if not _window_mask(base, start, end).any():
-            skipped.append({"site_id": site_id, "reason": "window outside the site's planning horizon"})
-            continue
-        curves.append(await asyncio.to_thread(_site_curve, site_id, base, start, end, window_slots))
-    chosen = allocate(curves, request.reduction_kw)
-    event_id = event_id or uuid.uuid4().hex
-    sites_out: list[dict[str, Any]] = []
-    for site_id, option in sorted(chosen.items()):
-        version = await publish(db, signing_key, option.prepared, option.solution, options)
-        sites_out.append(
-            {
-                "site_id": site_id,
-                "reduction_kw": round(option.reduction_kw, 3),
-                "extra_cost": round(option.extra_cost, 4),
-                "incentive_per_kwh": option.incentive,
-                "plan_version": version,
-            }
-        )
-    met = sum(o.reduction_kw for o in chosen.values())
-    result: dict[str, Any] = {
-        "event_id": event_id,
-        "client_key": request.client_key,
-        "start": format_ts(start),
-        "end": format_ts(end),
-        "requested_kw": request.reduction_kw,
-        "met_kw": round(met, 3),
-        "fully_met": met >= request.reduction_kw - 1e-6,
-        "extra_cost": round(sum(o.extra_cost for o in chosen.values()), 4),
-        "sites": sites_out,
-        "skipped": skipped,
-    }
-    await store.save_event(
-        db,
-        event_id,
-        start,
-        end,
-        request.reduction_kw,
-        now,
-        result,
-        {sid: o.incentive for sid, o in chosen.items()},
-    )
-    log.info("fleet_event", event_id=event_id, requested_kw=request.reduction_kw, met_kw=round(met, 3))
-    return result
-
-
 def decode_event(body: bytes) -> EventRequest:
     try:
         return msgspec.json.decode(body, type=EventRequest)
@@ -351,13 +274,16 @@ def decode_event(body: bytes) -> EventRequest:
 
 __all__ = [
     "INCENTIVE_LADDER",
-    "EventAnswer",
     "EventError",
-    "EventInProgressError",
     "EventRequest",
+    "Option",
+    "SiteCurve",
+    "SolvedCurve",
     "allocate",
+    "check_event",
     "decode_event",
-    "dispatch_event",
     "flexibility",
-    "submit_event",
+    "in_horizon",
+    "solve_curve",
+    "window_slots",
 ]

@@ -18,11 +18,12 @@ spot prices is known arbitrarily far ahead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Final
@@ -470,28 +471,24 @@ async def publish(
             continue
         except WireError as exc:
             raise PlanError(f"plan rejected: {exc}") from None
-        await store.save_flows(
-            db,
-            prepared.site_id,
-            version,
-            prepared.start,
-            STEP,
-            {
-                "import_kw": solution.grid_import_kw,
-                "export_kw": solution.grid_export_kw,
-                "battery_kw": [
-                    c - d for c, d in zip(solution.battery_charge_kw, solution.battery_discharge_kw, strict=True)
-                ],
-                "ev_kw": solution.ev_charge_kw,
-                "soc": solution.soc,
-                "load_kw": prepared.problem.load_kw,
-                "pv_kw": prepared.problem.pv_kw,
-                "import_price": prepared.base_import_price,
-                "export_price": prepared.base_export_price,
-            },
-        )
+        await store.save_flows(db, prepared.site_id, version, prepared.start, STEP, plan_flows(prepared, solution))
         return version
     raise AssertionError("unreachable")
+
+
+def plan_flows(prepared: Prepared, solution: Solution) -> dict[str, list[float]]:
+    """The optimizer's flows stored beside a plan (store.save_flows): what the fleet views read."""
+    return {
+        "import_kw": solution.grid_import_kw,
+        "export_kw": solution.grid_export_kw,
+        "battery_kw": [c - d for c, d in zip(solution.battery_charge_kw, solution.battery_discharge_kw, strict=True)],
+        "ev_kw": solution.ev_charge_kw,
+        "soc": solution.soc,
+        "load_kw": prepared.problem.load_kw,
+        "pv_kw": prepared.problem.pv_kw,
+        "import_price": prepared.base_import_price,
+        "export_price": prepared.base_export_price,
+    }
 
 
 async def record_forecasts(db: Database, prepared: Prepared, options: PlannerOptions) -> None:
@@ -620,9 +617,13 @@ async def run_planner(
     idle_s: float = 5.0,
     price_client: EntsoeClient | None = None,
     price_every: timedelta = timedelta(minutes=30),
+    urgent: Callable[[str, datetime], Awaitable[bool]] | None = None,
+    wake: asyncio.Event | None = None,
 ) -> None:
     """Plan due sites forever. A database outage or a site that fails to plan never ends the loop.
 
+    `urgent(owner, now)` is work that goes before routine planning (demand response, cloud/fleet_work.py):
+    it returns True when it did something. `wake` cuts the idle sleep short (a new event in this worker).
     The only process state is when this worker last asked ENTSO-E: a politeness throttle, not data; with
     several workers each asks at most every `price_every`, and the stored rows are idempotent.
     """
@@ -636,6 +637,8 @@ async def run_planner(
             if price_client is not None and (last_price_fetch is None or now - last_price_fetch >= price_every):
                 last_price_fetch = now
                 await refresh_prices(db, price_client, now)
+            if urgent is not None and await urgent(owner, now):
+                continue
             await store.ensure_jobs(db, now)
             await store.mark_due_on_telemetry(db, now, options.telemetry_min_interval)
             planned = await plan_next(db, signing_key, owner, now, options)
@@ -646,7 +649,12 @@ async def run_planner(
             log.exception("planner_error", error=type(exc).__name__)
             planned = None
         if planned is None:
-            await asyncio.sleep(idle_s)
+            if wake is None:
+                await asyncio.sleep(idle_s)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), idle_s)
+            wake.clear()
 
 
 def price_client_from_env() -> EntsoeClient | None:
@@ -663,6 +671,7 @@ __all__ = [
     "Prepared",
     "absorb_for",
     "floor_slot",
+    "plan_flows",
     "plan_next",
     "plan_site",
     "prepare",

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, Table, and_, func, null, or_, select, update
+from sqlalchemy import Insert, Table, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cloud.prices import PriceSeries
 from cloud.server.db import (
     Database,
     fleet_event_sites,
-    fleet_events,
     forecasts,
     plan_flows,
     plan_jobs,
@@ -373,98 +372,6 @@ async def site_incentives(db: Database, site_id: str, start: datetime, end: date
         return [Incentive(_utc(s), _utc(e), float(p)) for s, e, p in result]
 
 
-@dataclass(frozen=True, slots=True)
-class KnownEvent:
-    """The event a client key already names: its answer, or None while a worker dispatches it."""
-
-    event_id: str
-    start: datetime
-    end: datetime
-    reduction_kw: float
-    result: dict[str, Any] | None
-
-
-async def reserve_event(
-    db: Database,
-    event_id: str,
-    client_key: str,
-    start: datetime,
-    end: datetime,
-    reduction_kw: float,
-    now: datetime,
-    *,
-    stale_after: timedelta,
-) -> KnownEvent | None:
-    """Claim `client_key` for a new event (None: claimed, go ahead), else the event that holds it.
-
-    The unique index on client_key makes the claim atomic across workers. A claim left unanswered for
-    `stale_after` (its worker died mid-dispatch) is taken over, by a conditional UPDATE only one wins.
-    """
-    row = {"event_id": event_id, "client_key": client_key, "start": start, "end": end,
-           "reduction_kw": reduction_kw, "created_at": now, "result": null()}  # fmt: skip
-    # null(): SQL NULL (a JSON column stores Python None as the JSON text 'null', which IS NULL misses)
-    async with db.engine.begin() as conn:
-        if (await conn.execute(_insert_ignore(db, fleet_events).values(**row))).rowcount == 1:
-            return None
-        found = (await conn.execute(select(fleet_events).where(fleet_events.c.client_key == client_key))).first()
-        if found is None:  # the event_id collided (uuid4: never), not the key
-            raise RuntimeError("event id collision")
-        m = found._mapping
-        known = KnownEvent(m["event_id"], _utc(m["start"]), _utc(m["end"]), float(m["reduction_kw"]), m["result"])
-        if known.result is None and _utc(m["created_at"]) < now - stale_after:
-            took = await conn.execute(
-                update(fleet_events)
-                .where(
-                    fleet_events.c.client_key == client_key,
-                    fleet_events.c.result.is_(None),
-                    fleet_events.c.created_at == m["created_at"],
-                )
-                .values(event_id=event_id, start=start, end=end, reduction_kw=reduction_kw, created_at=now)
-            )
-            if took.rowcount == 1:
-                return None
-        return known
-
-
-async def release_event(db: Database, event_id: str) -> None:
-    """Drop an unanswered claim (the dispatch failed), so that a retry dispatches."""
-    async with db.engine.begin() as conn:
-        await conn.execute(
-            fleet_events.delete().where(fleet_events.c.event_id == event_id, fleet_events.c.result.is_(None))
-        )
-
-
-async def save_event(
-    db: Database,
-    event_id: str,
-    start: datetime,
-    end: datetime,
-    reduction_kw: float,
-    now: datetime,
-    result: dict[str, Any],
-    incentives: dict[str, float],
-) -> None:
-    """Store the event's answer and its sites' incentives (filling in its claim, if it has one)."""
-    async with db.engine.begin() as conn:
-        claimed = await conn.execute(
-            update(fleet_events)
-            .where(fleet_events.c.event_id == event_id, fleet_events.c.result.is_(None))
-            .values(result=result)
-        )
-        if claimed.rowcount == 0:
-            await conn.execute(
-                fleet_events.insert().values(
-                    event_id=event_id, start=start, end=end, reduction_kw=reduction_kw, created_at=now, result=result
-                )
-            )
-        rows = [
-            {"event_id": event_id, "site_id": s, "start": start, "end": end, "incentive": p}
-            for s, p in incentives.items()
-        ]
-        if rows:
-            await conn.execute(fleet_event_sites.insert(), rows)
-
-
 async def planned_sites(db: Database) -> list[str]:
     async with db.engine.connect() as conn:
         return [str(s) for s in (await conn.execute(select(plan_jobs.c.site_id))).scalars()]
@@ -472,7 +379,6 @@ async def planned_sites(db: Database) -> list[str]:
 
 __all__ = [
     "Incentive",
-    "KnownEvent",
     "PlanFlows",
     "StoredForecast",
     "claim_site",
@@ -487,9 +393,6 @@ __all__ = [
     "mark_due_on_telemetry",
     "planned_sites",
     "put_spot_prices",
-    "release_event",
-    "reserve_event",
-    "save_event",
     "save_flows",
     "save_forecast",
     "set_forecast_mae",

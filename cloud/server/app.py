@@ -15,8 +15,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hmac
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -116,6 +118,8 @@ class _Context:
     fail_buckets: TokenBuckets
     cpu: asyncio.Semaphore
     max_request_skew_s: float = MAX_REQUEST_SKEW_S
+    # Set by a new demand-response event so this worker's planner loop starts on it at once.
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     @property
     def future_skew(self) -> timedelta:
@@ -182,6 +186,7 @@ def create_app(
         await hub.start()
         planning: asyncio.Task[None] | None = None
         if planner:
+            from cloud.fleet_work import urgent_work
             from cloud.planner import price_client_from_env, run_planner
 
             planning = asyncio.create_task(
@@ -191,6 +196,8 @@ def create_app(
                     clock=ctx.clock,
                     price_client=price_client_from_env(),
                     idle_s=planner_idle_s,
+                    urgent=urgent_work(ctx.db, ctx.signing_key),
+                    wake=ctx.wake,
                 ),
                 name="planner",
             )
@@ -217,6 +224,7 @@ def create_app(
         Route("/v1/prices/{area}", ep("prices_put", _prices_put), methods=["PUT"]),
         Route("/v1/fleet/flexibility", ep("fleet_flexibility", _fleet_flexibility), methods=["GET"]),
         Route("/v1/fleet/events", ep("fleet_event", _fleet_event), methods=["POST"]),
+        Route("/v1/fleet/events/{event_id}", ep("fleet_event_get", _fleet_event_get), methods=["GET"]),
         Route("/v1/sites/{site_id}/forecast-errors", ep("forecast_errors", _forecast_errors), methods=["GET"]),
         Route("/v1/sites/{site_id}/commands", ep("command_post", _command_post), methods=["POST"]),
         Route("/v1/commands/{command_id}", ep("command_get", _command_get), methods=["GET"]),
@@ -529,6 +537,10 @@ async def _plan_get(ctx: _Context, request: Request) -> Response:
     tag = etag(plan.version)
     if if_none_match_hits(request.headers.get("if-none-match"), plan.version):
         return Response(status_code=304, headers={"ETag": tag})
+    from cloud.fleet_work import mark_fetched
+
+    # The Zap now holds this version: a demand-response dispatch at or below it is acknowledged (polling).
+    await mark_fetched(ctx.db, site_id, plan.version, ctx.clock())
     headers = {
         "ETag": tag,
         HEADER_SIGNATURE: plan.signature,
@@ -599,19 +611,44 @@ async def _fleet_flexibility(ctx: _Context, request: Request) -> Response:
 
 
 async def _fleet_event(ctx: _Context, request: Request) -> Response:
-    from cloud.fleet import EventError, EventInProgressError, decode_event, submit_event
+    """Store the event and its per-site work, answer at once (202); the workers do the rest (fleet_work)."""
+    from cloud.fleet import EventError, decode_event
+    from cloud.fleet_work import create_event
 
     _require_admin(ctx, request)
     event = await _admin_body(ctx, request, decode_event)
     try:
         bounds.check_event(event.start, event.reduction_kw, ctx.clock())
-        answer = await submit_event(ctx.db, ctx.signing_key, event, ctx.clock())
+        created = await create_event(ctx.db, event, ctx.clock())
     except (EventError, BoundsError) as exc:
         raise ApiError(422, "malformed", str(exc)) from None
-    except EventInProgressError as exc:
-        raise ApiError(409, "in_progress", str(exc), headers={"Retry-After": "5"}) from None
-    # A retry with the same client_key: the first answer, 200 instead of 201, nothing dispatched again.
-    return _json(answer.result, 200 if answer.replayed else 201)
+    ctx.wake.set()
+    href = f"/v1/fleet/events/{created.event_id}"
+    body = {"event_id": created.event_id, "client_key": event.client_key, "href": href, "replayed": created.replayed}
+    # A retry with the same client_key: the first event (200 instead of 202), nothing made or dispatched again.
+    return _json(body, 200 if created.replayed else 202, headers={"Location": href})
+
+
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+async def _fleet_event_get(ctx: _Context, request: Request) -> Response:
+    from cloud.fleet_status import MAX_DELIVERY_PAGE, event_status
+
+    _require_admin(ctx, request)
+    event_id = request.path_params["event_id"]
+    if not _EVENT_ID.fullmatch(event_id):
+        raise ApiError(404, "unknown_event", "no such event")
+    q = request.query_params
+    delivery = q.get("delivery", "0") in ("1", "true")
+    offset, limit = (q.get("offset", "0"), q.get("limit", "50"))
+    if not (offset.isdigit() and limit.isdigit() and len(offset) <= 7 and 1 <= int(limit[:4]) <= MAX_DELIVERY_PAGE):
+        raise ApiError(422, "malformed", f"offset must be an integer >= 0, limit 1..{MAX_DELIVERY_PAGE}")
+    status = await event_status(ctx.db, event_id, ctx.clock(), delivery=delivery, offset=int(offset),
+                                limit=int(limit))  # fmt: skip
+    if status is None:
+        raise ApiError(404, "unknown_event", "no such event")
+    return _json(status)
 
 
 async def _forecast_errors(ctx: _Context, request: Request) -> Response:

@@ -181,6 +181,10 @@ fleet_events = Table(
     Column("result", JSON, nullable=True),  # None while a worker is dispatching it
     # The caller's idempotency key (migration 0004): a retry with it gets the first answer, never a second dispatch.
     Column("client_key", String(64), nullable=True),
+    # Migration 0005 (cloud/fleet_work.py): "curves" while workers solve the sites, "dispatched" once the
+    # allocation and every chosen site's plan are published (one transaction). NULL: an event from before.
+    Column("status", String(16), nullable=True),
+    Column("dispatched_at", DateTime(timezone=True), nullable=True),
 )
 Index("ux_fleet_events_client_key", fleet_events.c.client_key, unique=True)
 
@@ -194,6 +198,36 @@ fleet_event_sites = Table(
     Column("incentive", Float, nullable=False),  # per kWh of net import avoided in the window
     PrimaryKeyConstraint("event_id", "site_id"),
 )
+
+# One row per (event, site): the demand-response work queue (cloud/fleet_work.py, migration 0005). A worker
+# claims a "pending" row by lease and solves the site's reduction/cost curve ("curved", or "skipped" /
+# "failed" with a reason); the publishing transaction marks the chosen rows "dispatched" with their plan
+# version and the others "unchosen"; the Zap's fetch (or channel acknowledgement) sets acked_at.
+fleet_event_jobs = Table(
+    "fleet_event_jobs",
+    metadata,
+    Column("event_id", String(40), nullable=False),
+    Column("site_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("reason", Text, nullable=True),
+    Column("prior_version", BigInteger, nullable=True),  # the site's latest plan when its curve was solved
+    Column("base_net_kw", Float, nullable=True),  # mean planned net import in the window without the event
+    Column("curve", JSON, nullable=True),  # [{incentive, reduction_kw, extra_cost}], the lower convex hull
+    Column("candidates", LargeBinary, nullable=True),  # gzip JSON: the unsigned plan and flows per curve point
+    Column("incentive", Float, nullable=True),
+    Column("reduction_kw", Float, nullable=True),
+    Column("extra_cost", Float, nullable=True),
+    Column("plan_version", BigInteger, nullable=True),
+    Column("planned_at", DateTime(timezone=True), nullable=True),
+    Column("dispatched_at", DateTime(timezone=True), nullable=True),
+    Column("acked_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("event_id", "site_id"),
+)
+Index("ix_fleet_event_jobs_state", fleet_event_jobs.c.state)
+Index("ix_fleet_event_jobs_site", fleet_event_jobs.c.site_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,18 @@ def wait_plan(srv: Server, site_id: str, key: SigningKey, min_version: int = 1, 
         time.sleep(0.3)
 
 
+def wait_event(srv: Server, href: str, status: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = srv.client.get(href, headers=srv.admin())
+        assert r.status_code == 200, r.text
+        if r.json()["status"] == status:
+            return r.json()
+        if time.monotonic() > deadline:
+            pytest.fail(f"event not {status}: {r.text}\n{srv.log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_planner_loop_plans_and_the_fleet_responds(backend: str, tmp_path: Path) -> None:
     """Two workers on one database: sites registered at one are planned, an event posted at the other."""
@@ -169,24 +181,33 @@ def test_planner_loop_plans_and_the_fleet_responds(backend: str, tmp_path: Path)
         event = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(), "reduction_kw": 1.0,
                  "client_key": f"dr-{backend}-1"}  # fmt: skip
         r = other.client.post("/v1/fleet/events", json=event, headers=other.admin())
-        assert r.status_code == 201, r.text
-        result = r.json()
-        assert result["client_key"] == event["client_key"]
-        # The retry (at the other worker, as after a lost answer) gets the first answer; nothing is re-planned.
-        versions = {sid: wait_plan(srv, sid, key).version for sid, key in keys.items()}
+        assert r.status_code == 202, r.text  # at once: the workers solve and dispatch it
+        created = r.json()
+        assert created["client_key"] == event["client_key"] and not created["replayed"]
+        href = created["href"]
+        assert r.headers["location"] == href == f"/v1/fleet/events/{created['event_id']}"
+        # The retry (at the other worker, as after a lost answer) names the same event; nothing new is made.
         again = srv.client.post("/v1/fleet/events", json=event, headers=srv.admin())
         assert again.status_code == 200, again.text
-        assert again.json() == result
-        assert {sid: wait_plan(srv, sid, key).version for sid, key in keys.items()} == versions
+        assert again.json()["event_id"] == created["event_id"] and again.json()["replayed"]
         reused = srv.client.post("/v1/fleet/events", json={**event, "reduction_kw": 2.0}, headers=srv.admin())
         assert reused.status_code == 422 and "other parameters" in reused.text
+        status = wait_event(srv, href, "dispatched")
+        assert status["progress"]["sites"] == 2 and status["progress"]["planned"] == 2
+        result = status["allocation"]
         assert result["fully_met"] and result["met_kw"] >= 1.0
         assert result["sites"], result
-        chosen = result["sites"][0]
-        plan = wait_plan(srv, chosen["site_id"], keys[chosen["site_id"]], min_version=chosen["plan_version"])
-        in_window = [s for s in plan.slots if start <= s.start < start + timedelta(hours=1)]
-        assert in_window and all(s.intent.grid_import_limit_w is not None for s in in_window)
-        assert max(s.intent.grid_import_limit_w or 0 for s in in_window) < 17000
+        assert status["progress"]["dispatched"] == len(result["sites"])
+        for chosen in result["sites"]:
+            sid = chosen["site_id"]
+            plan = wait_plan(srv, sid, keys[sid], min_version=chosen["plan_version"])  # the Zap's poll
+            in_window = [s for s in plan.slots if start <= s.start < start + timedelta(hours=1)]
+            assert in_window and all(s.intent.grid_import_limit_w is not None for s in in_window)
+            assert max(s.intent.grid_import_limit_w or 0 for s in in_window) < 17000
+        # every chosen site fetched its plan: acknowledged
+        assert wait_event(other, href, "acknowledged")["progress"]["acknowledged"] == len(result["sites"])
+        assert srv.client.get(href).status_code == 401
+        assert srv.client.get("/v1/fleet/events/" + "0" * 32, headers=srv.admin()).status_code == 404
 
         bad = srv.client.post("/v1/fleet/events", json={**event, "reduction_kw": -1}, headers=srv.admin())
         assert bad.status_code == 422

@@ -241,25 +241,3 @@ async def test_failing_site_is_not_hot_looped_by_telemetry(db: Database) -> None
     await ingest(db, "s5", readings(T0, T0 + Q, 1))
     assert await store.mark_due_on_telemetry(db, T0 + timedelta(minutes=1), opts.telemetry_min_interval) == 0
     assert await plan_next(db, SigningKey.generate(), "w", T0 + timedelta(minutes=6), opts) == "s5"  # retry time
-
-
-async def test_a_client_key_is_claimed_by_one_request_of_many(db: Database) -> None:
-    """The idempotency of POST /v1/fleet/events: racing retries, one claim; freed on failure; stale taken over."""
-    end = T0 + timedelta(hours=1)
-    stale = timedelta(minutes=2)
-    claims = await asyncio.gather(
-        *(store.reserve_event(db, f"e{i}", "dso-42", T0, end, 1.0, T0, stale_after=stale) for i in range(6))
-    )
-    assert sum(c is None for c in claims) == 1
-    winner = f"e{claims.index(None)}"
-    assert all(c is not None and c.event_id == winner and c.result is None for c in claims if c is not None)
-    await store.release_event(db, winner)  # its dispatch failed: a retry may go
-    assert await store.reserve_event(db, "r1", "dso-42", T0, end, 1.0, T0, stale_after=stale) is None
-    later = T0 + timedelta(minutes=1)
-    pending = await store.reserve_event(db, "r2", "dso-42", T0, end, 1.0, later, stale_after=stale)
-    assert pending is not None and pending.event_id == "r1"
-    # r1's worker died: after `stale` the claim is taken over, and the answer is stored once under it.
-    assert await store.reserve_event(db, "r3", "dso-42", T0, end, 1.0, T0 + stale * 2, stale_after=stale) is None
-    await store.save_event(db, "r3", T0, end, 1.0, T0, {"event_id": "r3"}, {})
-    done = await store.reserve_event(db, "r4", "dso-42", T0, end, 1.0, T0 + stale * 9, stale_after=stale)
-    assert done is not None and done.result == {"event_id": "r3"}

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from cloud.fleet import Option, SiteCurve, _lower_hull, allocate
 
 
 def opt(r: float, c: float, lam: float = 0.1) -> Option:
-    dummy: Any = None
-    return Option(incentive=lam, reduction_kw=r, extra_cost=c, prepared=dummy, solution=dummy)
+    return Option(incentive=lam, reduction_kw=r, extra_cost=c)
 
 
 def test_hull_drops_dominated_and_non_convex_points() -> None:

@@ -228,6 +228,7 @@ ENDPOINTS: list[Endpoint] = [
     ("POST", "/v1/sites", registration),
     ("PUT", "/v1/prices/{id}", prices),
     ("POST", "/v1/fleet/events", event),
+    ("GET", "/v1/fleet/events/{id}", st.none()),
     ("GET", "/v1/fleet/flexibility", st.none()),
     ("GET", "/v1/sites/{id}/forecast-errors", st.none()),
     ("GET", "/metrics", st.none()),

@@ -1,0 +1,469 @@
+"""Demand response as fleet work: an event is rows in the database that every worker helps to finish.
+
+`POST /v1/fleet/events` only calls `create_event`: one transaction stores the event and one
+`fleet_event_jobs` row per planned site ("pending"), so an event never exists without its work, nor work
+without its event; a retry with the same client key finds the event instead of making a second one.
+
+The workers' planner loops (cloud/planner.py `run_planner`, `urgent=`) then call `work_one` before any
+routine planning. It claims one pending row by a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so workers
+never wait on each other; SQLite: a conditional UPDATE under the database's write lock), solves that
+site's reduction/cost curve with the candidate plan of each curve point (cloud/fleet.py `solve_curve`) and
+stores it ("curved"; "skipped" or "failed" with a reason). A worker that dies mid-site loses its lease and
+another worker takes the row; a row that has cost three leases is given up ("failed").
+
+When no row of the event is pending, one worker publishes it, in ONE transaction: it moves the event from
+"curves" to "dispatched" (a conditional UPDATE, so only one worker can), allocates (greedy over the
+curves), stores the chosen sites' incentives, signs and inserts their plans and flows, and marks their rows
+"dispatched" with the plan version. A crash or timeout rolls all of it back and the event is published
+again whole later; nothing is ever published twice. After the commit, `on_dispatch` hooks tell the sites
+(the channel's "plan vN" notification when connected; otherwise the Zap fetches the plan by polling).
+A site's row is acknowledged when the Zap fetches that plan version or a later one (`mark_fetched`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+import structlog
+from nacl.signing import SigningKey
+from sqlalchemy import Insert, Table, and_, bindparam, exists, func, null, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from cloud import store
+from cloud.fleet import EventError, EventRequest, Option, SiteCurve, allocate, check_event, in_horizon, solve_curve
+from cloud.planner import STEP, PlanError, PlannerOptions, prepare
+from cloud.server.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plan_flows, plan_jobs, plans
+from cloud_sync.wire import check_plan, format_ts, sign_plan
+from zapd.model import Plan
+
+log = structlog.get_logger("zapcloud.fleet")
+
+LEASE: Final = timedelta(seconds=60)  # one site's curve takes well under a second
+MAX_ATTEMPTS: Final = 3
+PUBLISH_TRIES: Final = 3  # a routine plan may take a site's next version meanwhile: try the whole again
+
+J = fleet_event_jobs
+
+# Called after an event's publishing transaction commits, with each dispatched (site_id, plan_version).
+DispatchHook = Callable[[str, list[tuple[str, int]]], Awaitable[None]]
+on_dispatch: list[DispatchHook] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    event_id: str
+    replayed: bool  # True: the client key already named this event; nothing new was made
+
+
+def _insert_ignore(db: Database, table: Table) -> Insert:
+    if db.engine.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+# --- creating ------------------------------------------------------------------------------
+
+
+async def create_event(db: Database, request: EventRequest, now: datetime) -> Created:
+    """Store the event and its per-site work in one transaction (idempotent on the client key)."""
+    check_event(request, now)
+    await store.ensure_jobs(db, now)  # every site with assets has its planning row: those are the fleet
+    event_id = uuid.uuid4().hex
+    row = {
+        "event_id": event_id,
+        "client_key": request.client_key,
+        "start": request.start,
+        "end": request.end,
+        "reduction_kw": request.reduction_kw,
+        "created_at": now,
+        "result": null(),
+        "status": "curves",
+    }
+    async with db.engine.begin() as conn:
+        inserted = await conn.execute(_insert_ignore(db, fleet_events).values(**row))
+        if inserted.rowcount != 1:
+            found = (
+                await conn.execute(
+                    select(
+                        fleet_events.c.event_id, fleet_events.c.start, fleet_events.c.end, fleet_events.c.reduction_kw
+                    ).where(fleet_events.c.client_key == request.client_key)
+                )
+            ).first()
+            if found is None:
+                raise RuntimeError("event id collision")  # uuid4: never
+            if (_utc(found.start), _utc(found.end), float(found.reduction_kw)) != (
+                request.start,
+                request.end,
+                request.reduction_kw,
+            ):
+                raise EventError(
+                    f"client_key {request.client_key!r} already names event {found.event_id} with other parameters"
+                )
+            return Created(str(found.event_id), replayed=True)
+        site_ids = (await conn.execute(select(plan_jobs.c.site_id).order_by(plan_jobs.c.site_id))).scalars().all()
+        if site_ids:
+            await conn.execute(
+                J.insert(), [{"event_id": event_id, "site_id": s, "state": "pending", "attempts": 0} for s in site_ids]
+            )
+    log.info("fleet_event_created", event_id=event_id, sites=len(site_ids), requested_kw=request.reduction_kw)
+    return Created(event_id, replayed=False)
+
+
+# --- claiming and solving ------------------------------------------------------------------
+
+
+def _claimable(now: datetime) -> Any:
+    return and_(J.c.state == "pending", or_(J.c.lease_until.is_(None), J.c.lease_until < now))
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    event_id: str
+    site_id: str
+
+
+async def claim_job(db: Database, owner: str, now: datetime) -> Claimed | None:
+    """Lease one pending (event, site) row to `owner`; a row past its attempts is marked failed instead."""
+    for _ in range(50):
+        async with db.engine.begin() as conn:
+            pick = select(J.c.event_id, J.c.site_id, J.c.attempts).where(_claimable(now)).limit(1)
+            if db.engine.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            found = (await conn.execute(pick)).first()
+            if found is None:
+                return None
+            key = and_(J.c.event_id == found.event_id, J.c.site_id == found.site_id, _claimable(now))
+            if found.attempts >= MAX_ATTEMPTS:
+                reason = f"given up after {MAX_ATTEMPTS} attempts (a worker died on it or it kept failing)"
+                await conn.execute(update(J).where(key).values(state="failed", reason=reason, lease_owner=None))
+                continue
+            took = await conn.execute(
+                update(J).where(key).values(lease_owner=owner, lease_until=now + LEASE, attempts=J.c.attempts + 1)
+            )
+            if took.rowcount == 1:  # SQLite: another worker may have taken it between the SELECT and here
+                return Claimed(str(found.event_id), str(found.site_id))
+    return None
+
+
+async def _finish(db: Database, job: Claimed, owner: str, **values: Any) -> bool:
+    async with db.engine.begin() as conn:
+        done = await conn.execute(
+            update(J)
+            .where(
+                J.c.event_id == job.event_id,
+                J.c.site_id == job.site_id,
+                J.c.state == "pending",
+                J.c.lease_owner == owner,
+            )
+            .values(lease_owner=None, lease_until=None, **values)
+        )
+    return done.rowcount == 1
+
+
+async def _event_request(db: Database, event_id: str) -> EventRequest | None:
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(fleet_events.c.start, fleet_events.c.end, fleet_events.c.reduction_kw).where(
+                    fleet_events.c.event_id == event_id
+                )
+            )
+        ).first()
+    return None if row is None else EventRequest(_utc(row.start), _utc(row.end), float(row.reduction_kw))
+
+
+async def solve_job(db: Database, job: Claimed, owner: str, now: datetime, options: PlannerOptions) -> str:
+    """Solve one claimed site's curve and store it; returns the row's new state."""
+    event = await _event_request(db, job.event_id)
+    if event is None:
+        await _finish(db, job, owner, state="failed", reason="event gone")
+        return "failed"
+    try:
+        base = await prepare(db, job.site_id, now, options)
+        if not in_horizon(base, event.start, event.end):
+            raise PlanError("window outside the site's planning horizon")
+        prior = await db.latest_plan_version(job.site_id)
+        solved = await asyncio.to_thread(solve_curve, base, event.start, event.end, options)
+    except PlanError as exc:
+        await _finish(db, job, owner, state="skipped", reason=str(exc))
+        return "skipped"
+    except SQLAlchemyError:
+        raise  # the lease runs out and another worker retries the row
+    except Exception as exc:  # one site's bad data must not hold the event until its attempts run out
+        log.exception("fleet_curve_crashed", event_id=job.event_id, site_id=job.site_id)
+        await _finish(db, job, owner, state="failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+        return "failed"
+    curve = [
+        {"incentive": o.incentive, "reduction_kw": o.reduction_kw, "extra_cost": o.extra_cost}
+        for o in solved.curve.options
+    ]
+    blob = gzip.compress(msgspec.json.encode(solved.candidates), compresslevel=3)
+    await _finish(
+        db,
+        job,
+        owner,
+        state="curved",
+        curve=curve,
+        candidates=blob,
+        prior_version=prior,
+        base_net_kw=solved.base_net_kw,
+        planned_at=now,
+    )
+    return "curved"
+
+
+# --- publishing ----------------------------------------------------------------------------
+
+
+def _no_pending(event_id: str) -> Any:
+    return ~exists().where(J.c.event_id == event_id, J.c.state == "pending")
+
+
+async def ready_event(db: Database) -> str | None:
+    """An event whose curves are all in but which is not yet published (e.g. its last worker died)."""
+    async with db.engine.connect() as conn:
+        value = (
+            await conn.execute(
+                select(fleet_events.c.event_id)
+                .where(
+                    fleet_events.c.status == "curves",
+                    ~exists().where(J.c.event_id == fleet_events.c.event_id, J.c.state == "pending"),
+                )
+                .limit(1)
+            )
+        ).scalar()
+    return None if value is None else str(value)
+
+
+async def publish_event(
+    db: Database, signing_key: SigningKey, event_id: str, now: datetime, options: PlannerOptions
+) -> bool:
+    """Allocate and publish the event in one transaction; False if it is not ready or already published."""
+    for attempt in range(1, PUBLISH_TRIES + 1):
+        try:
+            dispatched = await _publish_once(db, signing_key, event_id, now, options)
+        except IntegrityError:
+            # a routine plan took one of the versions meanwhile: everything rolled back, try it all again
+            if attempt == PUBLISH_TRIES:
+                raise
+            continue
+        if dispatched is None:
+            return False
+        for hook in on_dispatch:
+            try:
+                await hook(event_id, dispatched)
+            except Exception:  # a notification failing leaves the Zaps to poll; the event is published
+                log.exception("fleet_dispatch_hook_failed", event_id=event_id)
+        return True
+    return False
+
+
+async def _publish_once(
+    db: Database, signing_key: SigningKey, event_id: str, now: datetime, options: PlannerOptions
+) -> list[tuple[str, int]] | None:
+    async with db.engine.begin() as conn:
+        took = await conn.execute(
+            update(fleet_events)
+            .where(fleet_events.c.event_id == event_id, fleet_events.c.status == "curves", _no_pending(event_id))
+            .values(status="dispatched", dispatched_at=now)
+        )
+        if took.rowcount != 1:
+            return None
+        event = (await conn.execute(select(fleet_events).where(fleet_events.c.event_id == event_id))).one()
+        start, end, target = _utc(event.start), _utc(event.end), float(event.reduction_kw)
+        curved = (
+            await conn.execute(select(J.c.site_id, J.c.curve).where(J.c.event_id == event_id, J.c.state == "curved"))
+        ).all()
+        curves = [
+            SiteCurve(
+                str(s), [Option(p["incentive"], p["reduction_kw"], p["extra_cost"], i) for i, p in enumerate(c or [])]
+            )
+            for s, c in curved
+        ]
+        chosen = allocate(curves, target)
+        latest = dict(
+            (
+                await conn.execute(
+                    select(plans.c.site_id, func.max(plans.c.version))
+                    .join(J, and_(J.c.site_id == plans.c.site_id, J.c.event_id == event_id, J.c.state == "curved"))
+                    .group_by(plans.c.site_id)
+                )
+            ).all()
+        )
+        blobs = (
+            dict(
+                (
+                    await conn.execute(
+                        select(J.c.site_id, J.c.candidates).where(
+                            J.c.event_id == event_id, J.c.site_id.in_(list(chosen))
+                        )
+                    )
+                ).all()
+            )
+            if chosen
+            else {}
+        )
+        plan_rows: list[dict[str, Any]] = []
+        flow_rows: list[dict[str, Any]] = []
+        job_rows: list[dict[str, Any]] = []
+        sites_out: list[dict[str, Any]] = []
+        for site_id, option in sorted(chosen.items()):
+            candidate = msgspec.json.decode(gzip.decompress(blobs[site_id]))[option.index]
+            version = int(latest.get(site_id) or 0) + 1
+            plan = msgspec.structs.replace(msgspec.convert(candidate["plan"], Plan), version=version, issued_at=now)
+            plan = msgspec.structs.replace(plan, valid_until=min(plan.valid_until, now + options.plan_valid_for))
+            check_plan(plan)
+            signed = sign_plan(signing_key, plan)
+            plan_rows.append(
+                {
+                    "site_id": site_id,
+                    "version": version,
+                    "body": signed.body,
+                    "signature": signed.signature,
+                    "issued_at": now,
+                    "valid_until": plan.valid_until,
+                }
+            )
+            flows = {k: [round(x, 4) for x in v] for k, v in candidate["flows"].items()}
+            flow_rows.append(
+                {
+                    "site_id": site_id,
+                    "version": version,
+                    "start": plan.slots[0].start,
+                    "step_s": int(STEP.total_seconds()),
+                    "flows": flows,
+                }
+            )
+            job_rows.append(
+                {
+                    "k_site": site_id,
+                    "incentive": option.incentive,
+                    "reduction_kw": option.reduction_kw,
+                    "extra_cost": option.extra_cost,
+                    "plan_version": version,
+                }
+            )
+            sites_out.append(
+                {
+                    "site_id": site_id,
+                    "reduction_kw": round(option.reduction_kw, 3),
+                    "extra_cost": round(option.extra_cost, 4),
+                    "incentive_per_kwh": option.incentive,
+                    "plan_version": version,
+                }
+            )
+        if chosen:
+            await conn.execute(plans.insert(), plan_rows)
+            await conn.execute(plan_flows.insert(), flow_rows)
+            await conn.execute(
+                fleet_event_sites.insert(),
+                [
+                    {"event_id": event_id, "site_id": s, "start": start, "end": end, "incentive": o.incentive}
+                    for s, o in chosen.items()
+                ],
+            )
+            await conn.execute(
+                update(J)
+                .where(J.c.event_id == event_id, J.c.site_id == bindparam("k_site"))
+                .values(
+                    state="dispatched",
+                    dispatched_at=now,
+                    candidates=None,
+                    incentive=bindparam("incentive"),
+                    reduction_kw=bindparam("reduction_kw"),
+                    extra_cost=bindparam("extra_cost"),
+                    plan_version=bindparam("plan_version"),
+                ),
+                job_rows,
+            )
+        await conn.execute(
+            update(J).where(J.c.event_id == event_id, J.c.state == "curved").values(state="unchosen", candidates=None)
+        )
+        met = sum(o.reduction_kw for o in chosen.values())
+        result = {
+            "event_id": event_id,
+            "client_key": event.client_key,
+            "start": format_ts(start),
+            "end": format_ts(end),
+            "requested_kw": target,
+            "met_kw": round(met, 3),
+            "fully_met": met >= target - 1e-6,
+            "extra_cost": round(sum(o.extra_cost for o in chosen.values()), 4),
+            "sites": sites_out,
+        }
+        await conn.execute(update(fleet_events).where(fleet_events.c.event_id == event_id).values(result=result))
+    log.info("fleet_event_dispatched", event_id=event_id, sites=len(chosen), requested_kw=target, met_kw=round(met, 3))
+    return [(s["site_id"], s["plan_version"]) for s in sites_out]
+
+
+# --- the worker's turn ---------------------------------------------------------------------
+
+
+async def work_one(db: Database, signing_key: SigningKey, owner: str, now: datetime, options: PlannerOptions) -> bool:
+    """One step of demand-response work, if there is any: a site's curve, or publishing a ready event."""
+    job = await claim_job(db, owner, now)
+    if job is not None:
+        await solve_job(db, job, owner, now, options)
+        await publish_event(db, signing_key, job.event_id, now, options)  # a no-op until its last curve
+        return True
+    ready = await ready_event(db)
+    if ready is not None:
+        return await publish_event(db, signing_key, ready, now, options)
+    return False
+
+
+def urgent_work(
+    db: Database, signing_key: SigningKey, options: PlannerOptions | None = None
+) -> Callable[[str, datetime], Awaitable[bool]]:
+    """`work_one` in the shape `run_planner(urgent=...)` takes."""
+    opts = options or PlannerOptions()
+
+    async def urgent(owner: str, now: datetime) -> bool:
+        return await work_one(db, signing_key, owner, now, opts)
+
+    return urgent
+
+
+# --- acknowledgements ----------------------------------------------------------------------
+
+
+async def mark_fetched(db: Database, site_id: str, version: int, now: datetime) -> int:
+    """The Zap fetched plan `version`: every dispatched row of the site at or below it is acknowledged."""
+    async with db.engine.begin() as conn:
+        result = await conn.execute(
+            update(J)
+            .where(
+                J.c.site_id == site_id, J.c.state == "dispatched", J.c.acked_at.is_(None), J.c.plan_version <= version
+            )
+            .values(acked_at=now)
+        )
+    return int(result.rowcount or 0)
+
+
+__all__ = [
+    "LEASE",
+    "MAX_ATTEMPTS",
+    "Claimed",
+    "Created",
+    "claim_job",
+    "create_event",
+    "mark_fetched",
+    "on_dispatch",
+    "publish_event",
+    "ready_event",
+    "solve_job",
+    "urgent_work",
+    "work_one",
+]
