@@ -25,10 +25,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import case, func, or_, select
 
 from cloud.assets import AssetsError, decode_assets
 from cloud.planner import STEP, floor_slot
+from cloud.server.channel_hub import channel_sites
 from cloud.server.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plan_flows
 from cloud.site_series import load_series
 from cloud_sync.wire import format_ts
@@ -53,10 +54,13 @@ async def event_status(
         event = (await conn.execute(select(fleet_events).where(fleet_events.c.event_id == event_id))).first()
         if event is None:
             return None
+        # acknowledged: the Zap fetched the plan (polling) or said over its channel that it took it
+        took = or_(J.c.acked_at.is_not(None), channel_sites.c.plan_version >= J.c.plan_version)
         counts = {
-            str(s): (int(n), int(a))
+            str(s): (int(n), int(a or 0))
             for s, n, a in await conn.execute(
-                select(J.c.state, func.count(), func.count(J.c.acked_at))
+                select(J.c.state, func.count(), func.sum(case((took, 1), else_=0)))
+                .select_from(J.outerjoin(channel_sites, channel_sites.c.site_id == J.c.site_id))
                 .where(J.c.event_id == event_id)
                 .group_by(J.c.state)
             )
@@ -66,7 +70,7 @@ async def event_status(
     total = sum(n.values())
     dispatched = n.get("dispatched", 0)
     acked = counts.get("dispatched", (0, 0))[1]
-    status = event.status or "dispatched"  # an event from before migration 0005 was dispatched in its request
+    status = event.status or "dispatched"  # an event from before migration 0006 was dispatched in its request
     if status == "dispatched" and dispatched and acked == dispatched:
         status = "acknowledged"
     out: dict[str, Any] = {

@@ -15,9 +15,10 @@ When no row of the event is pending, one worker publishes it, in ONE transaction
 "curves" to "dispatched" (a conditional UPDATE, so only one worker can), allocates (greedy over the
 curves), stores the chosen sites' incentives, signs and inserts their plans and flows, and marks their rows
 "dispatched" with the plan version. A crash or timeout rolls all of it back and the event is published
-again whole later; nothing is ever published twice. After the commit, `on_dispatch` hooks tell the sites
-(the channel's "plan vN" notification when connected; otherwise the Zap fetches the plan by polling).
-A site's row is acknowledged when the Zap fetches that plan version or a later one (`mark_fetched`).
+again whole later; nothing is ever published twice. After the commit each chosen site is told "plan vN"
+over its channel (cloud/server/channel_hub.py `notify_plan`, from any worker); a Zap without a channel
+finds the plan on its next poll. A site's dispatch is acknowledged when its Zap fetched that plan version
+or a later one (`mark_fetched`) or said over the channel that it took it (`channel_sites.plan_version`).
 """
 
 from __future__ import annotations
@@ -51,10 +52,6 @@ MAX_ATTEMPTS: Final = 3
 PUBLISH_TRIES: Final = 3  # a routine plan may take a site's next version meanwhile: try the whole again
 
 J = fleet_event_jobs
-
-# Called after an event's publishing transaction commits, with each dispatched (site_id, plan_version).
-DispatchHook = Callable[[str, list[tuple[str, int]]], Awaitable[None]]
-on_dispatch: list[DispatchHook] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,13 +258,25 @@ async def publish_event(
             continue
         if dispatched is None:
             return False
-        for hook in on_dispatch:
-            try:
-                await hook(event_id, dispatched)
-            except Exception:  # a notification failing leaves the Zaps to poll; the event is published
-                log.exception("fleet_dispatch_hook_failed", event_id=event_id)
+        await _notify(db, event_id, dispatched)
         return True
     return False
+
+
+async def _notify(db: Database, event_id: str, dispatched: list[tuple[str, int]]) -> None:
+    """ "Plan vN" to each dispatched site over its channel (cloud/server/channel_hub.py), wherever it is held.
+
+    After the commit: a Zap told of a plan must find it stored. A doorbell lost here only makes the Zap
+    find the plan on its next poll; the event is published either way.
+    """
+    from cloud.server.channel_hub import notify_plan
+
+    for site_id, version in dispatched:
+        try:
+            await notify_plan(db, site_id, version)
+        except SQLAlchemyError:
+            log.warning("fleet_notify_failed", event_id=event_id, site_id=site_id)
+            return
 
 
 async def _publish_once(
@@ -460,7 +469,6 @@ __all__ = [
     "claim_job",
     "create_event",
     "mark_fetched",
-    "on_dispatch",
     "publish_event",
     "ready_event",
     "solve_job",

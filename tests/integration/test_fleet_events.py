@@ -20,6 +20,7 @@ from cloud.fleet import EventError, EventRequest
 from cloud.fleet_status import event_status
 from cloud.fleet_work import LEASE, claim_job, create_event, mark_fetched, publish_event, work_one
 from cloud.planner import PlannerOptions
+from cloud.server.channel_hub import channel_sites
 from cloud.server.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plans
 from cloud.server.service import register_site
 from cloud_sync.keys import public_key_b64
@@ -245,6 +246,14 @@ async def test_acknowledgement_and_delivery_against_both_baselines(db: Database)
     assert await mark_fetched(db, chosen[0], version, T0) == 1
     status = await event_status(db, event_id, T0)
     assert status is not None and status["progress"]["acknowledged"] == 1
+    # the other site says over its channel that it took the plan (a PlanAck, cloud/server/channel_hub.py)
+    other = next(s for s in chosen if s != chosen[0])
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            channel_sites.insert().values(site_id=other, plan_version=rows[other]["plan_version"], plan_applied_at=T0)
+        )
+    status = await event_status(db, event_id, T0)
+    assert status is not None and status["progress"]["acknowledged"] == 2 and status["status"] == "acknowledged"
     assert sid in chosen
     # the window happens: 0.4 kW measured throughout
     await ingest_lost(db, sid, _window_readings(WINDOW.start.replace(minute=0), 1, seq, 0.4))

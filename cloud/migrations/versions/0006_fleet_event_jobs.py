@@ -1,8 +1,8 @@
 """Demand response as fleet work (cloud/fleet_work.py): one queue row per (event, site) that the workers
 claim, and the event's status and dispatch time.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from cloud.server.migrate import create_index_if_missing, create_table_if_missing
 
-revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0004"
+revision: str = "0006"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
