@@ -71,6 +71,7 @@ log = structlog.get_logger("zapcloud.planner")
 STEP: Final = timedelta(minutes=15)
 SLOTS_PER_DAY: Final = 96
 ENTSOE_TOKEN_ENV: Final = "ZAPCLOUD_ENTSOE_TOKEN"
+ENTSOE_SOURCE: Final = "ENTSO-E Transparency A44 day-ahead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,7 +601,7 @@ async def refresh_prices(db: Database, client: EntsoeClient, now: datetime) -> N
         except PriceSourceError as exc:
             log.warning("prices_fetch_failed", area=area, error=str(exc))
             continue
-        stored = await store.put_spot_prices(db, area, series, now)
+        stored = await store.put_spot_prices(db, area, series, now, source=ENTSOE_SOURCE)
         log.info("prices_stored", area=area, rows=stored, until=series.known_until().isoformat())
 
 

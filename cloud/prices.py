@@ -20,6 +20,7 @@ The XML is parsed with the standard library's expat-based parser, which refuses 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -54,6 +55,8 @@ class PriceSeries:
     start: datetime
     step: timedelta
     values: tuple[float, ...]
+    # When the source published them (ENTSO-E: the document's createdDateTime); None if it does not say.
+    published_at: datetime | None = None
 
     @property
     def end(self) -> datetime:
@@ -208,7 +211,9 @@ def parse_entsoe(document: bytes) -> PriceSeries:
             by_minutes.setdefault(int(series.step.total_seconds() // 60), []).append(series)
     if not by_minutes:
         raise NoPriceData("ENTSO-E document has no TimeSeries")
-    return merge(by_minutes[min(by_minutes)])
+    created = root.findtext("{*}createdDateTime")
+    published = _parse_ts(created.strip()) if created else None
+    return dataclasses.replace(merge(by_minutes[min(by_minutes)]), published_at=published)
 
 
 def _parse_period(period: ET.Element, scale: float, *, repeat_gaps: bool) -> PriceSeries:

@@ -166,9 +166,15 @@ async def job_state(db: Database, site_id: str) -> dict[str, Any] | None:
 # --- spot prices --------------------------------------------------------------------------
 
 
-async def put_spot_prices(db: Database, area: str, series: PriceSeries, now: datetime) -> int:
-    """Store prices (per kWh) at 15-minute rows and make the area's sites due for a re-plan."""
+async def put_spot_prices(
+    db: Database, area: str, series: PriceSeries, now: datetime, *, source: str = "operator upload"
+) -> int:
+    """Store prices (per kWh) at 15-minute rows and make the area's sites due for a re-plan.
+
+    Each row records its `source` and when the source published it (`series.published_at`, else now).
+    """
     rows: list[dict[str, Any]] = []
+    published = series.published_at or now
     per = max(1, int(series.step // QUARTER))
     if series.step < QUARTER or series.step % QUARTER:
         raise ValueError(f"price step {series.step} is not a multiple of 15 minutes")
@@ -177,10 +183,11 @@ async def put_spot_prices(db: Database, area: str, series: PriceSeries, now: dat
             continue
         for q in range(per):
             start = series.start + series.step * i + QUARTER * q
-            rows.append({"area": area, "start": start, "price": v, "fetched_at": now})
+            rows.append({"area": area, "start": start, "price": v, "fetched_at": now, "source": source,
+                         "published_at": published})  # fmt: skip
     if not rows:
         return 0
-    stmt = _upsert(db, spot_prices, ["area", "start"], ["price", "fetched_at"])
+    stmt = _upsert(db, spot_prices, ["area", "start"], ["price", "fetched_at", "source", "published_at"])
     async with db.engine.begin() as conn:
         await conn.execute(stmt, rows)
         tariffs = (await conn.execute(select(sites.c.site_id, sites.c.tariff))).all()

@@ -207,8 +207,11 @@ class PriceSeries:
     area: str
     resolution: PriceResolution
     unit: str
-    published_at: datetime | None = strawberry.field(description="latest time the cloud stored these prices")
-    source: str
+    published_at: datetime | None = strawberry.field(
+        description="when the source published these prices (the latest, if several); for prices stored "
+        "before sources were recorded, when the cloud stored them"
+    )
+    source: str = strawberry.field(description="who published them: ENTSO-E, or the operator's upload's source")
     points: list[PricePoint]
 
 
@@ -234,12 +237,20 @@ async def price_series(
     async with asyncio.timeout(QUERY_TIMEOUT_S), db.engine.connect() as conn:
         rows = (
             await conn.execute(
-                select(spot_prices.c.start, spot_prices.c.price, spot_prices.c.fetched_at)
+                select(
+                    spot_prices.c.start,
+                    spot_prices.c.price,
+                    spot_prices.c.fetched_at,
+                    spot_prices.c.source,
+                    spot_prices.c.published_at,
+                )
                 .where(spot_prices.c.area == area, spot_prices.c.start >= start, spot_prices.c.start < end)
                 .order_by(spot_prices.c.start)
             )
         ).all()
-    published = max((_utc(r.fetched_at) for r in rows), default=None)
+    # rows stored before migration 0007 know only when the cloud stored them
+    published = max((_utc(r.published_at or r.fetched_at) for r in rows), default=None)
+    sources = sorted({r.source for r in rows if r.source})
     pts = [PricePoint(start=_utc(r.start), price=float(r.price)) for r in rows]
     if resolution is PriceResolution.MIN60:
         hours: dict[datetime, list[float]] = {}
@@ -251,7 +262,7 @@ async def price_series(
         resolution=resolution,
         unit="per kWh",
         published_at=published,
-        source="day-ahead spot (ENTSO-E or operator upload)",
+        source=", ".join(sources) if sources else "day-ahead spot (ENTSO-E or operator upload)",
         points=pts,
     )
 

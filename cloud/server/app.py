@@ -575,6 +575,9 @@ class _PriceUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start: datetime
     step_minutes: int
     prices: list[float]  # per kWh
+    # Who published the prices and when (returned by GET /v1/prices/{area}); default: this upload, now.
+    source: str = "operator upload"
+    published_at: datetime | None = None
 
 
 def _decode_prices(body: bytes) -> _PriceUpload:
@@ -595,8 +598,12 @@ async def _prices_put(ctx: _Context, request: Request) -> Response:
         bounds.check_prices(area, up.start, up.step_minutes, up.prices, ctx.clock())
     except BoundsError as exc:
         raise ApiError(422, "malformed", str(exc)) from None
-    series = PriceSeries(up.start, timedelta(minutes=up.step_minutes), tuple(up.prices))
-    rows = await put_spot_prices(ctx.db, area, series, ctx.clock())
+    try:
+        bounds.check_price_source(up.source, up.published_at, ctx.clock())
+    except BoundsError as exc:
+        raise ApiError(422, "malformed", str(exc)) from None
+    series = PriceSeries(up.start, timedelta(minutes=up.step_minutes), tuple(up.prices), up.published_at)
+    rows = await put_spot_prices(ctx.db, area, series, ctx.clock(), source=up.source)
     return _json({"area": area, "rows": rows})
 
 

@@ -111,6 +111,19 @@ def check_plan_publish(plan: Plan, now: datetime, latest_version: int | None, fu
         )
 
 
+SOURCE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/()-]{0,63}$")
+
+
+def check_price_source(source: str, published_at: datetime | None, now: datetime) -> None:
+    """A price upload's source (1-64 plain characters) and publication time (aware, not in the future)."""
+    if not SOURCE_RE.match(source):
+        raise BoundsError(f"bad source {source[:70]!r}: 1-64 of A-Z a-z 0-9 space . _ : / ( ) -")
+    if published_at is not None and (
+        published_at.tzinfo is None or not PRICE_EARLIEST <= published_at <= now + timedelta(minutes=5)
+    ):
+        raise BoundsError("published_at needs a UTC offset and must lie between 2000-01-01 and now")
+
+
 def check_prices(area: str, start: datetime, step_minutes: int, prices: list[float], now: datetime) -> None:
     """Checked in an order that never computes a time past year 9999."""
     if not AREA_RE.match(area):

@@ -139,6 +139,9 @@ spot_prices = Table(
     Column("start", DateTime(timezone=True), nullable=False),
     Column("price", Float, nullable=False),
     Column("fetched_at", DateTime(timezone=True), nullable=False),
+    # Where the price came from and when its source published it (migration 0007); NULL before that.
+    Column("source", String(64), nullable=True),
+    Column("published_at", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("area", "start"),
 )
 

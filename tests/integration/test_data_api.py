@@ -34,6 +34,8 @@ from zapd.model import DerCapabilities, DerKind
 REDIRECT = "http://127.0.0.1:9/callback"
 PASSWORD = "correct horse battery"
 DAY = datetime(2026, 3, 2, tzinfo=UTC)
+PRICE_SOURCE = "EPEX SPOT via operator"
+PRICE_PUBLISHED = DAY - timedelta(hours=11, minutes=13)
 SCOPES = ("site:read", "telemetry:read", "telemetry:live", "prices:read", "plans:read")
 
 
@@ -110,7 +112,13 @@ def _setup(cloud: Cloud) -> World:
     prices = [0.10 + 0.01 * h for h in range(24)]
     r = c.put(
         "/v1/prices/10YNL----------L",
-        json={"start": DAY.isoformat(), "step_minutes": 60, "prices": prices},
+        json={
+            "start": DAY.isoformat(),
+            "step_minutes": 60,
+            "prices": prices,
+            "source": PRICE_SOURCE,
+            "published_at": PRICE_PUBLISHED.isoformat(),
+        },
         headers=_admin(cloud),
     )
     assert r.status_code == 200, r.text
@@ -450,7 +458,19 @@ def test_rest_prices(world: World, scoped_tokens: dict[str, str]) -> None:
     r = c.get(url, params=params, headers=auth)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["resolution_minutes"] == 15 and len(body["prices"]) == 12 and body["published_at"]
+    assert body["resolution_minutes"] == 15 and len(body["prices"]) == 12
+    # the source and publication time the operator's upload declared, not when the cloud stored them
+    assert body["source"] == PRICE_SOURCE
+    assert datetime.fromisoformat(body["published_at"]) == PRICE_PUBLISHED
+    q = f'{{ prices(area: "10YNL----------L", from: "{FROM}", to: "{TO}") {{ source publishedAt }} }}'
+    got = _gql(world.cloud, scoped_tokens["prices:read"], q).json()["data"]["prices"]
+    assert got["source"] == PRICE_SOURCE and datetime.fromisoformat(got["publishedAt"]) == PRICE_PUBLISHED
+    bad = c.put(
+        "/v1/prices/10YNL----------L",
+        json={"start": DAY.isoformat(), "step_minutes": 60, "prices": [0.1], "source": "x\n<script>"},
+        headers=_admin(world.cloud),
+    )
+    assert bad.status_code == 422, bad.text
     assert [p["price"] for p in body["prices"][:5]] == pytest.approx([0.10, 0.10, 0.10, 0.10, 0.11])
     r = c.get(url, params={**params, "resolution": "60"}, headers=auth)
     assert [p["price"] for p in r.json()["prices"]] == pytest.approx([0.10, 0.11, 0.12])

@@ -36,6 +36,12 @@ def test_pt60m_a01_two_timeseries_become_one_series() -> None:
     assert s.values[0] == pytest.approx(first / 1000)
 
 
+def test_the_documents_creation_time_is_the_publication_time() -> None:
+    """The header's createdDateTime (2023-03-15T11:02:41Z in the document), minutes and seconds kept."""
+    s = parse_entsoe((FIX / "nl_a44_pt60m_a01_2023-03-15.xml").read_bytes())
+    assert s.published_at == datetime(2023, 3, 15, 11, 2, 41, tzinfo=UTC)
+
+
 def test_a03_missing_positions_repeat_the_previous_price() -> None:
     s = parse_entsoe((FIX / "de_lu_a44_pt60m_a03_2024-05-12.xml").read_bytes())
     expected_mwh = [62.1, 55.4, 50.0, 48.9, 48.9, 48.9, 52.3, 40.1, 10.5, -0.01, -5.2, -12.4, -14.9, -14.9,
