@@ -18,7 +18,7 @@ curves), stores the chosen sites' incentives, signs and inserts their plans and 
 again whole later; nothing is ever published twice. After the commit each chosen site is told "plan vN"
 over its channel (cloud/server/channel_hub.py `notify_plan`, from any worker); a Zap without a channel
 finds the plan on its next poll. A site's dispatch is acknowledged when its Zap fetched that plan version
-or a later one (`mark_fetched`) or said over the channel that it took it (`channel_sites.plan_version`).
+or a later one (cloud/fleet_acks.py) or said over the channel that it took it (`channel_sites.plan_version`).
 """
 
 from __future__ import annotations
@@ -445,22 +445,6 @@ def urgent_work(
     return urgent
 
 
-# --- acknowledgements ----------------------------------------------------------------------
-
-
-async def mark_fetched(db: Database, site_id: str, version: int, now: datetime) -> int:
-    """The Zap fetched plan `version`: every dispatched row of the site at or below it is acknowledged."""
-    async with db.engine.begin() as conn:
-        result = await conn.execute(
-            update(J)
-            .where(
-                J.c.site_id == site_id, J.c.state == "dispatched", J.c.acked_at.is_(None), J.c.plan_version <= version
-            )
-            .values(acked_at=now)
-        )
-    return int(result.rowcount or 0)
-
-
 __all__ = [
     "LEASE",
     "MAX_ATTEMPTS",
@@ -468,7 +452,6 @@ __all__ = [
     "Created",
     "claim_job",
     "create_event",
-    "mark_fetched",
     "publish_event",
     "ready_event",
     "solve_job",

@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from cloud.fleet_acks import mark_fetched
 from cloud.server import bounds
 from cloud.server.auth import BearerTokens, check_token
 from cloud.server.bounds import BoundsError
@@ -537,8 +538,6 @@ async def _plan_get(ctx: _Context, request: Request) -> Response:
     tag = etag(plan.version)
     if if_none_match_hits(request.headers.get("if-none-match"), plan.version):
         return Response(status_code=304, headers={"ETag": tag})
-    from cloud.fleet_work import mark_fetched
-
     # The Zap now holds this version: a demand-response dispatch at or below it is acknowledged (polling).
     await mark_fetched(ctx.db, site_id, plan.version, ctx.clock())
     headers = {

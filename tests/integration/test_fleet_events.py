@@ -17,8 +17,9 @@ from sqlalchemy import func, select
 
 from cloud import fleet_work
 from cloud.fleet import EventError, EventRequest
+from cloud.fleet_acks import mark_fetched
 from cloud.fleet_status import event_status
-from cloud.fleet_work import LEASE, claim_job, create_event, mark_fetched, publish_event, work_one
+from cloud.fleet_work import LEASE, claim_job, create_event, publish_event, work_one
 from cloud.planner import PlannerOptions
 from cloud.server.channel_hub import channel_sites
 from cloud.server.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plans
