@@ -70,7 +70,7 @@ async def event_status(
     total = sum(n.values())
     dispatched = n.get("dispatched", 0)
     acked = counts.get("dispatched", (0, 0))[1]
-    status = event.status or "dispatched"  # an event from before migration 0006 was dispatched in its request
+    status = event.status or "dispatched"  # an event from before migration 0007 was dispatched in its request
     if status == "dispatched" and dispatched and acked == dispatched:
         status = "acknowledged"
     out: dict[str, Any] = {

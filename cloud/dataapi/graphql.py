@@ -248,7 +248,7 @@ async def price_series(
                 .order_by(spot_prices.c.start)
             )
         ).all()
-    # rows stored before migration 0007 know only when the cloud stored them
+    # rows stored before migration 0008 know only when the cloud stored them
     published = max((_utc(r.published_at or r.fetched_at) for r in rows), default=None)
     sources = sorted({r.source for r in rows if r.source})
     pts = [PricePoint(start=_utc(r.start), price=float(r.price)) for r in rows]

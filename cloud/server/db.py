@@ -139,7 +139,7 @@ spot_prices = Table(
     Column("start", DateTime(timezone=True), nullable=False),
     Column("price", Float, nullable=False),
     Column("fetched_at", DateTime(timezone=True), nullable=False),
-    # Where the price came from and when its source published it (migration 0007); NULL before that.
+    # Where the price came from and when its source published it (migration 0008); NULL before that.
     Column("source", String(64), nullable=True),
     Column("published_at", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("area", "start"),
@@ -184,7 +184,7 @@ fleet_events = Table(
     Column("result", JSON, nullable=True),  # None while a worker is dispatching it
     # The caller's idempotency key (migration 0004): a retry with it gets the first answer, never a second dispatch.
     Column("client_key", String(64), nullable=True),
-    # Migration 0006 (cloud/fleet_work.py): "curves" while workers solve the sites, "dispatched" once the
+    # Migration 0007 (cloud/fleet_work.py): "curves" while workers solve the sites, "dispatched" once the
     # allocation and every chosen site's plan are published (one transaction). NULL: an event from before.
     Column("status", String(16), nullable=True),
     Column("dispatched_at", DateTime(timezone=True), nullable=True),
@@ -202,7 +202,7 @@ fleet_event_sites = Table(
     PrimaryKeyConstraint("event_id", "site_id"),
 )
 
-# One row per (event, site): the demand-response work queue (cloud/fleet_work.py, migration 0006). A worker
+# One row per (event, site): the demand-response work queue (cloud/fleet_work.py, migration 0007). A worker
 # claims a "pending" row by lease and solves the site's reduction/cost curve ("curved", or "skipped" /
 # "failed" with a reason); the publishing transaction marks the chosen rows "dispatched" with their plan
 # version and the others "unchosen"; the Zap's fetch (or channel acknowledgement) sets acked_at.

@@ -1,8 +1,8 @@
 """Demand response as fleet work (cloud/fleet_work.py): one queue row per (event, site) that the workers
 claim, and the event's status and dispatch time.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from cloud.server.migrate import create_index_if_missing, create_table_if_missing
 
-revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0005"
+revision: str = "0007"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
