@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 
 import structlog
 
@@ -18,7 +19,7 @@ from drivers.health import DeviceHealth, ReportsHealth
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.field_io import FieldReader
-from drivers.modbus.register_map import Field, RegisterMap
+from drivers.modbus.register_map import Field, RegisterMap, RegisterMapError
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
 from drivers.resilience import FailureLatch
 from zapd.clock import Clock
@@ -39,6 +40,19 @@ log = structlog.get_logger(__name__)
 _REQUIRED = ("battery_soc", "battery_power")
 _NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
 _DEFAULT_COMMAND_TIMEOUT_S = 300  # written when the map has a timeout register: device falls back on its own
+
+
+_PV_STRING = re.compile(r"pv_power_(\d+)")
+
+
+def _pv_fields(rmap: RegisterMap) -> list[str]:
+    """`pv_power`, or `pv_power_1`..`pv_power_N` (one per MPPT string, summed) when the device has no total."""
+    strings = sorted((int(m.group(1)), n) for n in rmap.fields if (m := _PV_STRING.fullmatch(n)))
+    if rmap.get("pv_power") is not None:
+        if strings:
+            raise RegisterMapError(f"{rmap.path}: declare pv_power or pv_power_1..N, not both")
+        return ["pv_power"]
+    return [name for _, name in strings]
 
 
 class ModbusHybridInverter(ReportsHealth):
@@ -74,7 +88,8 @@ class ModbusHybridInverter(ReportsHealth):
         if self._ctl is not None and self._ctl.style == "grid_setpoint":
             register_map.require(*self._ctl.grid_power)
         # A stand-alone (AC-coupled) battery has no PV of its own.
-        self._has_pv = register_map.get("pv_power") is not None
+        self._pv_fields = _pv_fields(register_map)
+        self._has_pv = bool(self._pv_fields)
         self._id = device_id
         self._bus = bus
         self._unit = unit_id
@@ -215,7 +230,11 @@ class ModbusHybridInverter(ReportsHealth):
         ts = self._clock.now()
         soc = await self._read("battery_soc", measured=True)
         battery_w = await self._read("battery_power", measured=True)
-        pv_w = await self._read("pv_power", measured=True) if self._has_pv else None
+        pv_w = None
+        if self._has_pv:  # one register, or one per MPPT string summed (GoodWe, Deye)
+            pv_w = 0.0
+            for name in self._pv_fields:
+                pv_w += await self._read(name, measured=True)
         # Pass implausible values on, flagged: the state layer decides; clamping would hide a bad map.
         battery_q = Quality.GOOD if 0.0 <= soc <= 1.0 else Quality.SUSPECT
         battery = {POWER_W: battery_w, SOC: soc}

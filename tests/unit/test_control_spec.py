@@ -173,3 +173,26 @@ def test_ev_heartbeat_must_be_a_writable_register(tmp_path: Path, ev: str, messa
     p.write_text(f'[device]\nname = "t"\n[ev]\n{ev}\n{fields}')
     with pytest.raises(RegisterMapError, match=message):
         ev_profile(load_register_map(p))
+
+
+def test_pv_total_and_pv_strings_together_are_refused(tmp_path: Path) -> None:
+    """A profile gives the PV total or one field per MPPT string (summed), never both: one would be ignored."""
+    from typing import cast
+
+    from drivers.modbus.bus import ModbusBus
+    from drivers.modbus.hybrid_inverter import ModbusHybridInverter
+    from zapd.clock import SystemClock
+
+    pv = '[fields.pv_power]\naddress = 20\ntable = "input"\ntype = "u16"\n'
+    pv1 = '[fields.pv_power_1]\naddress = 21\ntable = "input"\ntype = "u16"\n'
+    p = tmp_path / "pv.toml"
+    p.write_text(f'[device]\nname = "t"\n{_FIELDS}{pv}{pv1}')
+    with pytest.raises(RegisterMapError, match=r"pv_power or pv_power_1\.\.N, not both"):
+        ModbusHybridInverter(
+            device_id="d",
+            bus=cast(ModbusBus, None),
+            unit_id=1,
+            register_map=load_register_map(p),
+            poll_s=1.0,
+            clock=SystemClock(),
+        )
