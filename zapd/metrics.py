@@ -79,7 +79,9 @@ class DaemonCollector(Collector):
         c = src.control
         cycles, last_ms, writes, failures = c.cycles, c.last_cycle_ms, c.writes, c.write_failures
         yield CounterMetricFamily("zapd_control_cycles", "Control cycles run", value=cycles)
-        yield GaugeMetricFamily("zapd_control_loop_duration_ms", "Duration of the last control cycle", value=last_ms)
+        yield GaugeMetricFamily(
+            "zapd_control_loop_duration_seconds", "Duration of the last control cycle", value=last_ms / 1000
+        )
         yield CounterMetricFamily("zapd_commands_written", "Device commands written", value=writes)
         yield CounterMetricFamily("zapd_command_failures", "Device commands that failed", value=failures)
         rung = int(c.rung) if c.rung is not None else None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import socket
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +24,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Prometheus wants base units in names (seconds, bytes, ...): https://prometheus.io/docs/practices/naming/
+NON_BASE_UNITS = re.compile(r"_(ms|milliseconds|us|microseconds|minutes|hours|days|kb|mb|kilobytes|megabytes|kwh)(_|$)")
+
+
+def lint(text: str) -> list[str]:
+    """`promtool check metrics` (Prometheus's own linter) when installed, and our base-unit rule always."""
+    problems = [
+        f"{f.name}: not in base units" for f in text_string_to_metric_families(text) if NON_BASE_UNITS.search(f.name)
+    ]
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+        problems += [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    return problems
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -55,10 +74,12 @@ async def test_metrics_follow_the_daemon(tmp_path: Path) -> None:
     run = asyncio.create_task(daemon.run())
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}", timeout=5) as client:
+            texts: list[str] = []
 
             async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
                 resp = await client.get("/metrics")
                 assert resp.status_code == 200
+                texts.append(resp.text)
                 return samples(resp.text)
 
             for _ in range(100):
@@ -80,7 +101,8 @@ async def test_metrics_follow_the_daemon(tmp_path: Path) -> None:
             assert m[("zapd_control_cycles_total", ())] >= 1
             assert m[("zapd_fallback_rung", ())] == 3  # a fresh meter, no battery, no plan: self-consumption
             assert ("zapd_outbox_depth", ()) in m and ("zapd_sync_lag_seconds", ()) in m
-            assert m[("zapd_control_loop_duration_ms", ())] >= 0
+            assert 0 <= m[("zapd_control_loop_duration_seconds", ())] < 5
+            assert lint(texts[-1]) == []
     finally:
         daemon.stop()
         await asyncio.wait_for(run, 20)
