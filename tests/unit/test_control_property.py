@@ -194,3 +194,47 @@ def test_tou_slot_refuses_soc_bounds_with_no_whole_percent_between() -> None:
             reserve_soc=0.502,
             max_soc=0.508,
         )
+
+
+def test_tou_slot_keepalive_rule_spares_the_program_table() -> None:
+    """The slot table lives in the inverter's settings memory: a held command is not written again until
+    keepalive_s (the profile's 3600 s) has passed; leaving the time-of-use mode on the device runs the
+    enter sequence again; safe mode writes idle and then time of use off."""
+    from datetime import UTC, datetime
+
+    from zapd.clock import ManualClock
+
+    async def scenario() -> None:
+        fixture = FIXTURE_DATA["deye_sunsynk_3p"]
+        bus = FakeBus(_image(fixture))
+        clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+        inv = ModbusHybridInverter(
+            device_id="d",
+            bus=cast(ModbusBus, bus),
+            unit_id=1,
+            register_map=load_register_map("deye_sunsynk_3p"),
+            poll_s=1.0,
+            clock=clock,
+            max_charge_w=8000.0,
+            max_discharge_w=8000.0,
+            capacity_wh=10240.0,
+        )
+        cmd = BatterySetpoint(der_id="d.battery", power_w=-2000.0)
+        assert (await inv.apply(cmd)).ok
+        first = list(bus.writes)
+        assert [a for _, a, _ in first] == [146, 148, 149, 150, 151, 152, 153, 154, 166, 172]
+        bus.writes.clear()
+        clock.advance(3000)
+        assert (await inv.apply(cmd)).ok and bus.writes == []  # held, inside keepalive_s
+        clock.advance(700)
+        assert (await inv.apply(cmd)).ok
+        assert [a for _, a, _ in bus.writes] == [154, 166, 172]  # the keep-alive rewrite
+        bus.writes.clear()
+        bus.regs[(1, "holding", 146)] = 0  # someone switched time of use off on the device
+        assert (await inv.apply(cmd)).ok
+        assert [a for _, a, _ in bus.writes][:1] == [146]  # the enter sequence runs again
+        bus.writes.clear()
+        await inv.safe_mode()
+        assert bus.writes == [(1, 154, [0]), (1, 166, [10]), (1, 172, [0]), (1, 146, [0])]
+
+    asyncio.run(scenario())
