@@ -133,8 +133,8 @@ class SunSpecTcpDevice(DeviceModel):
     driver: Literal["sunspec_tcp"] = Field(
         description=(
             "A SunSpec inverter (Fronius, SMA, SolarEdge, ...) over Modbus-TCP: zapd reads its model chain "
-            "and learns model, limits and capacity from it; battery control uses SunSpec model 124. Its DERs "
-            "are `<id>.pv`, `<id>.battery` and `<id>.meter`."
+            "and learns model, limits and capacity from it; battery control uses SunSpec model 124, or model "
+            "704 (DERCtlAC) where 124 is absent. Its DERs are `<id>.pv`, `<id>.battery` and `<id>.meter`."
         )
     )
     id: DeviceId
@@ -178,12 +178,18 @@ class SunSpecTcpDevice(DeviceModel):
         ge=10,
         le=65_534,
         description=(
-            "Written to the inverter (model 124 `InOutWRte_RvrtTms`): without a write from zapd for this many "
-            "s it drops zapd's charge/discharge rates and returns to its own control."
+            "Written to the inverter (model 124 `InOutWRte_RvrtTms`, or 704 `WSetRvrtTms`): without a write "
+            "from zapd for this many s it drops zapd's charge/discharge setpoint and returns to its own control."
         ),
     )
     has_battery: bool = Field(
-        default=True, description="Expect a battery behind the inverter: report and control it as `<id>.battery`."
+        default=False,
+        description=(
+            "A battery behind the inverter: report and control it as `<id>.battery`. Not set: none (a PV-only "
+            "inverter gets no battery DER). A scan that shows a storage model with an implemented point while "
+            "this is false, or none while it is true, is a configuration error naming the fix; `zapd devices "
+            "scan --host` prints the right value."
+        ),
     )
     has_meter: bool = Field(
         default=False, description="Expect a SunSpec meter behind the inverter: report it as `<id>.meter`."

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from drivers.api import ConfigurationError, DriverError
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.register_map import RegisterMapError, load_register_map, profile_paths
-from drivers.modbus.sunspec import device_capabilities, scan_sunspec
+from drivers.modbus.sunspec import METER_MODELS, device_capabilities, scan_sunspec
 from drivers.modbus.sunspec_models import SunSpecError
 
 _MAX_COUNT = 32
@@ -58,6 +58,7 @@ class Match:
     capabilities: list[str] = field(default_factory=list)
     evidence: str = ""
     strong: bool = True  # matched by an identification code, not only a plausibility probe
+    settings: Mapping[str, bool] = field(default_factory=dict)  # keys the snippet needs (SunSpec has_battery)
 
     def snippet(
         self, endpoint: Mapping[str, str | int] | str, port: int | None = None, device_id: str | None = None
@@ -72,12 +73,15 @@ class Match:
         lines.append(f"unit_id = {self.unit_id}")
         if self.profile:
             lines.append(f'map = "{self.profile}"')
+        lines += [f"{k} = {_toml(v)}" for k, v in self.settings.items()]
         if self.driver == "modbus_ev":
             lines += ["", "[devices.ev]", "max_current_a = 16  # the lowest of charger, cable and breaker: check yours"]
         return "\n".join(lines)
 
 
-def _toml(value: str | int) -> str:
+def _toml(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else str(value)
 
 
@@ -244,6 +248,7 @@ async def recognize(
                 unit_id=unit_id,
                 capabilities=caps,
                 evidence="SunSpec models " + " ".join(str(m.id) for m in device.models),
+                settings={"has_battery": device.has_storage, "has_meter": device.model(*METER_MODELS) is not None},
             )
         )
     cache: _ReadCache = {}

@@ -5,7 +5,14 @@ blocks up to 0xFFFF. Walking that chain once at start tells zapd what the device
 (model 1), what it can do (nameplate 120, DER capacity 702, storage 124/713/802) and where
 every value lives, so one driver serves any brand that implements the standard instead of a
 register map per model. Control uses model 124's charge/discharge rate window with a revert
-timeout, so the device falls back to its own control on its own when zapd stops talking.
+timeout, or, where 124 is absent, model 704 (DERCtlAC, IEEE 1547) "set active power" in watts
+with its reversion timer. Either way the device falls back to its own control on its own when
+zapd stops talking. Control is claimed only where the device implements the points it needs.
+
+Model 704's `WSet` is the DER's active power at its AC terminals, + = injection (SunSpec DER
+sign convention; zapd's battery + = charging, so WSet = -setpoint). On an AC-coupled storage DER
+that is the battery's power; on a hybrid DER whose AC terminals also carry PV it is the net
+exchange, which zapd does not yet separate from the battery's own power (docs/devices.md).
 """
 
 from __future__ import annotations
@@ -66,6 +73,12 @@ _MAX_MODELS = 64
 _MAX_READ = 100  # registers per request: under the protocol's 125, and what small gateways accept
 _CHARGE_AND_DISCHARGE_LIMITS = 0x3  # StorCtl_Mod bits 0 (CHARGE) and 1 (DISCHARGE)
 _CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms")
+# Model 704 DERCtlAC "set active power": the points written (WSetMod..WSetRvrtTms, one write, then
+# WSetEna) and those that must be implemented for zapd to claim control through it.
+_704_WATTS = 1  # WSetMod WATTS (0 = W_MAX_PCT)
+_704_ENABLED, _704_DISABLED = 1, 0
+_704_POINTS = ("WSetEna", "WSetMod", "WSet", "WSetRvrt", "WSetEnaRvrt", "WSetRvrtTms")  # and WSet_SF
+_704_SPAN = ("WSetMod", "WSetRvrtTms")  # first and last point of the one write
 # PV when there is no 10x inverter model: IEEE 1547 DER AC measurement (701).
 PV_MODELS = (*INVERTER_MODELS, 701)
 # (storage model, points of which one must be implemented for the device to show a battery)
@@ -171,17 +184,29 @@ class SunSpecDevice:
         return None
 
     @property
+    def control_model(self) -> int | None:
+        """The model zapd controls the battery through: 124 where it is usable, else 704, else None."""
+        if self._implements(124, _CONTROL_POINTS, "InWRte"):
+            return 124
+        if self.has_storage and self.max_discharge_w() is not None and self._implements(704, _704_POINTS, "WSet"):
+            return 704
+        return None
+
+    @property
     def storage_control(self) -> bool:
-        """Model 124 with the rate-window points implemented and a usable scale factor."""
-        m = self.model(124)
-        mdef = model_def(124)
+        return self.control_model is not None
+
+    def _implements(self, model_id: int, points: tuple[str, ...], scaled: str) -> bool:
+        """The model is there, long enough, every point implemented, `scaled`'s scale factor usable."""
+        m = self.model(model_id)
+        mdef = model_def(model_id)
         if m is None or mdef is None or self.max_charge_w() is None:
             return False
-        if any(point_regs(mdef.point(n), m.regs) is None for n in _CONTROL_POINTS):
+        if any(point_regs(mdef.point(n), m.regs) is None for n in points):
             return False
-        if any(m.number(n) is None for n in _CONTROL_POINTS):  # "not implemented" markers: no control
+        if any(m.number(n) is None for n in points):  # "not implemented" markers: no control
             return False
-        return scale_factor(mdef, mdef.point("InWRte"), m.regs) is not None
+        return scale_factor(mdef, mdef.point(scaled), m.regs) is not None
 
 
 async def _read_block(bus: ModbusBus, unit_id: int, address: int, count: int, priority: Priority) -> list[int]:
@@ -287,7 +312,7 @@ def device_capabilities(
 
 
 class SunSpecInverter(ReportsHealth):
-    """Driver (+ Controllable when model 124 is there) for one SunSpec unit id behind a shared bus."""
+    """Driver (+ Controllable when model 124, or 704 with a battery, is usable) for one SunSpec unit id."""
 
     def __init__(
         self,
@@ -416,7 +441,7 @@ class SunSpecInverter(ReportsHealth):
             if m is None:
                 continue
             fresh = await read_model(self._bus, self._unit, m)
-            if mid == 124:
+            if mid == device.control_model:
                 self._check_held(fresh)
             soc = fresh.number(soc_point)
             if soc is not None and SOC not in values:
@@ -424,14 +449,17 @@ class SunSpecInverter(ReportsHealth):
             battery_w = fresh.number("W") if mid == 802 else None
             if battery_w is not None:
                 values[POWER_W] = battery_w
+        m704 = device.model(704) if device.control_model == 704 else None
+        if m704 is not None:
+            self._check_held(await read_model(self._bus, self._unit, m704))
         if values:
             soc = values.get(SOC)
             q = Quality.GOOD if soc is None or 0.0 <= soc <= 1.0 else Quality.SUSPECT
             sink(Reading(der_id=self.battery_id, kind=DerKind.BATTERY, ts=ts, values=values, quality=q))
 
-    def _check_held(self, m124: SunSpecModel) -> None:
+    def _check_held(self, model: SunSpecModel) -> None:
         """A poll that shows other control values than we left (device reverted, someone else wrote) forgets them."""
-        if self._held is not None and self._control_span(m124.regs) != self._held[0]:
+        if self._held is not None and self._control_span(model.regs) != self._held[0]:
             self._held = None
 
     async def run(self, sink: ReadingSink) -> None:
@@ -456,13 +484,23 @@ class SunSpecInverter(ReportsHealth):
             io_errors=(DriverError, SunSpecError),
         )
 
-    # ---- control (model 124) ----
+    # ---- control (model 124, or 704 where 124 is absent) ----
+
+    def _control(self) -> tuple[SunSpecModel, ModelDef, tuple[str, ...], str]:
+        """The control model as scanned, its definition, the points of its span, and its enable point."""
+        device = self.device
+        assert device is not None and device.control_model is not None
+        mid = device.control_model
+        model, mdef = device.model(mid), model_def(mid)
+        assert model is not None and mdef is not None
+        if mid == 124:
+            return model, mdef, _CONTROL_POINTS, "StorCtl_Mod"
+        return model, mdef, (*_704_SPAN, "WSetEna"), "WSetEna"
 
     def _span(self) -> tuple[int, int]:
         """Offsets (from ID) of the control points' first and one-past-last register."""
-        mdef = model_def(124)
-        assert mdef is not None
-        points = [mdef.point(n) for n in _CONTROL_POINTS]
+        _, mdef, names, _ = self._control()
+        points = [mdef.point(n) for n in names]
         return min(p.offset for p in points), max(p.offset + p.size for p in points)
 
     def _control_span(self, regs: list[int]) -> list[int]:
@@ -477,7 +515,7 @@ class SunSpecInverter(ReportsHealth):
         if self.device is None:
             return "device not scanned yet"
         if not self.device.storage_control:
-            return "device has no SunSpec storage control (model 124)"
+            return "device has no SunSpec storage control (model 124, or 704 with a battery)"
         if not math.isfinite(command.power_w):
             return f"setpoint {command.power_w} W is not a number"
         battery = next(c for c in self.capabilities() if c.kind is DerKind.BATTERY)
@@ -512,23 +550,34 @@ class SunSpecInverter(ReportsHealth):
             log.warning("sunspec.command_failed", device=self._id, setpoint_w=command.power_w, error=detail)
         return CommandResult(command=command, ok=ok, detail=detail)
 
-    def _wanted_span(self, m124: SunSpecModel, power_w: float) -> list[int]:
-        """Rate window [-OutWRte, InWRte] pinned to power_w (percent of the device's own maxima)."""
+    def _wanted_span(self, power_w: float) -> list[int]:
+        """The control span as it must read for `power_w`: model 124's rate window [-OutWRte, InWRte]
+        pinned to it (percent of the device's own maxima), or model 704's WSet in W (+ = injection)."""
         device = self.device
         assert device is not None
-        mdef = model_def(124)
-        assert mdef is not None
-        charge_max, discharge_max = device.max_charge_w(), device.max_discharge_w()
-        assert charge_max and discharge_max  # storage_control checked
-        regs = list(m124.regs)
-        sf = scale_factor(mdef, mdef.point("InWRte"), regs)
-        if sf is None:
-            raise SunSpecError("InOutWRte_SF not implemented")
+        model, mdef, _, _ = self._control()
+        regs = list(model.regs)
 
         def put(name: str, raw: int) -> None:
             p = mdef.point(name)
             regs[p.offset : p.offset + p.size] = encode_raw(p, raw)
 
+        if device.control_model == 704:
+            sf = scale_factor(mdef, mdef.point("WSet"), regs)
+            if sf is None:
+                raise SunSpecError("WSet_SF not implemented")
+            put("WSetMod", _704_WATTS)
+            put("WSet", round(-power_w / 10.0**sf))
+            put("WSetRvrt", 0)
+            put("WSetEnaRvrt", _704_DISABLED)  # after the reversion time: the device's own control
+            put("WSetRvrtTms", self._revert_s)
+            put("WSetEna", _704_ENABLED)
+            return self._control_span(regs)
+        charge_max, discharge_max = device.max_charge_w(), device.max_discharge_w()
+        assert charge_max and discharge_max  # storage_control checked
+        sf = scale_factor(mdef, mdef.point("InWRte"), regs)
+        if sf is None:
+            raise SunSpecError("InOutWRte_SF not implemented")
         put("InWRte", round(power_w / charge_max * 100.0 / 10.0**sf))
         put("OutWRte", round(-power_w / discharge_max * 100.0 / 10.0**sf))
         put("InOutWRte_WinTms", 0)
@@ -543,33 +592,31 @@ class SunSpecInverter(ReportsHealth):
         return held == span and self._clock.now().timestamp() - at < self._revert_s / 2
 
     async def _set_power(self, power_w: float, *, force: bool = False) -> tuple[bool, str]:
-        """Write the rate window (one write) and the mode (only when it changes); read back both."""
-        device = self.device
-        assert device is not None
-        m124 = device.model(124)
-        assert m124 is not None
-        wanted = self._wanted_span(m124, power_w)
+        """Write the values (one write) and the enable/mode point (only when it changes); read back both."""
+        model, mdef, names, enable_name = self._control()
+        wanted = self._wanted_span(power_w)
         if not force and self._holds(wanted):
             self.counters["writes_skipped"] += 1
             return True, f"{power_w:g} W already held"
         lo, _ = self._span()
-        mdef = model_def(124)
-        assert mdef is not None
-        mode = mdef.point("StorCtl_Mod")
-        rates_from = mdef.point("OutWRte").offset
-        current = await read_model(self._bus, self._unit, m124, Priority.CONTROL)
+        enable = mdef.point(enable_name)
+        # The values: every point of the span but the enable one (124: rates after StorCtl_Mod; 704:
+        # WSetMod..WSetRvrtTms after WSetEna), written before it so the enable never applies stale ones.
+        value_points = [mdef.point(n) for n in names if n != enable_name]
+        first = min(p.offset for p in value_points)
+        last = max(p.offset + p.size for p in value_points)
+        current = await read_model(self._bus, self._unit, model, Priority.CONTROL)
         cur_span = self._control_span(current.regs)
-        rates = wanted[rates_from - lo :]
-        if cur_span[rates_from - lo :] != rates or force or self._held is None:
-            # Rates first, then the mode: enabling the limits before the rates would apply stale ones.
-            await self._write(m124.address + rates_from, rates, force=force)
-        if cur_span[mode.offset - lo] != wanted[mode.offset - lo]:
-            await self._write(m124.address + mode.offset, [wanted[mode.offset - lo]], force=force)
-        back = await read_model(self._bus, self._unit, m124, Priority.CONTROL)
+        values = wanted[first - lo : last - lo]
+        if cur_span[first - lo : last - lo] != values or force or self._held is None:
+            await self._write(model.address + first, values, force=force)
+        if cur_span[enable.offset - lo] != wanted[enable.offset - lo]:
+            await self._write(model.address + enable.offset, [wanted[enable.offset - lo]], force=force)
+        back = await read_model(self._bus, self._unit, model, Priority.CONTROL)
         got = self._control_span(back.regs)
         if got != wanted:
-            mode_now = decode_raw(mode, got[mode.offset - lo : mode.offset - lo + 1])
-            return False, f"read back StorCtl_Mod={mode_now} and rates {got}, wrote {wanted} for {power_w:g} W"
+            mode_now = decode_raw(enable, got[enable.offset - lo : enable.offset - lo + 1])
+            return False, f"read back {enable_name}={mode_now} and {got}, wrote {wanted} for {power_w:g} W"
         self._held = (got, self._clock.now().timestamp())
         return True, f"{power_w:g} W read back"
 

@@ -183,3 +183,123 @@ async def test_a_battery_expectation_the_scan_contradicts_is_reported(
     assert inv.counters["config_errors"] == 1
     wanted = "set has_battery = false" if expect_battery else "set has_battery = true"
     assert wanted in inv.health.view().last_error
+
+
+# Model 704 (DERCtlAC) offsets from its ID register, from the SunSpec model 704 point table:
+# WSetEna 22, WSetMod 23, WSet 24-25 (int32), WSetRvrt 26-27, WSetPct 28, WSetPctRvrt 29,
+# WSetEnaRvrt 30, WSetRvrtTms 31-32 (uint32 s), WSetRvrtRem 33-34; WSetMod 1 = WATTS; WSet + = injection.
+_WSET_ENA, _WSET_MOD = 22, 23
+
+
+def _with_704_battery(sample: dict[str, Any], *, wset_implemented: bool = True) -> dict[str, Any]:
+    """The sample with a 5 kW / 13.5 kWh battery (702 rates, 713) and 704's set-active-power points."""
+    doc = copy.deepcopy(sample)
+    m702 = next(m for m in doc["models"] if m["ID"] == 702)
+    m702.update({"WChaRteMax": 5000, "WDisChaRteMax": 5000})
+    m713 = next(m for m in doc["models"] if m["ID"] == 713)
+    m713.update({"WHRtg": 13500, "SoC": 55, "WH_SF": 0, "Pct_SF": 0})
+    if wset_implemented:
+        m704 = next(m for m in doc["models"] if m["ID"] == 704)
+        m704.update({"WSetEna": 0, "WSetMod": 0, "WSet": 0, "WSetRvrt": 0, "WSetPct": 0, "WSetPctRvrt": 0})
+        m704.update({"WSetEnaRvrt": 0, "WSetRvrtTms": 0, "WSetRvrtRem": 0, "WSet_SF": 0, "WSetPct_SF": 0})
+    return doc
+
+
+def _model_address(image: dict[int, int], model_id: int) -> int:
+    """Walk the served image's chain (SunS, then ID/L blocks) to a model's ID register."""
+    address = BASE + 2
+    while image[address] != model_id:
+        assert image[address] != 0xFFFF, f"model {model_id} not in the image"
+        address += 2 + image[address + 1]
+    return address
+
+
+async def test_model_704_controls_the_battery_where_124_is_absent(sample: dict[str, Any], tmp_path: Any) -> None:
+    """No model 124: a charge of 2000 W becomes, per model 704, WSetMod = WATTS, WSet = -2000 W (the DER
+    absorbs), reversion to the device's own control (WSetEnaRvrt = DISABLED) after the revert timeout,
+    written in one request before WSetEna = ENABLED; then read back."""
+    from zapd.model import BatterySetpoint
+
+    image = _image(_with_704_battery(sample), tmp_path)
+    at = _model_address(image, 704)
+    server = await start_register_image({1: {"holding": image}})
+    try:
+        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        inv = SunSpecInverter(device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock(), revert_timeout_s=300)
+        await inv.scan()
+        battery = next(c for c in inv.capabilities() if c.der_id == "d.battery")
+        assert battery.controllable and battery.max_charge_w == 5000.0 and battery.max_discharge_w == 5000.0
+        assert server.writes == []
+
+        result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=2000.0))
+        assert result.ok, result.detail
+        got = [(w.unit, w.address, list(w.values)) for w in server.writes]
+        assert got == [
+            (1, at + _WSET_MOD, [1, 0xFFFF, 0xF830, 0, 0, 0, 0, 0, 0, 300]),  # WSet -2000 = 0xFFFFF830
+            (1, at + _WSET_ENA, [1]),
+        ]
+
+        server.clear()
+        result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=-1500.0))  # discharge: inject
+        assert result.ok, result.detail
+        assert [(w.address, list(w.values)) for w in server.writes] == [
+            (at + _WSET_MOD, [1, 0x0000, 1500, 0, 0, 0, 0, 0, 0, 300])  # already enabled: one write
+        ]
+
+        server.clear()
+        refused = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=6000.0))
+        assert not refused.ok and server.writes == []  # beyond the 5 kW nameplate: nothing written
+
+        await inv.safe_mode()  # idle: WSet 0 W, still reverting to the device's own control
+        assert [(w.address, list(w.values)) for w in server.writes] == [
+            (at + _WSET_MOD, [1, 0, 0, 0, 0, 0, 0, 0, 0, 300])
+        ]
+    finally:
+        await close_all_buses()
+        await server.stop()
+
+
+async def test_model_704_without_its_wset_points_or_a_battery_is_not_control(
+    sample: dict[str, Any], tmp_path: Any
+) -> None:
+    """704 present but WSet not implemented (the sample as shipped, with a battery): monitoring only.
+    704 implemented on the PV-only sample: no battery DER, so nothing to control."""
+    caps, _ = await _scan_and_poll(_with_704_battery(sample, wset_implemented=False), tmp_path)
+    assert caps["d.battery"].kind is DerKind.BATTERY and not caps["d.battery"].controllable
+    pv_only = _with_704_battery(sample)
+    m713 = next(m for m in pv_only["models"] if m["ID"] == 713)
+    m713.update({"WHRtg": None, "SoC": None})
+    caps, _ = await _scan_and_poll(pv_only, tmp_path)
+    assert set(caps) == {"d.pv"}
+
+
+async def test_has_battery_defaults_to_false_and_the_scan_snippet_says_when_there_is_one(
+    sample: dict[str, Any], tmp_path: Any
+) -> None:
+    """A `sunspec_tcp` device without `has_battery` gets no battery DER (a PV-only inverter must not carry
+    a stale one); the recognition snippet for a device that shows a battery sets `has_battery = true`,
+    and that snippet, pasted into a config, declares the battery."""
+    import tomllib
+
+    from drivers.modbus.recognize import recognize
+    from zapd.config_check import check_data
+    from zapd.devices import build_devices
+
+    site = '[site]\nid = "home"\nfuse_a = 25\n\n'
+    for doc, battery in ((sample, False), (_with_704_battery(sample), True)):
+        server = await start_register_image({1: {"holding": _image(doc, tmp_path)}})
+        try:
+            bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05)
+            (match,) = await recognize(bus, 1)
+        finally:
+            await close_all_buses()
+            await server.stop()
+        snippet = match.snippet({"host": server.host, "port": server.port})
+        assert f"has_battery = {'true' if battery else 'false'}" in snippet
+        result = check_data(tomllib.loads(site + snippet), "zapd.toml")
+        assert result.config is not None and result.errors == [], result.errors
+        kinds = build_devices(result.config, SystemClock()).kinds
+        assert ("inverter.battery" in kinds) is battery, kinds
+    bare = check_data(tomllib.loads(site + '[[devices]]\ndriver = "sunspec_tcp"\nid = "x"\nhost = "h"\n'), "t")
+    assert bare.config is not None
+    assert build_devices(bare.config, SystemClock()).kinds == {"x.pv": DerKind.PV}

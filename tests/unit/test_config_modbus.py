@@ -43,6 +43,7 @@ min_gap_ms = 50
 max_requests_per_s = 10
 max_writes_per_hour = 120
 revert_timeout_s = 120
+has_battery = true
 has_meter = true
 
 [devices.battery]
