@@ -25,6 +25,7 @@ from drivers.api import HasHealth
 from zapd.config import ZapdConfig
 from zapd.model import Plan, Reading
 from zapd.override import OperatorOverride, OverrideError
+from zapd.retention import EXPIRED_WITHOUT_CLOUD_KEY
 from zapd.siteview import SiteView
 from zapd.store import Store
 
@@ -327,6 +328,7 @@ class ApiViews:
             counters["outbox_acked_seq"] = await store.acked_seq()
             counters["outbox_depth"] = await store.outbox_depth()
             counters["dropped_by_retention"] = int(await store.kv_get("sync.dropped_by_retention") or 0)
+            counters["expired_without_cloud"] = int(await store.kv_get(EXPIRED_WITHOUT_CLOUD_KEY) or 0)
             counters["refused_by_cloud"] = int(await store.kv_get("sync.refused_by_cloud") or 0)
             db = {
                 "path": str(store.path),

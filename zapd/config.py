@@ -198,6 +198,15 @@ class StoreConfig(_Strict):
             "oldest readings are dropped (counted and logged)."
         ),
     )
+    history_without_cloud_h: float = Field(
+        default=24.0,
+        gt=0,
+        le=8760,
+        description=(
+            "Without `[cloud]`, the outbox is only local history (`zapctl telemetry`): it keeps this many hours "
+            "(and at most 16 MiB); older readings are removed and counted as `expired_without_cloud`."
+        ),
+    )
 
 
 class PlanConfig(_Strict):

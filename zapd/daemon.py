@@ -13,7 +13,6 @@ import functools
 import signal
 import sqlite3
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from zapd.envelope import BatteryEnvelope, SiteLimits
 from zapd.model import DerCapabilities, Plan, Reading
 from zapd.override import OperatorOverride
 from zapd.plan_source import LocalPlanFile, PlanSource
+from zapd.retention import retention_bounds
 from zapd.sdnotify import Notifier
 from zapd.siteview import ControlView, SiteView, SyncGauges
 from zapd.state import SiteState
@@ -215,18 +215,19 @@ class Daemon:
         assert self.store is not None
         latch = FailureLatch(log, "telemetry.retention_failed", "telemetry.retention_recovered")
         while True:
-            cutoff = self.clock.now() - timedelta(days=self.config.store.retention_days)
-            # Budget by bytes: ~150 B per stored reading.
-            max_rows = int(self.config.store.retention_mb * 1024 * 1024 / 150)
+            # With a cloud: unsent readings, bounded; without: a short local history (zapd/retention.py).
+            b = retention_bounds(self.config.store, has_cloud=self.config.cloud is not None, now=self.clock.now())
             try:
-                dropped = await self.store.enforce_retention(cutoff, max_rows)
+                dropped = await self.store.enforce_retention(b.older_than, b.max_rows, counter_key=b.counter_key)
             except (sqlite3.Error, OSError) as exc:
                 # Disk full: nothing was dropped (rolled back); retention tries again next round.
                 latch.failed(error=str(exc))
             else:
                 latch.ok()
-                if dropped:
+                if dropped and b.lost:
                     log.warning("telemetry.dropped_by_retention", count=dropped)
+                elif dropped:
+                    log.debug("telemetry.expired_without_cloud", count=dropped)
             # Once a clock minute (a simulated day prunes like a real one), at most once a real second.
             await asyncio.sleep(max(1.0, RETENTION_EVERY_S / self.clock.speed))
 

@@ -207,20 +207,22 @@ class Store:
             row = await cur.fetchone()
         return datetime.fromisoformat(str(row[0])) if row else None
 
-    async def enforce_retention(self, older_than: datetime, max_rows: int | None = None) -> int:
-        """Drop unsent readings past the retention bound; count them, never silently.
+    async def enforce_retention(
+        self, older_than: datetime, max_rows: int | None = None, *, counter_key: str = DROPPED_KEY
+    ) -> int:
+        """Drop readings past the retention bound; count them under `counter_key`, never silently.
 
         Never the batch in flight (`sending`): the outbox may exceed its bound by one batch meanwhile.
         """
         async with self.sending:
             try:
-                return await self._enforce_retention(older_than, max_rows)
+                return await self._enforce_retention(older_than, max_rows, counter_key)
             except BaseException:
                 # Disk full after the DELETE: the next commit must not drop the rows without the count.
                 await self._db.rollback()
                 raise
 
-    async def _enforce_retention(self, older_than: datetime, max_rows: int | None) -> int:
+    async def _enforce_retention(self, older_than: datetime, max_rows: int | None, counter_key: str) -> int:
         dropped = 0
         cur = await self._db.execute("DELETE FROM outbox WHERE ts < ?", (older_than.isoformat(),))
         dropped += cur.rowcount if cur.rowcount > 0 else 0
@@ -230,10 +232,10 @@ class Store:
             )
             dropped += cur.rowcount if cur.rowcount > 0 else 0
         if dropped:
-            total = int(await self.kv_get(DROPPED_KEY) or 0) + dropped
+            total = int(await self.kv_get(counter_key) or 0) + dropped
             await self._db.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (DROPPED_KEY, str(total)),
+                (counter_key, str(total)),
             )
         await self._db.commit()
         return dropped
