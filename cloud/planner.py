@@ -43,6 +43,8 @@ from cloud.execution import (
     slot_intent,
     slot_mode,
 )
+from cloud.external_pv import KIND as EXTERNAL_PV
+from cloud.external_pv import external_pv_on_grid
 from cloud.forecast import (
     FloatArray,
     OpenMeteoClient,
@@ -168,6 +170,9 @@ async def prepare(
         db, site_id, history_start, start, STEP, has_battery=assets.battery is not None, has_ev=assets.ev is not None
     )
     pv_fc, factor = await _pv_forecast(db, site_id, assets, series, start, horizon, now, options)
+    if assets.pv:  # a site's own forecast service, where it uploaded one (cloud/external_pv.py), wins
+        external = await external_pv_on_grid(db, site_id, start, horizon, now)
+        pv_fc = np.where(np.isnan(external), pv_fc, external)
     load_fc = await site_load_forecast(
         db, site_id, assets, series, horizon, now, options.models, history_days=options.load_history_days
     )
@@ -499,7 +504,7 @@ async def record_forecasts(db: Database, prepared: Prepared, options: PlannerOpt
         await store.save_forecast(db, sid, kind, prepared.now, prepared.start, STEP, [float(v) for v in values])
     window = STEP * options.forecast_score_slots
     for f in await store.unscored_forecasts(db, sid, prepared.start - window + STEP):
-        actual_all = series.pv_kw if f.kind == "pv" else series.load_kw
+        actual_all = series.pv_kw if f.kind in ("pv", EXTERNAL_PV) else series.load_kw
         offset = int((f.start - series.start) // STEP)
         k = min(len(f.values), options.forecast_score_slots)
         if offset < 0 or offset + k > series.n or f.step != STEP:

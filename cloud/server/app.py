@@ -227,6 +227,7 @@ def create_app(
         Route("/v1/fleet/events", ep("fleet_event", _fleet_event), methods=["POST"]),
         Route("/v1/fleet/events/{event_id}", ep("fleet_event_get", _fleet_event_get), methods=["GET"]),
         Route("/v1/sites/{site_id}/forecast-errors", ep("forecast_errors", _forecast_errors), methods=["GET"]),
+        Route("/v1/sites/{site_id}/pv-forecast", ep("pv_forecast_put", _pv_forecast_put), methods=["PUT"]),
         Route("/v1/sites/{site_id}/commands", ep("command_post", _command_post), methods=["POST"]),
         Route("/v1/commands/{command_id}", ep("command_get", _command_get), methods=["GET"]),
         WebSocketRoute(CHANNEL_PATH, channel.handle),
@@ -665,6 +666,20 @@ async def _forecast_errors(ctx: _Context, request: Request) -> Response:
     site_id = request.path_params["site_id"]
     errors = await forecast_errors(ctx.db, site_id, now - timedelta(days=30))
     return _json({"site_id": site_id, "since_days": 30, "errors": errors})
+
+
+async def _pv_forecast_put(ctx: _Context, request: Request) -> Response:
+    """A site's external PV forecast (cloud/external_pv.py): the planner prefers it where it has values."""
+    from cloud.external_pv import decode_pv_upload, put_external_pv
+
+    _require_admin(ctx, request)
+    site_id = request.path_params["site_id"]
+    if await ctx.db.get_site(site_id) is None:
+        raise ApiError(404, "unknown_site", f"no site {site_id!r}")
+    now = ctx.clock()
+    up = await _admin_body(ctx, request, lambda body: decode_pv_upload(body, now))
+    slots = await put_external_pv(ctx.db, site_id, up, now)
+    return _json({"site_id": site_id, "slots": slots}, 201)
 
 
 # --- live channel commands (cloud/server/channel_hub.py) ------------------------------------------
