@@ -227,7 +227,8 @@ MeterMapName = Annotated[
         min_length=1,
         description=(
             "Meter profile: a name shipped with zapd (`eastron_sdm72`, `eastron_sdm120`, `carlo_gavazzi_em24`, "
-            "`carlo_gavazzi_em340`, `abb_b23_b24`, ...; see docs/devices.md) or a path to your own file."
+            "`carlo_gavazzi_em340`, `abb_b23_b24`, ...; see docs/devices.md), a path to your own file, or `auto`: "
+            "recognise the meter's profile at start (read-only probes)."
         ),
     ),
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drivers.modbus.auto_profile import AutoProfileInverter
+from drivers.modbus.auto_profile import AutoProfileInverter, AutoProfileMeter
 from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
 from drivers.modbus.config import (
     ModbusEvDevice,
@@ -59,17 +59,26 @@ def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice) 
 
 
 def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuDevice, clock: Clock) -> None:
-    """A read-only meter: one METER DER named like the device, on a TCP or a serial bus."""
+    """A read-only meter: one METER DER named like the device, on a TCP or a serial bus; with
+    `map = "auto"` its profile is recognised at start (drivers/modbus/auto_profile.py)."""
     bus = _tcp_bus(dev) if isinstance(dev, ModbusMeterTcpDevice) else _serial_bus(dev)
-    meter = ModbusMapMeter(
-        device_id=dev.id,
-        bus=bus,
-        unit_id=dev.unit_id,
-        register_map=load_register_map(dev.map),
-        poll_s=dev.poll_s,
-        clock=clock,
-        role=dev.role,
-    )
+
+    def make(rmap: RegisterMap) -> ModbusMapMeter:
+        return ModbusMapMeter(
+            device_id=dev.id,
+            bus=bus,
+            unit_id=dev.unit_id,
+            register_map=rmap,
+            poll_s=dev.poll_s,
+            clock=clock,
+            role=dev.role,
+        )
+
+    meter: ModbusMapMeter | AutoProfileMeter
+    if dev.map == AUTO_MAP:
+        meter = AutoProfileMeter(device_id=dev.id, bus=bus, unit_id=dev.unit_id, clock=clock, make=make)
+    else:
+        meter = make(load_register_map(dev.map))
     out.drivers.append(meter)
     out.poll_s[dev.id] = dev.poll_s  # the meter's DER id is the device id, as for a P1 meter
     out.kinds[dev.id] = DerKind.METER

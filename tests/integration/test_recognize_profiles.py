@@ -167,3 +167,76 @@ def test_cli_serial_scan_refuses_a_missing_port_and_a_bad_baud_rate(capsys: pyte
     assert "does not exist" in capsys.readouterr().err
     assert run("--serial", "/dev/null", "--baud", "1234") == 2
     assert "baud rate 1234" in capsys.readouterr().err
+
+
+async def test_meter_map_auto_recognises_its_profile_at_start(tmp_path: Path) -> None:
+    """`driver = "modbus_meter_tcp"`, `map = "auto"`: the daemon's builder makes a meter that names the
+    SDM72D-M-2 by its meter code, then reads it through that profile; only reads reach the device."""
+    import asyncio
+    import contextlib
+
+    from drivers.modbus.auto_profile import AutoProfileMeter
+    from zapd.clock import SystemClock
+    from zapd.config import load_config
+    from zapd.devices import build_devices
+    from zapd.model import POWER_W, DerKind, Reading
+
+    fixture = _fixture("eastron_sdm72")
+    assert fixture is not None
+    async with over_tcp(fixture) as (server, _bus):
+        path = tmp_path / "zapd.toml"
+        path.write_text(
+            '[site]\nid = "home"\nfuse_a = 25\n\n[[devices]]\ndriver = "modbus_meter_tcp"\nid = "grid"\n'
+            f'host = "{server.host}"\nport = {server.port}\nmap = "auto"\npoll_s = 0.2\n'
+        )
+        devices = build_devices(load_config(path), SystemClock())
+        assert devices.kinds == {"grid": DerKind.METER}
+        (meter,) = devices.drivers
+        assert isinstance(meter, AutoProfileMeter) and meter.capabilities() == []
+        got: asyncio.Future[Reading] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(meter.run(lambda r: got.done() or got.set_result(r)))
+        try:
+            async with asyncio.timeout(5):
+                reading = await got
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert meter.profile == "eastron_sdm72"
+        assert reading.der_id == "grid" and reading.values[POWER_W] == pytest.approx(fixture["meter"]["power_w"])
+        assert server.writes == []
+
+
+async def test_meter_map_auto_on_a_battery_is_a_configuration_error() -> None:
+    """A Sungrow SH image under a meter's `map = "auto"`: no meter profile fits; the health record says so."""
+    import asyncio
+    import contextlib
+
+    from drivers.health import HealthState
+    from drivers.modbus.auto_profile import AutoProfileMeter
+    from zapd.clock import SystemClock
+
+    fixture = _fixture("sungrow_sh")
+    assert fixture is not None
+    async with over_tcp(fixture) as (server, bus):
+        meter = AutoProfileMeter(
+            device_id="m",
+            bus=bus,
+            unit_id=1,
+            clock=SystemClock(),
+            make=lambda rmap: None,
+            retry_s=30.0,  # type: ignore[arg-type,return-value]
+        )
+        task = asyncio.create_task(meter.run(lambda r: None))
+        try:
+            for _ in range(100):
+                if meter.health.view().state is HealthState.UNUSABLE:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        view = meter.health.view()
+        assert view.state is HealthState.UNUSABLE and "no meter profile" in view.reason and "sungrow_sh" in view.reason
+        assert meter.inner is None and server.writes == []
