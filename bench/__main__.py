@@ -20,8 +20,8 @@ import traceback
 from bench.table import Row, print_table
 
 MODULES = (
-    "footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "dataapi", "channel",
-    "soak",
+    "footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "forecast_scores",
+    "dataapi", "channel", "soak",
 )  # fmt: skip
 
 

@@ -6,7 +6,8 @@ Money: the planner's EUR/year in the full backtest (cloud/backtest.py, the edge'
 the plans) with that forecaster and everything else at its default; the oracle's cost for reference. The
 default load model is `profile`, the default PV model `factor`, prices are not forecast by default.
 
-Options: `--mae-only` (seconds instead of half an hour), dataset file names to restrict the run.
+Options: `--mae-only` (minutes instead of an hour), dataset file names to restrict the run. `rows()` gives
+the MAE part to `make bench`.
 """
 
 from __future__ import annotations
@@ -103,6 +104,27 @@ def money(ds: Dataset, tr: Traces) -> dict[str, float]:
     for name, v in variants.items():
         out[name] = run(tr, v, oracle=False).by_name("planner").cost
         print(f"  {ds.file}: {name}: {out[name]:.2f}", file=sys.stderr, flush=True)
+    return out
+
+
+def rows() -> list[dict[str, str]]:
+    """`make bench` rows: day-ahead MAE of each forecaster per dataset (the money table is in the docs: it
+    takes one backtest year per forecaster, `python -m bench.forecast_scores` without `--mae-only`)."""
+    out: list[dict[str, str]] = []
+    command = "python -m bench.forecast_scores --mae-only"
+    for ds in DATASETS:
+        tr = read_traces(str(DATA / ds.file))
+        for kind, maes, baseline in (("load", load_maes(tr, ds.cfg), "profile"), ("PV", pv_maes(tr, ds.cfg), "factor")):
+            for name, value in maes.items():
+                target = "-" if name in ("persistence", baseline) else f"< {maes[baseline]:.4f} ({baseline})"
+                out.append(
+                    {
+                        "name": f"{kind} forecast MAE day-ahead, {name} ({ds.label})",
+                        "value": f"{value:.4f} kW",
+                        "target": target,
+                        "command": command,
+                    }
+                )
     return out
 
 
