@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zapd.paths import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
+from zapd.paths import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, SYSTEMD_DROPIN_DIR
 
 if TYPE_CHECKING:
     from zapd.config import ZapdConfig
@@ -183,6 +183,31 @@ def cmd_plan_reset_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_systemd_dropin(args: argparse.Namespace) -> int:
+    """Print (or write) the systemd drop-in granting the paths this config writes outside the unit's own."""
+    from zapd.systemd_paths import DROPIN_NAME, create_hint, dropin_text, paths_outside_the_unit
+
+    config = _load_or_report(Path(args.config))
+    if config is None:
+        return EXIT_BAD_CONFIG
+    text = dropin_text(config, args.config)
+    if not args.write:
+        print(text, end="")
+        return 0
+    if not paths_outside_the_unit(config):
+        print("zapd systemd-dropin: nothing to add (the config writes only where the unit allows)")
+        return 0
+    target = Path(args.dir) / DROPIN_NAME
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as exc:
+        print(f"zapd systemd-dropin: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {target}; create the directories if needed ({create_hint(config)}), then: systemctl daemon-reload")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """`python -m zapd_demo` in this process's place: the demo runs the cloud, which zapd never imports."""
     import zapd
@@ -252,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--stopbits", type=int, default=1, choices=[1, 2], help="stop bits with --serial (1)")
     scan.add_argument("--unit", type=int, action="append", help="unit id to probe with --host/--serial (repeatable; 1)")
     scan.set_defaults(func=cmd_devices_scan)
+
+    dropin = sub.add_parser(
+        "systemd-dropin", help="the systemd drop-in that lets zapd write a non-default state_dir or socket"
+    )
+    dropin.add_argument(
+        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"the config file (default {DEFAULT_CONFIG_PATH})"
+    )
+    dropin.add_argument("--write", action="store_true", help="write it into --dir instead of printing it")
+    dropin.add_argument("--dir", default=str(SYSTEMD_DROPIN_DIR), help="drop-in directory (default: %(default)s)")
+    dropin.set_defaults(func=cmd_systemd_dropin)
 
     demo = sub.add_parser(
         "demo",

@@ -458,8 +458,21 @@ def _cloud(cloud: CloudConfig | None) -> Iterator[Problem]:
         )
 
 
+def _systemd_paths(config: ZapdConfig) -> Iterator[Problem]:
+    from zapd.systemd_paths import UNIT_WRITABLE, paths_outside_the_unit
+
+    granted = ", ".join(str(p) for p in UNIT_WRITABLE)
+    for key, path in paths_outside_the_unit(config):
+        yield Problem(
+            key,
+            f"{path} is outside what the shipped systemd unit may write ({granted}): under systemd zapd cannot "
+            "write there; `zapd systemd-dropin --config FILE --write` adds it (then `systemctl daemon-reload`)",
+            warning=True,
+        )
+
+
 def semantic_problems(config: ZapdConfig) -> list[Problem]:
-    checks = (_grid_meter, _builds, _hosts, _units, _p1, _serial_ports, _timing, _chargers)
+    checks = (_grid_meter, _builds, _hosts, _units, _p1, _serial_ports, _timing, _chargers, _systemd_paths)
     problems = [p for check in checks for p in check(config)]
     problems += list(_cloud(config.cloud))
     return problems

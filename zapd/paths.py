@@ -11,3 +11,5 @@ from pathlib import Path
 DEFAULT_CONFIG_PATH = Path("/etc/zapd/zapd.toml")
 # systemd's StateDirectory=zapd and ReadWritePaths= in systemd/zapd.service
 DEFAULT_STATE_DIR = Path("/var/lib/zapd")
+# The drop-in `zapd systemd-dropin --write` writes (zapd/systemd_paths.py)
+SYSTEMD_DROPIN_DIR = Path("/etc/systemd/system/zapd.service.d")

@@ -55,3 +55,64 @@ def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path: Path) -> None:
     assert (root / "var/lib/zapd/keys").stat().st_mode & 0o777 == 0o700
     assert (root / "etc/zapd").stat().st_mode & 0o777 == 0o750
     assert (root / "run/zapd").is_dir()
+
+
+def _unit_values(key: str) -> list[str]:
+    return [
+        line.split("=", 1)[1].strip()
+        for line in (SYSTEMD / "zapd.service").read_text().splitlines()
+        if line.startswith(f"{key}=")
+    ]
+
+
+def test_what_zapd_thinks_the_unit_grants_is_what_it_grants() -> None:
+    from zapd.systemd_paths import UNIT_WRITABLE
+
+    granted = {Path(p) for p in _unit_values("ReadWritePaths")}
+    granted |= {Path("/var/lib") / p for p in _unit_values("StateDirectory")}
+    granted |= {Path("/run") / p for p in _unit_values("RuntimeDirectory")}
+    assert set(UNIT_WRITABLE) == granted
+
+
+def _config(tmp_path: Path, state_dir: str, socket: str = "/run/zapd/zapd.sock") -> Path:
+    path = tmp_path / "zapd.toml"
+    path.write_text(
+        f'[site]\nid = "s"\nfuse_a = 25\n[store]\nstate_dir = "{state_dir}"\n[api]\nsocket = "{socket}"\n'
+        '[[devices]]\nid = "meter"\ndriver = "p1_tcp"\nhost = "127.0.0.1"\nport = 2000\n'
+    )
+    return path
+
+
+def _zapd(*args: str) -> subprocess.CompletedProcess[str]:
+    zapd = str(Path(sys.executable).with_name("zapd"))
+    return subprocess.run([zapd, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_config_check_warns_about_a_state_dir_the_unit_cannot_write(tmp_path: Path) -> None:
+    res = _zapd("config", "check", str(_config(tmp_path, "/srv/zapd")))
+    assert res.returncode == 0
+    assert "store.state_dir: warning: /srv/zapd is outside what the shipped systemd unit may write" in res.stderr
+    assert "zapd systemd-dropin" in res.stderr
+    quiet = _zapd("config", "check", "--strict", str(_config(tmp_path, "/var/lib/zapd")))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "systemd" not in quiet.stderr
+
+
+def test_the_dropin_grants_the_paths_and_systemd_accepts_it(tmp_path: Path) -> None:
+    config = _config(tmp_path, "/srv/zapd/state", socket="/srv/zapd/api/zapd.sock")
+    units = tmp_path / "units"
+    res = _zapd("systemd-dropin", "--config", str(config), "--write", "--dir", str(units / "zapd.service.d"))
+    assert res.returncode == 0, res.stderr
+    assert "install -d -o zapd -g zapd -m 0750 /srv/zapd/state /srv/zapd/api" in res.stdout
+    dropin = (units / "zapd.service.d" / "paths.conf").read_text()
+    assert "ReadWritePaths=/srv/zapd/state\n" in dropin and "ReadWritePaths=/srv/zapd/api\n" in dropin
+    # systemd reads it the way it reads the site's own drop-ins: next to the unit, in zapd.service.d/
+    analyze = _tool("systemd-analyze")
+    zapd = shutil.which("zapd") or str(Path(sys.executable).with_name("zapd"))
+    (units / "zapd.service").write_text((SYSTEMD / "zapd.service").read_text().replace("/usr/bin/zapd", zapd))
+    proc = subprocess.run([analyze, "verify", str(units / "zapd.service")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if "paths.conf" in line or "zapd.service" in line]
+    # nothing to add for a default config: printed, not written
+    plain = _zapd("systemd-dropin", "--config", str(_config(tmp_path, "/var/lib/zapd")))
+    assert plain.returncode == 0 and "ReadWritePaths" not in plain.stdout
