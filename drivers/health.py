@@ -13,6 +13,7 @@ Staleness is judged when the record is read (`view(now)`), so a device that simp
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -91,8 +92,11 @@ class DeviceHealth:
         event_prefix: str = "device",
         unit: int | None = None,
         stale_after_s: float | None = None,
+        no_data_hint: Callable[[], str] | None = None,
     ) -> None:
         self.device_id = device_id
+        # What to check when data does not come (a device setting); appended to the stale reason.
+        self._no_data_hint = no_data_hint
         self._clock = clock
         self._prefix = event_prefix
         self._unit = unit
@@ -156,6 +160,8 @@ class DeviceHealth:
                 state, since = HealthState.STALE, seen + timedelta(seconds=self.stale_after_s)
                 what = "no data" if self.last_ok is None or self.state is HealthState.CONNECTING else "no new data"
                 reason = f"{what} for {(now - seen).total_seconds():.0f} s (expected within {self.stale_after_s:g} s)"
+                hint = self._no_data_hint() if self._no_data_hint is not None else ""
+                reason += f"; {hint}" if hint else ""
         return HealthView(
             self.device_id, state, since, reason, self.last_error, self.last_error_at, self.errors, self.last_ok
         )

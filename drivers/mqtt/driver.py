@@ -129,7 +129,9 @@ class MqttDriver:
         )
         self._bad_topics: set[str] = set()
         # No message within stale_s is what makes a DER stale; it makes the device stale too.
-        self._health = DeviceHealth(device_id, clock, event_prefix="mqtt", stale_after_s=stale_s)
+        self._health = DeviceHealth(
+            device_id, clock, event_prefix="mqtt", stale_after_s=stale_s, no_data_hint=self.missing_setup
+        )
         self.counters: dict[str, int] = dict.fromkeys(
             ("messages", "readings", "bad_payloads", "connects", "disconnects", "commands", "command_errors"), 0
         )
@@ -180,7 +182,8 @@ class MqttDriver:
                         await client.subscribe(topic, qos=1)
                     self._client = client
                     self._link_ok()
-                    self._health.connecting("connected to the broker, no message yet")
+                    hint = self.missing_setup()
+                    self._health.connecting("connected to the broker, no message yet" + (f"; {hint}" if hint else ""))
                     async for message in client.messages:
                         self.handle(str(message.topic), message.payload, sink)
             except aiomqtt.MqttError as exc:
@@ -189,6 +192,11 @@ class MqttDriver:
             finally:
                 self._client = None
             await self._clock.sleep(self._backoff.next_delay())
+
+    def missing_setup(self) -> str:
+        """The device settings of the presets whose DERs have sent nothing yet ("" when all have)."""
+        hints = {m.setup: None for m in self._mappings if m.setup and m.der_id not in self._values}
+        return "; ".join(hints)
 
     def _link_ok(self) -> None:
         self.counters["connects"] += 1

@@ -34,6 +34,7 @@ class TopicMapping:
     path: str | None = None  # dotted JSON path ("ENERGY.Power", "params.em:0.total_act_power"); None = plain number
     unit: str = ""
     scale: float = 1.0
+    setup: str = ""  # the device setting without which nothing arrives on `topic` (PRESET_SETUP)
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -83,12 +84,24 @@ def _number_payload(payload: Any) -> Any:
     return payload
 
 
+# What each preset needs set on the device itself: without it the device publishes nothing zapd
+# reads, and all a technician sees is a stale meter. Shown in the health reason and in docs/devices.md.
+PRESET_SETUP: dict[str, str] = {
+    "shelly_em": 'enable "Generic status update over MQTT" in the Shelly\'s Settings > MQTT (status topics)',
+    "shelly_em_rpc": 'enable "RPC status notifications over MQTT" in the Shelly\'s Settings > MQTT (events/rpc)',
+    "tasmota_sensor": "Tasmota sends SENSOR every TelePeriod, 300 s by default: set `TelePeriod 10` (below stale_s)",
+    "opendtu": "",
+}
+
+
 def preset_mappings(preset: Preset, source: str, der_id: str, kind: DerKind) -> list[TopicMapping]:
     """Mappings for a known device. `source` is the device's topic root: the Shelly MQTT prefix,
     the Tasmota topic, or OpenDTU's `<base>/<inverter serial>`."""
 
     def m(topic: str, key: str, path: str | None, unit: str = "") -> TopicMapping:
-        return TopicMapping(topic=topic, der_id=der_id, kind=kind, key=key, path=path, unit=unit)
+        return TopicMapping(
+            topic=topic, der_id=der_id, kind=kind, key=key, path=path, unit=unit, setup=PRESET_SETUP[preset]
+        )
 
     if preset == "shelly_em":
         # Shelly Pro 3EM / Gen2+ EM: status topics (enable "Generic status update over MQTT").
@@ -119,4 +132,6 @@ def preset_mappings(preset: Preset, source: str, der_id: str, kind: DerKind) -> 
     raise ValueError(f"unknown preset {preset!r}")
 
 
-__all__ = ["ENERGY_WH", "UNITS", "BadPayload", "Preset", "TopicMapping", "decode_json", "preset_mappings"]
+__all__ = [
+    "ENERGY_WH", "PRESET_SETUP", "UNITS", "BadPayload", "Preset", "TopicMapping", "decode_json", "preset_mappings",
+]  # fmt: skip

@@ -252,3 +252,32 @@ async def test_broker_down_at_start_does_not_block_and_driver_connects_later(mos
                 await task
     events = [e["event"] for e in logs]
     assert events.count("mqtt.link_down") == 1 and events.count("mqtt.link_up") == 1
+
+
+async def test_a_silent_shelly_says_which_device_setting_it_needs(mosquitto: MosquittoBroker) -> None:
+    # A Shelly Pro 3EM with "Generic status update over MQTT" off publishes nothing on status/em:0:
+    # the health record names that setting (as `zapctl devices` shows it), and forgets it once data comes.
+    mappings = preset_mappings("shelly_em", SHELLY, "mq.grid", DerKind.METER)
+    sink = Collector()
+    driver = make_driver(mosquitto, mappings, stale_s=0.3)
+    async with running(driver, sink):
+        assert "Generic status update over MQTT" in driver.health.view().reason  # connected, nothing yet
+        await eventually(lambda: str(driver.health.view().state) == "stale")
+        reason = driver.health.view().reason
+        assert reason.startswith("no data for") and 'enable "Generic status update over MQTT"' in reason
+        await publish(mosquitto, (f"{SHELLY}/status/em:0", SHELLY_EM0))
+        await eventually(lambda: driver.health.view().ok)
+        assert driver.missing_setup() == ""
+
+
+def test_every_preset_names_its_device_setting_in_the_docs() -> None:
+    from pathlib import Path
+
+    from drivers.mqtt.mapping import PRESET_SETUP
+
+    devices_md = (Path(__file__).resolve().parents[2] / "docs" / "devices.md").read_text()
+    for preset, setup in PRESET_SETUP.items():
+        assert f"`{preset}`" in devices_md
+        for quoted in (part.split('"')[0] for part in setup.split('enable "')[1:]):
+            assert quoted in devices_md, (preset, quoted)
+    assert "TelePeriod" in devices_md
