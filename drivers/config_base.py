@@ -67,6 +67,7 @@ class MeterDer:
 
 
 SerialLine = tuple[int, str, int, int]  # baudrate, parity, stopbits, bytesize
+ChargerLimit = tuple[str, float, int]  # config key of the limits, max_current_a, phases
 
 
 class DeviceModel(_Strict):
@@ -95,6 +96,10 @@ class DeviceModel(_Strict):
     def serial_unit(self) -> int | None:
         """For a Modbus RTU device: its unit id, unique on its port."""
         return None
+
+    def charger_limits(self) -> list[ChargerLimit]:
+        """The EV chargers this device declares, with their limits (held against the site's fuse)."""
+        return []
 
 
 class RtuLineMixin:

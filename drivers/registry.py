@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, get_args
@@ -25,9 +25,12 @@ from drivers.config_base import DeviceModel
 
 if TYPE_CHECKING:
     from zapd.clock import Clock
+    from zapd.config import ZapdConfig
+    from zapd.config_check import Problem
     from zapd.devices import DeviceSet
 
 Factory = Callable[["DeviceSet", Any, "Clock"], None]
+Checks = Callable[[Any, "ZapdConfig"], Iterator["Problem"]]
 
 
 class RegistryError(RuntimeError):
@@ -44,12 +47,25 @@ class DriverKind:
     factory: str
     # Place in the union, the docs and `expected one of` lines; ties keep registration order.
     order: int = 100
+    # `zapd config check`'s questions about one such device beyond its model ("module:function" taking
+    # the device and the whole config, yielding zapd.config_check.Problem), imported by the check only.
+    checks: str | None = None
 
     def build(self) -> Factory:
         """The factory, imported now (the first time a config uses this kind)."""
-        module, _, attr = self.factory.partition(":")
-        fn: Factory = getattr(importlib.import_module(module), attr)
+        fn: Factory = _load(self.factory)
         return fn
+
+    def checks_function(self) -> Checks | None:
+        if self.checks is None:
+            return None
+        fn: Checks = _load(self.checks)
+        return fn
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 _KINDS: dict[str, DriverKind] = {}

@@ -29,17 +29,11 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ValidationError
 
 from drivers.config_base import DeviceModel
-from drivers.ocpp.config import OcppDevice
 from drivers.registry import kind
 from zapd.config import (
     DRIVER_NAMES,
-    DSMR_TELEGRAM_INTERVAL_S,
     METER_ROLES,
     CloudConfig,
-    ModbusEvDevice,
-    MqttDevice,
-    P1SerialDevice,
-    P1TcpDevice,
     ZapdConfig,
     meter_ders,
 )
@@ -48,10 +42,8 @@ from zapd.config import (
 WATCHDOG_S = 30.0
 # What zapd.example.toml and the DSMR docs show: a copy that was never filled in.
 PLACEHOLDER_PUBLIC_KEYS = frozenset({"+GEv0bL4PmjoQotIdAvYyRzNCv3oYdXBAuQsos/ahs0="})
-PLACEHOLDER_P1_KEYS = frozenset({"00112233445566778899AABBCCDDEEFF"})
 # RFC 2606 / RFC 6761 names that never reach a real server.
 _RESERVED_DOMAINS = ("example", "example.com", "example.net", "example.org", "invalid", "test")
-SMARTY_KEY_HEX_DIGITS = 32  # AES-128-GCM (Luxembourg Smarty P1 specification; ESPHome: "32 characters")
 SMALL_W = 100.0  # below this a power or energy limit is more likely kW/kWh typed as W/Wh
 # RFC 1123 labels, plus `_` (container and compose service names resolve with it).
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
@@ -344,39 +336,12 @@ def _units(config: ZapdConfig) -> Iterator[Problem]:
         yield from _kilo(f"{base}.max_discharge_w", battery.max_discharge_w, "W")
 
 
-def _p1(config: ZapdConfig) -> Iterator[Problem]:
+def _family_checks(config: ZapdConfig) -> Iterator[Problem]:
+    """What each driver family checks about its own devices (its registered `checks`)."""
     for dev in config.devices:
-        if not isinstance(dev, P1SerialDevice | P1TcpDevice):
-            continue
-        base = f"devices.{dev.id}"
-        interval = DSMR_TELEGRAM_INTERVAL_S[dev.dsmr_version]
-        if dev.poll_s is not None and dev.poll_s < interval:
-            yield Problem(
-                f"{base}.poll_s",
-                f"DSMR {dev.dsmr_version} meters send a telegram every {interval:g} s: with poll_s = "
-                f"{dev.poll_s:g} a reading is stale after {3 * dev.poll_s:g} s and the site drops into safe "
-                "hold between telegrams; leave poll_s out to use the DSMR interval",
-                warning=True,
-            )
-        key = dev.decryption_key
-        if key is None:
-            continue
-        if not re.fullmatch(r"[0-9A-Fa-f]*", key):
-            bad = next(c for c in key if c not in "0123456789abcdefABCDEF")
-            yield Problem(f"{base}.decryption_key", f"not hex ({bad!r} is not a hex digit)")
-        elif len(key) != SMARTY_KEY_HEX_DIGITS:
-            yield Problem(
-                f"{base}.decryption_key",
-                f"{SMARTY_KEY_HEX_DIGITS} hex digits (16 bytes, AES-128), this has {len(key)}",
-            )
-        elif key.upper() in PLACEHOLDER_P1_KEYS:
-            yield Problem(f"{base}.decryption_key", "the example key: use your grid operator's", warning=True)
-        if dev.dsmr_version != "5L":
-            yield Problem(
-                f"{base}.decryption_key",
-                f"only Luxembourg meters (dsmr_version = '5L') encrypt; with {dev.dsmr_version!r} it is ignored",
-                warning=True,
-            )
+        check = kind(dev.driver).checks_function()
+        if check is not None:
+            yield from check(dev, config)
 
 
 def _serial_ports(config: ZapdConfig) -> Iterator[Problem]:
@@ -406,17 +371,7 @@ def _timing(config: ZapdConfig) -> Iterator[Problem]:
 
 def _chargers(config: ZapdConfig) -> Iterator[Problem]:
     site = config.site
-    limits: list[tuple[str, float, int]] = [
-        (f"devices.{d.id}.ev", d.ev.max_current_a, d.ev.phases) for d in config.devices if isinstance(d, ModbusEvDevice)
-    ]
-    for d in config.devices:
-        if isinstance(d, MqttDevice):
-            limits += [
-                (f"devices.{d.id}.ders.{der.id}.ev", der.ev.max_current_a, der.ev.phases) for der in d.ders if der.ev
-            ]
-        elif isinstance(d, OcppDevice):
-            limits += [(f"devices.{d.id}.charge_points.{cp.id}", cp.max_current_a, cp.phases) for cp in d.charge_points]
-    for key, max_current_a, phases in limits:
+    for key, max_current_a, phases in (limit for d in config.devices for limit in d.charger_limits()):
         if max_current_a > site.fuse_a:
             yield Problem(
                 f"{key}.max_current_a",
@@ -472,7 +427,7 @@ def _systemd_paths(config: ZapdConfig) -> Iterator[Problem]:
 
 
 def semantic_problems(config: ZapdConfig) -> list[Problem]:
-    checks = (_grid_meter, _builds, _hosts, _units, _p1, _serial_ports, _timing, _chargers, _systemd_paths)
+    checks = (_grid_meter, _builds, _hosts, _units, _family_checks, _serial_ports, _timing, _chargers, _systemd_paths)
     problems = [p for check in checks for p in check(config)]
     problems += list(_cloud(config.cloud))
     return problems

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from drivers.config_base import (
     BatteryLimits,
+    ChargerLimit,
     CommandTimeout,
     DeviceId,
     DeviceModel,
@@ -366,3 +367,6 @@ class ModbusEvDevice(DeviceModel):
         ),
     )
     ev: EvLimits = Field(description="Limits of the charger as installed.")
+
+    def charger_limits(self) -> list[ChargerLimit]:
+        return [(f"devices.{self.id}.ev", self.ev.max_current_a, self.ev.phases)]

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from drivers.config_base import DeviceModel, EvLimits, MeterDer, MeterRole, _Strict
+from drivers.config_base import ChargerLimit, DeviceModel, EvLimits, MeterDer, MeterRole, _Strict
 
 MqttUnit = Literal["", "W", "kW", "Wh", "kWh", "%", "A", "V"]
 
@@ -180,4 +180,11 @@ class MqttDevice(DeviceModel):
             MeterDer(f"{self.id}.{der.id}", der.role or "grid", f"devices.{self.id}.ders.{der.id}.role")
             for der in self.ders
             if der.kind == "meter"
+        ]
+
+    def charger_limits(self) -> list[ChargerLimit]:
+        return [
+            (f"devices.{self.id}.ders.{der.id}.ev", der.ev.max_current_a, der.ev.phases)
+            for der in self.ders
+            if der.ev is not None
         ]

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from drivers.config_base import DeviceModel, _Strict
+from drivers.config_base import ChargerLimit, DeviceModel, _Strict
 
 IEC_MIN_CURRENT_A = 6.0
 
@@ -165,3 +165,6 @@ class OcppDevice(DeviceModel):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         return self
+
+    def charger_limits(self) -> list[ChargerLimit]:
+        return [(f"devices.{self.id}.charge_points.{cp.id}", cp.max_current_a, cp.phases) for cp in self.charge_points]

@@ -73,3 +73,28 @@ def test_a_p1_site_loads_dsmr_but_not_modbus_or_ocpp() -> None:
     loaded = _imported_after_build(SITE + p1)
     assert "dsmr_parser" in loaded
     assert not loaded & {"pymodbus", "ocpp", "websockets", "aiomqtt"}, loaded
+
+
+def test_the_shared_modules_name_no_device_kind() -> None:
+    """zapd/devices.py and zapd/config_check.py loop over the registry: a new protocol edits neither."""
+    from pathlib import Path
+
+    import zapd
+
+    root = Path(zapd.__file__).parent
+    for module in ("devices.py", "config_check.py"):
+        text = (root / module).read_text()
+        for k in kinds():
+            assert k.model.__name__ not in text, f"zapd/{module} names {k.model.__name__}"
+
+
+def test_a_family_contributes_its_own_config_checks() -> None:
+    """The P1 family's checks (drivers/p1/checks.py) run through the registry in `zapd config check`."""
+    from zapd.config_check import check_data
+
+    doc = {
+        "site": {"id": "s", "fuse_a": 25},
+        "devices": [{"driver": "p1_tcp", "id": "p1", "host": "127.0.0.1", "port": 2000, "decryption_key": "zz"}],
+    }
+    result = check_data(doc, "t")
+    assert any("devices.p1.decryption_key" in line and "not hex" in line for line in result.errors), result.errors
