@@ -481,6 +481,7 @@ _CAPABILITY_RANGES: Final = {
     "min_current_a": MAX_CURRENT_A,
     "max_current_a": MAX_CURRENT_A,
     "voltage_v": MAX_VOLTAGE_V,
+    "keepalive_s": 86_400.0,
 }
 
 

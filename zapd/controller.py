@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -137,11 +137,14 @@ class Controller:
         dead_time_s: float = 5.0,
         estimate_tolerance_w: float = 50.0,
         intent_overlay: Callable[[datetime, Intent], Intent] | None = None,
+        keepalive_s: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         """`settle_s`: after this long a battery that has not reached its setpoint is taken as it reads
         (SoC or device limit, not in remote control). `dead_time_s`: the longest an inverter waits
         before it follows a write (hybrid inverters: 1-3 s). `estimate_tolerance_w`: the rounding and
-        noise of battery and meter readings; the command holds while the site is within it."""
+        noise of battery and meter readings; the command holds while the site is within it.
+        `keepalive_s`: per DER, the write period its device needs (DerCapabilities.keepalive_s): the
+        controller re-writes a held command sooner than `refresh_s` there, so no driver writes on its own."""
         self._clock = clock
         self._state = state
         self._store = store
@@ -155,6 +158,7 @@ class Controller:
         self._plan_source = plan_source
         self._plan_fresh = plan_fresh
         self._on_cycle = on_cycle
+        self._keepalive_s = keepalive_s or dict
         self._forced_rung = forced_rung
         # Tightens every intent (a cloud DR window: cloud_sync/commands.py); never loosens the site's limits.
         self._intent_overlay = intent_overlay
@@ -301,7 +305,8 @@ class Controller:
         decision, setpoints = self.decide(now, image)
         ev_setpoints = self.decide_evs(now, decision, setpoints, image)
         await self._note_rung(now, decision)
-        results = await self._write_phase(now, self._writes(now, setpoints, ev_setpoints))
+        keepalive = self._keepalive_s()
+        results = await self._write_phase(now, self._writes(now, setpoints, ev_setpoints, keepalive))
         self.stats.last_ev_setpoints = {ev.der_id: ev for ev in ev_setpoints}
         if results:
             await self._record(self._store.log_commands(now, results))
@@ -313,15 +318,17 @@ class Controller:
         for listener in self.cycle_listeners:
             await listener()
 
-    def _writes(self, now: datetime, setpoints: list[Setpoint], evs: list[EvSetpoint]) -> list[_Write]:
+    def _writes(
+        self, now: datetime, setpoints: list[Setpoint], evs: list[EvSetpoint], keepalive: Mapping[str, float]
+    ) -> list[_Write]:
         """The cycle's commands, batteries first: those the write rules say are due, to known actuators."""
         out: list[_Write] = []
         for sp in setpoints:
-            if sp.der_id in self._actuators and self._needs_write(sp, now):
+            if sp.der_id in self._actuators and self._needs_write(sp, now, keepalive.get(sp.der_id)):
                 command: BatterySetpoint | EvCurrent = BatterySetpoint(der_id=sp.der_id, power_w=sp.power_w)
                 out.append(_Write(command, sp.power_w, sp.clamped_reason, battery=True))
         for ev in evs:
-            if ev.der_id in self._actuators and self._needs_write(ev, now):
+            if ev.der_id in self._actuators and self._needs_write(ev, now, keepalive.get(ev.der_id)):
                 command = EvCurrent(der_id=ev.der_id, current_a=ev.current_a, phases=ev.phases)
                 out.append(_Write(command, ev.power_w, ev.clamped_reason, battery=False))
         return out
@@ -341,12 +348,16 @@ class Controller:
             results.append((result, w.clamped_reason))
         return results
 
-    def _needs_write(self, sp: Setpoint | EvSetpoint, now: datetime) -> bool:
+    def _needs_write(self, sp: Setpoint | EvSetpoint, now: datetime, keepalive_s: float | None = None) -> bool:
         prev = self._written.get(sp.der_id)
         if prev is None or not prev.ok:
             return True
         elapsed = (now - prev.at).total_seconds()
-        if elapsed >= self._refresh_s or elapsed < 0:
+        # The device's own period, less one tick: the cycle that finds it due runs up to a tick late.
+        refresh_s = self._refresh_s
+        if keepalive_s is not None and keepalive_s > 0:
+            refresh_s = min(refresh_s, max(keepalive_s - self._tick_s, keepalive_s / 2))
+        if elapsed >= refresh_s or elapsed < 0:
             return True  # < 0: the clock went back; waiting for it to catch up would let the device time out
         moved = abs(sp.power_w - prev.power_w)
         # Always honour a move to exactly idle, and any move past the deadband.

@@ -207,6 +207,10 @@ class Daemon:
             for c in d.capabilities()
         ]
 
+    def _keepalive_periods(self) -> dict[str, float]:
+        """Per DER, the write period its device needs (the controller is the only writer)."""
+        return {c.der_id: c.keepalive_s for d in self.devices.drivers for c in d.capabilities() if c.keepalive_s > 0}
+
     def _on_cycle(self) -> None:
         self.notifier.ready(status="controlling")
         self.notifier.watchdog()
@@ -281,6 +285,7 @@ class Daemon:
             on_cycle=self._on_cycle,
             forced_rung=self.override,
             evs=lambda: self.devices.ev_envelopes,
+            keepalive_s=self._keepalive_periods,
             intent_overlay=self.cloud.demand.overlay if self.cloud is not None else None,
         )
         self.override.store, self.override.wake = self.store, self.controller.wake

@@ -67,6 +67,9 @@ class DerCapabilities(msgspec.Struct, frozen=True, kw_only=True):
     max_current_a: float = 0.0
     phases: int = 1
     voltage_v: float = 230.0
+    # A device that drops a command not written again within this long (an EMS setpoint's validity
+    # time) says so here; the controller, the only writer, then re-writes it sooner. 0 = it keeps it.
+    keepalive_s: float = 0.0
     # Meters: the config's role, so the cloud plans on the grid meter's data ("" = not a meter, or an older Zap).
     role: Literal["", "grid", "pv", "ev", "submeter"] = ""
 

@@ -2,8 +2,10 @@
 
 The charger is told a per-phase current (IEC 61851: 0 = pause, else at least 6 A) and
 optionally 1 or 3 phases. Chargers that take an EMS setpoint forget it after a validity time
-and fall back to their own safe current, so the driver re-writes the last command every
-`keepalive_s` on its own, independent of the controller's refresh. It refuses commands
+and fall back to their own safe current; the driver says so in its capabilities
+(`keepalive_s`) and the controller, the only writer, re-writes the command in time (issue 15:
+the driver used to re-write on its own, a second writer the controller did not know about).
+It refuses commands
 beyond the configured limits: the envelope clamps at site level, this keeps a bad command
 off the wire. Device problems never escape `run()` or `apply()`.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -197,13 +198,11 @@ class ModbusEvCharger:
         self._backoff_max_s = max(backoff_max_s, poll_s)
         self._apply_timeout_s = apply_timeout_s
         self._can_switch_phases = (f := register_map.get("ev_phases")) is not None and f.writable
-        self._last_command: EvCurrent | None = None
-        self._last_write_at = 0.0  # monotonic
         self._session_start_wh: float | None = None
         self._was_connected = False
         self._health = DeviceHealth(device_id, clock, event_prefix="ev", unit=unit_id)
         self.counters: dict[str, int] = dict.fromkeys(
-            ("polls", "poll_errors", "config_errors", "commands", "commands_refused", "command_errors", "keepalives"),
+            ("polls", "poll_errors", "config_errors", "commands", "commands_refused", "command_errors"),
             0,
         )
 
@@ -235,6 +234,7 @@ class ModbusEvCharger:
                 max_current_a=self.max_current_a,
                 phases=self.phases,
                 voltage_v=self.voltage_v,
+                keepalive_s=self._keepalive_s,
             )
         ]
 
@@ -299,10 +299,9 @@ class ModbusEvCharger:
         self.counters["polls"] += 1
 
     async def run(self, sink: ReadingSink) -> None:
-        """Poll forever and keep the last setpoint alive; device trouble means a pause, never an exit."""
+        """Poll forever; device trouble means a pause, never an exit."""
 
         async def step() -> None:
-            await self._keepalive()
             await self.poll_once(sink)
 
         await poll_forever(
@@ -313,15 +312,6 @@ class ModbusEvCharger:
             poll_s=self._poll_s,
             backoff_max_s=self._backoff_max_s,
         )
-
-    async def _keepalive(self) -> None:
-        cmd = self._last_command
-        if cmd is None or time.monotonic() - self._last_write_at < self._keepalive_s:
-            return
-        self.counters["keepalives"] += 1
-        async with asyncio.timeout(self._apply_timeout_s):
-            await self._write_current(cmd.current_a)
-        self._last_write_at = time.monotonic()
 
     # ---- control ----
 
@@ -356,8 +346,6 @@ class ModbusEvCharger:
             detail = str(exc)
         else:
             if detail is None:
-                self._last_command = command
-                self._last_write_at = time.monotonic()
                 return CommandResult(command=command, ok=True, detail=f"{command.current_a:g} A read back")
         self.counters["command_errors"] += 1
         log.warning("ev.command_failed", device=self._id, current_a=command.current_a, error=detail)
@@ -398,5 +386,4 @@ class ModbusEvCharger:
         if problem is not None:
             log.error("ev.safe_mode_failed", device=self._id, error=problem)
             return
-        self._last_command = None
         log.info("ev.safe_mode", device=self._id, current_a=current)

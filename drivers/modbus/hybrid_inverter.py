@@ -173,6 +173,7 @@ class ModbusHybridInverter(ReportsHealth):
                 max_charge_w=charge or 0.0,
                 max_discharge_w=discharge or 0.0,
                 capacity_wh=self._limit("capacity_wh") or 0.0,
+                keepalive_s=self._capability_keepalive_s(),
             ),
         ]
         if self._has_pv:
@@ -323,6 +324,13 @@ class ModbusHybridInverter(ReportsHealth):
         self.counters["command_errors"] += 1
         self._commands_latch.failed(setpoint_w=command.power_w, error=detail)
         return CommandResult(command=command, ok=False, detail=detail)
+
+    def _capability_keepalive_s(self) -> float:
+        """The write period the controller must keep (0: the device keeps a command until told)."""
+        if not self._can_control:
+            return 0.0
+        period = self._keepalive_s()
+        return period if math.isfinite(period) and 0.0 < period <= 86_400.0 else 0.0
 
     def _keepalive_s(self) -> float:
         """A held command is written again after this long, so the device's own timeout never fires."""

@@ -16,7 +16,11 @@ from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import MAPS_DIR, load_register_map
 from drivers.sim.modbus_server import SimModbusServer, start_modbus_sim
 from drivers.sim.physics import BatteryModel, EvModel, SimSite
+from fallback.policy import Decision, Rung
 from zapd.clock import SystemClock
+from zapd.controller import Controller
+from zapd.envelope import SiteLimits
+from zapd.ev_envelope import EvEnvelope
 from zapd.model import (
     CHARGING,
     CONNECTED,
@@ -26,8 +30,11 @@ from zapd.model import (
     BatterySetpoint,
     DerKind,
     EvCurrent,
+    Intent,
     Reading,
 )
+from zapd.state import SiteState
+from zapd.store import Store
 
 POLL_S = 0.05
 
@@ -208,20 +215,62 @@ async def test_ev_session_resets_on_unplug_and_safe_mode() -> None:
         assert site.ev.setpoint_a == 6.0
 
 
-async def test_ev_charger_keeps_setpoint_alive_and_survives_outage() -> None:
+async def test_the_controller_keeps_the_charger_setpoint_alive_and_the_driver_survives_outage(
+    tmp_path: Path,
+) -> None:
+    """The charger forgets an EMS setpoint after its validity time: the driver says so in its
+    capabilities and the controller, the only writer, writes it again; the driver writes nothing
+    on its own (issue 15: it used to keep the setpoint alive itself, a second writer)."""
     site = ev_site()
     assert site.ev is not None
     server = await start_modbus_sim(site, map_name="alfen_eve", unit_id=1)
     port = server.port
     bus = get_tcp_bus(server.host, port, timeout_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.1)
-    charger = make_charger(bus, keepalive_s=0.1, backoff_max_s=0.1)
+    charger = make_charger(bus, keepalive_s=0.3, backoff_max_s=0.1)
+    (cap,) = charger.capabilities()
+    assert cap.keepalive_s == 0.3
     readings: list[Reading] = []
     task = asyncio.create_task(charger.run(readings.append))
+    store = await Store.open(tmp_path / "zapd.sqlite")
     try:
         assert (await charger.apply(EvCurrent(der_id="eve.ev", current_a=8.0))).ok
-        site.ev.setpoint_a = 6.0  # the charger fell back to its safe current: the keepalive restores 8 A
-        await eventually(lambda: site.ev is not None and site.ev.setpoint_a == 8.0)
-        assert charger.counters["keepalives"] >= 1
+        site.ev.setpoint_a = 6.0  # the charger fell back to its safe current
+        await asyncio.sleep(1.0)  # > 3 validity periods of polling: the driver alone writes nothing
+        assert site.ev.setpoint_a == 6.0
+
+        clock = SystemClock()
+        state = SiteState()
+        state.register("meter", DerKind.METER, 1.0)
+        state.register("eve.ev", DerKind.EV_CHARGER, POLL_S)
+        ctl = Controller(
+            clock=clock,
+            state=state,
+            store=store,
+            batteries=list,
+            actuators={"eve.ev": charger},
+            site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
+            tick_s=0.05,
+            refresh_s=60,
+            deadband_w=50,
+            plan_source=lambda: None,
+            plan_fresh=lambda: True,
+            forced_rung=lambda: Decision(Rung.PLAN, Intent(ev_w=8 * 3 * 230.0), "test"),
+            evs=lambda: [EvEnvelope("eve.ev", max_current_a=16)],
+            keepalive_s=lambda: {c.der_id: c.keepalive_s for c in charger.capabilities()},
+        )
+        writes = 0
+        for _ in range(20):  # 1 s of cycles; the charger's own readings feed the state
+            state.update(Reading(der_id="meter", kind=DerKind.METER, ts=clock.now(), values={POWER_W: 1000.0}))
+            if readings:
+                state.update(readings[-1])
+            await ctl.cycle()
+            if site.ev.setpoint_a == 8.0 and writes == 0:
+                writes = ctl.stats.writes
+                site.ev.setpoint_a = 6.0  # it forgets again: the controller must write again in time
+            await asyncio.sleep(0.05)
+        assert writes >= 1 and site.ev.setpoint_a == 8.0
+        assert ctl.stats.writes >= writes + 1 and ctl.stats.write_failures == 0
+
         await server.stop()
         await eventually(lambda: not charger.healthy)
         server = await start_modbus_sim(site, map_name="alfen_eve", unit_id=1, port=port)
@@ -231,6 +280,7 @@ async def test_ev_charger_keeps_setpoint_alive_and_survives_outage() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await store.close()
         await close_all_buses()
         await server.stop()
 

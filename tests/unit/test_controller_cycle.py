@@ -56,7 +56,15 @@ def _site(clock: ManualClock, grid_w: float) -> SiteState:
     return state
 
 
-def _controller(store: Store, clock: ManualClock, state: SiteState, devices: Recorder) -> Controller:
+def _controller(
+    store: Store,
+    clock: ManualClock,
+    state: SiteState,
+    devices: Recorder,
+    *,
+    tick_s: float = 10,
+    keepalive: dict[str, float] | None = None,
+) -> Controller:
     return Controller(
         clock=clock,
         state=state,
@@ -64,7 +72,7 @@ def _controller(store: Store, clock: ManualClock, state: SiteState, devices: Rec
         batteries=lambda: [BatteryEnvelope("inv.battery", 10_000, 3000, 3000, reserve_soc=0.1)],
         actuators={"inv.battery": devices, "eve.ev": devices},
         site=SITE,
-        tick_s=10,
+        tick_s=tick_s,
         refresh_s=60,
         deadband_w=50,
         plan_source=lambda: None,
@@ -72,6 +80,7 @@ def _controller(store: Store, clock: ManualClock, state: SiteState, devices: Rec
         # Charge the battery 1 kW and the EV 16 A x 3 phases: both fit the fuse at 1 kW grid import.
         forced_rung=lambda: Decision(Rung.PLAN, Intent(battery_w=1000.0, ev_w=11_040.0), "test"),
         evs=lambda: [EvEnvelope("eve.ev", max_current_a=16)],
+        keepalive_s=lambda: keepalive or {},
     )
 
 
@@ -103,3 +112,27 @@ async def test_evs_are_decided_on_the_same_image_as_the_batteries(store: Store) 
     await ctl.cycle()
     later = [c for c in busy.log if isinstance(c, EvCurrent)]
     assert len(later) == 2 and later[1].current_a < ev[0].current_a
+
+
+async def test_the_controller_keeps_a_device_s_command_alive(store: Store) -> None:
+    """A charger that drops its setpoint after 5 s (DerCapabilities.keepalive_s) gets it written again
+    by the controller, the only writer, before that; without the capability the refresh_s rule holds."""
+    for keepalive, expect_rewrites in (({"eve.ev": 5.0}, 3), ({}, 0)):
+        clock = ManualClock(T0)
+        state = _site(clock, grid_w=1000.0)
+        devices = Recorder(state, clock)
+        ctl = _controller(store, clock, state, devices, tick_s=1.0, keepalive=keepalive)
+        await ctl.cycle()
+        first = [c for c in devices.log if isinstance(c, EvCurrent)]
+        for _ in range(13):  # 13 s, a cycle a second, nothing changes
+            clock.advance(1)
+            for der, kind, values in (
+                ("meter", DerKind.METER, {POWER_W: 1000.0}),
+                ("inv.battery", DerKind.BATTERY, {POWER_W: 1000.0, SOC: 0.5}),
+                ("eve.ev", DerKind.EV_CHARGER, {POWER_W: 11_040.0, CONNECTED: 1.0}),
+            ):
+                state.update(Reading(der_id=der, kind=kind, ts=clock.now(), values=values))
+            await ctl.cycle()
+        ev = [c for c in devices.log if isinstance(c, EvCurrent)]
+        assert len(first) == 1 and len(ev) == 1 + expect_rewrites, keepalive  # every 4 s: the period less a tick
+        assert all(c == first[0] for c in ev)
