@@ -32,11 +32,13 @@ from drivers.modbus.sunspec_models import (
     ModelDef,
     SunSpecError,
     Value,
+    decode_groups,
     decode_model,
     decode_raw,
     encode_raw,
     model_def,
     point_regs,
+    repeating_group,
     scale_factor,
 )
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
@@ -67,12 +69,16 @@ END_MODEL_ID = 0xFFFF
 INVERTER_MODELS = (103, 113, 102, 112, 101, 111)
 METER_MODELS = (203, 204, 201, 202, 213, 214, 211, 212)
 # Models whose bodies are read and decoded at scan; others are listed (id, address, length) only.
-DECODED_MODELS = frozenset({1, 101, 102, 103, 111, 112, 113, 120, 121, 124, 201, 202, 203, 204, 802})
+DECODED_MODELS = frozenset({1, 101, 102, 103, 111, 112, 113, 120, 121, 124, 160, 201, 202, 203, 204, 802})
 DECODED_MODELS |= frozenset(range(701, 714))
 _MAX_MODELS = 64
 _MAX_READ = 100  # registers per request: under the protocol's 125, and what small gateways accept
 _CHARGE_AND_DISCHARGE_LIMITS = 0x3  # StorCtl_Mod bits 0 (CHARGE) and 1 (DISCHARGE)
 _CONTROL_POINTS = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms")
+# Of those, the ones a device must implement for zapd to claim control. The rate window's time window
+# (WinTms) is optional: Fronius documents it "not supported", and it is then written back as read.
+_CONTROL_POINTS_NEEDED = ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_RvrtTms")
+_GRID_CHARGE = 1  # model 124 ChaGriSet GRID (0 = PV): a charge command may take power from the grid
 # Model 704 DERCtlAC "set active power": the points written (WSetMod..WSetRvrtTms, one write, then
 # WSetEna) and those that must be implemented for zapd to claim control through it.
 _704_WATTS = 1  # WSetMod WATTS (0 = W_MAX_PCT)
@@ -83,6 +89,12 @@ _704_SPAN = ("WSetMod", "WSetRvrtTms")  # first and last point of the one write
 PV_MODELS = (*INVERTER_MODELS, 701)
 # (storage model, points of which one must be implemented for the device to show a battery)
 _STORAGE_EVIDENCE = ((124, ("WChaMax", "ChaState")), (713, ("WHRtg", "SoC")), (802, ("SoC", "WHRtg")))
+# Devices that report their battery's DC power as two model-160 (multiple MPPT) modules, one charging and
+# one discharging, by common-model manufacturer: the IDStr prefixes of the charge and discharge modules.
+# Fronius GEN24 Plus: "StCha 3" / "StDisCha 4" (Fronius "GEN24 Modbus TCP & RTU", model 160; evcc's
+# fronius-gen24.yaml and OpenEMS's FroniusGen24EssImpl read modules 3 and 4 the same way). The others
+# are PV strings.
+STORAGE_MODULES: dict[str, tuple[str, str]] = {"Fronius": ("StCha", "StDisCha")}
 
 
 @dataclass
@@ -92,6 +104,7 @@ class SunSpecModel:
     length: int  # L: registers after ID and L
     regs: list[int] = field(default_factory=list)  # from ID; empty for models not read
     values: dict[str, Value] = field(default_factory=dict)
+    groups: list[dict[str, Value]] = field(default_factory=list)  # a repeating group's instances (160 modules)
 
     @property
     def definition(self) -> ModelDef | None:
@@ -146,6 +159,32 @@ class SunSpecDevice:
                 return value
         return None
 
+    def storage_modules(self) -> tuple[int, int] | None:
+        """Indices of the model-160 modules that carry the battery's charge and discharge power, or None."""
+        prefixes = STORAGE_MODULES.get(self.manufacturer)
+        m160 = self.model(160)
+        if prefixes is None or m160 is None:
+            return None
+        found: list[int | None] = [None, None]
+        for i, module in enumerate(m160.groups):
+            label = module.get("IDStr")
+            for k, prefix in enumerate(prefixes):
+                # "StDisCha" also starts with "St", so match the whole word before the module number
+                if isinstance(label, str) and label.split(" ")[0] == prefix and found[k] is None:
+                    found[k] = i
+        charge, discharge = found
+        return None if charge is None or discharge is None else (charge, discharge)
+
+    def battery_power_from_modules(self, m160: SunSpecModel) -> float | None:
+        """Charge module DC power - discharge module DC power (zapd: + = charging); None if either is unset."""
+        idx = self.storage_modules()
+        if idx is None or max(idx) >= len(m160.groups):
+            return None
+        charge, discharge = (m160.groups[i].get("DCW") for i in idx)
+        if not isinstance(charge, int | float) or not isinstance(discharge, int | float):
+            return None
+        return float(charge) - float(discharge)
+
     def max_ac_power_w(self) -> float | None:
         return self._first((120, "WRtg"), (702, "WMaxRtg"), (702, "WMax"), (121, "WMax"))
 
@@ -173,9 +212,16 @@ class SunSpecDevice:
                 return True
         return False
 
-    def pv_power_w(self, inverter: SunSpecModel) -> float | None:
+    def pv_power_w(self, inverter: SunSpecModel, mppt: SunSpecModel | None = None) -> float | None:
         """AC power (W) is what the PV delivers to the site; DC power (DCW) includes the inverter's
-        losses (1-2 % high). A hybrid's AC power also carries its battery, so there DCW comes first."""
+        losses (1-2 % high). A hybrid's AC power also carries its battery, so there DCW comes first.
+        Where the battery is two model-160 modules (`mppt`, Fronius GEN24), PV is the other modules' DCW."""
+        idx = self.storage_modules() if mppt is not None else None
+        if mppt is not None and idx is not None:
+            strings = [m.get("DCW") for i, m in enumerate(mppt.groups) if i not in idx]
+            watts = [float(w) for w in strings if isinstance(w, int | float)]
+            if watts:
+                return sum(watts)
         order = ("DCW", "W") if self.has_storage and inverter.id in INVERTER_MODELS else ("W", "DCW")
         for name in order:
             value = inverter.number(name)
@@ -186,7 +232,7 @@ class SunSpecDevice:
     @property
     def control_model(self) -> int | None:
         """The model zapd controls the battery through: 124 where it is usable, else 704, else None."""
-        if self._implements(124, _CONTROL_POINTS, "InWRte"):
+        if self._implements(124, _CONTROL_POINTS_NEEDED, "InWRte"):
             return 124
         if self.has_storage and self.max_discharge_w() is not None and self._implements(704, _704_POINTS, "WSet"):
             return 704
@@ -224,7 +270,9 @@ async def read_model(
     regs = [model.id, model.length] + await _read_block(bus, unit_id, model.address + 2, model.length, priority)
     mdef = model_def(model.id)
     values = decode_model(mdef, regs) if mdef is not None else {}
-    return SunSpecModel(model.id, model.address, model.length, regs, values)
+    gdef = repeating_group(model.id) if mdef is not None else None
+    groups = decode_groups(mdef, gdef, regs) if mdef is not None and gdef is not None else []
+    return SunSpecModel(model.id, model.address, model.length, regs, values, groups)
 
 
 async def find_sunspec_base(bus: ModbusBus, unit_id: int) -> int:
@@ -351,6 +399,8 @@ class SunSpecInverter(ReportsHealth):
         self._budget = WriteBudget(device_id, max_writes_per_hour, clock)
         self.device: SunSpecDevice | None = None
         self._held: tuple[list[int], float] | None = None  # model-124 control span as read back, and when
+        # Model 124 ChaGriSet as the scan found it (the installer's own setting), None when not implemented.
+        self._own_grid_charge: int | None = None
         self._health = DeviceHealth(device_id, clock, event_prefix="sunspec", unit=unit_id)
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -392,6 +442,9 @@ class SunSpecInverter(ReportsHealth):
             raise ConfigurationError(f"{self._bus}: unit {self._unit}: no usable SunSpec models: found {found}")
         self.device = device
         self._held = None
+        m124 = device.model(124)
+        own = m124.values.get("ChaGriSet") if m124 is not None else None
+        self._own_grid_charge = own if isinstance(own, int) else None
         self._check_battery_expectation(device)
         return self.device
 
@@ -417,15 +470,17 @@ class SunSpecInverter(ReportsHealth):
         device = self.device
         assert device is not None
         ts = self._clock.now()
+        m160 = device.model(160) if device.storage_modules() is not None else None
+        mppt = None if m160 is None else await read_model(self._bus, self._unit, m160)  # battery and PV strings
         inverter = device.model(*PV_MODELS)
         if inverter is not None:
             fresh = await read_model(self._bus, self._unit, inverter)
-            pv_w = device.pv_power_w(fresh)
+            pv_w = device.pv_power_w(fresh, mppt)
             if pv_w is not None:
                 q = Quality.GOOD if pv_w >= 0 else Quality.SUSPECT
                 sink(Reading(der_id=f"{self._id}.pv", kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}, quality=q))
         if device.has_storage:
-            await self._poll_storage(device, sink, ts)
+            await self._poll_storage(device, sink, ts, mppt)
         meter = device.model(*METER_MODELS)
         if meter is not None:
             fresh = await read_model(self._bus, self._unit, meter)
@@ -434,8 +489,13 @@ class SunSpecInverter(ReportsHealth):
                 sink(Reading(der_id=f"{self._id}.meter", kind=DerKind.METER, ts=ts, values=values))
         self.counters["polls"] += 1
 
-    async def _poll_storage(self, device: SunSpecDevice, sink: ReadingSink, ts: datetime) -> None:
+    async def _poll_storage(
+        self, device: SunSpecDevice, sink: ReadingSink, ts: datetime, mppt: SunSpecModel | None
+    ) -> None:
         values: dict[str, float] = {}
+        battery_w = None if mppt is None else device.battery_power_from_modules(mppt)
+        if battery_w is not None:
+            values[POWER_W] = battery_w
         for mid, soc_point in ((713, "SoC"), (802, "SoC"), (124, "ChaState")):
             m = device.model(mid)
             if m is None:
@@ -446,9 +506,9 @@ class SunSpecInverter(ReportsHealth):
             soc = fresh.number(soc_point)
             if soc is not None and SOC not in values:
                 values[SOC] = soc / 100.0
-            battery_w = fresh.number("W") if mid == 802 else None
-            if battery_w is not None:
-                values[POWER_W] = battery_w
+            w802 = fresh.number("W") if mid == 802 else None
+            if w802 is not None:
+                values[POWER_W] = w802
         m704 = device.model(704) if device.control_model == 704 else None
         if m704 is not None:
             self._check_held(await read_model(self._bus, self._unit, m704))
@@ -580,10 +640,18 @@ class SunSpecInverter(ReportsHealth):
             raise SunSpecError("InOutWRte_SF not implemented")
         put("InWRte", round(power_w / charge_max * 100.0 / 10.0**sf))
         put("OutWRte", round(-power_w / discharge_max * 100.0 / 10.0**sf))
-        put("InOutWRte_WinTms", 0)
+        if model.number("InOutWRte_WinTms") is not None:  # else written back as read (not implemented)
+            put("InOutWRte_WinTms", 0)
         put("InOutWRte_RvrtTms", self._revert_s)
         put("StorCtl_Mod", _CHARGE_AND_DISCHARGE_LIMITS)
         return self._control_span(regs)
+
+    def _grid_charge(self, power_w: float) -> int | None:
+        """Model 124 ChaGriSet for a command: GRID while charging, else the installer's own setting; None
+        where the device does not implement it (or control goes through 704)."""
+        if self._own_grid_charge is None or self.device is None or self.device.control_model != 124:
+            return None
+        return _GRID_CHARGE if power_w > 0 else self._own_grid_charge
 
     def _holds(self, span: list[int]) -> bool:
         if self._held is None:
@@ -606,6 +674,10 @@ class SunSpecInverter(ReportsHealth):
         first = min(p.offset for p in value_points)
         last = max(p.offset + p.size for p in value_points)
         current = await read_model(self._bus, self._unit, model, Priority.CONTROL)
+        grid = self._grid_charge(power_w)
+        if grid is not None and current.values.get("ChaGriSet") != grid:
+            # before the window: a charge window without grid charging charges from PV only
+            await self._write(model.address + mdef.point("ChaGriSet").offset, [grid], force=force)
         cur_span = self._control_span(current.regs)
         values = wanted[first - lo : last - lo]
         if cur_span[first - lo : last - lo] != values or force or self._held is None:
@@ -614,6 +686,8 @@ class SunSpecInverter(ReportsHealth):
             await self._write(model.address + enable.offset, [wanted[enable.offset - lo]], force=force)
         back = await read_model(self._bus, self._unit, model, Priority.CONTROL)
         got = self._control_span(back.regs)
+        if grid is not None and back.values.get("ChaGriSet") != grid:
+            return False, f"read back ChaGriSet={back.values.get('ChaGriSet')}, wrote {grid} for {power_w:g} W"
         if got != wanted:
             mode_now = decode_raw(enable, got[enable.offset - lo : enable.offset - lo + 1])
             return False, f"read back {enable_name}={mode_now} and {got}, wrote {wanted} for {power_w:g} W"

@@ -74,18 +74,20 @@ class ModelDef:
             raise SunSpecError(f"model {self.id} ({self.name}) has no point {name!r}") from None
 
 
-@cache
-def model_def(model_id: int) -> ModelDef | None:
-    """The standard's definition of a model, or None for one pysunspec2 does not know (vendor models)."""
+def _model_json(model_id: int) -> dict[str, Any] | None:
     ref = resources.files("sunspec2") / "models" / "json" / f"model_{model_id}.json"
     try:
         doc: dict[str, Any] = json.loads(ref.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    group = doc["group"]
+    return doc
+
+
+def _points(raw: list[dict[str, Any]]) -> tuple[dict[str, PointDef], int]:
+    """A group's points with their offsets from the group's first register, and the group's size."""
     points: dict[str, PointDef] = {}
     offset = 0
-    for p in group["points"]:
+    for p in raw:
         size = int(p.get("size", 1))
         points[p["name"]] = PointDef(
             name=p["name"],
@@ -97,7 +99,32 @@ def model_def(model_id: int) -> ModelDef | None:
             writable=p.get("access", "R") == "RW",
         )
         offset += size
-    return ModelDef(id=model_id, name=group["name"], points=points, length=offset - 2)
+    return points, offset
+
+
+@cache
+def model_def(model_id: int) -> ModelDef | None:
+    """The standard's definition of a model, or None for one pysunspec2 does not know (vendor models)."""
+    doc = _model_json(model_id)
+    if doc is None:
+        return None
+    points, size = _points(doc["group"]["points"])
+    return ModelDef(id=model_id, name=doc["group"]["name"], points=points, length=size - 2)
+
+
+@cache
+def repeating_group(model_id: int) -> ModelDef | None:
+    """A model's repeating group (model 160's `module`), offsets from each instance's first register.
+
+    Its points' scale factors name points of the model's top-level group (160: DCW_SF), so they are
+    resolved against the model's registers, not the instance's. None when the model has no group.
+    """
+    doc = _model_json(model_id)
+    groups = (doc or {}).get("group", {}).get("groups") or []
+    if not groups:
+        return None
+    points, size = _points(groups[0]["points"])
+    return ModelDef(id=model_id, name=groups[0]["name"], points=points, length=size)
 
 
 def _as_int(regs: list[int]) -> int:
@@ -191,6 +218,35 @@ def decode_model(mdef: ModelDef, model_regs: list[int]) -> dict[str, Value]:
         if sf is not None:
             values[p.name] = raw * 10.0**sf
     return values
+
+
+def decode_groups(mdef: ModelDef, gdef: ModelDef, model_regs: list[int]) -> list[dict[str, Value]]:
+    """Every whole instance of the repeating group after the top-level block, decoded like decode_model.
+
+    The count is what the model's length holds (L), so a device whose `N` disagrees with L cannot make
+    zapd read past the model.
+    """
+    start = mdef.length + 2
+    if gdef.length <= 0 or len(model_regs) <= start:
+        return []
+    instances: list[dict[str, Value]] = []
+    for i in range((len(model_regs) - start) // gdef.length):
+        regs = model_regs[start + i * gdef.length : start + (i + 1) * gdef.length]
+        values: dict[str, Value] = {}
+        for p in gdef.points.values():
+            if p.type in ("sunssf", "pad"):
+                continue
+            raw = decode_raw(p, regs[p.offset : p.offset + p.size])
+            if raw is None:
+                continue
+            if isinstance(raw, str) or p.sf is None:
+                values[p.name] = raw
+                continue
+            sf = scale_factor(mdef, p, model_regs)  # the group's scale factors live in the top-level block
+            if sf is not None:
+                values[p.name] = raw * 10.0**sf
+        instances.append(values)
+    return instances
 
 
 def encode_scaled(mdef: ModelDef, p: PointDef, value: float, model_regs: list[int]) -> list[int]:

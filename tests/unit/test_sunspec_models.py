@@ -9,11 +9,13 @@ import pytest
 from drivers.modbus.sunspec_models import (
     PointDef,
     SunSpecError,
+    decode_groups,
     decode_model,
     decode_raw,
     encode_raw,
     encode_scaled,
     model_def,
+    repeating_group,
 )
 
 
@@ -82,3 +84,18 @@ def test_short_model_leaves_out_missing_points() -> None:
     assert m103 is not None
     regs = [103, 10] + [0] * 10
     assert "St" not in decode_model(m103, regs)
+
+
+def test_model_160_modules_decode_with_the_top_level_scale_factors() -> None:
+    """Model 160's repeating `module` group (20 registers each); DCW_SF lives in the fixed block."""
+    mdef, gdef = model_def(160), repeating_group(160)
+    assert mdef is not None and gdef is not None and mdef.length == 8 and gdef.length == 20
+    assert repeating_group(124) is None
+    top = [160, 48, 0xFFFE, 0xFFFE, 1, 0, 0, 0, 2, 0xFFFF]  # DCA_SF -2, DCV_SF -2, DCW_SF 1, N = 2
+    one = [1, 0x4D50, 0x5054, 0x2031, 0, 0, 0, 0, 0, 520, 38461, 200, 0, 0, 0, 0, 0x8000, 4, 0, 0]
+    two = [2, 0x5374, 0x4368, 0x6120, 0x3300, 0, 0, 0, 0, 0xFFFF, 0xFFFF, 0xFFFF, 0, 0, 0, 0, 0x8000, 4, 0, 0]
+    modules = decode_groups(mdef, gdef, top + one + two + [7, 7])  # 2 stray registers: not a whole module
+    assert [m.get("IDStr") for m in modules] == ["MPPT 1", "StCha 3"]
+    assert modules[0]["DCW"] == 2000.0 and modules[0]["DCA"] == pytest.approx(5.2)
+    assert "DCW" not in modules[1]  # 0xFFFF: not implemented
+    assert decode_groups(mdef, gdef, top) == []
