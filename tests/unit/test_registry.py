@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Literal, get_args
 
 import pytest
@@ -77,8 +78,6 @@ def test_a_p1_site_loads_dsmr_but_not_modbus_or_ocpp() -> None:
 
 def test_the_shared_modules_name_no_device_kind() -> None:
     """zapd/devices.py and zapd/config_check.py loop over the registry: a new protocol edits neither."""
-    from pathlib import Path
-
     import zapd
 
     root = Path(zapd.__file__).parent
@@ -98,3 +97,66 @@ def test_a_family_contributes_its_own_config_checks() -> None:
     }
     result = check_data(doc, "t")
     assert any("devices.p1.decryption_key" in line and "not hex" in line for line in result.errors), result.errors
+
+
+TOY_FAMILY = '''
+"""A protocol zapd has never heard of, as one module: its config model, its factory, its registration."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from drivers.config_base import DeviceId, DeviceModel, MeterDer
+from drivers.registry import DriverKind, register
+from zapd.model import DerKind
+
+
+class ToyDevice(DeviceModel):
+    driver: Literal["toy"] = Field(description="A toy meter on a made-up protocol. Its DER is `<id>`.")
+    id: DeviceId
+    host: str = Field(min_length=1, description="Where the toy is.")
+
+    def meter_ders(self) -> list[MeterDer]:
+        return [MeterDer(self.id, "grid", f"devices.{self.id}")]
+
+
+def build(out, dev, clock):
+    out.kinds[dev.id] = DerKind.METER
+    out.poll_s[dev.id] = 1.0
+
+
+register(DriverKind("toy", "toy", ToyDevice, f"{__name__}:build"))
+'''
+
+
+def test_a_new_protocol_is_one_module_registering_itself(tmp_path: Path) -> None:
+    """A package dropped next to drivers/*, with only a family.py, is in the config union, the docs,
+    `zapd config check` (its meter counts as the site's grid meter) and the device builder."""
+    root = tmp_path
+    (root / "toyproto").mkdir()
+    (root / "toyproto" / "__init__.py").write_text("")
+    (root / "toyproto" / "family.py").write_text(TOY_FAMILY)
+    code = textwrap.dedent(
+        f"""
+        import drivers
+        drivers.__path__.append({str(root)!r})  # as if drivers/toyproto/ had been added
+        from zapd.clock import SystemClock
+        from zapd.config import DRIVER_NAMES
+        from zapd.config_check import check_data
+        from zapd.config_doc import render_reference
+        from zapd.devices import build_devices
+        assert "toy" in DRIVER_NAMES, DRIVER_NAMES
+        doc = {{"site": {{"id": "s", "fuse_a": 25}}, "devices": [{{"driver": "toy", "id": "t", "host": "h"}}]}}
+        result = check_data(doc, "t")
+        assert result.errors == [], result.errors
+        assert result.config.grid_meter == "t"
+        assert build_devices(result.config, SystemClock()).kinds == {{"t": "meter"}}
+        assert 'A toy meter on a made-up protocol' in render_reference()
+        bad = check_data({{"site": {{"id": "s", "fuse_a": 25}}, "devices": [{{"driver": "toy", "id": "t"}}]}}, "t")
+        assert any("devices.t.host" in line for line in bad.errors), bad.errors
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
