@@ -306,6 +306,22 @@ async def run_site(
     return await _summarize(site, trace, daemon, state_db, plan_note, ran_h, wall, out, cloud)
 
 
+# Below this much PV in the window (a night, a short run) a share of it means nothing.
+MIN_PV_WH_FOR_SHARE = 100.0
+
+
+def self_consumption(pv_wh: float, export_wh: float) -> float | None:
+    """Share of the PV used on site, 0..1; None when the window had (almost) no PV.
+
+    Export may be battery energy too (a discharge into the grid at night), so at most
+    min(export, PV) of it was PV: the share is never below 0, and never a ratio of two near-zero
+    numbers (`--hours 6` from midnight printed "-2856363.8 %").
+    """
+    if pv_wh < MIN_PV_WH_FOR_SHARE:
+        return None
+    return (pv_wh - min(max(export_wh, 0.0), pv_wh)) / pv_wh
+
+
 async def _summarize(
     site: SimSite,
     trace: Trace,
@@ -338,8 +354,8 @@ async def _summarize(
         "load_kwh": c.load_wh / 1000,
         "charge_kwh": c.charge_wh / 1000,
         "discharge_kwh": c.discharge_wh / 1000,
-        "self_consumption": (c.pv_wh - c.export_wh) / c.pv_wh if c.pv_wh else 0.0,
-        "baseline_self_consumption": (c.pv_wh - c.baseline_export_wh) / c.pv_wh if c.pv_wh else 0.0,
+        "self_consumption": self_consumption(c.pv_wh, c.export_wh),
+        "baseline_self_consumption": self_consumption(c.pv_wh, c.baseline_export_wh),
         "battery_cycles": c.discharge_wh / site.battery.capacity_wh,
         "cost_eur": c.cost,
         "baseline_cost_eur": c.baseline_cost,
@@ -347,7 +363,8 @@ async def _summarize(
         "baseline_export_kwh": c.baseline_export_wh / 1000,
         "balance_error": abs(balance_in - balance_out) / max(balance_in, 1e-9),
         "final_soc": site.battery.soc,
-        "min_soc": min(trace.soc, default=site.battery.soc),
+        # the samples are every SAMPLE_S; the final SoC is a sample too (it may be the lowest)
+        "min_soc": min([*trace.soc, site.battery.soc]),
         "fallback_transitions": [e.detail for e in reversed(events)],
         "commands": len(commands),
         "readings_stored": stored,
@@ -404,6 +421,25 @@ def _metering(metered: Metered | None, trace: Trace) -> dict[str, float]:
     }
 
 
+# One colour per line, named in the legend; tests/unit/test_demo_summary.py finds each in the PNG.
+COLOURS = {
+    "grid": "#1f77b4",
+    "pv": "#ff9900",
+    "load": "#2ca02c",
+    "battery": "#9467bd",
+    "plan": "#17becf",
+    "soc": "#8c564b",
+    "reserve": "#d62728",
+}
+# Site lines drawn widest first: where two coincide (no PV at night: grid = load) the one beneath
+# still shows as a band around the one above, so no legend entry is ever hidden.
+SITE_WIDTHS = {"grid": 7.0, "pv": 4.0, "load": 1.6}
+
+
+def _kw(series: list[float]) -> list[float]:
+    return [w / 1000 for w in series]
+
+
 def _plot(trace: Trace, path: Path) -> None:
     try:
         import matplotlib
@@ -412,22 +448,29 @@ def _plot(trace: Trace, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    ax1.plot(trace.ts, [w / 1000 for w in trace.grid_w], label="grid (+import) kW")
-    ax1.plot(trace.ts, [w / 1000 for w in trace.pv_w], label="PV kW")
-    ax1.plot(trace.ts, [w / 1000 for w in trace.load_w], label="load kW")
-    ax1.plot(trace.ts, [w / 1000 for w in trace.battery_w], label="battery (+charge) kW")
-    ax1.step(trace.ts, [w / 1000 for w in trace.plan_w], where="post", linestyle=":", color="black",
-             label="plan: battery setpoint kW (gaps: local rules)")  # fmt: skip
-    ax1.set_ylabel("kW")
-    ax1.legend(loc="upper left", fontsize=8)
-    ax1.grid(alpha=0.3)
-    ax2.plot(trace.ts, [s * 100 for s in trace.soc], color="tab:purple", label="battery SoC %")
-    ax2.axhline(RESERVE_SOC * 100, color="tab:red", linestyle="--", label="reserve")
-    ax2.set_ylabel("SoC %")
-    ax2.set_ylim(0, 100)
-    ax2.legend(loc="upper left", fontsize=8)
-    ax2.grid(alpha=0.3)
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    for key, label, series in (
+        ("grid", "grid kW (+ import)", trace.grid_w),
+        ("pv", "PV kW", trace.pv_w),
+        ("load", "load kW", trace.load_w),
+    ):
+        ax1.plot(trace.ts, _kw(series), color=COLOURS[key], linewidth=SITE_WIDTHS[key], label=label)
+    ax1.set_ylabel("site kW")
+    ax2.plot(trace.ts, _kw(trace.battery_w), color=COLOURS["battery"], linewidth=4.0, label="battery kW (+ charge)")
+    planned = [w for w in trace.plan_w if math.isfinite(w)]
+    if planned:
+        ax2.step(trace.ts, _kw(trace.plan_w), where="post", color=COLOURS["plan"], linewidth=1.6,
+                 label="plan: battery setpoint kW (gaps: local rules)")  # fmt: skip
+    else:
+        ax2.text(0.01, 0.05, "the plan set no battery setpoints: local rules", transform=ax2.transAxes, fontsize=8)
+    ax2.set_ylabel("battery kW")
+    ax3.plot(trace.ts, [s * 100 for s in trace.soc], color=COLOURS["soc"], linewidth=2.5, label="battery SoC %")
+    ax3.axhline(RESERVE_SOC * 100, color=COLOURS["reserve"], linestyle="--", linewidth=2.0, label="reserve SoC %")
+    ax3.set_ylabel("SoC %")
+    ax3.set_ylim(0, 100)
+    for ax in (ax1, ax2, ax3):
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
     fig.suptitle("zapd demo: simulated site")
     fig.autofmt_xdate()
     fig.tight_layout()
@@ -472,6 +515,8 @@ def _to_toml(data: dict[str, object]) -> str:
 def format_summary(s: dict[str, object]) -> str:
     def f(key: str, fmt: str = "{:.2f}") -> str:
         v = s[key]
+        if v is None:
+            return "n/a (no PV in this window)" if key == "self_consumption" else "n/a"
         return fmt.format(v) if isinstance(v, float | int) else str(v)
 
     rows = [

@@ -23,6 +23,10 @@ def value(summary: str, label: str, pattern: str = r"([-\d.]+)") -> float:
     return float(m.group(1))
 
 
+def _line(summary: str, label: str) -> str:
+    return next(line for line in summary.splitlines() if line.startswith(label))
+
+
 def run_demo(out: Path) -> subprocess.CompletedProcess[str] | None:
     """The demo as a user runs it; None if it hung (its asyncio tasks are dumped for the record)."""
     zapd = Path(sys.executable).parent / "zapd"
@@ -56,6 +60,16 @@ def test_demo_short_window(tmp_path: Path) -> None:
     assert value(summary, "load consumed") > 0.0
     assert value(summary, "commands written") > 0
     assert value(summary, "simulated hours") == pytest.approx(3.0, abs=0.05)
+    final, lowest = (float(x) for x in re.findall(r"([\d.]+)%", _line(summary, "battery SoC final / min"))[:2])
+    assert lowest <= final  # the final SoC is a sample too
+    share = _line(summary, "self-consumption")
+    # 3 h from midnight: no PV, so no share of it (this printed -2856363.8 % for --hours 6)
+    assert "n/a (no PV in this window)" in share or 0 <= value(summary, "self-consumption") <= 100
     png = out / "demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tests.unit.test_demo_summary import LINE_PX, colour_pixels
+
+    # every line the legend names shows in the real run's plot (the plan line only when the plan set one)
+    counts = colour_pixels(png)
+    assert {k: n for k, n in counts.items() if n < LINE_PX and k != "plan"} == {}, counts
     assert (out / "state" / "zapd.sqlite").exists()
