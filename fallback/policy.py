@@ -13,18 +13,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import IntEnum
+from enum import StrEnum
 
 from zapd.bounds import known
 from zapd.model import Absorb, Intent, IntentMode, Plan
 from zapd.state import Snapshot
 
 
-class Rung(IntEnum):
-    PLAN = 1
-    CACHED_PLAN = 2
-    SELF_CONSUMPTION = 3
-    SAFE_HOLD = 4
+class Rung(StrEnum):
+    """The ladder's rungs; the value is the name every surface shows (logs, zapctl, Home Assistant,
+    the store's fallback events), so nothing formats it by hand."""
+
+    PLAN = "plan"
+    CACHED_PLAN = "cached_plan"
+    SELF_CONSUMPTION = "self_consumption"
+    SAFE_HOLD = "safe_hold"
+
+    @property
+    def level(self) -> int:
+        """1 (plan) .. 4 (safe hold): how far down the ladder, for the `zapd_fallback_rung` gauge."""
+        return _LEVELS[self]
+
+
+_LEVELS = {Rung.PLAN: 1, Rung.CACHED_PLAN: 2, Rung.SELF_CONSUMPTION: 3, Rung.SAFE_HOLD: 4}
 
 
 @dataclass(frozen=True, slots=True)

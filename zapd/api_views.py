@@ -139,7 +139,7 @@ class ApiViews:
     def _rung(self, v: SiteView) -> dict[str, object]:
         c, ov = v.control, v.override
         return {
-            "rung": c.rung.name.lower() if c.rung else None,
+            "rung": str(c.rung) if c.rung else None,
             "since": _ts(c.rung_since),
             "reason": c.rung_reason,
             "forced": ov.to_json() if ov else None,

@@ -370,14 +370,14 @@ class Controller:
             return
         log.info(
             "fallback.rung_changed",
-            rung=decision.rung.name.lower(),
-            previous=self.stats.rung.name.lower() if self.stats.rung else None,
+            rung=str(decision.rung),
+            previous=str(self.stats.rung) if self.stats.rung else None,
             reason=decision.reason,
         )
         self.stats.rung = decision.rung
         self.stats.rung_since = now
         self.stats.rung_reason = decision.reason
-        await self._record(self._store.add_event(now, "fallback", f"{decision.rung.name.lower()}: {decision.reason}"))
+        await self._record(self._store.add_event(now, "fallback", f"{decision.rung}: {decision.reason}"))
 
     async def _record(self, write: Awaitable[None]) -> None:
         """The command log and events are the record, not the control: a store that fails (disk full)

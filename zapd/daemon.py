@@ -192,7 +192,7 @@ class Daemon:
         socs = [b.soc for b in snap.batteries.values() if b.soc is not None]
         rung = self.controller.stats.rung if self.controller is not None else None
         return LiveState(
-            rung=rung.name.lower() if rung is not None else None,
+            rung=str(rung) if rung is not None else None,
             link=self.cloud.link.state if self.cloud is not None else "not_configured",
             soc=sum(socs) / len(socs) if socs else None,
             grid_w=snap.grid_w,

@@ -363,7 +363,7 @@ class HomeAssistant:
             prev = self._published.get(self.state_topic(object_id))
             out[self.state_topic(object_id)] = (payload, prev is None or (prev == UNKNOWN) != (payload == UNKNOWN))
         control, ov = view.control, view.override
-        rung = control.rung.name.lower() if control.rung is not None else UNKNOWN
+        rung = str(control.rung) if control.rung is not None else UNKNOWN
         out[self.state_topic("fallback_rung")] = (rung, True)
         rung_attrs = {
             "reason": control.rung_reason,
@@ -383,7 +383,7 @@ class HomeAssistant:
             # The error count moves on every failed poll: that waits for the interval.
             urgent = self._published.get(self.state_topic(spec.object_id)) != str(health.state)
             out[self.attributes_topic(spec.object_id)] = (json.dumps(attrs, sort_keys=True), urgent)
-        out[self.state_topic("mode")] = (ov.rung.name.lower() if ov is not None else AUTO, True)
+        out[self.state_topic("mode")] = (str(ov.rung) if ov is not None else AUTO, True)
         out[self.attributes_topic("mode")] = (json.dumps(ov.to_json() if ov else {}, sort_keys=True), True)
         return out
 

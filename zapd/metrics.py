@@ -84,7 +84,7 @@ class DaemonCollector(Collector):
         )
         yield CounterMetricFamily("zapd_commands_written", "Device commands written", value=writes)
         yield CounterMetricFamily("zapd_command_failures", "Device commands that failed", value=failures)
-        rung = int(c.rung) if c.rung is not None else None
+        rung = c.rung.level if c.rung is not None else None
         yield GaugeMetricFamily(
             "zapd_fallback_rung", "1 plan, 2 cached plan, 3 self-consumption, 4 safe hold (0 = not yet decided)",
             value=rung or 0,

@@ -45,7 +45,7 @@ class Override:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "rung": self.rung.name.lower(),
+            "rung": str(self.rung),
             "until": self.until.isoformat(),
             "set_at": self.set_at.isoformat(),
             "reason": self.reason,
@@ -176,24 +176,22 @@ class OperatorOverride:
         ov = decode_override(raw) if raw else None
         if ov is None or not self.forced.restore(ov):
             return None
-        log.warning("fallback.force_restored", rung=ov.rung.name.lower(), until=ov.until.isoformat())
+        log.warning("fallback.force_restored", rung=str(ov.rung), until=ov.until.isoformat())
         return ov
 
     async def force(self, rung_name: str, minutes: float, reason: str = "", *, source: str) -> OverrideChange:
         """Apply (raises OverrideError on a bad request, before anything changed), wake, then store."""
         ov = self.forced.force(rung_name, minutes, reason)
         self._wake()
-        log.warning(
-            "fallback.forced", source=source, rung=ov.rung.name.lower(), until=ov.until.isoformat(), reason=ov.reason
-        )
-        event = f"force {ov.rung.name.lower()} until {ov.until.isoformat()}" + _by(source)
+        log.warning("fallback.forced", source=source, rung=str(ov.rung), until=ov.until.isoformat(), reason=ov.reason)
+        event = f"force {ov.rung} until {ov.until.isoformat()}" + _by(source)
         return OverrideChange(ov, await self._store(encode_override(ov), event, ov.set_at))
 
     async def release(self, *, source: str) -> OverrideChange:
         released = self.forced.release()
         self._wake()
         log.warning("fallback.released", source=source, had_override=released is not None)
-        event = f"release {released.rung.name.lower()}" + _by(source) if released is not None else None
+        event = f"release {released.rung}" + _by(source) if released is not None else None
         return OverrideChange(released, await self._store("", event, self._clock.now()))
 
     def _wake(self) -> None:
