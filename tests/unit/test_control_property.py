@@ -44,6 +44,8 @@ PROFILES = [
 class FakeBus:
     """Registers per (unit, table, address); writes land in holding and are recorded."""
 
+    endpoint = "fake"  # what the SunSpec scan logs
+
     def __init__(self, image: dict[tuple[int, str, int], int]) -> None:
         self.regs = dict(image)
         self.writes: list[tuple[int, int, list[int]]] = []
@@ -238,3 +240,40 @@ def test_tou_slot_keepalive_rule_spares_the_program_table() -> None:
         assert bus.writes == [(1, 154, [0]), (1, 166, [10]), (1, 172, [0]), (1, 146, [0])]
 
     asyncio.run(scenario())
+
+
+FRONIUS = tomllib.loads((FIXTURES.parent / "sunspec" / "fronius_gen24.toml").read_text())
+_M124 = 40343  # wire address of the Fronius GEN24 image's model 124 (fixture header)
+
+
+def _s16(raw: int) -> int:
+    return raw - 0x10000 if raw >= 0x8000 else raw
+
+
+async def _run_gen24(power_w: float) -> tuple[FakeBus, bool]:
+    from drivers.modbus.sunspec import SunSpecInverter
+
+    bus = FakeBus(_image(FRONIUS))
+    inv = SunSpecInverter(device_id="d", bus=cast(ModbusBus, bus), unit_id=1, poll_s=1.0, clock=SystemClock())
+    await inv.scan()
+    result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=power_w))
+    return bus, result.ok
+
+
+@settings(max_examples=150, deadline=None)
+@given(power_w=st.floats(-20_000, 20_000, allow_nan=False))
+def test_sunspec_124_window_pins_the_command_within_wchamax(power_w: float) -> None:
+    """Fronius GEN24 (model 124, WChaMax 5000 W for both directions, InOutWRte_SF -2): the written
+    window [-OutWRte, InWRte] x WChaMax is the command to within one raw step; ChaGriSet is GRID only
+    while charging; beyond WChaMax nothing is written."""
+    bus, ok = asyncio.run(_run_gen24(power_w))
+    assert ok == (-5000.0 <= power_w <= 5000.0)
+    if not ok:
+        assert bus.writes == []
+        return
+    out_w, in_w = (_s16(bus.regs[(1, "holding", _M124 + off)]) * 0.01 / 100 * 5000.0 for off in (12, 13))
+    assert math.isclose(-out_w, power_w, abs_tol=0.26) and math.isclose(in_w, power_w, abs_tol=0.26)
+    assert -5000.0 <= -out_w <= 5000.0 and -5000.0 <= in_w <= 5000.0
+    assert bus.regs[(1, "holding", _M124 + 5)] == 3  # StorCtl_Mod: both limits
+    assert bus.regs[(1, "holding", _M124 + 17)] == (1 if power_w > 0 else 0)  # ChaGriSet
+    assert bus.regs[(1, "holding", _M124 + 15)] == 300  # the inverter's own revert
