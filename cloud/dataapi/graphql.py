@@ -36,6 +36,7 @@ from cloud.dataapi.access import (
     Access,
     AccessDenied,
 )
+from cloud.dataapi.flex import Flex, Live, site_flex, site_live
 from cloud.server.db import Database, command_reports, der_models, forecasts, plans, sites, spot_prices, telemetry
 
 MAX_COST = 20_000  # points (buckets, raw rows, price slots) one request may ask for in total
@@ -271,6 +272,16 @@ async def price_series(
 class Site:
     id: strawberry.ID
     _record: strawberry.Private[Any]
+
+    @strawberry.field(description="the live channel's last status (rung, link); null without a channel")
+    async def live(self, info: Info[Any, Any]) -> Live | None:
+        db = _gate(info, SITE_READ, str(self.id))
+        return await site_live(db, str(self.id))
+
+    @strawberry.field(description="battery energy above reserve / below top and power limits, now")
+    async def flexibility(self, info: Info[Any, Any]) -> Flex:
+        db = _gate(info, SITE_READ, str(self.id))
+        return await site_flex(db, str(self.id), self._record.assets, await site_live(db, str(self.id)))
 
     @strawberry.field
     def assets(self, info: Info[Any, Any]) -> JSON | None:

@@ -43,6 +43,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from cloud.dataapi.access import ALL_SITES, SCOPES, digest
 from cloud.dataapi.tables import oauth_clients, oauth_codes, oauth_tokens, owner_sites, owners
 from cloud.server.db import Database, sites
+from cloud.server.limits import Rate, TokenBuckets, retry_after
 
 log = structlog.get_logger("zapcloud.oauth")
 
@@ -571,18 +572,45 @@ class OAuthFormError(Exception):
 # --- Starlette endpoints ----------------------------------------------------------------------
 
 
+SIGN_IN_PER_ACCOUNT = Rate(per_s=1 / 60, burst=5)  # 5 wrong passwords, then one try a minute
+SIGN_IN_PER_ADDRESS = Rate(per_s=1 / 10, burst=20)  # 20 failures from one address, then one every 10 s
+
+
+@dataclass(frozen=True, slots=True)
+class SignInLimits:
+    """Failed owner sign-ins a worker allows: per account name and per client address (token buckets).
+
+    Only failures spend; a success costs nothing. Past the limit every attempt is refused (429 with
+    Retry-After) without checking the password. Per worker, like the API's other rate limits: with N
+    workers an address gets up to N times this.
+    """
+
+    account: Rate = SIGN_IN_PER_ACCOUNT
+    address: Rate = SIGN_IN_PER_ADDRESS
+
+
 @dataclass
 class OAuthEndpoints:
     db: Database
     clock: Callable[[], datetime]
     require_admin: Callable[[Request], None]
     access_ttl: int = ACCESS_TTL_S
+    # Counts a refusal by (endpoint, reason) in the worker's /metrics (Metrics.reject).
+    count: Callable[[str, str], None] = lambda _endpoint, _reason: None
+    sign_in_limits: SignInLimits = field(default_factory=lambda: SignInLimits())
     store: OAuthStore = field(init=False)
     server: ZapAuthorizationServer = field(init=False)
+    by_account: TokenBuckets = field(init=False)
+    by_address: TokenBuckets = field(init=False)
 
     def __post_init__(self) -> None:
         self.store = OAuthStore(self.db, self.clock)
         self.server = ZapAuthorizationServer(self.store, access_ttl=self.access_ttl)
+        self.by_account = TokenBuckets(self.sign_in_limits.account)
+        self.by_address = TokenBuckets(self.sign_in_limits.address)
+
+    def _sign_in_wait(self, account: str, address: str) -> float:
+        return max(self.by_account.spent(account), self.by_address.spent(address))
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(fn)
@@ -605,8 +633,25 @@ class OAuthEndpoints:
         if request.method == "GET":
             return HTMLResponse(_consent_page(client, oreq.args, oreq.payload.data.get("scope") or "", error=None))
         form = oreq.form
-        owner = await self.store.sign_in(form.get("username", "")[:64], form.get("password", "")[:1024])
+        account = form.get("username", "")[:64]
+        address = request.client.host if request.client else "unknown"
+        # Refused before the password is even looked at, right or wrong: no guessing past the limit.
+        wait = self._sign_in_wait(account, address)
+        if wait > 0:
+            self.count("oauth_authorize", "sign_in_rate_limited")
+            log.info("oauth_sign_in_rate_limited", client_id=client.client_id, address=address)
+            page = _consent_page(
+                client,
+                oreq.args,
+                oreq.payload.data.get("scope") or "",
+                error=f"too many failed sign-ins: try again in {retry_after(wait)} s",
+            )
+            return HTMLResponse(page, status_code=429, headers={"Retry-After": retry_after(wait)})
+        owner = await self.store.sign_in(account, form.get("password", "")[:1024])
         if owner is None:
+            self.by_account.charge(account)
+            self.by_address.charge(address)
+            self.count("oauth_authorize", "sign_in_failed")
             log.info("oauth_sign_in_failed", client_id=client.client_id)
             page = _consent_page(
                 client, oreq.args, oreq.payload.data.get("scope") or "", error="wrong user or password"

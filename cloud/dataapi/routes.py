@@ -77,8 +77,10 @@ def data_api_routes(
     admin_token: str | None,
     require_admin: Callable[[Request], None],
     wrap: Wrap,
+    count: Callable[[str, str], None] = lambda _endpoint, _reason: None,
 ) -> list[BaseRoute]:
-    oauth = OAuthEndpoints(db, clock, require_admin, access_ttl=access_ttl_s())
+    """`count(endpoint, reason)`: refusals the handlers answer themselves (a sign-in over its limit)."""
+    oauth = OAuthEndpoints(db, clock, require_admin, access_ttl=access_ttl_s(), count=count)
     gql = _GraphQL(db, clock, admin_token)
 
     async def prices(request: Request) -> Response:

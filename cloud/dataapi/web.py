@@ -117,7 +117,9 @@ SERIES = """query($site: ID!, $der: String!, $field: String!, $from: DateTime!, 
 
 FLEET = """query($after: String) { sites(first: 200, after: $after) }"""
 FLEET_SITE = """query($site: ID!) { site(id: $site) { link { storedThrough lostReadings lastReadingAt }
-  plans(first: 1) { version validUntil } forecasts(first: 4) { kind maeKw } } }"""
+  plans(first: 1) { version validUntil } forecasts(first: 4) { kind maeKw }
+  live { connected rung statusAt }
+  flexibility { availableKwh headroomKwh maxChargeKw maxDischargeKw reserveSoc soc socSource } } }"""
 
 
 async def run_query(db: Database, access: Access, query: str, variables: dict[str, Any]) -> dict[str, Any]:
@@ -310,12 +312,41 @@ class Web:
                 f"<tr data-site='{html.escape(sid)}'><td><a href='/web/site/{quote(sid)}'>{html.escape(sid)}</a></td>"
                 f"<td class='link-{state}'>{state}</td><td>{age}</td><td>{link['storedThrough']}</td>"
                 f"<td>{link['lostReadings']}</td><td>{'—' if plan is None else plan['version']}</td>"
+                f"{_rung_cell(s['live'], now)}{_flex_cell(s['flexibility'])}"
                 f"<td>{html.escape(maes) or '—'}</td></tr>"
             )  # fmt: skip
         table = ("<table><tr><th>site</th><th>link</th><th>last upload</th><th>stored through</th><th>lost</th>"
-                 "<th>plan</th><th>forecast MAE (kW)</th></tr>" + "".join(rows) + "</table>"
-                 "<p class='muted'>Flexibility: <code>GET /v1/fleet/flexibility</code> (admin).</p>")  # fmt: skip
+                 "<th>plan</th><th>rung</th><th>flexibility</th><th>forecast MAE (kW)</th></tr>" + "".join(rows)
+                 + "</table><p class='muted'>Rung: the Zap's live channel status (— without a channel). "
+                 "Flexibility: battery energy above reserve / below top, max charge / discharge power; per slot "
+                 "for the fleet: <code>GET /v1/fleet/flexibility</code> (admin).</p>")  # fmt: skip
         return HTMLResponse(_page(f"Fleet — {len(ids)} sites", table))
+
+
+def _rung_cell(live: dict[str, Any] | None, now: datetime) -> str:
+    if live is None or live["rung"] is None:
+        return "<td class='rung' data-rung=''>—</td>"
+    rung = html.escape(live["rung"])
+    when = "" if live["statusAt"] is None else f" ({_age(now - datetime.fromisoformat(live['statusAt']))})"
+    state = "" if live["connected"] else " · channel down"
+    return f"<td class='rung' data-rung='{rung}'>{rung}{html.escape(when + state)}</td>"
+
+
+def _flex_cell(flex: dict[str, Any]) -> str:
+    def kw(v: float | None) -> str:
+        return "?" if v is None else f"{v:.1f}"
+
+    if flex["availableKwh"] is None:
+        return "<td class='flex' data-available-kwh=''>—</td>"
+    up, down = kw(flex["maxChargeKw"]), kw(flex["maxDischargeKw"])
+    text = (
+        f"{flex['availableKwh']:.1f} kWh above {flex['reserveSoc']:.0%} reserve, "
+        f"{flex['headroomKwh']:.1f} kWh room; ↑{up} / ↓{down} kW"
+    )
+    return (
+        f"<td class='flex' data-available-kwh='{flex['availableKwh']}' data-charge-kw='{flex['maxChargeKw']}' "
+        f"data-discharge-kw='{flex['maxDischargeKw']}'>{html.escape(text)}</td>"
+    )
 
 
 def _local_page(path: str) -> bool:

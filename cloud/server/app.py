@@ -239,7 +239,9 @@ def create_app(
     try:  # the data API (issue 16): OAuth, GraphQL, prices, web pages
         from cloud.dataapi.routes import data_api_routes
 
-        extra = data_api_routes(ctx.db, ctx.clock, ctx.admin_token, lambda r: _require_admin(ctx, r), wrap)
+        extra = data_api_routes(
+            ctx.db, ctx.clock, ctx.admin_token, lambda r: _require_admin(ctx, r), wrap, count=ctx.metrics.reject
+        )
     except ImportError as exc:  # an older install without authlib/strawberry: serve the Zap API alone
         log.warning("data_api_unavailable", missing=exc.name, hint="pip install -e '.[cloud]'")
         extra = []

@@ -532,3 +532,45 @@ def test_expired_token_is_refused(tmp_path: Path) -> None:
             assert r.status_code == 401 and "expired" in r.text
     finally:
         del os.environ["ZAPCLOUD_ACCESS_TOKEN_TTL_S"]
+
+
+def test_owner_sign_in_is_rate_limited_per_account_and_per_address(tmp_path: Path) -> None:
+    """5 failures lock an account (even the right password gets 429), 20 lock the address; all counted."""
+    with _serve(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.sqlite'}", "r") as cloud:
+        _setup(cloud)
+        c = cloud.client
+        _v, challenge = _pkce()
+        params = {
+            "response_type": "code",
+            "client_id": "app1",
+            "redirect_uri": REDIRECT,
+            "scope": "site:read",
+            "state": "s",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+
+        def attempt(user: str, password: str) -> httpx.Response:
+            return c.post(
+                "/oauth/authorize", params=params, data={"username": user, "password": password, "decision": "allow"}
+            )
+
+        started = time.monotonic()
+        assert [attempt("alice", f"wrong {i}").status_code for i in range(5)] == [401] * 5
+        locked = attempt("alice", PASSWORD)  # the right password, but the account is over its limit
+        assert locked.status_code == 429 and "too many failed sign-ins" in locked.text
+        assert 1 <= int(locked.headers["retry-after"]) <= 60
+        assert attempt("bob", PASSWORD).status_code == 302  # another account from the same address still works
+        # 5 failures so far from this address; 15 more (each account once) reach its limit of 20, plus one
+        # more for each 10 s the test took (the bucket refills)
+        guesses = 0
+        while (by_address := attempt(f"guess{guesses}", "nope nope nope")).status_code == 401:
+            guesses += 1
+            assert guesses < 100
+        refilled = int((time.monotonic() - started) / 10)
+        assert 15 <= guesses <= 15 + refilled, (guesses, refilled)
+        assert by_address.status_code == 429 and int(by_address.headers["retry-after"]) >= 1
+        assert attempt("bob", PASSWORD).status_code == 429  # the whole address waits now
+        metrics = c.get("/metrics", headers=_admin(cloud)).text
+        assert f'endpoint="oauth_authorize",reason="sign_in_failed"}} {5 + guesses}' in metrics
+        assert 'endpoint="oauth_authorize",reason="sign_in_rate_limited"} 3' in metrics

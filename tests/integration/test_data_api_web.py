@@ -81,7 +81,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
             report = encode(DiscoveryReport(site_id=site, ders=[
                 DerCapabilities(der_id="meter1", kind=DerKind.METER),
                 DerCapabilities(der_id="pv1", kind=DerKind.PV, max_power_w=5000.0),
-                DerCapabilities(der_id="bat1", kind=DerKind.BATTERY, controllable=True, capacity_wh=10_000.0),
+                DerCapabilities(der_id="bat1", kind=DerKind.BATTERY, controllable=True, capacity_wh=10_000.0,
+                                max_charge_w=5000.0, max_discharge_w=4000.0),
             ]))  # fmt: skip
             assert c.client.post(f"/v1/sites/{site}/discovery", content=report, headers=sign_body(key, report))
             body = encode(make_batch(site, _day_readings()))
@@ -278,3 +279,55 @@ def test_browser_signs_in_and_sees_the_charts(cloud: Cloud, tmp_path: Path) -> N
         assert name in series, got
         # Drawn means laid out with a real width by the browser, not just present in the HTML.
         assert series[name][0] > 0 and series[name][1] > 100, (name, series[name])
+
+
+def _last_soc() -> float:
+    return next(r.values["soc"] for r in reversed(_day_readings()) if r.kind == DerKind.BATTERY)  # type: ignore[return-value]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian chromium not installed (apt-get install chromium)")
+def test_browser_fleet_page_shows_rung_and_flexibility(cloud: Cloud, tmp_path: Path) -> None:
+    """The operator signs in in the browser; each site's row shows its rung (the channel's stored live status)
+    and its battery flexibility (discovery report limits, last uploaded SoC, the default 10 % reserve)."""
+    import sqlite3
+
+    # site-w's Zap said over its channel that it runs on its cached plan (the row the channel hub writes).
+    with contextlib.closing(sqlite3.connect(cloud.db_url.split(":///", 1)[1])) as conn, conn:
+        conn.execute(
+            "INSERT INTO channel_sites (site_id, status, status_at) VALUES (?, ?, ?)",
+            ("site-w", json.dumps({"rung": "cached_plan", "link": "down", "soc": None}),
+             datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")),
+        )  # fmt: skip
+    base = str(cloud.client.base_url)
+
+    async def run(ws_url: str) -> list[dict[str, str]]:
+        async with websockets.connect(ws_url, max_size=2**25) as ws:
+            cdp = _Cdp(ws)
+            await cdp.call("Page.enable")
+            await cdp.call("Page.navigate", url=f"{base}/web/fleet")
+            await cdp.wait_for("!!document.querySelector('input[name=token]')")
+            await cdp.js(f"document.querySelector('input[name=token]').value={json.dumps(ADMIN)};"
+                         "document.querySelector('form').submit()")  # fmt: skip
+            await cdp.wait_for("document.querySelectorAll('tr[data-site]').length == 2")
+            rows = await cdp.js(
+                "JSON.stringify([...document.querySelectorAll('tr[data-site]')].map(r => {"
+                " const g = r.querySelector('td.rung'), f = r.querySelector('td.flex');"
+                " return {site: r.dataset.site, rung: g.dataset.rung, rungText: g.innerText,"
+                " kwh: f.dataset.availableKwh, up: f.dataset.chargeKw, down: f.dataset.dischargeKw,"
+                " flex: f.innerText, width: f.getBoundingClientRect().width}; }))"
+            )
+            shot = await cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            (SCREENSHOT_DIR / "zapcloud-web-fleet.png").write_bytes(base64.b64decode(shot["data"]))
+            out: list[dict[str, str]] = json.loads(rows)
+            return out
+
+    with _browser(tmp_path) as ws_url:
+        rows = {r["site"]: r for r in asyncio.run(run(ws_url))}
+    assert rows["site-w"]["rung"] == "cached_plan" and "cached_plan" in rows["site-w"]["rungText"]
+    assert rows["site-x"]["rung"] == "" and rows["site-x"]["rungText"] == "—"  # no channel, no rung
+    expected = round((_last_soc() - 0.1) * 10.0, 3)  # 10 kWh from the discovery report, 10 % reserve
+    for site in ("site-w", "site-x"):
+        r = rows[site]
+        assert float(r["kwh"]) == pytest.approx(expected), r
+        assert (float(r["up"]), float(r["down"])) == (5.0, 4.0), r
+        assert f"{expected:.1f} kWh above 10% reserve" in r["flex"] and float(r["width"]) > 50, r
