@@ -303,3 +303,33 @@ async def test_has_battery_defaults_to_false_and_the_scan_snippet_says_when_ther
     bare = check_data(tomllib.loads(site + '[[devices]]\ndriver = "sunspec_tcp"\nid = "x"\nhost = "h"\n'), "t")
     assert bare.config is not None
     assert build_devices(bare.config, SystemClock()).kinds == {"x.pv": DerKind.PV}
+
+
+async def test_serial_scan_recognises_a_sunspec_device_with_an_rtu_snippet(
+    sample: dict[str, Any], tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zapd devices scan --serial`: the sample device behind a pty (pymodbus's RTU server) is named as
+    SunSpec, with a `sunspec_rtu` snippet carrying the port and line settings, and nothing written."""
+    import tomllib
+
+    from drivers.sim.modbus_rtu import NullModem
+    from drivers.sim.register_image import start_register_image_rtu
+    from zapd.recognize_cli import scan_serial
+
+    modem = NullModem()
+    modem.open()
+    server = await start_register_image_rtu({3: {"holding": _image(sample, tmp_path)}}, modem.port_b, baudrate=19200)
+    try:
+        capsys.readouterr()
+        rc = await scan_serial(modem.port_a, unit_ids=[3], baudrate=19200, as_json=True, timeout_s=0.3)
+    finally:
+        await close_all_buses()
+        await server.stop()
+        modem.close()
+    text = capsys.readouterr().out
+    rows, _ = json.JSONDecoder().raw_decode(text[text.index("[\n") :])
+    assert rc == 0 and [(r["driver"], r["profile"]) for r in rows] == [("sunspec_rtu", "")]
+    (dev,) = tomllib.loads(rows[0]["config"])["devices"]
+    assert dev["port"] == modem.port_a and dev["baudrate"] == 19200 and dev["unit_id"] == 3
+    assert dev["has_battery"] is False and "host" not in dev
+    assert server.writes == []
