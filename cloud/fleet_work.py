@@ -114,7 +114,7 @@ async def create_event(db: Database, request: EventRequest, now: datetime) -> Cr
             await conn.execute(
                 J.insert(), [{"event_id": event_id, "site_id": s, "state": "pending", "attempts": 0} for s in site_ids]
             )
-    log.info("fleet_event_created", event_id=event_id, sites=len(site_ids), requested_kw=request.reduction_kw)
+    log.info("fleet.event_created", event_id=event_id, sites=len(site_ids), requested_kw=request.reduction_kw)
     return Created(event_id, replayed=False)
 
 
@@ -199,7 +199,7 @@ async def solve_job(db: Database, job: Claimed, owner: str, now: datetime, optio
     except SQLAlchemyError:
         raise  # the lease runs out and another worker retries the row
     except Exception as exc:  # one site's bad data must not hold the event until its attempts run out
-        log.exception("fleet_curve_crashed", event_id=job.event_id, site_id=job.site_id)
+        log.exception("fleet.curve_crashed", event_id=job.event_id, site_id=job.site_id)
         await _finish(db, job, owner, state="failed", reason=f"internal error: {type(exc).__name__}: {exc}")
         return "failed"
     curve = [
@@ -275,7 +275,7 @@ async def _notify(db: Database, event_id: str, dispatched: list[tuple[str, int]]
         try:
             await notify_plan(db, site_id, version)
         except SQLAlchemyError:
-            log.warning("fleet_notify_failed", event_id=event_id, site_id=site_id)
+            log.warning("fleet.notify_failed", event_id=event_id, site_id=site_id)
             return
 
 
@@ -413,7 +413,7 @@ async def _publish_once(
             "sites": sites_out,
         }
         await conn.execute(update(fleet_events).where(fleet_events.c.event_id == event_id).values(result=result))
-    log.info("fleet_event_dispatched", event_id=event_id, sites=len(chosen), requested_kw=target, met_kw=round(met, 3))
+    log.info("fleet.event_dispatched", event_id=event_id, sites=len(chosen), requested_kw=target, met_kw=round(met, 3))
     return [(s["site_id"], s["plan_version"]) for s in sites_out]
 
 

@@ -266,7 +266,7 @@ async def _weather(
     try:
         wx = await options.weather.forecast(assets.pv_location())
     except WeatherError as exc:
-        log.warning("weather_unavailable", error=str(exc))
+        log.warning("planner.weather_unavailable", error=str(exc))
         return None
     grid = wx.on_grid(start, STEP, horizon, assets.weather.use)
     return {"ghi": grid} if assets.weather.use == "ghi" else {"cloud_cover_pct": grid}
@@ -530,7 +530,7 @@ async def plan_site(
     version = await publish(db, signing_key, prepared, solution, options)
     await record_forecasts(db, prepared, options)
     log.info(
-        "site_planned",
+        "planner.site_planned",
         site_id=site_id,
         version=version,
         slots=prepared.problem.horizon,
@@ -563,12 +563,12 @@ async def plan_next(
     try:
         result = await plan_site(db, site_id, now, signing_key, options=options)
     except (PlanError, PlanVersionConflictError) as exc:
-        log.warning("plan_failed", site_id=site_id, error=str(exc))
+        log.warning("planner.plan_failed", site_id=site_id, error=str(exc))
         error = str(exc)
     except SQLAlchemyError:
         raise  # the lease runs out; the loop logs and backs off
     except Exception as exc:  # a bug for one site's data must not block its queue row until the lease ends
-        log.exception("plan_crashed", site_id=site_id, error=type(exc).__name__)
+        log.exception("planner.plan_crashed", site_id=site_id, error=type(exc).__name__)
         error = f"internal error: {type(exc).__name__}: {exc}"
     else:
         error = ""
@@ -601,13 +601,13 @@ async def refresh_prices(db: Database, client: EntsoeClient, now: datetime) -> N
         try:
             series = await client.day_ahead(area, day - timedelta(hours=2), day + timedelta(days=2))
         except NoPriceData as exc:
-            log.info("prices_not_published", area=area, detail=str(exc))
+            log.info("planner.prices_not_published", area=area, detail=str(exc))
             continue
         except PriceSourceError as exc:
-            log.warning("prices_fetch_failed", area=area, error=str(exc))
+            log.warning("planner.prices_fetch_failed", area=area, error=str(exc))
             continue
         stored = await store.put_spot_prices(db, area, series, now, source=ENTSOE_SOURCE)
-        log.info("prices_stored", area=area, rows=stored, until=series.known_until().isoformat())
+        log.info("planner.prices_stored", area=area, rows=stored, until=series.known_until().isoformat())
 
 
 def worker_id() -> str:
@@ -636,7 +636,7 @@ async def run_planner(
     options = options or PlannerOptions()
     owner = worker_id()
     last_price_fetch: datetime | None = None
-    log.info("planner_started", owner=owner)
+    log.info("planner.started", owner=owner)
     while True:
         try:
             now = clock()
@@ -649,10 +649,10 @@ async def run_planner(
             await store.mark_due_on_telemetry(db, now, options.telemetry_min_interval)
             planned = await plan_next(db, signing_key, owner, now, options)
         except SQLAlchemyError as exc:
-            log.error("planner_database_error", error=type(exc).__name__)
+            log.error("planner.database_error", error=type(exc).__name__)
             planned = None
         except Exception as exc:  # one site's bug must not stop planning for the fleet
-            log.exception("planner_error", error=type(exc).__name__)
+            log.exception("planner.error", error=type(exc).__name__)
             planned = None
         if planned is None:
             if wake is None:

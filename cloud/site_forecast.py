@@ -70,7 +70,7 @@ async def site_pv_model(
             model = PvSiteModel.from_json(stored.state)
         except ValueError as exc:
             UNREADABLE_MODELS["pv"] += 1
-            log.warning("forecast_model_unreadable", site_id=site_id, kind="pv", error=str(exc))
+            log.warning("forecast.model_unreadable", site_id=site_id, kind="pv", error=str(exc))
     spd = int(timedelta(days=1) // series.step)
     days = min(series.n // spd, choice.pv_fit_days)
     sky = SkyGrid.compute(assets.pv_location(), series.start, series.step, series.n)
@@ -79,7 +79,7 @@ async def site_pv_model(
         fitted = fit_pv_site(sky, FitInput(series.pv_kw[a:], a, arrays))
         if fitted.days > 0:
             await put_model(db, site_id, "pv", now, fitted.to_json())
-            log.info("forecast_model_fitted", site_id=site_id, kind="pv", days=fitted.days, kwp=fitted.kwp)
+            log.info("forecast.model_fitted", site_id=site_id, kind="pv", days=fitted.days, kwp=fitted.kwp)
             model = fitted
     if model is None:
         return PvSiteModel.default(arrays)
@@ -112,7 +112,7 @@ async def site_load_forecast(
             gbm.load_state(stored.state)
         except ValueError as exc:
             UNREADABLE_MODELS["load"] += 1
-            log.warning("forecast_model_unreadable", site_id=site_id, kind="load", error=str(exc))
+            log.warning("forecast.model_unreadable", site_id=site_id, kind="load", error=str(exc))
             fresh = False
     if not fresh:
         # training needs more history than a plan: the training window plus a week of lags
@@ -134,7 +134,7 @@ async def site_load_forecast(
         if state is None:
             return forecast_load(recent, horizon, spd)
         await put_model(db, site_id, "load", now, state)
-        log.info("forecast_model_fitted", site_id=site_id, kind="load", bytes=len(state))
+        log.info("forecast.model_fitted", site_id=site_id, kind="load", bytes=len(state))
         gbm.load_state(state)
     return gbm.forecast(series.load_kw, series.n, horizon)
 

@@ -123,7 +123,7 @@ class ChannelClient:
         self.refused[reason] += 1
         if reason not in self._logged:
             self._logged.add(reason)
-            log.warning("channel_message_refused", reason=reason, detail=detail[:200])
+            log.warning("channel.message_refused", reason=reason, detail=detail[:200])
 
     async def run(self) -> None:
         """Connect, serve, reconnect after the backoff; forever (the supervisor cancels it)."""
@@ -136,7 +136,7 @@ class ChannelClient:
             except Exception as exc:  # any network or protocol failure: the channel is down, polling goes on
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 if self.state != "down":
-                    log.info("channel_down", error=self.last_error)
+                    log.info("channel.down", error=self.last_error)
             self.state = "down"
             if established:
                 self.backoff.reset()
@@ -167,7 +167,7 @@ class ChannelClient:
                     return False
                 self.state = "up"
                 self.connects += 1
-                log.info("channel_up", url=self.url)
+                log.info("channel.up", url=self.url)
                 status = asyncio.create_task(self._status_loop(ws), name="channel_status")
                 try:
                     async for data in ws:
@@ -255,7 +255,7 @@ class ChannelClient:
         await self._nonces.remember(cmd, now, ack)
         if ack.result == "applied":
             self.commands_applied += 1
-        log.info("channel_command", command_id=cmd.command_id, kind=type(cmd.action).__name__, result=ack.result,
+        log.info("channel.command", command_id=cmd.command_id, kind=type(cmd.action).__name__, result=ack.result,
                  reason=ack.reason, applied=ack.applied)  # fmt: skip
         await self._send(ws, ack)
 
@@ -272,7 +272,7 @@ class ChannelClient:
         try:
             version = await self._fetcher.fetch_now()
         except Exception as exc:  # the poll retries; the channel stays up
-            log.info("channel_fetch_failed", error=f"{type(exc).__name__}: {exc}")
+            log.info("channel.fetch_failed", error=f"{type(exc).__name__}: {exc}")
             return
         if version is not None and ws is not None:
             with contextlib.suppress(Exception):

@@ -63,7 +63,7 @@ class NonceWindow:
         try:
             self._seen = msgspec.json.decode(raw, type=dict[str, _Seen])
         except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("channel_nonces_unreadable")  # refused commands expire within the hour
+            log.warning("channel.nonces_unreadable")  # refused commands expire within the hour
             self._seen = {}
 
     def seen(self, command_id: str) -> _Seen | None:
@@ -97,7 +97,7 @@ class DemandResponse:
         try:
             windows = msgspec.json.decode(raw, type=list[DrWindow])
         except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("channel_dr_windows_unreadable")
+            log.warning("channel.dr_windows_unreadable")
             return
         self.windows = [w for w in windows if w.end > now and _window_ok(w)]
 
@@ -164,7 +164,7 @@ class Applier:
             export_w = min(export_w, self.site_export_w)
         window = DrWindow(cmd.command_id, a.start, a.end, import_w, export_w)
         await self.demand.add(window, now)
-        log.info("dr_window_applied", command_id=cmd.command_id, start=a.start.isoformat(), end=a.end.isoformat(),
+        log.info("channel.dr_window_applied", command_id=cmd.command_id, start=a.start.isoformat(), end=a.end.isoformat(),
                  import_limit_w=import_w, export_limit_w=export_w)  # fmt: skip
         return _ack(
             cmd,

@@ -652,7 +652,7 @@ class OAuthEndpoints:
             self.by_account.charge(account)
             self.by_address.charge(address)
             self.count("oauth_authorize", "sign_in_failed")
-            log.info("oauth_sign_in_failed", client_id=client.client_id)
+            log.info("oauth.sign_in_failed", client_id=client.client_id)
             page = _consent_page(
                 client, oreq.args, oreq.payload.data.get("scope") or "", error="wrong user or password"
             )
@@ -666,7 +666,7 @@ class OAuthEndpoints:
             lambda: self.server.create_authorization_response(oreq, grant_user=grant_user, grant=grant)
         )
         log.info(
-            "oauth_authorized",
+            "oauth.authorized",
             client_id=client.client_id,
             owner_id=owner.owner_id,
             sites=list(chosen),
@@ -715,7 +715,7 @@ class OAuthEndpoints:
                 await conn.execute(
                     owner_sites.insert(), [{"owner_id": body.owner_id, "site_id": s} for s in body.sites]
                 )
-        log.info("owner_saved", owner_id=body.owner_id, sites=body.sites)
+        log.info("oauth.owner_saved", owner_id=body.owner_id, sites=body.sites)
         return JSONResponse({"owner_id": body.owner_id, "sites": body.sites}, status_code=201)
 
     async def create_client(self, request: Request) -> Response:
@@ -742,7 +742,7 @@ class OAuthEndpoints:
                 )
         except IntegrityError:
             return JSONResponse({"error": "conflict", "detail": "client_id already registered"}, status_code=409)
-        log.info("oauth_client_registered", client_id=body.client_id, grant_types=body.grant_types)
+        log.info("oauth.client_registered", client_id=body.client_id, grant_types=body.grant_types)
         out: dict[str, Any] = {"client_id": body.client_id}
         if secret:
             out["client_secret"] = secret  # shown once; only its digest is stored

@@ -243,7 +243,7 @@ def create_app(
             ctx.db, ctx.clock, ctx.admin_token, lambda r: _require_admin(ctx, r), wrap, count=ctx.metrics.reject
         )
     except ImportError as exc:  # an older install without authlib/strawberry: serve the Zap API alone
-        log.warning("data_api_unavailable", missing=exc.name, hint="pip install -e '.[cloud]'")
+        log.warning("server.data_api_unavailable", missing=exc.name, hint="pip install -e '.[cloud]'")
         extra = []
     app = Starlette(routes=[*routes, *extra], lifespan=lifespan)
     app.state.db = ctx.db
@@ -278,11 +278,11 @@ def _guarded(ctx: _Context, name: str, fn: Callable[[_Context, Request], Awaitab
             return Response(body, status_code=exc.status, media_type="application/json", headers=exc.headers)
         except TimeoutError:
             ctx.metrics.reject(name, "timeout")
-            log.warning("request_timeout", endpoint=name, site_id=site_id)
+            log.warning("server.request_timeout", endpoint=name, site_id=site_id)
             return _json({"error": "timeout", "detail": "request took too long"}, 503)
         except SQLAlchemyError as exc:
             ctx.metrics.reject(name, "database")
-            log.error("database_error", endpoint=name, site_id=site_id, error=type(exc).__name__)
+            log.error("server.database_error", endpoint=name, site_id=site_id, error=type(exc).__name__)
             return _json({"error": "database", "detail": "database unavailable"}, 503)
         ctx.metrics.accept(name)
         return response
@@ -472,7 +472,7 @@ async def _register(ctx: _Context, request: Request) -> Response:
         raise ApiError(422, "malformed", str(exc)) from None
     except SiteKeyConflictError as exc:
         raise ApiError(409, "key_conflict", str(exc)) from None
-    log.info("site_registered", site_id=reg.site_id, key_id=kid)
+    log.info("server.site_registered", site_id=reg.site_id, key_id=kid)
     return _json({"site_id": reg.site_id, "key_id": kid}, 201)
 
 
@@ -566,7 +566,7 @@ async def _plan_put(ctx: _Context, request: Request) -> Response:
         raise ApiError(404, "unknown_site", str(exc)) from None
     except PlanVersionConflictError as exc:
         raise ApiError(409, "version_conflict", str(exc)) from None
-    log.info("plan_published", site_id=site_id, version=plan.version)
+    log.info("server.plan_published", site_id=site_id, version=plan.version)
     return _json({"site_id": site_id, "version": plan.version}, headers={"ETag": etag(plan.version)})
 
 

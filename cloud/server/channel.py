@@ -109,7 +109,7 @@ class ChannelEndpoint:
 
     def _refuse(self, reason: str, **fields: object) -> None:
         self.metrics.channel("cloud", reason)
-        log.debug("channel_refused", reason=reason, **fields)
+        log.debug("channel.refused", reason=reason, **fields)
 
     async def handle(self, ws: WebSocket) -> None:
         client = ws.client.host if ws.client else "unknown"
@@ -189,13 +189,13 @@ class ChannelEndpoint:
             version = None
         await ws.send_text(encode_frame(Welcome(site_id=site.site_id, plan_version=version)))
         self.metrics.channel("cloud", "connected")
-        log.debug("channel_connected", site_id=site.site_id, worker=self.hub.worker)
+        log.debug("channel.connected", site_id=site.site_id, worker=self.hub.worker)
         return conn
 
     async def _auth_failed(self, ws: WebSocket, client: str, reason: str, detail: str) -> None:
         self.fail_buckets.charge(client)
         self._refuse(reason, client=client, detail=detail)
-        log.info("channel_auth_refused", client=client, reason=reason)
+        log.info("channel.auth_refused", client=client, reason=reason)
         with contextlib.suppress(Exception):
             await ws.send_text(encode_frame(Refused(reason=reason)))
             await ws.close(CLOSE_POLICY)

@@ -378,7 +378,7 @@ class ChannelHub:
                 await self._deliver(batch)
             except Exception as exc:  # the database hiccuped: the sweep retries
                 self.metrics.channel("cloud", "deliver_failed")
-                log.warning("channel_deliver_failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("channel.deliver_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _deliver(self, bells: list[tuple[str, str, str]]) -> None:
         plans = [(site, int(v)) for kind, site, v in bells if kind == "p"]
@@ -447,7 +447,7 @@ class ChannelHub:
             try:
                 await self.sweep()
             except Exception as exc:
-                log.warning("channel_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("channel.sweep_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def sweep(self) -> None:
         """Send pending commands of our sites that were never sent or not acknowledged in RESEND_S."""
@@ -471,7 +471,7 @@ class ChannelHub:
             try:
                 await self._flush()
             except Exception as exc:
-                log.warning("channel_status_flush_failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("channel.status_flush_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _flush(self) -> None:
         if not self._dirty:
@@ -511,7 +511,7 @@ class ChannelHub:
             try:
                 conn = await asyncpg.connect(dsn, timeout=10)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("channel_listen_connect_failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("channel.listen_connect_failed", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -521,7 +521,7 @@ class ChannelHub:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             self._listener = conn
             self.listening.set()
-            log.info("channel_listening", worker=self.worker)
+            log.info("channel.listening", worker=self.worker)
             # What rang while we were not listening: every pending command of our sites.
             await self._catch_up()
             try:
@@ -533,7 +533,7 @@ class ChannelHub:
                     if not lost.is_set():
                         await conn.execute("SELECT 1")  # notices a dead server without a FIN
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("channel_listen_lost", error=f"{type(exc).__name__}: {exc}")
+                log.warning("channel.listen_lost", error=f"{type(exc).__name__}: {exc}")
             finally:
                 self.listening.clear()
                 self._listener = None

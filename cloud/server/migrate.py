@@ -105,7 +105,7 @@ def _restore_indexes(conn: Connection) -> None:
     for diff in compare_metadata(MigrationContext.configure(conn), target_metadata()):
         if isinstance(diff, tuple) and diff[0] == "add_index":
             index = diff[1]
-            log.warning("index_restored", index=index.name, table=index.table.name)
+            log.warning("migrate.index_restored", index=index.name, table=index.table.name)
             index.create(conn)
 
 

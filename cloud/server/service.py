@@ -102,7 +102,7 @@ async def _notify_plan(db: Database, site_id: str, version: int) -> None:
     try:
         await notify_plan(db, site_id, version)
     except SQLAlchemyError as exc:
-        log.warning("plan_notify_failed", site_id=site_id, version=version, error=type(exc).__name__)
+        log.warning("server.plan_notify_failed", site_id=site_id, version=version, error=type(exc).__name__)
 
 
 async def next_plan_version(db: Database, site_id: str) -> int:

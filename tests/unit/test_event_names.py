@@ -1,4 +1,4 @@
-"""Every structlog event name in the edge packages is `area.event` (issue 15: three styles were
+"""Every structlog event name, edge and cloud, is `area.event` (issue 15: three styles were
 in use: `modbus.link_down`, `telemetry_store_failed`, `p1 link down`). One style lets an
 operator filter by area (`zapctl logs -g modbus.`) and a test match on names without guessing."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("zapd", "drivers", "fallback", "cloud_sync")
+PACKAGES = ("zapd", "drivers", "fallback", "cloud_sync", "cloud")
 NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 
