@@ -164,8 +164,8 @@ class Applier:
             export_w = min(export_w, self.site_export_w)
         window = DrWindow(cmd.command_id, a.start, a.end, import_w, export_w)
         await self.demand.add(window, now)
-        log.info("channel.dr_window_applied", command_id=cmd.command_id, start=a.start.isoformat(), end=a.end.isoformat(),
-                 import_limit_w=import_w, export_limit_w=export_w)  # fmt: skip
+        log.info("channel.dr_window_applied", command_id=cmd.command_id, start=a.start.isoformat(),
+                 end=a.end.isoformat(), import_limit_w=import_w, export_limit_w=export_w)  # fmt: skip
         return _ack(
             cmd,
             now,

@@ -639,7 +639,7 @@ class OAuthEndpoints:
         wait = self._sign_in_wait(account, address)
         if wait > 0:
             self.count("oauth_authorize", "sign_in_rate_limited")
-            log.info("oauth_sign_in_rate_limited", client_id=client.client_id, address=address)
+            log.info("oauth.sign_in_rate_limited", client_id=client.client_id, address=address)
             page = _consent_page(
                 client,
                 oreq.args,
