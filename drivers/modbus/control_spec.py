@@ -22,6 +22,12 @@ left that mode), `release` writes (the revert on safe mode when `revert = "relea
 command-timeout register written on entering (the device's own deadman) and a keepalive period
 after which a command the device already holds is written again. Every value here is a raw
 register value; every power goes through its field's scale, sign and unit.
+
+`readback = false` is for devices whose control registers are write-only (SMA's "device control
+objects" read as NaN): a command is then not read back. It needs `keepalive_s` (the device holds a
+command only while it keeps being written) and no `mode_field` (there is nothing to read), and every
+write of a command writes the `enter` sequence again first, since zapd cannot see whether the device
+is still in that mode.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ _KEYS = {
     "slot_charge_off",
     "remote_control_on",
     "remote_control_off",
+    "readback",
 }
 
 
@@ -102,6 +109,7 @@ class ControlSpec:
     slot_charge: str | None = None
     slot_charge_on: int = 1
     slot_charge_off: int = 0
+    readback: bool = True  # false: write-only control registers (see the module docstring)
 
     @property
     def mode_value(self) -> int | None:
@@ -211,6 +219,9 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
     grid = [grid] if isinstance(grid, str) else grid
     if not isinstance(grid, list) or not all(isinstance(g, str) and g for g in grid):
         raise ControlSpecError("control.grid_power must name a field or a list of fields (summed)")
+    readback = doc.get("readback", True)
+    if not isinstance(readback, bool):
+        raise ControlSpecError(f"control.readback must be true or false, got {readback!r}")
     grid_idle = doc.get("grid_idle_w", 0.0)
     if isinstance(grid_idle, bool) or not isinstance(grid_idle, int | float) or not math.isfinite(grid_idle):
         raise ControlSpecError(f"control.grid_idle_w must be a number of W, got {grid_idle!r}")
@@ -237,6 +248,7 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         slot_charge=_name(doc, "slot_charge"),
         slot_charge_on=_int(doc, "slot_charge_on", 1),
         slot_charge_off=_int(doc, "slot_charge_off", 0),
+        readback=readback,
     )
     need = {
         "signed_setpoint": ("setpoint",),
@@ -258,6 +270,10 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
     if spec.revert == "release" and not spec.release and style != "grid_setpoint":
         # (a grid setpoint's release is the setpoint itself, back to grid_idle_w)
         raise ControlSpecError("control.revert = 'release' needs control.release writes")
+    if not spec.readback and spec.mode_field is not None:
+        raise ControlSpecError("control.readback = false: a write-only device has no mode_field to read")
+    if not spec.readback and spec.keepalive_s is None:
+        raise ControlSpecError("control.readback = false needs control.keepalive_s: a command holds only while written")
     if (spec.timeout_field is None) != (spec.timeout_s is None):
         raise ControlSpecError("control.timeout_field and control.timeout_s go together")
     return spec

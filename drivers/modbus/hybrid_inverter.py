@@ -37,12 +37,27 @@ from zapd.model import (
 
 log = structlog.get_logger(__name__)
 
-_REQUIRED = ("battery_soc", "battery_power")
+_REQUIRED = ("battery_soc",)
+# Battery power is one signed field, or two unsigned ones (SMA STP SE 31393 / 31395, Growatt 1011 / 1009):
+# zapd's battery power (+ = charging) is then charge - discharge.
+_BATTERY_PAIR = ("battery_charge_power", "battery_discharge_power")
 _NAMEPLATE = ("max_charge_w", "max_discharge_w", "capacity_wh")
 _DEFAULT_COMMAND_TIMEOUT_S = 300  # written when the map has a timeout register: device falls back on its own
 
 
 _PV_STRING = re.compile(r"pv_power_(\d+)")
+
+
+def _battery_fields(rmap: RegisterMap) -> tuple[str, ...]:
+    """`battery_power`, or `battery_charge_power` and `battery_discharge_power` (charge - discharge)."""
+    pair = [rmap.get(n) is not None for n in _BATTERY_PAIR]
+    if rmap.get("battery_power") is not None:
+        if any(pair):
+            raise RegisterMapError(f"{rmap.path}: declare battery_power or {' + '.join(_BATTERY_PAIR)}, not both")
+        return ("battery_power",)
+    if all(pair):
+        return _BATTERY_PAIR
+    raise RegisterMapError(f"{rmap.path}: field 'battery_power' (or {' + '.join(_BATTERY_PAIR)}) is not declared")
 
 
 def _pv_fields(rmap: RegisterMap) -> list[str]:
@@ -82,6 +97,7 @@ class ModbusHybridInverter(ReportsHealth):
         if not (math.isfinite(reserve_soc) and math.isfinite(max_soc) and 0.0 <= reserve_soc < max_soc <= 1.0):
             raise ValueError(f"need 0 <= reserve_soc < max_soc <= 1, got {reserve_soc} / {max_soc}")
         register_map.require(*_REQUIRED)
+        self._battery_fields = _battery_fields(register_map)
         # The map's control vocabulary (drivers/modbus/control_spec.py); None = monitoring only.
         self._ctl = register_map.control
         self._can_control = self._ctl is not None
@@ -194,6 +210,14 @@ class ModbusHybridInverter(ReportsHealth):
     async def _read(self, name: str, priority: Priority = Priority.POLL, *, measured: bool = False) -> float:
         return await self._fields.value(name, priority, measured=measured)
 
+    async def _battery_w(self, priority: Priority = Priority.POLL, *, measured: bool = False) -> float:
+        """The battery's power, + = charging: one signed field, or charge - discharge."""
+        if len(self._battery_fields) == 1:
+            return await self._read(self._battery_fields[0], priority, measured=measured)
+        charge, discharge = self._battery_fields
+        charge_w = await self._read(charge, priority, measured=measured)
+        return charge_w - await self._read(discharge, priority, measured=measured)
+
     async def _write_regs(self, f: Field, regs: list[int], *, force: bool) -> None:
         """Every write goes through the flash budget; `force` is for the safe mode on the way out."""
         if not force:
@@ -230,7 +254,7 @@ class ModbusHybridInverter(ReportsHealth):
         # so the controller takes the written value as the battery's power, not the older one read here.
         ts = self._clock.now()
         soc = await self._read("battery_soc", measured=True)
-        battery_w = await self._read("battery_power", measured=True)
+        battery_w = await self._battery_w(measured=True)
         pv_w = None
         if self._has_pv:  # one register, or one per MPPT string summed (GoodWe, Deye)
             pv_w = 0.0
@@ -406,7 +430,7 @@ class ModbusHybridInverter(ReportsHealth):
         grid_w = 0.0
         for name in ctl.grid_power:
             grid_w += await self._read(name, Priority.CONTROL)
-        battery_w = await self._read("battery_power", Priority.CONTROL)
+        battery_w = await self._battery_w(Priority.CONTROL)
         target = grid_w + (power_w - battery_w)
         if not math.isfinite(target):
             raise DriverError(f"{self._id}: grid setpoint from grid {grid_w} W and battery {battery_w} W")
@@ -418,6 +442,8 @@ class ModbusHybridInverter(ReportsHealth):
         A command the device already holds (by the last read-back) is not written again, except as
         a keep-alive (the map's keepalive_s, else half the device's command timeout).
         """
+        if self._ctl is not None and not self._ctl.readback:
+            return await self._write_unverified(power_w, force=force)
         await self._ensure_mode(force=force)
         wanted = await self._command_writes(power_w)
         if not force and self._holds(wanted):
@@ -434,6 +460,21 @@ class ModbusHybridInverter(ReportsHealth):
                 return False, f"{name}: read back {back}, wrote {regs} (for {power_w:g} W)"
         self._held = (wanted, self._clock.now().timestamp())
         return True, f"{power_w:g} W read back"
+
+    async def _write_unverified(self, power_w: float, *, force: bool) -> tuple[bool, str]:
+        """Write-only control registers (`readback = false`): the enter sequence, then the command, with
+        nothing read back; a held command is written again (enter included) after keepalive_s."""
+        wanted = await self._command_writes(power_w)
+        if not force and self._holds(wanted):
+            self.counters["writes_skipped"] += 1
+            return True, f"{power_w:g} W already held"
+        self._held = None
+        self._entered = False  # nothing to read: the device's mode is refreshed with every command write
+        await self._ensure_mode(force=force)
+        for name, regs in wanted:
+            await self._write_regs(self._map.field(name), regs, force=force)
+        self._held = (wanted, self._clock.now().timestamp())
+        return True, f"{power_w:g} W written (write-only registers: not read back)"
 
     async def _ensure_mode(self, *, force: bool = False) -> None:
         """Run the map's enter sequence unless the device is (by its mode register) still in it."""

@@ -17,7 +17,7 @@ import math
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 from hypothesis import given, settings
@@ -38,6 +38,7 @@ PROFILES = [
     "goodwe_et",
     "deye_sunsynk_3p",
     "kostal_plenticore",
+    "sma_sunny_tripower_se",
 ]
 
 
@@ -277,3 +278,120 @@ def test_sunspec_124_window_pins_the_command_within_wchamax(power_w: float) -> N
     assert bus.regs[(1, "holding", _M124 + 5)] == 3  # StorCtl_Mod: both limits
     assert bus.regs[(1, "holding", _M124 + 17)] == (1 if power_w > 0 else 0)  # ChaGriSet
     assert bus.regs[(1, "holding", _M124 + 15)] == 300  # the inverter's own revert
+
+
+class WriteOnlyBus(FakeBus):
+    """SMA's device control objects: written values are kept by the device, but every read of them
+    answers NaN (0x80000000 for an S32, 0xFFFFFFFF for a U32/ENUM), as the SMA parameter lists say."""
+
+    NAN: ClassVar[dict[int, int]] = {40149: 0x8000, 40150: 0x0000, 40151: 0xFFFF, 40152: 0xFFFF}
+
+    async def _read(self, unit: int, table: str, address: int, count: int) -> list[int]:
+        regs = await super()._read(unit, table, address, count)
+        return [self.NAN.get(address + i, r) if table == "holding" else r for i, r in enumerate(regs)]
+
+
+def _sma(clock: Any, register_map: Any = None) -> tuple[ModbusHybridInverter, WriteOnlyBus]:
+    bus = WriteOnlyBus(_image(_fixture("sma_sunny_tripower_se")))
+    inv = ModbusHybridInverter(
+        device_id="d",
+        bus=cast(ModbusBus, bus),
+        unit_id=3,
+        register_map=register_map or load_register_map("sma_sunny_tripower_se"),
+        poll_s=1.0,
+        clock=clock,
+        max_charge_w=6000.0,
+        max_discharge_w=6000.0,
+    )
+    return inv, bus
+
+
+def test_write_only_control_is_not_read_back_and_is_refreshed_with_its_mode_after_keepalive() -> None:
+    """`readback = false` (SMA STP SE): a command is the enter write (40151 = 802) and the set point, nothing
+    read back; a held command is not rewritten within keepalive_s (60 s), and after it both are written again,
+    since zapd cannot read whether the inverter is still under external control."""
+    from datetime import UTC, datetime
+
+    from zapd.clock import ManualClock
+
+    async def scenario() -> None:
+        clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+        inv, bus = _sma(clock)
+        bus.regs[(3, "holding", 31394)] = 0  # battery idle now, AC feed-in 1330 W
+        cmd = BatterySetpoint(der_id="d.battery", power_w=1000.0)
+        result = await inv.apply(cmd)
+        assert result.ok and "not read back" in result.detail
+        assert bus.writes == [(3, 40151, [0, 802]), (3, 40149, [0, 330])]  # AC 1330 - (1000 - 0)
+        bus.writes.clear()
+        clock.advance(59)
+        assert (await inv.apply(cmd)).ok and bus.writes == []
+        clock.advance(2)
+        assert (await inv.apply(cmd)).ok
+        assert bus.writes == [(3, 40151, [0, 802]), (3, 40149, [0, 330])]
+
+    asyncio.run(scenario())
+
+
+def test_the_same_device_read_back_would_fail_every_command(tmp_path: Path) -> None:
+    """Why the rule exists: with read-back (and the mode read before each command) a write-only register
+    never matches, so every command on a real STP SE would fail."""
+    text = (Path(load_register_map("sma_sunny_tripower_se").path)).read_text()
+    variant = tmp_path / "sma_readback.toml"
+    variant.write_text(text.replace("readback = false\n", ""))
+
+    async def scenario() -> None:
+        inv, _bus = _sma(SystemClock(), load_register_map(variant))
+        result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=1000.0))
+        assert not result.ok and "read back" in result.detail
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('readback = "no"\nkeepalive_s = 60\n', "readback must be true or false"),
+        ("readback = false\n", "needs control.keepalive_s"),
+        ('readback = false\nkeepalive_s = 60\nmode_field = "mode"\n', "no mode_field"),
+    ],
+)
+def test_readback_false_needs_a_keepalive_and_no_mode_field(extra: str, message: str) -> None:
+    from drivers.modbus.control_spec import ControlSpecError, parse_control
+
+    doc = tomllib.loads('style = "signed_setpoint"\nsetpoint = "sp"\nenter = [{ field = "mode", value = 1 }]\n' + extra)
+    fields = {"sp": _Writable(), "mode": _Writable()}
+    with pytest.raises(ControlSpecError, match=message):
+        parse_control(doc, fields)
+
+
+class _Writable:
+    writable = True
+    scale_factor = None
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (("battery_power", "battery_charge_power", "battery_discharge_power"), "not both"),
+        (("battery_charge_power",), "is not declared"),
+    ],
+)
+def test_battery_power_is_one_field_or_the_charge_discharge_pair(
+    tmp_path: Path, fields: tuple[str, ...], message: str
+) -> None:
+    from drivers.modbus.register_map import RegisterMapError
+
+    text = '[device]\nname = "x"\n[fields.battery_soc]\naddress = 0\ntable = "holding"\ntype = "u16"\nunit = "%"\n'
+    for i, name in enumerate(fields, start=1):
+        text += f'[fields.{name}]\naddress = {i}\ntable = "holding"\ntype = "u16"\nunit = "W"\n'
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(RegisterMapError, match=message):
+        ModbusHybridInverter(
+            device_id="d",
+            bus=cast(ModbusBus, FakeBus({})),
+            unit_id=1,
+            register_map=load_register_map(path),
+            poll_s=1.0,
+            clock=SystemClock(),
+        )
