@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,9 +69,16 @@ def lean_daemon_process() -> None:
     """Before the daemon's first import: no optional imports it never uses, no pydantic plugin scan.
 
     Pydantic looks for plugins in the entry points of every installed distribution when it builds
-    its first model (time and memory for nothing: zapd uses none). Only for `zapd run`'s own process.
+    its first model: it imports importlib.metadata (with zipfile, email, csv: ~1 MB) and reads every
+    dist-info for nothing, zapd uses none. `PYDANTIC_DISABLE_PLUGINS` skips the scan; the stand-in
+    for its loader module (the one function pydantic imports from it, answering "no plugins" as the
+    variable does) skips the import too. Only for `zapd run`'s own process.
     """
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    if "pydantic.plugin._loader" not in sys.modules:
+        loader = types.ModuleType("pydantic.plugin._loader", "zapd: no pydantic plugins in the daemon")
+        loader.get_plugins = tuple  # type: ignore[attr-defined]  # () = no plugins
+        sys.modules["pydantic.plugin._loader"] = loader
     for name in DAEMON_BLOCKED_IMPORTS:
         if name not in sys.modules:
             sys.modules[name] = None  # type: ignore[assignment]

@@ -11,7 +11,6 @@ import termios
 from typing import Protocol
 
 import serial
-import serial_asyncio
 
 # DSMR 2.2 meters talk 9600 7E1, DSMR 4 115200 7E1, DSMR 5 and its national variants 115200 8N1.
 _SERIAL_DEFAULTS: dict[str, tuple[int, int, str]] = {
@@ -59,6 +58,8 @@ class SerialP1:
         return f"serial:{self.port}@{self.baudrate}"
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        import serial_asyncio  # a serial meter's only: a TCP meter never loads it
+
         try:
             reader, writer = await serial_asyncio.open_serial_connection(
                 url=self.port,
