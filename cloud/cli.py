@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Defaults: cloud/server/limits.py `Limits` (listed in docs/operations.md); unset flags keep them.
     lim = serve.add_argument_group("limits (defaults in docs/operations.md)")
-    lim.add_argument("--max-connections", type=int, help="open connections per worker")
+    lim.add_argument("--max-connections", type=int, help="open HTTP connections per worker")
+    lim.add_argument("--max-channels", type=int, help="live channels (Zap WebSockets) per worker")
     lim.add_argument("--header-timeout-s", type=float, help="seconds a client has to send its request headers")
     lim.add_argument("--body-timeout-s", type=float, help="seconds a client has to send its request body")
     for name, what in (
@@ -81,6 +82,7 @@ def _limits(args: argparse.Namespace) -> Limits:
     }
     return Limits(
         max_connections=d.max_connections if args.max_connections is None else args.max_connections,
+        max_channels=d.max_channels if args.max_channels is None else args.max_channels,
         header_timeout_s=d.header_timeout_s if args.header_timeout_s is None else args.header_timeout_s,
         body_timeout_s=d.body_timeout_s if args.body_timeout_s is None else args.body_timeout_s,
         site_rate=rates["site"],

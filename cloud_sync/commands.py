@@ -146,7 +146,10 @@ class Applier:
         if isinstance(action, SafeModeAction):
             return await self._safe_mode(cmd, action, now)
         assert isinstance(action, ReplanAction)
-        version = await self.fetch_plan()
+        try:
+            version = await self.fetch_plan()
+        except Exception as exc:  # the link failed: said in the answer; the poll keeps trying
+            return _refused(cmd, now, f"fetch_failed: {type(exc).__name__}"[:200])
         return _ack(cmd, now, {"plan_version": None if version is None else float(version)})
 
     async def _dr(self, cmd: Command, a: DrAction, now: datetime) -> Ack:

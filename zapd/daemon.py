@@ -386,7 +386,14 @@ class Daemon:
             oldest = await self.store.oldest_unacked_ts()
             lag = max(0.0, (self.clock.now() - oldest).total_seconds()) if oldest is not None else 0.0
             acks = dict(self.cloud.uploader.acks_rejected) if self.cloud is not None else {}
-            self._sync_gauges = SyncGauges(outbox_depth=depth, sync_lag_s=lag, acks_rejected=acks)
+            channel = self.cloud.channel if self.cloud is not None else None
+            self._sync_gauges = SyncGauges(
+                outbox_depth=depth,
+                sync_lag_s=lag,
+                acks_rejected=acks,
+                channel_up=channel is not None and channel.state == "up",
+                channel_refused=dict(channel.refused) if channel is not None else {},
+            )
             await asyncio.sleep(5.0)
 
     async def _report_devices(self) -> None:

@@ -75,6 +75,14 @@ class DaemonCollector(Collector):
         for reason, count in sorted(sync.acks_rejected.items()):
             acks.add_metric([reason], count)
         yield acks
+        yield GaugeMetricFamily("zapd_channel_up", "1 while the live channel to the cloud is connected",
+                                value=int(sync.channel_up))  # fmt: skip
+        refused = CounterMetricFamily("zapd_channel_messages_refused",
+                                      "Live-channel messages refused (forged, expired, replayed, other site, "
+                                      "oversize, malformed); nothing applied", labels=["reason"])  # fmt: skip
+        for reason, count in sorted(sync.channel_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
 
         c = src.control
         cycles, last_ms, writes, failures = c.cycles, c.last_cycle_ms, c.writes, c.write_failures

@@ -35,6 +35,8 @@ class SyncGauges:
     outbox_depth: int = 0
     sync_lag_s: float = 0.0  # age of the oldest reading not yet acknowledged by the cloud
     acks_rejected: dict[str, int] = field(default_factory=dict)  # cloud answers refused, by reason
+    channel_up: bool = False  # the live channel (cloud_sync/channel.py) is connected
+    channel_refused: dict[str, int] = field(default_factory=dict)  # channel messages refused, by reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,9 @@ FRAME_RATE_PER_S = 20.0
 FRAME_BURST = 60.0
 # A connection that sends this many refused frames is closed.
 MAX_BAD_FRAMES = 10
+# Handshakes looking up their site at once: a reconnect wave waits here, in order, instead of taking every
+# pooled database connection (the hub's delivery, the API and the planner need theirs).
+AUTH_DB_SLOTS = 6
 
 
 @dataclass
@@ -106,6 +109,7 @@ class ChannelEndpoint:
         self.clock = clock
         self.fail_buckets = fail_buckets
         self.max_skew_s = max_skew_s
+        self._lookups = asyncio.Semaphore(AUTH_DB_SLOTS)
 
     def _refuse(self, reason: str, **fields: object) -> None:
         self.metrics.channel("cloud", reason)
@@ -157,10 +161,12 @@ class ChannelEndpoint:
             await self._auth_failed(ws, client, "not_hello", "the first frame must be a hello")
             return None
         try:
-            site = await self.db.get_site(frame.site_id[:64])
-        except SQLAlchemyError:
-            self._refuse("database")
-            await ws.close(CLOSE_TRY_LATER)
+            async with asyncio.timeout(AUTH_TIMEOUT_S), self._lookups:
+                site = await self.db.get_site(frame.site_id[:64])
+                version = await self.db.latest_plan_version(frame.site_id[:64]) if site is not None else None
+        except (SQLAlchemyError, TimeoutError) as exc:
+            self._refuse("busy" if isinstance(exc, TimeoutError) else "database")
+            await ws.close(CLOSE_TRY_LATER)  # the Zap retries after its jittered backoff
             return None
         if site is None or not hmac.compare_digest(site.key_id.encode(), frame.key_id.encode()):
             await self._auth_failed(ws, client, "unknown_key", "key id not registered for this site")
@@ -177,17 +183,14 @@ class ChannelEndpoint:
         except ChannelError as exc:
             await self._auth_failed(ws, client, exc.reason, exc.detail)
             return None
+        # The welcome goes out before the hub may send anything: the Zap expects it second.
+        await ws.send_text(encode_frame(Welcome(site_id=site.site_id, plan_version=version)))
         conn = _Conn(site.site_id, ws)
         old = self.hub.attach(conn)
         if isinstance(old, _Conn):
             self.metrics.channel("cloud", "replaced")
             with contextlib.suppress(Exception):
                 await old.ws.close(CLOSE_REPLACED)
-        try:
-            version = await self.db.latest_plan_version(site.site_id)
-        except SQLAlchemyError:
-            version = None
-        await ws.send_text(encode_frame(Welcome(site_id=site.site_id, plan_version=version)))
         self.metrics.channel("cloud", "connected")
         log.debug("channel.connected", site_id=site.site_id, worker=self.hub.worker)
         return conn

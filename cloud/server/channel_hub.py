@@ -494,11 +494,12 @@ class ChannelHub:
         if not site_ids:
             return
         async with self.db.engine.begin() as conn:
-            await conn.execute(
-                update(channel_sites)
-                .where(channel_sites.c.site_id.in_(site_ids), channel_sites.c.worker == self.worker)
-                .values(worker=None, disconnected_at=self.clock())
-            )
+            for i in range(0, len(site_ids), 500):
+                await conn.execute(
+                    update(channel_sites)
+                    .where(channel_sites.c.site_id.in_(site_ids[i : i + 500]), channel_sites.c.worker == self.worker)
+                    .values(worker=None, disconnected_at=self.clock())
+                )
 
     # PostgreSQL doorbell
 

@@ -182,6 +182,9 @@ async def test_plan_notice_is_fetched_within_a_second_and_dr_is_applied_and_acke
         until_ = (now + timedelta(minutes=10)).isoformat()
         cid4 = await asyncio.to_thread(post_command, cloud, SITE, {"kind": "safe_mode", "until": until_})
         assert (await wait_ack(cloud, cid4))["applied"]["rung"] == "safe_hold"
+        # Re-plan: the Zap fetches now and says which plan it has.
+        cid5 = await asyncio.to_thread(post_command, cloud, SITE, {"kind": "replan"})
+        assert (await wait_ack(cloud, cid5))["applied"]["plan_version"] == 1.0
         # Out-of-bounds numbers never leave the cloud.
         r = await asyncio.to_thread(cloud.client.post, f"/v1/sites/{SITE}/commands", headers=cloud.admin(),
                                     json={"action": {"kind": "dr", **window, "import_limit_kw": -1.0}})  # fmt: skip
