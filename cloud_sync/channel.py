@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from nacl.signing import SigningKey, VerifyKey
@@ -85,8 +86,10 @@ class ChannelClient:
         status_s: float = 30.0,
         reconnect_s: float = 30.0,
         reconnect_max_s: float = 300.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self._tls = tls  # for wss://: the same CA lookup as the HTTP link (cloud_sync/session.tls_context)
         self.origin = origin_of(url)
         self._site_id = site_id
         self._key = key
@@ -149,6 +152,7 @@ class ChannelClient:
         from websockets.exceptions import ConnectionClosed, PayloadTooBig
 
         self.state = "connecting"
+        tls: dict[str, Any] = {"ssl": self._tls} if self._tls is not None and self.url.startswith("wss://") else {}
         async with connect(
             self.url,
             compression=None,  # no per-message deflate: memory, and the frames are small
@@ -160,6 +164,7 @@ class ChannelClient:
             close_timeout=2,
             proxy=None,
             user_agent_header="zapd",
+            **tls,
         ) as ws:
             self._ws = ws
             try:

@@ -132,6 +132,7 @@ class CloudSync:
             live=live,
             status_s=self._config.channel_status_s,
             reconnect_s=self._config.channel_reconnect_s,
+            tls=tls if isinstance(tls := tls_context(), ssl.SSLContext) else None,
         )
         return self.channel
 
