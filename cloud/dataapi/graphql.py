@@ -37,6 +37,7 @@ from cloud.dataapi.access import (
     AccessDenied,
 )
 from cloud.dataapi.flex import Flex, Live, site_flex, site_live
+from cloud.server import ingest_signal
 from cloud.server.db import Database, command_reports, der_models, forecasts, plans, sites, spot_prices, telemetry
 
 MAX_COST = 20_000  # points (buckets, raw rows, price slots) one request may ask for in total
@@ -547,7 +548,8 @@ class Subscription:
             while True:
                 # Poll the database (every worker sees every ingest); re-check the token each round so a
                 # revoked or expired one stops the stream.
-                await asyncio.sleep(LIVE_POLL_S)
+                # Woken at once by an ingest in this worker (cloud/server/ingest_signal.py), else polled.
+                await ingest_signal.wait(str(site), LIVE_POLL_S)
                 await _recheck(info)
                 stmt = select(telemetry).where(telemetry.c.site_id == str(site), telemetry.c.seq > after)
                 if der is not None:

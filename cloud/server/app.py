@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from cloud.fleet_acks import mark_fetched
-from cloud.server import bounds
+from cloud.server import bounds, ingest_signal
 from cloud.server.auth import BearerTokens, check_token
 from cloud.server.bounds import BoundsError
 from cloud.server.channel import ChannelEndpoint
@@ -502,6 +502,7 @@ async def _telemetry(ctx: _Context, request: Request) -> Response:
             body=gap,
             headers=sign_body(ctx.signing_key, gap),
         )
+    ingest_signal.stored(site_id)  # wakes this worker's live subscriptions of the site
     ack = encode(TelemetryAck(stored_through=result.stored_through, site_id=site_id))
     return Response(ack, media_type="application/json", headers=sign_body(ctx.signing_key, ack))
 
