@@ -65,6 +65,7 @@ from cloud.forecast import (
     forecast_pv,
     learn_pv_factor,
 )
+from cloud.forecast_load import LoadQuantiles
 from cloud.forecast_price import forecast_prices
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import solve
@@ -75,6 +76,7 @@ from zapd.model import Plan, PlanSlot
 from zapd.state import BatteryView, Snapshot
 
 BATTERY_ID: Final = "battery"
+WORST_DAYS: Final = 10
 
 
 class TraceError(ValueError):
@@ -153,6 +155,7 @@ class Report:
     planner_wall_s: float
     total_wall_s: float
     log: SlotLog | None = None
+    worst_days: dict[str, float] = field(default_factory=dict)  # strategy -> cost of its WORST_DAYS costliest days
 
     def by_name(self, name: str) -> Outcome:
         return next(o for o in self.outcomes if o.name == name)
@@ -361,6 +364,33 @@ def known_price_slots(tr: Traces, k: int, cfg: Config | None = None) -> int:
     return max(0, int((end - now) // tr.step))
 
 
+def at_quantile(q: LoadQuantiles, level: float) -> FloatArray:
+    """The load at quantile `level` (0.1 .. 0.9), linear between the forecaster's P10, P50 and P90."""
+    level = min(max(level, 0.1), 0.9)
+    if level <= 0.5:
+        w = (level - 0.1) / 0.4
+        return np.asarray((1.0 - w) * q.p10 + w * q.p50, dtype=np.float64)
+    w = (level - 0.5) / 0.4
+    return np.asarray((1.0 - w) * q.p50 + w * q.p90, dtype=np.float64)
+
+
+def daily_costs(tr: Traces, charge_kw: FloatArray, discharge_kw: FloatArray, cfg: Config) -> FloatArray:
+    """The settled cost of each site-local day (the same rules as `settle`), for the worst days' cost."""
+    net = tr.load_kw - tr.pv_kw + charge_kw - discharge_kw
+    imp, exp = np.maximum(net, 0.0), np.maximum(-net, 0.0)
+    exp = np.where(tr.export_price < 0, np.maximum(exp - tr.pv_kw, 0.0), exp)
+    per_slot = tr.dt_h * (tr.import_price * imp - tr.export_price * exp + cfg.cycle_cost * (charge_kw + discharge_kw))
+    zone = cfg.zone
+    day = np.array([(tr.start + tr.step * t).astimezone(zone).toordinal() for t in range(tr.n)])
+    _, index = np.unique(day, return_inverse=True)
+    return np.asarray(np.bincount(index, weights=per_slot), dtype=np.float64)
+
+
+def worst_days(costs: FloatArray, days: int = WORST_DAYS) -> float:
+    """The sum of the `days` costliest days: what risk-aware planning would lower."""
+    return float(np.sort(costs)[::-1][:days].sum())
+
+
 def price_outlook(price: FloatArray, k: int, known: int, horizon: int, slots_per_day: int) -> FloatArray:
     """Prices for slots k..k+horizon-1: the published ones, then a forecast where none is published yet.
 
@@ -414,6 +444,8 @@ class Planner:
         tr, cfg, spd = self.tr, self.cfg, self.spd
         if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_LOAD):
             load = tr.load_kw[k : k + horizon].copy()
+        elif self.gbm is not None and cfg.load_quantile is not None:
+            load = at_quantile(self.gbm.quantiles(tr.load_kw, k, horizon), cfg.load_quantile)
         elif self.gbm is not None:
             load = self.gbm.forecast(tr.load_kw, k, horizon)
         elif cfg.load_model is LoadModel.PERSISTENCE:
@@ -548,6 +580,7 @@ def run(tr: Traces, cfg: Config, *, oracle: bool = True, parallel: bool = True) 
         charge, discharge, replans, log = rolling_flows(tr, cfg)
         planner = settle(tr, charge, discharge, cfg.cycle_cost, "planner")
         planner_s = time.perf_counter() - t0
+        worst = {"planner": worst_days(daily_costs(tr, charge, discharge, cfg))}
         outcomes = [base, rules, planner]
         if pending is not None:
             outcomes.append(pending.result())
@@ -556,7 +589,7 @@ def run(tr: Traces, cfg: Config, *, oracle: bool = True, parallel: bool = True) 
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return Report(outcomes, tr.n, replans, planner_s, time.perf_counter() - started, log)
+    return Report(outcomes, tr.n, replans, planner_s, time.perf_counter() - started, log, worst)
 
 
 def format_report(report: Report, tr: Traces) -> str:
@@ -574,6 +607,8 @@ def format_report(report: Report, tr: Traces) -> str:
     if any(o.name == "perfect foresight" for o in report.outcomes):
         lines.append(f"capture ratio (planner saving / possible saving): {report.capture_ratio:.3f}")
         lines.append(f"planner - rule as a share of oracle - rule: {report.over_rule:.3f}")
+    for name, cost in report.worst_days.items():
+        lines.append(f"{name}: the {WORST_DAYS} costliest days cost {cost:.2f}")
     lines.append(f"wall time: planner {report.planner_wall_s:.1f} s, total {report.total_wall_s:.1f} s")
     return "\n".join(lines)
 
@@ -673,6 +708,7 @@ def run_backtest(args: argparse.Namespace) -> int:
 
 
 __all__ = [
+    "WORST_DAYS",
     "Config",
     "Edge",
     "Forecast",
@@ -685,8 +721,10 @@ __all__ = [
     "TraceError",
     "Traces",
     "add_arguments",
+    "at_quantile",
     "config_from_args",
     "config_problem",
+    "daily_costs",
     "format_report",
     "known_price_slots",
     "no_battery",
@@ -700,5 +738,6 @@ __all__ = [
     "run_backtest",
     "self_consumption",
     "settle",
+    "worst_days",
     "write_slots",
 ]

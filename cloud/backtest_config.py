@@ -66,6 +66,7 @@ class Config:
     pv_model: PvModel = PvModel.FACTOR
     price_forecast: bool = False  # plan past the published prices with forecast prices (cloud.forecast_price)
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
+    load_quantile: float | None = None  # plan on this quantile of the GBM's P10/P50/P90 load (risk), None: point
 
     @property
     def zone(self) -> ZoneInfo:
@@ -134,6 +135,12 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plan the whole horizon: unpublished hours get a forecast from the published prices",
     )
+    bt.add_argument(
+        "--load-quantile",
+        type=float,
+        default=None,
+        help="plan on this quantile (0.1-0.9) of the GBM's P10/P50/P90 load instead of its point forecast",
+    )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
@@ -169,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         pv_model=PvModel(getattr(args, "pv_model", d.pv_model.value)),
         holidays=getattr(args, "holidays", None),
         price_forecast=getattr(args, "price_forecast", False),
+        load_quantile=getattr(args, "load_quantile", None),
     )
 
 
@@ -179,6 +187,10 @@ def config_problem(cfg: Config) -> str | None:
     numbers += [cfg.horizon_hours, cfg.lat, cfg.lon, cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg]
     if not all(math.isfinite(x) for x in numbers):
         return "every number must be finite"
+    if cfg.load_quantile is not None and not 0.1 <= cfg.load_quantile <= 0.9:
+        return "load quantile must be within 0.1 .. 0.9 (the forecaster's P10 .. P90)"
+    if cfg.load_quantile is not None and cfg.load_model not in (LoadModel.GBM, LoadModel.GBM_MEAN):
+        return "--load-quantile needs --load-model gbm or gbm_mean (the quantile forecaster)"
     if cfg.battery_kwh <= 0 or cfg.battery_kw < 0 or cfg.replan_hours <= 0 or cfg.horizon_hours <= 0:
         return "battery size, power, re-plan and horizon hours must be positive"
     if not 0 < cfg.efficiency <= 1:
