@@ -421,6 +421,8 @@ class Planner:
         ).pv_kw
         self.factor = PvFactor()
         self.factor_day = -1
+        self.spread = np.zeros(self.spd)
+        self.spread_day = self.spread_origin = -1
         self.pv_site: PvSiteForecaster | None = None
         if cfg.pv_model is PvModel.FIT:
             arrays = [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)]
@@ -452,6 +454,8 @@ class Planner:
             load = forecast_load_persistence(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
         else:
             load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
+            if cfg.load_quantile is not None:
+                load = np.maximum(load + self._spread(k, horizon), 0.0)
         if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_PV):
             return load, tr.pv_kw[k : k + horizon].copy()
         pv = self._pv_model(k, horizon)
@@ -459,6 +463,23 @@ class Planner:
             external = tr.pv_forecast_kw[k : k + horizon]
             pv = np.where(np.isnan(external), pv, external)
         return load, pv
+
+    def _spread(self, k: int, horizon: int) -> FloatArray:
+        """Quantile minus mean of each slot of the day over the last four weeks, for slots k..k+horizon-1.
+
+        How far the `load_quantile` of the house's own day-to-day spread lies from its mean: added to a point
+        forecast it gives that quantile's scenario (the profile forecaster has no quantiles of its own).
+        Re-learnt once a day; zero until a week of history exists.
+        """
+        spd, q = self.spd, self.cfg.load_quantile
+        if q is None or k < 7 * spd:
+            return np.zeros(horizon)
+        if k // spd != self.spread_day:
+            days = min(28, k // spd)
+            hist = self.tr.load_kw[k - days * spd : k].reshape(days, spd)
+            self.spread = np.quantile(hist, q, axis=0) - hist.mean(axis=0)  # column c: slot (k + c) mod spd
+            self.spread_day, self.spread_origin = k // spd, k
+        return np.asarray(self.spread[(k - self.spread_origin + np.arange(horizon)) % spd], dtype=np.float64)
 
     def _pv_model(self, k: int, horizon: int) -> FloatArray:
         """The PV forecaster's output (before an external forecast overrides it)."""

@@ -66,7 +66,9 @@ class Config:
     pv_model: PvModel = PvModel.FACTOR
     price_forecast: bool = False  # plan past the published prices with forecast prices (cloud.forecast_price)
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
-    load_quantile: float | None = None  # plan on this quantile of the GBM's P10/P50/P90 load (risk), None: point
+    # plan on this quantile of the load (risk): the GBM's P10/P50/P90, or the profile plus the house's own
+    # day-to-day spread at that quantile; None: the point forecast
+    load_quantile: float | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -139,7 +141,7 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         "--load-quantile",
         type=float,
         default=None,
-        help="plan on this quantile (0.1-0.9) of the GBM's P10/P50/P90 load instead of its point forecast",
+        help="plan on this quantile (0.1-0.9) of the load: the GBM's quantiles, or the profile + the house's spread",
     )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
@@ -189,8 +191,8 @@ def config_problem(cfg: Config) -> str | None:
         return "every number must be finite"
     if cfg.load_quantile is not None and not 0.1 <= cfg.load_quantile <= 0.9:
         return "load quantile must be within 0.1 .. 0.9 (the forecaster's P10 .. P90)"
-    if cfg.load_quantile is not None and cfg.load_model not in (LoadModel.GBM, LoadModel.GBM_MEAN):
-        return "--load-quantile needs --load-model gbm or gbm_mean (the quantile forecaster)"
+    if cfg.load_quantile is not None and cfg.load_model is LoadModel.PERSISTENCE:
+        return "--load-quantile needs --load-model profile, gbm or gbm_mean"
     if cfg.battery_kwh <= 0 or cfg.battery_kw < 0 or cfg.replan_hours <= 0 or cfg.horizon_hours <= 0:
         return "battery size, power, re-plan and horizon hours must be positive"
     if not 0 < cfg.efficiency <= 1:

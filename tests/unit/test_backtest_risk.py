@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from cloud.backtest import Config, LoadModel, Traces, at_quantile, daily_costs, worst_days
+from cloud.backtest import Config, LoadModel, Planner, Traces, at_quantile, daily_costs, worst_days
 from cloud.backtest_config import config_problem
 from cloud.forecast_load import LoadQuantiles
 
@@ -40,7 +40,27 @@ def test_daily_costs_and_the_worst_days() -> None:
     assert worst_days(costs, 10) == pytest.approx(2.40)
 
 
-def test_load_quantile_needs_the_quantile_forecaster() -> None:
-    assert "needs --load-model gbm" in (config_problem(Config(load_quantile=0.7)) or "")
+def test_load_quantile_needs_a_forecaster_with_a_spread() -> None:
+    persistence = Config(load_model=LoadModel.PERSISTENCE, load_quantile=0.7)
+    assert "needs --load-model profile" in (config_problem(persistence) or "")
+    assert config_problem(Config(load_quantile=0.7)) is None
     assert "0.1 .. 0.9" in (config_problem(Config(load_model=LoadModel.GBM, load_quantile=0.95)) or "")
     assert config_problem(Config(load_model=LoadModel.GBM, load_quantile=0.7)) is None
+
+
+def test_profile_quantile_adds_the_houses_own_spread() -> None:
+    """A week of 1 kW, except 8 kW at 05:00 on the seventh day. At 05:00 the seven values are 1,1,1,1,1,1,8:
+    mean 2, P90 1 + 0.4 * 7 = 3.8 (linear between the 6th and 7th of 7 sorted values), so the P90 scenario
+    lies 1.8 kW above the point forecast at 05:00 and nowhere else."""
+    n = 9 * 24
+    load = np.ones(n)
+    load[6 * 24 + 5] = 8.0
+    tr = Traces(datetime(2026, 3, 2, tzinfo=UTC), timedelta(hours=1), np.full(n, 0.2), np.zeros(n), load, np.zeros(n))
+    point = Planner(tr, Config(tz="UTC"))
+    risky = Planner(tr, Config(tz="UTC", load_quantile=0.9))
+    risky.forecasts(7 * 24, 24)  # learns the spread at midnight
+    k = 7 * 24 + 2  # 02:00: 05:00 is 3 slots ahead, and 27
+    diff = risky.forecasts(k, 30)[0] - point.forecasts(k, 30)[0]
+    expected = np.zeros(30)
+    expected[[3, 27]] = 1.8
+    assert diff == pytest.approx(expected)
