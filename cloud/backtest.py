@@ -68,7 +68,7 @@ from cloud.forecast import (
 from cloud.forecast_load import LoadQuantiles
 from cloud.forecast_price import forecast_prices
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
-from cloud.optimizer import solve
+from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, Grid, Problem, Solution
 from zapd.controller import decide_batteries
 from zapd.envelope import BatteryEnvelope, SiteLimits
@@ -422,6 +422,7 @@ class Planner:
         self.factor = PvFactor()
         self.factor_day = -1
         self.spread = np.zeros(self.spd)
+        self.warm = WarmStart()  # re-plans of one horizon length share the LP's matrix: warm-started simplex
         self.spread_day = self.spread_origin = -1
         self.pv_site: PvSiteForecaster | None = None
         if cfg.pv_model is PvModel.FIT:
@@ -516,7 +517,7 @@ class Planner:
             battery=_battery(cfg, soc),
             grid=_grid(cfg),
         )
-        solution = solve(problem)
+        solution = solve(problem, warm=self.warm)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption
         values = solution.energy_value

@@ -45,13 +45,14 @@ from cloud.optimizer_model import (
     PV_USED,
     BoolArray,
     FloatArray,
+    IntArray,
     Model,
     SiteData,
     build_model,
     site_data,
 )
 
-__all__ = ["energy_value", "recompute_cost", "solve", "solve_json"]
+__all__ = ["WarmStart", "energy_value", "recompute_cost", "solve", "solve_json"]
 
 # Flows below this (kW) count as zero when checking the exclusions; HiGHS' feasibility tolerance is 1e-7.
 EXCLUSION_TOL = 1e-7
@@ -100,7 +101,51 @@ def solve_json(data: bytes | str, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S)
     return solve(problem, time_limit_s=time_limit_s)
 
 
-def solve(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> Solution:
+class WarmStart:
+    """One HiGHS instance kept across solves of LPs with the same matrix (a rolling planner's re-plans).
+
+    Consecutive re-plans differ only in prices, forecasts and the initial energy, i.e. in costs and bounds:
+    changing those in place and re-running starts the simplex from the previous optimal basis, which takes
+    about a third of the time of a cold solve (measured over backtest re-plans, same objectives to 1e-15).
+    A different matrix (another horizon length, an EV) is passed afresh. Only the first LP relaxation of a
+    solve uses it; the repair dive and MILP rounds are built cold as before.
+    """
+
+    def __init__(self) -> None:
+        self._highs: _Highs | None = None
+        self._matrix: tuple[IntArray, IntArray, FloatArray] | None = None
+
+    def highs(self, model: Model) -> _Highs:
+        """The instance loaded with `model`: updated in place when the matrix is the last one's."""
+        matrix = (model.a_start, model.a_index, model.a_value)
+        if self._highs is not None and self._same_matrix(matrix) and self._highs.getNumCol() == len(model.col_cost):
+            h = self._highs
+            n, m = len(model.col_cost), len(model.row_lower)
+            cols, rows = np.arange(n, dtype=np.int32), np.arange(m, dtype=np.int32)
+            h.changeColsCost(n, cols, model.col_cost)
+            h.changeColsBounds(n, cols, model.col_lower, model.col_upper)
+            h.changeRowsBounds(m, rows, model.row_lower, model.row_upper)  # type: ignore[attr-defined]  # not in the stub
+            return h
+        self._highs = _new_highs(model)
+        self._matrix = matrix
+        return self._highs
+
+    def _same_matrix(self, matrix: tuple[IntArray, IntArray, FloatArray]) -> bool:
+        if self._matrix is None:
+            return False
+        start, index, value = self._matrix
+        return (
+            start.shape == matrix[0].shape
+            and index.shape == matrix[1].shape
+            and value.shape == matrix[2].shape
+            and np.array_equal(start, matrix[0])
+            and np.array_equal(index, matrix[1])
+            and np.array_equal(value, matrix[2])
+        )
+
+
+def solve(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S, warm: WarmStart | None = None) -> Solution:
+    """The optimal plan; `warm` (a rolling planner's) re-uses the last solve's basis for the first LP."""
     started = time.perf_counter()
     deadline = started + time_limit_s
     d = site_data(problem)
@@ -113,7 +158,8 @@ def solve(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> So
     value: FloatArray | None = None  # the stored energy's marginal value, from the first (LP) relaxation
     while True:
         model = build_model(d, bin_charge, bin_grid, slack_cap)
-        outcome = _run(model, deadline, _mip_start(d, model, incumbent))
+        first = warm if value is None and not model.is_mip else None
+        outcome = _run(model, deadline, _mip_start(d, model, incumbent), first)
         if value is None and outcome.row_dual is not None:
             value = energy_value(outcome.row_dual, T)
         if outcome.status != "optimal" or outcome.x is None:
@@ -247,13 +293,11 @@ class _Outcome:
     row_dual: FloatArray | None = None  # an LP's row duals (d objective / d row bound); None for a MIP
 
 
-def _run(model: Model, deadline: float, start: FloatArray | None) -> _Outcome:
+def _new_highs(model: Model) -> _Highs:
     # highspy.Highs() prints a banner on stdout when created; the bare core class does not, and stdout
     # carries the CLI's JSON.
     h = _Highs()
     h.setOptionValue("output_flag", False)
-    time_limit_s = max(deadline - time.perf_counter(), 0.001)
-    h.setOptionValue("time_limit", time_limit_s)
     if model.is_mip:
         h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
     elif len(model.row_lower) <= SMALL_LP_ROWS:
@@ -279,6 +323,14 @@ def _run(model: Model, deadline: float, start: FloatArray | None) -> _Outcome:
         model.a_value,
         model.integrality,
     )
+    return h
+
+
+def _run(model: Model, deadline: float, start: FloatArray | None, warm: WarmStart | None = None) -> _Outcome:
+    h = warm.highs(model) if warm is not None and start is None else _new_highs(model)
+    time_limit_s = max(deadline - time.perf_counter(), 0.001)
+    h.setOptionValue("time_limit", time_limit_s)
+    n_col = len(model.col_cost)
     if start is not None:
         h.setSolution(n_col, np.arange(n_col, dtype=np.int32), start)
         # The start comes from the repair dive and is usually optimal already: what is left is proving it.

@@ -364,9 +364,9 @@ def test_dumping_energy_takes_the_milp_path(monkeypatch: pytest.MonkeyPatch) -> 
     mip_solves = []
     run = optimizer._run
 
-    def counting(model: Any, deadline: float, start: Any) -> Any:
+    def counting(model: Any, deadline: float, start: Any, warm: Any = None) -> Any:
         mip_solves.append(model.is_mip)
-        return run(model, deadline, start)
+        return run(model, deadline, start, warm)
 
     monkeypatch.setattr(optimizer, "_run", counting)
     p = json.loads(msgspec.json.encode(site_problem(96, True, 4, cycle_cost=0.0)))
@@ -636,3 +636,20 @@ def test_a_better_mip_solution_than_the_start_is_returned() -> None:
     )
     assert s.cost == pytest.approx(-0.0005, abs=1e-9)
     assert s.grid_export_kw[5] == pytest.approx(0.1)
+
+
+def test_a_warm_start_changes_nothing_but_the_time() -> None:
+    """A rolling planner's re-plans through one WarmStart give the cold solve's cost, also when the horizon
+    changes between them (a new matrix) and when negative prices send a solve down the MILP path. (Duals of a
+    degenerate LP are not unique, so the energy values may differ where several are optimal.)"""
+    warm = optimizer.WarmStart()
+    rng = np.random.default_rng(7)
+    for T, soc, shift in [(24, 0.5, 0.0), (24, 0.2, 0.05), (24, 0.8, -0.3), (12, 0.5, 0.0), (24, 0.5, 0.1)]:
+        p = base_problem(T)
+        p["import_price"] = (np.asarray(p["import_price"]) + shift + rng.normal(0, 0.05, T)).round(4).tolist()
+        p["battery"]["soc_initial"] = soc
+        problem = decode_problem(json.dumps(p))
+        cold, hot = solve(problem), solve(problem, warm=warm)
+        assert hot.status == cold.status == "optimal"
+        assert hot.cost == pytest.approx(cold.cost, abs=1e-9)
+        assert hot.energy_value is not None and all(math.isfinite(v) for v in hot.energy_value)
