@@ -56,6 +56,7 @@ from cloud.forecast import (
     mae,
     weather_dimming,
 )
+from cloud.forecast_price import forecast_prices
 from cloud.forecast_pv import SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
@@ -91,6 +92,8 @@ class PlannerOptions:
     solve_time_limit_s: float = 10.0
     weather: OpenMeteoClient | None = None
     execution: Execution = DEFAULT_EXECUTION
+    # plan past the published day-ahead prices with forecast ones (flagged in the flows: price_forecast)
+    price_forecast: bool = False
     models: ModelChoice = field(default_factory=ModelChoice)  # which forecasters; trained per site (site_forecast)
 
 
@@ -115,6 +118,7 @@ class Prepared:
     soc_source: str
     incentive: FloatArray  # per slot, already added to the problem's prices
     base_import_price: list[float] = field(default_factory=list)
+    price_known_slots: int | None = None  # slots with published prices; past them the prices are a forecast
     base_export_price: list[float] = field(default_factory=list)
 
     @property
@@ -159,9 +163,12 @@ async def prepare(
         raise PlanError(str(exc)) from None
     start = floor_slot(now)
     spot = await _spot(db, tariff, start, options.horizon_slots)
-    horizon = _known_slots(spot, options.horizon_slots)
+    horizon = known = _known_slots(spot, options.horizon_slots)
     if horizon < options.min_slots:
         raise PlanError(f"prices known for {horizon} slots only (spot area {tariff.spot_area})")
+    if spot is not None and options.price_forecast and known < options.horizon_slots:
+        spot = await _spot_with_forecast(db, tariff, start, known, options.horizon_slots)
+        horizon = options.horizon_slots
     starts = [start + STEP * i for i in range(horizon)]
     imp, exp = price_arrays(tariff, starts, None if spot is None else spot[:horizon])
 
@@ -212,6 +219,7 @@ async def prepare(
         incentive=incentive,
         base_import_price=imp,
         base_export_price=exp,
+        price_known_slots=known,
     )
 
 
@@ -220,6 +228,18 @@ async def _spot(db: Database, tariff: Tariff, start: datetime, n: int) -> list[f
         return None
     assert tariff.spot_area is not None  # decode_tariff checks it
     return await store.get_spot_prices(db, tariff.spot_area, start, n)
+
+
+async def _spot_with_forecast(db: Database, tariff: Tariff, start: datetime, known: int, n: int) -> list[float | None]:
+    """The published spot prices, then a forecast (cloud/forecast_price.py) up to n slots, made from the
+    published prices of the last 8 days only (the newest unbroken run of them)."""
+    assert tariff.spot_area is not None
+    back = 8 * SLOTS_PER_DAY
+    history = await store.get_spot_prices(db, tariff.spot_area, start - STEP * back, back + known)
+    gap = max((i for i, v in enumerate(history) if v is None), default=-1)
+    published = np.asarray(history[gap + 1 :], dtype=np.float64)
+    fc = forecast_prices(published, n - known, SLOTS_PER_DAY)
+    return [*history[back:], *(float(x) for x in fc)]
 
 
 def _known_slots(spot: list[float | None] | None, n: int) -> int:
@@ -484,6 +504,7 @@ async def publish(
 
 def plan_flows(prepared: Prepared, solution: Solution) -> dict[str, list[float]]:
     """The optimizer's flows stored beside a plan (store.save_flows): what the fleet views read."""
+    known = prepared.problem.horizon if prepared.price_known_slots is None else prepared.price_known_slots
     return {
         "import_kw": solution.grid_import_kw,
         "export_kw": solution.grid_export_kw,
@@ -494,6 +515,8 @@ def plan_flows(prepared: Prepared, solution: Solution) -> dict[str, list[float]]
         "pv_kw": prepared.problem.pv_kw,
         "import_price": prepared.base_import_price,
         "export_price": prepared.base_export_price,
+        # 1 where the price is a forecast (past the published day-ahead prices), 0 where it is published
+        "price_forecast": [float(i >= known) for i in range(prepared.problem.horizon)],
     }
 
 
