@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -17,13 +17,21 @@ DEFAULT_TIMEOUT_S = 15.0
 POLL_S = 0.01
 
 
+@overload
 async def wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]], timeout_s: float = ..., what: str = ..., *, every_s: float = ...
+) -> T: ...
+@overload
+async def wait_until(
+    predicate: Callable[[], T], timeout_s: float = ..., what: str = ..., *, every_s: float = ...
+) -> T: ...
+async def wait_until(
+    predicate: Callable[[], Any],
     timeout_s: float = DEFAULT_TIMEOUT_S,
     what: str = "",
     *,
     every_s: float = POLL_S,
-) -> T:
+) -> Any:
     """Poll `predicate` (plain or async) until it returns a truthy value, and return that value.
 
     AssertionError after `timeout_s` (loop time), naming `what` (or the predicate) and its last value.
@@ -35,7 +43,7 @@ async def wait_until(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if loop.time() >= deadline:
             name = what or getattr(predicate, "__name__", repr(predicate))
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {name} (last: {value!r})")

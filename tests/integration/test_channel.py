@@ -48,6 +48,7 @@ from cloud_sync.keys import key_id, load_signing_key, public_key_b64
 from cloud_sync.session import CloudSync
 from tests.cloud_server import Cloud, serve
 from tests.db_backends import BACKENDS, empty_db_url_async
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.config import CloudConfig
 from zapd.model import Intent, IntentMode, Plan, PlanSlot
@@ -127,11 +128,7 @@ async def zap(tmp: Path, cloud: Cloud, key: SigningKey, site_id: str = SITE, *, 
 
 
 async def until(cond: Any, within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+    await wait_until(cond, within)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -368,8 +365,9 @@ async def test_the_cloud_refuses_forged_hellos_foreign_acks_oversize_and_malform
         assert (await command_acks(db, [cid]))[cid].result is None
     finally:
         await db.dispose()
-    await asyncio.sleep(0.2)
-    for reason in ("other_site", "malformed", "oversize"):
+    reasons = ("other_site", "malformed", "oversize")
+    await wait_until(lambda: all(metric(cloud, "cloud", r) >= 1 for r in reasons), 10, "the refusals counted")
+    for reason in reasons:
         assert metric(cloud, "cloud", reason) >= 1, reason
     assert metric(cloud, "cloud", "malformed") >= 2
 

@@ -15,7 +15,6 @@ import asyncio
 import json
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
 from drivers.sim.sunspec_server import start_sunspec_sim
 from tests.integration.conftest import MosquittoBroker
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -45,12 +45,7 @@ def free_port() -> int:
 
 
 async def eventually(cond: Callable[[], Awaitable[bool]], what: str, within_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    await wait_until(cond, within_s, what, every_s=0.2)
 
 
 async def zapctl(sock: Path, *args: str) -> tuple[int, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
 from fallback.policy import Rung
+from tests.waiting import wait_until
 from zapd.clock import ScaledClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -22,11 +23,7 @@ from zapd.model import POWER_W
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    await wait_until(condition, timeout_s)
 
 
 async def test_grid_meter_alone_counts_and_its_silence_holds_the_site(tmp_path: Path) -> None:

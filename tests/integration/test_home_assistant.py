@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
 from fallback.policy import Rung
 from tests.integration.conftest import MosquittoBroker
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -93,12 +93,7 @@ async def watcher(broker: MosquittoBroker) -> AsyncIterator[Seen]:
 
 
 async def until(cond: Callable[[], bool], what: str, within_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    await wait_until(cond, within_s, what, every_s=0.05)
 
 
 async def send(broker: MosquittoBroker, topic: str, payload: bytes | str, *, retain: bool = False) -> None:

@@ -20,6 +20,7 @@ from drivers.modbus.bus import close_all_buses
 from drivers.sim.modbus_rtu import NullModem
 from drivers.sim.register_image import fixture_units, start_register_image, start_register_image_rtu
 from fallback.policy import Rung
+from tests.waiting import wait_until
 from zapd.clock import ScaledClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -28,11 +29,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "devices"
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    await wait_until(condition, timeout_s)
 
 
 async def test_modbus_grid_meter_feeds_the_site_and_its_silence_holds_it(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import MAPS_DIR, RegisterMap, load_register_map
 from drivers.sim.modbus_server import SimModbusServer, start_modbus_sim
 from drivers.sim.physics import BatteryModel, SimSite
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.model import BatterySetpoint, DerKind, EvCurrent, Quality, Reading
 
@@ -203,8 +204,8 @@ async def _restart_scenario(driver: ModbusHybridInverter, bus: ModbusBus, site: 
         assert driver.counters["poll_errors"] > 0
         result = await driver.apply(BatterySetpoint(der_id="inv.battery", power_w=1000.0))
         assert not result.ok  # reported, not raised
-        count = len(readings)
-        await asyncio.sleep(0.3)
+        count, errors = len(readings), driver.counters["poll_errors"]
+        await wait_until(lambda: driver.counters["poll_errors"] >= errors + 3, 10, "three more failed polls")
         assert len(readings) == count, "no readings while the device is away"
 
         site.battery.soc = 0.9

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from drivers.api import Controllable, Driver
 from drivers.mqtt.driver import CommandTopic, MqttDer, MqttDriver
 from drivers.mqtt.mapping import ENERGY_WH, TopicMapping, preset_mappings
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.model import EXPORT_WH, IMPORT_WH, POWER_W, DerKind, EvCurrent, Reading
 
@@ -55,12 +56,8 @@ class Collector:
 
 
 async def eventually(pred: Callable[[], bool], within_s: float = 5.0) -> None:
-    """Poll a condition: the driver's loop runs on its own schedule, so tests wait for its effects."""
-    for _ in range(int(within_s / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    assert pred()
+    """The driver's loop runs on its own schedule, so tests wait for its effects (tests/waiting.py)."""
+    await wait_until(pred, within_s)
 
 
 @contextlib.asynccontextmanager
@@ -160,7 +157,8 @@ async def test_broker_restart_driver_reconnects_and_readings_continue(mosquitto:
 
             await asyncio.to_thread(mosquitto.stop)
             await eventually(lambda: not driver.connected)
-            await asyncio.sleep(0.6)  # several failed reconnects with the broker gone
+            failures = driver.health.errors
+            await eventually(lambda: driver.health.errors >= failures + 3)  # reconnects failed with the broker gone
             await asyncio.to_thread(mosquitto.start)
             await eventually(lambda: driver.connected)
 
@@ -240,7 +238,7 @@ async def test_broker_down_at_start_does_not_block_and_driver_connects_later(mos
     with capture_logs() as logs:
         task = asyncio.create_task(driver.run(sink))
         try:
-            await asyncio.sleep(0.5)  # the daemon runs on; the driver retries with backoff
+            await eventually(lambda: driver.health.errors >= 3)  # the driver retries with backoff
             assert not driver.connected and not task.done()
             await asyncio.to_thread(mosquitto.start)
             await eventually(lambda: driver.connected)

@@ -15,6 +15,7 @@ from drivers.api import Driver
 from drivers.p1.dsmr import P1Meter, SerialP1, TcpP1
 from drivers.sim.p1_pty import SimP1Pty, SimP1Tcp, frame_telegram
 from drivers.sim.physics import SimSite
+from tests.waiting import wait_until
 from zapd.clock import ManualClock, ScaledClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, DerKind, Reading
 
@@ -40,11 +41,7 @@ class Sink:
 
 
 async def _until(cond: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            if cond():
-                return
-            await asyncio.sleep(0.01)
+    await wait_until(cond, WAIT_S)
 
 
 def _site(now: datetime, *, battery_w: float = 0.0) -> SimSite:

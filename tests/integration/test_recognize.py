@@ -13,6 +13,7 @@ import pytest
 from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.recognize import identification_probes, recognize
 from drivers.sim.register_image import start_register_image
+from tests.waiting import wait_until
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "devices"
 RECOGNIZABLE = [
@@ -141,7 +142,7 @@ async def test_map_auto_with_no_battery_profile_is_a_configuration_error() -> No
             retry_s=30.0,  # type: ignore[arg-type,return-value]
         )
         task = asyncio.create_task(driver.run(lambda r: None))
-        await asyncio.sleep(1.0)
+        await wait_until(lambda: driver.health.view().state is HealthState.UNUSABLE, 10, "the recognition verdict")
         view = driver.health.view()
         assert view.state is HealthState.UNUSABLE and "eastron_sdm630" in view.reason and driver.inner is None
         task.cancel()

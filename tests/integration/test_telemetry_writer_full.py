@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
 from zapd.model import DerKind, Reading
 from zapd.store import Store
 from zapd.telemetry_writer import TelemetryWriter
@@ -91,10 +92,8 @@ async def test_run_loop_survives_a_full_store(store: Store, monkeypatch: pytest.
         await asyncio.sleep(0.1)
         assert not task.done() and writer.pending == 2000
         await set_max_pages(store, None)
-        for _ in range(250):  # `pending` reads 0 while a flush is in flight: wait for `written`
-            await asyncio.sleep(0.02)
-            if writer.written == 2000:
-                break
+        # `pending` reads 0 while a flush is in flight: wait for `written`
+        await wait_until(lambda: writer.written == 2000, 10, "all 2000 written")
         assert writer.written == 2000 and writer.pending == 0
     finally:
         task.cancel()

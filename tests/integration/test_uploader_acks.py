@@ -38,6 +38,7 @@ from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
 from tests.integration.loopback_http import free_port, serve_on_loopback
 from tests.integration.test_cloud_api import Cloud, _register, _serve
+from tests.waiting import wait_until
 from zapd.clock import ManualClock, ScaledClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -244,19 +245,25 @@ async def test_the_daemon_keeps_its_outbox_against_a_forging_cloud(tmp_path: Pat
         feeder = asyncio.create_task(meter.run(clock, 0.1))
         run = asyncio.create_task(daemon.run())
         try:
-            for _ in range(150):
-                await asyncio.sleep(0.1)
+
+            async def two_unsigned() -> dict[str, object] | None:
                 link = await daemon.link_status()
-                if dict(link["acks_rejected"]).get("unsigned", 0) >= 2:  # type: ignore[call-overload]
-                    break
+                return link if dict(link.get("acks_rejected") or {}).get("unsigned", 0) >= 2 else None  # type: ignore[call-overload]
+
+            link = await wait_until(two_unsigned, 15, "two unsigned acks")
             assert link["state"] == "down" and link["acked_seq"] == 0
             assert link["acks_rejected"] == {"unsigned": link["acks_rejected"]["unsigned"]}  # type: ignore[index]
             assert 2 <= link["acks_rejected"]["unsigned"] <= len(h.batches)  # type: ignore[index]
             assert int(str(link["outbox_depth"])) >= int(str(h.batches[-1]["last_seq"]))
-            await asyncio.sleep(5.5)  # the sync gauges refresh every 5 s
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}", timeout=5) as client:
-                text = (await client.get("/metrics")).text
-            assert 'zapd_telemetry_acks_rejected_total{reason="unsigned"}' in text
+
+                async def scraped() -> bool:
+                    # the sync gauges refresh every 5 s: until the first refresh after the rejections
+                    return (
+                        'zapd_telemetry_acks_rejected_total{reason="unsigned"}' in (await client.get("/metrics")).text
+                    )
+
+                await wait_until(scraped, 15, "the rejections in /metrics", every_s=0.2)
         finally:
             daemon.stop()
             await asyncio.wait_for(run, 20)

@@ -23,6 +23,7 @@ from nacl.signing import SigningKey
 from cloud_sync.link import LinkStatus
 from cloud_sync.uploader import Uploader
 from cloud_sync.wire import gunzip_limited
+from tests.waiting import wait_until
 from zapd.clock import ManualClock
 from zapd.model import DerKind, Reading
 from zapd.store import Store
@@ -69,15 +70,16 @@ async def test_ack_that_cannot_be_stored_is_retried_not_a_crash(store: FlakyStor
                       link=link, interval_s=0.01, batch_max=50)  # fmt: skip
         store.full = True
         task = asyncio.create_task(up.run())
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: posts >= 2 or task.done(), 10, "two posts")
         assert not task.done(), task.exception() if task.done() else ""
         assert await store.acked_seq() == 0 and posts >= 2  # retried, the cloud answered each time
         assert link.state != "down"
         store.full = False
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if await store.acked_seq() == 20:
-                break
+
+        async def all_acked() -> bool:
+            return await store.acked_seq() == 20
+
+        await wait_until(all_acked, 10, "all 20 acked")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
