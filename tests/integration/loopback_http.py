@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import uvicorn
 from starlette.applications import Starlette
 
+from tests.waiting import wait_until
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,10 +25,7 @@ async def serve_on_loopback(app: Starlette) -> AsyncIterator[str]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
-    for _ in range(500):  # uvicorn has no started event to await
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: server.started or task.done(), 5, "uvicorn started")  # it has no started event
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -10,7 +10,6 @@ that completes its future (real mosquitto, real pymodbus server on loopback).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.physics import SimSite
 from tests.fakes import FakeSite
 from tests.integration.conftest import MosquittoBroker
+from tests.waiting import wait_until
 from zapd.clock import ManualClock
 from zapd.config import HomeAssistantConfig, validate_config
 from zapd.devices import DeviceSet
@@ -78,12 +78,7 @@ async def test_publish_cancelled_as_its_puback_arrives_raises(mosquitto: Mosquit
 
 
 async def _wait(cond: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    await wait_until(cond, within_s, what)
 
 
 async def test_home_assistant_cancelled_as_a_puback_arrives_stops_and_says_offline(

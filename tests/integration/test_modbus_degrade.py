@@ -18,17 +18,14 @@ from drivers.modbus.sunspec import SunSpecInverter
 from drivers.sim.modbus_rtu import NullModem
 from drivers.sim.physics import SimSite
 from drivers.sim.sunspec_server import start_sunspec_sim
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.config import ZapdConfig, validate_config
 from zapd.daemon import Daemon
 
 
 async def eventually(pred: Callable[[], bool], within_s: float = 5.0) -> None:
-    for _ in range(int(within_s / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    assert pred(), f"condition not met within {within_s} s"
+    await wait_until(pred, within_s)
 
 
 @contextlib.asynccontextmanager

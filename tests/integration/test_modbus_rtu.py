@@ -15,6 +15,7 @@ from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.modbus_rtu import NullModem, SimModbusRtuServer, start_modbus_rtu_sim
 from drivers.sim.physics import BatteryModel, SimSite
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.model import BatterySetpoint, Reading
 
@@ -85,11 +86,7 @@ async def running(*drivers: ModbusHybridInverter) -> AsyncIterator[list[Reading]
 
 
 async def eventually(pred: Callable[[], bool], within_s: float = 3.0) -> None:
-    for _ in range(int(within_s / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    assert pred(), f"condition not met within {within_s} s"
+    await wait_until(pred, within_s)
 
 
 def latest(readings: list[Reading], der_id: str) -> Reading:

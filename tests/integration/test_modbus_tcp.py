@@ -78,13 +78,8 @@ def make_driver(
 
 
 async def eventually(pred: Callable[[], bool], within_s: float = 3.0) -> None:
-    """Poll a condition: the driver's loop runs on its own schedule, so tests wait for its effects."""
-    step = 0.02
-    for _ in range(int(within_s / step)):
-        if pred():
-            return
-        await asyncio.sleep(step)
-    assert pred(), f"condition not met within {within_s} s"
+    """The driver's loop runs on its own schedule, so tests wait for its effects (tests/waiting.py)."""
+    await wait_until(pred, within_s)
 
 
 @contextlib.asynccontextmanager

@@ -34,6 +34,7 @@ from drivers.sim.p1_pty import SimP1Pty, frame_telegram
 from drivers.sim.physics import BatteryModel, SimSite
 from drivers.sim.sunspec_server import start_sunspec_sim
 from fallback.policy import Rung, choose
+from tests.waiting import wait_until
 from zapd.clock import ManualClock, SystemClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -47,11 +48,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "dsmr"
 
 
 async def eventually(pred: Callable[[], bool], within_s: float = 10.0, what: str = "") -> None:
-    for _ in range(int(within_s / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    assert pred(), f"not within {within_s} s: {what}"
+    await wait_until(pred, within_s, what)
 
 
 # --- SunSpec float32 meter (model 213) through the real daemon ------------------------------------

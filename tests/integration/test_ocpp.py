@@ -36,6 +36,7 @@ from drivers.ocpp.profiles import limit_in_unit
 from drivers.ocpp.server import OcppServer
 from drivers.sim.ocpp_cp import SimCharger, SimChargerState
 from tests.e2e.harness import free_port
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.model import CHARGING, CONNECTED, POWER_W, SESSION_WH, SOC, EvCurrent, Reading
 
@@ -77,11 +78,7 @@ class Csms:
         return next(r for r in reversed(self.readings) if r.der_id == der_id)
 
     async def until(self, check: Callable[[], object], timeout_s: float = 5.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                if check():
-                    return
-                await asyncio.sleep(0.02)
+        await wait_until(check, timeout_s)
 
 
 async def _start(device: OcppDevice) -> tuple[Csms, asyncio.Task[None]]:

@@ -16,6 +16,7 @@ from drivers.modbus.sunspec import SunSpecInverter, scan_sunspec
 from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.physics import BatteryModel, SimSite
 from drivers.sim.sunspec_server import SimSunSpecServer, start_sunspec_sim
+from tests.waiting import wait_until
 from zapd.clock import Clock, ManualClock, SystemClock
 from zapd.model import BatterySetpoint, DerKind, Reading
 
@@ -70,11 +71,7 @@ def make_driver(
 
 
 async def eventually(pred: Callable[[], bool], within_s: float = 3.0) -> None:
-    for _ in range(int(within_s / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    assert pred(), f"condition not met within {within_s} s"
+    await wait_until(pred, within_s)
 
 
 @contextlib.asynccontextmanager
