@@ -30,7 +30,7 @@ import httpx
 from nacl.signing import SigningKey
 
 from bench.table import row
-from cloud.server.db import Database
+from cloud.db import Database
 from cloud_sync.channel_wire import (
     Ack,
     Challenge,

@@ -34,7 +34,7 @@ async def _fill(db_url: str, seconds: int) -> None:
     from nacl.signing import SigningKey
 
     import cloud.dataapi.tables  # noqa: F401  (the data API's tables, on the same metadata)
-    from cloud.server.db import Database
+    from cloud.db import Database
     from cloud.server.service import register_site
     from cloud_sync.keys import public_key_b64
     from cloud_sync.wire import WireReading, make_batch
@@ -65,7 +65,7 @@ async def _time_query(db_url: str, span: timedelta, resolution: str, repeats: in
     """Median ms of the warm query, its bucket count, and ms of the first (which folds the rollup)."""
     from cloud.dataapi.access import OPERATOR
     from cloud.dataapi.graphql import schema
-    from cloud.server.db import Database
+    from cloud.db import Database
 
     db = Database(db_url)
     times: list[float] = []
@@ -89,7 +89,7 @@ async def _time_query(db_url: str, span: timedelta, resolution: str, repeats: in
 
 async def _fold(db_url: str) -> None:
     from cloud.dataapi.rollup import catch_up
-    from cloud.server.db import Database
+    from cloud.db import Database
 
     db = Database(db_url)
     try:

@@ -92,9 +92,9 @@ async def _setup(url: str, n: int) -> float:
     """Register n sites with a day of telemetry and 2 days of prices; returns the ingest rate (readings/s)."""
     from nacl.signing import SigningKey
 
-    from cloud import store
+    from cloud.db import Database
+    from cloud.db import planning as store
     from cloud.prices import PriceSeries
-    from cloud.server.db import Database
     from cloud.server.service import register_site
     from cloud_sync.keys import public_key_b64
     from cloud_sync.wire import make_batch
@@ -126,9 +126,9 @@ async def _setup(url: str, n: int) -> float:
 
 
 async def _worker(url: str, key_path: str, mode: str, owner: str) -> dict[str, Any]:
+    from cloud.db import Database
     from cloud.fleet_work import work_one
     from cloud.planner import PlannerOptions, plan_next
-    from cloud.server.db import Database
     from cloud_sync.keys import load_or_create_signing_key
 
     key = load_or_create_signing_key(Path(key_path))
@@ -209,9 +209,9 @@ def _run_workers(
 
 
 async def _create_event(url: str) -> tuple[str, float]:
+    from cloud.db import Database
     from cloud.fleet import EventRequest
     from cloud.fleet_work import create_event
-    from cloud.server.db import Database
 
     db = Database(url)
     try:
@@ -224,8 +224,8 @@ async def _create_event(url: str) -> tuple[str, float]:
 
 
 async def _event(url: str, event_id: str) -> dict[str, Any]:
+    from cloud.db import Database
     from cloud.fleet_status import event_status
-    from cloud.server.db import Database
 
     db = Database(url)
     try:

@@ -18,9 +18,9 @@ import msgspec
 import numpy as np
 from sqlalchemy import select
 
-from cloud import store
+from cloud.db import Database, forecasts
+from cloud.db import planning as store
 from cloud.forecast import FloatArray
-from cloud.server.db import Database, forecasts
 
 KIND: Final = "pv_external"
 STEP: Final = timedelta(minutes=15)

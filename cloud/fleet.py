@@ -30,13 +30,13 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from cloud import store
 from cloud.assets import AssetsError, decode_assets
+from cloud.db import Database
+from cloud.db import planning as store
 from cloud.forecast import FloatArray
 from cloud.optimizer import solve
 from cloud.optimizer_io import Solution
 from cloud.planner import STEP, PlanError, PlannerOptions, Prepared, floor_slot, plan_flows, to_plan, true_cost
-from cloud.server.db import Database
 from cloud_sync.wire import format_ts
 
 log = structlog.get_logger("zapcloud.fleet")

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import update
 
-from cloud.server.db import Database, fleet_event_jobs
+from cloud.db import Database, fleet_event_jobs
 
 J = fleet_event_jobs
 

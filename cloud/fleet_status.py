@@ -28,9 +28,9 @@ import numpy as np
 from sqlalchemy import case, func, or_, select
 
 from cloud.assets import AssetsError, decode_assets
+from cloud.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plan_flows
 from cloud.planner import STEP, floor_slot
 from cloud.server.channel_hub import channel_sites
-from cloud.server.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plan_flows
 from cloud.site_series import load_series
 from cloud_sync.wire import format_ts
 

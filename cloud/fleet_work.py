@@ -38,10 +38,10 @@ from sqlalchemy import Insert, Table, and_, bindparam, exists, func, null, or_, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from cloud import store
+from cloud.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plan_flows, plan_jobs, plans
+from cloud.db import planning as store
 from cloud.fleet import EventError, EventRequest, Option, SiteCurve, allocate, check_event, in_horizon, solve_curve
 from cloud.planner import STEP, PlanError, PlannerOptions, prepare
-from cloud.server.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plan_flows, plan_jobs, plans
 from cloud_sync.wire import check_plan, format_ts, sign_plan
 from zapd.model import Plan
 

@@ -14,7 +14,7 @@ from typing import Final
 
 from sqlalchemy import Column, DateTime, LargeBinary, PrimaryKeyConstraint, String, Table, delete, insert, select
 
-from cloud.server.db import Database, metadata
+from cloud.db import Database, metadata
 
 MAX_STATE_BYTES: Final = 512 * 1024
 KINDS: Final = ("pv", "load")

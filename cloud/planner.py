@@ -34,8 +34,9 @@ import structlog
 from nacl.signing import SigningKey
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud import store
 from cloud.assets import AssetsError, SiteAssets, decode_assets
+from cloud.db import Database, PlanVersionConflictError
+from cloud.db import planning as store
 from cloud.execution import (
     DEFAULT_EXECUTION,
     Execution,
@@ -61,7 +62,6 @@ from cloud.forecast_pv import SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
-from cloud.server.db import Database, PlanVersionConflictError
 from cloud.server.service import next_plan_version, publish_plan
 from cloud.site_forecast import ModelChoice, PvChoice, site_load_forecast, site_pv_model
 from cloud.site_series import SiteSeries, load_series

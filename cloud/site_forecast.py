@@ -21,10 +21,10 @@ import numpy as np
 import structlog
 
 from cloud.assets import SiteAssets
+from cloud.db import Database
 from cloud.forecast import FloatArray, GbmLoadForecaster, forecast_load
 from cloud.forecast_models import get_model, put_model
 from cloud.forecast_pv import FitInput, PvSiteModel, SkyGrid, fit_pv_site, relearn_typical
-from cloud.server.db import Database
 from cloud.site_series import SiteSeries, load_series
 
 log = structlog.get_logger("zapcloud.forecast")

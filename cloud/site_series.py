@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import select
 
-from cloud.server.db import Database, telemetry
+from cloud.db import Database, telemetry
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from cloud.server.db import Database
+from cloud.db import Database
 
 BACKENDS = ("sqlite", "postgresql")
 PG_ENV = "ZAPCLOUD_TEST_DB_URL"

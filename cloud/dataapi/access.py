@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from cloud.dataapi.tables import oauth_tokens, owner_sites
-from cloud.server.db import Database
+from cloud.db import Database
 
 SITE_READ = "site:read"
 TELEMETRY_READ = "telemetry:read"

@@ -23,8 +23,8 @@ import strawberry
 from sqlalchemy import select
 
 from cloud.assets import AssetsError, decode_assets
+from cloud.db import Database, der_models, telemetry
 from cloud.server.channel_hub import live_sites
-from cloud.server.db import Database, der_models, telemetry
 
 DEFAULT_SOC_MIN = 0.1
 DEFAULT_SOC_MAX = 0.95

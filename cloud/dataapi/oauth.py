@@ -42,7 +42,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from cloud.dataapi.access import ALL_SITES, SCOPES, digest
 from cloud.dataapi.tables import oauth_clients, oauth_codes, oauth_tokens, owner_sites, owners
-from cloud.server.db import Database, sites
+from cloud.db import Database, sites
 from cloud.server.limits import Rate, TokenBuckets, retry_after
 
 log = structlog.get_logger("zapcloud.oauth")

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.dataapi.series import FIELD, MAX_HOLD_S, Bucket
 from cloud.dataapi.tables import rollup_state, telemetry_rollup, telemetry_rollup_hour
-from cloud.server.db import Database, sites, telemetry
+from cloud.db import Database, sites, telemetry
 
 CHUNK = 20_000
 CATCH_UP_BUDGET_S = 2.0

@@ -22,7 +22,7 @@ from cloud.dataapi.access import PRICES_READ, Access, AccessDenied, authenticate
 from cloud.dataapi.graphql import PriceResolution, price_series, schema
 from cloud.dataapi.oauth import WEB_CALLBACK, OAuthEndpoints, access_ttl_s
 from cloud.dataapi.web import Web
-from cloud.server.db import Database
+from cloud.db import Database
 
 Wrap = Callable[[str, Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
 

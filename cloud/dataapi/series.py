@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Float, cast, func, select
 
-from cloud.server.db import Database, telemetry
+from cloud.db import Database, telemetry
 
 RESOLUTION_S: dict[str, int] = {"RAW": 0, "MIN1": 60, "MIN15": 900, "HOUR1": 3600, "DAY1": 86400}
 MAX_POINTS = 10_000

@@ -21,7 +21,7 @@ from sqlalchemy import (
     Text,
 )
 
-from cloud.server.db import metadata
+from cloud.db import metadata
 
 # A person who owns sites and signs in to grant apps access to them.
 owners = Table(

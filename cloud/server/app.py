@@ -33,13 +33,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from cloud.db import Database, PlanVersionConflictError, SiteKeyConflictError, SiteRecord
 from cloud.fleet_acks import mark_fetched
 from cloud.server import bounds, ingest_signal
 from cloud.server.auth import BearerTokens, check_token
 from cloud.server.bounds import BoundsError
 from cloud.server.channel import ChannelEndpoint
 from cloud.server.channel_hub import ChannelHub
-from cloud.server.db import Database, PlanVersionConflictError, SiteKeyConflictError, SiteRecord
 from cloud.server.limits import Limits, TokenBuckets, retry_after
 from cloud.server.metrics import Metrics
 from cloud.server.service import publish_plan, register_site
@@ -589,8 +589,8 @@ def _decode_prices(body: bytes) -> _PriceUpload:
 
 async def _prices_put(ctx: _Context, request: Request) -> Response:
     """Day-ahead prices for a bidding zone from an operator or script (ENTSO-E is fetched by the planner)."""
+    from cloud.db.planning import put_spot_prices
     from cloud.prices import PriceSeries
-    from cloud.store import put_spot_prices
 
     _require_admin(ctx, request)
     area = request.path_params["area"]
@@ -662,7 +662,7 @@ async def _fleet_event_get(ctx: _Context, request: Request) -> Response:
 
 
 async def _forecast_errors(ctx: _Context, request: Request) -> Response:
-    from cloud.store import forecast_errors
+    from cloud.db.planning import forecast_errors
 
     _require_admin(ctx, request)
     now = ctx.clock()

@@ -24,8 +24,8 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from cloud.db import Database
 from cloud.server.channel_hub import ChannelHub
-from cloud.server.db import Database
 from cloud.server.limits import Limits, TokenBuckets
 from cloud.server.metrics import Metrics
 from cloud_sync.channel_wire import (

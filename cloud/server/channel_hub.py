@@ -50,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.server.db import Database, metadata
+from cloud.db import Database, metadata
 from cloud.server.metrics import Metrics
 from cloud_sync.channel_wire import (
     Ack,

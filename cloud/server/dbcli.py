@@ -8,8 +8,8 @@ import sys
 
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from cloud.db import Database, DatabaseFileError, secure_sqlite_file
 from cloud.server import migrate
-from cloud.server.db import Database, DatabaseFileError, secure_sqlite_file
 
 
 def run_db(action: str, db_url: str) -> int:

@@ -27,7 +27,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
-from cloud.server.db import Database
+from cloud.db import Database
 
 log = structlog.get_logger("zapcloud.migrate")
 
@@ -58,7 +58,7 @@ def target_metadata() -> MetaData:
     import cloud.dataapi.tables
     import cloud.forecast_models
     import cloud.server.channel_hub  # noqa: F401  (the live channel's tables; forecast_models: per-site models)
-    from cloud.server.db import metadata
+    from cloud.db import metadata
 
     return metadata
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import uvicorn
 from sqlalchemy.exc import ArgumentError
 
+from cloud.db import DatabaseFileError, secure_sqlite_file
 from cloud.server.app import create_app
 from cloud.server.auth import ADMIN_TOKEN_ENV, METRICS_TOKEN_ENV, TokenError, resolve_token
-from cloud.server.db import DatabaseFileError, secure_sqlite_file
 from cloud.server.limits import Limits
 from cloud.server.protocol import uvicorn_options
 from cloud_sync.keys import KeyFileError, key_id, load_or_create_signing_key, public_key_b64

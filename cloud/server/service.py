@@ -14,8 +14,8 @@ import structlog
 from nacl.signing import SigningKey
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloud.db import Database, StoredPlan
 from cloud.server.bounds import check_plan_publish, check_public_key
-from cloud.server.db import Database, StoredPlan
 from cloud_sync.keys import key_id, load_verify_key_b64
 from cloud_sync.wire import MAX_REQUEST_SKEW_S, SignedPlan, WireError, check_plan, format_ts, sign_plan
 from zapd.model import Plan

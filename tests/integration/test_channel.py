@@ -27,8 +27,8 @@ import msgspec
 import pytest
 from nacl.signing import SigningKey
 
+from cloud.db import Database
 from cloud.server.channel_hub import channel_commands, command_acks, send_command
-from cloud.server.db import Database
 from cloud_sync.channel import LiveState
 from cloud_sync.channel_wire import (
     Ack,

@@ -15,8 +15,8 @@ import pytest
 from nacl.signing import SigningKey
 from sqlalchemy import Select, select
 
-from cloud.server import db as schema
-from cloud.server.db import Database
+from cloud import db as schema
+from cloud.db import Database
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import (
     HEADER_KEY_ID,

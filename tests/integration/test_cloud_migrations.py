@@ -17,8 +17,8 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
-from cloud.server import db as schema
-from cloud.server.db import Database
+from cloud import db as schema
+from cloud.db import Database
 from cloud.server.migrate import MIGRATIONS, alembic_config, head_revision, upgrade
 from tests.cloud_server import REPO, cloud_env, free_port, serve_cmd
 from tests.db_backends import BACKENDS, empty_db_url

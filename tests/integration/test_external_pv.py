@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud import store
+from cloud.db import Database
+from cloud.db import planning as store
 from cloud.external_pv import KIND, external_pv_on_grid
 from cloud.planner import PlannerOptions, prepare
-from cloud.server.db import Database
 from tests.integration.test_cloud_planning import put_prices, register, send_telemetry, serve
 
 

@@ -16,13 +16,13 @@ from nacl.signing import SigningKey
 from sqlalchemy import func, select
 
 from cloud import fleet_work
+from cloud.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plans
 from cloud.fleet import EventError, EventRequest
 from cloud.fleet_acks import mark_fetched
 from cloud.fleet_status import event_status
 from cloud.fleet_work import LEASE, claim_job, create_event, publish_event, work_one
 from cloud.planner import PlannerOptions
 from cloud.server.channel_hub import channel_sites
-from cloud.server.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events, plans
 from cloud.server.service import register_site
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import MAX_BATCH_READINGS, WireReading, make_batch

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from cloud import store
+from cloud.db import Database
+from cloud.db import planning as store
 from cloud.planner import PlanError, PlannerOptions, plan_next, plan_site, prepare
 from cloud.prices import PriceSeries
-from cloud.server.db import Database
 from cloud.server.service import register_site
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import MAX_BATCH_READINGS, WireReading, make_batch, verify_plan

@@ -12,10 +12,10 @@ import pytest
 from nacl.signing import SigningKey
 
 from cloud import site_forecast
+from cloud.db import Database
 from cloud.forecast_models import MAX_STATE_BYTES, get_model, put_model
 from cloud.forecast_pv import PvSiteModel
 from cloud.planner import PlannerOptions, plan_site
-from cloud.server.db import Database
 from cloud.server.service import register_site
 from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice
 from cloud_sync.keys import public_key_b64

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
+from cloud.db import Database
 from cloud.server.channel_hub import ChannelHub, command_acks, live_sites, notify_plan, send_command
-from cloud.server.db import Database
 from cloud.server.metrics import Metrics
 from cloud_sync.channel_wire import (
     Ack,
