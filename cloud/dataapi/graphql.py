@@ -37,8 +37,8 @@ from cloud.dataapi.access import (
     AccessDenied,
 )
 from cloud.dataapi.flex import Flex, Live, site_flex, site_live
-from cloud.server import ingest_signal
 from cloud.db import Database, command_reports, der_models, forecasts, plans, sites, spot_prices, telemetry
+from cloud.server import ingest_signal
 
 MAX_COST = 20_000  # points (buckets, raw rows, price slots) one request may ask for in total
 QUERY_TIMEOUT_S = 10.0

@@ -15,7 +15,7 @@ from nacl.signing import SigningKey
 from cloud import store
 from cloud.forecast_price import forecast_prices
 from cloud.planner import PlannerOptions, plan_site, prepare
-from cloud.server.db import Database
+from cloud.db import Database
 from cloud.server.service import register_site
 from cloud.tariffs import decode_tariff, price_arrays
 from cloud_sync.keys import public_key_b64
