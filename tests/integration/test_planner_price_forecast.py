@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from cloud import store
+from cloud.db import Database
+from cloud.db import planning as store
 from cloud.forecast_price import forecast_prices
 from cloud.planner import PlannerOptions, plan_site, prepare
-from cloud.db import Database
 from cloud.server.service import register_site
 from cloud.tariffs import decode_tariff, price_arrays
 from cloud_sync.keys import public_key_b64
