@@ -52,7 +52,7 @@ from cloud.backtest_config import (
     config_from_args,
     config_problem,
 )
-from cloud.execution import slot_intent, value_absorb
+from cloud.execution import plan_values, slot_intent
 from cloud.forecast import (
     FloatArray,
     GbmLoadForecaster,
@@ -520,7 +520,7 @@ class Planner:
         solution = solve(problem, warm=self.warm)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption
-        values = solution.energy_value
+        values = plan_values(solution, problem, min(executed, horizon))
         slots = tuple(
             PlanSlot(
                 start=start + tr.step * j,
@@ -531,17 +531,7 @@ class Planner:
                     solution.battery_charge_kw[j],
                     solution.battery_discharge_kw[j],
                     cfg.execution,
-                    None
-                    if values is None
-                    else value_absorb(
-                        solution.grid_import_kw[j] - solution.grid_export_kw[j],
-                        imp[j],
-                        exp[j],
-                        values[j],
-                        cfg.efficiency,
-                        cfg.efficiency,
-                        cfg.cycle_cost,
-                    ),
+                    values[j],
                 ),
             )
             for j in range(min(executed, horizon))

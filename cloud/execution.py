@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+from cloud.optimizer_io import Problem, Solution
 from zapd.model import Absorb, Intent, IntentMode
 
 
@@ -122,6 +123,28 @@ def value_absorb(
     return None
 
 
+def plan_values(solution: Solution, problem: Problem, n: int) -> list[Absorb | None]:
+    """`value_absorb` for the first `n` slots of a solved problem (its own prices, battery and values); all
+    None when the solution carries no energy values (then VALUE execution falls back to the plan's direction)."""
+    values = solution.energy_value
+    if values is None:
+        return [None] * n
+    bat = problem.battery
+    found = [
+        value_absorb(
+            solution.grid_import_kw[j] - solution.grid_export_kw[j],
+            problem.import_price[j],
+            problem.export_price[j],
+            values[j],
+            bat.charge_efficiency,
+            bat.discharge_efficiency,
+            bat.cycle_cost_per_kwh,
+        )
+        for j in range(min(n, len(values)))
+    ]
+    return found + [None] * (n - len(found))
+
+
 def slot_intent(
     import_kw: float,
     export_kw: float,
@@ -169,6 +192,7 @@ __all__ = [
     "SELF_CONSUMPTION_MAX_GRID_KW",
     "Execution",
     "absorb_for",
+    "plan_values",
     "slot_intent",
     "slot_mode",
     "value_absorb",

@@ -41,6 +41,7 @@ from cloud.execution import (
     DEFAULT_EXECUTION,
     Execution,
     absorb_for,
+    plan_values,
     slot_intent,
     slot_mode,
 )
@@ -413,6 +414,7 @@ def to_plan(prepared: Prepared, solution: Solution, version: int, options: Plann
     """
     p = prepared.problem
     slots: list[PlanSlot] = []
+    values = plan_values(solution, p, p.horizon)
     for t, start in enumerate(prepared.starts):
         imp_w = solution.grid_import_kw[t] * 1000.0
         exp_w = solution.grid_export_kw[t] * 1000.0
@@ -430,6 +432,7 @@ def to_plan(prepared: Prepared, solution: Solution, version: int, options: Plann
                 solution.battery_charge_kw[t],
                 solution.battery_discharge_kw[t],
                 options.execution,
+                values[t],
                 ev_w=ev_w,
                 grid_import_limit_w=import_limit,
                 grid_export_limit_w=export_limit,

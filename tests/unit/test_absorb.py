@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.execution import Execution, absorb_for, slot_intent, value_absorb
+from cloud.execution import Execution, absorb_for, plan_values, slot_intent, value_absorb
+from cloud.optimizer import solve
+from cloud.optimizer_io import Battery, Grid, Problem
 from cloud_sync.wire import check_plan, decode_plan, encode_plan
 from fallback.policy import resolve_battery_w
 from zapd.controller import decide_batteries
@@ -191,3 +193,45 @@ def test_value_execution_carries_grid_w_and_keeps_the_plans_own_direction() -> N
             slots=(PlanSlot(start=T0, end=T0 + timedelta(hours=1), intent=intent),),
         )
     )
+
+
+def test_plan_values_reads_the_solved_problems_own_prices_and_values() -> None:
+    """Evening peak after a cheap night: the plan charges at 0.10 and discharges into 0.40. In the peak hour
+    the battery covers a surprise (BOTH or DOWN); without energy values every slot falls back to None."""
+    problem = Problem(
+        start=T0,
+        step_minutes=60.0,
+        import_price=[0.10, 0.40, 0.40],
+        export_price=[0.02, 0.02, 0.02],
+        load_kw=[0.5, 2.0, 2.0],
+        pv_kw=[0.0, 0.0, 0.0],
+        battery=Battery(
+            capacity_kwh=10.0,
+            soc_initial=0.1,
+            soc_min=0.1,
+            soc_max=0.9,
+            max_charge_kw=5.0,
+            max_discharge_kw=5.0,
+            charge_efficiency=0.95,
+            discharge_efficiency=0.95,
+            cycle_cost_per_kwh=0.02,
+        ),
+        grid=Grid(max_import_kw=17.0, max_export_kw=10.0),
+    )
+    s = solve(problem)
+    values = plan_values(s, problem, 3)
+    assert s.energy_value is not None and len(values) == 3
+    assert values == [
+        value_absorb(
+            s.grid_import_kw[j] - s.grid_export_kw[j],
+            problem.import_price[j],
+            problem.export_price[j],
+            s.energy_value[j],
+            0.95,
+            0.95,
+            0.02,
+        )
+        for j in range(3)
+    ]
+    assert values[1] in (Absorb.BOTH, Absorb.DOWN)
+    assert plan_values(msgspec.structs.replace(s, energy_value=None), problem, 3) == [None, None, None]
