@@ -329,7 +329,8 @@ def _new_highs(model: Model) -> _Highs:
 def _run(model: Model, deadline: float, start: FloatArray | None, warm: WarmStart | None = None) -> _Outcome:
     h = warm.highs(model) if warm is not None and start is None else _new_highs(model)
     time_limit_s = max(deadline - time.perf_counter(), 0.001)
-    h.setOptionValue("time_limit", time_limit_s)
+    # HiGHS' time limit counts the instance's whole run time, so a re-used (warm) instance gets its past runs added
+    h.setOptionValue("time_limit", time_limit_s + (h.getRunTime() if warm is not None else 0.0))
     n_col = len(model.col_cost)
     if start is not None:
         h.setSolution(n_col, np.arange(n_col, dtype=np.int32), start)

@@ -653,3 +653,19 @@ def test_a_warm_start_changes_nothing_but_the_time() -> None:
         assert hot.status == cold.status == "optimal"
         assert hot.cost == pytest.approx(cold.cost, abs=1e-9)
         assert hot.energy_value is not None and all(math.isfinite(v) for v in hot.energy_value)
+
+
+def test_a_warm_instance_gets_the_full_time_limit_for_every_solve() -> None:
+    """HiGHS counts an instance's time limit over all its runs: once the re-used instance has run longer than
+    the limit in total, each further solve must still get its own limit (it used to stop at once)."""
+    warm = optimizer.WarmStart()
+    rng = np.random.default_rng(3)
+    p = base_problem(96, 30)
+    limit, ran = 0.2, 0.0
+    for _ in range(5000):
+        p["import_price"] = (0.3 + 0.1 * rng.random(96)).round(4).tolist()  # a new re-plan: work for the simplex
+        assert solve(decode_problem(json.dumps(p)), time_limit_s=limit, warm=warm).status == "optimal"
+        ran = warm._highs.getRunTime() if warm._highs is not None else 0.0
+        if ran > 2.5 * limit:
+            break
+    assert ran > 2.5 * limit
