@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
+from tests.waiting import wait_until
 from zapd.clock import ScaledClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -42,7 +43,10 @@ def lint(text: str) -> list[str]:
     return problems
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -82,21 +86,19 @@ async def test_metrics_follow_the_daemon(tmp_path: Path) -> None:
                 texts.append(resp.text)
                 return samples(resp.text)
 
-            for _ in range(100):
-                await asyncio.sleep(0.1)
+            bad_crc = ("zapd_telegrams_rejected_total", (("device", "meter"), ("reason", "bad_crc")))
+
+            async def scraped(key: tuple[str, tuple[tuple[str, str], ...]], at_least: float) -> Samples | None:
                 try:
                     m = await scrape()
-                except httpx.TransportError:
-                    continue
-                if m.get(("zapd_readings_total", ()), 0) >= 3:
-                    break
+                except httpx.TransportError:  # the server is not up yet
+                    return None
+                return m if m.get(key, 0) >= at_least else None
+
+            await wait_until(lambda: scraped(("zapd_readings_total", ()), 3), 10, "three readings", every_s=0.1)
             meter.inject_bad_crc(2)
-            for _ in range(100):
-                await asyncio.sleep(0.1)
-                m = await scrape()
-                if m.get(("zapd_telegrams_rejected_total", (("device", "meter"), ("reason", "bad_crc"))), 0) >= 2:
-                    break
-            assert m[("zapd_telegrams_rejected_total", (("device", "meter"), ("reason", "bad_crc")))] == 2
+            m = await wait_until(lambda: scraped(bad_crc, 2), 10, "two bad CRCs counted", every_s=0.1)
+            assert m[bad_crc] == 2
             assert m[("zapd_readings_total", ())] >= 3
             assert m[("zapd_control_cycles_total", ())] >= 1
             assert m[("zapd_fallback_rung", ())] == 3  # a fresh meter, no battery, no plan: self-consumption
