@@ -65,6 +65,11 @@ async def event_status(
                 .group_by(J.c.state)
             )
         }
+        solving = (
+            await conn.execute(
+                select(func.count()).where(J.c.event_id == event_id, J.c.state == "pending", J.c.lease_until >= now)
+            )
+        ).scalar()
     start, end = _utc(event.start), _utc(event.end)
     n = {s: c for s, (c, _) in counts.items()}
     total = sum(n.values())
@@ -86,6 +91,7 @@ async def event_status(
         "progress": {
             "sites": total,
             "pending": n.get("pending", 0),
+            "solving": int(solving or 0),  # pending rows a worker holds the lease of right now
             "planned": n.get("curved", 0) + dispatched + n.get("unchosen", 0),
             "skipped": n.get("skipped", 0),
             "failed": n.get("failed", 0),

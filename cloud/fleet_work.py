@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import math
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +50,19 @@ from zapd.model import Plan
 log = structlog.get_logger("zapcloud.fleet")
 
 LEASE: Final = timedelta(seconds=60)  # one site's curve takes well under a second
+LEASE_ENV: Final = "ZAPCLOUD_FLEET_LEASE_S"  # tests shorten it to see a dead worker's site taken over
+
+
+def lease() -> timedelta:
+    """How long a claimed site is a worker's before another may take it (LEASE, or $ZAPCLOUD_FLEET_LEASE_S)."""
+    raw = os.environ.get(LEASE_ENV)
+    try:
+        seconds = float(raw) if raw else LEASE.total_seconds()
+    except ValueError:
+        seconds = LEASE.total_seconds()
+    return timedelta(seconds=min(max(seconds, 1.0), 3600.0)) if math.isfinite(seconds) else LEASE
+
+
 MAX_ATTEMPTS: Final = 3
 PUBLISH_TRIES: Final = 3  # a routine plan may take a site's next version meanwhile: try the whole again
 
@@ -147,7 +162,7 @@ async def claim_job(db: Database, owner: str, now: datetime) -> Claimed | None:
                 await conn.execute(update(J).where(key).values(state="failed", reason=reason, lease_owner=None))
                 continue
             took = await conn.execute(
-                update(J).where(key).values(lease_owner=owner, lease_until=now + LEASE, attempts=J.c.attempts + 1)
+                update(J).where(key).values(lease_owner=owner, lease_until=now + lease(), attempts=J.c.attempts + 1)
             )
             if took.rowcount == 1:  # SQLite: another worker may have taken it between the SELECT and here
                 return Claimed(str(found.event_id), str(found.site_id))
@@ -447,11 +462,13 @@ def urgent_work(
 
 __all__ = [
     "LEASE",
+    "LEASE_ENV",
     "MAX_ATTEMPTS",
     "Claimed",
     "Created",
     "claim_job",
     "create_event",
+    "lease",
     "publish_event",
     "ready_event",
     "solve_job",

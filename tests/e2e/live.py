@@ -77,9 +77,55 @@ async def subscribe(site: Site, seconds: float, *, warmup_s: float = 2.0) -> lis
     return out
 
 
+async def upload_to_subscriber(site: Site, n: int = 20) -> list[float]:
+    """The cloud's part alone: a signed upload of one reading (a second site, our own key) to its push.
+
+    Seconds from the start of the POST to the subscriber's receipt, per reading.
+    """
+    from nacl.signing import SigningKey
+
+    from cloud_sync.keys import public_key_b64
+    from cloud_sync.wire import WireReading, encode, make_batch, sign_body
+    from zapd.model import DerKind
+
+    key = SigningKey.generate()
+    sid = "direct-upload"
+    with site.http() as c:
+        r = c.post(
+            "/v1/sites",
+            json={"site_id": sid, "public_key": public_key_b64(key)},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+        assert r.status_code == 201, r.text
+    url = f"ws://127.0.0.1:{site.cloud_port}/graphql"
+    query = f'subscription {{ telemetry(site: "{sid}") {{ seq }} }}'
+    out: list[float] = []
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {ADMIN}"}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"
+        await ws.send(json.dumps({"id": "d", "type": "subscribe", "payload": {"query": query}}))
+        await asyncio.sleep(0.5)
+        for seq in range(1, n + 1):
+            reading = WireReading(
+                seq=seq, der_id="meter", kind=DerKind.METER, ts=site.clock.now(), values={"power_w": float(seq)}
+            )
+            body = encode(make_batch(sid, [reading]))
+            sent = time.monotonic()
+
+            def post(body: bytes = body) -> int:
+                with site.http() as c:
+                    return c.post(f"/v1/sites/{sid}/telemetry", content=body, headers=sign_body(key, body)).status_code
+
+            assert await asyncio.to_thread(post) == 200
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert msg["payload"]["data"]["telemetry"]["seq"] == seq, msg
+            out.append(time.monotonic() - sent)
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-__all__ = ["UPLOAD_INTERVAL_S", "Received", "live_site", "percentile", "subscribe"]
+__all__ = ["UPLOAD_INTERVAL_S", "Received", "live_site", "percentile", "subscribe", "upload_to_subscriber"]

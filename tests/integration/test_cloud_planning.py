@@ -4,6 +4,7 @@ dispatch a demand-response event; `--no-planner` keeps a worker from planning.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import re
@@ -42,14 +43,15 @@ class Server:
     client: httpx.Client
     cloud_key: VerifyKey
     log: Path
+    proc: subprocess.Popen[bytes]
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN}"}
 
 
 @contextlib.contextmanager
-def serve(tmp: Path, *extra: str, db_url: str | None = None) -> Iterator[Server]:
-    env = cloud_env()  # its own admin token, no ENTSO-E token (no network at test time)
+def serve(tmp: Path, *extra: str, db_url: str | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
+    env = cloud_env(**(env or {}))  # its own admin token, no ENTSO-E token (no network at test time)
     port = free_port()
     log = tmp / f"serve-{port}.log"
     cmd = serve_cmd(port, db_url or f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}", tmp / "cloud.key", *extra)
@@ -69,7 +71,7 @@ def serve(tmp: Path, *extra: str, db_url: str | None = None) -> Iterator[Server]
                 time.sleep(0.1)
             m = re.search(r"cloud public key (\S+)", log.read_text())
             assert m
-            yield Server(client, load_verify_key_b64(m.group(1)), log)
+            yield Server(client, load_verify_key_b64(m.group(1)), log, proc)
     finally:
         proc.terminate()
         try:
@@ -223,3 +225,65 @@ def test_no_planner_flag(tmp_path: Path) -> None:
         put_prices(srv, now)
         time.sleep(1.5)
         assert get_plan(srv, "quiet", key).status_code == 404
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_worker_killed_mid_event_leaves_the_rest_to_the_other(backend: str, tmp_path: Path) -> None:
+    """SIGKILL the only worker while it solves an event's sites; a second worker finishes the event: every
+    site planned, the killed worker's site taken over after its lease, each chosen site dispatched once."""
+    now = datetime.now(UTC)
+    url = empty_db_url(backend, tmp_path)
+    lease = {"ZAPCLOUD_FLEET_LEASE_S": "3"}
+    sites = [f"k{i}" for i in range(8)]
+    with serve(tmp_path, db_url=url, env=lease) as first:
+        keys = {sid: register(first, sid) for sid in sites}
+        for i, (sid, key) in enumerate(keys.items()):
+            send_telemetry(first, sid, key, now, soc=0.5 + 0.05 * i)
+        put_prices(first, now)
+        before = {sid: wait_plan(first, sid, key).version for sid, key in keys.items()}
+        start = (now + timedelta(minutes=45)).replace(second=0, microsecond=0)
+        event = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(), "reduction_kw": 500.0}
+        r = first.client.post("/v1/fleet/events", json=event, headers=first.admin())
+        assert r.status_code == 202, r.text
+        href = r.json()["href"]
+        deadline = time.monotonic() + 60
+        # kill it while it holds a site's lease, with some sites solved and others pending
+        while (p := first.client.get(href, headers=first.admin()).json()["progress"])["planned"] < 2 or not p[
+            "solving"
+        ]:
+            assert time.monotonic() < deadline, p
+            time.sleep(0.02)
+        first.proc.kill()
+        first.proc.wait(timeout=10)
+    assert 2 <= p["planned"] < len(sites) and p["solving"] == 1, p
+    with serve(tmp_path, db_url=url, env=lease) as second:
+        status = wait_event(second, href, "dispatched", timeout=120)
+        assert status["progress"]["planned"] == len(sites) and status["progress"]["failed"] == 0, status
+        chosen = {s["site_id"]: s["plan_version"] for s in status["allocation"]["sites"]}
+        assert chosen  # 500 kW is more than the fleet has: every site that can help is chosen
+        for sid, key in keys.items():
+            # one new plan for a chosen site (the event's), none for the others: nothing dispatched twice
+            assert wait_plan(second, sid, key).version == (before[sid] + 1 if sid in chosen else before[sid])
+            if sid in chosen:
+                assert chosen[sid] == before[sid] + 1
+    # the site the killed worker held was taken over once its lease ran out (a second attempt); no other was
+    attempts = asyncio.run(_attempts(url, r.json()["event_id"]))
+    assert sorted(attempts.values()) == [1] * (len(sites) - 1) + [2], attempts
+
+
+async def _attempts(url: str, event_id: str) -> dict[str, int]:
+    from sqlalchemy import select
+
+    from cloud.server.db import Database, fleet_event_jobs
+
+    db = Database(url)
+    try:
+        async with db.engine.connect() as conn:
+            rows = await conn.execute(
+                select(fleet_event_jobs.c.site_id, fleet_event_jobs.c.attempts).where(
+                    fleet_event_jobs.c.event_id == event_id
+                )
+            )
+            return {str(s): int(a) for s, a in rows}
+    finally:
+        await db.dispose()

@@ -92,6 +92,7 @@ async def test_event_is_stored_with_its_work_and_a_client_key_names_one_event(db
     assert status["progress"] == {
         "sites": 3,
         "pending": 3,
+        "solving": 0,
         "planned": 0,
         "skipped": 0,
         "failed": 0,
