@@ -123,7 +123,8 @@ async def _measure(n: int, samples: int) -> dict[str, float]:
                                 stdout=log, stderr=subprocess.STDOUT, env=cloud_env(), cwd=REPO)  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
-            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            async with httpx.AsyncClient(base_url=base, headers=admin, timeout=30.0) as http:
                 for _ in range(200):
                     try:
                         if (await http.get("/healthz")).status_code == 200:
