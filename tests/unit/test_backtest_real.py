@@ -57,7 +57,7 @@ def test_no_load_or_pv_from_the_future(days: Traces, execution: Execution) -> No
 def test_no_prices_before_they_are_published(days: Traces, price_forecast: bool) -> None:
     """Tomorrow's prices changed: nothing before their publication (13:00 site time) may differ.
 
-    With --price-forecast the planner plans past the published prices, on persistence prices only.
+    With --price-forecast the planner plans past the published prices, on prices forecast from published ones.
     """
     cfg = _with(SITE, price_forecast=price_forecast)
     zone = SITE.zone
