@@ -26,6 +26,7 @@ from cloud_sync.uploader import REFUSED_KEY, Uploader
 from tests.cloud_server import Cloud
 from tests.cloud_server import serve as _serve
 from tests.integration.test_cloud_api import _register
+from tests.waiting import wait_until
 from zapd.clock import ManualClock, SystemClock
 from zapd.model import IMPORT_WH, POWER_W, DerCapabilities, DerKind, Reading
 from zapd.store import Store
@@ -129,10 +130,11 @@ async def test_a_nameplate_of_inf_neither_loses_the_ders_nor_holds_telemetry_bac
                           interval_s=0.05, capabilities=lambda: caps)  # fmt: skip
             task = asyncio.create_task(up.run())
             try:
-                for _ in range(250):
-                    if await store.acked_seq() == 5:
-                        break
-                    await asyncio.sleep(0.02)
+
+                async def all_acked() -> bool:
+                    return await store.acked_seq() == 5
+
+                await wait_until(all_acked, 10, "five readings acked")
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
