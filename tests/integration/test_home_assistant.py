@@ -157,6 +157,36 @@ def _config(tmp: Path, broker: MosquittoBroker, modbus_port: int, p1_port: int, 
     return validate_config(data, "test")
 
 
+@dataclass
+class SimDevices:
+    """The simulated site behind the daemon: Modbus hybrid inverter, P1 meter fed every 0.5 s, a plan file."""
+
+    site: SimSite
+    feeder: asyncio.Task[None]
+    config: Any
+    plan: Plan
+
+
+@contextlib.asynccontextmanager
+async def sim_devices(tmp: Path, broker: MosquittoBroker) -> AsyncIterator[SimDevices]:
+    site = SimSite()
+    site.step(datetime.now(UTC))  # not stepped again: the meter keeps one grid value a test can check
+    modbus = await start_modbus_sim(site)
+    meter = SimP1Tcp(site)
+    p1_port = await meter.start()
+    feeder = asyncio.create_task(meter.run(SystemClock(), 0.5))
+    plan = _plan(datetime.now(UTC))
+    plan_file = tmp / "plan.json"
+    plan_file.write_bytes(msgspec.json.encode(plan))
+    try:
+        yield SimDevices(site, feeder, _config(tmp, broker, modbus.port, p1_port, plan_file), plan)
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        await meter.stop()
+        await modbus.stop()
+
+
 def _ha(daemon: Daemon) -> HomeAssistant:
     assert daemon.home_assistant is not None
     return daemon.home_assistant
@@ -327,38 +357,27 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
 
 async def test_stale_meter_is_published_as_unknown(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     """The meter stops: Home Assistant gets `None` (unknown), never the last number."""
-    site = SimSite()
-    site.step(datetime.now(UTC))
-    modbus = await start_modbus_sim(site)
-    meter = SimP1Tcp(site)
-    p1_port = await meter.start()
-    feeder = asyncio.create_task(meter.run(SystemClock(), 0.5))
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_bytes(msgspec.json.encode(_plan(datetime.now(UTC))))
-    daemon = Daemon(_config(tmp_path, mosquitto, modbus.port, p1_port, plan_file), SystemClock())
-    run = asyncio.create_task(daemon.run())
-    try:
-        async with watcher(mosquitto) as seen:
-            topic = f"{BASE}/grid_power/state"
-            await until(lambda: seen.payload(topic) not in (None, "None"), "a grid power value")
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
-            await until(lambda: seen.payload(topic) == "None", "grid power unknown")
-            await until(lambda: seen.payload(f"{BASE}/fallback_rung/state") == "safe_hold", "safe hold")
-            # The attributes are a message of their own, published after the state: wait for it too.
-            await until(
-                lambda: (
-                    json.loads(seen.payload(f"{BASE}/fallback_rung/attributes") or "{}")
-                    .get("reason", "")
-                    .startswith("meter")
-                ),
-                "the safe hold's reason",
-            )
-    finally:
-        daemon.stop()
-        async with asyncio.timeout(30):
-            await run
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
-        await meter.stop()
-        await modbus.stop()
+    async with sim_devices(tmp_path, mosquitto) as sim:
+        daemon = Daemon(sim.config, SystemClock())
+        run = asyncio.create_task(daemon.run())
+        try:
+            async with watcher(mosquitto) as seen:
+                topic = f"{BASE}/grid_power/state"
+                await until(lambda: seen.payload(topic) not in (None, "None"), "a grid power value")
+                sim.feeder.cancel()
+                await asyncio.gather(sim.feeder, return_exceptions=True)
+                await until(lambda: seen.payload(topic) == "None", "grid power unknown")
+                await until(lambda: seen.payload(f"{BASE}/fallback_rung/state") == "safe_hold", "safe hold")
+                # The attributes are a message of their own, published after the state: wait for it too.
+                await until(
+                    lambda: (
+                        json.loads(seen.payload(f"{BASE}/fallback_rung/attributes") or "{}")
+                        .get("reason", "")
+                        .startswith("meter")
+                    ),
+                    "the safe hold's reason",
+                )
+        finally:
+            daemon.stop()
+            async with asyncio.timeout(30):
+                await run

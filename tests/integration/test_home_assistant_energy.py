@@ -14,17 +14,12 @@ import asyncio
 import contextlib
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from drivers.sim.modbus_server import start_modbus_sim
-from drivers.sim.p1_pty import SimP1Tcp
-from drivers.sim.physics import SimSite
 from tests.integration.conftest import MosquittoBroker
-from tests.integration.test_home_assistant import BASE, EV_W, NODE, _config, _plan, send, until, watcher
+from tests.integration.test_home_assistant import BASE, EV_W, NODE, SimDevices, send, sim_devices, until, watcher
 from zapd.clock import SystemClock
 from zapd.daemon import Daemon
 from zapd.energy import KV_KEY
@@ -38,15 +33,12 @@ def _number(text: str | None) -> float | None:
 
 @pytest.mark.timeout(180)
 async def test_energy_totals_for_the_energy_dashboard(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
-    site = SimSite()
-    site.step(datetime.now(UTC))
-    modbus = await start_modbus_sim(site)
-    meter = SimP1Tcp(site)
-    p1_port = await meter.start()
-    feeder = asyncio.create_task(meter.run(SystemClock(), 0.5))
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_bytes(msgspec.json.encode(_plan(datetime.now(UTC))))
-    config = _config(tmp_path, mosquitto, modbus.port, p1_port, plan_file)
+    async with sim_devices(tmp_path, mosquitto) as sim:
+        await _energy_dashboard(tmp_path, mosquitto, sim)
+
+
+async def _energy_dashboard(tmp_path: Path, mosquitto: MosquittoBroker, sim: SimDevices) -> None:
+    site, config = sim.site, sim.config
 
     async def ev_power(seconds: float) -> float:
         """Publish EV_W every 0.2 s for `seconds`; returns the span between the first and last message."""
@@ -118,10 +110,6 @@ async def test_energy_totals_for_the_energy_dashboard(tmp_path: Path, mosquitto:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(30):
                 await run
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
-        await meter.stop()
-        await modbus.stop()
 
 
 async def _kv(tmp: Path) -> str:
