@@ -6,9 +6,9 @@ Inputs (all in this folder, sources and licences in README.md):
   date with 48 slots on the Sydney wall clock (the meter follows daylight saving time);
 * `entsoe_nl_2023_dayahead.csv`, `entsoe_be_2023_dayahead.csv`: ENTSO-E day-ahead prices of 2023 (UTC hours).
 
-Output: `ausgrid_c12_<zone>_2023.csv` in the `zapcloud backtest` trace format (ts,import_price,export_price,
-load_kw,pv_kw), half-hourly, on the house's own timeline (UTC), so the PV stays consistent with the sun at the
-house (lat -33.87, lon 151.21; pass `--tz Australia/Sydney --lat -33.87 --lon 151.21 --azimuth 0` to the backtest).
+Output: `ausgrid_c12_<zone>_2023.csv` (and `opsd_kn_res4_<zone>_2023.csv`, below) in the `zapcloud backtest`
+trace format (ts,import_price,export_price,load_kw,pv_kw), half-hourly, on the house's own timeline (UTC), so
+the PV stays consistent with the sun at the house (lat -33.87, lon 151.21; pass `--tz Australia/Sydney --lat -33.87 --lon 151.21 --azimuth 0` to the backtest).
 
 The house and the prices come from different places and years, so the prices are replayed onto the house by
 LOCAL clock, which is what matters for a battery (the evening peak of the load meets the evening peak of the
@@ -28,6 +28,18 @@ Tariffs (EUR/kWh):
 * BE: the Flemish dynamic contract of `make_synthetic_year.py`: import = (spot + 0.02 + 0.05 + 0.05) x 1.06;
   export = spot - 0.01.
 
+OPSD house (`raw/opsd_de_kn_residential4_2016_{h1,h2,close}.csv`): Open Power System Data "Household data",
+DE_KN_residential4 (Konstanz, 47.66 N 9.18 E; PV, heat pump, EV), cumulative kWh meter readings (grid import,
+grid export, PV) at the start of every UTC hour of 2016 plus the closing reading 2017-01-01T00Z. Per hour:
+pv = delta(pv meter), load = delta(import) - delta(export) + delta(pv). Where readings are missing, the hours
+between the two known readings around the gap get the meter's known delta across the gap, spread by the shape
+(mean of each UTC hour, negatives as 0) of the same hours on the nearest complete days (up to 2 before and 2
+after): energy-preserving per series, listed in the output's header. A measured hour whose load comes out
+below 0 (the export meter ticking before the PV meter, <= 1.1 kWh) is clipped to 0 and counted. Prices: the
+house's local day i (Europe/Berlin; 0 = 2016-01-01, a Friday) gets price day (i + 5) mod 365 of 2023
+(2023-01-06, a Friday), by local wall hour as above (2016-03-27 has no local 02:00; the doubled 02:00 of
+2016-10-30 gets the 02:00 price twice). Result: 8,784 contiguous hours.
+
 Run: `python bench/data/make_real_traces.py` (deterministic; no randomness anywhere).
 """
 
@@ -36,6 +48,7 @@ from __future__ import annotations
 import csv
 import itertools
 import sys
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -47,6 +60,15 @@ SYDNEY = ZoneInfo("Australia/Sydney")
 HOUSE_START = date(2011, 7, 1)
 PRICE_DAY_OFFSET = 5  # 2011-07-01 (Friday) -> 2023-01-06 (Friday)
 SLOT = timedelta(minutes=30)
+HOUR = timedelta(hours=1)
+BERLIN = ZoneInfo("Europe/Berlin")
+OPSD_START = date(2016, 1, 1)  # a Friday, like 2023-01-06: PRICE_DAY_OFFSET holds for this house too
+OPSD_FILES = (
+    "opsd_de_kn_residential4_2016_h1.csv",
+    "opsd_de_kn_residential4_2016_h2.csv",
+    "opsd_de_kn_residential4_2016_close.csv",
+)
+SHAPE_DAYS = 2  # complete days each side of a gap whose hourly shape spreads the gap's energy
 
 NL_MARKUP, NL_ENERGY_TAX, NL_VAT = 0.0225, 0.12599, 0.21
 BE_MARKUP, BE_GRID_FEE, BE_ENERGY_TAX, BE_VAT, BE_EXPORT_FEE = 0.020, 0.050, 0.050, 0.06, 0.010
@@ -113,41 +135,142 @@ def tariff(zone: str, spot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(imp, 5), np.round(spot - BE_EXPORT_FEE, 5)
 
 
-def build(zone: str) -> Path:
+@dataclass(frozen=True)
+class House:
+    """A measured house on its own contiguous UTC timeline, with each slot's (local day index, local hour)."""
+
+    key: str  # output file prefix
+    about: str  # first comment lines of the output (source, place, clock)
+    stamps: list[datetime]
+    local: list[tuple[int, int]]
+    load_kw: list[float]
+    pv_kw: list[float]
+    step: timedelta
+    notes: str = ""  # further comment lines (gaps filled)
+
+
+def ausgrid_house() -> House:
     load = read_pivot(HERE / "ausgrid_c12_2011_2012_load_w.csv")
     pv = read_pivot(HERE / "ausgrid_c12_2011_2012_pv_w.csv")
     stamps, local, load_kw, pv_kw = house_series(load, pv)
+    about = (
+        "# REAL measured household (Ausgrid Solar home electricity data, customer 12, Sydney, 2011-07..2012-06,\n"
+        "# half-hourly load and PV) with REAL ENTSO-E {ZONE} 2023 day-ahead prices replayed by local\n"
+        "# clock (bench/data/make_real_traces.py; site tz Australia/Sydney, lat -33.87 lon 151.21)."
+    )
+    return House("ausgrid_c12", about, stamps, local, load_kw, pv_kw, SLOT)
+
+
+def read_meters(paths: list[Path]) -> tuple[list[datetime], dict[str, np.ndarray]]:
+    """Cumulative hourly meter readings (OPSD household data format): UTC stamps, kWh per column, NaN = empty."""
+    stamps: list[datetime] = []
+    cols: dict[str, list[float]] = {}
+    for path in paths:
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(line for line in fh if not line.startswith("#")):
+                stamps.append(datetime.fromisoformat(row.pop("utc_timestamp").replace("Z", "+00:00")))
+                for k, v in row.items():
+                    cols.setdefault(k, []).append(float(v) if v else np.nan)
+    for a, b in itertools.pairwise(stamps):
+        if b - a != HOUR:
+            raise SystemExit(f"meter readings not hourly at {a} -> {b}")
+    out = {k: np.array(v) for k, v in cols.items()}
+    for k, v in out.items():
+        if np.any(np.diff(v[np.isfinite(v)]) < 0):
+            raise SystemExit(f"meter {k} runs backwards")
+    return stamps, out
+
+
+def hourly_energy(reading: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """kWh per hour from readings at the hour starts (len(reading) - 1 hours), gaps filled; and the filled runs.
+
+    A run of hours [a, b) between two known readings (none known inside) has a known total: it is spread
+    over the run by the mean of the same UTC hours on the nearest complete days (up to SHAPE_DAYS entirely
+    before the run and SHAPE_DAYS entirely after it; negative hours count as 0), evenly if that shape is all 0.
+    """
+    if not (np.isfinite(reading[0]) and np.isfinite(reading[-1])):
+        raise SystemExit("the first and the last reading must be known")
+    d = np.diff(reading)
+    days = len(d) // 24
+    complete = [bool(np.all(np.isfinite(d[24 * j : 24 * j + 24]))) for j in range(days)]
+    known = np.flatnonzero(np.isfinite(reading))
+    runs = [(int(a), int(b)) for a, b in itertools.pairwise(known) if b - a > 1]
+    out = d.copy()
+    for a, b in runs:
+        before = [j for j in range(days) if complete[j] and 24 * j + 24 <= a][-SHAPE_DAYS:]
+        after = [j for j in range(days) if complete[j] and 24 * j >= b][:SHAPE_DAYS]
+        shape = np.mean([np.clip(d[24 * j : 24 * j + 24], 0.0, None) for j in before + after], axis=0)
+        w = shape[np.arange(a, b) % 24]
+        total = reading[b] - reading[a]
+        out[a:b] = total * w / w.sum() if w.sum() > 0 else total / (b - a)
+    return out, runs
+
+
+def _ranges(stamps: list[datetime], runs: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{stamps[a]:%Y-%m-%dT%HZ}..{stamps[b - 1]:%Y-%m-%dT%HZ} ({b - a} h)" for a, b in runs)
+
+
+def opsd_house() -> House:
+    stamps, m = read_meters([HERE / "raw" / name for name in OPSD_FILES])
+    net = m["grid_import_kwh"] - m["grid_export_kwh"] + m["pv_kwh"]  # NaN where any reading is missing
+    load, load_runs = hourly_energy(net)
+    pv, pv_runs = hourly_energy(m["pv_kwh"])
+    hours = stamps[:-1]  # the closing reading starts no hour
+    filled = np.zeros(len(hours), dtype=bool)
+    for a, b in load_runs:
+        filled[a:b] = True
+    clipped = (load < 0) & ~filled
+    load = np.clip(load, 0.0, None)
+    first = datetime.combine(OPSD_START, datetime.min.time(), tzinfo=BERLIN)
+    local = []
+    for t in hours:
+        wall = t.astimezone(BERLIN)
+        local.append(((wall.date() - first.date()).days, wall.hour))
+    about = (
+        "# REAL measured household (Open Power System Data household data, DE_KN_residential4, Konstanz, 2016,\n"
+        "# hourly meter readings; CC-BY 4.0) with REAL ENTSO-E {ZONE} 2023 day-ahead prices replayed by local\n"
+        "# clock (bench/data/make_real_traces.py; site tz Europe/Berlin, lat 47.66 lon 9.18)."
+    )
+    notes = (
+        f"# Gap hours filled energy-preserving (see make_real_traces.py): load {_ranges(hours, load_runs)};\n"
+        f"# PV {_ranges(hours, pv_runs)}. Load clipped at 0 (meter timing) in {int(clipped.sum())} measured hours.\n"
+    )
+    print(
+        f"opsd: {int(filled.sum())} load hours filled in {len(load_runs)} gaps, "
+        f"{sum(b - a for a, b in pv_runs)} PV hours in {len(pv_runs)} gaps, {int(clipped.sum())} hours clipped"
+    )
+    return House("opsd_kn_res4", about, hours, local, [float(x) for x in load], [float(x) for x in pv], HOUR, notes)
+
+
+def build(house: House, zone: str) -> Path:
     tz = ZoneInfo("Europe/Amsterdam" if zone == "nl" else "Europe/Brussels")
     days = price_days(HERE / f"entsoe_{zone}_2023_dayahead.csv", tz)
-    spot = np.array([days[(i + PRICE_DAY_OFFSET) % 365][h] for i, h in local])
+    spot = np.array([days[(i + PRICE_DAY_OFFSET) % 365][h] for i, h in house.local])
     imp, exp = tariff(zone, spot)
-    out = HERE / f"ausgrid_c12_{zone}_2023.csv"
+    out = HERE / f"{house.key}_{zone}_2023.csv"
     tariff_text = (
         f"import = (spot + {NL_MARKUP} + {NL_ENERGY_TAX}) x {1 + NL_VAT}, export = spot (no net metering)"
         if zone == "nl"
         else f"import = (spot + {BE_MARKUP} + {BE_GRID_FEE} + {BE_ENERGY_TAX}) x {1 + BE_VAT}, "
         f"export = spot - {BE_EXPORT_FEE}"
     )
+    per_h = house.step / HOUR
     with out.open("w", newline="") as fh:
-        fh.write(
-            "# REAL measured household (Ausgrid Solar home electricity data, customer 12, Sydney, 2011-07..2012-06,\n"
-            f"# half-hourly load and PV) with REAL ENTSO-E {zone.upper()} 2023 day-ahead prices replayed by local\n"
-            "# clock "
-            f"(bench/data/make_real_traces.py; site tz Australia/Sydney, lat -33.87 lon 151.21). {tariff_text}.\n"
-        )
+        fh.write(f"{house.about.replace('{ZONE}', zone.upper())} {tariff_text}.\n{house.notes}")
         fh.write("ts,import_price,export_price,load_kw,pv_kw\n")
-        for t, ip, ep, lk, pk in zip(stamps, imp, exp, load_kw, pv_kw, strict=True):
+        for t, ip, ep, lk, pk in zip(house.stamps, imp, exp, house.load_kw, house.pv_kw, strict=True):
             fh.write(f"{t:%Y-%m-%dT%H:%M:%SZ},{ip:.5f},{ep:.5f},{lk:.3f},{pk:.3f}\n")
     print(
-        f"{out.name}: {len(stamps)} slots, load {sum(load_kw) / 2:.0f} kWh, PV {sum(pv_kw) / 2:.0f} kWh, "
-        f"spot mean {1000 * spot.mean():.1f} EUR/MWh"
+        f"{out.name}: {len(house.stamps)} slots, load {sum(house.load_kw) * per_h:.0f} kWh, "
+        f"PV {sum(house.pv_kw) * per_h:.0f} kWh, spot mean {1000 * spot.mean():.1f} EUR/MWh"
     )
     return out
 
 
 def main() -> int:
-    for zone in ("nl", "be"):
-        build(zone)
+    for house in (ausgrid_house(), opsd_house()):
+        for zone in ("nl", "be"):
+            build(house, zone)
     return 0
 
 
