@@ -8,7 +8,8 @@ Inputs (all in this folder, sources and licences in README.md):
 
 Output: `ausgrid_c12_<zone>_2023.csv` (and `opsd_kn_res4_<zone>_2023.csv`, below) in the `zapcloud backtest`
 trace format (ts,import_price,export_price,load_kw,pv_kw), half-hourly, on the house's own timeline (UTC), so
-the PV stays consistent with the sun at the house (lat -33.87, lon 151.21; pass `--tz Australia/Sydney --lat -33.87 --lon 151.21 --azimuth 0` to the backtest).
+the PV stays consistent with the sun at the house (lat -33.87, lon 151.21; pass
+`--tz Australia/Sydney --lat -33.87 --lon 151.21 --azimuth 0` to the backtest).
 
 The house and the prices come from different places and years, so the prices are replayed onto the house by
 LOCAL clock, which is what matters for a battery (the evening peak of the load meets the evening peak of the
@@ -210,8 +211,27 @@ def _ranges(stamps: list[datetime], runs: list[tuple[int, int]]) -> str:
     return ", ".join(f"{stamps[a]:%Y-%m-%dT%HZ}..{stamps[b - 1]:%Y-%m-%dT%HZ} ({b - a} h)" for a, b in runs)
 
 
+def opsd_true_clock(stamps: list[datetime], m: dict[str, np.ndarray]) -> tuple[list[datetime], dict[str, np.ndarray]]:
+    """The readings on the true UTC clock: the source's `utc_timestamp` is the logger's Berlin wall clock minus
+    1 h all year (CET taken for UTC), so during summer time it runs 1 h late. Evidence (README): PV output in
+    evening hours with the sun 8-15 degrees below the horizon, on summer-time days only (2016-03-27 .. 10-28),
+    and a clear-day PV peak 1 h later than the sun's in summer, not in winter. The row whose wall time does
+    not exist (2016-03-27, label 01:00Z = 02:00 wall) is one the source interpolated and is dropped; the
+    doubled wall hour of 2016-10-30 has one reading (taken as the CET one), so 00:00Z has none and is a gap."""
+    at: dict[datetime, int] = {}
+    for i, t in enumerate(stamps):
+        wall = (t + HOUR).replace(tzinfo=None)
+        true = wall.replace(tzinfo=BERLIN, fold=1).astimezone(UTC)
+        if true.astimezone(BERLIN).replace(tzinfo=None) == wall:  # else: a wall time that does not exist
+            at[true] = i
+    grid = [stamps[0] + HOUR * k for k in range(int((stamps[-1] - stamps[0]) / HOUR) + 1)]
+    idx = np.array([at.get(t, -1) for t in grid])
+    out = {k: np.where(idx >= 0, v[np.maximum(idx, 0)], np.nan) for k, v in m.items()}
+    return grid, out
+
+
 def opsd_house() -> House:
-    stamps, m = read_meters([HERE / "raw" / name for name in OPSD_FILES])
+    stamps, m = opsd_true_clock(*read_meters([HERE / "raw" / name for name in OPSD_FILES]))
     net = m["grid_import_kwh"] - m["grid_export_kwh"] + m["pv_kwh"]  # NaN where any reading is missing
     load, load_runs = hourly_energy(net)
     pv, pv_runs = hourly_energy(m["pv_kwh"])
@@ -234,6 +254,7 @@ def opsd_house() -> House:
     notes = (
         f"# Gap hours filled energy-preserving (see make_real_traces.py): load {_ranges(hours, load_runs)};\n"
         f"# PV {_ranges(hours, pv_runs)}. Load clipped at 0 (meter timing) in {int(clipped.sum())} measured hours.\n"
+        "# Clock: the source's stamps run 1 h late in summer time; shifted to true UTC (see opsd_true_clock).\n"
     )
     print(
         f"opsd: {int(filled.sum())} load hours filled in {len(load_runs)} gaps, "
