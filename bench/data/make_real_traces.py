@@ -31,7 +31,8 @@ Tariffs (EUR/kWh):
 
 OPSD house (`raw/opsd_de_kn_residential4_2016_{h1,h2,close}.csv`): Open Power System Data "Household data",
 DE_KN_residential4 (Konstanz, 47.66 N 9.18 E; PV, heat pump, EV), cumulative kWh meter readings (grid import,
-grid export, PV) at the start of every UTC hour of 2016 plus the closing reading 2017-01-01T00Z. Per hour:
+grid export, PV) at every hour of 2016 plus the closing reading 2017-01-01T00Z, moved to true UTC first (the
+source's stamps run 1 h late in summer time: `opsd_true_clock`). Per hour:
 pv = delta(pv meter), load = delta(import) - delta(export) + delta(pv). Where readings are missing, the hours
 between the two known readings around the gap get the meter's known delta across the gap, spread by the shape
 (mean of each UTC hour, negatives as 0) of the same hours on the nearest complete days (up to 2 before and 2
