@@ -28,6 +28,7 @@ class Execution(StrEnum):
     GRID_TARGET = "grid_target"
     DIRECTIONAL = "directional"
     VALUE = "value"
+    SETPOINT_VALUE = "setpoint_value"  # SETPOINT's self-consumption slots, VALUE's absorb in the others
 
 
 DEFAULT_EXECUTION: Final = Execution.SETPOINT
@@ -156,7 +157,7 @@ def slot_intent(
 ) -> Intent:
     """The edge intent for one plan slot (battery part); `limits` are passed to the Intent unchanged.
 
-    `value` is `value_absorb` for this slot; only Execution.VALUE uses it."""
+    `value` is `value_absorb` for this slot; only Execution.VALUE and SETPOINT_VALUE use it."""
     battery_kw = charge_kw - discharge_kw
     battery_w = round(battery_kw * 1000.0, 1)
     grid_w = round((import_kw - export_kw) * 1000.0, 1)
@@ -173,6 +174,8 @@ def slot_intent(
         return Intent(mode=IntentMode.SELF_CONSUMPTION, battery_w=battery_w, **limits)  # type: ignore[arg-type]
     if execution is Execution.SETPOINT:
         absorb = None
+    elif execution is Execution.SETPOINT_VALUE:
+        absorb = either(value, absorb_for(import_kw, export_kw, battery_kw))
     elif execution is Execution.GRID_TARGET:
         absorb = Absorb.BOTH
     else:

@@ -76,6 +76,10 @@ def test_slot_intent_per_execution() -> None:
     assert slot_intent(1.0, 0.0, 0.0, 0.0, Execution.DIRECTIONAL).absorb is None
     balance = slot_intent(0.0, 0.0, 0.0, 1.0, Execution.SETPOINT)  # no grid exchange planned
     assert balance.mode is IntentMode.SELF_CONSUMPTION
+    # SETPOINT_VALUE: self-consumption where nothing is exchanged, the value's absorb where the plan trades
+    assert slot_intent(0.0, 0.0, 0.0, 1.0, Execution.SETPOINT_VALUE, None).mode is IntentMode.SELF_CONSUMPTION
+    held = slot_intent(1.0, 0.0, 0.0, 0.0, Execution.SETPOINT_VALUE, Absorb.UP)
+    assert held.mode is IntentMode.SETPOINT and held.absorb is Absorb.UP and held.grid_w == 1000.0
 
 
 class OldIntent(msgspec.Struct, frozen=True, kw_only=True):
