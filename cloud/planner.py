@@ -52,7 +52,6 @@ from cloud.forecast import (
     OpenMeteoClient,
     PvFactor,
     WeatherError,
-    clear_sky,
     forecast_pv,
     learn_pv_factor,
     mae,
@@ -66,6 +65,7 @@ from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
 from cloud.server.service import next_plan_version, publish_plan
 from cloud.site_forecast import ModelChoice, PvChoice, site_load_forecast, site_pv_model
 from cloud.site_series import SiteSeries, load_series
+from cloud.sky_cache import clear_sky_cached
 from cloud.tariffs import Tariff, TariffError, billing_period_start, decode_tariff, demand_charge, price_arrays
 from cloud_sync.wire import WireError
 from zapd.model import Intent, IntentMode, Plan, PlanSlot
@@ -265,7 +265,8 @@ async def _pv_forecast(
     if not assets.pv:
         return np.zeros(horizon), PvFactor()
     past = options.pv_history_days * SLOTS_PER_DAY
-    sky = clear_sky(assets.pv_location(), assets.pv_arrays(), start - STEP * past, STEP, past + horizon)
+    # cached per UTC day across sites and plans (cloud/sky_cache.py): the same numbers, computed once
+    sky = clear_sky_cached(assets.pv_location(), assets.pv_arrays(), start - STEP * past, STEP, past + horizon)
     weather = await _weather(assets, start, horizon, options)
     if options.models.pv is PvChoice.FIT:
         model = await site_pv_model(db, site_id, assets, series, now, options.models)

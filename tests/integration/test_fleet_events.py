@@ -281,3 +281,43 @@ async def ingest_lost(db: Database, site_id: str, rs: list[WireReading]) -> None
             batch = make_batch(site_id, part, lost_through=part[0].seq - 1)
         assert (await db.ingest_telemetry(batch)).accepted
         stored = part[-1].seq
+
+
+async def test_the_sky_cache_changes_no_curve_and_no_allocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same event over the same fleet, once with pvlib over each plan's whole window (as before the
+    cache) and once from the day cache warmed by routine plans: every curve, choice and plan is the same."""
+    from cloud import planner, sky_cache
+    from cloud.forecast import clear_sky
+    from cloud.planner import plan_next
+
+    async def run(name: str) -> tuple[dict[str, tuple[object, ...]], dict[str, object]]:
+        database = Database(f"sqlite+aiosqlite:///{tmp_path / name}.sqlite")
+        await database.create_schema()
+        try:
+            await fleet(database, n=4, days=1)
+            while await plan_next(database, KEY, "w", T0, OPTS) is not None:  # routine plans warm the cache
+                pass
+            event_id = (await create_event(database, WINDOW, T0)).event_id
+            while await work_one(database, KEY, "w", T0, OPTS):
+                pass
+            rows = await jobs(database, event_id)
+            async with database.engine.connect() as conn:
+                got = await conn.execute(select(plans.c.site_id, plans.c.version, plans.c.body))
+                bodies = {f"{r.site_id}/{r.version}": r.body for r in got}
+        finally:
+            await database.dispose()
+        keys = ("state", "base_net_kw", "curve", "incentive", "reduction_kw", "extra_cost", "plan_version")
+        return {s: tuple(r[k] for k in keys) for s, r in rows.items()}, bodies
+
+    sky_cache.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(planner, "clear_sky_cached", clear_sky)
+        uncached = await run("uncached")
+    assert sky_cache.cache_info().currsize == 0
+    cached = await run("cached")
+    assert sky_cache.cache_info().hits > 0
+    assert cached[0] == uncached[0]
+    assert any(state == "dispatched" for state, *_ in cached[0].values())
+    assert cached[1] == uncached[1]  # the signed plans themselves, routine and DR, byte for byte
