@@ -2,13 +2,16 @@
 
 Buses come from the bus registry, so every device on one serial port or TCP endpoint shares
 one owner; the config check has already refused one port with two sets of line settings.
+
+Each kind's driver module is imported by its factory, and recognition (`map = "auto"`: SunSpec
+models, the profile catalogue, importlib.resources) only for a device that asks for it: a site of
+fixed-map inverters does not carry the SunSpec, EV or meter code (~1.9 MB; docs/decisions.md, footprint).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drivers.modbus.auto_profile import AutoProfileInverter, AutoProfileMeter
 from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
 from drivers.modbus.config import (
     ModbusEvDevice,
@@ -19,15 +22,14 @@ from drivers.modbus.config import (
     SunSpecRtuDevice,
     SunSpecTcpDevice,
 )
-from drivers.modbus.ev_charger import ModbusEvCharger
-from drivers.modbus.hybrid_inverter import ModbusHybridInverter
-from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import AUTO_MAP, RegisterMap, load_register_map
-from drivers.modbus.sunspec import SunSpecInverter
-from zapd.clock import Clock
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
+    from drivers.modbus.auto_profile import AutoProfileInverter, AutoProfileMeter
+    from drivers.modbus.hybrid_inverter import ModbusHybridInverter
+    from drivers.modbus.map_meter import ModbusMapMeter
+    from zapd.clock import Clock
     from zapd.devices import DeviceSet
 
 
@@ -61,6 +63,8 @@ def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice) 
 def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuDevice, clock: Clock) -> None:
     """A read-only meter: one METER DER named like the device, on a TCP or a serial bus; with
     `map = "auto"` its profile is recognised at start (drivers/modbus/auto_profile.py)."""
+    from drivers.modbus.map_meter import ModbusMapMeter
+
     bus = _tcp_bus(dev) if isinstance(dev, ModbusMeterTcpDevice) else _serial_bus(dev)
 
     def make(rmap: RegisterMap) -> ModbusMapMeter:
@@ -76,6 +80,8 @@ def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuD
 
     meter: ModbusMapMeter | AutoProfileMeter
     if dev.map == AUTO_MAP:
+        from drivers.modbus.auto_profile import AutoProfileMeter
+
         meter = AutoProfileMeter(device_id=dev.id, bus=bus, unit_id=dev.unit_id, clock=clock, make=make)
     else:
         meter = make(load_register_map(dev.map))
@@ -87,6 +93,8 @@ def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuD
 def add_register_map_device(out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevice, clock: Clock) -> None:
     """The same register-map driver serves a device on TCP or on an RS-485 line; `map = "auto"` finds
     the profile at start (drivers/modbus/auto_profile.py)."""
+    from drivers.modbus.hybrid_inverter import ModbusHybridInverter
+
     bus = _tcp_bus(dev) if isinstance(dev, ModbusTcpDevice) else _serial_bus(dev)
 
     def make(rmap: RegisterMap) -> ModbusHybridInverter:
@@ -108,6 +116,8 @@ def add_register_map_device(out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevi
 
     inverter: ModbusHybridInverter | AutoProfileInverter
     if dev.map == AUTO_MAP:
+        from drivers.modbus.auto_profile import AutoProfileInverter
+
         inverter = AutoProfileInverter(device_id=dev.id, bus=bus, unit_id=dev.unit_id, clock=clock, make=make)
         has_pv = True  # not known before recognition: declared, as a SunSpec device's PV is
     else:
@@ -131,6 +141,8 @@ def add_sunspec(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, clock:
     the DERs the config says it has (`battery`, `meter` flags); the driver reports none of
     them until the scan shows them, and refuses commands until then.
     """
+    from drivers.modbus.sunspec import SunSpecInverter
+
     inverter = SunSpecInverter(
         device_id=dev.id,
         bus=_serial_bus(dev)
@@ -170,6 +182,8 @@ def add_sunspec(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, clock:
 
 def add_modbus_ev(out: DeviceSet, dev: ModbusEvDevice, clock: Clock) -> None:
     """An EV charger through its register map: one `<id>.ev` DER, controllable by current."""
+    from drivers.modbus.ev_charger import ModbusEvCharger
+
     charger = ModbusEvCharger(
         device_id=dev.id,
         bus=get_tcp_bus(dev.host, dev.port, timeout_s=dev.timeout_s),

@@ -72,7 +72,8 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_zapd_run_with_a_plain_meter_and_no_cloud_leaves_the_heavy_modules_out(tmp_path: Path) -> None:
+def _modules_of_zapd_run(tmp_path: Path, devices: str) -> set[str]:
+    """sys.modules of a `zapd run` (no cloud, metrics on) with these `[[devices]]`, once its API is up."""
     config = tmp_path / "zapd.toml"
     config.write_text(
         textwrap.dedent(
@@ -86,23 +87,60 @@ def test_zapd_run_with_a_plain_meter_and_no_cloud_leaves_the_heavy_modules_out(t
             socket = "{tmp_path / "zapd.sock"}"
             [metrics]
             port = {_free_port()}
-            [[devices]]
-            id = "meter"
-            driver = "p1_tcp"
-            host = "127.0.0.1"
-            port = {_free_port()}
             """
         )
+        + textwrap.dedent(devices)
     )
     out = tmp_path / "modules.json"
     res = _run(RUNNER, str(config), str(tmp_path / "zapd.sock"), str(out))
     assert out.exists(), res.stderr[-3000:]
     assert res.returncode == 0, res.stderr[-3000:]
-    loaded = set(json.loads(out.read_text()))
+    return set(json.loads(out.read_text()))
+
+
+def _present(heavy: set[str], loaded: set[str]) -> list[str]:
+    return sorted(m for m in heavy if m in loaded or any(k.startswith(m + ".") for k in loaded))
+
+
+def test_zapd_run_with_a_plain_meter_and_no_cloud_leaves_the_heavy_modules_out(tmp_path: Path) -> None:
+    devices = f"""
+        [[devices]]
+        id = "meter"
+        driver = "p1_tcp"
+        host = "127.0.0.1"
+        port = {_free_port()}
+        """
+    loaded = _modules_of_zapd_run(tmp_path, devices)
     assert "drivers.p1.dsmr" in loaded and "pydantic" in loaded  # it did build the site
     heavy = set(HEAVY_FOR_A_PLAIN_SITE) | {"pymodbus", "serial_asyncio"}  # no Modbus device, a TCP meter
-    present = sorted(m for m in heavy if m in loaded or any(k.startswith(m + ".") for k in loaded))
-    assert present == []
+    assert _present(heavy, loaded) == []
+
+
+# What a site of fixed-map Modbus inverters does not use: recognition (`map = "auto"`, SunSpec
+# scans and their model catalogue) and the other Modbus kinds' drivers.
+MODBUS_NOT_FOR_A_FIXED_MAP = (
+    "drivers.modbus.sunspec",
+    "drivers.modbus.sunspec_models",
+    "drivers.modbus.auto_profile",
+    "drivers.modbus.recognize",
+    "drivers.modbus.ev_charger",
+    "drivers.modbus.map_meter",
+)
+
+
+def test_zapd_run_with_fixed_map_inverters_leaves_recognition_and_other_modbus_kinds_out(tmp_path: Path) -> None:
+    devices = f"""
+        [[devices]]
+        id = "inverter"
+        driver = "modbus_tcp"
+        host = "127.0.0.1"
+        port = {_free_port()}
+        map = "sim_hybrid"
+        """
+    loaded = _modules_of_zapd_run(tmp_path, devices)
+    assert "drivers.modbus.hybrid_inverter" in loaded and "pymodbus" in loaded  # it did build the inverter
+    heavy = set(HEAVY_FOR_A_PLAIN_SITE) | set(MODBUS_NOT_FOR_A_FIXED_MAP)
+    assert _present(heavy, loaded) == []
 
 
 DSMR_CHECK = textwrap.dedent(
