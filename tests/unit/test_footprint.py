@@ -72,8 +72,8 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _modules_of_zapd_run(tmp_path: Path, devices: str) -> set[str]:
-    """sys.modules of a `zapd run` (no cloud, metrics on) with these `[[devices]]`, once its API is up."""
+def _modules_of_zapd_run(tmp_path: Path, device_id: str, driver: str, extra: str = "") -> set[str]:
+    """sys.modules of a `zapd run` (no cloud, metrics on) with one TCP device, once its API is up."""
     config = tmp_path / "zapd.toml"
     config.write_text(
         textwrap.dedent(
@@ -87,9 +87,14 @@ def _modules_of_zapd_run(tmp_path: Path, devices: str) -> set[str]:
             socket = "{tmp_path / "zapd.sock"}"
             [metrics]
             port = {_free_port()}
+            [[devices]]
+            id = "{device_id}"
+            driver = "{driver}"
+            host = "127.0.0.1"
+            port = {_free_port()}
             """
         )
-        + textwrap.dedent(devices)
+        + extra
     )
     out = tmp_path / "modules.json"
     res = _run(RUNNER, str(config), str(tmp_path / "zapd.sock"), str(out))
@@ -103,14 +108,7 @@ def _present(heavy: set[str], loaded: set[str]) -> list[str]:
 
 
 def test_zapd_run_with_a_plain_meter_and_no_cloud_leaves_the_heavy_modules_out(tmp_path: Path) -> None:
-    devices = f"""
-        [[devices]]
-        id = "meter"
-        driver = "p1_tcp"
-        host = "127.0.0.1"
-        port = {_free_port()}
-        """
-    loaded = _modules_of_zapd_run(tmp_path, devices)
+    loaded = _modules_of_zapd_run(tmp_path, "meter", "p1_tcp")
     assert "drivers.p1.dsmr" in loaded and "pydantic" in loaded  # it did build the site
     heavy = set(HEAVY_FOR_A_PLAIN_SITE) | {"pymodbus", "serial_asyncio"}  # no Modbus device, a TCP meter
     assert _present(heavy, loaded) == []
@@ -129,15 +127,7 @@ MODBUS_NOT_FOR_A_FIXED_MAP = (
 
 
 def test_zapd_run_with_fixed_map_inverters_leaves_recognition_and_other_modbus_kinds_out(tmp_path: Path) -> None:
-    devices = f"""
-        [[devices]]
-        id = "inverter"
-        driver = "modbus_tcp"
-        host = "127.0.0.1"
-        port = {_free_port()}
-        map = "sim_hybrid"
-        """
-    loaded = _modules_of_zapd_run(tmp_path, devices)
+    loaded = _modules_of_zapd_run(tmp_path, "inverter", "modbus_tcp", 'map = "sim_hybrid"\n')
     assert "drivers.modbus.hybrid_inverter" in loaded and "pymodbus" in loaded  # it did build the inverter
     heavy = set(HEAVY_FOR_A_PLAIN_SITE) | set(MODBUS_NOT_FOR_A_FIXED_MAP)
     assert _present(heavy, loaded) == []
