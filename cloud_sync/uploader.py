@@ -15,6 +15,7 @@ emptied the outbox).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
@@ -184,6 +185,33 @@ class Uploader:
         self._sent_through: int | None = None
         self.acks_rejected: dict[str, int] = {}
         self._logged_ack_reasons: set[str] = set()
+        self._ready: asyncio.Event | None = None  # set by data_ready(): None until a writer says it will call it
+
+    def data_ready(self) -> None:
+        """New readings are in the outbox (zapd.telemetry_writer calls this after each flush).
+
+        Once called, a round starts when both the interval since the last round's start has passed
+        and new readings are there (or a second interval has passed: command reports, a quiet site),
+        so the upload follows the write instead of drifting up to an interval against it. The
+        interval stays the bound on the upload rate.
+        """
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        self._ready.set()
+
+    async def _pause(self, started: datetime) -> None:
+        elapsed = (self._clock.now() - started).total_seconds()
+        await self._clock.sleep(self._interval_s - elapsed)
+        ready = self._ready
+        if ready is None or ready.is_set():
+            return
+        waiter = asyncio.ensure_future(ready.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(self._interval_s))
+        try:
+            await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
 
     @property
     def path(self) -> str:
@@ -369,6 +397,8 @@ class Uploader:
     async def run(self) -> None:
         while True:
             now = self._clock.now()
+            if self._ready is not None:
+                self._ready.clear()  # before the outbox is read: a flush from now on wakes the next round
             try:
                 await self._report_discovery_apart()
                 sent = await self.drain()
@@ -377,7 +407,7 @@ class Uploader:
                     self._link.last_upload = now
                     self._link.uploaded_readings += sent
                 self._backoff.reset()
-                await self._clock.sleep(self._interval_s)
+                await self._pause(now)
             except (httpx.HTTPError, UploadRejected, WireError, OSError) as exc:
                 self._link.failed(now, "upload", f"{type(exc).__name__}: {exc}")
                 await self._clock.sleep(self._backoff.next_delay())

@@ -263,7 +263,10 @@ class Daemon:
             raise
         if self.cloud is not None:
             await self.cloud.load()
-        self.telemetry = TelemetryWriter(self.store)
+        # each flush wakes the uploader, so a reading reaches the cloud right after it is stored
+        self.telemetry = TelemetryWriter(
+            self.store, on_written=self.cloud.uploader.data_ready if self.cloud is not None else None
+        )
         await self.energy.load(self.store)  # before the first reading counts: a total never goes down
         for der_id, kind in self.devices.kinds.items():
             self.state.register(der_id, kind, self.devices.poll_s[der_id])
