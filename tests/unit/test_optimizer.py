@@ -567,6 +567,21 @@ def test_cli_infeasible_exits_1(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["status"] == "infeasible"
 
 
+def _empty_battery(capacity_kwh: float, soc_max: float, power_kw: float, efficiency: float) -> Battery:
+    """An empty battery (reserve 0) without wear, for hand-worked examples."""
+    return Battery(
+        capacity_kwh=capacity_kwh,
+        soc_initial=0.0,
+        soc_min=0.0,
+        soc_max=soc_max,
+        max_charge_kw=power_kw,
+        max_discharge_kw=power_kw,
+        charge_efficiency=efficiency,
+        discharge_efficiency=efficiency,
+        cycle_cost_per_kwh=0.0,
+    )
+
+
 def test_energy_value_is_what_a_stored_kwh_saves() -> None:
     """Two hours, an empty battery (90 % each way), 1 kW of load, import 0.10 then 0.30 EUR/kWh.
 
@@ -584,17 +599,7 @@ def test_energy_value_is_what_a_stored_kwh_saves() -> None:
         export_price=[0.0, 0.0],
         load_kw=[1.0, 1.0],
         pv_kw=[0.0, 0.0],
-        battery=Battery(
-            capacity_kwh=10.0,
-            soc_initial=0.0,
-            soc_min=0.0,
-            soc_max=1.0,
-            max_charge_kw=5.0,
-            max_discharge_kw=5.0,
-            charge_efficiency=0.9,
-            discharge_efficiency=0.9,
-            cycle_cost_per_kwh=0.0,
-        ),
+        battery=_empty_battery(10.0, 1.0, 5.0, 0.9),
         grid=Grid(max_import_kw=10.0, max_export_kw=10.0),
     )
     s = solve(problem)
@@ -620,17 +625,7 @@ def test_a_better_mip_solution_than_the_start_is_returned() -> None:
             export_price=exp,
             load_kw=load,
             pv_kw=pv,
-            battery=Battery(
-                capacity_kwh=1.0,
-                soc_initial=0.0,
-                soc_min=0.0,
-                soc_max=0.6,
-                max_charge_kw=0.0,
-                max_discharge_kw=0.0,
-                charge_efficiency=1.0,
-                discharge_efficiency=1.0,
-                cycle_cost_per_kwh=0.0,
-            ),
+            battery=_empty_battery(1.0, 0.6, 0.0, 1.0),
             grid=Grid(max_import_kw=2.0, max_export_kw=1.0),
         )
     )
