@@ -72,23 +72,34 @@ def battery_range(
     points = [s.power_w for s in samples if s.ts >= ref.ts]
     moving = [c for c in commands if (ref.ts - c.at).total_seconds() < settle_s]
     before = [c for c in commands if c.at <= ref.ts]
-    if before and _done(before[-1], ref, samples, dead_time_s, tolerance_w):
+    if before and _done(before, ref, samples, dead_time_s, tolerance_w):
         # The newest setpoint before the reading is done: it and the older ones no longer move the battery.
         moving = [c for c in moving if c.at > before[-1].at]
     points += [c.power_w for c in moving]
     return min(points) - tolerance_w, max(points) + tolerance_w
 
 
-def _done(command: Command, reading: Sample, samples: Sequence[Sample], dead_time_s: float, tolerance_w: float) -> bool:
-    """Has the battery finished following `command` by the time of `reading`?
+def _done(
+    before: Sequence[Command], reading: Sample, samples: Sequence[Sample], dead_time_s: float, tolerance_w: float
+) -> bool:
+    """Has the battery finished following the newest of `before` (the setpoints up to `reading`) by then?
 
-    Reached: the reading is the setpoint (within the tolerance). Or stopped: this reading and the one
-    before it agree, and both came after the dead time, so the battery is not waiting to start and
-    not ramping; it stopped where its limits, its rounding or its own control put it. (Two readings
-    that agree *within* the dead time prove nothing: that is the poll that predates the write's
-    effect, the reading issue 10 trusted.)
+    Reached: the reading is the setpoint (within the tolerance), and so is every setpoint the
+    inverter may still act on: the newest one that is surely in force (written a dead time or more
+    before the reading) and every one written after it. A reading that matches the newest setpoint
+    inside its dead time proves nothing by itself: the battery may still be where it was, about to
+    follow an older setpoint that is waiting out its own dead time (written 51 W, then 0 W half a
+    second later, polled at 0 W: the 51 W is still to come), or ramping through the value on its
+    way elsewhere. Without a setpoint surely in force there is no proof either.
+
+    Or stopped: this reading and the one before it agree, and both came after the dead time, so the
+    battery is not waiting to start and not ramping; it stopped where its limits, its rounding or
+    its own control put it. (Two readings that agree *within* the dead time prove nothing: that is
+    the poll that predates the write's effect, the reading issue 10 trusted.)
     """
-    if abs(command.power_w - reading.power_w) <= tolerance_w:
+    command = before[-1]
+    in_force = [i for i, c in enumerate(before) if (reading.ts - c.at).total_seconds() >= dead_time_s]
+    if in_force and all(abs(c.power_w - reading.power_w) <= tolerance_w for c in before[in_force[-1] :]):
         return True
     earlier = [s for s in samples if s.ts < reading.ts]
     if not earlier:

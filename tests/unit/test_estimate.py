@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers.sim.physics import ActuatorDynamics, BatteryModel
@@ -71,6 +71,12 @@ def test_a_write_after_the_poll_is_in_the_range() -> None:
     assert lo <= -2000.0 and hi >= 3000.0
 
 
+def test_a_poll_matching_the_newest_write_inside_its_dead_time_keeps_an_older_write_still_to_act() -> None:
+    # 3000 W written at 10 s, 0 W at 11 s; the poll at 12 s reads 0 W (nothing acted yet); the 3000 W is to come.
+    lo, hi = rng([(5.0, 0.0), (12.0, 0.0)], [(10.0, 3000.0), (11.0, 0.0)], meter_s=14.0)
+    assert lo <= 0.0 and hi >= 3000.0
+
+
 def test_hold_inside_the_interval_and_move_to_the_nearest_end_outside() -> None:
     def answer(f: float) -> float:
         return 1000.0 + 2000.0 * f
@@ -89,6 +95,18 @@ def test_hold_inside_the_interval_and_move_to_the_nearest_end_outside() -> None:
     meter_window=st.floats(0.0, 1.0),  # the meter's true window, as a fraction of its interval (+ up to 1 s delay)
     meter_delay_s=st.floats(0.0, 1.0),
     writes=st.lists(st.tuples(st.floats(0.0, 120.0), st.floats(-5000.0, 5000.0)), min_size=1, max_size=8),
+)
+# Found by hypothesis: 51 W written, then 0 W half a second later, the 2 s dead time still running on
+# the 51 W; the poll at 1 s reads 0 W, which matched the newest setpoint and was taken as "reached",
+# so the range closed on 0 W while the battery was about to spend 0.5 s at 51 W.
+@example(
+    delay_s=2.0,
+    ramp=500.0,
+    poll_s=1.0,
+    meter_every_s=1.0,
+    meter_window=0.0,
+    meter_delay_s=0.5,
+    writes=[(0.0, 51.0), (0.5, 0.0)],
 )
 def test_the_range_holds_the_simulated_inverters_power_over_the_meter_window(
     delay_s: float,
