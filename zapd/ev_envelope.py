@@ -143,6 +143,7 @@ def clamp_evs(
     if math.isfinite(battery_new_w):
         budget = _ev_budget(snapshot, known_chargers, site, battery_now_w, max(0.0, battery_new_w))
     wanted: dict[str, float] = {}
+    asked = False  # the intent asks a number of W for the chargers (not a hold, not "as fast as the fuse allows")
     hold = intent.mode is IntentMode.HOLD
     if not hold and intent.ev_w is not None and not math.isfinite(intent.ev_w):
         hold = True  # a request that is not a number asks for nothing more than the safe hold
@@ -156,6 +157,7 @@ def clamp_evs(
         wanted = {c.der_id: c.max_current_a for c in connected}
         request_w = math.inf
     else:
+        asked = True
         request_w = max(0.0, intent.ev_w)
         room_w = sum(c.max_current_a * c.w_per_a for c in connected)
         share = min(1.0, request_w / room_w) if room_w > 0 else 0.0
@@ -177,8 +179,10 @@ def clamp_evs(
     for c in chargers:
         a = got.get(c.der_id, 0.0)
         why = reasons.get(c.der_id, "")
-        if not why and wanted.get(c.der_id) == 0.0 and request_w > 0:
-            why = "request below minimum current: pause"
+        if not why and wanted.get(c.der_id) == 0.0 and asked:
+            # The plan asked for less than this charger's minimum (6 A; IEC 61851 offers nothing less),
+            # or for nothing at all (0 W or less): a pause the plan chose, said so a technician can tell.
+            why = "request below minimum current: pause" if request_w > 0 else "no EV power requested: pause"
         elif not why and a < wanted.get(c.der_id, 0.0) - 1e-6:
             why = "fuse limit"
         out.append(EvSetpoint(c.der_id, a, c.phases, a * c.w_per_a if a > 0 else 0.0, why))

@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests import garbage
@@ -186,8 +186,26 @@ def garbage_scenarios(draw: st.DrawFn) -> tuple[Intent, Snapshot, list[EvEnvelop
     return intent, snapshot, chargers, site, draw(maybe_bad(st.floats(min_value=-5000, max_value=5000)))
 
 
+def _asked_nothing() -> tuple[Intent, Snapshot, list[EvEnvelope], SiteLimits, float]:
+    """Found by hypothesis: a plan asking 0 W of one connected 6..6 A charger, the meter known."""
+    charger = EvEnvelope("ev0", max_current_a=6.0, phases=1, min_current_a=6.0, voltage_v=V)
+    site = SiteLimits(fuse_limit_w=6.0 * V, fuse_a=6.0, voltage_v=V, phases=1, max_export_w=None)
+    batteries = {"b": BatteryView("b", 0.5, 0.0)}
+    snapshot = Snapshot(NOW, 0.0, None, None, batteries, {}, {"ev0": EvView("ev0", 0.0, True)})
+    return Intent(mode=IntentMode.SETPOINT, ev_w=0.0), snapshot, [charger], site, 0.0
+
+
+def test_a_plan_asking_no_ev_power_pauses_with_a_reason() -> None:
+    intent, snapshot, chargers, site, battery_new = _asked_nothing()
+    (sp,) = clamp_evs(intent, snapshot, chargers, site, battery_new)
+    assert (sp.current_a, sp.clamped_reason) == (0.0, "no EV power requested: pause")
+    (below,) = clamp_evs(Intent(mode=IntentMode.SETPOINT, ev_w=1000.0), snapshot, chargers, site, battery_new)
+    assert (below.current_a, below.clamped_reason) == (0.0, "request below minimum current: pause")
+
+
 @settings(max_examples=600, deadline=None)
 @given(garbage_scenarios())
+@example(_asked_nothing())
 def test_non_finite_input_is_unknown_and_safe(
     case: tuple[Intent, Snapshot, list[EvEnvelope], SiteLimits, float],
 ) -> None:
@@ -206,6 +224,21 @@ def test_non_finite_input_is_unknown_and_safe(
             continue
         if sp.current_a == 0.0 and sp.clamped_reason == "fuse limit":
             continue  # not even the minimum current fits under the fuse (a 3-phase charger on a small 1-phase fuse)
+        asked = intent.mode is not IntentMode.HOLD and intent.ev_w is not None and math.isfinite(intent.ev_w)
+        if sp.current_a == 0.0 and sp.clamped_reason == "no EV power requested: pause":
+            assert asked and intent.ev_w is not None and intent.ev_w <= 0.0, (sp, intent)  # the plan asked 0 W
+            continue
+        if sp.current_a == 0.0 and sp.clamped_reason == "request below minimum current: pause":
+            # Dropped only when the request cannot feed every connected charger its minimum.
+            connected = [
+                k
+                for k in chargers
+                if ok(k.max_current_a, 0, 1e4) and ok(k.min_current_a, 0, 1e4) and ok(k.voltage_v, 1, 1e5)
+                and (v := snapshot.evs.get(k.der_id)) is not None and v.connected
+            ]  # fmt: skip
+            all_minimums_w = sum(k.min_current_a * k.w_per_a for k in connected)
+            assert asked and intent.ev_w is not None and 0.0 < intent.ev_w < all_minimums_w, (sp, intent)
+            continue
         assert c.min_current_a - EPS <= sp.current_a <= c.max_current_a + EPS
         if intent.ev_w is not None and not math.isfinite(intent.ev_w):
             assert sp.current_a == c.min_current_a  # a request that is not a number: hold at the minimum
