@@ -44,7 +44,7 @@ def rows() -> list[Row]:
         row(
             "the cloud's part: signed upload -> GraphQL subscriber p99",
             f"{percentile(direct, 0.99) * 1000:.0f} ms (p50 {percentile(direct, 0.5) * 1000:.0f} ms, "
-            f"{len(direct)} uploads; zapd adds its 1 s outbox flush and its upload interval)",
+            f"{len(direct)} uploads; zapd adds its outbox flush delay and its upload interval)",
             "-",
             COMMAND,
         ),
