@@ -54,6 +54,7 @@ from cloud.backtest_config import (
 )
 from cloud.execution import plan_values, slot_intent
 from cloud.forecast import (
+    NOWCAST_RECENT_H,
     FloatArray,
     GbmLoadForecaster,
     Location,
@@ -64,6 +65,7 @@ from cloud.forecast import (
     forecast_load_persistence,
     forecast_pv,
     learn_pv_factor,
+    pv_nowcast,
 )
 from cloud.forecast_load import LoadQuantiles
 from cloud.forecast_price import forecast_prices
@@ -491,7 +493,10 @@ class Planner:
             lo = max(0, k - 14 * spd)
             self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
             self.factor_day = k // spd
-        return forecast_pv(self.sky[k : k + horizon], self.factor)
+        lo = max(0, k - round(NOWCAST_RECENT_H / self.tr.dt_h))  # the last hours' PV against their forecast
+        recent = forecast_pv(self.sky[lo:k], self.factor)
+        pv = forecast_pv(self.sky[k : k + horizon], self.factor)
+        return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.cfg.pv_kwp)
 
     def plan(self, k: int, soc: float, executed: int) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
         """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""

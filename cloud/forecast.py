@@ -166,6 +166,40 @@ def forecast_pv(clear_kw: FloatArray, factor: PvFactor, dimming: FloatArray | No
     return clear_kw * factor.clear * dimming
 
 
+# Intraday PV nowcast: how far back the measured/forecast ratio is taken, and how fast it fades ahead.
+NOWCAST_RECENT_H: Final = 2.0
+NOWCAST_TAU_H: Final = 3.0
+_NOWCAST_RATIO_BOUNDS: Final = (0.2, 1.6)
+_NOWCAST_MIN_KWH_PER_KWP: Final = 0.05  # forecast energy in the recent window below this: no evidence (dawn, night)
+
+
+def pv_nowcast(
+    forecast_kw: FloatArray,
+    recent_measured_kw: FloatArray,
+    recent_forecast_kw: FloatArray,
+    dt_h: float,
+    kwp: float,
+    *,
+    tau_h: float = NOWCAST_TAU_H,
+) -> FloatArray:
+    """Scale the next hours' PV forecast by how the last hours came out against their own forecast.
+
+    A day's weather is the PV forecast's largest error and a plan is re-made every hour, so what the last
+    hours measured says more about the next few than a two-week factor: cloud cover persists for hours. The
+    ratio measured / forecast over the recent window (NaN slots left out) is applied fully to the next slot
+    and fades to 1 with time constant `tau_h`, like the load forecaster's recent level. No correction at
+    night or dawn (too little forecast energy to measure against), or without measurements.
+    """
+    ok = ~np.isnan(recent_measured_kw) & ~np.isnan(recent_forecast_kw)
+    expected = float(np.sum(recent_forecast_kw[ok])) * dt_h
+    if kwp <= 0 or expected < _NOWCAST_MIN_KWH_PER_KWP * kwp:
+        return forecast_kw
+    lo, hi = _NOWCAST_RATIO_BOUNDS
+    ratio = float(np.clip(np.sum(recent_measured_kw[ok]) * dt_h / expected, lo, hi))
+    fade = np.exp(-dt_h * np.arange(len(forecast_kw)) / tau_h)
+    return np.asarray(forecast_kw * (1.0 + (ratio - 1.0) * fade), dtype=np.float64)
+
+
 def mae(forecast: FloatArray, actual: FloatArray) -> tuple[float, int] | None:
     """Mean absolute error over the slots that have an actual value, and how many there were."""
     ok = ~np.isnan(actual) & ~np.isnan(forecast)
@@ -283,6 +317,8 @@ class OpenMeteoClient:
 
 
 __all__ = [
+    "NOWCAST_RECENT_H",
+    "NOWCAST_TAU_H",
     "ClearSky",
     "FloatArray",
     "GbmLoadForecaster",
@@ -300,5 +336,6 @@ __all__ = [
     "learn_pv_factor",
     "mae",
     "parse_open_meteo",
+    "pv_nowcast",
     "weather_dimming",
 ]

@@ -48,6 +48,7 @@ from cloud.execution import (
 from cloud.external_pv import KIND as EXTERNAL_PV
 from cloud.external_pv import external_pv_on_grid
 from cloud.forecast import (
+    NOWCAST_RECENT_H,
     FloatArray,
     OpenMeteoClient,
     PvFactor,
@@ -55,6 +56,7 @@ from cloud.forecast import (
     forecast_pv,
     learn_pv_factor,
     mae,
+    pv_nowcast,
     weather_dimming,
 )
 from cloud.forecast_price import forecast_prices
@@ -275,8 +277,13 @@ async def _pv_forecast(
         return model.forecast(grid, 0, horizon, dimming), PvFactor(model.typical, 1.0, model.days)
     measured = series.pv_kw[-past:]
     factor = learn_pv_factor(measured, sky.pv_kw[past - len(measured) : past], SLOTS_PER_DAY, assets.pv_kwp)
-    dimming = None if weather is None else weather_dimming(sky.ghi[past:], **weather)
-    return forecast_pv(sky.pv_kw[past:], factor, dimming), factor
+    if weather is not None:
+        return forecast_pv(sky.pv_kw[past:], factor, weather_dimming(sky.ghi[past:], **weather)), factor
+    # no weather forecast: the last hours' measured PV against their own forecast corrects the next hours
+    recent = min(len(measured), round(NOWCAST_RECENT_H * SLOTS_PER_DAY / 24))
+    recent_fc = forecast_pv(sky.pv_kw[past - recent : past], factor)
+    pv = forecast_pv(sky.pv_kw[past:], factor)
+    return pv_nowcast(pv, measured[len(measured) - recent :], recent_fc, 24 / SLOTS_PER_DAY, assets.pv_kwp), factor
 
 
 async def _weather(
