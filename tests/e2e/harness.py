@@ -353,6 +353,11 @@ poll_s = {o["meter_poll_s"]}
             raise RuntimeError(f"zapctl {' '.join(args)}: {res.stderr.strip()}")
         return dict(json.loads(res.stdout))
 
+    def battery_row(self) -> dict[str, Any]:
+        """zapctl's row for the battery (age_s, fresh, health, values): what a failed check should show."""
+        rows = [r for r in self.zapctl("devices")["devices"] if r["der_id"] == "inverter.battery"]
+        return dict(rows[0]) if rows else {}
+
     def battery_power(self) -> float | None:
         """The battery's power as zapd last read it; None while that reading is not fresh."""
         for row in self.zapctl("devices")["devices"]:
