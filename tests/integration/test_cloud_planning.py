@@ -274,7 +274,7 @@ def test_a_worker_killed_mid_event_leaves_the_rest_to_the_other(backend: str, tm
 async def _attempts(url: str, event_id: str) -> dict[str, int]:
     from sqlalchemy import select
 
-    from cloud.server.db import Database, fleet_event_jobs
+    from cloud.db import Database, fleet_event_jobs
 
     db = Database(url)
     try:
