@@ -239,3 +239,23 @@ def test_plan_values_reads_the_solved_problems_own_prices_and_values() -> None:
     ]
     assert values[1] in (Absorb.BOTH, Absorb.DOWN)
     assert plan_values(msgspec.structs.replace(s, energy_value=None), problem, 3) == [None, None, None]
+
+
+def test_surplus_charge_slot_charges_from_the_real_surplus_only() -> None:
+    """Execution.SURPLUS, the Konstanz case by hand: the plan charges 2.9 kW from a forecast surplus of 3.1 kW
+    (0.2 kW export) and the surplus comes in at 1.4 kW. A plain setpoint buys the 1.5 kW gap; the surplus
+    intent charges 1.4 kW and imports nothing. A larger surplus than forecast is exported as planned."""
+    intent = slot_intent(0.0, 0.2, 2.9, 0.0, Execution.SURPLUS)
+    assert intent.mode is IntentMode.SETPOINT and intent.battery_w == 2900.0
+    assert intent.grid_w == 0.0 and intent.absorb is Absorb.DOWN
+    assert resolve_battery_w(intent, snap(-1400.0, battery_now_w=2900.0)) == pytest.approx(1400.0)
+    assert resolve_battery_w(intent, snap(-3100.0, battery_now_w=2900.0)) == pytest.approx(2900.0)
+    assert resolve_battery_w(intent, snap(-5000.0, battery_now_w=2900.0)) == pytest.approx(2900.0)
+    plain = slot_intent(0.0, 0.2, 2.9, 0.0, Execution.SETPOINT)
+    assert resolve_battery_w(plain, snap(-1400.0, battery_now_w=2900.0)) == 2900.0  # 1.5 kW bought
+    # grid charging and discharge keep their setpoint; balancing slots stay self-consumption
+    grid_charge = slot_intent(2.0, 0.0, 3.0, 0.0, Execution.SURPLUS)
+    assert grid_charge.absorb is None and grid_charge.grid_w is None and grid_charge.battery_w == 3000.0
+    discharge = slot_intent(0.0, 1.0, 0.0, 2.0, Execution.SURPLUS)
+    assert discharge.absorb is None and discharge.battery_w == -2000.0
+    assert slot_intent(0.0, 0.0, 1.0, 0.0, Execution.SURPLUS).mode is IntentMode.SELF_CONSUMPTION
