@@ -32,7 +32,7 @@ class Execution(StrEnum):
     SURPLUS = "surplus"  # SETPOINT, but a slot charging from PV surplus only charges from the real surplus
 
 
-DEFAULT_EXECUTION: Final = Execution.SETPOINT
+DEFAULT_EXECUTION: Final = Execution.SURPLUS
 
 
 # A slot whose planned grid exchange is below this only balances the house with the battery.
