@@ -78,6 +78,9 @@ class LoopConfig:
     plan_w: float | None = -2000.0
     steps: tuple[Step, ...] = ()
     seed: int = 1
+    # The controller's configured [control] dead_time_s: what the installer says the inverter may take,
+    # at least its real delay (the default 5 s, as on a real site; the simulated inverters take 0-3 s).
+    dead_time_s: float = 5.0
 
 
 @dataclass
@@ -180,6 +183,7 @@ async def _run(cfg: LoopConfig) -> LoopTrace:
         deadband_w=cfg.deadband_w,
         plan_source=lambda: plan[0],
         plan_fresh=lambda: True,
+        dead_time_s=cfg.dead_time_s,
     )
     steps = sorted(cfg.steps, key=lambda s: s.at_s)
     # Integer microsecond schedule: float sums drift and would reorder simultaneous events.
@@ -239,10 +243,22 @@ def control_period_s(cfg: LoopConfig) -> float:
     return max(cfg.tick_s, cfg.battery_poll_s, cfg.meter_interval_s)
 
 
-def loop_delay_s(cfg: LoopConfig) -> float:
-    """One trip round the loop: a control period, the battery's dead time and full swing, the meter's lateness."""
+def response_s(cfg: LoopConfig) -> float:
+    """How long until the controller may take a setpoint as followed: the inverter's dead time and full swing,
+    and at least the dead time it is configured with.
+
+    Before the configured `dead_time_s` a reading that shows the newest setpoint is no proof (the inverter
+    may not have started on it, or on an older one: zapd/estimate.py `_done`), so the controller's next
+    correction waits for it even on an inverter that follows at once; it knows the inverter's timing only
+    as the installer configured it.
+    """
     swing_s = 0.0 if math.isinf(cfg.actuator.ramp_w_per_s) else 2 * cfg.max_power_w / cfg.actuator.ramp_w_per_s
-    return control_period_s(cfg) + cfg.actuator.delay_s + swing_s + cfg.meter.window_s + cfg.meter.delay_s
+    return max(cfg.actuator.delay_s + swing_s, cfg.dead_time_s)
+
+
+def loop_delay_s(cfg: LoopConfig) -> float:
+    """One trip round the loop: a control period, the battery's response (`response_s`), the meter's lateness."""
+    return control_period_s(cfg) + response_s(cfg) + cfg.meter.window_s + cfg.meter.delay_s
 
 
 def grace_s(cfg: LoopConfig) -> float:
