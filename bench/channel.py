@@ -10,13 +10,15 @@ in a child process: RSS with the channel up minus RSS before it dialed).
 """
 
 # The harness starts processes and polls from the event loop on purpose (it drives, it is not measured).
-# ruff: noqa: ASYNC110, ASYNC210, ASYNC220, ASYNC221
+# ruff: noqa: ASYNC110, ASYNC220, ASYNC221, ASYNC240
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,20 @@ from cloud_sync.keys import key_id, load_verify_key_b64, public_key_b64
 from tests.cloud_server import ADMIN, cloud_env, free_port, serve_cmd
 
 COMMAND = "python -m bench.channel --sizes 1000,10000"
+
+
+async def _serving(port: int, log: Path) -> str:
+    """Wait until the server on `port` answers /healthz and its log names its public key; that key (base64)."""
+    for _ in range(200):
+        key = re.search(r"cloud public key (\S+)", log.read_text())
+        with contextlib.suppress(httpx.TransportError):
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                if key and (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return key.group(1)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"server on {port} not up:\n{log.read_text()[-2000:]}")
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -125,18 +141,7 @@ async def _measure(n: int, samples: int) -> dict[str, float]:
             base = f"http://127.0.0.1:{port}"
             admin = {"Authorization": f"Bearer {ADMIN}"}
             async with httpx.AsyncClient(base_url=base, headers=admin, timeout=30.0) as http:
-                for _ in range(200):
-                    try:
-                        if (await http.get("/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
-                import re
-
-                m = re.search(r"cloud public key (\S+)", (tmp / "serve.log").read_text())
-                assert m, "no cloud key"
-                cloud_key = load_verify_key_b64(m.group(1))
+                cloud_key = load_verify_key_b64(await _serving(port, tmp / "serve.log"))
                 await asyncio.sleep(1.0)
                 rss_before = rss_kb(proc.pid)
                 zaps = [SimZap(s, k, ws_url(base), cloud_key) for s, k in sites]
@@ -232,19 +237,9 @@ async def _zap_rss() -> float:
             proc = subprocess.Popen(serve_cmd(port, db_url, tmp / "cloud.key", "--no-planner"), stdout=log,
                                     stderr=subprocess.STDOUT, env=cloud_env(), cwd=REPO)  # fmt: skip
         try:
-            import re
-
-            for _ in range(200):
-                m = re.search(r"cloud public key (\S+)", (tmp / "serve.log").read_text())
-                try:
-                    if m and httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            assert m
+            cloud_key_b64 = await _serving(port, tmp / "serve.log")
             seed = base64.b64encode(bytes(key)).decode()
-            out = subprocess.run([sys.executable, "-c", _ZAP_RSS, str(port), seed, m.group(1), str(tmp)],
+            out = subprocess.run([sys.executable, "-c", _ZAP_RSS, str(port), seed, cloud_key_b64, str(tmp)],
                                  capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                                  timeout=60)  # fmt: skip
             state, kb = out.stdout.split()[-2:]

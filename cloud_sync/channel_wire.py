@@ -103,7 +103,7 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class _Frame(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="t"):
-    pass
+    """Every frame carries its kind in "t", so one tagged union decodes any frame and refuses unknown kinds."""
 
 
 class Challenge(_Frame, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="challenge"):

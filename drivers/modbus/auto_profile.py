@@ -12,6 +12,7 @@ answer only once it has booted), never a busy loop.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -34,7 +35,7 @@ RETRY_S = 60.0  # between recognition attempts when nothing fits
 _Inner = TypeVar("_Inner", ModbusHybridInverter, ModbusMapMeter)
 
 
-class _AutoProfile(Generic[_Inner]):
+class _AutoProfile(ABC, Generic[_Inner]):
     """A Driver that becomes the profile's driver once recognition names a profile it `accepts`."""
 
     wants = ""  # what kind of profile, for the health record's reason
@@ -78,8 +79,9 @@ class _AutoProfile(Generic[_Inner]):
     def capabilities(self) -> list[DerCapabilities]:
         return [] if self.inner is None else self.inner.capabilities()
 
+    @abstractmethod
     def accepts(self, match: Match) -> bool:
-        raise NotImplementedError
+        """Whether a recognised profile is of the kind this device was configured as (battery or meter)."""
 
     def hint(self, found: list[Match]) -> str:
         return ""
