@@ -15,6 +15,14 @@ Vendors expose battery control in a few shapes, and a profile names its shape in
   charge off. The SoC targets come from the battery's configured reserve / max SoC, rounded
   towards the safe side (never below the reserve, never above the max), so no command can move
   the device's own program past them.
+- `dispatch`: the device takes a dispatch command of a power, a SoC target and a duration (AlphaESS
+  "Dispatch": 0x0881 power, 0x0886 SoC, 0x0887 time, then 0x0885 mode). Every command writes, in
+  order, `setpoint` (the signed power, + charge, through its field's offset, scale and sign),
+  `duration` (`duration_s`, so the device drops the command on its own when zapd stops writing),
+  `soc_target` (charge: the battery's max SoC, rounded down; discharge and idle: the reserve SoC,
+  rounded up, as `tou_slot` does) and last the `activate` writes (the dispatch mode that makes the
+  device act on those values). A held command is written again after `keepalive_s` (default: half
+  the duration), which must be shorter than the duration.
 
 Around any of them, a *mode sequence*: `enter` writes (forced / remote mode, enable registers,
 written in order before the first command and again whenever `mode_field` shows that the device
@@ -37,9 +45,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ControlStyle = Literal["signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot"]
+ControlStyle = Literal["signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot", "dispatch"]
 RevertRule = Literal["idle", "release"]
-STYLES: tuple[ControlStyle, ...] = ("signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot")
+STYLES: tuple[ControlStyle, ...] = ("signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot", "dispatch")
 _KEEPALIVE_MAX_S = 3600.0
 _TIMEOUT_MAX_S = 86_400.0
 _KEYS = {
@@ -68,6 +76,10 @@ _KEYS = {
     "remote_control_on",
     "remote_control_off",
     "readback",
+    "soc_target",
+    "duration",
+    "duration_s",
+    "activate",
 }
 
 
@@ -110,6 +122,11 @@ class ControlSpec:
     slot_charge_on: int = 1
     slot_charge_off: int = 0
     readback: bool = True  # false: write-only control registers (see the module docstring)
+    # dispatch: the command's SoC target (%) and duration (s) fields, and the writes that start it.
+    soc_target: str | None = None
+    duration: str | None = None
+    duration_s: float | None = None
+    activate: tuple[RawWrite, ...] = ()
 
     @property
     def mode_value(self) -> int | None:
@@ -119,7 +136,7 @@ class ControlSpec:
         return None
 
     def written_fields(self) -> set[str]:
-        names = {w.field for w in (*self.enter, *self.release)}
+        names = {w.field for w in (*self.enter, *self.release, *self.activate)}
         for name in (
             self.setpoint,
             self.direction,
@@ -129,6 +146,8 @@ class ControlSpec:
             self.slot_power,
             self.slot_soc,
             self.slot_charge,
+            self.soc_target,
+            self.duration,
         ):
             if name is not None:
                 names.add(name)
@@ -222,6 +241,16 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
     readback = doc.get("readback", True)
     if not isinstance(readback, bool):
         raise ControlSpecError(f"control.readback must be true or false, got {readback!r}")
+    duration_s = _seconds(doc, "duration_s", _TIMEOUT_MAX_S)
+    keepalive_s = _seconds(doc, "keepalive_s", _KEEPALIVE_MAX_S)
+    if style == "dispatch" and duration_s is not None:
+        if keepalive_s is None:
+            keepalive_s = duration_s / 2
+        elif keepalive_s >= duration_s:
+            # the device would drop the command between two writes of it
+            raise ControlSpecError(
+                f"control.keepalive_s {keepalive_s:g} must be shorter than duration_s {duration_s:g}"
+            )
     grid_idle = doc.get("grid_idle_w", 0.0)
     if isinstance(grid_idle, bool) or not isinstance(grid_idle, int | float) or not math.isfinite(grid_idle):
         raise ControlSpecError(f"control.grid_idle_w must be a number of W, got {grid_idle!r}")
@@ -242,25 +271,34 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         grid_idle_w=float(grid_idle),
         timeout_field=_name(doc, "timeout_field"),
         timeout_s=_seconds(doc, "timeout_s", _TIMEOUT_MAX_S),
-        keepalive_s=_seconds(doc, "keepalive_s", _KEEPALIVE_MAX_S),
+        keepalive_s=keepalive_s,
         slot_power=_name(doc, "slot_power"),
         slot_soc=_name(doc, "slot_soc"),
         slot_charge=_name(doc, "slot_charge"),
         slot_charge_on=_int(doc, "slot_charge_on", 1),
         slot_charge_off=_int(doc, "slot_charge_off", 0),
         readback=readback,
+        soc_target=_name(doc, "soc_target"),
+        duration=_name(doc, "duration"),
+        duration_s=duration_s,
+        activate=_writes(doc, "activate"),
     )
     need = {
         "signed_setpoint": ("setpoint",),
         "direction_magnitude": ("direction", "charge_power", "discharge_power"),
         "grid_setpoint": ("setpoint",),
         "tou_slot": ("slot_power", "slot_soc", "slot_charge"),
+        "dispatch": ("setpoint", "soc_target", "duration", "duration_s"),
     }[style]
     for key in need:
         if getattr(spec, key) is None:
             raise ControlSpecError(f"control.style {style!r} needs control.{key}")
     if style == "direction_magnitude" and len({spec.charge_value, spec.discharge_value, spec.idle_value}) != 3:
         raise ControlSpecError("control.charge_value, discharge_value and idle_value must differ")
+    if style == "dispatch" and not spec.activate:
+        raise ControlSpecError("control.style 'dispatch' needs control.activate (the write that starts the dispatch)")
+    if style != "dispatch" and (spec.activate or spec.soc_target or spec.duration or spec.duration_s is not None):
+        raise ControlSpecError("control.activate, soc_target, duration and duration_s belong to style 'dispatch'")
     if style == "tou_slot" and spec.slot_charge_on == spec.slot_charge_off:
         raise ControlSpecError("control.slot_charge_on and slot_charge_off must differ")
     if style == "grid_setpoint" and not spec.grid_power:
@@ -286,10 +324,15 @@ def _check_fields(spec: ControlSpec, fields: Mapping[str, Any]) -> None:
     for name in sorted(spec.written_fields()):
         if not getattr(fields[name], "writable", False):
             raise ControlSpecError(f"control writes field {name!r}: it must be writable")
-    for w in (*spec.enter, *spec.release):
+    for w in (*spec.enter, *spec.release, *spec.activate):
         # a coil (an enable bit) takes 0 or 1; the bus writes it with function 0x05
         if getattr(getattr(fields[w.field], "dtype", None), "value", None) == "bool" and w.value not in (0, 1):
             raise ControlSpecError(f"control writes coil {w.field!r} = {w.value}: a coil takes 0 or 1")
-    if spec.slot_soc is not None and getattr(fields[spec.slot_soc], "scale_factor", None) is not None:
-        # its target is rounded to a raw step on the safe side, which needs a fixed scale
-        raise ControlSpecError(f"control.slot_soc {spec.slot_soc!r} must have a fixed scale, not a scale_factor")
+    for key in ("slot_soc", "soc_target"):
+        name = getattr(spec, key)
+        if name is None:
+            continue
+        target = fields[name]
+        if getattr(target, "scale_factor", None) is not None or getattr(target, "offset", 0) != 0:
+            # its target is rounded to a raw step on the safe side, which needs a fixed scale from raw 0
+            raise ControlSpecError(f"control.{key} {name!r} must have a fixed scale and no offset")

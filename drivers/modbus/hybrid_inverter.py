@@ -127,8 +127,9 @@ class ModbusHybridInverter(ReportsHealth):
         # SoC bounds a time-of-use slot's target is written within (the battery config's reserve / max).
         self._reserve_soc = reserve_soc
         self._max_soc = max_soc
-        if self._ctl is not None and self._ctl.slot_soc is not None:
-            f = register_map.field(self._ctl.slot_soc)
+        soc_field = None if self._ctl is None else (self._ctl.slot_soc or self._ctl.soc_target)
+        if soc_field is not None:
+            f = register_map.field(soc_field)
             floor = f.decode(self._bounded(f.name, reserve_soc, at_least=True)[1])
             if floor > f.decode(self._bounded(f.name, max_soc, at_least=False)[1]):
                 raise ValueError(f"no {f.name} step lies between reserve_soc {reserve_soc} and max_soc {max_soc}")
@@ -424,6 +425,20 @@ class ModbusHybridInverter(ReportsHealth):
                 soc = self._bounded(ctl.slot_soc, self._reserve_soc, at_least=True)
                 flag = ctl.slot_charge_off
             return [await self._encoded(ctl.slot_power, abs(power_w)), soc, self._raw(ctl.slot_charge, flag)]
+        if ctl.style == "dispatch":
+            assert ctl.setpoint is not None and ctl.soc_target is not None and ctl.duration is not None
+            assert ctl.duration_s is not None
+            # charge towards the max SoC; discharge (or hold at 0 W) no lower than the reserve
+            if power_w > 0:
+                soc = self._bounded(ctl.soc_target, self._max_soc, at_least=False)
+            else:
+                soc = self._bounded(ctl.soc_target, self._reserve_soc, at_least=True)
+            return [
+                await self._encoded(ctl.setpoint, power_w),
+                await self._encoded(ctl.duration, ctl.duration_s),
+                soc,
+                *(self._raw(w.field, w.value) for w in ctl.activate),
+            ]
         # grid_setpoint: the device holds the grid at its setpoint, so moving the battery by
         # (power_w - battery now) moves the grid by the same amount (+ import, + charging).
         assert ctl.setpoint is not None

@@ -105,6 +105,7 @@ _FIELD_KEYS = {
     "unit_id",
     "sign_field",
     "sign_mask",
+    "offset",
 }
 
 
@@ -129,6 +130,9 @@ class Field:
     # the value is negated while `sign_field`'s raw value has any bit of `sign_mask` set.
     sign_field: str | None = None
     sign_mask: int = 0
+    # Raw value that means 0 (AlphaESS dispatch power: 32000 = 0 W, < 32000 charge, > 32000 discharge):
+    # value = (raw - offset) * scale. Applied before `invert`, so the sign stays the device's.
+    offset: int = 0
 
     @property
     def count(self) -> int:
@@ -147,7 +151,7 @@ class Field:
         """Raw registers -> value in zapd units."""
         if len(registers) != self.count:
             raise ValueError(f"field {self.name!r} is {self.count} register(s), got {len(registers)}")
-        return float(self._raw_value(registers)) * self._factor(sf)
+        return float(self._raw_value(registers) - self.offset) * self._factor(sf)
 
     def _raw_value(self, registers: list[int]) -> int | float:
         if self.dtype is DataType.BOOL:
@@ -162,7 +166,7 @@ class Field:
         """Value in zapd units -> registers; ValueError when the device type cannot hold it."""
         if not math.isfinite(value):
             raise ValueError(f"field {self.name!r}: {value} is not a finite number")
-        raw = value / self._factor(sf) + 0.0  # + 0.0: an inverted 0 is 0.0 on the wire, not -0.0 (0x80000000)
+        raw = value / self._factor(sf) + self.offset + 0.0  # + 0.0: an inverted 0 is 0.0, not -0.0 (0x80000000)
         if not math.isfinite(raw):  # a finite value over a tiny scale: no register holds it
             raise ValueError(f"field {self.name!r}: {value} does not fit {self.dtype.value}")
         if self.dtype in (DataType.FLOAT32, DataType.FLOAT64):
@@ -331,6 +335,10 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
         raise RegisterMapError(f"{where}: sign_field (a field name) and sign_mask go together")
     if not isinstance(sign_mask, int) or isinstance(sign_mask, bool) or not 0 <= sign_mask <= 0xFFFF_FFFF:
         raise RegisterMapError(f"{where}: sign_mask must be a bit mask, got {sign_mask!r}")
+    offset = spec.get("offset", 0)
+    lo, hi = (0, 0) if dtype is DataType.BOOL else _INT_RANGE.get(dtype, (0, 0))
+    if not isinstance(offset, int) or isinstance(offset, bool) or not lo <= offset <= hi:
+        raise RegisterMapError(f"{where}: offset must be a raw {dtype.value} value (an integer type), got {offset!r}")
     if (table is Table.COIL) != (dtype is DataType.BOOL):
         raise RegisterMapError(f"{where}: a coil is type 'bool', and type 'bool' is a coil")
     if address + _WIDTH[dtype] - 1 > 0xFFFF:
@@ -350,6 +358,7 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
         unit_id=unit_id,
         sign_field=sign_field,
         sign_mask=sign_mask,
+        offset=offset,
     )
 
 

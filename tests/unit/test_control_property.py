@@ -25,21 +25,17 @@ from hypothesis import strategies as st
 
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
-from drivers.modbus.register_map import load_register_map
+from drivers.modbus.register_map import MAPS_DIR, load_register_map
 from zapd.clock import SystemClock
 from zapd.model import BatterySetpoint
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "devices"
-PROFILES = [
-    "sungrow_sh",
-    "huawei_sun2000_luna2000",
-    "solaredge_storedge",
-    "victron_gx_ess",
-    "goodwe_et",
-    "deye_sunsynk_3p",
-    "kostal_plenticore",
-    "sma_sunny_tripower_se",
-]
+# Every shipped profile with a register-level fixture that commands it: a profile added later is covered too.
+PROFILES = sorted(
+    p.stem
+    for p in FIXTURES.glob("*.toml")
+    if "commands" in tomllib.loads(p.read_text()) and (MAPS_DIR / p.name).is_file()
+)
 
 
 class FakeBus:
@@ -143,10 +139,45 @@ def test_commands_never_exceed_the_nameplate(profile: str, power_w: float) -> No
         assert got == (ctl.charge_value if power_w > 0 else ctl.discharge_value)
         assert 0 <= magnitude <= (battery.max_charge_w if power_w > 0 else battery.max_discharge_w)
         assert math.isclose(magnitude, abs(power_w), abs_tol=0.5 + abs(power_w) * 1e-6)
+    if ctl.style == "dispatch":
+        _check_dispatch(rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w, (0.1, 1.0))
+
+
+def _check_dispatch(rmap: Any, bus: FakeBus, unit: int, power_w: float, bounds: tuple[float, float]) -> None:
+    """The dispatch power decodes back to the command (sign included), its SoC target stays within
+    the reserve and max SoC (the max only when charging), and the command has a duration."""
+    ctl = rmap.control
+    assert ctl.setpoint and ctl.soc_target and ctl.duration and ctl.duration_s
+    fields = {name: rmap.field(name) for name in (ctl.setpoint, ctl.soc_target, ctl.duration)}
+    got = {name: f.decode(_reg(bus, unit, f.address, f.count)) for name, f in fields.items()}
+    reserve, max_soc = bounds
+    assert math.isclose(got[ctl.setpoint], power_w, abs_tol=0.5 + abs(power_w) * 1e-6)
+    target = got[ctl.soc_target]
+    assert reserve - 1e-9 <= target <= max_soc + 1e-9
+    if power_w <= 0:  # a discharge or a hold never aims above the floor it may discharge to
+        assert target < reserve + 0.01
+    assert got[ctl.duration] == ctl.duration_s
+    for w in ctl.activate:
+        f = rmap.field(w.field)
+        assert f.decode_raw_int(_reg(bus, unit, f.address, f.count)) == w.value
 
 
 def _reg(bus: FakeBus, unit: int, address: int, count: int) -> list[int]:
     return [bus.regs[(unit, "holding", address + i)] for i in range(count)]
+
+
+def _run_within_nameplate(
+    profile: str, power_w: float, bounds: tuple[float, float]
+) -> tuple[ModbusHybridInverter, FakeBus | None]:
+    """Run the command; beyond the nameplate it must fail with nothing written (then the bus is None)."""
+    inv, bus, ok = asyncio.run(_run(profile, power_w, bounds))
+    battery = inv.capabilities()[0]
+    within = -battery.max_discharge_w <= power_w <= battery.max_charge_w
+    assert ok == within
+    if not within:
+        assert bus.writes == []
+        return inv, None
+    return inv, bus
 
 
 @st.composite
@@ -161,13 +192,10 @@ def test_tou_slot_targets_stay_within_reserve_and_max_soc(power_w: float, bounds
     """Whatever the command and the configured SoC bounds: slot power within the nameplate, the slot's
     SoC target never below the reserve nor above the max SoC, grid charging only when charging."""
     profile = "deye_sunsynk_3p"
-    inv, bus, ok = asyncio.run(_run(profile, power_w, bounds))
-    battery = inv.capabilities()[0]
-    within = -battery.max_discharge_w <= power_w <= battery.max_charge_w
-    assert ok == within
-    if not within:
-        assert bus.writes == []
+    inv, bus = _run_within_nameplate(profile, power_w, bounds)
+    if bus is None:
         return
+    battery = inv.capabilities()[0]
     rmap = load_register_map(profile)
     ctl = rmap.control
     assert ctl is not None and ctl.slot_power and ctl.slot_soc and ctl.slot_charge
@@ -181,6 +209,26 @@ def test_tou_slot_targets_stay_within_reserve_and_max_soc(power_w: float, bounds
     assert math.isclose(power, abs(power_w), abs_tol=0.5 + abs(power_w) * 1e-6)
     assert reserve - 1e-9 <= target <= max_soc + 1e-9
     assert flag == (ctl.slot_charge_on if power_w > 0 else ctl.slot_charge_off)
+
+
+DISPATCH_PROFILES = [p for p in PROFILES if getattr(load_register_map(p).control, "style", None) == "dispatch"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    profile=st.sampled_from(DISPATCH_PROFILES),
+    power_w=st.floats(-20_000, 20_000, allow_nan=False),
+    bounds=_soc_bounds(),
+)
+def test_dispatch_targets_stay_within_reserve_and_max_soc(
+    profile: str, power_w: float, bounds: tuple[float, float]
+) -> None:
+    """A dispatch command (AlphaESS) carries its own SoC target: whatever the command and the configured
+    bounds, the power stays within the nameplate with its sign, the target within reserve..max SoC."""
+    _inv, bus = _run_within_nameplate(profile, power_w, bounds)
+    if bus is None:
+        return
+    _check_dispatch(load_register_map(profile), bus, FIXTURE_DATA[profile]["unit_id"], power_w, bounds)
 
 
 def test_tou_slot_refuses_soc_bounds_with_no_whole_percent_between() -> None:

@@ -48,6 +48,12 @@ writable = true
 """
 
 
+_DISPATCH = (
+    'style = "dispatch"\nsetpoint = "power"\nsoc_target = "cmd"\nduration = "mode"\nduration_s = 300\n'
+    'activate = [{field = "mode", value = 2}]'
+)
+
+
 def _load(tmp_path: Path, control: str) -> object:
     p = tmp_path / "m.toml"
     p.write_text(f'[device]\nname = "t"\n[control]\n{control}\n{_FIELDS}')
@@ -89,6 +95,12 @@ def test_direction_magnitude_parses(tmp_path: Path) -> None:
         ),
         ('style = "tou_slot"\nslot_power = "power"\nslot_soc = "grid"\nslot_charge = "mode"', "must be writable"),
         ('style = "signed_setpoint"\nsetpoint = "power"\nenter = [{field = "enable", value = 2}]', "takes 0 or 1"),
+        ('style = "dispatch"\nsetpoint = "power"\nsoc_target = "cmd"\nduration = "mode"', "needs control.duration_s"),
+        (_DISPATCH.replace('activate = [{field = "mode", value = 2}]', ""), "needs control.activate"),
+        (_DISPATCH + "\nkeepalive_s = 600", "must be shorter than duration_s"),
+        (_DISPATCH.replace("duration_s = 300", "duration_s = 0"), "duration_s must be in"),
+        (_DISPATCH.replace('soc_target = "cmd"', 'soc_target = "grid"'), "must be writable"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\nduration_s = 60', "belong to style 'dispatch'"),
     ],
 )
 def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: str) -> None:
@@ -107,6 +119,13 @@ def test_tou_slot_parses(tmp_path: Path) -> None:
     assert {"power", "cmd", "mode"} <= spec.written_fields()  # type: ignore[attr-defined]
 
 
+def test_dispatch_parses_with_keepalive_half_the_duration(tmp_path: Path) -> None:
+    spec = _load(tmp_path, _DISPATCH)
+    assert spec is not None and spec.style == "dispatch"  # type: ignore[attr-defined]
+    assert spec.keepalive_s == 150.0 and spec.duration_s == 300.0  # type: ignore[attr-defined]
+    assert {"power", "cmd", "mode"} <= spec.written_fields()  # type: ignore[attr-defined]
+
+
 def test_shipped_profiles_with_control_cite_two_sources() -> None:
     """Every vendor profile that commands a battery names its document and its cross-check."""
     for name in (
@@ -117,6 +136,7 @@ def test_shipped_profiles_with_control_cite_two_sources() -> None:
         "goodwe_et",
         "deye_sunsynk_3p",
         "kostal_plenticore",
+        "alpha_ess_smile",
     ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name

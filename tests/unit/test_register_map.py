@@ -219,6 +219,9 @@ def write_map(tmp_path: Path, body: str, *, header: str = "") -> Path:
             "plain s16/u16",
         ),
         ('[fields.wide]\naddress = 9\ntable = "holding"\ntype = "s32"\n', "ok", "overlaps field 'wide'"),
+        ('[fields.p]\naddress = 1\ntable = "input"\ntype = "u16"\noffset = 70000\n', "p", "offset must be"),
+        ('[fields.p]\naddress = 1\ntable = "input"\ntype = "float32"\noffset = 1\n', "p", "offset must be"),
+        ('[fields.p]\naddress = 1\ntable = "input"\ntype = "s32"\noffset = 1.5\n', "p", "offset must be"),
     ],
 )
 def test_load_errors_name_file_and_field(tmp_path: Path, body: str, field: str, reason: str) -> None:
@@ -289,3 +292,21 @@ def test_an_inverted_float_zero_is_plain_zero_on_the_wire() -> None:
     f = Field(name="sp", address=0, table=Table.HOLDING, dtype=DataType.FLOAT32, invert=True, writable=True)
     assert f.encode(0.0) == [0x0000, 0x0000]
     assert f.encode(3000.0) == [0xC53B, 0x8000]  # -3000.0, high word first
+
+
+def test_an_offset_encoded_power_counts_from_its_zero() -> None:
+    """AlphaESS dispatch power: Int, offset 32000, < 32000 charge, > 32000 discharge (vendor list V1.23).
+    zapd's + = charge, so the field is inverted: 2000 W charge is raw 30000, 1500 W discharge 33500."""
+    f = fld(DataType.S32, unit="W", offset=32000, invert=True)
+    assert f.encode(2000.0) == [0, 30000]
+    assert f.encode(-1500.0) == [0, 33500]
+    assert f.encode(0.0) == [0, 32000]
+    assert f.decode([0, 30000]) == 2000.0 and f.decode([0, 32000]) == 0.0
+    with pytest.raises(ValueError, match="does not fit"):
+        fld(DataType.U16, unit="W", offset=32000, invert=True).encode(40_000.0)  # 32000 - 40000 < 0
+
+
+@given(raw=st.integers(0, 64000))
+def test_offset_round_trips(raw: int) -> None:
+    f = fld(DataType.S32, unit="W", offset=32000, invert=True)
+    assert f.encode(f.decode([0, raw])) == [0, raw]
