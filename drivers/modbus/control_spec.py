@@ -4,7 +4,11 @@ Vendors expose battery control in a few shapes, and a profile names its shape in
 
 - `signed_setpoint`: one register, + charge / - discharge (SMA SBS, zapd's simulator);
 - `direction_magnitude`: a direction register (charge / discharge / stop values) plus unsigned
-  power register(s) (Huawei forcible charge/discharge, Sungrow SH forced mode);
+  power register(s) (Huawei forcible charge/discharge, Sungrow SH forced mode). The magnitude is
+  written first, then the direction; `direction_first = true` turns that round for a device that
+  takes a power only once its mode is set (Solis "RC force charge/discharge" 43135, whose power
+  registers latch only when written after it). The magnitude is rounded towards zero to the
+  register's step (Solis counts in 10 W), so a command never becomes more than was asked for;
 - `grid_setpoint`: the device regulates the grid connection point to a setpoint (Victron ESS);
   zapd turns its battery command into a grid setpoint from the grid and battery power it reads.
 - `tou_slot`: the device follows its own time-of-use program (Deye / Sunsynk "System work mode":
@@ -80,6 +84,7 @@ _KEYS = {
     "duration",
     "duration_s",
     "activate",
+    "direction_first",
 }
 
 
@@ -110,6 +115,7 @@ class ControlSpec:
     idle_value: int = 0
     charge_power: str | None = None
     discharge_power: str | None = None
+    direction_first: bool = False  # direction_magnitude: write the direction before the magnitude
     grid_power: tuple[str, ...] = ()  # grid_setpoint: fields summed to the grid power, + import
     grid_idle_w: float = 0.0  # grid_setpoint: what the release hands back (Victron's default 30 W)
     timeout_field: str | None = None
@@ -251,6 +257,11 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
             raise ControlSpecError(
                 f"control.keepalive_s {keepalive_s:g} must be shorter than duration_s {duration_s:g}"
             )
+    direction_first = doc.get("direction_first", False)
+    if not isinstance(direction_first, bool):
+        raise ControlSpecError(f"control.direction_first must be true or false, got {direction_first!r}")
+    if direction_first and style != "direction_magnitude":
+        raise ControlSpecError("control.direction_first applies to style 'direction_magnitude' only")
     grid_idle = doc.get("grid_idle_w", 0.0)
     if isinstance(grid_idle, bool) or not isinstance(grid_idle, int | float) or not math.isfinite(grid_idle):
         raise ControlSpecError(f"control.grid_idle_w must be a number of W, got {grid_idle!r}")
@@ -267,6 +278,7 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         idle_value=_int(doc, "idle_value", 0),
         charge_power=_name(doc, "charge_power"),
         discharge_power=_name(doc, "discharge_power"),
+        direction_first=direction_first,
         grid_power=tuple(grid),
         grid_idle_w=float(grid_idle),
         timeout_field=_name(doc, "timeout_field"),

@@ -19,7 +19,7 @@ from drivers.health import DeviceHealth, ReportsHealth
 from drivers.modbus.bus import ModbusBus, Priority
 from drivers.modbus.device_loop import poll_forever
 from drivers.modbus.field_io import FieldReader
-from drivers.modbus.register_map import Field, RegisterMap, RegisterMapError
+from drivers.modbus.register_map import DataType, Field, RegisterMap, RegisterMapError
 from drivers.modbus.write_budget import BUDGET_EXHAUSTED, WriteBudget, WriteBudgetExhausted
 from drivers.resilience import FailureLatch
 from zapd.clock import Clock
@@ -393,6 +393,15 @@ class ModbusHybridInverter(ReportsHealth):
         wanted = math.ceil(raw - 1e-9) if (at_least == (step > 0)) else math.floor(raw + 1e-9)
         return name, f.encode_raw_int(wanted)
 
+    async def _magnitude(self, name: str, value_w: float) -> tuple[str, list[int]]:
+        """An unsigned power rounded towards zero to the register's step (Solis: 10 W), so the device is
+        never asked for more than the command (and so never for more than the nameplate it was checked
+        against). Float registers and scale-factor registers take the value as it is."""
+        f = self._map.field(name)
+        if f.scale_factor is not None or f.dtype in (DataType.FLOAT32, DataType.FLOAT64):
+            return await self._encoded(name, value_w)
+        return self._bounded(name, value_w, at_least=False)
+
     def _raw(self, name: str, raw: int) -> tuple[str, list[int]]:
         return name, self._map.field(name).encode_raw_int(raw)
 
@@ -406,16 +415,17 @@ class ModbusHybridInverter(ReportsHealth):
         if ctl.style == "direction_magnitude":
             assert ctl.direction is not None and ctl.charge_power is not None and ctl.discharge_power is not None
             if power_w > 0:
-                return [await self._encoded(ctl.charge_power, power_w), self._raw(ctl.direction, ctl.charge_value)]
-            if power_w < 0:
-                return [
-                    await self._encoded(ctl.discharge_power, -power_w),
-                    self._raw(ctl.direction, ctl.discharge_value),
-                ]
-            zero = [await self._encoded(ctl.charge_power, 0.0)]
-            if ctl.discharge_power != ctl.charge_power:
-                zero.append(await self._encoded(ctl.discharge_power, 0.0))
-            return [*zero, self._raw(ctl.direction, ctl.idle_value)]
+                magnitudes = [await self._magnitude(ctl.charge_power, power_w)]
+                direction = self._raw(ctl.direction, ctl.charge_value)
+            elif power_w < 0:
+                magnitudes = [await self._magnitude(ctl.discharge_power, -power_w)]
+                direction = self._raw(ctl.direction, ctl.discharge_value)
+            else:
+                magnitudes = [await self._magnitude(ctl.charge_power, 0.0)]
+                if ctl.discharge_power != ctl.charge_power:
+                    magnitudes.append(await self._magnitude(ctl.discharge_power, 0.0))
+                direction = self._raw(ctl.direction, ctl.idle_value)
+            return [direction, *magnitudes] if ctl.direction_first else [*magnitudes, direction]
         if ctl.style == "tou_slot":
             assert ctl.slot_power is not None and ctl.slot_soc is not None and ctl.slot_charge is not None
             if power_w > 0:  # charge towards the max SoC, from the grid if need be

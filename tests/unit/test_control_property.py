@@ -138,7 +138,12 @@ def test_commands_never_exceed_the_nameplate(profile: str, power_w: float) -> No
         magnitude = field.decode([bus.regs[(unit, "holding", field.address + i)] for i in range(field.count)])
         assert got == (ctl.charge_value if power_w > 0 else ctl.discharge_value)
         assert 0 <= magnitude <= (battery.max_charge_w if power_w > 0 else battery.max_discharge_w)
-        assert math.isclose(magnitude, abs(power_w), abs_tol=0.5 + abs(power_w) * 1e-6)
+        # rounded towards zero to the register's step (1 W, Solis 10 W): never more than asked, less by < 1 step
+        # (a float register carries the value itself, to float32 precision)
+        is_float = field.dtype.value.startswith("float")
+        step = 1e-6 if is_float else abs(field.decode(field.encode_raw_int(1)))
+        slack = 1e-6 * abs(power_w) + 1e-9
+        assert abs(power_w) - step - slack <= magnitude <= abs(power_w) + slack
     if ctl.style == "dispatch":
         _check_dispatch(rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w, (0.1, 1.0))
 
@@ -247,29 +252,34 @@ def test_tou_slot_refuses_soc_bounds_with_no_whole_percent_between() -> None:
         )
 
 
-def test_tou_slot_keepalive_rule_spares_the_program_table() -> None:
-    """The slot table lives in the inverter's settings memory: a held command is not written again until
-    keepalive_s (the profile's 3600 s) has passed; leaving the time-of-use mode on the device runs the
-    enter sequence again; safe mode writes idle and then time of use off."""
+def _on_manual_clock(profile: str, **limits: float) -> tuple[ModbusHybridInverter, FakeBus, Any]:
+    """The profile's fixture image on a fake bus (unit 1), driven on a manual clock with these limits."""
     from datetime import UTC, datetime
 
     from zapd.clock import ManualClock
 
+    bus = FakeBus(_image(FIXTURE_DATA[profile]))
+    clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    inv = ModbusHybridInverter(
+        device_id="d",
+        bus=cast(ModbusBus, bus),
+        unit_id=1,
+        register_map=load_register_map(profile),
+        poll_s=1.0,
+        clock=clock,
+        capacity_wh=10240.0,
+        **limits,
+    )
+    return inv, bus, clock
+
+
+def test_tou_slot_keepalive_rule_spares_the_program_table() -> None:
+    """The slot table lives in the inverter's settings memory: a held command is not written again until
+    keepalive_s (the profile's 3600 s) has passed; leaving the time-of-use mode on the device runs the
+    enter sequence again; safe mode writes idle and then time of use off."""
+
     async def scenario() -> None:
-        fixture = FIXTURE_DATA["deye_sunsynk_3p"]
-        bus = FakeBus(_image(fixture))
-        clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
-        inv = ModbusHybridInverter(
-            device_id="d",
-            bus=cast(ModbusBus, bus),
-            unit_id=1,
-            register_map=load_register_map("deye_sunsynk_3p"),
-            poll_s=1.0,
-            clock=clock,
-            max_charge_w=8000.0,
-            max_discharge_w=8000.0,
-            capacity_wh=10240.0,
-        )
+        inv, bus, clock = _on_manual_clock("deye_sunsynk_3p", max_charge_w=8000.0, max_discharge_w=8000.0)
         cmd = BatterySetpoint(der_id="d.battery", power_w=-2000.0)
         assert (await inv.apply(cmd)).ok
         first = list(bus.writes)
@@ -443,3 +453,26 @@ def test_battery_power_is_one_field_or_the_charge_discharge_pair(
             poll_s=1.0,
             clock=SystemClock(),
         )
+
+
+def test_solis_mode_first_and_10_w_steps_never_round_past_the_nameplate() -> None:
+    """Solis: 43135 (RC force mode) is written before the power, whose register counts 10 W. With a
+    nameplate that is not a whole number of steps (4995 W), a full-power command is 499 steps = 4990 W:
+    rounding to the nearest step would have written 500 = 5000 W, past the nameplate. The 5 min RC
+    timeout is written once; a held command goes out again (mode first) after keepalive_s (60 s)."""
+
+    async def scenario() -> None:
+        inv, bus, clock = _on_manual_clock("solis_hybrid", max_charge_w=4995.0, max_discharge_w=4995.0)
+        cmd = BatterySetpoint(der_id="d.battery", power_w=4995.0)
+        assert (await inv.apply(cmd)).ok
+        assert bus.writes == [(1, 43282, [5]), (1, 43135, [1]), (1, 43136, [499])]
+        bus.writes.clear()
+        clock.advance(59)
+        assert (await inv.apply(cmd)).ok and bus.writes == []
+        clock.advance(2)
+        assert (await inv.apply(cmd)).ok and bus.writes == [(1, 43135, [1]), (1, 43136, [499])]
+        bus.writes.clear()
+        assert (await inv.apply(BatterySetpoint(der_id="d.battery", power_w=-4995.0))).ok
+        assert bus.writes == [(1, 43135, [2]), (1, 43129, [499])]
+
+    asyncio.run(scenario())

@@ -101,6 +101,12 @@ def test_direction_magnitude_parses(tmp_path: Path) -> None:
         (_DISPATCH.replace("duration_s = 300", "duration_s = 0"), "duration_s must be in"),
         (_DISPATCH.replace('soc_target = "cmd"', 'soc_target = "grid"'), "must be writable"),
         ('style = "signed_setpoint"\nsetpoint = "power"\nduration_s = 60', "belong to style 'dispatch'"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\ndirection_first = true', "direction_magnitude' only"),
+        (
+            'style = "direction_magnitude"\ndirection = "cmd"\ncharge_value = 1\ndischarge_value = 2\n'
+            'charge_power = "power"\ndischarge_power = "power"\ndirection_first = "yes"',
+            "direction_first must be true or false",
+        ),
     ],
 )
 def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: str) -> None:
@@ -137,6 +143,7 @@ def test_shipped_profiles_with_control_cite_two_sources() -> None:
         "deye_sunsynk_3p",
         "kostal_plenticore",
         "alpha_ess_smile",
+        "solis_hybrid",
     ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name
