@@ -30,17 +30,19 @@ def parse_host(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def check_units(unit_ids: list[int]) -> list[int]:
-    bad = [u for u in unit_ids if not 0 <= u <= 247]
+def check_units(unit_ids: list[int], highest: int = 247) -> list[int]:
+    """Unit ids to probe: 0..247 on an RS-485 line; on TCP up to 255 (the Modbus-TCP chargers of
+    Mennekes, Phoenix Contact / Wallbe and Schneider answer on unit 255)."""
+    bad = [u for u in unit_ids if not 0 <= u <= highest]
     if bad:
-        raise ValueError(f"unit id {bad[0]} is not 0..247")
+        raise ValueError(f"unit id {bad[0]} is not 0..{highest}")
     return unit_ids
 
 
 async def scan_host(address: str, *, unit_ids: list[int], as_json: bool = False) -> int:
     host, port = parse_host(address)
     bus = get_tcp_bus(host, port, timeout_s=2.0, max_requests_per_s=PROBES_PER_S)
-    return await _scan(bus, "tcp", {"host": host, "port": port}, f"{host}:{port}", check_units(unit_ids), as_json)
+    return await _scan(bus, "tcp", {"host": host, "port": port}, f"{host}:{port}", check_units(unit_ids, 255), as_json)
 
 
 async def scan_serial(
