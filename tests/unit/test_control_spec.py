@@ -144,6 +144,7 @@ def test_shipped_profiles_with_control_cite_two_sources() -> None:
         "kostal_plenticore",
         "alpha_ess_smile",
         "solis_hybrid",
+        "fox_ess_h3",
     ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name
