@@ -43,9 +43,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# The config reference is generated from the schema; `make test` fails when it is out of date.
+# The config reference and the daemon's config structs are generated from the schema; `make test`
+# fails when either is out of date.
 docs: $(STAMP)
 	$(BIN)/python -m zapd.config_doc > docs/config-reference.md.tmp && mv docs/config-reference.md.tmp docs/config-reference.md
+	$(BIN)/python -m zapd.config_gen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,7 @@ from cloud_sync.link import LinkStatus
 from cloud_sync.transport import require_secure_url
 from cloud_sync.uploader import Uploader
 from zapd.clock import Clock
-from zapd.config import CloudConfig
+from zapd.config_structs import CloudConfig
 from zapd.model import DerCapabilities, Plan
 from zapd.override import OperatorOverride
 from zapd.store import Store

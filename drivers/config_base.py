@@ -7,10 +7,18 @@ neither, so a family's config can be read without loading any other family.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# What the models do (meter DERs, serial ports, chargers) is pydantic-free, shared with the daemon's structs.
+from drivers.config_types import METER_ROLES as METER_ROLES
+from drivers.config_types import ChargerLimit as ChargerLimit
+from drivers.config_types import DeviceBehaviour
+from drivers.config_types import MeterDer as MeterDer
+from drivers.config_types import MeterRole as MeterRole
+from drivers.config_types import RtuLineMixin as RtuLineMixin
+from drivers.config_types import SerialLine as SerialLine
 
 
 class _Strict(BaseModel):
@@ -53,77 +61,14 @@ CommandTimeout = Annotated[
         ),
     ),
 ]
-MeterRole = Literal["grid", "pv", "ev", "submeter"]
-METER_ROLES: tuple[str, ...] = ("grid", "pv", "ev", "submeter")
 
 
-@dataclass(frozen=True, slots=True)
-class MeterDer:
-    """A meter DER the config declares, with its role and the key that sets it (for error lines)."""
-
-    der_id: str
-    role: MeterRole
-    key: str
-
-
-SerialLine = tuple[int, str, int, int]  # baudrate, parity, stopbits, bytesize
-ChargerLimit = tuple[str, float, int]  # config key of the limits, max_current_a, phases
-
-
-class DeviceModel(_Strict):
-    """Base of every `[[devices]]` model: what the site-wide checks ask of a device, whatever its protocol.
-
-    The defaults say "no meter DER, no serial port"; a family overrides what applies to it, so the
-    checks in zapd/config.py (one grid meter, one owner per serial port) need no list of kinds.
-    """
+class DeviceModel(DeviceBehaviour, _Strict):
+    """Base of every `[[devices]]` model; its behaviour (drivers/config_types.py) is the daemon structs' too."""
 
     if TYPE_CHECKING:  # every model declares these two as fields; not fields here, so its key order stays its own
         driver: str
         id: str
-
-    def meter_ders(self) -> list[MeterDer]:
-        """The meter DERs this device declares (for the one-grid-meter rule)."""
-        return []
-
-    def serial_port(self) -> str | None:
-        """The serial port this device owns, or None when it is not on one."""
-        return None
-
-    def serial_line(self) -> SerialLine | None:
-        """For a Modbus RTU device: the line settings every device on its port must share."""
-        return None
-
-    def serial_unit(self) -> int | None:
-        """For a Modbus RTU device: its unit id, unique on its port."""
-        return None
-
-    def charger_limits(self) -> list[ChargerLimit]:
-        """The EV chargers this device declares, with their limits (held against the site's fuse)."""
-        return []
-
-
-class RtuLineMixin:
-    """Serial-port answers of an RTU model (one that has port, baudrate, parity, stopbits, bytesize, unit_id)."""
-
-    if TYPE_CHECKING:
-        port: str
-        baudrate: int
-        parity: str
-        stopbits: int
-        bytesize: int
-        unit_id: int
-
-    def serial_port(self) -> str | None:
-        return self.port
-
-    def serial_line(self) -> SerialLine | None:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
-
-    def serial_unit(self) -> int | None:
-        return self.unit_id
-
-    def line(self) -> SerialLine:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
 
 
 class BatteryLimits(_Strict):

@@ -22,7 +22,8 @@ from pathlib import Path
 import msgspec
 
 from drivers.api import HasHealth
-from zapd.config import ZapdConfig
+from zapd.config_load import as_builtins
+from zapd.config_structs import ZapdConfig
 from zapd.model import Plan, Reading
 from zapd.override import OperatorOverride, OverrideError
 from zapd.retention import EXPIRED_WITHOUT_CLOUD_KEY
@@ -361,7 +362,7 @@ class ApiViews:
                 "machine": platform.machine(),
                 "executable": sys.executable,
             },
-            "config": redact(self._ctx.config.model_dump(mode="json")),
+            "config": redact(as_builtins(self._ctx.config)),
             "status": await self.status(request, v),
             "devices": self._device_rows(v),
             "counters": counters,

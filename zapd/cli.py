@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import os
 import sys
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,9 +20,12 @@ _STATE_DIR_HELP = f"the config's store.state_dir, where keys/ lives (default {DE
 _INSECURE_HELP = "allow plain http:// to a cloud that is not on loopback (telemetry readable on the path)"
 
 
-def _load_or_report(path: Path, *, strict: bool = False, allow_insecure: bool = False) -> ZapdConfig | None:
-    """Errors and warnings go to stderr as `file: key: reason` lines; warnings stop nothing unless `strict`."""
-    from zapd.config_check import check_file  # after cmd_run's DAEMON_BLOCKED_IMPORTS
+def load_or_report(path: Path, *, strict: bool = False, allow_insecure: bool = False) -> ZapdConfig | None:
+    """The checked pydantic config (`zapd config check`, the other commands, `zapd run`'s check child).
+
+    Errors and warnings go to stderr as `file: key: reason` lines; warnings stop nothing unless `strict`.
+    """
+    from zapd.config_check import check_file
 
     result = check_file(path)
     for line in (*result.errors, *result.warnings):
@@ -51,7 +53,7 @@ def _cloud_transport(path: Path, config: ZapdConfig, allow_insecure: bool) -> Za
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config = _load_or_report(Path(args.path), strict=args.strict, allow_insecure=args.allow_insecure)
+    config = load_or_report(Path(args.path), strict=args.strict, allow_insecure=args.allow_insecure)
     if config is None:
         return EXIT_BAD_CONFIG
     print(f"{args.path}: ok ({len(config.devices)} devices, site {config.site.id})")
@@ -66,19 +68,11 @@ DAEMON_BLOCKED_IMPORTS = ("httpx._main", "greenlet")
 
 
 def lean_daemon_process() -> None:
-    """Before the daemon's first import: no optional imports it never uses, no pydantic plugin scan.
+    """Before the daemon's first import: no optional imports it never uses (only `zapd run`'s own process).
 
-    Pydantic looks for plugins in the entry points of every installed distribution when it builds
-    its first model: it imports importlib.metadata (with zipfile, email, csv: ~1 MB) and reads every
-    dist-info for nothing, zapd uses none. `PYDANTIC_DISABLE_PLUGINS` skips the scan; the stand-in
-    for its loader module (the one function pydantic imports from it, answering "no plugins" as the
-    variable does) skips the import too. Only for `zapd run`'s own process.
+    pydantic is not among them: it never loads here, the config is checked in a child
+    (zapd/config_load.py), and tests/unit/test_footprint.py holds the daemon to that.
     """
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    if "pydantic.plugin._loader" not in sys.modules:
-        loader = types.ModuleType("pydantic.plugin._loader", "zapd: no pydantic plugins in the daemon")
-        loader.get_plugins = tuple  # type: ignore[attr-defined]  # () = no plugins
-        sys.modules["pydantic.plugin._loader"] = loader
     for name in DAEMON_BLOCKED_IMPORTS:
         if name not in sys.modules:
             sys.modules[name] = None  # type: ignore[assignment]
@@ -86,10 +80,12 @@ def lean_daemon_process() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from zapd.clock import clock_from_env
+    from zapd.config_load import load_in_child
     from zapd.daemon import Daemon, StartupError
     from zapd.logs import configure
 
-    config = _load_or_report(Path(args.config), allow_insecure=args.allow_insecure)
+    # Checked by the pydantic models in a child, run on msgspec Structs here (docs/decisions.md, footprint).
+    config = load_in_child(Path(args.config), allow_insecure=args.allow_insecure)
     if config is None:
         return EXIT_BAD_CONFIG
     configure(config.log.level)
@@ -154,7 +150,7 @@ def cmd_devices_scan(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"zapd devices scan: {exc}", file=sys.stderr)
             return EXIT_BAD_CONFIG
-    config = _load_or_report(Path(args.config), allow_insecure=True)
+    config = load_or_report(Path(args.config), allow_insecure=True)
     if config is None:
         return EXIT_BAD_CONFIG
     return asyncio.run(scan(config, as_json=args.json))
@@ -166,7 +162,7 @@ def cmd_plan_reset_version(args: argparse.Namespace) -> int:
     from zapd.clock import clock_from_env
     from zapd.store import Store
 
-    config = _load_or_report(Path(args.config), allow_insecure=True)
+    config = load_or_report(Path(args.config), allow_insecure=True)
     if config is None:
         return EXIT_BAD_CONFIG
     now = clock_from_env().now()
@@ -195,7 +191,7 @@ def cmd_systemd_dropin(args: argparse.Namespace) -> int:
     """Print (or write) the systemd drop-in granting the paths this config writes outside the unit's own."""
     from zapd.systemd_paths import DROPIN_NAME, create_hint, dropin_text, paths_outside_the_unit
 
-    config = _load_or_report(Path(args.config))
+    config = load_or_report(Path(args.config))
     if config is None:
         return EXIT_BAD_CONFIG
     text = dropin_text(config, args.config)

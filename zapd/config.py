@@ -27,7 +27,6 @@ from drivers.config_base import (
     DeviceId,
     DeviceModel,
     EvLimits,
-    MeterDer,
     PollPeriod,
     WritesPerHour,
     _Strict,
@@ -46,6 +45,8 @@ from drivers.mqtt.config import MqttCommandConfig, MqttDerConfig, MqttDevice, Mq
 from drivers.ocpp.config import OcppDevice
 from drivers.p1.config import DSMR_TELEGRAM_INTERVAL_S, P1SerialDevice, P1TcpDevice, telegram_interval_s
 from drivers.registry import device_models, driver_names
+from zapd.config_types import SiteBehaviour, ZapdBehaviour
+from zapd.config_types import meter_ders as meter_ders
 from zapd.paths import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
 from zapd.paths import DEFAULT_STATE_DIR
 
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 
-class SiteConfig(_Strict):
+class SiteConfig(SiteBehaviour, _Strict):
     id: str = Field(
         min_length=1,
         max_length=64,
@@ -106,10 +107,6 @@ class SiteConfig(_Strict):
             "no more. Not set: only the fuse limits export."
         ),
     )
-
-    @property
-    def fuse_limit_w(self) -> float:
-        return self.fuse_a * self.voltage_v * self.phases
 
 
 class ControlConfig(_Strict):
@@ -312,11 +309,6 @@ else:
     DeviceConfig = Annotated[Union[device_models()], Field(discriminator="driver")]  # noqa: UP007
 
 
-def meter_ders(devices: Sequence[DeviceModel]) -> list[MeterDer]:
-    """Every meter DER these devices declare (each model says which it has: `DeviceModel.meter_ders`)."""
-    return [m for dev in devices for m in dev.meter_ders()]
-
-
 def _line_text(line: tuple[int, str, int, int]) -> str:
     baudrate, parity, stopbits, bytesize = line
     return f"{baudrate} {bytesize}{parity}{stopbits}"
@@ -429,7 +421,7 @@ class MetricsConfig(_Strict):
     port: int = Field(default=9464, ge=1, le=65535, description="TCP port of the metrics endpoint (`/metrics`).")
 
 
-class ZapdConfig(_Strict):
+class ZapdConfig(ZapdBehaviour, _Strict):
     site: SiteConfig = Field(description="The grid connection: the site's id and the limits no command may break.")
     control: ControlConfig = Field(default=ControlConfig(), description="The local control loop.")
     store: StoreConfig = Field(default=StoreConfig(), description="Local state and the telemetry outbox.")
@@ -454,12 +446,6 @@ class ZapdConfig(_Strict):
         default_factory=list,
         description="One `[[devices]]` table per device; `driver` picks the protocol, `id` must be unique.",
     )
-
-    @property
-    def grid_meter(self) -> str | None:
-        """DER id of the site's one grid meter (the check refuses two); None when there is none."""
-        grid = [m.der_id for m in meter_ders(self.devices) if m.role == "grid"]
-        return grid[0] if len(grid) == 1 else None
 
     @model_validator(mode="after")
     def _unique_device_ids(self) -> ZapdConfig:

@@ -261,12 +261,23 @@ def _isolated(dev: DeviceModel) -> AbstractContextManager[object]:
     return private_bus_registry()
 
 
+STALE_STRUCTS = (
+    "driver {driver!r} is registered but the daemon's config structs (drivers/config_structs.py) do not have it: "
+    "run `make docs`"
+)
+
+
 def _builds(config: ZapdConfig) -> Iterator[Problem]:
     """Resolve every map and build every driver as `zapd run` would, without starting any."""
+    from drivers.config_structs import FACTORIES
     from zapd.clock import SystemClock
+    from zapd.config_load import to_structs
     from zapd.devices import build_devices
 
     for dev in config.devices:
+        if dev.driver not in FACTORIES:  # a family added without regenerating the daemon's structs
+            yield Problem(f"devices.{dev.id}.driver", STALE_STRUCTS.format(driver=dev.driver))
+            continue
         map_name = getattr(dev, "map", None)
         if isinstance(map_name, str):
             missing = _unknown_map(map_name)
@@ -276,7 +287,7 @@ def _builds(config: ZapdConfig) -> Iterator[Problem]:
         one = config.model_copy(update={"devices": [dev]})
         try:
             with _isolated(dev):
-                build_devices(one, SystemClock())
+                build_devices(to_structs(one), SystemClock())  # as the daemon builds it
         except Exception as exc:  # any failure here is what `zapd run` would die of: report it, never raise
             key = f"devices.{dev.id}.map" if map_name is not None else f"devices.{dev.id}"
             yield Problem(key, f"cannot be used: {exc}")

@@ -23,7 +23,8 @@ from drivers.api import ReadingGuard
 from drivers.resilience import FailureLatch
 from zapd.api import ApiContext, LocalApi
 from zapd.clock import Clock
-from zapd.config import ZapdConfig, meter_ders
+from zapd.config_structs import ZapdConfig
+from zapd.config_types import meter_ders
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
 from zapd.energy import TOTALS, EnergyTotals

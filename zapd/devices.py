@@ -6,13 +6,13 @@ what the daemon needs from all of them together, the DeviceSet.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 from drivers.api import Controllable, Driver
-from drivers.config_base import BatteryLimits, EvLimits
-from drivers.registry import kind
+from drivers.config_structs import FACTORIES, BatteryLimits, EvLimits
 from zapd.clock import Clock
-from zapd.config import ZapdConfig
+from zapd.config_structs import ZapdConfig
 from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
@@ -43,5 +43,6 @@ def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:
     """Each device through its family's factory, imported on first use (so unused protocols never load)."""
     out = DeviceSet(grid_meter=config.grid_meter)
     for dev in config.devices:
-        kind(dev.driver).build()(out, dev, clock)
+        module, _, function = FACTORIES[dev.driver].partition(":")
+        getattr(importlib.import_module(module), function)(out, dev, clock)
     return out

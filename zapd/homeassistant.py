@@ -37,7 +37,7 @@ from drivers.api import HasHealth
 from drivers.health import HealthState
 from drivers.mqtt.client import Client
 from drivers.resilience import Backoff, FailureLatch
-from zapd.config import HomeAssistantConfig
+from zapd.config_structs import HomeAssistantConfig
 from zapd.model import DerKind, Intent, IntentMode, Plan
 from zapd.override import FORCEABLE, OperatorOverride
 from zapd.siteview import SiteView

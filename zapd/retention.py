@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from zapd.config import StoreConfig
+from zapd.config_structs import StoreConfig
 from zapd.store import DROPPED_KEY
 
 BYTES_PER_READING = 150  # measured average of a stored reading (row + index)

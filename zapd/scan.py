@@ -21,6 +21,7 @@ from drivers.api import Driver, HasHealth
 from drivers.health import HealthState, HealthView
 from zapd.clock import SystemClock
 from zapd.config import ZapdConfig
+from zapd.config_load import to_structs
 from zapd.devices import DeviceSet, build_devices
 from zapd.model import Reading
 
@@ -66,7 +67,7 @@ def _configured_ders(devices: DeviceSet, name: str) -> list[str]:
 
 
 async def scan(config: ZapdConfig, *, as_json: bool = False, window_s: float = SCAN_WINDOW_S) -> int:
-    devices = build_devices(config, SystemClock())
+    devices = build_devices(to_structs(config), SystemClock())
     results = await asyncio.gather(*(_probe(d, window_s) for d in devices.drivers))
     report: list[dict[str, object]] = []
     for (driver, readings), dev in zip(results, config.devices, strict=True):

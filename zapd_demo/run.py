@@ -23,6 +23,7 @@ from drivers.sim.p1_pty import SimP1Pty
 from drivers.sim.physics import BatteryModel, SimSite, load_power_w, pv_power_w, realistic
 from zapd.clock import SIM_CLOCK_ENV, ScaledClock, clock_from_env, sim_clock_env
 from zapd.config import validate_config
+from zapd.config_load import to_structs
 from zapd.daemon import Daemon
 from zapd.model import EXPORT_WH, IMPORT_WH, DerKind, Intent, IntentMode, Plan, PlanSlot
 from zapd.store import Store
@@ -270,7 +271,7 @@ async def run_site(
     site.step(start)
     trace = Trace()
     end = start + timedelta(hours=hours)
-    daemon = Daemon(config, clock)
+    daemon = Daemon(to_structs(config), clock)
     wall0 = time.monotonic()
     tasks = [
         asyncio.create_task(_physics(site, clock, trace, end, daemon)),

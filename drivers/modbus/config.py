@@ -13,18 +13,18 @@ from pydantic import Field, model_validator
 
 from drivers.config_base import (
     BatteryLimits,
-    ChargerLimit,
     CommandTimeout,
     DeviceId,
     DeviceModel,
     EvLimits,
-    MeterDer,
     MeterRole,
     PollPeriod,
     RtuLineMixin,
     WritesPerHour,
     _same_as,
 )
+from drivers.config_types import EvChargerMixin, RoleMeterMixin
+from drivers.modbus.config_mixins import SunSpecMeterMixin
 
 RegisterMapName = Annotated[
     str,
@@ -128,7 +128,7 @@ class ModbusRtuDevice(RtuLineMixin, DeviceModel):
     battery: BatteryLimits = Field(default=BatteryLimits(), description="Limits of the battery behind this device.")
 
 
-class SunSpecTcpDevice(DeviceModel):
+class SunSpecTcpDevice(SunSpecMeterMixin, DeviceModel):
     """A SunSpec inverter/battery/meter; what it has is discovered, the flags say which DERs to expect."""
 
     driver: Literal["sunspec_tcp"] = Field(
@@ -212,11 +212,6 @@ class SunSpecTcpDevice(DeviceModel):
             raise ValueError("meter_role needs has_meter = true")
         return self
 
-    def meter_ders(self) -> list[MeterDer]:
-        if not self.has_meter:
-            return []
-        return [MeterDer(f"{self.id}.meter", self.meter_role or "grid", f"devices.{self.id}.meter_role")]
-
 
 _METER_ROLE_DESCRIPTION = (
     "What the meter measures: `grid` (the site's connection point: the fuse and export limits act on "
@@ -235,7 +230,7 @@ MeterMapName = Annotated[
 ]
 
 
-class ModbusMeterTcpDevice(DeviceModel):
+class ModbusMeterTcpDevice(RoleMeterMixin, DeviceModel):
     """A read-only meter over Modbus-TCP (or behind a TCP-to-RS-485 gateway), laid out by a meter profile."""
 
     driver: Literal["modbus_meter_tcp"] = Field(
@@ -252,11 +247,8 @@ class ModbusMeterTcpDevice(DeviceModel):
     max_requests_per_s: float | None = _same_as(ModbusTcpDevice, "max_requests_per_s")
     role: MeterRole = Field(default="grid", description=_METER_ROLE_DESCRIPTION)
 
-    def meter_ders(self) -> list[MeterDer]:
-        return [MeterDer(self.id, self.role, f"devices.{self.id}.role")]
 
-
-class ModbusMeterRtuDevice(RtuLineMixin, DeviceModel):
+class ModbusMeterRtuDevice(RoleMeterMixin, RtuLineMixin, DeviceModel):
     """A read-only meter on an RS-485 line; it shares the line rules of `modbus_rtu` devices on its port."""
 
     driver: Literal["modbus_meter_rtu"] = Field(
@@ -280,11 +272,8 @@ class ModbusMeterRtuDevice(RtuLineMixin, DeviceModel):
     max_requests_per_s: float | None = _same_as(ModbusRtuDevice, "max_requests_per_s")
     role: MeterRole = Field(default="grid", description=_METER_ROLE_DESCRIPTION)
 
-    def meter_ders(self) -> list[MeterDer]:
-        return [MeterDer(self.id, self.role, f"devices.{self.id}.role")]
 
-
-class SunSpecRtuDevice(RtuLineMixin, DeviceModel):
+class SunSpecRtuDevice(SunSpecMeterMixin, RtuLineMixin, DeviceModel):
     """A SunSpec inverter on an RS-485 line: the SunSpec driver over a serial bus (line rules as `modbus_rtu`)."""
 
     driver: Literal["sunspec_rtu"] = Field(
@@ -318,13 +307,8 @@ class SunSpecRtuDevice(RtuLineMixin, DeviceModel):
             raise ValueError("meter_role needs has_meter = true")
         return self
 
-    def meter_ders(self) -> list[MeterDer]:
-        if not self.has_meter:
-            return []
-        return [MeterDer(f"{self.id}.meter", self.meter_role or "grid", f"devices.{self.id}.meter_role")]
 
-
-class ModbusEvDevice(DeviceModel):
+class ModbusEvDevice(EvChargerMixin, DeviceModel):
     driver: Literal["modbus_ev"] = Field(
         description=(
             'An EV charger over Modbus-TCP (Alfen Eve: enable active load balancing with data source "Energy '
@@ -367,6 +351,3 @@ class ModbusEvDevice(DeviceModel):
         ),
     )
     ev: EvLimits = Field(description="Limits of the charger as installed.")
-
-    def charger_limits(self) -> list[ChargerLimit]:
-        return [(f"devices.{self.id}.ev", self.ev.max_current_a, self.ev.phases)]

@@ -10,22 +10,23 @@ fixed-map inverters does not carry the SunSpec, EV or meter code (~1.9 MB; docs/
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
-from drivers.modbus.config import (
-    ModbusEvDevice,
-    ModbusMeterRtuDevice,
-    ModbusMeterTcpDevice,
-    ModbusRtuDevice,
-    ModbusTcpDevice,
-    SunSpecRtuDevice,
-    SunSpecTcpDevice,
-)
 from drivers.modbus.register_map import AUTO_MAP, RegisterMap, load_register_map
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
+    # The daemon's config structs (drivers/config_structs.py); the pydantic models have the same fields.
+    from drivers.config_structs import (
+        ModbusEvDevice,
+        ModbusMeterRtuDevice,
+        ModbusMeterTcpDevice,
+        ModbusRtuDevice,
+        ModbusTcpDevice,
+        SunSpecRtuDevice,
+        SunSpecTcpDevice,
+    )
     from drivers.modbus.auto_profile import AutoProfileInverter, AutoProfileMeter
     from drivers.modbus.hybrid_inverter import ModbusHybridInverter
     from drivers.modbus.map_meter import ModbusMapMeter
@@ -65,7 +66,9 @@ def add_modbus_meter(out: DeviceSet, dev: ModbusMeterTcpDevice | ModbusMeterRtuD
     `map = "auto"` its profile is recognised at start (drivers/modbus/auto_profile.py)."""
     from drivers.modbus.map_meter import ModbusMapMeter
 
-    bus = _tcp_bus(dev) if isinstance(dev, ModbusMeterTcpDevice) else _serial_bus(dev)
+    # By what the device is (an RTU model owns a serial port), not its class: pydantic model or struct alike.
+    on_serial = dev.serial_port() is not None
+    bus = _serial_bus(cast("ModbusMeterRtuDevice", dev)) if on_serial else _tcp_bus(cast("ModbusMeterTcpDevice", dev))
 
     def make(rmap: RegisterMap) -> ModbusMapMeter:
         return ModbusMapMeter(
@@ -95,7 +98,8 @@ def add_register_map_device(out: DeviceSet, dev: ModbusTcpDevice | ModbusRtuDevi
     the profile at start (drivers/modbus/auto_profile.py)."""
     from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 
-    bus = _tcp_bus(dev) if isinstance(dev, ModbusTcpDevice) else _serial_bus(dev)
+    on_serial = dev.serial_port() is not None
+    bus = _serial_bus(cast("ModbusRtuDevice", dev)) if on_serial else _tcp_bus(cast("ModbusTcpDevice", dev))
 
     def make(rmap: RegisterMap) -> ModbusHybridInverter:
         return ModbusHybridInverter(
@@ -143,17 +147,20 @@ def add_sunspec(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, clock:
     """
     from drivers.modbus.sunspec import SunSpecInverter
 
+    if dev.serial_port() is not None:
+        bus = _serial_bus(cast("SunSpecRtuDevice", dev))
+    else:
+        tcp = cast("SunSpecTcpDevice", dev)
+        bus = get_tcp_bus(
+            tcp.host,
+            tcp.port,
+            timeout_s=tcp.timeout_s,
+            min_gap_s=_ms(tcp.min_gap_ms) or 0.0,
+            max_requests_per_s=tcp.max_requests_per_s,
+        )
     inverter = SunSpecInverter(
         device_id=dev.id,
-        bus=_serial_bus(dev)
-        if isinstance(dev, SunSpecRtuDevice)
-        else get_tcp_bus(
-            dev.host,
-            dev.port,
-            timeout_s=dev.timeout_s,
-            min_gap_s=_ms(dev.min_gap_ms) or 0.0,
-            max_requests_per_s=dev.max_requests_per_s,
-        ),
+        bus=bus,
         unit_id=dev.unit_id,
         poll_s=dev.poll_s,
         clock=clock,

@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from drivers.config_base import ChargerLimit, DeviceModel, EvLimits, MeterDer, MeterRole, _Strict
+from drivers.config_base import DeviceModel, EvLimits, MeterRole, _Strict
+from drivers.mqtt.config_mixins import MqttDeviceMixin
 
 MqttUnit = Literal["", "W", "kW", "Wh", "kWh", "%", "A", "V"]
 
@@ -123,7 +124,7 @@ class MqttCommandConfig(_Strict):
         return self
 
 
-class MqttDevice(DeviceModel):
+class MqttDevice(MqttDeviceMixin, DeviceModel):
     driver: Literal["mqtt"] = Field(
         description=(
             "An MQTT broker connection: one entry per broker, with the DERs it carries in `[[devices.ders]]` "
@@ -174,17 +175,3 @@ class MqttDevice(DeviceModel):
             if der.kind != "ev_charger" or der.ev is None:
                 raise ValueError(f"der {c.der!r}: commands need kind = 'ev_charger' with an [ev] table of limits")
         return self
-
-    def meter_ders(self) -> list[MeterDer]:
-        return [
-            MeterDer(f"{self.id}.{der.id}", der.role or "grid", f"devices.{self.id}.ders.{der.id}.role")
-            for der in self.ders
-            if der.kind == "meter"
-        ]
-
-    def charger_limits(self) -> list[ChargerLimit]:
-        return [
-            (f"devices.{self.id}.ders.{der.id}.ev", der.ev.max_current_a, der.ev.phases)
-            for der in self.ders
-            if der.ev is not None
-        ]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drivers.mqtt.config import MqttDevice
 from drivers.mqtt.driver import CommandTopic, MqttDer, MqttDriver
 from drivers.mqtt.mapping import TopicMapping, preset_mappings
 from zapd.clock import Clock
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
-    from drivers.config_base import EvLimits
+    from drivers.config_structs import EvLimits, MqttDevice
     from zapd.devices import DeviceSet
 
 

@@ -31,8 +31,8 @@ from ocpp.v16.enums import Action, RegistrationStatus
 from websockets.exceptions import ConnectionClosed
 
 from drivers.api import ReadingSink
+from drivers.config_structs import OcppChargePoint
 from drivers.ev_command import ev_current_refusal
-from drivers.ocpp.config import OcppChargePoint
 from drivers.ocpp.meter_values import (
     ENERGY_WH,
     MEASURANDS,

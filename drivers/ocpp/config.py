@@ -12,12 +12,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from drivers.config_base import ChargerLimit, DeviceModel, _Strict
+from drivers.config_base import DeviceModel, _Strict
+from drivers.ocpp.config_mixins import OcppChargePointMixin, OcppDeviceMixin
 
 IEC_MIN_CURRENT_A = 6.0
 
 
-class OcppChargePoint(_Strict):
+class OcppChargePoint(OcppChargePointMixin, _Strict):
     """One charger as installed: its OCPP identity, its sockets and the limits of its circuit."""
 
     id: str = Field(
@@ -98,12 +99,8 @@ class OcppChargePoint(_Strict):
             raise ValueError("give password or password_file, not both")
         return self
 
-    @property
-    def fallback_current_a(self) -> float:
-        return self.min_current_a if self.safe_current_a is None else self.safe_current_a
 
-
-class OcppDevice(DeviceModel):
+class OcppDevice(OcppDeviceMixin, DeviceModel):
     driver: Literal["ocpp"] = Field(
         description=(
             "zapd as the local OCPP 1.6J central system: chargers connect to `ws://HOST:PORT/ocpp/<charge point "
@@ -165,6 +162,3 @@ class OcppDevice(DeviceModel):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         return self
-
-    def charger_limits(self) -> list[ChargerLimit]:
-        return [(f"devices.{self.id}.charge_points.{cp.id}", cp.max_current_a, cp.phases) for cp in self.charge_points]

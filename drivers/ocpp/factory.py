@@ -12,7 +12,7 @@ from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
-    from drivers.ocpp.config import OcppDevice
+    from drivers.config_structs import OcppDevice
     from zapd.devices import DeviceSet
 
 

@@ -28,9 +28,9 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from drivers.api import ReadingSink
+from drivers.config_structs import OcppDevice
 from drivers.health import DeviceHealth, HealthState
 from drivers.ocpp.charge_point import BOOT_WAIT_S, MAX_LOGGED_KINDS, ChargePointSession, OcppConnector, _Link
-from drivers.ocpp.config import OcppDevice
 from drivers.resilience import Backoff
 from zapd.clock import Clock
 from zapd.model import DerCapabilities

@@ -10,25 +10,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from drivers.config_base import DeviceModel, MeterDer, MeterRole, _same_as
+from drivers.config_base import DeviceModel, MeterRole, _same_as
+from drivers.config_types import RoleMeterMixin
+from drivers.p1.config_mixins import DSMR_TELEGRAM_INTERVAL_S as DSMR_TELEGRAM_INTERVAL_S
+from drivers.p1.config_mixins import SerialPortMixin
+from drivers.p1.config_mixins import telegram_interval_s as telegram_interval_s
 
 DsmrVersion = Annotated[
     Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"],
     Field(description="DSMR version: 2.2, 4, 5, 5B (Belgium), 5L (Luxembourg), 5S (Sweden) or Q3D."),
 ]
-# Seconds between P1 telegrams, by DSMR version (see docs/decisions.md "P1 telegram intervals" for sources):
-# DSMR 2.2 and 4.x every 10 s, DSMR 5.0 (and Belgium's e-MUCS) every second, Luxembourg's Smarty and
-# the Swedish P1 recommendation every 10 s; Q3D has no published interval, 10 s is the safe guess
-# (a slower meter would otherwise look dead and hold the site).
-DSMR_TELEGRAM_INTERVAL_S: dict[str, float] = {
-    "2.2": 10.0,
-    "4": 10.0,
-    "5": 1.0,
-    "5B": 1.0,
-    "5L": 10.0,
-    "5S": 10.0,
-    "Q3D": 10.0,
-}
 TelegramInterval = Annotated[
     float | None,
     Field(
@@ -51,7 +42,7 @@ DecryptionKey = Annotated[
 ]
 
 
-class P1SerialDevice(DeviceModel):
+class P1SerialDevice(RoleMeterMixin, SerialPortMixin, DeviceModel):
     driver: Literal["p1_serial"] = Field(
         description="A smart meter's P1 port (DSMR) through a USB cable. Its DER is `<id>`."
     )
@@ -80,14 +71,8 @@ class P1SerialDevice(DeviceModel):
         ),
     )
 
-    def meter_ders(self) -> list[MeterDer]:
-        return [MeterDer(self.id, self.role, f"devices.{self.id}.role")]
 
-    def serial_port(self) -> str | None:
-        return self.port
-
-
-class P1TcpDevice(DeviceModel):
+class P1TcpDevice(RoleMeterMixin, DeviceModel):
     driver: Literal["p1_tcp"] = Field(
         description=(
             "A network P1 reader (or ser2net) that serves the meter's DSMR telegrams over TCP. Its DER is `<id>`."
@@ -100,11 +85,3 @@ class P1TcpDevice(DeviceModel):
     poll_s: TelegramInterval = None
     decryption_key: DecryptionKey = None
     role: MeterRole = _same_as(P1SerialDevice, "role")
-
-    def meter_ders(self) -> list[MeterDer]:
-        return [MeterDer(self.id, self.role, f"devices.{self.id}.role")]
-
-
-def telegram_interval_s(dev: P1SerialDevice | P1TcpDevice) -> float:
-    """The P1 meter's telegram interval: `poll_s` when given, else what its DSMR version sends."""
-    return dev.poll_s if dev.poll_s is not None else DSMR_TELEGRAM_INTERVAL_S[dev.dsmr_version]

@@ -5,26 +5,29 @@ Imported by the registry only when a config has a P1 meter: the DSMR parser and 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from drivers.p1.config import P1SerialDevice, P1TcpDevice, telegram_interval_s
+from drivers.p1.config_mixins import telegram_interval_s
 from drivers.p1.dsmr import P1Meter
 from drivers.p1.transport import SerialP1, TcpP1
 from zapd.clock import Clock
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
+    from drivers.config_structs import P1SerialDevice, P1TcpDevice
     from zapd.devices import DeviceSet
 
 
 def add_p1(out: DeviceSet, dev: P1SerialDevice | P1TcpDevice, clock: Clock) -> None:
     transport: SerialP1 | TcpP1
-    if isinstance(dev, P1SerialDevice):
-        transport = SerialP1.for_version(dev.port, dev.dsmr_version)
-        if dev.baudrate is not None:
-            transport.baudrate = dev.baudrate
+    if dev.serial_port() is not None:  # what it is, not its class: the check's pydantic model or the daemon's struct
+        serial = cast("P1SerialDevice", dev)
+        transport = SerialP1.for_version(serial.port, serial.dsmr_version)
+        if serial.baudrate is not None:
+            transport.baudrate = serial.baudrate
     else:
-        transport = TcpP1(dev.host, dev.port)
+        tcp = cast("P1TcpDevice", dev)
+        transport = TcpP1(tcp.host, tcp.port)
     out.drivers.append(
         P1Meter(
             device_id=dev.id,

@@ -30,8 +30,22 @@ HEAVY_FOR_A_PLAIN_SITE = (
     "click",  # httpx's command-line client
     "pygments",
     "greenlet",  # structlog's probe; comes with the cloud's SQLAlchemy
-    "importlib.metadata",  # pydantic's plugin scan (zapd uses no plugins)
+    "importlib.metadata",  # pydantic's plugin scan, websockets' version module
     "zipfile",
+    # The config is checked by the pydantic models in a child (zapd/config_load.py): the daemon runs on
+    # the msgspec Structs generated from them (docs/decisions.md, footprint).
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "zapd.config",
+    "zapd.config_check",
+    "drivers.config_base",
+    "drivers.registry",
+    "drivers.p1.config",
+    "drivers.modbus.config",
+    "drivers.mqtt.config",
+    "drivers.ocpp.config",
+    "difflib",  # the check's "did you mean"
     "zapd.homeassistant",
     "cloud",
     "cloud_sync.session",
@@ -109,7 +123,7 @@ def _present(heavy: set[str], loaded: set[str]) -> list[str]:
 
 def test_zapd_run_with_a_plain_meter_and_no_cloud_leaves_the_heavy_modules_out(tmp_path: Path) -> None:
     loaded = _modules_of_zapd_run(tmp_path, "meter", "p1_tcp")
-    assert "drivers.p1.dsmr" in loaded and "pydantic" in loaded  # it did build the site
+    assert "drivers.p1.dsmr" in loaded and "zapd.config_structs" in loaded  # it did build the site
     heavy = set(HEAVY_FOR_A_PLAIN_SITE) | {"pymodbus", "serial_asyncio"}  # no Modbus device, a TCP meter
     assert _present(heavy, loaded) == []
 
