@@ -146,6 +146,28 @@ def test_commands_never_exceed_the_nameplate(profile: str, power_w: float) -> No
         assert abs(power_w) - step - slack <= magnitude <= abs(power_w) + slack
     if ctl.style == "dispatch":
         _check_dispatch(rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w, (0.1, 1.0))
+    if ctl.style == "grid_setpoint":
+        _check_grid_setpoint(rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w)
+
+
+def _value(rmap: Any, bus: FakeBus, unit: int, name: str) -> float:
+    f = rmap.field(name)
+    at = f.unit_id if f.unit_id is not None else unit
+    return float(f.decode([bus.regs.get((at, f.table.value, f.address + i), 0) for i in range(f.count)]))
+
+
+def _check_grid_setpoint(rmap: Any, bus: FakeBus, unit: int, power_w: float) -> None:
+    """A grid (or AC) set point moves the battery by the command: set point = grid + (P - battery),
+    from the grid and battery power the device showed (SMA STP SE, Fox ESS H3 on their AC power)."""
+    ctl = rmap.control
+    assert ctl.setpoint
+    grid = sum(_value(rmap, bus, unit, name) for name in ctl.grid_power)
+    if rmap.get("battery_power") is not None:
+        battery = _value(rmap, bus, unit, "battery_power")
+    else:
+        battery = _value(rmap, bus, unit, "battery_charge_power") - _value(rmap, bus, unit, "battery_discharge_power")
+    step = abs(rmap.field(ctl.setpoint).decode(rmap.field(ctl.setpoint).encode_raw_int(1)))
+    assert abs(_value(rmap, bus, unit, ctl.setpoint) - (grid + power_w - battery)) <= max(step, 1.0) / 2 + 1e-6
 
 
 def _check_dispatch(rmap: Any, bus: FakeBus, unit: int, power_w: float, bounds: tuple[float, float]) -> None:
