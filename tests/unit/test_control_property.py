@@ -275,7 +275,7 @@ def test_tou_slot_refuses_soc_bounds_with_no_whole_percent_between() -> None:
 
 
 def _on_manual_clock(profile: str, **limits: float) -> tuple[ModbusHybridInverter, FakeBus, Any]:
-    """The profile's fixture image on a fake bus (unit 1), driven on a manual clock with these limits."""
+    """The profile's fixture image on a fake bus (its unit id), driven on a manual clock with these limits."""
     from datetime import UTC, datetime
 
     from zapd.clock import ManualClock
@@ -285,7 +285,7 @@ def _on_manual_clock(profile: str, **limits: float) -> tuple[ModbusHybridInverte
     inv = ModbusHybridInverter(
         device_id="d",
         bus=cast(ModbusBus, bus),
-        unit_id=1,
+        unit_id=FIXTURE_DATA[profile]["unit_id"],
         register_map=load_register_map(profile),
         poll_s=1.0,
         clock=clock,
@@ -319,6 +319,30 @@ def test_tou_slot_keepalive_rule_spares_the_program_table() -> None:
         bus.writes.clear()
         await inv.safe_mode()
         assert bus.writes == [(1, 154, [0]), (1, 166, [10]), (1, 172, [0]), (1, 146, [0])]
+
+    asyncio.run(scenario())
+
+
+def test_dispatch_is_rewritten_before_its_duration_runs_out() -> None:
+    """AlphaESS dispatch (duration 300 s): a held command is not written again within keepalive_s (150 s),
+    then the whole command (power, duration, SoC, mode) goes out again, well before the device would drop
+    it; a device that ended the dispatch on its own (0x0880 = 0) gets the start written first."""
+
+    async def scenario() -> None:
+        inv, bus, clock = _on_manual_clock("alpha_ess_smile", max_charge_w=5000.0, max_discharge_w=5000.0)
+        cmd = BatterySetpoint(der_id="d.battery", power_w=-1500.0)
+        assert (await inv.apply(cmd)).ok
+        assert [a for _, a, _ in bus.writes] == [0x0880, 0x0881, 0x0887, 0x0886, 0x0885]
+        bus.writes.clear()
+        clock.advance(149)
+        assert (await inv.apply(cmd)).ok and bus.writes == []  # held, inside keepalive_s
+        clock.advance(2)
+        assert (await inv.apply(cmd)).ok
+        assert bus.writes == [(85, 0x0881, [0, 33500]), (85, 0x0887, [0, 300]), (85, 0x0886, [25]), (85, 0x0885, [2])]
+        bus.writes.clear()
+        bus.regs[(85, "holding", 0x0880)] = 0  # the dispatch ended on the device
+        assert (await inv.apply(cmd)).ok
+        assert [a for _, a, _ in bus.writes] == [0x0880, 0x0881, 0x0887, 0x0886, 0x0885]
 
     asyncio.run(scenario())
 
