@@ -15,11 +15,22 @@ allocated greedily, cheapest marginal kW first, until the target is met (a conve
 for this separable problem up to the ladder's granularity). The chosen sites get their λ stored with the
 event, so every later re-plan keeps it inside the window, and the plan solved at that λ is published in
 the same transaction.
+
+The curve's points do not depend on which optimal vertex the solver lands on (the LPs are degenerate: a
+warm start and a cold solve may hand different, equally cheap schedules). With exact optima the reduction
+never falls as λ rises, and two rungs with the same reduction have the same cost (each plan is optimal at
+the other's λ too), so the rule is: walking up the ladder, a rung that does not reduce more than the last
+kept one by SAME_KW (1 mW) is that point again, and the smallest λ reaching a reduction is kept. That makes
+the warm start exact, and lets the ladder stop at the first rung that reaches `reduction_ceiling` (every
+higher rung would be that point again). Ties in the hull and the allocation go the same stated way: the
+nearer point on a slope tie, the smaller site id on equal marginal costs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,8 +45,9 @@ from cloud.assets import AssetsError, decode_assets
 from cloud.db import Database
 from cloud.db import planning as store
 from cloud.forecast import FloatArray
-from cloud.optimizer import solve
+from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Solution
+from cloud.optimizer_model import site_data
 from cloud.planner import STEP, PlanError, PlannerOptions, Prepared, floor_slot, plan_flows, to_plan, true_cost
 from cloud_sync.wire import format_ts
 
@@ -191,27 +203,76 @@ def _with_incentive(prepared: Prepared, mask: npt.NDArray[np.bool_], per_kwh: fl
     return dataclasses.replace(prepared, problem=problem, incentive=incentive)
 
 
-def solve_curve(base: Prepared, start: datetime, end: datetime, options: PlannerOptions) -> SolvedCurve:
+# Two ladder points whose reductions differ by at most this (kW, mean over the window) are the same point:
+# the LP solver's tolerance is ~1e-7 kW per slot, so equal reductions of two rungs differ by noise only.
+SAME_KW: Final = 1e-6
+SLOPE_TIE: Final = 1e-9  # relative, EUR per kW
+
+
+def reduction_ceiling(base: Prepared, base_net: FloatArray, mask: npt.NDArray[np.bool_], n_window: int) -> float:
+    """An upper bound on the reduction (kW, mean over the window) any plan of the site can give.
+
+    Per window slot the net import is at least the export limit's floor, and at least load - PV minus what
+    the battery gives (at most its discharge power); what the battery gives over the window is at most its
+    usable energy (the widest stored-energy band over the horizon) plus the PV surplus the export limit
+    would curtail, charged and discharged again. EV charging and charging from the grid only raise the net
+    import. A rung that reaches this bound cannot be beaten by a higher one (module doc), so the ladder
+    stops there.
+    """
+    p = base.problem
+    d = site_data(p)
+    dt = p.dt_hours
+    a = (d.load - d.pv)[mask]
+    floor = np.maximum(-d.max_export, a)  # the net import without any battery
+    room = np.minimum(d.max_discharge, floor + d.max_export)  # how far the battery can push each slot down
+    surplus = float(np.sum(np.maximum(0.0, -d.max_export - a)))
+    usable = d.eff_discharge * (
+        max(0.0, float(np.max(d.energy_ub)) - float(np.min(d.energy_lb))) + d.eff_charge * dt * surplus
+    )
+    lowest = float(np.sum(floor)) - min(float(np.sum(room)), usable / dt)
+    return (float(np.sum(base_net[mask])) - lowest) / n_window
+
+
+def solve_curve(
+    base: Prepared, start: datetime, end: datetime, options: PlannerOptions, *, exhaustive: bool = False
+) -> SolvedCurve:
     """Solve the site at each incentive of the ladder (blocking: run it in a thread).
+
+    The rungs' LPs differ from the base problem only in their costs, so they are solved warm (one HiGHS
+    instance, `WarmStart`, from the last rung's basis), and the ladder stops at the first rung that reaches
+    `reduction_ceiling`. Both are exact because of the tie-break that makes the points independent of which
+    optimal vertex the solver lands on: walking up the ladder, a rung whose reduction does not exceed the
+    last kept one's by more than SAME_KW is the same point, and the smallest incentive reaching a reduction
+    is kept (with exact optima the reduction never falls as λ rises, and an equal reduction at a higher λ
+    has an equal cost, so nothing is lost). `exhaustive=True` solves every rung cold: the reference the
+    tests compare against.
 
     The hull points keep their plan, built now from this solve, so publishing a chosen site needs no
     second solve: the dispatch is a database transaction (cloud/fleet_work.py).
     """
     n_window = window_slots(start, end)
     mask = _window_mask(base, start, end)
-    base_solution = solve(base.problem, time_limit_s=options.solve_time_limit_s)
+    warm = None if exhaustive else WarmStart()
+    base_solution = solve(base.problem, time_limit_s=options.solve_time_limit_s, warm=warm)
     if not base_solution.grid_import_kw:
         raise PlanError(f"optimizer {base_solution.status}: {base_solution.message}")
     base_cost = true_cost(base, base_solution)
     base_net = _net(base_solution)
+    ceiling = math.inf if exhaustive else reduction_ceiling(base, base_net, mask, n_window)
     points: list[tuple[Option, Prepared, Solution]] = []
+    kept = 0.0  # the reduction of the last point kept: a point must reduce by more than noise
     for lam in INCENTIVE_LADDER:
+        if kept >= ceiling - SAME_KW:
+            break  # no rung can reduce more (none at all when the plan without the event is already there)
         variant = _with_incentive(base, mask, lam)
-        sol = solve(variant.problem, time_limit_s=options.solve_time_limit_s)
+        sol = solve(variant.problem, time_limit_s=options.solve_time_limit_s, warm=warm)
         if not sol.grid_import_kw:
             continue
         # mean over the whole window; slots past this site's horizon contribute nothing
         reduction = float(np.sum((base_net - _net(sol))[mask])) / n_window
+        if reduction <= kept + SAME_KW:
+            continue  # the same point as a smaller incentive's (or none): the smaller incentive stays
+        kept = reduction
         points.append((Option(lam, reduction, true_cost(variant, sol) - base_cost, len(points)), variant, sol))
     hull = _lower_hull([o for o, _, _ in points])
     candidates: list[dict[str, Any]] = []
@@ -225,43 +286,59 @@ def solve_curve(base: Prepared, start: datetime, end: datetime, options: Planner
 
 
 def _lower_hull(points: list[Option]) -> list[Option]:
-    """Points on the lower convex hull from (0, 0), reduction strictly increasing."""
+    """Points on the lower convex hull from (0, 0), reduction strictly increasing.
+
+    Slopes equal to within SLOPE_TIE (collinear points: a rung at a breakpoint of the site's curve) count as
+    equal, and the nearer point is taken, so solver noise in the last digits cannot pick another point.
+    """
     hull: list[Option] = []
     last_r, last_c = 0.0, 0.0
-    candidates = sorted((p for p in points if p.reduction_kw > 1e-6), key=lambda p: (p.reduction_kw, p.extra_cost))
+    candidates = sorted((p for p in points if p.reduction_kw > SAME_KW), key=lambda p: (p.reduction_kw, p.extra_cost))
     while candidates:
-        best = min(candidates, key=lambda p: max(p.extra_cost - last_c, 0.0) / (p.reduction_kw - last_r))
+        slopes = [max(p.extra_cost - last_c, 0.0) / (p.reduction_kw - last_r) for p in candidates]
+        least = min(slopes)
+        best = next(p for p, s in zip(candidates, slopes, strict=True) if s <= least + SLOPE_TIE * max(1.0, least))
         hull.append(best)
         last_r, last_c = best.reduction_kw, best.extra_cost
-        candidates = [p for p in candidates if p.reduction_kw > last_r + 1e-6]
+        candidates = [p for p in candidates if p.reduction_kw > last_r + SAME_KW]
     return hull
 
 
+def _marginal_key(per_kw: float) -> float:
+    """A marginal cost to 9 significant digits: two equal sites' curves differ by float noise (~1e-15)."""
+    return float(f"{per_kw:.9g}")
+
+
 def allocate(curves: list[SiteCurve], target_kw: float) -> dict[str, Option]:
-    """Greedy by marginal cost per kW over the sites' convex curves, until the target is met."""
-    level = {c.site_id: -1 for c in curves}
+    """Greedy by marginal cost per kW over the sites' convex curves, until the target is met.
+
+    Each site's next step waits in a heap keyed by its marginal cost (to 9 significant digits) and then the
+    site id, so equal sites are taken in id order, whatever order the curves come in or noise they carry;
+    O(steps log sites), where scanning every site per step took 1.2 s for 1,000 sites in the publish.
+    """
+    by_id = {c.site_id: c for c in curves}
+    heap: list[tuple[float, str, int]] = []
+
+    def push(sid: str, level: int) -> None:  # the step after `level` (-1: nothing taken yet)
+        opts = by_id[sid].options
+        if level + 1 >= len(opts):
+            return
+        prev_r = opts[level].reduction_kw if level >= 0 else 0.0
+        prev_c = opts[level].extra_cost if level >= 0 else 0.0
+        nxt = opts[level + 1]
+        marginal = max(nxt.extra_cost - prev_c, 0.0) / (nxt.reduction_kw - prev_r)
+        heapq.heappush(heap, (_marginal_key(marginal), sid, level + 1))
+
+    for sid in by_id:
+        push(sid, -1)
     chosen: dict[str, Option] = {}
     met = 0.0
-    by_id = {c.site_id: c for c in curves}
-    while met < target_kw - 1e-9:
-        best: tuple[float, str] | None = None
-        for sid, i in level.items():
-            opts = by_id[sid].options
-            if i + 1 >= len(opts):
-                continue
-            prev_r = opts[i].reduction_kw if i >= 0 else 0.0
-            prev_c = opts[i].extra_cost if i >= 0 else 0.0
-            nxt = opts[i + 1]
-            marginal = max(nxt.extra_cost - prev_c, 0.0) / (nxt.reduction_kw - prev_r)
-            if best is None or marginal < best[0]:
-                best = (marginal, sid)
-        if best is None:
-            break
-        sid = best[1]
-        level[sid] += 1
-        option = by_id[sid].options[level[sid]]
+    while met < target_kw - 1e-9 and heap:
+        _, sid, level = heapq.heappop(heap)
+        option = by_id[sid].options[level]
         met += option.reduction_kw - (chosen[sid].reduction_kw if sid in chosen else 0.0)
         chosen[sid] = option
+        push(sid, level)
     return chosen
 
 
@@ -274,6 +351,8 @@ def decode_event(body: bytes) -> EventRequest:
 
 __all__ = [
     "INCENTIVE_LADDER",
+    "SAME_KW",
+    "SLOPE_TIE",
     "EventError",
     "EventRequest",
     "Option",
@@ -284,6 +363,7 @@ __all__ = [
     "decode_event",
     "flexibility",
     "in_horizon",
+    "reduction_ceiling",
     "solve_curve",
     "window_slots",
 ]

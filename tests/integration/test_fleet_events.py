@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from nacl.signing import SigningKey
 from sqlalchemy import func, select
@@ -49,12 +51,20 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
         await database.dispose()
 
 
-async def fleet(db: Database, n: int = N_SITES, days: int = 2) -> list[str]:
+def varied_batteries(i: int) -> dict[str, Any]:
+    """Site i's assets with a battery of 2 + i kW and 3 + 3 i kWh: curves of several points, plateaus."""
+    return {**ASSETS, "battery": {"capacity_kwh": 3.0 + 3 * i, "max_charge_kw": 2.0 + i, "max_discharge_kw": 2.0 + i}}
+
+
+async def fleet(
+    db: Database, n: int = N_SITES, days: int = 2, assets: Callable[[int], dict[str, Any]] = lambda i: ASSETS
+) -> list[str]:
     """n sites with a battery, `days` of telemetry and two days of prices."""
     ids = [f"s{i}" for i in range(n)]
     start = T0.replace(hour=0, minute=0) - timedelta(days=days)
     for i, sid in enumerate(ids):
-        await register_site(db, sid, public_key_b64(SigningKey.generate()), assets=ASSETS, tariff=TARIFF, now=T0)
+        key = public_key_b64(SigningKey.generate())
+        await register_site(db, sid, key, assets=assets(i), tariff=TARIFF, now=T0)
         await ingest(db, sid, readings(start, T0.replace(minute=0), 1, soc=0.4 + 0.1 * (i % 5)))
     await put_prices(db, T0.replace(hour=0, minute=0) - timedelta(hours=2), 50, T0)
     return ids
@@ -321,3 +331,64 @@ async def test_the_sky_cache_changes_no_curve_and_no_allocation(
     assert cached[0] == uncached[0]
     assert any(state == "dispatched" for state, *_ in cached[0].values())
     assert cached[1] == uncached[1]  # the signed plans themselves, routine and DR, byte for byte
+
+
+async def test_the_warm_ladder_gives_the_cold_ladders_curves_and_allocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ladder as dispatched (rungs warm-started from the last basis, stopping at the reduction ceiling)
+    against every rung solved cold: the same incentives, reductions and costs per site and the same
+    allocation of a target that only some sites meet, from fewer solves. Each kept incentive is the smallest
+    rung reaching its reduction: the rung below, solved cold here on its own, reduces less (the tie-break
+    that makes the curve independent of the optimal vertex the solver lands on)."""
+    from cloud import fleet as fleet_module
+    from cloud.fleet import INCENTIVE_LADDER, SAME_KW, allocate, solve_curve
+    from cloud.optimizer import solve
+    from cloud.planner import prepare
+
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'ladder'}.sqlite")
+    await database.create_schema()
+    try:
+        ids = await fleet(database, n=N_SITES, days=1, assets=varied_batteries)
+        bases = [await prepare(database, s, T0, OPTS) for s in ids]
+    finally:
+        await database.dispose()
+    solves: list[int] = []
+    real_solve = fleet_module.solve
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        solves.append(1)
+        return real_solve(*args, **kwargs)
+
+    monkeypatch.setattr(fleet_module, "solve", counted)
+    warm = [solve_curve(b, WINDOW.start, WINDOW.end, OPTS) for b in bases]
+    n_warm = len(solves)
+    cold = [solve_curve(b, WINDOW.start, WINDOW.end, OPTS, exhaustive=True) for b in bases]
+    assert len(solves) - n_warm == N_SITES * (1 + len(INCENTIVE_LADDER))
+    assert n_warm < (len(solves) - n_warm) / 2  # the ceiling stops most ladders early
+
+    def points(curves: list[Any]) -> list[list[tuple[float, float, float]]]:
+        return [[(o.incentive, o.reduction_kw, o.extra_cost) for o in c.curve.options] for c in curves]
+
+    assert [[o[0] for o in c] for c in points(warm)] == [[o[0] for o in c] for c in points(cold)]
+    for w, c in zip(points(warm), points(cold), strict=True):
+        # kW and EUR to 1e-6: HiGHS solves to 1e-7, and two optimal vertices may differ that much in cost
+        assert [x for o in w for x in o[1:]] == pytest.approx([x for o in c for x in o[1:]], abs=1e-6)
+    assert any(len(c.curve.options) > 1 for c in warm)
+    most = sum(c.curve.options[-1].reduction_kw for c in warm if c.curve.options)
+    picked = {
+        name: {s: (o.incentive, round(o.reduction_kw, 6)) for s, o in allocate([c.curve for c in cs], most / 2).items()}
+        for name, cs in (("warm", warm), ("cold", cold))
+    }
+    assert picked["warm"] == picked["cold"] and 0 < len(picked["warm"]) < N_SITES
+
+    for base, curve in zip(bases, warm, strict=True):
+        mask = fleet_module._window_mask(base, WINDOW.start, WINDOW.end)
+        base_net = fleet_module._net(solve(base.problem))
+        for option in curve.curve.options:
+            rung = INCENTIVE_LADDER.index(option.incentive)
+            if rung == 0:
+                continue
+            below = solve(fleet_module._with_incentive(base, mask, INCENTIVE_LADDER[rung - 1]).problem)
+            reduced = float(np.sum((base_net - fleet_module._net(below))[mask])) / 4
+            assert reduced < option.reduction_kw - SAME_KW, (base.site_id, option)
