@@ -27,6 +27,16 @@ Vendors expose battery control in a few shapes, and a profile names its shape in
   rounded up, as `tou_slot` does) and last the `activate` writes (the dispatch mode that makes the
   device act on those values). A held command is written again after `keepalive_s` (default: half
   the duration), which must be shorter than the duration.
+- `rate_slot`: the device charges and discharges in its own time slots at a power *rate* in % of
+  its rated power (Growatt SPH "Battery first" 1090-1102 / "Grid first" 1070-1082); the `enter`
+  writes make one slot of each kind span the day. Charge P: `charge_rate` = P as % of
+  `rate_reference` (the rated power, read before every command), rounded down; `charge_soc` = the
+  battery's max SoC, rounded down; then the `charge_writes` (that slot on, the other off, grid
+  charging on). Discharge P: `discharge_rate` likewise, `discharge_soc` = the reserve SoC, rounded
+  up, then the `discharge_writes`. Idle: both rates 0, then the `idle_writes` (both slots off: the
+  device's own mode). A rated power that is missing, zero or not a number refuses the command, and
+  so does a command above it: rounding the % down against the device's own rated power never asks
+  for more than the command, whatever lower limit zapd.toml sets.
 
 Around any of them, a *mode sequence*: `enter` writes (forced / remote mode, enable registers,
 written in order before the first command and again whenever `mode_field` shows that the device
@@ -49,9 +59,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ControlStyle = Literal["signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot", "dispatch"]
+ControlStyle = Literal["signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot", "dispatch", "rate_slot"]
 RevertRule = Literal["idle", "release"]
-STYLES: tuple[ControlStyle, ...] = ("signed_setpoint", "direction_magnitude", "grid_setpoint", "tou_slot", "dispatch")
+STYLES: tuple[ControlStyle, ...] = (
+    "signed_setpoint",
+    "direction_magnitude",
+    "grid_setpoint",
+    "tou_slot",
+    "dispatch",
+    "rate_slot",
+)
 _KEEPALIVE_MAX_S = 3600.0
 _TIMEOUT_MAX_S = 86_400.0
 _KEYS = {
@@ -85,7 +102,16 @@ _KEYS = {
     "duration_s",
     "activate",
     "direction_first",
+    "rate_reference",
+    "charge_rate",
+    "discharge_rate",
+    "charge_soc",
+    "discharge_soc",
+    "charge_writes",
+    "discharge_writes",
+    "idle_writes",
 }
+_RATE_SLOT_KEYS = ("rate_reference", "charge_rate", "discharge_rate", "charge_soc", "discharge_soc")
 
 
 class ControlSpecError(ValueError):
@@ -133,6 +159,16 @@ class ControlSpec:
     duration: str | None = None
     duration_s: float | None = None
     activate: tuple[RawWrite, ...] = ()
+    # rate_slot: the rated power (W) the rates are % of, the rate (%) and stop-SoC (%) fields of each
+    # direction, and the mode writes that follow them.
+    rate_reference: str | None = None
+    charge_rate: str | None = None
+    discharge_rate: str | None = None
+    charge_soc: str | None = None
+    discharge_soc: str | None = None
+    charge_writes: tuple[RawWrite, ...] = ()
+    discharge_writes: tuple[RawWrite, ...] = ()
+    idle_writes: tuple[RawWrite, ...] = ()
 
     @property
     def mode_value(self) -> int | None:
@@ -142,7 +178,8 @@ class ControlSpec:
         return None
 
     def written_fields(self) -> set[str]:
-        names = {w.field for w in (*self.enter, *self.release, *self.activate)}
+        modes = (*self.charge_writes, *self.discharge_writes, *self.idle_writes)
+        names = {w.field for w in (*self.enter, *self.release, *self.activate, *modes)}
         for name in (
             self.setpoint,
             self.direction,
@@ -154,6 +191,10 @@ class ControlSpec:
             self.slot_charge,
             self.soc_target,
             self.duration,
+            self.charge_rate,
+            self.discharge_rate,
+            self.charge_soc,
+            self.discharge_soc,
         ):
             if name is not None:
                 names.add(name)
@@ -161,6 +202,8 @@ class ControlSpec:
 
     def read_fields(self) -> set[str]:
         names = set(self.grid_power)
+        if self.rate_reference is not None:
+            names.add(self.rate_reference)
         if self.mode_field is not None:
             names.add(self.mode_field)
         return names
@@ -294,6 +337,14 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         duration=_name(doc, "duration"),
         duration_s=duration_s,
         activate=_writes(doc, "activate"),
+        rate_reference=_name(doc, "rate_reference"),
+        charge_rate=_name(doc, "charge_rate"),
+        discharge_rate=_name(doc, "discharge_rate"),
+        charge_soc=_name(doc, "charge_soc"),
+        discharge_soc=_name(doc, "discharge_soc"),
+        charge_writes=_writes(doc, "charge_writes"),
+        discharge_writes=_writes(doc, "discharge_writes"),
+        idle_writes=_writes(doc, "idle_writes"),
     )
     need = {
         "signed_setpoint": ("setpoint",),
@@ -301,6 +352,7 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         "grid_setpoint": ("setpoint",),
         "tou_slot": ("slot_power", "slot_soc", "slot_charge"),
         "dispatch": ("setpoint", "soc_target", "duration", "duration_s"),
+        "rate_slot": _RATE_SLOT_KEYS,
     }[style]
     for key in need:
         if getattr(spec, key) is None:
@@ -311,6 +363,14 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         raise ControlSpecError("control.style 'dispatch' needs control.activate (the write that starts the dispatch)")
     if style != "dispatch" and (spec.activate or spec.soc_target or spec.duration or spec.duration_s is not None):
         raise ControlSpecError("control.activate, soc_target, duration and duration_s belong to style 'dispatch'")
+    modes = (spec.charge_writes, spec.discharge_writes, spec.idle_writes)
+    if style == "rate_slot" and not (spec.charge_writes and spec.discharge_writes):
+        raise ControlSpecError("control.style 'rate_slot' needs control.charge_writes and discharge_writes")
+    if style != "rate_slot" and (any(getattr(spec, k) for k in _RATE_SLOT_KEYS) or any(modes)):
+        raise ControlSpecError(
+            "control.rate_reference, charge_rate, discharge_rate, charge_soc, discharge_soc and the "
+            "charge / discharge / idle writes belong to style 'rate_slot'"
+        )
     if style == "tou_slot" and spec.slot_charge_on == spec.slot_charge_off:
         raise ControlSpecError("control.slot_charge_on and slot_charge_off must differ")
     if style == "grid_setpoint" and not spec.grid_power:
@@ -336,11 +396,12 @@ def _check_fields(spec: ControlSpec, fields: Mapping[str, Any]) -> None:
     for name in sorted(spec.written_fields()):
         if not getattr(fields[name], "writable", False):
             raise ControlSpecError(f"control writes field {name!r}: it must be writable")
-    for w in (*spec.enter, *spec.release, *spec.activate):
+    modes = (*spec.charge_writes, *spec.discharge_writes, *spec.idle_writes)
+    for w in (*spec.enter, *spec.release, *spec.activate, *modes):
         # a coil (an enable bit) takes 0 or 1; the bus writes it with function 0x05
         if getattr(getattr(fields[w.field], "dtype", None), "value", None) == "bool" and w.value not in (0, 1):
             raise ControlSpecError(f"control writes coil {w.field!r} = {w.value}: a coil takes 0 or 1")
-    for key in ("slot_soc", "soc_target"):
+    for key in ("slot_soc", "soc_target", "charge_soc", "discharge_soc", "charge_rate", "discharge_rate"):
         name = getattr(spec, key)
         if name is None:
             continue

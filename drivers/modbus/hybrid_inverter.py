@@ -449,6 +449,8 @@ class ModbusHybridInverter(ReportsHealth):
                 soc,
                 *(self._raw(w.field, w.value) for w in ctl.activate),
             ]
+        if ctl.style == "rate_slot":
+            return await self._rate_slot_writes(power_w)
         # grid_setpoint: the device holds the grid at its setpoint, so moving the battery by
         # (power_w - battery now) moves the grid by the same amount (+ import, + charging).
         assert ctl.setpoint is not None
@@ -461,6 +463,32 @@ class ModbusHybridInverter(ReportsHealth):
             raise DriverError(f"{self._id}: grid setpoint from grid {grid_w} W and battery {battery_w} W")
         return [await self._encoded(ctl.setpoint, round(target))]
 
+    async def _rate_slot_writes(self, power_w: float) -> list[tuple[str, list[int]]]:
+        """Growatt-style slots: a rate in % of the device's own rated power (read now, rounded down),
+        the slot's stop SoC on the safe side, then the writes that switch that slot on."""
+        ctl = self._ctl
+        assert ctl is not None and ctl.rate_reference is not None
+        assert ctl.charge_rate and ctl.discharge_rate and ctl.charge_soc and ctl.discharge_soc
+        if power_w == 0:
+            zero = [self._raw(ctl.charge_rate, 0), self._raw(ctl.discharge_rate, 0)]
+            return [*zero, *(self._raw(w.field, w.value) for w in ctl.idle_writes)]
+        rated_w = await self._read(ctl.rate_reference, Priority.CONTROL)  # a non-number raises DriverError
+        if not rated_w > 0:
+            raise DriverError(f"{self._id}: rated power {ctl.rate_reference} reads {rated_w:g} W: no rate to write")
+        if abs(power_w) > rated_w:
+            raise DriverError(f"{self._id}: {power_w:g} W is above the device's rated power {rated_w:g} W")
+        if power_w > 0:  # charge towards the max SoC (rounded down)
+            rate, soc, modes = (
+                ctl.charge_rate,
+                self._bounded(ctl.charge_soc, self._max_soc, at_least=False),
+                ctl.charge_writes,
+            )
+        else:  # discharge no lower than the reserve (rounded up)
+            rate, soc = ctl.discharge_rate, self._bounded(ctl.discharge_soc, self._reserve_soc, at_least=True)
+            modes = ctl.discharge_writes
+        share = self._bounded(rate, abs(power_w) / rated_w, at_least=False)  # never more than asked
+        return [share, soc, *(self._raw(w.field, w.value) for w in modes)]
+
     async def _write_setpoint(self, power_w: float, *, force: bool = False) -> tuple[bool, str]:
         """(True, detail) when the device holds the command, else (False, why not).
 
@@ -469,8 +497,9 @@ class ModbusHybridInverter(ReportsHealth):
         """
         if self._ctl is not None and not self._ctl.readback:
             return await self._write_unverified(power_w, force=force)
-        await self._ensure_mode(force=force)
+        # The command first: one that cannot be written (no rated power to take a rate of) writes nothing.
         wanted = await self._command_writes(power_w)
+        await self._ensure_mode(force=force)
         if not force and self._holds(wanted):
             self.counters["writes_skipped"] += 1
             return True, f"{power_w:g} W already held"

@@ -148,6 +148,8 @@ def test_commands_never_exceed_the_nameplate(profile: str, power_w: float) -> No
         _check_dispatch(rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w, (0.1, 1.0))
     if ctl.style == "grid_setpoint":
         _check_grid_setpoint(rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w)
+    if ctl.style == "rate_slot":
+        _check_rate_slot(rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w, (0.1, 1.0))
 
 
 def _value(rmap: Any, bus: FakeBus, unit: int, name: str) -> float:
@@ -168,6 +170,34 @@ def _check_grid_setpoint(rmap: Any, bus: FakeBus, unit: int, power_w: float) -> 
         battery = _value(rmap, bus, unit, "battery_charge_power") - _value(rmap, bus, unit, "battery_discharge_power")
     step = abs(rmap.field(ctl.setpoint).decode(rmap.field(ctl.setpoint).encode_raw_int(1)))
     assert abs(_value(rmap, bus, unit, ctl.setpoint) - (grid + power_w - battery)) <= max(step, 1.0) / 2 + 1e-6
+
+
+def _check_rate_slot(rmap: Any, bus: FakeBus, unit: int, power_w: float, bounds: tuple[float, float]) -> None:
+    """The active slot's rate x the device's rated power is at most |P| (and less by under 1 %), the
+    other direction's rate is 0 or its slot is off, the stop SoC is within reserve..max SoC, and exactly
+    the mode writes of that direction hold."""
+    ctl = rmap.control
+    assert ctl.rate_reference and ctl.charge_rate and ctl.discharge_rate and ctl.charge_soc and ctl.discharge_soc
+
+    def value(name: str) -> float:
+        return _value(rmap, bus, unit, name)
+
+    rated = value(ctl.rate_reference)
+    reserve, max_soc = bounds
+    modes = ctl.charge_writes if power_w > 0 else ctl.discharge_writes if power_w < 0 else ctl.idle_writes
+    for w in modes:
+        f = rmap.field(w.field)
+        assert f.decode_raw_int(_reg(bus, unit, f.address, f.count)) == w.value, w.field
+    if power_w == 0:
+        assert value(ctl.charge_rate) == 0 and value(ctl.discharge_rate) == 0
+        return
+    rate, soc = (ctl.charge_rate, ctl.charge_soc) if power_w > 0 else (ctl.discharge_rate, ctl.discharge_soc)
+    share_w = value(rate) * rated
+    assert abs(power_w) - 0.01 * rated - 1e-6 <= share_w <= abs(power_w) + 1e-6
+    target = value(soc)
+    assert reserve - 1e-9 <= target <= max_soc + 1e-9
+    if power_w < 0:  # a discharge never stops above the floor it may discharge to
+        assert target < reserve + 0.01
 
 
 def _check_dispatch(rmap: Any, bus: FakeBus, unit: int, power_w: float, bounds: tuple[float, float]) -> None:
@@ -238,24 +268,59 @@ def test_tou_slot_targets_stay_within_reserve_and_max_soc(power_w: float, bounds
     assert flag == (ctl.slot_charge_on if power_w > 0 else ctl.slot_charge_off)
 
 
-DISPATCH_PROFILES = [p for p in PROFILES if getattr(load_register_map(p).control, "style", None) == "dispatch"]
+# Styles whose commands carry a SoC target of their own, and the check of what they put on the wire.
+SOC_TARGET_CHECKS = {"dispatch": _check_dispatch, "rate_slot": _check_rate_slot}
+SOC_TARGET_PROFILES = [p for p in PROFILES if getattr(load_register_map(p).control, "style", None) in SOC_TARGET_CHECKS]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
-    profile=st.sampled_from(DISPATCH_PROFILES),
+    profile=st.sampled_from(SOC_TARGET_PROFILES),
     power_w=st.floats(-20_000, 20_000, allow_nan=False),
     bounds=_soc_bounds(),
 )
-def test_dispatch_targets_stay_within_reserve_and_max_soc(
-    profile: str, power_w: float, bounds: tuple[float, float]
-) -> None:
-    """A dispatch command (AlphaESS) carries its own SoC target: whatever the command and the configured
-    bounds, the power stays within the nameplate with its sign, the target within reserve..max SoC."""
+def test_soc_targets_stay_within_reserve_and_max_soc(profile: str, power_w: float, bounds: tuple[float, float]) -> None:
+    """A dispatch command (AlphaESS) or a rate slot (Growatt SPH) carries its own SoC target: whatever the
+    command and the configured bounds, the power stays within the nameplate (a dispatch with its sign, a
+    rate never standing for more than the command), the target within reserve..max SoC."""
     _inv, bus = _run_within_nameplate(profile, power_w, bounds)
     if bus is None:
         return
-    _check_dispatch(load_register_map(profile), bus, FIXTURE_DATA[profile]["unit_id"], power_w, bounds)
+    rmap = load_register_map(profile)
+    assert rmap.control is not None
+    SOC_TARGET_CHECKS[rmap.control.style](rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w, bounds)
+
+
+@pytest.mark.parametrize("rated_raw", [[0, 0], [0x0000, 0x0064]])
+def test_rate_slot_refuses_without_a_rated_power_and_above_it(rated_raw: list[int]) -> None:
+    """Growatt: Pmax 0 (missing) refuses every command with nothing written; Pmax 10 W refuses a 3 kW
+    command rather than writing a rate over 100 %. zapd.toml may allow 6 kW: the device's own 100 % rules."""
+
+    async def scenario() -> None:
+        inv, bus, _clock = _on_manual_clock("growatt_sph", max_charge_w=6000.0, max_discharge_w=6000.0)
+        bus.regs[(1, "holding", 6)], bus.regs[(1, "holding", 7)] = rated_raw
+        for power_w in (3000.0, -3000.0):
+            result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=power_w))
+            assert not result.ok and "rated power" in result.detail
+            assert bus.writes == []
+        assert (await inv.apply(BatterySetpoint(der_id="d.battery", power_w=0.0))).ok  # idle needs no rate
+
+    asyncio.run(scenario())
+
+
+def test_rate_slot_rate_is_of_the_rated_power_not_of_a_lower_zapd_limit() -> None:
+    """zapd.toml limits the battery to 3000 W on a 6000 W Growatt: a 3000 W command is 50 %, not 100 %
+    (which the inverter would run at 6000 W)."""
+
+    async def scenario() -> None:
+        inv, bus, _clock = _on_manual_clock("growatt_sph", max_charge_w=3000.0, max_discharge_w=3000.0)
+        assert (await inv.apply(BatterySetpoint(der_id="d.battery", power_w=3000.0))).ok
+        assert (1, 1090, [50]) in bus.writes
+        bus.writes.clear()
+        assert (await inv.apply(BatterySetpoint(der_id="d.battery", power_w=-3000.0))).ok
+        assert (1, 1070, [50]) in bus.writes
+
+    asyncio.run(scenario())
 
 
 def test_tou_slot_refuses_soc_bounds_with_no_whole_percent_between() -> None:
@@ -274,7 +339,9 @@ def test_tou_slot_refuses_soc_bounds_with_no_whole_percent_between() -> None:
         )
 
 
-def _on_manual_clock(profile: str, **limits: float) -> tuple[ModbusHybridInverter, FakeBus, Any]:
+def _on_manual_clock(
+    profile: str, *, max_charge_w: float, max_discharge_w: float
+) -> tuple[ModbusHybridInverter, FakeBus, Any]:
     """The profile's fixture image on a fake bus (its unit id), driven on a manual clock with these limits."""
     from datetime import UTC, datetime
 
@@ -290,7 +357,8 @@ def _on_manual_clock(profile: str, **limits: float) -> tuple[ModbusHybridInverte
         poll_s=1.0,
         clock=clock,
         capacity_wh=10240.0,
-        **limits,
+        max_charge_w=max_charge_w,
+        max_discharge_w=max_discharge_w,
     )
     return inv, bus, clock
 

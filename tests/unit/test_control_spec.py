@@ -52,6 +52,11 @@ _DISPATCH = (
     'style = "dispatch"\nsetpoint = "power"\nsoc_target = "cmd"\nduration = "mode"\nduration_s = 300\n'
     'activate = [{field = "mode", value = 2}]'
 )
+_RATE_SLOT = (
+    'style = "rate_slot"\nrate_reference = "grid"\ncharge_rate = "cmd"\ndischarge_rate = "power"\n'
+    'charge_soc = "mode"\ndischarge_soc = "mode"\ncharge_writes = [{field = "mode", value = 1}]\n'
+    'discharge_writes = [{field = "mode", value = 2}]'
+)
 
 
 def _load(tmp_path: Path, control: str) -> object:
@@ -102,6 +107,10 @@ def test_direction_magnitude_parses(tmp_path: Path) -> None:
         (_DISPATCH.replace('soc_target = "cmd"', 'soc_target = "grid"'), "must be writable"),
         ('style = "signed_setpoint"\nsetpoint = "power"\nduration_s = 60', "belong to style 'dispatch'"),
         ('style = "signed_setpoint"\nsetpoint = "power"\ndirection_first = true', "direction_magnitude' only"),
+        (_RATE_SLOT.replace('rate_reference = "grid"\n', ""), "needs control.rate_reference"),
+        (_RATE_SLOT.replace('discharge_writes = [{field = "mode", value = 2}]', ""), "needs control.charge_writes"),
+        (_RATE_SLOT.replace('charge_rate = "cmd"', 'charge_rate = "grid"'), "must be writable"),
+        ('style = "signed_setpoint"\nsetpoint = "power"\ncharge_rate = "cmd"', "belong to style 'rate_slot'"),
         (
             'style = "direction_magnitude"\ndirection = "cmd"\ncharge_value = 1\ndischarge_value = 2\n'
             'charge_power = "power"\ndischarge_power = "power"\ndirection_first = "yes"',
@@ -112,6 +121,12 @@ def test_direction_magnitude_parses(tmp_path: Path) -> None:
 def test_inconsistent_control_is_refused(tmp_path: Path, control: str, message: str) -> None:
     with pytest.raises(RegisterMapError, match=message):
         _load(tmp_path, control)
+
+
+def test_rate_slot_parses(tmp_path: Path) -> None:
+    spec = _load(tmp_path, _RATE_SLOT)
+    assert spec is not None and spec.style == "rate_slot"  # type: ignore[attr-defined]
+    assert "grid" in spec.read_fields() and {"cmd", "power", "mode"} <= spec.written_fields()  # type: ignore[attr-defined]
 
 
 def test_tou_slot_parses(tmp_path: Path) -> None:
@@ -145,6 +160,7 @@ def test_shipped_profiles_with_control_cite_two_sources() -> None:
         "alpha_ess_smile",
         "solis_hybrid",
         "fox_ess_h3",
+        "growatt_sph",
     ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name
