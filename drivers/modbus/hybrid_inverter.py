@@ -475,8 +475,13 @@ class ModbusHybridInverter(ReportsHealth):
         rated_w = await self._read(ctl.rate_reference, Priority.CONTROL)  # a non-number raises DriverError
         if not rated_w > 0:
             raise DriverError(f"{self._id}: rated power {ctl.rate_reference} reads {rated_w:g} W: no rate to write")
-        if abs(power_w) > rated_w:
-            raise DriverError(f"{self._id}: {power_w:g} W is above the device's rated power {rated_w:g} W")
+        limit = self._limit("max_charge_w" if power_w > 0 else "max_discharge_w")
+        if abs(power_w) > rated_w or (limit is not None and limit > rated_w):
+            # a rated power below the battery limit is a misread register or a misconfigured limit:
+            # either way the % cannot be trusted to stay within what zapd allows
+            raise DriverError(
+                f"{self._id}: rated power {rated_w:g} W is below the command {abs(power_w):g} W or the limit {limit} W"
+            )
         if power_w > 0:  # charge towards the max SoC (rounded down)
             rate, soc, modes = (
                 ctl.charge_rate,

@@ -291,10 +291,12 @@ def test_soc_targets_stay_within_reserve_and_max_soc(profile: str, power_w: floa
     SOC_TARGET_CHECKS[rmap.control.style](rmap, bus, FIXTURE_DATA[profile]["unit_id"], power_w, bounds)
 
 
-@pytest.mark.parametrize("rated_raw", [[0, 0], [0x0000, 0x0064]])
+@pytest.mark.parametrize("rated_raw", [[0, 0], [0x0000, 0x0064], [0x0000, 50000]])
 def test_rate_slot_refuses_without_a_rated_power_and_above_it(rated_raw: list[int]) -> None:
     """Growatt: Pmax 0 (missing) refuses every command with nothing written; Pmax 10 W refuses a 3 kW
-    command rather than writing a rate over 100 %. zapd.toml may allow 6 kW: the device's own 100 % rules."""
+    command rather than writing a rate over 100 %; Pmax 5 kW under a 6 kW battery limit refuses even a
+    3 kW command (a rated power below the limit is a misread register or a misconfigured limit, and a
+    % of it cannot be trusted)."""
 
     async def scenario() -> None:
         inv, bus, _clock = _on_manual_clock("growatt_sph", max_charge_w=6000.0, max_discharge_w=6000.0)
