@@ -317,6 +317,28 @@ class ModbusBus:
             priority,
         )
 
+    async def write_register(
+        self, unit_id: int, address: int, value: int, *, priority: Priority = Priority.CONTROL
+    ) -> None:
+        """One holding register with function 0x06 (Write Single Register), for devices that refuse 0x10.
+
+        The device answers by echoing address and value; an echo of anything else means the request
+        was not what it took (a gateway that garbled it, a device that clamped it), so it is an error.
+        """
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError(f"{self}: unit {unit_id} @{address}: {value} is not a 16-bit register value")
+        pdu = await self._request(
+            "write_register",
+            unit_id,
+            address,
+            lambda c: c.write_register(address, value, device_id=unit_id),
+            priority,
+        )
+        echoed = list(getattr(pdu, "registers", []))
+        if echoed != [value] or getattr(pdu, "address", address) != address:
+            self.counters["errors"] += 1
+            raise DriverError(f"{self}: unit {unit_id} @{address}: wrote {value}, device echoed {echoed}")
+
     async def read_coils(
         self, unit_id: int, address: int, count: int, *, priority: Priority = Priority.POLL
     ) -> list[int]:

@@ -33,9 +33,12 @@ class FieldReader:
         return await self.bus.read_holding(self.unit_of(f), f.address, f.count, priority=priority)
 
     async def write(self, f: Field, regs: list[int], priority: Priority = Priority.CONTROL) -> None:
-        """Raw words (or a coil's 0 / 1) to the field's place on the bus."""
+        """Raw words (or a coil's 0 / 1) to the field's place on the bus, with the function its profile names."""
         if f.table is Table.COIL:
             await self.bus.write_coil(self.unit_of(f), f.address, bool(regs[0]), priority=priority)
+        elif f.write_function == "single":  # 0x06; the map allows it only on one-register fields
+            (value,) = regs
+            await self.bus.write_register(self.unit_of(f), f.address, value, priority=priority)
         else:
             await self.bus.write_registers(self.unit_of(f), f.address, regs, priority=priority)
 

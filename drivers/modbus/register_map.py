@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from drivers.modbus.bus import RegisterType, decode_registers, encode_registers
 from drivers.modbus.control_spec import ControlSpec, ControlSpecError, parse_control
@@ -26,6 +26,12 @@ MAPS_DIR_ENV = "ZAPD_MAPS_DIR"
 AUTO_MAP = "auto"  # config `map = "auto"`: the profile is recognised at start (drivers/modbus/auto_profile.py)
 
 WordOrder = Literal["big", "little"]
+# How a holding register is written: "single" = function 0x06 (Write Single Register, one register),
+# "multiple" = 0x10 (Write Multiple Registers). Many devices take only one of them, or only 0x06 on
+# some registers (Fox ESS H3 remote control), so a profile says which its document gives.
+WriteFunction = Literal["single", "multiple"]
+WRITE_FUNCTIONS: tuple[WriteFunction, ...] = ("single", "multiple")
+DEFAULT_WRITE_FUNCTION: WriteFunction = "multiple"  # what the bus did for every register before
 
 
 class RegisterMapError(ValueError):
@@ -106,6 +112,7 @@ _FIELD_KEYS = {
     "sign_field",
     "sign_mask",
     "offset",
+    "write_function",
 }
 
 
@@ -133,6 +140,8 @@ class Field:
     # Raw value that means 0 (AlphaESS dispatch power: 32000 = 0 W, < 32000 charge, > 32000 discharge):
     # value = (raw - offset) * scale. Applied before `invert`, so the sign stays the device's.
     offset: int = 0
+    # How a writable holding register goes on the wire (0x06 or 0x10); a coil is always 0x05.
+    write_function: WriteFunction = DEFAULT_WRITE_FUNCTION
 
     @property
     def count(self) -> int:
@@ -263,10 +272,15 @@ def _parse(path: Path, doc: dict[str, Any]) -> RegisterMap:
     word_order = device.get("word_order", "big")
     if word_order not in ("big", "little"):
         raise RegisterMapError(f"{path}: device.word_order must be 'big' or 'little', got {word_order!r}")
+    write_function = device.get("write_function", DEFAULT_WRITE_FUNCTION)
+    if write_function not in WRITE_FUNCTIONS:
+        raise RegisterMapError(
+            f"{path}: device.write_function must be 'single' (0x06) or 'multiple' (0x10), got {write_function!r}"
+        )
     raw_fields = doc.get("fields")
     if not isinstance(raw_fields, dict) or not raw_fields:
         raise RegisterMapError(f"{path}: no [fields.*] tables")
-    fields = {name: _parse_field(path, name, spec, word_order) for name, spec in raw_fields.items()}
+    fields = {name: _parse_field(path, name, spec, word_order, write_function) for name, spec in raw_fields.items()}
     _check_consistency(path, fields)
     control = doc.get("control", {})
     if not isinstance(control, dict):
@@ -290,7 +304,7 @@ def _parse(path: Path, doc: dict[str, Any]) -> RegisterMap:
     )
 
 
-def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Field:
+def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder, write_default: WriteFunction) -> Field:
     where = f"{path}: field {name!r}"
     if not isinstance(spec, dict):
         raise RegisterMapError(f"{where}: must be a table")
@@ -343,6 +357,7 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
         raise RegisterMapError(f"{where}: a coil is type 'bool', and type 'bool' is a coil")
     if address + _WIDTH[dtype] - 1 > 0xFFFF:
         raise RegisterMapError(f"{where}: {dtype.value} at {address} runs past register 65535")
+    write_function = _write_function(where, spec, table, dtype, write_default)
     return Field(
         name=name,
         address=address,
@@ -359,7 +374,34 @@ def _parse_field(path: Path, name: str, spec: Any, word_order: WordOrder) -> Fie
         sign_field=sign_field,
         sign_mask=sign_mask,
         offset=offset,
+        write_function=write_function,
     )
+
+
+def _write_function(
+    where: str, spec: Mapping[str, Any], table: Table, dtype: DataType, default: WriteFunction
+) -> WriteFunction:
+    """The field's own `write_function`, else the device's; "single" (0x06) carries one register only."""
+    if "write_function" not in spec:
+        if default == "single" and spec.get("writable", False) and table is Table.HOLDING and _WIDTH[dtype] > 1:
+            # 0x06 cannot carry it, and splitting it into two writes would let the device act on half a value
+            raise RegisterMapError(
+                f"{where}: device.write_function = 'single' (0x06) writes one register, this field is "
+                f"{dtype.value} ({_WIDTH[dtype]} registers): set write_function = 'multiple' on it "
+                "if the device document allows 0x10 there"
+            )
+        return default if table is Table.HOLDING and _WIDTH[dtype] == 1 else "multiple"
+    value = spec["write_function"]
+    if value not in WRITE_FUNCTIONS:
+        raise RegisterMapError(f"{where}: write_function must be 'single' (0x06) or 'multiple' (0x10), got {value!r}")
+    if not spec.get("writable", False) or table is not Table.HOLDING:
+        raise RegisterMapError(f"{where}: write_function applies to writable holding registers only (a coil is 0x05)")
+    if value == "single" and _WIDTH[dtype] > 1:
+        raise RegisterMapError(
+            f"{where}: write_function = 'single' (0x06) writes one register, this field is "
+            f"{dtype.value} ({_WIDTH[dtype]} registers)"
+        )
+    return cast(WriteFunction, value)
 
 
 def _check_consistency(path: Path, fields: Mapping[str, Field]) -> None:

@@ -15,12 +15,14 @@ from typing import Any
 
 import structlog
 from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 log = structlog.get_logger(__name__)
 
-_WRITE_FUNCTION_CODES = {6, 16}
+_WRITE_MULTIPLE = 16
+_WRITE_FUNCTION_CODES = {6, _WRITE_MULTIPLE}
 _COIL_WRITE_FUNCTION_CODES = {5, 15}
 _INPUT_FUNCTION_CODES = {4}
 
@@ -28,12 +30,27 @@ _INPUT_FUNCTION_CODES = {4}
 UnitImage = Mapping[str, Mapping[int, int]]
 
 
+# The function a write uses when a test does not name one: what zapd's bus sends for that table.
+DEFAULT_FUNCTION = {"holding": 16, "coil": 5}
+
+
 @dataclass(frozen=True)
 class RecordedWrite:
+    """One write request as the server received it, with its Modbus function code.
+
+    `function` left out means the default for the table (0x10 for registers, 0x05 for a coil), so a
+    test that expects 0x06 (Write Single Register) must say so.
+    """
+
     unit: int
     address: int
     values: tuple[int, ...]
     table: str = "holding"  # "coil" for a coil write (function 0x05 / 0x0F)
+    function: int = 0  # 0x06 / 0x10 for registers, 0x05 / 0x0F for coils; 0 = the table's default
+
+    def __post_init__(self) -> None:
+        if self.function == 0:
+            object.__setattr__(self, "function", DEFAULT_FUNCTION[self.table])
 
 
 @dataclass
@@ -41,6 +58,9 @@ class _UnitLog:
     unit: int
     writes: list[RecordedWrite]
     reads: int = 0
+    # Holding registers that take only 0x06, as some devices document: a 0x10 touching one of them
+    # is answered with exception 1 (illegal function) and changes nothing, as on such a device.
+    single_only: frozenset[int] = frozenset()
 
     async def action(
         self,
@@ -50,13 +70,18 @@ class _UnitLog:
         count: int,
         registers: list[int],
         set_values: list[int] | list[bool] | None,
-    ) -> None:
-        del start_address, count, registers
+    ) -> ExcCodes | None:
+        del start_address, registers
         if set_values is None or function_code not in _WRITE_FUNCTION_CODES | _COIL_WRITE_FUNCTION_CODES:
-            self.reads += 1
-            return
+            if function_code not in _WRITE_FUNCTION_CODES:  # (0x06 reads its register back to answer)
+                self.reads += 1
+            return None
+        if function_code == _WRITE_MULTIPLE and self.single_only & set(range(address, address + count)):
+            return ExcCodes.ILLEGAL_FUNCTION
         table = "coil" if function_code in _COIL_WRITE_FUNCTION_CODES else "holding"
-        self.writes.append(RecordedWrite(self.unit, address, tuple(int(v) for v in set_values), table))
+        values = tuple(int(v) for v in set_values)
+        self.writes.append(RecordedWrite(self.unit, address, values, table, function_code))
+        return None
 
 
 def fixture_units(blocks: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, dict[int, int]]]:
@@ -67,6 +92,19 @@ def fixture_units(blocks: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, di
         for i, value in enumerate(block["values"]):
             table[block["address"] + i] = value
     return units
+
+
+def fixture_single_only(blocks: Sequence[Mapping[str, Any]]) -> dict[int, frozenset[int]]:
+    """Per unit, the holding registers of the `[[image]]` blocks marked `single_only = true`: the
+    registers the device document says take function 0x06 only (a 0x10 there is refused)."""
+    out: dict[int, set[int]] = {}
+    for block in blocks:
+        if block.get("single_only", False):
+            if block["table"] != "holding":
+                raise ValueError(f"unit {block['unit']} @{block['address']}: single_only is for holding registers")
+            start = block["address"]
+            out.setdefault(block["unit"], set()).update(range(start, start + len(block["values"])))
+    return {unit: frozenset(regs) for unit, regs in out.items()}
 
 
 def _runs(cells: Mapping[int, int]) -> list[SimData]:
@@ -130,14 +168,17 @@ class RegisterImageServer:
 
 
 def _devices(
-    units: Mapping[int, UnitImage], writes: list[RecordedWrite], logs: list[_UnitLog] | None = None
+    units: Mapping[int, UnitImage],
+    writes: list[RecordedWrite],
+    logs: list[_UnitLog] | None = None,
+    single_only: Mapping[int, frozenset[int]] | None = None,
 ) -> list[SimDevice]:
     devices = []
     for unit_id, image in units.items():
         unknown = set(image) - {"holding", "input", "coil"}
         if unknown:
             raise ValueError(f"unit {unit_id}: unknown table(s) {sorted(unknown)}")
-        unit_log = _UnitLog(unit_id, writes)
+        unit_log = _UnitLog(unit_id, writes, single_only=(single_only or {}).get(unit_id, frozenset()))
         if logs is not None:
             logs.append(unit_log)
         no_bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS, readonly=True)]
@@ -153,12 +194,18 @@ def _devices(
 
 
 async def start_register_image(
-    units: Mapping[int, UnitImage], *, host: str = "127.0.0.1", port: int = 0
+    units: Mapping[int, UnitImage],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    single_only: Mapping[int, frozenset[int]] | None = None,
 ) -> RegisterImageServer:
-    """Serve each unit's image on host:port (0 = any free port; the real one is in `.port`)."""
+    """Serve each unit's image on host:port (0 = any free port; the real one is in `.port`).
+
+    `single_only`: per unit, holding registers that refuse 0x10 (see `fixture_single_only`)."""
     writes: list[RecordedWrite] = []
     logs: list[_UnitLog] = []
-    server = ModbusTcpServer(_devices(units, writes, logs), address=(host, port))
+    server = ModbusTcpServer(_devices(units, writes, logs, single_only), address=(host, port))
     await server.serve_forever(background=True)
     sockets = getattr(server.transport, "sockets", None) or ()
     real_port = int(sockets[0].getsockname()[1]) if sockets else port
@@ -167,13 +214,19 @@ async def start_register_image(
 
 
 async def start_register_image_rtu(
-    units: Mapping[int, UnitImage], serial_port: str, *, baudrate: int = 9600, parity: str = "N", stopbits: int = 1
+    units: Mapping[int, UnitImage],
+    serial_port: str,
+    *,
+    baudrate: int = 9600,
+    parity: str = "N",
+    stopbits: int = 1,
+    single_only: Mapping[int, frozenset[int]] | None = None,
 ) -> RegisterImageServer:
     """The same image as an RTU slave on a serial port (an RS-485 meter on a pty, drivers/sim/modbus_rtu.py)."""
     writes: list[RecordedWrite] = []
     logs: list[_UnitLog] = []
     server = ModbusSerialServer(
-        _devices(units, writes, logs),
+        _devices(units, writes, logs, single_only),
         framer=FramerType.RTU,
         port=serial_port,
         baudrate=baudrate,

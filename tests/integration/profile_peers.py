@@ -14,7 +14,9 @@ from typing import Any
 from drivers.modbus.bus import ModbusBus, close_all_buses, get_serial_bus, get_tcp_bus
 from drivers.sim.modbus_rtu import NullModem
 from drivers.sim.register_image import (
+    RecordedWrite,
     RegisterImageServer,
+    fixture_single_only,
     fixture_units,
     start_register_image,
     start_register_image_rtu,
@@ -23,7 +25,9 @@ from drivers.sim.register_image import (
 
 @contextlib.asynccontextmanager
 async def over_tcp(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusBus]]:
-    server = await start_register_image(fixture_units(fixture["image"]))
+    server = await start_register_image(
+        fixture_units(fixture["image"]), single_only=fixture_single_only(fixture["image"])
+    )
     try:
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
         yield server, bus
@@ -44,6 +48,7 @@ async def rtu_peer(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImage
         baudrate=line["baudrate"],
         parity=line["parity"],
         stopbits=line["stopbits"],
+        single_only=fixture_single_only(fixture["image"]),
     )
     try:
         yield server, modem.port_a
@@ -80,4 +85,25 @@ def transports(fixtures: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, di
     """Every fixture over TCP, and those with an `rtu` table over RTU too."""
     out = [(name, doc, "tcp") for name, doc in fixtures]
     out += [(name, doc, "rtu") for name, doc in fixtures if "rtu" in doc]
+    return out
+
+
+def expected_writes(rows: list[list[Any]]) -> list[RecordedWrite]:
+    """A fixture's expected writes, in order, as the peer records them:
+
+    - `[unit, address, [words]]`: a register write with 0x10 (Write Multiple Registers);
+    - `[unit, address, [word], 6]`: with the function code the vendor document gives (0x06 here);
+    - `[unit, "coil", address, [0 | 1]]`: a coil write (0x05).
+    """
+    out = []
+    for row in rows:
+        if isinstance(row[1], str):
+            unit, table, address, values = row
+            out.append(RecordedWrite(unit, address, tuple(values), table))
+        elif len(row) == 4:
+            unit, address, values, function = row
+            out.append(RecordedWrite(unit, address, tuple(values), function=function))
+        else:
+            unit, address, values = row
+            out.append(RecordedWrite(unit, address, tuple(values)))
     return out

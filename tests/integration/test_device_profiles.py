@@ -23,7 +23,7 @@ from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.register_image import RecordedWrite, RegisterImageServer, fixture_units, start_register_image
-from tests.integration.profile_peers import served, transports
+from tests.integration.profile_peers import expected_writes, served, transports
 from zapd.clock import SystemClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, SOC, BatterySetpoint, DerKind, Reading
 
@@ -56,10 +56,6 @@ async def serving(
         yield server, inv
 
 
-def _writes(rows: list[list[Any]]) -> list[RecordedWrite]:
-    return [RecordedWrite(unit, address, tuple(values)) for unit, address, values in rows]
-
-
 @pytest.mark.parametrize(
     ("name", "fixture", "transport"), INVERTER_PEERS, ids=[f"{n}-{t}" for n, _, t in INVERTER_PEERS]
 )
@@ -85,12 +81,12 @@ async def test_profile_decodes_and_commands_at_register_level(
             server.clear()
             result = await inv.apply(BatterySetpoint(der_id="dev.battery", power_w=step["power_w"]))
             assert result.ok, f"{name}: {result.detail}"
-            assert server.writes == _writes(step["writes"]), step["power_w"]
+            assert server.writes == expected_writes(step["writes"]), step["power_w"]
 
         server.clear()
         await inv.safe_mode()
         assert inv.counters["safe_mode_errors"] == 0
-        assert server.writes == _writes(fixture["safe_mode"]["writes"])
+        assert server.writes == expected_writes(fixture["safe_mode"]["writes"])
 
 
 @pytest.mark.parametrize(("name", "fixture"), INVERTER_FIXTURES, ids=[n for n, _ in INVERTER_FIXTURES])

@@ -20,7 +20,13 @@ import pytest
 from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.ev_charger import CURRENT_A, ModbusEvCharger
 from drivers.modbus.register_map import load_register_map
-from drivers.sim.register_image import RecordedWrite, RegisterImageServer, fixture_units, start_register_image
+from drivers.sim.register_image import (
+    RegisterImageServer,
+    fixture_single_only,
+    fixture_units,
+    start_register_image,
+)
+from tests.integration.profile_peers import expected_writes
 from zapd.clock import SystemClock
 from zapd.model import CHARGING, CONNECTED, POWER_W, SESSION_WH, EvCurrent, Reading
 
@@ -39,7 +45,9 @@ _KEYS = {
 
 @contextlib.asynccontextmanager
 async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusEvCharger]]:
-    server = await start_register_image(fixture_units(fixture["image"]))
+    server = await start_register_image(
+        fixture_units(fixture["image"]), single_only=fixture_single_only(fixture["image"])
+    )
     try:
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
         yield (
@@ -59,19 +67,6 @@ async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageS
         await server.stop()
 
 
-def _writes(rows: list[list[Any]]) -> list[RecordedWrite]:
-    """[unit, address, [words]] is a register write, [unit, "coil", address, [0 | 1]] a coil write."""
-    out = []
-    for row in rows:
-        if len(row) == 4:
-            unit, table, address, values = row
-            out.append(RecordedWrite(unit, address, tuple(values), table))
-        else:
-            unit, address, values = row
-            out.append(RecordedWrite(unit, address, tuple(values)))
-    return out
-
-
 @pytest.mark.parametrize(("name", "fixture"), EV_FIXTURES, ids=[n for n, _ in EV_FIXTURES])
 async def test_ev_profile_decodes_and_commands_at_register_level(name: str, fixture: dict[str, Any]) -> None:
     async with serving(fixture) as (server, charger):
@@ -86,11 +81,11 @@ async def test_ev_profile_decodes_and_commands_at_register_level(name: str, fixt
             server.clear()
             result = await charger.apply(EvCurrent(der_id="wb.ev", current_a=step["current_a"]))
             assert result.ok, f"{name}: {result.detail}"
-            assert server.writes == _writes(step["writes"]), step["current_a"]
+            assert server.writes == expected_writes(step["writes"]), step["current_a"]
 
         server.clear()
         await charger.safe_mode()
-        assert server.writes == _writes(fixture["ev_safe_mode"]["writes"])
+        assert server.writes == expected_writes(fixture["ev_safe_mode"]["writes"])
 
 
 @pytest.mark.parametrize(("name", "fixture"), EV_FIXTURES, ids=[n for n, _ in EV_FIXTURES])

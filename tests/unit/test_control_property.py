@@ -67,6 +67,12 @@ class FakeBus:
         for i, v in enumerate(values):
             self.regs[(unit_id, "holding", address + i)] = v
 
+    async def write_register(
+        self, unit_id: int, address: int, value: int, *, priority: Priority = Priority.CONTROL
+    ) -> None:
+        """Function 0x06 (a profile's `write_function = "single"`): one register, stored and recorded alike."""
+        await self.write_registers(unit_id, address, [value], priority=priority)
+
     async def read_coils(
         self, unit_id: int, address: int, count: int, *, priority: Priority = Priority.POLL
     ) -> list[int]:

@@ -310,3 +310,67 @@ def test_an_offset_encoded_power_counts_from_its_zero() -> None:
 def test_offset_round_trips(raw: int) -> None:
     f = fld(DataType.S32, unit="W", offset=32000, invert=True)
     assert f.encode(f.decode([0, raw])) == [0, raw]
+
+
+# ---- write function (0x06 / 0x10) ----
+
+_W16 = 'table = "holding"\ntype = "u16"\nwritable = true\n'
+_W32 = 'table = "holding"\ntype = "s32"\nwritable = true\n'
+
+
+def test_write_function_defaults_to_multiple_and_the_device_default_applies_to_one_register_fields(
+    tmp_path: Path,
+) -> None:
+    plain = load_register_map(write_map(tmp_path, f"[fields.mode]\naddress = 20\n{_W16}"))
+    assert {f.write_function for f in plain.fields.values()} == {"multiple"}  # what the bus always did
+    path = write_map(
+        tmp_path,
+        f"[fields.mode]\naddress = 20\n{_W16}"
+        f'[fields.power]\naddress = 30\n{_W32}write_function = "multiple"\n'
+        f'[fields.other]\naddress = 40\n{_W16}write_function = "multiple"\n',
+        header='[device]\nwrite_function = "single"\n',
+    )
+    rmap = load_register_map(path)
+    assert rmap.field("mode").write_function == "single"  # the device's default
+    assert rmap.field("power").write_function == "multiple"  # a 32-bit set point, stated
+    assert rmap.field("other").write_function == "multiple"  # a per-field override of the default
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "field", "reason"),
+    [
+        (f'[fields.p]\naddress = 30\n{_W32}write_function = "single"\n', "", "p", "2 registers"),
+        (f'[fields.p]\naddress = 30\n{_W16}write_function = "0x06"\n', "", "p", "'single' (0x06) or 'multiple'"),
+        (f"[fields.p]\naddress = 30\n{_W16}write_function = 6\n", "", "p", "'single' (0x06) or 'multiple'"),
+        (
+            '[fields.p]\naddress = 30\ntable = "holding"\ntype = "u16"\nwrite_function = "single"\n',
+            "",
+            "p",
+            "writable holding registers only",
+        ),
+        (
+            '[fields.p]\naddress = 30\ntable = "coil"\ntype = "bool"\nwritable = true\nwrite_function = "single"\n',
+            "",
+            "p",
+            "0x05",
+        ),
+        # the device says 0x06, and a 32-bit field does not say it may take 0x10: refused, not split
+        (f"[fields.p]\naddress = 30\n{_W32}", '[device]\nwrite_function = "single"\n', "p", "set write_function"),
+    ],
+)
+def test_write_function_errors_name_file_and_key(
+    tmp_path: Path, body: str, header: str, field: str, reason: str
+) -> None:
+    path = write_map(tmp_path, body, header=header)
+    with pytest.raises(RegisterMapError) as info:
+        load_register_map(path)
+    message = str(info.value)
+    assert str(path) in message and f"field {field!r}" in message and "write_function" in message
+    assert reason in message
+
+
+def test_device_write_function_must_be_single_or_multiple(tmp_path: Path) -> None:
+    path = write_map(tmp_path, "", header='[device]\nwrite_function = "fc6"\n')
+    with pytest.raises(RegisterMapError, match=r"device\.write_function must be") as info:
+        load_register_map(path)
+    assert str(path) in str(info.value)
