@@ -322,7 +322,7 @@ def rows(sizes: list[int] | None = None) -> list[Row]:
             out.append(
                 row(
                     f"DR event over {n} sites fully dispatched, 2 workers ({eng})",
-                    f"{m['dr_s']:.1f} s ({m['dispatched']} dispatched, curves "
+                    f"{m['dr_s']:.1f} s ({m['dispatched']} dispatched, turns of <= 8 sites "
                     f"{'/'.join(str(x) for x in m['dr_by_worker'])}; worker CPU {m['dr_cpu_per_site'] * 1000:.0f} "
                     f"ms/site; 202 after {m['create_s'] * 1000:.0f} ms; {busy})",
                     target,
