@@ -33,10 +33,13 @@ Vendors expose battery control in a few shapes, and a profile names its shape in
   `rate_reference` (the rated power, read before every command), rounded down; `charge_soc` = the
   battery's max SoC, rounded down; then the `charge_writes` (that slot on, the other off, grid
   charging on). Discharge P: `discharge_rate` likewise, `discharge_soc` = the reserve SoC, rounded
-  up, then the `discharge_writes`. Idle: both rates 0, then the `idle_writes` (both slots off: the
-  device's own mode). A rated power that is missing, zero or not a number refuses the command, and
-  so does a command above it: rounding the % down against the device's own rated power never asks
-  for more than the command, whatever lower limit zapd.toml sets.
+  up (and the same floor in each of `discharge_soc_also`: a firmware that keeps its on-grid floor in
+  another register, Growatt TL-XH 3067), then the `discharge_writes`. Idle: only the
+  `idle_writes` (both slots off: the device's own mode; the rates are left as they are). A rated
+  power that is missing, zero or not a number refuses the command, and so does a command above
+  it (or a zapd limit above it): rounding the % down
+  against the device's own rated power never asks for more than the command, whatever lower
+  limit zapd.toml sets.
 
 Around any of them, a *mode sequence*: `enter` writes (forced / remote mode, enable registers,
 written in order before the first command and again whenever `mode_field` shows that the device
@@ -107,6 +110,7 @@ _KEYS = {
     "discharge_rate",
     "charge_soc",
     "discharge_soc",
+    "discharge_soc_also",
     "charge_writes",
     "discharge_writes",
     "idle_writes",
@@ -166,6 +170,7 @@ class ControlSpec:
     discharge_rate: str | None = None
     charge_soc: str | None = None
     discharge_soc: str | None = None
+    discharge_soc_also: tuple[str, ...] = ()
     charge_writes: tuple[RawWrite, ...] = ()
     discharge_writes: tuple[RawWrite, ...] = ()
     idle_writes: tuple[RawWrite, ...] = ()
@@ -179,7 +184,7 @@ class ControlSpec:
 
     def written_fields(self) -> set[str]:
         modes = (*self.charge_writes, *self.discharge_writes, *self.idle_writes)
-        names = {w.field for w in (*self.enter, *self.release, *self.activate, *modes)}
+        names = {w.field for w in (*self.enter, *self.release, *self.activate, *modes)} | set(self.discharge_soc_also)
         for name in (
             self.setpoint,
             self.direction,
@@ -221,6 +226,14 @@ def _name(doc: Mapping[str, Any], key: str) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ControlSpecError(f"control.{key} must name a field, got {value!r}")
     return value
+
+
+def _names(doc: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """A list of field names (empty when absent)."""
+    raw = doc.get(key, [])
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
+        raise ControlSpecError(f"control.{key} must be a list of field names")
+    return tuple(raw)
 
 
 def _writes(doc: Mapping[str, Any], key: str) -> tuple[RawWrite, ...]:
@@ -342,6 +355,7 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
         discharge_rate=_name(doc, "discharge_rate"),
         charge_soc=_name(doc, "charge_soc"),
         discharge_soc=_name(doc, "discharge_soc"),
+        discharge_soc_also=_names(doc, "discharge_soc_also"),
         charge_writes=_writes(doc, "charge_writes"),
         discharge_writes=_writes(doc, "discharge_writes"),
         idle_writes=_writes(doc, "idle_writes"),
@@ -366,7 +380,9 @@ def _parse_styled(doc: Mapping[str, Any], style: Any) -> ControlSpec:
     modes = (spec.charge_writes, spec.discharge_writes, spec.idle_writes)
     if style == "rate_slot" and not (spec.charge_writes and spec.discharge_writes):
         raise ControlSpecError("control.style 'rate_slot' needs control.charge_writes and discharge_writes")
-    if style != "rate_slot" and (any(getattr(spec, k) for k in _RATE_SLOT_KEYS) or any(modes)):
+    if style != "rate_slot" and (
+        any(getattr(spec, k) for k in _RATE_SLOT_KEYS) or any(modes) or spec.discharge_soc_also
+    ):
         raise ControlSpecError(
             "control.rate_reference, charge_rate, discharge_rate, charge_soc, discharge_soc and the "
             "charge / discharge / idle writes belong to style 'rate_slot'"
@@ -401,8 +417,9 @@ def _check_fields(spec: ControlSpec, fields: Mapping[str, Any]) -> None:
         # a coil (an enable bit) takes 0 or 1; the bus writes it with function 0x05
         if getattr(getattr(fields[w.field], "dtype", None), "value", None) == "bool" and w.value not in (0, 1):
             raise ControlSpecError(f"control writes coil {w.field!r} = {w.value}: a coil takes 0 or 1")
-    for key in ("slot_soc", "soc_target", "charge_soc", "discharge_soc", "charge_rate", "discharge_rate"):
-        name = getattr(spec, key)
+    keys = ("slot_soc", "soc_target", "charge_soc", "discharge_soc", "charge_rate", "discharge_rate")
+    targets = [(k, getattr(spec, k)) for k in keys] + [("discharge_soc_also", n) for n in spec.discharge_soc_also]
+    for key, name in targets:
         if name is None:
             continue
         target = fields[name]

@@ -469,9 +469,8 @@ class ModbusHybridInverter(ReportsHealth):
         ctl = self._ctl
         assert ctl is not None and ctl.rate_reference is not None
         assert ctl.charge_rate and ctl.discharge_rate and ctl.charge_soc and ctl.discharge_soc
-        if power_w == 0:
-            zero = [self._raw(ctl.charge_rate, 0), self._raw(ctl.discharge_rate, 0)]
-            return [*zero, *(self._raw(w.field, w.value) for w in ctl.idle_writes)]
+        if power_w == 0:  # both slots off; the rates stay as they are (TL-XH documents them as 1-100 %)
+            return [self._raw(w.field, w.value) for w in ctl.idle_writes]
         rated_w = await self._read(ctl.rate_reference, Priority.CONTROL)  # a non-number raises DriverError
         if not rated_w > 0:
             raise DriverError(f"{self._id}: rated power {ctl.rate_reference} reads {rated_w:g} W: no rate to write")
@@ -483,16 +482,14 @@ class ModbusHybridInverter(ReportsHealth):
                 f"{self._id}: rated power {rated_w:g} W is below the command {abs(power_w):g} W or the limit {limit} W"
             )
         if power_w > 0:  # charge towards the max SoC (rounded down)
-            rate, soc, modes = (
-                ctl.charge_rate,
-                self._bounded(ctl.charge_soc, self._max_soc, at_least=False),
-                ctl.charge_writes,
-            )
-        else:  # discharge no lower than the reserve (rounded up)
-            rate, soc = ctl.discharge_rate, self._bounded(ctl.discharge_soc, self._reserve_soc, at_least=True)
-            modes = ctl.discharge_writes
+            rate, modes = ctl.charge_rate, ctl.charge_writes
+            socs = [self._bounded(ctl.charge_soc, self._max_soc, at_least=False)]
+        else:  # discharge no lower than the reserve (rounded up), in every register that may hold the floor
+            rate, modes = ctl.discharge_rate, ctl.discharge_writes
+            floors = (ctl.discharge_soc, *ctl.discharge_soc_also)
+            socs = [self._bounded(name, self._reserve_soc, at_least=True) for name in floors]
         share = self._bounded(rate, abs(power_w) / rated_w, at_least=False)  # never more than asked
-        return [share, soc, *(self._raw(w.field, w.value) for w in modes)]
+        return [share, *socs, *(self._raw(w.field, w.value) for w in modes)]
 
     async def _write_setpoint(self, power_w: float, *, force: bool = False) -> tuple[bool, str]:
         """(True, detail) when the device holds the command, else (False, why not).

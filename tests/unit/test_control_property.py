@@ -195,15 +195,16 @@ def _check_rate_slot(rmap: Any, bus: FakeBus, unit: int, power_w: float, bounds:
         f = rmap.field(w.field)
         assert f.decode_raw_int(_reg(bus, unit, f.address, f.count)) == w.value, w.field
     if power_w == 0:
-        assert value(ctl.charge_rate) == 0 and value(ctl.discharge_rate) == 0
         return
-    rate, soc = (ctl.charge_rate, ctl.charge_soc) if power_w > 0 else (ctl.discharge_rate, ctl.discharge_soc)
+    rate = ctl.charge_rate if power_w > 0 else ctl.discharge_rate
+    socs = (ctl.charge_soc,) if power_w > 0 else (ctl.discharge_soc, *ctl.discharge_soc_also)
     share_w = value(rate) * rated
     assert abs(power_w) - 0.01 * rated - 1e-6 <= share_w <= abs(power_w) + 1e-6
-    target = value(soc)
-    assert reserve - 1e-9 <= target <= max_soc + 1e-9
-    if power_w < 0:  # a discharge never stops above the floor it may discharge to
-        assert target < reserve + 0.01
+    for soc in socs:  # every floor register the discharge may stop at
+        target = value(soc)
+        assert reserve - 1e-9 <= target <= max_soc + 1e-9
+        if power_w < 0:  # a discharge never stops above the floor it may discharge to
+            assert target < reserve + 0.01
 
 
 def _check_dispatch(rmap: Any, bus: FakeBus, unit: int, power_w: float, bounds: tuple[float, float]) -> None:
