@@ -21,8 +21,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 log = structlog.get_logger(__name__)
 
-_WRITE_MULTIPLE = 16
-_WRITE_FUNCTION_CODES = {6, _WRITE_MULTIPLE}
+_WRITE_FUNCTION_CODES = frozenset({6, 16})
 _COIL_WRITE_FUNCTION_CODES = {5, 15}
 _INPUT_FUNCTION_CODES = {4}
 
@@ -58,9 +57,10 @@ class _UnitLog:
     unit: int
     writes: list[RecordedWrite]
     reads: int = 0
-    # Holding registers that take only 0x06, as some devices document: a 0x10 touching one of them
-    # is answered with exception 1 (illegal function) and changes nothing, as on such a device.
-    single_only: frozenset[int] = frozenset()
+    # Holding register -> the write functions it takes, where a device document limits them (Fox ESS
+    # H3 44000: 0x06 only; Deye, AlphaESS: 0x10 only). A write with another function touching one of
+    # them is answered with exception 1 (illegal function) and changes nothing, as on such a device.
+    write_functions: Mapping[int, frozenset[int]] = field(default_factory=dict)
 
     async def action(
         self,
@@ -76,7 +76,10 @@ class _UnitLog:
             if function_code not in _WRITE_FUNCTION_CODES:  # (0x06 reads its register back to answer)
                 self.reads += 1
             return None
-        if function_code == _WRITE_MULTIPLE and self.single_only & set(range(address, address + count)):
+        if function_code in _WRITE_FUNCTION_CODES and any(
+            function_code not in self.write_functions.get(a, _WRITE_FUNCTION_CODES)
+            for a in range(address, address + count)
+        ):
             return ExcCodes.ILLEGAL_FUNCTION
         table = "coil" if function_code in _COIL_WRITE_FUNCTION_CODES else "holding"
         values = tuple(int(v) for v in set_values)
@@ -94,17 +97,22 @@ def fixture_units(blocks: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, di
     return units
 
 
-def fixture_single_only(blocks: Sequence[Mapping[str, Any]]) -> dict[int, frozenset[int]]:
-    """Per unit, the holding registers of the `[[image]]` blocks marked `single_only = true`: the
-    registers the device document says take function 0x06 only (a 0x10 there is refused)."""
-    out: dict[int, set[int]] = {}
+WriteFunctions = Mapping[int, Mapping[int, frozenset[int]]]  # unit -> register -> accepted write functions
+
+
+def fixture_write_functions(blocks: Sequence[Mapping[str, Any]]) -> dict[int, dict[int, frozenset[int]]]:
+    """Per unit, the registers of the `[[image]]` blocks with `write_functions = [6]` (or `[16]`): the
+    write functions the device document says those registers take (any other is refused)."""
+    out: dict[int, dict[int, frozenset[int]]] = {}
     for block in blocks:
-        if block.get("single_only", False):
-            if block["table"] != "holding":
-                raise ValueError(f"unit {block['unit']} @{block['address']}: single_only is for holding registers")
-            start = block["address"]
-            out.setdefault(block["unit"], set()).update(range(start, start + len(block["values"])))
-    return {unit: frozenset(regs) for unit, regs in out.items()}
+        if "write_functions" not in block:
+            continue
+        codes = frozenset(block["write_functions"])
+        if block["table"] != "holding" or not codes or not codes <= _WRITE_FUNCTION_CODES:
+            raise ValueError(f"unit {block['unit']} @{block['address']}: write_functions is [6], [16] or [6, 16]")
+        start = block["address"]
+        out.setdefault(block["unit"], {}).update(dict.fromkeys(range(start, start + len(block["values"])), codes))
+    return out
 
 
 def _runs(cells: Mapping[int, int]) -> list[SimData]:
@@ -171,14 +179,14 @@ def _devices(
     units: Mapping[int, UnitImage],
     writes: list[RecordedWrite],
     logs: list[_UnitLog] | None = None,
-    single_only: Mapping[int, frozenset[int]] | None = None,
+    write_functions: WriteFunctions | None = None,
 ) -> list[SimDevice]:
     devices = []
     for unit_id, image in units.items():
         unknown = set(image) - {"holding", "input", "coil"}
         if unknown:
             raise ValueError(f"unit {unit_id}: unknown table(s) {sorted(unknown)}")
-        unit_log = _UnitLog(unit_id, writes, single_only=(single_only or {}).get(unit_id, frozenset()))
+        unit_log = _UnitLog(unit_id, writes, write_functions=(write_functions or {}).get(unit_id, {}))
         if logs is not None:
             logs.append(unit_log)
         no_bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS, readonly=True)]
@@ -198,14 +206,14 @@ async def start_register_image(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    single_only: Mapping[int, frozenset[int]] | None = None,
+    write_functions: WriteFunctions | None = None,
 ) -> RegisterImageServer:
     """Serve each unit's image on host:port (0 = any free port; the real one is in `.port`).
 
-    `single_only`: per unit, holding registers that refuse 0x10 (see `fixture_single_only`)."""
+    `write_functions`: per unit, registers that take only some write functions (`fixture_write_functions`)."""
     writes: list[RecordedWrite] = []
     logs: list[_UnitLog] = []
-    server = ModbusTcpServer(_devices(units, writes, logs, single_only), address=(host, port))
+    server = ModbusTcpServer(_devices(units, writes, logs, write_functions), address=(host, port))
     await server.serve_forever(background=True)
     sockets = getattr(server.transport, "sockets", None) or ()
     real_port = int(sockets[0].getsockname()[1]) if sockets else port
@@ -220,13 +228,13 @@ async def start_register_image_rtu(
     baudrate: int = 9600,
     parity: str = "N",
     stopbits: int = 1,
-    single_only: Mapping[int, frozenset[int]] | None = None,
+    write_functions: WriteFunctions | None = None,
 ) -> RegisterImageServer:
     """The same image as an RTU slave on a serial port (an RS-485 meter on a pty, drivers/sim/modbus_rtu.py)."""
     writes: list[RecordedWrite] = []
     logs: list[_UnitLog] = []
     server = ModbusSerialServer(
-        _devices(units, writes, logs, single_only),
+        _devices(units, writes, logs, write_functions),
         framer=FramerType.RTU,
         port=serial_port,
         baudrate=baudrate,

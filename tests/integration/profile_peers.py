@@ -16,8 +16,8 @@ from drivers.sim.modbus_rtu import NullModem
 from drivers.sim.register_image import (
     RecordedWrite,
     RegisterImageServer,
-    fixture_single_only,
     fixture_units,
+    fixture_write_functions,
     start_register_image,
     start_register_image_rtu,
 )
@@ -26,7 +26,7 @@ from drivers.sim.register_image import (
 @contextlib.asynccontextmanager
 async def over_tcp(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusBus]]:
     server = await start_register_image(
-        fixture_units(fixture["image"]), single_only=fixture_single_only(fixture["image"])
+        fixture_units(fixture["image"]), write_functions=fixture_write_functions(fixture["image"])
     )
     try:
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -48,7 +48,7 @@ async def rtu_peer(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImage
         baudrate=line["baudrate"],
         parity=line["parity"],
         stopbits=line["stopbits"],
-        single_only=fixture_single_only(fixture["image"]),
+        write_functions=fixture_write_functions(fixture["image"]),
     )
     try:
         yield server, modem.port_a

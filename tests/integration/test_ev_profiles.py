@@ -22,8 +22,8 @@ from drivers.modbus.ev_charger import CURRENT_A, ModbusEvCharger
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.register_image import (
     RegisterImageServer,
-    fixture_single_only,
     fixture_units,
+    fixture_write_functions,
     start_register_image,
 )
 from tests.integration.profile_peers import expected_writes
@@ -46,7 +46,7 @@ _KEYS = {
 @contextlib.asynccontextmanager
 async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusEvCharger]]:
     server = await start_register_image(
-        fixture_units(fixture["image"]), single_only=fixture_single_only(fixture["image"])
+        fixture_units(fixture["image"]), write_functions=fixture_write_functions(fixture["image"])
     )
     try:
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)

@@ -1,8 +1,9 @@
 """Write Single Register (0x06) and Write Multiple Registers (0x10) over a real Modbus TCP socket.
 
 The peer is the register-image server (drivers/sim/register_image.py), a pymodbus server that
-records the function code of every write request it receives; registers marked `single_only`
-answer 0x10 with exception 1 (illegal function), as the Fox ESS H3's remote-control registers do
+records the function code of every write request it receives; registers limited by `write_functions`
+answer any other function with exception 1 (illegal function), as the Fox ESS H3's remote-control
+registers do for 0x10
 (nathanmarlor/foxess_modbus, remote_control_manager.py: "We can't do multi-register writes to these
 registers"). The per-profile check is in test_device_profiles.py (each fixture row names its code).
 """
@@ -21,11 +22,14 @@ from drivers.modbus.field_io import FieldReader
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.register_image import RecordedWrite, RegisterImageServer, start_register_image
 
+_ONLY_06, _ONLY_16 = frozenset({6}), frozenset({16})
+
 
 @pytest.fixture
 async def peer() -> AsyncIterator[tuple[RegisterImageServer, ModbusBus]]:
     server = await start_register_image(
-        {3: {"holding": {100: 0, 101: 0, 102: 0, 103: 0}}}, single_only={3: frozenset({100, 101})}
+        {3: {"holding": {100: 0, 101: 0, 102: 0, 103: 0}}},
+        write_functions={3: {100: _ONLY_06, 101: _ONLY_06, 103: _ONLY_16}},
     )
     yield server, get_tcp_bus(server.host, server.port, timeout_s=1.0, backoff_initial_s=0.05)
     await close_all_buses()
@@ -45,17 +49,19 @@ async def test_write_register_goes_out_as_function_6_and_write_registers_as_16(
     assert await bus.read_holding(3, 100, 4) == [0xBEEF, 0, 1, 2]
 
 
-async def test_a_register_that_takes_only_0x06_refuses_0x10_and_keeps_its_value(
+async def test_a_register_limited_to_one_function_refuses_the_other_and_keeps_its_value(
     peer: tuple[RegisterImageServer, ModbusBus],
 ) -> None:
     server, bus = peer
     with pytest.raises(ConfigurationError, match="exception 1 \\(illegal function\\)"):
-        await bus.write_registers(3, 101, [7])
+        await bus.write_registers(3, 101, [7])  # 0x06 only (Fox ESS H3 44000 style)
     with pytest.raises(ConfigurationError, match="illegal function"):  # a run that only touches one of them
         await bus.write_registers(3, 101, [7, 7])
+    with pytest.raises(ConfigurationError, match="illegal function"):
+        await bus.write_register(3, 103, 7)  # 0x10 only (Deye, AlphaESS style)
     assert server.writes == []
     assert await bus.read_holding(3, 100, 4) == [0, 0, 0, 0]
-    assert bus.counters["config_errors"] == 2
+    assert bus.counters["config_errors"] == 3
 
 
 async def test_write_register_refuses_a_value_beyond_16_bits_before_the_wire(
@@ -71,7 +77,8 @@ async def test_write_register_refuses_a_value_beyond_16_bits_before_the_wire(
 async def test_a_profile_field_is_written_with_the_function_its_profile_names() -> None:
     """fox_ess_h3 says `write_function = "single"` for the device and "multiple" for its int32 set point."""
     server = await start_register_image(
-        {247: {"holding": dict.fromkeys(range(44000, 44004), 0)}}, single_only={247: frozenset({44000, 44001})}
+        {247: {"holding": dict.fromkeys(range(44000, 44004), 0)}},
+        write_functions={247: {44000: _ONLY_06, 44001: _ONLY_06}},
     )
     try:
         other = get_tcp_bus(server.host, server.port, timeout_s=1.0, backoff_initial_s=0.05)
