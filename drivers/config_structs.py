@@ -231,6 +231,36 @@ class ModbusEvDevice(
     ev: EvLimits
 
 
+class ModbusEvRtuDevice(
+    EvChargerMixin,
+    RtuLineMixin,
+    DeviceBehaviour,
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="driver",
+    tag="modbus_ev_rtu",
+):
+    """An EV charger on an RS-485 line: the `modbus_ev` driver over a serial bus (line rules as `modbus_rtu`)."""
+
+    driver: ClassVar[str] = "modbus_ev_rtu"
+    id: Annotated[str, Meta(min_length=1, pattern="^[A-Za-z0-9_-]+$")]
+    port: Annotated[str, Meta(min_length=1)]
+    baudrate: Annotated[int, Meta(ge=300, le=921600)] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_id: Annotated[int, Meta(ge=1, le=247)] = 1
+    map: Annotated[str, Meta(min_length=1)]
+    poll_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+    timeout_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    min_gap_ms: Annotated[float, Meta(ge=0, le=10000)] | None = None
+    max_requests_per_s: Annotated[float, Meta(gt=0, le=1000)] | None = None
+    keepalive_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    ev: EvLimits
+
+
 class MqttReadingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     topic: Annotated[str, Meta(min_length=1)]
     key: Annotated[str, Meta(min_length=1)]
@@ -372,6 +402,7 @@ DeviceConfig = (
     | SunSpecTcpDevice
     | SunSpecRtuDevice
     | ModbusEvDevice
+    | ModbusEvRtuDevice
     | MqttDevice
     | P1SerialDevice
     | P1TcpDevice
@@ -387,6 +418,7 @@ FACTORIES: dict[str, str] = {
     "sunspec_tcp": "drivers.modbus.factory:add_sunspec",
     "sunspec_rtu": "drivers.modbus.factory:add_sunspec",
     "modbus_ev": "drivers.modbus.factory:add_modbus_ev",
+    "modbus_ev_rtu": "drivers.modbus.factory:add_modbus_ev",
     "mqtt": "drivers.mqtt.factory:add_mqtt",
     "p1_serial": "drivers.p1.factory:add_p1",
     "p1_tcp": "drivers.p1.factory:add_p1",

@@ -312,7 +312,8 @@ class ModbusEvDevice(EvChargerMixin, DeviceModel):
     driver: Literal["modbus_ev"] = Field(
         description=(
             'An EV charger over Modbus-TCP (Alfen Eve: enable active load balancing with data source "Energy '
-            'Management System" in ACE Service Installer). Its DER is `<id>.ev`.'
+            'Management System" in ACE Service Installer), also one on RS-485 behind a TCP gateway. Its DER is '
+            "`<id>.ev`. A charger wired to zapd's own RS-485 adapter is `modbus_ev_rtu`."
         )
     )
     id: str = Field(
@@ -330,8 +331,8 @@ class ModbusEvDevice(EvChargerMixin, DeviceModel):
         default="alfen_eve",
         min_length=1,
         description=(
-            "Register map: `alfen_eve`, `abb_terra_ac` or `mennekes_amtron` (shipped; see docs/devices.md) or a "
-            "path to your own file."
+            "Register map: `alfen_eve`, `abb_terra_ac`, `mennekes_amtron`, `phoenix_ev_eth`, `wallbe_phoenix_ev` "
+            "or `schneider_evlink_pro_ac` (shipped; see docs/devices.md) or a path to your own file."
         ),
     )
     poll_s: PollPeriod = 5.0
@@ -351,3 +352,36 @@ class ModbusEvDevice(EvChargerMixin, DeviceModel):
         ),
     )
     ev: EvLimits = Field(description="Limits of the charger as installed.")
+
+
+class ModbusEvRtuDevice(EvChargerMixin, RtuLineMixin, DeviceModel):
+    """An EV charger on an RS-485 line: the `modbus_ev` driver over a serial bus (line rules as `modbus_rtu`)."""
+
+    driver: Literal["modbus_ev_rtu"] = Field(
+        description=(
+            "An EV charger on an RS-485 line (Modbus RTU), through a register map whose vendor document offers "
+            "RTU (shipped: `abb_terra_ac`). Its DER is `<id>.ev`. Devices on one serial port must share baudrate, "
+            "parity, stopbits and bytesize, and need different unit ids."
+        )
+    )
+    id: str = _same_as(ModbusEvDevice, "id")
+    port: str = _same_as(ModbusRtuDevice, "port")
+    baudrate: int = _same_as(ModbusRtuDevice, "baudrate")
+    parity: Literal["N", "E", "O"] = _same_as(ModbusRtuDevice, "parity")
+    stopbits: Literal[1, 2] = _same_as(ModbusRtuDevice, "stopbits")
+    bytesize: Literal[7, 8] = _same_as(ModbusRtuDevice, "bytesize")
+    unit_id: int = _same_as(ModbusRtuDevice, "unit_id")
+    map: str = Field(
+        min_length=1,
+        description=(
+            "Register map of a charger that speaks Modbus RTU: `abb_terra_ac` (shipped; the other shipped chargers "
+            'are Modbus-TCP only, docs/devices.md) or a path to your own file with `transports = ["rtu"]` in its '
+            "[ev] table."
+        ),
+    )
+    poll_s: PollPeriod = 5.0
+    timeout_s: float = _same_as(ModbusRtuDevice, "timeout_s")
+    min_gap_ms: float | None = _same_as(ModbusRtuDevice, "min_gap_ms")
+    max_requests_per_s: float | None = _same_as(ModbusRtuDevice, "max_requests_per_s")
+    keepalive_s: float = _same_as(ModbusEvDevice, "keepalive_s")
+    ev: EvLimits = _same_as(ModbusEvDevice, "ev")

@@ -1,4 +1,4 @@
-"""An EV charger over Modbus TCP, laid out by a register map file (e.g. maps/alfen_eve.toml).
+"""An EV charger over Modbus TCP or RTU, laid out by a register map file (e.g. maps/alfen_eve.toml).
 
 The charger is told a per-phase current (IEC 61851: 0 = pause, else at least 6 A) and
 optionally 1 or 3 phases. Chargers that take an EMS setpoint forget it after a validity time
@@ -49,7 +49,9 @@ IEC_MIN_CURRENT_A = 6.0
 CURRENT_A = "current_a"  # Reading value: the current the charger offers now, per phase
 _REQUIRED = ("ev_power", "ev_state", "ev_current_setpoint")
 SafeMode = Literal["minimum", "pause"]
+Transport = Literal["tcp", "rtu"]
 _IEC_LETTERS = frozenset("ABCDEF")
+_TRANSPORTS = frozenset(("tcp", "rtu"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,9 @@ class EvProfile:
     back to its degraded current when nobody sets it again (Schneider EVlink 4000). It is written,
     not read back, after every setpoint write and keep-alive, so the keep-alive period must stay
     below the charger's life-bit timeout; when zapd stops writing, the charger falls back by itself.
+    `transports = ["tcp", "rtu"]`: the Modbus transports the vendor document offers (Modbus-TCP on
+    Ethernet, Modbus RTU on RS-485); not set: `["tcp"]`. `driver = "modbus_ev_rtu"` needs `rtu` in
+    it; `modbus_ev` (TCP) is always allowed, since an RS-485 charger may sit behind a TCP gateway.
     """
 
     encoding: Literal["ascii", "codes"] = "ascii"
@@ -103,6 +108,7 @@ class EvProfile:
     enable: str | None = None
     heartbeat: str | None = None
     heartbeat_value: int = 1
+    transports: frozenset[Transport] = frozenset({"tcp"})
 
     def state(self, raw: int) -> EvState:
         if self.encoding == "ascii":
@@ -143,6 +149,9 @@ def ev_profile(rmap: RegisterMap) -> EvProfile:
             raise RegisterMapError(f"{rmap.path}: ev.heartbeat must name a writable register field, got {heartbeat!r}")
         if not isinstance(beat, int) or isinstance(beat, bool) or not 0 <= beat <= 0xFFFF:
             raise RegisterMapError(f"{rmap.path}: ev.heartbeat_value must be a raw register value, got {beat!r}")
+    transports = ev.get("transports", ["tcp"])
+    if not (isinstance(transports, list) and transports and set(transports) <= _TRANSPORTS):
+        raise RegisterMapError(f"{rmap.path}: ev.transports must be a list of 'tcp' and/or 'rtu', got {transports!r}")
     return EvProfile(
         encoding=encoding,
         codes=codes,
@@ -152,6 +161,7 @@ def ev_profile(rmap: RegisterMap) -> EvProfile:
         enable=enable,
         heartbeat=heartbeat,
         heartbeat_value=beat,
+        transports=frozenset(transports),
     )
 
 
@@ -175,6 +185,7 @@ class ModbusEvCharger:
         keepalive_s: float = 30.0,
         backoff_max_s: float = 60.0,
         apply_timeout_s: float = 10.0,
+        transport: Transport = "tcp",
     ) -> None:
         if poll_s <= 0 or keepalive_s <= 0:
             raise ValueError("poll_s and keepalive_s must be > 0")
@@ -182,6 +193,11 @@ class ModbusEvCharger:
             raise ValueError(f"need {IEC_MIN_CURRENT_A:g} A <= min_current_a <= max_current_a")
         register_map.require(*_REQUIRED, writable=("ev_current_setpoint",))
         self._profile = ev_profile(register_map)
+        if transport == "rtu" and "rtu" not in self._profile.transports:
+            raise RegisterMapError(
+                f"{register_map.path}: {register_map.name} offers Modbus-TCP only by its vendor document (the "
+                'profile\'s [ev] transports), not Modbus RTU on RS-485: use driver = "modbus_ev" with its host'
+            )
         self._id = device_id
         self._bus = bus
         self._unit = unit_id

@@ -10,7 +10,7 @@ fixed-map inverters does not carry the SunSpec, EV or meter code (~1.9 MB; docs/
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from drivers.modbus.bus import ModbusBus, get_serial_bus, get_tcp_bus
 from drivers.modbus.register_map import AUTO_MAP, RegisterMap, load_register_map
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     # The daemon's config structs (drivers/config_structs.py); the pydantic models have the same fields.
     from drivers.config_structs import (
         ModbusEvDevice,
+        ModbusEvRtuDevice,
         ModbusMeterRtuDevice,
         ModbusMeterTcpDevice,
         ModbusRtuDevice,
@@ -48,7 +49,7 @@ def _tcp_bus(dev: ModbusTcpDevice | ModbusMeterTcpDevice) -> ModbusBus:
     )
 
 
-def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice) -> ModbusBus:
+def _serial_bus(dev: ModbusRtuDevice | ModbusMeterRtuDevice | SunSpecRtuDevice | ModbusEvRtuDevice) -> ModbusBus:
     return get_serial_bus(
         dev.port,
         baudrate=dev.baudrate,
@@ -187,13 +188,21 @@ def add_sunspec(out: DeviceSet, dev: SunSpecTcpDevice | SunSpecRtuDevice, clock:
         out.kinds[meter_id] = DerKind.METER
 
 
-def add_modbus_ev(out: DeviceSet, dev: ModbusEvDevice, clock: Clock) -> None:
-    """An EV charger through its register map: one `<id>.ev` DER, controllable by current."""
+def add_modbus_ev(out: DeviceSet, dev: ModbusEvDevice | ModbusEvRtuDevice, clock: Clock) -> None:
+    """An EV charger through its register map: one `<id>.ev` DER, controllable by current, on TCP or on an
+    RS-485 line (where the profile's vendor document offers RTU: the charger refuses a TCP-only profile)."""
     from drivers.modbus.ev_charger import ModbusEvCharger
 
+    transport: Literal["tcp", "rtu"] = "tcp" if dev.serial_port() is None else "rtu"  # model or struct alike
+    if transport == "rtu":
+        bus = _serial_bus(cast("ModbusEvRtuDevice", dev))
+    else:
+        tcp = cast("ModbusEvDevice", dev)
+        bus = get_tcp_bus(tcp.host, tcp.port, timeout_s=tcp.timeout_s)
     charger = ModbusEvCharger(
         device_id=dev.id,
-        bus=get_tcp_bus(dev.host, dev.port, timeout_s=dev.timeout_s),
+        bus=bus,
+        transport=transport,
         unit_id=dev.unit_id,
         register_map=load_register_map(dev.map),
         poll_s=dev.poll_s,

@@ -1,4 +1,4 @@
-"""Registers the Modbus kinds: register-map devices and meters (TCP, RTU), SunSpec (TCP, RTU), EV chargers.
+"""Registers the Modbus kinds: register-map devices and meters (TCP, RTU), SunSpec (TCP, RTU), EV chargers (TCP, RTU).
 
 A new Modbus *device* needs nothing here: it is one profile in drivers/modbus/maps/ (docs/devices.md).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from drivers.modbus.config import (
     ModbusEvDevice,
+    ModbusEvRtuDevice,
     ModbusMeterRtuDevice,
     ModbusMeterTcpDevice,
     ModbusRtuDevice,
@@ -26,4 +27,5 @@ register(
     DriverKind("sunspec_tcp", "sunspec", SunSpecTcpDevice, f"{_FACTORY}:add_sunspec", order=20),
     DriverKind("sunspec_rtu", "sunspec", SunSpecRtuDevice, f"{_FACTORY}:add_sunspec", order=21),
     DriverKind("modbus_ev", "modbus_ev", ModbusEvDevice, f"{_FACTORY}:add_modbus_ev", order=30),
+    DriverKind("modbus_ev_rtu", "modbus_ev", ModbusEvRtuDevice, f"{_FACTORY}:add_modbus_ev", order=31),
 )

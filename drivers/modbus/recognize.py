@@ -74,7 +74,7 @@ class Match:
         if self.profile:
             lines.append(f'map = "{self.profile}"')
         lines += [f"{k} = {_toml(v)}" for k, v in self.settings.items()]
-        if self.driver == "modbus_ev":
+        if self.driver.startswith("modbus_ev"):
             lines += ["", "[devices.ev]", "max_current_a = 16  # the lowest of charger, cable and breaker: check yours"]
         return "\n".join(lines)
 
@@ -88,7 +88,7 @@ def _toml(value: str | int | bool) -> str:
 def _default_id(match: Match) -> str:
     if match.driver.startswith("modbus_meter"):
         return "meter"
-    return "charger" if match.driver == "modbus_ev" else "inverter"
+    return "charger" if match.driver.startswith("modbus_ev") else "inverter"
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ _DRIVERS: dict[tuple[Family, Transport], str] = {
     ("meter", "tcp"): "modbus_meter_tcp",
     ("meter", "rtu"): "modbus_meter_rtu",
     ("ev", "tcp"): "modbus_ev",
-    ("ev", "rtu"): "modbus_ev",  # zapd drives Modbus chargers over TCP only: the snippet says so by its keys
+    ("ev", "rtu"): "modbus_ev_rtu",
 }
 
 

@@ -1,4 +1,5 @@
-"""EV charger profiles against their register-level fixtures, over a real Modbus-TCP socket.
+"""EV charger profiles against their register-level fixtures, over a real Modbus-TCP socket, and over
+Modbus RTU on a pty for the chargers whose vendor document offers RS-485 (a fixture with an `rtu` table).
 
 The fixtures (tests/fixtures/devices/*.toml with `[ev_expect]`) are written from the vendor
 documents: raw registers as the charger holds them, the state/power/current they must decode to,
@@ -17,16 +18,10 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.ev_charger import CURRENT_A, ModbusEvCharger
 from drivers.modbus.register_map import load_register_map
-from drivers.sim.register_image import (
-    RegisterImageServer,
-    fixture_units,
-    fixture_write_functions,
-    start_register_image,
-)
-from tests.integration.profile_peers import expected_writes
+from drivers.sim.register_image import RegisterImageServer
+from tests.integration.profile_peers import expected_writes, served, transports
 from zapd.clock import SystemClock
 from zapd.model import CHARGING, CONNECTED, POWER_W, SESSION_WH, EvCurrent, Reading
 
@@ -34,6 +29,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "devices"
 EV_FIXTURES = [
     (p.stem, doc) for p in sorted(FIXTURES.glob("*.toml")) if "ev_expect" in (doc := tomllib.loads(p.read_text()))
 ]
+EV_PEERS = transports(EV_FIXTURES)  # (name, fixture, "tcp" | "rtu")
 _KEYS = {
     "power_w": POWER_W,
     "connected": CONNECTED,
@@ -44,12 +40,10 @@ _KEYS = {
 
 
 @contextlib.asynccontextmanager
-async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageServer, ModbusEvCharger]]:
-    server = await start_register_image(
-        fixture_units(fixture["image"]), write_functions=fixture_write_functions(fixture["image"])
-    )
-    try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+async def serving(
+    fixture: dict[str, Any], transport: str = "tcp"
+) -> AsyncIterator[tuple[RegisterImageServer, ModbusEvCharger]]:
+    async with served(fixture, transport) as (server, bus):
         yield (
             server,
             ModbusEvCharger(
@@ -60,16 +54,16 @@ async def serving(fixture: dict[str, Any]) -> AsyncIterator[tuple[RegisterImageS
                 poll_s=1.0,
                 clock=SystemClock(),
                 max_current_a=fixture["max_current_a"],
+                transport="rtu" if transport == "rtu" else "tcp",
             ),
         )
-    finally:
-        await close_all_buses()
-        await server.stop()
 
 
-@pytest.mark.parametrize(("name", "fixture"), EV_FIXTURES, ids=[n for n, _ in EV_FIXTURES])
-async def test_ev_profile_decodes_and_commands_at_register_level(name: str, fixture: dict[str, Any]) -> None:
-    async with serving(fixture) as (server, charger):
+@pytest.mark.parametrize(("name", "fixture", "transport"), EV_PEERS, ids=[f"{n}-{t}" for n, _, t in EV_PEERS])
+async def test_ev_profile_decodes_and_commands_at_register_level(
+    name: str, fixture: dict[str, Any], transport: str
+) -> None:
+    async with serving(fixture, transport) as (server, charger):
         got: list[Reading] = []
         await charger.poll_once(got.append)
         values = got[0].values
@@ -88,11 +82,31 @@ async def test_ev_profile_decodes_and_commands_at_register_level(name: str, fixt
         assert server.writes == expected_writes(fixture["ev_safe_mode"]["writes"])
 
 
-@pytest.mark.parametrize(("name", "fixture"), EV_FIXTURES, ids=[n for n, _ in EV_FIXTURES])
-async def test_ev_profile_refuses_beyond_limits_without_writing(name: str, fixture: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("name", "fixture", "transport"), EV_PEERS, ids=[f"{n}-{t}" for n, _, t in EV_PEERS])
+async def test_ev_profile_refuses_beyond_limits_without_writing(
+    name: str, fixture: dict[str, Any], transport: str
+) -> None:
     """Above the installed maximum or between 0 and 6 A (IEC 61851): refused, nothing on the wire."""
-    async with serving(fixture) as (server, charger):
+    async with serving(fixture, transport) as (server, charger):
         for current in (fixture["max_current_a"] + 1.0, 3.0):
             result = await charger.apply(EvCurrent(der_id="wb.ev", current_a=current))
             assert not result.ok, f"{name}: {current} A accepted"
         assert server.writes == []
+
+
+def test_rtu_chargers_are_the_ones_whose_vendor_document_offers_rs485() -> None:
+    """Each shipped charger profile's `[ev] transports` as its vendor document gives them (docs/devices.md):
+    only the ABB Terra AC has a Modbus RTU slave on RS-485; its fixture is served over RTU above."""
+    from drivers.modbus.ev_charger import ev_profile
+
+    offered = {name: sorted(ev_profile(load_register_map(name)).transports) for name, _ in EV_FIXTURES}
+    offered["alfen_eve"] = sorted(ev_profile(load_register_map("alfen_eve")).transports)
+    assert offered == {
+        "abb_terra_ac": ["rtu", "tcp"],
+        "alfen_eve": ["tcp"],
+        "mennekes_amtron": ["tcp"],
+        "phoenix_ev_eth": ["tcp"],
+        "schneider_evlink_pro_ac": ["tcp"],
+        "wallbe_phoenix_ev": ["tcp"],
+    }
+    assert [n for n, _, t in EV_PEERS if t == "rtu"] == ["abb_terra_ac"]

@@ -147,10 +147,14 @@ RTU_FIXTURES = [p.stem for p in PROFILES if "rtu" in (_fixture(p.stem) or {})]
 
 @pytest.mark.parametrize("name", RTU_FIXTURES)
 async def test_serial_scan_recognises_rs485_devices_read_only_at_the_rate_limit(
-    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`zapd devices scan --serial PORT --baud B --unit N` over Modbus RTU (pymodbus's RTU server on a
-    pty), at the shipped PROBES_PER_S: no write, and N requests take at least (N - 1) / PROBES_PER_S."""
+    pty), at the shipped PROBES_PER_S: no write, and N requests take at least (N - 1) / PROBES_PER_S.
+    The snippet it prints is valid config as pasted: an RTU kind (an RS-485 charger's is `modbus_ev_rtu`,
+    not the TCP `modbus_ev` with serial keys) that `load_config` accepts with the scanned line settings."""
+    from zapd.config import load_config
+
     buses = _record_buses(monkeypatch, "get_serial_bus")
     fixture = _fixture(name)
     assert fixture is not None
@@ -172,10 +176,16 @@ async def test_serial_scan_recognises_rs485_devices_read_only_at_the_rate_limit(
     assert rc == 0
     assert [r["profile"] for r in rows if r["profile"]] == [name]
     row = next(r for r in rows if r["profile"])
-    assert row["driver"].endswith("_rtu") or row["driver"] == "modbus_ev", row["driver"]
+    assert row["driver"].endswith("_rtu"), row["driver"]
     snippet = tomllib.loads(row["config"])["devices"][0]
     assert snippet["port"] == port and snippet["baudrate"] == line["baudrate"] and snippet["map"] == name
     assert "host" not in snippet
+    config = tmp_path / "zapd.toml"
+    config.write_text(f'[site]\nid = "home"\nfuse_a = 25\n\n{row["config"]}\n')
+    (device,) = load_config(config).devices
+    assert device.driver == row["driver"] and device.serial_port() == port
+    assert device.serial_line() == (line["baudrate"], line["parity"], line["stopbits"], 8)
+    assert device.serial_unit() == fixture["unit_id"]
     assert server.writes == [], "a serial scan must only read"
     (bus,) = buses
     requests = bus.counters["requests"]

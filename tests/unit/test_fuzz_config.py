@@ -33,8 +33,8 @@ KEYS = ["site", "control", "store", "plan", "cloud", "log", "api", "devices", "i
         "preset", "source", "readings", "topic", "key", "commands", "der", "level", "socket", "bogus", "role",
         "meter_role", "has_meter", "has_battery", "decryption_key", "capacity_wh", "max_charge_w",
         "max_discharge_w", "home_assistant", "metrics", "enabled", "phases", "charge_points"]  # fmt: skip
-DRIVERS = ["modbus_tcp", "modbus_ev", "mqtt", "p1_serial", "p1_tcp", "modbus_rtu", "sunspec_tcp", "sunspec_rtu",
-           "ocpp", "nope"]  # fmt: skip
+DRIVERS = ["modbus_tcp", "modbus_ev", "modbus_ev_rtu", "mqtt", "p1_serial", "p1_tcp", "modbus_rtu", "sunspec_tcp",
+           "sunspec_rtu", "ocpp", "nope"]  # fmt: skip
 # Values the checks look at by name: roles, maps (real, typo, missing path), hosts, keys, DSMR versions.
 WORDS = ["grid", "pv", "ev", "submeter", "gird", "sim_hybrid", "sim_hybird", "alfen_eve", "/nope/map.toml",
          "http://192.0.2.1/", "192.0.2.1:502", "fe80::1", "5L", "4", "2.2", "00112233445566778899AABBCCDDEEFF",
