@@ -161,6 +161,7 @@ def test_shipped_profiles_with_control_cite_two_sources() -> None:
         "solis_hybrid",
         "fox_ess_h3",
         "growatt_sph",
+        "growatt_tl_xh",
     ):
         rmap = load_register_map(name)
         assert rmap.control is not None and rmap.source and rmap.cross_check, name
