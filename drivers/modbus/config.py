@@ -135,7 +135,8 @@ class SunSpecTcpDevice(SunSpecMeterMixin, DeviceModel):
         description=(
             "A SunSpec inverter (Fronius, SMA, SolarEdge, ...) over Modbus-TCP: zapd reads its model chain "
             "and learns model, limits and capacity from it; battery control uses SunSpec model 124, or model "
-            "704 (DERCtlAC) where 124 is absent. Its DERs are `<id>.pv`, `<id>.battery` and `<id>.meter`."
+            "704 (DERCtlAC) where 124 is absent and model 714 shows a storage-only DER (not on a hybrid: "
+            "docs/devices.md). Its DERs are `<id>.pv`, `<id>.battery` and `<id>.meter`."
         )
     )
     id: DeviceId

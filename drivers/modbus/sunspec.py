@@ -11,8 +11,11 @@ zapd stops talking. Control is claimed only where the device implements the poin
 
 Model 704's `WSet` is the DER's active power at its AC terminals, + = injection (SunSpec DER
 sign convention; zapd's battery + = charging, so WSet = -setpoint). On an AC-coupled storage DER
-that is the battery's power; on a hybrid DER whose AC terminals also carry PV it is the net
-exchange, which zapd does not yet separate from the battery's own power (docs/devices.md).
+that is the battery's power. On a hybrid DER whose AC terminals also carry PV it is the net
+exchange: a fixed WSet leaves the battery to take up every change of PV until the next write (a
+cloud under an "idle" command discharges it, below reserve if it lasts), so zapd claims 704
+control only where model 714 (DER DC measurement) shows storage ports and nothing else, and
+refuses it, saying why, on a hybrid or a device that does not say (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ INVERTER_MODELS = (103, 113, 102, 112, 101, 111)
 METER_MODELS = (203, 204, 201, 202, 213, 214, 211, 212)
 # Models whose bodies are read and decoded at scan; others are listed (id, address, length) only.
 DECODED_MODELS = frozenset({1, 101, 102, 103, 111, 112, 113, 120, 121, 124, 160, 201, 202, 203, 204, 802})
-DECODED_MODELS |= frozenset(range(701, 714))
+DECODED_MODELS |= frozenset(range(701, 715))  # 701-713 and 714 DERMeasureDC (its ports' types)
 _MAX_MODELS = 64
 _MAX_READ = 100  # registers per request: under the protocol's 125, and what small gateways accept
 _CHARGE_AND_DISCHARGE_LIMITS = 0x3  # StorCtl_Mod bits 0 (CHARGE) and 1 (DISCHARGE)
@@ -87,6 +90,8 @@ _704_POINTS = ("WSetEna", "WSetMod", "WSet", "WSetRvrt", "WSetEnaRvrt", "WSetRvr
 _704_SPAN = ("WSetMod", "WSetRvrtTms")  # first and last point of the one write
 # PV when there is no 10x inverter model: IEEE 1547 DER AC measurement (701).
 PV_MODELS = (*INVERTER_MODELS, 701)
+# Model 714 DERMeasureDC port types (PrtTyp): what each DC port of the DER is.
+PORT_PV, PORT_ESS = 0, 1
 # (storage model, points of which one must be implemented for the device to show a battery)
 _STORAGE_EVIDENCE = ((124, ("WChaMax", "ChaState")), (713, ("WHRtg", "SoC")), (802, ("SoC", "WHRtg")))
 # Devices that report their battery's DC power as two model-160 (multiple MPPT) modules, one charging and
@@ -212,6 +217,36 @@ class SunSpecDevice:
                 return True
         return False
 
+    def dc_port_types(self) -> frozenset[int] | None:
+        """The types (PrtTyp) of the DC ports model 714 shows; None without 714 or a port with a type."""
+        m714 = self.model(714)
+        types = {t for port in m714.groups if isinstance(t := port.get("PrtTyp"), int)} if m714 else set()
+        return frozenset(types) or None
+
+    @property
+    def storage_only(self) -> bool:
+        """Model 714 shows storage ports and nothing else: the AC terminals carry the battery alone."""
+        return self.dc_port_types() == frozenset({PORT_ESS})
+
+    @property
+    def has_pv(self) -> bool:
+        """A PV DER: an inverter model, or a 1547 AC measurement (701) that model 714 does not show to be
+        a storage-only DER's (whose AC power is its battery's, not PV)."""
+        return self.model(*INVERTER_MODELS) is not None or (self.model(701) is not None and not self.storage_only)
+
+    @property
+    def pv_beside_storage(self) -> bool:
+        """Model 714 shows PV ports and storage ports: a hybrid (DC-coupled) DER."""
+        return {PORT_PV, PORT_ESS} <= (self.dc_port_types() or frozenset())
+
+    @staticmethod
+    def hybrid_pv_w(m714: SunSpecModel) -> float | None:
+        """A 1547 hybrid's PV: its PV ports' DC power (701's AC power is PV and battery together); None
+        when no PV port reports one (then there is no PV reading: the net AC power is not PV)."""
+        watts = [p.get("DCW") for p in m714.groups if p.get("PrtTyp") == PORT_PV]
+        numbers = [float(w) for w in watts if isinstance(w, int | float)]
+        return sum(numbers) if numbers else None
+
     def pv_power_w(self, inverter: SunSpecModel, mppt: SunSpecModel | None = None) -> float | None:
         """AC power (W) is what the PV delivers to the site; DC power (DCW) includes the inverter's
         losses (1-2 % high). A hybrid's AC power also carries its battery, so there DCW comes first.
@@ -231,12 +266,35 @@ class SunSpecDevice:
 
     @property
     def control_model(self) -> int | None:
-        """The model zapd controls the battery through: 124 where it is usable, else 704, else None."""
+        """The model zapd controls the battery through: 124 where it is usable, else 704 on a storage-only
+        DER, else None."""
         if self._implements(124, _CONTROL_POINTS_NEEDED, "InWRte"):
             return 124
-        if self.has_storage and self.max_discharge_w() is not None and self._implements(704, _704_POINTS, "WSet"):
+        if self._704_usable and self.storage_only:
             return 704
         return None
+
+    @property
+    def _704_usable(self) -> bool:
+        return self.has_storage and self.max_discharge_w() is not None and self._implements(704, _704_POINTS, "WSet")
+
+    @property
+    def no_control_reason(self) -> str | None:
+        """Why a device that could take model 704 "set active power" commands is not controlled through it."""
+        if self.control_model is not None or not self._704_usable:
+            return None
+        types = self.dc_port_types()
+        if types is None:
+            return (
+                "model 704 WSet is the DER's net AC power, and the device does not say what its AC terminals carry "
+                "(no model 714 port types): on a hybrid it would be PV and battery together, so zapd does not "
+                "control the battery through it"
+            )
+        return (
+            f"model 714 shows DC ports of types {sorted(types)} (0 = PV, 1 = storage) on one AC terminal: model "
+            "704 WSet is their net AC power, not the battery's, so a fixed WSet would leave the battery to take "
+            "up every change of PV; zapd does not control a hybrid's battery through 704"
+        )
 
     @property
     def storage_control(self) -> bool:
@@ -333,8 +391,7 @@ def device_capabilities(
 
     caps: list[DerCapabilities] = []
     name = device.description
-    inverter = device.model(*PV_MODELS)
-    if inverter is not None:
+    if device.has_pv:
         caps.append(
             DerCapabilities(
                 der_id=f"{device_id}.pv", kind=DerKind.PV, model=name, max_power_w=device.max_ac_power_w() or 0.0
@@ -446,6 +503,8 @@ class SunSpecInverter(ReportsHealth):
         own = m124.values.get("ChaGriSet") if m124 is not None else None
         self._own_grid_charge = own if isinstance(own, int) else None
         self._check_battery_expectation(device)
+        if device.no_control_reason is not None:  # the battery is reported, never commanded: say why once a scan
+            log.warning("sunspec.battery_not_controlled", device=self._id, reason=device.no_control_reason)
         return self.device
 
     def _check_battery_expectation(self, device: SunSpecDevice) -> None:
@@ -472,10 +531,13 @@ class SunSpecInverter(ReportsHealth):
         ts = self._clock.now()
         m160 = device.model(160) if device.storage_modules() is not None else None
         mppt = None if m160 is None else await read_model(self._bus, self._unit, m160)  # battery and PV strings
-        inverter = device.model(*PV_MODELS)
+        inverter = device.model(*PV_MODELS) if device.has_pv else None
         if inverter is not None:
-            fresh = await read_model(self._bus, self._unit, inverter)
-            pv_w = device.pv_power_w(fresh, mppt)
+            m714 = device.model(714) if inverter.id == 701 and device.pv_beside_storage else None
+            if m714 is not None:  # a 1547 hybrid: PV is its PV ports' DC power, not 701's net AC power
+                pv_w = device.hybrid_pv_w(await read_model(self._bus, self._unit, m714))
+            else:
+                pv_w = device.pv_power_w(await read_model(self._bus, self._unit, inverter), mppt)
             if pv_w is not None:
                 q = Quality.GOOD if pv_w >= 0 else Quality.SUSPECT
                 sink(Reading(der_id=f"{self._id}.pv", kind=DerKind.PV, ts=ts, values={POWER_W: pv_w}, quality=q))
@@ -575,7 +637,8 @@ class SunSpecInverter(ReportsHealth):
         if self.device is None:
             return "device not scanned yet"
         if not self.device.storage_control:
-            return "device has no SunSpec storage control (model 124, or 704 with a battery)"
+            why = self.device.no_control_reason
+            return why or "device has no SunSpec storage control (model 124, or 704 on a storage-only DER)"
         if not math.isfinite(command.power_w):
             return f"setpoint {command.power_w} W is not a number"
         battery = next(c for c in self.capabilities() if c.kind is DerKind.BATTERY)

@@ -191,8 +191,24 @@ async def test_a_battery_expectation_the_scan_contradicts_is_reported(
 _WSET_ENA, _WSET_MOD = 22, 23
 
 
-def _with_704_battery(sample: dict[str, Any], *, wset_implemented: bool = True) -> dict[str, Any]:
-    """The sample with a 5 kW / 13.5 kWh battery (702 rates, 713) and 704's set-active-power points."""
+# Model 714 (DERMeasureDC) port types, from the SunSpec model 714 point table: PrtTyp 0 = PV, 1 = ESS.
+PV_PORT, ESS_PORT = 0, 1
+AC_COUPLED = ((ESS_PORT, -1200),)  # a storage DER: one battery port (DCW - = charging, here 1.2 kW)
+
+
+def _with_714_ports(doc: dict[str, Any], ports: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+    """Model 714 before the end marker, one `Prt` instance per (PrtTyp, DCW in W, DCW_SF 0)."""
+    prt = [{"PrtTyp": t, "ID": i + 1, "IDStr": f"port {i + 1}", "DCW": w} for i, (t, w) in enumerate(ports)]
+    m714 = {"ID": 714, "NPrt": len(ports), "DCA_SF": 0, "DCV_SF": 0, "DCW_SF": 0, "DCWH_SF": 0, "Tmp_SF": 0}
+    doc["models"].insert(len(doc["models"]) - 1, {**m714, "Prt": prt})
+    return doc
+
+
+def _with_704_battery(
+    sample: dict[str, Any], *, wset_implemented: bool = True, ports: tuple[tuple[int, int], ...] | None = AC_COUPLED
+) -> dict[str, Any]:
+    """The sample with a 5 kW / 13.5 kWh battery (702 rates, 713), 704's set-active-power points, and
+    model 714's DC ports (`ports`; None: no model 714)."""
     doc = copy.deepcopy(sample)
     m702 = next(m for m in doc["models"] if m["ID"] == 702)
     m702.update({"WChaRteMax": 5000, "WDisChaRteMax": 5000})
@@ -202,7 +218,7 @@ def _with_704_battery(sample: dict[str, Any], *, wset_implemented: bool = True) 
         m704 = next(m for m in doc["models"] if m["ID"] == 704)
         m704.update({"WSetEna": 0, "WSetMod": 0, "WSet": 0, "WSetRvrt": 0, "WSetPct": 0, "WSetPctRvrt": 0})
         m704.update({"WSetEnaRvrt": 0, "WSetRvrtTms": 0, "WSetRvrtRem": 0, "WSet_SF": 0, "WSetPct_SF": 0})
-    return doc
+    return doc if ports is None else _with_714_ports(doc, ports)
 
 
 def _model_address(image: dict[int, int], model_id: int) -> int:
@@ -215,9 +231,10 @@ def _model_address(image: dict[int, int], model_id: int) -> int:
 
 
 async def test_model_704_controls_the_battery_where_124_is_absent(sample: dict[str, Any], tmp_path: Any) -> None:
-    """No model 124: a charge of 2000 W becomes, per model 704, WSetMod = WATTS, WSet = -2000 W (the DER
-    absorbs), reversion to the device's own control (WSetEnaRvrt = DISABLED) after the revert timeout,
-    written in one request before WSetEna = ENABLED; then read back."""
+    """No model 124, a storage-only DER (model 714: one ESS port): a charge of 2000 W becomes, per model
+    704, WSetMod = WATTS, WSet = -2000 W (the DER absorbs), reversion to the device's own control
+    (WSetEnaRvrt = DISABLED) after the revert timeout, written in one request before WSetEna = ENABLED;
+    then read back. Its 701 AC power is the battery's, so there is no PV DER."""
     from zapd.model import BatterySetpoint
 
     image = _image(_with_704_battery(sample), tmp_path)
@@ -227,8 +244,9 @@ async def test_model_704_controls_the_battery_where_124_is_absent(sample: dict[s
         bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
         inv = SunSpecInverter(device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock(), revert_timeout_s=300)
         await inv.scan()
-        battery = next(c for c in inv.capabilities() if c.der_id == "d.battery")
-        assert battery.controllable and battery.max_charge_w == 5000.0 and battery.max_discharge_w == 5000.0
+        (battery,) = inv.capabilities()
+        assert battery.der_id == "d.battery" and battery.controllable
+        assert battery.max_charge_w == 5000.0 and battery.max_discharge_w == 5000.0
         assert server.writes == []
 
         result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=2000.0))
@@ -259,6 +277,48 @@ async def test_model_704_controls_the_battery_where_124_is_absent(sample: dict[s
         await server.stop()
 
 
+@pytest.mark.parametrize(
+    ("ports", "why"),
+    [
+        (((PV_PORT, 4200), (ESS_PORT, -1200)), "types [0, 1]"),  # a DC-coupled hybrid
+        (((PV_PORT, 2100), (PV_PORT, 2100), (ESS_PORT, -1200)), "types [0, 1]"),  # two strings and a battery
+        (((ESS_PORT, -1200), (2, 3000)), "types [1, 2]"),  # a battery and an EV port on one AC terminal
+        (None, "no model 714 port types"),  # the device does not say what its AC terminals carry
+    ],
+    ids=["pv+ess", "2pv+ess", "ess+ev", "no-714"],
+)
+async def test_model_704_is_refused_where_the_ac_terminals_carry_more_than_the_battery(
+    sample: dict[str, Any], tmp_path: Any, ports: tuple[tuple[int, int], ...] | None, why: str
+) -> None:
+    """704 WSet is the DER's net AC power. On a hybrid a fixed WSet = PV - battery command leaves the battery
+    to take up every change of PV until the next write (or, with zapd gone, the 300 s reversion time): a
+    cloud under an idle command discharges it, below reserve if it lasts; the envelope cannot bound it. So
+    the battery is reported but not controllable, a command is refused with the reason and nothing is
+    written, and safe mode writes nothing. A hybrid's PV is its PV ports' DC power, not 701's 9800 W."""
+    from zapd.model import BatterySetpoint
+
+    image = _image(_with_704_battery(sample, ports=ports), tmp_path)
+    server = await start_register_image({1: {"holding": image}})
+    try:
+        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        inv = SunSpecInverter(device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock())
+        await inv.scan()
+        caps = {c.der_id: c for c in inv.capabilities()}
+        assert set(caps) == {"d.pv", "d.battery"} and not caps["d.battery"].controllable
+        result = await inv.apply(BatterySetpoint(der_id="d.battery", power_w=2000.0))
+        assert not result.ok and why in result.detail and "704" in result.detail, result.detail
+        assert inv.counters["commands_refused"] == 1
+        await inv.safe_mode()
+        got: dict[str, Reading] = {}
+        await inv.poll_once(lambda r: got.__setitem__(r.der_id, r))
+        assert server.writes == []
+    finally:
+        await close_all_buses()
+        await server.stop()
+    pv_ports = [w for t, w in ports or () if t == PV_PORT]
+    assert got["d.pv"].values[POWER_W] == (sum(pv_ports) if pv_ports else 9800.0)  # no 714: 701 W as before
+
+
 async def test_model_704_without_its_wset_points_or_a_battery_is_not_control(
     sample: dict[str, Any], tmp_path: Any
 ) -> None:
@@ -266,7 +326,7 @@ async def test_model_704_without_its_wset_points_or_a_battery_is_not_control(
     704 implemented on the PV-only sample: no battery DER, so nothing to control."""
     caps, _ = await _scan_and_poll(_with_704_battery(sample, wset_implemented=False), tmp_path)
     assert caps["d.battery"].kind is DerKind.BATTERY and not caps["d.battery"].controllable
-    pv_only = _with_704_battery(sample)
+    pv_only = _with_704_battery(sample, ports=((PV_PORT, 9800),))
     m713 = next(m for m in pv_only["models"] if m["ID"] == 713)
     m713.update({"WHRtg": None, "SoC": None})
     caps, _ = await _scan_and_poll(pv_only, tmp_path)
