@@ -26,12 +26,13 @@ A site without `assets` (or whose assets do not decode) is not planned; its plan
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from cloud.forecast import Location, PvArray
+if TYPE_CHECKING:  # cloud.forecast loads pvlib, pandas and scipy: only the planner needs them, not every reader
+    from cloud.forecast import Location, PvArray
 
 NonNeg = Annotated[float, msgspec.Meta(ge=0.0)]
 Positive = Annotated[float, msgspec.Meta(gt=0.0)]
@@ -105,9 +106,13 @@ class SiteAssets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return sum(p.kwp for p in self.pv)
 
     def pv_arrays(self) -> list[PvArray]:
+        from cloud.forecast import PvArray
+
         return [PvArray(kwp=p.kwp, tilt_deg=p.tilt_deg, azimuth_deg=p.azimuth_deg) for p in self.pv]
 
     def pv_location(self) -> Location:
+        from cloud.forecast import Location
+
         return Location(self.location.lat, self.location.lon, self.location.altitude_m)
 
 

@@ -108,3 +108,26 @@ def _wait_healthy(proc: subprocess.Popen[bytes], client: httpx.Client, out: Path
         if time.monotonic() > deadline:
             pytest.fail(f"zapcloud did not come up:\n{out.read_text()}")
         time.sleep(0.1)
+
+
+def accepted_connections(proc: subprocess.Popen[bytes], port: int) -> int:
+    """TCP connections on `port` the server process has accepted and not yet closed (Linux /proc).
+
+    A client's connect() returns once the kernel has queued the connection; this says the server took it,
+    so a test can wait for that instead of sleeping.
+    """
+    inodes: set[str] = set()
+    for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                local_port, state, inode = int(cols[1].rsplit(":", 1)[1], 16), cols[3], cols[9]
+                if local_port == port and state in ("01", "08") and inode in inodes:  # ESTABLISHED, CLOSE_WAIT
+                    count += 1
+    return count

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
@@ -58,3 +59,21 @@ async def stays(predicate: Callable[[], object], for_s: float, what: str = "", *
         if not predicate():
             raise AssertionError(f"{what or getattr(predicate, '__name__', repr(predicate))} stopped holding")
         await asyncio.sleep(every_s)
+
+
+def wait_until_sync(
+    predicate: Callable[[], T], timeout_s: float = DEFAULT_TIMEOUT_S, what: str = "", *, every_s: float = 0.02
+) -> T:
+    """`wait_until` for blocking code (a test driving a subprocess server over plain httpx or sockets).
+
+    Exceptions from `predicate` propagate: one that means "not yet" is the predicate's to catch.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            name = what or getattr(predicate, "__name__", repr(predicate))
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {name} (last: {value!r})")
+        time.sleep(every_s)

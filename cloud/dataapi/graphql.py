@@ -39,6 +39,7 @@ from cloud.dataapi.access import (
 from cloud.dataapi.flex import Flex, Live, site_flex, site_live
 from cloud.db import Database, command_reports, der_models, forecasts, plans, sites, spot_prices, telemetry
 from cloud.server import ingest_signal
+from cloud.server.metrics import Metrics
 
 MAX_COST = 20_000  # points (buckets, raw rows, price slots) one request may ask for in total
 QUERY_TIMEOUT_S = 10.0
@@ -545,20 +546,35 @@ class Subscription:
             async with db.engine.connect() as conn:
                 row = (await conn.execute(select(sites.c.stored_through).where(sites.c.site_id == str(site)))).scalar()
             after = int(row or 0)
-            while True:
-                # Poll the database (every worker sees every ingest); re-check the token each round so a
-                # revoked or expired one stops the stream.
-                # Woken at once by an ingest in this worker (cloud/server/ingest_signal.py), else polled.
-                await ingest_signal.wait(str(site), LIVE_POLL_S)
-                await _recheck(info)
-                stmt = select(telemetry).where(telemetry.c.site_id == str(site), telemetry.c.seq > after)
-                if der is not None:
-                    stmt = stmt.where(telemetry.c.der_id == der)
-                async with db.engine.connect() as conn:
-                    rows = (await conn.execute(stmt.order_by(telemetry.c.seq).limit(1000))).all()
-                for r in rows:
-                    after = max(after, int(r.seq))
-                    yield Reading(seq=int(r.seq), der_id=r.der_id, kind=r.kind, ts=_utc(r.ts), values=r.values)
+            # Counted once its starting point is read: from here on, every new reading is pushed.
+            metrics = _server_metrics(info)
+            if metrics is not None:
+                metrics.live_subscriptions += 1
+            try:
+                while True:
+                    # Poll the database (every worker sees every ingest); re-check the token each round so a
+                    # revoked or expired one stops the stream.
+                    # Woken at once by an ingest in this worker (cloud/server/ingest_signal.py), else polled.
+                    await ingest_signal.wait(str(site), LIVE_POLL_S)
+                    await _recheck(info)
+                    stmt = select(telemetry).where(telemetry.c.site_id == str(site), telemetry.c.seq > after)
+                    if der is not None:
+                        stmt = stmt.where(telemetry.c.der_id == der)
+                    async with db.engine.connect() as conn:
+                        rows = (await conn.execute(stmt.order_by(telemetry.c.seq).limit(1000))).all()
+                    for r in rows:
+                        after = max(after, int(r.seq))
+                        yield Reading(seq=int(r.seq), der_id=r.der_id, kind=r.kind, ts=_utc(r.ts), values=r.values)
+            finally:
+                if metrics is not None:
+                    metrics.live_subscriptions -= 1
+
+
+def _server_metrics(info: Info[Any, Any]) -> Metrics | None:
+    """The serving worker's counters (cloud/server/app.py keeps them on the app), or None outside a server."""
+    app = getattr(_ctx(info).get("request"), "app", None)
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    return metrics if isinstance(metrics, Metrics) else None
 
 
 async def _recheck(info: Info[Any, Any]) -> None:

@@ -16,6 +16,7 @@ class Metrics:
         self.connections_refused: Counter[str] = Counter()
         self.channel_events: Counter[tuple[str, str]] = Counter()
         self.channel_open = 0  # live channels on this worker (a gauge)
+        self.live_subscriptions = 0  # GraphQL telemetry subscriptions streaming from this worker (a gauge)
 
     def reject(self, endpoint: str, reason: str) -> None:
         self.rejected[(endpoint, reason)] += 1
@@ -60,5 +61,8 @@ class Metrics:
             "# HELP zapcloud_channel_connections Live channels held by this worker.",
             "# TYPE zapcloud_channel_connections gauge",
             f"zapcloud_channel_connections {self.channel_open}",
+            "# HELP zapcloud_live_subscriptions GraphQL telemetry subscriptions streaming from this worker.",
+            "# TYPE zapcloud_live_subscriptions gauge",
+            f"zapcloud_live_subscriptions {self.live_subscriptions}",
         ]
         return "\n".join(lines) + "\n"

@@ -6,12 +6,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_until_sync
 
 # ---- mosquitto: a real MQTT broker on a free loopback port ----
 
@@ -43,17 +44,22 @@ class MosquittoBroker:
     def start(self, timeout_s: float = 5.0) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log.read_text()[-500:]}")
+        proc = self.proc
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {proc.returncode}: {self.log.read_text()[-500:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s:g} s")
+                return False
+
+        try:
+            wait_until_sync(listening, timeout_s, f"mosquitto to listen on {self.host}:{self.port}")
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(str(exc)) from None
 
     def stop(self) -> None:
         if self.proc is None:

@@ -57,6 +57,7 @@ from zapd.state import SiteState
 from zapd.store import Store
 
 SITE = "chan-site"
+REFUSED = ("other_site", "malformed", "oversize")  # frames the cloud refuses on a welcomed channel
 
 
 def register(cloud: Cloud, site_id: str) -> SigningKey:
@@ -131,31 +132,41 @@ async def until(cond: Any, within: float = 10.0) -> None:
     await wait_until(cond, within)
 
 
-@pytest.fixture(params=BACKENDS)
-def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]:
-    url = asyncio.run(empty_db_url_async(request.param, tmp_path))
-    with serve(tmp_path, url, "serve", "--no-planner") as c:
+@pytest.fixture(scope="module", params=BACKENDS)
+def cloud(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """One `zapcloud serve` per backend for the module: each test registers a site of its own (`site`)."""
+    tmp = tmp_path_factory.mktemp("channel")
+    url = asyncio.run(empty_db_url_async(request.param, tmp))
+    with serve(tmp, url, "serve", "--no-planner") as c:
         yield c
+
+
+@pytest.fixture
+def site() -> str:
+    """A site id no other test on the module's cloud has registered."""
+    return f"{SITE}-{secrets.token_hex(4)}"
 
 
 def cloud_signing_key(cloud: Cloud) -> SigningKey:
     return load_signing_key(cloud.tmp / "cloud.key")
 
 
-async def test_plan_notice_is_fetched_within_a_second_and_dr_is_applied_and_acked(cloud: Cloud, tmp_path: Path) -> None:
-    key = register(cloud, SITE)
-    async with zap(tmp_path, cloud, key) as z:
+async def test_plan_notice_is_fetched_within_a_second_and_dr_is_applied_and_acked(
+    cloud: Cloud, site: str, tmp_path: Path
+) -> None:
+    key = register(cloud, site)
+    async with zap(tmp_path, cloud, key, site) as z:
         await until(lambda: z.channel.state == "up")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await asyncio.to_thread(publish, cloud, SITE, 1)
+        await asyncio.to_thread(publish, cloud, site, 1)
         await until(lambda: z.sync.fetcher.accepted_version == 1, within=5)
         assert loop.time() - started < 1.0, "plan notice → fetched took too long"  # polling is 1 h here
 
         now = datetime.now(UTC)
         window = {"start": (now - timedelta(seconds=1)).isoformat(), "end": (now + timedelta(minutes=30)).isoformat()}
         started = loop.time()
-        cid = await asyncio.to_thread(post_command, cloud, SITE, {"kind": "dr", **window, "import_limit_kw": 2.0})
+        cid = await asyncio.to_thread(post_command, cloud, site, {"kind": "dr", **window, "import_limit_kw": 2.0})
         await until(lambda: z.channel.commands_applied == 1)
         limited = z.sync.demand.overlay(datetime.now(UTC), Intent(battery_w=0.0, grid_import_limit_w=9000.0))
         assert limited.grid_import_limit_w == 2000.0
@@ -169,21 +180,21 @@ async def test_plan_notice_is_fetched_within_a_second_and_dr_is_applied_and_acke
 
         # An offset: the import limit is the measured import less the offset.
         z.grid_w[0] = 3000.0
-        cid2 = await asyncio.to_thread(post_command, cloud, SITE, {"kind": "dr", **window, "offset_kw": 1.2})
+        cid2 = await asyncio.to_thread(post_command, cloud, site, {"kind": "dr", **window, "offset_kw": 1.2})
         got2 = await wait_ack(cloud, cid2)
         assert got2["applied"]["import_limit_w"] == pytest.approx(1800.0)
         # A limit above the site's fuse is applied as the fuse: never looser than the site allows.
-        cid3 = await asyncio.to_thread(post_command, cloud, SITE, {"kind": "dr", **window, "import_limit_kw": 99.0})
+        cid3 = await asyncio.to_thread(post_command, cloud, site, {"kind": "dr", **window, "import_limit_kw": 99.0})
         assert (await wait_ack(cloud, cid3))["applied"]["import_limit_w"] == 17_000.0
         # Safe mode: the operator override's SAFE_HOLD for the window.
         until_ = (now + timedelta(minutes=10)).isoformat()
-        cid4 = await asyncio.to_thread(post_command, cloud, SITE, {"kind": "safe_mode", "until": until_})
+        cid4 = await asyncio.to_thread(post_command, cloud, site, {"kind": "safe_mode", "until": until_})
         assert (await wait_ack(cloud, cid4))["applied"]["rung"] == "safe_hold"
         # Re-plan: the Zap fetches now and says which plan it has.
-        cid5 = await asyncio.to_thread(post_command, cloud, SITE, {"kind": "replan"})
+        cid5 = await asyncio.to_thread(post_command, cloud, site, {"kind": "replan"})
         assert (await wait_ack(cloud, cid5))["applied"]["plan_version"] == 1.0
         # Out-of-bounds numbers never leave the cloud.
-        r = await asyncio.to_thread(cloud.client.post, f"/v1/sites/{SITE}/commands", headers=cloud.admin(),
+        r = await asyncio.to_thread(cloud.client.post, f"/v1/sites/{site}/commands", headers=cloud.admin(),
                                     json={"action": {"kind": "dr", **window, "import_limit_kw": -1.0}})  # fmt: skip
         assert r.status_code == 422
 
@@ -196,22 +207,13 @@ def post_command(cloud: Cloud, site_id: str, action: dict[str, Any]) -> str:
 
 async def wait_ack(cloud: Cloud, cid: str, within: float = 5.0) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cloud.port}", headers=cloud.admin()) as client:
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
+
+        async def acked() -> dict[str, Any] | None:
             got: dict[str, Any] = (await client.get(f"/v1/commands/{cid}")).json()
-            if got.get("result") is not None:
-                return got
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"no ack for {cid}: {got}")
-            await asyncio.sleep(0.01)
+            return got if got.get("result") is not None else None
 
-
-async def _ack_of(db: Database, cid: str) -> Any:
-    while True:
-        got = (await command_acks(db, [cid]))[cid]
-        if got.result is not None:
-            return got
-        await asyncio.sleep(0.02)
+        result: dict[str, Any] = await wait_until(acked, within, f"the ack of {cid}")
+        return result
 
 
 async def _queue_raw(db: Database, site_id: str, body: bytes, signature: str, *, command_id: str | None = None) -> str:
@@ -238,19 +240,19 @@ def _sign(key: SigningKey, body: bytes) -> str:
 
 
 async def test_the_zap_refuses_forged_expired_replayed_foreign_oversize_and_malformed_commands(
-    cloud: Cloud, tmp_path: Path
+    cloud: Cloud, site: str, tmp_path: Path
 ) -> None:
-    key = register(cloud, SITE)
+    key = register(cloud, site)
     ck = cloud_signing_key(cloud)
     db = Database(cloud.db_url)
     try:
-        async with zap(tmp_path, cloud, key) as z:
+        async with zap(tmp_path, cloud, key, site) as z:
             await until(lambda: z.channel.state == "up")
             now = datetime.now(UTC)
-            good = msgspec.json.encode(_cmd(SITE, issued=now, expires=now + timedelta(minutes=5)))
+            good = msgspec.json.encode(_cmd(site, issued=now, expires=now + timedelta(minutes=5)))
             cases = [
                 ("bad_signature", good, _sign(SigningKey.generate(), good)),
-                ("expired", (b := msgspec.json.encode(_cmd(SITE, issued=now - timedelta(minutes=10),
+                ("expired", (b := msgspec.json.encode(_cmd(site, issued=now - timedelta(minutes=10),
                                                           expires=now - timedelta(minutes=1)))), _sign(ck, b)),
                 ("other_site", (b := msgspec.json.encode(_cmd("someone-else", issued=now,
                                                              expires=now + timedelta(minutes=5)))), _sign(ck, b)),
@@ -258,34 +260,34 @@ async def test_the_zap_refuses_forged_expired_replayed_foreign_oversize_and_malf
                 ("oversize", (b := b" " * 9000 + good), _sign(ck, b)),
             ]  # fmt: skip
             for reason, body, sig in cases:
-                await _queue_raw(db, SITE, body, sig)
+                await _queue_raw(db, site, body, sig)
                 await until(lambda r=reason: z.channel.refused[r] >= 1, within=10)  # type: ignore[misc]
             assert z.channel.commands_applied == 0
             assert z.sync.demand.windows == []
 
             # The good one is applied once; the same signed body again (another row, same nonce) is a replay.
-            await _queue_raw(db, SITE, good, _sign(ck, good))
+            await _queue_raw(db, site, good, _sign(ck, good))
             await until(lambda: z.channel.commands_applied == 1)
-            await _queue_raw(db, SITE, good, _sign(ck, good))
+            await _queue_raw(db, site, good, _sign(ck, good))
             await until(lambda: z.channel.refused["replay"] >= 1)
             assert z.channel.commands_applied == 1 and len(z.sync.demand.windows) == 1
     finally:
         await db.dispose()
 
 
-async def test_the_nonce_window_survives_a_restart(cloud: Cloud, tmp_path: Path) -> None:
-    key = register(cloud, SITE)
+async def test_the_nonce_window_survives_a_restart(cloud: Cloud, site: str, tmp_path: Path) -> None:
+    key = register(cloud, site)
     ck = cloud_signing_key(cloud)
     store_path = tmp_path / "persist.sqlite"
     now = datetime.now(UTC)
-    good = msgspec.json.encode(_cmd(SITE, issued=now, expires=now + timedelta(minutes=5)))
+    good = msgspec.json.encode(_cmd(site, issued=now, expires=now + timedelta(minutes=5)))
     db = Database(cloud.db_url)
     try:
         for round_ in range(2):
             store = await Store.open(store_path)
             config = CloudConfig(url=f"http://127.0.0.1:{cloud.port}", channel_reconnect_s=0.2,
                                  public_key=base64.b64encode(bytes(cloud.cloud_key)).decode())  # fmt: skip
-            sync = CloudSync(config=config, site_id=SITE, key=key, store=store, clock=SystemClock(), capabilities=list)
+            sync = CloudSync(config=config, site_id=site, key=key, store=store, clock=SystemClock(), capabilities=list)
             await sync.load()
             channel = sync.enable_channel(override=None, grid_w=lambda: 0.0,
                                           live=lambda: LiveState(None, "up", None, None),
@@ -294,7 +296,7 @@ async def test_the_nonce_window_survives_a_restart(cloud: Cloud, tmp_path: Path)
             task = asyncio.create_task(channel.run())
             try:
                 await until(lambda c=channel: c.state == "up")  # type: ignore[misc]
-                await _queue_raw(db, SITE, good, _sign(ck, good))
+                await _queue_raw(db, site, good, _sign(ck, good))
                 if round_ == 0:
                     await until(lambda c=channel: c.commands_applied == 1)  # type: ignore[misc]
                 else:
@@ -310,13 +312,20 @@ async def test_the_nonce_window_survives_a_restart(cloud: Cloud, tmp_path: Path)
 
 
 async def test_the_cloud_refuses_forged_hellos_foreign_acks_oversize_and_malformed_frames(
-    cloud: Cloud, tmp_path: Path
+    cloud: Cloud, site: str, tmp_path: Path
 ) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    key = register(cloud, SITE)
-    other_key = register(cloud, "other-site")
+    key = register(cloud, site)
+    other = f"{site}-other"
+    other_key = register(cloud, other)
+    # The module's cloud serves other tests too: every count below is this test's own (after - before).
+    before = {r: metric(cloud, "cloud", r) for r in ("bad_signature", "bad_origin", "bad_challenge", *REFUSED)}
+
+    def counted(reason: str) -> int:
+        return metric(cloud, "cloud", reason) - before[reason]
+
     url = ws_url(f"http://127.0.0.1:{cloud.port}")
     origin = f"127.0.0.1:{cloud.port}"
 
@@ -328,28 +337,28 @@ async def test_the_cloud_refuses_forged_hellos_foreign_acks_oversize_and_malform
 
     # Forged: the other site's key presenting this site's key id.
     async with connect(url, proxy=None) as ws:
-        assert isinstance(await hello(ws, other_key, SITE, key_id(key)), Refused)
-    assert metric(cloud, "cloud", "bad_signature") == 1
+        assert isinstance(await hello(ws, other_key, site, key_id(key)), Refused)
+    assert counted("bad_signature") == 1
     # Signed for another server.
     async with connect(url, proxy=None) as ws:
-        assert isinstance(await hello(ws, key, SITE, key_id(key), origin_="evil.example:443"), Refused)
-    assert metric(cloud, "cloud", "bad_origin") == 1
+        assert isinstance(await hello(ws, key, site, key_id(key), origin_="evil.example:443"), Refused)
+    assert counted("bad_origin") == 1
     # A hello replayed on a new connection answers the wrong challenge.
     async with connect(url, proxy=None) as ws:
         ch = decode_server_frame(await ws.recv())
         assert isinstance(ch, Challenge)
-        old = sign_hello(key, key_id(key), base64.b64encode(b"x" * 32).decode(), origin, SITE, datetime.now(UTC))
+        old = sign_hello(key, key_id(key), base64.b64encode(b"x" * 32).decode(), origin, site, datetime.now(UTC))
         await ws.send(encode_frame(old))
         assert isinstance(decode_server_frame(await ws.recv()), Refused)
-    assert metric(cloud, "cloud", "bad_challenge") == 1
+    assert counted("bad_challenge") == 1
 
     db = Database(cloud.db_url)
     try:
-        cid = await send_command(db, cloud_signing_key(cloud), "other-site",
+        cid = await send_command(db, cloud_signing_key(cloud), other,
                                  DrAction(start=datetime.now(UTC), end=datetime.now(UTC) + timedelta(minutes=5),
                                           import_limit_kw=1.0), now=datetime.now(UTC))  # fmt: skip
         async with connect(url, proxy=None, max_size=None) as ws:
-            assert isinstance(await hello(ws, key, SITE, key_id(key)), Welcome)
+            assert isinstance(await hello(ws, key, site, key_id(key)), Welcome)
             # Another site's command id: refused, and that command stays unanswered.
             await ws.send(encode_frame(Ack(command_id=cid, result="applied", applied_at=datetime.now(UTC))))
             assert decode_server_frame(await ws.recv()) == Refused(reason="other_site")
@@ -365,19 +374,18 @@ async def test_the_cloud_refuses_forged_hellos_foreign_acks_oversize_and_malform
         assert (await command_acks(db, [cid]))[cid].result is None
     finally:
         await db.dispose()
-    reasons = ("other_site", "malformed", "oversize")
-    await wait_until(lambda: all(metric(cloud, "cloud", r) >= 1 for r in reasons), 10, "the refusals counted")
-    for reason in reasons:
-        assert metric(cloud, "cloud", reason) >= 1, reason
-    assert metric(cloud, "cloud", "malformed") >= 2
+    await wait_until(lambda: all(counted(r) >= 1 for r in REFUSED), 10, "the refusals counted")
+    for reason in REFUSED:
+        assert counted(reason) >= 1, reason
+    assert counted("malformed") >= 2
 
 
-async def test_with_the_channel_refused_polling_still_brings_the_plan(cloud: Cloud, tmp_path: Path) -> None:
+async def test_with_the_channel_refused_polling_still_brings_the_plan(cloud: Cloud, site: str, tmp_path: Path) -> None:
     """The channel cut (the Zap dials a port where nothing listens): plans still arrive by polling."""
-    key = register(cloud, SITE)
+    key = register(cloud, site)
     # The channel dials a dead port: it keeps failing and backing off; the fetcher polls the real cloud.
-    async with zap(tmp_path, cloud, key, plan_interval_s=0.5, channel_url="ws://127.0.0.1:9/v1/channel") as z:
-        await asyncio.to_thread(publish, cloud, SITE, 1)
+    async with zap(tmp_path, cloud, key, site, plan_interval_s=0.5, channel_url="ws://127.0.0.1:9/v1/channel") as z:
+        await asyncio.to_thread(publish, cloud, site, 1)
         await until(lambda: z.sync.fetcher.accepted_version == 1, within=10)
         assert z.channel.state != "up" and z.channel.last_error
 

@@ -33,7 +33,8 @@ from cloud_sync.wire import (
     make_batch,
     sign_body,
 )
-from tests.cloud_server import REPO, Cloud, cloud_env, free_port, serve, serve_cmd
+from tests.cloud_server import REPO, Cloud, accepted_connections, cloud_env, free_port, serve, serve_cmd
+from tests.waiting import wait_until_sync
 from zapd.model import DerKind, Intent, Plan, PlanSlot
 
 # One of the 8 small-order points of edwards25519 (order 8), as listed in libsodium's
@@ -338,7 +339,7 @@ def test_connection_cap(tmp_path: Path) -> None:
         c.client.close()  # its keep-alive connection would count
         idle = [socket.create_connection(("127.0.0.1", c.port)) for _ in range(3)]
         try:
-            time.sleep(0.3)
+            wait_until_sync(lambda: accepted_connections(c.proc, c.port) == 3, 10, "the server to hold 3 connections")
             with (
                 httpx.Client(base_url=f"http://127.0.0.1:{c.port}", timeout=5.0) as fresh,
                 pytest.raises(httpx.TransportError),
@@ -347,7 +348,7 @@ def test_connection_cap(tmp_path: Path) -> None:
         finally:
             for s in idle:
                 s.close()
-        time.sleep(0.3)
+        wait_until_sync(lambda: accepted_connections(c.proc, c.port) == 0, 10, "the server to drop the 3 idle ones")
         with httpx.Client(base_url=f"http://127.0.0.1:{c.port}", timeout=5.0) as fresh:
             assert fresh.get("/healthz").status_code == 200
             text = fresh.get("/metrics", headers=c.admin()).text

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from cloud.db import Database
 from cloud.server.migrate import MIGRATIONS, alembic_config, head_revision, upgrade
 from tests.cloud_server import REPO, cloud_env, free_port, serve_cmd
 from tests.db_backends import BACKENDS, empty_db_url
+from tests.waiting import wait_until_sync
 
 # PostgreSQL raced on CREATE TABLE before the lock (the second worker died in 3 of 4 tries).
 ROUNDS = {"sqlite": 2, "postgresql": 5}
@@ -47,6 +48,17 @@ def indexes(url: str, table: str) -> set[str]:
     return asyncio.run(run())
 
 
+def _workers_up(
+    procs: list[subprocess.Popen[bytes]], ports: list[int], logs: list[Path], up: list[bool], label: str
+) -> bool:
+    """Ask each worker not yet healthy for /healthz; `up` keeps what answered. A worker that exited fails."""
+    for i, (proc, port) in enumerate(zip(procs, ports, strict=True)):
+        assert proc.poll() is None, f"{label}: worker {i} exited {proc.returncode}:\n" + logs[i].read_text()
+        with contextlib.suppress(httpx.TransportError):
+            up[i] = up[i] or httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    return all(up)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_workers_started_together_on_an_empty_database_all_come_up(backend: str, tmp_path: Path) -> None:
     for attempt in range(ROUNDS[backend]):
@@ -60,16 +72,13 @@ def test_workers_started_together_on_an_empty_database_all_come_up(backend: str,
                 procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cloud_env(), cwd=REPO))
         try:
             up = [False, False]
-            deadline = time.monotonic() + 40
-            while not all(up) and time.monotonic() < deadline:
-                for i, (proc, port) in enumerate(zip(procs, ports, strict=True)):
-                    assert proc.poll() is None, (
-                        f"round {attempt}: worker {i} exited {proc.returncode}:\n" + logs[i].read_text()
-                    )
-                    with contextlib.suppress(httpx.TransportError):
-                        up[i] = up[i] or httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-                time.sleep(0.1)
-            assert all(up), f"round {attempt}: not up {up}:\n" + "\n".join(log.read_text() for log in logs)
+            try:
+                up_now = functools.partial(_workers_up, procs, ports, logs, up, f"round {attempt}")
+                wait_until_sync(up_now, 40, "both workers healthy", every_s=0.1)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"round {attempt}: not up {up}: {exc}\n" + "\n".join(log.read_text() for log in logs)
+                ) from None
         finally:
             for proc in procs:
                 proc.terminate()

@@ -24,6 +24,7 @@ from cloud_sync.keys import load_verify_key_b64, public_key_b64
 from cloud_sync.wire import WireReading, encode, make_batch, sign_body, sign_request, verify_plan
 from tests.cloud_server import ADMIN, cloud_env, free_port, serve_cmd
 from tests.db_backends import BACKENDS, empty_db_url
+from tests.waiting import wait_until_sync
 from zapd.model import DerKind, IntentMode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,16 +60,18 @@ def serve(tmp: Path, *extra: str, db_url: str | None = None, env: dict[str, str]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
-            deadline = time.monotonic() + 20
-            while True:
+
+            def healthy() -> bool:
                 if proc.poll() is not None:
                     pytest.fail(f"zapcloud exited:\n{log.read_text()}")
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/healthz").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"zapcloud did not come up:\n{log.read_text()}")
-                time.sleep(0.1)
+                    return client.get("/healthz").status_code == 200
+                return False
+
+            try:
+                wait_until_sync(healthy, 20, "zapcloud /healthz", every_s=0.1)
+            except AssertionError as exc:
+                pytest.fail(f"{exc}:\n{log.read_text()}")
             m = re.search(r"cloud public key (\S+)", log.read_text())
             assert m
             yield Server(client, load_verify_key_b64(m.group(1)), log, proc)
@@ -128,29 +131,30 @@ def get_plan(srv: Server, site_id: str, key: SigningKey) -> httpx.Response:
 
 
 def wait_plan(srv: Server, site_id: str, key: SigningKey, min_version: int = 1, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
+    def plan() -> Any:
         r = get_plan(srv, site_id, key)
-        if r.status_code == 200:
-            plan = verify_plan(r.content, r.headers.get("X-Zap-Signature"), srv.cloud_key, site_id=site_id,
-                               min_version_exclusive=None, now=datetime.now(UTC))  # fmt: skip
-            if plan.version >= min_version:
-                return plan
-        if time.monotonic() > deadline:
-            pytest.fail(f"no plan v{min_version} for {site_id}:\n{srv.log.read_text()[-3000:]}")
-        time.sleep(0.3)
+        if r.status_code != 200:
+            return None
+        got = verify_plan(r.content, r.headers.get("X-Zap-Signature"), srv.cloud_key, site_id=site_id,
+                          min_version_exclusive=None, now=datetime.now(UTC))  # fmt: skip
+        return got if got.version >= min_version else None
+
+    try:
+        return wait_until_sync(plan, timeout, f"plan v{min_version} for {site_id}", every_s=0.1)
+    except AssertionError as exc:
+        pytest.fail(f"{exc}:\n{srv.log.read_text()[-3000:]}")
 
 
 def wait_event(srv: Server, href: str, status: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
+    def reached() -> Any:
         r = srv.client.get(href, headers=srv.admin())
         assert r.status_code == 200, r.text
-        if r.json()["status"] == status:
-            return r.json()
-        if time.monotonic() > deadline:
-            pytest.fail(f"event not {status}: {r.text}\n{srv.log.read_text()[-3000:]}")
-        time.sleep(0.2)
+        return r.json() if r.json()["status"] == status else None
+
+    try:
+        return wait_until_sync(reached, timeout, f"event {status}", every_s=0.1)
+    except AssertionError as exc:
+        pytest.fail(f"{exc}\n{srv.log.read_text()[-3000:]}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -223,7 +227,7 @@ def test_no_planner_flag(tmp_path: Path) -> None:
         key = register(srv, "quiet")
         send_telemetry(srv, "quiet", key, now, soc=0.5)
         put_prices(srv, now)
-        time.sleep(1.5)
+        time.sleep(1.5)  # wall-clock: nothing plans during 1.5 s (a running planner would within its first tick)
         assert get_plan(srv, "quiet", key).status_code == 404
 
 
@@ -246,13 +250,12 @@ def test_a_worker_killed_mid_event_leaves_the_rest_to_the_other(backend: str, tm
         r = first.client.post("/v1/fleet/events", json=event, headers=first.admin())
         assert r.status_code == 202, r.text
         href = r.json()["href"]
-        deadline = time.monotonic() + 60
-        # kill it while it holds a site's lease, with some sites solved and others pending
-        while (p := first.client.get(href, headers=first.admin()).json()["progress"])["planned"] < 2 or not p[
-            "solving"
-        ]:
-            assert time.monotonic() < deadline, p
-            time.sleep(0.02)
+
+        def mid_event() -> Any:  # some sites solved, others pending, one lease held
+            progress = first.client.get(href, headers=first.admin()).json()["progress"]
+            return progress if progress["planned"] >= 2 and progress["solving"] else None
+
+        p = wait_until_sync(mid_event, 60, "the event half planned")
         first.proc.kill()
         first.proc.wait(timeout=10)
     assert 2 <= p["planned"] < len(sites) and p["solving"] == 1, p

@@ -29,6 +29,7 @@ from nacl.signing import SigningKey
 from cloud_sync.wire import DiscoveryReport, WireReading, encode, make_batch, sign_body
 from tests.db_backends import BACKENDS, empty_db_url
 from tests.integration.test_cloud_api import ADMIN, Cloud, _serve
+from tests.waiting import wait_until, wait_until_sync
 from zapd.model import DerCapabilities, DerKind
 
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -503,7 +504,12 @@ def test_live_subscription_pushes_new_readings(world: World) -> None:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {tok}"}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"
             await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": sub}}))
-            await asyncio.sleep(0.5)
+
+            async def streaming() -> bool:  # the server has read where the stream starts
+                got = await asyncio.to_thread(world.cloud.client.get, "/metrics", headers=world.cloud.admin())
+                return "\nzapcloud_live_subscriptions 1\n" in got.text
+
+            await wait_until(streaming, 5, "the subscription to stream")
             for i in range(5):
                 sent = time.monotonic()
                 await asyncio.to_thread(
@@ -540,8 +546,12 @@ def test_expired_token_is_refused(tmp_path: Path) -> None:
             tok = _token(cloud, "site:read")
             assert tok["expires_in"] == 1
             assert _gql(cloud, tok["access_token"], "{ sites }").status_code == 200
-            time.sleep(1.5)
-            r = _gql(cloud, tok["access_token"], "{ sites }")
+            # within its 1 s lifetime plus the server's clock rounding, the token stops working
+            r = wait_until_sync(
+                lambda: (got := _gql(cloud, tok["access_token"], "{ sites }")).status_code != 200 and got,
+                5,
+                "the token to expire",
+            )
             assert r.status_code == 401 and "expired" in r.text
     finally:
         del os.environ["ZAPCLOUD_ACCESS_TOKEN_TTL_S"]

@@ -20,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +34,7 @@ from nacl.signing import SigningKey
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import DiscoveryReport, WireReading, encode, encode_plan, make_batch, sign_body
 from tests.integration.test_cloud_api import ADMIN, Cloud, _serve
+from tests.waiting import wait_until, wait_until_sync
 from zapd.model import DerCapabilities, DerKind, Intent, Plan, PlanSlot
 
 PASSWORD = "correct horse battery"
@@ -196,17 +196,18 @@ def _browser(tmp: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def page_url() -> str | None:
+            if proc.poll() is not None:
+                pytest.fail("chromium exited before its DevTools endpoint was up")
             try:
                 targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
                 page = next(t for t in targets if t["type"] == "page")
-                yield page["webSocketDebuggerUrl"]
-                return
             except (httpx.TransportError, StopIteration, ValueError):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("chromium did not start its DevTools endpoint")
-                time.sleep(0.2)
+                return None
+            return str(page["webSocketDebuggerUrl"])
+
+        yield wait_until_sync(page_url, 30, "chromium's DevTools endpoint", every_s=0.1)
     finally:
         proc.terminate()
         try:
@@ -234,14 +235,15 @@ class _Cdp:
         return (await self.call("Runtime.evaluate", expression=expr, returnByValue=True))["result"].get("value")
 
     async def wait_for(self, expr: str, within_s: float = 15) -> Any:
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(AssertionError):
-                v = await self.js(expr)
-                if v:
-                    return v
-            await asyncio.sleep(0.2)
-        pytest.fail(f"page never satisfied {expr!r}; at {await self.js('location.href')}")
+        async def holds() -> Any:
+            with contextlib.suppress(AssertionError):  # a CDP error (call() asserts): not yet
+                return await self.js(expr)
+            return None
+
+        try:
+            return await wait_until(holds, within_s, expr, every_s=0.05)
+        except AssertionError:
+            pytest.fail(f"page never satisfied {expr!r}; at {await self.js('location.href')}")
 
 
 @pytest.mark.skipif(_chromium() is None, reason="Debian chromium not installed (apt-get install chromium)")

@@ -29,7 +29,7 @@ from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
 from fallback.policy import Rung
 from tests.integration.conftest import MosquittoBroker
-from tests.waiting import wait_until
+from tests.waiting import stays, wait_until
 from zapd.clock import SystemClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
@@ -306,8 +306,7 @@ async def test_discovery_states_select_and_broker_restart(tmp_path: Path, mosqui
                         pass  # same client id: the broker drops zapd's session, zapd reconnects
                     await until(lambda: ha.counters["connects"] > connects, "the reconnect after the takeover")
                     await until(lambda: ha.counters["ignored_retained"] == 1, "the replayed command refused")
-                    await asyncio.sleep(0.5)
-                    assert daemon.override.active() is None
+                    await stays(lambda: daemon.override.active() is None, 0.5, "no override from the replay")
                     assert not run.done() and not daemon.supervisor.health["home_assistant"].failing
                     assert sum(e["event"] == "home_assistant.invalid_command" for e in logs) == 1
 

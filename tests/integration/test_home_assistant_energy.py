@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from tests.integration.test_home_assistant import BASE, EV_W, NODE, SimDevices, 
 from zapd.clock import SystemClock
 from zapd.daemon import Daemon
 from zapd.energy import KV_KEY
+
+EV_DER = "mqtt.wallbox"  # the mqtt device `mqtt`, DER `wallbox` (test_home_assistant.sim_devices)
 
 ENERGY = ("pv_energy", "battery_charge_energy", "battery_discharge_energy", "ev_energy")
 
@@ -41,12 +44,15 @@ async def _energy_dashboard(tmp_path: Path, mosquitto: MosquittoBroker, sim: Sim
     site, config = sim.site, sim.config
 
     async def ev_power(seconds: float) -> float:
-        """Publish EV_W every 0.2 s for `seconds`; returns the span between the first and last message."""
+        """Publish EV_W every 0.2 s for `seconds` and wait until zapd has the last message; returns the span
+        between the first and last message."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
+            sent_at = datetime.now(UTC)
             await send(mosquitto, "wallbox/power", f"{EV_W:g}")
             last = time.monotonic()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # wall-clock: the power is held for `seconds`, a message each 0.2 s
+        await until(lambda: (r := daemon.state.latest().get(EV_DER)) is not None and r.ts >= sent_at, "the last one")
         return last - t0
 
     daemon = Daemon(config, SystemClock())
@@ -72,7 +78,6 @@ async def _energy_dashboard(tmp_path: Path, mosquitto: MosquittoBroker, sim: Sim
 
             before = daemon.energy.wh["ev_wh"]
             span = await ev_power(4.0)
-            await asyncio.sleep(0.3)
             ev_wh = daemon.energy.wh["ev_wh"] - before
             # The power held from the first message to the last; one 0.2 s step of slack either way.
             assert ev_wh == pytest.approx(EV_W * span / 3600, abs=EV_W * 0.25 / 3600)
@@ -98,8 +103,11 @@ async def _energy_dashboard(tmp_path: Path, mosquitto: MosquittoBroker, sim: Sim
                     lambda o=obj: any(t == f"{BASE}/{o}/state" and p != "None" for t, p, _ in seen.log),  # type: ignore[misc]
                     f"{obj} after the restart",
                 )
+            states = sum(t == f"{BASE}/ev_energy/state" for t, _, _ in seen.log)
             await ev_power(1.0)
-            await asyncio.sleep(1.5)
+            await until(
+                lambda: sum(t == f"{BASE}/ev_energy/state" for t, _, _ in seen.log) > states, "a state after it"
+            )
         for obj in ENERGY:
             values = [_number(p) for t, p, _ in seen.log if t == f"{BASE}/{obj}/state"]
             known = [v for v in values if v is not None]

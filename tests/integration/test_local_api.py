@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from tests.waiting import wait_until_sync
 from zapd.model import Intent, IntentMode, Plan, PlanSlot
 
 WAIT_S = 15.0
@@ -49,12 +49,7 @@ class Site:
 
 
 def _wait(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until_sync(cond, timeout, what, every_s=0.05)
 
 
 def _plan(now: datetime) -> Plan:

@@ -24,6 +24,7 @@ from drivers.modbus.map_meter import ModbusMapMeter
 from drivers.modbus.recognize import recognize
 from drivers.modbus.register_map import load_register_map
 from tests.integration.profile_peers import over_rtu, over_tcp
+from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, DerKind, Reading
 
@@ -76,10 +77,7 @@ async def test_meter_poll_loop_reports_readings_and_health() -> None:
         got: list[Reading] = []
         task = asyncio.create_task(meter.run(got.append))
         try:
-            for _ in range(100):
-                if len(got) >= 3:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: len(got) >= 3, 2.0, f"three readings from {name}")
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -99,10 +97,7 @@ async def test_meter_profile_pointing_off_the_image_is_unusable(tmp_path: Path) 
         broken = _meter(fixture, bus, bad)
         task = asyncio.create_task(broken.run(lambda r: None))
         try:
-            for _ in range(100):
-                if broken.counters["config_errors"]:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: broken.counters["config_errors"], 2.0, f"a configuration error from {name}")
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

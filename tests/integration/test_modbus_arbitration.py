@@ -34,7 +34,8 @@ async def test_control_write_overtakes_a_queue_of_polls(sim: SimModbusServer) ->
 
     await bus.read_input(1, 100, 2)  # connected
     polls = [asyncio.create_task(poll(i)) for i in range(12)]
-    await asyncio.sleep(0)  # all 12 polls queued, the first on the wire
+    # wall-clock: one turn of the loop, no time passes: all 12 polls queued, the first on the wire
+    await asyncio.sleep(0)
     await asyncio.gather(*polls, asyncio.create_task(write()))
     assert done.index("write") <= 1, done
     assert sim.client_count == 1

@@ -63,7 +63,8 @@ async def test_garbage_answers_are_io_errors_not_hangs() -> None:
                     with pytest.raises(DriverError) as info:
                         await bus.read_holding(1, 40000, 2)
                 assert not isinstance(info.value, ConfigurationError)
-                await asyncio.sleep(0.12)  # past the reconnect backoff
+                # wall-clock: the reconnect backoff (<= 0.1 s) is a timer; past it the next read is on the wire
+                await asyncio.sleep(0.12)
             assert bus.counters["errors"] >= 3
         finally:
             await close_all_buses()

@@ -15,7 +15,7 @@ from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.modbus_rtu import NullModem, SimModbusRtuServer, start_modbus_rtu_sim
 from drivers.sim.physics import BatteryModel, SimSite
-from tests.waiting import wait_until
+from tests.waiting import stays, wait_until
 from zapd.clock import SystemClock
 from zapd.model import BatterySetpoint, Reading
 
@@ -190,8 +190,7 @@ async def test_unplugged_line_is_reported_and_recovers(line: NullModem, rtu: Sim
         line.cut = True
         await eventually(lambda: not driver.healthy)
         count = len(readings)
-        await asyncio.sleep(0.2)
-        assert len(readings) == count
+        await stays(lambda: len(readings) == count, 0.2, "no readings from a cut line")
         line.cut = False
         await eventually(lambda: driver.healthy)
         await eventually(lambda: len(readings) > count)

@@ -18,7 +18,7 @@ from drivers.modbus.hybrid_inverter import ModbusHybridInverter
 from drivers.modbus.register_map import MAPS_DIR, RegisterMap, load_register_map
 from drivers.sim.modbus_server import SimModbusServer, start_modbus_sim
 from drivers.sim.physics import BatteryModel, SimSite
-from tests.waiting import wait_until
+from tests.waiting import stays, wait_until
 from zapd.clock import SystemClock
 from zapd.model import BatterySetpoint, DerKind, EvCurrent, Quality, Reading
 
@@ -230,8 +230,9 @@ async def test_illegal_address_is_not_retried_in_a_hot_loop(bus: ModbusBus, tmp_
     bad.write_text(text.replace("address = 120\n", "address = 125\n"))  # soc moved into a gap
     driver = make_driver(bus, register_map=load_register_map(bad), backoff_max_s=30.0)
     async with running(driver) as readings:
-        await asyncio.sleep(0.8)  # ~16 poll periods
         await eventually(lambda: driver.counters["config_errors"] >= 1)
+        # ~16 poll periods: the error is not retried at the poll rate
+        await stays(lambda: driver.counters["config_errors"] == 1 and not readings, 0.8, "one error, no readings")
     assert readings == []
     assert driver.counters["config_errors"] == 1
     assert "illegal data address" in driver.last_error

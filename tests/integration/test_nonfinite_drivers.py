@@ -86,7 +86,7 @@ async def test_sunspec_inf_and_nan_meter_values_hold_the_site(tmp_path: Path) ->
             if daemon.controller is not None:
                 commanded.extend(sp.power_w for sp in daemon.controller.stats.last_setpoints.values())
             commanded.append(site.battery.setpoint_w)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # wall-clock: a sampler, not a wait: it records every setpoint as it goes
 
     def meter() -> Reading | None:
         return daemon.state.latest().get("gm.meter")

@@ -15,6 +15,7 @@ import datetime as dt
 import ipaddress
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,12 +32,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
+from drivers.ocpp.charge_point import EMIT_MIN_GAP_S
 from drivers.ocpp.config import OcppDevice
 from drivers.ocpp.profiles import limit_in_unit
 from drivers.ocpp.server import OcppServer
 from drivers.sim.ocpp_cp import SimCharger, SimChargerState
 from tests.e2e.harness import free_port
-from tests.waiting import wait_until
+from tests.waiting import stays, wait_until
 from zapd.clock import SystemClock
 from zapd.model import CHARGING, CONNECTED, POWER_W, SESSION_WH, SOC, EvCurrent, Reading
 
@@ -79,6 +81,12 @@ class Csms:
 
     async def until(self, check: Callable[[], object], timeout_s: float = 5.0) -> None:
         await wait_until(check, timeout_s)
+
+    async def may_emit(self, cp_id: str, connector: int) -> None:
+        """Until the connector's next reading may go out: readings are one a second per connector at most
+        (EMIT_MIN_GAP_S after the last one, which a status change forces)."""
+        conn = self.server.sessions[cp_id].connectors[connector]
+        await self.until(lambda: time.monotonic() - conn.last_emit >= EMIT_MIN_GAP_S)
 
 
 async def _start(device: OcppDevice) -> tuple[Csms, asyncio.Task[None]]:
@@ -153,7 +161,7 @@ async def test_status_and_meter_values_become_readings(csms: Csms) -> None:
     r = csms.last("ocpp.wb1.1")
     assert r.values[CONNECTED] == 1.0 and r.values[CHARGING] == 0.0 and r.values[POWER_W] == 0.0
     await sim.status(1, "Charging")
-    await asyncio.sleep(1.05)  # one reading a second per connector at most
+    await csms.may_emit("wb1", 1)
     await sim.meter_values(1, power_w=7360, energy_wh=12_345, currents_a=(10.6, 10.7, 10.5), soc_pct=80)
     await csms.until(lambda: csms.last("ocpp.wb1.1").values.get(POWER_W) == 7360)
     v = csms.last("ocpp.wb1.1").values
@@ -169,7 +177,7 @@ async def test_values_out_of_range_or_not_numbers_are_refused_and_counted(csms: 
     sim = await _booted(csms)
     await sim.status(1, "Charging")
     before = csms.server.counters["values_rejected"]
-    await asyncio.sleep(1.05)
+    await csms.may_emit("wb1", 1)
     await sim.meter_values(
         1,
         power_w=3000,
@@ -196,7 +204,7 @@ async def test_transactions_give_session_energy_and_id_tags_are_checked(csms: Cs
     started = await sim.start_transaction(2, "TAG-OK", 1000)
     assert started.id_tag_info["status"] == "Accepted" and isinstance(started.transaction_id, int)
     await sim.status(2, "Charging")
-    await asyncio.sleep(1.05)
+    await csms.may_emit("wb2", 2)
     await sim.meter_values(2, energy_wh=5000, power_w=11_000, transaction_id=started.transaction_id)
     await csms.until(lambda: csms.last("ocpp.wb2.2").values.get(SESSION_WH) == 4000)
     await sim.stop_transaction(2, 6000)
@@ -416,7 +424,7 @@ async def test_a_meter_values_flood_is_bounded(csms: Csms) -> None:
     assert counters["meter_values"] - handled_before <= 60 + 20 * elapsed + 1
     assert counters["rate_limited"] >= 300 - 60 - 20 * elapsed - 1
     assert len(csms.readings) - readings_before <= elapsed + 2
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # wall-clock: the call bucket refills at 20/s: a token for the heartbeat
     assert (await sim.heartbeat()).current_time  # and the link still works
     await sim.close()
 
@@ -570,20 +578,22 @@ async def test_devices_scan_lists_the_charge_points_that_connect(capsys: pytest.
         "test",
     )  # fmt: skip
 
+    scanning = asyncio.create_task(scan(config, as_json=True, window_s=1.5))
+
+    async def listener_up() -> SimCharger | None:
+        try:
+            return await SimCharger(f"ws://127.0.0.1:{port}/ocpp", "here").connect()
+        except OSError:
+            return None
+
     async def charger() -> None:
-        async with asyncio.timeout(5):
-            while True:
-                try:
-                    sim = await SimCharger(f"ws://127.0.0.1:{port}/ocpp", "here").connect()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.05)
+        sim = await wait_until(listener_up, 5, "the scan's listener", every_s=0.05)
         await sim.boot(vendor="ScanVendor", model="ScanModel")
         await sim.status(1, "Available")
-        await asyncio.sleep(2)
+        await wait_until(scanning.done, 5, "the end of the scan window")  # connected all through it
         await sim.close()
 
-    rc, _ = await asyncio.gather(scan(config, as_json=True, window_s=1.5), charger())
+    rc, _ = await asyncio.gather(scanning, charger())
     out = capsys.readouterr().out  # structlog's default test output shares stdout with the report
     report = {r["der_id"]: r for r in json.loads(out[out.index("[\n") :])}
     assert rc == 1  # one charge point did not come
@@ -595,7 +605,8 @@ async def test_a_charger_that_reboots_while_connected_is_set_up_again_once(csms:
     sim = await _booted(csms)
     actuator = csms.server.actuators()["ocpp.wb1.1"]
     assert (await actuator.apply(EvCurrent(der_id="ocpp.wb1.1", current_a=12.0, phases=3))).ok
-    await asyncio.sleep(0.3)
+    setups = lambda: sum(a == "GetConfiguration" for a, _ in sim.state.received)  # noqa: E731
+    await stays(lambda: setups() <= 1, 0.3, "one setup per boot")
     assert len(await sim.wait_for("GetConfiguration")) == 1  # one setup per boot, not two
     sim.state.profiles.clear()  # a reboot forgets the profiles (§3.13.4 allows it) ...
     assert (await sim.boot()).status == "Accepted"  # ... and announces itself again on the same connection
@@ -610,7 +621,7 @@ async def test_the_live_profile_is_renewed_before_its_valid_to(csms: Csms, monke
     session = csms.server.sessions["wb1"]
     assert (await csms.server.actuators()["ocpp.wb1.1"].apply(EvCurrent(der_id="ocpp.wb1.1", current_a=9.0))).ok
     first = _profiles(sim)[-1]
-    await asyncio.sleep(1.1)  # validTo has whole seconds
+    await asyncio.sleep(1.1)  # wall-clock: validTo has whole seconds: the renewed one must lie a second later
     session.connectors[1].sent_at -= session.profile_validity_s / 3  # a third of the validity has passed
     await csms.until(lambda: len(_profiles(sim)) > 2)
     renewed = _profiles(sim)[-1]
@@ -625,7 +636,7 @@ async def test_a_value_the_charger_stops_sending_goes_stale_and_soc_leaves_with_
     try:
         sim = await _booted(csms, "wb2")
         await sim.status(1, "Charging")
-        await asyncio.sleep(1.05)
+        # No wait for the one-a-second gap: with a 1 s meter interval the periodic reading carries the values
         await sim.meter_values(1, power_w=4000, soc_pct=42)
         await csms.until(lambda: csms.last("ocpp.wb2.1").values.get(POWER_W) == 4000)
         await csms.until(lambda: POWER_W not in csms.last("ocpp.wb2.1").values, timeout_s=6)

@@ -15,7 +15,7 @@ from drivers.api import Driver
 from drivers.p1.dsmr import P1Meter, SerialP1, TcpP1
 from drivers.sim.p1_pty import SimP1Pty, SimP1Tcp, frame_telegram
 from drivers.sim.physics import SimSite
-from tests.waiting import wait_until
+from tests.waiting import stays, wait_until
 from zapd.clock import ManualClock, ScaledClock
 from zapd.model import EXPORT_WH, IMPORT_WH, PHASE_CURRENT_A, POWER_W, DerKind, Reading
 
@@ -177,7 +177,7 @@ async def test_noise_overflow_and_malformed_line_do_not_stop_readings() -> None:
             await _until(lambda: meter.connected)
             for _ in range(12):  # 48 KiB of noise without a telegram end
                 sim.write_raw(b"x" * 4096)
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # wall-clock: paced so the noise arrives as many reads, not one
             # A valid CRC around a line the parser cannot read.
             sim.write_raw(frame_telegram("XMX5LGBBLB2410065887", ["1-3:0.2.8(50)", "1-0:1.7.0(ab.cde*kW)"]))
             await _until(lambda: meter.counters["parse_error"] == 1)
@@ -214,7 +214,7 @@ async def test_pty_real_variants(name: str, version: str, power_w: float) -> Non
             await _until(lambda: meter.connected)
             sim.write_raw(b"\r\n!garbage before the first telegram\r\n")
             sim.write_raw(raw[:50])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # wall-clock: a pause inside a telegram: it arrives in two reads
             sim.write_raw(raw[50:] + raw)
             await sink.wait_for(2)
     assert [r.values[POWER_W] for r in sink.readings] == [pytest.approx(power_w)] * 2
@@ -283,7 +283,8 @@ async def test_silent_meter_logged_once_then_recovery() -> None:
         async with running(meter, sink):
             await _until(lambda: meter.connected)
             await _until(lambda: meter.counters["silent"] == 1)
-            await asyncio.sleep(0.3)  # still silent: no second line
+            silent_lines = lambda: sum(e["event"] == "p1.meter_silent" for e in logs) == 1  # noqa: E731
+            await stays(silent_lines, 0.3, "one silent line while still silent")  # 6 poll periods
             await sim.send_once(clock.now())
             await sink.wait_for(1)
     events = [e["event"] for e in logs]

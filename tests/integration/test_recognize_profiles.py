@@ -33,6 +33,7 @@ from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.physics import BatteryModel, SimSite
 from drivers.sim.register_image import fixture_units, start_register_image
 from tests.integration.profile_peers import over_tcp, rtu_peer
+from tests.waiting import wait_until
 from zapd import recognize_cli
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "devices"
@@ -330,10 +331,7 @@ async def test_meter_map_auto_on_a_battery_is_a_configuration_error() -> None:
         )
         task = asyncio.create_task(meter.run(lambda r: None))
         try:
-            for _ in range(100):
-                if meter.health.view().state is HealthState.UNUSABLE:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: meter.health.view().state is HealthState.UNUSABLE, 2.0, "an unusable meter")
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

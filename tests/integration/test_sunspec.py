@@ -16,7 +16,7 @@ from drivers.modbus.sunspec import SunSpecInverter, scan_sunspec
 from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.physics import BatteryModel, SimSite
 from drivers.sim.sunspec_server import SimSunSpecServer, start_sunspec_sim
-from tests.waiting import wait_until
+from tests.waiting import stays, wait_until
 from zapd.clock import Clock, ManualClock, SystemClock
 from zapd.model import BatterySetpoint, DerKind, Reading
 
@@ -190,7 +190,7 @@ async def test_endpoint_without_sunspec_is_a_configuration_error(site: SimSite) 
         driver = make_driver(bus)
         async with running(driver):
             await eventually(lambda: driver.counters["config_errors"] >= 1)
-            await asyncio.sleep(0.2)
+            await stays(lambda: driver.counters["config_errors"] == 1, 0.2, "one configuration error")
         assert driver.counters["config_errors"] == 1, "a configuration error is reported, not hammered"
         assert "SunS" in driver.last_error and driver.capabilities() == []
     finally:
@@ -238,7 +238,9 @@ async def test_illegal_function_address_value_are_configuration_errors_not_hamme
     assert inverter is not None
     sim.device.inject(inverter.address + 2, code)
     async with running(driver) as readings:
-        await asyncio.sleep(0.4)  # ~8 poll periods
+        await eventually(lambda: driver.counters["config_errors"] >= 1)
+        # ~8 poll periods: the error is not retried at the poll rate
+        await stays(lambda: driver.counters["config_errors"] == 1 and not readings, 0.4, "one error, no readings")
     assert driver.counters["config_errors"] == 1 and not driver.healthy
     assert readings == []
     assert sim.device.counters["faults"] == 1

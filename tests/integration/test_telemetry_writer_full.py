@@ -89,7 +89,8 @@ async def test_run_loop_survives_a_full_store(store: Store, monkeypatch: pytest.
     try:
         for i in range(2000):
             writer.add(reading(i))
-        await asyncio.sleep(0.1)
+        # three failed flushes in a row (the loop retries every 0.01 s here), and it is still going
+        await wait_until(lambda: writer._latch.streak >= 3, 10, "three failed flushes")
         assert not task.done() and writer.pending == 2000
         await set_max_pages(store, None)
         # `pending` reads 0 while a flush is in flight: wait for `written`

@@ -199,11 +199,13 @@ async def test_a_refused_ack_keeps_the_link_down_and_is_logged_once(store: Store
         up = uploader(store, client, link=link)
         with capture_logs() as logs:
             task = asyncio.create_task(up.run())
-            for _ in range(200):
-                await asyncio.sleep(0.02)
+
+            def three_refused() -> bool:
                 link.ok(T0, "plan")  # the plan fetcher keeps succeeding meanwhile
-                if up.acks_rejected.get("unsigned", 0) >= 3:
-                    break
+                return up.acks_rejected.get("unsigned", 0) >= 3
+
+            with contextlib.suppress(AssertionError):  # the assertions below say what was missing
+                await wait_until(three_refused, 4.0, "three refused acks", every_s=0.02)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -17,6 +17,7 @@ from drivers.modbus.register_map import MAPS_DIR, load_register_map
 from drivers.sim.modbus_server import SimModbusServer, start_modbus_sim
 from drivers.sim.physics import BatteryModel, EvModel, SimSite
 from fallback.policy import Decision, Rung
+from tests.waiting import stays, wait_until
 from zapd.clock import SystemClock
 from zapd.controller import Controller
 from zapd.envelope import SiteLimits
@@ -235,8 +236,8 @@ async def test_the_controller_keeps_the_charger_setpoint_alive_and_the_driver_su
     try:
         assert (await charger.apply(EvCurrent(der_id="eve.ev", current_a=8.0))).ok
         site.ev.setpoint_a = 6.0  # the charger fell back to its safe current
-        await asyncio.sleep(1.0)  # > 3 validity periods of polling: the driver alone writes nothing
-        assert site.ev.setpoint_a == 6.0
+        # > 3 validity periods of polling: the driver alone writes nothing
+        await stays(lambda: site.ev.setpoint_a == 6.0, 1.0, "the charger's own safe current")
 
         clock = SystemClock()
         state = SiteState()
@@ -267,7 +268,7 @@ async def test_the_controller_keeps_the_charger_setpoint_alive_and_the_driver_su
             if site.ev.setpoint_a == 8.0 and writes == 0:
                 writes = ctl.stats.writes
                 site.ev.setpoint_a = 6.0  # it forgets again: the controller must write again in time
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # wall-clock: the control cycle's period; the keep-alive is timed on it
         assert writes >= 1 and site.ev.setpoint_a == 8.0
         assert ctl.stats.writes >= writes + 1 and ctl.stats.write_failures == 0
 
@@ -287,11 +288,7 @@ async def test_the_controller_keeps_the_charger_setpoint_alive_and_the_driver_su
 
 async def eventually(pred: Callable[[], bool], within_s: float = 3.0) -> None:
     """Poll a condition: the driver's loop runs on its own schedule, so tests wait for its effects."""
-    for _ in range(int(within_s / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    assert pred()
+    await wait_until(pred, within_s)
 
 
 async def test_ev_charger_map_pointing_at_a_missing_register_is_a_configuration_error(tmp_path: Path) -> None:
@@ -307,9 +304,9 @@ async def test_ev_charger_map_pointing_at_a_missing_register_is_a_configuration_
         try:
             await eventually(lambda: charger.counters["config_errors"] == 1)
             reads = server.counters(1)["reads"]
-            await asyncio.sleep(0.3)
-            assert charger.counters["config_errors"] == 1  # waits backoff_max_s before asking again
-            assert server.counters(1)["reads"] == reads
+            # it waits backoff_max_s before asking again
+            await stays(lambda: server.counters(1)["reads"] == reads, 0.3, "no reads during the backoff")
+            assert charger.counters["config_errors"] == 1
             assert not readings and not charger.healthy
         finally:
             task.cancel()
