@@ -38,6 +38,56 @@ RegisterMapName = Annotated[
 ]
 
 
+RequestTimeout = Annotated[
+    float,
+    Field(
+        gt=0, le=60, description="Timeout of each Modbus request in s; a request that takes longer is a driver error."
+    ),
+]
+RtuFrameGap = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=10_000,
+        description=(
+            "Quiet time between frames in ms. Not set: 3.5 character times (1.75 ms above 19200 bit/s), as "
+            "Modbus RTU requires."
+        ),
+    ),
+]
+RtuRequestCap = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=1000,
+        description="Cap on Modbus requests per second on this serial line; requests beyond it wait. Not set: no cap.",
+    ),
+]
+
+
+class RtuLineDevice(RtuLineMixin, DeviceModel):
+    """The keys every device on an RS-485 line has, defined once for all RTU kinds.
+
+    They come first, after `driver` and `id` (each kind narrows `driver` to its own literal, and may give
+    `id` its own description: a redefined field keeps its place), so every RTU kind lists its line the same
+    way in docs/config-reference.md. Devices on one port must share baudrate, parity, stopbits and bytesize
+    (zapd/config.py checks it).
+    """
+
+    driver: str
+    id: DeviceId
+    port: str = Field(min_length=1, description="Serial device of the RS-485 adapter, e.g. `/dev/ttyUSB0`.")
+    baudrate: int = Field(
+        default=9600, ge=300, le=921_600, description="Line speed in bit/s; the same for every device on this port."
+    )
+    parity: Literal["N", "E", "O"] = Field(
+        default="N", description="Parity: none, even or odd; the same for every device on this port."
+    )
+    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits; the same for every device on this port.")
+    bytesize: Literal[7, 8] = Field(default=8, description="Data bits; the same for every device on this port.")
+    unit_id: int = Field(default=1, ge=1, le=247, description="Modbus unit (slave) id; unique on this port.")
+
+
 class ModbusTcpDevice(DeviceModel):
     driver: Literal["modbus_tcp"] = Field(
         description=(
@@ -51,12 +101,7 @@ class ModbusTcpDevice(DeviceModel):
     unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
     map: RegisterMapName
     poll_s: PollPeriod = 5.0
-    timeout_s: float = Field(
-        default=3.0,
-        gt=0,
-        le=60,
-        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
-    )
+    timeout_s: RequestTimeout = 3.0
     min_gap_ms: float = Field(
         default=0.0,
         ge=0,
@@ -79,7 +124,7 @@ class ModbusTcpDevice(DeviceModel):
     battery: BatteryLimits = Field(default=BatteryLimits(), description="Limits of the battery behind this device.")
 
 
-class ModbusRtuDevice(RtuLineMixin, DeviceModel):
+class ModbusRtuDevice(RtuLineDevice):
     """A register-map device on an RS-485 line; every device on one port must share its line settings."""
 
     driver: Literal["modbus_rtu"] = Field(
@@ -89,40 +134,11 @@ class ModbusRtuDevice(RtuLineMixin, DeviceModel):
             "baudrate, parity, stopbits and bytesize, and need different unit ids."
         )
     )
-    id: DeviceId
-    port: str = Field(min_length=1, description="Serial device of the RS-485 adapter, e.g. `/dev/ttyUSB0`.")
-    baudrate: int = Field(
-        default=9600, ge=300, le=921_600, description="Line speed in bit/s; the same for every device on this port."
-    )
-    parity: Literal["N", "E", "O"] = Field(
-        default="N", description="Parity: none, even or odd; the same for every device on this port."
-    )
-    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits; the same for every device on this port.")
-    bytesize: Literal[7, 8] = Field(default=8, description="Data bits; the same for every device on this port.")
-    unit_id: int = Field(default=1, ge=1, le=247, description="Modbus unit (slave) id; unique on this port.")
     map: RegisterMapName
     poll_s: PollPeriod = 5.0
-    timeout_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=60,
-        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
-    )
-    min_gap_ms: float | None = Field(
-        default=None,
-        ge=0,
-        le=10_000,
-        description=(
-            "Quiet time between frames in ms. Not set: 3.5 character times (1.75 ms above 19200 bit/s), as "
-            "Modbus RTU requires."
-        ),
-    )
-    max_requests_per_s: float | None = Field(
-        default=None,
-        gt=0,
-        le=1000,
-        description="Cap on Modbus requests per second on this serial line; requests beyond it wait. Not set: no cap.",
-    )
+    timeout_s: RequestTimeout = 1.0
+    min_gap_ms: RtuFrameGap = None
+    max_requests_per_s: RtuRequestCap = None
     max_writes_per_hour: WritesPerHour = 360
     command_timeout_s: CommandTimeout = 300
     battery: BatteryLimits = Field(default=BatteryLimits(), description="Limits of the battery behind this device.")
@@ -144,12 +160,7 @@ class SunSpecTcpDevice(SunSpecMeterMixin, DeviceModel):
     port: int = Field(default=502, ge=1, le=65535, description="Modbus-TCP port.")
     unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
     poll_s: PollPeriod = 5.0
-    timeout_s: float = Field(
-        default=3.0,
-        gt=0,
-        le=60,
-        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
-    )
+    timeout_s: RequestTimeout = 3.0
     min_gap_ms: float = Field(
         default=0.0,
         ge=0,
@@ -249,7 +260,7 @@ class ModbusMeterTcpDevice(RoleMeterMixin, DeviceModel):
     role: MeterRole = Field(default="grid", description=_METER_ROLE_DESCRIPTION)
 
 
-class ModbusMeterRtuDevice(RoleMeterMixin, RtuLineMixin, DeviceModel):
+class ModbusMeterRtuDevice(RoleMeterMixin, RtuLineDevice):
     """A read-only meter on an RS-485 line; it shares the line rules of `modbus_rtu` devices on its port."""
 
     driver: Literal["modbus_meter_rtu"] = Field(
@@ -259,22 +270,15 @@ class ModbusMeterRtuDevice(RoleMeterMixin, RtuLineMixin, DeviceModel):
             "different unit ids."
         )
     )
-    id: DeviceId
-    port: str = _same_as(ModbusRtuDevice, "port")
-    baudrate: int = _same_as(ModbusRtuDevice, "baudrate")
-    parity: Literal["N", "E", "O"] = _same_as(ModbusRtuDevice, "parity")
-    stopbits: Literal[1, 2] = _same_as(ModbusRtuDevice, "stopbits")
-    bytesize: Literal[7, 8] = _same_as(ModbusRtuDevice, "bytesize")
-    unit_id: int = _same_as(ModbusRtuDevice, "unit_id")
     map: MeterMapName
     poll_s: PollPeriod = 5.0
-    timeout_s: float = _same_as(ModbusRtuDevice, "timeout_s")
-    min_gap_ms: float | None = _same_as(ModbusRtuDevice, "min_gap_ms")
-    max_requests_per_s: float | None = _same_as(ModbusRtuDevice, "max_requests_per_s")
+    timeout_s: RequestTimeout = 1.0
+    min_gap_ms: RtuFrameGap = None
+    max_requests_per_s: RtuRequestCap = None
     role: MeterRole = Field(default="grid", description=_METER_ROLE_DESCRIPTION)
 
 
-class SunSpecRtuDevice(SunSpecMeterMixin, RtuLineMixin, DeviceModel):
+class SunSpecRtuDevice(SunSpecMeterMixin, RtuLineDevice):
     """A SunSpec inverter on an RS-485 line: the SunSpec driver over a serial bus (line rules as `modbus_rtu`)."""
 
     driver: Literal["sunspec_rtu"] = Field(
@@ -284,17 +288,10 @@ class SunSpecRtuDevice(SunSpecMeterMixin, RtuLineMixin, DeviceModel):
             "share baudrate, parity, stopbits and bytesize, and need different unit ids."
         )
     )
-    id: DeviceId
-    port: str = _same_as(ModbusRtuDevice, "port")
-    baudrate: int = _same_as(ModbusRtuDevice, "baudrate")
-    parity: Literal["N", "E", "O"] = _same_as(ModbusRtuDevice, "parity")
-    stopbits: Literal[1, 2] = _same_as(ModbusRtuDevice, "stopbits")
-    bytesize: Literal[7, 8] = _same_as(ModbusRtuDevice, "bytesize")
-    unit_id: int = _same_as(ModbusRtuDevice, "unit_id")
     poll_s: PollPeriod = 5.0
-    timeout_s: float = _same_as(ModbusRtuDevice, "timeout_s")
-    min_gap_ms: float | None = _same_as(ModbusRtuDevice, "min_gap_ms")
-    max_requests_per_s: float | None = _same_as(ModbusRtuDevice, "max_requests_per_s")
+    timeout_s: RequestTimeout = 1.0
+    min_gap_ms: RtuFrameGap = None
+    max_requests_per_s: RtuRequestCap = None
     max_writes_per_hour: int | None = _same_as(SunSpecTcpDevice, "max_writes_per_hour")
     revert_timeout_s: int = _same_as(SunSpecTcpDevice, "revert_timeout_s")
     has_battery: bool = _same_as(SunSpecTcpDevice, "has_battery")
@@ -337,12 +334,7 @@ class ModbusEvDevice(EvChargerMixin, DeviceModel):
         ),
     )
     poll_s: PollPeriod = 5.0
-    timeout_s: float = Field(
-        default=3.0,
-        gt=0,
-        le=60,
-        description="Timeout of each Modbus request in s; a request that takes longer is a driver error.",
-    )
+    timeout_s: RequestTimeout = 3.0
     keepalive_s: float = Field(
         default=30.0,
         gt=0,
@@ -355,7 +347,7 @@ class ModbusEvDevice(EvChargerMixin, DeviceModel):
     ev: EvLimits = Field(description="Limits of the charger as installed.")
 
 
-class ModbusEvRtuDevice(EvChargerMixin, RtuLineMixin, DeviceModel):
+class ModbusEvRtuDevice(EvChargerMixin, RtuLineDevice):
     """An EV charger on an RS-485 line: the `modbus_ev` driver over a serial bus (line rules as `modbus_rtu`)."""
 
     driver: Literal["modbus_ev_rtu"] = Field(
@@ -366,12 +358,6 @@ class ModbusEvRtuDevice(EvChargerMixin, RtuLineMixin, DeviceModel):
         )
     )
     id: str = _same_as(ModbusEvDevice, "id")
-    port: str = _same_as(ModbusRtuDevice, "port")
-    baudrate: int = _same_as(ModbusRtuDevice, "baudrate")
-    parity: Literal["N", "E", "O"] = _same_as(ModbusRtuDevice, "parity")
-    stopbits: Literal[1, 2] = _same_as(ModbusRtuDevice, "stopbits")
-    bytesize: Literal[7, 8] = _same_as(ModbusRtuDevice, "bytesize")
-    unit_id: int = _same_as(ModbusRtuDevice, "unit_id")
     map: str = Field(
         min_length=1,
         description=(
@@ -381,8 +367,8 @@ class ModbusEvRtuDevice(EvChargerMixin, RtuLineMixin, DeviceModel):
         ),
     )
     poll_s: PollPeriod = 5.0
-    timeout_s: float = _same_as(ModbusRtuDevice, "timeout_s")
-    min_gap_ms: float | None = _same_as(ModbusRtuDevice, "min_gap_ms")
-    max_requests_per_s: float | None = _same_as(ModbusRtuDevice, "max_requests_per_s")
+    timeout_s: RequestTimeout = 1.0
+    min_gap_ms: RtuFrameGap = None
+    max_requests_per_s: RtuRequestCap = None
     keepalive_s: float = _same_as(ModbusEvDevice, "keepalive_s")
     ev: EvLimits = _same_as(ModbusEvDevice, "ev")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -116,3 +117,27 @@ def test_devices_on_one_port_share_one_bus(tmp_path: Path) -> None:
         assert devices.battery_limits["fronius.battery"].reserve_soc == 0.2
     finally:
         asyncio.run(close_all_buses())
+
+
+LINE_KEYS = ("port", "baudrate", "parity", "stopbits", "bytesize", "unit_id")
+
+
+def test_every_rtu_kind_takes_its_serial_line_from_one_definition() -> None:
+    """The RS-485 line keys are written once (RtuLineDevice), not per RTU kind: a new RTU kind inherits them,
+    so their bounds, defaults and descriptions cannot drift apart, and every kind lists them in the same place."""
+    from drivers.modbus.config import RtuLineDevice
+    from drivers.registry import device_models
+
+    serial = [m for m in device_models() if {"baudrate", "parity", "unit_id"} <= m.model_fields.keys()]
+    assert {m.model_fields["driver"].annotation for m in serial} == {
+        Literal["modbus_rtu"],
+        Literal["modbus_meter_rtu"],
+        Literal["sunspec_rtu"],
+        Literal["modbus_ev_rtu"],
+    }
+    for model in serial:
+        assert issubclass(model, RtuLineDevice), model
+        assert not LINE_KEYS & vars(model).get("__annotations__", {}).keys(), f"{model.__name__} redeclares a line key"
+        assert tuple(model.model_fields)[: 2 + len(LINE_KEYS)] == ("driver", "id", *LINE_KEYS)
+        for key in LINE_KEYS:
+            assert repr(model.model_fields[key]) == repr(RtuLineDevice.model_fields[key]), (model, key)
