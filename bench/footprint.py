@@ -9,14 +9,17 @@ counted. Real time (clock speed 1): a faster clock would poll faster than 1 s an
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.table import row
-from tests.e2e.harness import ProcSample, Site, proc_sample, wait_for
+from tests.e2e.harness import Proc, ProcSample, Site, proc_sample, wait_for
 
 COMMAND = "python -m bench.footprint"
 RSS_TARGET_MB = 50.0
@@ -50,8 +53,45 @@ def start_site(tmp: Path, *, speed: float = 1.0, inverters: int = INVERTERS) -> 
     return site
 
 
-def measure(warmup_s: float, window_s: float) -> tuple[list[ProcSample], int, dict[str, float]]:
-    """Samples of the zapd process over the window (after warm-up), readings it took in, and its smaps."""
+@dataclass(frozen=True)
+class ImportProfile:
+    """`python -X importtime` of the daemon's own process (not its config-check child) on the bench site."""
+
+    modules: int  # modules imported (one importtime line each)
+    self_ms: float  # the sum of their own import times
+    by_package: list[tuple[str, float]]  # top-level package -> self ms, largest first
+
+
+_IMPORTTIME = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
+
+
+def parse_importtime(text: str) -> ImportProfile:
+    per_package: collections.Counter[str] = collections.Counter()  # microseconds
+    modules = 0
+    for match in _IMPORTTIME.finditer(text):
+        modules += 1
+        per_package[match[2].split(".")[0]] += int(match[1])
+    top = [(name, us / 1000) for name, us in per_package.most_common()]
+    return ImportProfile(modules, sum(per_package.values()) / 1000, top)
+
+
+def import_profile(site: Site) -> ImportProfile:
+    """Restart the site's zapd under `-X importtime` until all devices report again; its import table."""
+    site.procs["zapd"].stop()
+    log = site.tmp / "zapd-importtime.log"
+    cmd = [sys.executable, "-X", "importtime", "-m", "zapd.cli", "run", "--config", str(site.tmp / "zapd.toml")]
+    proc = Proc("zapd-importtime", cmd, log, {**site.env(), "NOTIFY_SOCKET": ""}).start()
+    try:
+        # a new process: its counters start at 0
+        wait_for(lambda: site.zapctl("status")["readings_in"] > 10 * INVERTERS, 30, "zapd back under importtime")
+        time.sleep(5.0)  # the cloud link's first upload (its HTTP stack loads on first use)
+    finally:
+        proc.stop()
+    return parse_importtime(log.read_text(errors="replace"))
+
+
+def measure(warmup_s: float, window_s: float) -> tuple[list[ProcSample], int, dict[str, float], ImportProfile]:
+    """Samples of the zapd process over the window (after warm-up), readings it took in, its smaps, imports."""
     with tempfile.TemporaryDirectory(prefix="zapd-footprint-") as tmp:
         site = start_site(Path(tmp))
         try:
@@ -67,14 +107,15 @@ def measure(warmup_s: float, window_s: float) -> tuple[list[ProcSample], int, di
             readings = site.zapctl("status")["readings_in"] - before
             smaps = smaps_mb(pid)
             assert site.procs["zapd"].alive(), site.procs["zapd"].output()[-2000:]
+            imports = import_profile(site)
         finally:
             site.stop_all()
-    return samples, readings, smaps
+    return samples, readings, smaps, imports
 
 
 def rows() -> list[dict[str, str]]:
     warmup, window = (10.0, 20.0) if quick() else (20.0, 60.0)
-    samples, readings, smaps = measure(warmup, window)
+    samples, readings, smaps, imports = measure(warmup, window)
     first, last = samples[0], samples[-1]
     cpu_pct = 100.0 * (last.cpu_s - first.cpu_s) / (last.at - first.at)
     peak_mb = max(s.rss_kb for s in samples) / 1024
@@ -89,6 +130,13 @@ def rows() -> list[dict[str, str]]:
             f"zapd PSS / private / shared-clean at the end ({label})",
             f"{smaps.get('Pss', 0):.1f} / {smaps.get('Private_Dirty', 0) + smaps.get('Private_Clean', 0):.1f} / "
             f"{smaps.get('Shared_Clean', 0):.1f} MB",
+            "-",
+            COMMAND,
+        ),
+        row("zapd run: modules imported in its process (python -X importtime)", f"{imports.modules}", "-", COMMAND),
+        row(
+            "zapd run: import self-time, top packages",
+            f"{imports.self_ms:.0f} ms: " + ", ".join(f"{name} {ms:.0f}" for name, ms in imports.by_package[:6]),
             "-",
             COMMAND,
         ),

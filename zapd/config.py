@@ -3,6 +3,11 @@
 pydantic (not msgspec) validates the config because it reports *every* problem in one pass
 with its location, so `zapd config check` can print one `file: key.path: reason` line per
 problem; msgspec stops at the first error. msgspec stays the choice for the hot wire formats.
+The daemon itself runs on msgspec Structs generated from these models (zapd/config_gen.py ->
+zapd/config_structs.py, drivers/config_structs.py): `zapd run` checks the file with the models in
+a child (zapd/config_load.py), so pydantic never loads in the long-running process. What a model
+*does* (the fuse limit, the grid meter) lives in pydantic-free mixins (zapd/config_types.py,
+drivers/config_types.py, drivers/*/config_mixins.py) that both inherit.
 
 The `[[devices]]` union is not written here: each driver family registers its config model
 (drivers/registry.py), and the union, `DRIVER_NAMES` and the site-wide device checks (one grid

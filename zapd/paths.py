@@ -1,7 +1,7 @@
 """Where zapd looks by default: constants the CLI needs before it may import the config's schema.
 
-`zapd run` keeps pydantic out of its process until it has set the daemon's import policy
-(zapd.cli.lean_daemon_process), so its argument parser cannot import zapd.config for a default.
+`zapd run` never loads pydantic in its process (the config is checked in a child, zapd/config_load.py),
+so its argument parser cannot import zapd.config for a default.
 """
 
 from __future__ import annotations
