@@ -40,6 +40,7 @@ from datetime import time as clock_time
 from multiprocessing import get_context
 from typing import Final
 
+import msgspec
 import numpy as np
 
 from cloud.backtest_config import (
@@ -55,6 +56,7 @@ from cloud.backtest_config import (
 from cloud.execution import plan_values, slot_intent
 from cloud.forecast import (
     NOWCAST_RECENT_H,
+    NOWCAST_TAU_H,
     FloatArray,
     GbmLoadForecaster,
     Location,
@@ -66,12 +68,14 @@ from cloud.forecast import (
     forecast_pv,
     learn_pv_factor,
     pv_nowcast,
+    pv_ratio_spread,
 )
 from cloud.forecast_load import LoadQuantiles
-from cloud.forecast_price import forecast_prices
+from cloud.forecast_price import forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, Grid, Problem, Solution
+from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
 from zapd.controller import decide_batteries
 from zapd.envelope import BatteryEnvelope, SiteLimits
 from zapd.model import Plan, PlanSlot
@@ -310,7 +314,7 @@ def self_consumption(tr: Traces, cfg: Config) -> Outcome:
     return settle(tr, edge.charge, edge.discharge, cfg.cycle_cost, "self-consumption rules")
 
 
-def _battery(cfg: Config, soc: float) -> Battery:
+def _battery(cfg: Config, soc: float, terminal_value: float = 0.0) -> Battery:
     return Battery(
         capacity_kwh=cfg.battery_kwh,
         soc_initial=min(max(soc, 0.0), 1.0),
@@ -321,6 +325,7 @@ def _battery(cfg: Config, soc: float) -> Battery:
         charge_efficiency=cfg.efficiency,
         discharge_efficiency=cfg.efficiency,
         cycle_cost_per_kwh=cfg.cycle_cost,
+        terminal_value_per_kwh=terminal_value,
     )
 
 
@@ -423,6 +428,10 @@ class Planner:
         ).pv_kw
         self.factor = PvFactor()
         self.factor_day = -1
+        self.pv_spread = (1.0, 1.0)
+        self.warm_scenarios = WarmStart()
+        self.load_spread = (np.zeros(self.spd), np.zeros(self.spd))
+        self.load_spread_day = self.load_spread_origin = -1
         self.spread = np.zeros(self.spd)
         self.warm = WarmStart()  # re-plans of one horizon length share the LP's matrix: warm-started simplex
         self.spread_day = self.spread_origin = -1
@@ -484,6 +493,42 @@ class Planner:
             self.spread_day, self.spread_origin = k // spd, k
         return np.asarray(self.spread[(k - self.spread_origin + np.arange(horizon)) % spd], dtype=np.float64)
 
+    def _load_spreads(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:
+        """P10 and P90 minus the mean of each slot of the day over the last four weeks, for slots k..k+horizon-1
+        (zero until a week of history exists; re-learnt once a day)."""
+        spd = self.spd
+        if k < 7 * spd:
+            return np.zeros(horizon), np.zeros(horizon)
+        if k // spd != self.load_spread_day:
+            days = min(28, k // spd)
+            hist = self.tr.load_kw[k - days * spd : k].reshape(days, spd)
+            q10, q90 = np.quantile(hist, [0.1, 0.9], axis=0)
+            mean = hist.mean(axis=0)
+            self.load_spread = (q10 - mean, q90 - mean)
+            self.load_spread_day, self.load_spread_origin = k // spd, k
+        idx = (k - self.load_spread_origin + np.arange(horizon)) % spd
+        return self.load_spread[0][idx], self.load_spread[1][idx]
+
+    def _scenario_solve(self, problem: Problem, k: int, shared: int) -> Solution | None:
+        """The two-stage plan over a dark/high-load, the point and a bright/low-load scenario (P10/P50/P90,
+        Swanson's weights), or None where cloud.optimizer_scenarios declines. The spreads fade in with the
+        nowcast's time constant: the next hours are known better than tomorrow."""
+        horizon = problem.horizon
+        load = np.asarray(problem.load_kw)
+        pv = np.asarray(problem.pv_kw)
+        ramp = 1.0 - np.exp(-self.tr.dt_h * np.arange(horizon) / NOWCAST_TAU_H)
+        lo_load, hi_load = self._load_spreads(k, horizon)
+        lo_pv, hi_pv = self.pv_spread
+        cap = self.cfg.grid_import_kw
+
+        def scenario(dload: FloatArray, pv_ratio: float) -> Problem:
+            pv_s = np.maximum(pv * (1.0 + (pv_ratio - 1.0) * ramp), 0.0)
+            load_s = np.clip(load + dload * ramp, 0.0, cap + pv_s)
+            return msgspec.structs.replace(problem, load_kw=load_s.tolist(), pv_kw=pv_s.tolist())
+
+        problems = [scenario(hi_load, lo_pv), problem, scenario(lo_load, hi_pv)]
+        return solve_scenarios(problems, SWANSON_WEIGHTS, shared, warm=self.warm_scenarios)
+
     def _pv_model(self, k: int, horizon: int) -> FloatArray:
         """The PV forecaster's output (before an external forecast overrides it)."""
         if self.pv_site is not None:
@@ -492,11 +537,18 @@ class Planner:
         if k // spd != self.factor_day:  # daily ratios: re-learning once a day is enough
             lo = max(0, k - 14 * spd)
             self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
+            if self.cfg.scenarios:
+                self.pv_spread = pv_ratio_spread(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
             self.factor_day = k // spd
         lo = max(0, k - round(NOWCAST_RECENT_H / self.tr.dt_h))  # the last hours' PV against their forecast
         recent = forecast_pv(self.sky[lo:k], self.factor)
         pv = forecast_pv(self.sky[k : k + horizon], self.factor)
         return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.cfg.pv_kwp)
+
+    def _terminal_value(self, import_price: FloatArray) -> float:
+        if not self.cfg.terminal_value:
+            return 0.0
+        return terminal_value(import_price, self.spd, self.cfg.efficiency, self.cfg.cycle_cost)
 
     def plan(self, k: int, soc: float, executed: int) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
         """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
@@ -519,10 +571,11 @@ class Planner:
             export_price=exp.tolist(),
             load_kw=load_fc.tolist(),
             pv_kw=pv_fc.tolist(),
-            battery=_battery(cfg, soc),
+            battery=_battery(cfg, soc, self._terminal_value(imp)),
             grid=_grid(cfg),
         )
-        solution = solve(problem, warm=self.warm)
+        scenario = self._scenario_solve(problem, k, min(executed, horizon)) if cfg.scenarios else None
+        solution = scenario if scenario is not None else solve(problem, warm=self.warm)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption
         values = plan_values(solution, problem, min(executed, horizon))

@@ -69,6 +69,8 @@ class Config:
     # plan on this quantile of the load (risk): the GBM's P10/P50/P90, or the profile plus the house's own
     # day-to-day spread at that quantile; None: the point forecast
     load_quantile: float | None = None
+    scenarios: bool = False  # two-stage plan over P10/P50/P90 load and PV scenarios (cloud.optimizer_scenarios)
+    terminal_value: bool = True  # value the energy left at the horizon's end (cloud.forecast_price.terminal_value)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -143,6 +145,17 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         default=None,
         help="plan on this quantile (0.1-0.9) of the load: the GBM's quantiles, or the profile + the house's spread",
     )
+    bt.add_argument(
+        "--terminal-value",
+        action=argparse.BooleanOptionalAction,
+        default=d.terminal_value,
+        help="value the energy left at the horizon's end at the last day's cheapest import (default on)",
+    )
+    bt.add_argument(
+        "--scenarios",
+        action="store_true",
+        help="two-stage plan over P10/P50/P90 load and PV scenarios (one decision for the slots about to run)",
+    )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
@@ -179,6 +192,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         holidays=getattr(args, "holidays", None),
         price_forecast=getattr(args, "price_forecast", False),
         load_quantile=getattr(args, "load_quantile", None),
+        scenarios=getattr(args, "scenarios", d.scenarios),
+        terminal_value=getattr(args, "terminal_value", d.terminal_value),
     )
 
 

@@ -45,4 +45,22 @@ def forecast_prices(history: FloatArray, horizon: int, slots_per_day: int) -> Fl
     return np.asarray(w_day * day + w_week * week + w_three * three, dtype=np.float64)
 
 
-__all__ = ["WEIGHTS", "forecast_prices"]
+def terminal_value(
+    import_price: FloatArray, slots_per_day: int, discharge_efficiency: float, cycle_cost: float
+) -> float:
+    """EUR per kWh a plan may count on for energy still stored at the end of its horizon.
+
+    Without it the last slot values stored energy at nothing, so a plan that ends where the published prices
+    end (midnight, before tomorrow's are out) empties the battery into the grid at whatever the evening
+    export pays, and the morning that follows buys it back. A kWh kept past the horizon can at least replace
+    a kWh of the house's load later; bought back instead, it would cost at least the cheapest import price
+    the plan's last day shows. So it is worth that price times the discharge efficiency, less the wear of
+    taking it out: never more than any import in that day, so no plan ever buys energy just to hold it.
+    """
+    if len(import_price) == 0:
+        return 0.0
+    last_day = import_price[-slots_per_day:]
+    return max(0.0, float(np.min(last_day)) * discharge_efficiency - cycle_cost)
+
+
+__all__ = ["WEIGHTS", "forecast_prices", "terminal_value"]

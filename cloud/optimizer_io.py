@@ -37,6 +37,9 @@ class Battery(msgspec.Struct, frozen=True):
     discharge_efficiency: Efficiency
     cycle_cost_per_kwh: NonNeg
     soc_final_min: Fraction | None = None
+    # EUR per kWh still stored at the end of the horizon: what the plan may count on it being worth later
+    # (cloud.forecast_price.terminal_value); 0 values leftover energy at nothing (the horizon is all there is).
+    terminal_value_per_kwh: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.0
 
 
 class Grid(msgspec.Struct, frozen=True):

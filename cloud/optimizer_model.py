@@ -74,6 +74,7 @@ class SiteData:
     peak_already: float
     has_demand: bool
     ev_penalty: float
+    terminal_value: float = 0.0
 
 
 def site_data(problem: Problem) -> SiteData:
@@ -127,6 +128,7 @@ def site_data(problem: Problem) -> SiteData:
         peak_already=dc.peak_already_kw if dc is not None else 0.0,
         has_demand=dc is not None and dc.price_per_kw > 0.0,
         ev_penalty=penalty,
+        terminal_value=bat.terminal_value_per_kwh,
     )
 
 
@@ -262,6 +264,7 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
     cost[col(DISCHARGE)] = dt * d.cycle_cost
     cost[col(IMPORT)] = dt * d.import_price
     cost[col(EXPORT)] = -dt * d.export_price
+    cost[ENERGY * T + T - 1] = -d.terminal_value  # the energy left at the end is worth this much later
     upper[col(CHARGE)] = d.max_charge
     upper[col(DISCHARGE)] = d.max_discharge
     upper[col(IMPORT)] = d.max_import

@@ -59,7 +59,7 @@ from cloud.forecast import (
     pv_nowcast,
     weather_dimming,
 )
-from cloud.forecast_price import forecast_prices
+from cloud.forecast_price import forecast_prices, terminal_value
 from cloud.forecast_pv import SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
@@ -202,7 +202,7 @@ async def prepare(
         export_price=[p + i for p, i in zip(exp, incentive, strict=True)],
         load_kw=[round(float(x), 4) for x in load_fc],
         pv_kw=[round(float(x), 4) for x in pv_fc],
-        battery=_battery(assets, soc),
+        battery=_battery(assets, soc, np.asarray(imp, dtype=np.float64)),
         grid=Grid(max_import_kw=assets.grid.max_import_kw, max_export_kw=assets.grid.max_export_kw),
         demand_charge=demand_charge(tariff, max(peak, 0.0)),
         ev=_ev_session(assets, series, starts, now),
@@ -328,7 +328,9 @@ async def _initial_soc(
     return (b.soc_min + b.soc_max) / 2, "default"
 
 
-def _battery(assets: SiteAssets, soc: float) -> Battery:
+def _battery(assets: SiteAssets, soc: float, import_price: FloatArray | None = None) -> Battery:
+    """The optimizer's battery; with `import_price` (the plan's), the energy left at the horizon's end is
+    valued (cloud.forecast_price.terminal_value) instead of counting for nothing."""
     b = assets.battery
     if b is None:  # the optimizer always has a battery: give it one that can do nothing
         return Battery(
@@ -352,6 +354,11 @@ def _battery(assets: SiteAssets, soc: float) -> Battery:
         charge_efficiency=b.charge_efficiency,
         discharge_efficiency=b.discharge_efficiency,
         cycle_cost_per_kwh=b.cycle_cost_per_kwh,
+        terminal_value_per_kwh=(
+            0.0
+            if import_price is None
+            else terminal_value(import_price, SLOTS_PER_DAY, b.discharge_efficiency, b.cycle_cost_per_kwh)
+        ),
     )
 
 

@@ -1,0 +1,119 @@
+"""The value of energy left at the horizon's end (issue 11): `Battery.terminal_value_per_kwh` in the optimizer,
+`cloud.forecast_price.terminal_value` for how much, and the backtest planner passing it.
+
+Without it a plan that ends where the published prices end (local midnight, before tomorrow's prices are out)
+treats whatever is still stored at midnight as worthless and sells it at the evening's export price."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from cloud.backtest import Config, Planner, Traces
+from cloud.forecast_price import terminal_value
+from cloud.optimizer import solve
+from cloud.optimizer_io import Battery, Grid, Problem, ProblemError, decode_problem
+
+
+def _problem(value: float) -> Problem:
+    """4 hourly slots, no load or PV, a battery at 90 %: the only thing to do is sell at 0.10 or keep."""
+    return Problem(
+        start=datetime(2026, 1, 5, 20, tzinfo=UTC),
+        step_minutes=60.0,
+        import_price=[0.30] * 4,
+        export_price=[0.10] * 4,
+        load_kw=[0.0] * 4,
+        pv_kw=[0.0] * 4,
+        battery=Battery(
+            capacity_kwh=10.0,
+            soc_initial=0.9,
+            soc_min=0.1,
+            soc_max=0.95,
+            max_charge_kw=5.0,
+            max_discharge_kw=5.0,
+            charge_efficiency=0.95,
+            discharge_efficiency=0.95,
+            cycle_cost_per_kwh=0.02,
+            terminal_value_per_kwh=value,
+        ),
+        grid=Grid(max_import_kw=10.0, max_export_kw=10.0),
+    )
+
+
+def test_leftover_energy_without_a_value_is_sold_with_one_kept() -> None:
+    # Stored energy sells at 0.10 * 0.95 - 0.02 per kWh taken out: worth it when the end values it at nothing.
+    sold = solve(_problem(0.0))
+    assert sold.status == "optimal"
+    assert sum(sold.grid_export_kw) == pytest.approx(8.0 * 0.95, abs=1e-6)  # down to the 10 % reserve
+    assert sold.soc[-1] == pytest.approx(0.1, abs=1e-6)
+    # Valued at 0.25 / kWh at the end (more than a sale brings), it stays in the battery.
+    kept = solve(_problem(0.25))
+    assert kept.status == "optimal"
+    assert sum(kept.grid_export_kw) == pytest.approx(0.0, abs=1e-6)
+    assert kept.soc[-1] == pytest.approx(0.9, abs=1e-6)
+    # The reported cost is the contract cost of the flows (the value is a planning term, not money paid).
+    assert kept.cost == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_value_never_makes_the_plan_buy_energy_to_hold() -> None:
+    # A value below every import price (as terminal_value gives) buys nothing for the end.
+    empty = _problem(0.0)
+    low = Battery(**{**{f: getattr(empty.battery, f) for f in empty.battery.__struct_fields__}, "soc_initial": 0.1})
+    p = Problem(**{**{f: getattr(empty, f) for f in empty.__struct_fields__}, "battery": low})
+    value = terminal_value(np.asarray(p.import_price), 4, 0.95, 0.02)
+    low_valued = Battery(**{**{f: getattr(low, f) for f in low.__struct_fields__}, "terminal_value_per_kwh": value})
+    plan = solve(Problem(**{**{f: getattr(p, f) for f in p.__struct_fields__}, "battery": low_valued}))
+    assert sum(plan.grid_import_kw) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_value_is_the_cheapest_import_of_the_last_day_through_the_discharge() -> None:
+    spd = 4
+    price = np.array([0.05, 0.40, 0.40, 0.40, 0.35, 0.22, 0.30, 0.41])  # two days; the first day's 0.05 is older
+    assert terminal_value(price, spd, 0.95, 0.02) == pytest.approx(0.22 * 0.95 - 0.02)
+    assert terminal_value(price[:3], spd, 0.95, 0.02) == pytest.approx(0.05 * 0.95 - 0.02)  # shorter than a day
+    assert terminal_value(np.array([0.01, 0.02]), spd, 0.95, 0.02) == 0.0  # never negative
+    assert terminal_value(np.array([]), spd, 0.95, 0.02) == 0.0
+
+
+def test_the_wire_format_bounds_the_value() -> None:
+    body = _problem(0.0)
+    import msgspec
+
+    raw = msgspec.json.decode(msgspec.json.encode(body))
+    raw["battery"]["terminal_value_per_kwh"] = -0.1
+    with pytest.raises(ProblemError):
+        decode_problem(msgspec.json.encode(raw))
+    raw["battery"]["terminal_value_per_kwh"] = 0.2
+    assert decode_problem(msgspec.json.encode(raw)).battery.terminal_value_per_kwh == 0.2
+
+
+def test_the_backtest_plan_keeps_energy_past_the_published_prices() -> None:
+    """A plan made at 10:00 local sees prices to midnight only. With a full battery and an evening export price
+    below what tomorrow's cheapest import would cost, it keeps the energy (the default) instead of selling it."""
+    zone = "Europe/Amsterdam"
+    start = datetime(2026, 1, 5, 9, tzinfo=UTC)  # 10:00 local; prices for tomorrow appear at 13:00
+    n = 48
+    tr = Traces(
+        start,
+        timedelta(hours=1),
+        import_price=np.full(n, 0.30),
+        export_price=np.full(n, 0.12),
+        load_kw=np.full(n, 0.0),
+        pv_kw=np.zeros(n),
+    )
+    plans = {}
+    for valued in (False, True):
+        cfg = Config(tz=zone, pv_kwp=0.0, soc_initial=0.9, terminal_value=valued)
+        planned = Planner(tr, cfg).plan(0, 0.9, 1)
+        assert planned is not None
+        plans[valued] = planned[1]
+        assert len(plans[valued].grid_export_kw) == 14  # 10:00 .. midnight
+    # valued at nothing, the battery is emptied by midnight and what the house does not need is sold
+    assert plans[False].soc[-1] == pytest.approx(0.1, abs=1e-6)
+    assert sum(plans[False].grid_export_kw) > 0.1
+    # valued at tomorrow's cheapest import, nothing is sold at 0.12 and energy is left for tomorrow
+    assert sum(plans[True].grid_export_kw) == pytest.approx(0.0, abs=1e-6)
+    assert plans[True].soc[-1] > plans[False].soc[-1] + 0.05
+    assert Config().terminal_value  # on by default
