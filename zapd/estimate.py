@@ -72,7 +72,7 @@ def battery_range(
     points = [s.power_w for s in samples if s.ts >= ref.ts]
     moving = [c for c in commands if (ref.ts - c.at).total_seconds() < settle_s]
     before = [c for c in commands if c.at <= ref.ts]
-    if before and _done(before, ref, samples, dead_time_s, tolerance_w):
+    if before and _done(before, ref, samples, settle_s=settle_s, dead_time_s=dead_time_s, tolerance_w=tolerance_w):
         # The newest setpoint before the reading is done: it and the older ones no longer move the battery.
         moving = [c for c in moving if c.at > before[-1].at]
     points += [c.power_w for c in moving]
@@ -80,7 +80,13 @@ def battery_range(
 
 
 def _done(
-    before: Sequence[Command], reading: Sample, samples: Sequence[Sample], dead_time_s: float, tolerance_w: float
+    before: Sequence[Command],
+    reading: Sample,
+    samples: Sequence[Sample],
+    *,
+    settle_s: float,
+    dead_time_s: float,
+    tolerance_w: float,
 ) -> bool:
     """Has the battery finished following the newest of `before` (the setpoints up to `reading`) by then?
 
@@ -92,6 +98,15 @@ def _done(
     second later, polled at 0 W: the 51 W is still to come), or ramping through the value on its
     way elsewhere. Without a setpoint surely in force there is no proof either.
 
+    Or shown apart: the reading is the newest setpoint and lies clear of every power the battery
+    could show *without* having applied it. An inverter applies writes in the order they came, so
+    until it applies the newest one the battery sits where it was when that one was written or moves
+    toward an older setpoint: within the readings and the setpoints of the `settle_s` before the
+    write (`_before_write`). A reading outside that span (both readings' noise counted) is the newest
+    setpoint applied, and the older ones with it, at once on a fast inverter: the configured dead
+    time is the longest an inverter may wait, not a time every inverter waits (seed 302: an
+    instant inverter exported 251 W for 7 s while a second correction waited out the 5 s).
+
     Or stopped: this reading and the one before it agree, and both came after the dead time, so the
     battery is not waiting to start and not ramping; it stopped where its limits, its rounding or
     its own control put it. (Two readings that agree *within* the dead time prove nothing: that is
@@ -101,12 +116,34 @@ def _done(
     in_force = [i for i, c in enumerate(before) if (reading.ts - c.at).total_seconds() >= dead_time_s]
     if in_force and all(abs(c.power_w - reading.power_w) <= tolerance_w for c in before[in_force[-1] :]):
         return True
+    if abs(command.power_w - reading.power_w) <= tolerance_w:
+        span = _before_write(before, samples, settle_s, tolerance_w)
+        if span is not None and (reading.power_w - tolerance_w > span[1] or reading.power_w + tolerance_w < span[0]):
+            return True
     earlier = [s for s in samples if s.ts < reading.ts]
     if not earlier:
         return False
     prev = earlier[-1]
     started = (prev.ts - command.at).total_seconds() >= dead_time_s
     return started and abs(prev.power_w - reading.power_w) <= tolerance_w
+
+
+def _before_write(
+    before: Sequence[Command], samples: Sequence[Sample], settle_s: float, tolerance_w: float
+) -> tuple[float, float] | None:
+    """(lowest, highest) power the battery may show while it has not applied the newest of `before`.
+
+    Where it was when that setpoint was written (the readings of the `settle_s` before, or the newest
+    reading before it; each true to `tolerance_w`) and every older setpoint of that time it may still
+    be heading for. None when no reading predates the write: nothing to tell the setpoint apart from.
+    """
+    written = before[-1].at
+    prior = [s for s in samples if s.ts <= written]
+    if not prior:
+        return None
+    recent = [s.power_w for s in prior if (written - s.ts).total_seconds() <= settle_s] or [prior[-1].power_w]
+    older = [c.power_w for c in before[:-1] if (written - c.at).total_seconds() <= settle_s]
+    return min([min(recent) - tolerance_w, *older]), max([max(recent) + tolerance_w, *older])
 
 
 def hold_or_move(answer: Callable[[float], float], current_w: float) -> float:

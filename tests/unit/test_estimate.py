@@ -77,6 +77,21 @@ def test_a_poll_matching_the_newest_write_inside_its_dead_time_keeps_an_older_wr
     assert lo <= 0.0 and hi >= 3000.0
 
 
+def test_a_reading_only_the_newest_write_explains_closes_the_range_inside_the_dead_time() -> None:
+    # Seed 302 on an instant inverter: at -150 W, written 118 W at 90.5 s and 284 W at 91.5 s; the polls
+    # show each at once. 284 W lies clear of everything the battery could show before applying it
+    # (-150 W read, 118 W still to act), so it is applied, with the 118 W before it: the range is 284 W.
+    samples = [(89.33, -150.0), (90.33, -150.0), (91.33, 118.0), (92.33, 284.0), (93.33, 284.0), (94.33, 284.0)]
+    lo, hi = rng(samples, [(90.5, 118.0), (91.5, 284.0)], meter_s=94.5)
+    assert (lo, hi) == (284.0 - TOL, 284.0 + TOL)
+
+
+def test_a_reading_the_older_state_could_explain_proves_nothing_inside_the_dead_time() -> None:
+    # 284 W written while the battery read 250 W: a 284 W poll may be the battery not yet moved.
+    lo, hi = rng([(90.33, 250.0), (92.33, 284.0), (93.33, 284.0)], [(89.0, 0.0), (91.5, 284.0)], meter_s=94.5)
+    assert lo <= 0.0 and hi >= 284.0
+
+
 def test_hold_inside_the_interval_and_move_to_the_nearest_end_outside() -> None:
     def answer(f: float) -> float:
         return 1000.0 + 2000.0 * f
