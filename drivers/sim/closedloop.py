@@ -256,9 +256,20 @@ def response_s(cfg: LoopConfig) -> float:
     return max(cfg.actuator.delay_s + swing_s, cfg.dead_time_s)
 
 
+def meter_lag_s(cfg: LoopConfig) -> float:
+    """How far back a meter value reaches, as the controller can know it: the meter's window and delay, and at
+    least what the controller assumes of any meter (its interval + 1 s: zapd/controller.py `_meter_window_s`).
+
+    A reading that proves the battery moved is paired with the meter only once the assumed window lies after
+    it, so the next correction waits for that even on a meter that is faster than the controller assumes.
+    """
+    return max(cfg.meter.window_s + cfg.meter.delay_s, cfg.meter_interval_s + 1.0)
+
+
 def loop_delay_s(cfg: LoopConfig) -> float:
-    """One trip round the loop: a control period, the battery's response (`response_s`), the meter's lateness."""
-    return control_period_s(cfg) + response_s(cfg) + cfg.meter.window_s + cfg.meter.delay_s
+    """One trip round the loop: a control period, the battery's response (`response_s`), the meter's lateness
+    (`meter_lag_s`)."""
+    return control_period_s(cfg) + response_s(cfg) + meter_lag_s(cfg)
 
 
 def grace_s(cfg: LoopConfig) -> float:

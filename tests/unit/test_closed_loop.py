@@ -217,6 +217,18 @@ def _instant(
 # the 5 s dead time although the polls showed the first one applied (a value the battery could not
 # show before it), so the site exported 251 W for 7 s, 100 W on average at the end of the grace.
 @example(_instant(max_export_w=0.0, base_load_w=200.0, load_w=200.0, at_s=90.0, pv_w=735.0))
+# Found by hypothesis after that fix: a load step 841 -> 200 W on the instant inverter, the 1 s meter 0.49 s late.
+# Two partial corrections (-405 W, then -350 W: 55 W, less than two reading tolerances, so no poll can show it
+# apart) and the third after the dead time: 150 W export until 9.5 s, 100.0 W on average at the end of a
+# grace that counted the meter's real 1.49 s instead of the 2 s the controller assumes of a 1 s meter.
+@example(
+    replace(
+        _instant(max_export_w=0.0, base_load_w=841.0, load_w=200.0, at_s=180.25),
+        meter=MeterDynamics(window_s=1.0, delay_s=0.4921875, step_w=1.0, noise_w=0.0),
+        steps=(Step(90.25, plan_w=None), Step(180.25, load_offset_w=200.0)),
+        duration_s=270.25,
+    )
+)
 def test_closed_loop_keeps_the_limits_and_settles(cfg: LoopConfig) -> None:
     check_loop(cfg, run_loop(cfg))
 
