@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +51,56 @@ from drivers.resilience import Backoff
 from zapd.clock import Clock
 
 log = structlog.get_logger(__name__)
+
+
+RECONNECT_S = 30.0
+RECONNECT_MAX_S = 300.0
+# How the Zap dials (websockets.asyncio.client.connect); the fleet bench's light clients dial the same.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "compression": None,  # no per-message deflate: memory, and the frames are small
+    "max_size": 2 * MAX_MESSAGE_BYTES,
+    "max_queue": 8,
+    "open_timeout": AUTH_TIMEOUT_S,
+    "ping_interval": 20,
+    "ping_timeout": 20,
+    "close_timeout": 2,
+    "proxy": None,
+    "user_agent_header": "zapd",
+}
+
+
+def reconnect_backoff(
+    reconnect_s: float = RECONNECT_S, reconnect_max_s: float = RECONNECT_MAX_S, rng: random.Random | None = None
+) -> Backoff:
+    """The channel's reconnect policy: full jitter, the first retry in 0..`reconnect_s`, doubling to the cap.
+
+    One function so that the fleet bench's light clients (bench/channel.py) run exactly this policy.
+    """
+    return Backoff(reconnect_s, max(reconnect_s, reconnect_max_s), rng=rng, full_jitter=True)
+
+
+async def keep_connected(
+    session: Callable[[], Awaitable[object]], backoff: Backoff, ended: Callable[[Exception | None], bool]
+) -> None:
+    """Run `session` forever, sleeping `backoff` between attempts (real seconds, never a simulated clock).
+
+    `ended(error)` is told how each session ended (None: closed cleanly) and answers whether it got as
+    far as the welcome. The backoff starts over after every session that did, however it ended: a
+    dropped connection (a cloud restart closes with 1012, a ping timeout, a reset) raises, and a drop
+    must not count as one more failure, else a Zap that needed a few tries once would wait up to the
+    cap after every later restart, and each blip would push it further.
+    """
+    while True:
+        error: Exception | None = None
+        try:
+            await session()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any network or protocol failure: the channel is down, polling goes on
+            error = exc
+        if ended(error):
+            backoff.reset()
+        await asyncio.sleep(backoff.next_delay())
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +135,8 @@ class ChannelClient:
         applier: Applier,
         live: Callable[[], LiveState],
         status_s: float = 30.0,
-        reconnect_s: float = 30.0,
-        reconnect_max_s: float = 300.0,
+        reconnect_s: float = RECONNECT_S,
+        reconnect_max_s: float = RECONNECT_MAX_S,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
@@ -101,7 +152,7 @@ class ChannelClient:
         self._applier = applier
         self._live = live
         self._status_s = status_s
-        self.backoff = Backoff(reconnect_s, max(reconnect_s, reconnect_max_s), full_jitter=True)
+        self.backoff = reconnect_backoff(reconnect_s, reconnect_max_s)
         self.refused: Counter[str] = Counter()
         self.state = "down"  # down | connecting | up
         self.connects = 0
@@ -111,6 +162,7 @@ class ChannelClient:
         self._fetching: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._ws: object | None = None
+        self._welcomed = False  # the current session got as far as the welcome
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -130,21 +182,19 @@ class ChannelClient:
 
     async def run(self) -> None:
         """Connect, serve, reconnect after the backoff; forever (the supervisor cancels it)."""
-        while True:
-            established = False
-            try:
-                established = await self.session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any network or protocol failure: the channel is down, polling goes on
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                if self.state != "down":
-                    log.info("channel.down", error=self.last_error)
-            self.state = "down"
-            if established:
-                self.backoff.reset()
-            # Real seconds, never the simulated clock: reconnects must be spread in real time.
-            await asyncio.sleep(self.backoff.next_delay())
+        await keep_connected(self._session_once, self.backoff, self._ended)
+
+    async def _session_once(self) -> None:
+        self._welcomed = False
+        await self.session()
+
+    def _ended(self, error: Exception | None) -> bool:
+        if error is not None:
+            self.last_error = f"{type(error).__name__}: {error}"[:300]
+            if self.state != "down":
+                log.info("channel.down", error=self.last_error)
+        self.state = "down"
+        return self._welcomed
 
     async def session(self) -> bool:
         """One connection, until it closes; True if it got as far as the welcome."""
@@ -153,24 +203,13 @@ class ChannelClient:
 
         self.state = "connecting"
         tls: dict[str, Any] = {"ssl": self._tls} if self._tls is not None and self.url.startswith("wss://") else {}
-        async with connect(
-            self.url,
-            compression=None,  # no per-message deflate: memory, and the frames are small
-            max_size=2 * MAX_MESSAGE_BYTES,
-            max_queue=8,
-            open_timeout=AUTH_TIMEOUT_S,
-            ping_interval=20,
-            ping_timeout=20,
-            close_timeout=2,
-            proxy=None,
-            user_agent_header="zapd",
-            **tls,
-        ) as ws:
+        async with connect(self.url, **CONNECT_OPTIONS, **tls) as ws:
             self._ws = ws
             try:
                 if not await self._handshake(ws):
                     return False
                 self.state = "up"
+                self._welcomed = True
                 self.connects += 1
                 log.info("channel.up", url=self.url)
                 status = asyncio.create_task(self._status_loop(ws), name="channel_status")

@@ -2,8 +2,9 @@
 
 The server speaks first: a random challenge and its own host. The Zap answers with a `Hello` signed
 by its key over (challenge, site id, host, time); the site's registered key decides. Nothing else is
-read before that, the answer must come within AUTH_TIMEOUT_S, and an address that keeps failing is
-refused before the lookup (the HTTP API's failure budget). From then on the connection is bound to
+read before that, the answer must come within AUTH_TIMEOUT_S, and an address that keeps failing
+authentication (a wrong key, signature or challenge; a late hello is no such failure) is refused before
+the lookup (the HTTP API's failure budget). From then on the connection is bound to
 that site: its acknowledgements may only answer that site's commands, its status only describes
 that site. Frames are capped (MAX_MESSAGE_BYTES, and uvicorn closes anything over twice that), decoded
 against the schema, rate-limited per connection; every refusal is counted by reason
@@ -146,7 +147,11 @@ class ChannelEndpoint:
         try:
             message = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
         except TimeoutError:
-            await self._auth_failed(ws, client, "auth_timeout", "no hello in time")
+            # Not charged to the address: under a reconnect wave the hello is late because this worker (or
+            # the Zap's line) is slow, not because a key is being guessed, and one address may be a whole
+            # carrier NAT of Zaps; charging it would lock every Zap behind it out. A silent connection
+            # costs a slot for AUTH_TIMEOUT_S, and the slots are capped (max_channels).
+            await self._auth_failed(ws, client, "auth_timeout", "no hello in time", charge=False)
             return None
         if message["type"] == "websocket.disconnect":
             if message.get("code") == CLOSE_TOO_BIG:
@@ -195,8 +200,9 @@ class ChannelEndpoint:
         log.debug("channel.connected", site_id=site.site_id, worker=self.hub.worker)
         return conn
 
-    async def _auth_failed(self, ws: WebSocket, client: str, reason: str, detail: str) -> None:
-        self.fail_buckets.charge(client)
+    async def _auth_failed(self, ws: WebSocket, client: str, reason: str, detail: str, *, charge: bool = True) -> None:
+        if charge:
+            self.fail_buckets.charge(client)
         self._refuse(reason, client=client, detail=detail)
         log.info("channel.auth_refused", client=client, reason=reason)
         with contextlib.suppress(Exception):
