@@ -63,17 +63,26 @@ def load_in_child(path: Path, *, allow_insecure: bool = False) -> ZapdConfig | N
     res = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=CHILD_TIMEOUT_S, check=False)
     if res.returncode != 0:
         return None
-    return decode_config(res.stdout)
+    try:
+        return decode_config(res.stdout)
+    except msgspec.DecodeError as exc:  # a bug, not a bad file: say so instead of a traceback
+        print(f"{path}: the config check's result could not be read ({exc}); please report", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str]) -> int:
     """The child: `zapd config check`'s report on stderr, the validated config as JSON on stdout."""
     from zapd.cli import EXIT_BAD_CONFIG, load_or_report
 
-    config = load_or_report(Path(argv[0]), allow_insecure="--allow-insecure" in argv[1:])
+    result = sys.stdout
+    sys.stdout = sys.stderr  # whatever the check prints (a driver's log line) must not mix into the JSON
+    try:
+        config = load_or_report(Path(argv[0]), allow_insecure="--allow-insecure" in argv[1:])
+    finally:
+        sys.stdout = result
     if config is None:
         return EXIT_BAD_CONFIG
-    sys.stdout.buffer.write(config.model_dump_json().encode())
+    result.buffer.write(config.model_dump_json().encode())
     return 0
 
 

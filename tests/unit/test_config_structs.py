@@ -194,3 +194,20 @@ def test_zapd_run_reports_a_bad_file_as_the_check_does(tmp_path: Path) -> None:
     assert f"{path}: site.fuse_a: input should be less than or equal to 1000" in lines
     assert any(line.startswith(f"{path}: control.tick:") for line in lines), lines
     assert f"{path}: devices.grid.port: input should be less than or equal to 65535" in lines
+
+
+def test_what_the_check_prints_goes_to_stderr_and_stdout_holds_only_the_config(
+    monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A log line printed during the check (a driver's factory, say) must not corrupt the JSON the daemon reads."""
+    from zapd import cli, config_load
+
+    def noisy(path: Path, *, allow_insecure: bool = False) -> ZapdConfig:
+        print("modbus.bus created host=10.0.0.5")  # to sys.stdout, as structlog's default logger writes
+        return _model(RICH)
+
+    monkeypatch.setattr(cli, "load_or_report", noisy)
+    assert config_load.main(["zapd.toml"]) == 0
+    out, err = capfdbinary.readouterr()
+    assert decode_config(out) == to_structs(_model(RICH))
+    assert b"modbus.bus created" in err
