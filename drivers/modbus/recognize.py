@@ -240,6 +240,8 @@ async def recognize(
         caps = [
             f"{c.kind.value}{' (controllable)' if c.controllable else ''}" for c in device_capabilities(device, "x")
         ]
+        if device.no_control_reason is not None:  # 704 on a hybrid, or a device that does not say: tell why now
+            caps = [f"{c} (monitoring only: {device.no_control_reason})" if c == "battery" else c for c in caps]
         found.append(
             Match(
                 driver=_DRIVERS["sunspec", transport],

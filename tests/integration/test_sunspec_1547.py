@@ -319,6 +319,27 @@ async def test_model_704_is_refused_where_the_ac_terminals_carry_more_than_the_b
     assert got["d.pv"].values[POWER_W] == (sum(pv_ports) if pv_ports else 9800.0)  # no 714: 701 W as before
 
 
+async def test_the_scan_says_why_a_hybrids_battery_is_not_controlled(sample: dict[str, Any], tmp_path: Any) -> None:
+    """`zapd devices scan` on the 704 hybrid (714: a PV and a storage port) names the battery as monitoring
+    only, with the reason, before the installer configures it; the storage-only DER as controllable."""
+    from drivers.modbus.recognize import recognize
+
+    for ports, wanted in (
+        (((PV_PORT, 4200), (ESS_PORT, -1200)), ["pv", "battery (monitoring only: model 714 shows DC ports"]),
+        (AC_COUPLED, ["battery (controllable)"]),
+    ):
+        server = await start_register_image({1: {"holding": _image(_with_704_battery(sample, ports=ports), tmp_path)}})
+        try:
+            bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05)
+            (match,) = await recognize(bus, 1)
+        finally:
+            await close_all_buses()
+            await server.stop()
+        assert len(match.capabilities) == len(wanted), match.capabilities
+        assert all(got.startswith(want) for got, want in zip(match.capabilities, wanted, strict=True))
+        assert server.writes == []
+
+
 async def test_model_704_without_its_wset_points_or_a_battery_is_not_control(
     sample: dict[str, Any], tmp_path: Any
 ) -> None:
