@@ -402,7 +402,9 @@ async def test_serial_scan_recognises_a_sunspec_device_with_an_rtu_snippet(
     server = await start_register_image_rtu({3: {"holding": _image(sample, tmp_path)}}, modem.port_b, baudrate=19200)
     try:
         capsys.readouterr()
-        rc = await scan_serial(modem.port_a, unit_ids=[3], baudrate=19200, as_json=True, timeout_s=0.3)
+        # Unit 3 is the only unit probed and it answers, so the reply deadline costs nothing when met; it is
+        # not 0.3 s because the peer runs in this event loop and a loaded CI box can take longer to answer.
+        rc = await scan_serial(modem.port_a, unit_ids=[3], baudrate=19200, as_json=True, timeout_s=2.0)
     finally:
         await close_all_buses()
         await server.stop()
