@@ -17,9 +17,11 @@ When no row of the event is pending, one worker publishes it, in ONE transaction
 curves), stores the chosen sites' incentives, signs and inserts their plans and flows, and marks their rows
 "dispatched" with the plan version. A crash or timeout rolls all of it back and the event is published
 again whole later; nothing is ever published twice. After the commit each chosen site is told "plan vN"
-over its channel (cloud/server/channel_hub.py `notify_plan`, from any worker); a Zap without a channel
-finds the plan on its next poll. A site's dispatch is acknowledged when its Zap fetched that plan version
-or a later one (cloud/fleet_acks.py) or said over the channel that it took it (`channel_sites.plan_version`).
+over its channel (cloud/server/channel_hub.py `notify_plans`, from any worker), and each one connected
+on the channel gets the signed DR-window command (an import limit for the window, `_notify`); a Zap
+without a channel finds the plan on its next poll. A site's dispatch is acknowledged when its Zap
+fetched that plan version or a later one (cloud/fleet_acks.py) or said over the channel that it took it
+(`channel_sites.plan_version`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import gzip
 import math
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ from cloud.db import Database, fleet_event_jobs, fleet_event_sites, fleet_events
 from cloud.db import planning as store
 from cloud.fleet import EventError, EventRequest, Option, SiteCurve, allocate, check_event, in_horizon, solve_curve
 from cloud.planner import STEP, PlanError, PlannerOptions, prepare
+from cloud_sync.channel_wire import MAX_WINDOW_S, DrAction
 from cloud_sync.wire import check_plan, format_ts, sign_plan
 from zapd.model import Plan
 
@@ -250,23 +254,47 @@ async def _latest_versions(db: Database, site_ids: list[str]) -> dict[str, int]:
 
 async def solve_job(db: Database, job: Claimed, owner: str, now: datetime, options: PlannerOptions) -> str:
     """Solve one claimed site's curve and store it; returns the row's new state."""
-    return (await solve_jobs(db, [job], owner, now, options))[0]
+    states = await solve_jobs(db, [job], owner, now, options)
+    return states[0] if states else "pending"
 
 
 async def solve_jobs(
     db: Database, batch: list[Claimed], owner: str, now: datetime, options: PlannerOptions
 ) -> list[str]:
-    """Solve the claimed sites' curves and store them together; returns each row's new state, in order."""
+    """Solve the claimed sites' curves and store them together; returns the new state of each row solved.
+
+    Past half the lease (slow sites: each solve may take up to its time limit) the rest of the batch is
+    handed back unsolved, so no other worker takes a row this one is still about to solve.
+    """
+    started = time.monotonic()
     events = await _event_requests(db, {job.event_id for job in batch})
     priors = await _latest_versions(db, [job.site_id for job in batch])
     done: list[tuple[Claimed, dict[str, Any]]] = []
     try:
         for job in batch:
+            if time.monotonic() - started > lease().total_seconds() / 2:
+                break
             done.append((job, await _curve_row(db, job, events.get(job.event_id), priors, now, options)))
     finally:
         # what was solved before a database error is kept; the rest waits for its lease to run out
         await _finish_all(db, owner, done)
+    if len(done) < len(batch):
+        await _release(db, owner, batch[len(done) :])
     return [values["state"] for _, values in done]
+
+
+async def _release(db: Database, owner: str, jobs: list[Claimed]) -> None:
+    """Hand claimed rows back unsolved (their attempt not counted)."""
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            update(J)
+            .where(
+                tuple_(J.c.event_id, J.c.site_id).in_([(j.event_id, j.site_id) for j in jobs]),
+                J.c.state == "pending",
+                J.c.lease_owner == owner,
+            )
+            .values(lease_owner=None, lease_until=None, attempts=J.c.attempts - 1)
+        )
 
 
 async def _curve_row(
@@ -343,30 +371,71 @@ async def publish_event(
             continue
         if dispatched is None:
             return False
-        await _notify(db, event_id, dispatched)
+        window, sites = dispatched
+        await _notify(db, signing_key, event_id, window, now, sites)
         return True
     return False
 
 
-async def _notify(db: Database, event_id: str, dispatched: list[tuple[str, int]]) -> None:
-    """ "Plan vN" to each dispatched site over its channel (cloud/server/channel_hub.py), wherever it is held.
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """A chosen site's published plan and the import limit it holds in the event's window (kW)."""
 
-    After the commit: a Zap told of a plan must find it stored. A doorbell lost here only makes the Zap
-    find the plan on its next poll; the event is published either way.
+    site_id: str
+    version: int
+    window_import_kw: float | None  # the largest of the plan's window slots' limits; None: no slot there
+
+
+# A DR-window command must reach a connected Zap in this long, or the plan (fetched on the notice or the
+# next poll) carries the event alone.
+DR_COMMAND_TTL_S: Final = 600.0
+
+
+async def _notify(
+    db: Database, signing_key: SigningKey, event_id: str, window: tuple[datetime, datetime], now: datetime,
+    dispatched: list[Dispatched],
+) -> None:  # fmt: skip
+    """ "Plan vN" to each dispatched site, and to each one connected on the live channel the signed DR window.
+
+    The command (cloud/server/channel_hub.py `send_commands`: signed, with a nonce, expiring) caps the site's
+    import in the window at the largest limit its new plan holds there, so the Zap acts within a second,
+    before it has fetched the plan, and never asks more of the site than the plan does in any slot. Both
+    go after the commit: a Zap told of a plan must find it stored. A lost doorbell or command only makes the
+    Zap find the plan on its next poll; the event is published either way.
     """
-    from cloud.server.channel_hub import notify_plan
+    from cloud.server.channel_hub import live_sites, notify_plans, send_commands
 
-    for site_id, version in dispatched:
-        try:
-            await notify_plan(db, site_id, version)
-        except SQLAlchemyError:
-            log.warning("fleet.notify_failed", event_id=event_id, site_id=site_id)
-            return
+    start, end = window
+    try:
+        await notify_plans(db, [(d.site_id, d.version) for d in dispatched])
+        if end <= now or start > now + timedelta(seconds=MAX_WINDOW_S):
+            return  # over, or too far ahead for a command (channel_wire.check_command): the plans carry it
+        limits = {d.site_id: d.window_import_kw for d in dispatched if d.window_import_kw is not None}
+        live = await live_sites(db, sorted(limits)) if limits else {}
+        actions = [
+            (site_id, DrAction(start=start, end=end, import_limit_kw=limits[site_id]))
+            for site_id in sorted(limits)
+            if site_id in live and live[site_id].connected
+        ]
+        if actions:
+            await send_commands(db, signing_key, actions, now=now, ttl_s=DR_COMMAND_TTL_S)
+            log.info("fleet.dr_commands_sent", event_id=event_id, sites=len(actions))
+    except SQLAlchemyError:
+        log.warning("fleet.notify_failed", event_id=event_id, sites=len(dispatched))
+
+
+def _window_import_kw(plan: Plan, start: datetime, end: datetime) -> float | None:
+    limits = [
+        s.intent.grid_import_limit_w
+        for s in plan.slots
+        if start <= s.start < end and s.intent.grid_import_limit_w is not None
+    ]
+    return round(max(limits) / 1000.0, 3) if limits else None
 
 
 async def _publish_once(
     db: Database, signing_key: SigningKey, event_id: str, now: datetime, options: PlannerOptions
-) -> list[tuple[str, int]] | None:
+) -> tuple[tuple[datetime, datetime], list[Dispatched]] | None:
     async with db.engine.begin() as conn:
         took = await conn.execute(
             update(fleet_events)
@@ -413,6 +482,7 @@ async def _publish_once(
         flow_rows: list[dict[str, Any]] = []
         job_rows: list[dict[str, Any]] = []
         sites_out: list[dict[str, Any]] = []
+        dispatched: list[Dispatched] = []
         for site_id, option in sorted(chosen.items()):
             candidate = msgspec.json.decode(gzip.decompress(blobs[site_id]))[option.index]
             version = int(latest.get(site_id) or 0) + 1
@@ -420,6 +490,7 @@ async def _publish_once(
             plan = msgspec.structs.replace(plan, valid_until=min(plan.valid_until, now + options.plan_valid_for))
             check_plan(plan)
             signed = sign_plan(signing_key, plan)
+            dispatched.append(Dispatched(site_id, version, _window_import_kw(plan, start, end)))
             plan_rows.append(
                 {
                     "site_id": site_id,
@@ -499,7 +570,7 @@ async def _publish_once(
         }
         await conn.execute(update(fleet_events).where(fleet_events.c.event_id == event_id).values(result=result))
     log.info("fleet.event_dispatched", event_id=event_id, sites=len(chosen), requested_kw=target, met_kw=round(met, 3))
-    return [(s["site_id"], s["plan_version"]) for s in sites_out]
+    return (start, end), dispatched
 
 
 # --- the worker's turn ---------------------------------------------------------------------

@@ -178,10 +178,22 @@ async def send_commands(
 
 async def notify_plan(db: Database, site_id: str, version: int) -> None:
     """Tell `site_id` (if connected anywhere) that plan `version` is stored; it fetches and verifies it."""
+    await notify_plans(db, [(site_id, version)])
+
+
+async def notify_plans(db: Database, plans: Sequence[tuple[str, int]]) -> None:
+    """`notify_plan` for many sites (a DR event's): one statement rings every doorbell on PostgreSQL."""
+    payloads = [f"p {site_id} {int(version)}" for site_id, version in plans]
+    if not payloads:
+        return
     if db.engine.dialect.name == "postgresql":
         async with db.engine.begin() as conn:
-            await _ring(db, conn, f"p {site_id} {int(version)}")
-    _ring_local(db, ("p", site_id, str(int(version))))
+            await conn.execute(
+                text("SELECT pg_notify(:ch, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+                {"ch": NOTIFY_CHANNEL, "payloads": payloads},
+            )
+    for site_id, version in plans:
+        _ring_local(db, ("p", site_id, str(int(version))))
 
 
 async def command_acks(db: Database, command_ids: Sequence[str]) -> dict[str, CommandAck]:
@@ -579,6 +591,7 @@ __all__ = [
     "command_acks",
     "live_sites",
     "notify_plan",
+    "notify_plans",
     "send_command",
     "send_commands",
 ]
