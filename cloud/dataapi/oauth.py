@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from cloud.dataapi.access import ALL_SITES, SCOPES, digest
+from cloud.dataapi.mount import WEB_CALLBACK
 from cloud.dataapi.tables import oauth_clients, oauth_codes, oauth_tokens, owner_sites, owners
 from cloud.db import Database, sites
 from cloud.server.limits import Rate, TokenBuckets, retry_after
@@ -55,7 +56,6 @@ REFRESH_TTL_S = 30 * 86400
 CODE_TTL_S = 120
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 WEB_CLIENT_ID = "zapcloud-web"  # the cloud's own pages sign in through the same flow
-WEB_CALLBACK = "/web/callback"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _MAX_FORM_BYTES = 16_384
 

@@ -1,18 +1,19 @@
-"""Mount the data API on the cloud's Starlette app: OAuth endpoints, /graphql, the price REST route.
+"""The data API's handlers: OAuth endpoints, /graphql, the price REST route, the web pages.
 
-`app.py` calls `data_api_routes` once; everything else of the data API stays in this package.
+Built on the first request to one of them (cloud/dataapi/mount.py holds the paths): strawberry, graphql-core
+and Authlib are most of a worker's start-up, and most workers never serve the data API.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -20,11 +21,9 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from cloud.dataapi.access import PRICES_READ, Access, AccessDenied, authenticate
 from cloud.dataapi.graphql import PriceResolution, price_series, schema
-from cloud.dataapi.oauth import WEB_CALLBACK, OAuthEndpoints, access_ttl_s
+from cloud.dataapi.oauth import OAuthEndpoints, access_ttl_s
 from cloud.dataapi.web import Web
 from cloud.db import Database
-
-Wrap = Callable[[str, Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
 
 
 class _GraphQL(GraphQL[dict[str, Any], None]):
@@ -71,38 +70,43 @@ class _GraphQL(GraphQL[dict[str, Any], None]):
         context["recheck"] = recheck
 
 
-def data_api_routes(
+@dataclass(frozen=True)
+class DataApi:
+    """The data API's handlers by route name (cloud/dataapi/mount.py names the paths) and its GraphQL view."""
+
+    handlers: dict[str, Callable[[Request], Awaitable[Response]]]
+    graphql: _GraphQL
+
+
+def build_data_api(
     db: Database,
     clock: Callable[[], datetime],
     admin_token: str | None,
     require_admin: Callable[[Request], None],
-    wrap: Wrap,
     count: Callable[[str, str], None] = lambda _endpoint, _reason: None,
-) -> list[BaseRoute]:
+) -> DataApi:
     """`count(endpoint, reason)`: refusals the handlers answer themselves (a sign-in over its limit)."""
     oauth = OAuthEndpoints(db, clock, require_admin, access_ttl=access_ttl_s(), count=count)
-    gql = _GraphQL(db, clock, admin_token)
 
     async def prices(request: Request) -> Response:
         return await _prices_get(db, clock, admin_token, request)
 
     web = Web(db, clock, admin_token, oauth)
-    return [
-        Route("/web/", wrap("web_home", web.home), methods=["GET"]),
-        Route("/web/login", wrap("web_login", web.login), methods=["GET"]),
-        Route(WEB_CALLBACK, wrap("web_callback", web.callback), methods=["GET"]),
-        Route("/web/site/{site_id}", wrap("web_site", web.site_page), methods=["GET"]),
-        Route("/web/fleet", wrap("web_fleet", web.fleet), methods=["GET"]),
-        Route("/web/fleet/login", wrap("web_fleet_login", web.fleet_login), methods=["GET", "POST"]),
-        Route("/oauth/authorize", wrap("oauth_authorize", oauth.authorize), methods=["GET", "POST"]),
-        Route("/oauth/token", wrap("oauth_token", oauth.token), methods=["POST"]),
-        Route("/oauth/revoke", wrap("oauth_revoke", oauth.revoke), methods=["POST"]),
-        Route("/v1/owners", wrap("owner_put", oauth.create_owner), methods=["POST"]),
-        Route("/v1/oauth/clients", wrap("oauth_client_put", oauth.create_client), methods=["POST"]),
-        Route("/v1/prices/{area}", wrap("prices_get", prices), methods=["GET"]),
-        Route("/graphql", gql, methods=["GET", "POST"]),
-        WebSocketRoute("/graphql", gql),
-    ]
+    handlers: dict[str, Callable[[Request], Awaitable[Response]]] = {
+        "web_home": web.home,
+        "web_login": web.login,
+        "web_callback": web.callback,
+        "web_site": web.site_page,
+        "web_fleet": web.fleet,
+        "web_fleet_login": web.fleet_login,
+        "oauth_authorize": oauth.authorize,
+        "oauth_token": oauth.token,
+        "oauth_revoke": oauth.revoke,
+        "owner_put": oauth.create_owner,
+        "oauth_client_put": oauth.create_client,
+        "prices_get": prices,
+    }
+    return DataApi(handlers, _GraphQL(db, clock, admin_token))
 
 
 async def _prices_get(

@@ -30,7 +30,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from cloud.dataapi.access import Access, AccessDenied, authenticate
 from cloud.dataapi.graphql import schema
-from cloud.dataapi.oauth import WEB_CALLBACK, WEB_CLIENT, WEB_CLIENT_ID, FormRequest, OAuthEndpoints
+from cloud.dataapi.mount import WEB_CALLBACK
+from cloud.dataapi.oauth import WEB_CLIENT, WEB_CLIENT_ID, FormRequest, OAuthEndpoints
 from cloud.db import Database
 
 TOKEN_COOKIE = "zc_token"

@@ -236,14 +236,15 @@ def create_app(
     def wrap(name: str, fn: Callable[[Request], Awaitable[Response]]) -> Handler:
         return _guarded(ctx, name, lambda _ctx, request: fn(request))
 
-    try:  # the data API (issue 16): OAuth, GraphQL, prices, web pages
-        from cloud.dataapi.routes import data_api_routes
+    # the data API (issue 16): OAuth, GraphQL, prices, web pages; built on its first request (cloud/dataapi/mount.py)
+    from cloud.dataapi.mount import data_api_routes, missing_library
 
+    if (missing := missing_library()) is None:
         extra = data_api_routes(
             ctx.db, ctx.clock, ctx.admin_token, lambda r: _require_admin(ctx, r), wrap, count=ctx.metrics.reject
         )
-    except ImportError as exc:  # an older install without authlib/strawberry: serve the Zap API alone
-        log.warning("server.data_api_unavailable", missing=exc.name, hint="pip install -e '.[cloud]'")
+    else:  # an older install without authlib/strawberry: serve the Zap API alone
+        log.warning("server.data_api_unavailable", missing=missing, hint="pip install -e '.[cloud]'")
         extra = []
     app = Starlette(routes=[*routes, *extra], lifespan=lifespan)
     app.state.db = ctx.db
