@@ -76,8 +76,9 @@ from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
+from drivers.config_structs import BatteryLimits
 from zapd.controller import decide_batteries
-from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.envelope import SiteLimits
 from zapd.model import Plan, PlanSlot
 from zapd.state import BatteryView, Snapshot
 
@@ -260,16 +261,15 @@ class Edge:
         self.soc = cfg.soc_initial
         self.power_w = 0.0
         self.tick_s = tr.step.total_seconds()
-        self.envelope = [
-            BatteryEnvelope(
-                der_id=BATTERY_ID,
+        self.envelope = {
+            BATTERY_ID: BatteryLimits(
                 capacity_wh=cfg.battery_kwh * 1000.0,
                 max_charge_w=cfg.battery_kw * 1000.0,
                 max_discharge_w=cfg.battery_kw * 1000.0,
                 reserve_soc=cfg.soc_min,
                 max_soc=cfg.soc_max,
             )
-        ]
+        }
         self.site = SiteLimits(
             fuse_limit_w=cfg.grid_import_kw * 1000.0,
             fuse_a=1e9,

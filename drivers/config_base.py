@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # What the models do (meter DERs, serial ports, chargers) is pydantic-free, shared with the daemon's structs.
 from drivers.config_types import METER_ROLES as METER_ROLES
+from drivers.config_types import BatteryLimitsMixin, DeviceBehaviour, EvLimitsMixin
 from drivers.config_types import ChargerLimit as ChargerLimit
-from drivers.config_types import DeviceBehaviour
 from drivers.config_types import MeterDer as MeterDer
 from drivers.config_types import MeterRole as MeterRole
 from drivers.config_types import RtuLineMixin as RtuLineMixin
@@ -71,9 +71,20 @@ class DeviceModel(DeviceBehaviour, _Strict):
         id: str
 
 
-class BatteryLimits(_Strict):
+class BatteryLimits(BatteryLimitsMixin, _Strict):
+    """A battery's hard limits: the config's `[battery]` table, a device's nameplate, what the envelope holds it to.
+
+    One type from the config to the envelope (issue 15); the daemon runs on its generated struct
+    (drivers/config_structs.py), whose behaviour (drivers/config_types.py) is the same.
+    """
+
     capacity_wh: float | None = Field(
-        default=None, gt=0, description="Usable capacity in Wh. Not set: the capacity the device reports."
+        default=None,
+        gt=0,
+        description=(
+            "Usable capacity in Wh; the lower of this and the capacity the device reports is used. Not set: "
+            "the capacity the device reports."
+        ),
     )
     max_charge_w: float | None = Field(
         default=None,
@@ -105,8 +116,11 @@ class BatteryLimits(_Strict):
         return self
 
 
-class EvLimits(_Strict):
-    """An EV charger's limits as installed (the cable, the circuit breaker, the phases wired)."""
+class EvLimits(EvLimitsMixin, _Strict):
+    """An EV charger's limits as installed (the cable, the circuit breaker, the phases wired).
+
+    One type from the config to the envelope (issue 15), as `BatteryLimits` is for batteries.
+    """
 
     max_current_a: float = Field(
         gt=0,

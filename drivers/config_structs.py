@@ -14,14 +14,23 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from drivers.config_types import DeviceBehaviour, EvChargerMixin, RoleMeterMixin, RtuLineMixin
+from drivers.config_types import (
+    BatteryLimitsMixin,
+    DeviceBehaviour,
+    EvChargerMixin,
+    EvLimitsMixin,
+    RoleMeterMixin,
+    RtuLineMixin,
+)
 from drivers.modbus.config_mixins import SunSpecMeterMixin
 from drivers.mqtt.config_mixins import MqttDeviceMixin
 from drivers.ocpp.config_mixins import OcppChargePointMixin, OcppDeviceMixin
 from drivers.p1.config_mixins import SerialPortMixin
 
 
-class BatteryLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class BatteryLimits(BatteryLimitsMixin, msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A battery's hard limits: the config's `[battery]` table, a device's nameplate, what the envelope holds it to."""
+
     capacity_wh: Annotated[float, Meta(gt=0)] | None = None
     max_charge_w: Annotated[float, Meta(ge=0)] | None = None
     max_discharge_w: Annotated[float, Meta(ge=0)] | None = None
@@ -199,7 +208,7 @@ class SunSpecRtuDevice(
     battery: BatteryLimits = msgspec.field(default_factory=BatteryLimits)
 
 
-class EvLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class EvLimits(EvLimitsMixin, msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An EV charger's limits as installed (the cable, the circuit breaker, the phases wired)."""
 
     max_current_a: Annotated[float, Meta(gt=0, le=80)]
@@ -355,7 +364,9 @@ class P1TcpDevice(
     role: Literal["grid", "pv", "ev", "submeter"] = "grid"
 
 
-class OcppChargePoint(OcppChargePointMixin, msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class OcppChargePoint(
+    OcppChargePointMixin, EvLimitsMixin, msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     """One charger as installed: its OCPP identity, its sockets and the limits of its circuit."""
 
     id: Annotated[str, Meta(min_length=1, max_length=48, pattern="^[A-Za-z0-9_-]+$")]

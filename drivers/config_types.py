@@ -11,12 +11,87 @@ device declares, its serial port, its chargers -- is written once, here and in e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 MeterRole = Literal["grid", "pv", "ev", "submeter"]
 METER_ROLES: tuple[str, ...] = ("grid", "pv", "ev", "submeter")
 SerialLine = tuple[int, str, int, int]  # baudrate, parity, stopbits, bytesize
-ChargerLimit = tuple[str, float, int]  # config key of the limits, max_current_a, phases
+
+
+class BatteryLimitsMixin:
+    """What a battery's limits do (issue 15: one limit type for batteries, config -> envelope).
+
+    A power or the capacity not set is unknown; the envelope takes unknown as "cannot move" (0 W).
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        capacity_wh: float | None
+        max_charge_w: float | None
+        max_discharge_w: float | None
+        reserve_soc: float
+        max_soc: float
+
+        def __init__(
+            self,
+            *,
+            capacity_wh: float | None = None,
+            max_charge_w: float | None = None,
+            max_discharge_w: float | None = None,
+            reserve_soc: float = 0.1,
+            max_soc: float = 1.0,
+        ) -> None: ...
+
+    @classmethod
+    def nameplate(cls, *, capacity_wh: float | None, max_charge_w: float | None, max_discharge_w: float | None) -> Self:
+        """What a device reports of itself as limits (0 or less, or not a number: it does not say)."""
+
+        def said(x: float | None) -> float | None:
+            return x if x is not None and x > 0 else None  # NaN > 0 is False
+
+        return cls(
+            capacity_wh=said(capacity_wh), max_charge_w=said(max_charge_w), max_discharge_w=said(max_discharge_w)
+        )
+
+    def within(self, nameplate: BatteryLimitsMixin | None) -> Self:
+        """These limits held to a device's nameplate: config may lower a power or the capacity, never raise it
+        (the device cannot do more than it says); the SoC bounds are the config's."""
+
+        def lower(mine: float | None, theirs: float | None) -> float | None:
+            if mine is None or theirs is None:
+                return theirs if mine is None else mine
+            return min(mine, theirs)
+
+        if nameplate is None:
+            return self
+        return type(self)(
+            capacity_wh=lower(self.capacity_wh, nameplate.capacity_wh),
+            max_charge_w=lower(self.max_charge_w, nameplate.max_charge_w),
+            max_discharge_w=lower(self.max_discharge_w, nameplate.max_discharge_w),
+            reserve_soc=self.reserve_soc,
+            max_soc=self.max_soc,
+        )
+
+
+class EvLimitsMixin:
+    """What an EV charger's limits do (issue 15: one limit type for EV chargers, config -> envelope)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        max_current_a: float
+        min_current_a: float
+        phases: int
+        voltage_v: float
+
+    @property
+    def w_per_a(self) -> float:
+        """Power per ampere offered on every phase."""
+        return self.phases * self.voltage_v
+
+
+ChargerLimit = tuple[str, EvLimitsMixin]  # config key of the limits, and the limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +182,7 @@ class EvChargerMixin:
 
     if TYPE_CHECKING:
         id: str
-        ev: Any  # EvLimits: the pydantic model or the daemon's struct
+        ev: EvLimitsMixin  # EvLimits: the pydantic model or the daemon's struct
 
     def charger_limits(self) -> list[ChargerLimit]:
-        return [(f"devices.{self.id}.ev", self.ev.max_current_a, self.ev.phases)]
+        return [(f"devices.{self.id}.ev", self.ev)]

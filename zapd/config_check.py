@@ -382,7 +382,8 @@ def _timing(config: ZapdConfig) -> Iterator[Problem]:
 
 def _chargers(config: ZapdConfig) -> Iterator[Problem]:
     site = config.site
-    for key, max_current_a, phases in (limit for d in config.devices for limit in d.charger_limits()):
+    for key, limits in (limit for d in config.devices for limit in d.charger_limits()):
+        max_current_a, phases = limits.max_current_a, limits.phases
         if max_current_a > site.fuse_a:
             yield Problem(
                 f"{key}.max_current_a",

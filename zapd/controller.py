@@ -22,13 +22,14 @@ from datetime import datetime
 import structlog
 
 from drivers.api import Controllable
+from drivers.config_structs import BatteryLimits, EvLimits
 from drivers.resilience import FailureLatch
 from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.clock import Clock
-from zapd.envelope import BatteryEnvelope, Setpoint, SiteLimits, clamp_batteries
+from zapd.envelope import Setpoint, SiteLimits, clamp_batteries
 from zapd.estimate import Command as SentCommand
 from zapd.estimate import Sample, battery_range, hold_or_move
-from zapd.ev_envelope import EvEnvelope, EvSetpoint, clamp_evs
+from zapd.ev_envelope import EvSetpoint, clamp_evs
 from zapd.model import POWER_W, BatterySetpoint, CommandResult, DerKind, EvCurrent, Intent, Plan
 from zapd.state import BatteryView, SiteState, Snapshot
 from zapd.store import Store
@@ -98,7 +99,7 @@ def decide_batteries(
     plan: Plan | None,
     plan_fresh: bool,
     site: SiteLimits,
-    batteries: list[BatteryEnvelope],
+    batteries: Mapping[str, BatteryLimits],
     tick_s: float,
     forced: Decision | None = None,
     margin_w: float = 0.0,
@@ -122,7 +123,7 @@ class Controller:
         clock: Clock,
         state: SiteState,
         store: Store,
-        batteries: Callable[[], list[BatteryEnvelope]],
+        batteries: Callable[[], Mapping[str, BatteryLimits]],
         actuators: dict[str, Controllable],
         site: SiteLimits,
         tick_s: float,
@@ -132,7 +133,7 @@ class Controller:
         plan_fresh: Callable[[], bool],
         on_cycle: Callable[[], None] | None = None,
         forced_rung: Callable[[], Decision | None] | None = None,
-        evs: Callable[[], list[EvEnvelope]] | None = None,
+        evs: Callable[[], Mapping[str, EvLimits]] | None = None,
         settle_s: float = 30.0,
         dead_time_s: float = 5.0,
         estimate_tolerance_w: float = 50.0,
@@ -287,7 +288,7 @@ class Controller:
     ) -> list[EvSetpoint]:
         """After the batteries, on the same image: the chargers get the fuse headroom the batteries'
         new setpoints leave."""
-        chargers = self._evs() if self._evs is not None else []
+        chargers = self._evs() if self._evs is not None else {}
         if not chargers:
             return []
         battery_new_w = sum(sp.power_w for sp in setpoints)

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from drivers.api import ReadingGuard
+from drivers.config_structs import BatteryLimits
 from drivers.resilience import FailureLatch
 from zapd.api import ApiContext, LocalApi
 from zapd.clock import Clock
@@ -28,7 +29,7 @@ from zapd.config_types import meter_ders
 from zapd.controller import Controller
 from zapd.devices import DeviceSet, build_devices
 from zapd.energy import TOTALS, EnergyTotals
-from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.envelope import SiteLimits
 from zapd.model import DerCapabilities, Plan, Reading
 from zapd.override import OperatorOverride
 from zapd.plan_source import LocalPlanFile, PlanSource
@@ -64,28 +65,19 @@ class StartupError(Exception):
     """The daemon cannot start (e.g. the key is missing); one clear line for the journal."""
 
 
-def battery_envelopes(devices: DeviceSet) -> list[BatteryEnvelope]:
-    """Config limits override the nameplate the driver probed; missing both means "cannot move"."""
+def battery_limits(devices: DeviceSet) -> dict[str, BatteryLimits]:
+    """Per battery, the config's limits within the nameplate its driver reports (config may lower, never raise);
+    a limit neither gives is unknown, which the envelope takes as "cannot move"."""
     caps = {c.der_id: c for d in devices.drivers for c in d.capabilities()}
-    out = []
+    out: dict[str, BatteryLimits] = {}
     for der_id, limits in devices.battery_limits.items():
         cap = caps.get(der_id)
-        out.append(
-            BatteryEnvelope(
-                der_id=der_id,
-                capacity_wh=limits.capacity_wh or (cap.capacity_wh if cap else 0.0),
-                max_charge_w=min(x for x in (limits.max_charge_w, cap.max_charge_w if cap else None) if x is not None)
-                if (limits.max_charge_w is not None or cap is not None)
-                else 0.0,
-                max_discharge_w=min(
-                    x for x in (limits.max_discharge_w, cap.max_discharge_w if cap else None) if x is not None
-                )
-                if (limits.max_discharge_w is not None or cap is not None)
-                else 0.0,
-                reserve_soc=limits.reserve_soc,
-                max_soc=limits.max_soc,
+        nameplate = None
+        if cap is not None:
+            nameplate = BatteryLimits.nameplate(
+                capacity_wh=cap.capacity_wh, max_charge_w=cap.max_charge_w, max_discharge_w=cap.max_discharge_w
             )
-        )
+        out[der_id] = limits.within(nameplate)
     return out
 
 
@@ -275,7 +267,7 @@ class Daemon:
             clock=self.clock,
             state=self.state,
             store=self.store,
-            batteries=lambda: battery_envelopes(self.devices),
+            batteries=lambda: battery_limits(self.devices),
             actuators=self.devices.actuators,
             site=site_limits(self.config),
             tick_s=self.config.control.tick_s,
@@ -288,7 +280,7 @@ class Daemon:
             plan_fresh=self.plan_fresh,
             on_cycle=self._on_cycle,
             forced_rung=self.override,
-            evs=lambda: self.devices.ev_envelopes,
+            evs=lambda: self.devices.ev_limits,
             keepalive_s=self._keepalive_periods,
             intent_overlay=self.cloud.demand.overlay if self.cloud is not None else None,
         )

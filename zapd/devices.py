@@ -13,7 +13,6 @@ from drivers.api import Controllable, Driver
 from drivers.config_structs import FACTORIES, BatteryLimits, EvLimits
 from zapd.clock import Clock
 from zapd.config_structs import ZapdConfig
-from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
 
@@ -24,19 +23,11 @@ class DeviceSet:
     battery_limits: dict[str, BatteryLimits] = field(default_factory=dict)  # battery der_id → config
     poll_s: dict[str, float] = field(default_factory=dict)  # der_id → poll period
     kinds: dict[str, DerKind] = field(default_factory=dict)
-    ev_envelopes: list[EvEnvelope] = field(default_factory=list)  # controllable EV chargers
+    ev_limits: dict[str, EvLimits] = field(default_factory=dict)  # controllable EV charger der_id → its limits
     grid_meter: str | None = None  # DER id of the site's one grid meter (the config check refuses two)
 
     def add_ev(self, der_id: str, limits: EvLimits) -> None:
-        self.ev_envelopes.append(
-            EvEnvelope(
-                der_id=der_id,
-                max_current_a=limits.max_current_a,
-                phases=limits.phases,
-                min_current_a=limits.min_current_a,
-                voltage_v=limits.voltage_v,
-            )
-        )
+        self.ev_limits[der_id] = limits
 
 
 def build_devices(config: ZapdConfig, clock: Clock) -> DeviceSet:

@@ -18,20 +18,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from drivers.config_structs import BatteryLimits
 from zapd.bounds import MAX_CURRENT_A, MAX_POWER_W, known
 from zapd.state import BatteryView, Snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class BatteryEnvelope:
-    """A battery's hard limits as the controller knows them (config overrides nameplate)."""
-
-    der_id: str
-    capacity_wh: float
-    max_charge_w: float
-    max_discharge_w: float
-    reserve_soc: float
-    max_soc: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +71,16 @@ def trusted_inputs(snapshot: Snapshot, site: SiteLimits) -> tuple[Snapshot, Site
     return clean, replace(site, max_export_w=export_w) if export_w != site.max_export_w else site
 
 
-def _limits_known(b: BatteryEnvelope) -> bool:
+def _unset_is_zero(x: float | None) -> float:
+    """A power or capacity nobody set (neither config nor nameplate): the battery cannot move."""
+    return 0.0 if x is None else x
+
+
+def _limits_known(b: BatteryLimits) -> bool:
     return (
-        known(b.capacity_wh, 0.0, math.inf) is not None
-        and known(b.max_charge_w, 0.0, MAX_POWER_W) is not None
-        and known(b.max_discharge_w, 0.0, MAX_POWER_W) is not None
+        known(_unset_is_zero(b.capacity_wh), 0.0, math.inf) is not None
+        and known(_unset_is_zero(b.max_charge_w), 0.0, MAX_POWER_W) is not None
+        and known(_unset_is_zero(b.max_discharge_w), 0.0, MAX_POWER_W) is not None
         and known(b.reserve_soc, 0.0, 1.0) is not None
         and known(b.max_soc, 0.0, 1.0) is not None
     )
@@ -127,35 +121,38 @@ def _split(total_w: float, rooms: Mapping[str, float]) -> dict[str, float]:
 def clamp_batteries(
     requested_total_w: float,
     snapshot: Snapshot,
-    batteries: list[BatteryEnvelope],
+    batteries: Mapping[str, BatteryLimits],
     site: SiteLimits,
     tick_s: float,
 ) -> list[Setpoint]:
-    """Turn a site-level battery request into per-battery setpoints that are safe to send."""
+    """Turn a site-level battery request into per-battery setpoints that are safe to send.
+
+    `batteries`: per battery DER id, the limits it is held to (config within nameplate)."""
     snapshot, site = trusted_inputs(snapshot, site)
     # A tick that is not a number: as if it were endless, so no battery may move off its SoC bounds.
     hours = max(tick_s, 1.0) / 3600 if math.isfinite(tick_s) else math.inf
     charge_room: dict[str, float] = {}
     discharge_room: dict[str, float] = {}
-    reasons: dict[str, list[str]] = {b.der_id: [] for b in batteries}
+    reasons: dict[str, list[str]] = {der_id: [] for der_id in batteries}
     battery_now_w = 0.0
-    for b in batteries:
-        view = snapshot.batteries.get(b.der_id)
+    for der_id, b in batteries.items():
+        view = snapshot.batteries.get(der_id)
         if view is None or view.soc is None or view.power_w is None:
-            charge_room[b.der_id] = discharge_room[b.der_id] = 0.0
-            reasons[b.der_id].append("battery state unknown: hold")
+            charge_room[der_id] = discharge_room[der_id] = 0.0
+            reasons[der_id].append("battery state unknown: hold")
             continue
         if not _limits_known(b):
-            charge_room[b.der_id] = discharge_room[b.der_id] = 0.0
-            reasons[b.der_id].append("battery limits not numbers: hold")
+            charge_room[der_id] = discharge_room[der_id] = 0.0
+            reasons[der_id].append("battery limits not numbers: hold")
             continue
         battery_now_w += view.power_w
         soc = view.soc
+        capacity_wh = _unset_is_zero(b.capacity_wh)
         # Energy that may still move before the next decision without crossing the SoC bounds.
-        up_w = max(0.0, (b.max_soc - soc) * b.capacity_wh / hours)
-        down_w = max(0.0, (soc - b.reserve_soc) * b.capacity_wh / hours)
-        charge_room[b.der_id] = min(b.max_charge_w, up_w)
-        discharge_room[b.der_id] = min(b.max_discharge_w, down_w)
+        up_w = max(0.0, (b.max_soc - soc) * capacity_wh / hours)
+        down_w = max(0.0, (soc - b.reserve_soc) * capacity_wh / hours)
+        charge_room[der_id] = min(_unset_is_zero(b.max_charge_w), up_w)
+        discharge_room[der_id] = min(_unset_is_zero(b.max_discharge_w), down_w)
 
     total = requested_total_w
     if not math.isfinite(total):
@@ -183,9 +180,9 @@ def clamp_batteries(
 
     per = _split(total, charge_room if total >= 0 else discharge_room)
     out = []
-    for b in batteries:
-        why = list(reasons[b.der_id])
+    for der_id in batteries:
+        why = list(reasons[der_id])
         if site_reason and not abs(total - requested_total_w) <= 1e-6:
             why.append(site_reason)
-        out.append(Setpoint(b.der_id, per[b.der_id], "; ".join(why)))
+        out.append(Setpoint(der_id, per[der_id], "; ".join(why)))
     return out

@@ -17,27 +17,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from drivers.config_structs import EvLimits
 from zapd.bounds import MAX_CURRENT_A, known
 from zapd.envelope import SiteLimits, trusted_inputs
 from zapd.model import Intent, IntentMode
 from zapd.state import Snapshot
 
 _STEP_A = 0.1  # chargers take tenths of an amp at best; rounding down keeps the sum under the budget
-
-
-@dataclass(frozen=True, slots=True)
-class EvEnvelope:
-    """A charger's hard limits (config), as the controller knows them."""
-
-    der_id: str
-    max_current_a: float
-    phases: int = 3
-    min_current_a: float = 6.0
-    voltage_v: float = 230.0
-
-    @property
-    def w_per_a(self) -> float:
-        return self.phases * self.voltage_v
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,26 +42,26 @@ class _Budget:
 
 
 def _ev_budget(
-    snapshot: Snapshot, chargers: list[EvEnvelope], site: SiteLimits, battery_now_w: float, battery_new_w: float
+    snapshot: Snapshot, chargers: Mapping[str, EvLimits], site: SiteLimits, battery_now_w: float, battery_new_w: float
 ) -> _Budget | None:
     """Headroom the chargers may use once the batteries' new setpoints are in; None if the meter is unknown."""
     if snapshot.grid_w is None:
         return None
-    ev_now = {c.der_id: _ev_now_w(snapshot, c.der_id) for c in chargers}
+    ev_now = {der_id: _ev_now_w(snapshot, der_id) for der_id in chargers}
     base_w = snapshot.grid_w - battery_now_w - sum(ev_now.values())  # the site with batteries and EVs idle
     power_w = site.fuse_limit_w - base_w - battery_new_w
     phase_a = math.inf
     if snapshot.phase_currents_a:
         # Three-phase chargers load every phase evenly, so their current can come off the worst phase.
         # A one-phase charger may sit on any phase: its current stays counted (double at worst = safe).
-        three_phase_now_a = sum(ev_now[c.der_id] / c.w_per_a for c in chargers if c.phases == 3)
+        three_phase_now_a = sum(ev_now[k] / c.w_per_a for k, c in chargers.items() if c.phases == 3)
         battery_a = battery_now_w / (site.voltage_v * site.phases)
         worst_base_a = max(snapshot.phase_currents_a) - battery_a - three_phase_now_a
         phase_a = site.fuse_a - worst_base_a - battery_new_w / (site.voltage_v * site.phases)
     return _Budget(max(0.0, power_w), max(0.0, phase_a))
 
 
-def _limits_known(c: EvEnvelope) -> bool:
+def _limits_known(c: EvLimits) -> bool:
     return (
         known(c.max_current_a, 0.0, MAX_CURRENT_A) is not None
         and known(c.min_current_a, 0.0, MAX_CURRENT_A) is not None
@@ -93,7 +79,7 @@ def _floor(a: float) -> float:
     return math.floor(a / _STEP_A + 1e-9) * _STEP_A
 
 
-def _fit(wanted: Mapping[str, float], chargers: Mapping[str, EvEnvelope], budget: _Budget) -> dict[str, float]:
+def _fit(wanted: Mapping[str, float], chargers: Mapping[str, EvLimits], budget: _Budget) -> dict[str, float]:
     """Scale the wanted currents into the budget; drop chargers that would fall under their minimum."""
     active = {k: v for k, v in wanted.items() if v > 0}
     while active:
@@ -113,7 +99,7 @@ def _fit(wanted: Mapping[str, float], chargers: Mapping[str, EvEnvelope], budget
 def clamp_evs(
     intent: Intent,
     snapshot: Snapshot,
-    chargers: list[EvEnvelope],
+    chargers: Mapping[str, EvLimits],
     site: SiteLimits,
     battery_new_w: float,
 ) -> list[EvSetpoint]:
@@ -123,22 +109,21 @@ def clamp_evs(
     with no EV opinion (ev_w None) lets connected cars charge as fast as the fuse allows.
     """
     snapshot, site = trusted_inputs(snapshot, site)
-    by_id = {c.der_id: c for c in chargers}
     reasons: dict[str, str] = {}
-    connected: list[EvEnvelope] = []
-    for c in chargers:
-        view = snapshot.evs.get(c.der_id)
+    connected: dict[str, EvLimits] = {}
+    for der_id, c in chargers.items():
+        view = snapshot.evs.get(der_id)
         if not _limits_known(c):
-            reasons[c.der_id] = "charger limits not numbers: pause"
+            reasons[der_id] = "charger limits not numbers: pause"
         elif view is None or view.connected is None:
-            reasons[c.der_id] = "charger state unknown: pause"
+            reasons[der_id] = "charger state unknown: pause"
         elif not view.connected:
-            reasons[c.der_id] = "no car connected"
+            reasons[der_id] = "no car connected"
         else:
-            connected.append(c)
+            connected[der_id] = c
 
     battery_now_w = snapshot.battery_total_w() or 0.0
-    known_chargers = [c for c in chargers if _limits_known(c)]
+    known_chargers = {k: c for k, c in chargers.items() if _limits_known(c)}
     budget = None
     if math.isfinite(battery_new_w):
         budget = _ev_budget(snapshot, known_chargers, site, battery_now_w, max(0.0, battery_new_w))
@@ -147,49 +132,49 @@ def clamp_evs(
     hold = intent.mode is IntentMode.HOLD
     if not hold and intent.ev_w is not None and not math.isfinite(intent.ev_w):
         hold = True  # a request that is not a number asks for nothing more than the safe hold
-        for c in connected:
-            reasons[c.der_id] = "request not a number: hold"
+        for der_id in connected:
+            reasons[der_id] = "request not a number: hold"
     if hold:
-        wanted = {c.der_id: c.min_current_a for c in connected}
-        request_w = sum(c.min_current_a * c.w_per_a for c in connected)
+        wanted = {k: c.min_current_a for k, c in connected.items()}
+        request_w = sum(c.min_current_a * c.w_per_a for c in connected.values())
     elif intent.ev_w is None:
         # No opinion (also what SELF_CONSUMPTION carries): as fast as the fuse allows.
-        wanted = {c.der_id: c.max_current_a for c in connected}
+        wanted = {k: c.max_current_a for k, c in connected.items()}
         request_w = math.inf
     else:
         asked = True
         request_w = max(0.0, intent.ev_w)
-        room_w = sum(c.max_current_a * c.w_per_a for c in connected)
+        room_w = sum(c.max_current_a * c.w_per_a for c in connected.values())
         share = min(1.0, request_w / room_w) if room_w > 0 else 0.0
         # Split by each charger's headroom (its max power), like the batteries' split.
-        wanted = {c.der_id: c.max_current_a * share for c in connected}
+        wanted = {k: c.max_current_a * share for k, c in connected.items()}
         # A share under the minimum for everyone: give the request to as few chargers as it can feed.
-        wanted = _concentrate(wanted, by_id, request_w)
+        wanted = _concentrate(wanted, chargers, request_w)
 
     if budget is None:
-        for c in connected:
-            reasons[c.der_id] = (
+        for der_id in connected:
+            reasons[der_id] = (
                 "meter unknown: pause" if math.isfinite(battery_new_w) else "battery setpoint unknown: pause"
             )
         got = dict.fromkeys(wanted, 0.0)
     else:
-        got = _fit(wanted, by_id, budget)
+        got = _fit(wanted, chargers, budget)
 
     out = []
-    for c in chargers:
-        a = got.get(c.der_id, 0.0)
-        why = reasons.get(c.der_id, "")
-        if not why and wanted.get(c.der_id) == 0.0 and asked:
+    for der_id, c in chargers.items():
+        a = got.get(der_id, 0.0)
+        why = reasons.get(der_id, "")
+        if not why and wanted.get(der_id) == 0.0 and asked:
             # The plan asked for less than this charger's minimum (6 A; IEC 61851 offers nothing less),
             # or for nothing at all (0 W or less): a pause the plan chose, said so a technician can tell.
             why = "request below minimum current: pause" if request_w > 0 else "no EV power requested: pause"
-        elif not why and a < wanted.get(c.der_id, 0.0) - 1e-6:
+        elif not why and a < wanted.get(der_id, 0.0) - 1e-6:
             why = "fuse limit"
-        out.append(EvSetpoint(c.der_id, a, c.phases, a * c.w_per_a if a > 0 else 0.0, why))
+        out.append(EvSetpoint(der_id, a, c.phases, a * c.w_per_a if a > 0 else 0.0, why))
     return out
 
 
-def _concentrate(wanted: dict[str, float], chargers: Mapping[str, EvEnvelope], request_w: float) -> dict[str, float]:
+def _concentrate(wanted: dict[str, float], chargers: Mapping[str, EvLimits], request_w: float) -> dict[str, float]:
     """When the even share leaves someone under 6 A: minimums first to as many cars as the request
     feeds (the largest chargers first), then the rest shared by each one's room above its minimum."""
     if all(a >= chargers[k].min_current_a for k, a in wanted.items()):

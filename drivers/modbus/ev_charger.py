@@ -22,6 +22,7 @@ from typing import Literal
 import structlog
 
 from drivers.api import DriverError, ReadingSink
+from drivers.config_structs import EvLimits
 from drivers.ev_command import ev_current_refusal
 from drivers.health import DeviceHealth
 from drivers.modbus.bus import ModbusBus, Priority
@@ -177,10 +178,7 @@ class ModbusEvCharger:
         register_map: RegisterMap,
         poll_s: float,
         clock: Clock,
-        max_current_a: float,
-        phases: Literal[1, 3] = 3,
-        min_current_a: float = IEC_MIN_CURRENT_A,
-        voltage_v: float = 230.0,
+        limits: EvLimits,
         safe_mode: SafeMode = "minimum",
         keepalive_s: float = 30.0,
         backoff_max_s: float = 60.0,
@@ -189,7 +187,7 @@ class ModbusEvCharger:
     ) -> None:
         if poll_s <= 0 or keepalive_s <= 0:
             raise ValueError("poll_s and keepalive_s must be > 0")
-        if not IEC_MIN_CURRENT_A <= min_current_a <= max_current_a:
+        if not IEC_MIN_CURRENT_A <= limits.min_current_a <= limits.max_current_a:
             raise ValueError(f"need {IEC_MIN_CURRENT_A:g} A <= min_current_a <= max_current_a")
         register_map.require(*_REQUIRED, writable=("ev_current_setpoint",))
         self._profile = ev_profile(register_map)
@@ -205,10 +203,7 @@ class ModbusEvCharger:
         self._fields = FieldReader(device_id, bus, unit_id, register_map)
         self._poll_s = poll_s
         self._clock = clock
-        self.max_current_a = max_current_a
-        self.min_current_a = min_current_a
-        self.phases: int = phases
-        self.voltage_v = voltage_v
+        self.limits = limits
         self._safe_mode = safe_mode
         self._keepalive_s = keepalive_s
         self._backoff_max_s = max(backoff_max_s, poll_s)
@@ -245,11 +240,11 @@ class ModbusEvCharger:
                 kind=DerKind.EV_CHARGER,
                 controllable=True,
                 model=self._map.name,
-                max_power_w=self.max_current_a * self.phases * self.voltage_v,
-                min_current_a=self.min_current_a,
-                max_current_a=self.max_current_a,
-                phases=self.phases,
-                voltage_v=self.voltage_v,
+                max_power_w=self.limits.max_current_a * self.limits.w_per_a,
+                min_current_a=self.limits.min_current_a,
+                max_current_a=self.limits.max_current_a,
+                phases=self.limits.phases,
+                voltage_v=self.limits.voltage_v,
                 keepalive_s=self._keepalive_s,
             )
         ]
@@ -338,9 +333,7 @@ class ModbusEvCharger:
             return f"unknown DER {command.der_id!r} (this driver controls {self.ev_id!r})"
         return ev_current_refusal(
             command,
-            min_current_a=self.min_current_a,
-            max_current_a=self.max_current_a,
-            phases=self.phases,
+            self.limits,
             can_switch_phases=self._can_switch_phases,
             no_switch_reason=f"register map {self._map.name!r} cannot switch phases",
         )
@@ -393,7 +386,7 @@ class ModbusEvCharger:
 
     async def safe_mode(self) -> None:
         """Minimum current (or pause, per config). Logs instead of raising: it runs on the way out."""
-        current = self.min_current_a if self._safe_mode == "minimum" else 0.0
+        current = self.limits.min_current_a if self._safe_mode == "minimum" else 0.0
         try:
             async with asyncio.timeout(self._apply_timeout_s):
                 problem = await self._write_current(current)

@@ -207,10 +207,7 @@ def add_modbus_ev(out: DeviceSet, dev: ModbusEvDevice | ModbusEvRtuDevice, clock
         register_map=load_register_map(dev.map),
         poll_s=dev.poll_s,
         clock=clock,
-        max_current_a=dev.ev.max_current_a,
-        min_current_a=dev.ev.min_current_a,
-        phases=dev.ev.phases,
-        voltage_v=dev.ev.voltage_v,
+        limits=dev.ev,
         safe_mode=dev.ev.safe_mode,
         keepalive_s=dev.keepalive_s,
     )

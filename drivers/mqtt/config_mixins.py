@@ -25,8 +25,4 @@ class MqttDeviceMixin:
         ]
 
     def charger_limits(self) -> list[ChargerLimit]:
-        return [
-            (f"devices.{self.id}.ders.{der.id}.ev", der.ev.max_current_a, der.ev.phases)
-            for der in self.ders
-            if der.ev is not None
-        ]
+        return [(f"devices.{self.id}.ders.{der.id}.ev", der.ev) for der in self.ders if der.ev is not None]

@@ -21,6 +21,8 @@ import aiomqtt
 import structlog
 
 from drivers.api import ReadingSink
+from drivers.config_structs import EvLimits
+from drivers.ev_command import current_refusal
 from drivers.health import DeviceHealth
 from drivers.mqtt.client import Client
 from drivers.mqtt.mapping import BadPayload, TopicMapping, decode_json
@@ -67,10 +69,7 @@ class MqttDer:
     der_id: str
     kind: DerKind
     controllable: bool = False
-    max_current_a: float = 0.0
-    min_current_a: float = 0.0
-    phases: int = 1
-    voltage_v: float = 230.0
+    ev: EvLimits | None = None  # an EV charger's limits (its `[ev]` table); None: not a charger zapd commands
 
 
 class MqttDriver:
@@ -155,10 +154,10 @@ class MqttDriver:
                 kind=d.kind,
                 controllable=d.der_id in self._commands,
                 model="mqtt",
-                min_current_a=d.min_current_a,
-                max_current_a=d.max_current_a,
-                phases=d.phases,
-                voltage_v=d.voltage_v,
+                min_current_a=d.ev.min_current_a if d.ev else 0.0,
+                max_current_a=d.ev.max_current_a if d.ev else 0.0,
+                phases=d.ev.phases if d.ev else 1,
+                voltage_v=d.ev.voltage_v if d.ev else 230.0,
             )
             for d in self._ders.values()
         ]
@@ -280,11 +279,8 @@ class MqttDriver:
 
     def _ev_refusal(self, command: EvCurrent) -> str | None:
         """The last line that keeps a current outside the charger's limits off the wire."""
-        der = self._ders[command.der_id]
-        a = command.current_a
-        if der.max_current_a > 0 and a != 0.0 and not der.min_current_a <= a <= der.max_current_a:
-            return f"current {a:g} A outside 0 or {der.min_current_a:g}..{der.max_current_a:g} A"
-        return None
+        limits = self._ders[command.der_id].ev
+        return None if limits is None else current_refusal(command, limits)
 
     async def _publish(self, target: CommandTopic, value: float) -> str | None:
         client = self._client

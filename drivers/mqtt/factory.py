@@ -29,19 +29,9 @@ def add_mqtt(out: DeviceSet, dev: MqttDevice, clock: Clock) -> None:
             TopicMapping(topic=r.topic, der_id=der_id, kind=kind, key=r.key, path=r.path, unit=r.unit, scale=r.scale)
             for r in der.readings
         ]
-        ev = der.ev
-        ders.append(
-            MqttDer(
-                der_id,
-                kind,
-                max_current_a=ev.max_current_a if ev else 0.0,
-                min_current_a=ev.min_current_a if ev else 0.0,
-                phases=ev.phases if ev else 1,
-                voltage_v=ev.voltage_v if ev else 230.0,
-            )
-        )
-        if ev is not None:
-            limits[der_id] = ev
+        ders.append(MqttDer(der_id, kind, ev=der.ev))
+        if der.ev is not None:
+            limits[der_id] = der.ev
         # No poll period on MQTT: pick one so that "three periods" is the configured stale_s.
         out.poll_s[der_id] = dev.stale_s / 3
         out.kinds[der_id] = kind

@@ -437,9 +437,7 @@ class ChargePointSession:
             return f"unknown DER {command.der_id!r}"
         return ev_current_refusal(
             command,
-            min_current_a=c.min_current_a,
-            max_current_a=c.max_current_a,
-            phases=c.phases,
+            c.limits,
             can_switch_phases=c.phase_switching,
             no_switch_reason=f"charge point {self.id!r} is not set up for phase switching",
         )

@@ -5,15 +5,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from drivers.config_types import ChargerLimit
+from drivers.config_types import ChargerLimit, EvLimitsMixin
+
+if TYPE_CHECKING:
+    from drivers.config_structs import EvLimits
 
 
-class OcppChargePointMixin:
+class OcppChargePointMixin(EvLimitsMixin):
+    """A charge point's table holds its limits as flat keys: an `EvLimits` in all but name."""
+
     __slots__ = ()
 
     if TYPE_CHECKING:
-        min_current_a: float
         safe_current_a: float | None
+
+    @property
+    def limits(self) -> EvLimits:
+        """The charger's limits as the one EV limit type: the config keeps them as flat keys of the charge
+        point's table (a format in use), the envelope and the drivers take them as one `EvLimits`."""
+        from drivers.config_structs import EvLimits  # the daemon's struct; that module imports this one
+
+        return EvLimits(
+            max_current_a=self.max_current_a,
+            min_current_a=self.min_current_a,
+            phases=1 if self.phases == 1 else 3,
+            voltage_v=self.voltage_v,
+        )
 
     @property
     def fallback_current_a(self) -> float:
@@ -29,4 +46,4 @@ class OcppDeviceMixin:
         charge_points: Sequence[Any]  # OcppChargePoint: the pydantic model or the daemon's struct
 
     def charger_limits(self) -> list[ChargerLimit]:
-        return [(f"devices.{self.id}.charge_points.{cp.id}", cp.max_current_a, cp.phases) for cp in self.charge_points]
+        return [(f"devices.{self.id}.charge_points.{cp.id}", cp.limits) for cp in self.charge_points]

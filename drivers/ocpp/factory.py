@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from drivers.ocpp.server import OcppServer
 from zapd.clock import Clock
-from zapd.ev_envelope import EvEnvelope
 from zapd.model import DerKind
 
 if TYPE_CHECKING:
@@ -24,13 +23,5 @@ def add_ocpp(out: DeviceSet, dev: OcppDevice, clock: Clock) -> None:
         for conn in session.connectors.values():
             out.poll_s[conn.der_id] = dev.meter_interval_s
             out.kinds[conn.der_id] = DerKind.EV_CHARGER
-            out.ev_envelopes.append(
-                EvEnvelope(
-                    der_id=conn.der_id,
-                    max_current_a=cp.max_current_a,
-                    phases=cp.phases,
-                    min_current_a=cp.min_current_a,
-                    voltage_v=cp.voltage_v,
-                )
-            )
+            out.add_ev(conn.der_id, cp.limits)
     out.actuators.update(server.actuators())

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from drivers.config_structs import BatteryLimits
 from drivers.sim.physics import (
     DSMR5_METER,
     HYBRID_INVERTER,
@@ -26,7 +27,7 @@ from drivers.sim.physics import (
 )
 from zapd.clock import ManualClock
 from zapd.controller import Controller
-from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.envelope import SiteLimits
 from zapd.model import (
     POWER_W,
     SOC,
@@ -164,12 +165,19 @@ async def _run(cfg: LoopConfig) -> LoopTrace:
     state.register(METER, DerKind.METER, cfg.meter_interval_s)
     state.register(BATTERY, DerKind.BATTERY, cfg.battery_poll_s)
     plan: list[Plan | None] = [None if cfg.plan_w is None else _plan(1, cfg.plan_w)]
-    envelope = BatteryEnvelope(BATTERY, cfg.capacity_wh, cfg.max_power_w, cfg.max_power_w, cfg.reserve_soc)
+    limits = {
+        BATTERY: BatteryLimits(
+            capacity_wh=cfg.capacity_wh,
+            max_charge_w=cfg.max_power_w,
+            max_discharge_w=cfg.max_power_w,
+            reserve_soc=cfg.reserve_soc,
+        )
+    }
     controller = Controller(
         clock=clock,
         state=state,
         store=_Store(),  # type: ignore[arg-type]
-        batteries=lambda: [envelope],
+        batteries=lambda: limits,
         actuators={BATTERY: _Inverter(site, trace, clock)},
         site=SiteLimits(
             fuse_limit_w=cfg.fuse_limit_w,

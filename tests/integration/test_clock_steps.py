@@ -19,12 +19,13 @@ import pytest
 from dsmr_parser import telegram_specifications
 from dsmr_parser.parsers import TelegramParser
 
+from drivers.config_structs import BatteryLimits
 from drivers.sim.p1_pty import TelegramBuilder, dsmr_timestamp, frame_telegram
 from drivers.sim.physics import SimSite
 from fallback.policy import Rung
 from zapd.clock import ManualClock
 from zapd.controller import Controller
-from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.envelope import SiteLimits
 from zapd.model import POWER_W, SOC, BatterySetpoint, Command, CommandResult, DerKind, Intent, Plan, PlanSlot, Reading
 from zapd.state import SiteState
 from zapd.store import Store
@@ -75,7 +76,7 @@ def make(store: Store, clock: ManualClock, state: SiteState, battery: FakeBatter
         clock=clock,
         state=state,
         store=store,
-        batteries=lambda: [BatteryEnvelope(BATTERY, 10_000, 5000, 5000, 0.1)],
+        batteries=lambda: {BATTERY: BatteryLimits(capacity_wh=10_000, max_charge_w=5000, max_discharge_w=5000)},
         actuators={BATTERY: battery},
         site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
         tick_s=10,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.config_structs import EvLimits
 from drivers.modbus.bus import close_all_buses, get_tcp_bus
 from drivers.modbus.ev_charger import ModbusEvCharger
 from drivers.modbus.register_map import load_register_map
@@ -16,7 +17,6 @@ from fallback.policy import Decision, Rung
 from zapd.clock import ManualClock
 from zapd.controller import Controller
 from zapd.envelope import SiteLimits
-from zapd.ev_envelope import EvEnvelope
 from zapd.model import POWER_W, DerKind, Intent, IntentMode, Reading
 from zapd.state import SiteState
 from zapd.store import Store
@@ -36,7 +36,7 @@ async def test_controller_drives_the_simulated_charger(tmp_path: Path) -> None:
             register_map=load_register_map("alfen_eve"),
             poll_s=5,
             clock=clock,
-            max_current_a=16,
+            limits=EvLimits(max_current_a=16),
         )
         state = SiteState()
         state.register("meter", DerKind.METER, 5)
@@ -46,7 +46,7 @@ async def test_controller_drives_the_simulated_charger(tmp_path: Path) -> None:
             clock=clock,
             state=state,
             store=store,
-            batteries=list,
+            batteries=dict,
             actuators={"eve.ev": charger},
             site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
             tick_s=10,
@@ -55,7 +55,7 @@ async def test_controller_drives_the_simulated_charger(tmp_path: Path) -> None:
             plan_source=lambda: None,
             plan_fresh=lambda: True,
             forced_rung=lambda: Decision(Rung.PLAN, intent[0], "test"),
-            evs=lambda: [EvEnvelope("eve.ev", max_current_a=16)],
+            evs=lambda: {"eve.ev": EvLimits(max_current_a=16)},
         )
 
         async def tick(house_w: float) -> None:

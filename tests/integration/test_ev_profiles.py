@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from drivers.config_structs import EvLimits
 from drivers.modbus.ev_charger import CURRENT_A, ModbusEvCharger
 from drivers.modbus.register_map import load_register_map
 from drivers.sim.register_image import RegisterImageServer
@@ -53,7 +54,7 @@ async def serving(
                 register_map=load_register_map(fixture["profile"]),
                 poll_s=1.0,
                 clock=SystemClock(),
-                max_current_a=fixture["max_current_a"],
+                limits=EvLimits(max_current_a=fixture["max_current_a"]),
                 transport="rtu" if transport == "rtu" else "tcp",
             ),
         )

@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.api import Controllable, Driver
+from drivers.config_structs import EvLimits
 from drivers.mqtt.driver import CommandTopic, MqttDer, MqttDriver
 from drivers.mqtt.mapping import ENERGY_WH, TopicMapping, preset_mappings
 from tests.waiting import wait_until
@@ -179,8 +180,8 @@ async def test_command_topics_qos1_setpoint_and_relay(mosquitto: MosquittoBroker
         ),
     ]
     ders = [
-        MqttDer("mq.wallbox", DerKind.EV_CHARGER, max_current_a=16, min_current_a=6, phases=3),
-        MqttDer("mq.boiler", DerKind.EV_CHARGER, max_current_a=10, min_current_a=6, phases=1),
+        MqttDer("mq.wallbox", DerKind.EV_CHARGER, ev=EvLimits(max_current_a=16, min_current_a=6, phases=3)),
+        MqttDer("mq.boiler", DerKind.EV_CHARGER, ev=EvLimits(max_current_a=10, min_current_a=6, phases=1)),
     ]
     mappings = [TopicMapping(topic="wallbox/power", der_id="mq.wallbox", kind=DerKind.EV_CHARGER, key=POWER_W)]
     driver = make_driver(mosquitto, mappings, commands=commands, ders=ders)

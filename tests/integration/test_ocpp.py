@@ -455,10 +455,10 @@ async def test_the_controller_lowers_the_chargers_current_as_the_house_load_rise
     csms: Csms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The EV envelope as for any charger: the fuse (25 A x 3 x 230 V) minus the house, 6 A minimum, else pause."""
+    from drivers.config_structs import EvLimits
     from fallback.policy import Decision, Rung
     from zapd.controller import Controller
     from zapd.envelope import SiteLimits
-    from zapd.ev_envelope import EvEnvelope
     from zapd.model import DerKind, Intent
     from zapd.state import SiteState
     from zapd.store import Store
@@ -477,7 +477,7 @@ async def test_the_controller_lowers_the_chargers_current_as_the_house_load_rise
         clock=clock,
         state=state,
         store=store,
-        batteries=list,
+        batteries=dict,
         actuators=dict(csms.server.actuators()),
         site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
         tick_s=10,
@@ -486,7 +486,7 @@ async def test_the_controller_lowers_the_chargers_current_as_the_house_load_rise
         plan_source=lambda: None,
         plan_fresh=lambda: True,
         forced_rung=lambda: Decision(Rung.PLAN, Intent(ev_w=None), "test"),  # no EV opinion: as fast as allowed
-        evs=lambda: [EvEnvelope("ocpp.wb1.1", max_current_a=16)],
+        evs=lambda: {"ocpp.wb1.1": EvLimits(max_current_a=16)},
     )
     try:
         for house_w, expected_a in ((500.0, 16.0), (12_000.0, 7.6), (14_000.0, 0.0), (3000.0, 16.0)):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from drivers.api import Controllable, Driver
+from drivers.config_structs import EvLimits
 from drivers.modbus.bus import ModbusBus, close_all_buses, get_tcp_bus
 from drivers.modbus.ev_charger import CURRENT_A, ModbusEvCharger, decode_ascii_state
 from drivers.modbus.hybrid_inverter import ModbusHybridInverter
@@ -21,7 +22,6 @@ from tests.waiting import stays, wait_until
 from zapd.clock import SystemClock
 from zapd.controller import Controller
 from zapd.envelope import SiteLimits
-from zapd.ev_envelope import EvEnvelope
 from zapd.model import (
     CHARGING,
     CONNECTED,
@@ -131,8 +131,7 @@ def make_charger(bus: ModbusBus, **kw: object) -> ModbusEvCharger:
         "register_map": load_register_map("alfen_eve"),
         "poll_s": POLL_S,
         "clock": SystemClock(),
-        "max_current_a": 16.0,
-        "phases": 3,
+        "limits": EvLimits(max_current_a=16.0, phases=3),
     }
     args.update(kw)
     return ModbusEvCharger(**args)  # type: ignore[arg-type]
@@ -247,7 +246,7 @@ async def test_the_controller_keeps_the_charger_setpoint_alive_and_the_driver_su
             clock=clock,
             state=state,
             store=store,
-            batteries=list,
+            batteries=dict,
             actuators={"eve.ev": charger},
             site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
             tick_s=0.05,
@@ -256,7 +255,7 @@ async def test_the_controller_keeps_the_charger_setpoint_alive_and_the_driver_su
             plan_source=lambda: None,
             plan_fresh=lambda: True,
             forced_rung=lambda: Decision(Rung.PLAN, Intent(ev_w=8 * 3 * 230.0), "test"),
-            evs=lambda: [EvEnvelope("eve.ev", max_current_a=16)],
+            evs=lambda: {"eve.ev": EvLimits(max_current_a=16)},
             keepalive_s=lambda: {c.der_id: c.keepalive_s for c in charger.capabilities()},
         )
         writes = 0

@@ -17,9 +17,10 @@ from cloud.execution import Execution, absorb_for, plan_values, slot_intent, val
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Grid, Problem
 from cloud_sync.wire import check_plan, decode_plan, encode_plan
+from drivers.config_structs import BatteryLimits
 from fallback.policy import resolve_battery_w
 from zapd.controller import decide_batteries
-from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.envelope import SiteLimits
 from zapd.model import Absorb, Intent, IntentMode, Plan, PlanSlot
 from zapd.state import BatteryView, Snapshot
 
@@ -138,9 +139,7 @@ def test_no_absorbing_intent_breaks_a_limit(
     battery_w: float, grid_w: float, absorb: Absorb | None, house_w: float, now_w: float, soc: float
 ) -> None:
     """Whatever the plan's numbers and the house do, the envelope's limits hold (reserve, max SoC, power, fuse)."""
-    env = BatteryEnvelope(
-        "b", capacity_wh=10_000, max_charge_w=5000, max_discharge_w=5000, reserve_soc=0.1, max_soc=0.95
-    )
+    env = BatteryLimits(capacity_wh=10_000, max_charge_w=5000, max_discharge_w=5000, reserve_soc=0.1, max_soc=0.95)
     site = SiteLimits(fuse_limit_w=17_000, fuse_a=25, voltage_v=230, phases=3, max_export_w=10_000)
     intent = Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=grid_w, absorb=absorb)
     plan = Plan(
@@ -151,7 +150,7 @@ def test_no_absorbing_intent_breaks_a_limit(
         slots=(PlanSlot(start=T0, end=T0 + timedelta(hours=1), intent=intent),),
     )
     snapshot = Snapshot(T0, house_w + now_w, None, None, {"b": BatteryView("b", soc, now_w)})
-    _, (sp,) = decide_batteries(T0 + timedelta(seconds=1), snapshot, plan, True, site, [env], 1800.0)
+    _, (sp,) = decide_batteries(T0 + timedelta(seconds=1), snapshot, plan, True, site, {"b": env}, 1800.0)
     hours = 0.5
     assert -5000 - 1e-6 <= sp.power_w <= 5000 + 1e-6
     assert soc + max(sp.power_w, 0) * hours / 10_000 <= max(0.95, soc) + 1e-9  # never charged past max SoC

@@ -42,7 +42,7 @@ def test_ev_and_mqtt_devices_build() -> None:
     eve, mq = devices.drivers
     assert isinstance(eve, ModbusEvCharger) and isinstance(mq, MqttDriver)
     assert set(devices.actuators) == {"eve.ev", "mq.wallbox"}
-    assert [(e.der_id, e.max_current_a, e.phases) for e in devices.ev_envelopes] == [
+    assert [(k, e.max_current_a, e.phases) for k, e in devices.ev_limits.items()] == [
         ("eve.ev", 16, 3),
         ("mq.wallbox", 16, 1),
     ]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from drivers.config_structs import BatteryLimits, EvLimits
 from fallback.policy import Decision, Rung
 from zapd.clock import ManualClock
 from zapd.controller import Controller
-from zapd.envelope import BatteryEnvelope, SiteLimits
-from zapd.ev_envelope import EvEnvelope
+from zapd.envelope import SiteLimits
 from zapd.model import CONNECTED, POWER_W, SOC, Command, CommandResult, DerKind, EvCurrent, Intent, Reading
 from zapd.state import SiteState
 from zapd.store import Store
@@ -69,7 +69,7 @@ def _controller(
         clock=clock,
         state=state,
         store=store,
-        batteries=lambda: [BatteryEnvelope("inv.battery", 10_000, 3000, 3000, reserve_soc=0.1)],
+        batteries=lambda: {"inv.battery": BatteryLimits(capacity_wh=10_000, max_charge_w=3000, max_discharge_w=3000)},
         actuators={"inv.battery": devices, "eve.ev": devices},
         site=SITE,
         tick_s=tick_s,
@@ -79,7 +79,7 @@ def _controller(
         plan_fresh=lambda: True,
         # Charge the battery 1 kW and the EV 16 A x 3 phases: both fit the fuse at 1 kW grid import.
         forced_rung=lambda: Decision(Rung.PLAN, Intent(battery_w=1000.0, ev_w=11_040.0), "test"),
-        evs=lambda: [EvEnvelope("eve.ev", max_current_a=16)],
+        evs=lambda: {"eve.ev": EvLimits(max_current_a=16)},
         keepalive_s=lambda: keepalive or {},
     )
 

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from drivers.config_structs import EvLimits
 from fallback.policy import Decision, Rung
 from zapd.clock import ManualClock
 from zapd.controller import Controller
 from zapd.envelope import SiteLimits
-from zapd.ev_envelope import EvEnvelope
 from zapd.model import CONNECTED, POWER_W, Command, CommandResult, DerKind, EvCurrent, Intent, IntentMode, Reading
 from zapd.state import SiteState
 from zapd.store import Store
@@ -35,7 +35,7 @@ def make(store: Store, clock: ManualClock, state: SiteState, charger: FakeCharge
         clock=clock,
         state=state,
         store=store,
-        batteries=list,
+        batteries=dict,
         actuators={"eve.ev": charger},
         site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
         tick_s=10,
@@ -44,7 +44,7 @@ def make(store: Store, clock: ManualClock, state: SiteState, charger: FakeCharge
         plan_source=lambda: None,
         plan_fresh=lambda: True,
         forced_rung=lambda: Decision(Rung.PLAN, intent[0], "test"),
-        evs=lambda: [EvEnvelope("eve.ev", max_current_a=16)],
+        evs=lambda: {"eve.ev": EvLimits(max_current_a=16)},
     )
 
 

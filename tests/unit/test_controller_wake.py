@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from drivers.config_structs import BatteryLimits
 from zapd.clock import SystemClock
 from zapd.controller import Controller
-from zapd.envelope import BatteryEnvelope, SiteLimits
+from zapd.envelope import SiteLimits
 from zapd.model import POWER_W, SOC, Command, CommandResult, DerKind, Reading
 from zapd.state import SiteState
 from zapd.store import Store
@@ -56,7 +57,7 @@ async def test_wake_during_a_cycle_runs_another_cycle_without_waiting_for_the_ti
         clock=SystemClock(),
         state=state,
         store=store,
-        batteries=lambda: [BatteryEnvelope(BATTERY, 10_000, 5000, 5000, 0.1)],
+        batteries=lambda: {BATTERY: BatteryLimits(capacity_wh=10_000, max_charge_w=5000, max_discharge_w=5000)},
         actuators={BATTERY: battery},
         site=SiteLimits(fuse_limit_w=25 * 230 * 3, fuse_a=25, voltage_v=230, phases=3, max_export_w=None),
         tick_s=10,  # the next tick is far away: only a wake-up can explain a prompt second cycle

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.config_structs import BatteryLimits
 from tests import garbage
 from tests.garbage import maybe_bad, ok
-from zapd.envelope import BatteryEnvelope, SiteLimits, clamp_batteries
+from zapd.envelope import SiteLimits, clamp_batteries
 from zapd.state import BatteryView, Snapshot
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -22,10 +23,10 @@ soc = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 
 @st.composite
-def battery_cases(draw: st.DrawFn, index: int) -> tuple[BatteryEnvelope, BatteryView]:
+def battery_cases(draw: st.DrawFn, index: int) -> tuple[str, BatteryLimits, BatteryView]:
     reserve = draw(st.floats(min_value=0.0, max_value=0.5))
-    env = BatteryEnvelope(
-        der_id=f"b{index}",
+    der_id = f"b{index}"
+    env = BatteryLimits(
         capacity_wh=draw(st.floats(min_value=1_000, max_value=100_000)),
         max_charge_w=draw(st.floats(min_value=0, max_value=20_000)),
         max_discharge_w=draw(st.floats(min_value=0, max_value=20_000)),
@@ -33,16 +34,17 @@ def battery_cases(draw: st.DrawFn, index: int) -> tuple[BatteryEnvelope, Battery
         max_soc=draw(st.floats(min_value=reserve + 0.05, max_value=1.0)),
     )
     known = draw(st.booleans()) or draw(st.booleans())
+    assert env.max_discharge_w is not None and env.max_charge_w is not None
     view = BatteryView(
-        env.der_id,
+        der_id,
         draw(soc) if known else None,
         draw(st.floats(min_value=-env.max_discharge_w, max_value=env.max_charge_w)) if known else None,
     )
-    return env, view
+    return der_id, env, view
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits]:
+def scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, dict[str, BatteryLimits], SiteLimits]:
     n = draw(st.integers(min_value=1, max_value=3))
     cases = [draw(battery_cases(i)) for i in range(n)]
     fuse_a = draw(st.floats(min_value=6, max_value=80))
@@ -58,21 +60,21 @@ def scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, list[BatteryEnvelope], 
     phase_currents = None
     if grid is not None and draw(st.booleans()):
         phase_currents = tuple(draw(st.floats(min_value=-100, max_value=100)) for _ in range(phases))
-    snapshot = Snapshot(NOW, grid, phase_currents, None, {v.der_id: v for _, v in cases})
-    return draw(power), snapshot, [e for e, _ in cases], site
+    snapshot = Snapshot(NOW, grid, phase_currents, None, {k: v for k, _, v in cases})
+    return draw(power), snapshot, {k: e for k, e, _ in cases}, site
 
 
 @settings(max_examples=400, deadline=None)
 @given(scenarios())
-def test_no_setpoint_breaks_a_limit(case: tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits]) -> None:
+def test_no_setpoint_breaks_a_limit(case: tuple[float, Snapshot, dict[str, BatteryLimits], SiteLimits]) -> None:
     requested, snapshot, batteries, site = case
     setpoints = {s.der_id: s for s in clamp_batteries(requested, snapshot, batteries, site, TICK_S)}
-    assert set(setpoints) == {b.der_id for b in batteries}
+    assert set(setpoints) == set(batteries)
     hours = TICK_S / 3600
     battery_now = sum(v.power_w or 0.0 for v in snapshot.batteries.values())
-    for b in batteries:
-        p = setpoints[b.der_id].power_w
-        view = snapshot.batteries[b.der_id]
+    for der_id, b in batteries.items():
+        p = setpoints[der_id].power_w
+        view = snapshot.batteries[der_id]
         # Device limits.
         assert -b.max_discharge_w - EPS <= p <= b.max_charge_w + EPS
         if view.soc is None or view.power_w is None:
@@ -98,7 +100,7 @@ def test_no_setpoint_breaks_a_limit(case: tuple[float, Snapshot, list[BatteryEnv
 @settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_request_inside_limits_passes_unchanged(
-    case: tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits],
+    case: tuple[float, Snapshot, dict[str, BatteryLimits], SiteLimits],
 ) -> None:
     _, snapshot, batteries, site = case
     site = SiteLimits(1e9, 1e9, 230, 3, None)  # no site limit binds
@@ -110,22 +112,22 @@ def test_request_inside_limits_passes_unchanged(
 
 
 def test_fuse_overload_forces_discharge_within_reserve() -> None:
-    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    b = BatteryLimits(capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
     snap = Snapshot(NOW, 20_000.0, None, None, {"b0": BatteryView("b0", 0.5, 0.0)})
     site = SiteLimits(fuse_limit_w=17_250, fuse_a=25, voltage_v=230, phases=3, max_export_w=None)
-    (sp,) = clamp_batteries(3_000, snap, [b], site, TICK_S)
+    (sp,) = clamp_batteries(3_000, snap, {"b0": b}, site, TICK_S)
     assert sp.power_w == -2_750  # discharge so the site is back at the fuse limit
     assert "fuse" in sp.clamped_reason
 
 
 def test_split_by_headroom() -> None:
-    big = BatteryEnvelope("big", capacity_wh=20_000, max_charge_w=6_000, max_discharge_w=6_000, reserve_soc=0.1)
-    small = BatteryEnvelope("small", capacity_wh=5_000, max_charge_w=2_000, max_discharge_w=2_000, reserve_soc=0.1)
+    big = BatteryLimits(capacity_wh=20_000, max_charge_w=6_000, max_discharge_w=6_000, reserve_soc=0.1)
+    small = BatteryLimits(capacity_wh=5_000, max_charge_w=2_000, max_discharge_w=2_000, reserve_soc=0.1)
     snap = Snapshot(
         NOW, 0.0, None, None, {"big": BatteryView("big", 0.5, 0.0), "small": BatteryView("small", 0.5, 0.0)}
     )
     site = SiteLimits(1e9, 1e9, 230, 3, None)
-    out = {s.der_id: s.power_w for s in clamp_batteries(4_000, snap, [big, small], site, TICK_S)}
+    out = {s.der_id: s.power_w for s in clamp_batteries(4_000, snap, {"big": big, "small": small}, site, TICK_S)}
     assert out["big"] == 3_000 and out["small"] == 1_000
 
 
@@ -139,9 +141,9 @@ def test_plan_grid_limits_only_tighten() -> None:
     loose = limits_for(site, Intent(battery_w=0.0, grid_import_limit_w=99_000, grid_export_limit_w=50_000))
     assert loose == site
     # An import cap from a demand-response slot makes the battery cover load above it.
-    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    b = BatteryLimits(capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
     snap = Snapshot(NOW, 4_000.0, None, None, {"b0": BatteryView("b0", 0.5, 0.0)})
-    (sp,) = clamp_batteries(0.0, snap, [b], tight, TICK_S)
+    (sp,) = clamp_batteries(0.0, snap, {"b0": b}, tight, TICK_S)
     assert sp.power_w == -1_000
 
 
@@ -149,23 +151,22 @@ def test_plan_grid_limits_only_tighten() -> None:
 
 
 @st.composite
-def garbage_scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits, float]:
+def garbage_scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, dict[str, BatteryLimits], SiteLimits, float]:
     n = draw(st.integers(min_value=1, max_value=3))
-    batteries, views = [], {}
+    batteries, views = {}, {}
     for i in range(n):
         reserve = draw(maybe_bad(st.floats(min_value=0.0, max_value=0.5)))
-        env = BatteryEnvelope(
-            der_id=f"b{i}",
+        # A struct is not checked when built in code: what a nameplate or a bug could hand the envelope.
+        der_id = f"b{i}"
+        env = BatteryLimits(
             capacity_wh=draw(maybe_bad(st.floats(min_value=1_000, max_value=100_000))),
             max_charge_w=draw(maybe_bad(st.floats(min_value=0, max_value=20_000))),
             max_discharge_w=draw(maybe_bad(st.floats(min_value=0, max_value=20_000))),
             reserve_soc=reserve,
             max_soc=draw(maybe_bad(st.floats(min_value=0.55, max_value=1.0))),
         )
-        batteries.append(env)
-        views[env.der_id] = BatteryView(
-            env.der_id, draw(st.none() | maybe_bad(soc)), draw(st.none() | maybe_bad(power))
-        )
+        batteries[der_id] = env
+        views[der_id] = BatteryView(der_id, draw(st.none() | maybe_bad(soc)), draw(st.none() | maybe_bad(power)))
     fuse_a = draw(maybe_bad(st.floats(min_value=6, max_value=80)))
     phases = draw(st.sampled_from([1, 3]))
     site = SiteLimits(
@@ -187,16 +188,16 @@ def garbage_scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, list[BatteryEnv
 @settings(max_examples=600, deadline=None)
 @given(garbage_scenarios())
 def test_non_finite_input_is_unknown_and_safe(
-    case: tuple[float, Snapshot, list[BatteryEnvelope], SiteLimits, float],
+    case: tuple[float, Snapshot, dict[str, BatteryLimits], SiteLimits, float],
 ) -> None:
     requested, snapshot, batteries, site, tick = case
     setpoints = {s.der_id: s for s in clamp_batteries(requested, snapshot, batteries, site, tick)}
-    assert set(setpoints) == {b.der_id for b in batteries}
+    assert set(setpoints) == set(batteries)
     assert all(math.isfinite(s.power_w) for s in setpoints.values())
     counted = []  # batteries the envelope may move: every number about them is plausible
-    for b in batteries:
-        p = setpoints[b.der_id].power_w
-        view = snapshot.batteries[b.der_id]
+    for der_id, b in batteries.items():
+        p = setpoints[der_id].power_w
+        view = snapshot.batteries[der_id]
         sane = (
             ok(view.soc, 0, 1)
             and ok(view.power_w, -1e7, 1e7)
@@ -209,7 +210,7 @@ def test_non_finite_input_is_unknown_and_safe(
         if not sane or not math.isfinite(requested) or not math.isfinite(tick):
             assert p == 0.0, (b, view, requested, tick)  # unknown: hold, never a full charge or discharge
             continue
-        counted.append(b.der_id)
+        counted.append(der_id)
         assert -b.max_discharge_w - EPS <= p <= b.max_charge_w + EPS
         assert view.soc is not None
         hours = max(tick, 1.0) / 3600
@@ -249,20 +250,20 @@ def test_non_finite_input_is_unknown_and_safe(
 
 def test_inf_grid_reading_commands_nothing() -> None:
     """The attack of issue 10: a grid W of +Inf commanded a full discharge labelled "fuse limit"."""
-    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    b = BatteryLimits(capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
     site = SiteLimits(fuse_limit_w=17_250, fuse_a=25, voltage_v=230, phases=3, max_export_w=3_000)
     for grid, currents in ((math.inf, None), (-math.inf, None), (math.nan, None), (200.0, (math.inf, 1.0, 1.0))):
         snap = Snapshot(NOW, grid, currents, None, {"b0": BatteryView("b0", 0.5, 0.0)})
         for requested in (0.0, 2_000.0):
-            (sp,) = clamp_batteries(requested, snap, [b], site, TICK_S)
+            (sp,) = clamp_batteries(requested, snap, {"b0": b}, site, TICK_S)
             assert sp.power_w == 0.0, (grid, currents, requested, sp)
             assert "fuse" not in sp.clamped_reason
 
 
 def test_nan_request_holds() -> None:
-    b = BatteryEnvelope("b0", capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
+    b = BatteryLimits(capacity_wh=10_000, max_charge_w=5_000, max_discharge_w=5_000, reserve_soc=0.1)
     snap = Snapshot(NOW, 200.0, None, None, {"b0": BatteryView("b0", 0.5, 0.0)})
     site = SiteLimits(fuse_limit_w=17_250, fuse_a=25, voltage_v=230, phases=3, max_export_w=3_000)
     for requested in (math.nan, math.inf, -math.inf):
-        (sp,) = clamp_batteries(requested, snap, [b], site, TICK_S)
+        (sp,) = clamp_batteries(requested, snap, {"b0": b}, site, TICK_S)
         assert sp.power_w == 0.0 and "not a number" in sp.clamped_reason

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.config_structs import EvLimits
 from drivers.modbus.bus import ModbusBus
 from drivers.modbus.ev_charger import ModbusEvCharger
 from drivers.modbus.register_map import load_register_map
@@ -79,8 +80,7 @@ async def _command(profile: str, current_a: float) -> tuple[bool, list[tuple[int
         register_map=load_register_map(profile),
         poll_s=1.0,
         clock=SystemClock(),
-        max_current_a=MAX_A,
-        min_current_a=MIN_A,
+        limits=EvLimits(max_current_a=MAX_A, min_current_a=MIN_A),
     )
     result = await charger.apply(EvCurrent(der_id="wb.ev", current_a=current_a))
     return result.ok, bus.writes
