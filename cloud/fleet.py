@@ -280,7 +280,8 @@ def solve_curve(
     for i, option in enumerate(hull):
         _, variant, sol = points[option.index]
         plan = to_plan(variant, sol, 0, options)
-        candidates.append({"plan": msgspec.to_builtins(plan), "flows": plan_flows(variant, sol)})
+        # flows rounded as stored here, in parallel work, not in the one publishing transaction
+        candidates.append({"plan": msgspec.to_builtins(plan), "flows": store.stored_flows(plan_flows(variant, sol))})
         out.append(dataclasses.replace(option, index=i))
     return SolvedCurve(SiteCurve(base.site_id, out), float(np.sum(base_net[mask])) / n_window, candidates)
 

@@ -269,12 +269,14 @@ async def solve_jobs(
     started = time.monotonic()
     events = await _event_requests(db, {job.event_id for job in batch})
     priors = await _latest_versions(db, [job.site_id for job in batch])
+    prices = store.SpotPrices()  # one read per area for the whole batch (all at `now`)
     done: list[tuple[Claimed, dict[str, Any]]] = []
     try:
         for job in batch:
             if time.monotonic() - started > lease().total_seconds() / 2:
                 break
-            done.append((job, await _curve_row(db, job, events.get(job.event_id), priors, now, options)))
+            row = await _curve_row(db, job, events.get(job.event_id), priors, now, options, prices)
+            done.append((job, row))
     finally:
         # what was solved before a database error is kept; the rest waits for its lease to run out
         await _finish_all(db, owner, done)
@@ -304,12 +306,13 @@ async def _curve_row(
     priors: dict[str, int],
     now: datetime,
     options: PlannerOptions,
+    prices: store.SpotPrices,
 ) -> dict[str, Any]:
     """The row's new values: "curved" with the curve and its candidate plans, or "skipped"/"failed"."""
     if event is None:
         return {"state": "failed", "reason": "event gone"}
     try:
-        base = await prepare(db, job.site_id, now, options)
+        base = await prepare(db, job.site_id, now, options, prices=prices)
         if not in_horizon(base, event.start, event.end):
             raise PlanError("window outside the site's planning horizon")
         solved = await asyncio.to_thread(solve_curve, base, event.start, event.end, options)
@@ -501,7 +504,7 @@ async def _publish_once(
                     "valid_until": plan.valid_until,
                 }
             )
-            flows = {k: [round(x, 4) for x in v] for k, v in candidate["flows"].items()}
+            flows = candidate["flows"]  # already as stored (store.stored_flows, when the curve was solved)
             flow_rows.append(
                 {
                     "site_id": site_id,

@@ -155,7 +155,9 @@ async def prepare(
     options: PlannerOptions,
     *,
     extra_incentives: list[store.Incentive] | None = None,
+    prices: store.SpotPrices | None = None,
 ) -> Prepared:
+    """The site's problem now; `prices` shares one read of the prices among a batch of sites (a DR turn)."""
     site = await db.get_site(site_id)
     if site is None:
         raise PlanError(f"unknown site {site_id!r}")
@@ -165,7 +167,7 @@ async def prepare(
     except (AssetsError, TariffError) as exc:
         raise PlanError(str(exc)) from None
     start = floor_slot(now)
-    spot = await _spot(db, tariff, start, options.horizon_slots)
+    spot = await _spot(db, tariff, start, options.horizon_slots, prices)
     horizon = known = _known_slots(spot, options.horizon_slots)
     if horizon < options.min_slots:
         raise PlanError(f"prices known for {horizon} slots only (spot area {tariff.spot_area})")
@@ -226,10 +228,14 @@ async def prepare(
     )
 
 
-async def _spot(db: Database, tariff: Tariff, start: datetime, n: int) -> list[float | None] | None:
+async def _spot(
+    db: Database, tariff: Tariff, start: datetime, n: int, prices: store.SpotPrices | None = None
+) -> list[float | None] | None:
     if not tariff.needs_spot:
         return None
     assert tariff.spot_area is not None  # decode_tariff checks it
+    if prices is not None:
+        return await prices.get(db, tariff.spot_area, start, n)
     return await store.get_spot_prices(db, tariff.spot_area, start, n)
 
 

@@ -205,6 +205,24 @@ async def get_spot_prices(db: Database, area: str, start: datetime, n: int) -> l
     return [by_start.get(_utc(start + QUARTER * i)) for i in range(n)]
 
 
+class SpotPrices:
+    """`get_spot_prices` read once per (area, start, slots) for a batch of sites planned at one instant.
+
+    A DR turn (cloud/fleet_work.py) prepares up to 8 sites of mostly one area at one `now`: one read serves
+    them all. Prices uploaded during the turn reach its later sites a turn late, which a routine re-plan
+    on new prices (it keeps the event's incentive) would correct anyway.
+    """
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[str, datetime, int], list[float | None]] = {}
+
+    async def get(self, db: Database, area: str, start: datetime, n: int) -> list[float | None]:
+        key = (area, start, n)
+        if key not in self._read:
+            self._read[key] = await get_spot_prices(db, area, start, n)
+        return list(self._read[key])
+
+
 # --- forecasts ----------------------------------------------------------------------------
 
 
@@ -276,6 +294,11 @@ async def forecast_errors(db: Database, site_id: str, since: datetime) -> dict[s
 # --- plan flows ---------------------------------------------------------------------------
 
 
+def stored_flows(flows: dict[str, list[float]]) -> dict[str, list[float]]:
+    """A plan's flows as they are stored: 4 decimals (0.1 W, 0.01 % SoC, 1e-4 EUR/kWh)."""
+    return {k: [round(x, 4) for x in v] for k, v in flows.items()}
+
+
 async def save_flows(
     db: Database, site_id: str, version: int, start: datetime, step: timedelta, flows: dict[str, list[float]]
 ) -> None:
@@ -288,7 +311,7 @@ async def save_flows(
                     "version": version,
                     "start": start,
                     "step_s": int(step.total_seconds()),
-                    "flows": {k: [round(x, 4) for x in v] for k, v in flows.items()},
+                    "flows": stored_flows(flows),
                 }
             ],
         )
@@ -382,6 +405,7 @@ async def planned_sites(db: Database) -> list[str]:
 __all__ = [
     "Incentive",
     "PlanFlows",
+    "SpotPrices",
     "StoredForecast",
     "claim_site",
     "current_flows",
@@ -399,5 +423,6 @@ __all__ = [
     "save_forecast",
     "set_forecast_mae",
     "site_incentives",
+    "stored_flows",
     "unscored_forecasts",
 ]
