@@ -20,6 +20,35 @@ from cloud_sync.wire import MAX_REQUEST_SKEW_S
 from zapd.clock import clock_from_env
 from zapd.logs import configure as configure_logging
 
+# Open files beyond the connections and channels: the listening socket, the database pool and its files,
+# the PostgreSQL doorbell, logs.
+FD_MARGIN = 64
+
+
+def raise_fd_limit(limits: Limits) -> str | None:
+    """Raise this process's soft limit on open files to what `limits` can hold open, up to the hard limit.
+
+    A channel is a socket: a worker started under the usual soft limit of 1024 (a shell, a systemd unit
+    without LimitNOFILE) would run out of descriptors at ~1,000 Zaps while `max_channels` says 20,000,
+    and asyncio then stops accepting for a second at a time, every new Zap failing, the API too. Returns
+    a warning when even the hard limit is below what the limits need (the operator lowers
+    --max-channels or raises the hard limit), else None.
+    """
+    import resource
+
+    need = limits.max_channels + limits.max_connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < need:
+        return (
+            f"open files limit {hard} is below what --max-channels {limits.max_channels} and "
+            f"--max-connections {limits.max_connections} need ({need}); raise the hard limit (LimitNOFILE) "
+            "or lower --max-channels"
+        )
+    return None
+
 
 def _fail(message: str) -> int:
     print(f"zapcloud: {message}", file=sys.stderr)
@@ -65,6 +94,9 @@ def run_serve(
     except ValueError as exc:
         return _fail(str(exc))
     limits = limits or Limits()
+    fd_warning = raise_fd_limit(limits)
+    if fd_warning is not None:
+        print(f"zapcloud: warning: {fd_warning}", file=sys.stderr, flush=True)
     try:
         app = create_app(
             db_url,
