@@ -161,6 +161,21 @@ class Database:
             lost_readings=int(m["lost_readings"]),
         )
 
+    async def channel_identity(self, site_id: str) -> tuple[str, str, int | None] | None:
+        """(public key, key id, newest plan version) of a site, or None: what a channel hello needs.
+
+        One connection and one statement, and none of the site's JSON columns decoded: a reconnect
+        wave runs this once per Zap (cloud/server/channel.py), where `get_site` plus
+        `latest_plan_version` took two pool checkouts and two queries.
+        """
+        newest = select(func.max(plans.c.version)).where(plans.c.site_id == sites.c.site_id).scalar_subquery()
+        query = select(sites.c.public_key, sites.c.key_id, newest).where(sites.c.site_id == site_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return str(row[0]), str(row[1]), None if row[2] is None else int(row[2])
+
     # --- telemetry ----------------------------------------------------------------------
 
     async def ingest_telemetry(self, batch: TelemetryBatch) -> IngestResult:

@@ -167,19 +167,21 @@ class ChannelEndpoint:
             return None
         try:
             async with asyncio.timeout(AUTH_TIMEOUT_S), self._lookups:
-                site = await self.db.get_site(frame.site_id[:64])
-                version = await self.db.latest_plan_version(frame.site_id[:64]) if site is not None else None
+                # A site id is at most 64 characters (the schema's column): a longer one names no site.
+                site = await self.db.channel_identity(frame.site_id) if len(frame.site_id) <= 64 else None
         except (SQLAlchemyError, TimeoutError) as exc:
             self._refuse("busy" if isinstance(exc, TimeoutError) else "database")
             await ws.close(CLOSE_TRY_LATER)  # the Zap retries after its jittered backoff
             return None
-        if site is None or not hmac.compare_digest(site.key_id.encode(), frame.key_id.encode()):
+        if site is None or not hmac.compare_digest(site[1].encode(), frame.key_id.encode()):
             await self._auth_failed(ws, client, "unknown_key", "key id not registered for this site")
             return None
+        public_key, _key_id, version = site
+        site_id = frame.site_id
         try:
             verify_hello(
                 frame,
-                load_verify_key_b64(site.public_key),
+                load_verify_key_b64(public_key),
                 challenge=challenge,
                 origin=host,
                 now=self.clock(),
@@ -189,15 +191,15 @@ class ChannelEndpoint:
             await self._auth_failed(ws, client, exc.reason, exc.detail)
             return None
         # The welcome goes out before the hub may send anything: the Zap expects it second.
-        await ws.send_text(encode_frame(Welcome(site_id=site.site_id, plan_version=version)))
-        conn = _Conn(site.site_id, ws)
+        await ws.send_text(encode_frame(Welcome(site_id=site_id, plan_version=version)))
+        conn = _Conn(site_id, ws)
         old = self.hub.attach(conn)
         if isinstance(old, _Conn):
             self.metrics.channel("cloud", "replaced")
             with contextlib.suppress(Exception):
                 await old.ws.close(CLOSE_REPLACED)
         self.metrics.channel("cloud", "connected")
-        log.debug("channel.connected", site_id=site.site_id, worker=self.hub.worker)
+        log.debug("channel.connected", site_id=site_id, worker=self.hub.worker)
         return conn
 
     async def _auth_failed(self, ws: WebSocket, client: str, reason: str, detail: str, *, charge: bool = True) -> None:
