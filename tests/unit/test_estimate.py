@@ -101,6 +101,36 @@ def test_hold_inside_the_interval_and_move_to_the_nearest_end_outside() -> None:
     assert hold_or_move(answer, 4000.0) == 1.0  # above: down to the high end
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    # Breakpoints on a 1 % grid: a kink every few percent of the range, as the envelope's clamps make them.
+    knots=st.lists(st.tuples(st.integers(0, 100), st.floats(-10_000.0, 10_000.0)), min_size=1, max_size=6),
+    current=st.floats(-12_000.0, 12_000.0),
+)
+def test_hold_finds_a_state_that_calls_for_the_current_command_on_any_clamped_answer(
+    knots: list[tuple[int, float]], current: float
+) -> None:
+    """Whatever the envelope's clamps make of the answer (nondecreasing, piecewise linear, flat parts), the state
+    found for a command inside the interval calls for that command (to 0.01 W), and outside it is an end."""
+    xs = sorted({0.0, 1.0, *(x / 100 for x, _ in knots)})
+    ys = sorted(y for _, y in knots)
+    ys = [ys[min(i * len(ys) // len(xs), len(ys) - 1)] for i in range(len(xs))]  # nondecreasing, flat parts too
+
+    def answer(f: float) -> float:
+        for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=False):
+            if f <= x1:
+                return y0 if x1 == x0 else y0 + (y1 - y0) * (f - x0) / (x1 - x0)
+        return ys[-1]
+
+    f = hold_or_move(answer, current)
+    low, high = answer(0.0), answer(1.0)
+    assert 0.0 <= f <= 1.0
+    if low < current < high:
+        assert abs(answer(f) - current) <= 0.01
+    else:  # the nearest end of what the states call for
+        assert answer(f) == (low if current <= low else high)
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     delay_s=st.floats(0.0, 3.0),
