@@ -1,6 +1,6 @@
 """Live channel at fleet size: N simulated Zaps connected to one real `zapcloud serve` on loopback.
 
-The Zaps are light clients in up to four client processes (2,500 each), so that at 10,000 the measuring
+The Zaps are light clients in up to four client processes (250 each, up to 2,500), so that at 10,000 the measuring
 side's own event loop is not what is measured. Each has its own WebSocket dialed with the Zap's options,
 the Ed25519 hello, a signature check of every command and its ack, and reconnects under the Zap's own
 loop and policy (cloud_sync/channel.keep_connected, reconnect_backoff: full jitter, 0..30 s first).
@@ -113,7 +113,7 @@ class SimZap:
         await keep_connected(self._session, self.backoff, self._ended)
 
     def _ended(self, error: Exception | None) -> bool:
-        self.say("D" if self.welcomed else "F", self.site_id)
+        self.say("D" if self.welcomed else "F", self.site_id if self.welcomed else _why(error))
         return self.welcomed
 
     async def _session(self) -> None:
@@ -139,6 +139,16 @@ class SimZap:
                               applied_at=datetime.now(UTC))  # fmt: skip
                     await ws.send(encode_frame(ack))
                     self.say("A", cmd.command_id)
+
+
+def _why(error: Exception | None) -> str:
+    """A failed dial's cause, one word: the exception, with the HTTP status or close code it carries."""
+    if error is None:
+        return "refused"
+    response = getattr(error, "response", None)
+    rcvd = getattr(error, "rcvd", None)
+    detail = getattr(response, "status_code", None) or getattr(rcvd, "code", None)
+    return type(error).__name__ + (f":{detail}" if detail else "")
 
 
 async def _zaps_main(spec_path: str) -> None:
@@ -189,6 +199,7 @@ class Fleet:
         self.ups: list[float] = []  # monotonic time of every welcome
         self.drops: list[float] = []
         self.failures: list[float] = []
+        self.failure_causes: Counter[str] = Counter()
         self.applied: dict[str, float] = {}
         self.gc_ms: list[tuple[float, float]] = []
         self.changed = asyncio.Event()
@@ -226,6 +237,7 @@ class Fleet:
                 self.drops.append(at)
             elif kind == "F":
                 self.failures.append(at)
+                self.failure_causes[what] += 1
             elif kind == "A":
                 self.applied.setdefault(what, at)
             elif kind == "G":
@@ -263,6 +275,10 @@ def _start_cloud(port: int, db_url: str, tmp: Path, log: Any) -> subprocess.Pope
                             stdout=log, stderr=subprocess.STDOUT, env=cloud_env(), cwd=REPO)  # fmt: skip
 
 
+def _causes(counts: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.most_common(3)) or "none"
+
+
 def _load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
@@ -279,7 +295,7 @@ def _wave(ups: list[float], since: float, n: int) -> dict[str, float]:
 
 
 async def _measure(n: int, samples: int, *, restart: bool) -> dict[str, Any]:
-    procs = max(1, min(4, math.ceil(n / 2500)))
+    procs = max(1, min(4, math.ceil(n / 250)))
     with tempfile.TemporaryDirectory(prefix="bench-channel-") as tmp_s:
         tmp = Path(tmp_s)
         db_url = f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}"
@@ -304,6 +320,7 @@ async def _measure(n: int, samples: int, *, restart: bool) -> dict[str, Any]:
                 await fleet.until(lambda: len(fleet.up) >= n, 900, "the connect wave")
                 out["connect_s"] = time.monotonic() - t0
                 out["retries"] = len(fleet.failures)
+                out["causes"] = _causes(fleet.failure_causes)
                 await asyncio.sleep(3.0)  # idle: status flush, GC settle
                 out["kb_per_conn"] = (rss_kb(proc.pid) - rss_before) / n
                 now = datetime.now(UTC)
@@ -348,6 +365,7 @@ async def _restart(fleet: Fleet, proc: subprocess.Popen[bytes], port: int, db_ur
     port and database; the Zaps come back under their own backoff. Arrivals counted from the stop."""
     load = _load()
     ups_before, failures_before, drops_before = len(fleet.ups), len(fleet.failures), len(fleet.drops)
+    causes_before = Counter(fleet.failure_causes)
     t_stop = time.monotonic()
     proc.terminate()
     await asyncio.get_running_loop().run_in_executor(None, proc.wait, 60)
@@ -366,6 +384,7 @@ async def _restart(fleet: Fleet, proc: subprocess.Popen[bytes], port: int, db_ur
         "restart_exit_s": t_exit - t_stop,
         "restart_all_dropped_s": dropped[-1] if dropped else math.nan,
         "restart_failures": len(fleet.failures) - failures_before,
+        "restart_causes": _causes(fleet.failure_causes - causes_before),
         **{f"restart_{k}": v for k, v in wave.items()},
     }
 
@@ -451,7 +470,7 @@ def rows(sizes: list[int] | None = None) -> list[dict[str, str]]:
             ),
             row(
                 f"channel: connect wave, {n:,} dialing at ~300/s in {r['procs']} client processes, load "
-                f"{r['load_connect']}",
+                f"{r['load_connect']} (failed dials by cause: {r['causes']})",
                 f"{r['connect_s']:.1f} s, {r['retries']} retries",
                 "-",
                 COMMAND,
@@ -471,7 +490,8 @@ def rows(sizes: list[int] | None = None) -> list[dict[str, str]]:
             row(
                 f"channel: cloud restart with {n:,} connected, 99 % back (all dropped "
                 f"{r['restart_all_dropped_s']:.1f} s, old worker exited {r['restart_exit_s']:.1f} s, new one up "
-                f"{r['restart_down_s']:.1f} s after the stop; {r['restart_failures']} failed dials)",
+                f"{r['restart_down_s']:.1f} s after the stop; {r['restart_failures']} failed dials: "
+                f"{r['restart_causes']})",
                 f"{r['restart_t99_s']:.1f} s",
                 "<= 90 s",
                 COMMAND,

@@ -23,6 +23,7 @@ from datetime import datetime
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cloud.db import Database
@@ -61,6 +62,13 @@ MAX_BAD_FRAMES = 10
 # Handshakes looking up their site at once: a reconnect wave waits here, in order, instead of taking every
 # pooled database connection (the hub's delivery, the API and the planner need theirs).
 AUTH_DB_SLOTS = 6
+# Handshakes between the upgrade and the welcome at once. Past it a new upgrade is refused at once (503 with
+# Retry-After, counted `hello_queue_full`) instead of queued: in a reconnect wave a worker that queues every
+# arrival ends up answering hellos the Zaps have given up on (their 10 s timeouts) while its CPU is full;
+# refusing early keeps the queue to what it clears in a second or two (~1-3 ms of CPU each) and sends the
+# rest back to their jittered backoff. Sized for the line too: most of a pending hello is the Zap's round
+# trip (LTE: ~0.3 s), so 330 arrivals a second (10,000 over 30 s) keep ~100 pending on an idle worker.
+MAX_PENDING_HELLOS = 512
 
 
 @dataclass
@@ -111,6 +119,7 @@ class ChannelEndpoint:
         self.fail_buckets = fail_buckets
         self.max_skew_s = max_skew_s
         self._lookups = asyncio.Semaphore(AUTH_DB_SLOTS)
+        self.pending_hellos = 0
 
     def _refuse(self, reason: str, **fields: object) -> None:
         self.metrics.channel("cloud", reason)
@@ -126,10 +135,18 @@ class ChannelEndpoint:
             self._refuse("channel_cap", client=client)
             await ws.close(CLOSE_TRY_LATER)
             return
+        if self.pending_hellos >= MAX_PENDING_HELLOS:
+            self._refuse("hello_queue_full", client=client)
+            await ws.send_denial_response(Response(status_code=503, headers={"Retry-After": "5"}))
+            return
         self.metrics.channel_open += 1
+        self.pending_hellos += 1
         try:
-            await ws.accept()
-            conn = await self._authenticate(ws, client)
+            try:
+                await ws.accept()
+                conn = await self._authenticate(ws, client)
+            finally:
+                self.pending_hellos -= 1
             if conn is not None:
                 await self._serve(ws, conn)
         except WebSocketDisconnect as exc:

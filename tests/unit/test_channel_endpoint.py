@@ -71,3 +71,42 @@ async def test_wrong_hellos_are_charged_to_the_address() -> None:
     for _ in range(31):
         await endpoint._authenticate(_SilentWs('{"t": "status"}'), ADDRESS)  # type: ignore[arg-type]
     assert fails.spent(ADDRESS) > 0.0
+
+
+class _Upgrade(_SilentWs):
+    """An upgrade request that records whether it was accepted or denied (and with what status)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = type("Addr", (), {"host": ADDRESS})()
+        self.accepted = False
+        self.denied: int | None = None
+
+    async def accept(self) -> None:
+        self.accepted = True
+
+    async def send_denial_response(self, response: Any) -> None:
+        self.denied = response.status_code
+
+
+async def test_a_wave_past_the_pending_hellos_is_refused_at_the_door(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker with MAX_PENDING_HELLOS handshakes waiting for their hello refuses the next upgrade at once
+    (503) instead of queueing it behind them; once they are done it takes new ones again."""
+    monkeypatch.setattr(channel, "AUTH_TIMEOUT_S", 0.5)
+    fails, metrics = TokenBuckets(Rate(per_s=1.0, burst=30.0)), Metrics()
+    endpoint = _endpoint(fails, metrics)
+    waiting = [_Upgrade() for _ in range(channel.MAX_PENDING_HELLOS)]
+    tasks = [asyncio.create_task(endpoint.handle(ws)) for ws in waiting]  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert endpoint.pending_hellos == channel.MAX_PENDING_HELLOS and all(ws.accepted for ws in waiting)
+    late = _Upgrade()
+    await endpoint.handle(late)  # type: ignore[arg-type]
+    assert (late.accepted, late.denied) == (False, 503)
+    assert metrics.channel_events[("cloud", "hello_queue_full")] == 1
+    await asyncio.gather(*tasks)  # their hellos never came: timed out, the slots are free again
+    assert endpoint.pending_hellos == 0 and metrics.channel_open == 0
+    again = _Upgrade()
+    task = asyncio.create_task(endpoint.handle(again))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert again.accepted and again.denied is None
+    await task
