@@ -103,6 +103,10 @@ def _start(tmp: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedP
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
+# The servers a test starts for its own limits run without the planner: it plans nothing here (no prices), and
+# importing and starting it was a third of each start-up.
+
+
 def test_serve_refuses_to_start_without_an_admin_token(tmp_path: Path) -> None:
     env = cloud_env()
     env.pop("ZAPCLOUD_ADMIN_TOKEN")
@@ -130,7 +134,7 @@ def test_admin_token_file_and_a_read_only_metrics_token(tmp_path: Path) -> None:
     env = cloud_env()
     env.pop("ZAPCLOUD_ADMIN_TOKEN")
     args = ("--admin-token-file", str(admin_file), "--metrics-token-file", str(metrics_file))
-    with serve(tmp_path, _sqlite(tmp_path), "tokfile", *args, env=env, admin=admin) as c:
+    with serve(tmp_path, _sqlite(tmp_path), "tokfile", "--no-planner", *args, env=env, admin=admin) as c:
         body = {"site_id": "tok", "public_key": public_key_b64(SigningKey.generate())}
         assert c.client.post("/v1/sites", json=body).status_code == 401
         as_metrics = {"Authorization": f"Bearer {metrics}"}
@@ -304,7 +308,7 @@ def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") ->
 
 
 def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
-    with serve(tmp_path, _sqlite(tmp_path), "slowloris", "--header-timeout-s", "1") as c:
+    with serve(tmp_path, _sqlite(tmp_path), "slowloris", "--no-planner", "--header-timeout-s", "1") as c:
         with socket.create_connection(("127.0.0.1", c.port)) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             t0 = time.monotonic()
@@ -319,7 +323,7 @@ def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
 
 def test_slow_body_is_cut_off(tmp_path: Path) -> None:
     with (
-        serve(tmp_path, _sqlite(tmp_path), "slowbody", "--body-timeout-s", "1") as c,
+        serve(tmp_path, _sqlite(tmp_path), "slowbody", "--no-planner", "--body-timeout-s", "1") as c,
         socket.create_connection(("127.0.0.1", c.port)) as sock,
     ):
         head = (
@@ -335,7 +339,9 @@ def test_slow_body_is_cut_off(tmp_path: Path) -> None:
 
 
 def test_connection_cap(tmp_path: Path) -> None:
-    with serve(tmp_path, _sqlite(tmp_path), "cap", "--max-connections", "3", "--header-timeout-s", "30") as c:
+    with serve(
+        tmp_path, _sqlite(tmp_path), "cap", "--no-planner", "--max-connections", "3", "--header-timeout-s", "30"
+    ) as c:
         c.client.close()  # its keep-alive connection would count
         idle = [socket.create_connection(("127.0.0.1", c.port)) for _ in range(3)]
         try:
@@ -356,7 +362,7 @@ def test_connection_cap(tmp_path: Path) -> None:
 
 
 def test_rate_limit_per_site_key(tmp_path: Path) -> None:
-    with serve(tmp_path, _sqlite(tmp_path), "siterate", "--site-rate", "0.2", "--site-burst", "3") as c:
+    with serve(tmp_path, _sqlite(tmp_path), "siterate", "--no-planner", "--site-rate", "0.2", "--site-burst", "3") as c:
         key, other = _register(c, "r1"), _register(c, "r2")
         body = encode(make_batch("r1", _readings(1, 2, _now())))
         assert [_post(c, "r1", key, body).status_code for _ in range(3)] == [200, 200, 200]
@@ -368,13 +374,15 @@ def test_rate_limit_per_site_key(tmp_path: Path) -> None:
 
 
 def test_rate_limit_per_admin_token(tmp_path: Path) -> None:
-    with serve(tmp_path, _sqlite(tmp_path), "adminrate", "--admin-rate", "0.2", "--admin-burst", "3") as c:
+    with serve(
+        tmp_path, _sqlite(tmp_path), "adminrate", "--no-planner", "--admin-rate", "0.2", "--admin-burst", "3"
+    ) as c:
         codes = [c.client.get("/v1/fleet/flexibility", headers=c.admin()).status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]
 
 
 def test_failed_authentications_are_rate_limited_per_address(tmp_path: Path) -> None:
-    with serve(tmp_path, _sqlite(tmp_path), "failrate", "--fail-rate", "0.2", "--fail-burst", "3") as c:
+    with serve(tmp_path, _sqlite(tmp_path), "failrate", "--no-planner", "--fail-rate", "0.2", "--fail-burst", "3") as c:
         wrong = {"Authorization": "Bearer " + "w" * 32}
         assert [c.client.get("/v1/fleet/flexibility", headers=wrong).status_code for _ in range(3)] == [401] * 3
         r = c.client.get("/v1/fleet/flexibility", headers=c.admin())  # even the right token, for a while
