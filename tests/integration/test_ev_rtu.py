@@ -76,7 +76,7 @@ async def test_the_controller_commands_an_rs485_charger_and_the_fuse_bounds_it(t
                 clock=clock,
                 state=state,
                 store=store,
-                batteries=list,
+                batteries=dict,
                 actuators=devices.actuators,
                 site=SiteLimits(
                     fuse_limit_w=FUSE_A * VOLTAGE_V * PHASES,
@@ -91,7 +91,7 @@ async def test_the_controller_commands_an_rs485_charger_and_the_fuse_bounds_it(t
                 plan_source=lambda: None,
                 plan_fresh=lambda: True,
                 forced_rung=lambda: Decision(Rung.PLAN, intent, "test"),
-                evs=lambda: devices.ev_envelopes,
+                evs=lambda: devices.ev_limits,
             )
 
             async def tick(house_w: float) -> list[RecordedWrite]:

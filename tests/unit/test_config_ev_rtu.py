@@ -65,7 +65,7 @@ def test_an_rs485_charger_and_a_meter_share_one_line(tmp_path: Path) -> None:
         assert get_serial_bus("/dev/ttyUSB0", baudrate=19200, parity="E") is ev._bus  # one owner of the port
         assert ev._bus.min_gap_s == pytest.approx(3.5 * 11 / 19200)  # 8E1: 11 bits a character
         assert devices.kinds == {"terra.ev": DerKind.EV_CHARGER, "grid": DerKind.METER}
-        assert [e.der_id for e in devices.ev_envelopes] == ["terra.ev"]
+        assert list(devices.ev_limits) == ["terra.ev"]
     finally:
         asyncio.run(close_all_buses())
 
