@@ -3,9 +3,10 @@ Modbus RTU on a pty for the chargers whose vendor document offers RS-485 (a fixt
 
 The fixtures (tests/fixtures/devices/*.toml with `[ev_expect]`) are written from the vendor
 documents: raw registers as the charger holds them, the state/power/current they must decode to,
-and the exact writes (unit, address, raw words, in order) each current command and the safe mode
-must produce. The peer serves only those registers (drivers/sim/register_image.py), so a wrong
-address, table, width, scale, word order or state code in a profile fails here.
+and the exact writes (unit, address, raw words, in order) each current command (with its `phases`,
+3 unless the step says) and the safe mode must produce. The peer serves only those registers
+(drivers/sim/register_image.py), so a wrong address, table, width, scale, word order or state code
+in a profile fails here.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ async def test_ev_profile_decodes_and_commands_at_register_level(
 
         for step in fixture["ev_commands"]:
             server.clear()
-            result = await charger.apply(EvCurrent(der_id="wb.ev", current_a=step["current_a"]))
+            command = EvCurrent(der_id="wb.ev", current_a=step["current_a"], phases=step.get("phases", 3))
+            result = await charger.apply(command)
             assert result.ok, f"{name}: {result.detail}"
-            assert server.writes == expected_writes(step["writes"]), step["current_a"]
+            assert server.writes == expected_writes(step["writes"]), (step["current_a"], command.phases)
 
         server.clear()
         await charger.safe_mode()
@@ -101,7 +103,6 @@ def test_rtu_chargers_are_the_ones_whose_vendor_document_offers_rs485() -> None:
     from drivers.modbus.ev_charger import ev_profile
 
     offered = {name: sorted(ev_profile(load_register_map(name)).transports) for name, _ in EV_FIXTURES}
-    offered["alfen_eve"] = sorted(ev_profile(load_register_map("alfen_eve")).transports)
     assert offered == {
         "abb_terra_ac": ["rtu", "tcp"],
         "alfen_eve": ["tcp"],
