@@ -430,8 +430,6 @@ class Planner:
         self.factor_day = -1
         self.pv_spread = (1.0, 1.0)
         self.warm_scenarios = WarmStart()
-        self.load_spread = (np.zeros(self.spd), np.zeros(self.spd))
-        self.load_spread_day = self.load_spread_origin = -1
         self.spread = np.zeros(self.spd)
         self.warm = WarmStart()  # re-plans of one horizon length share the LP's matrix: warm-started simplex
         self.spread_day = self.spread_origin = -1
@@ -493,40 +491,24 @@ class Planner:
             self.spread_day, self.spread_origin = k // spd, k
         return np.asarray(self.spread[(k - self.spread_origin + np.arange(horizon)) % spd], dtype=np.float64)
 
-    def _load_spreads(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:
-        """P10 and P90 minus the mean of each slot of the day over the last four weeks, for slots k..k+horizon-1
-        (zero until a week of history exists; re-learnt once a day)."""
-        spd = self.spd
-        if k < 7 * spd:
-            return np.zeros(horizon), np.zeros(horizon)
-        if k // spd != self.load_spread_day:
-            days = min(28, k // spd)
-            hist = self.tr.load_kw[k - days * spd : k].reshape(days, spd)
-            q10, q90 = np.quantile(hist, [0.1, 0.9], axis=0)
-            mean = hist.mean(axis=0)
-            self.load_spread = (q10 - mean, q90 - mean)
-            self.load_spread_day, self.load_spread_origin = k // spd, k
-        idx = (k - self.load_spread_origin + np.arange(horizon)) % spd
-        return self.load_spread[0][idx], self.load_spread[1][idx]
-
-    def _scenario_solve(self, problem: Problem, k: int, shared: int) -> Solution | None:
-        """The two-stage plan over a dark/high-load, the point and a bright/low-load scenario (P10/P50/P90,
-        Swanson's weights), or None where cloud.optimizer_scenarios declines. The spreads fade in with the
-        nowcast's time constant: the next hours are known better than tomorrow."""
+    def _scenario_solve(self, problem: Problem, shared: int) -> Solution | None:
+        """The two-stage plan over a dark day, the point forecast and a bright day (the PV history's P10 / P90
+        daily ratio, Swanson's weights), or None where cloud.optimizer_scenarios declines. The spread fades in
+        with the nowcast's time constant (the next hours are known better than tomorrow). Over PV only: the
+        day's weather is one error shared by all its slots, so a whole-day scenario is what it is; a per-slot
+        load quantile applied to every slot at once is not (measured worse, docs/cloud-planning.md)."""
         horizon = problem.horizon
-        load = np.asarray(problem.load_kw)
         pv = np.asarray(problem.pv_kw)
         ramp = 1.0 - np.exp(-self.tr.dt_h * np.arange(horizon) / NOWCAST_TAU_H)
-        lo_load, hi_load = self._load_spreads(k, horizon)
-        lo_pv, hi_pv = self.pv_spread
-        cap = self.cfg.grid_import_kw
+        load = np.asarray(problem.load_kw)
 
-        def scenario(dload: FloatArray, pv_ratio: float) -> Problem:
+        def scenario(pv_ratio: float) -> Problem:
             pv_s = np.maximum(pv * (1.0 + (pv_ratio - 1.0) * ramp), 0.0)
-            load_s = np.clip(load + dload * ramp, 0.0, cap + pv_s)
+            load_s = np.minimum(load, self.cfg.grid_import_kw + pv_s)  # as for the point forecast: feasible
             return msgspec.structs.replace(problem, load_kw=load_s.tolist(), pv_kw=pv_s.tolist())
 
-        problems = [scenario(hi_load, lo_pv), problem, scenario(lo_load, hi_pv)]
+        dark, bright = self.pv_spread
+        problems = [scenario(dark), problem, scenario(bright)]
         return solve_scenarios(problems, SWANSON_WEIGHTS, shared, warm=self.warm_scenarios)
 
     def _pv_model(self, k: int, horizon: int) -> FloatArray:
@@ -574,7 +556,7 @@ class Planner:
             battery=_battery(cfg, soc, self._terminal_value(imp)),
             grid=_grid(cfg),
         )
-        scenario = self._scenario_solve(problem, k, min(executed, horizon)) if cfg.scenarios else None
+        scenario = self._scenario_solve(problem, min(executed, horizon)) if cfg.scenarios else None
         solution = scenario if scenario is not None else solve(problem, warm=self.warm)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption

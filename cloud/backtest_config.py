@@ -69,7 +69,7 @@ class Config:
     # plan on this quantile of the load (risk): the GBM's P10/P50/P90, or the profile plus the house's own
     # day-to-day spread at that quantile; None: the point forecast
     load_quantile: float | None = None
-    scenarios: bool = False  # two-stage plan over P10/P50/P90 load and PV scenarios (cloud.optimizer_scenarios)
+    scenarios: bool = False  # two-stage plan over P10/P50/P90 PV (weather) scenarios (cloud.optimizer_scenarios)
     terminal_value: bool = True  # value the energy left at the horizon's end (cloud.forecast_price.terminal_value)
 
     @property
@@ -154,7 +154,7 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument(
         "--scenarios",
         action="store_true",
-        help="two-stage plan over P10/P50/P90 load and PV scenarios (one decision for the slots about to run)",
+        help="two-stage plan over P10/P50/P90 PV (weather) scenarios, one decision for the slots about to run",
     )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")

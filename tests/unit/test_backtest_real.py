@@ -53,6 +53,18 @@ def test_no_load_or_pv_from_the_future(days: Traces, execution: Execution) -> No
     assert not (np.array_equal(c1[k:], c2[k:]) and np.array_equal(d1[k:], d2[k:]))
 
 
+def test_scenario_plans_use_no_future_load_or_pv(days: Traces) -> None:
+    """--scenarios (two-stage over PV weather scenarios) sees no more of the future than the point plan, and
+    its shared first-slot decision is what the edge executes: it differs from the point plan's somewhere."""
+    cfg = _with(SITE, scenarios=True)
+    k = 3 * 48 + 7
+    c1, d1, _, _ = rolling_flows(days, cfg)
+    c2, d2, _, _ = rolling_flows(_changed_after(days, k), cfg)
+    assert np.array_equal(c1[:k], c2[:k]) and np.array_equal(d1[:k], d2[:k])
+    c0, d0, _, _ = rolling_flows(days, SITE)
+    assert not (np.array_equal(c0, c1) and np.array_equal(d0, d1))
+
+
 @pytest.mark.parametrize("price_forecast", [False, True])
 def test_no_prices_before_they_are_published(days: Traces, price_forecast: bool) -> None:
     """Tomorrow's prices changed: nothing before their publication (13:00 site time) may differ.
