@@ -19,10 +19,22 @@ from drivers.config_types import MeterDer as MeterDer
 from drivers.config_types import MeterRole as MeterRole
 from drivers.config_types import RtuLineMixin as RtuLineMixin
 from drivers.config_types import SerialLine as SerialLine
+from zapd.bounds import MAX_CAPACITY_WH, MAX_POWER_W
+
+# The highest charging current per phase an EV charger takes (IEC 62196 type 2 AC: 63 A; 80 A single-phase US).
+MAX_EV_CURRENT_A = 80
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of every config model: unknown keys refused, and only finite numbers (TOML has `inf` and `nan`).
+
+    A battery limit of `inf` would otherwise pass and reach the envelope as "not a limit" (unknown:
+    the battery is never dispatched); `nan` would fail a `ge` with a misleading message. With
+    `allow_inf_nan=False` both are refused as "must be a finite number" (zapd/config_check.py), and
+    every number field also has an upper bound (tests/unit/test_config_bounds.py walks them all).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # Field types several device kinds share: one definition, one description.
@@ -81,6 +93,7 @@ class BatteryLimits(BatteryLimitsMixin, _Strict):
     capacity_wh: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_CAPACITY_WH,
         description=(
             "Usable capacity in Wh; the lower of this and the capacity the device reports is used. Not set: "
             "the capacity the device reports."
@@ -89,6 +102,7 @@ class BatteryLimits(BatteryLimitsMixin, _Strict):
     max_charge_w: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_POWER_W,
         description=(
             "Highest charge power in W; the lower of this and the device's nameplate is used. Not set: the nameplate."
         ),
@@ -96,6 +110,7 @@ class BatteryLimits(BatteryLimitsMixin, _Strict):
     max_discharge_w: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_POWER_W,
         description=(
             "Highest discharge power in W; the lower of this and the device's nameplate is used. Not set: the "
             "nameplate."
@@ -124,13 +139,13 @@ class EvLimits(EvLimitsMixin, _Strict):
 
     max_current_a: float = Field(
         gt=0,
-        le=80,
+        le=MAX_EV_CURRENT_A,
         description="Highest charging current per phase in A: the lowest of charger, cable and circuit breaker.",
     )
     min_current_a: float = Field(
         default=6.0,
         ge=6,
-        le=80,
+        le=MAX_EV_CURRENT_A,
         description=(
             "Lowest charging current per phase in A (IEC 61851: at least 6 A); below it zapd pauses charging. "
             "Must not exceed `max_current_a`."

@@ -31,9 +31,9 @@ from drivers.p1.config_mixins import SerialPortMixin
 class BatteryLimits(BatteryLimitsMixin, msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A battery's hard limits: the config's `[battery]` table, a device's nameplate, what the envelope holds it to."""
 
-    capacity_wh: Annotated[float, Meta(gt=0)] | None = None
-    max_charge_w: Annotated[float, Meta(ge=0)] | None = None
-    max_discharge_w: Annotated[float, Meta(ge=0)] | None = None
+    capacity_wh: Annotated[float, Meta(gt=0, le=100000000.0)] | None = None
+    max_charge_w: Annotated[float, Meta(ge=0, le=10000000.0)] | None = None
+    max_discharge_w: Annotated[float, Meta(ge=0, le=10000000.0)] | None = None
     reserve_soc: Annotated[float, Meta(ge=0, le=1)] = 0.1
     max_soc: Annotated[float, Meta(gt=0, le=1)] = 1.0
 
@@ -275,7 +275,7 @@ class MqttReadingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     key: Annotated[str, Meta(min_length=1)]
     path: Annotated[str, Meta(min_length=1)] | None = None
     unit: Literal["", "W", "kW", "Wh", "kWh", "%", "A", "V"] = ""
-    scale: float = 1.0
+    scale: Annotated[float, Meta(ge=-1000000.0, le=1000000.0)] = 1.0
 
 
 class MqttDerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -296,7 +296,7 @@ class MqttCommandConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     off_payload: str | None = None
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
-    safe_value: float | None = None
+    safe_value: Annotated[float, Meta(ge=0, le=80)] | None = None
 
 
 class MqttDevice(
@@ -337,7 +337,7 @@ class P1SerialDevice(
     driver: ClassVar[str] = "p1_serial"
     id: Annotated[str, Meta(min_length=1, pattern="^[A-Za-z0-9_-]+$")]
     port: Annotated[str, Meta(min_length=1)]
-    baudrate: Annotated[int, Meta(gt=0)] | None = None
+    baudrate: Annotated[int, Meta(gt=0, le=921600)] | None = None
     dsmr_version: Literal["2.2", "4", "5", "5B", "5L", "5S", "Q3D"] = "5"
     poll_s: Annotated[float, Meta(gt=0, le=3600)] | None = None
     decryption_key: str | None = None

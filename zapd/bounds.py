@@ -24,6 +24,12 @@ MAX_VOLTAGE_V: Final = 1e5
 MAX_FREQUENCY_HZ: Final = 1e3
 MAX_OTHER: Final = 1e12  # any other value key a driver adds (its unit is not known here)
 
+# Upper bounds of the config's keys (zapd/config.py, drivers/*/config.py) beyond the powers above:
+# values no real site reaches, so a typo by orders of magnitude or `inf` is refused at `config check`.
+MAX_CAPACITY_WH: Final = 1e8  # a battery's usable capacity: 100 MWh (a grid-scale plant, not a site)
+MAX_RETENTION_MB: Final = 65_536.0  # outbox budget in MiB: 64 GiB, more than a gateway's storage
+MAX_SCALE: Final = 1e6  # |multiplier| on an MQTT reading after its unit conversion
+
 # Timestamps the system can have produced: nothing before this (a gateway without a real-time
 # clock boots in 1970) and nothing past this (a clock gone wild). The cloud may be stricter
 # around its own clock; these static bounds are the part both sides can check alike.

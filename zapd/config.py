@@ -50,6 +50,7 @@ from drivers.mqtt.config import MqttCommandConfig, MqttDerConfig, MqttDevice, Mq
 from drivers.ocpp.config import OcppDevice
 from drivers.p1.config import DSMR_TELEGRAM_INTERVAL_S, P1SerialDevice, P1TcpDevice, telegram_interval_s
 from drivers.registry import device_models, driver_names
+from zapd.bounds import MAX_POWER_W, MAX_RETENTION_MB
 from zapd.config_types import SiteBehaviour, ZapdBehaviour
 from zapd.config_types import meter_ders as meter_ders
 from zapd.paths import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
@@ -107,6 +108,7 @@ class SiteConfig(SiteBehaviour, _Strict):
     max_export_w: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_POWER_W,
         description=(
             "Grid export limit in W (e.g. set by the DSO): battery discharge is held back so the site exports "
             "no more. Not set: only the fuse limits export."
@@ -195,6 +197,7 @@ class StoreConfig(_Strict):
     retention_mb: float = Field(
         default=512.0,
         gt=0,
+        le=MAX_RETENTION_MB,
         description=(
             "Size budget of the unsent-telemetry outbox in MiB (about 150 bytes per reading); beyond it the "
             "oldest readings are dropped (counted and logged)."

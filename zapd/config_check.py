@@ -168,6 +168,8 @@ def _reason(err: Any, data: object) -> str:
         return "missing required key 'driver'"
     if err_type == "missing":
         return "missing required key"
+    if err_type == "finite_number":  # TOML's inf / nan: every config number must be finite (drivers/config_base.py)
+        return f"must be a finite number, not {err_input!r}"
     if err_type == "extra_forbidden":
         model = _model_at(loc[:-1], data)
         known = list(model.model_fields) if model is not None else []

@@ -23,7 +23,7 @@ class SiteConfig(SiteBehaviour, msgspec.Struct, frozen=True, kw_only=True, forbi
     phases: Literal[1, 3] = 3
     voltage_v: Annotated[float, Meta(gt=0, le=480)] = 230.0
     fuse_a: Annotated[float, Meta(gt=0, le=1000)]
-    max_export_w: Annotated[float, Meta(ge=0)] | None = None
+    max_export_w: Annotated[float, Meta(ge=0, le=10000000.0)] | None = None
 
 
 class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,7 +39,7 @@ class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class StoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_dir: Path = Path("/var/lib/zapd")
     retention_days: Annotated[float, Meta(gt=0, le=3650)] = 30.0
-    retention_mb: Annotated[float, Meta(gt=0)] = 512.0
+    retention_mb: Annotated[float, Meta(gt=0, le=65536.0)] = 512.0
     history_without_cloud_h: Annotated[float, Meta(gt=0, le=8760)] = 24.0
 
 

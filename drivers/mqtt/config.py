@@ -9,8 +9,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from drivers.config_base import DeviceModel, EvLimits, MeterRole, _Strict
+from drivers.config_base import MAX_EV_CURRENT_A, DeviceModel, EvLimits, MeterRole, _Strict
 from drivers.mqtt.config_mixins import MqttDeviceMixin
+from zapd.bounds import MAX_SCALE
 
 MqttUnit = Literal["", "W", "kW", "Wh", "kWh", "%", "A", "V"]
 
@@ -33,7 +34,12 @@ class MqttReadingConfig(_Strict):
         default="",
         description='Unit of the value, converted to W, Wh, a fraction (%), A or V; "" = already in the key\'s unit.',
     )
-    scale: float = Field(default=1.0, description="Extra multiplier on top of the unit conversion; must not be 0.")
+    scale: float = Field(
+        default=1.0,
+        ge=-MAX_SCALE,
+        le=MAX_SCALE,
+        description="Extra multiplier on top of the unit conversion; must not be 0.",
+    )
 
     @model_validator(mode="after")
     def _scale_nonzero(self) -> MqttReadingConfig:
@@ -114,7 +120,10 @@ class MqttCommandConfig(_Strict):
     qos: Literal[0, 1, 2] = Field(default=1, description="MQTT QoS of the commands.")
     retain: bool = Field(default=False, description="Ask the broker to keep the last command for new subscribers.")
     safe_value: float | None = Field(
-        default=None, description="Current in A published when zapd stops. Not set: the device is left as it is."
+        default=None,
+        ge=0,
+        le=MAX_EV_CURRENT_A,
+        description="Current in A published when zapd stops. Not set: the device is left as it is.",
     )
 
     @model_validator(mode="after")

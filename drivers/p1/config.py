@@ -55,6 +55,7 @@ class P1SerialDevice(RoleMeterMixin, SerialPortMixin, DeviceModel):
     baudrate: int | None = Field(
         default=None,
         gt=0,
+        le=921_600,
         description=(
             "Line speed in bit/s. Not set: what the DSMR version prescribes (9600 7E1 for 2.2, 115200 7E1 for "
             "4, 115200 8N1 otherwise)."
