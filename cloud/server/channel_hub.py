@@ -62,6 +62,7 @@ from cloud_sync.channel_wire import (
     make_command,
     sign_command,
 )
+from drivers.resilience import Backoff, FailureLatch
 
 log = structlog.get_logger("zapcloud.channel")
 
@@ -519,16 +520,21 @@ class ChannelHub:
         import asyncpg
 
         dsn = _asyncpg_dsn(self.db_url)
-        delay = 0.5
+        # The shared retry helpers (issue 15): jittered, so a fleet of workers does not retry a restarted
+        # database in step, and one warning per outage instead of one per attempt.
+        backoff = Backoff(0.5, 30.0)
+        latch = FailureLatch(
+            log, "channel.listen_connect_failed", "channel.listen_reconnected", level="warning", worker=self.worker
+        )
         while True:
             try:
                 conn = await asyncpg.connect(dsn, timeout=10)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("channel.listen_connect_failed", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                latch.failed(error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(backoff.next_delay())
                 continue
-            delay = 0.5
+            latch.ok()
+            backoff.reset()
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c, ev=lost: ev.set())
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)

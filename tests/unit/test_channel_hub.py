@@ -100,3 +100,40 @@ async def test_a_command_queued_while_disconnected_is_sent_on_connect(hub: Chann
     frame = decode_server_frame(await asyncio.wait_for(conn.frames.get(), 2))
     assert isinstance(frame, CommandFrame)
     assert verify_command(frame, key.verify_key, site_id="s1", now=NOW).command_id == cid
+
+
+async def test_listen_retries_use_the_shared_jittered_backoff_and_warn_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres down (a real refused connection on loopback): one warning for the outage, not one per retry,
+    and the delays double with jitter (drivers/resilience.Backoff), not the same fixed 0.5, 1, 2, ... on
+    every worker (issue 15 item 1)."""
+    import socket as socket_mod
+
+    from structlog.testing import capture_logs
+
+    with socket_mod.socket() as s:  # a port nobody listens on: bind, read the number, close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    hub = ChannelHub(db, Metrics(), lambda: NOW)
+    hub.db_url = f"postgresql+asyncpg://u:p@127.0.0.1:{port}/zap"
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(delay: float, *args: object) -> None:
+        delays.append(delay)
+        if len(delays) >= 6:
+            raise asyncio.CancelledError
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    with capture_logs() as logs, pytest.raises(asyncio.CancelledError):
+        await hub._listen_loop()
+    await db.dispose()
+    failed = [e for e in logs if e["event"] == "channel.listen_connect_failed"]
+    assert len(failed) == 1, logs
+    assert "ConnectionRefused" in failed[0]["error"] or "Errno" in failed[0]["error"], failed[0]
+    bases = [min(30.0, 0.5 * 2**i) for i in range(6)]
+    assert all(b / 2 <= d <= b for d, b in zip(delays, bases, strict=True)), delays
+    assert delays != bases  # jittered: a fixed doubling would retry in step with every other worker
