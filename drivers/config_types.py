@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Self
 
+from zapd.bounds import MAX_CAPACITY_WH, MAX_POWER_W
+
 MeterRole = Literal["grid", "pv", "ev", "submeter"]
 METER_ROLES: tuple[str, ...] = ("grid", "pv", "ev", "submeter")
 SerialLine = tuple[int, str, int, int]  # baudrate, parity, stopbits, bytesize
@@ -45,13 +47,17 @@ class BatteryLimitsMixin:
 
     @classmethod
     def nameplate(cls, *, capacity_wh: float | None, max_charge_w: float | None, max_discharge_w: float | None) -> Self:
-        """What a device reports of itself as limits (0 or less, or not a number: it does not say)."""
+        """What a device reports of itself as limits (0 or less, not a finite number, or beyond what the config
+        itself may say (zapd/bounds.py): it does not say). So the pydantic model and the struct answer alike,
+        neither raising on a garbled register."""
 
-        def said(x: float | None) -> float | None:
-            return x if x is not None and x > 0 else None  # NaN > 0 is False
+        def said(x: float | None, top: float) -> float | None:
+            return x if x is not None and 0 < x <= top else None  # NaN and ±inf fail the comparison
 
         return cls(
-            capacity_wh=said(capacity_wh), max_charge_w=said(max_charge_w), max_discharge_w=said(max_discharge_w)
+            capacity_wh=said(capacity_wh, MAX_CAPACITY_WH),
+            max_charge_w=said(max_charge_w, MAX_POWER_W),
+            max_discharge_w=said(max_discharge_w, MAX_POWER_W),
         )
 
     def within(self, nameplate: BatteryLimitsMixin | None) -> Self:

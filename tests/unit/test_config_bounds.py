@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 import drivers.config_structs
 import zapd.config_structs
+from drivers.config_base import BatteryLimits
 from drivers.registry import kinds
 from tests.unit.test_config_check import INVERTER
 from zapd.config import ZapdConfig
@@ -220,3 +221,17 @@ def test_config_check_cli_refuses_an_infinite_battery_limit(tmp_path: Path, toml
     assert "Traceback" not in done.stderr
     reason = f"must be a finite number, not {shown}" if shown else "input should be less than or equal to 10000000"
     assert f"{path}: devices.inverter.battery.max_charge_w: {reason}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("cls", [BatteryLimits, drivers.config_structs.BatteryLimits], ids=["model", "struct"])
+@pytest.mark.parametrize("garbled", [INF, NAN, -INF, 2e7, 0.0, -5.0])
+def test_a_garbled_nameplate_says_nothing_in_model_and_struct(cls: Any, garbled: float) -> None:
+    """A device's reported limit that the config itself could not hold (inf, nan, above 10 MW) is "not said":
+    the config's own limit stands, and the pydantic model does not raise where the struct would not."""
+    plate = cls.nameplate(capacity_wh=garbled * 10, max_charge_w=garbled, max_discharge_w=garbled)
+    assert (plate.capacity_wh, plate.max_charge_w, plate.max_discharge_w) == (None, None, None)
+    mine = cls(max_charge_w=3000.0, max_discharge_w=4000.0, capacity_wh=10_000.0)
+    kept = mine.within(plate)
+    assert (kept.max_charge_w, kept.max_discharge_w, kept.capacity_wh) == (3000.0, 4000.0, 10_000.0)
+    sane = cls.nameplate(capacity_wh=9000.0, max_charge_w=2500.0, max_discharge_w=5000.0)
+    assert mine.within(sane).max_charge_w == 2500.0 and mine.within(sane).capacity_wh == 9000.0
