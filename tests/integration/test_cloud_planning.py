@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import math
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -253,18 +254,25 @@ def test_a_worker_killed_mid_event_leaves_the_rest_to_the_other(backend: str, tm
         r = first.client.post("/v1/fleet/events", json=event, headers=first.admin())
         assert r.status_code == 202, r.text
         href = r.json()["href"]
+        event_id = r.json()["event_id"]
 
-        def mid_event() -> Any:  # some sites solved, others pending, one lease held
+        def mid_event() -> Any:  # some sites solved, others pending, leases held: frozen (SIGSTOP) to read it
             progress = first.client.get(href, headers=first.admin()).json()["progress"]
-            return progress if progress["planned"] >= 2 and progress["solving"] else None
+            if progress["planned"] < 2 or not progress["solving"]:
+                return None
+            first.proc.send_signal(signal.SIGSTOP)
+            rows = asyncio.run(_attempts(url, event_id))
+            held = {s: a for s, (a, owner, state) in rows.items() if owner is not None and state == "pending"}
+            planned = sum(1 for _a, _o, state in rows.values() if state != "pending")
+            if held and planned < len(sites):
+                return planned, held  # what it holds as it dies
+            first.proc.send_signal(signal.SIGCONT)  # a batch had just finished: wait for the next one
+            return None
 
-        p = wait_until_sync(mid_event, 60, "the event half planned")
+        planned, held = wait_until_sync(mid_event, 60, "the event half planned, leases held")
         first.proc.kill()
         first.proc.wait(timeout=10)
-    event_id = r.json()["event_id"]
-    # what the killed worker held a lease on when it died (read now: the status above may be a moment old)
-    held = {s: a for s, (a, owner) in asyncio.run(_attempts(url, event_id)).items() if owner is not None}
-    assert 2 <= p["planned"] < len(sites) and 1 <= len(held) <= CLAIM_BATCH, (p, held)
+    assert 2 <= planned < len(sites) and 1 <= len(held) <= CLAIM_BATCH, (planned, held)
     with serve(tmp_path, db_url=url, env=lease) as second:
         status = wait_event(second, href, "dispatched", timeout=120)
         assert status["progress"]["planned"] == len(sites) and status["progress"]["failed"] == 0, status
@@ -276,12 +284,12 @@ def test_a_worker_killed_mid_event_leaves_the_rest_to_the_other(backend: str, tm
             if sid in chosen:
                 assert chosen[sid] == before[sid] + 1
     # the sites the killed worker held were taken over once their lease ran out (a second attempt); no other was
-    attempts = {s: a for s, (a, _owner) in asyncio.run(_attempts(url, event_id)).items()}
+    attempts = {s: a for s, (a, _owner, _state) in asyncio.run(_attempts(url, event_id)).items()}
     assert attempts == {s: held[s] + 1 if s in held else 1 for s in sites}, (attempts, held)
 
 
-async def _attempts(url: str, event_id: str) -> dict[str, tuple[int, str | None]]:
-    """Each site's (attempts, lease owner) in the event's work rows."""
+async def _attempts(url: str, event_id: str) -> dict[str, tuple[int, str | None, str]]:
+    """Each site's (attempts, lease owner, state) in the event's work rows."""
     from sqlalchemy import select
 
     from cloud.db import Database, fleet_event_jobs
@@ -290,10 +298,13 @@ async def _attempts(url: str, event_id: str) -> dict[str, tuple[int, str | None]
     try:
         async with db.engine.connect() as conn:
             rows = await conn.execute(
-                select(fleet_event_jobs.c.site_id, fleet_event_jobs.c.attempts, fleet_event_jobs.c.lease_owner).where(
-                    fleet_event_jobs.c.event_id == event_id
-                )
+                select(
+                    fleet_event_jobs.c.site_id,
+                    fleet_event_jobs.c.attempts,
+                    fleet_event_jobs.c.lease_owner,
+                    fleet_event_jobs.c.state,
+                ).where(fleet_event_jobs.c.event_id == event_id)
             )
-            return {str(s): (int(a), o) for s, a, o in rows}
+            return {str(s): (int(a), o, str(st)) for s, a, o, st in rows}
     finally:
         await db.dispose()
