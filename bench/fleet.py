@@ -88,8 +88,11 @@ def _readings(site_index: int, start: datetime, hours: int, first_seq: int) -> l
     return out
 
 
-async def _setup(url: str, n: int) -> float:
-    """Register n sites with a day of telemetry and 2 days of prices; returns the ingest rate (readings/s)."""
+async def _setup(url: str, n: int, t0: datetime = T0, keys: list[Any] | None = None) -> float:
+    """Register n sites with a day of telemetry and 2 days of prices; returns the ingest rate (readings/s).
+
+    `keys`: the sites' signing keys (bench/fleet_channel.py dials as them); fresh ones if not given.
+    """
     from nacl.signing import SigningKey
 
     from cloud.db import Database
@@ -101,22 +104,23 @@ async def _setup(url: str, n: int) -> float:
 
     db = Database(url)
     await db.create_schema()
-    start = T0.replace(minute=0) - timedelta(days=1)
+    start = t0.replace(minute=0) - timedelta(days=1)
     ingest_s = 0.0
     stored = 0
     try:
         for i in range(n):
             sid = f"b{i:05d}"
-            await register_site(db, sid, public_key_b64(SigningKey.generate()), assets=ASSETS, tariff=TARIFF, now=T0)
+            await register_site(db, sid, public_key_b64(keys[i] if keys else SigningKey.generate()), assets=ASSETS,
+                                tariff=TARIFF, now=t0)  # fmt: skip
             batch = make_batch(sid, _readings(i, start, 24, 1))
             t = time.perf_counter()
             assert (await db.ingest_telemetry(batch)).accepted
             ingest_s += time.perf_counter() - t
             stored += len(batch.readings)
-        day = T0.replace(hour=0, minute=0) - timedelta(hours=2)
+        day = t0.replace(hour=0, minute=0) - timedelta(hours=2)
         prices = tuple(0.08 + 0.12 * math.exp(-((((h - 2) % 24 - 18) / 2.5) ** 2)) for h in range(50))
-        await store.put_spot_prices(db, AREA, PriceSeries(day, timedelta(hours=1), prices), T0)
-        await store.ensure_jobs(db, T0)
+        await store.put_spot_prices(db, AREA, PriceSeries(day, timedelta(hours=1), prices), t0)
+        await store.ensure_jobs(db, t0)
     finally:
         await db.dispose()
     return stored / ingest_s
@@ -125,7 +129,7 @@ async def _setup(url: str, n: int) -> float:
 # --- worker processes ------------------------------------------------------------------------
 
 
-async def _worker(url: str, key_path: str, mode: str, owner: str) -> dict[str, Any]:
+async def _worker(url: str, key_path: str, mode: str, owner: str, now: datetime = T0) -> dict[str, Any]:
     from cloud.db import Database
     from cloud.fleet_work import work_one
     from cloud.planner import PlannerOptions, plan_next
@@ -143,9 +147,9 @@ async def _worker(url: str, key_path: str, mode: str, owner: str) -> dict[str, A
     try:
         while True:
             if mode == "plan":
-                if await plan_next(db, key, owner, T0, opts) is None:
+                if await plan_next(db, key, owner, now, opts) is None:
                     break
-            elif not await work_one(db, key, owner, T0, opts):
+            elif not await work_one(db, key, owner, now, opts):
                 break
             done += 1
     finally:
@@ -154,7 +158,7 @@ async def _worker(url: str, key_path: str, mode: str, owner: str) -> dict[str, A
 
 
 def _run_workers(
-    url: str, key_path: Path, mode: str, workers: int, before: Any = None
+    url: str, key_path: Path, mode: str, workers: int, before: Any = None, now: datetime = T0
 ) -> tuple[float, Any, list[dict[str, Any]]]:
     """Start the workers, wait until each is connected and imported, run `before()`, then let them go.
 
@@ -174,6 +178,8 @@ def _run_workers(
                 str(key_path),
                 "--owner",
                 f"w{i}",
+                "--now",
+                now.isoformat(),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -208,7 +214,7 @@ def _run_workers(
                 p.wait()
 
 
-async def _create_event(url: str) -> tuple[str, float]:
+async def _create_event(url: str, now: datetime = T0, in_h: float = 6.0) -> tuple[str, float]:
     from cloud.db import Database
     from cloud.fleet import EventRequest
     from cloud.fleet_work import create_event
@@ -216,8 +222,9 @@ async def _create_event(url: str) -> tuple[str, float]:
     db = Database(url)
     try:
         t = time.perf_counter()
-        start = T0.replace(minute=0) + timedelta(hours=6)  # 18:00-19:00 UTC, the evening peak
-        made = await create_event(db, EventRequest(start, start + timedelta(hours=1), reduction_kw=1e5), T0)
+        # at T0: 18:00-19:00 UTC, the evening peak
+        start = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=in_h)
+        made = await create_event(db, EventRequest(start, start + timedelta(hours=1), reduction_kw=1e5), now)
         return made.event_id, time.perf_counter() - t
     finally:
         await db.dispose()
@@ -352,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--owner", help=argparse.SUPPRESS)
+    parser.add_argument("--now", type=datetime.fromisoformat, default=T0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(asyncio.run(_worker(args.db, args.key, args.worker, args.owner))), flush=True)
+        print(json.dumps(asyncio.run(_worker(args.db, args.key, args.worker, args.owner, args.now))), flush=True)
         return 0
     if args.quick:
         os.environ["ZAPD_BENCH_QUICK"] = "1"
