@@ -14,7 +14,16 @@ cloud worker (RSS growth / N); a cloud restart with N connected (SIGTERM, uvicor
 back, from the stop; the Zap-side RSS the channel adds (a real ChannelClient in a child process). The
 load average of the box is stated with each figure: the box is shared.
 
-`make bench` runs 100 and 1,000 (--quick: 100); bigger: `python -m bench.channel --sizes 1000,10000`.
+Two workers (`--workers 2`, issue 14 item 5: "connected to one worker and to two"): a throwaway PostgreSQL
+(tests/pg_cluster.py) and two `zapcloud serve` processes on that database and two ports; the Zaps are split
+between them, half dial worker A and half worker B (bench stand-in for the balancer a real deployment has in
+front). Every command is POSTed to worker A: for a Zap held by A it goes A's database row + NOTIFY → A, for
+a Zap held by B it crosses workers (the row, then the NOTIFY doorbell wakes B's LISTEN, which pushes it:
+cloud/server/channel_hub.py); both are timed, and memory per idle Zap is given per worker. No restart there.
+
+`make bench` runs 100 and 1,000 (--quick: 100) on one worker and, where PostgreSQL is installed, 100 on two
+(not with --quick); bigger: `python -m bench.channel --sizes 1000,10000`; two workers at other sizes:
+`python -m bench.channel --workers 2 --sizes 100,1000`.
 """
 
 # The harness starts processes and polls from the event loop on purpose (it drives, it is not measured).
@@ -34,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,6 +71,7 @@ from cloud_sync.keys import key_id, load_verify_key_b64, public_key_b64
 from tests.cloud_server import ADMIN, cloud_env, free_port, serve_cmd
 
 COMMAND = "python -m bench.channel --sizes 1000,10000"
+COMMAND_2 = "python -m bench.channel --workers 2 --sizes 100,1000"
 
 
 async def _serving(port: int, log: Path) -> str:
@@ -190,11 +201,16 @@ async def _zaps_main(spec_path: str) -> None:
 
 class Fleet:
     """The simulated Zaps in `procs` client processes, so that the measuring side's event loop is not the
-    bottleneck at 10,000; what they report (welcomes, drops, failed attempts, acks) gathered here."""
+    bottleneck at 10,000; what they report (welcomes, drops, failed attempts, acks) gathered here.
+    With several `url`s (workers), client process i dials urls[i % len(urls)]: `worker_of` says whose a Zap is."""
 
-    def __init__(self, sites: list[tuple[str, SigningKey]], url: str, cloud_key_b64: str, tmp: Path,
+    def __init__(self, sites: list[tuple[str, SigningKey]], url: str | Sequence[str], cloud_key_b64: str, tmp: Path,
                  *, procs: int, dial_per_s: float) -> None:  # fmt: skip
+        urls = [url] if isinstance(url, str) else list(url)
+        if procs < len(urls):
+            raise ValueError(f"{procs} client processes cannot dial {len(urls)} workers")
         self.n = len(sites)
+        self.worker_of: dict[str, int] = {}
         self.up: set[str] = set()
         self.ups: list[float] = []  # monotonic time of every welcome
         self.drops: list[float] = []
@@ -206,7 +222,8 @@ class Fleet:
         self._specs = []
         for i in range(procs):
             mine = sites[i::procs]
-            spec = {"url": url, "cloud_key": cloud_key_b64, "dial_per_s": dial_per_s / procs,
+            self.worker_of.update((s, i % len(urls)) for s, _ in mine)
+            spec = {"url": urls[i % len(urls)], "cloud_key": cloud_key_b64, "dial_per_s": dial_per_s / procs,
                     "sites": [(s, base64.b64encode(bytes(k)).decode()) for s, k in mine]}  # fmt: skip
             path = tmp / f"zaps-{i}.json"
             path.write_text(__import__("json").dumps(spec))
@@ -298,26 +315,54 @@ def _wave(ups: list[float], since: float, n: int) -> dict[str, float]:
     }
 
 
-async def _measure(n: int, samples: int, *, restart: bool) -> dict[str, Any]:
-    procs = max(1, min(4, math.ceil(n / 250)))
-    with tempfile.TemporaryDirectory(prefix="bench-channel-") as tmp_s:
+@contextlib.contextmanager
+def _database(tmp: Path, workers: int) -> Iterator[str]:
+    """One worker: a SQLite file. Two: they must share a database and its NOTIFY, so a throwaway PostgreSQL."""
+    if workers == 1:
+        yield f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}"
+        return
+    from tests.pg_cluster import cluster
+
+    with cluster() as url:
+        yield url
+
+
+def _latency(lat: list[float]) -> dict[str, float]:
+    lat = sorted(lat)
+    return {
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "max_ms": lat[-1] * 1000,
+        "samples": float(len(lat)),
+    }
+
+
+async def _measure(n: int, samples: int, *, restart: bool, workers: int = 1) -> dict[str, Any]:
+    """N Zaps on `workers` (1 or 2) workers; commands POSTed to the first, latency per holding worker."""
+    if restart and workers != 1:
+        raise ValueError("the restart is measured with one worker only")
+    procs = max(workers, min(4, math.ceil(n / 250)))
+    with tempfile.TemporaryDirectory(prefix="bench-channel-") as tmp_s, _database(Path(tmp_s), workers) as db_url:
         tmp = Path(tmp_s)
-        db_url = f"sqlite+aiosqlite:///{tmp / 'cloud.sqlite'}"
         sites = await _register_all(db_url, n)
-        port = free_port()
-        log = (tmp / "serve.log").open("wb")
-        proc = _start_cloud(port, db_url, tmp, log)
-        out: dict[str, Any] = {"procs": procs}
+        logs = [(tmp / name).open("wb") for name in ("serve.log", "serve-b.log")[:workers]]
+        ports: list[int] = []
+        cloud: list[subprocess.Popen[bytes]] = []
+        out: dict[str, Any] = {"procs": procs, "workers": workers}
         fleet: Fleet | None = None
         try:
-            base = f"http://127.0.0.1:{port}"
+            for w, log in enumerate(logs):  # one after the other: the second reads the key the first wrote
+                ports.append(free_port())
+                cloud.append(_start_cloud(ports[w], db_url, tmp, log))
+                cloud_key_b64 = await _serving(ports[w], Path(log.name))
+            proc, port, log = cloud[0], ports[0], logs[0]
+            bases = [f"http://127.0.0.1:{p}" for p in ports]
             admin = {"Authorization": f"Bearer {ADMIN}"}
-            async with httpx.AsyncClient(base_url=base, headers=admin, timeout=30.0) as http:
-                cloud_key_b64 = await _serving(port, tmp / "serve.log")
+            async with httpx.AsyncClient(base_url=bases[0], headers=admin, timeout=30.0) as http:
                 await asyncio.sleep(1.0)
-                rss_before = rss_kb(proc.pid)
+                rss_before = [rss_kb(c.pid) for c in cloud]
                 # ~300 first dials a second: what 10,000 Zaps whose first retry is uniform in 0..30 s bring
-                fleet = Fleet(sites, ws_url(base), cloud_key_b64, tmp, procs=procs, dial_per_s=300.0)
+                fleet = Fleet(sites, [ws_url(b) for b in bases], cloud_key_b64, tmp, procs=procs, dial_per_s=300.0)
                 out["load_connect"] = _load()
                 t0 = time.monotonic()
                 await fleet.start()
@@ -327,15 +372,17 @@ async def _measure(n: int, samples: int, *, restart: bool) -> dict[str, Any]:
                 out["retries"] = len(fleet.failures)
                 out["causes"] = _causes(fleet.failure_causes)
                 await asyncio.sleep(3.0)  # idle: status flush, GC settle
-                out["kb_per_conn"] = (rss_kb(proc.pid) - rss_before) / n
+                held = Counter(fleet.worker_of.values())
+                kb = [(rss_kb(c.pid) - rss_before[w]) / held[w] for w, c in enumerate(cloud)]
+                out["kb_per_conn"], out["kb_per_conn_by_worker"] = kb[0], kb
                 now = datetime.now(UTC)
                 action = {"kind": "dr", "start": now.isoformat(), "end": (now + timedelta(hours=1)).isoformat(),
                           "import_limit_kw": 1.0}  # fmt: skip
-                lat: list[float] = []
+                lat: list[list[float]] = [[] for _ in cloud]
                 drops_before, out["load_probe"] = len(fleet.drops), _load()
                 probe_start = time.monotonic()
                 for i in range(-5, samples):  # the first five warm the worker up (lazy imports), not counted
-                    site_id = sites[(i * 7919) % n][0]
+                    site_id = sites[(i * 7919) % n][0]  # 7919 odd: with two workers, A and B in turn
                     if site_id not in fleet.up:
                         continue  # not connected (yet): its command would wait for it, not measure the channel
                     t_post = time.monotonic()
@@ -343,22 +390,23 @@ async def _measure(n: int, samples: int, *, restart: bool) -> dict[str, Any]:
                     cid = r.json()["command_id"]
                     await fleet.until(lambda cid=cid: cid in fleet.applied, 60, "an ack")
                     if i >= 0:
-                        lat.append(fleet.applied[cid] - t_post)
-                lat.sort()
-                out["p50_ms"] = statistics.median(lat) * 1000
-                out["p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
-                out["max_ms"] = lat[-1] * 1000
+                        lat[fleet.worker_of[site_id]].append(fleet.applied[cid] - t_post)
+                out.update(_latency([x for by in lat for x in by]))
+                out["by_worker"] = [_latency(by) for by in lat]
+                out["load_probe"] = f"{out['load_probe']}-{_load()}"
                 out["drops_probing"] = len(fleet.drops) - drops_before
                 out["client_gc_max_ms"] = max((ms for at, ms in fleet.gc_ms if at >= probe_start), default=0.0)
                 if restart:
                     out.update(await _restart(fleet, proc, port, db_url, tmp, log, len(fleet.up)))
-                    proc = out.pop("proc")
+                    cloud[0] = out.pop("proc")
         finally:
             if fleet is not None:
                 await fleet.stop()
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
+            for c in cloud:
+                c.terminate()
+                c.wait(timeout=30)
+            for log in logs:
+                log.close()
             if os.environ.get("BENCH_CHANNEL_KEEP"):
                 import shutil
 
@@ -459,10 +507,60 @@ async def _zap_rss() -> float:
             proc.wait(timeout=20)
 
 
-def rows(sizes: list[int] | None = None) -> list[dict[str, str]]:
+def _two_worker_rows(n: int, r: dict[str, Any]) -> list[dict[str, str]]:
+    """The rows of one size on two workers: latency by the worker that holds the Zap, memory per worker."""
+    out = []
+    for w, path in ((0, "POSTed to A, Zap on A"), (1, "POSTed to A, Zap on B: cross-worker, NOTIFY")):
+        b = r["by_worker"][w]
+        out.append(
+            row(
+                f"channel, 2 workers (PostgreSQL): event → Zap applied p99, {path}, {n:,} connected "
+                f"(half on each), load {r['load_probe']} ({b['samples']:.0f} samples, drops meanwhile "
+                f"{r['drops_probing']}, client GC max {r['client_gc_max_ms']:.0f} ms)",
+                f"{b['p99_ms']:.1f} ms (p50 {b['p50_ms']:.1f}, max {b['max_ms']:.1f})",
+                "<= 1000 ms",
+                COMMAND_2,
+            )
+        )
+    kb = r["kb_per_conn_by_worker"]
+    out += [
+        row(
+            f"channel, 2 workers: connect wave, {n:,} dialing at ~300/s in {r['procs']} client processes, load "
+            f"{r['load_connect']} (failed dials by cause: {r['causes']})",
+            f"{r['connected']:,} up in {r['connect_s']:.1f} s, {r['retries']} retries",
+            "-",
+            COMMAND_2,
+        ),
+        row(
+            f"channel, 2 workers: cloud memory per idle Zap, {n:,} connected (half on each)",
+            f"{max(kb):.1f} kB (A {kb[0]:.1f}, B {kb[1]:.1f})",
+            "<= 50 kB",
+            COMMAND_2,
+        ),
+    ]
+    return out
+
+
+def _have_postgres() -> bool:
+    from tests.pg_cluster import pg_bindir
+
+    try:
+        pg_bindir()
+    except SystemExit:
+        return False
+    return True
+
+
+def rows(sizes: list[int] | None = None, workers: int = 1) -> list[dict[str, str]]:
+    """`make bench` (no sizes, not --quick) adds the two workers at 100 (~15 s) where PostgreSQL is installed."""
     quick = os.environ.get("ZAPD_BENCH_QUICK") == "1"
+    two_at_100 = not sizes and not quick and workers == 1 and _have_postgres()
     sizes = sizes or ([100] if quick else [100, 1000])
     out = []
+    if workers != 1:
+        for n in sizes:
+            out += _two_worker_rows(n, asyncio.run(_measure(n, samples=200, restart=False, workers=workers)))
+        return out
     for n in sizes:
         r = asyncio.run(_measure(n, samples=100 if n <= 1000 else 200, restart=True))
         probe = f"{n:,} connected, load {r['load_probe']}"
@@ -506,12 +604,16 @@ def rows(sizes: list[int] | None = None) -> list[dict[str, str]]:
             ),
         ]
     out.append(row("channel: Zap RSS added by the channel", f"{asyncio.run(_zap_rss()):.2f} MB", "<= 3 MB", COMMAND))
+    if two_at_100:
+        out += _two_worker_rows(100, asyncio.run(_measure(100, samples=200, restart=False, workers=2)))
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.channel", description=__doc__)
     parser.add_argument("--sizes", default="100,1000", help="comma-separated numbers of connected Zaps")
+    workers = "zapcloud serve workers: 1 (SQLite) or 2 (a throwaway PostgreSQL, the Zaps split between them)"
+    parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help=workers)
     parser.add_argument("--zaps", help=argparse.SUPPRESS)  # internal: run one client process from this spec
     args = parser.parse_args()
     if args.zaps:
@@ -519,7 +621,7 @@ def main() -> int:
         return 0
     from bench.table import print_table
 
-    print_table(rows([int(s) for s in args.sizes.split(",")]))
+    print_table(rows([int(s) for s in args.sizes.split(",")], workers=args.workers))
     return 0
 
 
