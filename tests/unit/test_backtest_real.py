@@ -15,6 +15,7 @@ import pytest
 import zapd.controller
 from cloud import backtest
 from cloud.backtest import Config, Traces, price_outlook, read_traces, rolling_flows
+from cloud.backtest_config import LoadModel, PvModel
 from cloud.cli import main
 from cloud.execution import Execution
 from cloud.forecast_price import forecast_prices
@@ -182,3 +183,22 @@ def test_price_outlook_fills_only_unpublished_slots_from_the_published_ones() ->
 def test_start_is_local_midnight(days: Traces) -> None:
     assert days.start.astimezone(SITE.zone).time() == time(0, 0)
     assert days.step == timedelta(minutes=30)
+
+
+@pytest.fixture(scope="module")
+def weeks() -> Traces:
+    return read_traces(str(TRACE)).head(16 * 48)
+
+
+def test_trained_forecasters_use_no_future_load_or_pv(weeks: Traces) -> None:
+    """The trained forecasters (LightGBM load quantiles, the pvlib PV site model) see no more of the future than
+    the default ones: 16 days, so both are past their cold start (14 and 7 days) and really plan the last days;
+    changing load and PV from slot k on changes nothing the site did before k."""
+    cfg = _with(SITE, load_model=LoadModel.GBM, pv_model=PvModel.FIT, load_quantile=0.7)
+    k = 15 * 48 + 7
+    c1, d1, _, _ = rolling_flows(weeks, cfg)
+    c2, d2, _, _ = rolling_flows(_changed_after(weeks, k), cfg)
+    assert np.array_equal(c1[:k], c2[:k]) and np.array_equal(d1[:k], d2[:k])
+    c0, d0, _, _ = rolling_flows(weeks, SITE)
+    warm = 14 * 48  # after both cold starts the trained models plan differently from the default ones
+    assert not (np.array_equal(c0[warm:], c1[warm:]) and np.array_equal(d0[warm:], d1[warm:]))
