@@ -30,6 +30,7 @@ class Execution(StrEnum):
     VALUE = "value"
     SETPOINT_VALUE = "setpoint_value"  # SETPOINT's self-consumption slots, VALUE's absorb in the others
     SURPLUS = "surplus"  # SETPOINT, but a slot charging from PV surplus only charges from the real surplus
+    COVER = "cover"  # SURPLUS, and a slot discharging while it imports discharges into the real deficit only
 
 
 DEFAULT_EXECUTION: Final = Execution.SURPLUS
@@ -159,6 +160,19 @@ def surplus_charge(import_kw: float, charge_kw: float) -> bool:
     return charge_kw > IDLE_BATTERY_KW and import_kw < GRID_IDLE_KW
 
 
+def deficit_discharge(import_kw: float, export_kw: float, discharge_kw: float) -> bool:
+    """True where the plan discharges to cover part of the forecast demand and imports the rest (no export).
+
+    The mirror of `surplus_charge`. Executed as a fixed setpoint, such a slot exports the planned discharge
+    whenever the house needs less than the forecast, although the plan meant that energy for the house (an
+    export the plan did not choose, at the export price, of energy it valued at least at the import price).
+    Execution.COVER sends it as the planned discharge with grid_w = 0 and Absorb.UP: the edge lowers the
+    discharge as soon as the site would export (`fallback.policy.absorbed_w`) and leaves the rest in the
+    battery, while a demand above the forecast is imported as planned.
+    """
+    return discharge_kw > IDLE_BATTERY_KW and import_kw > GRID_IDLE_KW and export_kw < GRID_IDLE_KW
+
+
 def slot_intent(
     import_kw: float,
     export_kw: float,
@@ -185,9 +199,12 @@ def slot_intent(
         )
     if slot_mode(import_kw, export_kw) is IntentMode.SELF_CONSUMPTION:
         return Intent(mode=IntentMode.SELF_CONSUMPTION, battery_w=battery_w, **limits)  # type: ignore[arg-type]
-    if execution is Execution.SURPLUS and surplus_charge(import_kw, charge_kw):
+    capped = execution in (Execution.SURPLUS, Execution.COVER)
+    if capped and surplus_charge(import_kw, charge_kw):
         return Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=0.0, absorb=Absorb.DOWN, **limits)
-    if execution in (Execution.SETPOINT, Execution.SURPLUS):
+    if execution is Execution.COVER and deficit_discharge(import_kw, export_kw, discharge_kw):
+        return Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=0.0, absorb=Absorb.UP, **limits)
+    if execution is Execution.SETPOINT or capped:
         absorb = None
     elif execution is Execution.SETPOINT_VALUE:
         absorb = either(value, absorb_for(import_kw, export_kw, battery_kw))
@@ -210,6 +227,7 @@ __all__ = [
     "SELF_CONSUMPTION_MAX_GRID_KW",
     "Execution",
     "absorb_for",
+    "deficit_discharge",
     "plan_values",
     "slot_intent",
     "slot_mode",

@@ -258,3 +258,26 @@ def test_surplus_charge_slot_charges_from_the_real_surplus_only() -> None:
     discharge = slot_intent(0.0, 1.0, 0.0, 2.0, Execution.SURPLUS)
     assert discharge.absorb is None and discharge.battery_w == -2000.0
     assert slot_intent(0.0, 0.0, 1.0, 0.0, Execution.SURPLUS).mode is IntentMode.SELF_CONSUMPTION
+
+
+def test_cover_discharge_slot_discharges_into_the_real_deficit_only() -> None:
+    """Execution.COVER by hand: the plan discharges 2 kW into a forecast house of 2.5 kW and imports 0.5 kW.
+    With the house at 1.5 kW a plain setpoint exports 0.5 kW of the stored energy; the cover intent discharges
+    1.5 kW and keeps the rest. A house at 2.0 kW imports nothing; one at 3.5 kW imports the extra 1 kW as planned
+    (the battery's energy was planned for this slot's deficit, not for more)."""
+    intent = slot_intent(0.5, 0.0, 0.0, 2.0, Execution.COVER)
+    assert intent.mode is IntentMode.SETPOINT and intent.battery_w == -2000.0
+    assert intent.grid_w == 0.0 and intent.absorb is Absorb.UP
+    assert resolve_battery_w(intent, snap(1500.0)) == pytest.approx(-1500.0)
+    assert resolve_battery_w(intent, snap(2000.0)) == pytest.approx(-2000.0)
+    assert resolve_battery_w(intent, snap(3500.0)) == pytest.approx(-2000.0)
+    plain = slot_intent(0.5, 0.0, 0.0, 2.0, Execution.SURPLUS)
+    assert plain.absorb is None and resolve_battery_w(plain, snap(1500.0)) == -2000.0  # 0.5 kW exported
+    # discharge with planned export keeps its setpoint; surplus charging is capped as in SURPLUS
+    export = slot_intent(0.0, 1.0, 0.0, 2.0, Execution.COVER)
+    assert export.absorb is None and export.grid_w is None and export.battery_w == -2000.0
+    surplus = slot_intent(0.0, 0.2, 2.9, 0.0, Execution.COVER)
+    assert surplus.absorb is Absorb.DOWN and surplus.grid_w == 0.0
+    assert slot_intent(0.0, 0.0, 0.0, 1.0, Execution.COVER).mode is IntentMode.SELF_CONSUMPTION
+    held = slot_intent(1.0, 0.0, 0.0, 0.0, Execution.COVER)  # idle while importing: a plain setpoint
+    assert held.absorb is None and held.battery_w == 0.0
