@@ -31,6 +31,8 @@ class Execution(StrEnum):
     SETPOINT_VALUE = "setpoint_value"  # SETPOINT's self-consumption slots, VALUE's absorb in the others
     SURPLUS = "surplus"  # SETPOINT, but a slot charging from PV surplus only charges from the real surplus
     COVER = "cover"  # SURPLUS, and a slot discharging while it imports discharges into the real deficit only
+    KEEP_IMPORT = "keep_import"  # SURPLUS, and no error makes a slot that plans an import export (UP at grid 0)
+    KEEP_SIGN = "keep_sign"  # no error turns a planned import into export or a planned export into import
 
 
 DEFAULT_EXECUTION: Final = Execution.SURPLUS
@@ -173,6 +175,19 @@ def deficit_discharge(import_kw: float, export_kw: float, discharge_kw: float) -
     return discharge_kw > IDLE_BATTERY_KW and import_kw > GRID_IDLE_KW and export_kw < GRID_IDLE_KW
 
 
+def keep_sign_absorb(import_kw: float, export_kw: float) -> Absorb:
+    """The error the battery takes so that the site keeps the sign of its planned grid exchange (grid_w = 0).
+
+    A slot that plans an import sends its surplus errors past zero to the battery (UP): the plan imports
+    there, so it values a stored kWh at least at the import price less the losses (it would discharge
+    otherwise), well above the export price that kWh would fetch. A slot that plans an export covers an
+    unplanned import from the battery (DOWN): the plan sells there, so it values a stored kWh at most at the
+    export price plus losses (it would charge otherwise), well below the import price. Errors that only move
+    the planned exchange (less import, more export and so on) stay on the grid at the price the plan traded at.
+    """
+    return Absorb.UP if import_kw >= export_kw else Absorb.DOWN
+
+
 def slot_intent(
     import_kw: float,
     export_kw: float,
@@ -199,10 +214,15 @@ def slot_intent(
         )
     if slot_mode(import_kw, export_kw) is IntentMode.SELF_CONSUMPTION:
         return Intent(mode=IntentMode.SELF_CONSUMPTION, battery_w=battery_w, **limits)  # type: ignore[arg-type]
-    capped = execution in (Execution.SURPLUS, Execution.COVER)
+    if execution is Execution.KEEP_SIGN:
+        absorb = keep_sign_absorb(import_kw, export_kw)
+        return Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=0.0, absorb=absorb, **limits)
+    capped = execution in (Execution.SURPLUS, Execution.COVER, Execution.KEEP_IMPORT)
     if capped and surplus_charge(import_kw, charge_kw):
         return Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=0.0, absorb=Absorb.DOWN, **limits)
     if execution is Execution.COVER and deficit_discharge(import_kw, export_kw, discharge_kw):
+        return Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=0.0, absorb=Absorb.UP, **limits)
+    if execution is Execution.KEEP_IMPORT and import_kw > GRID_IDLE_KW and export_kw < GRID_IDLE_KW:
         return Intent(mode=IntentMode.SETPOINT, battery_w=battery_w, grid_w=0.0, absorb=Absorb.UP, **limits)
     if execution is Execution.SETPOINT or capped:
         absorb = None
@@ -228,6 +248,7 @@ __all__ = [
     "Execution",
     "absorb_for",
     "deficit_discharge",
+    "keep_sign_absorb",
     "plan_values",
     "slot_intent",
     "slot_mode",

@@ -281,3 +281,44 @@ def test_cover_discharge_slot_discharges_into_the_real_deficit_only() -> None:
     assert slot_intent(0.0, 0.0, 0.0, 1.0, Execution.COVER).mode is IntentMode.SELF_CONSUMPTION
     held = slot_intent(1.0, 0.0, 0.0, 0.0, Execution.COVER)  # idle while importing: a plain setpoint
     assert held.absorb is None and held.battery_w == 0.0
+
+
+@pytest.mark.parametrize(
+    ("flows", "absorb", "battery_now_w", "house_w", "expected"),
+    [
+        # idle, importing 1 kW: 0.5 kW of surplus the forecast missed is stored, not exported at the export price
+        ((1.0, 0.0, 0.0, 0.0), Absorb.UP, 0.0, -500.0, 500.0),
+        ((1.0, 0.0, 0.0, 0.0), Absorb.UP, 0.0, 500.0, 0.0),  # less demand only imports less
+        # idle, exporting 2 kW: 0.5 kW of demand past zero is covered from the battery, not bought
+        ((0.0, 2.0, 0.0, 0.0), Absorb.DOWN, 0.0, 500.0, -500.0),
+        ((0.0, 2.0, 0.0, 0.0), Absorb.DOWN, 0.0, -1000.0, 0.0),  # less surplus only exports less
+        # discharging 2 kW, exporting 1 kW: a house at 3 kW takes 3 kW from the battery, none from the grid
+        ((0.0, 1.0, 0.0, 2.0), Absorb.DOWN, -2000.0, 3000.0, -3000.0),
+        # charging 3 kW, importing 2 kW: a surplus of 4 kW (forecast: 1 kW load) is charged, not exported
+        ((2.0, 0.0, 3.0, 0.0), Absorb.UP, 3000.0, -4000.0, 4000.0),
+    ],
+)
+def test_keep_sign_slot_never_crosses_zero_against_the_plan(
+    flows: tuple[float, float, float, float], absorb: Absorb, battery_now_w: float, house_w: float, expected: float
+) -> None:
+    """Execution.KEEP_SIGN by hand: the grid takes an error up to zero, the battery the part past zero."""
+    intent = slot_intent(*flows, Execution.KEEP_SIGN)
+    assert intent.mode is IntentMode.SETPOINT and intent.grid_w == 0.0 and intent.absorb is absorb
+    assert resolve_battery_w(intent, snap(house_w, battery_now_w=battery_now_w)) == pytest.approx(expected)
+    plain = slot_intent(*flows, Execution.SETPOINT)
+    assert resolve_battery_w(plain, snap(house_w, battery_now_w=battery_now_w)) == plain.battery_w
+
+
+def test_keep_import_caps_importing_slots_only() -> None:
+    """Execution.KEEP_IMPORT: every slot that plans an import is sent UP at grid 0 (idle, charging or
+    discharging), surplus-charge slots as in SURPLUS, slots that export with the battery idle or discharging
+    keep their plain setpoint, balancing slots stay self-consumption."""
+    for flows in ((1.0, 0.0, 0.0, 0.0), (2.0, 0.0, 3.0, 0.0), (0.5, 0.0, 0.0, 2.0)):
+        intent = slot_intent(*flows, Execution.KEEP_IMPORT)
+        assert intent.grid_w == 0.0 and intent.absorb is Absorb.UP, flows
+    assert slot_intent(0.0, 0.2, 2.9, 0.0, Execution.KEEP_IMPORT).absorb is Absorb.DOWN
+    for flows in ((0.0, 2.0, 0.0, 0.0), (0.0, 1.0, 0.0, 2.0)):
+        intent = slot_intent(*flows, Execution.KEEP_IMPORT)
+        assert intent.absorb is None and intent.grid_w is None, flows
+    assert slot_intent(0.0, 0.0, 0.0, 1.0, Execution.KEEP_IMPORT).mode is IntentMode.SELF_CONSUMPTION
+    assert slot_intent(0.0, 0.0, 0.0, 1.0, Execution.KEEP_SIGN).mode is IntentMode.SELF_CONSUMPTION
