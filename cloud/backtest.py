@@ -70,7 +70,7 @@ from cloud.forecast import (
     pv_nowcast,
     pv_ratio_spread,
 )
-from cloud.forecast_load import LoadQuantiles
+from cloud.forecast_load import LoadQuantiles, error_persistence, load_ratio_spread
 from cloud.forecast_price import forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
@@ -429,6 +429,9 @@ class Planner:
         self.factor = PvFactor()
         self.factor_day = -1
         self.pv_spread = (1.0, 1.0)
+        self.load_spread = (1.0, 1.0)
+        self.persistence: float | None = None
+        self.load_day = -1
         self.warm_scenarios = WarmStart()
         self.spread = np.zeros(self.spd)
         self.warm = WarmStart()  # re-plans of one horizon length share the LP's matrix: warm-started simplex
@@ -454,6 +457,7 @@ class Planner:
     def forecasts(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:
         """(load kW, PV kW) for slots k..k+horizon-1, from what was known at the start of slot k."""
         tr, cfg, spd = self.tr, self.cfg, self.spd
+        self._learn_load(k)
         if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_LOAD):
             load = tr.load_kw[k : k + horizon].copy()
         elif self.gbm is not None and cfg.load_quantile is not None:
@@ -463,7 +467,7 @@ class Planner:
         elif cfg.load_model is LoadModel.PERSISTENCE:
             load = forecast_load_persistence(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
         else:
-            load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
+            load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd, persistence=self.persistence)
             if cfg.load_quantile is not None:
                 load = np.maximum(load + self._spread(k, horizon), 0.0)
         if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_PV):
@@ -473,6 +477,18 @@ class Planner:
             external = tr.pv_forecast_kw[k : k + horizon]
             pv = np.where(np.isnan(external), pv, external)
         return load, pv
+
+    def _learn_load(self, k: int) -> None:
+        """Once a day: the house's load error persistence and whole-day load spread, when an option uses them."""
+        spd = self.spd
+        if k // spd == self.load_day or not (self.cfg.load_persistence or self.cfg.load_scenarios):
+            return
+        history = self.tr.load_kw[max(0, k - 56 * spd) : k]
+        if self.cfg.load_persistence:
+            self.persistence = error_persistence(history, spd)
+        if self.cfg.load_scenarios:
+            self.load_spread = load_ratio_spread(history, spd)
+        self.load_day = k // spd
 
     def _spread(self, k: int, horizon: int) -> FloatArray:
         """Quantile minus mean of each slot of the day over the last four weeks, for slots k..k+horizon-1.
@@ -502,13 +518,15 @@ class Planner:
         ramp = 1.0 - np.exp(-self.tr.dt_h * np.arange(horizon) / NOWCAST_TAU_H)
         load = np.asarray(problem.load_kw)
 
-        def scenario(pv_ratio: float) -> Problem:
+        def scenario(pv_ratio: float, load_ratio: float) -> Problem:
             pv_s = np.maximum(pv * (1.0 + (pv_ratio - 1.0) * ramp), 0.0)
-            load_s = np.minimum(load, self.cfg.grid_import_kw + pv_s)  # as for the point forecast: feasible
+            load_s = np.maximum(load * (1.0 + (load_ratio - 1.0) * ramp), 0.0)
+            load_s = np.minimum(load_s, self.cfg.grid_import_kw + pv_s)  # as for the point forecast: feasible
             return msgspec.structs.replace(problem, load_kw=load_s.tolist(), pv_kw=pv_s.tolist())
 
-        dark, bright = self.pv_spread
-        problems = [scenario(dark), problem, scenario(bright)]
+        dark, bright = self.pv_spread if self.cfg.scenarios else (1.0, 1.0)
+        low, high = self.load_spread if self.cfg.load_scenarios else (1.0, 1.0)
+        problems = [scenario(dark, high), problem, scenario(bright, low)]
         return solve_scenarios(problems, SWANSON_WEIGHTS, shared, warm=self.warm_scenarios)
 
     def _pv_model(self, k: int, horizon: int) -> FloatArray:
@@ -556,7 +574,8 @@ class Planner:
             battery=_battery(cfg, soc, self._terminal_value(imp)),
             grid=_grid(cfg),
         )
-        scenario = self._scenario_solve(problem, min(executed, horizon)) if cfg.scenarios else None
+        two_stage = cfg.scenarios or cfg.load_scenarios
+        scenario = self._scenario_solve(problem, min(executed, horizon)) if two_stage else None
         solution = scenario if scenario is not None else solve(problem, warm=self.warm)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption

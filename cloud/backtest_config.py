@@ -70,6 +70,12 @@ class Config:
     # day-to-day spread at that quantile; None: the point forecast
     load_quantile: float | None = None
     scenarios: bool = False  # two-stage plan over P10/P50/P90 PV (weather) scenarios (cloud.optimizer_scenarios)
+    # two-stage plan over whole-day load scenarios (the P10 / P90 of the recent days' load energy over the
+    # profile's); with `scenarios` too, a dark day with high load and a bright one with low load
+    load_scenarios: bool = False
+    # the profile forecaster's recent level as an AR(1) nowcast with the house's own error persistence
+    # (cloud.forecast_load.error_persistence) instead of the 2 h ratio fading over 4 h
+    load_persistence: bool = False
     terminal_value: bool = True  # value the energy left at the horizon's end (cloud.forecast_price.terminal_value)
 
     @property
@@ -156,6 +162,16 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         action="store_true",
         help="two-stage plan over P10/P50/P90 PV (weather) scenarios, one decision for the slots about to run",
     )
+    bt.add_argument(
+        "--load-scenarios",
+        action="store_true",
+        help="two-stage plan over whole-day load scenarios (P10 / P90 of the recent days' load over the profile)",
+    )
+    bt.add_argument(
+        "--load-persistence",
+        action="store_true",
+        help="load nowcast: the last slot's error fades by the house's own measured persistence per slot",
+    )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
@@ -193,6 +209,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         price_forecast=getattr(args, "price_forecast", False),
         load_quantile=getattr(args, "load_quantile", None),
         scenarios=getattr(args, "scenarios", d.scenarios),
+        load_scenarios=getattr(args, "load_scenarios", d.load_scenarios),
+        load_persistence=getattr(args, "load_persistence", d.load_persistence),
         terminal_value=getattr(args, "terminal_value", d.terminal_value),
     )
 

@@ -1,0 +1,98 @@
+"""Load risk (issue 11, fifth pass): the house's own error persistence as a nowcast, and whole-day load
+scenarios in the two-stage plan. Expected values are worked by hand or come from the generating process."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from cloud.backtest import Config, Planner, Traces
+from cloud.backtest_config import add_arguments, config_from_args
+from cloud.forecast_load import error_persistence, forecast_load, load_ratio_spread
+
+SPD = 24
+
+
+def test_error_persistence_is_the_lag_one_autocorrelation_of_the_profile_error() -> None:
+    """A weekly-periodic load plus AR(1) noise with coefficient 0.7 (the process the estimate should find),
+    and the same with independent noise (nothing persists)."""
+    rng = np.random.default_rng(7)
+    n = 56 * SPD
+    weekly = np.tile(1.0 + 0.5 * np.sin(np.arange(7 * SPD) / 5.0), 8)
+    noise = np.zeros(n)
+    for t in range(1, n):
+        noise[t] = 0.7 * noise[t - 1] + rng.normal(0.0, 0.3)
+    # the profile averages four past weeks, whose own noise makes the profile error a little less persistent
+    assert error_persistence(weekly + noise, SPD) == pytest.approx(0.7, abs=0.08)
+    assert error_persistence(weekly + rng.normal(0.0, 0.3, n), SPD) < 0.1
+    assert error_persistence(weekly[: 10 * SPD], SPD) == 0.0  # under two weeks of errors: no persistence
+
+
+def test_ar1_nowcast_adds_the_last_slots_error_fading_by_the_persistence() -> None:
+    """Four weeks of 1 kW, then a car charging: the last slot measured 4 kW. The AR(1) nowcast says
+    1 + 3 * 0.5 ** j for lead j = 1, 2, 3 (additive: a 3 kW session is 3 kW, not a ratio capped at 2)."""
+    history = np.ones(28 * SPD)
+    history[-1] = 4.0
+    fc = forecast_load(history, 3, SPD, persistence=0.5)
+    assert fc == pytest.approx([2.5, 1.75, 1.375])
+    ratio = forecast_load(history, 3, SPD)  # the default: the last 2 h's ratio, capped at 2
+    assert ratio[0] == pytest.approx(2.0)
+
+
+def test_load_ratio_spread_is_p10_p90_of_whole_days_against_their_profile() -> None:
+    """Four weeks of 1 kW, then a week whose days are scaled 0.5, 1, 1, 1, 1, 1, 2. Each of those days'
+    profile is its four earlier weeks (1 kW), so the ratios are the scales; the 21 days before the last week
+    have ratio 1. Over the last 7 days: P10 = 0.5 + 0.6 * 0.5 = 0.8, P90 = 1 + 0.4 * 1 = 1.4 (linear between
+    sorted values). A day with a missing slot is left out: with the 2.0 day gapped, the last 8 days give
+    0.5 and six ratios of 1: P10 0.8, P90 1."""
+    scales = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0]
+    history = np.concatenate([np.ones(28 * SPD), np.repeat(scales, SPD)])
+    assert load_ratio_spread(history, SPD, days=7) == pytest.approx((0.8, 1.4))
+    history[-5] = np.nan
+    assert load_ratio_spread(history, SPD, days=8) == pytest.approx((0.8, 1.0))
+    assert load_ratio_spread(history[: 10 * SPD], SPD) == (1.0, 1.0)  # fewer than 7 days with a profile
+
+
+def _evening_house(days: int) -> Traces:
+    """Hourly, UTC: 0.1 kW all day, 6 kW of PV at 12:00 only, and an evening (18-21 h) of 0.4 kW times a
+    five-day cycle of 0.5, 1, 1, 1, 2.5 (not weekly, so the weekly profile does not learn it). Import 0.30,
+    export 0.05: a kWh stored for the evening is worth 0.30, one exported at noon 0.05."""
+    n = days * SPD
+    hour = np.arange(n) % SPD
+    scale = np.array([0.5, 1.0, 1.0, 1.0, 2.5])[(np.arange(n) // SPD) % 5]
+    load = 0.1 + np.where((hour >= 18) & (hour <= 21), 0.4 * scale, 0.0)
+    pv = np.where(hour == 12, 6.0, 0.0)
+    start, step = datetime(2026, 3, 2, tzinfo=UTC), timedelta(hours=1)
+    # the PV is known (an external forecast column equal to it): only the load is uncertain here
+    return Traces(start, step, np.full(n, 0.30), np.full(n, 0.05), load, pv, pv.copy())
+
+
+def test_load_scenarios_store_more_noon_surplus_for_an_uncertain_evening() -> None:
+    """At 12:00 on day 36 (prices known to midnight, no terminal value): the point plan stores about what the
+    forecast evening needs and exports the rest of the noon PV; with whole-day load scenarios the high-load
+    day (P90 of the recent days' ratio) is worth 0.30 a kWh at 30 % weight against 0.05 for exporting, so
+    the shared first slot stores more."""
+    tr = _evening_house(40)
+    k = 36 * SPD + 12
+    base = Config(tz="UTC", pv_kwp=0.0, terminal_value=False)
+    point = Planner(tr, base).plan(k, 0.1, 1)
+    hedged_planner = Planner(tr, Config(tz="UTC", pv_kwp=0.0, terminal_value=False, load_scenarios=True))
+    hedged = hedged_planner.plan(k, 0.1, 1)
+    assert point is not None and hedged is not None
+    low, high = hedged_planner.load_spread
+    assert low < 0.95 and high > 1.1  # the five-day cycle's spread, learnt from the past only
+    charge_point, charge_hedged = point[1].battery_charge_kw[0], hedged[1].battery_charge_kw[0]
+    assert charge_point < 4.0  # room left: the point plan does not store everything
+    assert charge_hedged > charge_point + 0.3
+
+
+def test_the_options_reach_the_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["x.csv", "--load-scenarios", "--load-persistence"]))
+    assert cfg.load_scenarios and cfg.load_persistence
+    default = config_from_args(parser.parse_args(["x.csv"]))
+    assert not default.load_scenarios and not default.load_persistence
