@@ -44,6 +44,8 @@ import msgspec
 import numpy as np
 
 from cloud.backtest_config import (
+    MAX_POWER_KW,
+    MAX_PRICE_ABS,
     NO_LIMIT_KW,
     Config,
     Forecast,
@@ -52,6 +54,7 @@ from cloud.backtest_config import (
     add_arguments,
     config_from_args,
     config_problem,
+    options_problem,
 )
 from cloud.execution import plan_values, slot_intent
 from cloud.forecast import (
@@ -186,6 +189,24 @@ class Report:
 COLUMNS: Final = ("ts", "import_price", "export_price", "load_kw", "pv_kw")
 
 
+# The finest settlement interval in use (the Australian NEM's 5 minutes): a finer trace would make each plan's
+# LP (48 h of slots) and the perfect-foresight year grow without telling anything a 5-minute one does not.
+MIN_STEP: Final = timedelta(minutes=5)
+
+
+def _row_problem(values: list[float], fc: float, fc_column: str | None) -> str | None:
+    """What is wrong with one trace row's numbers (BOUNDS' units: EUR/kWh and kW), or None."""
+    for name, value in zip(COLUMNS[1:], values, strict=True):
+        price = name.endswith("_price")
+        lo, hi = (-MAX_PRICE_ABS, MAX_PRICE_ABS) if price else (0.0, MAX_POWER_KW)
+        if not (math.isfinite(value) and lo <= value <= hi):
+            unit = "EUR/kWh (per kWh, not per MWh)" if price else "kW"
+            return f"{name} = {value!r} is not a finite number within {lo:g} .. {hi:g} {unit}"
+    if not math.isnan(fc) and not (math.isfinite(fc) and 0.0 <= fc <= MAX_POWER_KW):
+        return f"{fc_column} = {fc!r} is not a finite number within 0 .. {MAX_POWER_KW:g} kW (or empty)"
+    return None
+
+
 def read_traces(path: str, pv_forecast_column: str | None = None) -> Traces:
     stamps: list[datetime] = []
     data: list[list[float]] = []
@@ -207,10 +228,9 @@ def read_traces(path: str, pv_forecast_column: str | None = None) -> Traces:
                     raise TraceError(f"{path}: row {line}: {exc}") from None
                 if ts.tzinfo is None:
                     raise TraceError(f"{path}: row {line}: ts without UTC offset")
-                if not all(math.isfinite(v) for v in values) or values[2] < 0 or values[3] < 0:
-                    raise TraceError(f"{path}: row {line}: values must be finite, load and pv >= 0")
-                if not math.isnan(fc) and (not math.isfinite(fc) or fc < 0):
-                    raise TraceError(f"{path}: row {line}: {pv_forecast_column} must be finite and >= 0 (or empty)")
+                problem = _row_problem(values, fc, pv_forecast_column)
+                if problem:
+                    raise TraceError(f"{path}: row {line}: {problem}")
                 stamps.append(ts.astimezone(UTC))
                 data.append(values)
                 forecast.append(fc)
@@ -222,8 +242,8 @@ def read_traces(path: str, pv_forecast_column: str | None = None) -> Traces:
     for i in range(1, len(stamps)):
         if stamps[i] - stamps[i - 1] != step:
             raise TraceError(f"{path}: row {i + 2}: not {step} after the previous row (gaps are not supported)")
-    if step <= timedelta(0) or timedelta(days=1) % step:
-        raise TraceError(f"{path}: step {step} does not divide a day")
+    if not MIN_STEP <= step <= timedelta(days=1) or timedelta(days=1) % step:
+        raise TraceError(f"{path}: step {step} does not divide a day or is shorter than {MIN_STEP}")
     arr = np.asarray(data, dtype=np.float64)
     fc_arr = np.asarray(forecast, dtype=np.float64) if pv_forecast_column else None
     return Traces(stamps[0], step, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], fc_arr)
@@ -755,19 +775,19 @@ def plot_slots(path: str, tr: Traces, log: SlotLog, days: float = 7.0) -> None:
 
 def run_backtest(args: argparse.Namespace) -> int:
     """Exit 0 with the table on stdout; 2 for a bad trace file or options (one line on stderr)."""
+    cfg = config_from_args(args)
+    problem = options_problem(args) or config_problem(cfg)  # every option, before anything is read or run
+    if problem:
+        print(f"zapcloud backtest: {problem}", file=sys.stderr)
+        return 2
     try:
         tr = read_traces(args.traces, getattr(args, "pv_forecast_column", None))
     except TraceError as exc:
         print(f"zapcloud backtest: {exc}", file=sys.stderr)
         return 2
     days = getattr(args, "days", None)
-    if days:
+    if days is not None:
         tr = tr.head(max(1, int(days * tr.slots_per_day)))
-    cfg = config_from_args(args)
-    problem = config_problem(cfg)
-    if problem:
-        print(f"zapcloud backtest: {problem}", file=sys.stderr)
-        return 2
     report = run(tr, cfg, oracle=not getattr(args, "no_oracle", False))
     print(format_report(report, tr))
     assert report.log is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import time as clock_time
 from enum import StrEnum
 from typing import Final
@@ -13,6 +13,67 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cloud.execution import DEFAULT_EXECUTION, Execution
 
 NO_LIMIT_KW: Final = 1000.0  # a trace carries no connection limit; this never binds for a household
+
+# The bounds of every number the backtest takes, from the options or a trace file. Ranges a real site can have,
+# wide enough for any house or small business, narrow enough that a unit mix-up (W for kW, EUR/MWh for EUR/kWh),
+# NaN, ±inf or a typo by orders of magnitude is refused with a message naming it instead of crashing deep inside
+# pvlib, numpy or the LP (or silently running a nonsense site).
+MAX_POWER_KW: Final = 10_000.0  # 10 MW: zapd/bounds.py MAX_POWER_W, "far above any site behind one fuse"
+MAX_CAPACITY_KWH: Final = 100_000.0  # 100 MWh: zapd/bounds.py MAX_CAPACITY_WH (the zapd config's battery bound)
+# |price| per kWh: cloud/server/bounds.py MAX_PRICE_ABS (EPEX clears within -0.5 .. 4 EUR/kWh; 10 leaves room for
+# a changed cap and tariff add-ons, not for EUR/MWh taken as EUR/kWh). Not imported: that package loads the server.
+MAX_PRICE_ABS: Final = 10.0
+MAX_DAYS: Final = 36_525.0  # a century of data: bounds the slot count computed from --days
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The closed range lo .. hi of one option (lo itself refused if `lo_open`), its unit and why."""
+
+    option: str  # the command-line option, named in every message
+    lo: float
+    hi: float
+    unit: str
+    why: str
+    lo_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` is refused, or None."""
+        low_ok = value > self.lo if self.lo_open else value >= self.lo
+        if math.isfinite(value) and low_ok and value <= self.hi:
+            return None
+        unit = f" {self.unit}" if self.unit else ""
+        span = f"above {self.lo:g} and at most {self.hi:g}" if self.lo_open else f"within {self.lo:g} .. {self.hi:g}"
+        return f"{self.option} = {value!r}: must be a finite number {span}{unit} ({self.why})"
+
+
+# Keyed by the argparse dest (which is also the Config field, except where FIELD_OPTION maps it).
+BOUNDS: Final[dict[str, Bound]] = {
+    b.option.removeprefix("--").replace("-", "_"): b
+    for b in (
+        Bound("--battery-kwh", 0.0, MAX_CAPACITY_KWH, "kWh", "zapd's battery capacity bound", lo_open=True),
+        Bound("--battery-kw", 0.0, MAX_POWER_KW, "kW", "zapd's power bound, 10 MW"),
+        Bound("--efficiency", 0.5, 1.0, "", "one way; real batteries 0.9-0.98, below 0.5 none is sold"),
+        Bound("--soc-min", 0.0, 1.0, "", "a fraction of the capacity"),
+        Bound("--soc-max", 0.0, 1.0, "", "a fraction of the capacity"),
+        Bound("--soc-initial", 0.0, 1.0, "", "a fraction of the capacity"),
+        Bound("--cycle-cost", 0.0, MAX_PRICE_ABS, "EUR/kWh", "at most the largest price a trace may carry"),
+        Bound("--grid-import-kw", 0.0, MAX_POWER_KW, "kW", "zapd's power bound, 10 MW", lo_open=True),
+        Bound("--grid-export-kw", 0.0, MAX_POWER_KW, "kW", "zapd's power bound, 10 MW"),
+        Bound("--replan-hours", 0.0, 168.0, "h", "at least one plan a week", lo_open=True),
+        Bound("--horizon-hours", 1.0, 168.0, "h", "a week; day-ahead prices reach 12-36 h ahead"),
+        Bound("--pv-kwp", 0.0, MAX_POWER_KW, "kWp", "zapd's power bound, 10 MW"),
+        Bound("--lat", -90.0, 90.0, "degrees", "a latitude"),
+        Bound("--lon", -180.0, 180.0, "degrees", "a longitude"),
+        Bound("--tilt", 0.0, 90.0, "degrees", "0 flat, 90 a wall"),
+        Bound("--azimuth", 0.0, 360.0, "degrees", "compass bearing, 180 = south"),
+        Bound("--load-quantile", 0.1, 0.9, "", "the forecaster's P10 .. P90"),
+        Bound("--days", 1.0, MAX_DAYS, "days", "at least one day of prices, at most a century"),
+        Bound("--plot-days", 0.0, 366.0, "days", "a year on one figure is already unreadable", lo_open=True),
+    )
+}
+# Config fields named differently from their option
+FIELD_DEST: Final = {"tilt_deg": "tilt", "azimuth_deg": "azimuth"}
 
 
 class LoadModel(StrEnum):
@@ -215,25 +276,27 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def options_problem(args: argparse.Namespace) -> str | None:
+    """The first option outside its bound (BOUNDS), or None: checked before anything is read or run."""
+    for dest, bound in BOUNDS.items():
+        value = getattr(args, dest, None)
+        if value is not None and (problem := bound.problem(value)):
+            return problem
+    return None
+
+
 def config_problem(cfg: Config) -> str | None:
-    """Why a configuration cannot be simulated, or None."""
-    numbers = [getattr(cfg, f) for f in ("battery_kwh", "battery_kw", "efficiency", "soc_min", "soc_max")]
-    numbers += [cfg.soc_initial, cfg.cycle_cost, cfg.grid_import_kw, cfg.grid_export_kw, cfg.replan_hours]
-    numbers += [cfg.horizon_hours, cfg.lat, cfg.lon, cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg]
-    if not all(math.isfinite(x) for x in numbers):
-        return "every number must be finite"
-    if cfg.load_quantile is not None and not 0.1 <= cfg.load_quantile <= 0.9:
-        return "load quantile must be within 0.1 .. 0.9 (the forecaster's P10 .. P90)"
+    """Why a configuration cannot be simulated, or None. Every number within its bound (BOUNDS), then the
+    relations between them."""
+    for f in fields(cfg):
+        bound = BOUNDS.get(FIELD_DEST.get(f.name, f.name))
+        value = getattr(cfg, f.name)
+        if bound is not None and value is not None and (problem := bound.problem(value)):
+            return problem
     if cfg.load_quantile is not None and cfg.load_model is LoadModel.PERSISTENCE:
         return "--load-quantile needs --load-model profile, gbm or gbm_mean"
-    if cfg.battery_kwh <= 0 or cfg.battery_kw < 0 or cfg.replan_hours <= 0 or cfg.horizon_hours <= 0:
-        return "battery size, power, re-plan and horizon hours must be positive"
-    if not 0 < cfg.efficiency <= 1:
-        return "efficiency must be in (0, 1]"
-    if not 0 <= cfg.soc_min < cfg.soc_max <= 1 or not cfg.soc_min <= cfg.soc_initial <= cfg.soc_max:
-        return "need 0 <= soc-min <= soc-initial <= soc-max <= 1 and soc-min < soc-max"
-    if cfg.grid_import_kw <= 0 or cfg.grid_export_kw < 0 or cfg.cycle_cost < 0 or cfg.pv_kwp < 0:
-        return "grid limits, cycle cost and PV size must not be negative (import limit > 0)"
+    if not cfg.soc_min < cfg.soc_max or not cfg.soc_min <= cfg.soc_initial <= cfg.soc_max:
+        return "need --soc-min <= --soc-initial <= --soc-max and --soc-min < --soc-max"
     try:
         cfg.zone  # noqa: B018 - resolves the name
     except (ZoneInfoNotFoundError, ValueError):
@@ -250,7 +313,12 @@ def config_problem(cfg: Config) -> str | None:
 
 
 __all__ = [
+    "BOUNDS",
+    "MAX_CAPACITY_KWH",
+    "MAX_POWER_KW",
+    "MAX_PRICE_ABS",
     "NO_LIMIT_KW",
+    "Bound",
     "Config",
     "Forecast",
     "LoadModel",
@@ -258,4 +326,5 @@ __all__ = [
     "add_arguments",
     "config_from_args",
     "config_problem",
+    "options_problem",
 ]

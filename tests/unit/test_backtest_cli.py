@@ -1,0 +1,138 @@
+"""`zapcloud backtest` at its boundary: every number from the options or a trace file is bounded, and bad input is
+one line on stderr naming the option (or the trace row and column) with exit 2, never a traceback.
+
+Fixture: the first day of `bench/data/opsd_kn_res4_nl_2023.csv` (a real measured household, OPSD
+DE_KN_residential4, under real ENTSO-E NL 2023 day-ahead prices; bench/data/README.md), hourly, so an in-range
+option runs the real backtest in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloud.backtest import TraceError, read_traces
+from cloud.backtest_config import BOUNDS, MAX_CAPACITY_KWH, MAX_POWER_KW, MAX_PRICE_ABS, add_arguments
+from cloud.cli import main
+
+DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
+REAL = DATA / "opsd_kn_res4_nl_2023.csv"
+HEADER = "ts,import_price,export_price,load_kw,pv_kw"
+
+
+def _numeric_options() -> dict[str, str]:
+    """dest -> option string of every option parsed as a number (found from the parser, so a new one counts)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return {a.dest: a.option_strings[0] for a in parser._actions if a.type in (float, int) and a.option_strings}
+
+
+@pytest.fixture(scope="module")
+def one_day(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [line for line in REAL.read_text().splitlines() if not line.startswith("#")]
+    assert rows[0] == HEADER
+    path = tmp_path_factory.mktemp("trace") / "day.csv"
+    path.write_text("\n".join(rows[:25]) + "\n")
+    return path
+
+
+def test_every_numeric_option_has_a_bound() -> None:
+    options = _numeric_options()
+    assert set(options) <= set(BOUNDS), f"options without a bound: {sorted(set(options) - set(BOUNDS))}"
+    for dest, option in options.items():
+        assert BOUNDS[dest].option == option
+
+
+def test_bounds_match_the_systems_own() -> None:
+    """The backtest's bounds are zapd's and the cloud's, not a second opinion (imported there, copied here)."""
+    from cloud.server.bounds import MAX_PRICE_ABS as server_price
+    from zapd.bounds import MAX_CAPACITY_WH, MAX_POWER_W
+
+    ours = (MAX_PRICE_ABS, MAX_POWER_KW * 1000.0, MAX_CAPACITY_KWH * 1000.0)
+    assert ours == (server_price, MAX_POWER_W, MAX_CAPACITY_WH)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--days", "nan"),
+        ("--days", "inf"),
+        ("--days", "-5"),
+        ("--days", "0"),
+        ("--plot-days", "nan"),
+        ("--lat", "1000"),
+        ("--efficiency", "1e-300"),
+        ("--horizon-hours", "1e9"),
+        ("--tilt", "500"),
+        ("--battery-kwh", "1e300"),
+        ("--pv-kwp", "1e300"),
+        ("--cycle-cost", "1e300"),
+    ],
+)
+def test_the_audits_crashes_and_silent_passes_are_refused(
+    one_day: Path, option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each of these crashed (ValueError, OverflowError, ZeroDivisionError, MemoryError) or ran a nonsense site."""
+    assert main(["backtest", str(one_day), "--no-oracle", option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zapcloud backtest: ") and option in err and err.count("\n") == 1
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_float_for_any_numeric_option_is_run_or_refused_by_name(
+    one_day: Path, data: st.DataObject, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN, ±inf, huge, tiny, negative: exit 0 (the backtest ran) or 2 with the option named; never a traceback."""
+    dest, option = data.draw(st.sampled_from(sorted(_numeric_options().items())))
+    edges = st.sampled_from([BOUNDS[dest].lo, BOUNDS[dest].hi])
+    value = data.draw(st.floats(allow_nan=True, allow_infinity=True) | edges)
+    capsys.readouterr()
+    code = main(["backtest", str(one_day), "--no-oracle", f"{option}={value!r}"])
+    err = capsys.readouterr().err
+    in_range = BOUNDS[dest].problem(value) is None
+    if not in_range:
+        assert code == 2 and option in err, (option, value, err)
+    else:
+        assert code == 0 or (code == 2 and option in err), (option, value, err)  # e.g. --soc-min above --soc-max
+    assert math.isfinite(value) or not in_range
+
+
+def _trace(tmp_path: Path, row: str, header: str = HEADER) -> Path:
+    path = tmp_path / "t.csv"
+    path.write_text(f"{header}\n2023-01-01T00:00:00Z,0.3,0.1,0.5,0\n{row}\n2023-01-01T02:00:00Z,0.3,0.1,0.5,0\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [
+        ("2023-01-01T01:00:00Z,1e300,0.1,0.5,0", "import_price"),
+        ("2023-01-01T01:00:00Z,0.3,-11,0.5,0", "export_price"),
+        ("2023-01-01T01:00:00Z,0.3,0.1,20000,0", "load_kw"),
+        ("2023-01-01T01:00:00Z,0.3,0.1,0.5,-1", "pv_kw"),
+        ("2023-01-01T01:00:00Z,0.3,0.1,0.5,inf", "pv_kw"),
+    ],
+)
+def test_trace_rows_are_bounded_and_named(tmp_path: Path, row: str, column: str) -> None:
+    with pytest.raises(TraceError, match=rf"row 3: {column} = "):
+        read_traces(str(_trace(tmp_path, row)))
+
+
+def test_external_pv_forecast_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(f"{HEADER},fc\n2023-01-01T00:00:00Z,0.3,0.1,0.5,0,\n2023-01-01T01:00:00Z,0.3,0.1,0.5,0,1e9\n")
+    with pytest.raises(TraceError, match=r"row 3: fc = 1000000000\.0"):
+        read_traces(str(path), "fc")
+
+
+def test_a_one_second_trace_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(f"{HEADER}\n2023-01-01T00:00:00Z,0.3,0.1,0.5,0\n2023-01-01T00:00:01Z,0.3,0.1,0.5,0\n")
+    with pytest.raises(TraceError, match="shorter than 0:05:00"):
+        read_traces(str(path))
