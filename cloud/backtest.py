@@ -74,7 +74,7 @@ from cloud.forecast import (
     pv_ratio_spread,
 )
 from cloud.forecast_load import LoadQuantiles, error_persistence, load_ratio_spread
-from cloud.forecast_price import forecast_prices, terminal_value
+from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, Grid, Problem, Solution
@@ -418,7 +418,9 @@ def worst_days(costs: FloatArray, days: int = WORST_DAYS) -> float:
     return float(np.sort(costs)[::-1][:days].sum())
 
 
-def price_outlook(price: FloatArray, k: int, known: int, horizon: int, slots_per_day: int) -> FloatArray:
+def price_outlook(
+    price: FloatArray, k: int, known: int, horizon: int, slots_per_day: int, model: PriceModel = PriceModel.BLEND
+) -> FloatArray:
     """Prices for slots k..k+horizon-1: the published ones, then a forecast where none is published yet.
 
     The forecast (cloud.forecast_price) is made from the published prices only (everything before k + known)
@@ -427,7 +429,7 @@ def price_outlook(price: FloatArray, k: int, known: int, horizon: int, slots_per
     """
     out = np.array(price[k : k + horizon], dtype=np.float64)
     if horizon > known:
-        out[known:] = forecast_prices(price[: k + known], horizon - known, slots_per_day)
+        out[known:] = forecast_prices(price[: k + known], horizon - known, slots_per_day, model)
     return out
 
 
@@ -565,10 +567,24 @@ class Planner:
         pv = forecast_pv(self.sky[k : k + horizon], self.factor)
         return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.cfg.pv_kwp)
 
-    def _terminal_value(self, import_price: FloatArray) -> float:
-        if not self.cfg.terminal_value:
+    def _terminal_value(self, import_price: FloatArray, k: int, known: int) -> float:
+        cfg = self.cfg
+        if not cfg.terminal_value:
             return 0.0
-        return terminal_value(import_price, self.spd, self.cfg.efficiency, self.cfg.cycle_cost)
+        next_day = None
+        ahead = len(import_price) - known  # forecast slots already inside the horizon
+        if cfg.terminal_next_day and ahead >= 0:  # the day after the horizon, forecast from the published prices
+            published = self.tr.import_price[: k + known]
+            next_day = forecast_prices(published, ahead + self.spd, self.spd, cfg.price_model)[ahead:]
+        return terminal_value(
+            import_price,
+            self.spd,
+            cfg.efficiency,
+            cfg.cycle_cost,
+            basis=cfg.terminal_basis,
+            charge_efficiency=cfg.efficiency,
+            next_day=next_day,
+        )
 
     def plan(self, k: int, soc: float, executed: int) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
         """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
@@ -578,8 +594,8 @@ class Planner:
         if horizon <= 0 or known <= 0:
             return None
         imp, exp = (
-            price_outlook(tr.import_price, k, known, horizon, self.spd),
-            price_outlook(tr.export_price, k, known, horizon, self.spd),
+            price_outlook(tr.import_price, k, known, horizon, self.spd, cfg.price_model),
+            price_outlook(tr.export_price, k, known, horizon, self.spd, cfg.price_model),
         )
         load_fc, pv_fc = self.forecasts(k, horizon)
         load_fc = np.minimum(load_fc, cfg.grid_import_kw + pv_fc)  # a forecast must not make it infeasible
@@ -591,7 +607,7 @@ class Planner:
             export_price=exp.tolist(),
             load_kw=load_fc.tolist(),
             pv_kw=pv_fc.tolist(),
-            battery=_battery(cfg, soc, self._terminal_value(imp)),
+            battery=_battery(cfg, soc, self._terminal_value(imp, k, known)),
             grid=_grid(cfg),
         )
         two_stage = cfg.scenarios or cfg.load_scenarios

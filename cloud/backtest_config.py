@@ -11,6 +11,7 @@ from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloud.execution import DEFAULT_EXECUTION, Execution
+from cloud.forecast_price import PriceModel, TerminalBasis
 
 NO_LIMIT_KW: Final = 1000.0  # a trace carries no connection limit; this never binds for a household
 
@@ -126,6 +127,7 @@ class Config:
     load_model: LoadModel = LoadModel.PROFILE
     pv_model: PvModel = PvModel.FACTOR
     price_forecast: bool = False  # plan past the published prices with forecast prices (cloud.forecast_price)
+    price_model: PriceModel = PriceModel.BLEND  # the forecaster of those prices (and of --terminal-next-day's)
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
     # plan on this quantile of the load (risk): the GBM's P10/P50/P90, or the profile plus the house's own
     # day-to-day spread at that quantile; None: the point forecast
@@ -138,6 +140,9 @@ class Config:
     # (cloud.forecast_load.error_persistence) instead of the 2 h ratio fading over 4 h
     load_persistence: bool = False
     terminal_value: bool = True  # value the energy left at the horizon's end (cloud.forecast_price.terminal_value)
+    terminal_basis: TerminalBasis = TerminalBasis.DISCHARGE  # which kWh that energy counts as (TerminalBasis)
+    # lower the terminal value's reference price to the forecast cheapest import of the day after the horizon
+    terminal_next_day: bool = False
 
     @property
     def zone(self) -> ZoneInfo:
@@ -207,6 +212,12 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="plan the whole horizon: unpublished hours get a forecast from the published prices",
     )
     bt.add_argument(
+        "--price-model",
+        choices=[m.value for m in PriceModel],
+        default=d.price_model.value,
+        help="the forecaster of unpublished prices (cloud.forecast_price.PriceModel)",
+    )
+    bt.add_argument(
         "--load-quantile",
         type=float,
         default=None,
@@ -217,6 +228,17 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.terminal_value,
         help="value the energy left at the horizon's end at the last day's cheapest import (default on)",
+    )
+    bt.add_argument(
+        "--terminal-basis",
+        choices=[b.value for b in TerminalBasis],
+        default=d.terminal_basis.value,
+        help="the terminal value: cheapest import x discharge efficiency - wear, the price, or / charge efficiency",
+    )
+    bt.add_argument(
+        "--terminal-next-day",
+        action="store_true",
+        help="the terminal value's price: no more than the forecast cheapest import of the day after the horizon",
     )
     bt.add_argument(
         "--scenarios",
@@ -268,11 +290,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
         pv_model=PvModel(getattr(args, "pv_model", d.pv_model.value)),
         holidays=getattr(args, "holidays", None),
         price_forecast=getattr(args, "price_forecast", False),
+        price_model=PriceModel(getattr(args, "price_model", d.price_model.value)),
         load_quantile=getattr(args, "load_quantile", None),
         scenarios=getattr(args, "scenarios", d.scenarios),
         load_scenarios=getattr(args, "load_scenarios", d.load_scenarios),
         load_persistence=getattr(args, "load_persistence", d.load_persistence),
         terminal_value=getattr(args, "terminal_value", d.terminal_value),
+        terminal_basis=TerminalBasis(getattr(args, "terminal_basis", d.terminal_basis.value)),
+        terminal_next_day=getattr(args, "terminal_next_day", d.terminal_next_day),
     )
 
 

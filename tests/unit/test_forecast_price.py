@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cloud.backtest import price_outlook, read_traces
-from cloud.forecast_price import forecast_prices
+from cloud.forecast_price import PriceModel, forecast_prices
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
 
@@ -53,3 +53,41 @@ def test_outlook_never_reads_unpublished_prices() -> None:
     changed[k + known :] = -1.0
     assert np.array_equal(price_outlook(changed, k, known, 96, 48), out)
     assert np.array_equal(out[:known], price[k : k + known])
+
+
+def test_latest_is_the_same_slot_on_the_latest_published_day() -> None:
+    spd = 4
+    history = np.arange(8 * spd, dtype=np.float64)
+    out = forecast_prices(history, 2 * spd, spd, PriceModel.LATEST)
+    assert out.tolist() == [*history[-spd:], *history[-spd:]]
+
+
+def test_blend_spread_keeps_the_blend_level_and_shape_with_a_real_days_spread() -> None:
+    rng = np.random.default_rng(11)
+    spd = 24
+    history = 0.1 + rng.uniform(0.0, 0.2, 10 * spd)  # noisy days: their average is flatter than any one
+    blend = forecast_prices(history, 2 * spd, spd)
+    spread = forecast_prices(history, 2 * spd, spd, PriceModel.BLEND_SPREAD)
+    latest_sd = np.std(history[-spd:])
+    for a in (0, spd):
+        b, s = blend[a : a + spd], spread[a : a + spd]
+        assert np.std(b) < 0.9 * latest_sd  # the flattening it corrects
+        assert np.std(s) == pytest.approx(latest_sd)
+        assert np.mean(s) == pytest.approx(np.mean(b))
+        assert np.corrcoef(s, b)[0, 1] == pytest.approx(1.0)
+        assert s.min() < b.min()
+
+
+@pytest.mark.parametrize("name", ["ausgrid_c12_nl_2023.csv", "ausgrid_c12_be_2023.csv"])
+def test_the_blend_overstates_the_cheapest_hour_blend_spread_does_not(name: str) -> None:
+    """On the real prices the blend's cheapest hour of tomorrow is dearer than the real cheapest (an average of
+    days is flatter than a day): 0.005 / 0.004 EUR/kWh on NL / BE 2023; blend_spread is unbiased to 0.001."""
+    tr = read_traces(str(DATA / name))
+    p, spd = tr.import_price, tr.slots_per_day
+    bias: dict[PriceModel, list[float]] = {m: [] for m in (PriceModel.BLEND, PriceModel.BLEND_SPREAD)}
+    for day in range(8, tr.n // spd - 1):
+        actual = p[day * spd : (day + 1) * spd]
+        for m, out in bias.items():
+            out.append(float(forecast_prices(p[: day * spd], spd, spd, m).min() - actual.min()))
+    assert np.mean(bias[PriceModel.BLEND]) > 0.003
+    assert abs(np.mean(bias[PriceModel.BLEND_SPREAD])) < 0.001

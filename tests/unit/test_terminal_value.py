@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cloud.backtest import Config, Planner, Traces
-from cloud.forecast_price import terminal_value
+from cloud.forecast_price import TerminalBasis, terminal_value
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Grid, Problem, ProblemError, decode_problem
 
@@ -117,3 +117,57 @@ def test_the_backtest_plan_keeps_energy_past_the_published_prices() -> None:
     assert sum(plans[True].grid_export_kw) == pytest.approx(0.0, abs=1e-6)
     assert plans[True].soc[-1] > plans[False].soc[-1] + 0.05
     assert Config().terminal_value  # on by default
+
+
+def test_the_bases_lie_between_a_discharge_and_a_buy_back() -> None:
+    """The value of a stored kWh lies between covering load at the cheapest price (p x eta - wear) and saving a
+    buy-back at it ((p + wear) / eta): PRICE is p, RECHARGE p / eta; the numbers follow from the prices alone."""
+    price = np.array([0.35, 0.22, 0.30, 0.41])
+    low = terminal_value(price, 4, 0.95, 0.02)
+    mid = terminal_value(price, 4, 0.95, 0.02, basis=TerminalBasis.PRICE)
+    high = terminal_value(price, 4, 0.95, 0.02, basis=TerminalBasis.RECHARGE, charge_efficiency=0.95)
+    assert (low, mid, high) == pytest.approx((0.22 * 0.95 - 0.02, 0.22, 0.22 / 0.95))
+    assert low < mid < high < (0.22 + 0.02) / 0.95
+    assert terminal_value(np.array([-0.05, 0.1]), 4, 0.95, 0.02, basis=TerminalBasis.RECHARGE) == 0.0
+
+
+def test_a_cheaper_next_day_lowers_the_value_a_dearer_one_does_not_raise_it() -> None:
+    price = np.array([0.35, 0.22, 0.30, 0.41])
+    base = terminal_value(price, 4, 0.95, 0.02, basis=TerminalBasis.PRICE)
+    cheaper = terminal_value(price, 4, 0.95, 0.02, basis=TerminalBasis.PRICE, next_day=np.array([0.3, 0.12]))
+    dearer = terminal_value(price, 4, 0.95, 0.02, basis=TerminalBasis.PRICE, next_day=np.array([0.3, 0.5]))
+    assert (base, cheaper, dearer) == pytest.approx((0.22, 0.12, 0.22))
+
+
+@pytest.mark.parametrize("basis", list(TerminalBasis))
+def test_no_basis_makes_the_plan_buy_energy_to_hold(basis: TerminalBasis) -> None:
+    # An empty battery, one flat import price: buying a kWh to hold costs (0.30 + wear) / eta, more than any basis.
+    empty = _problem(0.0)
+    value = terminal_value(np.asarray(empty.import_price), 4, 0.95, 0.02, basis=basis, charge_efficiency=0.95)
+    fields = {f: getattr(empty.battery, f) for f in empty.battery.__struct_fields__}
+    battery = Battery(**{**fields, "soc_initial": 0.1, "terminal_value_per_kwh": value})
+    plan = solve(Problem(**{**{f: getattr(empty, f) for f in empty.__struct_fields__}, "battery": battery}))
+    assert plan.status == "optimal"
+    assert sum(plan.grid_import_kw) == pytest.approx(0.0, abs=1e-6)
+    assert plan.soc[-1] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_the_backtest_planner_takes_the_next_day_from_the_price_forecast_only() -> None:
+    """At 10:00 local the horizon ends at midnight; the day after is forecast from the published prices (today's,
+    and earlier days'), never read from the trace: a trace whose real tomorrow is cheap changes nothing."""
+    zone = "Europe/Amsterdam"
+    start = datetime(2026, 1, 5, 9, tzinfo=UTC)  # 10:00 local
+    n = 72
+    price = np.full(n, 0.30)
+    price[5] = 0.25  # 14:00 today, the cheapest published
+    cheap_tomorrow = price.copy()
+    cheap_tomorrow[20:] = 0.05  # the real tomorrow (not yet published at 10:00)
+    values = []
+    for imp in (price, cheap_tomorrow):
+        tr = Traces(start, timedelta(hours=1), imp, np.full(n, 0.1), np.zeros(n), np.zeros(n))
+        cfg = Config(tz=zone, pv_kwp=0.0, terminal_basis=TerminalBasis.PRICE, terminal_next_day=True)
+        planner = Planner(tr, cfg)
+        known = 14  # 10:00 .. midnight
+        values.append(planner._terminal_value(imp[:known], 0, known))
+    # the forecast of tomorrow repeats today's shape (0.25 at 14:00 is today's cheapest): the value is 0.25
+    assert values == pytest.approx([0.25, 0.25])
