@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,9 +45,11 @@ import msgspec
 import numpy as np
 
 from cloud.backtest_config import (
+    BOUNDS,
     MAX_POWER_KW,
     MAX_PRICE_ABS,
     NO_LIMIT_KW,
+    SITE_KEYS,
     Config,
     Forecast,
     LoadModel,
@@ -205,6 +208,40 @@ def _row_problem(values: list[float], fc: float, fc_column: str | None) -> str |
     if not math.isnan(fc) and not (math.isfinite(fc) and 0.0 <= fc <= MAX_POWER_KW):
         return f"{fc_column} = {fc!r} is not a finite number within 0 .. {MAX_POWER_KW:g} kW (or empty)"
     return None
+
+
+def read_site(path: str) -> dict[str, float | str]:
+    """The site a trace's `# site: key=value ...` comment line names (argparse dest -> value), each bounded.
+
+    `zapcloud backtest` uses these where the option is not given, so a trace that names its house runs that
+    house, not the default one. Keys are the options' names without "--" (SITE_KEYS); text after the pairs is
+    a comment.
+    """
+    site: dict[str, float | str] = {}
+    try:
+        with open(path) as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.startswith("#"):
+                    break
+                if not line.startswith("# site:"):
+                    continue
+                for key, text in re.findall(r"(\S+)=(\S+)", line):
+                    dest = SITE_KEYS.get(key)
+                    if dest is None:
+                        raise TraceError(f"{path}: line {number}: unknown '# site:' key {key!r}")
+                    try:
+                        value: float | str = text if dest == "tz" else float(text)
+                    except ValueError:
+                        raise TraceError(f"{path}: line {number}: site {key}={text!r} is not a number") from None
+                    bound = BOUNDS.get(dest)
+                    if isinstance(value, float) and bound is not None and (problem := bound.problem(value)):
+                        raise TraceError(f"{path}: line {number}: site {problem}")
+                    site[dest] = value
+    except OSError as exc:
+        raise TraceError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: not a text file") from None
+    return site
 
 
 def read_traces(path: str, pv_forecast_column: str | None = None) -> Traces:
@@ -791,8 +828,14 @@ def plot_slots(path: str, tr: Traces, log: SlotLog, days: float = 7.0) -> None:
 
 def run_backtest(args: argparse.Namespace) -> int:
     """Exit 0 with the table on stdout; 2 for a bad trace file or options (one line on stderr)."""
+    try:
+        site = read_site(args.traces)
+    except TraceError as exc:
+        print(f"zapcloud backtest: {exc}", file=sys.stderr)
+        return 2
+    args = argparse.Namespace(**{**site, **vars(args)})  # an option given wins over the trace's site line
     cfg = config_from_args(args)
-    problem = options_problem(args) or config_problem(cfg)  # every option, before anything is read or run
+    problem = options_problem(args) or config_problem(cfg)  # every option, before the rows are read or run
     if problem:
         print(f"zapcloud backtest: {problem}", file=sys.stderr)
         return 2
@@ -838,6 +881,7 @@ __all__ = [
     "perfect_foresight",
     "plot_slots",
     "price_outlook",
+    "read_site",
     "read_traces",
     "rolling_flows",
     "rolling_planner",

@@ -75,6 +75,8 @@ BOUNDS: Final[dict[str, Bound]] = {
 }
 # Config fields named differently from their option
 FIELD_DEST: Final = {"tilt_deg": "tilt", "azimuth_deg": "azimuth"}
+# The keys a trace's `# site:` line may set (its option names without "--") and their argparse dests
+SITE_KEYS: Final = {"tz": "tz", "lat": "lat", "lon": "lon", "pv-kwp": "pv_kwp", "tilt": "tilt", "azimuth": "azimuth"}
 
 
 class LoadModel(StrEnum):
@@ -160,7 +162,11 @@ def _hhmm(text: str) -> clock_time:
 def add_arguments(bt: argparse.ArgumentParser) -> None:
     """The `zapcloud backtest` options (cloud/cli.py calls this)."""
     d = Config()
-    bt.add_argument("traces", help="CSV with columns ts,import_price,export_price,load_kw,pv_kw")
+    bt.add_argument(
+        "traces",
+        help="CSV with columns ts,import_price,export_price,load_kw,pv_kw; '#' lines are comments, a '# site: "
+        "tz=.. lat=.. lon=.. pv-kwp=.. tilt=.. azimuth=..' line gives the site options' defaults",
+    )
     bt.add_argument("--battery-kwh", type=float, default=d.battery_kwh, help="usable battery capacity, kWh")
     bt.add_argument("--battery-kw", type=float, default=d.battery_kw, help="charge and discharge power limit")
     bt.add_argument("--efficiency", type=float, default=d.efficiency, help="one-way (charge and discharge)")
@@ -172,12 +178,17 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument("--grid-export-kw", type=float, default=d.grid_export_kw, help="connection export limit")
     bt.add_argument("--replan-hours", type=float, default=d.replan_hours, help="hours between two plans")
     bt.add_argument("--horizon-hours", type=float, default=d.horizon_hours, help="hours each plan looks ahead")
-    bt.add_argument("--pv-kwp", type=float, default=d.pv_kwp, help="PV size the clear-sky forecaster assumes")
-    bt.add_argument("--lat", type=float, default=d.lat, help="site latitude, degrees (PV forecast)")
-    bt.add_argument("--lon", type=float, default=d.lon, help="site longitude, degrees (PV forecast)")
-    bt.add_argument("--tilt", type=float, default=d.tilt_deg, help="PV tilt, degrees")
-    bt.add_argument("--azimuth", type=float, default=d.azimuth_deg, help="PV azimuth, degrees (180 = south)")
-    bt.add_argument("--tz", default=d.tz, help="the site's time zone (price publication, local days)")
+    # the site options: not given, they come from the trace's `# site:` header line, else from Config()
+    for option, kind, default, about in (
+        ("--pv-kwp", float, d.pv_kwp, "PV size the clear-sky forecaster assumes"),
+        ("--lat", float, d.lat, "site latitude, degrees (PV forecast)"),
+        ("--lon", float, d.lon, "site longitude, degrees (PV forecast)"),
+        ("--tilt", float, d.tilt_deg, "PV tilt, degrees"),
+        ("--azimuth", float, d.azimuth_deg, "PV azimuth, degrees (180 = south)"),
+        ("--tz", str, d.tz, "the site's time zone (price publication, local days)"),
+    ):
+        about += f" (default: the trace's '# site:' line, else {default})"
+        bt.add_argument(option, type=kind, default=argparse.SUPPRESS, help=about)
     bt.add_argument(
         "--price-publication",
         type=_hhmm,
@@ -343,6 +354,7 @@ __all__ = [
     "MAX_POWER_KW",
     "MAX_PRICE_ABS",
     "NO_LIMIT_KW",
+    "SITE_KEYS",
     "Bound",
     "Config",
     "Forecast",

@@ -8,8 +8,8 @@ Inputs (all in this folder, sources and licences in README.md):
 
 Output: `ausgrid_c12_<zone>_2023.csv` (and `opsd_kn_res4_<zone>_2023.csv`, below) in the `zapcloud backtest`
 trace format (ts,import_price,export_price,load_kw,pv_kw), half-hourly, on the house's own timeline (UTC), so
-the PV stays consistent with the sun at the house (lat -33.87, lon 151.21; pass
-`--tz Australia/Sydney --lat -33.87 --lon 151.21 --azimuth 0` to the backtest).
+the PV stays consistent with the sun at the house (lat -33.87, lon 151.21; the `# site:` header line gives the
+backtest `--tz Australia/Sydney --lat -33.87 --lon 151.21 --pv-kwp 1.04 --tilt 20 --azimuth 0` as defaults).
 
 The house and the prices come from different places and years, so the prices are replayed onto the house by
 LOCAL clock, which is what matters for a battery (the evening peak of the load meets the evening peak of the
@@ -149,6 +149,8 @@ class House:
     pv_kw: list[float]
     step: timedelta
     notes: str = ""  # further comment lines (gaps filled)
+    # `zapcloud backtest` reads this `# site:` line as its defaults for the site options (an option given wins)
+    site: str = ""
 
 
 def ausgrid_house() -> House:
@@ -160,7 +162,8 @@ def ausgrid_house() -> House:
         "# half-hourly load and PV) with REAL ENTSO-E {ZONE} 2023 day-ahead prices replayed by local\n"
         "# clock (bench/data/make_real_traces.py; site tz Australia/Sydney, lat -33.87 lon 151.21)."
     )
-    return House("ausgrid_c12", about, stamps, local, load_kw, pv_kw, SLOT)
+    site = "# site: tz=Australia/Sydney lat=-33.87 lon=151.21 pv-kwp=1.04 tilt=20 azimuth=0 (README.md)\n"
+    return House("ausgrid_c12", about, stamps, local, load_kw, pv_kw, SLOT, site=site)
 
 
 def read_meters(paths: list[Path]) -> tuple[list[datetime], dict[str, np.ndarray]]:
@@ -261,7 +264,9 @@ def opsd_house() -> House:
         f"opsd: {int(filled.sum())} load hours filled in {len(load_runs)} gaps, "
         f"{sum(b - a for a, b in pv_runs)} PV hours in {len(pv_runs)} gaps, {int(clipped.sum())} hours clipped"
     )
-    return House("opsd_kn_res4", about, hours, local, [float(x) for x in load], [float(x) for x in pv], HOUR, notes)
+    site = "# site: tz=Europe/Berlin lat=47.66 lon=9.18 pv-kwp=10.1 tilt=28 azimuth=208 (README.md)\n"
+    load_kw, pv_kw = [float(x) for x in load], [float(x) for x in pv]
+    return House("opsd_kn_res4", about, hours, local, load_kw, pv_kw, HOUR, notes, site)
 
 
 def build(house: House, zone: str) -> Path:
@@ -278,7 +283,7 @@ def build(house: House, zone: str) -> Path:
     )
     per_h = house.step / HOUR
     with out.open("w", newline="") as fh:
-        fh.write(f"{house.about.replace('{ZONE}', zone.upper())} {tariff_text}.\n{house.notes}")
+        fh.write(f"{house.about.replace('{ZONE}', zone.upper())} {tariff_text}.\n{house.notes}{house.site}")
         fh.write("ts,import_price,export_price,load_kw,pv_kw\n")
         for t, ip, ep, lk, pk in zip(house.stamps, imp, exp, house.load_kw, house.pv_kw, strict=True):
             fh.write(f"{t:%Y-%m-%dT%H:%M:%SZ},{ip:.5f},{ep:.5f},{lk:.3f},{pk:.3f}\n")

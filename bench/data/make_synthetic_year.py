@@ -154,7 +154,10 @@ def synthetic() -> None:
     spot_kwh = np.round(spot / 1000.0, 5)
     import_price = np.round((spot_kwh + 0.02 + 0.035 + 0.1016) * 1.21, 5)
     export_price = spot_kwh
-    comment = "# SYNTHETIC data (bench/data/make_synthetic_year.py, seed 2025), not real market prices.\n"
+    comment = (
+        "# SYNTHETIC data (bench/data/make_synthetic_year.py, seed 2025), not real market prices.\n"
+        "# site: tz=Europe/Amsterdam lat=52.1 lon=5.18 pv-kwp=5 tilt=35 azimuth=180\n"
+    )
     write_trace(OUT, comment, times, import_price, export_price, load, pv)
     neg = int((spot < 0).sum())
     print(
@@ -184,6 +187,7 @@ def real_prices(path: Path, out: Path, seed: int) -> None:
         f"# (bench/data/make_synthetic_year.py --prices, seed {seed}, Brussels/Uccle 50.80N 4.36E). Import =\n"
         f"# (spot + {BE_MARKUP} markup + {BE_GRID_FEE} grid fee + {BE_ENERGY_TAX} energy tax) x {1 + BE_VAT} VAT; "
         f"export = spot - {BE_EXPORT_FEE}.\n"
+        "# site: tz=Europe/Brussels lat=50.80 lon=4.36 pv-kwp=5 tilt=35 azimuth=180\n"
     )
     write_trace(out, comment, times, be_import_price(spot), be_export_price(spot), load, pv)
     print(

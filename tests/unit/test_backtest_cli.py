@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.backtest import TraceError, read_traces
+from cloud.backtest import TraceError, read_site, read_traces
 from cloud.backtest_config import BOUNDS, MAX_CAPACITY_KWH, MAX_POWER_KW, MAX_PRICE_ABS, add_arguments
 from cloud.cli import main
 
@@ -136,3 +136,56 @@ def test_a_one_second_trace_is_refused(tmp_path: Path) -> None:
     path.write_text(f"{HEADER}\n2023-01-01T00:00:00Z,0.3,0.1,0.5,0\n2023-01-01T00:00:01Z,0.3,0.1,0.5,0\n")
     with pytest.raises(TraceError, match="shorter than 0:05:00"):
         read_traces(str(path))
+
+
+# --- the trace's own `# site:` line ------------------------------------------------------------------------------
+
+SYDNEY = DATA / "ausgrid_c12_nl_2023.csv"
+SYDNEY_ARGS = ["--tz", "Australia/Sydney", "--lat", "-33.87", "--lon", "151.21", "--pv-kwp", "1.04", "--tilt", "20"]
+SYDNEY_ARGS += ["--azimuth", "0"]
+
+
+def _table(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if not line.startswith("wall time")]
+
+
+def test_every_bench_trace_names_the_house_the_bench_runs() -> None:
+    """Each shipped trace's `# site:` line is the site bench/backtest.py simulates it as (README's sources)."""
+    from bench.backtest import DATASETS
+
+    for ds in DATASETS:
+        site = read_site(str(DATA / ds.file))
+        cfg = ds.cfg
+        expected = {"tz": cfg.tz, "lat": cfg.lat, "lon": cfg.lon, "pv_kwp": cfg.pv_kwp}
+        expected |= {"tilt": cfg.tilt_deg, "azimuth": cfg.azimuth_deg}
+        assert site == expected, ds.file
+
+
+def test_the_trace_runs_its_own_house_and_an_option_wins(capsys: pytest.CaptureFixture[str]) -> None:
+    """`zapcloud backtest ausgrid_c12_nl_2023.csv` is the Sydney house, not a silent 5 kWp De Bilt one."""
+    base = ["backtest", str(SYDNEY), "--days", "2", "--no-oracle"]
+    assert main(base) == 0
+    from_header = _table(capsys)
+    assert main([*base, *SYDNEY_ARGS]) == 0
+    assert _table(capsys) == from_header
+    assert main([*base, "--lat", "52.1", "--lon", "5.18", "--azimuth", "180", "--tz", "Europe/Amsterdam"]) == 0
+    assert _table(capsys) != from_header
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("# site: lat=1000", "line 1: site --lat = 1000.0: must be"),
+        ("# site: lat=north", "line 1: site lat='north' is not a number"),
+        ("# site: kwp=5", "line 1: unknown '# site:' key 'kwp'"),
+        ("# site: tz=Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+    ],
+)
+def test_a_bad_site_line_is_refused_by_line(
+    tmp_path: Path, line: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.csv"
+    rows = [r for r in REAL.read_text().splitlines() if not r.startswith("#")][:25]
+    path.write_text("\n".join([line, *rows]) + "\n")
+    assert main(["backtest", str(path), "--no-oracle"]) == 2
+    assert message in capsys.readouterr().err
