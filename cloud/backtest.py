@@ -82,6 +82,7 @@ from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
+from cloud.tariffs import Tariff, TariffError, decode_tariff, price_arrays
 from drivers.config_structs import BatteryLimits
 from zapd.controller import decide_batteries
 from zapd.envelope import SiteLimits
@@ -244,33 +245,50 @@ def read_site(path: str) -> dict[str, float | str]:
     return site
 
 
-def read_traces(path: str, pv_forecast_column: str | None = None) -> Traces:
+SPOT_COLUMN: Final = "spot_price"  # the day-ahead price (EUR/kWh) a --tariff turns into import / export prices
+
+
+def read_traces(path: str, pv_forecast_column: str | None = None, tariff: Tariff | None = None) -> Traces:
+    """The trace file, every row's numbers bounded (`_row_problem`).
+
+    With a `tariff` (cloud/tariffs.py, as registered) the import and export prices are the tariff's, made by
+    the cloud's own tariff code from each row's `spot_price` (needed only if the tariff follows the spot
+    market); the file's import_price / export_price columns are then not read.
+    """
     stamps: list[datetime] = []
     data: list[list[float]] = []
     forecast: list[float] = []
+    spots: list[float] = []
+    own_prices = tariff is None
+    spot_needed = tariff is not None and tariff.needs_spot
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(line for line in fh if not line.startswith("#"))
             fields = reader.fieldnames or []
-            wanted = [*COLUMNS, *([pv_forecast_column] if pv_forecast_column else [])]
+            wanted = [c for c in COLUMNS if own_prices or not c.endswith("_price")]
+            wanted += [*([SPOT_COLUMN] if spot_needed else []), *([pv_forecast_column] if pv_forecast_column else [])]
             missing = [c for c in wanted if c not in fields]
             if missing:
                 raise TraceError(f"{path}: missing columns {', '.join(missing)}")
             for line, row in enumerate(reader, start=2):
                 try:
                     ts = datetime.fromisoformat(row["ts"])
-                    values = [float(row[c]) for c in COLUMNS[1:]]
+                    values = [float(row[c]) if own_prices or not c.endswith("_price") else 0.0 for c in COLUMNS[1:]]
                     fc = float(row[pv_forecast_column]) if pv_forecast_column and row[pv_forecast_column] else math.nan
+                    spot = float(row[SPOT_COLUMN]) if spot_needed else 0.0
                 except (TypeError, ValueError) as exc:
                     raise TraceError(f"{path}: row {line}: {exc}") from None
                 if ts.tzinfo is None:
                     raise TraceError(f"{path}: row {line}: ts without UTC offset")
                 problem = _row_problem(values, fc, pv_forecast_column)
+                if not (math.isfinite(spot) and abs(spot) <= MAX_PRICE_ABS):
+                    problem = f"{SPOT_COLUMN} = {spot!r} is not a finite number within ±{MAX_PRICE_ABS:g} EUR/kWh"
                 if problem:
                     raise TraceError(f"{path}: row {line}: {problem}")
                 stamps.append(ts.astimezone(UTC))
                 data.append(values)
                 forecast.append(fc)
+                spots.append(spot)
     except OSError as exc:
         raise TraceError(f"{path}: {exc.strerror or exc}") from None
     if len(stamps) < 2:
@@ -282,8 +300,46 @@ def read_traces(path: str, pv_forecast_column: str | None = None) -> Traces:
     if not MIN_STEP <= step <= timedelta(days=1) or timedelta(days=1) % step:
         raise TraceError(f"{path}: step {step} does not divide a day or is shorter than {MIN_STEP}")
     arr = np.asarray(data, dtype=np.float64)
+    if tariff is not None:
+        arr[:, 0], arr[:, 1] = _tariff_prices(path, tariff, stamps, spots if spot_needed else None)
     fc_arr = np.asarray(forecast, dtype=np.float64) if pv_forecast_column else None
     return Traces(stamps[0], step, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], fc_arr)
+
+
+def _tariff_prices(
+    path: str, tariff: Tariff, stamps: list[datetime], spot: list[float] | None
+) -> tuple[FloatArray, FloatArray]:
+    """Import and export price per row by cloud.tariffs (time of use, fees, tax, VAT), bounded like a trace's."""
+    try:
+        imp, exp = (np.asarray(x, dtype=np.float64) for x in price_arrays(tariff, stamps, spot))
+    except TariffError as exc:
+        raise TraceError(f"{path}: {exc}") from None
+    for name, prices in (("import", imp), ("export", exp)):
+        bad = np.flatnonzero(~(np.abs(prices) <= MAX_PRICE_ABS))
+        if bad.size:
+            raise TraceError(
+                f"{path}: row {bad[0] + 2}: the tariff's {name} price {prices[bad[0]]!r} is not within "
+                f"±{MAX_PRICE_ABS:g} EUR/kWh"
+            )
+    return imp, exp
+
+
+def hold(tr: Traces, step: timedelta) -> Traces:
+    """The traces in slots of `step`, a divisor of their own step: each row's values held over its sub-slots.
+
+    Loads and PV are a row's mean power, so every sub-slot of it carries the same kW and the energy is
+    unchanged; a price holds over its row. The planner and the edge then decide per `step`, on no more
+    information than the rows carry (15-minute planning over hourly data).
+    """
+    if step == tr.step:
+        return tr
+    r = tr.step // step
+
+    def rep(a: FloatArray) -> FloatArray:
+        return np.repeat(a, r)
+
+    fc = None if tr.pv_forecast_kw is None else rep(tr.pv_forecast_kw)
+    return Traces(tr.start, step, rep(tr.import_price), rep(tr.export_price), rep(tr.load_kw), rep(tr.pv_kw), fc)
 
 
 # --- settlement ---------------------------------------------------------------------------
@@ -321,8 +377,8 @@ class Edge:
         self.envelope = {
             BATTERY_ID: BatteryLimits(
                 capacity_wh=cfg.battery_kwh * 1000.0,
-                max_charge_w=cfg.battery_kw * 1000.0,
-                max_discharge_w=cfg.battery_kw * 1000.0,
+                max_charge_w=cfg.max_charge_kw * 1000.0,
+                max_discharge_w=cfg.max_discharge_kw * 1000.0,
                 reserve_soc=cfg.soc_min,
                 max_soc=cfg.soc_max,
             )
@@ -351,12 +407,12 @@ class Edge:
         )
         decision, setpoints = decide_batteries(now, snapshot, plan, True, self.site, self.envelope, self.tick_s)
         want_kw = sum(sp.power_w for sp in setpoints) / 1000.0
-        dt, cap, eta = tr.dt_h, cfg.battery_kwh, cfg.efficiency
+        dt, cap, eta_c, eta_d = tr.dt_h, cfg.battery_kwh, cfg.eta_charge, cfg.eta_discharge
         # the battery's own limits (its BMS), which also account for the conversion losses
-        c = min(max(want_kw, 0.0), cfg.battery_kw, max(0.0, (cfg.soc_max - self.soc) * cap / (eta * dt)))
-        d = min(max(-want_kw, 0.0), cfg.battery_kw, max(0.0, (self.soc - cfg.soc_min) * cap * eta / dt))
+        c = min(max(want_kw, 0.0), cfg.max_charge_kw, max(0.0, (cfg.soc_max - self.soc) * cap / (eta_c * dt)))
+        d = min(max(-want_kw, 0.0), cfg.max_discharge_kw, max(0.0, (self.soc - cfg.soc_min) * cap * eta_d / dt))
         self.charge[t], self.discharge[t] = c, d
-        self.soc += (c * eta - d / eta) * dt / cap
+        self.soc += (c * eta_c - d / eta_d) * dt / cap
         self.power_w = (c - d) * 1000.0
         intent = decision.intent
         label = intent.mode.value if intent.absorb is None else f"{intent.mode.value}:{intent.absorb.value}"
@@ -377,10 +433,10 @@ def _battery(cfg: Config, soc: float, terminal_value: float = 0.0) -> Battery:
         soc_initial=min(max(soc, 0.0), 1.0),
         soc_min=cfg.soc_min,
         soc_max=cfg.soc_max,
-        max_charge_kw=cfg.battery_kw,
-        max_discharge_kw=cfg.battery_kw,
-        charge_efficiency=cfg.efficiency,
-        discharge_efficiency=cfg.efficiency,
+        max_charge_kw=cfg.max_charge_kw,
+        max_discharge_kw=cfg.max_discharge_kw,
+        charge_efficiency=cfg.eta_charge,
+        discharge_efficiency=cfg.eta_discharge,
         cycle_cost_per_kwh=cfg.cycle_cost,
         terminal_value_per_kwh=terminal_value,
     )
@@ -616,10 +672,10 @@ class Planner:
         return terminal_value(
             import_price,
             self.spd,
-            cfg.efficiency,
+            cfg.eta_discharge,
             cfg.cycle_cost,
             basis=cfg.terminal_basis,
-            charge_efficiency=cfg.efficiency,
+            charge_efficiency=cfg.eta_charge,
             next_day=next_day,
         )
 
@@ -826,6 +882,23 @@ def plot_slots(path: str, tr: Traces, log: SlotLog, days: float = 7.0) -> None:
     plt.close(fig)
 
 
+def _read_tariff(path: str | None) -> Tariff | None:
+    """`--tariff FILE`: the tariff JSON a site registers (cloud/tariffs.py), or None."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1_000_000)  # a tariff is a few hundred bytes
+        tariff = decode_tariff(raw)
+    except OSError as exc:
+        raise TraceError(f"--tariff {path}: {exc.strerror or exc}") from None
+    except TariffError as exc:
+        raise TraceError(f"--tariff {path}: {exc}") from None
+    if tariff.capacity is not None and tariff.capacity.price_per_kw > 0:
+        raise TraceError(f"--tariff {path}: a capacity (demand) charge is not backtested yet")
+    return tariff
+
+
 def run_backtest(args: argparse.Namespace) -> int:
     """Exit 0 with the table on stdout; 2 for a bad trace file or options (one line on stderr)."""
     try:
@@ -840,13 +913,23 @@ def run_backtest(args: argparse.Namespace) -> int:
         print(f"zapcloud backtest: {problem}", file=sys.stderr)
         return 2
     try:
-        tr = read_traces(args.traces, getattr(args, "pv_forecast_column", None))
+        tariff = _read_tariff(getattr(args, "tariff", None))
+        tr = read_traces(args.traces, getattr(args, "pv_forecast_column", None), tariff)
+        days = getattr(args, "days", None)
+        if days is not None:
+            tr = tr.head(max(1, int(days * tr.slots_per_day)))
+        step_minutes = getattr(args, "step_minutes", None)
+        if step_minutes is not None:
+            step = timedelta(minutes=step_minutes)
+            if step > tr.step or tr.step % step:
+                raise TraceError(
+                    f"--step-minutes = {step_minutes!r}: must divide the trace's step of {tr.step} (each row is "
+                    "held over its sub-slots; planning in slots coarser than the data is not supported)"
+                )
+            tr = hold(tr, step)
     except TraceError as exc:
         print(f"zapcloud backtest: {exc}", file=sys.stderr)
         return 2
-    days = getattr(args, "days", None)
-    if days is not None:
-        tr = tr.head(max(1, int(days * tr.slots_per_day)))
     report = run(tr, cfg, oracle=not getattr(args, "no_oracle", False))
     print(format_report(report, tr))
     assert report.log is not None
@@ -876,6 +959,7 @@ __all__ = [
     "config_problem",
     "daily_costs",
     "format_report",
+    "hold",
     "known_price_slots",
     "no_battery",
     "perfect_foresight",

@@ -54,7 +54,12 @@ BOUNDS: Final[dict[str, Bound]] = {
     for b in (
         Bound("--battery-kwh", 0.0, MAX_CAPACITY_KWH, "kWh", "zapd's battery capacity bound", lo_open=True),
         Bound("--battery-kw", 0.0, MAX_POWER_KW, "kW", "zapd's power bound, 10 MW"),
+        Bound("--charge-kw", 0.0, MAX_POWER_KW, "kW", "zapd's power bound, 10 MW"),
+        Bound("--discharge-kw", 0.0, MAX_POWER_KW, "kW", "zapd's power bound, 10 MW"),
         Bound("--efficiency", 0.5, 1.0, "", "one way; real batteries 0.9-0.98, below 0.5 none is sold"),
+        Bound("--charge-efficiency", 0.5, 1.0, "", "real batteries 0.9-0.98, below 0.5 none is sold"),
+        Bound("--discharge-efficiency", 0.5, 1.0, "", "real batteries 0.9-0.98, below 0.5 none is sold"),
+        Bound("--step-minutes", 5.0, 1440.0, "min", "the finest settlement in use (NEM) .. a day"),
         Bound("--soc-min", 0.0, 1.0, "", "a fraction of the capacity"),
         Bound("--soc-max", 0.0, 1.0, "", "a fraction of the capacity"),
         Bound("--soc-initial", 0.0, 1.0, "", "a fraction of the capacity"),
@@ -109,6 +114,11 @@ class Config:
     battery_kwh: float = 10.0
     battery_kw: float = 5.0
     efficiency: float = 0.95  # each way (charge and discharge)
+    # the battery's charge / discharge power and efficiency where they differ; None: battery_kw / efficiency
+    charge_kw: float | None = None
+    discharge_kw: float | None = None
+    charge_efficiency: float | None = None
+    discharge_efficiency: float | None = None
     soc_min: float = 0.1
     soc_max: float = 0.95
     soc_initial: float = 0.5
@@ -150,6 +160,22 @@ class Config:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.tz)
 
+    @property
+    def max_charge_kw(self) -> float:
+        return self.battery_kw if self.charge_kw is None else self.charge_kw
+
+    @property
+    def max_discharge_kw(self) -> float:
+        return self.battery_kw if self.discharge_kw is None else self.discharge_kw
+
+    @property
+    def eta_charge(self) -> float:
+        return self.efficiency if self.charge_efficiency is None else self.charge_efficiency
+
+    @property
+    def eta_discharge(self) -> float:
+        return self.efficiency if self.discharge_efficiency is None else self.discharge_efficiency
+
 
 def _hhmm(text: str) -> clock_time:
     try:
@@ -170,6 +196,10 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument("--battery-kwh", type=float, default=d.battery_kwh, help="usable battery capacity, kWh")
     bt.add_argument("--battery-kw", type=float, default=d.battery_kw, help="charge and discharge power limit")
     bt.add_argument("--efficiency", type=float, default=d.efficiency, help="one-way (charge and discharge)")
+    bt.add_argument("--charge-kw", type=float, default=None, help="charge power limit (default: --battery-kw)")
+    bt.add_argument("--discharge-kw", type=float, default=None, help="discharge power limit (default: --battery-kw)")
+    bt.add_argument("--charge-efficiency", type=float, default=None, help="AC to stored (default: --efficiency)")
+    bt.add_argument("--discharge-efficiency", type=float, default=None, help="stored to AC (default: --efficiency)")
     bt.add_argument("--soc-min", type=float, default=d.soc_min, help="reserve SoC (fraction)")
     bt.add_argument("--soc-max", type=float, default=d.soc_max, help="highest SoC the plan may use (fraction)")
     bt.add_argument("--soc-initial", type=float, default=d.soc_initial, help="SoC at the start (fraction)")
@@ -268,6 +298,19 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
+    bt.add_argument(
+        "--step-minutes",
+        type=float,
+        default=None,
+        help="plan and execute in slots of this length (a divisor of the trace's step: each row's values are "
+        "held, e.g. 15 over hourly data); default the trace's step",
+    )
+    bt.add_argument(
+        "--tariff",
+        default=None,
+        help="a tariff JSON as registered (cloud/tariffs.py): the import and export prices come from it and the "
+        "trace's spot_price column (EUR/kWh) instead of the trace's import_price / export_price",
+    )
     bt.add_argument("--slots-csv", default=None, help="write one row per slot to this CSV")
     bt.add_argument("--plot", default=None, help="write a PNG of the first --plot-days days")
     bt.add_argument("--plot-days", type=float, default=7.0, help="days shown in --plot")
@@ -280,6 +323,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         battery_kwh=args.battery_kwh,
         battery_kw=args.battery_kw,
         efficiency=getattr(args, "efficiency", d.efficiency),
+        charge_kw=getattr(args, "charge_kw", None),
+        discharge_kw=getattr(args, "discharge_kw", None),
+        charge_efficiency=getattr(args, "charge_efficiency", None),
+        discharge_efficiency=getattr(args, "discharge_efficiency", None),
         soc_min=getattr(args, "soc_min", d.soc_min),
         soc_max=getattr(args, "soc_max", d.soc_max),
         soc_initial=getattr(args, "soc_initial", d.soc_initial),

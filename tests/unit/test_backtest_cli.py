@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.backtest import TraceError, read_site, read_traces
+from cloud.backtest import Config, TraceError, Traces, hold, read_site, read_traces, rolling_flows
 from cloud.backtest_config import BOUNDS, MAX_CAPACITY_KWH, MAX_POWER_KW, MAX_PRICE_ABS, add_arguments
 from cloud.cli import main
 
@@ -189,3 +193,145 @@ def test_a_bad_site_line_is_refused_by_line(
     path.write_text("\n".join([line, *rows]) + "\n")
     assert main(["backtest", str(path), "--no-oracle"]) == 2
     assert message in capsys.readouterr().err
+
+
+# --- --tariff: prices from the cloud's own tariff code ----------------------------------------------------------
+
+# The Dutch dynamic contract of bench/data/README.md (2023 energy tax, 21 % VAT, no net metering), as a site
+# registers it: import = (spot + 0.0225 + 0.12599) x 1.21, export = spot.
+NL_TARIFF = (
+    '{"energy": {"kind": "spot", "markup": 0.0225}, "energy_tax": 0.12599, "vat": 0.21, '
+    '"export": {"kind": "spot"}, "spot_area": "10YNL----------L", "timezone": "Europe/Amsterdam"}'
+)
+
+
+def _with_spot(tmp_path: Path, days: int = 2) -> Path:
+    """The NL trace's first days with a spot_price column: its export price, which is the spot (README)."""
+    lines = SYDNEY.read_text().splitlines()
+    site = next(r for r in lines if r.startswith("# site:"))
+    rows = [r for r in lines if not r.startswith("#")][: 1 + days * 48]
+    head, body = rows[0], rows[1:]
+    assert head == HEADER
+    path = tmp_path / "spot.csv"
+    path.write_text("\n".join([site, head + ",spot_price", *(r + "," + r.split(",")[2] for r in body)]) + "\n")
+    return path
+
+
+def test_the_registered_tariff_gives_the_traces_own_prices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/data/make_real_traces.py computed these prices from the spot by its own formula; cloud/tariffs.py
+    computes them from the tariff JSON: they agree to the file's 5 decimals."""
+    trace, tariff = _with_spot(tmp_path), tmp_path / "nl.json"
+    tariff.write_text(NL_TARIFF)
+    own = read_traces(str(trace))
+    from cloud.tariffs import decode_tariff
+
+    priced = read_traces(str(trace), tariff=decode_tariff(NL_TARIFF.encode()))
+    assert np.allclose(priced.import_price, own.import_price, atol=6e-6, rtol=0)
+    assert np.array_equal(priced.export_price, own.export_price)
+    assert main(["backtest", str(trace), "--tariff", str(tariff), "--days", "2", "--no-oracle"]) == 0
+    assert "planner" in capsys.readouterr().out
+
+
+def test_a_time_of_use_tariff_needs_no_price_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fixed price with an evening grid fee (local time): the trace needs only ts, load and PV."""
+    rows = [r for r in REAL.read_text().splitlines() if not r.startswith("#")][:49]
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(["ts,load_kw,pv_kw", *(",".join(r.split(",")[:1] + r.split(",")[3:]) for r in rows[1:])]))
+    tou = (
+        '{"energy": {"kind": "fixed", "price": 0.25}, "vat": 0.2, "timezone": "Europe/Berlin", '
+        '"grid_fee": {"default": 0.05, "windows": [{"start": "17:00", "end": "21:00", "value": 0.15}]}, '
+        '"export": {"kind": "fixed", "price": 0.08}}'
+    )
+    from cloud.tariffs import decode_tariff
+
+    tr = read_traces(str(path), tariff=decode_tariff(tou.encode()))
+    local_hours = [(tr.start + tr.step * t).astimezone(ZoneInfo("Europe/Berlin")).hour for t in range(tr.n)]
+    expected = [(0.25 + (0.15 if 17 <= h < 21 else 0.05)) * 1.2 for h in local_hours]
+    assert np.allclose(tr.import_price, expected) and np.all(tr.export_price == 0.08)
+    (tmp_path / "tou.json").write_text(tou)
+    assert main(["backtest", str(path), "--tariff", str(tmp_path / "tou.json"), "--no-oracle"]) == 0
+    capsys.readouterr()
+    assert main(["backtest", str(path), "--no-oracle"]) == 2  # without a tariff the price columns are needed
+    assert "missing columns import_price, export_price" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("tariff", "message"),
+    [
+        ("{not json", "--tariff"),
+        ('{"energy": {"kind": "spot"}}', "spot_area"),
+        ('{"energy": {"kind": "fixed", "price": 0.3}, "capacity": {"price_per_kw": 4.0}}', "capacity"),
+        ('{"energy": {"kind": "fixed", "price": 0.3}, "vat": 1e6}', "row 2: the tariff's import price"),
+        ('{"energy": {"kind": "spot"}, "spot_area": "NL"}', "missing columns spot_price"),
+    ],
+)
+def test_a_bad_tariff_is_refused(
+    tmp_path: Path, one_day: Path, tariff: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "t.json").write_text(tariff)
+    assert main(["backtest", str(one_day), "--tariff", str(tmp_path / "t.json"), "--no-oracle"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_spot_price_beyond_its_bound_is_refused(tmp_path: Path) -> None:
+    from cloud.tariffs import decode_tariff
+
+    path = _trace(tmp_path, "2023-01-01T01:00:00Z,0.3,0.1,0.5,0,-50", header=HEADER + ",spot_price")
+    path.write_text(path.read_text().replace(",0\n", ",0,0.1\n"))
+    with pytest.raises(TraceError, match=r"row 3: spot_price = -50\.0"):
+        read_traces(str(path), tariff=decode_tariff(NL_TARIFF.encode()))
+
+
+# --- separate charge / discharge power and efficiency --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_days() -> Traces:
+    return read_traces(str(SYDNEY)).head(2 * 48)
+
+
+SITE = Config(tz="Australia/Sydney", lat=-33.87, lon=151.21, pv_kwp=1.04, tilt_deg=20.0, azimuth_deg=0.0)
+
+
+def test_the_shorthands_are_both_directions(two_days: Traces) -> None:
+    split = replace(SITE, charge_kw=5.0, discharge_kw=5.0, charge_efficiency=0.95, discharge_efficiency=0.95)
+    a, b = rolling_flows(two_days, SITE), rolling_flows(two_days, split)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_charge_and_discharge_limits_and_losses_apply_each_way(two_days: Traces) -> None:
+    cfg = replace(SITE, charge_kw=0.4, discharge_kw=1.5, charge_efficiency=0.9, discharge_efficiency=0.99)
+    charge, discharge, _, log = rolling_flows(two_days, cfg)
+    assert charge.max() <= 0.4 + 1e-9 and discharge.max() <= 1.5 + 1e-9
+    assert discharge.max() > 0.4  # the discharge side is not held to the charge limit
+    soc = np.concatenate([[cfg.soc_initial], log.soc])
+    stored = (charge * 0.9 - discharge / 0.99) * two_days.dt_h / cfg.battery_kwh
+    assert np.allclose(np.diff(soc), stored)
+
+
+def test_cli_charge_discharge_options(one_day: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--charge-kw", "2", "--discharge-kw", "3", "--charge-efficiency", "0.9", "--discharge-efficiency", "0.97"]
+    assert main(["backtest", str(one_day), "--no-oracle", *args]) == 0
+    assert main(["backtest", str(one_day), "--no-oracle", "--charge-efficiency", "0.2"]) == 2
+    assert "--charge-efficiency = 0.2" in capsys.readouterr().err
+
+
+# --- --step-minutes ----------------------------------------------------------------------------------------------
+
+
+def test_hold_keeps_every_rows_energy_and_price(one_day: Path) -> None:
+    tr = read_traces(str(one_day))
+    quarter = hold(tr, timedelta(minutes=15))
+    assert quarter.n == 4 * tr.n and quarter.step == timedelta(minutes=15)
+    assert np.isclose(quarter.load_kw.sum() * quarter.dt_h, tr.load_kw.sum() * tr.dt_h)
+    assert np.array_equal(quarter.import_price[::4], tr.import_price)
+    assert np.array_equal(quarter.pv_kw.reshape(-1, 4).min(axis=1), tr.pv_kw)
+
+
+def test_cli_plans_in_quarter_hours_over_hourly_data(one_day: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backtest", str(one_day), "--step-minutes", "15"]) == 0
+    out = capsys.readouterr().out
+    assert "96 slots of 0:15:00" in out and "perfect foresight" in out
+    for bad in ("45", "120"):
+        assert main(["backtest", str(one_day), "--step-minutes", bad, "--no-oracle"]) == 2
+        assert "coarser than the data is not supported" in capsys.readouterr().err
