@@ -18,7 +18,11 @@ Schema (kW, kWh, fractions 0..1; every key not marked optional is required)::
         "arrival": "18:00", "departure": "07:00",     # local times (timezone above)
         "soc_at_arrival": 0.4, "soc_target": 0.8
       },
-      "weather": {"provider": "open-meteo", "use": "ghi"}          # optional: dim PV by a forecast
+      "weather": {"provider": "open-meteo", "use": "ghi"},         # optional: dim PV by a forecast
+      "planning": {                                   # optional: this site's planner choices; each key optional,
+        "pv_model": "fit", "load_model": "gbm",       # a key left out keeps `zapcloud serve`'s default
+        "price_forecast": true, "execution": "surplus"
+      }
     }
 
 A site without `assets` (or whose assets do not decode) is not planned; its plans can still be PUT.
@@ -88,6 +92,22 @@ class WeatherCfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     use: Literal["ghi", "cloud_cover"] = "ghi"
 
 
+# The planner's choices by name (cloud/site_forecast.py PvChoice / LoadChoice, cloud/execution.py Execution: a
+# unit test keeps them equal). Names here so that decoding a registration loads neither pvlib nor the optimizer.
+PvModelName = Literal["factor", "fit"]
+LoadModelName = Literal["profile", "gbm"]
+ExecutionName = Literal["setpoint", "grid_target", "directional", "value", "setpoint_value", "surplus"]
+
+
+class PlanningCfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-site overrides of the serve worker's planner defaults (cloud/planner_settings.py); None: the default."""
+
+    pv_model: PvModelName | None = None
+    load_model: LoadModelName | None = None
+    price_forecast: bool | None = None
+    execution: ExecutionName | None = None
+
+
 class SiteAssets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     location: LocationCfg
     grid: GridCfg
@@ -96,6 +116,7 @@ class SiteAssets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pv: list[PvCfg] = msgspec.field(default_factory=list)
     ev: EvCfg | None = None
     weather: WeatherCfg | None = None
+    planning: PlanningCfg | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -116,6 +137,15 @@ class SiteAssets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Location(self.location.lat, self.location.lon, self.location.altitude_m)
 
 
+def check_planning(obj: Any) -> PlanningCfg:
+    """`assets.planning` alone (the registration checks it before storing the site)."""
+    try:
+        return msgspec.convert(obj, type=PlanningCfg | None) or PlanningCfg()
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$")
+        raise AssetsError(f"assets.planning{where.rstrip('`')}: {message}") from None
+
+
 def decode_assets(obj: Any) -> SiteAssets:
     if obj is None:
         raise AssetsError("assets: none registered")
@@ -132,4 +162,18 @@ def decode_assets(obj: Any) -> SiteAssets:
     return assets
 
 
-__all__ = ["AssetsError", "BatteryCfg", "EvCfg", "GridCfg", "PvCfg", "SiteAssets", "WeatherCfg", "decode_assets"]
+__all__ = [
+    "AssetsError",
+    "BatteryCfg",
+    "EvCfg",
+    "ExecutionName",
+    "GridCfg",
+    "LoadModelName",
+    "PlanningCfg",
+    "PvCfg",
+    "PvModelName",
+    "SiteAssets",
+    "WeatherCfg",
+    "check_planning",
+    "decode_assets",
+]

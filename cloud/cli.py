@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cloud.planner_settings import PlannerSettings
     from cloud.server.limits import Limits
 
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="file holding a token that may only read /metrics (else $ZAPCLOUD_METRICS_TOKEN; optional)",
     )
+    _planner_arguments(serve)
     # Defaults: cloud/server/limits.py `Limits` (listed in docs/operations.md); unset flags keep them.
     lim = serve.add_argument_group("limits (defaults in docs/operations.md)")
     lim.add_argument("--max-connections", type=int, help="open HTTP connections per worker")
@@ -67,6 +69,69 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bt)
     return parser
+
+
+def _planner_arguments(serve: argparse.ArgumentParser) -> None:
+    from cloud.planner_settings import (
+        DEFAULT_WEATHER_CACHE_S,
+        DEFAULT_WEATHER_TIMEOUT_S,
+        EXECUTIONS,
+        LOAD_MODELS,
+        OPEN_METEO_URL,
+        PV_MODELS,
+        PlannerSettings,
+    )
+
+    d = PlannerSettings()
+    group = serve.add_argument_group(
+        "planner (defaults for every site; a site's registration may override them: assets.planning)"
+    )
+    group.add_argument(
+        "--weather-url",
+        default=OPEN_METEO_URL,
+        metavar="URL",
+        help="Open-Meteo forecast API for sites that register `weather` (default: %(default)s)",
+    )
+    group.add_argument("--no-weather", action="store_true", help="never fetch weather forecasts")
+    group.add_argument(
+        "--weather-timeout-s",
+        type=float,
+        default=DEFAULT_WEATHER_TIMEOUT_S,
+        help="seconds the weather service has for a whole answer (default: %(default)s)",
+    )
+    group.add_argument(
+        "--weather-cache-s",
+        type=float,
+        default=DEFAULT_WEATHER_CACHE_S,
+        help="seconds a location's weather forecast is reused (0: fetch for every plan; default: %(default)s)",
+    )
+    group.add_argument("--pv-model", choices=PV_MODELS, default=d.pv_model, help="PV forecaster (default: %(default)s)")
+    group.add_argument(
+        "--load-model", choices=LOAD_MODELS, default=d.load_model, help="load forecaster (default: %(default)s)"
+    )
+    group.add_argument(
+        "--price-forecast",
+        action=argparse.BooleanOptionalAction,
+        default=d.price_forecast,
+        help="plan past the published day-ahead prices on forecast ones (default: off)",
+    )
+    group.add_argument(
+        "--execution", choices=EXECUTIONS, default=d.execution, help="how plan slots run (default: %(default)s)"
+    )
+
+
+def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
+    from cloud.planner_settings import PlannerSettings
+
+    return PlannerSettings(
+        weather_url=None if args.no_weather else args.weather_url,
+        weather_timeout_s=args.weather_timeout_s,
+        weather_cache_s=args.weather_cache_s,
+        pv_model=args.pv_model,
+        load_model=args.load_model,
+        price_forecast=args.price_forecast,
+        execution=args.execution,
+    )
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -103,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             limits = _limits(args)
+            planner_settings = _planner_settings(args)
         except ValueError as exc:
             print(f"zapcloud: {exc}", file=sys.stderr)
             return 2
@@ -116,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits=limits,
             planner=not args.no_planner,
             planner_idle_s=args.planner_idle_s,
+            planner_settings=planner_settings,
         )
     if args.command == "db":
         from cloud.server.dbcli import run_db

@@ -28,12 +28,15 @@ every hourly re-plan of a year.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import httpx
 import msgspec
@@ -48,9 +51,9 @@ from cloud.forecast_load import (
     forecast_load,
     forecast_load_persistence,
 )
+from cloud.planner_settings import DEFAULT_WEATHER_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from cloud.planner_settings import OPEN_METEO_URL
 
-OPEN_METEO_URL: Final = "https://api.open-meteo.com/v1/forecast"
-DEFAULT_TIMEOUT_S: Final = 10.0
 # Daily ratios are only meaningful on days with real sun to measure against.
 _MIN_CLEAR_KWH_PER_KWP: Final = 0.5
 _FACTOR_BOUNDS: Final = (0.02, 1.5)
@@ -243,14 +246,25 @@ class WeatherError(Exception):
     """The weather service failed or answered something unusable."""
 
 
+class WeatherDataError(WeatherError):
+    """The weather service answered, but with values that cannot be right (out of range, wrong length, not JSON)."""
+
+
+# What an answer may hold: Open-Meteo forecasts at most 16 days of hours; cloud cover is a percentage; no
+# irradiance on the ground beats ~1,400 W/m² (the solar constant 1,361 W/m² plus cloud enhancement) by much.
+MAX_WEATHER_HOURS: Final = 16 * 24
+MAX_WEATHER_BODY_BYTES: Final = 1 << 20
+_VALUE_BOUNDS: Final = {"cloud_cover": (0.0, 100.0), "shortwave_radiation": (0.0, 1500.0)}
+
+
 class _Hourly(msgspec.Struct):
-    time: list[str]
+    time: Annotated[list[str], msgspec.Meta(max_length=MAX_WEATHER_HOURS)]
     cloud_cover: list[float | None] | None = None
     shortwave_radiation: list[float | None] | None = None
 
 
 class _OpenMeteoAnswer(msgspec.Struct):
-    utc_offset_seconds: int
+    utc_offset_seconds: Annotated[int, msgspec.Meta(ge=-14 * 3600, le=14 * 3600)]
     hourly: _Hourly
 
 
@@ -280,29 +294,39 @@ class WeatherForecast:
 
 
 def parse_open_meteo(body: bytes) -> WeatherForecast:
+    """Open-Meteo's forecast answer (https://open-meteo.com/en/docs, "JSON return object"), checked: hourly
+    times one hour apart, each variable as long as the times and inside its physical range (null: missing)."""
     try:
         raw: Any = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise WeatherError(f"Open-Meteo: not JSON: {exc}") from None
+        raise WeatherDataError(f"Open-Meteo: not JSON: {exc}") from None
     if isinstance(raw, dict) and raw.get("error"):
-        raise WeatherError(f"Open-Meteo: {raw.get('reason', 'error')}")
+        raise WeatherError(f"Open-Meteo: {str(raw.get('reason', 'error'))[:200]}")
     try:
         answer = msgspec.convert(raw, type=_OpenMeteoAnswer)
     except msgspec.ValidationError as exc:
-        raise WeatherError(f"Open-Meteo: unexpected answer: {exc}") from None
+        raise WeatherDataError(f"Open-Meteo: unexpected answer: {exc}") from None
     offset = timedelta(seconds=answer.utc_offset_seconds)
     try:
         times = tuple(datetime.fromisoformat(t).replace(tzinfo=UTC) - offset for t in answer.hourly.time)
     except ValueError as exc:
-        raise WeatherError(f"Open-Meteo: bad time: {exc}") from None
+        raise WeatherDataError(f"Open-Meteo: bad time: {exc}") from None
+    if any(b - a != timedelta(hours=1) for a, b in itertools.pairwise(times)):
+        raise WeatherDataError("Open-Meteo: hourly.time is not one value per hour")
     n = len(times)
 
     def arr(values: list[float | None] | None, name: str) -> FloatArray | None:
         if values is None:
             return None
         if len(values) != n:
-            raise WeatherError(f"Open-Meteo: {name} has {len(values)} values for {n} times")
-        return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+            raise WeatherDataError(f"Open-Meteo: {name} has {len(values)} values for {n} times")
+        out = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+        lo, hi = _VALUE_BOUNDS[name]
+        bad = ~np.isnan(out) & ~((out >= lo) & (out <= hi))  # inf and out of range; NaN only from null
+        if bad.any():
+            first = float(out[bad][0])
+            raise WeatherDataError(f"Open-Meteo: {name} value {first} outside {lo:g}..{hi:g}")
+        return out
 
     return WeatherForecast(
         times=times,
@@ -312,18 +336,43 @@ def parse_open_meteo(body: bytes) -> WeatherForecast:
 
 
 class OpenMeteoClient:
+    """Open-Meteo's forecast API; with `cache_s` > 0 a location's forecast is fetched at most once per
+    `cache_s` (per worker; failures are not kept, so the next plan asks again)."""
+
+    MAX_CACHED: Final = 10_000  # locations
+
     def __init__(
         self,
         *,
         base_url: str = OPEN_METEO_URL,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        cache_s: float = 0.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._base_url = base_url
+        self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
         self._transport = transport
+        self._cache_s = cache_s
+        self._cache: dict[tuple[float, float, int], tuple[float, WeatherForecast]] = {}
 
     async def forecast(self, location: Location, *, days: int = 3) -> WeatherForecast:
+        if self._cache_s <= 0:
+            return await self._fetch(location, days)
+        key = (round(location.lat, 3), round(location.lon, 3), days)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self._cache_s:
+            return hit[1]
+        wx = await self._fetch(location, days)
+        if len(self._cache) >= self.MAX_CACHED:
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._cache_s}
+            if len(self._cache) >= self.MAX_CACHED:
+                self._cache.clear()
+        self._cache[key] = (now, wx)
+        return wx
+
+    async def _fetch(self, location: Location, days: int) -> WeatherForecast:
         params: dict[str, str | int | float] = {
             "latitude": location.lat,
             "longitude": location.lon,
@@ -331,16 +380,24 @@ class OpenMeteoClient:
             "timezone": "GMT",
             "forecast_days": days,
         }
-        try:
-            async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as client:
-                response = await client.get(self._base_url, params=params)
-        except httpx.TimeoutException:
-            raise WeatherError(f"Open-Meteo: no answer within {self._timeout.read}s") from None
+        try:  # the whole answer within the timeout: a server dripping a byte a second must not hold the plan
+            async with (
+                asyncio.timeout(self._timeout_s),
+                httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as client,
+                client.stream("GET", self._base_url, params=params) as response,
+            ):
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_WEATHER_BODY_BYTES:
+                        raise WeatherDataError(f"Open-Meteo: answer over {MAX_WEATHER_BODY_BYTES} bytes")
+        except (httpx.TimeoutException, TimeoutError):
+            raise WeatherError(f"Open-Meteo: no answer within {self._timeout_s}s") from None
         except httpx.HTTPError as exc:
             raise WeatherError(f"Open-Meteo: {type(exc).__name__}: {exc}") from None
-        if response.status_code != 200 and b'"reason"' not in response.content[:2000]:
+        if response.status_code != 200 and b'"reason"' not in body[:2000]:
             raise WeatherError(f"Open-Meteo: HTTP {response.status_code}")
-        return parse_open_meteo(response.content)
+        return parse_open_meteo(bytes(body))
 
 
 __all__ = [
@@ -354,6 +411,7 @@ __all__ = [
     "OpenMeteoClient",
     "PvArray",
     "PvFactor",
+    "WeatherDataError",
     "WeatherError",
     "WeatherForecast",
     "clear_sky",

@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
@@ -52,6 +52,7 @@ from cloud.forecast import (
     FloatArray,
     OpenMeteoClient,
     PvFactor,
+    WeatherDataError,
     WeatherError,
     forecast_pv,
     learn_pv_factor,
@@ -64,8 +65,9 @@ from cloud.forecast_pv import SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
+from cloud.server.metrics import WEATHER_FAILURES
 from cloud.server.service import next_plan_version, publish_plan
-from cloud.site_forecast import ModelChoice, PvChoice, site_load_forecast, site_pv_model
+from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice, site_load_forecast, site_pv_model
 from cloud.site_series import SiteSeries, load_series
 from cloud.sky_cache import clear_sky_cached
 from cloud.tariffs import Tariff, TariffError, billing_period_start, decode_tariff, demand_charge, price_arrays
@@ -99,6 +101,23 @@ class PlannerOptions:
     price_forecast: bool = False
     models: ModelChoice = field(default_factory=ModelChoice)  # which forecasters; trained per site (site_forecast)
 
+    def for_site(self, assets: SiteAssets) -> PlannerOptions:
+        """These options with the site's own choices (`assets.planning`) where it made one."""
+        p = assets.planning
+        if p is None:
+            return self
+        models = replace(
+            self.models,
+            pv=self.models.pv if p.pv_model is None else PvChoice(p.pv_model),
+            load=self.models.load if p.load_model is None else LoadChoice(p.load_model),
+        )
+        return replace(
+            self,
+            models=models,
+            price_forecast=self.price_forecast if p.price_forecast is None else p.price_forecast,
+            execution=self.execution if p.execution is None else Execution(p.execution),
+        )
+
 
 class PlanError(Exception):
     """This site cannot be planned now (no prices yet, no assets, infeasible); the message says why."""
@@ -123,6 +142,7 @@ class Prepared:
     base_import_price: list[float] = field(default_factory=list)
     price_known_slots: int | None = None  # slots with published prices; past them the prices are a forecast
     base_export_price: list[float] = field(default_factory=list)
+    execution: Execution = DEFAULT_EXECUTION  # the site's (PlannerOptions.for_site)
 
     @property
     def starts(self) -> list[datetime]:
@@ -166,6 +186,7 @@ async def prepare(
         tariff = decode_tariff(site.tariff)
     except (AssetsError, TariffError) as exc:
         raise PlanError(str(exc)) from None
+    options = options.for_site(assets)
     start = floor_slot(now)
     spot = await _spot(db, tariff, start, options.horizon_slots, prices)
     horizon = known = _known_slots(spot, options.horizon_slots)
@@ -225,6 +246,7 @@ async def prepare(
         base_import_price=imp,
         base_export_price=exp,
         price_known_slots=known,
+        execution=options.execution,
     )
 
 
@@ -270,40 +292,67 @@ async def _pv_forecast(
     now: datetime,
     options: PlannerOptions,
 ) -> tuple[FloatArray, PvFactor]:
+    """PV kW for the horizon: dimmed by the weather forecast where the site has one configured and it has a
+    value for the slot; elsewhere (no forecast, the service down or answering nonsense, slots past its end) the
+    forecast without weather: the site model's typical day, or the factor forecast corrected by the nowcast."""
     if not assets.pv:
         return np.zeros(horizon), PvFactor()
     past = options.pv_history_days * SLOTS_PER_DAY
     # cached per UTC day across sites and plans (cloud/sky_cache.py): the same numbers, computed once
-    sky = clear_sky_cached(assets.pv_location(), assets.pv_arrays(), start - STEP * past, STEP, past + horizon)
-    weather = await _weather(assets, start, horizon, options)
+    sky = await asyncio.to_thread(
+        clear_sky_cached, assets.pv_location(), assets.pv_arrays(), start - STEP * past, STEP, past + horizon
+    )
+    weather = await _weather(site_id, assets, start, horizon, options)
     if options.models.pv is PvChoice.FIT:
         model = await site_pv_model(db, site_id, assets, series, now, options.models)
-        grid = SkyGrid.compute(assets.pv_location(), start, STEP, horizon)
-        dimming = None if weather is None else weather_dimming(grid.ghi, **weather)
-        return model.forecast(grid, 0, horizon, dimming), PvFactor(model.typical, 1.0, model.days)
+        grid = await asyncio.to_thread(SkyGrid.compute, assets.pv_location(), start, STEP, horizon)
+        typical = model.forecast(grid, 0, horizon)
+        factor = PvFactor(model.typical, 1.0, model.days)
+        if weather is None:
+            return typical, factor
+        dimmed = model.forecast(grid, 0, horizon, weather_dimming(grid.ghi, **weather))
+        return _with_weather(weather, dimmed, typical), factor
     measured = series.pv_kw[-past:]
     factor = learn_pv_factor(measured, sky.pv_kw[past - len(measured) : past], SLOTS_PER_DAY, assets.pv_kwp)
-    if weather is not None:
-        return forecast_pv(sky.pv_kw[past:], factor, weather_dimming(sky.ghi[past:], **weather)), factor
     # no weather forecast: the last hours' measured PV against their own forecast corrects the next hours
     recent = min(len(measured), round(NOWCAST_RECENT_H * SLOTS_PER_DAY / 24))
     recent_fc = forecast_pv(sky.pv_kw[past - recent : past], factor)
     pv = forecast_pv(sky.pv_kw[past:], factor)
-    return pv_nowcast(pv, measured[len(measured) - recent :], recent_fc, 24 / SLOTS_PER_DAY, assets.pv_kwp), factor
+    nowcast = pv_nowcast(pv, measured[len(measured) - recent :], recent_fc, 24 / SLOTS_PER_DAY, assets.pv_kwp)
+    if weather is None:
+        return nowcast, factor
+    dimmed = forecast_pv(sky.pv_kw[past:], factor, weather_dimming(sky.ghi[past:], **weather))
+    return _with_weather(weather, dimmed, nowcast), factor
+
+
+def _with_weather(weather: dict[str, FloatArray], dimmed: FloatArray, without: FloatArray) -> FloatArray:
+    """`dimmed` where the weather forecast has a value for the slot, `without` where it has none (NaN)."""
+    (values,) = weather.values()
+    return np.where(np.isnan(values), without, dimmed)
 
 
 async def _weather(
-    assets: SiteAssets, start: datetime, horizon: int, options: PlannerOptions
+    site_id: str, assets: SiteAssets, start: datetime, horizon: int, options: PlannerOptions
 ) -> dict[str, FloatArray] | None:
-    """The weather forecast on the plan's grid as weather_dimming's keyword, if configured and answering."""
+    """The weather forecast on the plan's grid as weather_dimming's keyword, if configured and answering.
+
+    A failure is logged and counted (`zapcloud_weather_failures_total{reason}` on /metrics): `unavailable`
+    (down, slow, an HTTP error), `invalid` (not JSON, values out of range, wrong lengths), `no_coverage` (an
+    answer that covers none of the plan's slots); the plan is then made without the weather."""
     if assets.weather is None or options.weather is None:
         return None
     try:
         wx = await options.weather.forecast(assets.pv_location())
     except WeatherError as exc:
-        log.warning("planner.weather_unavailable", error=str(exc))
+        reason = "invalid" if isinstance(exc, WeatherDataError) else "unavailable"
+        WEATHER_FAILURES[reason] += 1
+        log.warning("planner.weather_unavailable", site_id=site_id, reason=reason, error=str(exc)[:300])
         return None
     grid = wx.on_grid(start, STEP, horizon, assets.weather.use)
+    if np.isnan(grid).all():
+        WEATHER_FAILURES["no_coverage"] += 1
+        log.warning("planner.weather_unavailable", site_id=site_id, reason="no_coverage", error="no slot covered")
+        return None
     return {"ghi": grid} if assets.weather.use == "ghi" else {"cloud_cover_pct": grid}
 
 
@@ -452,7 +501,7 @@ def to_plan(prepared: Prepared, solution: Solution, version: int, options: Plann
                 solution.grid_export_kw[t],
                 solution.battery_charge_kw[t],
                 solution.battery_discharge_kw[t],
-                options.execution,
+                prepared.execution,
                 values[t],
                 ev_w=ev_w,
                 grid_import_limit_w=import_limit,

@@ -22,7 +22,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import structlog
@@ -65,6 +65,9 @@ from cloud_sync.wire import (
     verify_body,
     verify_request,
 )
+
+if TYPE_CHECKING:
+    from cloud.planner import PlannerOptions
 
 log = structlog.get_logger("zapcloud.api")
 
@@ -140,14 +143,16 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     planner: bool = True,
     planner_idle_s: float = 5.0,
+    planner_options: PlannerOptions | None = None,
     max_request_skew_s: float = MAX_REQUEST_SKEW_S,
     rate_scale: float = 1.0,
 ) -> Starlette:
     """Build the ASGI app. There is no open mode: `admin_token` is required (cloud/server/auth.py).
 
     `planner`: run the planning loop (cloud/planner.py) in this worker; every worker may, the database
-    hands each due site to one of them. `rate_scale` multiplies the request rates (a test on a sped-up
-    clock sends requests that much faster).
+    hands each due site to one of them, with `planner_options` (`zapcloud serve`'s planner flags,
+    cloud/planner_settings.py; None: the defaults, no weather forecasts). `rate_scale` multiplies the request
+    rates (a test on a sped-up clock sends requests that much faster).
     """
     admin_token = check_token(admin_token, "admin token")
     tokens = {"admin": admin_token}
@@ -195,6 +200,7 @@ def create_app(
                     ctx.db,
                     ctx.signing_key,
                     clock=ctx.clock,
+                    options=planner_options,
                     price_client=price_client_from_env(),
                     idle_s=planner_idle_s,
                     urgent=urgent_work(ctx.db, ctx.signing_key),
@@ -462,10 +468,21 @@ def _decode_registration(body: bytes) -> SiteRegistration:
     return msgspec.json.decode(body, type=SiteRegistration)
 
 
+def _check_registration(reg: SiteRegistration) -> None:
+    """The site's planner overrides (`assets.planning`, cloud/assets.py) are checked at registration: a bad one
+    is a 422 naming the field, not a site whose every plan fails later. (The rest of `assets` and `tariff` is
+    checked when the site is planned, as before: a site that does not decode is not planned.)"""
+    from cloud.assets import check_planning
+
+    if isinstance(reg.assets, dict) and "planning" in reg.assets:
+        check_planning(reg.assets["planning"])
+
+
 async def _register(ctx: _Context, request: Request) -> Response:
     _require_admin(ctx, request)
     reg = await _admin_body(ctx, request, _decode_registration)
     try:
+        _check_registration(reg)
         kid = await register_site(
             ctx.db, reg.site_id, reg.public_key, assets=reg.assets, tariff=reg.tariff, now=ctx.clock()
         )

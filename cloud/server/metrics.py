@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+# Weather forecasts the planner loop could not use, by reason (cloud/planner.py `_weather`): process-wide,
+# because the planner loop is one per process and has no app to hold a Metrics.
+WEATHER_FAILURES: Counter[str] = Counter()
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -64,5 +68,9 @@ class Metrics:
             "# HELP zapcloud_live_subscriptions GraphQL telemetry subscriptions streaming from this worker.",
             "# TYPE zapcloud_live_subscriptions gauge",
             f"zapcloud_live_subscriptions {self.live_subscriptions}",
+            "# HELP zapcloud_weather_failures_total Weather forecasts the planner could not use, by reason.",
+            "# TYPE zapcloud_weather_failures_total counter",
         ]
+        for reason, n in sorted(WEATHER_FAILURES.items()):
+            lines.append(f'zapcloud_weather_failures_total{{reason="{reason}"}} {n}')
         return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ import uvicorn
 from sqlalchemy.exc import ArgumentError
 
 from cloud.db import DatabaseFileError, secure_sqlite_file
+from cloud.planner_settings import PlannerSettings
 from cloud.server.app import create_app
 from cloud.server.auth import ADMIN_TOKEN_ENV, METRICS_TOKEN_ENV, TokenError, resolve_token
 from cloud.server.limits import Limits
@@ -66,6 +67,7 @@ def run_serve(
     limits: Limits | None = None,
     planner: bool = True,
     planner_idle_s: float = 5.0,
+    planner_settings: PlannerSettings | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM. Exit 0 after a clean stop, 1 if it could not start, 2 on bad input."""
     configure_logging()
@@ -97,6 +99,8 @@ def run_serve(
     fd_warning = raise_fd_limit(limits)
     if fd_warning is not None:
         print(f"zapcloud: warning: {fd_warning}", file=sys.stderr, flush=True)
+    # the planner's options load pvlib and LightGBM: only in a worker that plans
+    planner_options = (planner_settings or PlannerSettings()).options() if planner else None
     try:
         app = create_app(
             db_url,
@@ -107,6 +111,7 @@ def run_serve(
             clock=sim_clock.now,
             planner=planner,
             planner_idle_s=planner_idle_s,
+            planner_options=planner_options,
             # The allowed skew of a signed request is real time; on a sped-up test clock it scales,
             # and so do the request rates (a Zap on that clock uploads that much more often).
             max_request_skew_s=MAX_REQUEST_SKEW_S * sim_clock.speed,

@@ -16,6 +16,7 @@ from cloud.forecast import (
     OpenMeteoClient,
     PvArray,
     PvFactor,
+    WeatherDataError,
     WeatherError,
     clear_sky,
     forecast_load,
@@ -115,6 +116,49 @@ def test_ghi_is_aligned_to_the_hour_before_its_stamp() -> None:
 def test_open_meteo_errors(body: bytes, match: str) -> None:
     with pytest.raises(WeatherError, match=match):
         parse_open_meteo(body)
+
+
+_T2 = '"time": ["2026-01-01T00:00", "2026-01-01T01:00"]'
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (f'{{"utc_offset_seconds": 0, "hourly": {{{_T2}, "cloud_cover": [1, 101]}}}}', "cloud_cover value 101"),
+        (f'{{"utc_offset_seconds": 0, "hourly": {{{_T2}, "cloud_cover": [-1, 5]}}}}', "cloud_cover value -1"),
+        (f'{{"utc_offset_seconds": 0, "hourly": {{{_T2}, "shortwave_radiation": [0, 1e300]}}}}', "1e\\+300"),
+        (f'{{"utc_offset_seconds": 0, "hourly": {{{_T2}, "shortwave_radiation": [0, 1e999]}}}}', "out of range"),
+        ('{"utc_offset_seconds": 0, "hourly": {"time": ["2026-01-01T00:00", "2026-01-01T03:00"]}}', "per hour"),
+        (f'{{"utc_offset_seconds": 99999999, "hourly": {{{_T2}}}}}', "utc_offset_seconds"),
+        (b'{"utc_offset_seconds": 0, "hourly": {"time": ["2026-01-01T00:00"], "cloud_cover": [NaN]}}', "not JSON"),
+    ],
+)
+def test_open_meteo_values_out_of_range_are_refused(body: str | bytes, match: str) -> None:
+    raw = body.encode() if isinstance(body, str) else body
+    with pytest.raises(WeatherDataError, match=match):
+        parse_open_meteo(raw)
+    # null is Open-Meteo's "missing": kept as NaN, not refused
+    ok = parse_open_meteo(f'{{"utc_offset_seconds": 0, "hourly": {{{_T2}, "cloud_cover": [null, 100]}}}}'.encode())
+    assert ok.cloud_cover_pct is not None and np.isnan(ok.cloud_cover_pct[0]) and ok.cloud_cover_pct[1] == 100
+
+
+async def test_open_meteo_client_caches_answers_not_failures() -> None:
+    body = (FIX / "forecast_debilt_2026-06-01.json").read_bytes()
+    answers = [httpx.Response(500), httpx.Response(200, content=body), httpx.Response(200, content=b"x" * (2 << 20))]
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params["latitude"])
+        return answers.pop(0)
+
+    client = OpenMeteoClient(transport=httpx.MockTransport(handler), cache_s=3600)
+    with pytest.raises(WeatherError, match="HTTP 500"):
+        await client.forecast(DE_BILT)
+    first = await client.forecast(DE_BILT)  # the failure was not kept: asked again
+    assert await client.forecast(DE_BILT) is first  # kept: not asked again
+    assert asked == ["52.1", "52.1"]
+    with pytest.raises(WeatherDataError, match="over 1048576 bytes"):  # another place; a body over the cap
+        await client.forecast(Location(50.8, 4.36, 0.0))
 
 
 async def test_open_meteo_client_query_and_timeout() -> None:

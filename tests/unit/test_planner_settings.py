@@ -1,0 +1,94 @@
+"""`zapcloud serve`'s planner flags and a site's `assets.planning` overrides: parsed, bounded, turned into the
+planner's options; a bad flag is exit 2 naming it, a bad override a clear error naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud.assets import AssetsError, decode_assets
+from cloud.cli import _planner_settings, build_parser, main
+from cloud.execution import DEFAULT_EXECUTION, Execution
+from cloud.forecast import OpenMeteoClient
+from cloud.planner import PlannerOptions
+from cloud.planner_settings import EXECUTIONS, LOAD_MODELS, OPEN_METEO_URL, PV_MODELS, PlannerSettings
+from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice
+
+BASE = {"location": {"lat": 52.1, "lon": 5.18}, "grid": {"max_import_kw": 17, "max_export_kw": 10}}
+
+
+def test_the_names_are_the_planners_choices() -> None:
+    assert set(PV_MODELS) == {c.value for c in PvChoice}
+    assert set(LOAD_MODELS) == {c.value for c in LoadChoice}
+    assert set(EXECUTIONS) == {e.value for e in Execution}
+
+
+def test_serve_defaults_and_flags() -> None:
+    default = _planner_settings(build_parser().parse_args(["serve"]))
+    assert default == PlannerSettings()
+    opts = default.options()
+    assert isinstance(opts.weather, OpenMeteoClient)  # on by default: a site asks for it by registering `weather`
+    assert opts.models == ModelChoice() and opts.price_forecast is False and opts.execution is DEFAULT_EXECUTION
+    assert default.weather_url == OPEN_METEO_URL
+
+    args = build_parser().parse_args(
+        ["serve", "--weather-url", "http://127.0.0.1:9/v1/forecast", "--weather-timeout-s", "2",
+         "--weather-cache-s", "0", "--pv-model", "fit", "--load-model", "gbm", "--price-forecast",
+         "--execution", "setpoint"]
+    )  # fmt: skip
+    opts = _planner_settings(args).options()
+    assert opts.models.pv is PvChoice.FIT and opts.models.load is LoadChoice.GBM
+    assert opts.price_forecast is True and opts.execution is Execution.SETPOINT
+    off = _planner_settings(build_parser().parse_args(["serve", "--no-weather"]))
+    assert off.weather_url is None and off.options().weather is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--weather-timeout-s", "0"], "--weather-timeout-s"),
+        (["--weather-timeout-s", "nan"], "--weather-timeout-s"),
+        (["--weather-timeout-s", "1e9"], "--weather-timeout-s"),
+        (["--weather-cache-s", "-1"], "--weather-cache-s"),
+        (["--weather-cache-s", "inf"], "--weather-cache-s"),
+        (["--weather-url", "ftp://example.org/x"], "--weather-url"),
+        (["--weather-url", "not a url"], "--weather-url"),
+    ],
+)
+def test_bad_serve_flag_is_exit_2_naming_it(flags: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", *flags]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_bad_choice_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["serve", "--pv-model", "magic"])
+    assert exc.value.code == 2
+    assert "--pv-model" in capsys.readouterr().err
+
+
+def test_site_overrides_win_where_given() -> None:
+    serve = PlannerOptions(models=ModelChoice(pv=PvChoice.FIT), price_forecast=True, execution=Execution.VALUE)
+    assert serve.for_site(decode_assets(BASE)) is serve
+    site = decode_assets({**BASE, "planning": {"load_model": "gbm", "price_forecast": False}})
+    mine = serve.for_site(site)
+    assert mine.models.pv is PvChoice.FIT and mine.models.load is LoadChoice.GBM  # pv: the serve default
+    assert mine.price_forecast is False and mine.execution is Execution.VALUE
+    assert serve.for_site(decode_assets({**BASE, "planning": {"execution": "setpoint"}})).execution is (
+        Execution.SETPOINT
+    )
+
+
+@pytest.mark.parametrize(
+    ("planning", "field"),
+    [
+        ({"pv_model": "magic"}, "planning.pv_model"),
+        ({"load_model": 3}, "planning.load_model"),
+        ({"price_forecast": "yes"}, "planning.price_forecast"),
+        ({"execution": "yolo"}, "planning.execution"),
+        ({"horizon": 10}, "planning"),
+        ("fit", "planning"),
+    ],
+)
+def test_bad_override_names_the_field(planning: object, field: str) -> None:
+    with pytest.raises(AssetsError, match=field.replace(".", r"\.")):
+        decode_assets({**BASE, "planning": planning})
