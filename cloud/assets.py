@@ -35,6 +35,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from cloud.execution import Execution
+
 if TYPE_CHECKING:  # cloud.forecast loads pvlib, pandas and scipy: only the planner needs them, not every reader
     from cloud.forecast import Location, PvArray
 
@@ -92,11 +94,10 @@ class WeatherCfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     use: Literal["ghi", "cloud_cover"] = "ghi"
 
 
-# The planner's choices by name (cloud/site_forecast.py PvChoice / LoadChoice, cloud/execution.py Execution: a
-# unit test keeps them equal). Names here so that decoding a registration loads neither pvlib nor the optimizer.
+# The forecasters by name (cloud/site_forecast.py PvChoice / LoadChoice: a unit test keeps them equal), named
+# here so that decoding a registration does not load pvlib and LightGBM.
 PvModelName = Literal["factor", "fit"]
 LoadModelName = Literal["profile", "gbm"]
-ExecutionName = Literal["setpoint", "grid_target", "directional", "value", "setpoint_value", "surplus"]
 
 
 class PlanningCfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -105,7 +106,7 @@ class PlanningCfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pv_model: PvModelName | None = None
     load_model: LoadModelName | None = None
     price_forecast: bool | None = None
-    execution: ExecutionName | None = None
+    execution: Execution | None = None
 
 
 class SiteAssets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -166,7 +167,6 @@ __all__ = [
     "AssetsError",
     "BatteryCfg",
     "EvCfg",
-    "ExecutionName",
     "GridCfg",
     "LoadModelName",
     "PlanningCfg",

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Final, get_args
 
 import httpx
 
-from cloud.assets import ExecutionName, LoadModelName, PvModelName
-from cloud.execution import DEFAULT_EXECUTION
+from cloud.assets import LoadModelName, PvModelName
+from cloud.execution import DEFAULT_EXECUTION, Execution
 
 if TYPE_CHECKING:
     from cloud.planner import PlannerOptions
@@ -30,7 +30,7 @@ WEATHER_CACHE_BOUNDS_S: Final = (0.0, 6 * 3600.0)
 
 PV_MODELS: Final = get_args(PvModelName)
 LOAD_MODELS: Final = get_args(LoadModelName)
-EXECUTIONS: Final = get_args(ExecutionName)
+EXECUTIONS: Final = tuple(e.value for e in Execution)
 
 
 class SettingsError(ValueError):
@@ -53,7 +53,7 @@ class PlannerSettings:
     pv_model: PvModelName = "factor"
     load_model: LoadModelName = "profile"
     price_forecast: bool = False
-    execution: ExecutionName = DEFAULT_EXECUTION.value
+    execution: str = DEFAULT_EXECUTION.value
 
     def __post_init__(self) -> None:
         if self.weather_url is not None:
@@ -75,7 +75,6 @@ class PlannerSettings:
 
     def options(self) -> PlannerOptions:
         """The planner's options (imports the planner: pvlib, LightGBM)."""
-        from cloud.execution import Execution
         from cloud.forecast import OpenMeteoClient
         from cloud.planner import PlannerOptions
         from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice
