@@ -4,7 +4,10 @@
 * `forecast_load`: same weekday and time of day over the past weeks (household load is weekly-periodic),
   blended with the recent level: the ratio of the last hours' measured load to what the profile said for
   those hours is applied fully now and fades out with a few hours' time constant (a party tonight says little
-  about tomorrow). The default without a trained model and the cold start of the one below;
+  about tomorrow). With `persistence` the recent level is an AR(1) nowcast instead: the last slot's error
+  against the profile, fading by the house's own measured persistence (`error_persistence`;
+  `forecast_load_nowcast`, the default). The default without a trained model and the cold start of the one
+  below;
 * `GbmLoadForecaster`: LightGBM on calendar, holidays, lags, recent level and (when known) temperature, with
   quantiles (P10/P50/P90) for risk-aware planning, and a state that can be stored per site (`to_state`).
 """
@@ -121,6 +124,13 @@ def error_persistence(history_kw: FloatArray, slots_per_day: int, *, weeks: int 
     if ok.sum() < 14 * slots_per_day or np.std(a[ok]) < 1e-9 or np.std(b[ok]) < 1e-9:
         return 0.0
     return float(np.clip(np.corrcoef(a[ok], b[ok])[0, 1], 0.0, 0.99))
+
+
+def forecast_load_nowcast(history_kw: FloatArray, horizon: int, slots_per_day: int) -> FloatArray:
+    """`forecast_load` with the AR(1) nowcast at the house's own `error_persistence` (the default for the
+    profile forecaster: lower planner cost on all six backtest datasets, docs/cloud-planning.md fifth pass)."""
+    rho = error_persistence(history_kw, slots_per_day)
+    return forecast_load(history_kw, horizon, slots_per_day, persistence=rho)
 
 
 def load_ratio_spread(
@@ -441,6 +451,7 @@ __all__ = [
     "LoadQuantiles",
     "error_persistence",
     "forecast_load",
+    "forecast_load_nowcast",
     "forecast_load_persistence",
     "load_ratio_spread",
 ]

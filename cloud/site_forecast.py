@@ -29,6 +29,7 @@ import structlog
 from cloud.assets import SiteAssets
 from cloud.db import Database
 from cloud.forecast import FloatArray, GbmLoadForecaster, forecast_load
+from cloud.forecast_load import forecast_load_nowcast
 from cloud.forecast_models import get_model, put_model
 from cloud.forecast_pv import FitInput, PvSiteModel, SkyGrid, fit_pv_site, relearn_typical
 from cloud.site_series import SiteSeries, load_series
@@ -108,7 +109,7 @@ async def site_load_forecast(
     spd = int(timedelta(days=1) // series.step)
     recent = series.load_kw[-history_days * spd :]
     if choice.load is LoadChoice.PROFILE:
-        return forecast_load(recent, horizon, spd)
+        return forecast_load_nowcast(recent, horizon, spd)
     end = series.start + series.step * series.n
     gbm = _gbm(series.start, series.step, assets.timezone, choice)
     stored = await get_model(db, site_id, "load")

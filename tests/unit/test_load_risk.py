@@ -11,7 +11,7 @@ import pytest
 
 from cloud.backtest import Config, Planner, Traces
 from cloud.backtest_config import add_arguments, config_from_args
-from cloud.forecast_load import error_persistence, forecast_load, load_ratio_spread
+from cloud.forecast_load import error_persistence, forecast_load, forecast_load_nowcast, load_ratio_spread
 
 SPD = 24
 
@@ -92,7 +92,56 @@ def test_load_scenarios_store_more_noon_surplus_for_an_uncertain_evening() -> No
 def test_the_options_reach_the_config() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["x.csv", "--load-scenarios", "--load-persistence"]))
-    assert cfg.load_scenarios and cfg.load_persistence
+    cfg = config_from_args(parser.parse_args(["x.csv", "--load-scenarios", "--no-load-persistence"]))
+    assert cfg.load_scenarios and not cfg.load_persistence
     default = config_from_args(parser.parse_args(["x.csv"]))
-    assert not default.load_scenarios and not default.load_persistence
+    assert not default.load_scenarios and default.load_persistence  # the AR(1) nowcast is the default
+
+
+def test_the_planner_and_the_nowcast_helper_use_the_houses_persistence_by_default() -> None:
+    """Five weeks of a weekly profile plus AR(1) noise (0.7 per slot), the last slot 3 kW above its profile:
+    the backtest planner and forecast_load_nowcast (the cloud planner's profile forecast) both add the AR(1)
+    nowcast with the house's measured rho, not the ratio blend."""
+    rng = np.random.default_rng(3)
+    n = 35 * SPD
+    weekly = np.tile(1.0 + 0.5 * np.sin(np.arange(7 * SPD) / 5.0), 5)
+    noise = np.zeros(n)
+    for t in range(1, n):
+        noise[t] = 0.7 * noise[t - 1] + rng.normal(0.0, 0.2)
+    load = weekly + noise
+    load[-1] += 3.0
+    rho = error_persistence(load, SPD)
+    assert 0.5 < rho < 0.85
+    expected = forecast_load(load, 6, SPD, persistence=rho)
+    assert forecast_load_nowcast(load, 6, SPD) == pytest.approx(expected)
+    assert not np.allclose(expected, forecast_load(load, 6, SPD))
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    tr = Traces(
+        start, timedelta(hours=1), np.full(n + 6, 0.3), np.zeros(n + 6), np.append(load, np.ones(6)), np.zeros(n + 6)
+    )
+    history = tr.load_kw[n - 28 * SPD : n]
+    planned = Planner(tr, Config(tz="UTC")).forecasts(n, 6)[0]
+    assert planned == pytest.approx(forecast_load(history, 6, SPD, persistence=error_persistence(tr.load_kw[:n], SPD)))
+
+
+def test_load_scenarios_and_the_nowcast_see_only_the_past() -> None:
+    """The load from slot k on changed (doubled plus 1 kW): the plan made at k, its learnt persistence and
+    whole-day spread are the same."""
+    tr = _evening_house(40)
+    k = 36 * SPD + 12
+    later = Traces(
+        tr.start,
+        tr.step,
+        tr.import_price,
+        tr.export_price,
+        np.concatenate([tr.load_kw[:k], tr.load_kw[k:] * 2.0 + 1.0]),
+        tr.pv_kw,
+        tr.pv_forecast_kw,
+    )
+    cfg = Config(tz="UTC", pv_kwp=0.0, terminal_value=False, load_scenarios=True)
+    a, b = Planner(tr, cfg), Planner(later, cfg)
+    plan_a, plan_b = a.plan(k, 0.1, 1), b.plan(k, 0.1, 1)
+    assert plan_a is not None and plan_b is not None
+    assert (a.persistence, a.load_spread) == (b.persistence, b.load_spread)
+    assert plan_a[1].battery_charge_kw == plan_b[1].battery_charge_kw
+    assert plan_a[2] == pytest.approx(plan_b[2])  # the load forecast
