@@ -76,7 +76,7 @@ from cloud.forecast import (
     pv_nowcast,
     pv_ratio_spread,
 )
-from cloud.forecast_load import LoadQuantiles, error_persistence, load_ratio_spread
+from cloud.forecast_load import LoadQuantiles, day_load_ratios, error_persistence, newsvendor_load
 from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
@@ -545,6 +545,7 @@ class Planner:
         self.factor_day = -1
         self.pv_spread = (1.0, 1.0)
         self.load_spread = (1.0, 1.0)
+        self.day_ratios = np.zeros(0)
         self.persistence: float | None = None
         self.load_day = -1
         self.warm_scenarios = WarmStart()
@@ -596,13 +597,19 @@ class Planner:
     def _learn_load(self, k: int) -> None:
         """Once a day: the house's load error persistence and whole-day load spread, when an option uses them."""
         spd = self.spd
-        if k // spd == self.load_day or not (self.cfg.load_persistence or self.cfg.load_scenarios):
+        cfg = self.cfg
+        if k // spd == self.load_day or not (cfg.load_persistence or cfg.load_scenarios or cfg.load_reserve):
             return
         history = self.tr.load_kw[max(0, k - 56 * spd) : k]
-        if self.cfg.load_persistence:
+        if cfg.load_persistence:
             self.persistence = error_persistence(history, spd)
-        if self.cfg.load_scenarios:
-            self.load_spread = load_ratio_spread(history, spd)
+        if cfg.load_scenarios or cfg.load_reserve:
+            self.day_ratios = day_load_ratios(history, spd)
+            if len(self.day_ratios):
+                p10, p90 = np.quantile(self.day_ratios, [0.1, 0.9])
+                self.load_spread = (float(p10), float(p90))
+            else:
+                self.load_spread = (1.0, 1.0)
         self.load_day = k // spd
 
     def _spread(self, k: int, horizon: int) -> FloatArray:
@@ -691,6 +698,9 @@ class Planner:
             price_outlook(tr.export_price, k, known, horizon, self.spd, cfg.price_model),
         )
         load_fc, pv_fc = self.forecasts(k, horizon)
+        if cfg.load_reserve:
+            ramp = 1.0 - np.exp(-tr.dt_h * np.arange(horizon) / NOWCAST_TAU_H)
+            load_fc = newsvendor_load(load_fc, pv_fc, imp, exp, self.day_ratios, ramp)
         load_fc = np.minimum(load_fc, cfg.grid_import_kw + pv_fc)  # a forecast must not make it infeasible
         start = tr.start + tr.step * k
         problem = Problem(

@@ -152,6 +152,9 @@ class Config:
     # (cloud.forecast_load.error_persistence) instead of the 2 h ratio fading over 4 h; default since the
     # fifth pass (lower cost on all six datasets)
     load_persistence: bool = True
+    # plan the slots the battery serves on the whole-day load ratio's newsvendor quantile 1 - export/import
+    # (cloud.forecast_load.newsvendor_load)
+    load_reserve: bool = False
     terminal_value: bool = True  # value the energy left at the horizon's end (cloud.forecast_price.terminal_value)
     terminal_basis: TerminalBasis = TerminalBasis.DISCHARGE  # which kWh that energy counts as (TerminalBasis)
     # lower the terminal value's reference price to the forecast cheapest import of the day after the horizon
@@ -298,6 +301,11 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         default=d.load_persistence,
         help="load nowcast: the last slot's error fades by the house's own measured persistence (default on)",
     )
+    bt.add_argument(
+        "--load-reserve",
+        action="store_true",
+        help="plan net-demand slots on the whole-day load ratio's quantile 1 - export/import (newsvendor)",
+    )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument(
@@ -355,6 +363,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         scenarios=getattr(args, "scenarios", d.scenarios),
         load_scenarios=getattr(args, "load_scenarios", d.load_scenarios),
         load_persistence=getattr(args, "load_persistence", d.load_persistence),
+        load_reserve=getattr(args, "load_reserve", d.load_reserve),
         terminal_value=getattr(args, "terminal_value", d.terminal_value),
         terminal_basis=TerminalBasis(getattr(args, "terminal_basis", d.terminal_basis.value)),
         terminal_next_day=getattr(args, "terminal_next_day", d.terminal_next_day),

@@ -133,11 +133,9 @@ def forecast_load_nowcast(history_kw: FloatArray, horizon: int, slots_per_day: i
     return forecast_load(history_kw, horizon, slots_per_day, persistence=rho)
 
 
-def load_ratio_spread(
-    history_kw: FloatArray, slots_per_day: int, *, weeks: int = 4, days: int = 28
-) -> tuple[float, float]:
-    """(P10, P90) of the last `days` whole days' measured load energy over what the seasonal profile said for
-    them the day before ((1, 1) with fewer than a week of such days).
+def day_load_ratios(history_kw: FloatArray, slots_per_day: int, *, weeks: int = 4, days: int = 28) -> FloatArray:
+    """The last `days` whole days' measured load energy over what the seasonal profile said for them the day
+    before (empty with fewer than a week of such days).
 
     A day's load error is largely one error for all its slots (a cold day runs the heat pump all evening, a
     car is charged or not): a whole-day scenario scales the forecast's shape by one ratio, where a per-slot
@@ -157,10 +155,44 @@ def load_ratio_spread(
         if np.isnan(profile).any() or np.isnan(actual).any() or expected <= 1e-6:
             continue
         ratios.append(float(np.sum(actual)) / expected)
-    if len(ratios) < 7:
+    return np.asarray(ratios if len(ratios) >= 7 else [], dtype=np.float64)
+
+
+def load_ratio_spread(
+    history_kw: FloatArray, slots_per_day: int, *, weeks: int = 4, days: int = 28
+) -> tuple[float, float]:
+    """(P10, P90) of `day_load_ratios` ((1, 1) with fewer than a week of days)."""
+    ratios = day_load_ratios(history_kw, slots_per_day, weeks=weeks, days=days)
+    if not len(ratios):
         return 1.0, 1.0
-    p10, p90 = np.quantile(np.asarray(ratios), [0.1, 0.9])
+    p10, p90 = np.quantile(ratios, [0.1, 0.9])
     return float(p10), float(p90)
+
+
+def newsvendor_load(
+    load_kw: FloatArray,
+    pv_kw: FloatArray,
+    import_price: FloatArray,
+    export_price: FloatArray,
+    ratios: FloatArray,
+    ramp: FloatArray,
+) -> FloatArray:
+    """The load to plan on in the slots the battery serves (forecast load above forecast PV): the point
+    forecast scaled by the whole-day ratio's quantile 1 - export / import of that slot.
+
+    The newsvendor's answer: a kWh kept for such a slot and not needed earns about the export price, one
+    missing costs the import price, so the energy to hold is the demand's quantile (import - export) /
+    import. Bounded to 0.5 .. 0.9 (the median where exporting pays as much as importing costs, or prices
+    are negative; no further than the ratios' P90). Surplus slots keep the point forecast: planning more
+    load there would tell the plan there is less PV to store. `ramp` (0 .. 1 per slot) lets the nowcast own
+    the first hours. No ratios (a new site): the point forecast."""
+    if not len(ratios):
+        return load_kw
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(import_price > 0, 1.0 - export_price / import_price, 0.5)
+    q = np.clip(np.nan_to_num(q, nan=0.5), 0.5, 0.9)
+    scale = 1.0 + (np.quantile(ratios, q) - 1.0) * ramp
+    return np.asarray(np.where(load_kw > pv_kw, np.maximum(load_kw * scale, 0.0), load_kw), dtype=np.float64)
 
 
 def forecast_load_persistence(history_kw: FloatArray, horizon: int, slots_per_day: int) -> FloatArray:
@@ -449,9 +481,11 @@ __all__ = [
     "FloatArray",
     "GbmLoadForecaster",
     "LoadQuantiles",
+    "day_load_ratios",
     "error_persistence",
     "forecast_load",
     "forecast_load_nowcast",
     "forecast_load_persistence",
     "load_ratio_spread",
+    "newsvendor_load",
 ]

@@ -11,7 +11,13 @@ import pytest
 
 from cloud.backtest import Config, Planner, Traces
 from cloud.backtest_config import add_arguments, config_from_args
-from cloud.forecast_load import error_persistence, forecast_load, forecast_load_nowcast, load_ratio_spread
+from cloud.forecast_load import (
+    error_persistence,
+    forecast_load,
+    forecast_load_nowcast,
+    load_ratio_spread,
+    newsvendor_load,
+)
 
 SPD = 24
 
@@ -145,3 +151,29 @@ def test_load_scenarios_and_the_nowcast_see_only_the_past() -> None:
     assert (a.persistence, a.load_spread) == (b.persistence, b.load_spread)
     assert plan_a[1].battery_charge_kw == plan_b[1].battery_charge_kw
     assert plan_a[2] == pytest.approx(plan_b[2])  # the load forecast
+
+
+def test_newsvendor_load_plans_the_served_slots_on_the_price_quantile() -> None:
+    """Day ratios 0.5, 1, 1, 1, 1, 1, 2 (their P90 is 1.4, their median 1). Import 0.30 and export 0.03:
+    quantile 1 - 0.03 / 0.30 = 0.9, so a slot the battery serves (load above PV) is planned at 1.4 x the
+    point forecast, at 1.2 x where the ramp is half way; a surplus slot keeps its forecast; where exporting
+    pays as much as importing costs the quantile is the median (1 x); no ratios: the point forecast."""
+    ratios = np.array([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0])
+    load = np.array([1.0, 1.0, 1.0, 1.0])
+    pv = np.array([0.0, 0.0, 3.0, 0.0])
+    imp = np.array([0.30, 0.30, 0.30, 0.10])
+    exp = np.array([0.03, 0.03, 0.03, 0.10])
+    ramp = np.array([1.0, 0.5, 1.0, 1.0])
+    assert newsvendor_load(load, pv, imp, exp, ratios, ramp) == pytest.approx([1.4, 1.2, 1.0, 1.0])
+    assert newsvendor_load(load, pv, imp, exp, np.zeros(0), ramp) == pytest.approx(load)
+
+
+def test_load_reserve_stores_more_noon_surplus_for_the_evening() -> None:
+    """The evening house at 12:00 on day 36: planning the evening on the ratio's 0.83 quantile
+    (1 - 0.05 / 0.30) stores more of the noon PV than the point plan."""
+    tr = _evening_house(40)
+    k = 36 * SPD + 12
+    point = Planner(tr, Config(tz="UTC", pv_kwp=0.0, terminal_value=False)).plan(k, 0.1, 1)
+    reserve = Planner(tr, Config(tz="UTC", pv_kwp=0.0, terminal_value=False, load_reserve=True)).plan(k, 0.1, 1)
+    assert point is not None and reserve is not None
+    assert reserve[1].battery_charge_kw[0] > point[1].battery_charge_kw[0] + 0.3
