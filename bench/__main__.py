@@ -21,7 +21,7 @@ from bench.table import Row, print_table
 
 MODULES = (
     "footprint", "latency", "closedloop", "ocpp", "sync", "nonfinite", "optimizer", "backtest", "forecast_scores",
-    "dataapi", "live", "channel", "fleet", "fleet_channel", "soak",
+    "planner_loop", "dataapi", "live", "channel", "fleet", "fleet_channel", "soak",
 )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ role (an older Zap) falls back to the meter DER with the most readings. Sub-mete
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -59,12 +60,16 @@ async def load_series(
             .where(telemetry.c.site_id == site_id, telemetry.c.ts >= start, telemetry.c.ts < end)
             .order_by(telemetry.c.ts)
         )
-        rows = [tuple(r) for r in result]
+        # the rows are buffered; decoding them (JSON values, timestamps) and binning is CPU work on weeks of
+        # telemetry: in a worker thread, so the serve worker's event loop keeps serving meanwhile
+        rows = await asyncio.to_thread(lambda: [tuple(r) for r in result])
     grid = [
         m.get("der_id") for m in await db.der_models(site_id) if m.get("kind") == "meter" and m.get("role") == "grid"
     ]
     grid_meter = grid[0] if len(grid) == 1 and isinstance(grid[0], str) else None
-    return bin_readings(rows, start, end, step, has_battery=has_battery, has_ev=has_ev, grid_meter=grid_meter)
+    return await asyncio.to_thread(
+        bin_readings, rows, start, end, step, has_battery=has_battery, has_ev=has_ev, grid_meter=grid_meter
+    )
 
 
 def bin_readings(
