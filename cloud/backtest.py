@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import itertools
 import math
 import re
 import sys
@@ -40,9 +42,11 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from multiprocessing import get_context
 from typing import Final
+from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from cloud.backtest_config import (
     BOUNDS,
@@ -80,7 +84,7 @@ from cloud.forecast_load import LoadQuantiles, day_load_ratios, error_persistenc
 from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
-from cloud.optimizer_io import Battery, Grid, Problem, Solution
+from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
 from cloud.tariffs import Tariff, TariffError, decode_tariff, price_arrays
 from drivers.config_structs import BatteryLimits
@@ -345,7 +349,15 @@ def hold(tr: Traces, step: timedelta) -> Traces:
 # --- settlement ---------------------------------------------------------------------------
 
 
-def settle(tr: Traces, charge_kw: FloatArray, discharge_kw: FloatArray, cycle_cost: float, name: str) -> Outcome:
+def settle(
+    tr: Traces,
+    charge_kw: FloatArray,
+    discharge_kw: FloatArray,
+    cycle_cost: float,
+    name: str,
+    cfg: Config | None = None,
+) -> Outcome:
+    """The cost of these battery flows; with `cfg`, also its tariff's capacity charge (`capacity_cost`)."""
     net = tr.load_kw - tr.pv_kw + charge_kw - discharge_kw
     imp = np.maximum(net, 0.0)
     exp = np.maximum(-net, 0.0)
@@ -354,12 +366,37 @@ def settle(tr: Traces, charge_kw: FloatArray, discharge_kw: FloatArray, cycle_co
     dt = tr.dt_h
     throughput = float(np.sum(charge_kw + discharge_kw)) * dt
     cost = dt * float(np.dot(tr.import_price, imp) - np.dot(tr.export_price, exp)) + cycle_cost * throughput
+    if cfg is not None and cfg.capacity_per_kw > 0.0:
+        cost += capacity_cost(tr, imp, cfg)
     return Outcome(name, cost, float(imp.sum() * dt), float(exp.sum() * dt), throughput)
 
 
-def no_battery(tr: Traces) -> Outcome:
+def billing_months(tr: Traces, tz: str) -> npt.NDArray[np.int64]:
+    """Each slot's calendar month in `tz` (year * 12 + month): a capacity charge's billing period."""
+    zone = ZoneInfo(tz)
+    local = [(tr.start + tr.step * t).astimezone(zone) for t in range(tr.n)]
+    return np.array([d.year * 12 + d.month for d in local], dtype=np.int64)
+
+
+def capacity_cost(tr: Traces, import_kw: FloatArray, cfg: Config) -> float:
+    """`capacity_per_kw` times each billing month's highest import. The tariff bills the highest 15-minute
+    mean; a trace has one mean per slot, so for slots longer than 15 minutes this is a lower bound."""
+    _, index = np.unique(billing_months(tr, cfg.capacity_tz), return_inverse=True)
+    peaks = np.zeros(int(index.max()) + 1)
+    np.maximum.at(peaks, index, import_kw)
+    return cfg.capacity_per_kw * float(peaks.sum())
+
+
+def _demand(cfg: Config, peak_already_kw: float) -> DemandCharge | None:
+    """What the optimizer sees of the capacity charge: import above this month's peak so far costs its price."""
+    if cfg.capacity_per_kw <= 0.0:
+        return None
+    return DemandCharge(price_per_kw=cfg.capacity_per_kw, peak_already_kw=max(0.0, peak_already_kw))
+
+
+def no_battery(tr: Traces, cfg: Config | None = None) -> Outcome:
     zero = np.zeros(tr.n)
-    return settle(tr, zero, zero, 0.0, "no battery")
+    return settle(tr, zero, zero, 0.0, "no battery", cfg)
 
 
 # --- the simulated edge -------------------------------------------------------------------
@@ -424,7 +461,7 @@ def self_consumption(tr: Traces, cfg: Config) -> Outcome:
     edge = Edge(tr, cfg)
     for t in range(tr.n):
         edge.step(t, None)
-    return settle(tr, edge.charge, edge.discharge, cfg.cycle_cost, "self-consumption rules")
+    return settle(tr, edge.charge, edge.discharge, cfg.cycle_cost, "self-consumption rules", cfg)
 
 
 def _battery(cfg: Config, soc: float, terminal_value: float = 0.0) -> Battery:
@@ -447,26 +484,35 @@ def _grid(cfg: Config) -> Grid:
 
 
 def perfect_foresight(tr: Traces, cfg: Config) -> Outcome:
-    problem = Problem(
-        start=tr.start,
-        step_minutes=tr.step.total_seconds() / 60.0,
-        import_price=tr.import_price.tolist(),
-        export_price=tr.export_price.tolist(),
-        load_kw=tr.load_kw.tolist(),
-        pv_kw=tr.pv_kw.tolist(),
-        battery=_battery(cfg, cfg.soc_initial),
-        grid=_grid(cfg),
-    )
-    solution = solve(problem, time_limit_s=600.0)
-    if not solution.battery_charge_kw:
-        raise RuntimeError(f"perfect-foresight solve failed: {solution.status}: {solution.message}")
-    return settle(
-        tr,
-        np.asarray(solution.battery_charge_kw),
-        np.asarray(solution.battery_discharge_kw),
-        cfg.cycle_cost,
-        "perfect foresight",
-    )
+    """One solve over the whole trace; with a capacity charge one per billing month (each month's peak is
+    billed on its own, which one LP over all months cannot express), the SoC carried from month to month."""
+    cuts = [0, tr.n]
+    if cfg.capacity_per_kw > 0.0:
+        months = billing_months(tr, cfg.capacity_tz)
+        cuts = [0, *(np.flatnonzero(np.diff(months)) + 1).tolist(), tr.n]
+    soc = cfg.soc_initial
+    charge: list[float] = []
+    discharge: list[float] = []
+    for a, b in itertools.pairwise(cuts):
+        w = tr.window(a, b)
+        problem = Problem(
+            start=w.start,
+            step_minutes=tr.step.total_seconds() / 60.0,
+            import_price=w.import_price.tolist(),
+            export_price=w.export_price.tolist(),
+            load_kw=w.load_kw.tolist(),
+            pv_kw=w.pv_kw.tolist(),
+            battery=_battery(cfg, soc),
+            grid=_grid(cfg),
+            demand_charge=_demand(cfg, 0.0),
+        )
+        solution = solve(problem, time_limit_s=600.0)
+        if not solution.battery_charge_kw:
+            raise RuntimeError(f"perfect-foresight solve failed: {solution.status}: {solution.message}")
+        charge += solution.battery_charge_kw
+        discharge += solution.battery_discharge_kw
+        soc = solution.soc[-1]
+    return settle(tr, np.asarray(charge), np.asarray(discharge), cfg.cycle_cost, "perfect foresight", cfg)
 
 
 def known_price_slots(tr: Traces, k: int, cfg: Config | None = None) -> int:
@@ -686,7 +732,9 @@ class Planner:
             next_day=next_day,
         )
 
-    def plan(self, k: int, soc: float, executed: int) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
+    def plan(
+        self, k: int, soc: float, executed: int, peak_kw: float = 0.0
+    ) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
         """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
         tr, cfg = self.tr, self.cfg
         known = min(known_price_slots(tr, k, cfg), tr.n - k)
@@ -712,6 +760,7 @@ class Planner:
             pv_kw=pv_fc.tolist(),
             battery=_battery(cfg, soc, self._terminal_value(imp, k, known)),
             grid=_grid(cfg),
+            demand_charge=_demand(cfg, peak_kw),  # peak_kw: this billing month's highest import so far
         )
         two_stage = cfg.scenarios or cfg.load_scenarios
         scenario = self._scenario_solve(problem, min(executed, horizon)) if two_stage else None
@@ -755,8 +804,14 @@ def rolling_flows(tr: Traces, cfg: Config) -> tuple[FloatArray, FloatArray, int,
     edge = Edge(tr, cfg)
     log = SlotLog.empty(tr.n)
     replans = 0
+    months = billing_months(tr, cfg.capacity_tz) if cfg.capacity_per_kw > 0.0 else None
     for k in range(0, tr.n, every):
-        planned = planner.plan(k, edge.soc, every)
+        peak = 0.0
+        if months is not None:  # the highest import this billing month so far, as the meter saw it
+            first = int(np.searchsorted(months, months[k]))
+            net = tr.load_kw[first:k] - tr.pv_kw[first:k] + edge.charge[first:k] - edge.discharge[first:k]
+            peak = float(net.max(initial=0.0))
+        planned = planner.plan(k, edge.soc, every, peak)
         replans += 1
         plan = None
         if planned is not None:
@@ -775,7 +830,7 @@ def rolling_flows(tr: Traces, cfg: Config) -> tuple[FloatArray, FloatArray, int,
 
 def rolling_planner(tr: Traces, cfg: Config) -> tuple[Outcome, int]:
     charge, discharge, replans, _ = rolling_flows(tr, cfg)
-    return settle(tr, charge, discharge, cfg.cycle_cost, "planner"), replans
+    return settle(tr, charge, discharge, cfg.cycle_cost, "planner", cfg), replans
 
 
 def run(tr: Traces, cfg: Config, *, oracle: bool = True, parallel: bool = True) -> Report:
@@ -784,11 +839,11 @@ def run(tr: Traces, cfg: Config, *, oracle: bool = True, parallel: bool = True) 
     pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) if oracle and parallel else None
     try:
         pending = pool.submit(perfect_foresight, tr, cfg) if pool is not None else None
-        base = no_battery(tr)
+        base = no_battery(tr, cfg)
         rules = self_consumption(tr, cfg)
         t0 = time.perf_counter()
         charge, discharge, replans, log = rolling_flows(tr, cfg)
-        planner = settle(tr, charge, discharge, cfg.cycle_cost, "planner")
+        planner = settle(tr, charge, discharge, cfg.cycle_cost, "planner", cfg)
         planner_s = time.perf_counter() - t0
         worst = {"planner": worst_days(daily_costs(tr, charge, discharge, cfg))}
         outcomes = [base, rules, planner]
@@ -904,8 +959,6 @@ def _read_tariff(path: str | None) -> Tariff | None:
         raise TraceError(f"--tariff {path}: {exc.strerror or exc}") from None
     except TariffError as exc:
         raise TraceError(f"--tariff {path}: {exc}") from None
-    if tariff.capacity is not None and tariff.capacity.price_per_kw > 0:
-        raise TraceError(f"--tariff {path}: a capacity (demand) charge is not backtested yet")
     return tariff
 
 
@@ -924,6 +977,10 @@ def run_backtest(args: argparse.Namespace) -> int:
         return 2
     try:
         tariff = _read_tariff(getattr(args, "tariff", None))
+        if tariff is not None and tariff.capacity is not None:
+            cfg = dataclasses.replace(cfg, capacity_per_kw=tariff.capacity.price_per_kw, capacity_tz=tariff.timezone)
+            if problem := config_problem(cfg):
+                raise TraceError(f"--tariff {args.tariff}: {problem}")
         tr = read_traces(args.traces, getattr(args, "pv_forecast_column", None), tariff)
         days = getattr(args, "days", None)
         if days is not None:

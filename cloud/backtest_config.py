@@ -78,6 +78,10 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--plot-days", 0.0, 366.0, "days", "a year on one figure is already unreadable", lo_open=True),
     )
 }
+# a --tariff's capacity charge: Flemish and Dutch capacity tariffs are a few EUR per kW and month
+BOUNDS["capacity_per_kw"] = Bound(
+    "--tariff capacity.price_per_kw", 0.0, 100.0, "EUR/kW per month", "real ones are 1-10 EUR/kW per month"
+)
 # Config fields named differently from their option
 FIELD_DEST: Final = {"tilt_deg": "tilt", "azimuth_deg": "azimuth"}
 # The keys a trace's `# site:` line may set (its option names without "--") and their argparse dests
@@ -119,6 +123,9 @@ class Config:
     discharge_kw: float | None = None
     charge_efficiency: float | None = None
     discharge_efficiency: float | None = None
+    # a tariff's capacity charge (--tariff): per kW of each calendar month's highest import, months in capacity_tz
+    capacity_per_kw: float = 0.0
+    capacity_tz: str = "UTC"
     soc_min: float = 0.1
     soc_max: float = 0.95
     soc_initial: float = 0.5

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -20,7 +21,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.backtest import Config, TraceError, Traces, hold, read_site, read_traces, rolling_flows
+from cloud.backtest import (
+    Config,
+    Forecast,
+    TraceError,
+    Traces,
+    hold,
+    no_battery,
+    perfect_foresight,
+    read_site,
+    read_traces,
+    rolling_flows,
+    settle,
+)
 from cloud.backtest_config import BOUNDS, MAX_CAPACITY_KWH, MAX_POWER_KW, MAX_PRICE_ABS, add_arguments
 from cloud.cli import main
 
@@ -260,7 +273,7 @@ def test_a_time_of_use_tariff_needs_no_price_columns(tmp_path: Path, capsys: pyt
     [
         ("{not json", "--tariff"),
         ('{"energy": {"kind": "spot"}}', "spot_area"),
-        ('{"energy": {"kind": "fixed", "price": 0.3}, "capacity": {"price_per_kw": 4.0}}', "capacity"),
+        ('{"energy": {"kind": "fixed", "price": 0.3}, "capacity": {"price_per_kw": 1000}}', "capacity.price_per_kw"),
         ('{"energy": {"kind": "fixed", "price": 0.3}, "vat": 1e6}', "row 2: the tariff's import price"),
         ('{"energy": {"kind": "spot"}, "spot_area": "NL"}', "missing columns spot_price"),
     ],
@@ -335,3 +348,52 @@ def test_cli_plans_in_quarter_hours_over_hourly_data(one_day: Path, capsys: pyte
     for bad in ("45", "120"):
         assert main(["backtest", str(one_day), "--step-minutes", bad, "--no-oracle"]) == 2
         assert "coarser than the data is not supported" in capsys.readouterr().err
+
+
+# --- a capacity (demand) charge ----------------------------------------------------------------------------------
+
+
+def test_the_capacity_charge_bills_each_months_peak_in_the_tariffs_zone() -> None:
+    """Worked example: 8 hours across a month end, 0.10 EUR/kWh, 4 EUR per kW of each month's peak."""
+    start = datetime(2023, 1, 31, 20, tzinfo=UTC)
+    load = np.array([1.0, 3.0, 1.0, 5.0, 2.0, 1.0, 1.0, 1.0])
+    tr = Traces(start, timedelta(hours=1), np.full(8, 0.1), np.zeros(8), load, np.zeros(8))
+    # UTC: January 20:00-23:59 holds the 5 kW hour, February the 2 kW one: 0.1 x 15 kWh + 4 x (5 + 2)
+    assert no_battery(tr, replace(Config(), capacity_per_kw=4.0)).cost == pytest.approx(1.5 + 28.0)
+    # Amsterdam (UTC+1): 23:00Z is 1 February 00:00, so January's peak is 3 kW and February's 5 kW
+    cet = replace(Config(), capacity_per_kw=4.0, capacity_tz="Europe/Amsterdam")
+    assert no_battery(tr, cet).cost == pytest.approx(1.5 + 32.0)
+    assert no_battery(tr).cost == pytest.approx(1.5)  # without one nothing changes
+
+
+def _peak(tr: Traces, charge: np.ndarray, discharge: np.ndarray) -> float:
+    return float(np.max(tr.load_kw - tr.pv_kw + charge - discharge))
+
+
+def test_planner_and_oracle_shave_the_peak_a_capacity_charge_bills(two_days: Traces) -> None:
+    """The planner is told this month's peak so far and the charge (perfect forecasts: on the first days the
+    profile forecaster has no history, and a missed evening peak is the forecaster's error, not the tariff's)."""
+    known = replace(SITE, forecast=Forecast.PERFECT)
+    cfg = replace(known, capacity_per_kw=30.0, capacity_tz="Australia/Sydney")
+    plain_c, plain_d, _, _ = rolling_flows(two_days, known)
+    c, d, _, _ = rolling_flows(two_days, cfg)
+    assert _peak(two_days, c, d) < _peak(two_days, plain_c, plain_d) - 0.3
+    oracle = perfect_foresight(two_days, cfg)
+    assert oracle.cost < no_battery(two_days, cfg).cost
+    assert oracle.cost <= settle(two_days, c, d, cfg.cycle_cost, "planner", cfg).cost + 1e-6
+
+
+def test_cli_backtests_a_capacity_tariff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace, tariff = _with_spot(tmp_path), tmp_path / "cap.json"
+    tariff.write_text(NL_TARIFF[:-1] + ', "capacity": {"price_per_kw": 4.5}}')
+    assert main(["backtest", str(trace), "--tariff", str(tariff)]) == 0
+    with_charge = capsys.readouterr().out
+    (tmp_path / "nl.json").write_text(NL_TARIFF)
+    assert main(["backtest", str(trace), "--tariff", str(tmp_path / "nl.json")]) == 0
+    assert _costs(with_charge)["no battery"] > _costs(capsys.readouterr().out)["no battery"]
+
+
+def _costs(out: str) -> dict[str, float]:
+    names = ("no battery", "self-consumption rules", "planner", "perfect foresight")
+    rows = (re.match(rf"({'|'.join(names)})\s+(-?[0-9.]+)\s", line) for line in out.splitlines())
+    return {m[1]: float(m[2]) for m in rows if m}
