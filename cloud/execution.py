@@ -22,6 +22,9 @@ class Execution(StrEnum):
     says is worth it (`absorb_for`); the rest goes to the grid. VALUE: every slot carries the planned grid power
     and the battery takes an error in each direction where the plan's marginal value of stored energy says a
     kWh through the battery beats the same kWh through the grid at this slot's prices (`value_absorb`).
+    KEEP_SIGN (the default): the grid takes an error up to zero exchange, the battery the part that would turn
+    a planned import into export or a planned export into import (`keep_sign_absorb`); COVER and KEEP_IMPORT
+    are its measured halves (docs/cloud-planning.md, fifth pass).
     """
 
     SETPOINT = "setpoint"
@@ -35,7 +38,7 @@ class Execution(StrEnum):
     KEEP_SIGN = "keep_sign"  # no error turns a planned import into export or a planned export into import
 
 
-DEFAULT_EXECUTION: Final = Execution.SURPLUS
+DEFAULT_EXECUTION: Final = Execution.KEEP_SIGN
 
 
 # A slot whose planned grid exchange is below this only balances the house with the battery.

@@ -322,3 +322,18 @@ def test_keep_import_caps_importing_slots_only() -> None:
         assert intent.absorb is None and intent.grid_w is None, flows
     assert slot_intent(0.0, 0.0, 0.0, 1.0, Execution.KEEP_IMPORT).mode is IntentMode.SELF_CONSUMPTION
     assert slot_intent(0.0, 0.0, 0.0, 1.0, Execution.KEEP_SIGN).mode is IntentMode.SELF_CONSUMPTION
+
+
+def test_the_default_execution_keeps_the_sign_of_the_planned_exchange() -> None:
+    """The planner and the backtest send KEEP_SIGN by default (measured on all six backtest years, see
+    docs/cloud-planning.md "Fifth pass"): a discharge slot that imports is capped at the real deficit, an idle
+    slot that exports covers an unplanned import from the battery."""
+    from cloud.backtest_config import Config
+    from cloud.planner import PlannerOptions
+
+    assert Config().execution is Execution.KEEP_SIGN and PlannerOptions().execution is Execution.KEEP_SIGN
+    intent = slot_intent(0.5, 0.0, 0.0, 2.0)
+    assert intent.grid_w == 0.0 and intent.absorb is Absorb.UP
+    assert resolve_battery_w(intent, snap(1500.0)) == pytest.approx(-1500.0)
+    idle_export = slot_intent(0.0, 2.0, 0.0, 0.0)
+    assert resolve_battery_w(idle_export, snap(500.0, battery_now_w=0.0)) == pytest.approx(-500.0)
