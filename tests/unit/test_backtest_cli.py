@@ -397,3 +397,14 @@ def _costs(out: str) -> dict[str, float]:
     names = ("no battery", "self-consumption rules", "planner", "perfect foresight")
     rows = (re.match(rf"({'|'.join(names)})\s+(-?[0-9.]+)\s", line) for line in out.splitlines())
     return {m[1]: float(m[2]) for m in rows if m}
+
+
+def test_the_docs_list_every_option() -> None:
+    """docs/cloud-planning.md's Backtest section names every option of `zapcloud backtest`."""
+    text = (DATA.parents[1] / "docs" / "cloud-planning.md").read_text()
+    section = text[text.index("## Backtest\n") : text.index("### Executing plans")]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    missing = [o for o in options if not re.search(rf"`{re.escape(o)}[` ]", section)]
+    assert not missing, f"docs/cloud-planning.md ## Backtest does not list {missing}"
