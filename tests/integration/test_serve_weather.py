@@ -1,8 +1,9 @@
 """Weather-driven PV forecasts in a real `zapcloud serve` (SQLite file, 127.0.0.1) against a real HTTP server on
 loopback that answers like Open-Meteo (tests/fixtures/openmeteo, shaped after https://open-meteo.com/en/docs).
 
-A site that registers `weather` gets its PV forecast dimmed by the served cloud cover: the overcast day at a
-quarter of the clear day (Kasten & Czeplak 1980: 1 − 0.75 at full cover), a site without `weather` is not
+A site that registers `weather` gets its PV forecast dimmed by the served cloud cover (or, with `use: ghi`, the
+served irradiance): the overcast day at a quarter of the clear day (Kasten & Czeplak 1980: 1 − 0.75 at full
+cover), a site without `weather` is not
 (and never makes the cloud ask). A weather service that is slow, down, answers HTTP 500, NaN, out-of-range
 numbers, arrays of the wrong length or no JSON at all is logged and counted on /metrics, and the site is
 still planned, from the forecast without weather (the nowcast path) exactly as a site without `weather`.
@@ -193,7 +194,8 @@ FLAGS = ("--weather-timeout-s", "0.5", "--weather-cache-s", "0", "--planner-idle
 def test_weather_dims_the_pv_forecast_and_a_failing_service_falls_back(tmp_path: Path) -> None:
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'cloud.sqlite'}"
     failing = [*INVALID, "slow", "http500"]
-    sites = {"plain": _assets(LATS["good"], False), "weather": _assets(LATS["good"], True),
+    ghi = {**_assets(LATS["good"], True), "weather": {"provider": "open-meteo", "use": "ghi"}}
+    sites = {"plain": _assets(LATS["good"], False), "weather": _assets(LATS["good"], True), "weather-ghi": ghi,
              "partial": _assets(LATS["partial"], True),
              **{f"w-{m}": _assets(LATS[m], True) for m in failing}}  # fmt: skip
     asyncio.run(_sites(db_url, sites))
@@ -210,7 +212,7 @@ def test_weather_dims_the_pv_forecast_and_a_failing_service_falls_back(tmp_path:
 
     # one query per site with `weather`, none for the site without
     asked = sorted(float(q["latitude"][0]) for q in wx.queries)
-    assert asked == sorted(LATS[m] for m in ("good", "partial", *failing))
+    assert asked == sorted(LATS[m] for m in ("good", "good", "partial", *failing))
     assert all(q["hourly"] == ["cloud_cover,shortwave_radiation"] and q["longitude"] == ["5.18"] for q in wx.queries)
 
     # clear (0 %) on day 1, overcast (100 %) on day 2: Kasten-Czeplak says a quarter of the clear output
@@ -218,6 +220,10 @@ def test_weather_dims_the_pv_forecast_and_a_failing_service_falls_back(tmp_path:
     assert _day_energy(sunny, 0) > 10.0
     ratio = _day_energy(sunny, 1) / _day_energy(sunny, 0)
     assert abs(ratio - 0.25) < 0.01, ratio
+    # the same day dimmed by the served irradiance (`use: ghi`), which the fixture made with the same rule
+    by_ghi, _ = plans["weather-ghi"]
+    ratio = _day_energy(by_ghi, 1) / _day_energy(by_ghi, 0)
+    assert abs(ratio - 0.25) < 0.02, ratio
     # without weather both days are alike (the clear sky of 1 and 2 June differs by well under 1 %)
     plain, plain_without = plans["plain"]
     assert abs(_day_energy(plain, 1) / _day_energy(plain, 0) - 1.0) < 0.01
