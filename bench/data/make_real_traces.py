@@ -7,9 +7,11 @@ Inputs (all in this folder, sources and licences in README.md):
 * `entsoe_nl_2023_dayahead.csv`, `entsoe_be_2023_dayahead.csv`: ENTSO-E day-ahead prices of 2023 (UTC hours).
 
 Output: `ausgrid_c12_<zone>_2023.csv` (and `opsd_kn_res4_<zone>_2023.csv`, below) in the `zapcloud backtest`
-trace format (ts,import_price,export_price,load_kw,pv_kw), half-hourly, on the house's own timeline (UTC), so
-the PV stays consistent with the sun at the house (lat -33.87, lon 151.21; the `# site:` header line gives the
-backtest `--tz Australia/Sydney --lat -33.87 --lon 151.21 --pv-kwp 1.04 --tilt 20 --azimuth 0` as defaults).
+trace format (ts,import_price,export_price,load_kw,pv_kw, and the day-ahead spot_price that `--tariff
+tariff_<zone>_2023.json` turns into the same import and export prices), half-hourly, on the house's own
+timeline (UTC), so the PV stays consistent with the sun at the house (lat -33.87, lon 151.21; the `# site:`
+header line gives the backtest `--tz Australia/Sydney --lat -33.87 --lon 151.21 --pv-kwp 1.04 --tilt 20
+--azimuth 0` as defaults).
 
 The house and the prices come from different places and years, so the prices are replayed onto the house by
 LOCAL clock, which is what matters for a battery (the evening peak of the load meets the evening peak of the
@@ -284,9 +286,9 @@ def build(house: House, zone: str) -> Path:
     per_h = house.step / HOUR
     with out.open("w", newline="") as fh:
         fh.write(f"{house.about.replace('{ZONE}', zone.upper())} {tariff_text}.\n{house.notes}{house.site}")
-        fh.write("ts,import_price,export_price,load_kw,pv_kw\n")
-        for t, ip, ep, lk, pk in zip(house.stamps, imp, exp, house.load_kw, house.pv_kw, strict=True):
-            fh.write(f"{t:%Y-%m-%dT%H:%M:%SZ},{ip:.5f},{ep:.5f},{lk:.3f},{pk:.3f}\n")
+        fh.write("ts,import_price,export_price,load_kw,pv_kw,spot_price\n")  # spot_price: for --tariff
+        for t, ip, ep, lk, pk, sp in zip(house.stamps, imp, exp, house.load_kw, house.pv_kw, spot, strict=True):
+            fh.write(f"{t:%Y-%m-%dT%H:%M:%SZ},{ip:.5f},{ep:.5f},{lk:.3f},{pk:.3f},{sp:.5f}\n")
     print(
         f"{out.name}: {len(house.stamps)} slots, load {sum(house.load_kw) * per_h:.0f} kWh, "
         f"PV {sum(house.pv_kw) * per_h:.0f} kWh, spot mean {1000 * spot.mean():.1f} EUR/MWh"

@@ -51,8 +51,8 @@ def _numeric_options() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def one_day(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rows = [line for line in REAL.read_text().splitlines() if not line.startswith("#")]
-    assert rows[0] == HEADER
+    rows = [",".join(r.split(",")[:5]) for r in REAL.read_text().splitlines() if not r.startswith("#")]
+    assert rows[0] == HEADER  # without the spot_price column
     path = tmp_path_factory.mktemp("trace") / "day.csv"
     path.write_text("\n".join(rows[:25]) + "\n")
     return path
@@ -178,15 +178,19 @@ def test_every_bench_trace_names_the_house_the_bench_runs() -> None:
         assert site == expected, ds.file
 
 
-def test_the_trace_runs_its_own_house_and_an_option_wins(capsys: pytest.CaptureFixture[str]) -> None:
-    """`zapcloud backtest ausgrid_c12_nl_2023.csv` is the Sydney house, not a silent 5 kWp De Bilt one."""
-    base = ["backtest", str(SYDNEY), "--days", "2", "--no-oracle"]
-    assert main(base) == 0
-    from_header = _table(capsys)
-    assert main([*base, *SYDNEY_ARGS]) == 0
-    assert _table(capsys) == from_header
-    assert main([*base, "--lat", "52.1", "--lon", "5.18", "--azimuth", "180", "--tz", "Europe/Amsterdam"]) == 0
-    assert _table(capsys) != from_header
+def test_the_trace_runs_its_own_house_and_an_option_wins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`zapcloud backtest ausgrid_c12_nl_2023.csv` is the Sydney house, not a silent 5 kWp De Bilt one: the same
+    table and per-slot forecasts as with the site given by hand; a site option given wins over the line."""
+
+    def run(*extra: str) -> tuple[list[str], str]:
+        slots = tmp_path / "slots.csv"
+        assert main(["backtest", str(SYDNEY), "--days", "2", "--no-oracle", "--slots-csv", str(slots), *extra]) == 0
+        return _table(capsys), slots.read_text()
+
+    from_header = run()
+    assert run(*SYDNEY_ARGS) == from_header
+    de_bilt = run("--lat", "52.1", "--lon", "5.18", "--azimuth", "180", "--tz", "Europe/Amsterdam")
+    assert de_bilt[1] != from_header[1]
 
 
 @pytest.mark.parametrize(
@@ -210,29 +214,42 @@ def test_a_bad_site_line_is_refused_by_line(
 
 # --- --tariff: prices from the cloud's own tariff code ----------------------------------------------------------
 
-# The Dutch dynamic contract of bench/data/README.md (2023 energy tax, 21 % VAT, no net metering), as a site
-# registers it: import = (spot + 0.0225 + 0.12599) x 1.21, export = spot.
-NL_TARIFF = (
-    '{"energy": {"kind": "spot", "markup": 0.0225}, "energy_tax": 0.12599, "vat": 0.21, '
-    '"export": {"kind": "spot"}, "spot_area": "10YNL----------L", "timezone": "Europe/Amsterdam"}'
-)
+# The tariffs of bench/data/README.md as a site registers them (NL: import = (spot + 0.0225 + 0.12599) x 1.21,
+# export = spot; BE: import = (spot + 0.02 + 0.05 + 0.05) x 1.06, export = spot - 0.01).
+NL_TARIFF = (DATA / "tariff_nl_2023.json").read_text()
 
 
 def _with_spot(tmp_path: Path, days: int = 2) -> Path:
-    """The NL trace's first days with a spot_price column: its export price, which is the spot (README)."""
+    """The NL trace's first days (with its spot_price column) and its `# site:` line."""
     lines = SYDNEY.read_text().splitlines()
     site = next(r for r in lines if r.startswith("# site:"))
     rows = [r for r in lines if not r.startswith("#")][: 1 + days * 48]
-    head, body = rows[0], rows[1:]
-    assert head == HEADER
+    assert rows[0] == HEADER + ",spot_price"
     path = tmp_path / "spot.csv"
-    path.write_text("\n".join([site, head + ",spot_price", *(r + "," + r.split(",")[2] for r in body)]) + "\n")
+    path.write_text("\n".join([site, *rows]) + "\n")
     return path
 
 
-def test_the_registered_tariff_gives_the_traces_own_prices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """bench/data/make_real_traces.py computed these prices from the spot by its own formula; cloud/tariffs.py
-    computes them from the tariff JSON: they agree to the file's 5 decimals."""
+@pytest.mark.parametrize(
+    "trace", ["ausgrid_c12_nl_2023", "ausgrid_c12_be_2023", "opsd_kn_res4_nl_2023", "opsd_kn_res4_be_2023"]
+)
+def test_the_shipped_tariffs_give_each_real_traces_own_prices(trace: str) -> None:
+    """bench/data/make_real_traces.py computed the prices from the spot by its own formula; cloud/tariffs.py
+    computes them from the registered tariff JSON: they agree to the file's 5 decimals, all year."""
+    from cloud.tariffs import decode_tariff
+
+    zone = trace.split("_")[-2]
+    own = read_traces(str(DATA / f"{trace}.csv"))
+    priced = read_traces(
+        str(DATA / f"{trace}.csv"), tariff=decode_tariff((DATA / f"tariff_{zone}_2023.json").read_bytes())
+    )
+    # both files round to 5 decimals: the price (5e-6) and, on the 25-hour day's averaged hour, the spot (x 1.21)
+    assert np.allclose(priced.import_price, own.import_price, atol=5e-6 + 1.21 * 5e-6, rtol=0)
+    assert np.allclose(priced.export_price, own.export_price, atol=1.1e-5, rtol=0)
+    assert np.mean(np.abs(priced.import_price - own.import_price)) < 3e-6
+
+
+def test_cli_prices_a_trace_by_its_tariff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace, tariff = _with_spot(tmp_path), tmp_path / "nl.json"
     tariff.write_text(NL_TARIFF)
     own = read_traces(str(trace))
@@ -249,7 +266,9 @@ def test_a_time_of_use_tariff_needs_no_price_columns(tmp_path: Path, capsys: pyt
     """A fixed price with an evening grid fee (local time): the trace needs only ts, load and PV."""
     rows = [r for r in REAL.read_text().splitlines() if not r.startswith("#")][:49]
     path = tmp_path / "t.csv"
-    path.write_text("\n".join(["ts,load_kw,pv_kw", *(",".join(r.split(",")[:1] + r.split(",")[3:]) for r in rows[1:])]))
+    path.write_text(
+        "\n".join(["ts,load_kw,pv_kw", *(",".join(r.split(",")[:1] + r.split(",")[3:5]) for r in rows[1:])])
+    )
     tou = (
         '{"energy": {"kind": "fixed", "price": 0.25}, "vat": 0.2, "timezone": "Europe/Berlin", '
         '"grid_fee": {"default": 0.05, "windows": [{"start": "17:00", "end": "21:00", "value": 0.15}]}, '
@@ -385,7 +404,7 @@ def test_planner_and_oracle_shave_the_peak_a_capacity_charge_bills(two_days: Tra
 
 def test_cli_backtests_a_capacity_tariff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace, tariff = _with_spot(tmp_path), tmp_path / "cap.json"
-    tariff.write_text(NL_TARIFF[:-1] + ', "capacity": {"price_per_kw": 4.5}}')
+    tariff.write_text(NL_TARIFF.rstrip()[:-1] + ', "capacity": {"price_per_kw": 4.5}}')
     assert main(["backtest", str(trace), "--tariff", str(tariff)]) == 0
     with_charge = capsys.readouterr().out
     (tmp_path / "nl.json").write_text(NL_TARIFF)
