@@ -33,6 +33,7 @@ import csv
 import dataclasses
 import itertools
 import math
+import os
 import re
 import sys
 import time
@@ -295,6 +296,10 @@ def read_traces(path: str, pv_forecast_column: str | None = None, tariff: Tariff
                 spots.append(spot)
     except OSError as exc:
         raise TraceError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: not a text file") from None
+    except csv.Error as exc:  # e.g. a field over the csv module's 128 kB limit
+        raise TraceError(f"{path}: {exc}") from None
     if len(stamps) < 2:
         raise TraceError(f"{path}: need at least two rows")
     step = stamps[1] - stamps[0]
@@ -962,6 +967,15 @@ def _read_tariff(path: str | None) -> Tariff | None:
     return tariff
 
 
+def _check_output(option: str, path: str | None) -> None:
+    """An output file's directory must exist and be writable before a year is run, not after."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise TraceError(f"--{option.replace('_', '-')} {path}: not a file in a writable directory")
+
+
 def run_backtest(args: argparse.Namespace) -> int:
     """Exit 0 with the table on stdout; 2 for a bad trace file or options (one line on stderr)."""
     try:
@@ -976,6 +990,8 @@ def run_backtest(args: argparse.Namespace) -> int:
         print(f"zapcloud backtest: {problem}", file=sys.stderr)
         return 2
     try:
+        for option in ("slots_csv", "plot"):
+            _check_output(option, getattr(args, option, None))
         tariff = _read_tariff(getattr(args, "tariff", None))
         if tariff is not None and tariff.capacity is not None:
             cfg = dataclasses.replace(cfg, capacity_per_kw=tariff.capacity.price_per_kw, capacity_tz=tariff.timezone)
@@ -1000,10 +1016,14 @@ def run_backtest(args: argparse.Namespace) -> int:
     report = run(tr, cfg, oracle=not getattr(args, "no_oracle", False))
     print(format_report(report, tr))
     assert report.log is not None
-    if getattr(args, "slots_csv", None):
-        write_slots(args.slots_csv, tr, report.log)
-    if getattr(args, "plot", None):
-        plot_slots(args.plot, tr, report.log, getattr(args, "plot_days", 7.0))
+    try:
+        if getattr(args, "slots_csv", None):
+            write_slots(args.slots_csv, tr, report.log)
+        if getattr(args, "plot", None):
+            plot_slots(args.plot, tr, report.log, getattr(args, "plot_days", 7.0))
+    except OSError as exc:  # checked before the run; the disk may still fill up or the directory go away
+        print(f"zapcloud backtest: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

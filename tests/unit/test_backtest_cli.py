@@ -100,7 +100,7 @@ def test_the_audits_crashes_and_silent_passes_are_refused(
     assert err.startswith("zapcloud backtest: ") and option in err and err.count("\n") == 1
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_float_for_any_numeric_option_is_run_or_refused_by_name(
     one_day: Path, data: st.DataObject, capsys: pytest.CaptureFixture[str]
@@ -427,3 +427,34 @@ def test_the_docs_list_every_option() -> None:
     options = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     missing = [o for o in options if not re.search(rf"`{re.escape(o)}[` ]", section)]
     assert not missing, f"docs/cloud-planning.md ## Backtest does not list {missing}"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"2023-01-01T00:00:00Z,0.3,0.1,0.5,0\n\xff\xfe\x00garbage\n", "not a text file"),
+        (b"2023-01-01T00:00:00Z," + b"9" * 200_000 + b",0.1,0.5,0\n", "field larger than field limit"),
+    ],
+)
+def test_a_broken_trace_file_is_refused(
+    tmp_path: Path, body: bytes, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(HEADER.encode() + b"\n" + body)
+    assert main(["backtest", str(path), "--no-oracle"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--slots-csv", "--plot"])
+def test_an_unwritable_output_is_refused_before_the_run(
+    one_day: Path, tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloud.backtest
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("the backtest ran")
+
+    monkeypatch.setattr(cloud.backtest, "run", never)
+    for path in (tmp_path / "missing" / "out", tmp_path):
+        assert main(["backtest", str(one_day), option, str(path)]) == 2
+        assert f"{option} {path}: not a file in a writable directory" in capsys.readouterr().err
