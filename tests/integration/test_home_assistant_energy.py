@@ -60,7 +60,14 @@ async def _energy_dashboard(tmp_path: Path, mosquitto: MosquittoBroker, sim: Sim
     try:
         async with watcher(mosquitto) as seen:
             topics = {obj: f"homeassistant/sensor/{NODE}/{obj}/config" for obj in ENERGY}
-            await until(lambda: set(topics.values()) <= seen.last.keys(), "the energy sensors' configs")
+            wanted = set(topics.values())
+            health_prefix = f"homeassistant/sensor/{NODE}/device_"
+            # The device health configs come in the same discovery burst, after the energy ones: wait for both
+            # (checking them at the first energy-complete moment failed when the burst was still arriving).
+            await until(
+                lambda: wanted <= seen.last.keys() and any(t.startswith(health_prefix) for t in seen.last),
+                "the energy and device health sensors' configs",
+            )
             for obj, topic in topics.items():
                 cfg = json.loads(seen.last[topic][0])
                 # What the Energy dashboard's solar, battery and device sections accept.
@@ -71,7 +78,7 @@ async def _energy_dashboard(tmp_path: Path, mosquitto: MosquittoBroker, sim: Sim
                 ), obj
                 assert "entity_category" not in cfg and cfg["unique_id"] == f"zapd_{NODE}_{obj}"
                 assert cfg["object_id"] == f"zapd_{NODE}_{obj}"  # sensor.zapd_<node>_<object> (docs)
-            health = [t for t in seen.last if t.startswith(f"homeassistant/sensor/{NODE}/device_")]
+            health = [t for t in seen.last if t.startswith(health_prefix)]
             assert health and all(json.loads(seen.last[t][0])["entity_category"] == "diagnostic" for t in health)
             rung = json.loads(seen.payload(f"homeassistant/sensor/{NODE}/fallback_rung/config") or "{}")
             assert rung["entity_category"] == "diagnostic"
