@@ -10,7 +10,7 @@ from tests.e2e.harness import Site
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path, speed=240.0)
+    s = Site(tmp_path, speed=240.0, cloud_planner=False)
     try:
         yield s
     finally:

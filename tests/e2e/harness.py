@@ -32,6 +32,7 @@ from cloud_sync.wire import encode_plan
 from drivers.sim.physics import HYBRID_INVERTER
 from zapd.clock import SIM_CLOCK_ENV, ScaledClock, sim_clock_env
 from zapd.model import Intent, Plan, PlanSlot
+from zapd.zapctl import ApiClient, ZapctlError
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -41,6 +42,8 @@ SIM_START = datetime(2026, 6, 21, 8, 0, tzinfo=UTC)
 # setpoint in 10 W steps and reports its power in 10 W steps with 10 W (one sigma) of noise. A battery that
 # follows a setpoint reads within both roundings and 5 sigma of it (one reading in ~2 million is further off).
 BATTERY_TOLERANCE_W = HYBRID_INVERTER.setpoint_step_w + HYBRID_INVERTER.reading_step_w + 5 * HYBRID_INVERTER.noise_w
+# zapctl commands whose --json output is the daemon's answer as it came (zapd/zapctl.py cmd_status, ...: _emit).
+IN_PROCESS_ZAPCTL = frozenset({"status", "devices", "plan", "diag"})
 
 
 def free_port() -> int:
@@ -119,6 +122,10 @@ class Site:
     procs: dict[str, Proc] = field(default_factory=dict)
     sim_info: dict[str, Any] = field(default_factory=dict)
     zapd_overrides: dict[str, Any] = field(default_factory=dict)
+    # The cloud's planning loop (cloud/planner.py) plans sites that have assets; these sites have none, their
+    # plans are put by the test. Starting it costs each `zapcloud serve` ~1.3 s of CPU before /healthz answers
+    # (it loads pvlib, pandas and scipy): the e2e tests turn it off, the benches keep the production default.
+    cloud_planner: bool = True
 
     def __post_init__(self) -> None:
         self.clock_env = sim_clock_env(SIM_START, self.speed)
@@ -140,7 +147,8 @@ class Site:
         if not self.cloud_port:
             self.cloud_port = free_port()
         cmd = [str(BIN / "zapcloud"), "serve", "--port", str(self.cloud_port),
-               "--db", f"sqlite+aiosqlite:///{self.cloud_db}", "--key", str(self.tmp / "cloud.key")]  # fmt: skip
+               "--db", f"sqlite+aiosqlite:///{self.cloud_db}", "--key", str(self.tmp / "cloud.key"),
+               *([] if self.cloud_planner else ["--no-planner"])]  # fmt: skip
         proc = Proc("cloud", cmd, self.tmp / "cloud.log", self.env()).start()
         self.procs["cloud"] = proc
         wait_for(lambda: self.http().get("/healthz").status_code == 200, 30, "zapcloud /healthz")
@@ -343,6 +351,20 @@ poll_s = {o["meter_poll_s"]}
         return proc
 
     def zapctl(self, *args: str) -> dict[str, Any]:
+        """What `zapctl ARGS --json` prints, as a dict; a failed request raises RuntimeError.
+
+        The read-only looks the tests poll (status, devices, plan, diag) go through zapctl's own client
+        (zapd/zapctl.py ApiClient: the same request on the same socket, the same JSON) in this process. A
+        zapctl process per look spent ~0.2 s starting Python, and the tests look up to ten times a second: that
+        CPU was taken from the daemons under test and delayed every condition seen. The zapctl command line
+        itself runs against a real `zapd run` in tests/integration/test_local_api.py; other commands here still
+        run it.
+        """
+        if len(args) == 1 and args[0] in IN_PROCESS_ZAPCTL:
+            try:
+                return ApiClient(str(self.socket)).request({"cmd": args[0]})
+            except ZapctlError as exc:
+                raise RuntimeError(f"zapctl {args[0]}: zapctl: {exc}") from None
         res = subprocess.run(
             [str(BIN / "zapctl"), *args, "--json", "--socket", str(self.socket)],
             capture_output=True,

@@ -44,7 +44,7 @@ def sites(tmp_path: Path) -> Iterator[list[Site]]:
 
 def new_site(sites: list[Site], tmp: Path, speed: float) -> Site:
     tmp.mkdir(parents=True, exist_ok=True)
-    site = Site(tmp, speed=speed)
+    site = Site(tmp, speed=speed, cloud_planner=False)
     sites.append(site)
     return site
 
