@@ -743,7 +743,10 @@ class Planner:
         """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
         tr, cfg = self.tr, self.cfg
         known = min(known_price_slots(tr, k, cfg), tr.n - k)
-        horizon = min(self.horizon_max, tr.n - k) if cfg.price_forecast else min(self.horizon_max, known)
+        horizon = min(self.horizon_max, known)
+        if cfg.price_forecast:  # forecast prices extend it to price_forecast_hours ahead (never shorten it)
+            ahead = round(cfg.price_forecast_hours / tr.dt_h)
+            horizon = max(horizon, min(self.horizon_max, ahead, tr.n - k))
         if horizon <= 0 or known <= 0:
             return None
         imp, exp = (

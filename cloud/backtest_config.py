@@ -74,6 +74,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--tilt", 0.0, 90.0, "degrees", "0 flat, 90 a wall"),
         Bound("--azimuth", 0.0, 360.0, "degrees", "compass bearing, 180 = south"),
         Bound("--load-quantile", 0.1, 0.9, "", "the forecaster's P10 .. P90"),
+        Bound("--price-forecast-hours", 1.0, 168.0, "h", "as --horizon-hours"),
         Bound("--days", 1.0, MAX_DAYS, "days", "at least one day of prices, at most a century"),
         Bound("--plot-days", 0.0, 366.0, "days", "a year on one figure is already unreadable", lo_open=True),
     )
@@ -147,6 +148,8 @@ class Config:
     pv_model: PvModel = PvModel.FACTOR
     price_forecast: bool = False  # plan past the published prices with forecast prices (cloud.forecast_price)
     price_model: PriceModel = PriceModel.BLEND  # the forecaster of those prices (and of --terminal-next-day's)
+    # with price_forecast: forecast prices extend a plan to this many hours ahead (at most horizon_hours)
+    price_forecast_hours: float = 48.0
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
     # plan on this quantile of the load (risk): the GBM's P10/P50/P90, or the profile plus the house's own
     # day-to-day spread at that quantile; None: the point forecast
@@ -264,6 +267,12 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="plan the whole horizon: unpublished hours get a forecast from the published prices",
     )
     bt.add_argument(
+        "--price-forecast-hours",
+        type=float,
+        default=d.price_forecast_hours,
+        help="with --price-forecast: forecast prices extend a plan to this many hours ahead (at most the horizon)",
+    )
+    bt.add_argument(
         "--price-model",
         choices=[m.value for m in PriceModel],
         default=d.price_model.value,
@@ -366,6 +375,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         holidays=getattr(args, "holidays", None),
         price_forecast=getattr(args, "price_forecast", False),
         price_model=PriceModel(getattr(args, "price_model", d.price_model.value)),
+        price_forecast_hours=getattr(args, "price_forecast_hours", d.price_forecast_hours),
         load_quantile=getattr(args, "load_quantile", None),
         scenarios=getattr(args, "scenarios", d.scenarios),
         load_scenarios=getattr(args, "load_scenarios", d.load_scenarios),

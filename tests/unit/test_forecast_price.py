@@ -91,3 +91,28 @@ def test_the_blend_overstates_the_cheapest_hour_blend_spread_does_not(name: str)
             out.append(float(forecast_prices(p[: day * spd], spd, spd, m).min() - actual.min()))
     assert np.mean(bias[PriceModel.BLEND]) > 0.003
     assert abs(np.mean(bias[PriceModel.BLEND_SPREAD])) < 0.001
+
+
+def test_price_forecast_hours_extends_the_horizon_only_that_far() -> None:
+    """At 10:00 local the published prices end at midnight (14 h); forecast prices extend a plan to
+    price_forecast_hours ahead (24 h: through the next night and morning), never below what is published."""
+    from datetime import UTC, datetime, timedelta
+
+    from cloud.backtest import Config, Planner, Traces
+
+    n = 96
+    tr = Traces(
+        datetime(2026, 1, 5, 9, tzinfo=UTC),  # 10:00 Amsterdam
+        timedelta(hours=1),
+        np.full(n, 0.30),
+        np.full(n, 0.1),
+        np.full(n, 0.5),
+        np.zeros(n),
+    )
+    lengths = {}
+    for pf, hours in ((False, 48.0), (True, 48.0), (True, 24.0), (True, 6.0)):
+        cfg = Config(tz="Europe/Amsterdam", pv_kwp=0.0, price_forecast=pf, price_forecast_hours=hours)
+        planned = Planner(tr, cfg).plan(0, 0.5, 1)
+        assert planned is not None
+        lengths[pf, hours] = len(planned[1].grid_import_kw)
+    assert lengths == {(False, 48.0): 14, (True, 48.0): 48, (True, 24.0): 24, (True, 6.0): 14}
