@@ -87,6 +87,7 @@ from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
+from cloud.peak_limit import peak_import_limit_w
 from cloud.tariffs import Tariff, TariffError, decode_tariff, price_arrays
 from drivers.config_structs import BatteryLimits
 from zapd.controller import decide_batteries
@@ -776,6 +777,7 @@ class Planner:
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption
         values = plan_values(solution, problem, min(executed, horizon))
+        connection_w = cfg.grid_import_kw * 1000.0
         slots = tuple(
             PlanSlot(
                 start=start + tr.step * j,
@@ -787,6 +789,11 @@ class Planner:
                     solution.battery_discharge_kw[j],
                     cfg.execution,
                     values[j],
+                    grid_import_limit_w=(  # as the planner worker sends it (cloud/planner.py to_plan)
+                        peak_import_limit_w(peak_kw, solution.grid_import_kw[j], connection_w)
+                        if problem.demand_charge is not None
+                        else None
+                    ),
                 ),
             )
             for j in range(min(executed, horizon))

@@ -64,6 +64,7 @@ from cloud.forecast_price import forecast_prices, terminal_value
 from cloud.forecast_pv import SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
+from cloud.peak_limit import peak_import_limit_w, round_up_w
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
 from cloud.server.metrics import WEATHER_FAILURES
 from cloud.server.service import next_plan_version, publish_plan
@@ -480,7 +481,9 @@ def to_plan(prepared: Prepared, solution: Solution, version: int, options: Plann
     Grid limits are the connection's, except where the plan has a reason to be stricter: in a negative
     export-price slot the export limit is the planned export (PV is curtailed beyond it), and inside a
     demand-response window the import limit is the planned import, so the edge keeps the promise even if
-    the load turns out higher than forecast.
+    the load turns out higher than forecast. Where the tariff has a capacity charge the import limit is the
+    billing month's peak so far or the slot's planned import, whichever is higher (cloud/peak_limit.py), in
+    every slot of the horizon, as the LP charges the whole horizon's peak against this month's.
     """
     p = prepared.problem
     slots: list[PlanSlot] = []
@@ -490,10 +493,12 @@ def to_plan(prepared: Prepared, solution: Solution, version: int, options: Plann
         exp_w = solution.grid_export_kw[t] * 1000.0
         import_limit = p.grid.max_import_kw * 1000.0
         export_limit = p.grid.max_export_kw * 1000.0
+        if (dc := p.demand_charge) is not None:  # a capacity charge: no new peak the plan did not choose
+            import_limit = peak_import_limit_w(dc.peak_already_kw, solution.grid_import_kw[t], import_limit)
         if prepared.incentive[t] > 0:
-            import_limit = min(import_limit, math.ceil(imp_w / 100.0) * 100.0)
+            import_limit = min(import_limit, round_up_w(imp_w))
         if prepared.base_export_price[t] < 0:
-            export_limit = min(export_limit, math.ceil(exp_w / 100.0) * 100.0)
+            export_limit = min(export_limit, round_up_w(exp_w))
         ev_w = round(solution.ev_charge_kw[t] * 1000.0, 1) if p.ev is not None else None
         if prepared.assets.battery is not None:
             intent = slot_intent(

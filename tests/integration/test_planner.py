@@ -127,9 +127,16 @@ async def test_plan_site_publishes_a_signed_plan_that_follows_prices(db: Databas
     setpoints = {s.start: s.intent.battery_w for s in plan.slots}
     evening = [setpoints[datetime(2026, 6, 15, h, tzinfo=UTC)] for h in (17, 18, 19)]
     assert min(v or 0.0 for v in evening) < -500  # discharges into the evening peak
-    assert all(s.intent.grid_import_limit_w == 17000.0 for s in plan.slots)
     flows = await store.latest_flows(db, site)
     assert flows is not None and flows.version == 1
+    # the tariff's capacity charge: each slot holds this month's peak so far, or its own planned import if
+    # higher, rounded up to 100 W (cloud/peak_limit.py); the peak is the highest reading since 1 June (Amsterdam)
+    month_start = datetime(2026, 5, 31, 22, 0, tzinfo=UTC)
+    peak = max(load_kw(month_start + Q * i) - pv_kw(month_start + Q * i) for i in range((T0 - month_start) // Q))
+    for slot, imp in zip(plan.slots, flows.flows["import_kw"], strict=False):
+        limit = slot.intent.grid_import_limit_w
+        assert limit is not None and limit <= 17000.0
+        assert 0.0 <= limit - max(peak, imp) * 1000.0 <= 100.0 + 1e-6, (slot.start, limit, peak, imp)
     assert len(flows.flows["soc"]) == len(plan.slots) + 1
     # forecasts were stored; the learned PV factor reproduces the measured PV roughly
     prepared = await prepare(db, site, T0, PlannerOptions())

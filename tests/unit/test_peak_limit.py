@@ -1,0 +1,98 @@
+"""A capacity (demand) charge: each plan slot carries the billing month's peak so far as its import limit.
+
+Fixture for the backtest checks: the first days of `bench/data/ausgrid_c12_be_2023.csv` (a real measured
+household, Ausgrid Solar home electricity data customer 12, under real ENTSO-E BE 2023 day-ahead prices;
+bench/data/README.md), priced by `bench/data/tariff_be_2023_capacity.json` (illustrative 4 EUR/kW per month).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud import backtest
+from cloud.backtest import Config, Planner, Traces, billing_months, read_traces, rolling_flows, settle
+from cloud.peak_limit import peak_import_limit_w
+from cloud.tariffs import decode_tariff
+
+DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
+TRACE = DATA / "ausgrid_c12_be_2023.csv"
+TARIFF = DATA / "tariff_be_2023_capacity.json"
+SITE = Config(tz="Australia/Sydney", lat=-33.87, lon=151.21, pv_kwp=1.04, tilt_deg=20.0, azimuth_deg=0.0)
+
+
+def test_the_limit_is_the_higher_of_peak_and_plan_rounded_up_within_the_connection() -> None:
+    assert peak_import_limit_w(3.04, 1.2, 17_000.0) == 3100.0  # the peak so far decides
+    assert peak_import_limit_w(3.0, 4.51, 17_000.0) == 4600.0  # the plan chose a higher peak: it may import it
+    assert peak_import_limit_w(3.0, 0.0, 2_500.0) == 2500.0  # never above the connection
+    assert peak_import_limit_w(0.0, 0.0, 17_000.0) == 0.0  # nothing imported yet, nothing planned
+    assert peak_import_limit_w(math.nan, 1.0, 17_000.0) == 17_000.0  # unreadable: no tightening
+
+
+@given(
+    st.floats(0.0, 1e4, allow_nan=False),
+    st.floats(0.0, 1e4, allow_nan=False),
+    st.floats(0.0, 1e7, allow_nan=False),
+)
+def test_the_limit_never_exceeds_the_connection_nor_cuts_the_plan(peak: float, plan: float, conn: float) -> None:
+    limit = peak_import_limit_w(peak, plan, conn)
+    assert limit <= conn
+    assert limit >= min(conn, plan * 1000.0) and limit >= min(conn, peak * 1000.0)
+    assert limit - max(peak, plan) * 1000.0 <= 100.0 or limit == conn  # at most one rounding step above
+
+
+@pytest.fixture(scope="module")
+def be_days() -> tuple[Traces, Config]:
+    tariff = decode_tariff(TARIFF.read_bytes())
+    assert tariff.capacity is not None and tariff.capacity.price_per_kw == 4.0
+    tr = read_traces(str(TRACE), tariff=tariff)
+    return tr, replace(SITE, capacity_per_kw=4.0, capacity_tz=tariff.timezone)
+
+
+def test_backtest_plan_slots_carry_the_peak_so_far_as_import_limit(be_days: tuple[Traces, Config]) -> None:
+    tr, cfg = be_days
+    tr = tr.head(3 * 48)
+    planned = Planner(tr, cfg).plan(2 * 48 + 10, 0.5, 8, 2.34)
+    assert planned is not None
+    plan, solution, _, _ = planned
+    for slot, imp in zip(plan.slots, solution.grid_import_kw, strict=False):
+        limit = slot.intent.grid_import_limit_w
+        assert limit is not None and limit >= 2400.0 and limit >= imp * 1000.0
+        if imp > 2.4:
+            assert limit == math.ceil(imp * 10.0 - 1e-9) * 100.0  # the plan's own higher import, rounded up
+        else:
+            assert limit == 2400.0  # 2.34 kW rounded up to 100 W
+    plain = Planner(tr, replace(cfg, capacity_per_kw=0.0)).plan(2 * 48 + 10, 0.5, 8, 2.34)
+    assert plain is not None
+    assert all(s.intent.grid_import_limit_w is None for s in plain[0].slots)  # no capacity charge: no limit
+
+
+def _monthly_peaks(tr: Traces, cfg: Config, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    _, index = np.unique(billing_months(tr, cfg.capacity_tz), return_inverse=True)
+    peaks = np.zeros(int(index.max()) + 1)
+    np.maximum.at(peaks, index, tr.load_kw - tr.pv_kw + c - d)
+    return peaks
+
+
+def test_the_limit_lowers_the_planners_peak_on_real_days(
+    be_days: tuple[Traces, Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten real days (forecasts from the trace's own past): the edge holding the peak so far keeps the
+    month's peak lower than the same plans executed with the connection's limit only (the old intents)."""
+    tr, cfg = be_days
+    tr = tr.head(10 * 48)
+    c, d, _, _ = rolling_flows(tr, cfg)
+    with_limit, cost = _monthly_peaks(tr, cfg, c, d), settle(tr, c, d, cfg.cycle_cost, "planner", cfg).cost
+    monkeypatch.setattr(backtest, "peak_import_limit_w", lambda peak, imp, conn: conn)
+    c0, d0, _, _ = rolling_flows(tr, cfg)
+    without, cost0 = _monthly_peaks(tr, cfg, c0, d0), settle(tr, c0, d0, cfg.cycle_cost, "planner", cfg).cost
+    # measured: peaks [0.5, 3.3] kW against [2.01, 3.54] kW (30 Jun - 9 Jul in Brussels), 34.26 against 41.17 EUR
+    assert len(with_limit) == 2 and np.all(with_limit <= without + 1e-9), (with_limit, without)
+    assert with_limit.sum() < without.sum() - 1.0, (with_limit, without)
+    assert cost < cost0 - 3.0
