@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloud import backtest
-from cloud.backtest import Config, Planner, Traces, billing_months, read_traces, rolling_flows, settle
+from cloud.backtest import Config, Edge, Planner, Traces, billing_months, read_traces, rolling_flows, settle
+from cloud.execution import slot_intent
 from cloud.peak_limit import peak_import_limit_w
 from cloud.tariffs import decode_tariff
+from zapd.model import Plan, PlanSlot
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
 TRACE = DATA / "ausgrid_c12_be_2023.csv"
@@ -96,3 +99,30 @@ def test_the_limit_lowers_the_planners_peak_on_real_days(
     assert len(with_limit) == 2 and np.all(with_limit <= without + 1e-9), (with_limit, without)
     assert with_limit.sum() < without.sum() - 1.0, (with_limit, without)
     assert cost < cost0 - 3.0
+
+
+def _one_slot_edge(load_kw: float, soc: float) -> tuple[Edge, Traces]:
+    start = datetime(2023, 7, 3, 12, tzinfo=UTC)
+    tr = Traces(start, timedelta(minutes=15), np.full(1, 0.3), np.full(1, 0.05), np.full(1, load_kw), np.zeros(1))
+    edge = Edge(tr, replace(SITE, soc_initial=soc))
+    return edge, tr
+
+
+def _plan(tr: Traces, import_kw: float, charge_kw: float, limit_w: float) -> Plan:
+    intent = slot_intent(import_kw, 0.0, charge_kw, 0.0, grid_import_limit_w=limit_w)  # keep_sign, the default
+    end = tr.start + tr.step
+    slot = PlanSlot(start=tr.start, end=end, intent=intent)
+    return Plan(site_id="backtest", version=1, issued_at=tr.start, valid_until=end, slots=(slot,))
+
+
+def test_the_edge_discharges_and_stops_charging_to_hold_the_limit() -> None:
+    """zapd's own decision (controller + envelope, as the backtest runs it) keeps the site under the slot's limit."""
+    edge, tr = _one_slot_edge(3.0, 0.5)  # plan: idle battery, 1 kW import; the house needs 3 kW
+    battery_kw, _ = edge.step(0, _plan(tr, 1.0, 0.0, 1000.0))
+    assert battery_kw == pytest.approx(-2.0)  # discharges the 2 kW above the limit
+    edge, tr = _one_slot_edge(1.5, 0.5)  # plan: charge 2 kW from the grid at 2.5 kW import; the house needs 1.5 kW
+    battery_kw, _ = edge.step(0, _plan(tr, 2.5, 2.0, 2500.0))
+    assert battery_kw == pytest.approx(1.0)  # charges only what fits under the limit
+    edge, tr = _one_slot_edge(3.0, SITE.soc_min)  # at the reserve: nothing to discharge, the import passes
+    battery_kw, _ = edge.step(0, _plan(tr, 1.0, 0.0, 1000.0))
+    assert battery_kw == pytest.approx(0.0)
