@@ -108,11 +108,7 @@ async def test_healthz_answers_while_a_model_is_fitted(
             async def fitted() -> bool:
                 return await get_model(db, "home1", kind) is not None
 
-            for _ in range(600):  # the fitted model is stored by the same plan
-                if await fitted():
-                    break
-                await asyncio.sleep(0.1)
-            assert await fitted()
+            await wait_until(fitted, 60, "the fitted model, stored by the same plan", every_s=0.1)
     finally:
         await db.dispose()
     assert held.saw_answer[0] is True  # /healthz answered while the fit was running

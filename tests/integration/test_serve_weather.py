@@ -106,6 +106,7 @@ class Weather:
                 query = parse_qs(urlparse(self.path).query)
                 weather.queries.append(query)
                 status, body, delay = ANSWERS[BY_LAT.get(query.get("latitude", [""])[0], "not_json")]
+                # wall-clock: the slow service's late answer is the behaviour (past the serve flag's timeout)
                 time.sleep(delay)
                 with contextlib.suppress(OSError):  # the slow case: the client has hung up
                     self.send_response(status)
