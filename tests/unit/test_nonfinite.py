@@ -40,6 +40,7 @@ from cloud_sync.wire import (
 )
 from drivers.api import ReadingGuard
 from fallback.policy import Rung, choose, resolve_battery_w
+from zapd.bounds import MAX_ENERGY_WH, MAX_POWER_W
 from zapd.metrics import DaemonCollector, SyncGauges
 from zapd.model import (
     IMPORT_WH,
@@ -276,7 +277,12 @@ def test_snapshot_holds_only_plausible_numbers(meter_values: dict[str, float], b
     snap = state.snapshot(NOW)
     numbers = [snap.grid_w, *(snap.phase_currents_a or ()), snap.batteries["b"].soc, snap.batteries["b"].power_w]
     assert all(x is None or (math.isfinite(x) and abs(x) <= 1e7) for x in numbers)
-    meter_ok = all(math.isfinite(v) and abs(v) <= (1e4 if k.endswith("_a") else 1e7) for k, v in meter_values.items())
+    # the guard's own bounds: a cumulative counter is bounded by MAX_ENERGY_WH (a 10 MWh counter is a normal meter)
+    meter_ok = all(
+        math.isfinite(v)
+        and abs(v) <= (1e4 if k.endswith("_a") else MAX_ENERGY_WH if k.endswith("_wh") else MAX_POWER_W)
+        for k, v in meter_values.items()
+    )
     meter_ok = meter_ok and meter_values.get(IMPORT_WH, 0.0) >= 0 and POWER_W in meter_values
     assert (snap.grid_w is not None) is meter_ok
     decision = choose(NOW, None, True, snap)
