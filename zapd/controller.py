@@ -86,10 +86,15 @@ def limits_for(site: SiteLimits, intent: Intent) -> SiteLimits:
 
 
 def _inside(site: SiteLimits, margin_w: float) -> SiteLimits:
-    """The limits `margin_w` tighter: a command held within the estimate's tolerance never sits over them."""
+    """The limits `margin_w` tighter: a command held within the estimate's tolerance never sits over them.
+
+    An export limit tighter than zero is a floor on the import (a zero-export site aims at `margin_w` of
+    import, as zero-export controllers keep a small grid set point): clamped at zero, a command held at the
+    edge of the estimate's tolerance sat `margin_w` over the limit before the inverter's own rounding
+    added to it (hypothesis: 107 W over a 0 W limit on an inverter acting in 100 W steps)."""
     if margin_w <= 0:
         return site
-    export_w = None if site.max_export_w is None else max(0.0, site.max_export_w - margin_w)
+    export_w = None if site.max_export_w is None else site.max_export_w - margin_w
     return replace(site, fuse_limit_w=max(0.0, site.fuse_limit_w - margin_w), max_export_w=export_w)
 
 

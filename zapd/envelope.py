@@ -61,7 +61,8 @@ def trusted_inputs(snapshot: Snapshot, site: SiteLimits) -> tuple[Snapshot, Site
     if grid_w is None or not site_ok:
         grid_w, phases = None, None
     export_w = site.max_export_w
-    if export_w is not None and known(export_w, 0.0, math.inf) is None:
+    # Below zero is a floor on the import (the controller's margin on a zero-export site, `_inside`).
+    if export_w is not None and not math.isfinite(export_w):
         export_w = 0.0  # a limit that is not a number is the strictest one
     batteries = {
         k: BatteryView(b.der_id, known(b.soc, 0.0, 1.0), known(b.power_w)) for k, b in snapshot.batteries.items()

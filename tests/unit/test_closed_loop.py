@@ -229,6 +229,37 @@ def _instant(
         duration_s=270.25,
     )
 )
+# Found by hypothesis: an inverter acting in 100 W steps on a zero-export site. The controller held its command at
+# the edge of its 50 W estimate tolerance (1049.6 W for a 1107 W surplus: the export limit tightened by that
+# margin was clamped at 0) and the inverter rounded it to 1000 W: 107 W export for as long as the surplus lasted.
+# A zero-export site now keeps the margin as import (an export limit below zero is a floor on the import).
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=1.0,
+        meter_interval_s=1.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=0.0, ramp_w_per_s=math.inf, setpoint_step_w=100.0, reading_step_w=0.0, noise_w=9.0
+        ),
+        meter=MeterDynamics(window_s=0.0, delay_s=0.0, step_w=1.0, noise_w=0.0),
+        max_export_w=0.0,
+        fuse_limit_w=3000.0,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=180.0,
+        soc=0.5,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=848.0,
+        pv_w=0.0,
+        plan_w=None,
+        steps=(Step(at_s=90.0, plan_w="keep", load_offset_w=None, pv_w=1955.0),),
+        seed=0,
+        dead_time_s=5.0,
+    )
+)
 def test_closed_loop_keeps_the_limits_and_settles(cfg: LoopConfig) -> None:
     check_loop(cfg, run_loop(cfg))
 
