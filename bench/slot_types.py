@@ -18,8 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-# The thresholds of cloud/execution.py: below IDLE_KW the battery is idle.
-IDLE_KW = 0.05
+from cloud.execution import IDLE_BATTERY_KW as IDLE_KW  # the planner's own threshold: below it the battery is idle
 
 
 @dataclass

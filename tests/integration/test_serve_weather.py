@@ -116,7 +116,7 @@ class Weather:
                     self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass
+                """Quiet: the served requests are recorded in `queries`, not on stderr."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
