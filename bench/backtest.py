@@ -17,40 +17,38 @@ Targets (issue 11): capture >= 0.90, planner - rule >= 50 % of oracle - rule, a 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.backtest import WORST_DAYS, Config, read_traces, run
+from cloud.backtest import WORST_DAYS, Config, read_traces, run, site_config
 
 COMMAND = "python -m bench.backtest"
 DATA = Path(__file__).resolve().parent / "data"
 TARGET_S = 60.0
-SYDNEY_HOUSE = Config(tz="Australia/Sydney", lat=-33.87, lon=151.21, pv_kwp=1.04, tilt_deg=20.0, azimuth_deg=0.0)
-# OPSD DE_KN_residential4: tilt 28 deg / azimuth 208 deg from the OPSD metadata (as quoted by vkvisli/DataProcessing),
-# 10.1 kWp fitted on its clear days (bench/data/README.md). Battery as for the Sydney house (10 kWh / 5 kW): the
-# load it can shift is the same size (6.2 vs 5.9 MWh/yr), only the PV surplus is larger.
-KONSTANZ_HOUSE = Config(tz="Europe/Berlin", lat=47.66, lon=9.18, pv_kwp=10.1, tilt_deg=28.0, azimuth_deg=208.0)
 
 
 @dataclass(frozen=True)
 class Dataset:
+    """A bench year: the trace file (its `# site:` line names the house: bench/data/README.md has the sources)."""
+
     file: str
     label: str
-    cfg: Config
+
+    @property
+    def cfg(self) -> Config:
+        """The default battery (10 kWh / 5 kW, the same for every house) at the house the trace's line names."""
+        return site_config(str(DATA / self.file))
 
 
 DATASETS = [
-    Dataset("ausgrid_c12_nl_2023.csv", "real house, real NL 2023 prices", SYDNEY_HOUSE),
-    Dataset("ausgrid_c12_be_2023.csv", "real house, real BE 2023 prices", SYDNEY_HOUSE),
-    Dataset("opsd_kn_res4_nl_2023.csv", "real house 2 (Konstanz), real NL 2023 prices", KONSTANZ_HOUSE),
-    Dataset("opsd_kn_res4_be_2023.csv", "real house 2 (Konstanz), real BE 2023 prices", KONSTANZ_HOUSE),
-    Dataset(
-        "be_2023_real_prices_hourly.csv",
-        "synthetic house, real BE 2023 prices",
-        Config(tz="Europe/Brussels", lat=50.80, lon=4.36),
-    ),
-    Dataset("synthetic_nl_2025_hourly.csv", "synthetic house, synthetic NL prices", Config()),
+    Dataset("ausgrid_c12_nl_2023.csv", "real house, real NL 2023 prices"),
+    Dataset("ausgrid_c12_be_2023.csv", "real house, real BE 2023 prices"),
+    Dataset("opsd_kn_res4_nl_2023.csv", "real house 2 (Konstanz), real NL 2023 prices"),
+    Dataset("opsd_kn_res4_be_2023.csv", "real house 2 (Konstanz), real BE 2023 prices"),
+    Dataset("be_2023_real_prices_hourly.csv", "synthetic house, real BE 2023 prices"),
+    Dataset("synthetic_nl_2025_hourly.csv", "synthetic house, synthetic NL prices"),
 ]
 
 
@@ -98,8 +96,15 @@ def rows() -> list[dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    table = rows() if not argv else [r for ds in DATASETS if ds.file in argv for r in year_rows(ds)]
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    names = [ds.file for ds in DATASETS]
+    parser.add_argument(
+        "files", nargs="*", metavar="TRACE", help=f"bench years to run (default: all): {', '.join(names)}"
+    )
+    chosen = parser.parse_args(argv).files
+    if unknown := sorted(set(chosen) - set(names)):
+        parser.error(f"not a bench year: {', '.join(unknown)}")
+    table = [r for ds in DATASETS if not chosen or ds.file in chosen for r in year_rows(ds)]
     widths = {k: max(len(k), *(len(r[k]) for r in table)) for k in ("name", "value", "target", "command")}
     print("  ".join(k.ljust(widths[k]) for k in widths))
     print("  ".join("-" * widths[k] for k in widths))

@@ -251,6 +251,25 @@ def read_site(path: str) -> dict[str, float | str]:
     return site
 
 
+def site_config(path: str, base: Config | None = None) -> Config:
+    """`base` (default: Config()) with the trace's `# site:` line applied: the house the trace says it is."""
+    cfg = base or Config()
+    site = read_site(path)
+
+    def number(dest: str, default: float) -> float:
+        return float(site.get(dest, default))
+
+    return dataclasses.replace(
+        cfg,
+        tz=str(site.get("tz", cfg.tz)),
+        lat=number("lat", cfg.lat),
+        lon=number("lon", cfg.lon),
+        pv_kwp=number("pv_kwp", cfg.pv_kwp),
+        tilt_deg=number("tilt", cfg.tilt_deg),
+        azimuth_deg=number("azimuth", cfg.azimuth_deg),
+    )
+
+
 SPOT_COLUMN: Final = "spot_price"  # the day-ahead price (EUR/kWh) a --tariff turns into import / export prices
 
 
@@ -1070,6 +1089,7 @@ __all__ = [
     "run_backtest",
     "self_consumption",
     "settle",
+    "site_config",
     "worst_days",
     "write_slots",
 ]

@@ -34,7 +34,7 @@ from cloud.backtest import (
     rolling_flows,
     settle,
 )
-from cloud.backtest_config import BOUNDS, MAX_CAPACITY_KWH, MAX_POWER_KW, MAX_PRICE_ABS, add_arguments
+from cloud.backtest_config import BOUNDS, MAX_CAPACITY_KWH, MAX_POWER_KW, MAX_PRICE_ABS, SITE_KEYS, add_arguments
 from cloud.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
@@ -166,16 +166,20 @@ def _table(capsys: pytest.CaptureFixture[str]) -> list[str]:
     return [line for line in capsys.readouterr().out.splitlines() if not line.startswith("wall time")]
 
 
-def test_every_bench_trace_names_the_house_the_bench_runs() -> None:
-    """Each shipped trace's `# site:` line is the site bench/backtest.py simulates it as (README's sources)."""
+def test_every_bench_trace_names_its_whole_house_and_the_bench_runs_it() -> None:
+    """Each shipped trace's `# site:` line names every site option (README's sources), and bench/backtest.py
+    simulates the house that line names, not a copy of it that could drift."""
     from bench.backtest import DATASETS
 
     for ds in DATASETS:
         site = read_site(str(DATA / ds.file))
+        assert set(site) == set(SITE_KEYS.values()), ds.file
         cfg = ds.cfg
-        expected = {"tz": cfg.tz, "lat": cfg.lat, "lon": cfg.lon, "pv_kwp": cfg.pv_kwp}
-        expected |= {"tilt": cfg.tilt_deg, "azimuth": cfg.azimuth_deg}
-        assert site == expected, ds.file
+        assert {"tz": cfg.tz, "lat": cfg.lat, "lon": cfg.lon, "pv_kwp": cfg.pv_kwp} == {
+            k: site[k] for k in ("tz", "lat", "lon", "pv_kwp")
+        }, ds.file
+        assert (cfg.tilt_deg, cfg.azimuth_deg) == (site["tilt"], site["azimuth"]), ds.file
+        assert cfg.battery_kwh == Config().battery_kwh and cfg.battery_kw == Config().battery_kw, ds.file
 
 
 def test_the_trace_runs_its_own_house_and_an_option_wins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
