@@ -47,6 +47,8 @@ DATASETS = [
     Dataset("ausgrid_c12_be_2023.csv", "real house, real BE 2023 prices"),
     Dataset("opsd_kn_res4_nl_2023.csv", "real house 2 (Konstanz), real NL 2023 prices"),
     Dataset("opsd_kn_res4_be_2023.csv", "real house 2 (Konstanz), real BE 2023 prices"),
+    Dataset("opsd_kn_res3_nl_2023.csv", "real house 3 (Konstanz), real NL 2023 prices"),
+    Dataset("opsd_kn_res3_be_2023.csv", "real house 3 (Konstanz), real BE 2023 prices"),
     Dataset("be_2023_real_prices_hourly.csv", "synthetic house, real BE 2023 prices"),
     Dataset("synthetic_nl_2025_hourly.csv", "synthetic house, synthetic NL prices"),
 ]

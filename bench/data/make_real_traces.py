@@ -72,6 +72,13 @@ OPSD_FILES = (
     "opsd_de_kn_residential4_2016_h2.csv",
     "opsd_de_kn_residential4_2016_close.csv",
 )
+OPSD_RES3_START = date(2016, 3, 1)  # a Tuesday, like 2023-02-28
+OPSD_RES3_FILES = (
+    "opsd_de_kn_residential3_2016_2017_h1.csv",
+    "opsd_de_kn_residential3_2016_2017_h2.csv",
+    "opsd_de_kn_residential3_2016_2017_close.csv",
+)
+RES3_PRICE_DAY_OFFSET = 58  # 2016-03-01 (Tuesday) -> 2023-02-28 (Tuesday)
 SHAPE_DAYS = 2  # complete days each side of a gap whose hourly shape spreads the gap's energy
 
 NL_MARKUP, NL_ENERGY_TAX, NL_VAT = 0.0225, 0.12599, 0.21
@@ -153,6 +160,14 @@ class House:
     notes: str = ""  # further comment lines (gaps filled)
     # `zapcloud backtest` reads this `# site:` line as its defaults for the site options (an option given wins)
     site: str = ""
+    price_offset: int = PRICE_DAY_OFFSET  # house local day i gets price day i + price_offset of 2023 ...
+    # ... modulo 365 (False), or, past the end of 2023, price day i + price_offset - 364 (True): 2023 has 52 weeks
+    # and a day, so this keeps the weekdays aligned after the wrap (one price day is replayed twice)
+    weekday_wrap: bool = False
+
+    def price_day(self, i: int) -> int:
+        k = i + self.price_offset
+        return k if k < 365 else (k - 364 if self.weekday_wrap else k % 365)
 
 
 def ausgrid_house() -> House:
@@ -236,8 +251,65 @@ def opsd_true_clock(stamps: list[datetime], m: dict[str, np.ndarray]) -> tuple[l
     return grid, out
 
 
+def opsd_res3_true_clock(
+    stamps: list[datetime], m: dict[str, np.ndarray]
+) -> tuple[list[datetime], dict[str, np.ndarray]]:
+    """DE_KN_residential3's readings on the true UTC clock: its stamps run 1 h EARLY all year (a reading stamped
+    t is the meter at t + 1 h), unlike residential4's. Evidence (README): on the source's stamps the PV meter
+    counts 20-85 Wh in 28 hours that end before sunrise (sun below -3 degrees all hour), mornings only, in every
+    season, and the clear-day PV curve sits 1 h before the sun's (median of each month's clear days -1.0 ..
+    -1.25 h from March to November); no row is missing or doubled at the clock changes."""
+    return [t + HOUR for t in stamps], m
+
+
 def opsd_house() -> House:
+    about = (
+        "# REAL measured household (Open Power System Data household data, DE_KN_residential4, Konstanz, 2016,\n"
+        "# hourly meter readings; CC-BY 4.0) with REAL ENTSO-E {ZONE} 2023 day-ahead prices replayed by local\n"
+        "# clock (bench/data/make_real_traces.py; site tz Europe/Berlin, lat 47.66 lon 9.18)."
+    )
+    site = "# site: tz=Europe/Berlin lat=47.66 lon=9.18 pv-kwp=10.1 tilt=28 azimuth=208 (README.md)\n"
+    clock = "# Clock: the source's stamps run 1 h late in summer time; shifted to true UTC (see opsd_true_clock).\n"
     stamps, m = opsd_true_clock(*read_meters([HERE / "raw" / name for name in OPSD_FILES]))
+    return opsd_meter_house("opsd_kn_res4", stamps, m, OPSD_START, about, clock, site)
+
+
+def opsd_res3_house() -> House:
+    about = (
+        "# REAL measured household (Open Power System Data household data, DE_KN_residential3, Konstanz,\n"
+        "# 2016-03..2017-02, hourly meter readings; CC-BY 4.0) with REAL ENTSO-E {ZONE} 2023 day-ahead prices\n"
+        "# replayed by local clock (bench/data/make_real_traces.py; site tz Europe/Berlin, lat 47.66 lon 9.18)."
+    )
+    site = "# site: tz=Europe/Berlin lat=47.66 lon=9.18 pv-kwp=4.85 tilt=5 azimuth=20 (README.md)\n"
+    clock = "# Clock: the source's stamps run 1 h early all year; shifted to true UTC (see opsd_res3_true_clock).\n"
+    stamps, m = opsd_res3_true_clock(*read_meters([HERE / "raw" / name for name in OPSD_RES3_FILES]))
+    return opsd_meter_house(
+        "opsd_kn_res3",
+        stamps,
+        m,
+        OPSD_RES3_START,
+        about,
+        clock,
+        site,
+        RES3_PRICE_DAY_OFFSET,
+        weekday_wrap=True,
+        clip_why="the source's meters disagree on 7 days, README.md",
+    )
+
+
+def opsd_meter_house(
+    key: str,
+    stamps: list[datetime],
+    m: dict[str, np.ndarray],
+    start: date,
+    about: str,
+    clock: str,
+    site: str,
+    price_offset: int = PRICE_DAY_OFFSET,
+    weekday_wrap: bool = False,
+    clip_why: str = "meter timing",
+) -> House:
+    """An OPSD house from its meter readings on the true UTC clock; local day 0 is `start` (Europe/Berlin)."""
     net = m["grid_import_kwh"] - m["grid_export_kwh"] + m["pv_kwh"]  # NaN where any reading is missing
     load, load_runs = hourly_energy(net)
     pv, pv_runs = hourly_energy(m["pv_kwh"])
@@ -247,34 +319,30 @@ def opsd_house() -> House:
         filled[a:b] = True
     clipped = (load < 0) & ~filled
     load = np.clip(load, 0.0, None)
-    first = datetime.combine(OPSD_START, datetime.min.time(), tzinfo=BERLIN)
+    first = datetime.combine(start, datetime.min.time(), tzinfo=BERLIN)
     local = []
     for t in hours:
         wall = t.astimezone(BERLIN)
         local.append(((wall.date() - first.date()).days, wall.hour))
-    about = (
-        "# REAL measured household (Open Power System Data household data, DE_KN_residential4, Konstanz, 2016,\n"
-        "# hourly meter readings; CC-BY 4.0) with REAL ENTSO-E {ZONE} 2023 day-ahead prices replayed by local\n"
-        "# clock (bench/data/make_real_traces.py; site tz Europe/Berlin, lat 47.66 lon 9.18)."
-    )
-    notes = (
+    gaps = (
         f"# Gap hours filled energy-preserving (see make_real_traces.py): load {_ranges(hours, load_runs)};\n"
-        f"# PV {_ranges(hours, pv_runs)}. Load clipped at 0 (meter timing) in {int(clipped.sum())} measured hours.\n"
-        "# Clock: the source's stamps run 1 h late in summer time; shifted to true UTC (see opsd_true_clock).\n"
+        f"# PV {_ranges(hours, pv_runs)}."
+        if load_runs or pv_runs
+        else "# No gaps: every hour has all three meter readings."
     )
+    notes = f"{gaps} Load clipped at 0 ({clip_why}) in {int(clipped.sum())} measured hours.\n{clock}"
     print(
-        f"opsd: {int(filled.sum())} load hours filled in {len(load_runs)} gaps, "
+        f"{key}: {int(filled.sum())} load hours filled in {len(load_runs)} gaps, "
         f"{sum(b - a for a, b in pv_runs)} PV hours in {len(pv_runs)} gaps, {int(clipped.sum())} hours clipped"
     )
-    site = "# site: tz=Europe/Berlin lat=47.66 lon=9.18 pv-kwp=10.1 tilt=28 azimuth=208 (README.md)\n"
     load_kw, pv_kw = [float(x) for x in load], [float(x) for x in pv]
-    return House("opsd_kn_res4", about, hours, local, load_kw, pv_kw, HOUR, notes, site)
+    return House(key, about, hours, local, load_kw, pv_kw, HOUR, notes, site, price_offset, weekday_wrap)
 
 
 def build(house: House, zone: str) -> Path:
     tz = ZoneInfo("Europe/Amsterdam" if zone == "nl" else "Europe/Brussels")
     days = price_days(HERE / f"entsoe_{zone}_2023_dayahead.csv", tz)
-    spot = np.array([days[(i + PRICE_DAY_OFFSET) % 365][h] for i, h in house.local])
+    spot = np.array([days[house.price_day(i)][h] for i, h in house.local])
     imp, exp = tariff(zone, spot)
     out = HERE / f"{house.key}_{zone}_2023.csv"
     tariff_text = (
@@ -297,7 +365,7 @@ def build(house: House, zone: str) -> Path:
 
 
 def main() -> int:
-    for house in (ausgrid_house(), opsd_house()):
+    for house in (ausgrid_house(), opsd_house(), opsd_res3_house()):
         for zone in ("nl", "be"):
             build(house, zone)
     return 0
