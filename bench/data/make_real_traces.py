@@ -44,6 +44,13 @@ house's local day i (Europe/Berlin; 0 = 2016-01-01, a Friday) gets price day (i 
 (2023-01-06, a Friday), by local wall hour as above (2016-03-27 has no local 02:00; the doubled 02:00 of
 2016-10-30 gets the 02:00 price twice). Result: 8,784 contiguous hours.
 
+OPSD house 3 (`raw/opsd_de_kn_residential3_2016_2017_{h1,h2,close}.csv`): DE_KN_residential3 (Konstanz, PV),
+the same meters from 2016-03-01T00Z to the closing reading 2017-03-01T00Z, no gaps; its stamps run 1 h early all
+year (`opsd_res3_true_clock`), so the trace is 2016-03-01T01Z .. 2017-03-01T00Z, 8,760 hours. Load and PV as
+house 2 (29 hours clipped where the source's meters disagree, README.md). Prices: local day i (0 = 2016-03-01, a
+Tuesday) gets price day i + 58 of 2023 (2023-02-28, a Tuesday), and past 2023-12-31 price day i + 58 - 364, so
+2017-01-02 (a Monday) gets Monday 2023-01-02: the weekdays stay aligned all year.
+
 Run: `python bench/data/make_real_traces.py` (deterministic; no randomness anywhere).
 """
 

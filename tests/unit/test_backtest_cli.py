@@ -235,7 +235,15 @@ def _with_spot(tmp_path: Path, days: int = 2) -> Path:
 
 
 @pytest.mark.parametrize(
-    "trace", ["ausgrid_c12_nl_2023", "ausgrid_c12_be_2023", "opsd_kn_res4_nl_2023", "opsd_kn_res4_be_2023"]
+    "trace",
+    [
+        "ausgrid_c12_nl_2023",
+        "ausgrid_c12_be_2023",
+        "opsd_kn_res4_nl_2023",
+        "opsd_kn_res4_be_2023",
+        "opsd_kn_res3_nl_2023",
+        "opsd_kn_res3_be_2023",
+    ],
 )
 def test_the_shipped_tariffs_give_each_real_traces_own_prices(trace: str) -> None:
     """bench/data/make_real_traces.py computed the prices from the spot by its own formula; cloud/tariffs.py
