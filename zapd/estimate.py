@@ -31,7 +31,7 @@ from datetime import datetime
 # any device's resolution), or when the bracket is 2^-30 of the range; at most _SOLVE_STEPS answers.
 _SOLVE_W = 0.01
 _SOLVE_BRACKET = 2.0**-30
-_SOLVE_STEPS = 60
+_SOLVE_STEPS = 90  # the safeguard halves the bracket at least every three answers: 2^-30 within 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +164,15 @@ def hold_or_move(answer: Callable[[float], float], current_w: float) -> float:
     # linear in the state (clamps of linear terms), so the secant lands on it in a few answers where bisection
     # took 30, each a full ladder + envelope run: 85 % of a cycle's time (bench/closedloop.py, the property).
     lo, hi, f_lo, f_hi = 0.0, 1.0, low - current_w, high - current_w
+    # Safeguard (as Brent's): where two answers did not halve the bracket the next one bisects, so the bracket
+    # halves at least every three answers and _SOLVE_STEPS reach the 2^-30 bracket even where the answer is
+    # nearly a step (hypothesis: a 370 kW-per-range clamp next to a flat 0.5 W one
+    # kept the secant crawling along the flat part for all 60 answers).
     kept = 0  # +1: the low end was kept last time, -1: the high end
+    bisect = False
+    widths = [1.0, 1.0]  # the bracket two answers ago and one answer ago
     for _ in range(_SOLVE_STEPS):
-        mid = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+        mid = (lo + hi) / 2 if bisect else (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
         if not lo < mid < hi:
             mid = (lo + hi) / 2
         f = answer(mid) - current_w
@@ -182,4 +188,6 @@ def hold_or_move(answer: Callable[[float], float], current_w: float) -> float:
             kept = 1
         if hi - lo <= _SOLVE_BRACKET:
             break
+        bisect = hi - lo > widths[0] / 2
+        widths = [widths[1], hi - lo]
     return hi
