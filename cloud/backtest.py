@@ -73,11 +73,13 @@ from cloud.forecast import (
     Location,
     PvArray,
     PvFactor,
+    PvShape,
     clear_sky,
     forecast_load,
     forecast_load_persistence,
     forecast_pv,
     learn_pv_factor,
+    learn_pv_shape,
     pv_nowcast,
     pv_ratio_spread,
 )
@@ -614,6 +616,8 @@ class Planner:
         ).pv_kw
         self.factor = PvFactor()
         self.factor_day = -1
+        self.shape = PvShape.flat(self.spd)
+        self.shape_origin = 0  # the slot the shape's learning window ended at
         self.pv_spread = (1.0, 1.0)
         self.load_spread = (1.0, 1.0)
         self.day_ratios = np.zeros(0)
@@ -732,10 +736,16 @@ class Planner:
             self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
             if self.cfg.scenarios:
                 self.pv_spread = pv_ratio_spread(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
+            if self.cfg.pv_shape:
+                self.shape = learn_pv_shape(
+                    self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp, self.factor.typical
+                )
+                self.shape_origin = k
             self.factor_day = k // spd
         lo = max(0, k - round(NOWCAST_RECENT_H / self.tr.dt_h))  # the last hours' PV against their forecast
-        recent = forecast_pv(self.sky[lo:k], self.factor)
-        pv = forecast_pv(self.sky[k : k + horizon], self.factor)
+        at = k - self.shape_origin
+        recent = forecast_pv(self.sky[lo:k], self.factor) * self.shape.at(at - (k - lo), k - lo)
+        pv = forecast_pv(self.sky[k : k + horizon], self.factor) * self.shape.at(at, horizon)
         return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.cfg.pv_kwp)
 
     def _terminal_value(self, import_price: FloatArray, k: int, known: int) -> float:

@@ -146,6 +146,8 @@ class Config:
     forecast: Forecast = Forecast.MODEL
     load_model: LoadModel = LoadModel.PROFILE
     pv_model: PvModel = PvModel.FACTOR
+    # the factor forecast's hour-of-day shape corrected by the site's own telemetry (cloud.forecast.learn_pv_shape)
+    pv_shape: bool = False
     price_forecast: bool = False  # plan past the published prices with forecast prices (cloud.forecast_price)
     price_model: PriceModel = PriceModel.BLEND  # the forecaster of those prices (and of --terminal-next-day's)
     # with price_forecast: forecast prices extend a plan to this many hours ahead (at most horizon_hours)
@@ -262,6 +264,12 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="fit: orientation, kWp, clipping and hourly shading fitted to the PV history (pvlib)",
     )
     bt.add_argument(
+        "--pv-shape",
+        action=argparse.BooleanOptionalAction,
+        default=d.pv_shape,
+        help="factor PV: correct the clear-sky shape per slot of the day by the last 14 days' measured/forecast",
+    )
+    bt.add_argument(
         "--price-forecast",
         action="store_true",
         help="plan the whole horizon: unpublished hours get a forecast from the published prices",
@@ -372,6 +380,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         forecast=Forecast(getattr(args, "forecast", d.forecast.value)),
         load_model=LoadModel(getattr(args, "load_model", d.load_model.value)),
         pv_model=PvModel(getattr(args, "pv_model", d.pv_model.value)),
+        pv_shape=getattr(args, "pv_shape", d.pv_shape),
         holidays=getattr(args, "holidays", None),
         price_forecast=getattr(args, "price_forecast", False),
         price_model=PriceModel(getattr(args, "price_model", d.price_model.value)),

@@ -153,6 +153,64 @@ def learn_pv_factor(measured_kw: FloatArray, clear_kw: FloatArray, slots_per_day
     return PvFactor(typical=typical, clear=max(clear, typical), days=len(m_energy))
 
 
+@dataclass(frozen=True, slots=True)
+class PvShape:
+    """The site's own hour-of-day correction to the clear-sky shape, one factor per slot of the day.
+
+    `factors[c]` is for the slots c, c + slots_per_day, ... counted from the END of the window it was learned
+    on (so slot j after that end, j < 0 before it, takes `factors[j mod slots_per_day]`): the window may end at
+    any time of day. 1 everywhere: the clear-sky shape as it is (`flat`)."""
+
+    factors: FloatArray
+
+    @classmethod
+    def flat(cls, slots_per_day: int) -> PvShape:
+        return cls(np.ones(slots_per_day))
+
+    def at(self, offset: int, n: int) -> FloatArray:
+        """Factors for the n slots starting `offset` slots after the learning window's end (negative: inside it)."""
+        return np.asarray(self.factors[(offset + np.arange(n)) % len(self.factors)], dtype=np.float64)
+
+
+_SHAPE_BOUNDS: Final = (0.0, 2.0)  # a slot of the day at most twice its clear-sky share (dawn/dusk noise)
+
+
+def learn_pv_shape(
+    measured_kw: FloatArray, clear_kw: FloatArray, slots_per_day: int, kwp: float, typical: float
+) -> PvShape:
+    """Per slot of the day: the window's measured energy over its forecast (clear sky x `typical`) energy.
+
+    `learn_pv_factor` makes the forecast right for the window's whole days; a day total says nothing about
+    WHEN in the day the energy comes. Where the clear-sky model of the registered arrays has the day's shape
+    wrong (a morning shadow, low winter sun, the isotropic sky on a tilted plane, a plane turned further than
+    registered), the forecast is too high at some hours and too low at others every day, and the intraday
+    nowcast then reads a shaded morning's low ratio as clouds and carries it into the afternoon. Measured on the
+    real houses (docs/cloud-planning.md, "PV forecast bias"): Konstanz in winter 6-15 kWh a month too high at
+    09-11 h and too low by as much at 13-14 h; the Ausgrid house too high every morning, too low every
+    afternoon. Learned from the same whole days as the factor (complete over their sunlit slots), so the
+    window's total is unchanged: sum over slots of forecast x factor = measured. A slot of the day that is
+    sunlit on fewer than half the days (dawn, dusk) keeps 1."""
+    flat = PvShape.flat(slots_per_day)
+    days = len(measured_kw) // slots_per_day
+    if days == 0 or kwp <= 0 or typical <= 0:
+        return flat
+    m = measured_kw[len(measured_kw) - days * slots_per_day :].reshape(days, slots_per_day)
+    c = clear_kw[len(clear_kw) - days * slots_per_day :].reshape(days, slots_per_day)
+    sunny = c > 0.02 * kwp  # as in _daily_energy
+    complete = (~np.isnan(m) | ~sunny).all(axis=1)
+    enough = np.where(sunny, c, 0.0).sum(axis=1) * 24.0 / slots_per_day >= _MIN_CLEAR_KWH_PER_KWP * kwp
+    usable = complete & enough  # the days `learn_pv_factor` uses (_daily_energy)
+    m, c, sunny = m[usable], c[usable], sunny[usable]
+    if len(m) == 0:
+        return flat
+    forecast = np.where(sunny, c, 0.0).sum(axis=0) * typical
+    measured = np.where(sunny, np.nan_to_num(m), 0.0).sum(axis=0)
+    use = (sunny.sum(axis=0) * 2 >= len(m)) & (forecast > 0)
+    factors = np.ones(slots_per_day)
+    factors[use] = np.clip(measured[use] / forecast[use], *_SHAPE_BOUNDS)
+    return PvShape(factors)
+
+
 def pv_ratio_spread(
     measured_kw: FloatArray, clear_kw: FloatArray, slots_per_day: int, kwp: float
 ) -> tuple[float, float]:
@@ -411,6 +469,7 @@ __all__ = [
     "OpenMeteoClient",
     "PvArray",
     "PvFactor",
+    "PvShape",
     "WeatherDataError",
     "WeatherError",
     "WeatherForecast",
@@ -419,6 +478,7 @@ __all__ = [
     "forecast_load_persistence",
     "forecast_pv",
     "learn_pv_factor",
+    "learn_pv_shape",
     "mae",
     "parse_open_meteo",
     "pv_nowcast",
