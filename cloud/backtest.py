@@ -66,6 +66,7 @@ from cloud.backtest_config import (
 )
 from cloud.execution import plan_values, slot_intent
 from cloud.forecast import (
+    NOWCAST_RATIO_BOUNDS,
     NOWCAST_RECENT_H,
     NOWCAST_TAU_H,
     FloatArray,
@@ -746,7 +747,8 @@ class Planner:
         at = k - self.shape_origin
         recent = forecast_pv(self.sky[lo:k], self.factor) * self.shape.at(at - (k - lo), k - lo)
         pv = forecast_pv(self.sky[k : k + horizon], self.factor) * self.shape.at(at, horizon)
-        return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.cfg.pv_kwp)
+        bounds = (NOWCAST_RATIO_BOUNDS[0], self.cfg.pv_nowcast_max)
+        return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.cfg.pv_kwp, ratio_bounds=bounds)
 
     def _terminal_value(self, import_price: FloatArray, k: int, known: int) -> float:
         cfg = self.cfg

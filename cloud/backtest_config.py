@@ -11,6 +11,7 @@ from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloud.execution import DEFAULT_EXECUTION, Execution
+from cloud.forecast import NOWCAST_RATIO_BOUNDS
 from cloud.forecast_price import PriceModel, TerminalBasis
 
 NO_LIMIT_KW: Final = 1000.0  # a trace carries no connection limit; this never binds for a household
@@ -75,6 +76,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--azimuth", 0.0, 360.0, "degrees", "compass bearing, 180 = south"),
         Bound("--load-quantile", 0.1, 0.9, "", "the forecaster's P10 .. P90"),
         Bound("--price-forecast-hours", 1.0, 168.0, "h", "as --horizon-hours"),
+        Bound("--pv-nowcast-max", 1.0, 10.0, "", "1: never raised; a clear hour is at most ~5x a dark day's"),
         Bound("--days", 1.0, MAX_DAYS, "days", "at least one day of prices, at most a century"),
         Bound("--plot-days", 0.0, 366.0, "days", "a year on one figure is already unreadable", lo_open=True),
     )
@@ -148,6 +150,8 @@ class Config:
     pv_model: PvModel = PvModel.FACTOR
     # the factor forecast's hour-of-day shape corrected by the site's own telemetry (cloud.forecast.learn_pv_shape)
     pv_shape: bool = False
+    # the PV nowcast's upper ratio bound (cloud.forecast.pv_nowcast; its lower one stays 0.2)
+    pv_nowcast_max: float = NOWCAST_RATIO_BOUNDS[1]
     price_forecast: bool = False  # plan past the published prices with forecast prices (cloud.forecast_price)
     price_model: PriceModel = PriceModel.BLEND  # the forecaster of those prices (and of --terminal-next-day's)
     # with price_forecast: forecast prices extend a plan to this many hours ahead (at most horizon_hours)
@@ -270,6 +274,12 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="factor PV: correct the clear-sky shape per slot of the day by the last 14 days' measured/forecast",
     )
     bt.add_argument(
+        "--pv-nowcast-max",
+        type=float,
+        default=d.pv_nowcast_max,
+        help="factor PV: the intraday nowcast's upper bound on measured / forecast of the last 2 h",
+    )
+    bt.add_argument(
         "--price-forecast",
         action="store_true",
         help="plan the whole horizon: unpublished hours get a forecast from the published prices",
@@ -381,6 +391,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_model=LoadModel(getattr(args, "load_model", d.load_model.value)),
         pv_model=PvModel(getattr(args, "pv_model", d.pv_model.value)),
         pv_shape=getattr(args, "pv_shape", d.pv_shape),
+        pv_nowcast_max=getattr(args, "pv_nowcast_max", d.pv_nowcast_max),
         holidays=getattr(args, "holidays", None),
         price_forecast=getattr(args, "price_forecast", False),
         price_model=PriceModel(getattr(args, "price_model", d.price_model.value)),
