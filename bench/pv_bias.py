@@ -21,7 +21,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from cloud.backtest import read_site, read_traces
+from cloud.backtest import read_traces, site_config
 from cloud.forecast import (
     NOWCAST_RECENT_H,
     FloatArray,
@@ -58,11 +58,10 @@ VARIANTS: Final = {
 def forecasts(path: str, lead_h: float = 24.0) -> tuple[pd.DataFrame, float, float]:
     """Per slot: measured PV, clear sky and each variant's lead-0 and lead-`lead_h` forecast (kW);
     plus the slot length (h) and the site's latitude."""
-    site = read_site(path)
+    cfg = site_config(path)
     tr = read_traces(path)
-    lat, lon = float(site.get("lat", 52.1)), float(site.get("lon", 5.18))
-    kwp = float(site.get("pv_kwp", 5.0))
-    array = PvArray(kwp, float(site.get("tilt", 35.0)), float(site.get("azimuth", 180.0)))
+    lat, lon, kwp = cfg.lat, cfg.lon, cfg.pv_kwp
+    array = PvArray(kwp, cfg.tilt_deg, cfg.azimuth_deg)
     spd, dt = tr.slots_per_day, tr.dt_h
     lead = round(lead_h / dt)
     horizon = lead + round(1 / dt)
@@ -93,7 +92,7 @@ def forecasts(path: str, lead_h: float = 24.0) -> tuple[pd.DataFrame, float, flo
             if k + lead < tr.n:
                 n = min(m, tr.n - k - lead)
                 out[name + "@lead"][k + lead : k + lead + n] = pv[lead : lead + n]
-    index = pd.date_range(tr.start, periods=tr.n, freq=tr.step).tz_convert(str(site.get("tz", "Europe/Amsterdam")))
+    index = pd.date_range(tr.start, periods=tr.n, freq=tr.step).tz_convert(cfg.tz)
     frame = pd.DataFrame({"pv": tr.pv_kw, "sky": sky[: tr.n], **out}, index=index)
     return frame.iloc[WINDOW_DAYS * spd + lead :], dt, lat
 

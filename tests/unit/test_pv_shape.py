@@ -146,3 +146,26 @@ def test_shape_and_uncapped_nowcast_use_no_future_pv() -> None:
     assert np.array_equal(c1[:k], c2[:k]) and np.array_equal(d1[:k], d2[:k])
     c0, d0, _, _ = rolling_flows(tr, replace(cfg, pv_shape=False))
     assert not (np.array_equal(c0[14 * 48 :], c1[14 * 48 :]) and np.array_equal(d0[14 * 48 :], d1[14 * 48 :]))
+
+
+def test_bias_tool_runs_on_a_real_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench.pv_bias` (the docs' tables) on the first 20 days of the Ausgrid trace: every variant
+    reported, every forecast a finite number, and the factor-only forecast as the backtest makes it."""
+    from bench import pv_bias
+
+    lines = (DATA / AUSGRID[0]).read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("ts,"))
+    trace = tmp_path / "slice.csv"
+    trace.write_text("\n".join(lines[: header + 1 + 20 * 48]) + "\n")
+    assert pv_bias.main([str(trace)]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in pv_bias.VARIANTS)
+    frame, _, _ = pv_bias.forecasts(str(trace))
+    assert np.isfinite(frame.drop(columns=["pv", "sky"]).to_numpy()).all()
+    tr = read_traces(str(trace))
+    site, array = AUSGRID[1], AUSGRID[2]
+    sky = clear_sky(site, [array], tr.start, tr.step, tr.n).pv_kw
+    k = 15 * 48  # where the frame starts: after the 14-day window and a day of lead
+    factor = learn_pv_factor(tr.pv_kw[k - 14 * 48 : k], sky[k - 14 * 48 : k], 48, array.kwp)
+    expected = forecast_pv(sky[k : k + 48], factor)
+    assert np.allclose(frame["factor"].to_numpy()[:48], expected)
