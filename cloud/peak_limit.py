@@ -18,6 +18,8 @@ from typing import Final
 
 # Plan limits are sent in whole steps of this many watts, rounded up (never below what the plan needs).
 LIMIT_STEP_W: Final = 100.0
+# A plan's import this close above the peak is the peak (LP feasibility noise; far below a meter's resolution).
+PEAK_TOLERANCE_W: Final = 1.0
 
 
 def round_up_w(power_w: float) -> float:
@@ -26,13 +28,18 @@ def round_up_w(power_w: float) -> float:
 
 
 def peak_import_limit_w(peak_so_far_kw: float, planned_import_kw: float, connection_w: float) -> float:
-    """max(billed peak so far, planned import), rounded up, never above the connection's limit (W).
+    """max(billed peak so far, planned import) in whole watts, never above the connection's limit (W).
 
+    Not rounded up to LIMIT_STEP_W: every watt of slack above the billed peak is a watt a forecast error may
+    add to it, and the next plan's peak so far is that higher value (measured: the Ausgrid months' peaks rose
+    in 100 W steps, a planned night charge at the peak so far each time, the edge filling the rounding with
+    the load's error). A plan import within PEAK_TOLERANCE_W of the peak (the solver's noise) is the peak.
     Inputs that are not finite numbers leave the connection's limit (no tightening on a value we cannot read).
     """
     if not (math.isfinite(peak_so_far_kw) and math.isfinite(planned_import_kw)):
         return connection_w
-    return min(connection_w, round_up_w(max(peak_so_far_kw, planned_import_kw, 0.0) * 1000.0))
+    need_w = max(peak_so_far_kw, planned_import_kw, 0.0) * 1000.0
+    return min(connection_w, float(math.ceil(need_w - PEAK_TOLERANCE_W)))
 
 
-__all__ = ["LIMIT_STEP_W", "peak_import_limit_w", "round_up_w"]
+__all__ = ["LIMIT_STEP_W", "PEAK_TOLERANCE_W", "peak_import_limit_w", "round_up_w"]
