@@ -90,7 +90,7 @@ from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
-from cloud.peak_limit import peak_import_limit_w
+from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
 from cloud.tariffs import Tariff, TariffError, decode_tariff, price_arrays
 from drivers.config_structs import BatteryLimits
 from zapd.controller import decide_batteries
@@ -415,11 +415,14 @@ def capacity_cost(tr: Traces, import_kw: FloatArray, cfg: Config) -> float:
     return cfg.capacity_per_kw * float(peaks.sum())
 
 
-def _demand(cfg: Config, peak_already_kw: float) -> DemandCharge | None:
-    """What the optimizer sees of the capacity charge: import above this month's peak so far costs its price."""
+def _demand(cfg: Config, peak_already_kw: float, reserve_kwh: float = 0.0) -> DemandCharge | None:
+    """What the optimizer sees of the capacity charge: import above this month's peak so far (or its target)
+    costs its price; `reserve_kwh` the battery keeps for the edge to hold it."""
     if cfg.capacity_per_kw <= 0.0:
         return None
-    return DemandCharge(price_per_kw=cfg.capacity_per_kw, peak_already_kw=max(0.0, peak_already_kw))
+    return DemandCharge(
+        price_per_kw=cfg.capacity_per_kw, peak_already_kw=max(0.0, peak_already_kw), reserve_kwh=max(0.0, reserve_kwh)
+    )
 
 
 def no_battery(tr: Traces, cfg: Config | None = None) -> Outcome:
@@ -770,9 +773,13 @@ class Planner:
         )
 
     def plan(
-        self, k: int, soc: float, executed: int, peak_kw: float = 0.0
+        self, k: int, soc: float, executed: int, peak_kw: float = 0.0, target: PeakTarget = NO_TARGET
     ) -> tuple[Plan, Solution, FloatArray, FloatArray] | None:
-        """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none."""
+        """The plan the edge holds from slot k on (its first `executed` slots), or None if there is none.
+
+        With a capacity charge, `peak_kw` is this billing month's highest import so far and `target` the
+        month's target (`billing_target`): the plan treats import up to the higher of the two as paid for,
+        the edge's limit is that level where the plan does not import more, the plan keeps the reserve."""
         tr, cfg = self.tr, self.cfg
         known = min(known_price_slots(tr, k, cfg), tr.n - k)
         horizon = min(self.horizon_max, known)
@@ -800,7 +807,7 @@ class Planner:
             pv_kw=pv_fc.tolist(),
             battery=_battery(cfg, soc, self._terminal_value(imp, k, known)),
             grid=_grid(cfg),
-            demand_charge=_demand(cfg, peak_kw),  # peak_kw: this billing month's highest import so far
+            demand_charge=_demand(cfg, max(peak_kw, target.level_kw), target.reserve_kwh),
         )
         two_stage = cfg.scenarios or cfg.load_scenarios
         scenario = self._scenario_solve(problem, min(executed, horizon)) if two_stage else None
@@ -821,7 +828,9 @@ class Planner:
                     cfg.execution,
                     values[j],
                     grid_import_limit_w=(  # as the planner worker sends it (cloud/planner.py to_plan)
-                        peak_import_limit_w(peak_kw, solution.grid_import_kw[j], connection_w)
+                        peak_import_limit_w(
+                            problem.demand_charge.peak_already_kw, solution.grid_import_kw[j], connection_w
+                        )
                         if problem.demand_charge is not None
                         else None
                     ),
@@ -839,6 +848,21 @@ class Planner:
         return plan, solution, load_fc, pv_fc
 
 
+def billing_target(tr: Traces, cfg: Config, first: int) -> PeakTarget:
+    """The target of the billing month starting at slot `first` (cloud/peak_limit.py `month_target`), from
+    the house's measured load and PV of the days before it (all known when the month starts)."""
+    lo = max(0, first - round(TARGET_HISTORY_DAYS * 24.0 / tr.dt_h))
+    return month_target(
+        tr.load_kw[lo:first] - tr.pv_kw[lo:first],
+        tr.dt_h,
+        cfg.battery_kwh * (cfg.soc_max - cfg.soc_min),
+        cfg.max_charge_kw,
+        cfg.max_discharge_kw,
+        cfg.eta_charge,
+        cfg.eta_discharge,
+    )
+
+
 def rolling_flows(tr: Traces, cfg: Config) -> tuple[FloatArray, FloatArray, int, SlotLog]:
     """The battery's executed charge/discharge per slot under the rolling planner, the re-plan count, the log.
 
@@ -851,13 +875,16 @@ def rolling_flows(tr: Traces, cfg: Config) -> tuple[FloatArray, FloatArray, int,
     log = SlotLog.empty(tr.n)
     replans = 0
     months = billing_months(tr, cfg.capacity_tz) if cfg.capacity_per_kw > 0.0 else None
+    target, target_first = NO_TARGET, -1
     for k in range(0, tr.n, every):
         peak = 0.0
         if months is not None:  # the highest import this billing month so far, as the meter saw it
             first = int(np.searchsorted(months, months[k]))
+            if first != target_first:
+                target, target_first = billing_target(tr, cfg, first), first
             net = tr.load_kw[first:k] - tr.pv_kw[first:k] + edge.charge[first:k] - edge.discharge[first:k]
             peak = float(net.max(initial=0.0))
-        planned = planner.plan(k, edge.soc, every, peak)
+        planned = planner.plan(k, edge.soc, every, peak, target)
         replans += 1
         plan = None
         if planned is not None:

@@ -48,10 +48,14 @@ class Grid(msgspec.Struct, frozen=True):
 
 
 class DemandCharge(msgspec.Struct, frozen=True):
-    """`peak_already_kw` is the billing period's peak so far: only import above it costs anything more."""
+    """`peak_already_kw` is the billing period's peak so far (or its target, cloud/peak_limit.py): only import
+    above it costs anything more. `reserve_kwh`: battery energy above `soc_min` the plan keeps in every slot
+    (relaxed like the SoC bounds where the battery starts below it), so the edge can discharge against a load
+    the forecast did not see and hold the peak."""
 
     price_per_kw: NonNeg
     peak_already_kw: NonNeg = 0.0
+    reserve_kwh: NonNeg = 0.0
 
 
 class Ev(msgspec.Struct, frozen=True):

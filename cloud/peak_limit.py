@@ -14,7 +14,11 @@ stay possible.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
 
 # Plan limits are sent in whole steps of this many watts, rounded up (never below what the plan needs).
 LIMIT_STEP_W: Final = 100.0
@@ -42,4 +46,141 @@ def peak_import_limit_w(peak_so_far_kw: float, planned_import_kw: float, connect
     return min(connection_w, float(math.ceil(need_w - PEAK_TOLERANCE_W)))
 
 
-__all__ = ["LIMIT_STEP_W", "PEAK_TOLERANCE_W", "peak_import_limit_w", "round_up_w"]
+# How many days before the billing month the target is learned from (four weeks: every weekday four times).
+TARGET_HISTORY_DAYS: Final = 28
+# Share of the battery's usable energy the target assumes for peak shaving; the rest stays free for the
+# plan's arbitrage and self-consumption (sensitivity in docs/cloud-planning.md, "month-ahead peak target").
+SHAVING_SHARE: Final = 0.5
+
+
+def _holds(
+    net_kw: NDArray[np.float64],
+    level_kw: float,
+    dt_h: float,
+    energy_kwh: float,
+    charge_kw: float,
+    discharge_kw: float,
+    charge_eff: float,
+    discharge_eff: float,
+) -> bool:
+    """Whether a battery of `energy_kwh`, starting full and recharged below `level_kw` whenever it can, keeps
+    the import at or under `level_kw` in every slot (greedy: for holding a level, charging whenever there is
+    room under it is never worse)."""
+    stored = energy_kwh
+    for x in net_kw:
+        over = x - level_kw
+        if over > 0.0:
+            if over > discharge_kw + 1e-9:
+                return False
+            stored -= over * dt_h / discharge_eff
+            if stored < -1e-9:
+                return False
+        else:
+            stored = min(energy_kwh, stored + min(charge_kw, -over) * dt_h * charge_eff)
+    return True
+
+
+def shaving_level_kw(
+    net_kw: NDArray[np.float64],
+    dt_h: float,
+    energy_kwh: float,
+    charge_kw: float,
+    discharge_kw: float,
+    charge_eff: float,
+    discharge_eff: float,
+    resolution_kw: float = 0.01,
+) -> float:
+    """The lowest import level (kW) the house's past net load (load - PV, kW per slot; NaN: not measured,
+    skipped) could have been held under by `energy_kwh` of battery with hindsight: bisection on `_holds`.
+
+    0 for no history. It is what the battery allows against the site's own recent peaks, not a forecast:
+    the month-ahead target (`month_target_kw`) adds nothing to it, the plan's forecasts and the reserve
+    decide whether a month reaches it.
+    """
+    net = np.asarray(net_kw, dtype=np.float64)
+    net = net[np.isfinite(net)]
+    if len(net) == 0 or not (math.isfinite(dt_h) and dt_h > 0.0):
+        return 0.0
+    lo, hi = 0.0, max(0.0, float(net.max()))
+    if hi == 0.0 or _holds(net, 0.0, dt_h, energy_kwh, charge_kw, discharge_kw, charge_eff, discharge_eff):
+        return 0.0
+    while hi - lo > resolution_kw:
+        mid = 0.5 * (lo + hi)
+        if _holds(net, mid, dt_h, energy_kwh, charge_kw, discharge_kw, charge_eff, discharge_eff):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def shaving_reserve_kwh(net_kw: NDArray[np.float64], dt_h: float, level_kw: float, discharge_eff: float) -> float:
+    """The battery energy (kWh) the largest excursion of the past net load above `level_kw` took: each run of
+    consecutive slots over the level, summed, divided by the discharge efficiency, the largest run's.
+
+    The plan keeps this much above the battery's minimum in every slot (`DemandCharge.reserve_kwh`): its
+    forecasts see the mean load, not the kettle or the heat pump's start that sets a month's peak, and the
+    edge can only discharge against such an excursion what the battery still holds. NaN slots end a run.
+    """
+    net = np.asarray(net_kw, dtype=np.float64)
+    if len(net) == 0 or not (math.isfinite(dt_h) and dt_h > 0.0 and math.isfinite(level_kw)):
+        return 0.0
+    over = np.where(np.isfinite(net), np.maximum(net - level_kw, 0.0), 0.0)
+    run = best = 0.0
+    for x in over:
+        run = run + x if x > 0.0 else 0.0
+        best = max(best, run)
+    return best * dt_h / discharge_eff
+
+
+@dataclass(frozen=True, slots=True)
+class PeakTarget:
+    """A billing month's target: the import level the plan treats as paid for, and the battery energy above
+    its minimum the plan keeps in every slot so the edge can hold that level against what was not forecast."""
+
+    level_kw: float = 0.0
+    reserve_kwh: float = 0.0
+
+
+NO_TARGET: Final = PeakTarget()
+
+
+def month_target(
+    net_kw: NDArray[np.float64],
+    dt_h: float,
+    usable_kwh: float,
+    charge_kw: float,
+    discharge_kw: float,
+    charge_eff: float,
+    discharge_eff: float,
+) -> PeakTarget:
+    """The billing month's target from the last TARGET_HISTORY_DAYS of the house's net load (load - PV, kW
+    per slot, before the month): the level SHAVING_SHARE of the battery's usable energy could have held it
+    under (`shaving_level_kw`), and the largest excursion above that level as the reserve
+    (`shaving_reserve_kwh`, at most that share of the usable energy).
+
+    The plan's LP treats import up to max(level, peak so far) as paid for, and the edge's limit is that
+    level where the plan does not itself import more: below it nothing is gained by a lower peak, above it
+    every kW costs the capacity price. No history: NO_TARGET (the peak so far alone, as before).
+    """
+    budget = SHAVING_SHARE * max(0.0, usable_kwh)
+    net = np.asarray(net_kw, dtype=np.float64)
+    if not np.isfinite(net).any() or budget <= 0.0:
+        return NO_TARGET
+    level = shaving_level_kw(net, dt_h, budget, charge_kw, discharge_kw, charge_eff, discharge_eff)
+    reserve = min(budget, shaving_reserve_kwh(net, dt_h, level, discharge_eff))
+    return PeakTarget(level_kw=level, reserve_kwh=reserve)
+
+
+__all__ = [
+    "LIMIT_STEP_W",
+    "NO_TARGET",
+    "PEAK_TOLERANCE_W",
+    "SHAVING_SHARE",
+    "TARGET_HISTORY_DAYS",
+    "PeakTarget",
+    "month_target",
+    "peak_import_limit_w",
+    "round_up_w",
+    "shaving_level_kw",
+    "shaving_reserve_kwh",
+]
