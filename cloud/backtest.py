@@ -415,13 +415,13 @@ def capacity_cost(tr: Traces, import_kw: FloatArray, cfg: Config) -> float:
     return cfg.capacity_per_kw * float(peaks.sum())
 
 
-def _demand(cfg: Config, peak_already_kw: float, reserve_kwh: float = 0.0) -> DemandCharge | None:
+def _demand(cfg: Config, peak_already_kw: float, reserve_kwh: list[float] | None = None) -> DemandCharge | None:
     """What the optimizer sees of the capacity charge: import above this month's peak so far (or its target)
     costs its price; `reserve_kwh` the battery keeps for the edge to hold it."""
     if cfg.capacity_per_kw <= 0.0:
         return None
     return DemandCharge(
-        price_per_kw=cfg.capacity_per_kw, peak_already_kw=max(0.0, peak_already_kw), reserve_kwh=max(0.0, reserve_kwh)
+        price_per_kw=cfg.capacity_per_kw, peak_already_kw=max(0.0, peak_already_kw), reserve_kwh=reserve_kwh or []
     )
 
 
@@ -807,7 +807,7 @@ class Planner:
             pv_kw=pv_fc.tolist(),
             battery=_battery(cfg, soc, self._terminal_value(imp, k, known)),
             grid=_grid(cfg),
-            demand_charge=_demand(cfg, max(peak_kw, target.level_kw), target.reserve_kwh),
+            demand_charge=_demand(cfg, max(peak_kw, target.level_kw), target.reserve_for(k, horizon)),
         )
         two_stage = cfg.scenarios or cfg.load_scenarios
         scenario = self._scenario_solve(problem, min(executed, horizon)) if two_stage else None
@@ -860,6 +860,8 @@ def billing_target(tr: Traces, cfg: Config, first: int) -> PeakTarget:
         cfg.max_discharge_kw,
         cfg.eta_charge,
         cfg.eta_discharge,
+        tr.slots_per_day,
+        lo,
     )
 
 

@@ -49,13 +49,13 @@ class Grid(msgspec.Struct, frozen=True):
 
 class DemandCharge(msgspec.Struct, frozen=True):
     """`peak_already_kw` is the billing period's peak so far (or its target, cloud/peak_limit.py): only import
-    above it costs anything more. `reserve_kwh`: battery energy above `soc_min` the plan keeps in every slot
-    (relaxed like the SoC bounds where the battery starts below it), so the edge can discharge against a load
-    the forecast did not see and hold the peak."""
+    above it costs anything more. `reserve_kwh` (empty, or one per slot): battery energy above `soc_min` the
+    plan keeps at the end of each slot, so the edge can discharge against a load the forecast did not see and
+    hold the peak (a battery below it refills it only under `peak_already_kw`, cloud/optimizer_model.py)."""
 
     price_per_kw: NonNeg
     peak_already_kw: NonNeg = 0.0
-    reserve_kwh: NonNeg = 0.0
+    reserve_kwh: list[NonNeg] = msgspec.field(default_factory=list)
 
 
 class Ev(msgspec.Struct, frozen=True):
@@ -148,6 +148,11 @@ def validate_problem(problem: Problem) -> None:
         values: list[float] = getattr(problem, name)
         if len(values) != horizon:
             raise ProblemError(f"{name}: length {len(values)} != T={horizon} (the length of import_price)")
+    reserve = problem.demand_charge.reserve_kwh if problem.demand_charge is not None else []
+    if reserve and len(reserve) != horizon:
+        raise ProblemError(f"demand_charge.reserve_kwh: length {len(reserve)} != T={horizon} (or empty)")
+    if not all(math.isfinite(r) and r >= 0.0 for r in reserve):
+        raise ProblemError("demand_charge.reserve_kwh: must be finite numbers >= 0")
         if not all(math.isfinite(v) for v in values):
             raise ProblemError(f"{name}: values must be finite numbers")
     if problem.start.tzinfo is None:

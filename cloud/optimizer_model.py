@@ -141,11 +141,11 @@ def energy_bounds(problem: Problem, load: FloatArray, pv: FloatArray) -> tuple[F
     drop = dt / bat.discharge_efficiency * np.minimum(bat.max_discharge_kw, load + grid.max_export_kw)
     lb = np.minimum(bat.soc_min * cap, e0 + np.cumsum(gain))
     dc = problem.demand_charge
-    if dc is not None and dc.reserve_kwh > 0.0:
+    if dc is not None and len(dc.reserve_kwh) == problem.horizon and max(dc.reserve_kwh) > 0.0:
         # A peak-shaving reserve above the minimum, never above the maximum. A battery below it refills it
         # only from PV and import under the level already paid for: a floor reached by charging at full
         # power would itself set the month's new peak.
-        floor = min(bat.soc_max * cap, bat.soc_min * cap + dc.reserve_kwh)
+        floor = np.minimum(bat.soc_max * cap, bat.soc_min * cap + np.asarray(dc.reserve_kwh, dtype=np.float64))
         room = np.minimum(bat.max_charge_kw, np.maximum(0.0, pv + min(dc.peak_already_kw, grid.max_import_kw) - load))
         lb = np.maximum(lb, np.minimum(floor, e0 + np.cumsum(dt * bat.charge_efficiency * room)))
     ub = np.maximum(bat.soc_max * cap, e0 - np.cumsum(drop))

@@ -51,6 +51,9 @@ TARGET_HISTORY_DAYS: Final = 28
 # Share of the battery's usable energy the target assumes for peak shaving; the rest stays free for the
 # plan's arbitrage and self-consumption (sensitivity in docs/cloud-planning.md, "month-ahead peak target").
 SHAVING_SHARE: Final = 0.5
+# The reserve for an excursion that began at some time of day is kept this many hours before that time: the
+# same appliance does not start at the same minute every day.
+RESERVE_AHEAD_H: Final = 1.0
 
 
 def _holds(
@@ -113,23 +116,41 @@ def shaving_level_kw(
     return hi
 
 
-def shaving_reserve_kwh(net_kw: NDArray[np.float64], dt_h: float, level_kw: float, discharge_eff: float) -> float:
-    """The battery energy (kWh) the largest excursion of the past net load above `level_kw` took: each run of
-    consecutive slots over the level, summed, divided by the discharge efficiency, the largest run's.
+def shaving_reserve_kwh(
+    net_kw: NDArray[np.float64], dt_h: float, level_kw: float, discharge_eff: float, slots_per_day: int
+) -> NDArray[np.float64]:
+    """Per slot of the day (phase relative to the history's first slot): the battery energy (kWh) the largest
+    past excursion of the net load above `level_kw` that began within the following RESERVE_AHEAD_H took. An excursion
+    is a run of consecutive slots over the level (NaN ends one), its energy summed over the run and divided
+    by the discharge efficiency.
 
-    The plan keeps this much above the battery's minimum in every slot (`DemandCharge.reserve_kwh`): its
-    forecasts see the mean load, not the kettle or the heat pump's start that sets a month's peak, and the
-    edge can only discharge against such an excursion what the battery still holds. NaN slots end a run.
+    The plan keeps entry p above the battery's minimum at the end of a slot of phase p
+    (`DemandCharge.reserve_kwh`): its forecasts see the mean load, not the kettle or the heat pump's start
+    that sets a month's peak, and the edge can only discharge against such an excursion what the battery
+    still holds. Kept where such excursions began in the history, not all day: elsewhere the battery's
+    energy stays the plan's to use.
     """
+    spd = max(1, int(slots_per_day))
+    reserve = np.zeros(spd)
     net = np.asarray(net_kw, dtype=np.float64)
     if len(net) == 0 or not (math.isfinite(dt_h) and dt_h > 0.0 and math.isfinite(level_kw)):
-        return 0.0
+        return reserve
     over = np.where(np.isfinite(net), np.maximum(net - level_kw, 0.0), 0.0)
-    run = best = 0.0
-    for x in over:
-        run = run + x if x > 0.0 else 0.0
-        best = max(best, run)
-    return best * dt_h / discharge_eff
+    ahead = max(1, round(RESERVE_AHEAD_H / dt_h))
+    t = 0
+    while t < len(over):
+        if over[t] <= 0.0:
+            t += 1
+            continue
+        end = t
+        while end < len(over) and over[end] > 0.0:
+            end += 1
+        energy = float(over[t:end].sum()) * dt_h / discharge_eff
+        for back in range(1, ahead + 1):  # the slots ending before it began
+            p = (t - back) % spd
+            reserve[p] = max(reserve[p], energy)
+        t = end
+    return reserve
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +159,16 @@ class PeakTarget:
     its minimum the plan keeps in every slot so the edge can hold that level against what was not forecast."""
 
     level_kw: float = 0.0
-    reserve_kwh: float = 0.0
+    # per slot of the day, phase relative to `phase0` (the first history slot): shaving_reserve_kwh
+    reserve_kwh: tuple[float, ...] = ()
+    phase0: int = 0
+
+    def reserve_for(self, first_slot: int, horizon: int) -> list[float]:
+        """The reserve of `horizon` slots from slot index `first_slot` (same index as `phase0`); [] if none."""
+        if not self.reserve_kwh:
+            return []
+        n = len(self.reserve_kwh)
+        return [self.reserve_kwh[(first_slot + t - self.phase0) % n] for t in range(horizon)]
 
 
 NO_TARGET: Final = PeakTarget()
@@ -152,11 +182,14 @@ def month_target(
     discharge_kw: float,
     charge_eff: float,
     discharge_eff: float,
+    slots_per_day: int,
+    phase0: int = 0,
 ) -> PeakTarget:
     """The billing month's target from the last TARGET_HISTORY_DAYS of the house's net load (load - PV, kW
     per slot, before the month): the level SHAVING_SHARE of the battery's usable energy could have held it
-    under (`shaving_level_kw`), and the largest excursion above that level as the reserve
-    (`shaving_reserve_kwh`, at most that share of the usable energy).
+    under (`shaving_level_kw`), and the excursions above that level by the time of day they began as the
+    reserve (`shaving_reserve_kwh`, at most that share of the usable energy). `phase0`: the slot index of
+    the history's first slot, which the reserve's time of day counts from.
 
     The plan's LP treats import up to max(level, peak so far) as paid for, and the edge's limit is that
     level where the plan does not itself import more: below it nothing is gained by a lower peak, above it
@@ -167,14 +200,15 @@ def month_target(
     if not np.isfinite(net).any() or budget <= 0.0:
         return NO_TARGET
     level = shaving_level_kw(net, dt_h, budget, charge_kw, discharge_kw, charge_eff, discharge_eff)
-    reserve = min(budget, shaving_reserve_kwh(net, dt_h, level, discharge_eff))
-    return PeakTarget(level_kw=level, reserve_kwh=reserve)
+    reserve = np.minimum(budget, shaving_reserve_kwh(net, dt_h, level, discharge_eff, slots_per_day))
+    return PeakTarget(level_kw=level, reserve_kwh=tuple(float(r) for r in reserve), phase0=phase0)
 
 
 __all__ = [
     "LIMIT_STEP_W",
     "NO_TARGET",
     "PEAK_TOLERANCE_W",
+    "RESERVE_AHEAD_H",
     "SHAVING_SHARE",
     "TARGET_HISTORY_DAYS",
     "PeakTarget",
