@@ -22,8 +22,8 @@ from numpy.typing import NDArray
 
 # Plan limits are sent in whole steps of this many watts, rounded up (never below what the plan needs).
 LIMIT_STEP_W: Final = 100.0
-# A plan's import this close above the peak is the peak (LP feasibility noise; far below a meter's resolution).
-PEAK_TOLERANCE_W: Final = 1.0
+# A plan's import this close above a whole watt is that watt (LP feasibility noise: ~1e-4 W).
+PEAK_TOLERANCE_W: Final = 0.01
 
 
 def round_up_w(power_w: float) -> float:
@@ -53,7 +53,7 @@ TARGET_HISTORY_DAYS: Final = 28
 SHAVING_SHARE: Final = 0.5
 # The reserve for an excursion that began at some time of day is kept this many hours before that time: the
 # same appliance does not start at the same minute every day.
-RESERVE_AHEAD_H: Final = 1.0
+RESERVE_AHEAD_H: Final = 3.0
 
 
 def _holds(

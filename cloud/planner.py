@@ -64,7 +64,7 @@ from cloud.forecast_price import forecast_prices, terminal_value
 from cloud.forecast_pv import SkyGrid
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
-from cloud.peak_limit import peak_import_limit_w, round_up_w
+from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w, round_up_w
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
 from cloud.server.metrics import WEATHER_FAILURES
 from cloud.server.service import next_plan_version, publish_plan
@@ -219,6 +219,8 @@ async def prepare(
     # The peak already set this billing period (history starts at or before the period's start).
     in_month = series.grid_kw[max(0, int((month_start - series.start) // STEP)) :]
     peak = float(np.nanmax(in_month)) if len(in_month) and not np.isnan(in_month).all() else 0.0
+    target = await _month_target(db, site_id, assets, tariff, month_start)
+    reserve = target.reserve_for(int((start - month_start) // STEP), horizon)
     problem = Problem(
         start=start,
         step_minutes=15.0,
@@ -228,7 +230,7 @@ async def prepare(
         pv_kw=[round(float(x), 4) for x in pv_fc],
         battery=_battery(assets, soc, np.asarray(imp, dtype=np.float64)),
         grid=Grid(max_import_kw=assets.grid.max_import_kw, max_export_kw=assets.grid.max_export_kw),
-        demand_charge=demand_charge(tariff, max(peak, 0.0)),
+        demand_charge=demand_charge(tariff, max(peak, target.level_kw, 0.0), reserve),
         ev=_ev_session(assets, series, starts, now),
     )
     return Prepared(
@@ -384,6 +386,37 @@ async def _initial_soc(
     return (b.soc_min + b.soc_max) / 2, "default"
 
 
+async def _month_target(
+    db: Database, site_id: str, assets: SiteAssets, tariff: Tariff, month_start: datetime
+) -> PeakTarget:
+    """The billing month's peak target (cloud/peak_limit.py `month_target`) from the site's measured load and
+    PV of the TARGET_HISTORY_DAYS before the month; NO_TARGET without a capacity charge or a battery.
+    Its reserve's time of day counts from `month_start` (the history ends there, a whole number of days)."""
+    b = assets.battery
+    if b is None or tariff.capacity is None or tariff.capacity.price_per_kw == 0.0:
+        return NO_TARGET
+    history = await load_series(
+        db,
+        site_id,
+        month_start - timedelta(days=TARGET_HISTORY_DAYS),
+        month_start,
+        STEP,
+        has_battery=True,
+        has_ev=assets.ev is not None,
+    )
+    return month_target(
+        np.asarray(history.load_kw - history.pv_kw, dtype=np.float64),
+        STEP.total_seconds() / 3600.0,
+        b.capacity_kwh * (b.soc_max - b.soc_min),
+        b.max_charge_kw,
+        b.max_discharge_kw,
+        b.charge_efficiency,
+        b.discharge_efficiency,
+        SLOTS_PER_DAY,
+        -len(history.load_kw),
+    )
+
+
 def _battery(assets: SiteAssets, soc: float, import_price: FloatArray | None = None) -> Battery:
     """The optimizer's battery; with `import_price` (the plan's), the energy left at the horizon's end is
     valued (cloud.forecast_price.terminal_value) instead of counting for nothing."""
@@ -482,8 +515,9 @@ def to_plan(prepared: Prepared, solution: Solution, version: int, options: Plann
     export-price slot the export limit is the planned export (PV is curtailed beyond it), and inside a
     demand-response window the import limit is the planned import, so the edge keeps the promise even if
     the load turns out higher than forecast. Where the tariff has a capacity charge the import limit is the
-    billing month's peak so far or the slot's planned import, whichever is higher (cloud/peak_limit.py), in
-    every slot of the horizon, as the LP charges the whole horizon's peak against this month's.
+    level the LP treats as paid for (the billing month's peak so far or its target, whichever is higher) or
+    the slot's planned import, whichever is higher (cloud/peak_limit.py), in every slot of the horizon, as
+    the LP charges the whole horizon's peak against this month's.
     """
     p = prepared.problem
     slots: list[PlanSlot] = []

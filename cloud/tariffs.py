@@ -216,15 +216,23 @@ def billing_period_end(tariff: Tariff, now: datetime) -> datetime:
     return nxt.replace(tzinfo=tariff.zone)
 
 
-def demand_charge(tariff: Tariff, peak_already_kw: float) -> DemandCharge | None:
-    """The optimizer's view of the capacity charge, given the peak already set this billing period.
+def demand_charge(
+    tariff: Tariff, peak_already_kw: float, reserve_kwh: list[float] | None = None
+) -> DemandCharge | None:
+    """The optimizer's view of the capacity charge, given the level already paid for this billing period
+    (its peak so far, or the month's target where that is higher: cloud/peak_limit.py) and the battery
+    reserve per slot the plan keeps to hold it.
 
     The optimizer's horizon may cross into the next billing period; we still charge the whole horizon's
     peak against this period's peak, which errs on the side of not creating a new peak.
     """
     if tariff.capacity is None or tariff.capacity.price_per_kw == 0.0:
         return None
-    return DemandCharge(price_per_kw=tariff.capacity.price_per_kw, peak_already_kw=max(0.0, peak_already_kw))
+    return DemandCharge(
+        price_per_kw=tariff.capacity.price_per_kw,
+        peak_already_kw=max(0.0, peak_already_kw),
+        reserve_kwh=list(reserve_kwh or []),
+    )
 
 
 __all__ = [

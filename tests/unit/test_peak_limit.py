@@ -20,7 +20,16 @@ from hypothesis import strategies as st
 from cloud import backtest
 from cloud.backtest import Config, Edge, Planner, Traces, billing_months, read_traces, rolling_flows, settle
 from cloud.execution import slot_intent
-from cloud.peak_limit import peak_import_limit_w
+from cloud.peak_limit import (
+    NO_TARGET,
+    PEAK_TOLERANCE_W,
+    PeakTarget,
+    SHAVING_SHARE,
+    month_target,
+    peak_import_limit_w,
+    shaving_level_kw,
+    shaving_reserve_kwh,
+)
 from cloud.tariffs import decode_tariff
 from zapd.model import Plan, PlanSlot
 
@@ -30,9 +39,10 @@ TARIFF = DATA / "tariff_be_2023_capacity.json"
 SITE = Config(tz="Australia/Sydney", lat=-33.87, lon=151.21, pv_kwp=1.04, tilt_deg=20.0, azimuth_deg=0.0)
 
 
-def test_the_limit_is_the_higher_of_peak_and_plan_rounded_up_within_the_connection() -> None:
-    assert peak_import_limit_w(3.04, 1.2, 17_000.0) == 3100.0  # the peak so far decides
-    assert peak_import_limit_w(3.0, 4.51, 17_000.0) == 4600.0  # the plan chose a higher peak: it may import it
+def test_the_limit_is_the_higher_of_peak_and_plan_in_whole_watts_within_the_connection() -> None:
+    assert peak_import_limit_w(3.04, 1.2, 17_000.0) == 3040.0  # the peak so far decides: no slack above it
+    assert peak_import_limit_w(3.0, 4.51, 17_000.0) == 4510.0  # the plan chose a higher peak: it may import it
+    assert peak_import_limit_w(2.8, 2.8 + 1e-9, 17_000.0) == 2800.0  # solver noise above the peak is the peak
     assert peak_import_limit_w(3.0, 0.0, 2_500.0) == 2500.0  # never above the connection
     assert peak_import_limit_w(0.0, 0.0, 17_000.0) == 0.0  # nothing imported yet, nothing planned
     assert peak_import_limit_w(math.nan, 1.0, 17_000.0) == 17_000.0  # unreadable: no tightening
@@ -46,8 +56,40 @@ def test_the_limit_is_the_higher_of_peak_and_plan_rounded_up_within_the_connecti
 def test_the_limit_never_exceeds_the_connection_nor_cuts_the_plan(peak: float, plan: float, conn: float) -> None:
     limit = peak_import_limit_w(peak, plan, conn)
     assert limit <= conn
-    assert limit >= min(conn, plan * 1000.0) and limit >= min(conn, peak * 1000.0)
-    assert limit - max(peak, plan) * 1000.0 <= 100.0 or limit == conn  # at most one rounding step above
+    tol = PEAK_TOLERANCE_W
+    assert limit >= min(conn, plan * 1000.0 - tol) and limit >= min(conn, peak * 1000.0 - tol)
+    assert limit - max(peak, plan) * 1000.0 <= 1.0 or limit == conn  # at most a watt above what is needed
+
+
+# --- the month-ahead target ---------------------------------------------------------------------------------
+
+
+def test_the_shaving_level_is_what_the_battery_could_have_held() -> None:
+    """Worked example, hourly slots, lossless: 1 kWh of battery (full at the start, 5 kW) against a 3 kW hour
+    between 1 kW hours holds 2 kW; a second 3 kW hour right after needs 1.5 kW of level (0.5 kWh refilled?
+    no: no room under the level between them), so the level is where 2 x (3 - L) = 1 kWh: 2.5 kW."""
+    one = np.array([1.0, 1.0, 3.0, 1.0])
+    assert shaving_level_kw(one, 1.0, 1.0, 5.0, 5.0, 1.0, 1.0) == pytest.approx(2.0, abs=0.011)
+    two = np.array([1.0, 3.0, 3.0, 1.0])
+    assert shaving_level_kw(two, 1.0, 1.0, 5.0, 5.0, 1.0, 1.0) == pytest.approx(2.5, abs=0.011)
+    # power-limited: a 1 kW battery cannot bring a 3 kW hour under 2 kW, however much it stores
+    assert shaving_level_kw(one, 1.0, 100.0, 1.0, 1.0, 1.0, 1.0) == pytest.approx(2.0, abs=0.011)
+    assert shaving_level_kw(np.array([-1.0, 0.0]), 1.0, 1.0, 5.0, 5.0, 1.0, 1.0) == 0.0  # no import to shave
+    assert shaving_level_kw(np.array([np.nan]), 1.0, 1.0, 5.0, 5.0, 1.0, 1.0) == 0.0  # no history
+
+
+def test_the_reserve_is_the_excursion_energy_kept_in_the_hour_before_it_began() -> None:
+    """Hourly slots, 4 a 'day': an excursion of 1 + 2 kWh above 1 kW starting at phase 2 needs 3 kWh / 0.9
+    kept at the end of phase 1 (the hour before), nothing elsewhere."""
+    net = np.array([0.5, 0.5, 2.0, 3.0, 0.5, 0.5, 0.5, 0.5])
+    reserve = shaving_reserve_kwh(net, 1.0, 1.0, 0.9, 4)
+    assert reserve == pytest.approx([0.0, 3.0 / 0.9, 0.0, 0.0])
+    target = month_target(net, 1.0, 100.0, 5.0, 5.0, 1.0, 1.0, 4, phase0=-8)
+    assert target.level_kw <= 1.0  # 50 kWh of shaving hold anything here
+    assert target.reserve_for(0, 3) == pytest.approx(list(shaving_reserve_kwh(net, 1.0, target.level_kw, 1.0, 4)[:3]))
+    capped = month_target(net, 1.0, 0.2, 5.0, 5.0, 1.0, 1.0, 4)
+    assert max(capped.reserve_kwh) <= SHAVING_SHARE * 0.2 + 1e-12  # never more than the share it assumes
+    assert month_target(np.zeros(0), 1.0, 10.0, 5.0, 5.0, 1.0, 1.0, 4) == NO_TARGET
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +100,26 @@ def be_days() -> tuple[Traces, Config]:
     return tr, replace(SITE, capacity_per_kw=4.0, capacity_tz=tariff.timezone)
 
 
-def test_backtest_plan_slots_carry_the_peak_so_far_as_import_limit(be_days: tuple[Traces, Config]) -> None:
+def test_backtest_plan_slots_carry_the_paid_level_as_import_limit(be_days: tuple[Traces, Config]) -> None:
+    """The limit is the peak so far or the month's target, whichever is higher, or the plan's own higher
+    import; never above the connection, never below what the plan imports; the plan keeps the reserve."""
     tr, cfg = be_days
     tr = tr.head(3 * 48)
-    planned = Planner(tr, cfg).plan(2 * 48 + 10, 0.5, 8, 2.34)
-    assert planned is not None
-    plan, solution, _, _ = planned
-    for slot, imp in zip(plan.slots, solution.grid_import_kw, strict=False):
-        limit = slot.intent.grid_import_limit_w
-        assert limit is not None and limit >= 2400.0 and limit >= imp * 1000.0
-        if imp > 2.4:
-            assert limit == math.ceil(imp * 10.0 - 1e-9) * 100.0  # the plan's own higher import, rounded up
-        else:
-            assert limit == 2400.0  # 2.34 kW rounded up to 100 W
-    plain = Planner(tr, replace(cfg, capacity_per_kw=0.0)).plan(2 * 48 + 10, 0.5, 8, 2.34)
+    k = 2 * 48 + 10
+    for peak, target in ((2.34, NO_TARGET), (0.8, PeakTarget(level_kw=1.5, reserve_kwh=(2.0,) * 48))):
+        planned = Planner(tr, cfg).plan(k, 0.5, 8, peak, target)
+        assert planned is not None
+        plan, solution, _, _ = planned
+        level_w = max(peak, target.level_kw) * 1000.0
+        for slot, imp in zip(plan.slots, solution.grid_import_kw, strict=False):
+            limit = slot.intent.grid_import_limit_w
+            assert limit is not None and limit <= cfg.grid_import_kw * 1000.0
+            assert limit >= level_w - PEAK_TOLERANCE_W and limit >= imp * 1000.0 - PEAK_TOLERANCE_W
+            assert limit == math.ceil(max(level_w, imp * 1000.0) - PEAK_TOLERANCE_W)
+        if target.reserve_kwh:  # from SoC 0.5 (5 kWh) the plan stays above the minimum plus the reserve
+            floor = cfg.soc_min + target.reserve_kwh[0] / cfg.battery_kwh
+            assert min(solution.soc[1:]) >= floor - 1e-6
+    plain = Planner(tr, replace(cfg, capacity_per_kw=0.0)).plan(k, 0.5, 8, 2.34, PeakTarget(1.5, (2.0,) * 48))
     assert plain is not None
     assert all(s.intent.grid_import_limit_w is None for s in plain[0].slots)  # no capacity charge: no limit
 
