@@ -129,14 +129,19 @@ async def test_plan_site_publishes_a_signed_plan_that_follows_prices(db: Databas
     assert min(v or 0.0 for v in evening) < -500  # discharges into the evening peak
     flows = await store.latest_flows(db, site)
     assert flows is not None and flows.version == 1
-    # the tariff's capacity charge: each slot holds this month's peak so far, or its own planned import if
-    # higher, rounded up to 100 W (cloud/peak_limit.py); the peak is the highest reading since 1 June (Amsterdam)
+    # the tariff's capacity charge: each slot holds the level the month already pays for (this month's peak
+    # so far or the month's target, cloud/peak_limit.py), or its own planned import if higher, in whole watts;
+    # the peak is the highest reading since 1 June (Amsterdam)
     month_start = datetime(2026, 5, 31, 22, 0, tzinfo=UTC)
     peak = max(load_kw(month_start + Q * i) - pv_kw(month_start + Q * i) for i in range((T0 - month_start) // Q))
+    dc = (await prepare(db, site, T0, PlannerOptions())).problem.demand_charge
+    assert dc is not None and dc.peak_already_kw >= peak - 1e-6
+    assert len(dc.reserve_kwh) in (0, len(plan.slots))
     for slot, imp in zip(plan.slots, flows.flows["import_kw"], strict=False):
         limit = slot.intent.grid_import_limit_w
         assert limit is not None and limit <= 17000.0
-        assert 0.0 <= limit - max(peak, imp) * 1000.0 <= 100.0 + 1e-6, (slot.start, limit, peak, imp)
+        need = max(dc.peak_already_kw, imp) * 1000.0
+        assert need - 1.0 <= limit <= need + 1.0, (slot.start, limit, dc.peak_already_kw, imp)
     assert len(flows.flows["soc"]) == len(plan.slots) + 1
     # forecasts were stored; the learned PV factor reproduces the measured PV roughly
     prepared = await prepare(db, site, T0, PlannerOptions())

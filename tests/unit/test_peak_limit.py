@@ -7,30 +7,37 @@ bench/data/README.md), priced by `bench/data/tariff_be_2023_capacity.json` (illu
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud import backtest
+from cloud import backtest, planner
+from cloud.assets import decode_assets
 from cloud.backtest import Config, Edge, Planner, Traces, billing_months, read_traces, rolling_flows, settle
 from cloud.execution import slot_intent
+from cloud.optimizer import solve
+from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem
+from cloud.optimizer_model import energy_bounds
 from cloud.peak_limit import (
     NO_TARGET,
     PEAK_TOLERANCE_W,
-    PeakTarget,
+    RESERVE_AHEAD_H,
     SHAVING_SHARE,
+    PeakTarget,
     month_target,
     peak_import_limit_w,
     shaving_level_kw,
     shaving_reserve_kwh,
 )
-from cloud.tariffs import decode_tariff
+from cloud.tariffs import CapacityCharge, Energy, Tariff, decode_tariff, demand_charge
 from zapd.model import Plan, PlanSlot
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
@@ -78,12 +85,16 @@ def test_the_shaving_level_is_what_the_battery_could_have_held() -> None:
     assert shaving_level_kw(np.array([np.nan]), 1.0, 1.0, 5.0, 5.0, 1.0, 1.0) == 0.0  # no history
 
 
-def test_the_reserve_is_the_excursion_energy_kept_in_the_hour_before_it_began() -> None:
+def test_the_reserve_is_the_excursion_energy_kept_in_the_hours_before_it_began() -> None:
     """Hourly slots, 4 a 'day': an excursion of 1 + 2 kWh above 1 kW starting at phase 2 needs 3 kWh / 0.9
-    kept at the end of phase 1 (the hour before), nothing elsewhere."""
+    kept at the end of the RESERVE_AHEAD_H (3) slots before it (phases 1, 0 and 3 of the day before), not
+    at the end of the slot it begins in."""
+    assert RESERVE_AHEAD_H == 3.0
     net = np.array([0.5, 0.5, 2.0, 3.0, 0.5, 0.5, 0.5, 0.5])
     reserve = shaving_reserve_kwh(net, 1.0, 1.0, 0.9, 4)
-    assert reserve == pytest.approx([0.0, 3.0 / 0.9, 0.0, 0.0])
+    assert reserve == pytest.approx([3.0 / 0.9, 3.0 / 0.9, 0.0, 3.0 / 0.9])
+    week = [3.0 / 0.9, 3.0 / 0.9] + [0.0] * 5 + [3.0 / 0.9]  # 8 slots a "day": phase -1 is phase 7
+    assert shaving_reserve_kwh(net, 1.0, 1.0, 0.9, 8) == pytest.approx(week)
     target = month_target(net, 1.0, 100.0, 5.0, 5.0, 1.0, 1.0, 4, phase0=-8)
     assert target.level_kw <= 1.0  # 50 kWh of shaving hold anything here
     assert target.reserve_for(0, 3) == pytest.approx(list(shaving_reserve_kwh(net, 1.0, target.level_kw, 1.0, 4)[:3]))
@@ -174,3 +185,82 @@ def test_the_edge_discharges_and_stops_charging_to_hold_the_limit() -> None:
     edge, tr = _one_slot_edge(3.0, SITE.soc_min)  # at the reserve: nothing to discharge, the import passes
     battery_kw, _ = edge.step(0, _plan(tr, 1.0, 0.0, 1000.0))
     assert battery_kw == pytest.approx(0.0)
+
+
+# --- no capacity charge: exactly today's plans -----------------------------------------------------------------
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    st.floats(0.0, 20.0, allow_nan=False),
+    st.floats(0.0, 20.0, allow_nan=False),
+    st.lists(st.floats(0.0, 9.0, allow_nan=False), min_size=1, max_size=48),
+    st.integers(0, 40),
+)
+def test_without_a_capacity_charge_a_target_changes_nothing(
+    be_days: tuple[Traces, Config], peak: float, level: float, reserve: list[float], k: int
+) -> None:
+    """A site whose tariff has no capacity charge gets today's plan whatever target or peak is passed: the
+    same LP solution and no import limit (the connection's) in any slot."""
+    tr, cfg = be_days
+    tr = tr.head(3 * 48)
+    plain_cfg = replace(cfg, capacity_per_kw=0.0)
+    base = Planner(tr, plain_cfg).plan(48 + k, 0.5, 4)
+    other = Planner(tr, plain_cfg).plan(48 + k, 0.5, 4, peak, PeakTarget(level, tuple(reserve)))
+    assert base is not None and other is not None
+    assert other[0].slots == base[0].slots
+    assert other[1].battery_charge_kw == base[1].battery_charge_kw
+    assert other[1].grid_import_kw == base[1].grid_import_kw
+    assert all(s.intent.grid_import_limit_w is None for s in other[0].slots)
+
+
+@given(st.floats(0.0, 50.0, allow_nan=False), st.lists(st.floats(0.0, 50.0, allow_nan=False), max_size=8))
+def test_a_tariff_without_capacity_gets_no_demand_charge_and_no_target(peak: float, reserve: list[float]) -> None:
+    """The planner worker's side: no capacity charge (absent or 0 EUR/kW), no demand term, no target (its
+    history is never read: no database is passed)."""
+    for capacity in (None, CapacityCharge(price_per_kw=0.0)):
+        tariff = Tariff(energy=Energy(kind="fixed", price=0.3), capacity=capacity)
+        assert demand_charge(tariff, peak, reserve) is None
+        assets = decode_assets(
+            {
+                "grid": {"max_import_kw": 17.0, "max_export_kw": 10.0},
+                "battery": {"capacity_kwh": 10.0, "max_charge_kw": 5.0, "max_discharge_kw": 5.0},
+            }
+        )
+        start = datetime(2026, 6, 1, tzinfo=UTC)
+        assert asyncio.run(planner._month_target(None, "s", assets, tariff, start)) is NO_TARGET  # type: ignore[arg-type]
+
+
+def test_the_reserve_refills_only_under_the_paid_level() -> None:
+    """An empty battery below its reserve refills it from import under the level already paid for, not at
+    full power (which would set the month's new peak): stored-energy floors of the LP."""
+    battery = Battery(
+        capacity_kwh=10.0,
+        soc_initial=0.1,
+        soc_min=0.1,
+        soc_max=0.95,
+        max_charge_kw=5.0,
+        max_discharge_kw=5.0,
+        charge_efficiency=1.0,
+        discharge_efficiency=1.0,
+        cycle_cost_per_kwh=0.0,
+    )
+    args: dict[str, Any] = {
+        "start": datetime(2026, 6, 1, tzinfo=UTC),
+        "step_minutes": 60.0,
+        "import_price": [0.3] * 4,
+        "export_price": [0.1] * 4,
+        "load_kw": [0.5] * 4,
+        "pv_kw": [0.0] * 4,
+        "battery": battery,
+        "grid": Grid(max_import_kw=17.0, max_export_kw=10.0),
+    }
+    dc = DemandCharge(price_per_kw=4.0, peak_already_kw=1.5, reserve_kwh=[3.0] * 4)
+    lb, _ = energy_bounds(Problem(**args, demand_charge=dc), np.full(4, 0.5), np.zeros(4))
+    assert lb == pytest.approx([2.0, 3.0, 4.0, 4.0])  # 1 kWh an hour (1.5 kW paid - 0.5 kW load) up to 1 + 3
+    plain = DemandCharge(price_per_kw=4.0, peak_already_kw=1.5)
+    lb0, _ = energy_bounds(Problem(**args, demand_charge=plain), np.full(4, 0.5), np.zeros(4))
+    lb1, _ = energy_bounds(Problem(**args), np.full(4, 0.5), np.zeros(4))
+    assert lb0 == pytest.approx(lb1)  # no reserve: the bounds of a problem without a capacity charge
+    solution = solve(Problem(**args, demand_charge=dc))
+    assert solution.status == "optimal" and max(solution.grid_import_kw) <= 1.5 + 1e-6
