@@ -50,10 +50,10 @@ def peak_import_limit_w(peak_so_far_kw: float, planned_import_kw: float, connect
 TARGET_HISTORY_DAYS: Final = 28
 # Share of the battery's usable energy the target assumes for peak shaving; the rest stays free for the
 # plan's arbitrage and self-consumption (sensitivity in docs/cloud-planning.md, "month-ahead peak target").
-SHAVING_SHARE: Final = 0.5
+SHAVING_SHARE: Final = 0.25
 # The reserve for an excursion that began at some time of day is kept this many hours before that time: the
 # same appliance does not start at the same minute every day.
-RESERVE_AHEAD_H: Final = 3.0
+RESERVE_AHEAD_H: Final = 6.0
 
 
 def _holds(

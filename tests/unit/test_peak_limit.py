@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud import backtest, planner
+from cloud import backtest, peak_limit, planner
 from cloud.assets import decode_assets
 from cloud.backtest import Config, Edge, Planner, Traces, billing_months, read_traces, rolling_flows, settle
 from cloud.execution import slot_intent
@@ -29,7 +29,6 @@ from cloud.optimizer_model import energy_bounds
 from cloud.peak_limit import (
     NO_TARGET,
     PEAK_TOLERANCE_W,
-    RESERVE_AHEAD_H,
     SHAVING_SHARE,
     PeakTarget,
     month_target,
@@ -85,16 +84,21 @@ def test_the_shaving_level_is_what_the_battery_could_have_held() -> None:
     assert shaving_level_kw(np.array([np.nan]), 1.0, 1.0, 5.0, 5.0, 1.0, 1.0) == 0.0  # no history
 
 
-def test_the_reserve_is_the_excursion_energy_kept_in_the_hours_before_it_began() -> None:
+def test_the_reserve_is_the_excursion_energy_kept_in_the_hours_before_it_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Hourly slots, 4 a 'day': an excursion of 1 + 2 kWh above 1 kW starting at phase 2 needs 3 kWh / 0.9
-    kept at the end of the RESERVE_AHEAD_H (3) slots before it (phases 1, 0 and 3 of the day before), not
-    at the end of the slot it begins in."""
-    assert RESERVE_AHEAD_H == 3.0
+    kept at the end of the RESERVE_AHEAD_H (here 3) slots before it (phases 1, 0 and 3 of the day before),
+    not at the end of the slot it begins in."""
+    monkeypatch.setattr(peak_limit, "RESERVE_AHEAD_H", 3.0)
     net = np.array([0.5, 0.5, 2.0, 3.0, 0.5, 0.5, 0.5, 0.5])
     reserve = shaving_reserve_kwh(net, 1.0, 1.0, 0.9, 4)
     assert reserve == pytest.approx([3.0 / 0.9, 3.0 / 0.9, 0.0, 3.0 / 0.9])
     week = [3.0 / 0.9, 3.0 / 0.9] + [0.0] * 5 + [3.0 / 0.9]  # 8 slots a "day": phase -1 is phase 7
     assert shaving_reserve_kwh(net, 1.0, 1.0, 0.9, 8) == pytest.approx(week)
+    monkeypatch.setattr(peak_limit, "RESERVE_AHEAD_H", 1.0)  # only the hour before
+    assert shaving_reserve_kwh(net, 1.0, 1.0, 0.9, 4) == pytest.approx([0.0, 3.0 / 0.9, 0.0, 0.0])
+    monkeypatch.undo()
     target = month_target(net, 1.0, 100.0, 5.0, 5.0, 1.0, 1.0, 4, phase0=-8)
     assert target.level_kw <= 1.0  # 50 kWh of shaving hold anything here
     assert target.reserve_for(0, 3) == pytest.approx(list(shaving_reserve_kwh(net, 1.0, target.level_kw, 1.0, 4)[:3]))
