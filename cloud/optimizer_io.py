@@ -148,13 +148,13 @@ def validate_problem(problem: Problem) -> None:
         values: list[float] = getattr(problem, name)
         if len(values) != horizon:
             raise ProblemError(f"{name}: length {len(values)} != T={horizon} (the length of import_price)")
+        if not all(math.isfinite(v) for v in values):
+            raise ProblemError(f"{name}: values must be finite numbers")
     reserve = problem.demand_charge.reserve_kwh if problem.demand_charge is not None else []
     if reserve and len(reserve) != horizon:
         raise ProblemError(f"demand_charge.reserve_kwh: length {len(reserve)} != T={horizon} (or empty)")
     if not all(math.isfinite(r) and r >= 0.0 for r in reserve):
         raise ProblemError("demand_charge.reserve_kwh: must be finite numbers >= 0")
-        if not all(math.isfinite(v) for v in values):
-            raise ProblemError(f"{name}: values must be finite numbers")
     if problem.start.tzinfo is None:
         raise ProblemError("start: must be an RFC 3339 timestamp with a UTC offset")
     bat = problem.battery

@@ -9,6 +9,12 @@ So each slot's `grid_import_limit_w` is the higher of the month's billed peak so
 import: the edge's envelope then stops charging, or discharges within the reserve, to hold the site under
 it (zapd/envelope.py `clamp_batteries`: a negative fuse headroom discharges), and the plan's own choices
 stay possible.
+
+Holding the peak so far does not lower it: a load the forecast did not see, with the battery used up, sets
+it early in the month. So each billing month also gets a target (`month_target`, from the site's own 28
+days before it): import up to the target is treated as paid for, the limit is the target where the peak so
+far is lower, and the plan keeps a reserve in the battery in the hours before past excursions began
+(docs/cloud-planning.md, "Month-ahead peak target").
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ def shaving_level_kw(
     skipped) could have been held under by `energy_kwh` of battery with hindsight: bisection on `_holds`.
 
     0 for no history. It is what the battery allows against the site's own recent peaks, not a forecast:
-    the month-ahead target (`month_target_kw`) adds nothing to it, the plan's forecasts and the reserve
+    the month-ahead target (`month_target`) adds nothing to it, the plan's forecasts and the reserve
     decide whether a month reaches it.
     """
     net = np.asarray(net_kw, dtype=np.float64)
@@ -120,9 +126,9 @@ def shaving_reserve_kwh(
     net_kw: NDArray[np.float64], dt_h: float, level_kw: float, discharge_eff: float, slots_per_day: int
 ) -> NDArray[np.float64]:
     """Per slot of the day (phase relative to the history's first slot): the battery energy (kWh) the largest
-    past excursion of the net load above `level_kw` that began within the following RESERVE_AHEAD_H took. An excursion
-    is a run of consecutive slots over the level (NaN ends one), its energy summed over the run and divided
-    by the discharge efficiency.
+    past excursion of the net load above `level_kw` that began within the following RESERVE_AHEAD_H took.
+    An excursion is a run of consecutive slots over the level (NaN ends one), its energy summed over the run
+    and divided by the discharge efficiency.
 
     The plan keeps entry p above the battery's minimum at the end of a slot of phase p
     (`DemandCharge.reserve_kwh`): its forecasts see the mean load, not the kettle or the heat pump's start
@@ -156,7 +162,7 @@ def shaving_reserve_kwh(
 @dataclass(frozen=True, slots=True)
 class PeakTarget:
     """A billing month's target: the import level the plan treats as paid for, and the battery energy above
-    its minimum the plan keeps in every slot so the edge can hold that level against what was not forecast."""
+    its minimum the plan keeps, by time of day, so the edge can hold that level against what was not forecast."""
 
     level_kw: float = 0.0
     # per slot of the day, phase relative to `phase0` (the first history slot): shaving_reserve_kwh

@@ -8,6 +8,7 @@ bench/data/README.md), priced by `bench/data/tariff_be_2023_capacity.json` (illu
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from cloud.assets import decode_assets
 from cloud.backtest import Config, Edge, Planner, Traces, billing_months, read_traces, rolling_flows, settle
 from cloud.execution import slot_intent
 from cloud.optimizer import solve
-from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem
+from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, ProblemError, decode_problem, validate_problem
 from cloud.optimizer_model import energy_bounds
 from cloud.peak_limit import (
     NO_TARGET,
@@ -235,9 +236,8 @@ def test_a_tariff_without_capacity_gets_no_demand_charge_and_no_target(peak: flo
         assert asyncio.run(planner._month_target(None, "s", assets, tariff, start)) is NO_TARGET  # type: ignore[arg-type]
 
 
-def test_the_reserve_refills_only_under_the_paid_level() -> None:
-    """An empty battery below its reserve refills it from import under the level already paid for, not at
-    full power (which would set the month's new peak): stored-energy floors of the LP."""
+def _problem_args() -> dict[str, Any]:
+    """Four hourly slots, an empty battery (at its minimum), 0.5 kW of load, no PV."""
     battery = Battery(
         capacity_kwh=10.0,
         soc_initial=0.1,
@@ -249,7 +249,7 @@ def test_the_reserve_refills_only_under_the_paid_level() -> None:
         discharge_efficiency=1.0,
         cycle_cost_per_kwh=0.0,
     )
-    args: dict[str, Any] = {
+    return {
         "start": datetime(2026, 6, 1, tzinfo=UTC),
         "step_minutes": 60.0,
         "import_price": [0.3] * 4,
@@ -259,6 +259,12 @@ def test_the_reserve_refills_only_under_the_paid_level() -> None:
         "battery": battery,
         "grid": Grid(max_import_kw=17.0, max_export_kw=10.0),
     }
+
+
+def test_the_reserve_refills_only_under_the_paid_level() -> None:
+    """An empty battery below its reserve refills it from import under the level already paid for, not at
+    full power (which would set the month's new peak): stored-energy floors of the LP."""
+    args = _problem_args()
     dc = DemandCharge(price_per_kw=4.0, peak_already_kw=1.5, reserve_kwh=[3.0] * 4)
     lb, _ = energy_bounds(Problem(**args, demand_charge=dc), np.full(4, 0.5), np.zeros(4))
     assert lb == pytest.approx([2.0, 3.0, 4.0, 4.0])  # 1 kWh an hour (1.5 kW paid - 0.5 kW load) up to 1 + 3
@@ -268,3 +274,38 @@ def test_the_reserve_refills_only_under_the_paid_level() -> None:
     assert lb0 == pytest.approx(lb1)  # no reserve: the bounds of a problem without a capacity charge
     solution = solve(Problem(**args, demand_charge=dc))
     assert solution.status == "optimal" and max(solution.grid_import_kw) <= 1.5 + 1e-6
+
+
+def test_a_problem_with_a_bad_reserve_is_refused_and_prices_are_still_checked() -> None:
+    """The reserve is one finite, non-negative kWh per slot or none; the per-slot arrays' finiteness check
+    still runs beside it."""
+    base = {
+        "start": "2026-06-01T00:00:00Z",
+        "step_minutes": 60,
+        "import_price": [0.3, 0.3],
+        "export_price": [0.1, 0.1],
+        "load_kw": [0.5, 0.5],
+        "pv_kw": [0.0, 0.0],
+        "battery": {
+            "capacity_kwh": 10,
+            "soc_initial": 0.5,
+            "soc_min": 0.1,
+            "soc_max": 0.9,
+            "max_charge_kw": 5,
+            "max_discharge_kw": 5,
+            "charge_efficiency": 0.95,
+            "discharge_efficiency": 0.95,
+            "cycle_cost_per_kwh": 0,
+        },
+        "grid": {"max_import_kw": 17, "max_export_kw": 10},
+    }
+    ok = {**base, "demand_charge": {"price_per_kw": 4.0, "reserve_kwh": [1.0, 2.0]}}
+    assert decode_problem(json.dumps(ok)).demand_charge is not None
+    for reserve in ([1.0], [1.0, 2.0, 3.0]):
+        bad = {**base, "demand_charge": {"price_per_kw": 4.0, "reserve_kwh": reserve}}
+        with pytest.raises(ProblemError, match="reserve_kwh"):
+            decode_problem(json.dumps(bad))
+    with pytest.raises(ProblemError, match="reserve_kwh"):
+        validate_problem(Problem(**{**_problem_args(), "demand_charge": DemandCharge(4.0, 0.0, [math.nan] * 4)}))
+    with pytest.raises(ProblemError, match="import_price"):
+        validate_problem(Problem(**{**_problem_args(), "import_price": [math.nan, 0.3, 0.3, 0.3]}))
