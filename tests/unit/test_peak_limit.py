@@ -228,6 +228,7 @@ def test_a_tariff_without_capacity_gets_no_demand_charge_and_no_target(peak: flo
         assert demand_charge(tariff, peak, reserve) is None
         assets = decode_assets(
             {
+                "location": {"lat": 52.1, "lon": 5.18},
                 "grid": {"max_import_kw": 17.0, "max_export_kw": 10.0},
                 "battery": {"capacity_kwh": 10.0, "max_charge_kw": 5.0, "max_discharge_kw": 5.0},
             }
