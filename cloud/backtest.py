@@ -66,6 +66,7 @@ from cloud.backtest_config import (
 )
 from cloud.execution import plan_values, slot_intent
 from cloud.forecast import (
+    DEFAULT_FACTOR_CLEAR,
     NOWCAST_RATIO_BOUNDS,
     NOWCAST_RECENT_H,
     NOWCAST_TAU_H,
@@ -91,6 +92,7 @@ from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
+from cloud.site_infer import SiteEstimate, infer_site, registration_warnings
 from cloud.tariffs import Tariff, TariffError, decode_tariff, price_arrays
 from drivers.config_structs import BatteryLimits
 from zapd.controller import decide_batteries
@@ -99,6 +101,11 @@ from zapd.model import Plan, PlanSlot
 from zapd.state import BatteryView, Snapshot
 
 BATTERY_ID: Final = "battery"
+# --infer-site: the first estimate of the site from its PV after a week, again at 14 and 28 days, then every 4
+# weeks, each from the last 91 days (a season: enough change of day length to tell latitude from tilt)
+SITE_FIRST_DAY: Final = 7
+SITE_EVERY_DAYS: Final = 28
+SITE_HISTORY_DAYS: Final = 91
 WORST_DAYS: Final = 10
 
 
@@ -610,14 +617,12 @@ class Planner:
         self.tr, self.cfg = tr, cfg
         self.spd = tr.slots_per_day
         self.horizon_max = max(1, round(cfg.horizon_hours / tr.dt_h))
-        # clear sky for the whole trace (and a horizon past its end) once: pvlib per re-plan would dominate
-        self.sky = clear_sky(
-            Location(cfg.lat, cfg.lon),
-            [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)],
-            tr.start,
-            tr.step,
-            tr.n + self.horizon_max,
-        ).pv_kw
+        self.sky = np.zeros(0)
+        self.pv_site: PvSiteForecaster | None = None
+        self.kwp = cfg.pv_kwp
+        self._use_site(Location(cfg.lat, cfg.lon), PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg))
+        self.site: SiteEstimate | None = None  # with cfg.infer_site: the latest estimate from the measured PV
+        self.site_day = SITE_FIRST_DAY  # the day of the next estimate
         self.factor = PvFactor()
         self.factor_day = -1
         self.shape = PvShape.flat(self.spd)
@@ -631,11 +636,6 @@ class Planner:
         self.spread = np.zeros(self.spd)
         self.warm = WarmStart()  # re-plans of one horizon length share the LP's matrix: warm-started simplex
         self.spread_day = self.spread_origin = -1
-        self.pv_site: PvSiteForecaster | None = None
-        if cfg.pv_model is PvModel.FIT:
-            arrays = [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)]
-            sky = SkyGrid.compute(Location(cfg.lat, cfg.lon), tr.start, tr.step, tr.n + self.horizon_max)
-            self.pv_site = PvSiteForecaster(sky, arrays)
         self.gbm: GbmLoadForecaster | None = None
         if cfg.load_model in (LoadModel.GBM, LoadModel.GBM_MEAN):
             country, _, subdiv = (cfg.holidays or "").partition("/")
@@ -648,6 +648,34 @@ class Planner:
                 max_lead_hours=cfg.horizon_hours,
                 objective="regression" if cfg.load_model is LoadModel.GBM_MEAN else "regression_l1",
             )
+
+    def _use_site(self, location: Location, array: PvArray) -> None:
+        """The PV forecasters on this site: clear sky for the whole trace (and a horizon past its end) at once,
+        as pvlib per re-plan would dominate; the `fit` model starts again from this registration."""
+        tr = self.tr
+        n = tr.n + self.horizon_max
+        self.sky = clear_sky(location, [array], tr.start, tr.step, n).pv_kw
+        self.kwp = array.kwp
+        self.factor_day = -1  # the factor is relearned against the new clear sky
+        if self.cfg.pv_model is PvModel.FIT:
+            self.pv_site = PvSiteForecaster(SkyGrid.compute(location, tr.start, tr.step, n), [array])
+
+    def _infer_site(self, k: int) -> None:
+        """With `infer_site` (no location registered): the site's location, plane and kWp from the PV measured
+        before slot k (cloud.site_infer), on days 7, 14, 28, then every 28 days, from the last 91 days; the
+        forecasters move to it when it moved (until then: the configured defaults)."""
+        spd = self.spd
+        day = k // spd
+        if day < self.site_day:
+            return
+        self.site_day = 2 * day if day < SITE_EVERY_DAYS else day + SITE_EVERY_DAYS
+        end = day * spd
+        lo = max(0, end - SITE_HISTORY_DAYS * spd)
+        est = infer_site(self.tr.pv_kw[lo:end], self.tr.start + self.tr.step * lo, self.tr.step)
+        if est is None or (self.site is not None and self.site.close_to(est)):
+            return
+        self.site = est
+        self._use_site(Location(est.lat, est.lon), PvArray(est.kwp / DEFAULT_FACTOR_CLEAR, est.tilt, est.azimuth))
 
     def forecasts(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:
         """(load kW, PV kW) for slots k..k+horizon-1, from what was known at the start of slot k."""
@@ -732,18 +760,18 @@ class Planner:
 
     def _pv_model(self, k: int, horizon: int) -> FloatArray:
         """The PV forecaster's output (before an external forecast overrides it)."""
+        if self.cfg.infer_site:
+            self._infer_site(k)
         if self.pv_site is not None:
             return self.pv_site.forecast(self.tr.pv_kw, k, horizon)
         spd = self.spd
         if k // spd != self.factor_day:  # daily ratios: re-learning once a day is enough
             lo = max(0, k - 14 * spd)
-            self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
+            self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.kwp)
             if self.cfg.scenarios:
-                self.pv_spread = pv_ratio_spread(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp)
+                self.pv_spread = pv_ratio_spread(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.kwp)
             if self.cfg.pv_shape:
-                self.shape = learn_pv_shape(
-                    self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.cfg.pv_kwp, self.factor.typical
-                )
+                self.shape = learn_pv_shape(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.kwp, self.factor.typical)
                 self.shape_origin = k
             self.factor_day = k // spd
         lo = max(0, k - round(NOWCAST_RECENT_H / self.tr.dt_h))  # the last hours' PV against their forecast
@@ -751,7 +779,7 @@ class Planner:
         recent = forecast_pv(self.sky[lo:k], self.factor) * self.shape.at(at - (k - lo), k - lo)
         pv = forecast_pv(self.sky[k : k + horizon], self.factor) * self.shape.at(at, horizon)
         bounds = (NOWCAST_RATIO_BOUNDS[0], self.cfg.pv_nowcast_max)
-        return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.cfg.pv_kwp, ratio_bounds=bounds)
+        return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.kwp, ratio_bounds=bounds)
 
     def _terminal_value(self, import_price: FloatArray, k: int, known: int) -> float:
         cfg = self.cfg
@@ -1046,6 +1074,30 @@ def _check_output(option: str, path: str | None) -> None:
         raise TraceError(f"--{option.replace('_', '-')} {path}: not a file in a writable directory")
 
 
+def site_notes(tr: Traces, cfg: Config) -> list[str]:
+    """What the measured PV says about the site's registration, for stderr (a diagnostic over the whole trace,
+    never a plan input): with `infer_site`, what the planner will learn; else where the registration disagrees
+    strongly with the measurements (cloud.site_infer.registration_warnings)."""
+    if cfg.infer_site:
+        est = infer_site(tr.pv_kw[: SITE_HISTORY_DAYS * tr.slots_per_day], tr.start, tr.step)
+        what = (
+            "no PV to learn it from: the defaults stay"
+            if est is None
+            else f"the first {min(SITE_HISTORY_DAYS, tr.n // tr.slots_per_day)} days put solar noon at "
+            f"{est.noon_utc_h:.2f} h UTC: lat {est.lat:g}, lon {est.lon:g}, a {est.tilt:g}° plane at azimuth "
+            f"{est.azimuth:g}, {est.kwp:.2f} kWp effective"
+        )
+        return [
+            f"note: no site location given (--lat/--lon or the trace's '# site:' line): the PV forecast learns "
+            f"it from the measured PV from day {SITE_FIRST_DAY} on (--no-infer-site: lat {cfg.lat:g}, lon "
+            f"{cfg.lon:g}); {what}"
+        ]
+    registered = clear_sky(
+        Location(cfg.lat, cfg.lon), [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)], tr.start, tr.step, tr.n
+    ).pv_kw
+    return [f"warning: {w}" for w in registration_warnings(tr.pv_kw, registered, tr.start, tr.step)]
+
+
 def run_backtest(args: argparse.Namespace) -> int:
     """Exit 0 with the table on stdout; 2 for a bad trace file or options (one line on stderr)."""
     try:
@@ -1083,6 +1135,8 @@ def run_backtest(args: argparse.Namespace) -> int:
     except TraceError as exc:
         print(f"zapcloud backtest: {exc}", file=sys.stderr)
         return 2
+    for note in site_notes(tr, cfg):
+        print(f"zapcloud backtest: {note}", file=sys.stderr)
     report = run(tr, cfg, oracle=not getattr(args, "no_oracle", False))
     print(format_report(report, tr))
     assert report.log is not None
@@ -1131,6 +1185,7 @@ __all__ = [
     "self_consumption",
     "settle",
     "site_config",
+    "site_notes",
     "worst_days",
     "write_slots",
 ]

@@ -143,6 +143,10 @@ class Config:
     tilt_deg: float = 35.0
     azimuth_deg: float = 180.0
     tz: str = "Europe/Amsterdam"
+    # learn the site's location, PV plane and kWp from the PV measured so far (cloud.site_infer) instead of
+    # lat / lon / tilt / azimuth / pv_kwp: on by default when no location is registered (no --lat / --lon, no
+    # `# site:` lat / lon), where the defaults above are a guess
+    infer_site: bool = False
     price_publication: clock_time = clock_time(13, 0)  # site-local time tomorrow's day-ahead prices are known
     execution: Execution = DEFAULT_EXECUTION
     forecast: Forecast = Forecast.MODEL
@@ -239,6 +243,13 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     ):
         about += f" (default: the trace's '# site:' line, else {default})"
         bt.add_argument(option, type=kind, default=argparse.SUPPRESS, help=about)
+    bt.add_argument(
+        "--infer-site",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn the site's location, PV plane and kWp from the measured PV as the run goes (default: on when "
+        "neither --lat/--lon nor the trace's '# site:' line gives a location)",
+    )
     bt.add_argument(
         "--price-publication",
         type=_hhmm,
@@ -385,6 +396,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         tilt_deg=getattr(args, "tilt", d.tilt_deg),
         azimuth_deg=getattr(args, "azimuth", d.azimuth_deg),
         tz=getattr(args, "tz", d.tz),
+        infer_site=_infer_site(args),
         price_publication=getattr(args, "price_publication", d.price_publication),
         execution=Execution(getattr(args, "execution", d.execution.value)),
         forecast=Forecast(getattr(args, "forecast", d.forecast.value)),
@@ -405,6 +417,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
         terminal_basis=TerminalBasis(getattr(args, "terminal_basis", d.terminal_basis.value)),
         terminal_next_day=getattr(args, "terminal_next_day", d.terminal_next_day),
     )
+
+
+def _infer_site(args: argparse.Namespace) -> bool:
+    """--infer-site as given, else on when no location is registered: the De Bilt default would be a guess."""
+    given = getattr(args, "infer_site", None)
+    if given is not None:
+        return bool(given)
+    return not (hasattr(args, "lat") or hasattr(args, "lon"))
 
 
 def options_problem(args: argparse.Namespace) -> str | None:
