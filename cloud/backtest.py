@@ -37,6 +37,8 @@ import os
 import re
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -294,32 +296,43 @@ def read_traces(path: str, pv_forecast_column: str | None = None, tariff: Tariff
     data: list[list[float]] = []
     forecast: list[float] = []
     spots: list[float] = []
+    numbers: list[int] = []  # the file's line number of every line the csv reader was given (comments are not)
     own_prices = tariff is None
     spot_needed = tariff is not None and tariff.needs_spot
+
+    def content(fh: Iterable[str]) -> Iterator[str]:
+        for number, text in enumerate(fh, start=1):
+            if not text.startswith("#"):
+                numbers.append(number)
+                yield text
+
     try:
         with open(path, newline="") as fh:
-            reader = csv.DictReader(line for line in fh if not line.startswith("#"))
+            reader = csv.DictReader(content(fh))
             fields = reader.fieldnames or []
             wanted = [c for c in COLUMNS if own_prices or not c.endswith("_price")]
             wanted += [*([SPOT_COLUMN] if spot_needed else []), *([pv_forecast_column] if pv_forecast_column else [])]
             missing = [c for c in wanted if c not in fields]
             if missing:
                 raise TraceError(f"{path}: missing columns {', '.join(missing)}")
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                line = numbers[reader.line_num - 1]
+                if any(row.get(c) is None for c in wanted):
+                    raise TraceError(f"{path}: line {line}: fewer fields than the header's {len(fields)}")
                 try:
                     ts = datetime.fromisoformat(row["ts"])
                     values = [float(row[c]) if own_prices or not c.endswith("_price") else 0.0 for c in COLUMNS[1:]]
                     fc = float(row[pv_forecast_column]) if pv_forecast_column and row[pv_forecast_column] else math.nan
                     spot = float(row[SPOT_COLUMN]) if spot_needed else 0.0
                 except (TypeError, ValueError) as exc:
-                    raise TraceError(f"{path}: row {line}: {exc}") from None
+                    raise TraceError(f"{path}: line {line}: {exc}") from None
                 if ts.tzinfo is None:
-                    raise TraceError(f"{path}: row {line}: ts without UTC offset")
+                    raise TraceError(f"{path}: line {line}: ts {row['ts']} without UTC offset (write Z or +hh:mm)")
                 problem = _row_problem(values, fc, pv_forecast_column)
                 if not (math.isfinite(spot) and abs(spot) <= MAX_PRICE_ABS):
                     problem = f"{SPOT_COLUMN} = {spot!r} is not a finite number within ±{MAX_PRICE_ABS:g} EUR/kWh"
                 if problem:
-                    raise TraceError(f"{path}: row {line}: {problem}")
+                    raise TraceError(f"{path}: line {line}: {problem}")
                 stamps.append(ts.astimezone(UTC))
                 data.append(values)
                 forecast.append(fc)
@@ -332,21 +345,51 @@ def read_traces(path: str, pv_forecast_column: str | None = None, tariff: Tariff
         raise TraceError(f"{path}: {exc}") from None
     if len(stamps) < 2:
         raise TraceError(f"{path}: need at least two rows")
-    step = stamps[1] - stamps[0]
-    for i in range(1, len(stamps)):
-        if stamps[i] - stamps[i - 1] != step:
-            raise TraceError(f"{path}: row {i + 2}: not {step} after the previous row (gaps are not supported)")
+    step = _trace_step(stamps)
     if not MIN_STEP <= step <= timedelta(days=1) or timedelta(days=1) % step:
         raise TraceError(f"{path}: step {step} does not divide a day or is shorter than {MIN_STEP}")
+    rows = numbers[1:]  # the data rows' line numbers (the header was the first line read)
+    for i in range(1, len(stamps)):
+        if problem := _time_problem(stamps[i - 1], stamps[i], step):
+            raise TraceError(f"{path}: line {rows[i]}: {problem}")
     arr = np.asarray(data, dtype=np.float64)
     if tariff is not None:
-        arr[:, 0], arr[:, 1] = _tariff_prices(path, tariff, stamps, spots if spot_needed else None)
+        arr[:, 0], arr[:, 1] = _tariff_prices(path, tariff, stamps, spots if spot_needed else None, rows)
     fc_arr = np.asarray(forecast, dtype=np.float64) if pv_forecast_column else None
     return Traces(stamps[0], step, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], fc_arr)
 
 
+def _trace_step(stamps: list[datetime]) -> timedelta:
+    """The trace's step: the most common time between consecutive rows (so that one duplicated or missing row
+    is reported where it is, not as a trace of another step)."""
+    gaps = Counter(b - a for a, b in itertools.pairwise(stamps))
+    return max(gaps, key=lambda gap: (gaps[gap], -abs(gap.total_seconds())))
+
+
+def _time_problem(before: datetime, ts: datetime, step: timedelta) -> str | None:
+    """Why `ts` cannot follow `before` in a trace of `step`, in the words a user fixes it with, or None."""
+    gap = ts - before
+    if gap == step:
+        return None
+    when = ts.isoformat().replace("+00:00", "Z")
+    if gap == timedelta(0):
+        return (
+            f"{when} again: the same time as the previous row (an hour written twice at a daylight-saving change? "
+            "every row needs its own UTC time)"
+        )
+    if gap < timedelta(0):
+        return f"{when} is before the previous row: rows must be in time order"
+    if gap % step == timedelta(0):
+        missing = gap // step - 1
+        return (
+            f"{when} follows {before.isoformat().replace('+00:00', 'Z')}: {missing} row{'s' if missing > 1 else ''} "
+            f"of {step} missing (gaps are not supported: fill them, e.g. with the same time a day earlier)"
+        )
+    return f"{when} is {gap} after the previous row, not the trace's step of {step}"
+
+
 def _tariff_prices(
-    path: str, tariff: Tariff, stamps: list[datetime], spot: list[float] | None
+    path: str, tariff: Tariff, stamps: list[datetime], spot: list[float] | None, lines: list[int]
 ) -> tuple[FloatArray, FloatArray]:
     """Import and export price per row by cloud.tariffs (time of use, fees, tax, VAT), bounded like a trace's."""
     try:
@@ -357,7 +400,7 @@ def _tariff_prices(
         bad = np.flatnonzero(~(np.abs(prices) <= MAX_PRICE_ABS))
         if bad.size:
             raise TraceError(
-                f"{path}: row {bad[0] + 2}: the tariff's {name} price {prices[bad[0]]!r} is not within "
+                f"{path}: line {lines[bad[0]]}: the tariff's {name} price {prices[bad[0]]!r} is not within "
                 f"±{MAX_PRICE_ABS:g} EUR/kWh"
             )
     return imp, exp
@@ -1095,7 +1138,7 @@ def site_notes(tr: Traces, cfg: Config) -> list[str]:
     registered = clear_sky(
         Location(cfg.lat, cfg.lon), [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)], tr.start, tr.step, tr.n
     ).pv_kw
-    return [f"warning: {w}" for w in registration_warnings(tr.pv_kw, registered, tr.start, tr.step)]
+    return [f"warning: {w}" for _, w in registration_warnings(tr.pv_kw, registered, tr.start, tr.step)]
 
 
 def run_backtest(args: argparse.Namespace) -> int:

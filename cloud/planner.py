@@ -66,9 +66,10 @@ from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w, round_up_w
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
-from cloud.server.metrics import WEATHER_FAILURES
+from cloud.server.metrics import PV_REGISTRATION_MISMATCH, WEATHER_FAILURES
 from cloud.server.service import next_plan_version, publish_plan
 from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice, site_load_forecast, site_pv_model
+from cloud.site_infer import registration_warnings
 from cloud.site_series import SiteSeries, load_series
 from cloud.sky_cache import clear_sky_cached
 from cloud.tariffs import Tariff, TariffError, billing_period_start, decode_tariff, demand_charge, price_arrays
@@ -305,6 +306,7 @@ async def _pv_forecast(
     sky = await asyncio.to_thread(
         clear_sky_cached, assets.pv_location(), assets.pv_arrays(), start - STEP * past, STEP, past + horizon
     )
+    _check_pv_registration(site_id, series.pv_kw[-past:], sky.pv_kw[:past], start, now)
     weather = await _weather(site_id, assets, start, horizon, options)
     if options.models.pv is PvChoice.FIT:
         model = await site_pv_model(db, site_id, assets, series, now, options.models)
@@ -326,6 +328,33 @@ async def _pv_forecast(
         return nowcast, factor
     dimmed = forecast_pv(sky.pv_kw[past:], factor, weather_dimming(sky.ghi[past:], **weather))
     return _with_weather(weather, dimmed, nowcast), factor
+
+
+# when each site's disagreeing registration was last logged: once a day, not every plan (every 15 minutes)
+_PV_REGISTRATION_LOGGED: dict[str, datetime] = {}
+PV_REGISTRATION_LOG_EVERY: Final = timedelta(days=1)
+
+
+def _check_pv_registration(
+    site_id: str, measured: FloatArray, clear_kw: FloatArray, start: datetime, now: datetime
+) -> None:
+    """Log (`planner.pv_registration_mismatch`) and count (`zapcloud_pv_registration_mismatch_total{kind}`) a
+    site whose registered location or arrays disagree strongly with the PV it measured over the history the
+    forecast learns from (cloud.site_infer.registration_warnings): its forecasts have the wrong daily shape
+    or size until the registration is corrected. At most once a day per site; the plan goes on."""
+    last = _PV_REGISTRATION_LOGGED.get(site_id)
+    if last is not None and timedelta(0) <= now - last < PV_REGISTRATION_LOG_EVERY:
+        return
+    n = min(len(measured), len(clear_kw))
+    problems = registration_warnings(
+        measured[len(measured) - n :], clear_kw[len(clear_kw) - n :], start - STEP * n, STEP
+    )
+    if not problems:
+        return
+    _PV_REGISTRATION_LOGGED[site_id] = now
+    for kind, message in problems:
+        PV_REGISTRATION_MISMATCH[kind] += 1
+        log.warning("planner.pv_registration_mismatch", site_id=site_id, kind=kind, problem=message)
 
 
 def _with_weather(weather: dict[str, FloatArray], dimmed: FloatArray, without: FloatArray) -> FloatArray:

@@ -205,30 +205,37 @@ def infer_site(pv_kw: FloatArray, start: datetime, step: timedelta) -> SiteEstim
 
 def registration_warnings(
     pv_kw: FloatArray, registered_clear_kw: FloatArray, start: datetime, step: timedelta
-) -> list[str]:
+) -> list[tuple[str, str]]:
     """Where the registered site (its clear-sky output per slot, `registered_clear_kw`) disagrees strongly with
     the measured PV: solar noon `NOON_WARN_H` or more apart (wrong longitude, time zone of the timestamps, or
     azimuth), or the measured peak (99th percentile of the sunny slots) outside `PEAK_WARN_RATIO` of the
-    registered clear-sky peak (wrong kWp). Empty when they agree or there is no PV to compare."""
+    registered clear-sky peak (wrong kWp). (kind, message) pairs, kind `solar_noon` or `kwp`; empty when they
+    agree or there is no PV to compare."""
     m = np.nan_to_num(np.asarray(pv_kw, dtype=np.float64), nan=0.0)
     c = np.asarray(registered_clear_kw[: len(m)], dtype=np.float64)
     noon, model = measured_solar_noon(m, start, step), measured_solar_noon(c, start, step)
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     if noon is None or model is None:
         return out
     apart = (noon - model + 12.0) % 24.0 - 12.0
     if abs(apart) >= NOON_WARN_H:
         out.append(
-            f"the measured PV's solar noon is {_hhmm(noon)} UTC, the registered site's {_hhmm(model)} UTC "
-            f"({apart:+.1f} h): its longitude (about {_lon_from_noon(noon):.0f}° from the PV), the timestamps' "
-            "UTC offset or its azimuth is wrong"
+            (
+                "solar_noon",
+                f"the measured PV's solar noon is {_hhmm(noon)} UTC, the registered site's {_hhmm(model)} UTC "
+                f"({apart:+.1f} h): its longitude (about {_lon_from_noon(noon):.0f}° from the PV), the timestamps' "
+                "UTC offset or its azimuth is wrong",
+            )
         )
     measured_peak = float(np.quantile(m[m > 0.0], 0.99)) if (m > 0.0).any() else 0.0
     model_peak = float(np.quantile(c[c > 0.0], 0.99)) if (c > 0.0).any() else 0.0
     if model_peak > 0.0 and not PEAK_WARN_RATIO[0] <= measured_peak / model_peak <= PEAK_WARN_RATIO[1]:
         out.append(
-            f"the measured PV peaks at {measured_peak:.2f} kW, {measured_peak / model_peak:.2f} x the registered "
-            f"arrays' clear-sky {model_peak:.2f} kW: the registered kWp is likely wrong"
+            (
+                "kwp",
+                f"the measured PV peaks at {measured_peak:.2f} kW, {measured_peak / model_peak:.2f} x the registered "
+                f"arrays' clear-sky {model_peak:.2f} kW: the registered kWp is likely wrong",
+            )
         )
     return out
 

@@ -11,6 +11,9 @@ from collections import Counter
 # Weather forecasts the planner loop could not use, by reason (cloud/planner.py `_weather`): process-wide,
 # because the planner loop is one per process and has no app to hold a Metrics.
 WEATHER_FAILURES: Counter[str] = Counter()
+# Sites whose registration (location, arrays) disagrees strongly with their measured PV, by kind (`solar_noon`,
+# `kwp`; cloud/planner.py `_check_pv_registration`): counted once per site and day, like its log line.
+PV_REGISTRATION_MISMATCH: Counter[str] = Counter()
 
 
 class Metrics:
@@ -73,4 +76,11 @@ class Metrics:
         ]
         for reason, n in sorted(WEATHER_FAILURES.items()):
             lines.append(f'zapcloud_weather_failures_total{{reason="{reason}"}} {n}')
+        lines += [
+            "# HELP zapcloud_pv_registration_mismatch_total Site-days whose registered PV disagrees with its"
+            " measurements, by kind.",
+            "# TYPE zapcloud_pv_registration_mismatch_total counter",
+        ]
+        for kind, n in sorted(PV_REGISTRATION_MISMATCH.items()):
+            lines.append(f'zapcloud_pv_registration_mismatch_total{{kind="{kind}"}} {n}')
         return "\n".join(lines) + "\n"

@@ -126,6 +126,6 @@ def test_cli_bad_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "ts,import_price,export_price,load_kw,pv_kw\n2025-01-01T00:00:00Z,1,1,1,0\n2025-01-01T01:00:00Z,1,1,1,0\n"
         "2025-01-01T03:00:00Z,1,1,1,0\n"
     )
-    with pytest.raises(TraceError, match="row 4"):
+    with pytest.raises(TraceError, match="line 4"):
         read_traces(str(bad))
     assert main(["backtest", str(tmp_path / "missing.csv")]) == 2

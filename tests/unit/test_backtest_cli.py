@@ -137,14 +137,14 @@ def _trace(tmp_path: Path, row: str, header: str = HEADER) -> Path:
     ],
 )
 def test_trace_rows_are_bounded_and_named(tmp_path: Path, row: str, column: str) -> None:
-    with pytest.raises(TraceError, match=rf"row 3: {column} = "):
+    with pytest.raises(TraceError, match=rf"line 3: {column} = "):
         read_traces(str(_trace(tmp_path, row)))
 
 
 def test_external_pv_forecast_is_bounded(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text(f"{HEADER},fc\n2023-01-01T00:00:00Z,0.3,0.1,0.5,0,\n2023-01-01T01:00:00Z,0.3,0.1,0.5,0,1e9\n")
-    with pytest.raises(TraceError, match=r"row 3: fc = 1000000000\.0"):
+    with pytest.raises(TraceError, match=r"line 3: fc = 1000000000\.0"):
         read_traces(str(path), "fc")
 
 
@@ -305,7 +305,7 @@ def test_a_time_of_use_tariff_needs_no_price_columns(tmp_path: Path, capsys: pyt
         ("{not json", "--tariff"),
         ('{"energy": {"kind": "spot"}}', "spot_area"),
         ('{"energy": {"kind": "fixed", "price": 0.3}, "capacity": {"price_per_kw": 1000}}', "capacity.price_per_kw"),
-        ('{"energy": {"kind": "fixed", "price": 0.3}, "vat": 1e6}', "row 2: the tariff's import price"),
+        ('{"energy": {"kind": "fixed", "price": 0.3}, "vat": 1e6}', "line 2: the tariff's import price"),
         ('{"energy": {"kind": "spot"}, "spot_area": "NL"}', "missing columns spot_price"),
     ],
 )
@@ -322,7 +322,7 @@ def test_a_spot_price_beyond_its_bound_is_refused(tmp_path: Path) -> None:
 
     path = _trace(tmp_path, "2023-01-01T01:00:00Z,0.3,0.1,0.5,0,-50", header=HEADER + ",spot_price")
     path.write_text(path.read_text().replace(",0\n", ",0,0.1\n"))
-    with pytest.raises(TraceError, match=r"row 3: spot_price = -50\.0"):
+    with pytest.raises(TraceError, match=r"line 3: spot_price = -50\.0"):
         read_traces(str(path), tariff=decode_tariff(NL_TARIFF.encode()))
 
 
@@ -470,3 +470,95 @@ def test_an_unwritable_output_is_refused_before_the_run(
     for path in (tmp_path / "missing" / "out", tmp_path):
         assert main(["backtest", str(one_day), option, str(path)]) == 2
         assert f"{option} {path}: not a file in a writable directory" in capsys.readouterr().err
+
+
+# --- traces a user brings: other steps, no PV, a daylight-saving hour, a missing row ----------------------------
+
+
+def _sydney_rows(days: int) -> tuple[list[str], list[str]]:
+    """The Ausgrid trace's comment lines and its first `days` of half-hourly rows (header first)."""
+    lines = SYDNEY.read_text().splitlines()
+    rows = [r for r in lines if not r.startswith("#")]
+    return [r for r in lines if r.startswith("#")], rows[: 1 + days * 48]
+
+
+def _run(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
+    code = main(["backtest", str(path), "--no-oracle", *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _cost(out: str, strategy: str) -> float:
+    return float(next(line for line in out.splitlines() if line.startswith(strategy)).split()[-5])
+
+
+def test_quarter_hour_data_held_from_half_hours_runs_like_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    comments, rows = _sydney_rows(2)
+    quarter = [rows[0]]
+    for row in rows[1:]:
+        ts, rest = row.split(",", 1)
+        t = datetime.fromisoformat(ts)
+        quarter += [f"{(t + timedelta(minutes=m)).isoformat().replace('+00:00', 'Z')},{rest}" for m in (0, 15)]
+    half, q = tmp_path / "half.csv", tmp_path / "quarter.csv"
+    half.write_text("\n".join([*comments, *rows]) + "\n")
+    q.write_text("\n".join([*comments, *quarter]) + "\n")
+    code_h, out_h, _ = _run(half, capsys)
+    code_q, out_q, err_q = _run(q, capsys)
+    assert code_h == code_q == 0 and "Traceback" not in err_q
+    assert "192 slots of 0:15:00" in out_q
+    assert _cost(out_q, "no battery") == pytest.approx(_cost(out_h, "no battery"), abs=0.01)  # the same energy
+
+
+def test_a_house_without_pv_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    comments, rows = _sydney_rows(2)
+    no_pv = [rows[0], *(",".join([*r.split(",")[:4], "0", *r.split(",")[5:]]) for r in rows[1:])]
+    path = tmp_path / "no_pv.csv"
+    path.write_text("\n".join([c for c in comments if not c.startswith("# site:")] + no_pv) + "\n")
+    code, out, err = _run(path, capsys)
+    assert code == 0 and "no PV to learn it from" in err and "Traceback" not in err
+    assert re.search(r"^no battery .* 0\.0 +0\.0$", out, re.M)  # nothing exported, no battery throughput
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: [*rows[:60], rows[59], *rows[60:]], "line 62: 2011-07-01T19:00:00Z again: the same time"),
+        (lambda rows: rows[:60] + rows[61:], "line 62: 2011-07-01T20:00:00Z follows 2011-07-01T19:00:00Z: 1 row of"),
+        (lambda rows: rows[:60] + rows[63:], "3 rows of 0:30:00 missing"),
+        (lambda rows: [*rows[:60], rows[30], *rows[60:]], "line 62: 2011-07-01T04:30:00Z is before"),
+        (lambda rows: [*rows[:60], rows[60].replace("Z", ""), *rows[61:]], "line 62: ts 2011-07-01T19:30:00 without"),
+        (lambda rows: [*rows[:60], rows[60].rsplit(",", 3)[0], *rows[61:]], "line 62: fewer fields than the header's"),
+    ],
+    ids=["dst-hour-twice", "missing-row", "missing-rows", "out-of-order", "no-utc-offset", "short-row"],
+)
+def test_a_broken_time_line_is_named_by_its_line_of_the_file(
+    tmp_path: Path, edit: object, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The line number is the file's (comments included), so an editor finds it; never a traceback. Line 1 is a
+    comment, 2 the header, rows[i] line i + 2: the edit at rows[60] is line 62."""
+    _, rows = _sydney_rows(3)
+    assert callable(edit)
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(["# a comment line", *edit(rows)]) + "\n")
+    code, _, err = _run(path, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_local_timestamps_across_a_daylight_saving_change_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows in local time with their UTC offsets (Europe/Berlin, 26 March 2023: 02:00 CET is 03:00 CEST) are one
+    regular UTC series."""
+    zone = ZoneInfo("Europe/Berlin")
+    start = datetime(2023, 3, 25, tzinfo=UTC)
+    rows = [HEADER] + [
+        f"{(start + timedelta(hours=h)).astimezone(zone).isoformat()},0.3,0.1,0.5,{max(0, 6 - abs(h % 24 - 12))}"
+        for h in range(72)
+    ]
+    assert "+01:00" in rows[1] and "+02:00" in rows[-1]
+    path = tmp_path / "local.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code, out, err = _run(path, capsys, "--tz", "Europe/Berlin", "--lat", "52.5", "--lon", "13.4")
+    assert code == 0 and "72 slots of 1:00:00" in out, err

@@ -72,7 +72,9 @@ def test_a_wrong_registration_is_reported_and_a_right_one_is_not() -> None:
 
     def warnings(location: Location, registered: PvArray) -> list[str]:
         clear = clear_sky(location, [registered], START, STEP, len(pv)).pv_kw
-        return registration_warnings(pv, clear, START, STEP)
+        found = registration_warnings(pv, clear, START, STEP)
+        assert [kind for kind, _ in found] == [k for k in ("solar_noon", "kwp") if any(k == f[0] for f in found)]
+        return [message for _, message in found]
 
     assert warnings(site, array) == []
     assert warnings(Location(52.1, 5.18), PvArray(10.1, 35.0, 180.0)) == []  # the default: a near guess
@@ -145,3 +147,31 @@ def test_the_backtest_notes_what_it_learns_and_warns_of_a_wrong_site(sydney: Tra
     assert site_notes(sydney, registered) == []
     noon, kwp = site_notes(sydney, Config())  # De Bilt's 5 kWp for Sydney's 1.04
     assert noon.startswith("warning: the measured PV's solar noon") and "registered kWp" in kwp
+
+
+# --- the planner worker ---------------------------------------------------------------------------------------
+
+
+def test_the_worker_logs_and_counts_a_registration_its_pv_disagrees_with_once_a_day(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cloud.planner as planner
+    from cloud.server.metrics import PV_REGISTRATION_MISMATCH, Metrics
+
+    monkeypatch.setattr(planner, "_PV_REGISTRATION_LOGGED", {})
+    step = planner.STEP
+    days = 14
+    now = datetime(2024, 6, 15, tzinfo=UTC)
+    start = now - step * days * 96
+    sydney = clear_sky(Location(-33.87, 151.21), [PvArray(4.0, 20.0, 0.0)], start, step, days * 96).pv_kw
+    de_bilt = clear_sky(Location(52.1, 5.18), [PvArray(4.0, 35.0, 180.0)], start, step, days * 96).pv_kw
+    before = PV_REGISTRATION_MISMATCH["solar_noon"]
+    planner._check_pv_registration("s1", sydney * 0.8, sydney, now, now)  # registered right: nothing
+    assert PV_REGISTRATION_MISMATCH["solar_noon"] == before
+    planner._check_pv_registration("s1", sydney * 0.8, de_bilt, now, now)  # a Sydney house registered at De Bilt
+    assert PV_REGISTRATION_MISMATCH["solar_noon"] == before + 1
+    planner._check_pv_registration("s1", sydney * 0.8, de_bilt, now, now + timedelta(hours=1))  # the next plan
+    assert PV_REGISTRATION_MISMATCH["solar_noon"] == before + 1
+    planner._check_pv_registration("s1", sydney * 0.8, de_bilt, now, now + timedelta(days=1))  # a day later
+    assert PV_REGISTRATION_MISMATCH["solar_noon"] == before + 2
+    assert f'zapcloud_pv_registration_mismatch_total{{kind="solar_noon"}} {before + 2}' in Metrics().render()
