@@ -37,6 +37,8 @@ import pvlib
 from cloud.forecast import FloatArray
 
 LATITUDES: Final = tuple(float(x) for x in range(-64, 65, 2))  # PV is installed between these
+_LAT_STEP: Final = 2.0
+_COARSE: Final = 4  # the first pass tries every 4th latitude (8°), the second every one within 8° of its best
 _MIN_DAYS: Final = 4  # solar days with measured PV needed for an estimate
 _MIN_SUN_COS: Final = 0.02  # cos(zenith) below this: the sun is too low for the clear-sky shape to matter
 _BRIGHT_SHARE: Final = 0.4  # as cloud.forecast_pv._clear_days: the brightest 40 % ...
@@ -154,6 +156,11 @@ def infer_site(pv_kw: FloatArray, start: datetime, step: timedelta) -> SiteEstim
     """Longitude, equivalent latitude and effective kWp from measured PV (slot i starts at start + i x step;
     NaN = not measured), or None when fewer than `_MIN_DAYS` whole solar days with PV are in it."""
     m = np.asarray(pv_kw, dtype=np.float64)
+    hour = timedelta(hours=1)
+    if step < hour and hour % step == timedelta(0):  # hourly means carry the day's shape; 2-4x fewer slots
+        r = hour // step
+        m = m[: len(m) // r * r].reshape(-1, r).mean(axis=1)  # NaN in an hour: the hour is NaN
+        step = hour
     noon = measured_solar_noon(m, start, step)
     if noon is None:
         return None
@@ -176,18 +183,29 @@ def infer_site(pv_kw: FloatArray, start: datetime, step: timedelta) -> SiteEstim
     usable = m2 > 0.0
     if usable.sum() < _MIN_DAYS:
         return None
-    lat_c, tilt_c = (np.asarray(x, dtype=np.float64).ravel() for x in np.meshgrid(LATITUDES, TILTS))
-    g = clear_shape(lat_c, tilt_c, lon, start, step, n)[:, keep].reshape(len(lat_c), days, spd)
-    num = np.einsum("cds,ds->cd", g, mm)
-    gg = np.einsum("cds,cds->cd", g, g)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k = num / gg  # kW per W/m²
-        cosine = num / np.sqrt(gg * m2[None, :])
-    err = np.sqrt(np.clip(1.0 - cosine**2, 0.0, None))
-    ok = usable[None, :] & np.isfinite(err) & (k > 0.0)
-    clear = _clear_days(np.where(ok, k, -np.inf), np.where(ok, err, np.inf), ok)
-    score = np.where(clear, err, 0.0).sum(axis=1) / np.maximum(clear.sum(axis=1), 1)
-    score = np.where(clear.any(axis=1), score, np.inf)
+
+    def fit(lats: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, BoolArray, FloatArray]:
+        """Per (latitude, tilt) candidate: the scale per day, the clear days, the mean clear-day residual."""
+        lat_c, tilt_c = (np.asarray(x, dtype=np.float64).ravel() for x in np.meshgrid(lats, TILTS))
+        g = clear_shape(lat_c, tilt_c, lon, start, step, n)[:, keep].reshape(len(lat_c), days, spd)
+        num = np.einsum("cds,ds->cd", g, mm)
+        gg = np.einsum("cds,cds->cd", g, g)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = num / gg  # kW per W/m²
+            cosine = num / np.sqrt(gg * m2[None, :])
+        err = np.sqrt(np.clip(1.0 - cosine**2, 0.0, None))
+        ok = usable[None, :] & np.isfinite(err) & (k > 0.0)
+        clear = _clear_days(np.where(ok, k, -np.inf), np.where(ok, err, np.inf), ok)
+        score = np.where(clear, err, 0.0).sum(axis=1) / np.maximum(clear.sum(axis=1), 1)
+        score = np.asarray(np.where(clear.any(axis=1), score, np.inf), dtype=np.float64)
+        return lat_c, tilt_c, np.asarray(k, dtype=np.float64), clear, score
+
+    # coarse to fine: every 4th candidate latitude (8° apart), then every one within 8° of the best
+    coarse = np.asarray(LATITUDES[::_COARSE], dtype=np.float64)
+    lat_c, _, _, _, score = fit(coarse)
+    near = float(lat_c[int(np.argmin(score))])
+    fine = np.asarray([x for x in LATITUDES if abs(x - near) <= _COARSE * _LAT_STEP], dtype=np.float64)
+    lat_c, tilt_c, k, clear, score = fit(fine)
     best = int(np.argmin(score))
     if not math.isfinite(float(score[best])):
         return None
