@@ -94,7 +94,7 @@ from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
-from cloud.site_infer import SiteEstimate, infer_site, registration_warnings
+from cloud.site_infer import SiteEstimate, infer_site, registration_warnings, solar_zone
 from cloud.tariffs import Tariff, TariffError, decode_tariff, price_arrays
 from drivers.config_structs import BatteryLimits
 from zapd.controller import decide_batteries
@@ -108,6 +108,10 @@ BATTERY_ID: Final = "battery"
 SITE_FIRST_DAY: Final = 7
 SITE_EVERY_DAYS: Final = 28
 SITE_HISTORY_DAYS: Final = 91
+# --infer-site without a time zone: the default zone is kept while its UTC offset is within this of the learned
+# longitude's solar time (civil time runs up to two hours off the sun: Spain in summer, western China), else
+# prices are published in the solar time zone (cloud.site_infer.solar_zone)
+SOLAR_ZONE_SLACK_H: Final = 2.0
 WORST_DAYS: Final = 10
 
 
@@ -665,6 +669,7 @@ class Planner:
         self.kwp = cfg.pv_kwp
         self._use_site(Location(cfg.lat, cfg.lon), PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg))
         self.site: SiteEstimate | None = None  # with cfg.infer_site: the latest estimate from the measured PV
+        self.clock = cfg  # the configuration whose time zone says when prices are published (infer_tz moves it)
         self.site_day = SITE_FIRST_DAY  # the day of the next estimate
         self.factor = PvFactor()
         self.factor_day = -1
@@ -718,6 +723,12 @@ class Planner:
         if est is None or (self.site is not None and self.site.close_to(est)):
             return
         self.site = est
+        if self.cfg.infer_tz:  # the default zone stays where it could be the site's own clock
+            now = self.tr.start + self.tr.step * k
+            offset = self.cfg.zone.utcoffset(now.astimezone(self.cfg.zone).replace(tzinfo=None))
+            hours = 0.0 if offset is None else offset.total_seconds() / 3600.0
+            plausible = abs((est.lon / 15.0 - hours + 12.0) % 24.0 - 12.0) <= SOLAR_ZONE_SLACK_H
+            self.clock = self.cfg if plausible else dataclasses.replace(self.cfg, tz=solar_zone(est.lon))
         self._use_site(Location(est.lat, est.lon), PvArray(est.kwp / DEFAULT_FACTOR_CLEAR, est.tilt, est.azimuth))
 
     def forecasts(self, k: int, horizon: int) -> tuple[FloatArray, FloatArray]:
@@ -852,7 +863,7 @@ class Planner:
         month's target (`billing_target`): the plan treats import up to the higher of the two as paid for,
         the edge's limit is that level where the plan does not import more, the plan keeps the reserve."""
         tr, cfg = self.tr, self.cfg
-        known = min(known_price_slots(tr, k, cfg), tr.n - k)
+        known = min(known_price_slots(tr, k, self.clock), tr.n - k)
         horizon = min(self.horizon_max, known)
         if cfg.price_forecast:  # forecast prices extend it to price_forecast_hours ahead (never shorten it)
             ahead = round(cfg.price_forecast_hours / tr.dt_h)
@@ -1124,16 +1135,22 @@ def site_notes(tr: Traces, cfg: Config) -> list[str]:
     if cfg.infer_site:
         est = infer_site(tr.pv_kw[: SITE_HISTORY_DAYS * tr.slots_per_day], tr.start, tr.step)
         what = (
-            "no PV to learn it from: the defaults stay"
+            "too little measured PV to learn it from yet (4 days): the defaults stay"
             if est is None
             else f"the first {min(SITE_HISTORY_DAYS, tr.n // tr.slots_per_day)} days put solar noon at "
             f"{est.noon_utc_h:.2f} h UTC: lat {est.lat:g}, lon {est.lon:g}, a {est.tilt:g}° plane at azimuth "
             f"{est.azimuth:g}, {est.kwp:.2f} kWp effective"
         )
+        zone = (
+            f", and prices are published at {cfg.price_publication:%H:%M} in its solar time zone (Etc/GMT-N, N the "
+            f"longitude / 15°; --tz sets it) where {cfg.tz} is more than {SOLAR_ZONE_SLACK_H:g} h off its sun"
+            if cfg.infer_tz
+            else ""
+        )
         return [
             f"note: no site location given (--lat/--lon or the trace's '# site:' line): the PV forecast learns "
-            f"it from the measured PV from day {SITE_FIRST_DAY} on (--no-infer-site: lat {cfg.lat:g}, lon "
-            f"{cfg.lon:g}); {what}"
+            f"it from the measured PV from day {SITE_FIRST_DAY} on{zone} (--no-infer-site: lat {cfg.lat:g}, lon "
+            f"{cfg.lon:g}, {cfg.tz}); {what}"
         ]
     registered = clear_sky(
         Location(cfg.lat, cfg.lon), [PvArray(cfg.pv_kwp, cfg.tilt_deg, cfg.azimuth_deg)], tr.start, tr.step, tr.n

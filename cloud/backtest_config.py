@@ -147,6 +147,9 @@ class Config:
     # lat / lon / tilt / azimuth / pv_kwp: on by default when no location is registered (no --lat / --lon, no
     # `# site:` lat / lon), where the defaults above are a guess
     infer_site: bool = False
+    # with infer_site and no time zone registered (no --tz, no `# site:` tz): prices are published in the learned
+    # longitude's solar time zone (cloud.site_infer.solar_zone) once the site is learned
+    infer_tz: bool = False
     price_publication: clock_time = clock_time(13, 0)  # site-local time tomorrow's day-ahead prices are known
     execution: Execution = DEFAULT_EXECUTION
     forecast: Forecast = Forecast.MODEL
@@ -397,6 +400,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         azimuth_deg=getattr(args, "azimuth", d.azimuth_deg),
         tz=getattr(args, "tz", d.tz),
         infer_site=_infer_site(args),
+        infer_tz=_infer_site(args) and not hasattr(args, "tz"),
         price_publication=getattr(args, "price_publication", d.price_publication),
         execution=Execution(getattr(args, "execution", d.execution.value)),
         forecast=Forecast(getattr(args, "forecast", d.forecast.value)),

@@ -128,6 +128,14 @@ def measured_solar_noon(pv_kw: FloatArray, start: datetime, step: timedelta) -> 
     return (math.atan2(y, x) * 24.0 / (2.0 * math.pi)) % 24.0
 
 
+def solar_zone(lon: float) -> str:
+    """The fixed-offset time zone of a longitude's mean solar time, to the hour (Etc/GMT-10 is UTC+10): where
+    no time zone is registered, the one a site's clock most likely keeps (civil zones follow the sun to an
+    hour or two; daylight saving is not guessed)."""
+    offset = min(max(round(lon / 15.0), -12), 14)
+    return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
 def _lon_from_noon(noon_utc_h: float) -> float:
     return (15.0 * (12.0 - noon_utc_h) + 180.0) % 360.0 - 180.0
 
@@ -283,4 +291,5 @@ __all__ = [
     "infer_site",
     "measured_solar_noon",
     "registration_warnings",
+    "solar_zone",
 ]

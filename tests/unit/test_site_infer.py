@@ -175,3 +175,39 @@ def test_the_worker_logs_and_counts_a_registration_its_pv_disagrees_with_once_a_
     planner._check_pv_registration("s1", sydney * 0.8, de_bilt, now, now + timedelta(days=1))  # a day later
     assert PV_REGISTRATION_MISMATCH["solar_noon"] == before + 2
     assert f'zapcloud_pv_registration_mismatch_total{{kind="solar_noon"}} {before + 2}' in Metrics().render()
+
+
+def test_the_solar_time_zone_of_a_longitude() -> None:
+    from cloud.site_infer import solar_zone
+
+    assert [solar_zone(x) for x in (151.2, 9.18, 5.18, -74.0, 179.9, -179.9)] == [
+        "Etc/GMT-10",  # UTC+10 (the Etc names count the other way)
+        "Etc/GMT-1",
+        "UTC",
+        "Etc/GMT+5",
+        "Etc/GMT-12",
+        "Etc/GMT+12",
+    ]
+
+
+def test_prices_are_published_on_the_learned_sites_clock_only_where_the_default_cannot_be_it(sydney: Traces) -> None:
+    """A Sydney house with no time zone: Amsterdam's 13:00 is 9-10 h off its sun, so once the site is learned
+    prices are published at 13:00 UTC+10; a house whose sun is within 2 h of Amsterdam's clock keeps it."""
+    spd = sydney.slots_per_day
+    planner = Planner(sydney, Config(infer_site=True, infer_tz=True))
+    assert planner.clock.tz == "Europe/Amsterdam"
+    planner.forecasts(8 * spd, 48)
+    assert planner.clock.tz == "Etc/GMT-10"
+    given = Planner(sydney, Config(infer_site=True))  # a time zone registered (--tz): never moved
+    given.forecasts(8 * spd, 48)
+    assert given.site is not None and given.clock.tz == "Europe/Amsterdam"
+    de_bilt = replace(sydney, pv_kw=_pv(Location(52.1, 5.18), PvArray(1.0, 35.0, 180.0), 20, start=sydney.start))
+    planner = Planner(de_bilt, Config(infer_site=True, infer_tz=True))
+    planner.forecasts(8 * spd, 48)
+    assert planner.site is not None and planner.clock.tz == "Europe/Amsterdam"
+
+
+def test_infer_tz_only_without_a_registered_time_zone() -> None:
+    assert _config().infer_tz
+    assert not _config("--tz", "Europe/Berlin").infer_tz
+    assert not _config("--lat", "52", "--lon", "5").infer_tz
