@@ -695,6 +695,8 @@ class Planner:
                 subdiv=subdiv or None,
                 max_lead_hours=cfg.horizon_hours,
                 objective="regression" if cfg.load_model is LoadModel.GBM_MEAN else "regression_l1",
+                refit_days=cfg.load_refit_days,
+                update_days=1 if cfg.load_update else 0,
             )
 
     def _use_site(self, location: Location, array: PvArray) -> None:

@@ -75,6 +75,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--tilt", 0.0, 90.0, "degrees", "0 flat, 90 a wall"),
         Bound("--azimuth", 0.0, 360.0, "degrees", "compass bearing, 180 = south"),
         Bound("--load-quantile", 0.1, 0.9, "", "the forecaster's P10 .. P90"),
+        Bound("--load-refit-days", 1.0, 366.0, "days", "daily .. yearly; the GBM trains on its last 56 days"),
         Bound("--price-forecast-hours", 1.0, 168.0, "h", "as --horizon-hours"),
         Bound("--pv-nowcast-max", 1.0, 10.0, "", "1: never raised; a clear hour is at most ~5x a dark day's"),
         Bound("--days", 1.0, MAX_DAYS, "days", "at least one day of prices, at most a century"),
@@ -164,6 +165,10 @@ class Config:
     # with price_forecast: forecast prices extend a plan to this many hours ahead (at most horizon_hours)
     price_forecast_hours: float = 48.0
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
+    # the GBM's training (cloud.forecast_load.GbmLoadForecaster.due): from scratch every load_refit_days, and
+    # with load_update continued daily in between on the rows measured since (as the planner worker does)
+    load_refit_days: int = 14
+    load_update: bool = True
     # plan on this quantile of the load (risk): the GBM's P10/P50/P90, or the profile plus the house's own
     # day-to-day spread at that quantile; None: the point forecast
     load_quantile: float | None = None
@@ -355,6 +360,18 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="plan net-demand slots on the whole-day load ratio's quantile 1 - export/import (newsvendor)",
     )
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
+    bt.add_argument(
+        "--load-refit-days",
+        type=int,
+        default=d.load_refit_days,
+        help="--load-model gbm: train from scratch every N days (default 14)",
+    )
+    bt.add_argument(
+        "--load-update",
+        action=argparse.BooleanOptionalAction,
+        default=d.load_update,
+        help="--load-model gbm: continue the model daily with a few trees on the new rows between refits (default on)",
+    )
     bt.add_argument("--days", type=float, default=None, help="only the first N days of the traces")
     bt.add_argument(
         "--step-minutes",
@@ -409,6 +426,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         pv_shape=getattr(args, "pv_shape", d.pv_shape),
         pv_nowcast_max=getattr(args, "pv_nowcast_max", d.pv_nowcast_max),
         holidays=getattr(args, "holidays", None),
+        load_refit_days=getattr(args, "load_refit_days", d.load_refit_days),
+        load_update=getattr(args, "load_update", d.load_update),
         price_forecast=getattr(args, "price_forecast", False),
         price_model=PriceModel(getattr(args, "price_model", d.price_model.value)),
         price_forecast_hours=getattr(args, "price_forecast_hours", d.price_forecast_hours),

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -33,7 +34,8 @@ IntArray = npt.NDArray[np.int64]
 
 QUANTILES: Final = (0.1, 0.5, 0.9)
 MAX_STATE_BYTES: Final = 512 * 1024  # a stored model larger than this (compressed) is refused, not truncated
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2  # 2 adds the continuation (updated_at, base_trees, update_loss); 1 is still read
+READABLE_VERSIONS: Final = (1, 2)
 
 
 def forecast_load(
@@ -215,6 +217,13 @@ class LoadQuantiles:
     p90: FloatArray
 
 
+class Training(StrEnum):
+    """What a GBM needs before it forecasts (`GbmLoadForecaster.due`)."""
+
+    REFIT = "refit"  # from scratch on the last `train_days`
+    UPDATE = "update"  # continue the boosters with a few trees on the rows measured since the last training
+
+
 class _State(msgspec.Struct, frozen=True):
     version: int
     step_s: float
@@ -222,9 +231,12 @@ class _State(msgspec.Struct, frozen=True):
     country: str | None
     subdiv: str | None
     objective: str
-    fitted_at: str  # ISO 8601 instant of the fit (the last slot start it saw)
+    fitted_at: str  # ISO 8601 instant of the full fit (the last slot start it saw)
     temperature: bool
     models: dict[str, str]  # "point" and quantile names ("q0.1") -> LightGBM model text
+    updated_at: str | None = None  # the last continuation's instant (None: never continued, version 1)
+    base_trees: int = 0  # trees of the full fit at the front of the point booster (0: all of them)
+    update_loss: tuple[float, float] = (0.0, 0.0)  # the continued / the full fit's loss on rows new to both
 
 
 class GbmLoadForecaster:
@@ -237,9 +249,16 @@ class GbmLoadForecaster:
     day and week, the mean of that slot over the last four weeks, the last two hours' mean and the last
     day's mean, and, when the site has a temperature series (measured for the past, forecast for the
     horizon), the temperature of the target slot. Trees need no scaling, take the weekly and daily shape from
-    the features and learn how much the recent level matters at each lead. Refitting once every
-    `refit_days` (two weeks) is plenty for a household and keeps a year's backtest affordable. Until
-    `min_days` of history exist (a new site), `forecast` falls back to `forecast_load` (the seasonal profile).
+    the features and learn how much the recent level matters at each lead. Until `min_days` of history exist
+    (a new site), `forecast` falls back to `forecast_load` (the seasonal profile).
+
+    Training (`due`, `train`; the one place that decides it, for the backtest and the planner worker alike):
+    a full fit every `refit_days` (two weeks); in between, every `update_days` (daily; 0: never) the
+    boosters are continued (LightGBM `init_model`, the same learning rate) with `update_rounds` trees on the
+    rows whose target was measured since the last training, so the model follows the house without a
+    refit's cost. A full fit comes early when the booster would pass `max_trees` (which bounds the stored
+    state) or when the continued model has done worse than the full fit alone (its first `base_trees`) on
+    the rows each continuation saw before training on them (`update_loss`, out of sample for both).
 
     Quantile models (pinball loss at 0.1, 0.5 and 0.9) are trained only when `quantiles()` is first asked
     for, on the same rows, and sorted per slot so they never cross.
@@ -259,6 +278,9 @@ class GbmLoadForecaster:
         train_days: int = 56,
         min_days: int = 14,
         refit_days: int = 14,
+        update_days: int = 1,
+        update_rounds: int = 8,
+        max_trees: int = 240,
         max_lead_hours: float = 48.0,
         objective: str = "regression_l1",
         temperature_c: FloatArray | None = None,
@@ -270,6 +292,7 @@ class GbmLoadForecaster:
         self.zone = ZoneInfo(tz)
         self.country, self.subdiv = country, subdiv
         self.train_days, self.min_days, self.refit_days = train_days, min_days, refit_days
+        self.update_days, self.update_rounds, self.max_trees = update_days, update_rounds, max_trees
         self.max_lead = max(1, round(max_lead_hours * 3600 / step.total_seconds()))
         self.origin_every = max(1, self.spd // 6)  # every 4 hours
         self.objective = objective  # "regression_l1": the median (best MAE); "regression": the mean
@@ -277,7 +300,10 @@ class GbmLoadForecaster:
         self.rounds = rounds
         self.model: Any = None
         self.quantile_models: dict[float, Any] = {}
-        self.fitted_at = -(10**9)
+        self.fitted_at = -(10**9)  # slot index of the last full fit
+        self.updated_at = -(10**9)  # slot index of the last training, full or continued
+        self.base_trees = 0  # trees of the last full fit (the front of the point booster)
+        self.update_loss = (0.0, 0.0)  # summed loss of (the continued model, the full fit) on rows new to both
         self._calendar: dict[int, tuple[float, float, float]] = {}
         self._train: tuple[FloatArray, FloatArray] | None = None
 
@@ -340,7 +366,36 @@ class GbmLoadForecaster:
         ok = ~np.isnan(y)
         return x[ok], y[ok]
 
-    def _train_one(self, x: FloatArray, y: FloatArray, objective: str, alpha: float | None = None) -> Any:
+    def _new_rows(self, load: FloatArray, now: int) -> tuple[FloatArray, FloatArray] | None:
+        """The training rows whose target was measured in updated_at .. now-1 (from load[:now] only): every
+        origin (on the absolute grid of `origin_every`) and lead of a target in that span, so each
+        (origin, lead) pair is learned from once, whether by the fit or a continuation."""
+        since = max(self.updated_at, now - self.train_days * self.spd)
+        o0 = max(7 * self.spd, since - self.max_lead + 1)
+        o0 += (-o0) % self.origin_every
+        xs, ys = [], []
+        for o in range(o0, now, self.origin_every):
+            leads = np.arange(max(0, since - o), min(self.max_lead, now - o))
+            if not len(leads):
+                continue
+            xs.append(self._features(load, o, leads))
+            ys.append(load[o + leads])
+        if not xs:
+            return None
+        x, y = np.vstack(xs), np.concatenate(ys)
+        ok = ~np.isnan(y)
+        return (x[ok], y[ok]) if ok.any() else None
+
+    def _train_one(
+        self,
+        x: FloatArray,
+        y: FloatArray,
+        objective: str,
+        alpha: float | None = None,
+        *,
+        init: Any = None,
+        rounds: int | None = None,
+    ) -> Any:
         import lightgbm
 
         params: dict[str, Any] = {
@@ -356,30 +411,85 @@ class GbmLoadForecaster:
         }
         if alpha is not None:
             params["alpha"] = alpha
-        return lightgbm.train(params, lightgbm.Dataset(x, y), num_boost_round=self.rounds)
+        dataset = lightgbm.Dataset(x, y)
+        return lightgbm.train(params, dataset, num_boost_round=rounds or self.rounds, init_model=init)
 
     def fit(self, load: FloatArray, now: int) -> None:
-        """(Re)train on load[:now] now (forecasts also refit by themselves every `refit_days`)."""
+        """Train from scratch on load[:now] now (forecasts also train by themselves when `due`)."""
         rows = self._rows(load, now)
         self.quantile_models = {}
         self._train = rows
+        self.update_loss = (0.0, 0.0)
         if rows is None:
             return
-        self.model, self.fitted_at = self._train_one(*rows, self.objective), now
+        self.model = self._train_one(*rows, self.objective)
+        self.fitted_at = self.updated_at = now
+        self.base_trees = int(self.model.num_trees())
 
-    def _due(self, now: int) -> bool:
-        return self.model is None or now - self.fitted_at >= self.refit_days * self.spd
+    def update(self, load: FloatArray, now: int) -> None:
+        """Continue the fitted boosters on the rows measured since the last training (from load[:now]).
+
+        Before training on them, the rows score the continued model against the full fit alone
+        (`update_loss`): new to both, so an honest test of whether continuing helps."""
+        if self.model is None:
+            raise ValueError("update needs a fitted model")
+        rows = self._new_rows(load, now)
+        self.updated_at = now
+        if rows is None or len(rows[1]) < 2 * 40:  # fewer rows than two leaves' worth: nothing to learn
+            return
+        x, y = rows
+        cont, base = self.update_loss
+        self.update_loss = (
+            cont + self._loss(y, self.model.predict(x)),
+            base + self._loss(y, self.model.predict(x, num_iteration=self.base_trees or None)),
+        )
+        self.model = self._train_one(x, y, self.objective, init=self.model, rounds=self.update_rounds)
+        self.quantile_models = {
+            q: self._train_one(x, y, "quantile", q, init=m, rounds=self.update_rounds)
+            for q, m in self.quantile_models.items()
+        }
+        if self._train is not None:  # the rows quantile models not yet trained will learn from
+            self._train = (np.vstack([self._train[0], x]), np.concatenate([self._train[1], y]))
+
+    def _loss(self, y: FloatArray, pred: FloatArray) -> float:
+        err = np.asarray(pred, dtype=np.float64) - y
+        return float(np.sum(np.abs(err)) if self.objective == "regression_l1" else np.sum(err * err))
+
+    def due(self, now: int) -> Training | None:
+        """The training the model needs before forecasting from slot `now`, or None (use it as it is)."""
+        if self.model is None or not self.fitted_at <= self.updated_at <= now:  # a fit "from the future"
+            return Training.REFIT
+        if now - self.fitted_at >= self.refit_days * self.spd:
+            return Training.REFIT
+        if self.update_days <= 0 or now - self.updated_at < self.update_days * self.spd:
+            return None
+        cont, base = self.update_loss
+        if cont > base or int(self.model.num_trees()) + self.update_rounds > self.max_trees:
+            return Training.REFIT  # continuing did worse than the full fit alone, or the booster is full
+        return Training.UPDATE
+
+    def train(self, load: FloatArray, now: int) -> Training | None:
+        """Whatever training is `due` at `now`, on load[:now]; returns what was done."""
+        what = self.due(now)
+        if what is Training.REFIT:
+            self.fit(load[:now], now)
+        elif what is Training.UPDATE:
+            self.update(load[:now], now)
+        return what
 
     # --- forecasts --------------------------------------------------------------------------
 
     def forecast(self, load: FloatArray, now: int, horizon: int) -> FloatArray:
-        """Load for slots now..now+horizon-1 given the measured load[:now] (absolute slot indices)."""
+        """Load for slots now..now+horizon-1 given the measured load[:now] (absolute slot indices), after
+        whatever training is `due`."""
+        if now >= self.min_days * self.spd:
+            self.train(load, now)
+        return self.predict(load, now, horizon)
+
+    def predict(self, load: FloatArray, now: int, horizon: int) -> FloatArray:
+        """`forecast` with the model as it is (no training; the planner worker trains on a longer series)."""
         history = load[:now]
-        if now < self.min_days * self.spd:
-            return forecast_load(history, horizon, self.spd)
-        if self._due(now):
-            self.fit(history, now)
-        if self.model is None:
+        if now < self.min_days * self.spd or self.model is None:
             return forecast_load(history, horizon, self.spd)
         pred = self.model.predict(self._features(history, now, np.arange(horizon)))
         return np.asarray(np.clip(pred, 0.0, None), dtype=np.float64)
@@ -391,8 +501,7 @@ class GbmLoadForecaster:
         if now < self.min_days * self.spd:
             p = forecast_load(history, horizon, self.spd)
             return LoadQuantiles(p, p.copy(), p.copy())
-        if self._due(now):
-            self.fit(history, now)
+        self.train(load, now)
         if self.model is None:
             p = forecast_load(history, horizon, self.spd)
             return LoadQuantiles(p, p.copy(), p.copy())
@@ -425,6 +534,9 @@ class GbmLoadForecaster:
             fitted_at=(self.start + self.step * self.fitted_at).isoformat(),
             temperature=self.temperature is not None,
             models=models,
+            updated_at=(self.start + self.step * self.updated_at).isoformat(),
+            base_trees=self.base_trees,
+            update_loss=self.update_loss,
         )
         blob = zlib.compress(msgspec.json.encode(state), 6)
         return blob if len(blob) <= MAX_STATE_BYTES else None
@@ -442,13 +554,17 @@ class GbmLoadForecaster:
         try:
             state = msgspec.json.decode(zlib.decompress(blob), type=_State)
             fitted = datetime.fromisoformat(state.fitted_at)
+            updated = fitted if state.updated_at is None else datetime.fromisoformat(state.updated_at)
         except (zlib.error, msgspec.DecodeError, ValueError) as exc:
             raise ValueError(f"stored load model unreadable: {exc}") from None
-        if fitted.tzinfo is None:
+        if fitted.tzinfo is None or updated.tzinfo is None:
             raise ValueError("stored load model: fit time without offset")
+        if updated < fitted or state.base_trees < 0 or not all(math.isfinite(v) and v >= 0 for v in state.update_loss):
+            raise ValueError("stored load model: continuation out of range")
         mine = (self.step.total_seconds(), self.tz, self.country, self.subdiv, self.objective)
         theirs = (state.step_s, state.tz, state.country, state.subdiv, state.objective)
-        if state.version != STATE_VERSION or mine != theirs or state.temperature != (self.temperature is not None):
+        known = state.version in READABLE_VERSIONS
+        if not known or mine != theirs or state.temperature != (self.temperature is not None):
             raise ValueError("stored load model was made for another grid, calendar or feature set")
         try:
             self.model = lightgbm.Booster(model_str=state.models["point"])
@@ -457,7 +573,12 @@ class GbmLoadForecaster:
             }
         except (KeyError, lightgbm.basic.LightGBMError) as exc:
             raise ValueError(f"stored load model unreadable: {exc}") from None
+        if state.base_trees > self.model.num_trees():
+            raise ValueError("stored load model: more base trees than trees")
         self.fitted_at = math.floor((fitted - self.start) / self.step)
+        self.updated_at = math.floor((updated - self.start) / self.step)
+        self.base_trees = state.base_trees or int(self.model.num_trees())
+        self.update_loss = state.update_loss
         self._train = None
         return fitted
 
@@ -481,6 +602,7 @@ __all__ = [
     "FloatArray",
     "GbmLoadForecaster",
     "LoadQuantiles",
+    "Training",
     "day_load_ratios",
     "error_persistence",
     "forecast_load",

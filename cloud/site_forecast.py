@@ -1,13 +1,16 @@
 """Per-site forecasters trained in the planner worker, their state stored per site (cloud/forecast_models.py).
 
 Each plan of a site loads the site's stored models; a model older than its schedule (PV geometry: a week;
-load: two weeks) is refitted from the site's telemetry and stored again, so training is incremental over the
-site's life and spread over whichever workers plan it. A site with too little telemetry (a new site) gets
+load: two weeks) is refitted from the site's telemetry and stored again, so training is spread over
+whichever workers plan the site. In between, the load GBM is continued daily on the rows measured since
+its last training (a few trees; `GbmLoadForecaster.due` decides, the same code as the backtest's), and the
+PV model's typical factor is relearned every plan. A site with too little telemetry (a new site) gets
 the cold-start default: the registered arrays for PV, the seasonal profile for load. A stored model that
 cannot be read (a newer format, a corrupt row) is logged, counted and replaced by a refit, never fatal.
 
 Fitting and predicting run in a worker thread (`asyncio.to_thread`), never on the serve worker's event loop:
-a GBM fit on 72 half-hourly days is ~0.45 s of CPU (the PV fit and its pvlib grid add more), and
+a GBM fit on 64 half-hourly days is ~0.45 s of CPU, a daily continuation a tenth of that (the PV fit
+and its pvlib grid add more), and
 the loop meanwhile serves ingest, the live channel and /healthz (LightGBM trains in C, called through ctypes
 without the GIL).
 
@@ -21,7 +24,6 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Final
 
 import numpy as np
 import structlog
@@ -29,7 +31,7 @@ import structlog
 from cloud.assets import SiteAssets
 from cloud.db import Database
 from cloud.forecast import FloatArray, GbmLoadForecaster, forecast_load
-from cloud.forecast_load import forecast_load_nowcast
+from cloud.forecast_load import Training, forecast_load_nowcast
 from cloud.forecast_models import get_model, put_model
 from cloud.forecast_pv import FitInput, PvSiteModel, SkyGrid, fit_pv_site, relearn_typical
 from cloud.site_series import SiteSeries, load_series
@@ -37,7 +39,6 @@ from cloud.site_series import SiteSeries, load_series
 log = structlog.get_logger("zapcloud.forecast")
 
 UNREADABLE_MODELS: dict[str, int] = {"pv": 0, "load": 0}  # stored models that failed to load, per kind
-_NEVER: Final = 10**9
 
 
 class PvChoice(StrEnum):
@@ -56,7 +57,8 @@ class ModelChoice:
     load: LoadChoice = LoadChoice.PROFILE
     pv_refit: timedelta = timedelta(days=7)
     pv_fit_days: int = 28
-    load_refit: timedelta = timedelta(days=14)
+    load_refit: timedelta = timedelta(days=14)  # the load GBM's full refit
+    load_update: timedelta = timedelta(days=1)  # its continuation on the new rows (zero: never)
     load_train_days: int = 56
 
 
@@ -113,15 +115,15 @@ async def site_load_forecast(
     end = series.start + series.step * series.n
     gbm = _gbm(series.start, series.step, assets.timezone, choice)
     stored = await get_model(db, site_id, "load")
-    fresh = stored is not None and not _stale(stored.fitted_at, now, choice.load_refit)
-    if stored is not None and fresh:
+    what: Training | None = Training.REFIT
+    if stored is not None:
         try:
             await asyncio.to_thread(gbm.load_state, stored.state)
+            what = gbm.due(series.n)
         except ValueError as exc:
             UNREADABLE_MODELS["load"] += 1
             log.warning("forecast.model_unreadable", site_id=site_id, kind="load", error=str(exc))
-            fresh = False
-    if not fresh:
+    if what is not None:
         # training needs more history than a plan: the training window plus a week of lags
         train_start = end - timedelta(days=choice.load_train_days + 8)
         train = await load_series(
@@ -134,26 +136,37 @@ async def site_load_forecast(
             has_ev=assets.ev is not None,
         )
         trainer = _gbm(train.start, train.step, assets.timezone, choice)
-        if np.isfinite(train.load_kw).sum() < trainer.min_days * spd:
+        if what is Training.UPDATE and stored is not None:
+            await asyncio.to_thread(trainer.load_state, stored.state)  # read above: the same bytes
+        elif np.isfinite(train.load_kw).sum() < trainer.min_days * spd:
             return forecast_load(recent, horizon, spd)  # cold start: too little telemetry for a model
-        state = await asyncio.to_thread(_fit_state, trainer, train)
+        state = await asyncio.to_thread(_train_state, trainer, train)
         if state is None:
-            return forecast_load(recent, horizon, spd)
-        await put_model(db, site_id, "load", now, state)
-        log.info("forecast.model_fitted", site_id=site_id, kind="load", bytes=len(state))
-        await asyncio.to_thread(gbm.load_state, state)
-    return await asyncio.to_thread(gbm.forecast, series.load_kw, series.n, horizon)
+            if gbm.model is None:
+                return forecast_load(recent, horizon, spd)
+        else:
+            await put_model(db, site_id, "load", now, state)
+            log.info("forecast.model_trained", site_id=site_id, kind="load", training=str(what), bytes=len(state))
+            await asyncio.to_thread(gbm.load_state, state)
+    return await asyncio.to_thread(gbm.predict, series.load_kw, series.n, horizon)
 
 
-def _fit_state(trainer: GbmLoadForecaster, train: SiteSeries) -> bytes | None:
-    """Fit on the training series and serialize (in a worker thread)."""
-    trainer.fit(train.load_kw, train.n)
+def _train_state(trainer: GbmLoadForecaster, train: SiteSeries) -> bytes | None:
+    """Train as due on the training series and serialize (in a worker thread)."""
+    trainer.train(train.load_kw, train.n)
     return trainer.to_state()
 
 
 def _gbm(start: datetime, step: timedelta, tz: str, choice: ModelChoice) -> GbmLoadForecaster:
-    # refit_days: never by itself; this module decides when to refit (stored schedule)
-    return GbmLoadForecaster(start, step, tz, train_days=choice.load_train_days, refit_days=_NEVER)
+    day = timedelta(days=1)
+    return GbmLoadForecaster(
+        start,
+        step,
+        tz,
+        train_days=choice.load_train_days,
+        refit_days=max(1, choice.load_refit // day),
+        update_days=choice.load_update // day,
+    )
 
 
 __all__ = [
