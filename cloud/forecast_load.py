@@ -451,6 +451,12 @@ class GbmLoadForecaster:
         if self._train is not None:  # the rows quantile models not yet trained will learn from
             self._train = (np.vstack([self._train[0], x]), np.concatenate([self._train[1], y]))
 
+    def update_history(self, now: int) -> int:
+        """The slots before `now` a continuation at `now` reads (the planner worker loads no more): its rows'
+        origins reach a lead before the last training, their features four weeks before an origin."""
+        since = max(self.updated_at, now - self.train_days * self.spd)
+        return now - since + self.max_lead + 28 * self.spd
+
     def _loss(self, y: FloatArray, pred: FloatArray) -> float:
         err = np.asarray(pred, dtype=np.float64) - y
         return float(np.sum(np.abs(err)) if self.objective == "regression_l1" else np.sum(err * err))

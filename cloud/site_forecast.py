@@ -21,6 +21,7 @@ dataset (docs/cloud-planning.md has the table).
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -124,17 +125,24 @@ async def site_load_forecast(
             UNREADABLE_MODELS["load"] += 1
             log.warning("forecast.model_unreadable", site_id=site_id, kind="load", error=str(exc))
     if what is not None:
-        # training needs more history than a plan: the training window plus a week of lags
-        train_start = end - timedelta(days=choice.load_train_days + 8)
-        train = await load_series(
-            db,
-            site_id,
-            train_start,
-            end,
-            series.step,
-            has_battery=assets.battery is not None,
-            has_ev=assets.ev is not None,
-        )
+        # a refit needs more history than a plan: the training window plus a week of lags; a continuation
+        # only the days since the last training and their lags (half the telemetry query of a refit, none
+        # when the plan's own series reaches that far back)
+        days = choice.load_train_days + 8
+        if what is Training.UPDATE:
+            days = min(days, math.ceil(gbm.update_history(series.n) / spd))
+        if what is Training.UPDATE and series.n >= days * spd:
+            train = series
+        else:
+            train = await load_series(
+                db,
+                site_id,
+                end - timedelta(days=days),
+                end,
+                series.step,
+                has_battery=assets.battery is not None,
+                has_ev=assets.ev is not None,
+            )
         trainer = _gbm(train.start, train.step, assets.timezone, choice)
         if what is Training.UPDATE and stored is not None:
             await asyncio.to_thread(trainer.load_state, stored.state)  # read above: the same bytes

@@ -5,22 +5,26 @@ schedule, replaced when unreadable, and a new site planned with the cold-start d
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
 from cloud import site_forecast
+from cloud.assets import decode_assets
 from cloud.db import Database
+from cloud.forecast import GbmLoadForecaster
 from cloud.forecast_models import MAX_STATE_BYTES, get_model, put_model
 from cloud.forecast_pv import PvSiteModel
 from cloud.planner import PlannerOptions, plan_site
 from cloud.server.service import register_site
 from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice
+from cloud.site_series import load_series
 from cloud_sync.keys import public_key_b64
 from tests.db_backends import BACKENDS, empty_db_url_async
-from tests.integration.test_planner import ASSETS, T0, TARIFF, ingest, put_prices, readings
+from tests.integration.test_planner import ASSETS, T0, TARIFF, Q, ingest, put_prices, readings
 
 TRAINED = PlannerOptions(models=ModelChoice(pv=PvChoice.FIT, load=LoadChoice.GBM))
 
@@ -58,7 +62,8 @@ async def test_models_are_fitted_stored_reused_and_refitted_on_schedule(db: Data
     again_pv, again_load = await get_model(db, "home1", "pv"), await get_model(db, "home1", "load")
     assert again_pv == pv and again_load == load
 
-    # eight days later (new telemetry meanwhile): the PV geometry is due (weekly), the load model not (14 days)
+    # eight days later (new telemetry meanwhile): the PV geometry is due (weekly); the load model is not
+    # refitted (14 days) but continued on the eight new days: same full fit, a few more trees
     later = T0 + timedelta(days=8)
     stored = await db.stored_through("home1")
     assert stored is not None
@@ -66,7 +71,35 @@ async def test_models_are_fitted_stored_reused_and_refitted_on_schedule(db: Data
     await plan_site(db, "home1", later, key, options=TRAINED)
     pv2, load2 = await get_model(db, "home1", "pv"), await get_model(db, "home1", "load")
     assert pv2 is not None and pv2.fitted_at == later
-    assert load2 == load
+    assert load2 is not None and load2.fitted_at == later and load2.state != load.state
+    first, continued = (GbmLoadForecaster(T0, Q, "Europe/Amsterdam") for _ in range(2))
+    assert first.load_state(load.state) == continued.load_state(load2.state)  # the same full fit
+    assert continued.updated_at > continued.fitted_at
+    assert continued.model.num_trees() == first.model.num_trees() + continued.update_rounds
+    assert len(load2.state) <= MAX_STATE_BYTES
+
+
+async def test_load_model_is_continued_from_the_plans_own_series_when_it_reaches_back_far_enough(
+    db: Database,
+) -> None:
+    await _site(db, "home3", 70)
+    assets = decode_assets(ASSETS)
+    choice = TRAINED.models
+
+    async def forecast(at: datetime, days: int) -> None:
+        series = await load_series(db, "home3", at - timedelta(days=days), at, Q, has_battery=True, has_ev=False)
+        out = await site_forecast.site_load_forecast(db, "home3", assets, series, 192, at, choice)
+        assert out.shape == (192,) and np.all(np.isfinite(out))
+
+    day0 = T0.replace(minute=0) - timedelta(days=2)
+    await forecast(day0, 28)
+    fitted = await get_model(db, "home3", "load")
+    await forecast(day0 + timedelta(days=1), 40)  # the plan's series covers a continuation: no second query
+    continued = await get_model(db, "home3", "load")
+    assert fitted is not None and continued is not None and continued.fitted_at == day0 + timedelta(days=1)
+    first, later = (GbmLoadForecaster(T0, Q, "Europe/Amsterdam") for _ in range(2))
+    assert first.load_state(fitted.state) == later.load_state(continued.state)
+    assert later.model.num_trees() == first.model.num_trees() + later.update_rounds
 
 
 async def test_unreadable_model_is_counted_and_replaced(db: Database) -> None:

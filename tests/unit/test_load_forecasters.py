@@ -6,15 +6,17 @@ must fall back to the profile for a new site, and must be finite and non-negativ
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
-from cloud.backtest import read_traces
+from cloud.backtest import Traces, read_traces
 from cloud.forecast import GbmLoadForecaster, forecast_load, forecast_load_persistence
-from cloud.forecast_load import MAX_STATE_BYTES
+from cloud.forecast_load import MAX_STATE_BYTES, Training
 
 TRACE = Path(__file__).resolve().parents[2] / "bench" / "data" / "ausgrid_c12_nl_2023.csv"
 
@@ -107,3 +109,119 @@ def test_gbm_learns_from_temperature_when_known() -> None:
         e = [np.abs(model.forecast(load, o, 24) - load[o : o + 24]).mean() for o in range(56 * spd, 69 * spd, 12)]
         errs[name] = float(np.mean(e))
     assert errs["with"] < 0.6 * errs["without"]
+
+
+def _ausgrid(days: int) -> tuple[Traces, GbmLoadForecaster]:
+    tr = read_traces(str(TRACE)).head(days * 48)
+    return tr, GbmLoadForecaster(tr.start, tr.step, "Australia/Sydney", country="AU", subdiv="NSW")
+
+
+def test_gbm_continuation_learns_each_new_target_once_and_only_from_the_past() -> None:
+    tr, model = _ausgrid(40)
+    fit_at, now = 30 * 48 + 5, 31 * 48 + 11
+    model.fit(tr.load_kw[:fit_at], fit_at)
+    # a load equal to its slot index: each training row's target names itself
+    index = np.arange(tr.n, dtype=np.float64)
+    rows = model._new_rows(index[:now], now)
+    assert rows is not None
+    targets = rows[1].astype(np.int64)
+    assert set(targets.tolist()) == set(range(fit_at, now))  # every target measured since the fit, none later
+    leads = rows[0][:, 3].astype(np.int64)  # the lead column: (origin, target) pairs are unique
+    assert len(set(zip((targets - leads).tolist(), targets.tolist(), strict=True))) == len(targets)
+    assert np.all(targets - leads < now) and np.all(leads < model.max_lead)
+    # the continued model is the same whatever comes after `now`
+    base = model.to_state()
+    assert base is not None
+    future_changed = tr.load_kw.copy()
+    future_changed[now:] *= 5.0
+    out = {}
+    for name, load in (("as measured", tr.load_kw), ("future changed", future_changed)):
+        other = GbmLoadForecaster(tr.start, tr.step, "Australia/Sydney", country="AU", subdiv="NSW")
+        other.load_state(base)
+        assert other.train(load, now) is Training.UPDATE
+        assert other.model.num_trees() == other.base_trees + other.update_rounds == model.base_trees + 8
+        out[name] = other.predict(load, now, 48)
+    assert np.array_equal(out["as measured"], out["future changed"])
+    assert not np.allclose(out["as measured"], model.predict(tr.load_kw, now, 48))  # it did learn something
+
+
+def test_gbm_schedule_refits_continues_and_bounds_the_booster() -> None:
+    tr, model = _ausgrid(60)
+    day, fit_at = 48, 40 * 48
+    assert model.due(fit_at) is Training.REFIT  # nothing fitted yet
+    model.fit(tr.load_kw[:fit_at], fit_at)
+    assert model.due(fit_at + day - 1) is None  # the same day: used as it is
+    assert model.due(fit_at + day) is Training.UPDATE
+    assert model.due(fit_at + model.refit_days * day) is Training.REFIT  # the full refit's schedule
+    assert model.due(fit_at - 1) is Training.REFIT  # a fit "from the future" (a clock jump) is redone
+    model.update_loss = (10.0, 9.0)  # continuing did worse than the full fit alone on rows new to both
+    assert model.due(fit_at + day) is Training.REFIT
+    model.update_loss = (9.0, 10.0)
+    model.max_trees = model.base_trees + model.update_rounds - 1  # one more continuation would pass the bound
+    assert model.due(fit_at + day) is Training.REFIT
+    never = GbmLoadForecaster(tr.start, tr.step, "Australia/Sydney", update_days=0)
+    never.fit(tr.load_kw[:fit_at], fit_at)
+    assert never.due(fit_at + 5 * day) is None  # refit-only: nothing between the full fits
+
+
+def test_gbm_continued_state_round_trips_continues_and_stays_bounded() -> None:
+    tr, model = _ausgrid(60)
+    k = 35 * 48
+    model.fit(tr.load_kw[:k], k)
+    model.quantiles(tr.load_kw, k, 48)  # the stored state's largest form: point and three quantile boosters
+    model.refit_days = 10**6  # only the tree bound ends the continuations
+    while model.due(k + 48) is Training.UPDATE:
+        k += 48
+        model.update(tr.load_kw[:k], k)
+    assert model.due(k + 48) is Training.REFIT and model.model.num_trees() <= model.max_trees
+    assert model.model.num_trees() > model.base_trees  # it did continue
+    blob = model.to_state()
+    assert blob is not None and len(blob) <= MAX_STATE_BYTES  # the tree bound keeps the row under 512 kB
+    later = tr.start + tr.step * 48 * 2
+    other = GbmLoadForecaster(later, tr.step, "Australia/Sydney", country="AU", subdiv="NSW", refit_days=10**6)
+    assert other.load_state(blob) == tr.start + tr.step * 35 * 48  # the full fit's time, not the last update's
+    assert other.updated_at == k - 2 * 48 and other.base_trees == model.base_trees
+    assert other.update_loss == model.update_loss
+    assert np.allclose(other.predict(tr.load_kw[2 * 48 :], k - 2 * 48, 48), model.predict(tr.load_kw, k, 48))
+    q, q_other = model.quantiles(tr.load_kw, k, 48), other.quantiles(tr.load_kw[2 * 48 :], k - 2 * 48, 48)
+    assert np.allclose(q.p90, q_other.p90)  # the continued quantile boosters came along
+    assert other.due(k - 2 * 48) is None and other.model.num_trees() == model.model.num_trees()
+
+
+def test_gbm_reads_a_version_1_state_and_refuses_a_broken_continuation() -> None:
+    tr, model = _ausgrid(40)
+    k = 35 * 48
+    model.fit(tr.load_kw[:k], k)
+    blob = model.to_state()
+    assert blob is not None
+    raw = msgspec.json.decode(zlib.decompress(blob))
+    old = {key: v for key, v in raw.items() if key not in ("updated_at", "base_trees", "update_loss")}
+    old["version"] = 1
+    other = GbmLoadForecaster(tr.start, tr.step, "Australia/Sydney", country="AU", subdiv="NSW")
+    other.load_state(zlib.compress(msgspec.json.encode(old)))
+    assert other.updated_at == other.fitted_at == k and other.base_trees == model.base_trees
+    assert other.due(k + 48) is Training.UPDATE
+    for broken in ({"update_loss": [None, 0.0]}, {"update_loss": [-1.0, 0.0]}, {"base_trees": 10**6}):
+        bad = zlib.compress(msgspec.json.encode({**raw, **broken}))
+        with pytest.raises(ValueError):
+            other.load_state(bad)
+    early = {**raw, "updated_at": (tr.start + tr.step * (k - 1)).isoformat()}  # updated before it was fitted
+    with pytest.raises(ValueError):
+        other.load_state(zlib.compress(msgspec.json.encode(early)))
+
+
+def test_gbm_continuation_reads_no_more_than_its_update_history() -> None:
+    """The planner worker loads only `update_history` slots for a continuation: the same model results."""
+    tr, model = _ausgrid(60)
+    fit_at, now = 40 * 48, 43 * 48 + 16
+    model.fit(tr.load_kw[:fit_at], fit_at)
+    blob = model.to_state()
+    assert blob is not None
+    days = -(-model.update_history(now) // 48)  # whole days, as the worker loads them
+    assert days < 40  # far less than a refit's window
+    short_start = now - days * 48
+    short = GbmLoadForecaster(tr.start + tr.step * short_start, tr.step, "Australia/Sydney", country="AU", subdiv="NSW")
+    short.load_state(blob)
+    assert short.train(tr.load_kw[short_start:now], now - short_start) is Training.UPDATE
+    assert model.train(tr.load_kw, now) is Training.UPDATE
+    assert np.allclose(short.predict(tr.load_kw[short_start:], days * 48, 48), model.predict(tr.load_kw, now, 48))
