@@ -34,8 +34,9 @@ IntArray = npt.NDArray[np.int64]
 
 QUANTILES: Final = (0.1, 0.5, 0.9)
 MAX_STATE_BYTES: Final = 512 * 1024  # a stored model larger than this (compressed) is refused, not truncated
-STATE_VERSION: Final = 2  # 2 adds the continuation (updated_at, base_trees, update_loss); 1 is still read
+STATE_VERSION: Final = 2  # 2 adds the continuation (updated_at, base_trees, update_gain); 1 is still read
 READABLE_VERSIONS: Final = (1, 2)
+MAX_UPDATES: Final = 366  # continuations a stored state may record (a daily one for a year without a refit)
 
 
 def forecast_load(
@@ -236,7 +237,7 @@ class _State(msgspec.Struct, frozen=True):
     models: dict[str, str]  # "point" and quantile names ("q0.1") -> LightGBM model text
     updated_at: str | None = None  # the last continuation's instant (None: never continued, version 1)
     base_trees: int = 0  # trees of the full fit at the front of the point booster (0: all of them)
-    update_loss: tuple[float, float] = (0.0, 0.0)  # the continued / the full fit's loss on rows new to both
+    update_gain: list[float] = []  # per continuation: the full fit's mean loss - the continued one's, new rows
 
 
 class GbmLoadForecaster:
@@ -258,7 +259,8 @@ class GbmLoadForecaster:
     rows whose target was measured since the last training, so the model follows the house without a
     refit's cost. A full fit comes early when the booster would pass `max_trees` (which bounds the stored
     state) or when the continued model has done worse than the full fit alone (its first `base_trees`) on
-    the rows each continuation saw before training on them (`update_loss`, out of sample for both).
+    the rows each continuation saw before training on them (out of sample for both; `update_gain`, a
+    paired test: `continuation_hurts`).
 
     Quantile models (pinball loss at 0.1, 0.5 and 0.9) are trained only when `quantiles()` is first asked
     for, on the same rows, and sorted per slot so they never cross.
@@ -303,7 +305,7 @@ class GbmLoadForecaster:
         self.fitted_at = -(10**9)  # slot index of the last full fit
         self.updated_at = -(10**9)  # slot index of the last training, full or continued
         self.base_trees = 0  # trees of the last full fit (the front of the point booster)
-        self.update_loss = (0.0, 0.0)  # summed loss of (the continued model, the full fit) on rows new to both
+        self.update_gain: list[float] = []  # per continuation: full fit's - continued model's loss, new rows
         self._calendar: dict[int, tuple[float, float, float]] = {}
         self._train: tuple[FloatArray, FloatArray] | None = None
 
@@ -419,7 +421,7 @@ class GbmLoadForecaster:
         rows = self._rows(load, now)
         self.quantile_models = {}
         self._train = rows
-        self.update_loss = (0.0, 0.0)
+        self.update_gain = []
         if rows is None:
             return
         self.model = self._train_one(*rows, self.objective)
@@ -430,7 +432,7 @@ class GbmLoadForecaster:
         """Continue the fitted boosters on the rows measured since the last training (from load[:now]).
 
         Before training on them, the rows score the continued model against the full fit alone
-        (`update_loss`): new to both, so an honest test of whether continuing helps."""
+        (`update_gain`): new to both, so an honest test of whether continuing helps."""
         if self.model is None:
             raise ValueError("update needs a fitted model")
         rows = self._new_rows(load, now)
@@ -438,11 +440,8 @@ class GbmLoadForecaster:
         if rows is None or len(rows[1]) < 2 * 40:  # fewer rows than two leaves' worth: nothing to learn
             return
         x, y = rows
-        cont, base = self.update_loss
-        self.update_loss = (
-            cont + self._loss(y, self.model.predict(x)),
-            base + self._loss(y, self.model.predict(x, num_iteration=self.base_trees or None)),
-        )
+        base = self._loss(y, self.model.predict(x, num_iteration=self.base_trees or None))
+        self.update_gain.append((base - self._loss(y, self.model.predict(x))) / len(y))
         self.model = self._train_one(x, y, self.objective, init=self.model, rounds=self.update_rounds)
         self.quantile_models = {
             q: self._train_one(x, y, "quantile", q, init=m, rounds=self.update_rounds)
@@ -469,8 +468,7 @@ class GbmLoadForecaster:
             return Training.REFIT
         if self.update_days <= 0 or now - self.updated_at < self.update_days * self.spd:
             return None
-        cont, base = self.update_loss
-        if cont > base or int(self.model.num_trees()) + self.update_rounds > self.max_trees:
+        if continuation_hurts(self.update_gain) or int(self.model.num_trees()) + self.update_rounds > self.max_trees:
             return Training.REFIT  # continuing did worse than the full fit alone, or the booster is full
         return Training.UPDATE
 
@@ -542,7 +540,7 @@ class GbmLoadForecaster:
             models=models,
             updated_at=(self.start + self.step * self.updated_at).isoformat(),
             base_trees=self.base_trees,
-            update_loss=self.update_loss,
+            update_gain=self.update_gain,
         )
         blob = zlib.compress(msgspec.json.encode(state), 6)
         return blob if len(blob) <= MAX_STATE_BYTES else None
@@ -565,7 +563,8 @@ class GbmLoadForecaster:
             raise ValueError(f"stored load model unreadable: {exc}") from None
         if fitted.tzinfo is None or updated.tzinfo is None:
             raise ValueError("stored load model: fit time without offset")
-        if updated < fitted or state.base_trees < 0 or not all(math.isfinite(v) and v >= 0 for v in state.update_loss):
+        gains = state.update_gain
+        if updated < fitted or state.base_trees < 0 or len(gains) > MAX_UPDATES or not all(map(math.isfinite, gains)):
             raise ValueError("stored load model: continuation out of range")
         mine = (self.step.total_seconds(), self.tz, self.country, self.subdiv, self.objective)
         theirs = (state.step_s, state.tz, state.country, state.subdiv, state.objective)
@@ -584,9 +583,24 @@ class GbmLoadForecaster:
         self.fitted_at = math.floor((fitted - self.start) / self.step)
         self.updated_at = math.floor((updated - self.start) / self.step)
         self.base_trees = state.base_trees or int(self.model.num_trees())
-        self.update_loss = state.update_loss
+        self.update_gain = list(gains)
         self._train = None
         return fitted
+
+
+def continuation_hurts(gains: list[float]) -> bool:
+    """Whether continuing has done worse than the full fit alone beyond day-to-day noise (a paired test).
+
+    `gains`: per continuation, the full fit's mean loss minus the continued model's on the rows that
+    continuation was about to learn from. The first is 0 by construction (the models are still the same)
+    and left out; of the rest (at least two), a mean below zero by more than two standard errors says
+    the continuation hurts. A single bad day does not: a strict comparison refitted the Konstanz house's
+    model every third day (docs/cloud-planning.md, incremental training)."""
+    g = np.asarray(gains[1:], dtype=np.float64)
+    if len(g) < 2:
+        return False
+    mean = float(np.mean(g))
+    return mean < 0 and mean < -2.0 * float(np.std(g, ddof=1)) / math.sqrt(len(g))
 
 
 def _at(values: FloatArray, idx: IntArray) -> FloatArray:
@@ -609,6 +623,7 @@ __all__ = [
     "GbmLoadForecaster",
     "LoadQuantiles",
     "Training",
+    "continuation_hurts",
     "day_load_ratios",
     "error_persistence",
     "forecast_load",

@@ -16,7 +16,7 @@ import pytest
 
 from cloud.backtest import Traces, read_traces
 from cloud.forecast import GbmLoadForecaster, forecast_load, forecast_load_persistence
-from cloud.forecast_load import MAX_STATE_BYTES, Training
+from cloud.forecast_load import MAX_STATE_BYTES, Training, continuation_hurts
 
 TRACE = Path(__file__).resolve().parents[2] / "bench" / "data" / "ausgrid_c12_nl_2023.csv"
 
@@ -154,9 +154,12 @@ def test_gbm_schedule_refits_continues_and_bounds_the_booster() -> None:
     assert model.due(fit_at + day) is Training.UPDATE
     assert model.due(fit_at + model.refit_days * day) is Training.REFIT  # the full refit's schedule
     assert model.due(fit_at - 1) is Training.REFIT  # a fit "from the future" (a clock jump) is redone
-    model.update_loss = (10.0, 9.0)  # continuing did worse than the full fit alone on rows new to both
+    model.update_gain = [0.0, -0.02, -0.03, -0.025]  # continuing did worse than the full fit alone, steadily
     assert model.due(fit_at + day) is Training.REFIT
-    model.update_loss = (9.0, 10.0)
+    model.update_gain = [0.0, -0.03]  # one bad day is noise, not evidence
+    assert model.due(fit_at + day) is Training.UPDATE
+    model.update_gain = [0.0, 0.05, -0.03, 0.01]  # better and worse: continue
+    assert model.due(fit_at + day) is Training.UPDATE
     model.max_trees = model.base_trees + model.update_rounds - 1  # one more continuation would pass the bound
     assert model.due(fit_at + day) is Training.REFIT
     never = GbmLoadForecaster(tr.start, tr.step, "Australia/Sydney", update_days=0)
@@ -181,7 +184,7 @@ def test_gbm_continued_state_round_trips_continues_and_stays_bounded() -> None:
     other = GbmLoadForecaster(later, tr.step, "Australia/Sydney", country="AU", subdiv="NSW", refit_days=10**6)
     assert other.load_state(blob) == tr.start + tr.step * 35 * 48  # the full fit's time, not the last update's
     assert other.updated_at == k - 2 * 48 and other.base_trees == model.base_trees
-    assert other.update_loss == model.update_loss
+    assert other.update_gain == model.update_gain and len(model.update_gain) == 20
     assert np.allclose(other.predict(tr.load_kw[2 * 48 :], k - 2 * 48, 48), model.predict(tr.load_kw, k, 48))
     q, q_other = model.quantiles(tr.load_kw, k, 48), other.quantiles(tr.load_kw[2 * 48 :], k - 2 * 48, 48)
     assert np.allclose(q.p90, q_other.p90)  # the continued quantile boosters came along
@@ -195,13 +198,13 @@ def test_gbm_reads_a_version_1_state_and_refuses_a_broken_continuation() -> None
     blob = model.to_state()
     assert blob is not None
     raw = msgspec.json.decode(zlib.decompress(blob))
-    old = {key: v for key, v in raw.items() if key not in ("updated_at", "base_trees", "update_loss")}
+    old = {key: v for key, v in raw.items() if key not in ("updated_at", "base_trees", "update_gain")}
     old["version"] = 1
     other = GbmLoadForecaster(tr.start, tr.step, "Australia/Sydney", country="AU", subdiv="NSW")
     other.load_state(zlib.compress(msgspec.json.encode(old)))
     assert other.updated_at == other.fitted_at == k and other.base_trees == model.base_trees
     assert other.due(k + 48) is Training.UPDATE
-    for broken in ({"update_loss": [None, 0.0]}, {"update_loss": [-1.0, 0.0]}, {"base_trees": 10**6}):
+    for broken in ({"update_gain": [None]}, {"update_gain": [0.0] * 367}, {"base_trees": 10**6}):
         bad = zlib.compress(msgspec.json.encode({**raw, **broken}))
         with pytest.raises(ValueError):
             other.load_state(bad)
@@ -225,3 +228,15 @@ def test_gbm_continuation_reads_no_more_than_its_update_history() -> None:
     assert short.train(tr.load_kw[short_start:now], now - short_start) is Training.UPDATE
     assert model.train(tr.load_kw, now) is Training.UPDATE
     assert np.allclose(short.predict(tr.load_kw[short_start:], days * 48, 48), model.predict(tr.load_kw, now, 48))
+
+
+def test_continuation_hurts_only_beyond_the_noise() -> None:
+    assert not continuation_hurts([])
+    assert not continuation_hurts([0.0, -1.0])  # one day: too little to tell
+    assert continuation_hurts([0.0, -0.1, -0.1])  # steadily worse (no spread at all)
+    assert not continuation_hurts([0.0, -0.1, 0.1, -0.05])
+    assert not continuation_hurts([0.0, 0.1, 0.1])  # better
+    rng = np.random.default_rng(5)
+    noise = [0.0, *rng.normal(0.0, 0.05, 13).tolist()]
+    assert not continuation_hurts(noise)  # a fortnight of pure noise around no effect
+    assert continuation_hurts([0.0, *(np.asarray(noise[1:]) - 0.1).tolist()])  # the same, shifted worse
