@@ -167,7 +167,7 @@ class Config:
     holidays: str | None = None  # COUNTRY or COUNTRY/SUBDIVISION for the GBM's holiday feature (e.g. AU/NSW)
     # the GBM's training (cloud.forecast_load.GbmLoadForecaster.due): from scratch every load_refit_days, and
     # with load_update continued daily in between on the rows measured since (as the planner worker does)
-    load_refit_days: int = 14
+    load_refit_days: float = 14.0
     load_update: bool = True
     # plan on this quantile of the load (risk): the GBM's P10/P50/P90, or the profile plus the house's own
     # day-to-day spread at that quantile; None: the point forecast
@@ -362,7 +362,7 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
     bt.add_argument(
         "--load-refit-days",
-        type=int,
+        type=float,
         default=d.load_refit_days,
         help="--load-model gbm: train from scratch every N days (default 14)",
     )

@@ -279,7 +279,7 @@ class GbmLoadForecaster:
         subdiv: str | None = None,
         train_days: int = 56,
         min_days: int = 14,
-        refit_days: int = 14,
+        refit_days: float = 14,
         update_days: int = 1,
         update_rounds: int = 8,
         max_trees: int = 240,
