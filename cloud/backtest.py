@@ -466,7 +466,7 @@ def capacity_cost(tr: Traces, import_kw: FloatArray, cfg: Config) -> float:
     _, index = np.unique(billing_months(tr, cfg.capacity_tz), return_inverse=True)
     peaks = np.zeros(int(index.max()) + 1)
     np.maximum.at(peaks, index, import_kw)
-    return cfg.capacity_per_kw * float(peaks.sum())
+    return cfg.capacity_per_kw * float(np.maximum(peaks, cfg.capacity_min_kw).sum())
 
 
 def _demand(cfg: Config, peak_already_kw: float, reserve_kwh: list[float] | None = None) -> DemandCharge | None:
@@ -475,7 +475,9 @@ def _demand(cfg: Config, peak_already_kw: float, reserve_kwh: list[float] | None
     if cfg.capacity_per_kw <= 0.0:
         return None
     return DemandCharge(
-        price_per_kw=cfg.capacity_per_kw, peak_already_kw=max(0.0, peak_already_kw), reserve_kwh=reserve_kwh or []
+        price_per_kw=cfg.capacity_per_kw,
+        peak_already_kw=max(0.0, peak_already_kw, cfg.capacity_min_kw),
+        reserve_kwh=reserve_kwh or [],
     )
 
 
@@ -946,6 +948,7 @@ def billing_target(tr: Traces, cfg: Config, first: int) -> PeakTarget:
         cfg.eta_discharge,
         tr.slots_per_day,
         lo,
+        floor_kw=cfg.capacity_min_kw,
     )
 
 
@@ -1178,7 +1181,12 @@ def run_backtest(args: argparse.Namespace) -> int:
             _check_output(option, getattr(args, option, None))
         tariff = _read_tariff(getattr(args, "tariff", None))
         if tariff is not None and tariff.capacity is not None:
-            cfg = dataclasses.replace(cfg, capacity_per_kw=tariff.capacity.price_per_kw, capacity_tz=tariff.timezone)
+            cfg = dataclasses.replace(
+                cfg,
+                capacity_per_kw=tariff.capacity.price_per_kw,
+                capacity_min_kw=tariff.capacity.min_kw,
+                capacity_tz=tariff.timezone,
+            )
             if problem := config_problem(cfg):
                 raise TraceError(f"--tariff {args.tariff}: {problem}")
         tr = read_traces(args.traces, getattr(args, "pv_forecast_column", None), tariff)

@@ -86,6 +86,13 @@ BOUNDS: Final[dict[str, Bound]] = {
 BOUNDS["capacity_per_kw"] = Bound(
     "--tariff capacity.price_per_kw", 0.0, 100.0, "EUR/kW per month", "real ones are 1-10 EUR/kW per month"
 )
+BOUNDS["capacity_min_kw"] = Bound(
+    "--tariff capacity.min_kw",
+    0.0,
+    1000.0,
+    "kW",
+    "the lowest monthly peak billed: Flanders 2.5 kW; no household's above",
+)
 # Config fields named differently from their option
 FIELD_DEST: Final = {"tilt_deg": "tilt", "azimuth_deg": "azimuth"}
 # The keys a trace's `# site:` line may set (its option names without "--") and their argparse dests
@@ -129,6 +136,7 @@ class Config:
     discharge_efficiency: float | None = None
     # a tariff's capacity charge (--tariff): per kW of each calendar month's highest import, months in capacity_tz
     capacity_per_kw: float = 0.0
+    capacity_min_kw: float = 0.0  # the lowest monthly peak billed (the tariff's capacity.min_kw)
     capacity_tz: str = "UTC"
     soc_min: float = 0.1
     soc_max: float = 0.95

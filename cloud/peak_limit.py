@@ -190,12 +190,15 @@ def month_target(
     discharge_eff: float,
     slots_per_day: int,
     phase0: int = 0,
+    floor_kw: float = 0.0,
 ) -> PeakTarget:
     """The billing month's target from the last TARGET_HISTORY_DAYS of the house's net load (load - PV, kW
     per slot, before the month): the level SHAVING_SHARE of the battery's usable energy could have held it
     under (`shaving_level_kw`), and the excursions above that level by the time of day they began as the
     reserve (`shaving_reserve_kwh`, at most that share of the usable energy). `phase0`: the slot index of
-    the history's first slot, which the reserve's time of day counts from.
+    the history's first slot, which the reserve's time of day counts from. `floor_kw`: the lowest peak the
+    tariff bills a month for (`CapacityCharge.min_kw`): the level is never below it, the reserve counts
+    excursions above the level.
 
     The plan's LP treats import up to max(level, peak so far) as paid for, and the edge's limit is that
     level where the plan does not itself import more: below it nothing is gained by a lower peak, above it
@@ -206,6 +209,7 @@ def month_target(
     if not np.isfinite(net).any() or budget <= 0.0:
         return NO_TARGET
     level = shaving_level_kw(net, dt_h, budget, charge_kw, discharge_kw, charge_eff, discharge_eff)
+    level = max(level, floor_kw) if math.isfinite(floor_kw) else level
     reserve = np.minimum(budget, shaving_reserve_kwh(net, dt_h, level, discharge_eff, slots_per_day))
     return PeakTarget(level_kw=level, reserve_kwh=tuple(float(r) for r in reserve), phase0=phase0)
 

@@ -443,6 +443,7 @@ async def _month_target(
         b.discharge_efficiency,
         SLOTS_PER_DAY,
         -len(history.load_kw),
+        floor_kw=tariff.capacity.min_kw,
     )
 
 

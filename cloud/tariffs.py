@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -78,9 +78,12 @@ class Export(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class CapacityCharge(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Per kW of the billing period's peak import (15-minute mean); the period is a calendar month."""
+    """Per kW of the billing period's peak import (15-minute mean); the period is a calendar month.
+
+    `min_kw`: the lowest peak a month is billed for (Flanders: 2.5 kW), so shaving below it earns nothing."""
 
     price_per_kw: NonNeg
+    min_kw: NonNeg = 0.0
 
 
 class Tariff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -101,6 +104,10 @@ class Tariff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def needs_spot(self) -> bool:
         return self.energy.kind == "spot" or self.export.kind in ("spot", "spot_minus_fee")
+
+
+# A billed minimum peak above this is no household's (Flanders: 2.5 kW; connections are 10-60 kW).
+MAX_CAPACITY_MIN_KW: Final = 1000.0
 
 
 def decode_tariff(obj: Any) -> Tariff:
@@ -125,6 +132,8 @@ def _check(tariff: Tariff) -> None:
         raise TariffError(f"tariff.timezone: unknown time zone {tariff.timezone!r}") from None
     if tariff.energy.kind == "tou" and tariff.energy.tou is None:
         raise TariffError("tariff.energy.tou: required when energy.kind is 'tou'")
+    if tariff.capacity is not None and not tariff.capacity.min_kw <= MAX_CAPACITY_MIN_KW:
+        raise TariffError(f"tariff.capacity.min_kw: at most {MAX_CAPACITY_MIN_KW:g} kW (a household's connection)")
     if tariff.needs_spot and not tariff.spot_area:
         raise TariffError("tariff.spot_area: required when a price follows the spot market")
 
@@ -230,7 +239,7 @@ def demand_charge(
         return None
     return DemandCharge(
         price_per_kw=tariff.capacity.price_per_kw,
-        peak_already_kw=max(0.0, peak_already_kw),
+        peak_already_kw=max(0.0, peak_already_kw, tariff.capacity.min_kw),
         reserve_kwh=list(reserve_kwh or []),
     )
 

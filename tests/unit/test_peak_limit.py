@@ -37,7 +37,7 @@ from cloud.peak_limit import (
     shaving_level_kw,
     shaving_reserve_kwh,
 )
-from cloud.tariffs import CapacityCharge, Energy, Tariff, decode_tariff, demand_charge
+from cloud.tariffs import CapacityCharge, Energy, Tariff, TariffError, decode_tariff, demand_charge
 from zapd.model import Plan, PlanSlot
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
@@ -310,3 +310,28 @@ def test_a_problem_with_a_bad_reserve_is_refused_and_prices_are_still_checked() 
         validate_problem(Problem(**{**_problem_args(), "demand_charge": DemandCharge(4.0, 0.0, [math.nan] * 4)}))
     with pytest.raises(ProblemError, match="import_price"):
         validate_problem(Problem(**{**_problem_args(), "import_price": [math.nan, 0.3, 0.3, 0.3]}))
+
+
+# --- a billed minimum peak (Flanders: 2.5 kW a month) ----------------------------------------------------------
+
+
+def test_a_billed_minimum_peak_is_settled_planned_and_targeted() -> None:
+    """`capacity.min_kw`: a month is billed at least that peak (settlement), import up to it is paid for (the
+    LP's level), and the month's target is never below it (shaving under it earns nothing)."""
+    start = datetime(2023, 1, 31, 22, tzinfo=UTC)  # 4 hourly slots across a month end (UTC): 2 in each
+    tr = Traces(start, timedelta(hours=1), np.full(4, 0.3), np.zeros(4), np.array([1.0, 3.0, 1.0, 2.0]), np.zeros(4))
+    cfg = replace(Config(), capacity_per_kw=4.0, capacity_min_kw=2.5)
+    assert backtest.capacity_cost(tr, tr.load_kw, cfg) == pytest.approx(4.0 * (3.0 + 2.5))  # Feb: 2 kW → 2.5
+    dc = backtest._demand(cfg, 1.0)
+    assert dc is not None and dc.peak_already_kw == 2.5
+    tariff = decode_tariff(
+        b'{"energy": {"kind": "fixed", "price": 0.3}, "capacity": {"price_per_kw": 4, "min_kw": 2.5}}'
+    )
+    dc2 = demand_charge(tariff, 1.0)
+    assert dc2 is not None and dc2.peak_already_kw == 2.5
+    net = np.array([0.5, 0.5, 2.0, 3.0, 0.5, 0.5, 0.5, 0.5])
+    assert month_target(net, 1.0, 100.0, 5.0, 5.0, 1.0, 1.0, 4).level_kw < 2.5
+    floored = month_target(net, 1.0, 100.0, 5.0, 5.0, 1.0, 1.0, 4, floor_kw=2.5)
+    assert floored.level_kw == 2.5 and max(floored.reserve_kwh) == pytest.approx(0.5)  # only the 3 kW hour
+    with pytest.raises(TariffError, match="min_kw"):
+        decode_tariff(b'{"energy": {"kind": "fixed", "price": 0.3}, "capacity": {"price_per_kw": 4, "min_kw": 5000}}')
