@@ -90,6 +90,7 @@ from cloud.forecast import (
 from cloud.forecast_load import LoadQuantiles, day_load_ratios, error_persistence, newsvendor_load
 from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
+from cloud.forecast_pv_day import pv_day_outlook_from_series
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
@@ -822,7 +823,8 @@ class Planner:
             self._infer_site(k)
         if self.pv_site is not None:
             return self.pv_site.forecast(self.tr.pv_kw, k, horizon)
-        spd = self.spd
+        spd, cfg = self.spd, self.cfg
+        today = (k // spd) * spd  # the trace's days start at its first row (local midnight in bench/data)
         if k // spd != self.factor_day:  # daily ratios: re-learning once a day is enough
             lo = max(0, k - 14 * spd)
             self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.kwp)
@@ -834,9 +836,20 @@ class Planner:
             self.factor_day = k // spd
         lo = max(0, k - round(NOWCAST_RECENT_H / self.tr.dt_h))  # the last hours' PV against their forecast
         at = k - self.shape_origin
-        recent = forecast_pv(self.sky[lo:k], self.factor) * self.shape.at(at - (k - lo), k - lo)
-        pv = forecast_pv(self.sky[k : k + horizon], self.factor) * self.shape.at(at, horizon)
-        bounds = (NOWCAST_RATIO_BOUNDS[0], self.cfg.pv_nowcast_max)
+        if not cfg.pv_persistence:
+            recent = forecast_pv(self.sky[lo:k], self.factor)
+            pv = forecast_pv(self.sky[k : k + horizon], self.factor)
+        else:  # today so far and the days after it: m + rho^j x today's deviation (cloud.forecast_pv_day)
+            days = round(cfg.pv_persistence_days)
+            first = max(0, today - days * spd)  # the planner worker's call, on the trace's days
+            outlook = pv_day_outlook_from_series(
+                self.tr.pv_kw[first:k], self.sky[first:], today - first, spd, self.factor.typical, self.kwp, days=days
+            )
+            recent = self.sky[lo:k] * outlook.level(0)
+            pv = self.sky[k : k + horizon] * outlook.factors(horizon, today + spd - k, spd)
+        recent = recent * self.shape.at(at - (k - lo), k - lo)
+        pv = pv * self.shape.at(at, horizon)
+        bounds = (NOWCAST_RATIO_BOUNDS[0], cfg.pv_nowcast_max)
         return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.kwp, ratio_bounds=bounds)
 
     def _terminal_value(self, import_price: FloatArray, k: int, known: int) -> float:

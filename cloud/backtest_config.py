@@ -78,6 +78,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--load-refit-days", 1.0, 366.0, "days", "daily .. yearly; the GBM trains on its last 56 days"),
         Bound("--price-forecast-hours", 1.0, 168.0, "h", "as --horizon-hours"),
         Bound("--pv-nowcast-max", 1.0, 10.0, "", "1: never raised; a clear hour is at most ~5x a dark day's"),
+        Bound("--pv-persistence-days", 2.0, 366.0, "days", "a pair of days .. a year of daily clearness"),
         Bound("--days", 1.0, MAX_DAYS, "days", "at least one day of prices, at most a century"),
         Bound("--plot-days", 0.0, 366.0, "days", "a year on one figure is already unreadable", lo_open=True),
     )
@@ -191,6 +192,10 @@ class Config:
     # plan the slots the battery serves on the whole-day load ratio's newsvendor quantile 1 - export/import
     # (cloud.forecast_load.newsvendor_load)
     load_reserve: bool = False
+    # the PV forecast's day-to-day part: today and the next days planned on the mean day + ρ^j × today's
+    # expected deviation, ρ the site's own lag-1 autocorrelation of its daily clearness (cloud.forecast_pv_day)
+    pv_persistence: bool = False
+    pv_persistence_days: float = 28.0  # the window that ρ is measured over
     terminal_value: bool = True  # value the energy left at the horizon's end (cloud.forecast_price.terminal_value)
     terminal_basis: TerminalBasis = TerminalBasis.DISCHARGE  # which kWh that energy counts as (TerminalBasis)
     # lower the terminal value's reference price to the forecast cheapest import of the day after the horizon
@@ -363,6 +368,19 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="load nowcast: the last slot's error fades by the house's own measured persistence (default on)",
     )
     bt.add_argument(
+        "--pv-persistence",
+        action=argparse.BooleanOptionalAction,
+        default=d.pv_persistence,
+        help="PV day to day: plan today and the next days on the site's own persistence of clear and cloudy "
+        "days (the AR(1) of its daily clearness) instead of the two-week mean day",
+    )
+    bt.add_argument(
+        "--pv-persistence-days",
+        type=float,
+        default=d.pv_persistence_days,
+        help="days of daily clearness the PV persistence is measured over (default %(default)s)",
+    )
+    bt.add_argument(
         "--load-reserve",
         action="store_true",
         help="plan net-demand slots on the whole-day load ratio's quantile 1 - export/import (newsvendor)",
@@ -444,6 +462,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_scenarios=getattr(args, "load_scenarios", d.load_scenarios),
         load_persistence=getattr(args, "load_persistence", d.load_persistence),
         load_reserve=getattr(args, "load_reserve", d.load_reserve),
+        pv_persistence=getattr(args, "pv_persistence", d.pv_persistence),
+        pv_persistence_days=getattr(args, "pv_persistence_days", d.pv_persistence_days),
         terminal_value=getattr(args, "terminal_value", d.terminal_value),
         terminal_basis=TerminalBasis(getattr(args, "terminal_basis", d.terminal_basis.value)),
         terminal_next_day=getattr(args, "terminal_next_day", d.terminal_next_day),

@@ -118,6 +118,13 @@ def _planner_arguments(serve: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--execution", choices=EXECUTIONS, default=d.execution, help="how plan slots run (default: %(default)s)"
     )
+    group.add_argument(
+        "--pv-persistence",
+        action=argparse.BooleanOptionalAction,
+        default=d.pv_persistence,
+        help="plan the PV of today and the next days on the site's own persistence of clear and cloudy days "
+        "(the factor forecast without weather; default: %(default)s)",
+    )
 
 
 def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
@@ -131,6 +138,7 @@ def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
         load_model=args.load_model,
         price_forecast=args.price_forecast,
         execution=args.execution,
+        pv_persistence=args.pv_persistence,
     )
 
 

@@ -62,6 +62,7 @@ from cloud.forecast import (
 )
 from cloud.forecast_price import forecast_prices, terminal_value
 from cloud.forecast_pv import SkyGrid
+from cloud.forecast_pv_day import PV_PERSISTENCE_DAYS, PvDayOutlook, pv_day_outlook_from_series
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w, round_up_w
@@ -102,6 +103,8 @@ class PlannerOptions:
     # plan past the published day-ahead prices with forecast ones (flagged in the flows: price_forecast)
     price_forecast: bool = False
     models: ModelChoice = field(default_factory=ModelChoice)  # which forecasters; trained per site (site_forecast)
+    # the factor forecast's day-to-day part from the site's own clear/cloudy-day persistence (cloud.forecast_pv_day)
+    pv_persistence: bool = False
 
     def for_site(self, assets: SiteAssets) -> PlannerOptions:
         """These options with the site's own choices (`assets.planning`) where it made one."""
@@ -323,6 +326,10 @@ async def _pv_forecast(
     recent = min(len(measured), round(NOWCAST_RECENT_H * SLOTS_PER_DAY / 24))
     recent_fc = forecast_pv(sky.pv_kw[past - recent : past], factor)
     pv = forecast_pv(sky.pv_kw[past:], factor)
+    if options.pv_persistence:  # today and the next days on the site's own day-to-day persistence
+        outlook, left_today = await _pv_day_outlook(assets, series, start, factor.typical)
+        recent_fc = sky.pv_kw[past - recent : past] * outlook.level(0)
+        pv = sky.pv_kw[past:] * outlook.factors(horizon, left_today, SLOTS_PER_DAY)
     nowcast = pv_nowcast(pv, measured[len(measured) - recent :], recent_fc, 24 / SLOTS_PER_DAY, assets.pv_kwp)
     if weather is None:
         return nowcast, factor
@@ -355,6 +362,39 @@ def _check_pv_registration(
     for kind, message in problems:
         PV_REGISTRATION_MISMATCH[kind] += 1
         log.warning("planner.pv_registration_mismatch", site_id=site_id, kind=kind, problem=message)
+
+
+def solar_day_start(start: datetime, lon: float) -> datetime:
+    """The slot of the last solar midnight at or before `start` (a day boundary where the sun is down
+    everywhere on the site's meridian: UTC midnight would cut an Australian day at 10:00)."""
+    shift = timedelta(hours=lon / 15.0)
+    solar = start.astimezone(UTC) + shift
+    return floor_slot(solar.replace(hour=0, minute=0, second=0, microsecond=0) - shift)
+
+
+async def _pv_day_outlook(
+    assets: SiteAssets, series: SiteSeries, start: datetime, mean: float
+) -> tuple[PvDayOutlook, int]:
+    """The PV day persistence (cloud.forecast_pv_day) from the site's telemetry before `start`, and how many
+    of the plan's slots are left of today (solar days; the history is the series' whole days before today)."""
+    location = assets.pv_location()
+    today_start = solar_day_start(start, location.lon)
+    today = int((today_start - series.start) // STEP)
+    left_today = SLOTS_PER_DAY - int((start - today_start) // STEP)
+    first = max(0, today - PV_PERSISTENCE_DAYS * SLOTS_PER_DAY)
+    if today <= first:
+        return PvDayOutlook(mean), left_today
+    measured = series.pv_kw[first:]
+    sky = await asyncio.to_thread(
+        clear_sky_cached,
+        location,
+        assets.pv_arrays(),
+        series.start + STEP * first,
+        STEP,
+        today - first + SLOTS_PER_DAY,
+    )
+    outlook = pv_day_outlook_from_series(measured, sky.pv_kw, today - first, SLOTS_PER_DAY, mean, assets.pv_kwp)
+    return outlook, left_today
 
 
 def _with_weather(weather: dict[str, FloatArray], dimmed: FloatArray, without: FloatArray) -> FloatArray:

@@ -54,6 +54,9 @@ class PlannerSettings:
     load_model: LoadModelName = "profile"
     price_forecast: bool = False
     execution: str = DEFAULT_EXECUTION.value
+    # the factor PV forecast's day-to-day part from the site's own clear/cloudy-day persistence
+    # (cloud.forecast_pv_day; the backtest's --pv-persistence)
+    pv_persistence: bool = False
 
     def __post_init__(self) -> None:
         if self.weather_url is not None:
@@ -89,6 +92,7 @@ class PlannerSettings:
             models=ModelChoice(pv=PvChoice(self.pv_model), load=LoadChoice(self.load_model)),
             price_forecast=self.price_forecast,
             execution=Execution(self.execution),
+            pv_persistence=self.pv_persistence,
         )
 
 

@@ -1,0 +1,186 @@
+"""The PV forecast's day-to-day part: the site's own persistence of clear and cloudy days.
+
+Without a weather forecast the day-ahead PV forecast is clear sky × the mean day of the last two weeks
+(`cloud.forecast.learn_pv_factor`: climatology), and yesterday's PV (persistence) does about as badly: two
+poor predictors whose errors are correlated but not the same. The MSE-optimal blend of the two is the AR(1)
+of the daily clearness k_d = measured / clear-sky day energy:
+
+    E[k_{d+1}] = m + ρ (k_d − m)
+
+with m the mean day and ρ the lag-1 autocorrelation of k_d, measured on the site's own history (no fitted
+constant; the same idea as the load forecaster's AR(1) nowcast, `cloud.forecast_load.error_persistence`).
+ρ came out about 0.3 on the Konstanz and Ausgrid houses over rolling four-week windows
+(docs/cloud-planning.md, "PV day persistence").
+
+A plan made during a day knows the completed days and today's partial day. Today's expected deviation from
+the mean is read from both, weighted by how much of today's clear-sky energy has passed (w):
+
+    dev_today = w (k_today_so_far − m) + (1 − w) ρ (k_yesterday − m)
+
+(at dawn the AR prior from yesterday, at dusk today's own clearness); a slot j ≥ 1 days after today is
+planned on m + ρ^j dev_today. Today's remaining slots stay on the mean day m, corrected by the intraday
+nowcast (`cloud.forecast.pv_nowcast`), which already carries today's own evidence into the next hours
+(`PvDayOutlook`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from cloud.forecast_load import FloatArray
+
+PV_PERSISTENCE_DAYS: Final = 28  # the window ρ is measured over (four weeks, like the load's error_persistence)
+MIN_PERSISTENCE_PAIRS: Final = 10  # fewer pairs of consecutive usable days: ρ = 0 (today's behaviour)
+MAX_PERSISTENCE: Final = 0.99  # ρ < 1: a deviation always fades
+_SUNNY_SHARE_OF_KWP: Final = 0.02  # a slot counts as sunlit above 2 % of kWp clear sky (learn_pv_factor's)
+_MIN_CLEAR_KWH_PER_KWP: Final = 0.5  # a day with less clear-sky energy says nothing (learn_pv_factor's)
+_LEVEL_BOUNDS: Final = (0.02, 1.5)  # the factor's own bounds (cloud.forecast._FACTOR_BOUNDS)
+
+
+def day_clearness(measured_kw: FloatArray, clear_kw: FloatArray, slots_per_day: int, kwp: float) -> FloatArray:
+    """k per whole day of aligned series that start at a day boundary (oldest first): measured over clear-sky
+    energy of the sunlit slots; NaN for a day with a telemetry gap in its sunlit slots (it would look dark)
+    or too little clear-sky energy to measure against. Keeps every day, so consecutive entries are
+    consecutive days."""
+    days = len(measured_kw) // slots_per_day
+    if days == 0 or kwp <= 0:
+        return np.zeros(0)
+    m = measured_kw[: days * slots_per_day].reshape(days, slots_per_day)
+    c = clear_kw[: days * slots_per_day].reshape(days, slots_per_day)
+    sunny = c > _SUNNY_SHARE_OF_KWP * kwp
+    complete = (~np.isnan(m) | ~sunny).all(axis=1)
+    c_energy = np.where(sunny, c, 0.0).sum(axis=1)
+    m_energy = np.where(sunny, np.nan_to_num(m), 0.0).sum(axis=1)
+    ok = complete & (c_energy * 24.0 / slots_per_day >= _MIN_CLEAR_KWH_PER_KWP * kwp)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = m_energy / c_energy
+    return np.asarray(np.where(ok, k, np.nan), dtype=np.float64)
+
+
+def clearness_persistence(k: FloatArray, *, days: int = PV_PERSISTENCE_DAYS) -> float:
+    """ρ: the lag-1 autocorrelation of the last `days` days' clearness (pairs of consecutive usable days),
+    in [0, MAX_PERSISTENCE]; 0 with fewer than MIN_PERSISTENCE_PAIRS pairs or no spread (today's forecast)."""
+    recent = k[-days:] if days > 0 else k[:0]
+    a, b = recent[:-1], recent[1:]
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < MIN_PERSISTENCE_PAIRS:
+        return 0.0
+    mean = float(np.mean(recent[np.isfinite(recent)]))
+    x, y = a[ok] - mean, b[ok] - mean
+    var = float(np.sum(x * x) + np.sum(y * y)) / 2.0
+    if var < 1e-12:
+        return 0.0
+    rho = float(np.sum(x * y)) / var
+    return float(np.clip(rho, 0.0, MAX_PERSISTENCE)) if math.isfinite(rho) else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PvDayOutlook:
+    """The clearness a plan puts on today and the days after.
+
+    Day j ≥ 1 (tomorrow on): `mean` + ρ^j `deviation`, today's expected deviation from yesterday and today so
+    far. Today (j = 0): the mean day, as without persistence; today's own evidence reaches today's remaining
+    slots through the intraday nowcast (the last 2 h, fading). Measured in money (docs/cloud-planning.md):
+    fading the nowcast to today's updated level instead raised the Konstanz house's cost, and fading it to the
+    AR prior from yesterday alone did no better over the four real years."""
+
+    mean: float
+    rho: float = 0.0
+    deviation: float = 0.0
+
+    def level(self, day: int) -> float:
+        lo, hi = _LEVEL_BOUNDS
+        shift = 0.0 if day <= 0 else self.rho**day * self.deviation
+        return float(np.clip(self.mean + shift, lo, hi))
+
+    def factors(self, horizon: int, slots_left_today: int, slots_per_day: int) -> FloatArray:
+        """The clearness each of the next `horizon` slots is planned on (today's for its remaining slots)."""
+        day = np.where(
+            np.arange(horizon) < slots_left_today,
+            0,
+            1 + (np.arange(horizon) - slots_left_today) // max(1, slots_per_day),
+        )
+        levels = np.array([self.level(d) for d in range(int(day.max(initial=0)) + 1)])
+        return np.asarray(levels[day], dtype=np.float64)
+
+
+def pv_day_outlook(
+    history_k: FloatArray,
+    today_measured_kw: FloatArray,
+    today_clear_kw: FloatArray,
+    today_clear_total_kw: float,
+    mean: float,
+    kwp: float,
+    *,
+    rho: float | None = None,
+    days: int = PV_PERSISTENCE_DAYS,
+) -> PvDayOutlook:
+    """Today's expected deviation from `mean` (the factor's mean day) and the persistence it fades with.
+
+    `history_k`: the completed days' clearness (`day_clearness`, oldest first, yesterday last);
+    `today_measured_kw` / `today_clear_kw`: today's slots so far (aligned; NaN = missing);
+    `today_clear_total_kw`: the sum of today's clear-sky kW over all its slots (the sky is known ahead);
+    `rho`: the persistence if already measured today (else measured from `history_k`).
+    Only the past goes in: the plan-time caller passes nothing after now."""
+    if not (math.isfinite(mean) and mean > 0.0) or kwp <= 0:
+        return PvDayOutlook(mean if math.isfinite(mean) else 0.0)
+    r = clearness_persistence(history_k, days=days) if rho is None else float(np.clip(rho, 0.0, MAX_PERSISTENCE))
+    if r <= 0.0:
+        return PvDayOutlook(mean)
+    last = float(history_k[-1]) if len(history_k) else math.nan
+    prior = r * (last - mean) if math.isfinite(last) else 0.0
+    ok = ~np.isnan(today_measured_kw) & ~np.isnan(today_clear_kw)
+    sunny = ok & (today_clear_kw > _SUNNY_SHARE_OF_KWP * kwp)
+    clear_so_far = float(np.sum(today_clear_kw[sunny]))
+    deviation = prior
+    if today_clear_total_kw > 0.0 and clear_so_far > 0.0:
+        w = float(np.clip(clear_so_far / today_clear_total_kw, 0.0, 1.0))
+        k_today = float(np.sum(today_measured_kw[sunny])) / clear_so_far
+        deviation = w * (k_today - mean) + (1.0 - w) * prior
+    return PvDayOutlook(mean, r, deviation)
+
+
+def pv_day_outlook_from_series(
+    measured_kw: FloatArray,
+    clear_kw: FloatArray,
+    today: int,
+    slots_per_day: int,
+    mean: float,
+    kwp: float,
+    *,
+    days: int = PV_PERSISTENCE_DAYS,
+) -> PvDayOutlook:
+    """`pv_day_outlook` from aligned series: `measured_kw` up to now (its last slot is the one before the
+    plan), `clear_kw` from the same first slot through at least the end of today; `today` the index of
+    today's first slot (a day boundary at night). The days before `today` are the completed days (at most
+    `days` of them); nothing of `measured_kw` past its end is read, so a plan uses only what it knew.
+    The backtest and the planner worker both call this."""
+    now = len(measured_kw)
+    today = int(np.clip(today, 0, now))
+    first = today - min(today // max(1, slots_per_day), days) * slots_per_day
+    history = day_clearness(measured_kw[first:today], clear_kw[first:today], slots_per_day, kwp)
+    return pv_day_outlook(
+        history,
+        measured_kw[today:now],
+        clear_kw[today:now],
+        float(np.sum(clear_kw[today : today + slots_per_day])),
+        mean,
+        kwp,
+        days=days,
+    )
+
+
+__all__ = [
+    "MAX_PERSISTENCE",
+    "MIN_PERSISTENCE_PAIRS",
+    "PV_PERSISTENCE_DAYS",
+    "PvDayOutlook",
+    "clearness_persistence",
+    "day_clearness",
+    "pv_day_outlook",
+    "pv_day_outlook_from_series",
+]
