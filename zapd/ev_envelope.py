@@ -115,6 +115,10 @@ def clamp_evs(
         view = snapshot.evs.get(der_id)
         if not _limits_known(c):
             reasons[der_id] = "charger limits not numbers: pause"
+        elif c.min_current_a > c.max_current_a:
+            # No current is both at least the minimum and at most the maximum: any command would break one
+            # (a hold would send the minimum, over the maximum), so the charger pauses.
+            reasons[der_id] = "charger minimum above its maximum: pause"
         elif view is None or view.connected is None:
             reasons[der_id] = "charger state unknown: pause"
         elif not view.connected:

@@ -220,6 +220,7 @@ def test_non_finite_input_is_unknown_and_safe(
         c = by_id[sp.der_id]
         assert math.isfinite(sp.current_a) and math.isfinite(sp.power_w)
         limits_ok = ok(c.max_current_a, 0, 1e4) and ok(c.min_current_a, 0, 1e4) and ok(c.voltage_v, 1, 1e5)
+        limits_ok = limits_ok and c.min_current_a <= c.max_current_a  # else no current is within both
         view = snapshot.evs.get(sp.der_id)
         if not limits_ok or not meter_known or view is None or not view.connected:
             assert sp.current_a == 0.0, (sp, c, view, meter_known)  # unknown: pause
@@ -260,3 +261,20 @@ def test_non_finite_input_is_unknown_and_safe(
 
     base = snapshot.grid_w - battery_now - sum(now_w(k) for k in counted)
     assert base + max(0.0, battery_new) + ev_total_w <= site.fuse_limit_w + 1e-3
+
+
+def test_a_charger_whose_minimum_is_above_its_maximum_pauses() -> None:
+    """Hypothesis found max 0 A / min 6 A: a hold would have sent the 6 A minimum over the 0 A maximum."""
+    charger = EvLimits(max_current_a=0.0, min_current_a=6.0, phases=1, voltage_v=V)
+    site = SiteLimits(fuse_limit_w=32 * V, fuse_a=32.0, voltage_v=V, phases=1, max_export_w=None)
+    evs = {"ev0": EvView("ev0", None, True)}
+    snapshot = Snapshot(NOW, 0.0, None, None, {"b": BatteryView("b", 0.5, 0.0)}, {}, evs)
+    intents = (
+        Intent(mode=IntentMode.HOLD),
+        Intent(mode=IntentMode.SETPOINT),
+        Intent(mode=IntentMode.SETPOINT, ev_w=3e3),
+    )
+    for intent in intents:
+        (out,) = clamp_evs(intent, snapshot, {"ev0": charger}, site, 0.0)
+        assert out.current_a == 0.0 and out.power_w == 0.0
+        assert out.clamped_reason == "charger minimum above its maximum: pause"
