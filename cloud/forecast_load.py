@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -355,18 +355,8 @@ class GbmLoadForecaster:
     def _rows(self, load: FloatArray, now: int) -> tuple[FloatArray, FloatArray] | None:
         lo = max(0, now - self.train_days * self.spd)
         first = lo + 7 * self.spd  # a week of lags before the first origin
-        xs, ys = [], []
-        for o in range(max(first, now - self.train_days * self.spd), now - 1, self.origin_every):
-            leads = np.arange(min(self.max_lead, now - o))
-            if not len(leads):
-                continue
-            xs.append(self._features(load, o, leads))
-            ys.append(load[o + leads])
-        if not xs:
-            return None
-        x, y = np.vstack(xs), np.concatenate(ys)
-        ok = ~np.isnan(y)
-        return x[ok], y[ok]
+        origins = range(max(first, now - self.train_days * self.spd), now - 1, self.origin_every)
+        return self._stack(load, ((o, np.arange(min(self.max_lead, now - o))) for o in origins))
 
     def _new_rows(self, load: FloatArray, now: int) -> tuple[FloatArray, FloatArray] | None:
         """The training rows whose target was measured in updated_at .. now-1 (from load[:now] only): every
@@ -375,18 +365,26 @@ class GbmLoadForecaster:
         since = max(self.updated_at, now - self.train_days * self.spd)
         o0 = max(7 * self.spd, since - self.max_lead + 1)
         o0 += (-o0) % self.origin_every
+        pairs = (
+            (o, np.arange(max(0, since - o), min(self.max_lead, now - o))) for o in range(o0, now, self.origin_every)
+        )
+        rows = self._stack(load, pairs)
+        return rows if rows is not None and len(rows[1]) else None
+
+    def _stack(
+        self, load: FloatArray, pairs: Iterable[tuple[int, npt.NDArray[np.int64]]]
+    ) -> tuple[FloatArray, FloatArray] | None:
+        """The feature rows and targets of each (origin, leads) pair, the targets not yet measured left out."""
         xs, ys = [], []
-        for o in range(o0, now, self.origin_every):
-            leads = np.arange(max(0, since - o), min(self.max_lead, now - o))
-            if not len(leads):
-                continue
-            xs.append(self._features(load, o, leads))
-            ys.append(load[o + leads])
+        for o, leads in pairs:
+            if len(leads):
+                xs.append(self._features(load, o, leads))
+                ys.append(load[o + leads])
         if not xs:
             return None
         x, y = np.vstack(xs), np.concatenate(ys)
         ok = ~np.isnan(y)
-        return (x[ok], y[ok]) if ok.any() else None
+        return x[ok], y[ok]
 
     def _train_one(
         self,
