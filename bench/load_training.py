@@ -17,18 +17,16 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 
 from bench.backtest import DATA
 from bench.forecast_scores import HOLIDAYS, ORIGIN_EVERY_H
-from bench.planner_loop import ASSETS, DAYS, T0, TARIFF, _readings
+from bench.planner_loop import ASSETS, T0, seeded_site
 from cloud.backtest import Traces, read_site, read_traces
 from cloud.forecast import GbmLoadForecaster
 from cloud.forecast_load import Training
@@ -59,52 +57,37 @@ class WorkerCost:
 async def worker_cost() -> WorkerCost:
     """Process CPU (ms) of `site_load_forecast` over a 14-day cycle: the refit, the 13 daily continuations,
     and a plan an hour after each that finds the model fresh (the median of `REPEATS` cycles each)."""
-    from nacl.signing import SigningKey
-
     from cloud.assets import decode_assets
-    from cloud.db import Database
     from cloud.forecast_models import forecast_models
-    from cloud.server.service import register_site
     from cloud.site_forecast import LoadChoice, ModelChoice, site_load_forecast
     from cloud.site_series import load_series
-    from cloud_sync.keys import public_key_b64
-    from cloud_sync.wire import MAX_BATCH_READINGS, make_batch
 
     step, choice = timedelta(minutes=15), ModelChoice(load=LoadChoice.GBM)
     assets = decode_assets(ASSETS)
     cycle = choice.load_refit // timedelta(days=1)
     first = T0.replace(minute=0) - timedelta(days=cycle)  # the cycle's days of telemetry after the first fit
-    with tempfile.TemporaryDirectory(prefix="bench-load-training-") as tmp:
-        db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'p.sqlite'}")
-        await db.create_schema()
-        try:
-            await register_site(db, "s", public_key_b64(SigningKey.generate()), assets=ASSETS, tariff=TARIFF, now=T0)
-            rs = _readings(T0.replace(hour=0, minute=0) - timedelta(days=DAYS), T0.replace(minute=0))
-            for i in range(0, len(rs), MAX_BATCH_READINGS):
-                await db.ingest_telemetry(make_batch("s", rs[i : i + MAX_BATCH_READINGS]))
+    async with seeded_site("bench-load-training-") as db:
 
-            async def plan(at: datetime) -> float:
-                # the plan's own telemetry query is not the model's cost; the training window's query is
-                series = await load_series(db, "s", at - timedelta(days=28), at, step, has_battery=True, has_ev=False)
-                started = time.process_time()
-                await site_load_forecast(db, "s", assets, series, 192, at, choice)
-                return (time.process_time() - started) * 1000.0
+        async def plan(at: datetime) -> float:
+            # the plan's own telemetry query is not the model's cost; the training window's query is
+            series = await load_series(db, "s", at - timedelta(days=28), at, step, has_battery=True, has_ev=False)
+            started = time.process_time()
+            await site_load_forecast(db, "s", assets, series, 192, at, choice)
+            return (time.process_time() - started) * 1000.0
 
-            refit, update, fresh_fit, fresh_cycle = [], [], [], []
-            for _ in range(REPEATS):
-                async with db.engine.begin() as conn:
-                    await conn.execute(forecast_models.delete())
-                refit.append(await plan(first))  # nothing stored: a full fit
-                fresh = [await plan(first + timedelta(hours=1))]  # stored an hour ago: used as it is
-                fresh_fit.append(fresh[0])
-                days = []
-                for d in range(1, cycle):  # each day: the continuation, then a plan an hour later
-                    days.append(await plan(first + timedelta(days=d)))
-                    fresh.append(await plan(first + timedelta(days=d, hours=1)))
-                update.append(statistics.mean(days))
-                fresh_cycle.append(statistics.mean(fresh))
-        finally:
-            await db.dispose()
+        refit, update, fresh_fit, fresh_cycle = [], [], [], []
+        for _ in range(REPEATS):
+            async with db.engine.begin() as conn:
+                await conn.execute(forecast_models.delete())
+            refit.append(await plan(first))  # nothing stored: a full fit
+            fresh = [await plan(first + timedelta(hours=1))]  # stored an hour ago: used as it is
+            fresh_fit.append(fresh[0])
+            days = []
+            for d in range(1, cycle):  # each day: the continuation, then a plan an hour later
+                days.append(await plan(first + timedelta(days=d)))
+                fresh.append(await plan(first + timedelta(days=d, hours=1)))
+            update.append(statistics.mean(days))
+            fresh_cycle.append(statistics.mean(fresh))
     med = statistics.median
     return WorkerCost(med(refit), med(update), med(fresh_fit), med(fresh_cycle))
 

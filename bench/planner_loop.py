@@ -14,11 +14,16 @@ import asyncio
 import math
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.table import Row, row
+
+if TYPE_CHECKING:
+    from cloud.db import Database
 
 T0 = datetime(2026, 6, 15, 12, 7, tzinfo=UTC)
 DAYS = 70
@@ -77,19 +82,17 @@ async def _stall_during(work: Any) -> tuple[float, float]:
     return worst * 1000.0, wall
 
 
-async def measure() -> tuple[float, float, float]:
-    """(longest loop stall in ms, the plan's wall time in s) for one plan that fits both models, and the
-    longest stall of the same probe over as long a time with nothing to do (the machine's own noise)."""
+@asynccontextmanager
+async def seeded_site(prefix: str) -> AsyncIterator[Database]:
+    """A throwaway SQLite database holding site "s" (ASSETS, TARIFF) with `DAYS` of its telemetry up to T0."""
     from nacl.signing import SigningKey
 
     from cloud.db import Database
-    from cloud.planner import PlannerOptions, plan_site
     from cloud.server.service import register_site
-    from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice
     from cloud_sync.keys import public_key_b64
     from cloud_sync.wire import MAX_BATCH_READINGS, make_batch
 
-    with tempfile.TemporaryDirectory(prefix="bench-planner-loop-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'p.sqlite'}")
         await db.create_schema()
         try:
@@ -97,11 +100,23 @@ async def measure() -> tuple[float, float, float]:
             rs = _readings(T0.replace(hour=0, minute=0) - timedelta(days=DAYS), T0.replace(minute=0))
             for i in range(0, len(rs), MAX_BATCH_READINGS):
                 await db.ingest_telemetry(make_batch("s", rs[i : i + MAX_BATCH_READINGS]))
-            options = PlannerOptions(models=ModelChoice(pv=PvChoice.FIT, load=LoadChoice.GBM))
-            stall_ms, wall = await _stall_during(plan_site(db, "s", T0, SigningKey.generate(), options=options))
-            idle_ms, _ = await _stall_during(asyncio.sleep(wall))
+            yield db
         finally:
             await db.dispose()
+
+
+async def measure() -> tuple[float, float, float]:
+    """(longest loop stall in ms, the plan's wall time in s) for one plan that fits both models, and the
+    longest stall of the same probe over as long a time with nothing to do (the machine's own noise)."""
+    from nacl.signing import SigningKey
+
+    from cloud.planner import PlannerOptions, plan_site
+    from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice
+
+    async with seeded_site("bench-planner-loop-") as db:
+        options = PlannerOptions(models=ModelChoice(pv=PvChoice.FIT, load=LoadChoice.GBM))
+        stall_ms, wall = await _stall_during(plan_site(db, "s", T0, SigningKey.generate(), options=options))
+        idle_ms, _ = await _stall_during(asyncio.sleep(wall))
     return stall_ms, wall, idle_ms
 
 
