@@ -47,7 +47,6 @@ from multiprocessing import get_context
 from typing import Final
 from zoneinfo import ZoneInfo
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -71,7 +70,6 @@ from cloud.forecast import (
     DEFAULT_FACTOR_CLEAR,
     NOWCAST_RATIO_BOUNDS,
     NOWCAST_RECENT_H,
-    NOWCAST_TAU_H,
     FloatArray,
     GbmLoadForecaster,
     Location,
@@ -87,14 +85,21 @@ from cloud.forecast import (
     pv_nowcast,
     pv_ratio_spread,
 )
-from cloud.forecast_load import LoadQuantiles, day_load_ratios, error_persistence, newsvendor_load
+from cloud.forecast_load import LoadQuantiles, error_persistence
 from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.forecast_pv_day import pv_day_outlook_from_series
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
-from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
+from cloud.plan_risk import (
+    LOAD_RISK_HISTORY_DAYS,
+    NEUTRAL,
+    NO_LOAD_RISK,
+    learn_load_risk,
+    reserve_load,
+    solve_two_stage,
+)
 from cloud.site_infer import SiteEstimate, infer_site, registration_warnings, solar_zone
 from cloud.tariffs import Tariff, TariffError, decode_tariff, price_arrays
 from drivers.config_structs import BatteryLimits
@@ -679,8 +684,7 @@ class Planner:
         self.shape = PvShape.flat(self.spd)
         self.shape_origin = 0  # the slot the shape's learning window ended at
         self.pv_spread = (1.0, 1.0)
-        self.load_spread = (1.0, 1.0)
-        self.day_ratios = np.zeros(0)
+        self.load_risk = NO_LOAD_RISK
         self.persistence: float | None = None
         self.load_day = -1
         self.warm_scenarios = WarmStart()
@@ -766,16 +770,11 @@ class Planner:
         cfg = self.cfg
         if k // spd == self.load_day or not (cfg.load_persistence or cfg.load_scenarios or cfg.load_reserve):
             return
-        history = self.tr.load_kw[max(0, k - 56 * spd) : k]
+        history = self.tr.load_kw[max(0, k - LOAD_RISK_HISTORY_DAYS * spd) : k]
         if cfg.load_persistence:
             self.persistence = error_persistence(history, spd)
         if cfg.load_scenarios or cfg.load_reserve:
-            self.day_ratios = day_load_ratios(history, spd)
-            if len(self.day_ratios):
-                p10, p90 = np.quantile(self.day_ratios, [0.1, 0.9])
-                self.load_spread = (float(p10), float(p90))
-            else:
-                self.load_spread = (1.0, 1.0)
+            self.load_risk = learn_load_risk(history, spd)
         self.load_day = k // spd
 
     def _spread(self, k: int, horizon: int) -> FloatArray:
@@ -796,26 +795,11 @@ class Planner:
         return np.asarray(self.spread[(k - self.spread_origin + np.arange(horizon)) % spd], dtype=np.float64)
 
     def _scenario_solve(self, problem: Problem, shared: int) -> Solution | None:
-        """The two-stage plan over a dark day, the point forecast and a bright day (the PV history's P10 / P90
-        daily ratio, Swanson's weights), or None where cloud.optimizer_scenarios declines. The spread fades in
-        with the nowcast's time constant (the next hours are known better than tomorrow). Over PV only: the
-        day's weather is one error shared by all its slots, so a whole-day scenario is what it is; a per-slot
-        load quantile applied to every slot at once is not (measured worse, docs/cloud-planning.md)."""
-        horizon = problem.horizon
-        pv = np.asarray(problem.pv_kw)
-        ramp = 1.0 - np.exp(-self.tr.dt_h * np.arange(horizon) / NOWCAST_TAU_H)
-        load = np.asarray(problem.load_kw)
-
-        def scenario(pv_ratio: float, load_ratio: float) -> Problem:
-            pv_s = np.maximum(pv * (1.0 + (pv_ratio - 1.0) * ramp), 0.0)
-            load_s = np.maximum(load * (1.0 + (load_ratio - 1.0) * ramp), 0.0)
-            load_s = np.minimum(load_s, self.cfg.grid_import_kw + pv_s)  # as for the point forecast: feasible
-            return msgspec.structs.replace(problem, load_kw=load_s.tolist(), pv_kw=pv_s.tolist())
-
-        dark, bright = self.pv_spread if self.cfg.scenarios else (1.0, 1.0)
-        low, high = self.load_spread if self.cfg.load_scenarios else (1.0, 1.0)
-        problems = [scenario(dark, high), problem, scenario(bright, low)]
-        return solve_scenarios(problems, SWANSON_WEIGHTS, shared, warm=self.warm_scenarios)
+        """The two-stage plan over a dark day, the point forecast and a bright day (cloud.plan_risk: the PV
+        history's P10 / P90 daily ratio, with `load_scenarios` the load's too), or None where it declines."""
+        pv_spread = self.pv_spread if self.cfg.scenarios else NEUTRAL
+        load_spread = self.load_risk.spread if self.cfg.load_scenarios else NEUTRAL
+        return solve_two_stage(problem, pv_spread, load_spread, shared, warm=self.warm_scenarios)
 
     def _pv_model(self, k: int, horizon: int) -> FloatArray:
         """The PV forecaster's output (before an external forecast overrides it)."""
@@ -893,8 +877,7 @@ class Planner:
         )
         load_fc, pv_fc = self.forecasts(k, horizon)
         if cfg.load_reserve:
-            ramp = 1.0 - np.exp(-tr.dt_h * np.arange(horizon) / NOWCAST_TAU_H)
-            load_fc = newsvendor_load(load_fc, pv_fc, imp, exp, self.day_ratios, ramp)
+            load_fc = reserve_load(load_fc, pv_fc, imp, exp, self.load_risk, tr.dt_h)
         load_fc = np.minimum(load_fc, cfg.grid_import_kw + pv_fc)  # a forecast must not make it infeasible
         start = tr.start + tr.step * k
         problem = Problem(

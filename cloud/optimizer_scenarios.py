@@ -7,7 +7,7 @@ slot when the forecast says the sun will fill it then. When the load comes in hi
 battery is empty at the dearest hour and the house buys at the import price (the Konstanz diagnosis in
 docs/cloud-planning.md). The two-stage LP weighs that: the first `shared` slots' charge and discharge are one
 decision for all scenarios (what the edge executes now), each scenario then re-plans on its own forecast, and
-the objective is the probability-weighted cost. The caller's scenarios (the backtest: the point forecast and
+the objective is the probability-weighted cost. The caller's scenarios (cloud.plan_risk: the point forecast and
 a dark and a bright day, the PV history's P10 / P90) get Swanson's 30/40/30 weights, the classic three-point
 approximation of a distribution's mean. Opt-in (`--scenarios`): measured on all six backtest datasets it
 lowers the Konstanz house's cost and raises the synthetic one's (docs/cloud-planning.md), and it costs about

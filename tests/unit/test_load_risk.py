@@ -88,7 +88,7 @@ def test_load_scenarios_store_more_noon_surplus_for_an_uncertain_evening() -> No
     hedged_planner = Planner(tr, Config(tz="UTC", pv_kwp=0.0, terminal_value=False, load_scenarios=True))
     hedged = hedged_planner.plan(k, 0.1, 1)
     assert point is not None and hedged is not None
-    low, high = hedged_planner.load_spread
+    low, high = hedged_planner.load_risk.spread
     assert low < 0.95 and high > 1.1  # the five-day cycle's spread, learnt from the past only
     charge_point, charge_hedged = point[1].battery_charge_kw[0], hedged[1].battery_charge_kw[0]
     assert charge_point < 4.0  # room left: the point plan does not store everything
@@ -148,7 +148,7 @@ def test_load_scenarios_and_the_nowcast_see_only_the_past() -> None:
     a, b = Planner(tr, cfg), Planner(later, cfg)
     plan_a, plan_b = a.plan(k, 0.1, 1), b.plan(k, 0.1, 1)
     assert plan_a is not None and plan_b is not None
-    assert (a.persistence, a.load_spread) == (b.persistence, b.load_spread)
+    assert (a.persistence, a.load_risk.spread) == (b.persistence, b.load_risk.spread)
     assert plan_a[1].battery_charge_kw == plan_b[1].battery_charge_kw
     assert plan_a[2] == pytest.approx(plan_b[2])  # the load forecast
 
