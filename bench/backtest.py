@@ -7,10 +7,14 @@ Datasets (bench/data/README.md has sources, licences and every transformation):
 * `ausgrid_c12_be_2023.csv`: the same house under REAL BE 2023 prices and a Flemish dynamic tariff;
 * `opsd_kn_res4_{nl,be}_2023.csv`: a second REAL measured household (OPSD DE_KN_residential4, Konstanz, hourly,
   2016; ~10 kWp PV, heat pump, EV) under the same REAL prices and tariffs;
+* `opsd_kn_res3_{nl,be}_2023.csv`: a third REAL measured household (OPSD DE_KN_residential3, Konstanz, hourly,
+  2016-03 .. 2017-02; 4.85 kWp nearly flat PV);
+* `opsd_kn_res1_{nl,be}_2023.csv`: a fourth REAL measured household (OPSD DE_KN_residential1, Konstanz, hourly,
+  2016; ~9.7 kWp PV sold on its own meter, the household load = its import meter);
 * `be_2023_real_prices_hourly.csv`: REAL BE 2023 prices, a SYNTHETIC house (5 kWp PV);
 * `synthetic_nl_2025_hourly.csv`: everything SYNTHETIC (kept for continuity with earlier numbers).
 Each dataset's year takes about a minute on a quiet 2-core machine (the oracle's year solves meanwhile in a
-second process), so the six take several minutes.
+second process), so the ten take ten minutes or more.
 10 kWh / 5 kW battery, 95 % each way, SoC 10-95 %, hourly re-plans over up to 48 h of published prices.
 Targets (issue 11): capture >= 0.90, planner - rule >= 50 % of oracle - rule, a year <= 60 s.
 """
@@ -49,6 +53,8 @@ DATASETS = [
     Dataset("opsd_kn_res4_be_2023.csv", "real house 2 (Konstanz), real BE 2023 prices"),
     Dataset("opsd_kn_res3_nl_2023.csv", "real house 3 (Konstanz), real NL 2023 prices"),
     Dataset("opsd_kn_res3_be_2023.csv", "real house 3 (Konstanz), real BE 2023 prices"),
+    Dataset("opsd_kn_res1_nl_2023.csv", "real house 4 (Konstanz), real NL 2023 prices"),
+    Dataset("opsd_kn_res1_be_2023.csv", "real house 4 (Konstanz), real BE 2023 prices"),
     Dataset("be_2023_real_prices_hourly.csv", "synthetic house, real BE 2023 prices"),
     Dataset("synthetic_nl_2025_hourly.csv", "synthetic house, synthetic NL prices"),
 ]

@@ -46,10 +46,18 @@ house's local day i (Europe/Berlin; 0 = 2016-01-01, a Friday) gets price day (i 
 
 OPSD house 3 (`raw/opsd_de_kn_residential3_2016_2017_{h1,h2,close}.csv`): DE_KN_residential3 (Konstanz, PV),
 the same meters from 2016-03-01T00Z to the closing reading 2017-03-01T00Z, no gaps; its stamps run 1 h early all
-year (`opsd_res3_true_clock`), so the trace is 2016-03-01T01Z .. 2017-03-01T00Z, 8,760 hours. Load and PV as
+year (`opsd_early_clock`), so the trace is 2016-03-01T01Z .. 2017-03-01T00Z, 8,760 hours. Load and PV as
 house 2 (29 hours clipped where the source's meters disagree, README.md). Prices: local day i (0 = 2016-03-01, a
 Tuesday) gets price day i + 58 of 2023 (2023-02-28, a Tuesday), and past 2023-12-31 price day i + 58 - 364, so
 2017-01-02 (a Monday) gets Monday 2023-01-02: the weekdays stay aligned all year.
+
+OPSD house 1 (`raw/opsd_de_kn_residential1_2016_{h1,h2,close}.csv`): DE_KN_residential1 (Konstanz, PV, heat pump
+on its own meter), grid import and PV meters, 2016-01-01T00Z to the closing reading 2017-01-01T00Z, no gaps. Its PV
+is metered and sold on its own (full feed-in: the house has no export meter and its import meter never dips
+under the PV, README.md), so the load is the import meter alone: load = delta(import), pv = delta(pv). Its stamps
+run 1 h early all year like house 3's (`opsd_early_clock`), so the trace is 2016-01-01T01Z .. 2017-01-01T00Z,
+8,784 hours. Prices: local day i (0 = 2016-01-01, a Friday) gets price day i + 5 of 2023 with house 3's weekday
+wrap (2016-12-26, a Monday, gets Monday 2023-01-02).
 
 Run: `python bench/data/make_real_traces.py` (deterministic; no randomness anywhere).
 """
@@ -86,6 +94,12 @@ OPSD_RES3_FILES = (
     "opsd_de_kn_residential3_2016_2017_close.csv",
 )
 RES3_PRICE_DAY_OFFSET = 58  # 2016-03-01 (Tuesday) -> 2023-02-28 (Tuesday)
+OPSD_RES1_FILES = (
+    "opsd_de_kn_residential1_2016_h1.csv",
+    "opsd_de_kn_residential1_2016_h2.csv",
+    "opsd_de_kn_residential1_2016_close.csv",
+)
+EARLY_CLOCK = "# Clock: the source's stamps run 1 h early all year; shifted to true UTC (see opsd_early_clock).\n"
 SHAPE_DAYS = 2  # complete days each side of a gap whose hourly shape spreads the gap's energy
 
 NL_MARKUP, NL_ENERGY_TAX, NL_VAT = 0.0225, 0.12599, 0.21
@@ -258,14 +272,12 @@ def opsd_true_clock(stamps: list[datetime], m: dict[str, np.ndarray]) -> tuple[l
     return grid, out
 
 
-def opsd_res3_true_clock(
-    stamps: list[datetime], m: dict[str, np.ndarray]
-) -> tuple[list[datetime], dict[str, np.ndarray]]:
-    """DE_KN_residential3's readings on the true UTC clock: its stamps run 1 h EARLY all year (a reading stamped
-    t is the meter at t + 1 h), unlike residential4's. Evidence (README): on the source's stamps the PV meter
-    counts 20-85 Wh in 28 hours that end before sunrise (sun below -3 degrees all hour), mornings only, in every
-    season, and the clear-day PV curve sits 1 h before the sun's (median of each month's clear days -1.0 ..
-    -1.25 h from March to November); no row is missing or doubled at the clock changes."""
+def opsd_early_clock(stamps: list[datetime], m: dict[str, np.ndarray]) -> tuple[list[datetime], dict[str, np.ndarray]]:
+    """The readings on the true UTC clock for the OPSD houses whose stamps run 1 h EARLY all year (a reading
+    stamped t is the meter at t + 1 h; residential3 and residential1, unlike residential4's summer-only lag).
+    Evidence (README, one test per house): on the source's stamps the PV meter counts 20 Wh or more in hours that
+    end before sunrise (sun below -3 degrees all hour), mornings only, in winter as in summer; on the true clock
+    no such hour is left. No row is missing or doubled at the clock changes, so the shift is the whole change."""
     return [t + HOUR for t in stamps], m
 
 
@@ -288,8 +300,8 @@ def opsd_res3_house() -> House:
         "# replayed by local clock (bench/data/make_real_traces.py; site tz Europe/Berlin, lat 47.66 lon 9.18)."
     )
     site = "# site: tz=Europe/Berlin lat=47.66 lon=9.18 pv-kwp=4.85 tilt=5 azimuth=20 (README.md)\n"
-    clock = "# Clock: the source's stamps run 1 h early all year; shifted to true UTC (see opsd_res3_true_clock).\n"
-    stamps, m = opsd_res3_true_clock(*read_meters([HERE / "raw" / name for name in OPSD_RES3_FILES]))
+    clock = EARLY_CLOCK
+    stamps, m = opsd_early_clock(*read_meters([HERE / "raw" / name for name in OPSD_RES3_FILES]))
     return opsd_meter_house(
         "opsd_kn_res3",
         stamps,
@@ -304,6 +316,20 @@ def opsd_res3_house() -> House:
     )
 
 
+def opsd_res1_house() -> House:
+    about = (
+        "# REAL measured household (Open Power System Data household data, DE_KN_residential1, Konstanz, 2016,\n"
+        "# hourly meter readings; CC-BY 4.0; PV sold on its own meter, load = the import meter) with REAL ENTSO-E\n"
+        "# {ZONE} 2023 day-ahead prices replayed by local clock (bench/data/make_real_traces.py; site tz\n"
+        "# Europe/Berlin, lat 47.66 lon 9.18)."
+    )
+    site = "# site: tz=Europe/Berlin lat=47.66 lon=9.18 pv-kwp=9.7 tilt=30 azimuth=145 (README.md)\n"
+    stamps, m = opsd_early_clock(*read_meters([HERE / "raw" / name for name in OPSD_RES1_FILES]))
+    return opsd_meter_house(
+        "opsd_kn_res1", stamps, m, OPSD_START, about, EARLY_CLOCK, site, weekday_wrap=True, full_feed_in=True
+    )
+
+
 def opsd_meter_house(
     key: str,
     stamps: list[datetime],
@@ -315,9 +341,14 @@ def opsd_meter_house(
     price_offset: int = PRICE_DAY_OFFSET,
     weekday_wrap: bool = False,
     clip_why: str = "meter timing",
+    full_feed_in: bool = False,
 ) -> House:
-    """An OPSD house from its meter readings on the true UTC clock; local day 0 is `start` (Europe/Berlin)."""
-    net = m["grid_import_kwh"] - m["grid_export_kwh"] + m["pv_kwh"]  # NaN where any reading is missing
+    """An OPSD house from its meter readings on the true UTC clock; local day 0 is `start` (Europe/Berlin).
+
+    Behind one meter the house used what it bought plus its own PV less what it sold; with `full_feed_in` the PV
+    is metered and sold on its own (no export meter), so what the house used is its import meter alone."""
+    # NaN where any reading is missing
+    net = m["grid_import_kwh"] if full_feed_in else m["grid_import_kwh"] - m["grid_export_kwh"] + m["pv_kwh"]
     load, load_runs = hourly_energy(net)
     pv, pv_runs = hourly_energy(m["pv_kwh"])
     hours = stamps[:-1]  # the closing reading starts no hour
@@ -335,9 +366,10 @@ def opsd_meter_house(
         f"# Gap hours filled energy-preserving (see make_real_traces.py): load {_ranges(hours, load_runs)};\n"
         f"# PV {_ranges(hours, pv_runs)}."
         if load_runs or pv_runs
-        else "# No gaps: every hour has all three meter readings."
+        else f"# No gaps: every hour has {'both' if len(m) == 2 else 'all three'} meter readings."
     )
-    notes = f"{gaps} Load clipped at 0 ({clip_why}) in {int(clipped.sum())} measured hours.\n{clock}"
+    clip = f" Load clipped at 0 ({clip_why}) in {int(clipped.sum())} measured hours." if clipped.any() else ""
+    notes = f"{gaps}{clip}\n{clock}"
     print(
         f"{key}: {int(filled.sum())} load hours filled in {len(load_runs)} gaps, "
         f"{sum(b - a for a, b in pv_runs)} PV hours in {len(pv_runs)} gaps, {int(clipped.sum())} hours clipped"
@@ -372,7 +404,7 @@ def build(house: House, zone: str) -> Path:
 
 
 def main() -> int:
-    for house in (ausgrid_house(), opsd_house(), opsd_res3_house()):
+    for house in (ausgrid_house(), opsd_house(), opsd_res3_house(), opsd_res1_house()):
         for zone in ("nl", "be"):
             build(house, zone)
     return 0
