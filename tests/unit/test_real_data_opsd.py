@@ -10,20 +10,15 @@ The built traces are checked against the raw meter readings hour by hour.
 
 from __future__ import annotations
 
-import csv
 import itertools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pvlib
 import pytest
 
 from cloud.backtest import read_traces
+from tests.opsd_meters import DATA, elevation, readings, spot
 
-DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
-RAW = [DATA / "raw" / f"opsd_de_kn_residential4_2016_{part}.csv" for part in ("h1", "h2", "close")]
 METERS = ("grid_import_kwh", "grid_export_kwh", "pv_kwh")
 START = datetime(2016, 1, 1, tzinfo=UTC)
 HOURS = 8784  # 2016 is a leap year
@@ -38,15 +33,7 @@ PV_ONLY = [datetime(2016, 12, 21, h, tzinfo=UTC) for h in (10, 15, 16)]
 
 
 def _readings() -> tuple[list[datetime], dict[str, np.ndarray]]:
-    stamps: list[datetime] = []
-    cols: dict[str, list[float]] = {k: [] for k in METERS}
-    for path in RAW:
-        with path.open(newline="") as fh:
-            for row in csv.DictReader(line for line in fh if not line.startswith("#")):
-                stamps.append(datetime.fromisoformat(row["utc_timestamp"].replace("Z", "+00:00")))
-                for k in METERS:
-                    cols[k].append(float(row[k]) if row[k] else np.nan)
-    return stamps, {k: np.array(v) for k, v in cols.items()}
+    return readings("residential4_2016", METERS)
 
 
 def test_raw_meters_are_the_2016_year_of_the_source() -> None:
@@ -69,12 +56,6 @@ def test_raw_meters_are_the_2016_year_of_the_source() -> None:
     assert round(float(last[2] - first[2]), 3) == 11000.981
 
 
-def _elevation(stamps: list[datetime]) -> np.ndarray:
-    """Sun elevation at Konstanz at the middle of each hour starting at `stamps`."""
-    mid = pd.DatetimeIndex(stamps) + pd.Timedelta(minutes=30)
-    return np.asarray(pvlib.solarposition.get_solarposition(mid, 47.66, 9.18)["apparent_elevation"].to_numpy())
-
-
 def _true_clock(stamps: list[datetime], m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Readings on true UTC hours: during summer time (2016-03-27T01Z .. 10-30T01Z) the source's stamps are 1 h
     late; its 2016-03-27T01Z row (wall 02:00, which does not exist) is dropped, 2016-10-30T00Z has no reading."""
@@ -94,7 +75,7 @@ def test_source_clock_runs_an_hour_late_in_summer_time_only() -> None:
     """PV after dark on the source's stamps: only on summer-time evenings, so the stamps are 1 h late then."""
     stamps, m = _readings()
     pv = np.diff(m["pv_kwh"])  # hour t = reading(t + 1 h) - reading(t)
-    el = _elevation(stamps[:-1])
+    el = elevation(stamps[:-1])
     dark = (el < -8.0) & (pv > 0.03)  # the whole hour in the dark, yet 30 Wh or more
     when = [stamps[i] for i in np.flatnonzero(dark)]
     assert len(when) >= 30
@@ -104,7 +85,7 @@ def test_source_clock_runs_an_hour_late_in_summer_time_only() -> None:
     true = _true_clock(stamps, m)
     pv_true = np.diff(true["pv_kwh"])
     hours = [START + timedelta(hours=k) for k in range(HOURS)]
-    night = (_elevation(hours) < -8.0) & np.isfinite(pv_true)
+    night = (elevation(hours) < -8.0) & np.isfinite(pv_true)
     assert night.sum() > 3000 and float(pv_true[night].max()) <= 0.005
 
 
@@ -139,16 +120,14 @@ def test_trace_is_the_meters_hour_by_hour(zone: str) -> None:
 
 def test_nl_prices_follow_the_house_local_clock() -> None:
     """House local 2016-01-01 (a Friday) gets the NL spot of Friday 2023-01-06, hour by local hour."""
-    with (DATA / "entsoe_nl_2023_dayahead.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
-    spot = {datetime.fromisoformat(r["ts"].replace("Z", "+00:00")): float(r["price_eur_per_kwh"]) for r in rows}
+    nl = spot("nl")
     tr = read_traces(str(DATA / "opsd_kn_res4_nl_2023.csv"))
     # house UTC hour 2016-01-01T00Z is 01:00 CET; 2023-01-06 01:00 CET is 2023-01-06T00Z
     for h in range(23):
-        s = spot[datetime(2023, 1, 6, h, tzinfo=UTC)]
+        s = nl[datetime(2023, 1, 6, h, tzinfo=UTC)]
         assert tr.export_price[h] == pytest.approx(s, abs=1e-5)
         assert tr.import_price[h] == pytest.approx((s + 0.0225 + 0.12599) * 1.21, abs=1e-5)
     # summer: 2016-07-01 12:00 CEST (10Z, house day 182) gets 2023 day 187 = 2023-07-07 12:00 CEST (10Z)
     k = int((datetime(2016, 7, 1, 10, tzinfo=UTC) - START) / timedelta(hours=1))
-    assert tr.export_price[k] == pytest.approx(spot[datetime(2023, 7, 7, 10, tzinfo=UTC)], abs=1e-5)
+    assert tr.export_price[k] == pytest.approx(nl[datetime(2023, 7, 7, 10, tzinfo=UTC)], abs=1e-5)
     assert datetime(2016, 7, 1).weekday() == datetime(2023, 7, 7).weekday()

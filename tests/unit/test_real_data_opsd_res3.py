@@ -10,20 +10,15 @@ The built traces are checked against the raw meter readings hour by hour.
 
 from __future__ import annotations
 
-import csv
 import itertools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pvlib
 import pytest
 
 from cloud.backtest import read_traces
+from tests.opsd_meters import DATA, assert_nl_replay, elevation, highest_elevation, readings
 
-DATA = Path(__file__).resolve().parents[2] / "bench" / "data"
-RAW = [DATA / "raw" / f"opsd_de_kn_residential3_2016_2017_{part}.csv" for part in ("h1", "h2", "close")]
 METERS = ("grid_import_kwh", "grid_export_kwh", "pv_kwh")
 START = datetime(2016, 3, 1, tzinfo=UTC)
 HOURS = 8760  # 2016-03-01 .. 2017-03-01: 365 days
@@ -31,15 +26,7 @@ HOUR = timedelta(hours=1)
 
 
 def _readings() -> tuple[list[datetime], dict[str, np.ndarray]]:
-    stamps: list[datetime] = []
-    cols: dict[str, list[float]] = {k: [] for k in METERS}
-    for path in RAW:
-        with path.open(newline="") as fh:
-            for row in csv.DictReader(line for line in fh if not line.startswith("#")):
-                stamps.append(datetime.fromisoformat(row["utc_timestamp"].replace("Z", "+00:00")))
-                for k in METERS:
-                    cols[k].append(float(row[k]))  # no field is empty in this window
-    return stamps, {k: np.array(v) for k, v in cols.items()}
+    return readings("residential3_2016_2017", METERS)  # no field is empty in this window
 
 
 def test_raw_meters_are_the_window_of_the_source() -> None:
@@ -54,26 +41,21 @@ def test_raw_meters_are_the_window_of_the_source() -> None:
     assert totals == [3904.643, 2883.755, 4405.732]
 
 
-def _elevation(stamps: list[datetime], minutes: int) -> np.ndarray:
-    t = pd.DatetimeIndex(stamps) + pd.Timedelta(minutes=minutes)
-    return np.asarray(pvlib.solarposition.get_solarposition(t, 47.66, 9.18)["apparent_elevation"].to_numpy())
-
-
 def test_source_clock_runs_an_hour_early_all_year() -> None:
     """PV in hours that end before sunrise on the source's stamps, mornings only, in every season: a reading
     stamped t is the meter at t + 1 h. On the true clock no PV is counted with the sun below the horizon."""
     stamps, m = _readings()
     pv = np.diff(m["pv_kwh"])
     hours = stamps[:-1]
-    highest = np.max([_elevation(hours, k) for k in range(0, 61, 10)], axis=0)
+    highest = highest_elevation(hours)
     dark = (highest < -3.0) & (pv > 0.02)  # the sun 3 degrees below the horizon all hour, yet 20 Wh or more
     when = [hours[i] for i in np.flatnonzero(dark)]
     assert len(when) >= 20
     assert all(2 <= t.hour <= 5 for t in when)  # before sunrise: production shows up an hour early
     assert len({t.month for t in when}) >= 7  # winter and summer alike: no daylight-saving pattern
     true = [t + HOUR for t in hours]
-    assert not np.any((_elevation(true, 30) < -3.0) & (pv > 0.02))
-    night = _elevation(true, 30) < -8.0
+    assert not np.any((elevation(true) < -3.0) & (pv > 0.02))
+    night = elevation(true) < -8.0
     assert night.sum() > 3500 and float(pv[night].max()) == 0.0
 
 
@@ -103,22 +85,12 @@ def test_trace_is_the_meters_hour_by_hour(zone: str) -> None:
 def test_nl_prices_follow_the_house_local_clock_and_weekdays() -> None:
     """House local 2016-03-01 (a Tuesday) gets the NL spot of Tuesday 2023-02-28, hour by local hour; past the
     end of 2023 the price days continue at 2023-01-02, so 2017-01-02 (a Monday) gets Monday 2023-01-02."""
-    with (DATA / "entsoe_nl_2023_dayahead.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
-    spot = {datetime.fromisoformat(r["ts"].replace("Z", "+00:00")): float(r["price_eur_per_kwh"]) for r in rows}
     tr = read_traces(str(DATA / "opsd_kn_res3_nl_2023.csv"))
     # the trace starts at 2016-03-01T01Z = 02:00 CET; 2023-02-28 02:00 CET is 2023-02-28T01Z
-    for h in range(22):
-        s = spot[datetime(2023, 2, 28, 1 + h, tzinfo=UTC)]
-        assert tr.export_price[h] == pytest.approx(s, abs=1e-5)
-        assert tr.import_price[h] == pytest.approx((s + 0.0225 + 0.12599) * 1.21, abs=1e-5)
     pairs = [
         (datetime(2016, 7, 5, 10, tzinfo=UTC), datetime(2023, 7, 4, 10, tzinfo=UTC)),  # summer time both
         (datetime(2016, 12, 31, 11, tzinfo=UTC), datetime(2023, 12, 30, 11, tzinfo=UTC)),  # before the wrap
         (datetime(2017, 1, 2, 11, tzinfo=UTC), datetime(2023, 1, 2, 11, tzinfo=UTC)),  # after the wrap
         (datetime(2017, 2, 28, 11, tzinfo=UTC), datetime(2023, 2, 28, 11, tzinfo=UTC)),  # replayed twice
     ]
-    for house, price in pairs:
-        k = int((house - tr.start) / HOUR)
-        assert tr.export_price[k] == pytest.approx(spot[price], abs=1e-5), house
-        assert house.weekday() == price.weekday()
+    assert_nl_replay(tr, datetime(2023, 2, 28, 1, tzinfo=UTC), 22, pairs)
