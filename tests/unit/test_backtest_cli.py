@@ -243,6 +243,8 @@ def _with_spot(tmp_path: Path, days: int = 2) -> Path:
         "opsd_kn_res4_be_2023",
         "opsd_kn_res3_nl_2023",
         "opsd_kn_res3_be_2023",
+        "opsd_kn_res1_nl_2023",
+        "opsd_kn_res1_be_2023",
     ],
 )
 def test_the_shipped_tariffs_give_each_real_traces_own_prices(trace: str) -> None:
