@@ -60,6 +60,7 @@ from cloud.backtest_config import (
     Forecast,
     LoadModel,
     PvModel,
+    PvSpread,
     add_arguments,
     config_from_args,
     config_problem,
@@ -88,7 +89,7 @@ from cloud.forecast import (
 from cloud.forecast_load import LoadQuantiles, error_persistence
 from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
-from cloud.forecast_pv_day import pv_day_outlook_from_series
+from cloud.forecast_pv_day import PV_MEAN_DAYS, PvDaySpread, pv_day_outlook_from_series, pv_day_spread_from_series
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
@@ -96,7 +97,9 @@ from cloud.plan_risk import (
     LOAD_RISK_HISTORY_DAYS,
     NEUTRAL,
     NO_LOAD_RISK,
+    PvRatios,
     learn_load_risk,
+    pv_scenario_ratios,
     reserve_load,
     solve_two_stage,
 )
@@ -685,6 +688,11 @@ class Planner:
         self.shape_origin = 0  # the slot the shape's learning window ended at
         self.pv_spread = (1.0, 1.0)
         self.load_risk = NO_LOAD_RISK
+        # with pv_spread conditional: this plan's dark / bright days, the slots left today, and the point
+        # forecast's level over the mean day per slot (not 1 with pv_persistence)
+        self.day_spread: PvDaySpread | None = None
+        self.day_spread_left = 0
+        self.pv_levels = np.ones(0)
         self.persistence: float | None = None
         self.load_day = -1
         self.warm_scenarios = WarmStart()
@@ -796,8 +804,12 @@ class Planner:
 
     def _scenario_solve(self, problem: Problem, shared: int) -> Solution | None:
         """The two-stage plan over a dark day, the point forecast and a bright day (cloud.plan_risk: the PV
-        history's P10 / P90 daily ratio, with `load_scenarios` the load's too), or None where it declines."""
-        pv_spread = self.pv_spread if self.cfg.scenarios else NEUTRAL
+        history's P10 / P90 daily ratio, or with `pv_spread` conditional each day's conditional P10 / P90; with
+        `load_scenarios` the load's too), or None where it declines."""
+        pv_spread: PvRatios = NEUTRAL
+        if self.cfg.scenarios:
+            left, horizon = self.day_spread_left, problem.horizon
+            pv_spread = pv_scenario_ratios(self.day_spread, self.pv_spread, horizon, left, self.spd, self.pv_levels)
         load_spread = self.load_risk.spread if self.cfg.load_scenarios else NEUTRAL
         return solve_two_stage(problem, pv_spread, load_spread, shared, warm=self.warm_scenarios)
 
@@ -805,6 +817,7 @@ class Planner:
         """The PV forecaster's output (before an external forecast overrides it)."""
         if self.cfg.infer_site:
             self._infer_site(k)
+        self.day_spread = None
         if self.pv_site is not None:
             return self.pv_site.forecast(self.tr.pv_kw, k, horizon)
         spd, cfg = self.spd, self.cfg
@@ -823,6 +836,7 @@ class Planner:
         if not cfg.pv_persistence:
             recent = forecast_pv(self.sky[lo:k], self.factor)
             pv = forecast_pv(self.sky[k : k + horizon], self.factor)
+            self.pv_levels = np.ones(horizon)
         else:  # today so far and the days after it: m + rho^j x today's deviation (cloud.forecast_pv_day)
             days = round(cfg.pv_persistence_days)
             first = max(0, today - days * spd)  # the planner worker's call, on the trace's days
@@ -830,7 +844,16 @@ class Planner:
                 self.tr.pv_kw[first:k], self.sky[first:], today - first, spd, self.factor.typical, self.kwp, days=days
             )
             recent = self.sky[lo:k] * outlook.level(0)
-            pv = self.sky[k : k + horizon] * outlook.factors(horizon, today + spd - k, spd)
+            levels = outlook.factors(horizon, today + spd - k, spd)
+            pv = self.sky[k : k + horizon] * levels
+            self.pv_levels = levels / max(self.factor.typical, 1e-9)
+        if cfg.scenarios and cfg.pv_spread is PvSpread.CONDITIONAL:  # from the PV measured before k only
+            days = round(cfg.pv_spread_days)
+            first = max(0, today - (days + PV_MEAN_DAYS + 1) * spd)
+            self.day_spread = pv_day_spread_from_series(
+                self.tr.pv_kw[first:k], self.sky[first:], today - first, spd, self.factor.typical, self.kwp, days=days
+            )
+            self.day_spread_left = today + spd - k
         recent = recent * self.shape.at(at - (k - lo), k - lo)
         pv = pv * self.shape.at(at, horizon)
         bounds = (NOWCAST_RATIO_BOUNDS[0], cfg.pv_nowcast_max)

@@ -79,6 +79,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--price-forecast-hours", 1.0, 168.0, "h", "as --horizon-hours"),
         Bound("--pv-nowcast-max", 1.0, 10.0, "", "1: never raised; a clear hour is at most ~5x a dark day's"),
         Bound("--pv-persistence-days", 2.0, 366.0, "days", "a pair of days .. a year of daily clearness"),
+        Bound("--pv-spread-days", 11.0, 366.0, "days", "the ten pairs of days a quantile needs .. a year"),
         Bound("--days", 1.0, MAX_DAYS, "days", "at least one day of prices, at most a century"),
         Bound("--plot-days", 0.0, 366.0, "days", "a year on one figure is already unreadable", lo_open=True),
     )
@@ -107,6 +108,14 @@ class LoadModel(StrEnum):
     PERSISTENCE = "persistence"  # the same slot on the most recent measured day
     GBM = "gbm"  # LightGBM on calendar, holidays and lags (cloud.forecast.GbmLoadForecaster), the median
     GBM_MEAN = "gbm_mean"  # the same trees fitted to the mean (costs are linear in the load: the mean is unbiased)
+
+
+class PvSpread(StrEnum):
+    """The dark / bright days of the two-stage plan (`scenarios`)."""
+
+    UNCONDITIONAL = "unconditional"  # P10 / P90 of the last 14 days' clearness (cloud.forecast.pv_ratio_spread)
+    # conditioned on today and yesterday: the AR(1) residual's P10 / P90 (cloud.forecast_pv_day.pv_day_spread_...)
+    CONDITIONAL = "conditional"
 
 
 class PvModel(StrEnum):
@@ -196,6 +205,8 @@ class Config:
     # expected deviation, ρ the site's own lag-1 autocorrelation of its daily clearness (cloud.forecast_pv_day)
     pv_persistence: bool = False
     pv_persistence_days: float = 28.0  # the window that ρ is measured over
+    pv_spread: PvSpread = PvSpread.UNCONDITIONAL  # the scenarios' dark / bright days (PvSpread)
+    pv_spread_days: float = 60.0  # with pv_spread conditional: the days its residuals and ρ are measured over
     terminal_value: bool = True  # value the energy left at the horizon's end (cloud.forecast_price.terminal_value)
     terminal_basis: TerminalBasis = TerminalBasis.DISCHARGE  # which kWh that energy counts as (TerminalBasis)
     # lower the terminal value's reference price to the forecast cheapest import of the day after the horizon
@@ -381,6 +392,20 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="days of daily clearness the PV persistence is measured over (default %(default)s)",
     )
     bt.add_argument(
+        "--pv-spread",
+        choices=[v.value for v in PvSpread],
+        default=d.pv_spread.value,
+        help="--scenarios' dark / bright days: the last 14 days' P10 / P90 (unconditional) or those of the AR(1) "
+        "forecast's residual around today's and yesterday's clearness (conditional)",
+    )
+    bt.add_argument(
+        "--pv-spread-days",
+        type=float,
+        default=d.pv_spread_days,
+        help="--pv-spread conditional: days of residuals its P10 / P90 and persistence are measured over "
+        "(default %(default)s)",
+    )
+    bt.add_argument(
         "--load-reserve",
         action="store_true",
         help="plan net-demand slots on the whole-day load ratio's quantile 1 - export/import (newsvendor)",
@@ -464,6 +489,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_reserve=getattr(args, "load_reserve", d.load_reserve),
         pv_persistence=getattr(args, "pv_persistence", d.pv_persistence),
         pv_persistence_days=getattr(args, "pv_persistence_days", d.pv_persistence_days),
+        pv_spread=PvSpread(getattr(args, "pv_spread", d.pv_spread.value)),
+        pv_spread_days=getattr(args, "pv_spread_days", d.pv_spread_days),
         terminal_value=getattr(args, "terminal_value", d.terminal_value),
         terminal_basis=TerminalBasis(getattr(args, "terminal_basis", d.terminal_basis.value)),
         terminal_next_day=getattr(args, "terminal_next_day", d.terminal_next_day),
@@ -526,6 +553,7 @@ __all__ = [
     "Forecast",
     "LoadModel",
     "PvModel",
+    "PvSpread",
     "add_arguments",
     "config_from_args",
     "config_problem",

@@ -178,13 +178,153 @@ def pv_day_outlook_from_series(
     )
 
 
+PV_SPREAD_DAYS: Final = 60  # the window of the conditional spread's residuals (docs: 14 days are too few)
+PV_MEAN_DAYS: Final = 14  # the mean day's window (`cloud.forecast.learn_pv_factor` in the backtest and worker)
+_SPREAD_QUANTILES: Final = (0.1, 0.9)  # the dark and bright scenarios (as `cloud.forecast.pv_ratio_spread`)
+
+
+@dataclass(frozen=True, slots=True)
+class PvDaySpread:
+    """The dark / bright day of the two-stage plan, conditioned on what the site just saw.
+
+    In units of the mean day m (a ratio 1 is the point forecast's level). The rest of today: today's expected
+    deviation from m (`deviation`: `pv_day_outlook`'s, over m) plus the P10 / P90 of how the rest of a day came
+    out against that same estimate at this time of day (`today`). Tomorrow: ρ × `deviation` plus the P10 / P90
+    of the AR(1) forecast's residual made at this time of day (`tomorrow`). Day j ≥ 2: ρ^j × `deviation`, the
+    spread widening from tomorrow's towards the unconditional P10 / P90 (`unconditional`) as ρ^(j−1) fades.
+    With ρ = 0 tomorrow's spread is the unconditional one."""
+
+    rho: float
+    deviation: float
+    today: tuple[float, float]
+    tomorrow: tuple[float, float]
+    unconditional: tuple[float, float]
+    ceiling: float = math.inf  # the highest ratio a day can have (the factor's bound over m)
+
+    def day(self, j: int) -> tuple[float, float]:
+        """(dark, bright) ratio of day j over the mean day (0: the rest of today)."""
+        centre = self.rho ** max(j, 0) * self.deviation
+        if j <= 0:
+            lo, hi = self.today
+        else:
+            fade = self.rho ** (j - 1)
+            lo = fade * self.tomorrow[0] + (1.0 - fade) * self.unconditional[0]
+            hi = fade * self.tomorrow[1] + (1.0 - fade) * self.unconditional[1]
+        dark = float(np.clip(1.0 + centre + lo, 0.0, self.ceiling))
+        return dark, float(np.clip(1.0 + centre + hi, dark, self.ceiling))
+
+    def ratios(self, horizon: int, slots_left_today: int, slots_per_day: int) -> tuple[FloatArray, FloatArray]:
+        """(dark, bright) ratio for each of the next `horizon` slots (today's for its remaining slots)."""
+        day = np.where(
+            np.arange(horizon) < slots_left_today,
+            0,
+            1 + (np.arange(horizon) - slots_left_today) // max(1, slots_per_day),
+        )
+        pairs = np.array([self.day(d) for d in range(int(day.max(initial=0)) + 1)])
+        return np.asarray(pairs[day, 0], dtype=np.float64), np.asarray(pairs[day, 1], dtype=np.float64)
+
+
+def _sums(measured: FloatArray, clear: FloatArray, kwp: float) -> tuple[FloatArray, FloatArray]:
+    """Per row (day): measured and clear-sky kW summed over the sunlit slots; NaN measured where a sunlit slot
+    is missing."""
+    sunny = clear > _SUNNY_SHARE_OF_KWP * kwp
+    gap = (np.isnan(measured) & sunny).any(axis=1)
+    m = np.where(sunny, np.nan_to_num(measured), 0.0).sum(axis=1)
+    return np.where(gap, np.nan, m), np.where(sunny, clear, 0.0).sum(axis=1)
+
+
+def _quantiles(x: FloatArray) -> tuple[float, float] | None:
+    x = x[np.isfinite(x)]
+    if len(x) < MIN_PERSISTENCE_PAIRS:
+        return None
+    lo, hi = np.quantile(x, _SPREAD_QUANTILES)
+    return float(lo), float(hi)
+
+
+def pv_day_spread_from_series(
+    measured_kw: FloatArray,
+    clear_kw: FloatArray,
+    today: int,
+    slots_per_day: int,
+    mean: float,
+    kwp: float,
+    *,
+    days: int = PV_SPREAD_DAYS,
+    mean_days: int = PV_MEAN_DAYS,
+) -> PvDaySpread | None:
+    """The conditional dark / bright days from aligned series (as `pv_day_outlook_from_series`: `measured_kw`
+    up to now, `clear_kw` from the same first slot through at least the end of today, `today` the index of
+    today's first slot, `mean` the factor's mean day the point forecast is made on), or None with fewer than
+    MIN_PERSISTENCE_PAIRS usable past days (the caller keeps the unconditional `pv_ratio_spread`).
+
+    Each of the last `days` completed days t is replayed at the time of day of now, on its own mean day m_t
+    (the `mean_days` before it): its expected deviation dev_t as `pv_day_outlook` read it then (its day so far
+    and the AR prior from day t − 1, over m_t); how its rest came out against dev_t (today's spread); how day
+    t + 1 came out against ρ dev_t (tomorrow's); and day t + 1 over m_t alone (the unconditional spread). ρ is
+    the clearness' lag-1 autocorrelation over the same days (`clearness_persistence`). Only the past goes in:
+    nothing of `measured_kw` past its end is read, and the replayed days are all complete before today. Why
+    60 days, not the mean day's 14: a P10 of 13 residuals is the second-lowest of them, and the persistence
+    over 28 days is often 0 (docs/cloud-planning.md)."""
+    if not (math.isfinite(mean) and mean > 0.0) or kwp <= 0:
+        return None
+    now = len(measured_kw)
+    today = int(np.clip(today, 0, now))
+    spd = max(1, slots_per_day)
+    n = min(today // spd, days + mean_days + 1)
+    first = today - n * spd
+    if n < 2:
+        return None
+    past_m = measured_kw[first:today].reshape(n, spd)
+    past_c = clear_kw[first:today].reshape(n, spd)
+    k = day_clearness(past_m.ravel(), past_c.ravel(), spd, kwp)
+    rho = clearness_persistence(k, days=days + 1)
+    m_day, c_day = _sums(past_m, past_c, kwp)
+    ok = np.isfinite(k)
+    cm = np.concatenate([[0.0], np.cumsum(np.where(ok, m_day, 0.0))])
+    cc = np.concatenate([[0.0], np.cumsum(np.where(ok, c_day, 0.0))])
+    t = np.arange(n)
+    lo = np.maximum(0, t - mean_days)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = np.where(cc[t] - cc[lo] > 0.0, (cm[t] - cm[lo]) / (cc[t] - cc[lo]), np.nan)  # m_t
+        h = now - today
+        m_so, c_so = _sums(past_m[:, :h], past_c[:, :h], kwp)
+        m_rest, c_rest = _sums(past_m[:, h:], past_c[:, h:], kwp)
+        prev = np.concatenate([[np.nan], k[:-1]])
+        prior = np.where(np.isfinite(prev), rho * (prev / base - 1.0), 0.0)
+        w = np.where(c_day > 0.0, c_so / c_day, 0.0)
+        so_far = np.where(c_so > 0.0, m_so / c_so / base - 1.0, 0.0)
+        dev = w * so_far + (1.0 - w) * prior
+        rest = np.where(c_rest > 0.0, m_rest / c_rest / base - 1.0, np.nan)
+        nxt = np.concatenate([k[1:] / base[:-1] - 1.0, [np.nan]])
+    recent = t >= n - days  # the last `days` completed days (their next day is a completed day too, or NaN)
+    dev_ok = recent & np.isfinite(dev) & np.isfinite(base) & np.isfinite(m_so)
+    uncond = _quantiles(np.where(dev_ok, nxt, np.nan))
+    tomorrow = _quantiles(np.where(dev_ok, nxt - rho * dev, np.nan))
+    if uncond is None or tomorrow is None:
+        return None
+    rest_q = _quantiles(np.where(dev_ok, rest - dev, np.nan))
+    # today, read as each past day was above (pv_day_outlook's blend, over the mean day the forecast uses)
+    m_now, c_now = _sums(measured_kw[today:now][None, :], clear_kw[today:now][None, :], kwp)
+    day_clear = clear_kw[today : today + spd][None, :]
+    _, c_total = _sums(np.zeros_like(day_clear), day_clear, kwp)
+    deviation = rho * (float(k[-1]) / mean - 1.0) if math.isfinite(float(k[-1])) else 0.0
+    if c_now[0] > 0.0 and c_total[0] > 0.0 and math.isfinite(float(m_now[0])):
+        share = float(np.clip(c_now[0] / c_total[0], 0.0, 1.0))
+        deviation = share * (float(m_now[0] / c_now[0]) / mean - 1.0) + (1.0 - share) * deviation
+    return PvDaySpread(rho, deviation, rest_q or (0.0, 0.0), tomorrow, uncond, _LEVEL_BOUNDS[1] / mean)
+
+
 __all__ = [
     "MAX_PERSISTENCE",
     "MIN_PERSISTENCE_PAIRS",
+    "PV_MEAN_DAYS",
     "PV_PERSISTENCE_DAYS",
+    "PV_SPREAD_DAYS",
     "PvDayOutlook",
+    "PvDaySpread",
     "clearness_persistence",
     "day_clearness",
     "pv_day_outlook",
     "pv_day_outlook_from_series",
+    "pv_day_spread_from_series",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 
 from cloud.forecast import NOWCAST_TAU_H, FloatArray
 from cloud.forecast_load import day_load_ratios, newsvendor_load
+from cloud.forecast_pv_day import PvDaySpread
 from cloud.optimizer import WarmStart
 from cloud.optimizer_io import Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
@@ -49,6 +50,45 @@ def checked_spread(low: float, high: float) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high <= MAX_DAY_RATIO):
         return NEUTRAL
     return float(low), float(high)
+
+
+# The PV's dark / bright ratios over the point forecast: one pair for the whole horizon (the unconditional
+# spread, cloud.forecast.pv_ratio_spread) or one pair per slot (the conditional one, `pv_scenario_ratios`).
+PvRatios = tuple[float, float] | tuple[FloatArray, FloatArray]
+
+
+def checked_pv_ratios(ratios: PvRatios, horizon: int) -> tuple[FloatArray, FloatArray]:
+    """(dark, bright) per slot of the horizon: a pair broadcast, arrays as they are if every slot is finite
+    with 0 <= dark <= bright <= MAX_DAY_RATIO and both have `horizon` slots; else NEUTRAL everywhere."""
+    dark, bright = (np.asarray(r, dtype=np.float64) for r in ratios)
+    dark = np.full(horizon, float(dark)) if dark.ndim == 0 else dark
+    bright = np.full(horizon, float(bright)) if bright.ndim == 0 else bright
+    neutral = np.ones(horizon), np.ones(horizon)
+    if dark.shape != (horizon,) or bright.shape != (horizon,):
+        return neutral
+    ok = np.isfinite(dark) & np.isfinite(bright) & (dark >= 0.0) & (dark <= bright) & (bright <= MAX_DAY_RATIO)
+    return (np.array(dark), np.array(bright)) if bool(ok.all()) else neutral
+
+
+def pv_scenario_ratios(
+    spread: PvDaySpread | None,
+    fallback: tuple[float, float],
+    horizon: int,
+    slots_left_today: int,
+    slots_per_day: int,
+    levels: FloatArray | None = None,
+) -> PvRatios:
+    """The PV scenarios' dark / bright ratios over the point forecast: with a conditional spread
+    (cloud.forecast_pv_day.pv_day_spread_from_series) one pair per slot, the day's ratios over the mean day
+    divided by the point forecast's own level over it (`levels`: 1 unless the point forecast is the AR(1)
+    day persistence's); without one, the unconditional `fallback` pair."""
+    if spread is None:
+        return fallback
+    dark, bright = spread.ratios(horizon, slots_left_today, slots_per_day)
+    if levels is not None and len(levels) >= horizon:
+        level = np.maximum(np.asarray(levels[:horizon], dtype=np.float64), 1e-9)
+        dark, bright = dark / level, bright / level
+    return dark, bright
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +131,19 @@ def reserve_load(
     return newsvendor_load(load_kw, pv_kw, import_price, export_price, risk.ratios, ramp(len(load_kw), dt_h))
 
 
-def scenario_problems(
-    problem: Problem, pv_spread: tuple[float, float], load_spread: tuple[float, float]
-) -> list[Problem]:
+def scenario_problems(problem: Problem, pv_spread: PvRatios, load_spread: tuple[float, float]) -> list[Problem]:
     """[dark day with high load, the point forecast, bright day with low load]: the point forecast's PV and
     load scaled by the spreads' ratios, faded in by `ramp`, each scenario's load kept feasible as the point
-    forecast's is (no more than the connection's import plus the scenario's PV)."""
+    forecast's is (no more than the connection's import plus the scenario's PV). The PV ratios may differ
+    by slot (`PvRatios`)."""
     horizon = problem.horizon
     fade = ramp(horizon, problem.dt_hours)
     pv = np.asarray(problem.pv_kw, dtype=np.float64)
     load = np.asarray(problem.load_kw, dtype=np.float64)
-    dark, bright = pv_spread
+    dark, bright = checked_pv_ratios(pv_spread, horizon)
     low, high = load_spread
 
-    def scenario(pv_ratio: float, load_ratio: float) -> Problem:
+    def scenario(pv_ratio: FloatArray, load_ratio: float) -> Problem:
         pv_s = np.maximum(pv * (1.0 + (pv_ratio - 1.0) * fade), 0.0)
         load_s = np.maximum(load * (1.0 + (load_ratio - 1.0) * fade), 0.0)
         load_s = np.minimum(load_s, problem.grid.max_import_kw + pv_s)
@@ -115,7 +154,7 @@ def scenario_problems(
 
 def solve_two_stage(
     problem: Problem,
-    pv_spread: tuple[float, float],
+    pv_spread: PvRatios,
     load_spread: tuple[float, float],
     shared: int,
     *,
@@ -123,8 +162,8 @@ def solve_two_stage(
 ) -> Solution | None:
     """The point forecast's plan under one battery decision for the first `shared` slots shared with a dark
     and a bright day, or None where cloud.optimizer_scenarios declines (the caller then solves the
-    deterministic problem). Spreads are checked here (`checked_spread`)."""
-    pv_spread = checked_spread(*pv_spread)
+    deterministic problem). Spreads are checked here (`checked_spread`, `checked_pv_ratios`)."""
+    pv_spread = checked_pv_ratios(pv_spread, problem.horizon)
     load_spread = checked_spread(*load_spread)
     problems = scenario_problems(problem, pv_spread, load_spread)
     return solve_scenarios(problems, SWANSON_WEIGHTS, min(shared, problem.horizon), warm=warm)
@@ -136,8 +175,11 @@ __all__ = [
     "NEUTRAL",
     "NO_LOAD_RISK",
     "LoadRisk",
+    "PvRatios",
+    "checked_pv_ratios",
     "checked_spread",
     "learn_load_risk",
+    "pv_scenario_ratios",
     "ramp",
     "reserve_load",
     "scenario_problems",
