@@ -19,6 +19,7 @@ from cloud.backtest_config import PvSpread, config_from_args, options_problem
 from cloud.cli import build_parser
 from cloud.forecast import Location, PvArray, clear_sky, learn_pv_factor
 from cloud.forecast_pv_day import PV_SPREAD_DAYS, PvDaySpread, clearness_persistence, pv_day_spread_from_series
+from cloud.plan_risk import MAX_DAY_RATIO, checked_pv_ratios, pv_scenario_ratios
 
 SITE = Location(47.66, 9.18)
 ARRAY = PvArray(10.0, 30.0, 180.0)
@@ -166,3 +167,26 @@ def test_the_option_is_parsed_and_bounded() -> None:
         assert problem is not None and "--pv-spread-days" in problem
     with pytest.raises(SystemExit):
         parser.parse_args(["backtest", "x.csv", "--pv-spread", "wide"])
+
+
+def test_per_slot_ratios_are_checked_and_divided_by_the_point_forecasts_level() -> None:
+    s = PvDaySpread(0.5, 0.4, today=(-0.1, 0.1), tomorrow=(-0.3, 0.2), unconditional=(-0.6, 0.4))
+    assert pv_scenario_ratios(None, (0.4, 1.5), 10, 3, 4) == (0.4, 1.5)  # no conditional spread: the pair
+    dark, bright = pv_scenario_ratios(s, (0.4, 1.5), 10, 3, 4)
+    assert np.allclose(np.asarray(dark)[:3], 1.3) and np.allclose(np.asarray(bright)[3:7], 1.4)
+    levels = np.r_[np.ones(3), np.full(7, 1.2)]  # the point forecast is already 1.2 x the mean day from tomorrow
+    dark2, _ = pv_scenario_ratios(s, (0.4, 1.5), 10, 3, 4, levels)
+    assert np.allclose(np.asarray(dark2)[3:7], 0.9 / 1.2) and np.allclose(np.asarray(dark2)[:3], 1.3)
+    d, b = checked_pv_ratios((0.5, 1.5), 4)
+    assert np.array_equal(d, np.full(4, 0.5)) and np.array_equal(b, np.full(4, 1.5))
+    good = (np.array([0.5, 0.8]), np.array([1.2, 1.1]))
+    assert all(np.array_equal(x, y) for x, y in zip(checked_pv_ratios(good, 2), good, strict=True))
+    for bad in (
+        (np.array([0.5, np.nan]), np.array([1.2, 1.1])),  # not finite
+        (np.array([0.5, 1.2]), np.array([1.2, 1.1])),  # dark above bright
+        (np.array([-0.1, 0.8]), np.array([1.2, 1.1])),  # negative
+        (np.array([0.5, 0.8]), np.array([1.2, MAX_DAY_RATIO + 1])),  # a broken meter, not weather
+        (np.array([0.5]), np.array([1.2])),  # not one pair per slot
+    ):
+        d, b = checked_pv_ratios(bad, 2)
+        assert np.array_equal(d, np.ones(2)) and np.array_equal(b, np.ones(2))
