@@ -89,7 +89,13 @@ from cloud.forecast import (
 from cloud.forecast_load import LoadQuantiles, error_persistence
 from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
-from cloud.forecast_pv_day import PV_MEAN_DAYS, PvDaySpread, pv_day_outlook_from_series, pv_day_spread_from_series
+from cloud.forecast_pv_day import (
+    PV_MEAN_DAYS,
+    PvDaySpread,
+    PvSpreadHistory,
+    learn_spread_history,
+    pv_day_outlook_from_series,
+)
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
@@ -692,6 +698,7 @@ class Planner:
         # forecast's level over the mean day per slot (not 1 with pv_persistence)
         self.day_spread: PvDaySpread | None = None
         self.day_spread_left = 0
+        self.spread_history: PvSpreadHistory | None = None  # the completed days it is read from, once a day
         self.pv_levels = np.ones(0)
         self.persistence: float | None = None
         self.load_day = -1
@@ -827,6 +834,12 @@ class Planner:
             self.factor = learn_pv_factor(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.kwp)
             if self.cfg.scenarios:
                 self.pv_spread = pv_ratio_spread(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.kwp)
+            if self.cfg.scenarios and cfg.pv_spread is PvSpread.CONDITIONAL:  # the days before today only
+                days = round(cfg.pv_spread_days)
+                first = max(0, today - (days + PV_MEAN_DAYS + 1) * spd)
+                self.spread_history = learn_spread_history(
+                    self.tr.pv_kw[first:today], self.sky[first:today], spd, self.kwp, days=days
+                )
             if self.cfg.pv_shape:
                 self.shape = learn_pv_shape(self.tr.pv_kw[lo:k], self.sky[lo:k], spd, self.kwp, self.factor.typical)
                 self.shape_origin = k
@@ -847,12 +860,9 @@ class Planner:
             levels = outlook.factors(horizon, today + spd - k, spd)
             pv = self.sky[k : k + horizon] * levels
             self.pv_levels = levels / max(self.factor.typical, 1e-9)
-        if cfg.scenarios and cfg.pv_spread is PvSpread.CONDITIONAL:  # from the PV measured before k only
-            days = round(cfg.pv_spread_days)
-            first = max(0, today - (days + PV_MEAN_DAYS + 1) * spd)
-            self.day_spread = pv_day_spread_from_series(
-                self.tr.pv_kw[first:k], self.sky[first:], today - first, spd, self.factor.typical, self.kwp, days=days
-            )
+        if self.spread_history is not None:  # today so far: the PV measured before k only
+            today_sky = self.sky[today : today + spd]
+            self.day_spread = self.spread_history.spread(self.tr.pv_kw[today:k], today_sky, self.factor.typical)
             self.day_spread_left = today + spd - k
         recent = recent * self.shape.at(at - (k - lo), k - lo)
         pv = pv * self.shape.at(at, horizon)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud.forecast_load import FloatArray
 
@@ -224,21 +225,103 @@ class PvDaySpread:
         return np.asarray(pairs[day, 0], dtype=np.float64), np.asarray(pairs[day, 1], dtype=np.float64)
 
 
-def _sums(measured: FloatArray, clear: FloatArray, kwp: float) -> tuple[FloatArray, FloatArray]:
-    """Per row (day): measured and clear-sky kW summed over the sunlit slots; NaN measured where a sunlit slot
-    is missing."""
-    sunny = clear > _SUNNY_SHARE_OF_KWP * kwp
-    gap = (np.isnan(measured) & sunny).any(axis=1)
-    m = np.where(sunny, np.nan_to_num(measured), 0.0).sum(axis=1)
-    return np.where(gap, np.nan, m), np.where(sunny, clear, 0.0).sum(axis=1)
-
-
 def _quantiles(x: FloatArray) -> tuple[float, float] | None:
     x = x[np.isfinite(x)]
     if len(x) < MIN_PERSISTENCE_PAIRS:
         return None
     lo, hi = np.quantile(x, _SPREAD_QUANTILES)
     return float(lo), float(hi)
+
+
+@dataclass(frozen=True, slots=True)
+class PvSpreadHistory:
+    """The completed days a conditional spread is read from (`learn_spread_history`), once a day: per day its
+    clearness `k`, its own mean day `base` (m_t: the `mean_days` before it) and the running sums of its sunlit
+    measured and clear-sky kW and of its sunlit gaps by slot of the day (so each plan of the day replays the
+    past days at its own time of day without summing them again); ρ over them; `recent` the last `days`."""
+
+    k: FloatArray
+    base: FloatArray
+    measured_sum: FloatArray  # (days, slots + 1): column h = the sunlit slots before slot h
+    clear_sum: FloatArray
+    gap_sum: FloatArray
+    rho: float
+    recent: npt.NDArray[np.bool_]
+    kwp: float
+
+    def spread(self, today_measured_kw: FloatArray, today_clear_kw: FloatArray, mean: float) -> PvDaySpread | None:
+        """The spread of a plan made `len(today_measured_kw)` slots into today (`today_clear_kw`: all of today's
+        clear sky, known ahead; `mean`: the point forecast's mean day), or None with too few usable days."""
+        spd = self.measured_sum.shape[1] - 1
+        if not (math.isfinite(mean) and mean > 0.0) or len(today_clear_kw) < spd:
+            return None
+        h = min(len(today_measured_kw), spd)
+        rho, k, base = self.rho, self.k, self.base
+        cm, cc, cg = self.measured_sum, self.clear_sum, self.gap_sum
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m_so, c_so = np.where(cg[:, h] > 0, np.nan, cm[:, h]), cc[:, h]
+            m_rest = np.where(cg[:, spd] - cg[:, h] > 0, np.nan, cm[:, spd] - cm[:, h])
+            c_rest, c_day = cc[:, spd] - cc[:, h], cc[:, spd]
+            prev = np.concatenate([[np.nan], k[:-1]])
+            prior = np.where(np.isfinite(prev), rho * (prev / base - 1.0), 0.0)
+            w = np.where(c_day > 0.0, c_so / c_day, 0.0)
+            so_far = np.where(c_so > 0.0, m_so / c_so / base - 1.0, 0.0)
+            dev = w * so_far + (1.0 - w) * prior
+            rest = np.where(c_rest > 0.0, m_rest / c_rest / base - 1.0, np.nan)
+            nxt = np.concatenate([k[1:] / base[:-1] - 1.0, [np.nan]])
+        dev_ok = self.recent & np.isfinite(dev) & np.isfinite(base) & np.isfinite(m_so)
+        uncond = _quantiles(np.where(dev_ok, nxt, np.nan))
+        tomorrow = _quantiles(np.where(dev_ok, nxt - rho * dev, np.nan))
+        if uncond is None or tomorrow is None:
+            return None
+        rest_q = _quantiles(np.where(dev_ok, rest - dev, np.nan))
+        # today, read as each past day was above (pv_day_outlook's blend, over the mean day the forecast uses)
+        sunny = today_clear_kw[:spd] > _SUNNY_SHARE_OF_KWP * self.kwp
+        c_total = float(np.sum(today_clear_kw[:spd][sunny]))
+        now_sunny = sunny[:h]
+        c_now = float(np.sum(today_clear_kw[:h][now_sunny]))
+        seen = today_measured_kw[:h][now_sunny]
+        last = float(k[-1])
+        deviation = rho * (last / mean - 1.0) if math.isfinite(last) else 0.0
+        if c_now > 0.0 and c_total > 0.0 and not np.isnan(seen).any():
+            share = float(np.clip(c_now / c_total, 0.0, 1.0))
+            deviation = share * (float(np.sum(seen)) / c_now / mean - 1.0) + (1.0 - share) * deviation
+        return PvDaySpread(rho, deviation, rest_q or (0.0, 0.0), tomorrow, uncond, _LEVEL_BOUNDS[1] / mean)
+
+
+def learn_spread_history(
+    measured_kw: FloatArray,
+    clear_kw: FloatArray,
+    slots_per_day: int,
+    kwp: float,
+    *,
+    days: int = PV_SPREAD_DAYS,
+    mean_days: int = PV_MEAN_DAYS,
+) -> PvSpreadHistory | None:
+    """The history of aligned series of completed whole days ending at today's first slot (oldest first; the
+    last `days + mean_days + 1` of them are used), or None with fewer than two days or no kWp."""
+    spd = max(1, slots_per_day)
+    n = min(len(measured_kw) // spd, days + mean_days + 1)
+    if n < 2 or kwp <= 0:
+        return None
+    past_m = measured_kw[len(measured_kw) - n * spd :].reshape(n, spd)
+    past_c = clear_kw[len(measured_kw) - n * spd : len(measured_kw)].reshape(n, spd)
+    k = day_clearness(past_m.ravel(), past_c.ravel(), spd, kwp)
+    sunny = past_c > _SUNNY_SHARE_OF_KWP * kwp
+    zero = np.zeros((n, 1))
+    cm = np.hstack([zero, np.cumsum(np.where(sunny, np.nan_to_num(past_m), 0.0), axis=1)])
+    cc = np.hstack([zero, np.cumsum(np.where(sunny, past_c, 0.0), axis=1)])
+    cg = np.hstack([zero, np.cumsum(np.isnan(past_m) & sunny, axis=1)])
+    ok = np.isfinite(k)
+    run_m = np.concatenate([[0.0], np.cumsum(np.where(ok, cm[:, spd], 0.0))])
+    run_c = np.concatenate([[0.0], np.cumsum(np.where(ok, cc[:, spd], 0.0))])
+    t = np.arange(n)
+    lo = np.maximum(0, t - mean_days)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = run_c[t] - run_c[lo]
+        base = np.where(den > 0.0, (run_m[t] - run_m[lo]) / den, np.nan)  # m_t
+    rho = clearness_persistence(k, days=days + 1)
+    return PvSpreadHistory(k, base, cm, cc, cg.astype(np.float64), rho, t >= n - days, kwp)
 
 
 def pv_day_spread_from_series(
@@ -264,54 +347,15 @@ def pv_day_spread_from_series(
     the clearness' lag-1 autocorrelation over the same days (`clearness_persistence`). Only the past goes in:
     nothing of `measured_kw` past its end is read, and the replayed days are all complete before today. Why
     60 days, not the mean day's 14: a P10 of 13 residuals is the second-lowest of them, and the persistence
-    over 28 days is often 0 (docs/cloud-planning.md)."""
-    if not (math.isfinite(mean) and mean > 0.0) or kwp <= 0:
-        return None
+    over 28 days is often 0 (docs/cloud-planning.md). A caller planning many times a day keeps the day's
+    `learn_spread_history` and calls its `spread` (the backtest does)."""
     now = len(measured_kw)
     today = int(np.clip(today, 0, now))
     spd = max(1, slots_per_day)
-    n = min(today // spd, days + mean_days + 1)
-    first = today - n * spd
-    if n < 2:
+    history = learn_spread_history(measured_kw[:today], clear_kw[:today], spd, kwp, days=days, mean_days=mean_days)
+    if history is None:
         return None
-    past_m = measured_kw[first:today].reshape(n, spd)
-    past_c = clear_kw[first:today].reshape(n, spd)
-    k = day_clearness(past_m.ravel(), past_c.ravel(), spd, kwp)
-    rho = clearness_persistence(k, days=days + 1)
-    m_day, c_day = _sums(past_m, past_c, kwp)
-    ok = np.isfinite(k)
-    cm = np.concatenate([[0.0], np.cumsum(np.where(ok, m_day, 0.0))])
-    cc = np.concatenate([[0.0], np.cumsum(np.where(ok, c_day, 0.0))])
-    t = np.arange(n)
-    lo = np.maximum(0, t - mean_days)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        base = np.where(cc[t] - cc[lo] > 0.0, (cm[t] - cm[lo]) / (cc[t] - cc[lo]), np.nan)  # m_t
-        h = now - today
-        m_so, c_so = _sums(past_m[:, :h], past_c[:, :h], kwp)
-        m_rest, c_rest = _sums(past_m[:, h:], past_c[:, h:], kwp)
-        prev = np.concatenate([[np.nan], k[:-1]])
-        prior = np.where(np.isfinite(prev), rho * (prev / base - 1.0), 0.0)
-        w = np.where(c_day > 0.0, c_so / c_day, 0.0)
-        so_far = np.where(c_so > 0.0, m_so / c_so / base - 1.0, 0.0)
-        dev = w * so_far + (1.0 - w) * prior
-        rest = np.where(c_rest > 0.0, m_rest / c_rest / base - 1.0, np.nan)
-        nxt = np.concatenate([k[1:] / base[:-1] - 1.0, [np.nan]])
-    recent = t >= n - days  # the last `days` completed days (their next day is a completed day too, or NaN)
-    dev_ok = recent & np.isfinite(dev) & np.isfinite(base) & np.isfinite(m_so)
-    uncond = _quantiles(np.where(dev_ok, nxt, np.nan))
-    tomorrow = _quantiles(np.where(dev_ok, nxt - rho * dev, np.nan))
-    if uncond is None or tomorrow is None:
-        return None
-    rest_q = _quantiles(np.where(dev_ok, rest - dev, np.nan))
-    # today, read as each past day was above (pv_day_outlook's blend, over the mean day the forecast uses)
-    m_now, c_now = _sums(measured_kw[today:now][None, :], clear_kw[today:now][None, :], kwp)
-    day_clear = clear_kw[today : today + spd][None, :]
-    _, c_total = _sums(np.zeros_like(day_clear), day_clear, kwp)
-    deviation = rho * (float(k[-1]) / mean - 1.0) if math.isfinite(float(k[-1])) else 0.0
-    if c_now[0] > 0.0 and c_total[0] > 0.0 and math.isfinite(float(m_now[0])):
-        share = float(np.clip(c_now[0] / c_total[0], 0.0, 1.0))
-        deviation = share * (float(m_now[0] / c_now[0]) / mean - 1.0) + (1.0 - share) * deviation
-    return PvDaySpread(rho, deviation, rest_q or (0.0, 0.0), tomorrow, uncond, _LEVEL_BOUNDS[1] / mean)
+    return history.spread(measured_kw[today:now], clear_kw[today : today + spd], mean)
 
 
 __all__ = [
@@ -322,8 +366,10 @@ __all__ = [
     "PV_SPREAD_DAYS",
     "PvDayOutlook",
     "PvDaySpread",
+    "PvSpreadHistory",
     "clearness_persistence",
     "day_clearness",
+    "learn_spread_history",
     "pv_day_outlook",
     "pv_day_outlook_from_series",
     "pv_day_spread_from_series",

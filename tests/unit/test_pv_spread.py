@@ -158,7 +158,7 @@ def test_rolling_plans_with_the_conditional_spread_use_no_future_pv() -> None:
 
 def test_the_option_is_parsed_and_bounded() -> None:
     parser = build_parser()
-    assert config_from_args(parser.parse_args(["backtest", "x.csv"])).pv_spread is PvSpread.UNCONDITIONAL
+    assert config_from_args(parser.parse_args(["backtest", "x.csv"])).pv_spread is PvSpread.CONDITIONAL
     args = parser.parse_args(["backtest", "x.csv", "--pv-spread", "conditional", "--pv-spread-days", "30"])
     cfg = config_from_args(args)
     assert cfg.pv_spread is PvSpread.CONDITIONAL and cfg.pv_spread_days == 30.0
