@@ -86,7 +86,16 @@ from cloud.forecast import (
     pv_nowcast,
     pv_ratio_spread,
 )
-from cloud.forecast_load import LoadQuantiles, error_persistence
+from cloud.forecast_load import (
+    LoadQuantiles,
+    day_level_persistence,
+    day_load_ratios,
+    day_types,
+    error_persistence,
+    forecast_load_daytype,
+    forecast_load_level,
+    zone_country,
+)
 from cloud.forecast_price import PriceModel, forecast_prices, terminal_value
 from cloud.forecast_pv import PvSiteForecaster, SkyGrid
 from cloud.forecast_pv_day import (
@@ -701,11 +710,23 @@ class Planner:
         self.spread_history: PvSpreadHistory | None = None  # the completed days it is read from, once a day
         self.pv_levels = np.ones(0)
         self.persistence: float | None = None
+        self.rho_day = 0.0
         self.load_day = -1
         self.warm_scenarios = WarmStart()
         self.spread = np.zeros(self.spd)
         self.warm = WarmStart()  # re-plans of one horizon length share the LP's matrix: warm-started simplex
         self.spread_day = self.spread_origin = -1
+        self.kinds = np.zeros(0, dtype=np.int64)
+        if cfg.load_day_kinds:  # working day / weekend or holiday per slot, for the trace and a horizon past it
+            country, _, subdiv = (cfg.holidays or "").partition("/")
+            self.kinds = day_types(
+                tr.start,
+                tr.step,
+                tr.n + self.horizon_max,
+                cfg.tz,
+                country=country or zone_country(cfg.tz),
+                subdiv=subdiv or None,
+            )
         self.gbm: GbmLoadForecaster | None = None
         if cfg.load_model in (LoadModel.GBM, LoadModel.GBM_MEAN):
             country, _, subdiv = (cfg.holidays or "").partition("/")
@@ -767,6 +788,21 @@ class Planner:
             load = self.gbm.forecast(tr.load_kw, k, horizon)
         elif cfg.load_model is LoadModel.PERSISTENCE:
             load = forecast_load_persistence(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
+        elif cfg.load_day_level:
+            history = tr.load_kw[max(0, k - 35 * spd) : k]  # the last day's profile reaches 4 weeks before it
+            load = forecast_load_level(history, horizon, spd, persistence=self.persistence or 0.0, rho_day=self.rho_day)
+        elif cfg.load_day_kinds:
+            lo = max(0, k - round(cfg.load_kind_weeks * 7) * spd)
+            load = forecast_load_daytype(
+                tr.load_kw[lo:k],
+                self.kinds[lo : k + horizon],
+                horizon,
+                spd,
+                persistence=self.persistence or 0.0,
+                weeks=round(cfg.load_kind_weeks),
+            )
+            if cfg.load_quantile is not None:
+                load = np.maximum(load + self._spread(k, horizon), 0.0)
         else:
             load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd, persistence=self.persistence)
             if cfg.load_quantile is not None:
@@ -783,11 +819,15 @@ class Planner:
         """Once a day: the house's load error persistence and whole-day load spread, when an option uses them."""
         spd = self.spd
         cfg = self.cfg
-        if k // spd == self.load_day or not (cfg.load_persistence or cfg.load_scenarios or cfg.load_reserve):
+        if k // spd == self.load_day or not (
+            cfg.load_persistence or cfg.load_scenarios or cfg.load_reserve or cfg.load_day_level
+        ):
             return
         history = self.tr.load_kw[max(0, k - LOAD_RISK_HISTORY_DAYS * spd) : k]
         if cfg.load_persistence:
             self.persistence = error_persistence(history, spd)
+        if cfg.load_day_level:
+            self.rho_day = day_level_persistence(day_load_ratios(history, spd))
         if cfg.load_scenarios or cfg.load_reserve:
             self.load_risk = learn_load_risk(history, spd)
         self.load_day = k // spd

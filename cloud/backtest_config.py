@@ -77,6 +77,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--load-quantile", 0.1, 0.9, "", "the forecaster's P10 .. P90"),
         Bound("--load-refit-days", 1.0, 366.0, "days", "daily .. yearly; the GBM trains on its last 56 days"),
         Bound("--price-forecast-hours", 1.0, 168.0, "h", "as --horizon-hours"),
+        Bound("--load-kind-weeks", 1.0, 8.0, "weeks", "a week .. two months of same-kind days"),
         Bound("--pv-nowcast-max", 1.0, 10.0, "", "1: never raised; a clear hour is at most ~5x a dark day's"),
         Bound("--pv-persistence-days", 2.0, 366.0, "days", "a pair of days .. a year of daily clearness"),
         Bound("--pv-spread-days", 11.0, 366.0, "days", "the ten pairs of days a quantile needs .. a year"),
@@ -201,6 +202,13 @@ class Config:
     # plan the slots the battery serves on the whole-day load ratio's newsvendor quantile 1 - export/import
     # (cloud.forecast_load.newsvendor_load)
     load_reserve: bool = False
+    # the profile pooled by day kind (working day / weekend or public holiday, holidays of --holidays or of the
+    # time zone's country) over load_kind_weeks instead of by weekday (cloud.forecast_load.day_type_profile)
+    load_day_kinds: bool = False
+    # the weekly profile scaled by the house's day-level persistence: the last 24 h's energy over the
+    # profile's, carried forward by the house's own day-to-day autocorrelation (cloud.forecast_load.day_level_factors)
+    load_day_level: bool = False
+    load_kind_weeks: float = 4.0
     # the PV forecast's day-to-day part: today and the next days planned on the mean day + ρ^j × today's
     # expected deviation, ρ the site's own lag-1 autocorrelation of its daily clearness (cloud.forecast_pv_day)
     pv_persistence: bool = False
@@ -412,7 +420,30 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plan net-demand slots on the whole-day load ratio's quantile 1 - export/import (newsvendor)",
     )
-    bt.add_argument("--holidays", default=None, help="COUNTRY[/SUBDIVISION] public holidays for --load-model gbm")
+    bt.add_argument(
+        "--load-day-kinds",
+        action=argparse.BooleanOptionalAction,
+        default=d.load_day_kinds,
+        help="load profile pooled by day kind (working day / weekend or holiday) instead of by weekday",
+    )
+    bt.add_argument(
+        "--load-day-level",
+        action=argparse.BooleanOptionalAction,
+        default=d.load_day_level,
+        help="load profile scaled by the last day's level, carried forward by the house's day-to-day persistence",
+    )
+    bt.add_argument(
+        "--load-kind-weeks",
+        type=float,
+        default=d.load_kind_weeks,
+        help="--load-day-kinds: weeks of same-kind days the profile averages (default %(default)s)",
+    )
+    bt.add_argument(
+        "--holidays",
+        default=None,
+        help="COUNTRY[/SUBDIVISION] public holidays (--load-model gbm, --load-day-kinds; default: the time zone's "
+        "country for --load-day-kinds)",
+    )
     bt.add_argument(
         "--load-refit-days",
         type=float,
@@ -489,6 +520,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_scenarios=getattr(args, "load_scenarios", d.load_scenarios),
         load_persistence=getattr(args, "load_persistence", d.load_persistence),
         load_reserve=getattr(args, "load_reserve", d.load_reserve),
+        load_day_kinds=getattr(args, "load_day_kinds", d.load_day_kinds),
+        load_day_level=getattr(args, "load_day_level", d.load_day_level),
+        load_kind_weeks=getattr(args, "load_kind_weeks", d.load_kind_weeks),
         pv_persistence=getattr(args, "pv_persistence", d.pv_persistence),
         pv_persistence_days=getattr(args, "pv_persistence_days", d.pv_persistence_days),
         pv_spread=PvSpread(getattr(args, "pv_spread", d.pv_spread.value)),
