@@ -788,9 +788,6 @@ class Planner:
             load = self.gbm.forecast(tr.load_kw, k, horizon)
         elif cfg.load_model is LoadModel.PERSISTENCE:
             load = forecast_load_persistence(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
-        elif cfg.load_day_level:
-            history = tr.load_kw[max(0, k - 35 * spd) : k]  # the last day's profile reaches 4 weeks before it
-            load = forecast_load_level(history, horizon, spd, persistence=self.persistence or 0.0, rho_day=self.rho_day)
         elif cfg.load_day_kinds:
             lo = max(0, k - round(cfg.load_kind_weeks * 7) * spd)
             load = forecast_load_daytype(
@@ -801,6 +798,11 @@ class Planner:
                 persistence=self.persistence or 0.0,
                 weeks=round(cfg.load_kind_weeks),
             )
+            if cfg.load_quantile is not None:
+                load = np.maximum(load + self._spread(k, horizon), 0.0)
+        elif cfg.load_day_level and cfg.load_persistence:  # on the AR(1) nowcast
+            history = tr.load_kw[max(0, k - 35 * spd) : k]  # the last day's profile reaches 4 weeks before it
+            load = forecast_load_level(history, horizon, spd, persistence=self.persistence or 0.0, rho_day=self.rho_day)
             if cfg.load_quantile is not None:
                 load = np.maximum(load + self._spread(k, horizon), 0.0)
         else:
@@ -827,7 +829,9 @@ class Planner:
         if cfg.load_persistence:
             self.persistence = error_persistence(history, spd)
         if cfg.load_day_level:
-            self.rho_day = day_level_persistence(day_load_ratios(history, spd))
+            days = round(cfg.load_day_level_days)  # each block's profile reaches four weeks before it
+            blocks = self.tr.load_kw[max(0, k - (days + 28) * spd) : k]
+            self.rho_day = day_level_persistence(day_load_ratios(blocks, spd, days=days))
         if cfg.load_scenarios or cfg.load_reserve:
             self.load_risk = learn_load_risk(history, spd)
         self.load_day = k // spd

@@ -77,6 +77,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--load-quantile", 0.1, 0.9, "", "the forecaster's P10 .. P90"),
         Bound("--load-refit-days", 1.0, 366.0, "days", "daily .. yearly; the GBM trains on its last 56 days"),
         Bound("--price-forecast-hours", 1.0, 168.0, "h", "as --horizon-hours"),
+        Bound("--load-day-level-days", 14.0, 366.0, "days", "two weeks of day pairs .. a year"),
         Bound("--load-kind-weeks", 1.0, 8.0, "weeks", "a week .. two months of same-kind days"),
         Bound("--pv-nowcast-max", 1.0, 10.0, "", "1: never raised; a clear hour is at most ~5x a dark day's"),
         Bound("--pv-persistence-days", 2.0, 366.0, "days", "a pair of days .. a year of daily clearness"),
@@ -206,8 +207,10 @@ class Config:
     # time zone's country) over load_kind_weeks instead of by weekday (cloud.forecast_load.day_type_profile)
     load_day_kinds: bool = False
     # the weekly profile scaled by the house's day-level persistence: the last 24 h's energy over the
-    # profile's, carried forward by the house's own day-to-day autocorrelation (cloud.forecast_load.day_level_factors)
-    load_day_level: bool = False
+    # profile's, carried forward by the house's own day-to-day autocorrelation (cloud.forecast_load.day_level_factors);
+    # default since loadfc (lower cost on all six real years)
+    load_day_level: bool = True
+    load_day_level_days: float = 28.0  # the 24 h blocks its day-to-day autocorrelation is measured over
     load_kind_weeks: float = 4.0
     # the PV forecast's day-to-day part: today and the next days planned on the mean day + ρ^j × today's
     # expected deviation, ρ the site's own lag-1 autocorrelation of its daily clearness (cloud.forecast_pv_day)
@@ -430,7 +433,14 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         "--load-day-level",
         action=argparse.BooleanOptionalAction,
         default=d.load_day_level,
-        help="load profile scaled by the last day's level, carried forward by the house's day-to-day persistence",
+        help="load profile scaled by the last day's level, carried forward by the house's day-to-day persistence "
+        "(default on)",
+    )
+    bt.add_argument(
+        "--load-day-level-days",
+        type=float,
+        default=d.load_day_level_days,
+        help="days of 24 h blocks the load's day-to-day persistence is measured over (default %(default)s)",
     )
     bt.add_argument(
         "--load-kind-weeks",
@@ -522,6 +532,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_reserve=getattr(args, "load_reserve", d.load_reserve),
         load_day_kinds=getattr(args, "load_day_kinds", d.load_day_kinds),
         load_day_level=getattr(args, "load_day_level", d.load_day_level),
+        load_day_level_days=getattr(args, "load_day_level_days", d.load_day_level_days),
         load_kind_weeks=getattr(args, "load_kind_weeks", d.load_kind_weeks),
         pv_persistence=getattr(args, "pv_persistence", d.pv_persistence),
         pv_persistence_days=getattr(args, "pv_persistence_days", d.pv_persistence_days),

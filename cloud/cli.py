@@ -125,6 +125,13 @@ def _planner_arguments(serve: argparse.ArgumentParser) -> None:
         help="plan the PV of today and the next days on the site's own persistence of clear and cloudy days "
         "(the factor forecast without weather; default: %(default)s)",
     )
+    group.add_argument(
+        "--load-day-level",
+        action=argparse.BooleanOptionalAction,
+        default=d.load_day_level,
+        help="scale the profile load forecast by the site's own day-to-day load level persistence "
+        "(default: %(default)s)",
+    )
 
 
 def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
@@ -139,6 +146,7 @@ def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
         price_forecast=args.price_forecast,
         execution=args.execution,
         pv_persistence=args.pv_persistence,
+        load_day_level=args.load_day_level,
     )
 
 

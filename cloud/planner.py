@@ -94,7 +94,7 @@ class PlannerOptions:
     retry_after_error: timedelta = timedelta(minutes=5)
     lease: timedelta = timedelta(minutes=2)
     plan_valid_for: timedelta = timedelta(hours=24)
-    load_history_days: int = 28
+    load_history_days: int = 56  # the load forecast's day-level persistence reads 28 days' errors on 4-week profiles
     pv_history_days: int = 14
     forecast_score_slots: int = SLOTS_PER_DAY  # MAE over the first day of each forecast
     solve_time_limit_s: float = 10.0

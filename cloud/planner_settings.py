@@ -57,6 +57,9 @@ class PlannerSettings:
     # the factor PV forecast's day-to-day part from the site's own clear/cloudy-day persistence
     # (cloud.forecast_pv_day; the backtest's --pv-persistence)
     pv_persistence: bool = False
+    # the profile load forecast scaled by the site's own day-level persistence (cloud.forecast_load
+    # .forecast_load_house; the backtest's --load-day-level, default on there too)
+    load_day_level: bool = True
 
     def __post_init__(self) -> None:
         if self.weather_url is not None:
@@ -89,7 +92,9 @@ class PlannerSettings:
             )
         return PlannerOptions(
             weather=weather,
-            models=ModelChoice(pv=PvChoice(self.pv_model), load=LoadChoice(self.load_model)),
+            models=ModelChoice(
+                pv=PvChoice(self.pv_model), load=LoadChoice(self.load_model), load_day_level=self.load_day_level
+            ),
             price_forecast=self.price_forecast,
             execution=Execution(self.execution),
             pv_persistence=self.pv_persistence,

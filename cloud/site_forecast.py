@@ -32,7 +32,7 @@ import structlog
 from cloud.assets import SiteAssets
 from cloud.db import Database
 from cloud.forecast import FloatArray, GbmLoadForecaster, forecast_load
-from cloud.forecast_load import Training, forecast_load_nowcast
+from cloud.forecast_load import Training, forecast_load_house, forecast_load_nowcast
 from cloud.forecast_models import get_model, put_model
 from cloud.forecast_pv import FitInput, PvSiteModel, SkyGrid, fit_pv_site, relearn_typical
 from cloud.site_series import SiteSeries, load_series
@@ -61,6 +61,9 @@ class ModelChoice:
     load_refit: timedelta = timedelta(days=14)  # the load GBM's full refit
     load_update: timedelta = timedelta(days=1)  # its continuation on the new rows (zero: never)
     load_train_days: int = 56
+    # the profile scaled by the site's day-level persistence (cloud.forecast_load.forecast_load_house; needs
+    # 56 days of history, PlannerOptions.load_history_days); off: the AR(1) nowcast on the profile alone
+    load_day_level: bool = True
 
 
 def _stale(fitted_at: datetime, now: datetime, every: timedelta) -> bool:
@@ -106,12 +109,14 @@ async def site_load_forecast(
     now: datetime,
     choice: ModelChoice,
     *,
-    history_days: int = 28,
+    history_days: int = 56,
 ) -> FloatArray:
     """Load kW for the horizon after `series` (which ends at the plan's start)."""
     spd = int(timedelta(days=1) // series.step)
     recent = series.load_kw[-history_days * spd :]
     if choice.load is LoadChoice.PROFILE:
+        if choice.load_day_level:
+            return forecast_load_house(recent, horizon, spd)
         return forecast_load_nowcast(recent, horizon, spd)
     end = series.start + series.step * series.n
     gbm = _gbm(series.start, series.step, assets.timezone, choice)
