@@ -717,7 +717,7 @@ class Planner:
         self.warm = WarmStart()  # re-plans of one horizon length share the LP's matrix: warm-started simplex
         self.spread_day = self.spread_origin = -1
         self.kinds = np.zeros(0, dtype=np.int64)
-        if cfg.load_day_kinds:  # working day / weekend or holiday per slot, for the trace and a horizon past it
+        if cfg.load_day_kinds or cfg.load_holidays:  # per slot of the trace and a horizon past it
             country, _, subdiv = (cfg.holidays or "").partition("/")
             self.kinds = day_types(
                 tr.start,
@@ -726,6 +726,7 @@ class Planner:
                 cfg.tz,
                 country=country or zone_country(cfg.tz),
                 subdiv=subdiv or None,
+                by_weekday=not cfg.load_day_kinds,  # holidays: the weekly profile with a holiday as a Sunday
             )
         self.gbm: GbmLoadForecaster | None = None
         if cfg.load_model in (LoadModel.GBM, LoadModel.GBM_MEAN):
@@ -788,7 +789,7 @@ class Planner:
             load = self.gbm.forecast(tr.load_kw, k, horizon)
         elif cfg.load_model is LoadModel.PERSISTENCE:
             load = forecast_load_persistence(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd)
-        elif cfg.load_day_kinds:
+        elif cfg.load_day_kinds and not (cfg.load_day_level and cfg.load_persistence):
             lo = max(0, k - round(cfg.load_kind_weeks * 7) * spd)
             load = forecast_load_daytype(
                 tr.load_kw[lo:k],
@@ -801,8 +802,18 @@ class Planner:
             if cfg.load_quantile is not None:
                 load = np.maximum(load + self._spread(k, horizon), 0.0)
         elif cfg.load_day_level and cfg.load_persistence:  # on the AR(1) nowcast
-            history = tr.load_kw[max(0, k - 35 * spd) : k]  # the last day's profile reaches 4 weeks before it
-            load = forecast_load_level(history, horizon, spd, persistence=self.persistence or 0.0, rho_day=self.rho_day)
+            weeks = round(cfg.load_kind_weeks) if cfg.load_day_kinds else 4
+            lo = max(0, k - (weeks * 7 + 7) * spd)  # the last day's profile reaches `weeks` weeks before it
+            kinds = self.kinds[lo : k + horizon] if len(self.kinds) else None
+            load = forecast_load_level(
+                tr.load_kw[lo:k],
+                horizon,
+                spd,
+                persistence=self.persistence or 0.0,
+                rho_day=self.rho_day,
+                kinds=kinds,
+                weeks=weeks,
+            )
             if cfg.load_quantile is not None:
                 load = np.maximum(load + self._spread(k, horizon), 0.0)
         else:

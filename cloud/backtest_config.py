@@ -205,7 +205,9 @@ class Config:
     load_reserve: bool = False
     # the profile pooled by day kind (working day / weekend or public holiday, holidays of --holidays or of the
     # time zone's country) over load_kind_weeks instead of by weekday (cloud.forecast_load.day_type_profile)
-    load_day_kinds: bool = False
+    load_day_kinds: bool = True  # default since loadfc, with the day level (lower cost on all six real years)
+    # the weekly profile with public holidays planned like Sundays (and left out of their weekday's profile)
+    load_holidays: bool = False
     # the weekly profile scaled by the house's day-level persistence: the last 24 h's energy over the
     # profile's, carried forward by the house's own day-to-day autocorrelation (cloud.forecast_load.day_level_factors);
     # default since loadfc (lower cost on all six real years)
@@ -427,7 +429,13 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         "--load-day-kinds",
         action=argparse.BooleanOptionalAction,
         default=d.load_day_kinds,
-        help="load profile pooled by day kind (working day / weekend or holiday) instead of by weekday",
+        help="load profile pooled by day kind (working day / weekend or holiday) instead of by weekday (default on)",
+    )
+    bt.add_argument(
+        "--load-holidays",
+        action=argparse.BooleanOptionalAction,
+        default=d.load_holidays,
+        help="weekly load profile with public holidays (--holidays, else the time zone's country) as Sundays",
     )
     bt.add_argument(
         "--load-day-level",
@@ -532,6 +540,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_reserve=getattr(args, "load_reserve", d.load_reserve),
         load_day_kinds=getattr(args, "load_day_kinds", d.load_day_kinds),
         load_day_level=getattr(args, "load_day_level", d.load_day_level),
+        load_holidays=getattr(args, "load_holidays", d.load_holidays),
         load_day_level_days=getattr(args, "load_day_level_days", d.load_day_level_days),
         load_kind_weeks=getattr(args, "load_kind_weeks", d.load_kind_weeks),
         pv_persistence=getattr(args, "pv_persistence", d.pv_persistence),

@@ -132,6 +132,13 @@ def _planner_arguments(serve: argparse.ArgumentParser) -> None:
         help="scale the profile load forecast by the site's own day-to-day load level persistence "
         "(default: %(default)s)",
     )
+    group.add_argument(
+        "--load-day-kinds",
+        action=argparse.BooleanOptionalAction,
+        default=d.load_day_kinds,
+        help="pool the profile load forecast by day kind: working day / weekend or public holiday of the time "
+        "zone's country (default: %(default)s)",
+    )
 
 
 def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
@@ -147,6 +154,7 @@ def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
         execution=args.execution,
         pv_persistence=args.pv_persistence,
         load_day_level=args.load_day_level,
+        load_day_kinds=args.load_day_kinds,
     )
 
 

@@ -165,10 +165,18 @@ _ZONE_COUNTRIES: dict[str, str] | None = None
 
 
 def day_types(
-    start: datetime, step: timedelta, n: int, tz: str, *, country: str | None = None, subdiv: str | None = None
+    start: datetime,
+    step: timedelta,
+    n: int,
+    tz: str,
+    *,
+    country: str | None = None,
+    subdiv: str | None = None,
+    by_weekday: bool = False,
 ) -> IntArray:
     """Per slot start + k * step (k < n): 1 on a weekend day or a public holiday of `country` (local date,
-    the `holidays` package), else 0. An unknown country or subdivision gives weekends only."""
+    the `holidays` package), else 0; with `by_weekday` the local weekday (0 Monday .. 6 Sunday) with a holiday
+    as a Sunday. An unknown country or subdivision gives no holidays."""
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
     zone = ZoneInfo(tz)
@@ -182,6 +190,8 @@ def day_types(
         except NotImplementedError:
             hol = ()
     days = set(hol)
+    if by_weekday:
+        return np.asarray([6 if d in days else d.weekday() for d in local], dtype=np.int64)
     return np.asarray([1 if d.weekday() >= 5 or d in days else 0 for d in local], dtype=np.int64)
 
 
@@ -264,7 +274,13 @@ def day_level_persistence(ratios: FloatArray) -> float:
 
 
 def day_level_factors(
-    history_kw: FloatArray, horizon: int, slots_per_day: int, rho_day: float, *, weeks: int = 4
+    history_kw: FloatArray,
+    horizon: int,
+    slots_per_day: int,
+    rho_day: float,
+    *,
+    weeks: int = 4,
+    kinds: IntArray | None = None,
 ) -> FloatArray:
     """Per slot of the horizon: the profile's scale for the house's current load level, 1 + ρ^(j+1) (r - 1)
     for the j-th 24 h block ahead, where r is the last 24 h's energy over what the profile said for them
@@ -278,7 +294,10 @@ def day_level_factors(
     if rho_day <= 0.0 or n < spd:
         return ones
     block = np.arange(n - spd, n)
-    profile = _lagged_mean(history_kw, n - spd, block, 7 * spd, weeks)
+    if kinds is None:
+        profile = _lagged_mean(history_kw, n - spd, block, 7 * spd, weeks)
+    else:
+        profile = day_type_profile(history_kw, kinds, n - spd, spd, spd, weeks=weeks)
     actual = history_kw[block]
     expected = float(np.sum(profile))
     if np.isnan(profile).any() or np.isnan(actual).any() or expected <= 1e-6:
@@ -289,34 +308,55 @@ def day_level_factors(
 
 
 def forecast_load_level(
-    history_kw: FloatArray, horizon: int, slots_per_day: int, *, persistence: float, rho_day: float
+    history_kw: FloatArray,
+    horizon: int,
+    slots_per_day: int,
+    *,
+    persistence: float,
+    rho_day: float,
+    kinds: IntArray | None = None,
+    weeks: int = 4,
 ) -> FloatArray:
     """`forecast_load`'s AR(1) nowcast (`persistence`) on the weekly profile scaled by the house's day-level
     persistence (`day_level_factors` with `rho_day`): the nowcast's error is the last slot's against the
-    scaled profile, so the two do not count the same excess twice."""
+    scaled profile, so the two do not count the same excess twice. With `kinds` (`day_types`, covering the
+    history and the horizon) the profile is `day_type_profile`'s instead of the weekly one."""
     n = len(history_kw)
-    profile = _seasonal_profile(history_kw, n, horizon, slots_per_day, 4)
-    fac = day_level_factors(history_kw, horizon, slots_per_day, rho_day)
+    if kinds is not None and len(kinds) < n + horizon:
+        raise ValueError(f"day kinds cover {len(kinds)} slots, need {n + horizon}")
+
+    def profile_at(at: int, count: int) -> FloatArray:
+        if kinds is None:
+            return _seasonal_profile(history_kw, at, count, slots_per_day, 4)
+        return day_type_profile(history_kw, kinds, at, count, slots_per_day, weeks=weeks)
+
+    profile = profile_at(n, horizon)
+    fac = day_level_factors(
+        history_kw, horizon, slots_per_day, rho_day, kinds=kinds, weeks=weeks if kinds is not None else 4
+    )
     if n == 0 or np.isnan(history_kw).all():
         return np.where(np.isnan(profile), 0.5, profile)
     fill = float(np.nanmean(history_kw[-slots_per_day:])) if not np.isnan(history_kw[-slots_per_day:]).all() else 0.5
     out = np.where(np.isnan(profile), fill, profile) * fac
     if not math.isnan(history_kw[-1]):
-        last = float(_seasonal_profile(history_kw, n - 1, 1, slots_per_day, 4)[0])
+        last = float(profile_at(n - 1, 1)[0])
         if not math.isnan(last):
             f0 = float(fac[0]) if horizon else 1.0
             out = out + (history_kw[-1] - last * f0) * min(max(persistence, 0.0), 1.0) ** np.arange(1, horizon + 1)
     return np.asarray(np.clip(out, 0.0, None), dtype=np.float64)
 
 
-def forecast_load_house(history_kw: FloatArray, horizon: int, slots_per_day: int) -> FloatArray:
-    """The default load forecast, for the backtest and the planner worker alike: the weekly profile scaled by
-    the house's day-level persistence, plus the AR(1) nowcast at its slot-to-slot persistence, both read off
-    `history_kw` (56 days: the last 28 days' errors against profiles that reach four weeks back). Lower
-    planner cost than the nowcast alone on all six real backtest years (docs/cloud-planning.md, loadfc)."""
+def forecast_load_house(
+    history_kw: FloatArray, horizon: int, slots_per_day: int, *, kinds: IntArray | None = None
+) -> FloatArray:
+    """The default load forecast, for the backtest and the planner worker alike: the profile (by day kind with
+    `kinds`, `day_types` over the history and the horizon; else by weekday) scaled by the house's day-level
+    persistence, plus the AR(1) nowcast at its slot-to-slot persistence, both read off `history_kw` (56 days:
+    the last 28 days' errors against profiles that reach four weeks back). Lower planner cost than the
+    nowcast on the weekly profile on all six real backtest years (docs/cloud-planning.md, loadfc)."""
     rho = error_persistence(history_kw, slots_per_day)
     rho_day = day_level_persistence(day_load_ratios(history_kw, slots_per_day))
-    return forecast_load_level(history_kw, horizon, slots_per_day, persistence=rho, rho_day=rho_day)
+    return forecast_load_level(history_kw, horizon, slots_per_day, persistence=rho, rho_day=rho_day, kinds=kinds)
 
 
 def day_load_ratios(history_kw: FloatArray, slots_per_day: int, *, weeks: int = 4, days: int = 28) -> FloatArray:

@@ -60,6 +60,9 @@ class PlannerSettings:
     # the profile load forecast scaled by the site's own day-level persistence (cloud.forecast_load
     # .forecast_load_house; the backtest's --load-day-level, default on there too)
     load_day_level: bool = True
+    # with it, the profile pooled by day kind: working day / weekend or public holiday (the backtest's
+    # --load-day-kinds)
+    load_day_kinds: bool = True
 
     def __post_init__(self) -> None:
         if self.weather_url is not None:
@@ -93,7 +96,10 @@ class PlannerSettings:
         return PlannerOptions(
             weather=weather,
             models=ModelChoice(
-                pv=PvChoice(self.pv_model), load=LoadChoice(self.load_model), load_day_level=self.load_day_level
+                pv=PvChoice(self.pv_model),
+                load=LoadChoice(self.load_model),
+                load_day_level=self.load_day_level,
+                load_day_kinds=self.load_day_kinds,
             ),
             price_forecast=self.price_forecast,
             execution=Execution(self.execution),

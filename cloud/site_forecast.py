@@ -32,7 +32,7 @@ import structlog
 from cloud.assets import SiteAssets
 from cloud.db import Database
 from cloud.forecast import FloatArray, GbmLoadForecaster, forecast_load
-from cloud.forecast_load import Training, forecast_load_house, forecast_load_nowcast
+from cloud.forecast_load import Training, day_types, forecast_load_house, forecast_load_nowcast, zone_country
 from cloud.forecast_models import get_model, put_model
 from cloud.forecast_pv import FitInput, PvSiteModel, SkyGrid, fit_pv_site, relearn_typical
 from cloud.site_series import SiteSeries, load_series
@@ -64,6 +64,8 @@ class ModelChoice:
     # the profile scaled by the site's day-level persistence (cloud.forecast_load.forecast_load_house; needs
     # 56 days of history, PlannerOptions.load_history_days); off: the AR(1) nowcast on the profile alone
     load_day_level: bool = True
+    # with it, the profile pooled by day kind (working day / weekend or public holiday of the time zone's country)
+    load_day_kinds: bool = True
 
 
 def _stale(fitted_at: datetime, now: datetime, every: timedelta) -> bool:
@@ -116,7 +118,12 @@ async def site_load_forecast(
     recent = series.load_kw[-history_days * spd :]
     if choice.load is LoadChoice.PROFILE:
         if choice.load_day_level:
-            return forecast_load_house(recent, horizon, spd)
+            kinds = None
+            if choice.load_day_kinds:
+                first = series.start + series.step * (series.n - len(recent))
+                tz = assets.timezone
+                kinds = day_types(first, series.step, len(recent) + horizon, tz, country=zone_country(tz))
+            return forecast_load_house(recent, horizon, spd, kinds=kinds)
         return forecast_load_nowcast(recent, horizon, spd)
     end = series.start + series.step * series.n
     gbm = _gbm(series.start, series.step, assets.timezone, choice)

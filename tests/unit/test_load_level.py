@@ -4,7 +4,9 @@ are worked by hand or come from the generating process."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
 import pytest
@@ -93,6 +95,8 @@ def test_day_types_mark_weekends_and_the_countrys_holidays() -> None:
     assert (kinds.reshape(5, SPD) == kinds.reshape(5, SPD)[:, :1]).all()  # whole local days
     plain = day_types(start, timedelta(hours=1), 5 * SPD, "Europe/Berlin")
     assert plain.reshape(5, SPD)[:, 0].tolist() == [0, 1, 1, 0, 0]
+    days = day_types(start, timedelta(hours=1), 5 * SPD, "Europe/Berlin", country="DE", by_weekday=True)
+    assert days.reshape(5, SPD)[:, 0].tolist() == [4, 5, 6, 6, 1]  # Boxing Day planned like a Sunday
     assert zone_country("Europe/Berlin") == "DE" and zone_country("Australia/Sydney") == "AU"
     assert zone_country("UTC") is None
 
@@ -139,24 +143,55 @@ def test_the_day_level_is_the_backtests_default_and_sees_only_the_past() -> None
         tr.pv_kw,
     )
     cfg = Config(tz="UTC", pv_kwp=0.0)
-    assert cfg.load_day_level
+    assert cfg.load_day_level and cfg.load_day_kinds
     a, b = Planner(tr, cfg), Planner(later, cfg)
     fa, fb = a.forecasts(k, 30)[0], b.forecasts(k, 30)[0]
     assert a.rho_day == b.rho_day and a.rho_day > 0.0
     assert fa == pytest.approx(fb)
-    assert fa == pytest.approx(forecast_load_house(tr.load_kw[k - 56 * SPD : k], 30, SPD))
-    kinds = Planner(tr, Config(tz="UTC", pv_kwp=0.0, load_day_level=False, load_day_kinds=True))
-    kinds_later = Planner(later, Config(tz="UTC", pv_kwp=0.0, load_day_level=False, load_day_kinds=True))
-    assert kinds.forecasts(k, 30)[0] == pytest.approx(kinds_later.forecasts(k, 30)[0])
+    first = k - 56 * SPD  # the planner worker's call: 56 days of history, the kinds of them and the horizon
+    kinds = day_types(tr.start + tr.step * first, tr.step, 56 * SPD + 30, "UTC")
+    assert fa == pytest.approx(forecast_load_house(tr.load_kw[first:k], 30, SPD, kinds=kinds))
+    weekly = Planner(tr, Config(tz="UTC", pv_kwp=0.0, load_day_kinds=False)).forecasts(k, 30)[0]
+    assert weekly == pytest.approx(forecast_load_house(tr.load_kw[first:k], 30, SPD))
+    assert not np.allclose(weekly, fa)
+    for other in (Config(tz="UTC", pv_kwp=0.0, load_day_level=False), Config(tz="UTC", pv_kwp=0.0, load_holidays=True)):
+        assert Planner(tr, other).forecasts(k, 30)[0] == pytest.approx(Planner(later, other).forecasts(k, 30)[0])
 
 
 def test_the_options_reach_the_config() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["x.csv", "--no-load-day-level", "--load-day-kinds"]))
-    assert not cfg.load_day_level and cfg.load_day_kinds
-    assert config_from_args(parser.parse_args(["x.csv"])).load_day_level
+    cfg = config_from_args(parser.parse_args(["x.csv", "--no-load-day-level", "--no-load-day-kinds"]))
+    assert not cfg.load_day_level and not cfg.load_day_kinds
+    default = config_from_args(parser.parse_args(["x.csv"]))
+    assert default.load_day_level and default.load_day_kinds and not default.load_holidays
     bad = config_from_args(parser.parse_args(["x.csv", "--load-day-level-days", "7"]))
     assert config_problem(bad) is not None
     bad = config_from_args(parser.parse_args(["x.csv", "--load-kind-weeks", "0"]))
     assert config_problem(bad) is not None
+
+
+def test_the_planner_worker_forecasts_the_profile_load_as_the_backtest_does() -> None:
+    """site_load_forecast's profile path (no stored model, no database query): the day-kind profile with
+    the day level, on the site's time zone and its country's holidays, i.e. forecast_load_house."""
+    from cloud.assets import GridCfg, LocationCfg, SiteAssets
+    from cloud.db import Database
+    from cloud.site_forecast import ModelChoice, site_load_forecast
+    from cloud.site_series import SiteSeries
+
+    load = _ar_days(60, 0.8, 6)
+    n = len(load)
+    start = datetime(2016, 11, 1, 23, tzinfo=UTC)
+    z = np.zeros(n)
+    series = SiteSeries(start, timedelta(hours=1), z, z, z, z, load, None, None, None, 0)
+    assets = SiteAssets(LocationCfg(47.66, 9.18), GridCfg(17.0, 10.0), timezone="Europe/Berlin")
+    db = cast(Database, None)  # the profile path never reads the database
+    got = asyncio.run(site_load_forecast(db, "s", assets, series, 48, start, ModelChoice()))
+    first = n - 56 * SPD
+    kinds = day_types(start + timedelta(hours=first), timedelta(hours=1), 56 * SPD + 48, "Europe/Berlin", country="DE")
+    assert got == pytest.approx(forecast_load_house(load[first:], 48, SPD, kinds=kinds))
+    plain = ModelChoice(load_day_level=False)
+    got_plain = asyncio.run(site_load_forecast(db, "s", assets, series, 48, start, plain))
+    assert got_plain == pytest.approx(
+        forecast_load(load[first:], 48, SPD, persistence=error_persistence(load[first:], SPD))
+    )

@@ -126,7 +126,7 @@ def test_the_planner_and_the_nowcast_helper_use_the_houses_persistence_by_defaul
         start, timedelta(hours=1), np.full(n + 6, 0.3), np.zeros(n + 6), np.append(load, np.ones(6)), np.zeros(n + 6)
     )
     history = tr.load_kw[n - 28 * SPD : n]
-    planned = Planner(tr, Config(tz="UTC", load_day_level=False)).forecasts(n, 6)[0]  # the day level: test_load_level
+    planned = Planner(tr, Config(tz="UTC", load_day_level=False, load_day_kinds=False)).forecasts(n, 6)[0]
     assert planned == pytest.approx(forecast_load(history, 6, SPD, persistence=error_persistence(tr.load_kw[:n], SPD)))
 
 

@@ -38,6 +38,9 @@ def test_serve_defaults_and_flags() -> None:
     opts = _planner_settings(args).options()
     assert opts.models.pv is PvChoice.FIT and opts.models.load is LoadChoice.GBM
     assert opts.price_forecast is True and opts.execution is Execution.SETPOINT
+    assert opts.models.load_day_level and opts.models.load_day_kinds  # the load defaults (loadfc)
+    plain = _planner_settings(build_parser().parse_args(["serve", "--no-load-day-level", "--no-load-day-kinds"]))
+    assert not plain.options().models.load_day_level and not plain.options().models.load_day_kinds
     off = _planner_settings(build_parser().parse_args(["serve", "--no-weather"]))
     assert off.weather_url is None and off.options().weather is None
 
