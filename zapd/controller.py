@@ -25,10 +25,11 @@ from drivers.api import Controllable
 from drivers.config_structs import BatteryLimits, EvLimits
 from drivers.resilience import FailureLatch
 from fallback.policy import Decision, Rung, choose, resolve_battery_w
+from zapd.bounds import MAX_POWER_W
 from zapd.clock import Clock
 from zapd.envelope import Setpoint, SiteLimits, clamp_batteries
 from zapd.estimate import Command as SentCommand
-from zapd.estimate import Sample, battery_range, hold_or_move
+from zapd.estimate import GridBounds, Sample, battery_range, hold_or_move
 from zapd.ev_envelope import EvSetpoint, clamp_evs
 from zapd.model import POWER_W, BatterySetpoint, CommandResult, DerKind, EvCurrent, Intent, Plan
 from zapd.state import BatteryView, SiteState, Snapshot
@@ -174,6 +175,9 @@ class Controller:
         self._settle_s = settle_s
         self._dead_time_s = dead_time_s
         self._tolerance_w = estimate_tolerance_w
+        # How close a command moved over a grid limit goes to what keeps that limit at every plausible state: the
+        # width of a settled range (zapd/estimate.py `hold_or_move`).
+        self._reach_w = 2 * estimate_tolerance_w
         # Per battery: its recent readings, oldest first (what the meter's window may reach back to).
         self._samples: dict[str, deque[Sample]] = {}
         # The meter's last reading time and the intervals between its readings, for its window.
@@ -285,7 +289,24 @@ class Controller:
 
         if not ranges:
             return decision, answer(0.0)
-        fraction = hold_or_move(lambda f: sum(sp.power_w for sp in answer(f)), self._current_command_w(measured))
+
+        def bounds() -> GridBounds:
+            limits = _inside(limits_for(self._site, decision.intent), self._tolerance_w)
+
+            def most(request_w: float, fraction: float) -> float:
+                return sum(
+                    sp.power_w for sp in clamp_batteries(request_w, at(fraction), envelopes, limits, self._tick_s)
+                )
+
+            spread = sum(hi - lo for lo, hi in ranges.values())
+            return GridBounds(floor_w=most(-MAX_POWER_W, 1.0), ceiling_w=most(MAX_POWER_W, 0.0), spread_w=spread)
+
+        fraction = hold_or_move(
+            lambda f: sum(sp.power_w for sp in answer(f)),
+            self._current_command_w(measured),
+            bounds=bounds,
+            reach_w=self._reach_w,
+        )
         return decision, answer(fraction)
 
     def decide_evs(

@@ -149,21 +149,72 @@ def _before_write(
     return min([min(recent) - tolerance_w, *older]), max([max(recent) + tolerance_w, *older])
 
 
-def hold_or_move(answer: Callable[[float], float], current_w: float) -> float:
+@dataclass(frozen=True, slots=True)
+class GridBounds:
+    """What keeps the grid limits at every plausible battery state, as battery totals (W, + charging).
+
+    `floor_w`: the least the batteries may do and keep the export limit at the highest plausible state
+    (the export floor rises with the state). `ceiling_w`: the most they may do and keep the fuse at
+    the lowest (so does the fuse headroom). `spread_w`: the battery's plausible range, highest - lowest.
+    """
+
+    floor_w: float
+    ceiling_w: float
+    spread_w: float
+
+
+def hold_or_move(
+    answer: Callable[[float], float],
+    current_w: float,
+    *,
+    bounds: Callable[[], GridBounds] | None = None,
+    reach_w: float = 0.0,
+) -> float:
     """The λ in [0, 1] to act on: answer(λ) is the envelope's total for the battery state λ of the way up the range.
 
     `answer` is nondecreasing in λ. The current command is kept when some plausible state calls
-    for it; otherwise the command moves to the nearest end of what the plausible states call for.
+    for it; otherwise the command moves to the nearest end of what the plausible states call for,
+    which never goes past what is certainly needed.
+
+    Except where that end may break a grid limit at another plausible state (`bounds`). A range is
+    wide when an averaging meter slower than the battery poll mixed two battery states in its
+    window; the nearest end then leaves the site over the limit by up to the range's width until a
+    clean reading, and each such correction mixes into the next window again (a 10 s meter, 5 s
+    polls: 154 W export for 20 s). So a command below the low end moves up to `reach_w` short of
+    what keeps the export limit at every plausible state, one above the high end down to `reach_w`
+    past what keeps the fuse (within the interval): over the limit by no more than `reach_w` less
+    the controller's margin whatever the state, as a settled command held in its 2 x tolerance wide
+    range. It may go past the right answer, to the limit's safe side, by up to the range's width.
+    Only where the band that keeps both limits at every state (`ceiling_w` - `floor_w`) is at least
+    the spread + 2 x `reach_w`: such a move then stays clear of the other limit, and the command
+    crosses the right answer at most once per change of the site (no limit cycle: the argument is in
+    docs/decisions.md, "Closed loop").
     """
     low, high = answer(0.0), answer(1.0)
-    if current_w <= low or high <= low:
+    if high <= low:
         return 0.0
-    if current_w >= high:
+    target = min(max(current_w, low), high)  # held inside, the nearest end outside
+    moves_up, moves_down = current_w < low - _SOLVE_W, current_w > high + _SOLVE_W
+    if bounds is not None and (moves_up or moves_down):
+        b = bounds()
+        if b.ceiling_w - b.floor_w >= b.spread_w + 2 * reach_w:
+            if moves_up and low < b.floor_w - reach_w:
+                target = min(b.floor_w - reach_w, high)
+            elif moves_down and high > b.ceiling_w + reach_w:
+                target = max(b.ceiling_w + reach_w, low)
+    if target <= low:
+        return 0.0
+    if target >= high:
         return 1.0
+    return _solve(answer, target, low, high)
+
+
+def _solve(answer: Callable[[float], float], target_w: float, low: float, high: float) -> float:
+    """The λ whose answer is `target_w` (low = answer(0) < target_w < high = answer(1))."""
     # Illinois (regula falsi that halves the weight of an end kept twice): the envelope's answer is piecewise
     # linear in the state (clamps of linear terms), so the secant lands on it in a few answers where bisection
     # took 30, each a full ladder + envelope run: 85 % of a cycle's time (bench/closedloop.py, the property).
-    lo, hi, f_lo, f_hi = 0.0, 1.0, low - current_w, high - current_w
+    lo, hi, f_lo, f_hi = 0.0, 1.0, low - target_w, high - target_w
     # Safeguard (as Brent's): where two answers did not halve the bracket the next one bisects, so the bracket
     # halves at least every three answers and _SOLVE_STEPS reach the 2^-30 bracket even where the answer is
     # nearly a step (hypothesis: a 370 kW-per-range clamp next to a flat 0.5 W one
@@ -175,7 +226,7 @@ def hold_or_move(answer: Callable[[float], float], current_w: float) -> float:
         mid = (lo + hi) / 2 if bisect else (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
         if not lo < mid < hi:
             mid = (lo + hi) / 2
-        f = answer(mid) - current_w
+        f = answer(mid) - target_w
         if abs(f) <= _SOLVE_W:
             return mid
         if f < 0:

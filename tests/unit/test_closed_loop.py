@@ -260,6 +260,42 @@ def _instant(
         dead_time_s=5.0,
     )
 )
+# Found by a random local run: zero export, a 10 s averaging meter 0.88 s late, 5 s battery polls, 2.3 s dead time, a
+# 6.3 kW load and PV 0 -> 4.7 kW. Each meter window mixed the last two setpoints, and the nearest end of what was
+# certain (-1727 W for -1523 W needed) left the site exporting 154 W until 51 s after the step (grace 46.25 s).
+# Where one grid limit sets the answer at every plausible state, a command over it now goes to its safe end.
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=5.0,
+        meter_interval_s=10.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=2.3208651297556964, ramp_w_per_s=math.inf, setpoint_step_w=0.0, reading_step_w=0.0, noise_w=0.0
+        ),
+        meter=MeterDynamics(window_s=10.0, delay_s=0.8843671502620298, step_w=1.0, noise_w=0.0),
+        max_export_w=0.0,
+        fuse_limit_w=3000.0,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=627.1881333821707,
+        soc=0.35,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=6297.208685375907,
+        pv_w=0.0,
+        plan_w=None,
+        steps=(
+            Step(at_s=267.18813338217063, plan_w="keep", load_offset_w=None, pv_w=4724.196952536394),
+            Step(at_s=357.18813338217063),
+            Step(at_s=447.18813338217063),
+            Step(at_s=537.1881333821707),
+        ),
+        seed=0,
+        dead_time_s=5.0,
+    )
+)
 def test_closed_loop_keeps_the_limits_and_settles(cfg: LoopConfig) -> None:
     check_loop(cfg, run_loop(cfg))
 

@@ -7,13 +7,15 @@ case and every other; it must close once the battery shows it is done, so the lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers.sim.physics import ActuatorDynamics, BatteryModel
-from zapd.estimate import Command, Sample, battery_range, hold_or_move
+from zapd.estimate import Command, GridBounds, Sample, battery_range, hold_or_move
 
 T0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
 TOL = 50.0
@@ -92,13 +94,84 @@ def test_a_reading_the_older_state_could_explain_proves_nothing_inside_the_dead_
     assert lo <= 0.0 and hi >= 284.0
 
 
+def linear(low: float, high: float) -> Callable[[float], float]:
+    """An envelope answer rising linearly over the battery's plausible range."""
+    return lambda f: low + (high - low) * f
+
+
 def test_hold_inside_the_interval_and_move_to_the_nearest_end_outside() -> None:
-    def answer(f: float) -> float:
-        return 1000.0 + 2000.0 * f
+    answer = linear(1000.0, 3000.0)
 
     assert abs(answer(hold_or_move(answer, 2000.0)) - 2000.0) < 1e-3  # inside: the state that calls for it
     assert hold_or_move(answer, 500.0) == 0.0  # below what is certainly needed: up to the low end
     assert hold_or_move(answer, 4000.0) == 1.0  # above: down to the high end
+
+
+def test_a_command_over_a_limit_moves_to_within_reach_of_what_keeps_it_at_every_plausible_state() -> None:
+    # cl_case at 295 s: the export floor sets the answer at every state, -1737..-1395 W, and the command (-2812 W)
+    # discharges more than any state allows. The nearest end could leave the site exporting the whole 342 W.
+    export = linear(-1737.0, -1395.0)
+    zero_export = GridBounds(floor_w=-1395.0, ceiling_w=4000.0, spread_w=342.0)
+    moved = export(hold_or_move(export, -2812.0, bounds=lambda: zero_export, reach_w=100.0))
+    assert abs(moved - -1495.0) < 0.02  # within 100 W of what keeps the export limit at the highest state
+    # Only where the band that keeps both limits at every plausible state is wider than the spread + 2 x reach
+    # (which keeps the move clear of the fuse, and the loop from ping-pong): here the fuse is 500 W above.
+    fuse_near = replace(zero_export, ceiling_w=-1395.0 + 500.0)
+    assert hold_or_move(export, -2812.0, bounds=lambda: fuse_near, reach_w=100.0) == 0.0
+    # The fuse: a command charging more than any state allows goes to within 100 W of the fuse's all-state bound.
+    fuse = linear(1000.0, 3000.0)
+    fuse_bound = GridBounds(floor_w=-5000.0, ceiling_w=1000.0, spread_w=2000.0)
+    assert abs(fuse(hold_or_move(fuse, 4000.0, bounds=lambda: fuse_bound, reach_w=100.0)) - 1100.0) < 0.02
+    # A move toward the limit's safe side anyway, a narrow range, or inside the interval: as before.
+    assert hold_or_move(export, 0.0, bounds=lambda: zero_export, reach_w=100.0) == 1.0
+    assert hold_or_move(fuse, 0.0, bounds=lambda: fuse_bound, reach_w=100.0) == 0.0
+    narrow = linear(-1737.0, -1650.0)
+    assert hold_or_move(narrow, -2812.0, bounds=lambda: replace(zero_export, floor_w=-1650.0), reach_w=100.0) == 0.0
+    assert abs(export(hold_or_move(export, -1700.0, bounds=lambda: zero_export, reach_w=100.0)) - -1700.0) < 0.02
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    gap=st.floats(0.0, 12_000.0),  # the band between the export floor and the fuse headroom (the same at every state)
+    truth=st.floats(0.0, 1.0),  # where in that band the right answer lies
+    start=st.floats(-8000.0, 8000.0),
+    # What the site asks: a request that rises with the state (self-consumption: the base falls as the state rises),
+    # or one the export floor or the fuse headroom cuts at every state.
+    kind=st.sampled_from(["request", "floor", "headroom"]),
+    # Each decision: where the true state lies in the plausible range, and the range's spread.
+    decisions=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 6000.0)), min_size=1, max_size=30),
+)
+def test_the_command_crosses_the_right_answer_at_most_once(
+    gap: float, truth: float, start: float, kind: str, decisions: list[tuple[float, float]]
+) -> None:
+    """The no-limit-cycle argument (docs/decisions.md, "Closed loop") as a property, on the envelope's shape: the
+    export floor and the fuse headroom rise one for one with the battery state the base is computed from, `gap`
+    apart. A site that does not change has one right answer, between them at the true state, and every interval
+    holds it. However the ranges fall, the command moves up only while below it and down only while above it, and
+    crosses it at most once: never a ping-pong between the ends."""
+    right = truth * gap  # the export floor at the true state is 0 W, the fuse headroom `gap`
+    command = start
+    crossings = 0
+    for where, spread in decisions:
+        # Battery states b in [-where * spread, (1 - where) * spread] around the true one (0).
+        lo_b, hi_b = -where * spread, (1 - where) * spread
+
+        def at(b: float) -> float:
+            floor, headroom = b, gap + b
+            request = right + b if kind == "request" else (floor - 1.0 if kind == "floor" else headroom + 1.0)
+            return min(max(request, floor), headroom)
+
+        def answer(f: float, lo_b: float = lo_b, hi_b: float = hi_b) -> float:
+            return at(lo_b + (hi_b - lo_b) * f)
+
+        right_now = at(0.0)
+        bounds = GridBounds(floor_w=hi_b, ceiling_w=gap + lo_b, spread_w=spread)
+        new = answer(hold_or_move(answer, command, bounds=lambda bounds=bounds: bounds, reach_w=100.0))
+        if abs(new - command) > 0.02:
+            assert (new > command) == (command < right_now), f"{command:.0f} -> {new:.0f} W, right {right_now:.0f}"
+            crossings += (command - right_now) * (new - right_now) < 0
+        command = new
+    assert crossings <= 1
 
 
 @settings(max_examples=300, deadline=None)
