@@ -27,7 +27,7 @@ from drivers.resilience import FailureLatch
 from fallback.policy import Decision, Rung, choose, resolve_battery_w
 from zapd.bounds import MAX_POWER_W
 from zapd.clock import Clock
-from zapd.envelope import Setpoint, SiteLimits, clamp_batteries
+from zapd.envelope import Setpoint, SiteLimits, clamp_batteries, grid_band_w
 from zapd.estimate import Command as SentCommand
 from zapd.estimate import GridBounds, Sample, battery_range, hold_or_move
 from zapd.ev_envelope import EvSetpoint, clamp_evs
@@ -298,8 +298,12 @@ class Controller:
                     sp.power_w for sp in clamp_batteries(request_w, at(fraction), envelopes, limits, self._tick_s)
                 )
 
-            spread = sum(hi - lo for lo, hi in ranges.values())
-            return GridBounds(floor_w=most(-MAX_POWER_W, 1.0), ceiling_w=most(MAX_POWER_W, 0.0), spread_w=spread)
+            return GridBounds(
+                floor_w=most(-MAX_POWER_W, 1.0),
+                ceiling_w=most(MAX_POWER_W, 0.0),
+                spread_w=sum(hi - lo for lo, hi in ranges.values()),
+                band_w=grid_band_w(measured, limits),
+            )
 
         fraction = hold_or_move(
             lambda f: sum(sp.power_w for sp in answer(f)),

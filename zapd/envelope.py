@@ -119,6 +119,18 @@ def _split(total_w: float, rooms: Mapping[str, float]) -> dict[str, float]:
     return {k: sign * share * v for k, v in rooms.items()}
 
 
+def grid_band_w(snapshot: Snapshot, site: SiteLimits) -> float:
+    """The band between the export floor and the fuse headroom (W), the lowest and the highest battery total the
+    grid limits allow: the same at every battery state, as both are computed from the same base (grid - battery).
+    Infinite without an export limit; 0 with the meter unknown (nothing is known to be allowed)."""
+    snapshot, site = trusted_inputs(snapshot, site)
+    headroom = _fuse_headroom_w(snapshot, site, 0.0)
+    if headroom is None:
+        return 0.0
+    floor = _export_floor_w(snapshot, site, 0.0)
+    return math.inf if floor is None else headroom - floor
+
+
 def clamp_batteries(
     requested_total_w: float,
     snapshot: Snapshot,

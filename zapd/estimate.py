@@ -156,11 +156,13 @@ class GridBounds:
     `floor_w`: the least the batteries may do and keep the export limit at the highest plausible state
     (the export floor rises with the state). `ceiling_w`: the most they may do and keep the fuse at
     the lowest (so does the fuse headroom). `spread_w`: the battery's plausible range, highest - lowest.
+    `band_w`: fuse headroom - export floor at any one state (zapd/envelope.py `grid_band_w`).
     """
 
     floor_w: float
     ceiling_w: float
     spread_w: float
+    band_w: float
 
 
 def hold_or_move(
@@ -197,7 +199,7 @@ def hold_or_move(
     moves_up, moves_down = current_w < low - _SOLVE_W, current_w > high + _SOLVE_W
     if bounds is not None and (moves_up or moves_down):
         b = bounds()
-        if b.ceiling_w - b.floor_w >= b.spread_w + 2 * reach_w:
+        if 2 * b.spread_w <= b.band_w + 2 * reach_w:
             if moves_up and low < b.floor_w - reach_w:
                 target = min(b.floor_w - reach_w, high)
             elif moves_down and high > b.ceiling_w + reach_w:

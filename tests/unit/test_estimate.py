@@ -7,6 +7,7 @@ case and every other; it must close once the battery shows it is done, so the lo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -108,19 +109,19 @@ def test_hold_inside_the_interval_and_move_to_the_nearest_end_outside() -> None:
 
 
 def test_a_command_over_a_limit_moves_to_within_reach_of_what_keeps_it_at_every_plausible_state() -> None:
-    # cl_case at 295 s: the export floor sets the answer at every state, -1737..-1395 W, and the command (-2812 W)
+    # cl_case at 295 s: the export floor sets the answer at every state, -1727..-1385 W, and the command (-2812 W)
     # discharges more than any state allows. The nearest end could leave the site exporting the whole 342 W.
-    export = linear(-1737.0, -1395.0)
-    zero_export = GridBounds(floor_w=-1395.0, ceiling_w=4000.0, spread_w=342.0)
+    export = linear(-1727.0, -1385.0)
+    zero_export = GridBounds(floor_w=-1385.0, ceiling_w=4000.0, spread_w=342.0, band_w=2900.0)
     moved = export(hold_or_move(export, -2812.0, bounds=lambda: zero_export, reach_w=100.0))
-    assert abs(moved - -1495.0) < 0.02  # within 100 W of what keeps the export limit at the highest state
-    # Only where the band that keeps both limits at every plausible state is wider than the spread + 2 x reach
-    # (which keeps the move clear of the fuse, and the loop from ping-pong): here the fuse is 500 W above.
-    fuse_near = replace(zero_export, ceiling_w=-1395.0 + 500.0)
+    assert abs(moved - -1485.0) < 0.02  # 100 W short of what keeps the export limit at the highest state
+    # Only where twice the spread is no more than the band between the limits + 2 x reach (which keeps the move
+    # clear of the fuse, and the loop from ping-pong): here the fuse is 480 W above the export limit.
+    fuse_near = replace(zero_export, band_w=480.0)
     assert hold_or_move(export, -2812.0, bounds=lambda: fuse_near, reach_w=100.0) == 0.0
     # The fuse: a command charging more than any state allows goes to within 100 W of the fuse's all-state bound.
     fuse = linear(1000.0, 3000.0)
-    fuse_bound = GridBounds(floor_w=-5000.0, ceiling_w=1000.0, spread_w=2000.0)
+    fuse_bound = GridBounds(floor_w=-5000.0, ceiling_w=1000.0, spread_w=2000.0, band_w=12_000.0)
     assert abs(fuse(hold_or_move(fuse, 4000.0, bounds=lambda: fuse_bound, reach_w=100.0)) - 1100.0) < 0.02
     # A move toward the limit's safe side anyway, a narrow range, or inside the interval: as before.
     assert hold_or_move(export, 0.0, bounds=lambda: zero_export, reach_w=100.0) == 1.0
@@ -128,6 +129,9 @@ def test_a_command_over_a_limit_moves_to_within_reach_of_what_keeps_it_at_every_
     narrow = linear(-1737.0, -1650.0)
     assert hold_or_move(narrow, -2812.0, bounds=lambda: replace(zero_export, floor_w=-1650.0), reach_w=100.0) == 0.0
     assert abs(export(hold_or_move(export, -1700.0, bounds=lambda: zero_export, reach_w=100.0)) - -1700.0) < 0.02
+    # Without an export limit the band is endless and there is no export floor to move to: the nearest end.
+    no_limit = GridBounds(floor_w=-5000.0, ceiling_w=4000.0, spread_w=342.0, band_w=math.inf)
+    assert hold_or_move(linear(-4000.0, -3658.0), -4500.0, bounds=lambda: no_limit, reach_w=100.0) == 0.0
 
 
 @settings(max_examples=500, deadline=None)
@@ -165,7 +169,7 @@ def test_the_command_crosses_the_right_answer_at_most_once(
             return at(lo_b + (hi_b - lo_b) * f)
 
         right_now = at(0.0)
-        bounds = GridBounds(floor_w=hi_b, ceiling_w=gap + lo_b, spread_w=spread)
+        bounds = GridBounds(floor_w=hi_b, ceiling_w=gap + lo_b, spread_w=spread, band_w=gap)
         new = answer(hold_or_move(answer, command, bounds=lambda bounds=bounds: bounds, reach_w=100.0))
         if abs(new - command) > 0.02:
             assert (new > command) == (command < right_now), f"{command:.0f} -> {new:.0f} W, right {right_now:.0f}"
