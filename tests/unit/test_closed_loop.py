@@ -334,6 +334,43 @@ def _instant(
         dead_time_s=5.0,
     )
 )
+# Found by the hunt on a first version of that fix (seed 7 again; it fails on the old rule too: 130 W export 26 s after
+# the step): a discharge plan on a zero-export site with a 17 kW fuse, load 5 kW -> 483 W. A guard that took the
+# battery's charge limit for the fuse held the move back until late, and its return came after the grace.
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=2.0,
+        meter_interval_s=5.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=1.9963545981285749,
+            ramp_w_per_s=math.inf,
+            setpoint_step_w=10.0,
+            reading_step_w=0.0,
+            noise_w=7.2001949255182245,
+        ),
+        meter=MeterDynamics(window_s=5.0, delay_s=0.3856715892077772, step_w=1.0, noise_w=6.9573370727355845),
+        max_export_w=0.02,
+        fuse_limit_w=17000.0,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=624.6376604357667,
+        soc=0.4016502276006052,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=4998.967411325081,
+        pv_w=4152.875647172311,
+        plan_w=-4497.317089579693,
+        steps=(
+            Step(at_s=246.82706631206477, plan_w=-4999.0, load_offset_w=None, pv_w=None),
+            Step(at_s=419.32005089542895, plan_w="keep", load_offset_w=482.8300579940548, pv_w=None),
+        ),
+        seed=15709,
+        dead_time_s=5.0,
+    )
+)
 def test_closed_loop_keeps_the_limits_and_settles(cfg: LoopConfig) -> None:
     check_loop(cfg, run_loop(cfg))
 
