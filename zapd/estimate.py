@@ -19,6 +19,8 @@ command when it lies in that interval (it may be right: wait for the device to s
 is), and otherwise moves it to the nearest end (it is certainly wrong by at least that much).
 A move thus never goes past what is certainly needed: no overshoot from the estimate, no limit
 cycle, and once the battery settles the range closes to the tolerance and the loop is exact.
+Over a grid limit the move goes on to the limit's safe side instead (`hold_or_move`): a wide
+range's nearest end would leave the site over the limit by up to the range's width.
 """
 
 from __future__ import annotations
@@ -186,11 +188,11 @@ def hold_or_move(
     what keeps the export limit at every plausible state, one above the high end down to `reach_w`
     past what keeps the fuse (within the interval): over the limit by no more than `reach_w` less
     the controller's margin whatever the state, as a settled command held in its 2 x tolerance wide
-    range. It may go past the right answer, to the limit's safe side, by up to the range's width.
-    Only where the band that keeps both limits at every state (`ceiling_w` - `floor_w`) is at least
-    the spread + 2 x `reach_w`: such a move then stays clear of the other limit, and the command
-    crosses the right answer at most once per change of the site (no limit cycle: the argument is in
-    docs/decisions.md, "Closed loop").
+    range. It may go past the right answer, to the limit's safe side, by up to the spread - `reach_w`.
+    Only where twice the spread is at most the band between the limits (`band_w`) + 2 x `reach_w`:
+    such a move then stays clear of the other limit, and the command crosses the right answer at most
+    once per change of the site (no limit cycle: the argument is in docs/decisions.md, "Closed loop",
+    and tests/unit/test_estimate.py checks it as a property).
     """
     low, high = answer(0.0), answer(1.0)
     if high <= low:
