@@ -175,9 +175,10 @@ class Controller:
         self._settle_s = settle_s
         self._dead_time_s = dead_time_s
         self._tolerance_w = estimate_tolerance_w
-        # How close a command moved over a grid limit goes to what keeps that limit at every plausible state: the
-        # width of a settled range (zapd/estimate.py `hold_or_move`).
-        self._reach_w = 2 * estimate_tolerance_w
+        # How far short of what keeps a grid limit at every plausible state a command moved over it may stop
+        # (zapd/estimate.py `hold_or_move`): the promised tolerance over a limit (100 W) + the margin the limits
+        # are tightened by (the estimate tolerance), so the least overshoot that still keeps the promise.
+        self._reach_w = 3 * estimate_tolerance_w
         # Per battery: its recent readings, oldest first (what the meter's window may reach back to).
         self._samples: dict[str, deque[Sample]] = {}
         # The meter's last reading time and the intervals between its readings, for its window.
@@ -310,6 +311,7 @@ class Controller:
             self._current_command_w(measured),
             bounds=bounds,
             reach_w=self._reach_w,
+            slack_w=self._tolerance_w,
         )
         return decision, answer(fraction)
 
