@@ -21,7 +21,8 @@ Schema (kW, kWh, fractions 0..1; every key not marked optional is required)::
       "weather": {"provider": "open-meteo", "use": "ghi"},         # optional: dim PV by a forecast
       "planning": {                                   # optional: this site's planner choices; each key optional,
         "pv_model": "fit", "load_model": "gbm",       # a key left out keeps `zapcloud serve`'s default
-        "price_forecast": true, "execution": "surplus"
+        "price_forecast": true, "execution": "surplus",
+        "scenarios": false, "load_reserve": true
       }
     }
 
@@ -107,6 +108,8 @@ class PlanningCfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     load_model: LoadModelName | None = None
     price_forecast: bool | None = None
     execution: Execution | None = None
+    scenarios: bool | None = None  # two-stage plan over a dark and a bright day (cloud.plan_risk)
+    load_reserve: bool | None = None  # the newsvendor load reserve (cloud.plan_risk)
 
 
 class SiteAssets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

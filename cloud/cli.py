@@ -139,6 +139,20 @@ def _planner_arguments(serve: argparse.ArgumentParser) -> None:
         help="pool the profile load forecast by day kind: working day / weekend or public holiday of the time "
         "zone's country (default: %(default)s)",
     )
+    group.add_argument(
+        "--scenarios",
+        action=argparse.BooleanOptionalAction,
+        default=d.scenarios,
+        help="two-stage plan over a dark and a bright day (the site's own P10 / P90 daily PV ratio; the factor "
+        "forecast without weather or an external PV forecast only; default: %(default)s)",
+    )
+    group.add_argument(
+        "--load-reserve",
+        action=argparse.BooleanOptionalAction,
+        default=d.load_reserve,
+        help="plan the slots the battery serves on the newsvendor quantile of the site's whole-day load ratio "
+        "(default: %(default)s)",
+    )
 
 
 def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
@@ -155,6 +169,8 @@ def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
         pv_persistence=args.pv_persistence,
         load_day_level=args.load_day_level,
         load_day_kinds=args.load_day_kinds,
+        scenarios=args.scenarios,
+        load_reserve=args.load_reserve,
     )
 
 

@@ -58,6 +58,7 @@ from cloud.forecast import (
     learn_pv_factor,
     mae,
     pv_nowcast,
+    pv_ratio_spread,
     weather_dimming,
 )
 from cloud.forecast_price import forecast_prices, terminal_value
@@ -66,6 +67,16 @@ from cloud.forecast_pv_day import PV_PERSISTENCE_DAYS, PvDayOutlook, pv_day_outl
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w, round_up_w
+from cloud.plan_risk import (
+    LOAD_RISK_HISTORY_DAYS,
+    NEUTRAL,
+    NO_LOAD_RISK,
+    LoadRisk,
+    checked_spread,
+    learn_load_risk,
+    reserve_load,
+    solve_two_stage,
+)
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
 from cloud.server.metrics import PV_REGISTRATION_MISMATCH, WEATHER_FAILURES
 from cloud.server.service import next_plan_version, publish_plan
@@ -105,6 +116,13 @@ class PlannerOptions:
     models: ModelChoice = field(default_factory=ModelChoice)  # which forecasters; trained per site (site_forecast)
     # the factor forecast's day-to-day part from the site's own clear/cloudy-day persistence (cloud.forecast_pv_day)
     pv_persistence: bool = False
+    # the two-stage plan over a dark and a bright day (cloud.plan_risk), where the PV is the factor forecast
+    # without weather or an external forecast; the battery decision of the first `scenario_shared` is one for
+    # all scenarios (an hour: the backtest's re-plan interval, where it was measured; docs/decisions.md)
+    scenarios: bool = True
+    scenario_shared: timedelta = timedelta(hours=1)
+    # the newsvendor load reserve in the slots the battery serves (cloud.plan_risk)
+    load_reserve: bool = True
 
     def for_site(self, assets: SiteAssets) -> PlannerOptions:
         """These options with the site's own choices (`assets.planning`) where it made one."""
@@ -121,6 +139,8 @@ class PlannerOptions:
             models=models,
             price_forecast=self.price_forecast if p.price_forecast is None else p.price_forecast,
             execution=self.execution if p.execution is None else Execution(p.execution),
+            scenarios=self.scenarios if p.scenarios is None else p.scenarios,
+            load_reserve=self.load_reserve if p.load_reserve is None else p.load_reserve,
         )
 
 
@@ -148,6 +168,11 @@ class Prepared:
     price_known_slots: int | None = None  # slots with published prices; past them the prices are a forecast
     base_export_price: list[float] = field(default_factory=list)
     execution: Execution = DEFAULT_EXECUTION  # the site's (PlannerOptions.for_site)
+    # the two-stage plan's (P10, P90) daily PV ratio; NEUTRAL: one deterministic plan (scenarios off, or a
+    # weather or external forecast shaped the PV, or too little history)
+    pv_spread: tuple[float, float] = NEUTRAL
+    scenario_shared_slots: int = 4
+    load_risk: LoadRisk = NO_LOAD_RISK  # the whole-day load ratios the reserve was planned on (none: off)
 
     @property
     def starts(self) -> list[datetime]:
@@ -163,6 +188,7 @@ class PlanResult:
     solve_ms: float
     soc_source: str
     planned_through_seq: int
+    two_stage: bool = False  # the plan came from the two-stage solve over the PV scenarios
 
 
 def floor_slot(ts: datetime) -> datetime:
@@ -203,21 +229,31 @@ async def prepare(
     starts = [start + STEP * i for i in range(horizon)]
     imp, exp = price_arrays(tariff, starts, None if spot is None else spot[:horizon])
 
-    history_start = min(start - timedelta(days=options.load_history_days), billing_period_start(tariff, now))
+    history_days = max(options.load_history_days, LOAD_RISK_HISTORY_DAYS if options.load_reserve else 0)
+    history_start = min(start - timedelta(days=history_days), billing_period_start(tariff, now))
     series = await load_series(
         db, site_id, history_start, start, STEP, has_battery=assets.battery is not None, has_ev=assets.ev is not None
     )
-    pv_fc, factor = await _pv_forecast(db, site_id, assets, series, start, horizon, now, options)
+    pv_fc, factor, pv_spread = await _pv_forecast(db, site_id, assets, series, start, horizon, now, options)
     if assets.pv:  # a site's own forecast service, where it uploaded one (cloud/external_pv.py), wins
         external = await external_pv_on_grid(db, site_id, start, horizon, now)
         pv_fc = np.where(np.isnan(external), pv_fc, external)
+        if not np.isnan(external).all():  # its errors are not the factor forecast's (docs/decisions.md)
+            pv_spread = NEUTRAL
     load_fc = await site_load_forecast(
         db, site_id, assets, series, horizon, now, options.models, history_days=options.load_history_days
     )
-    load_fc = np.minimum(load_fc, assets.grid.max_import_kw + pv_fc)  # a forecast must not make it infeasible
-
     incentives = await store.site_incentives(db, site_id, start, starts[-1] + STEP)
     incentive = _incentive_per_slot(starts, [*incentives, *(extra_incentives or [])])
+    load_risk = NO_LOAD_RISK
+    planned_load = load_fc
+    if options.load_reserve and assets.battery is not None:
+        load_risk = learn_load_risk(series.load_kw[-LOAD_RISK_HISTORY_DAYS * SLOTS_PER_DAY :], SLOTS_PER_DAY)
+        imp_i, exp_i = np.asarray(imp) + incentive, np.asarray(exp) + incentive  # the prices the plan sees
+        planned_load = reserve_load(load_fc, pv_fc, imp_i, exp_i, load_risk, STEP.total_seconds() / 3600.0)
+    # a forecast must not make it infeasible
+    load_fc = np.minimum(load_fc, assets.grid.max_import_kw + pv_fc)
+    planned_load = np.minimum(planned_load, assets.grid.max_import_kw + pv_fc)
     soc, soc_source = await _initial_soc(db, site_id, series, assets, now)
     month_start = billing_period_start(tariff, now)
     # The peak already set this billing period (history starts at or before the period's start).
@@ -230,7 +266,7 @@ async def prepare(
         step_minutes=15.0,
         import_price=[p + i for p, i in zip(imp, incentive, strict=True)],
         export_price=[p + i for p, i in zip(exp, incentive, strict=True)],
-        load_kw=[round(float(x), 4) for x in load_fc],
+        load_kw=[round(float(x), 4) for x in planned_load],
         pv_kw=[round(float(x), 4) for x in pv_fc],
         battery=_battery(assets, soc, np.asarray(imp, dtype=np.float64)),
         grid=Grid(max_import_kw=assets.grid.max_import_kw, max_export_kw=assets.grid.max_export_kw),
@@ -254,6 +290,9 @@ async def prepare(
         base_export_price=exp,
         price_known_slots=known,
         execution=options.execution,
+        pv_spread=pv_spread if assets.battery is not None else NEUTRAL,
+        scenario_shared_slots=max(1, round(options.scenario_shared / STEP)),
+        load_risk=load_risk,
     )
 
 
@@ -298,12 +337,17 @@ async def _pv_forecast(
     horizon: int,
     now: datetime,
     options: PlannerOptions,
-) -> tuple[FloatArray, PvFactor]:
+) -> tuple[FloatArray, PvFactor, tuple[float, float]]:
     """PV kW for the horizon: dimmed by the weather forecast where the site has one configured and it has a
     value for the slot; elsewhere (no forecast, the service down or answering nonsense, slots past its end) the
-    forecast without weather: the site model's typical day, or the factor forecast corrected by the nowcast."""
+    forecast without weather: the site model's typical day, or the factor forecast corrected by the nowcast.
+
+    With `options.scenarios`, the factor forecast without weather also gives the (P10, P90) daily ratio of
+    the days it learnt from (cloud.forecast.pv_ratio_spread), the two-stage plan's dark and bright day;
+    NEUTRAL otherwise (a weather forecast's errors are not the weather's day-to-day spread; the `fit` model
+    was not measured with scenarios)."""
     if not assets.pv:
-        return np.zeros(horizon), PvFactor()
+        return np.zeros(horizon), PvFactor(), NEUTRAL
     past = options.pv_history_days * SLOTS_PER_DAY
     # cached per UTC day across sites and plans (cloud/sky_cache.py): the same numbers, computed once
     sky = await asyncio.to_thread(
@@ -317,9 +361,9 @@ async def _pv_forecast(
         typical = model.forecast(grid, 0, horizon)
         factor = PvFactor(model.typical, 1.0, model.days)
         if weather is None:
-            return typical, factor
+            return typical, factor, NEUTRAL
         dimmed = model.forecast(grid, 0, horizon, weather_dimming(grid.ghi, **weather))
-        return _with_weather(weather, dimmed, typical), factor
+        return _with_weather(weather, dimmed, typical), factor, NEUTRAL
     measured = series.pv_kw[-past:]
     factor = learn_pv_factor(measured, sky.pv_kw[past - len(measured) : past], SLOTS_PER_DAY, assets.pv_kwp)
     # no weather forecast: the last hours' measured PV against their own forecast corrects the next hours
@@ -332,9 +376,13 @@ async def _pv_forecast(
         pv = sky.pv_kw[past:] * outlook.factors(horizon, left_today, SLOTS_PER_DAY)
     nowcast = pv_nowcast(pv, measured[len(measured) - recent :], recent_fc, 24 / SLOTS_PER_DAY, assets.pv_kwp)
     if weather is None:
-        return nowcast, factor
+        spread = NEUTRAL
+        if options.scenarios:  # the days learn_pv_factor learnt from, as the backtest's
+            clear = sky.pv_kw[past - len(measured) : past]
+            spread = checked_spread(*pv_ratio_spread(measured, clear, SLOTS_PER_DAY, assets.pv_kwp))
+        return nowcast, factor, spread
     dimmed = forecast_pv(sky.pv_kw[past:], factor, weather_dimming(sky.ghi[past:], **weather))
-    return _with_weather(weather, dimmed, nowcast), factor
+    return _with_weather(weather, dimmed, nowcast), factor, NEUTRAL
 
 
 # when each site's disagreeing registration was last logged: once a day, not every plan (every 15 minutes)
@@ -653,11 +701,20 @@ def true_cost(prepared: Prepared, solution: Solution) -> float:
     return energy + cycling + demand
 
 
-async def solve_prepared(prepared: Prepared, options: PlannerOptions) -> Solution:
+async def solve_prepared(prepared: Prepared, options: PlannerOptions) -> tuple[Solution, bool]:
+    """(the plan, whether it is two-stage): the two-stage plan over the PV scenarios where the site has a
+    spread (`Prepared.pv_spread`) and cloud.optimizer_scenarios accepts the problem (no EV session, no
+    capacity charge, no negative import price, no export dearer than import); the deterministic plan otherwise."""
+    if prepared.pv_spread != NEUTRAL:
+        two = await asyncio.to_thread(
+            solve_two_stage, prepared.problem, prepared.pv_spread, NEUTRAL, prepared.scenario_shared_slots
+        )
+        if two is not None:
+            return two, True
     solution = await asyncio.to_thread(solve, prepared.problem, time_limit_s=options.solve_time_limit_s)
     if solution.status != "optimal" and not solution.grid_import_kw:
         raise PlanError(f"optimizer {solution.status}: {solution.message}")
-    return solution
+    return solution, False
 
 
 async def publish(
@@ -731,7 +788,7 @@ async def plan_site(
     """Plan one site now: build the problem, solve it, publish the signed plan, record the forecasts."""
     options = options or PlannerOptions()
     prepared = await prepare(db, site_id, now, options)
-    solution = await solve_prepared(prepared, options)
+    solution, two_stage = await solve_prepared(prepared, options)
     version = await publish(db, signing_key, prepared, solution, options)
     await record_forecasts(db, prepared, options)
     log.info(
@@ -742,6 +799,9 @@ async def plan_site(
         cost=round(true_cost(prepared, solution), 4),
         solve_ms=round(solution.solve_ms, 1),
         soc_source=prepared.soc_source,
+        two_stage=two_stage,
+        pv_spread=[round(x, 3) for x in prepared.pv_spread],
+        load_reserve=len(prepared.load_risk.ratios) > 0,
     )
     return PlanResult(
         site_id=site_id,
@@ -751,6 +811,7 @@ async def plan_site(
         solve_ms=solution.solve_ms,
         soc_source=prepared.soc_source,
         planned_through_seq=prepared.series.last_seq,
+        two_stage=two_stage,
     )
 
 

@@ -63,6 +63,10 @@ class PlannerSettings:
     # with it, the profile pooled by day kind: working day / weekend or public holiday (the backtest's
     # --load-day-kinds)
     load_day_kinds: bool = True
+    # the two-stage plan over a dark and a bright day and the newsvendor load reserve (cloud.plan_risk; the
+    # backtest's --scenarios / --load-reserve; default since they lowered all six real years' cost)
+    scenarios: bool = True
+    load_reserve: bool = True
 
     def __post_init__(self) -> None:
         if self.weather_url is not None:
@@ -104,6 +108,8 @@ class PlannerSettings:
             price_forecast=self.price_forecast,
             execution=Execution(self.execution),
             pv_persistence=self.pv_persistence,
+            scenarios=self.scenarios,
+            load_reserve=self.load_reserve,
         )
 
 

@@ -62,7 +62,7 @@ def test_scenario_plans_use_no_future_load_or_pv(days: Traces) -> None:
     c1, d1, _, _ = rolling_flows(days, cfg)
     c2, d2, _, _ = rolling_flows(_changed_after(days, k), cfg)
     assert np.array_equal(c1[:k], c2[:k]) and np.array_equal(d1[:k], d2[:k])
-    c0, d0, _, _ = rolling_flows(days, SITE)
+    c0, d0, _, _ = rolling_flows(days, _with(SITE, scenarios=False))
     assert not (np.array_equal(c0, c1) and np.array_equal(d0, d1))
 
 

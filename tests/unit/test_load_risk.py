@@ -4,6 +4,7 @@ scenarios in the two-stage plan. Expected values are worked by hand or come from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -83,9 +84,9 @@ def test_load_scenarios_store_more_noon_surplus_for_an_uncertain_evening() -> No
     the shared first slot stores more."""
     tr = _evening_house(40)
     k = 36 * SPD + 12
-    base = Config(tz="UTC", pv_kwp=0.0, terminal_value=False)
+    base = Config(tz="UTC", pv_kwp=0.0, terminal_value=False, scenarios=False, load_reserve=False)
     point = Planner(tr, base).plan(k, 0.1, 1)
-    hedged_planner = Planner(tr, Config(tz="UTC", pv_kwp=0.0, terminal_value=False, load_scenarios=True))
+    hedged_planner = Planner(tr, dataclasses.replace(base, load_scenarios=True))
     hedged = hedged_planner.plan(k, 0.1, 1)
     assert point is not None and hedged is not None
     low, high = hedged_planner.load_risk.spread
@@ -102,6 +103,9 @@ def test_the_options_reach_the_config() -> None:
     assert cfg.load_scenarios and not cfg.load_persistence
     default = config_from_args(parser.parse_args(["x.csv"]))
     assert not default.load_scenarios and default.load_persistence  # the AR(1) nowcast is the default
+    assert default.scenarios and default.load_reserve  # the PV scenarios and the load reserve too
+    off = config_from_args(parser.parse_args(["x.csv", "--no-scenarios", "--no-load-reserve"]))
+    assert not off.scenarios and not off.load_reserve
 
 
 def test_the_planner_and_the_nowcast_helper_use_the_houses_persistence_by_default() -> None:
@@ -173,7 +177,8 @@ def test_load_reserve_stores_more_noon_surplus_for_the_evening() -> None:
     (1 - 0.05 / 0.30) stores more of the noon PV than the point plan."""
     tr = _evening_house(40)
     k = 36 * SPD + 12
-    point = Planner(tr, Config(tz="UTC", pv_kwp=0.0, terminal_value=False)).plan(k, 0.1, 1)
-    reserve = Planner(tr, Config(tz="UTC", pv_kwp=0.0, terminal_value=False, load_reserve=True)).plan(k, 0.1, 1)
+    base = Config(tz="UTC", pv_kwp=0.0, terminal_value=False, scenarios=False, load_reserve=False)
+    point = Planner(tr, base).plan(k, 0.1, 1)
+    reserve = Planner(tr, dataclasses.replace(base, load_reserve=True)).plan(k, 0.1, 1)
     assert point is not None and reserve is not None
     assert reserve[1].battery_charge_kw[0] > point[1].battery_charge_kw[0] + 0.3

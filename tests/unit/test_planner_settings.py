@@ -45,6 +45,19 @@ def test_serve_defaults_and_flags() -> None:
     assert off.weather_url is None and off.options().weather is None
 
 
+def test_the_risk_flags_reach_the_planner() -> None:
+    """--scenarios / --load-reserve and their --no- forms (cloud.plan_risk)."""
+    default = _planner_settings(build_parser().parse_args(["serve"])).options()
+    assert (default.scenarios, default.load_reserve) == (PlannerSettings().scenarios, PlannerSettings().load_reserve)
+    on = _planner_settings(build_parser().parse_args(["serve", "--scenarios", "--load-reserve"])).options()
+    assert on.scenarios is True and on.load_reserve is True
+    off = _planner_settings(build_parser().parse_args(["serve", "--no-scenarios", "--no-load-reserve"])).options()
+    assert off.scenarios is False and off.load_reserve is False
+    site = decode_assets({**BASE, "planning": {"scenarios": False}})
+    assert on.for_site(site).scenarios is False and on.for_site(site).load_reserve is True
+    assert off.for_site(decode_assets({**BASE, "planning": {"load_reserve": True}})).load_reserve is True
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -88,6 +101,8 @@ def test_site_overrides_win_where_given() -> None:
         ({"load_model": 3}, "planning.load_model"),
         ({"price_forecast": "yes"}, "planning.price_forecast"),
         ({"execution": "yolo"}, "planning.execution"),
+        ({"scenarios": "on"}, "planning.scenarios"),
+        ({"load_reserve": 1}, "planning.load_reserve"),
         ({"horizon": 10}, "planning"),
         ("fit", "planning"),
     ],

@@ -164,10 +164,10 @@ def test_the_planner_worker_plans_on_the_same_outlook() -> None:
         last_seq=0,
     )
     horizon = 192  # today (on the mean day) and tomorrow (on the persistence)
-    on, factor = asyncio.run(
+    on, factor, _ = asyncio.run(
         _pv_forecast(None, "s", assets, series, now, horizon, now, PlannerOptions(pv_persistence=True))  # type: ignore[arg-type]
     )
-    off, _ = asyncio.run(_pv_forecast(None, "s", assets, series, now, horizon, now, PlannerOptions()))  # type: ignore[arg-type]
+    off, _, _ = asyncio.run(_pv_forecast(None, "s", assets, series, now, horizon, now, PlannerOptions()))  # type: ignore[arg-type]
     today = int((solar_day_start(now, loc.lon) - history) // STEP)
     sky_all = clear_sky_cached(loc, arrays, history, STEP, n + horizon).pv_kw
     past = 14 * 96

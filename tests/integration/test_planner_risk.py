@@ -1,0 +1,162 @@
+"""The planner worker's two-stage plan and load reserve (cloud/plan_risk.py, the code the backtest measures)
+against a real SQLite file and a real PostgreSQL: a site with three weeks of varying PV and load gets a
+two-stage plan over its own dark and bright day and a load reserve from its own whole-day ratios; a site whose
+PV a weather forecast shapes does not get the scenarios; telemetry after the plan's start changes nothing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from nacl.signing import SigningKey
+
+from cloud.db import Database
+from cloud.external_pv import PvUpload, put_external_pv
+from cloud.forecast import OpenMeteoClient
+from cloud.plan_risk import MAX_DAY_RATIO, NEUTRAL, reserve_load
+from cloud.planner import PlannerOptions, plan_site, prepare
+from cloud.server.service import register_site
+from cloud_sync.keys import public_key_b64
+from cloud_sync.wire import WireReading
+from tests.db_backends import BACKENDS, empty_db_url_async
+from tests.integration.test_planner import ingest
+from zapd.model import DerKind
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "openmeteo"
+WEATHER_BODY = (FIX / "forecast_clear_overcast_debilt_2026-06-01.json").read_bytes()
+T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)  # the weather fixture's first hour
+Q = timedelta(minutes=15)
+DAYS = 21
+# each day's PV (share of a clear day) and load level: weather and a house that differ from day to day;
+PV_DAY = [1.0, 0.35, 0.8, 0.55, 0.95, 0.25, 0.7]
+LOAD_DAY = [1.0, 1.4, 0.8, 1.2, 0.7]  # a five-day cycle: the weekly profile cannot know it
+
+ASSETS: dict[str, Any] = {
+    "location": {"lat": 52.1, "lon": 5.18, "altitude_m": 2},
+    "grid": {"max_import_kw": 17.0, "max_export_kw": 10.0},
+    "battery": {"capacity_kwh": 10.0, "max_charge_kw": 5.0, "max_discharge_kw": 5.0},
+    "pv": [{"kwp": 5.0, "tilt_deg": 35, "azimuth_deg": 180}],
+}
+WEATHER = {**ASSETS, "weather": {"provider": "open-meteo", "use": "cloud_cover"}}
+TARIFF = {"energy": {"kind": "fixed", "price": 0.25}, "vat": 0.21, "export": {"kind": "fixed", "price": 0.07}}
+RISK = PlannerOptions(scenarios=True, load_reserve=True)
+OFF = PlannerOptions(scenarios=False, load_reserve=False)
+
+
+def _pv(ts: datetime, day: int) -> float:
+    h = ts.hour + ts.minute / 60
+    clear = max(0.0, 3.8 * math.sin((h - 4) / 16 * math.pi)) if 4 <= h <= 20 else 0.0
+    return clear * PV_DAY[day % 7]
+
+
+def _load(ts: datetime, day: int) -> float:
+    h = ts.hour + ts.minute / 60
+    return LOAD_DAY[day % 5] * (0.3 + 1.5 * math.exp(-(((h - 19) / 2) ** 2)))
+
+
+def _readings(start: datetime, end: datetime, first_seq: int, *, scale: float = 1.0) -> list[WireReading]:
+    out: list[WireReading] = []
+    seq, t = first_seq, start
+    while t < end:
+        day = (t - start).days
+        pv, load = _pv(t, day) * scale, _load(t, day) * scale
+        for der, kind, values in (
+            ("meter", DerKind.METER, {"power_w": (load - pv) * 1000}),
+            ("pv1", DerKind.PV, {"power_w": pv * 1000}),
+            ("bat1", DerKind.BATTERY, {"power_w": 0.0, "soc": 0.3}),
+        ):
+            out.append(WireReading(seq=seq, der_id=der, kind=kind, ts=t, values=values))
+            seq += 1
+        t += Q
+    return out
+
+
+@pytest.fixture(params=BACKENDS)
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(await empty_db_url_async(request.param, tmp_path, "planner_risk"))
+    await database.create_schema()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def _site(db: Database, site_id: str, assets: dict[str, Any]) -> None:
+    await register_site(db, site_id, public_key_b64(SigningKey.generate()), assets=assets, tariff=TARIFF, now=T0)
+    await ingest(db, site_id, _readings(T0 - timedelta(days=DAYS), T0, 1))
+
+
+def _weather_client() -> OpenMeteoClient:
+    return OpenMeteoClient(transport=httpx.MockTransport(lambda _: httpx.Response(200, content=WEATHER_BODY)))
+
+
+async def test_a_site_with_history_gets_a_two_stage_plan_and_a_load_reserve(db: Database) -> None:
+    await _site(db, "home", ASSETS)
+    prepared = await prepare(db, "home", T0, RISK)
+    dark, bright = prepared.pv_spread
+    assert math.isfinite(dark) and math.isfinite(bright)
+    assert 0.0 <= dark < 0.7 and 1.2 < bright <= MAX_DAY_RATIO  # the week's 0.25 .. 1.0 around its mean
+    ratios = prepared.load_risk.ratios
+    assert len(ratios) >= 7 and np.isfinite(ratios).all() and (ratios > 0).all()
+    # the problem's load is the reserve of the point forecast at the plan's prices, as the backtest's
+    p = prepared.problem
+    imp, exp = np.asarray(p.import_price), np.asarray(p.export_price)
+    expected = reserve_load(prepared.load_forecast, prepared.pv_forecast, imp, exp, prepared.load_risk, 0.25)
+    assert p.load_kw == pytest.approx(expected.tolist(), abs=1e-4)
+    assert not np.allclose(p.load_kw, prepared.load_forecast, atol=0.01)
+    served = prepared.load_forecast > prepared.pv_forecast
+    assert np.asarray(p.load_kw)[~served] == pytest.approx(prepared.load_forecast[~served], abs=1e-4)
+    result = await plan_site(db, "home", T0, SigningKey.generate(), options=RISK)
+    assert result.two_stage
+    assert PlannerOptions() == RISK  # the default (docs/decisions.md)
+    plain = await prepare(db, "home", T0, OFF)
+    assert plain.pv_spread == NEUTRAL and not len(plain.load_risk.ratios)
+    assert plain.problem.load_kw == pytest.approx(prepared.load_forecast.tolist(), abs=1e-4)
+    result = await plan_site(db, "home", T0, SigningKey.generate(), options=OFF)
+    assert not result.two_stage
+
+
+async def test_a_site_whose_pv_a_weather_forecast_shapes_gets_no_scenarios(db: Database) -> None:
+    await _site(db, "wx", WEATHER)
+    options = PlannerOptions(scenarios=True, load_reserve=True, weather=_weather_client())
+    prepared = await prepare(db, "wx", T0, options)
+    assert prepared.pv_spread == NEUTRAL
+    assert len(prepared.load_risk.ratios) >= 7  # the load reserve does not depend on the PV forecast
+    result = await plan_site(db, "wx", T0, SigningKey.generate(), options=options)
+    assert not result.two_stage
+
+
+async def test_a_site_with_an_external_pv_forecast_gets_no_scenarios(db: Database) -> None:
+    await _site(db, "ext", ASSETS)
+    up = PvUpload(start=T0, step_minutes=60, values_kw=[1.0] * 24)
+    await put_external_pv(db, "ext", up, T0 - timedelta(hours=1))
+    prepared = await prepare(db, "ext", T0, RISK)
+    assert prepared.problem.pv_kw[:96] == pytest.approx([1.0] * 96)
+    assert prepared.pv_spread == NEUTRAL
+
+
+async def test_a_sites_own_choice_overrides_the_workers(db: Database) -> None:
+    await _site(db, "own", {**ASSETS, "planning": {"scenarios": False, "load_reserve": False}})
+    prepared = await prepare(db, "own", T0, RISK)
+    assert prepared.pv_spread == NEUTRAL and not len(prepared.load_risk.ratios)
+    await _site(db, "opt_in", {**ASSETS, "planning": {"scenarios": True}})
+    prepared = await prepare(db, "opt_in", T0, OFF)
+    assert prepared.pv_spread != NEUTRAL and not len(prepared.load_risk.ratios)
+
+
+async def test_the_spreads_use_no_telemetry_after_the_plans_start(db: Database) -> None:
+    """The same site with a day of telemetry after T0 at five times the PV and load: the PV spread, the load
+    ratios and the problem planned at T0 are the same."""
+    await _site(db, "a", ASSETS)
+    await _site(db, "b", ASSETS)
+    await ingest(db, "b", _readings(T0, T0 + timedelta(days=1), DAYS * 96 * 3 + 1, scale=5.0))
+    a, b = await prepare(db, "a", T0, RISK), await prepare(db, "b", T0, RISK)
+    assert a.pv_spread == b.pv_spread
+    assert np.array_equal(a.load_risk.ratios, b.load_risk.ratios)
+    assert a.problem.load_kw == b.problem.load_kw and a.problem.pv_kw == b.problem.pv_kw
