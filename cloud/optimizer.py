@@ -345,17 +345,18 @@ def _run(model: Model, deadline: float, start: FloatArray | None, warm: WarmStar
     has_solution = info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible
     x = None
     objective = float(info.objective_function_value)
-    if has_solution:
-        full = np.asarray(h.getSolution().col_value, dtype=np.float64)
+    solution = h.getSolution() if has_solution else None  # one copy out of HiGHS: columns and duals
+    if solution is not None:
+        full = np.asarray(solution.col_value, dtype=np.float64)
         if start is not None and float(model.col_cost @ full) > objective + _gap(objective):
             # HiGHS 1.16 can report a better MIP objective than the start while handing back the start's
             # columns (found by test_matches_independent_milp): solve again without the start.
             return _run(model, deadline, None)
         x = full[: model.n_real]
-    if status == highspy.HighsModelStatus.kOptimal and x is not None:
+    if status == highspy.HighsModelStatus.kOptimal and x is not None and solution is not None:
         if model.is_mip:
             return _Outcome("optimal", x, objective, float(info.mip_dual_bound))
-        duals = np.asarray(h.getSolution().row_dual, dtype=np.float64)
+        duals = np.asarray(solution.row_dual, dtype=np.float64)
         return _Outcome("optimal", x, objective, objective, row_dual=duals)
     if status in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible):
         return _Outcome("infeasible", None, message=_INFEASIBLE)

@@ -25,7 +25,7 @@ conservative choice for a rolling planner: the next plan may not have enough slo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -375,6 +375,29 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
         n_real=n_real,
         disjunctions=tuple(groups),
     )
+
+
+def with_flows(model: Model, d: SiteData) -> Model:
+    """`model` (a plain LP: no EV, no demand charge, no exclusions) re-bounded for site data `d` that differs
+    from its own only in load and PV: what `build_model(d, ...)` would give, without building it again.
+
+    Why: the two-stage plan (cloud.optimizer_scenarios) solves three scenarios of one problem that differ only
+    in load and PV, and building each model afresh was an eighth of a backtest year's time. Load and PV enter
+    in three places only: the balance rows' bounds (the first T rows), the PV columns' upper bounds and the
+    stored-energy bounds (`energy_bounds`); the matrix and the costs are the same."""
+    if model.disjunctions or model.peak_col is not None or model.slack_col is not None or d.has_ev or d.has_demand:
+        raise ValueError("with_flows re-bounds a plain LP only (no EV, demand charge or exclusions)")
+    T = d.horizon
+    if model.n_real != N_BLOCKS * T or len(model.row_lower) != 2 * T:
+        raise ValueError(f"with_flows: the model is not one of horizon {T}")
+    col_lower, col_upper = model.col_lower.copy(), model.col_upper.copy()
+    row_lower, row_upper = model.row_lower.copy(), model.row_upper.copy()
+    col_upper[PV_USED * T : (PV_USED + 1) * T] = d.pv
+    col_lower[ENERGY * T : (ENERGY + 1) * T] = d.energy_lb
+    col_upper[ENERGY * T : (ENERGY + 1) * T] = d.energy_ub
+    row_lower[:T] = d.load
+    row_upper[:T] = d.load
+    return replace(model, col_lower=col_lower, col_upper=col_upper, row_lower=row_lower, row_upper=row_upper)
 
 
 _FLOW_BLOCKS = (CHARGE, DISCHARGE, IMPORT, EXPORT, PV_USED, EV_CHARGE)

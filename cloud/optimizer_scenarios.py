@@ -29,7 +29,7 @@ import numpy as np
 
 from cloud.optimizer import WarmStart, _net_battery, _net_grid, _run, _solution, _violations
 from cloud.optimizer_io import Problem, Solution
-from cloud.optimizer_model import CHARGE, DISCHARGE, N_BLOCKS, Model, build_model, site_data
+from cloud.optimizer_model import CHARGE, DISCHARGE, N_BLOCKS, Model, build_model, site_data, with_flows
 
 # P10 / P50 / P90 scenario weights: Swanson's rule, the classic three-point approximation of a distribution's mean.
 SWANSON_WEIGHTS: Final = (0.3, 0.4, 0.3)
@@ -102,9 +102,10 @@ def solve_scenarios(
         return None
     data = [site_data(p) for p in problems]
     no_bins = np.zeros(horizon, dtype=np.bool_)
-    models = [build_model(d, no_bins, no_bins, None) for d in data]
-    if any(m.n_real != N_BLOCKS * horizon for m in models):
+    first = build_model(data[0], no_bins, no_bins, None)
+    if first.n_real != N_BLOCKS * horizon or len(first.row_lower) != 2 * horizon:
         return None
+    models = [first, *(with_flows(first, d) for d in data[1:])]  # the same matrix: only load and PV differ
     stacked = _stack(models, weights, horizon, shared)
     outcome = _run(stacked, started + TIME_LIMIT_S, None, warm)
     if outcome.status != "optimal" or outcome.x is None:

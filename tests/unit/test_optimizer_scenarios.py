@@ -6,10 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import msgspec
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud.optimizer import solve
-from cloud.optimizer_io import Battery, Grid, Problem
+from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem
+from cloud.optimizer_model import build_model, site_data, with_flows
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
 
 
@@ -74,3 +78,44 @@ def test_left_to_the_exact_optimizer_where_the_relaxation_could_differ() -> None
     assert solve_scenarios([negative] * 3, SWANSON_WEIGHTS, 1) is None
     export_dearer = msgspec.structs.replace(p, export_price=[0.40, 0.05])
     assert solve_scenarios([export_dearer] * 3, SWANSON_WEIGHTS, 1) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=30).flatmap(
+        lambda n: st.tuples(
+            *(
+                st.lists(st.floats(min_value=0.0, max_value=12.0, allow_nan=False), min_size=n, max_size=n)
+                for _ in range(4)
+            ),
+            st.floats(min_value=0.0, max_value=1.0),
+        )
+    )
+)
+def test_a_scenario_model_rebounded_from_the_first_is_the_model_built_afresh(
+    flows: tuple[list[float], list[float], list[float], list[float], float],
+) -> None:
+    """The two-stage LP builds the first scenario's model and re-bounds it for the others (`with_flows`):
+    that must be exactly what `build_model` gives for them, array by array, or the scenarios would be
+    planned on other physics than the deterministic plan."""
+    pv, load, pv2, load2, soc = flows
+    first = msgspec.structs.replace(
+        _problem(pv, load), battery=msgspec.structs.replace(_problem(pv, load).battery, soc_initial=soc)
+    )
+    other = msgspec.structs.replace(first, pv_kw=pv2, load_kw=load2)
+    none = np.zeros(first.horizon, dtype=np.bool_)
+    fresh = build_model(site_data(other), none, none, None)
+    rebounded = with_flows(build_model(site_data(first), none, none, None), site_data(other))
+    for name in ("col_cost", "col_lower", "col_upper", "row_lower", "row_upper", "a_start", "a_index", "a_value"):
+        assert np.array_equal(getattr(fresh, name), getattr(rebounded, name)), name
+    assert fresh.n_real == rebounded.n_real
+
+
+def test_with_flows_refuses_a_model_with_more_than_the_plain_lp() -> None:
+    problem = msgspec.structs.replace(
+        _problem([1.0] * 4, [1.0] * 4), demand_charge=DemandCharge(price_per_kw=5.0, peak_already_kw=1.0)
+    )
+    none = np.zeros(4, dtype=np.bool_)
+    data = site_data(problem)
+    with pytest.raises(ValueError, match="plain LP"):
+        with_flows(build_model(data, none, none, None), data)
