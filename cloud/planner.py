@@ -63,7 +63,14 @@ from cloud.forecast import (
 )
 from cloud.forecast_price import forecast_prices, terminal_value
 from cloud.forecast_pv import SkyGrid
-from cloud.forecast_pv_day import PV_PERSISTENCE_DAYS, PvDayOutlook, pv_day_outlook_from_series
+from cloud.forecast_pv_day import (
+    PV_MEAN_DAYS,
+    PV_PERSISTENCE_DAYS,
+    PV_SPREAD_DAYS,
+    PvDayOutlook,
+    pv_day_outlook_from_series,
+    pv_day_spread_from_series,
+)
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w, round_up_w
@@ -72,8 +79,11 @@ from cloud.plan_risk import (
     NEUTRAL,
     NO_LOAD_RISK,
     LoadRisk,
+    PvRatios,
+    checked_pv_ratios,
     checked_spread,
     learn_load_risk,
+    pv_scenario_ratios,
     reserve_load,
     solve_two_stage,
 )
@@ -168,9 +178,10 @@ class Prepared:
     price_known_slots: int | None = None  # slots with published prices; past them the prices are a forecast
     base_export_price: list[float] = field(default_factory=list)
     execution: Execution = DEFAULT_EXECUTION  # the site's (PlannerOptions.for_site)
-    # the two-stage plan's (P10, P90) daily PV ratio; NEUTRAL: one deterministic plan (scenarios off, or a
+    # the two-stage plan's dark / bright PV ratios: per slot from the conditional spread (`_pv_scenario_spread`),
+    # or one (P10, P90) pair where it has too few days; NEUTRAL: one deterministic plan (scenarios off, or a
     # weather or external forecast shaped the PV, or too little history)
-    pv_spread: tuple[float, float] = NEUTRAL
+    pv_spread: PvRatios = NEUTRAL
     scenario_shared_slots: int = 4
     load_risk: LoadRisk = NO_LOAD_RISK  # the whole-day load ratios the reserve was planned on (none: off)
 
@@ -230,6 +241,8 @@ async def prepare(
     imp, exp = price_arrays(tariff, starts, None if spot is None else spot[:horizon])
 
     history_days = max(options.load_history_days, LOAD_RISK_HISTORY_DAYS if options.load_reserve else 0)
+    if options.scenarios and assets.pv and assets.battery is not None:  # the conditional PV spread's days
+        history_days = max(history_days, PV_SPREAD_HISTORY_DAYS)
     history_start = min(start - timedelta(days=history_days), billing_period_start(tariff, now))
     series = await load_series(
         db, site_id, history_start, start, STEP, has_battery=assets.battery is not None, has_ev=assets.ev is not None
@@ -337,14 +350,15 @@ async def _pv_forecast(
     horizon: int,
     now: datetime,
     options: PlannerOptions,
-) -> tuple[FloatArray, PvFactor, tuple[float, float]]:
+) -> tuple[FloatArray, PvFactor, PvRatios]:
     """PV kW for the horizon: dimmed by the weather forecast where the site has one configured and it has a
     value for the slot; elsewhere (no forecast, the service down or answering nonsense, slots past its end) the
     forecast without weather: the site model's typical day, or the factor forecast corrected by the nowcast.
 
-    With `options.scenarios`, the factor forecast without weather also gives the (P10, P90) daily ratio of
-    the days it learnt from (cloud.forecast.pv_ratio_spread), the two-stage plan's dark and bright day;
-    NEUTRAL otherwise (a weather forecast's errors are not the weather's day-to-day spread; the `fit` model
+    With `options.scenarios`, the factor forecast without weather also gives the two-stage plan's dark and
+    bright day: per slot, the conditional spread of the last PV_SPREAD_DAYS (`_pv_scenario_spread`, the
+    backtest's default), or where that has too few days the (P10, P90) daily ratio of the days the factor
+    learnt from (cloud.forecast.pv_ratio_spread); NEUTRAL otherwise (a weather forecast's errors are not the weather's day-to-day spread; the `fit` model
     was not measured with scenarios)."""
     if not assets.pv:
         return np.zeros(horizon), PvFactor(), NEUTRAL
@@ -370,16 +384,20 @@ async def _pv_forecast(
     recent = min(len(measured), round(NOWCAST_RECENT_H * SLOTS_PER_DAY / 24))
     recent_fc = forecast_pv(sky.pv_kw[past - recent : past], factor)
     pv = forecast_pv(sky.pv_kw[past:], factor)
+    levels = np.ones(horizon)  # the point forecast's level over the mean day, per slot (the backtest's pv_levels)
     if options.pv_persistence:  # today and the next days on the site's own day-to-day persistence
         outlook, left_today = await _pv_day_outlook(assets, series, start, factor.typical)
         recent_fc = sky.pv_kw[past - recent : past] * outlook.level(0)
-        pv = sky.pv_kw[past:] * outlook.factors(horizon, left_today, SLOTS_PER_DAY)
+        day_levels = outlook.factors(horizon, left_today, SLOTS_PER_DAY)
+        pv = sky.pv_kw[past:] * day_levels
+        levels = day_levels / max(factor.typical, 1e-9)
     nowcast = pv_nowcast(pv, measured[len(measured) - recent :], recent_fc, 24 / SLOTS_PER_DAY, assets.pv_kwp)
     if weather is None:
-        spread = NEUTRAL
-        if options.scenarios:  # the days learn_pv_factor learnt from, as the backtest's
+        spread: PvRatios = NEUTRAL
+        if options.scenarios:  # the fallback: the days learn_pv_factor learnt from, as the backtest's
             clear = sky.pv_kw[past - len(measured) : past]
             spread = checked_spread(*pv_ratio_spread(measured, clear, SLOTS_PER_DAY, assets.pv_kwp))
+            spread = await _pv_scenario_spread(assets, series, start, horizon, factor.typical, spread, levels)
         return nowcast, factor, spread
     dimmed = forecast_pv(sky.pv_kw[past:], factor, weather_dimming(sky.ghi[past:], **weather))
     return _with_weather(weather, dimmed, nowcast), factor, NEUTRAL
@@ -443,6 +461,81 @@ async def _pv_day_outlook(
     )
     outlook = pv_day_outlook_from_series(measured, sky.pv_kw, today - first, SLOTS_PER_DAY, mean, assets.pv_kwp)
     return outlook, left_today
+
+
+# the telemetry the conditional PV spread reads: its PV_SPREAD_DAYS residual days, each on the mean day of the
+# PV_MEAN_DAYS before it, and the day before the first (learn_spread_history's days + mean_days + 1)
+PV_SPREAD_HISTORY_DAYS: Final = PV_SPREAD_DAYS + PV_MEAN_DAYS + 1
+
+
+def conditional_pv_ratios(
+    measured_kw: FloatArray,
+    clear_kw: FloatArray,
+    today: int,
+    horizon: int,
+    mean: float,
+    kwp: float,
+    fallback: tuple[float, float],
+    levels: FloatArray,
+) -> PvRatios:
+    """The two-stage plan's dark / bright ratio per slot from the conditional spread, as the backtest's
+    `--pv-spread conditional` (cloud.forecast_pv_day.pv_day_spread_from_series, cloud.plan_risk.pv_scenario_ratios):
+    `measured_kw` up to now, `clear_kw` from its first slot through the end of today, `today` the index of
+    today's first slot, `mean` the factor's mean day, `levels` the point forecast's level over it per slot.
+    The unconditional `fallback` pair where the spread has too few usable days or a ratio fails
+    plan_risk.checked_pv_ratios (not finite, dark > bright, out of range)."""
+    left_today = SLOTS_PER_DAY - (len(measured_kw) - today)
+    spread = pv_day_spread_from_series(measured_kw, clear_kw, today, SLOTS_PER_DAY, mean, kwp)
+    if spread is None:
+        return fallback
+    dark, bright = pv_scenario_ratios(spread, fallback, horizon, left_today, SLOTS_PER_DAY, levels)
+    checked = checked_pv_ratios((dark, bright), horizon)
+    # checked_pv_ratios answers NEUTRAL everywhere for a bad ratio: keep the fallback rather than no scenarios
+    kept = np.array_equal(checked[0], dark) and np.array_equal(checked[1], bright)
+    return checked if kept else fallback
+
+
+async def _pv_scenario_spread(
+    assets: SiteAssets,
+    series: SiteSeries,
+    start: datetime,
+    horizon: int,
+    mean: float,
+    fallback: tuple[float, float],
+    levels: FloatArray,
+) -> PvRatios:
+    """`conditional_pv_ratios` on the site's telemetry before `start`: the last PV_SPREAD_HISTORY_DAYS solar
+    days before today (as `_pv_day_outlook`) and today so far. Re-learnt each plan: 75 days x 96 slots of
+    numpy, and the clear sky is cached per UTC day (cloud/sky_cache.py)."""
+    location = assets.pv_location()
+    today_start = solar_day_start(start, location.lon)
+    today = int((today_start - series.start) // STEP)
+    now = int((start - series.start) // STEP)
+    first = max(0, today - PV_SPREAD_HISTORY_DAYS * SLOTS_PER_DAY)
+    if today <= first or now > len(series.pv_kw):
+        return fallback
+    sky = await asyncio.to_thread(
+        clear_sky_cached,
+        location,
+        assets.pv_arrays(),
+        series.start + STEP * first,
+        STEP,
+        today - first + SLOTS_PER_DAY,
+    )
+    measured = series.pv_kw[first:now]
+    return conditional_pv_ratios(measured, sky.pv_kw, today - first, horizon, mean, assets.pv_kwp, fallback, levels)
+
+
+def is_neutral(ratios: PvRatios) -> bool:
+    """Whether the PV ratios are 1 everywhere (one deterministic plan)."""
+    return all(bool(np.all(np.asarray(r, dtype=np.float64) == 1.0)) for r in ratios)
+
+
+def first_slot_ratios(ratios: PvRatios) -> tuple[float, float]:
+    """The (dark, bright) pair of the plan's first slot: the one pair of an unconditional spread, the rest
+    of today's of a conditional one (the ratios the shared first hour's battery decision is made against)."""
+    dark, bright = (np.atleast_1d(np.asarray(r, dtype=np.float64)) for r in ratios)
+    return (float(dark[0]), float(bright[0])) if len(dark) and len(bright) else NEUTRAL
 
 
 def _with_weather(weather: dict[str, FloatArray], dimmed: FloatArray, without: FloatArray) -> FloatArray:
@@ -705,7 +798,7 @@ async def solve_prepared(prepared: Prepared, options: PlannerOptions) -> tuple[S
     """(the plan, whether it is two-stage): the two-stage plan over the PV scenarios where the site has a
     spread (`Prepared.pv_spread`) and cloud.optimizer_scenarios accepts the problem (no EV session, no
     capacity charge, no negative import price, no export dearer than import); the deterministic plan otherwise."""
-    if prepared.pv_spread != NEUTRAL:
+    if not is_neutral(prepared.pv_spread):
         two = await asyncio.to_thread(
             solve_two_stage, prepared.problem, prepared.pv_spread, NEUTRAL, prepared.scenario_shared_slots
         )
@@ -800,7 +893,8 @@ async def plan_site(
         solve_ms=round(solution.solve_ms, 1),
         soc_source=prepared.soc_source,
         two_stage=two_stage,
-        pv_spread=[round(x, 3) for x in prepared.pv_spread],
+        # the first slot's (dark, bright): the rest of today's with the conditional spread (`first_slot_ratios`)
+        pv_spread=[round(x, 3) for x in first_slot_ratios(prepared.pv_spread)],
         load_reserve=len(prepared.load_risk.ratios) > 0,
     )
     return PlanResult(
