@@ -358,8 +358,8 @@ async def _pv_forecast(
     With `options.scenarios`, the factor forecast without weather also gives the two-stage plan's dark and
     bright day: per slot, the conditional spread of the last PV_SPREAD_DAYS (`_pv_scenario_spread`, the
     backtest's default), or where that has too few days the (P10, P90) daily ratio of the days the factor
-    learnt from (cloud.forecast.pv_ratio_spread); NEUTRAL otherwise (a weather forecast's errors are not the weather's day-to-day spread; the `fit` model
-    was not measured with scenarios)."""
+    learnt from (cloud.forecast.pv_ratio_spread); NEUTRAL otherwise (a weather forecast's errors are not the
+    weather's day-to-day spread; the `fit` model was not measured with scenarios)."""
     if not assets.pv:
         return np.zeros(horizon), PvFactor(), NEUTRAL
     past = options.pv_history_days * SLOTS_PER_DAY
@@ -488,10 +488,10 @@ def conditional_pv_ratios(
     spread = pv_day_spread_from_series(measured_kw, clear_kw, today, SLOTS_PER_DAY, mean, kwp)
     if spread is None:
         return fallback
-    dark, bright = pv_scenario_ratios(spread, fallback, horizon, left_today, SLOTS_PER_DAY, levels)
-    checked = checked_pv_ratios((dark, bright), horizon)
+    ratios = pv_scenario_ratios(spread, fallback, horizon, left_today, SLOTS_PER_DAY, levels)
+    checked = checked_pv_ratios(ratios, horizon)
     # checked_pv_ratios answers NEUTRAL everywhere for a bad ratio: keep the fallback rather than no scenarios
-    kept = np.array_equal(checked[0], dark) and np.array_equal(checked[1], bright)
+    kept = np.array_equal(checked[0], ratios[0]) and np.array_equal(checked[1], ratios[1])
     return checked if kept else fallback
 
 

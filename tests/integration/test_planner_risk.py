@@ -1,7 +1,9 @@
 """The planner worker's two-stage plan and load reserve (cloud/plan_risk.py, the code the backtest measures)
 against a real SQLite file and a real PostgreSQL: a site with three weeks of varying PV and load gets a
-two-stage plan over its own dark and bright day and a load reserve from its own whole-day ratios; a site whose
-PV a weather forecast shapes does not get the scenarios; telemetry after the plan's start changes nothing."""
+two-stage plan over its own dark and bright days, per slot from the conditional spread (the backtest's
+default), and a load reserve from its own whole-day ratios; a site with a week and a half of PV keeps the
+unconditional pair; a site whose PV a weather forecast shapes does not get the scenarios; telemetry after the
+plan's start changes nothing."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from nacl.signing import SigningKey
 from cloud.db import Database
 from cloud.external_pv import PvUpload, put_external_pv
 from cloud.forecast import OpenMeteoClient
-from cloud.plan_risk import MAX_DAY_RATIO, NEUTRAL, reserve_load
-from cloud.planner import PlannerOptions, plan_site, prepare
+from cloud.plan_risk import MAX_DAY_RATIO, NEUTRAL, checked_spread, reserve_load
+from cloud.planner import PlannerOptions, is_neutral, plan_site, prepare
 from cloud.server.service import register_site
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import WireReading
@@ -87,9 +89,16 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
         await database.dispose()
 
 
-async def _site(db: Database, site_id: str, assets: dict[str, Any]) -> None:
+async def _site(db: Database, site_id: str, assets: dict[str, Any], days: int = DAYS) -> None:
     await register_site(db, site_id, public_key_b64(SigningKey.generate()), assets=assets, tariff=TARIFF, now=T0)
-    await ingest(db, site_id, _readings(T0 - timedelta(days=DAYS), T0, 1))
+    await ingest(db, site_id, _readings(T0 - timedelta(days=days), T0, 1))
+
+
+def _unconditional(days: int) -> tuple[float, float]:
+    """The (P10, P90) of the last 14 days' PV over their mean, as the worker's fallback sees them."""
+    k = np.array([PV_DAY[d % 7] for d in range(days)][-14:])
+    lo, hi = np.quantile(k, [0.1, 0.9])
+    return checked_spread(float(lo / k.mean()), float(hi / k.mean()))
 
 
 def _weather_client() -> OpenMeteoClient:
@@ -99,9 +108,13 @@ def _weather_client() -> OpenMeteoClient:
 async def test_a_site_with_history_gets_a_two_stage_plan_and_a_load_reserve(db: Database) -> None:
     await _site(db, "home", ASSETS)
     prepared = await prepare(db, "home", T0, RISK)
-    dark, bright = prepared.pv_spread
-    assert math.isfinite(dark) and math.isfinite(bright)
-    assert 0.0 <= dark < 0.7 and 1.2 < bright <= MAX_DAY_RATIO  # the week's 0.25 .. 1.0 around its mean
+    dark, bright = (np.asarray(r) for r in prepared.pv_spread)  # per slot: the conditional spread
+    horizon = prepared.problem.horizon
+    assert dark.shape == (horizon,) and bright.shape == (horizon,)
+    assert np.isfinite(dark).all() and np.isfinite(bright).all()
+    assert (dark >= 0.0).all() and (dark <= bright).all() and (bright <= MAX_DAY_RATIO).all()
+    assert (dark < 1.0).any() and (bright > 1.0).any()
+    assert not np.allclose(dark, _unconditional(DAYS)[0], atol=1e-3)  # not the unconditional pair
     ratios = prepared.load_risk.ratios
     assert len(ratios) >= 7 and np.isfinite(ratios).all() and (ratios > 0).all()
     # the problem's load is the reserve of the point forecast at the plan's prices, as the backtest's
@@ -120,6 +133,18 @@ async def test_a_site_with_history_gets_a_two_stage_plan_and_a_load_reserve(db: 
     assert plain.problem.load_kw == pytest.approx(prepared.load_forecast.tolist(), abs=1e-4)
     result = await plan_site(db, "home", T0, SigningKey.generate(), options=OFF)
     assert not result.two_stage
+
+
+async def test_a_site_with_too_little_pv_history_keeps_the_unconditional_spread(db: Database) -> None:
+    """Ten days: nine pairs of consecutive days, fewer than the conditional spread needs (MIN_PERSISTENCE_PAIRS)."""
+    await _site(db, "young", ASSETS, days=10)
+    prepared = await prepare(db, "young", T0, RISK)
+    dark, bright = prepared.pv_spread
+    assert isinstance(dark, float) and isinstance(bright, float)
+    assert (dark, bright) == pytest.approx(_unconditional(10), abs=0.05)
+    assert 0.0 <= dark < 0.7 and 1.2 < bright <= MAX_DAY_RATIO  # the days' 0.25 .. 1.0 around their mean
+    result = await plan_site(db, "young", T0, SigningKey.generate(), options=RISK)
+    assert result.two_stage
 
 
 async def test_a_site_whose_pv_a_weather_forecast_shapes_gets_no_scenarios(db: Database) -> None:
@@ -147,7 +172,7 @@ async def test_a_sites_own_choice_overrides_the_workers(db: Database) -> None:
     assert prepared.pv_spread == NEUTRAL and not len(prepared.load_risk.ratios)
     await _site(db, "opt_in", {**ASSETS, "planning": {"scenarios": True}})
     prepared = await prepare(db, "opt_in", T0, OFF)
-    assert prepared.pv_spread != NEUTRAL and not len(prepared.load_risk.ratios)
+    assert not is_neutral(prepared.pv_spread) and not len(prepared.load_risk.ratios)
 
 
 async def test_the_spreads_use_no_telemetry_after_the_plans_start(db: Database) -> None:
@@ -157,6 +182,6 @@ async def test_the_spreads_use_no_telemetry_after_the_plans_start(db: Database) 
     await _site(db, "b", ASSETS)
     await ingest(db, "b", _readings(T0, T0 + timedelta(days=1), DAYS * 96 * 3 + 1, scale=5.0))
     a, b = await prepare(db, "a", T0, RISK), await prepare(db, "b", T0, RISK)
-    assert a.pv_spread == b.pv_spread
+    assert all(np.array_equal(x, y) for x, y in zip(a.pv_spread, b.pv_spread, strict=True))
     assert np.array_equal(a.load_risk.ratios, b.load_risk.ratios)
     assert a.problem.load_kw == b.problem.load_kw and a.problem.pv_kw == b.problem.pv_kw
