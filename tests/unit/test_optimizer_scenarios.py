@@ -3,8 +3,6 @@ weighted cost, and the cases it leaves to the exact deterministic optimizer."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import msgspec
 import numpy as np
 import pytest
@@ -12,33 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud.optimizer import solve
-from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem
+from cloud.optimizer_io import DemandCharge, Problem
 from cloud.optimizer_model import build_model, site_data, with_flows
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
+from tests.plan_problems import hour_problem
 
 
 def _problem(pv: list[float], load: list[float], export: float = 0.05) -> Problem:
-    n = len(pv)
-    return Problem(
-        start=datetime(2026, 6, 1, 8, tzinfo=UTC),
-        step_minutes=60.0,
-        import_price=[0.30] * n,
-        export_price=[export] * n,
-        load_kw=load,
-        pv_kw=pv,
-        battery=Battery(
-            capacity_kwh=10.0,
-            soc_initial=0.1,
-            soc_min=0.1,
-            soc_max=1.0,
-            max_charge_kw=5.0,
-            max_discharge_kw=5.0,
-            charge_efficiency=0.95,
-            discharge_efficiency=0.95,
-            cycle_cost_per_kwh=0.02,
-        ),
-        grid=Grid(max_import_kw=10.0, max_export_kw=10.0),
-    )
+    return hour_problem(pv, load, export_price=export)
 
 
 def test_identical_scenarios_give_the_deterministic_plan() -> None:

@@ -4,14 +4,13 @@ scenario problems, the checks of the spreads and ratios, the load reserve. Expec
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from cloud.forecast import NOWCAST_TAU_H
 from cloud.optimizer import solve
-from cloud.optimizer_io import Battery, Grid, Problem
+from cloud.optimizer_io import Problem
 from cloud.plan_risk import (
     MAX_DAY_RATIO,
     NEUTRAL,
@@ -24,32 +23,13 @@ from cloud.plan_risk import (
     scenario_problems,
     solve_two_stage,
 )
+from tests.plan_problems import hour_problem
 
 SPD = 24
 
 
 def _problem(pv: list[float], load: list[float], max_import_kw: float = 10.0) -> Problem:
-    n = len(pv)
-    return Problem(
-        start=datetime(2026, 6, 1, 8, tzinfo=UTC),
-        step_minutes=60.0,
-        import_price=[0.30] * n,
-        export_price=[0.05] * n,
-        load_kw=load,
-        pv_kw=pv,
-        battery=Battery(
-            capacity_kwh=10.0,
-            soc_initial=0.1,
-            soc_min=0.1,
-            soc_max=1.0,
-            max_charge_kw=5.0,
-            max_discharge_kw=5.0,
-            charge_efficiency=0.95,
-            discharge_efficiency=0.95,
-            cycle_cost_per_kwh=0.02,
-        ),
-        grid=Grid(max_import_kw=max_import_kw, max_export_kw=10.0),
-    )
+    return hour_problem(pv, load, max_import_kw=max_import_kw)
 
 
 def test_the_ramp_starts_at_zero_and_fades_in_with_the_nowcasts_time_constant() -> None:
