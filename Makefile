@@ -36,9 +36,18 @@ demo: $(STAMP)
 # The tests start hundreds of zapd / zapcloud / simulator processes: our modules are compiled to bytecode once
 # first, or each process would compile them again (PYTHONDONTWRITEBYTECODE, set on CI machines, stops Python
 # writing the cache; it still reads it).
+# Most of the suite's wall time is tests waiting on their processes (a serial run uses well under one core), so
+# the unit and integration tests run in TEST_WORKERS pytest-xdist workers (each with its own PostgreSQL database,
+# tests/db_backends.py, and its own share of loopback ports, tests/ports.py). The end-to-end tests run afterwards,
+# alone: they drive daemons on a clock at up to 240x, where a second of CPU starvation is minutes of site time.
+# Both parts always run; the target fails if either failed.
+TEST_WORKERS ?= 3
 test: $(STAMP) deps-system
 	$(BIN)/python -m compileall -q -j 0 $(PACKAGES) tests
-	$(BIN)/python -m tests.pg_cluster -- $(BIN)/pytest -q --durations=25
+	$(BIN)/python -m tests.pg_cluster -- sh -c '\
+	  $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25 tests --ignore=tests/e2e; parallel=$$?; \
+	  $(BIN)/pytest -q --durations=10 tests/e2e; e2e=$$?; \
+	  test $$parallel -eq 0 && test $$e2e -eq 0'
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(PACKAGES) tests

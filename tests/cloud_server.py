@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from nacl.signing import VerifyKey
 
 from cloud_sync.keys import load_verify_key_b64
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = secrets.token_urlsafe(24)
@@ -37,12 +37,6 @@ class Cloud:
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cloud_env(**extra: str) -> dict[str, str]:

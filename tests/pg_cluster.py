@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.cloud_server import free_port
+from tests.ports import free_port
 
 DB_NAME = "zapcloud_test"
 

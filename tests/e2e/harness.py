@@ -30,6 +30,7 @@ from nacl.signing import SigningKey
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import encode_plan
 from drivers.sim.physics import HYBRID_INVERTER
+from tests.ports import free_port
 from zapd.clock import SIM_CLOCK_ENV, ScaledClock, sim_clock_env
 from zapd.model import Intent, Plan, PlanSlot
 from zapd.zapctl import ApiClient, ZapctlError
@@ -44,12 +45,6 @@ SIM_START = datetime(2026, 6, 21, 8, 0, tzinfo=UTC)
 BATTERY_TOLERANCE_W = HYBRID_INVERTER.setpoint_step_w + HYBRID_INVERTER.reading_step_w + 5 * HYBRID_INVERTER.noise_w
 # zapctl commands whose --json output is the daemon's answer as it came (zapd/zapctl.py cmd_status, ...: _emit).
 IN_PROCESS_ZAPCTL = frozenset({"status", "devices", "plan", "diag"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1) -> Any:

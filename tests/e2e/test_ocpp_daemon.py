@@ -18,7 +18,8 @@ import msgspec
 import pytest
 
 from drivers.sim.ocpp_cp import SimCharger, SimChargerState
-from tests.e2e.harness import BIN, Proc, Site, free_port
+from tests.e2e.harness import BIN, Proc, Site
+from tests.ports import free_port
 from zapd.model import Intent, Plan, PlanSlot
 
 pytestmark = pytest.mark.e2e

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.waiting import wait_until_sync
 
 # ---- mosquitto: a real MQTT broker on a free loopback port ----
@@ -22,12 +23,6 @@ def _mosquitto_exe() -> str | None:
     if found:
         return found
     return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -78,7 +73,7 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     exe = _mosquitto_exe()
     if exe is None:
         pytest.skip("mosquitto is not installed (`make test` installs it; or: apt-get install mosquitto)")
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stdout\n")
     broker = MosquittoBroker(exe=exe, conf=conf, log=tmp_path / "mosquitto.log", port=port)

@@ -33,7 +33,8 @@ from cloud_sync.wire import (
     make_batch,
     sign_body,
 )
-from tests.cloud_server import REPO, Cloud, accepted_connections, cloud_env, free_port, serve, serve_cmd
+from tests.cloud_server import REPO, Cloud, accepted_connections, cloud_env, serve, serve_cmd
+from tests.ports import free_port
 from tests.waiting import wait_until_sync
 from zapd.model import DerKind, Intent, Plan, PlanSlot
 

@@ -20,8 +20,9 @@ from sqlalchemy import inspect, select
 from cloud import db as schema
 from cloud.db import Database
 from cloud.server.migrate import MIGRATIONS, alembic_config, head_revision, upgrade
-from tests.cloud_server import REPO, cloud_env, free_port, serve_cmd
+from tests.cloud_server import REPO, cloud_env, serve_cmd
 from tests.db_backends import BACKENDS, empty_db_url
+from tests.ports import free_port
 from tests.waiting import wait_until_sync
 
 # PostgreSQL raced on CREATE TABLE before the lock (the second worker died in 3 of 4 tries).

@@ -23,8 +23,9 @@ from nacl.signing import SigningKey, VerifyKey
 
 from cloud_sync.keys import load_verify_key_b64, public_key_b64
 from cloud_sync.wire import WireReading, encode, make_batch, sign_body, sign_request, verify_plan
-from tests.cloud_server import ADMIN, cloud_env, free_port, serve_cmd
+from tests.cloud_server import ADMIN, cloud_env, serve_cmd
 from tests.db_backends import BACKENDS, empty_db_url
+from tests.ports import free_port
 from tests.waiting import wait_until_sync
 from zapd.model import DerKind, IntentMode
 

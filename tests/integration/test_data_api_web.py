@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from nacl.signing import SigningKey
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import DiscoveryReport, WireReading, encode, encode_plan, make_batch, sign_body
 from tests.integration.test_cloud_api import ADMIN, Cloud, _serve
+from tests.ports import free_port
 from tests.waiting import wait_until, wait_until_sync
 from zapd.model import DerCapabilities, DerKind, Intent, Plan, PlanSlot
 
@@ -185,9 +185,7 @@ def _chromium() -> str | None:
 def _browser(tmp: Path) -> Iterator[str]:
     exe = _chromium()
     assert exe is not None
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",

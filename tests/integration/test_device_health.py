@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
 from drivers.sim.sunspec_server import start_sunspec_sim
 from tests.integration.conftest import MosquittoBroker
+from tests.ports import free_port
 from tests.waiting import wait_until
 from zapd.clock import SystemClock
 from zapd.config import validate_config
@@ -36,12 +36,6 @@ from zapd.daemon import Daemon
 
 WAIT_S = 30.0
 NODE = "health_1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(cond: Callable[[], Awaitable[bool]], what: str, within_s: float = WAIT_S) -> None:

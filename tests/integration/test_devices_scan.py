@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ from drivers.sim.modbus_server import start_modbus_sim
 from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
 from drivers.sim.sunspec_server import start_sunspec_sim
+from tests.ports import free_port
 from zapd.clock import ScaledClock
 
 SITE = """
@@ -36,12 +36,6 @@ poll_s = 1
 {extra}"""
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_scan_lists_devices_and_capabilities(tmp_path: Path) -> None:
     site = SimSite()
     site.step(datetime(2026, 6, 21, 12, tzinfo=UTC))
@@ -49,7 +43,7 @@ async def test_scan_lists_devices_and_capabilities(tmp_path: Path) -> None:
     meter = SimP1Tcp(site)
     p1_port = await meter.start()
     feeder = asyncio.create_task(meter.run(ScaledClock(datetime(2026, 6, 21, 12, tzinfo=UTC), 1.0), 0.5))
-    dead = closed_port()
+    dead = free_port()
     config = tmp_path / "zapd.toml"
     meter_toml = f"""
 [[devices]]
@@ -104,7 +98,7 @@ async def test_scan_rows_for_unusable_and_unreachable_sunspec_and_charger(tmp_pa
     site.step(datetime(2026, 6, 21, 12, tzinfo=UTC))
     # Common (1) and LVRTD (129): a real chain, but no inverter, storage or meter model.
     odd = await start_sunspec_sim(site, models=(1, 129))
-    dead_sunspec, dead_alfen = closed_port(), closed_port()
+    dead_sunspec, dead_alfen = free_port(), free_port()
     config = tmp_path / "zapd.toml"
     config.write_text(
         SITE

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,17 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
+from tests.ports import free_port
 from tests.waiting import wait_until
 from zapd.clock import ScaledClock
 from zapd.config import validate_config
 from zapd.daemon import Daemon
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 # Prometheus wants base units in names (seconds, bytes, ...): https://prometheus.io/docs/practices/naming/
 NON_BASE_UNITS = re.compile(r"_(ms|milliseconds|us|microseconds|minutes|hours|days|kb|mb|kilobytes|megabytes|kwh)(_|$)")

@@ -37,7 +37,7 @@ from drivers.ocpp.config import OcppDevice
 from drivers.ocpp.profiles import limit_in_unit
 from drivers.ocpp.server import OcppServer
 from drivers.sim.ocpp_cp import SimCharger, SimChargerState
-from tests.e2e.harness import free_port
+from tests.ports import free_port
 from tests.waiting import stays, wait_until
 from zapd.clock import SystemClock
 from zapd.model import CHARGING, CONNECTED, POWER_W, SESSION_WH, SOC, EvCurrent, Reading

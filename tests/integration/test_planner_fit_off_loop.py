@@ -32,8 +32,8 @@ from cloud.server.app import create_app
 from cloud.server.service import register_site
 from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice
 from cloud_sync.keys import public_key_b64
-from tests.integration.loopback_http import free_port
 from tests.integration.test_planner import ASSETS, T0, TARIFF, ingest, put_prices, readings
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 HOLD_S = 20.0  # how long a fit waits for /healthz; only reached when the loop is blocked (the failure)

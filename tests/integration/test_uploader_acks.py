@@ -36,8 +36,9 @@ from cloud_sync.uploader import Uploader
 from cloud_sync.wire import HEADER_SIGNATURE, AckRejected, gunzip_limited, sign_body, verify_body
 from drivers.sim.p1_pty import SimP1Tcp
 from drivers.sim.physics import SimSite
-from tests.integration.loopback_http import free_port, serve_on_loopback
+from tests.integration.loopback_http import serve_on_loopback
 from tests.integration.test_cloud_api import Cloud, _register, _serve
+from tests.ports import free_port
 from tests.waiting import wait_until
 from zapd.clock import ManualClock, ScaledClock
 from zapd.config import validate_config

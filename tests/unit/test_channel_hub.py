@@ -108,13 +108,11 @@ async def test_listen_retries_use_the_shared_jittered_backoff_and_warn_once(
     """Postgres down (a real refused connection on loopback): one warning for the outage, not one per retry,
     and the delays double with jitter (drivers/resilience.Backoff), not the same fixed 0.5, 1, 2, ... on
     every worker (issue 15 item 1)."""
-    import socket as socket_mod
-
     from structlog.testing import capture_logs
 
-    with socket_mod.socket() as s:  # a port nobody listens on: bind, read the number, close
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.ports import free_port
+
+    port = free_port()  # a port nobody listens on
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
     hub = ChannelHub(db, Metrics(), lambda: NOW)
     hub.db_url = f"postgresql+asyncpg://u:p@127.0.0.1:{port}/zap"

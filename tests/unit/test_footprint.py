@@ -6,11 +6,12 @@ Each check runs in a fresh interpreter: the test process itself has imported eve
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "dsmr"
@@ -74,12 +75,6 @@ RUNNER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=REPO, check=False
@@ -100,12 +95,12 @@ def _modules_of_zapd_run(tmp_path: Path, device_id: str, driver: str, extra: str
             [api]
             socket = "{tmp_path / "zapd.sock"}"
             [metrics]
-            port = {_free_port()}
+            port = {free_port()}
             [[devices]]
             id = "{device_id}"
             driver = "{driver}"
             host = "127.0.0.1"
-            port = {_free_port()}
+            port = {free_port()}
             """
         )
         + extra
