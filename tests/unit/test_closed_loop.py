@@ -410,6 +410,45 @@ def _instant(
         dead_time_s=5.0,
     )
 )
+# Found by the lead (hunt seed 202; the code before fails it the same way): an instant inverter in 100 W steps, a
+# 5 s meter, self-consumption, load 3500 -> 3676 W at 200 s. The answer to the step went down in refresh writes
+# each under the deadband (2535, 2483, 2464, 2451 W); the measure compared its third with the start-up move up
+# (2521 W) and counted a "reversal". A step's span is now counted on its own (figures, `_late_turns`).
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=5.0,
+        meter_interval_s=5.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=6.64612333541439e-222,
+            ramp_w_per_s=20000.0,
+            setpoint_step_w=100.0,
+            reading_step_w=0.0,
+            noise_w=13.442170839186034,
+        ),
+        meter=MeterDynamics(window_s=0.0, delay_s=0.03094513275645939, step_w=1.0, noise_w=4.635683012960029),
+        max_export_w=185.86419308461947,
+        fuse_limit_w=14652.703969456468,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=806.0591768610215,
+        soc=0.5858459379200672,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=3500.0,
+        pv_w=6077.4597745620995,
+        plan_w=None,
+        steps=(
+            Step(at_s=200.0, plan_w="keep", load_offset_w=3676.2041682094696, pv_w=None),
+            Step(at_s=419.7845990845491, plan_w="keep", load_offset_w=5021.542978862906, pv_w=None),
+            Step(at_s=716.0591768610215, plan_w="keep", load_offset_w=2407.3061672579624, pv_w=None),
+        ),
+        seed=38523,
+        dead_time_s=5.0,
+    )
+)
 def test_closed_loop_keeps_the_limits_and_settles(cfg: LoopConfig) -> None:
     check_loop(cfg, run_loop(cfg))
 
@@ -429,3 +468,30 @@ def test_issue_10_export_limit_with_a_discharge_plan_does_not_oscillate(
     check_loop(cfg, trace)
     f = figures(cfg, trace, grace_s(cfg))
     assert f.reversals <= 2 * len(cfg.steps), f"{f.reversals} setpoint reversals in 25 minutes"
+
+
+def _refresh_trace(writes: list[tuple[float, float]], steps: list[float]) -> LoopTrace:
+    """A run's writes and steps alone: what `figures` counts reversals on."""
+    return LoopTrace(writes=writes, disturbances=[0.0, *steps])
+
+
+def test_the_first_move_after_a_step_is_its_answer_not_a_reversal() -> None:
+    # Hunt seed 202's writes: up to 2521 W at start-up, then a load step at 200 s answered down in refresh writes
+    # each under the 50 W deadband; the third is 57 W below the start-up move, 62.5 s after the step.
+    cfg = LoopConfig(deadband_w=50.0, duration_s=400.0)
+    writes = [(0.0, 0.0), (2.5, 2521.0), (62.5, 2535.0), (202.5, 2483.0), (262.5, 2464.0), (322.5, 2451.0)]
+    f = figures(cfg, _refresh_trace(writes, [200.0]), grace_s=26.25)
+    assert f.late_reversals == 0
+    # The same writes with no step between them are the setpoint turning back on a site that did not change.
+    f = figures(cfg, _refresh_trace(writes, []), grace_s=26.25)
+    assert f.late_reversals == 1
+
+
+def test_a_slow_oscillation_made_of_writes_under_the_deadband_is_still_counted() -> None:
+    # One 30 W refresh write a minute, down 90 W and back up, three times: no write moves more than the deadband,
+    # yet the setpoint swings 90 W either way on a site that does not change.
+    cfg = LoopConfig(deadband_w=50.0, duration_s=1200.0)
+    path = [2500.0, 2470.0, 2440.0, 2410.0, 2440.0, 2470.0, 2500.0, 2470.0, 2440.0, 2410.0]
+    writes = [(0.0, 0.0), *((60.0 * (i + 1), w) for i, w in enumerate(path))]
+    f = figures(cfg, _refresh_trace(writes, []), grace_s=26.25)
+    assert f.late_reversals == 3  # down at 180 s (60 W under the last move, 2500 W), up at 420 s, down at 540 s
