@@ -29,7 +29,7 @@ from zapd.bounds import MAX_POWER_W
 from zapd.clock import Clock
 from zapd.envelope import Setpoint, SiteLimits, clamp_batteries, grid_band_w
 from zapd.estimate import Command as SentCommand
-from zapd.estimate import GridBounds, Sample, battery_range, hold_or_move
+from zapd.estimate import GridBounds, Sample, battery_range, hold_or_move, moved_past
 from zapd.ev_envelope import EvSetpoint, clamp_evs
 from zapd.model import POWER_W, BatterySetpoint, CommandResult, DerKind, EvCurrent, Intent, Plan
 from zapd.state import BatteryView, SiteState, Snapshot
@@ -179,6 +179,9 @@ class Controller:
         # (zapd/estimate.py `hold_or_move`): the promised tolerance over a limit (100 W) + the margin the limits
         # are tightened by (the estimate tolerance), so the least overshoot that still keeps the promise.
         self._reach_w = 3 * estimate_tolerance_w
+        # The side (+1 up, -1 down) and the total of the last command a move over a limit put past the nearest end
+        # (zapd/estimate.py `hold_or_move`, `overshot`): it applies while that command is the one in force.
+        self._overshot: tuple[int, float] | None = None
         # Per battery: its recent readings, oldest first (what the meter's window may reach back to).
         self._samples: dict[str, deque[Sample]] = {}
         # The meter's last reading time and the intervals between its readings, for its window.
@@ -306,14 +309,29 @@ class Controller:
                 band_w=grid_band_w(measured, limits),
             )
 
+        totals: dict[float, float] = {}  # the ends are asked twice (here and in hold_or_move): one envelope run each
+
+        def total(fraction: float) -> float:
+            if fraction not in totals:
+                totals[fraction] = sum(sp.power_w for sp in answer(fraction))
+            return totals[fraction]
+
+        current_w = self._current_command_w(measured)
+        overshot = self._overshot[0] if self._overshot and abs(self._overshot[1] - current_w) <= 1.0 else 0
         fraction = hold_or_move(
-            lambda f: sum(sp.power_w for sp in answer(f)),
-            self._current_command_w(measured),
+            total,
+            current_w,
             bounds=bounds,
             reach_w=self._reach_w,
             slack_w=self._tolerance_w,
+            overshot=overshot,
         )
-        return decision, answer(fraction)
+        chosen = answer(fraction)
+        new_w = sum(sp.power_w for sp in chosen)
+        side = moved_past(current_w, total(0.0), total(1.0), new_w, overshot)
+        if side:
+            self._overshot = (side, new_w)
+        return decision, chosen
 
     def decide_evs(
         self, now: datetime, decision: Decision, setpoints: list[Setpoint], image: Snapshot | None = None
