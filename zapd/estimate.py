@@ -202,7 +202,8 @@ def hold_or_move(
     end the next reading's noise takes it out again, and a second return, held under the slack and the
     deadband until noise pushes it over, comes at a random later time (seed 30: 101 W moved, 76 W the near end
     25 W away at 10 s, the 51 W write at 20.5 s, after the grace). `slack_w` inside is still inside: a command
-    the hold accepts, and on a closed interval (the reading +- the tolerance) the estimate itself.
+    the hold accepts, and on a closed interval (the reading +- the tolerance) the estimate itself. The caller ends
+    `overshot` once a clean reading holds the command (zapd/controller.py: the move was not past the answer).
     """
     low, high = answer(0.0), answer(1.0)
     if high <= low:

@@ -492,6 +492,46 @@ def _instant(
         dead_time_s=5.0,
     )
 )
+# Found by the hunt on a first version of that rule (seed 68; the code before passes it): export limit 3191 W, load
+# 5086 -> 438 W under 5905 W of PV, 10 s polls. The move landed at 2349 W, inside every closed interval after it,
+# until a minute later noise put the high end 6 W under it and the way back went 56 W down, after the grace. A clean
+# reading that holds the command ends the move's way back.
+@example(
+    LoopConfig(
+        tick_s=2.0,
+        battery_poll_s=10.0,
+        meter_interval_s=1.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=2.140610970914186,
+            ramp_w_per_s=20000.0,
+            setpoint_step_w=1.0,
+            reading_step_w=0.0,
+            noise_w=12.782335088608116,
+        ),
+        meter=MeterDynamics(window_s=1.0, delay_s=0.8328789412608848, step_w=1.0, noise_w=3.801801745798156),
+        max_export_w=3191.1551630975137,
+        fuse_limit_w=11671.369665519294,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=1245.3272507031797,
+        soc=0.5653261716374791,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=5086.173436899798,
+        pv_w=5905.371886694356,
+        plan_w=608.349909355713,
+        steps=(
+            Step(at_s=299.0, plan_w="keep", load_offset_w=438.12875646473094, pv_w=None),
+            Step(at_s=536.1615079692833, plan_w="keep", load_offset_w=200.0, pv_w=None),
+            Step(at_s=767.2117391897018, plan_w="keep", load_offset_w=None, pv_w=1884.448309477365),
+            Step(at_s=1040.1112343029172, plan_w=None, load_offset_w=None, pv_w=None),
+        ),
+        seed=54394,
+        dead_time_s=5.0,
+    )
+)
 # Found by the lead (hunt seed 202; the code before fails it the same way): an instant inverter in 100 W steps, a
 # 5 s meter, self-consumption, load 3500 -> 3676 W at 200 s. The answer to the step went down in refresh writes
 # each under the deadband (2535, 2483, 2464, 2451 W); the measure compared its third with the start-up move up
