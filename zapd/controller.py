@@ -38,6 +38,11 @@ from zapd.store import Store
 log = structlog.get_logger(__name__)
 
 
+# A bound on the battery readings kept (they are pruned by age: `Controller._observe`), against a poll far faster
+# than the loop: 4096 readings are 68 minutes of 1 s polls.
+_MAX_SAMPLES = 4096
+
+
 @dataclass
 class _Written:
     power_w: float
@@ -225,9 +230,16 @@ class Controller:
             power = reading.values.get(POWER_W) if reading.kind is DerKind.BATTERY else None
             if power is None:
                 continue
-            known = self._samples.setdefault(der_id, deque(maxlen=16))
+            known = self._samples.setdefault(der_id, deque(maxlen=_MAX_SAMPLES))
             if not known or reading.ts > known[-1].ts:
                 known.append(Sample(power, reading.ts))
+            # By age, not by count: the range needs the newest reading from before the meter's window, and the
+            # readings of `settle_s` before a write. Sixteen 1 s polls did not reach back past a 10 s meter's
+            # window by the time its next value came, so the state before a write fell out of the range and the
+            # command moved past the answer (hunt seeds 200, 203, 206: 279 W export a step had not caused).
+            horizon_s = 2 * self._meter_window_s() + self._settle_s
+            while len(known) > 2 and (known[-1].ts - known[1].ts).total_seconds() > horizon_s:
+                known.popleft()
         return meter_ts
 
     def _meter_window_s(self) -> float:
