@@ -29,13 +29,18 @@ from zapd.bounds import MAX_POWER_W
 from zapd.clock import Clock
 from zapd.envelope import Setpoint, SiteLimits, clamp_batteries, grid_band_w
 from zapd.estimate import Command as SentCommand
-from zapd.estimate import GridBounds, Sample, battery_range, hold_or_move
+from zapd.estimate import GridBounds, Sample, battery_range, hold_or_move, moved_past
 from zapd.ev_envelope import EvSetpoint, clamp_evs
 from zapd.model import POWER_W, BatterySetpoint, CommandResult, DerKind, EvCurrent, Intent, Plan
 from zapd.state import BatteryView, SiteState, Snapshot
 from zapd.store import Store
 
 log = structlog.get_logger(__name__)
+
+
+# A bound on the battery readings kept (they are pruned by age: `Controller._observe`), against a poll far faster
+# than the loop: 4096 readings are 68 minutes of 1 s polls.
+_MAX_SAMPLES = 4096
 
 
 @dataclass
@@ -179,6 +184,10 @@ class Controller:
         # (zapd/estimate.py `hold_or_move`): the promised tolerance over a limit (100 W) + the margin the limits
         # are tightened by (the estimate tolerance), so the least overshoot that still keeps the promise.
         self._reach_w = 3 * estimate_tolerance_w
+        # The side (+1 up, -1 down) and the total of the last command a move over a limit put past the nearest end
+        # (zapd/estimate.py `hold_or_move`, `overshot`): it applies while that command is the one in force and no
+        # clean reading has held it.
+        self._overshot: tuple[int, float] | None = None
         # Per battery: its recent readings, oldest first (what the meter's window may reach back to).
         self._samples: dict[str, deque[Sample]] = {}
         # The meter's last reading time and the intervals between its readings, for its window.
@@ -221,9 +230,16 @@ class Controller:
             power = reading.values.get(POWER_W) if reading.kind is DerKind.BATTERY else None
             if power is None:
                 continue
-            known = self._samples.setdefault(der_id, deque(maxlen=16))
+            known = self._samples.setdefault(der_id, deque(maxlen=_MAX_SAMPLES))
             if not known or reading.ts > known[-1].ts:
                 known.append(Sample(power, reading.ts))
+            # By age, not by count: the range needs the newest reading from before the meter's window, and the
+            # readings of `settle_s` before a write. Sixteen 1 s polls did not reach back past a 10 s meter's
+            # window by the time its next value came, so the state before a write fell out of the range and the
+            # command moved past the answer (hunt seeds 200, 203, 206: 279 W export a step had not caused).
+            horizon_s = 2 * self._meter_window_s() + self._settle_s
+            while len(known) > 2 and (known[-1].ts - known[1].ts).total_seconds() > horizon_s:
+                known.popleft()
         return meter_ts
 
     def _meter_window_s(self) -> float:
@@ -306,14 +322,36 @@ class Controller:
                 band_w=grid_band_w(measured, limits),
             )
 
+        totals: dict[float, float] = {}  # the ends are asked twice (here and in hold_or_move): one envelope run each
+
+        def total(fraction: float) -> float:
+            if fraction not in totals:
+                totals[fraction] = sum(sp.power_w for sp in answer(fraction))
+            return totals[fraction]
+
+        current_w = self._current_command_w(measured)
+        overshot = self._overshot[0] if self._overshot and abs(self._overshot[1] - current_w) <= 1.0 else 0
         fraction = hold_or_move(
-            lambda f: sum(sp.power_w for sp in answer(f)),
-            self._current_command_w(measured),
+            total,
+            current_w,
             bounds=bounds,
             reach_w=self._reach_w,
             slack_w=self._tolerance_w,
+            overshot=overshot,
         )
-        return decision, answer(fraction)
+        chosen = answer(fraction)
+        new_w = sum(sp.power_w for sp in chosen)
+        low_w, high_w = total(0.0), total(1.0)
+        side = moved_past(current_w, low_w, high_w, new_w, overshot)
+        if side:
+            self._overshot = (side, new_w)
+        elif overshot and low_w <= current_w <= high_w and sum(hi - lo for lo, hi in ranges.values()) <= self._reach_w:
+            # A clean reading (the range no wider than one reading +- the tolerance and the noise between two) holds
+            # the command: the move did not go past the answer after all, and from now on the command is an ordinary
+            # held one. Kept, noise putting the interval's edge a watt past it later started a 56 W "return" a
+            # minute after the move (hunt seed 68: moved to 2349 W, inside the closed interval from 14 s on).
+            self._overshot = None
+        return decision, chosen
 
     def decide_evs(
         self, now: datetime, decision: Decision, setpoints: list[Setpoint], image: Snapshot | None = None

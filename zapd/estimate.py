@@ -174,6 +174,7 @@ def hold_or_move(
     bounds: Callable[[], GridBounds] | None = None,
     reach_w: float = 0.0,
     slack_w: float = 0.0,
+    overshot: int = 0,
 ) -> float:
     """The λ in [0, 1] to act on: answer(λ) is the envelope's total for the battery state λ of the way up the range.
 
@@ -194,6 +195,15 @@ def hold_or_move(
     such a move then stays clear of the other limit, and the command crosses the right answer at most
     once per change of the site (no limit cycle: the argument is in docs/decisions.md, "Closed loop",
     and tests/unit/test_estimate.py checks it as a property).
+
+    `overshot`: +1 when the command stands where such a move put it upward, past the nearest end, -1 downward
+    (`moved_past`), 0 otherwise. Once it lies beyond the interval on that side, it was past the answer at every
+    plausible state, and the way back lands `slack_w` inside the interval's near end, not on it: on the near
+    end the next reading's noise takes it out again, and a second return, held under the slack and the
+    deadband until noise pushes it over, comes at a random later time (seed 30: 101 W moved, 76 W the near end
+    25 W away at 10 s, the 51 W write at 20.5 s, after the grace). `slack_w` inside is still inside: a command
+    the hold accepts, and on a closed interval (the reading +- the tolerance) the estimate itself. The caller ends
+    `overshot` once a clean reading holds the command (zapd/controller.py: the move was not past the answer).
     """
     low, high = answer(0.0), answer(1.0)
     if high <= low:
@@ -203,7 +213,9 @@ def hold_or_move(
     # past the nearest end on that (a range wide only with the controller's own write still pending, noise a
     # watt under its low end: the move went to the far end and back, issue 10's site at start-up).
     moves_up, moves_down = current_w < low - max(slack_w, _SOLVE_W), current_w > high + max(slack_w, _SOLVE_W)
-    if bounds is not None and (moves_up or moves_down):
+    if _returns(current_w, low, high, overshot):  # back from a limit's safe side: the band guard kept the other clear
+        target = max(low, high - slack_w) if overshot > 0 else min(high, low + slack_w)
+    elif bounds is not None and (moves_up or moves_down):
         b = bounds()
         if 2 * b.spread_w <= b.band_w + 2 * reach_w:
             if moves_up and low < b.floor_w - reach_w:
@@ -215,6 +227,26 @@ def hold_or_move(
     if target >= high:
         return 1.0
     return _solve(answer, target, low, high)
+
+
+def moved_past(current_w: float, low_w: float, high_w: float, new_w: float, overshot: int = 0) -> int:
+    """The `overshot` of the next decision: +1 when `new_w` took a command below the interval [low_w, high_w] past
+    its low end (a move over a limit, `hold_or_move`), -1 when it took one above it past the high end, else 0.
+
+    A return (`overshot` and the command beyond the interval on its side) lands inside the interval, `slack_w`
+    past its near end: not a move past, so it cannot start another return the other way."""
+    if _returns(current_w, low_w, high_w, overshot):
+        return 0
+    if current_w < low_w and new_w > low_w + _SOLVE_W:
+        return 1
+    if current_w > high_w and new_w < high_w - _SOLVE_W:
+        return -1
+    return 0
+
+
+def _returns(current_w: float, low_w: float, high_w: float, overshot: int) -> bool:
+    """Does a command a move over a limit put past the nearest end lie beyond the interval on that side now?"""
+    return (overshot > 0 and current_w > high_w + _SOLVE_W) or (overshot < 0 and current_w < low_w - _SOLVE_W)
 
 
 def _solve(answer: Callable[[float], float], target_w: float, low: float, high: float) -> float:

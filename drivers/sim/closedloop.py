@@ -341,6 +341,32 @@ def _windowed(t_s: list[float], w: list[float], window_s: float) -> list[float]:
     return out
 
 
+def _late_turns(writes: list[tuple[float, float]], lo: float, hi: float, deadband_w: float, grace_s: float) -> int:
+    """The setpoint's reversals in one step's span [lo, hi) once its grace is over: a limit cycle shows here.
+
+    A limit cycle is the setpoint swinging while the site stays as it is, so the span is counted on its own: its
+    moves start from the setpoint in force when the step came, and its first move is the answer to the step,
+    whichever way it goes (compared with the move that answered the step before, a load step after a PV step
+    was a "reversal": hunt seed 202, docs/decisions.md). A move is a write more than the deadband from the
+    last counted one, so writes that each move less (refresh writes of an estimate drifting under noise) add
+    up, and a slow oscillation made of them still shows.
+    """
+    in_force = [w for t, w in writes if t < lo]
+    ref = in_force[-1] if in_force else None
+    direction = turns = 0
+    for t, w in writes:
+        if not lo <= t < hi:
+            continue
+        if ref is None:
+            ref = w
+        elif abs(w - ref) > deadband_w:
+            d = 1 if w > ref else -1
+            if direction and d != direction and t - lo >= grace_s:
+                turns += 1
+            direction, ref = d, w
+    return turns
+
+
 def figures(cfg: LoopConfig, trace: LoopTrace, grace_s: float, settled_band_w: float = 100.0) -> LoopFigures:
     """Overshoot, settling and reversals of one run; `grace_s` after each step is the allowed transient.
 
@@ -367,15 +393,15 @@ def figures(cfg: LoopConfig, trace: LoopTrace, grace_s: float, settled_band_w: f
     for t, w in trace.writes:
         if not moves or abs(w - moves[-1][1]) > cfg.deadband_w:
             moves.append((t, w))
-    reversals = late_reversals = 0
+    reversals = 0
     direction = 0
-    for (_t0, w0), (t1, w1) in itertools.pairwise(moves):
+    for (_t0, w0), (_t1, w1) in itertools.pairwise(moves):
         d = 1 if w1 > w0 else -1
         if direction and d != direction:
             reversals += 1
-            if not in_grace(t1):
-                late_reversals += 1
         direction = d
+    spans = list(itertools.pairwise([*starts, math.inf]))
+    late_reversals = sum(_late_turns(trace.writes, lo, hi, cfg.deadband_w, grace_s) for lo, hi in spans)
     settling = 0.0
     bounds = [*starts, cfg.duration_s]
     for lo, hi in itertools.pairwise(bounds):

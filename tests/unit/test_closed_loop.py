@@ -410,6 +410,245 @@ def _instant(
         dead_time_s=5.0,
     )
 )
+# Found by the hunt on that code (seed 30; the rule before the move passes it): self-consumption, a 20 W export limit,
+# a 3.9 kW/s inverter, 5 s polls, a 2 s meter, load 4464 -> 230 W. The move over the limit went to +101 W (about 70 W
+# past the answer); its way back, 25 W outside the closed interval, sat under the slack and the deadband until a
+# noisy reading pushed it 51 W at 20.45 s, after the 20.25 s grace. The way back now lands the tolerance inside the
+# interval, at 6.45 s, and stays.
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=5.0,
+        meter_interval_s=2.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=0.4472451547529869,
+            ramp_w_per_s=3862.1125993550163,
+            setpoint_step_w=0.0,
+            reading_step_w=0.0,
+            noise_w=9.966540948836947,
+        ),
+        meter=MeterDynamics(window_s=2.0, delay_s=7.705080447521602e-307, step_w=1.0, noise_w=8.264368917863953),
+        max_export_w=20.0,
+        fuse_limit_w=10000.0,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=1361.8903658990964,
+        soc=0.5517379076310938,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=550.6090367008171,
+        pv_w=2251.0814673894197,
+        plan_w=2769.625949971066,
+        steps=(
+            Step(at_s=200.0, plan_w="keep", load_offset_w=7000.0, pv_w=425.95004206092756),
+            Step(at_s=500.0, plan_w=None, load_offset_w=None, pv_w=None),
+            Step(at_s=626.2737480221149, plan_w="keep", load_offset_w=4463.508967799989, pv_w=588.155471042891),
+            Step(at_s=920.554862639609, plan_w="keep", load_offset_w=230.0, pv_w=225.42078880642418),
+            Step(at_s=1128.5374838492964, plan_w="keep", load_offset_w=None, pv_w=2308.092719588398),
+        ),
+        seed=1793,
+        dead_time_s=5.0,
+    )
+)
+# The same on another shape (hunt seed 42 on the code before): self-consumption with a 2 W export limit, tick 2 s,
+# 1 s polls and meter, PV 2842 -> 4778 W under a 4685 W load: moved to 239 W, and the 50 W way back came 25.5 s
+# after the step (grace 12.25 s); now at 4.5 s.
+@example(
+    LoopConfig(
+        tick_s=2.0,
+        battery_poll_s=1.0,
+        meter_interval_s=1.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=0.5840755904123527,
+            ramp_w_per_s=20000.0,
+            setpoint_step_w=0.0,
+            reading_step_w=0.0,
+            noise_w=1.2164779265703787,
+        ),
+        meter=MeterDynamics(window_s=1.0, delay_s=0.3463094016323998, step_w=1.0, noise_w=1.0629587686561706),
+        max_export_w=2.00001,
+        fuse_limit_w=11707.19914407713,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=1099.8178689255446,
+        soc=0.37598400550458116,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=4685.374407409533,
+        pv_w=2842.1167556424502,
+        plan_w=None,
+        steps=(
+            Step(at_s=230.0, plan_w="keep", load_offset_w=None, pv_w=4778.373438418088),
+            Step(at_s=394.436952386036, plan_w=4733.585267488546, load_offset_w=None, pv_w=None),
+            Step(at_s=656.9966614338309, plan_w=None, load_offset_w=None, pv_w=None),
+            Step(at_s=790.949822575542, plan_w="keep", load_offset_w=8981.144685520754, pv_w=9000.0),
+            Step(at_s=989.4863757490573, plan_w="keep", load_offset_w=5664.6201875852, pv_w=None),
+        ),
+        seed=65536,
+        dead_time_s=5.0,
+    )
+)
+# Found by the hunt on a first version of that rule (seed 68; the code before passes it): export limit 3191 W, load
+# 5086 -> 438 W under 5905 W of PV, 10 s polls. The move landed at 2349 W, inside every closed interval after it,
+# until a minute later noise put the high end 6 W under it and the way back went 56 W down, after the grace. A clean
+# reading that holds the command ends the move's way back.
+@example(
+    LoopConfig(
+        tick_s=2.0,
+        battery_poll_s=10.0,
+        meter_interval_s=1.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=2.140610970914186,
+            ramp_w_per_s=20000.0,
+            setpoint_step_w=1.0,
+            reading_step_w=0.0,
+            noise_w=12.782335088608116,
+        ),
+        meter=MeterDynamics(window_s=1.0, delay_s=0.8328789412608848, step_w=1.0, noise_w=3.801801745798156),
+        max_export_w=3191.1551630975137,
+        fuse_limit_w=11671.369665519294,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=1245.3272507031797,
+        soc=0.5653261716374791,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=5086.173436899798,
+        pv_w=5905.371886694356,
+        plan_w=608.349909355713,
+        steps=(
+            Step(at_s=299.0, plan_w="keep", load_offset_w=438.12875646473094, pv_w=None),
+            Step(at_s=536.1615079692833, plan_w="keep", load_offset_w=200.0, pv_w=None),
+            Step(at_s=767.2117391897018, plan_w="keep", load_offset_w=None, pv_w=1884.448309477365),
+            Step(at_s=1040.1112343029172, plan_w=None, load_offset_w=None, pv_w=None),
+        ),
+        seed=54394,
+        dead_time_s=5.0,
+    )
+)
+# Found by the final hunt (seeds 200, 203, 206; the code before fails them the same way): tick = poll = 1 s and a 10 s
+# averaging meter. The controller kept its battery's last 16 readings, and 16 s of 1 s polls did not reach back past
+# the meter's window by the time its next value came: the state before a write fell out of the range, which then did
+# not hold the answer. Seed 200: zero export, PV 5533 -> 0 W under a -2815 W plan; the writes swung -1219, 2821,
+# 361 W and the site exported 279 W 25 s after a step that made it import. Readings are now kept by age.
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=1.0,
+        meter_interval_s=10.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=0.35868746779976435,
+            ramp_w_per_s=1454.4556251725508,
+            setpoint_step_w=0.0,
+            reading_step_w=0.0,
+            noise_w=0.8721739687112908,
+        ),
+        meter=MeterDynamics(window_s=10.0, delay_s=0.8137675437656715, step_w=1.0, noise_w=7.881809987581274e-210),
+        max_export_w=0.0,
+        fuse_limit_w=12189.705133619036,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=726.2266868055692,
+        soc=0.3717406102165361,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=832.784707103553,
+        pv_w=5532.784707103553,
+        plan_w=-2815.1617859435314,
+        steps=(
+            Step(at_s=169.83389562555504, plan_w="keep", load_offset_w=None, pv_w=5e-324),
+            Step(at_s=456.703208762776, plan_w="keep", load_offset_w=987.1264243246859, pv_w=4441.812236574157),
+        ),
+        seed=2,
+        dead_time_s=5.0,
+    )
+)
+# Seed 203: no export limit, load 240 -> 2721 W under 2544 W of PV: 729 W, then -597 W when the 2240 W reading left the
+# range, and back to -252 W 46.75 s after the step (grace 46.25 s).
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=1.0,
+        meter_interval_s=10.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=2.5233487854027086,
+            ramp_w_per_s=20000.0,
+            setpoint_step_w=10.0,
+            reading_step_w=0.0,
+            noise_w=12.904141848262467,
+        ),
+        meter=MeterDynamics(window_s=10.0, delay_s=0.7, step_w=1.0, noise_w=4.239718037744348),
+        max_export_w=None,
+        fuse_limit_w=4835.236707818758,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=1042.4282540287836,
+        soc=0.557232423922334,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=240.0,
+        pv_w=2544.209414733464,
+        plan_w=None,
+        steps=(
+            Step(at_s=159.204020569278, plan_w=None, load_offset_w=None, pv_w=None),
+            Step(at_s=398.25220507398546, plan_w="keep", load_offset_w=2720.610358348541, pv_w=None),
+            Step(at_s=631.5996586074217, plan_w="keep", load_offset_w=3282.8496397522163, pv_w=None),
+            Step(at_s=731.5996586074217, plan_w="keep", load_offset_w=200.0, pv_w=240.0),
+            Step(at_s=832.8122216438574, plan_w=None, load_offset_w=None, pv_w=None),
+        ),
+        seed=0,
+        dead_time_s=5.0,
+    )
+)
+# Found by the lead (hunt seed 202; the code before fails it the same way): an instant inverter in 100 W steps, a
+# 5 s meter, self-consumption, load 3500 -> 3676 W at 200 s. The answer to the step went down in refresh writes
+# each under the deadband (2535, 2483, 2464, 2451 W); the measure compared its third with the start-up move up
+# (2521 W) and counted a "reversal". A step's span is now counted on its own (figures, `_late_turns`).
+@example(
+    LoopConfig(
+        tick_s=1.0,
+        battery_poll_s=5.0,
+        meter_interval_s=5.0,
+        physics_step_s=0.25,
+        actuator=ActuatorDynamics(
+            delay_s=6.64612333541439e-222,
+            ramp_w_per_s=20000.0,
+            setpoint_step_w=100.0,
+            reading_step_w=0.0,
+            noise_w=13.442170839186034,
+        ),
+        meter=MeterDynamics(window_s=0.0, delay_s=0.03094513275645939, step_w=1.0, noise_w=4.635683012960029),
+        max_export_w=185.86419308461947,
+        fuse_limit_w=14652.703969456468,
+        deadband_w=50.0,
+        refresh_s=60.0,
+        duration_s=806.0591768610215,
+        soc=0.5858459379200672,
+        reserve_soc=0.1,
+        capacity_wh=20000.0,
+        max_power_w=5000.0,
+        base_load_w=3500.0,
+        pv_w=6077.4597745620995,
+        plan_w=None,
+        steps=(
+            Step(at_s=200.0, plan_w="keep", load_offset_w=3676.2041682094696, pv_w=None),
+            Step(at_s=419.7845990845491, plan_w="keep", load_offset_w=5021.542978862906, pv_w=None),
+            Step(at_s=716.0591768610215, plan_w="keep", load_offset_w=2407.3061672579624, pv_w=None),
+        ),
+        seed=38523,
+        dead_time_s=5.0,
+    )
+)
 def test_closed_loop_keeps_the_limits_and_settles(cfg: LoopConfig) -> None:
     check_loop(cfg, run_loop(cfg))
 
@@ -429,3 +668,30 @@ def test_issue_10_export_limit_with_a_discharge_plan_does_not_oscillate(
     check_loop(cfg, trace)
     f = figures(cfg, trace, grace_s(cfg))
     assert f.reversals <= 2 * len(cfg.steps), f"{f.reversals} setpoint reversals in 25 minutes"
+
+
+def _refresh_trace(writes: list[tuple[float, float]], steps: list[float]) -> LoopTrace:
+    """A run's writes and steps alone: what `figures` counts reversals on."""
+    return LoopTrace(writes=writes, disturbances=[0.0, *steps])
+
+
+def test_the_first_move_after_a_step_is_its_answer_not_a_reversal() -> None:
+    # Hunt seed 202's writes: up to 2521 W at start-up, then a load step at 200 s answered down in refresh writes
+    # each under the 50 W deadband; the third is 57 W below the start-up move, 62.5 s after the step.
+    cfg = LoopConfig(deadband_w=50.0, duration_s=400.0)
+    writes = [(0.0, 0.0), (2.5, 2521.0), (62.5, 2535.0), (202.5, 2483.0), (262.5, 2464.0), (322.5, 2451.0)]
+    f = figures(cfg, _refresh_trace(writes, [200.0]), grace_s=26.25)
+    assert f.late_reversals == 0
+    # The same writes with no step between them are the setpoint turning back on a site that did not change.
+    f = figures(cfg, _refresh_trace(writes, []), grace_s=26.25)
+    assert f.late_reversals == 1
+
+
+def test_a_slow_oscillation_made_of_writes_under_the_deadband_is_still_counted() -> None:
+    # One 30 W refresh write a minute, down 90 W and back up, three times: no write moves more than the deadband,
+    # yet the setpoint swings 90 W either way on a site that does not change.
+    cfg = LoopConfig(deadband_w=50.0, duration_s=1200.0)
+    path = [2500.0, 2470.0, 2440.0, 2410.0, 2440.0, 2470.0, 2500.0, 2470.0, 2440.0, 2410.0]
+    writes = [(0.0, 0.0), *((60.0 * (i + 1), w) for i, w in enumerate(path))]
+    f = figures(cfg, _refresh_trace(writes, []), grace_s=26.25)
+    assert f.late_reversals == 3  # down at 180 s (60 W under the last move, 2500 W), up at 420 s, down at 540 s

@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers.sim.physics import ActuatorDynamics, BatteryModel
-from zapd.estimate import Command, GridBounds, Sample, battery_range, hold_or_move
+from zapd.estimate import Command, GridBounds, Sample, battery_range, hold_or_move, moved_past
 
 T0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
 TOL = 50.0
@@ -134,6 +134,29 @@ def test_a_command_over_a_limit_moves_to_within_reach_of_what_keeps_it_at_every_
     assert hold_or_move(linear(-4000.0, -3658.0), -4500.0, bounds=lambda: no_limit, reach_w=100.0) == 0.0
 
 
+def test_the_way_back_from_a_move_over_a_limit_lands_the_tolerance_inside_the_interval() -> None:
+    # Hunt seed 30: a move over the 20 W export limit put the command at +101 W (overshot = +1). At 927 s the interval
+    # is -3542..89 W (the range still holds the older -3428 W), at 931 s -24..76 W (closed: one reading +- 50 W).
+    wide, closed = linear(-3542.0, 89.0), linear(-24.0, 76.0)
+    assert abs(wide(hold_or_move(wide, 101.0, slack_w=50.0, overshot=1)) - 39.0) < 0.02
+    assert abs(closed(hold_or_move(closed, 101.0, slack_w=50.0, overshot=1)) - 26.0) < 0.02  # the estimate itself
+    # Without the move behind it, 25 W over the high end may be noise: the nearest end (76 W, under the deadband).
+    assert hold_or_move(closed, 101.0, slack_w=50.0) == 1.0
+    # Inside, or beyond the other side, it is no return: held, or the nearest end as ever.
+    assert abs(closed(hold_or_move(closed, 60.0, slack_w=50.0, overshot=1)) - 60.0) < 0.02
+    assert hold_or_move(closed, -100.0, slack_w=50.0, overshot=1) == 0.0
+    # An interval narrower than the tolerance: its far end, never past it.
+    narrow = linear(40.0, 70.0)
+    assert hold_or_move(narrow, 101.0, slack_w=50.0, overshot=1) == 0.0
+    assert hold_or_move(narrow, 0.0, slack_w=50.0, overshot=-1) == 1.0
+    # The flag: a move past the near end is one (+1 up, -1 down); the nearest end, a hold and a return are not.
+    assert moved_past(-3428.0, -320.0, 251.0, 101.0) == 1
+    assert moved_past(4000.0, 1000.0, 3000.0, 1100.0) == -1
+    assert moved_past(-3428.0, -320.0, 251.0, -320.0) == 0
+    assert moved_past(0.0, -320.0, 251.0, 0.0) == 0
+    assert moved_past(101.0, -24.0, 76.0, 26.0, overshot=1) == 0
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     gap=st.floats(0.0, 12_000.0),  # the band between the export floor and the fuse headroom (the same at every state)
@@ -144,18 +167,25 @@ def test_a_command_over_a_limit_moves_to_within_reach_of_what_keeps_it_at_every_
     kind=st.sampled_from(["request", "floor", "headroom"]),
     # Each decision: where the true state lies in the plausible range, and the range's spread.
     decisions=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 6000.0)), min_size=1, max_size=30),
+    slack=st.sampled_from([0.0, 50.0]),  # the controller's: outside by the readings' tolerance, no move past the end
 )
+# A move over the export floor to 900 W (the answer 0 W), then a range whose high end is 10 W: the way back crosses
+# the answer, to -40 W (random draws rarely land a return that close to the answer; this one always does).
+@example(gap=5000.0, truth=0.0, start=-3000.0, kind="floor", decisions=[(0.5, 2000.0), (0.99, 1000.0)], slack=50.0)
 def test_the_command_crosses_the_right_answer_at_most_once(
-    gap: float, truth: float, start: float, kind: str, decisions: list[tuple[float, float]]
+    gap: float, truth: float, start: float, kind: str, decisions: list[tuple[float, float]], slack: float
 ) -> None:
     """The no-limit-cycle argument (docs/decisions.md, "Closed loop") as a property, on the envelope's shape: the
     export floor and the fuse headroom rise one for one with the battery state the base is computed from, `gap`
     apart. A site that does not change has one right answer, between them at the true state, and every interval
     holds it. However the ranges fall, the command moves up only while below it and down only while above it, and
-    crosses it at most once: never a ping-pong between the ends."""
+    a move crosses it at most once: never a ping-pong between the ends. The way back from a move over a limit
+    (`overshot`, as the controller keeps it) lands `slack` inside the interval, so it may cross the answer once
+    more, by no more than `slack`, and nothing crosses it after that."""
     right = truth * gap  # the export floor at the true state is 0 W, the fuse headroom `gap`
     command = start
-    crossings = 0
+    crossings = returns = 0
+    overshot = 0
     for where, spread in decisions:
         # Battery states b in [-where * spread, (1 - where) * spread] around the true one (0).
         lo_b, hi_b = -where * spread, (1 - where) * spread
@@ -170,12 +200,24 @@ def test_the_command_crosses_the_right_answer_at_most_once(
 
         right_now = at(0.0)
         bounds = GridBounds(floor_w=hi_b, ceiling_w=gap + lo_b, spread_w=spread, band_w=gap)
-        new = answer(hold_or_move(answer, command, bounds=lambda bounds=bounds: bounds, reach_w=100.0))
+        fraction = hold_or_move(
+            answer, command, bounds=lambda bounds=bounds: bounds, reach_w=100.0, slack_w=slack, overshot=overshot
+        )
+        new = answer(fraction)
+        side = moved_past(command, answer(0.0), answer(1.0), new, overshot)
         if abs(new - command) > 0.02:
             assert (new > command) == (command < right_now), f"{command:.0f} -> {new:.0f} W, right {right_now:.0f}"
-            crossings += (command - right_now) * (new - right_now) < 0
+            if (command - right_now) * (new - right_now) < 0:
+                if overshot and (new > command) != (overshot > 0):  # the way back from the move's side
+                    returns += 1
+                    assert abs(new - right_now) <= slack + 0.02, f"returned to {new:.0f} W, right {right_now:.0f}"
+                else:
+                    crossings += 1
+                    assert returns == 0, f"{command:.0f} -> {new:.0f} W crossed the answer after a return"
+            overshot = side  # a flag for the command it put there; any other change of the command clears it
         command = new
     assert crossings <= 1
+    assert returns <= 1
 
 
 @settings(max_examples=300, deadline=None)
