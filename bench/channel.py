@@ -68,7 +68,8 @@ from cloud_sync.channel_wire import (
     ws_url,
 )
 from cloud_sync.keys import key_id, load_verify_key_b64, public_key_b64
-from tests.cloud_server import ADMIN, cloud_env, free_port, serve_cmd
+from tests.cloud_server import ADMIN, cloud_env, serve_cmd
+from tests.ports import free_port
 
 COMMAND = "python -m bench.channel --sizes 1000,10000"
 COMMAND_2 = "python -m bench.channel --workers 2 --sizes 100,1000"

@@ -36,7 +36,7 @@ from bench.channel import Fleet, _serving, _start_cloud
 from bench.fleet import DR_TARGET_S, _create_event, _database, _quick, _run_workers, _setup
 from bench.table import Row, row
 from cloud_sync.channel_wire import ws_url
-from tests.cloud_server import free_port
+from tests.ports import free_port
 
 COMMAND = "python -m bench.fleet_channel"
 ACK_WAIT_S = 300.0

@@ -29,7 +29,8 @@ from bench.table import row
 from drivers.sim.ocpp_cp import SimCharger
 from drivers.sim.p1_pty import SimP1Pty
 from drivers.sim.physics import SimSite
-from tests.e2e.harness import BIN, Proc, free_port, proc_sample
+from tests.e2e.harness import BIN, Proc, proc_sample
+from tests.ports import free_port
 from zapd.logs import configure
 
 COMMAND = "python -m bench.ocpp"
