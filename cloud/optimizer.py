@@ -183,7 +183,9 @@ _STATUSES = [highspy.HighsBasisStatus(i) for i in range(5)]
 
 
 def _highs_basis(col_status: NDArray[np.int8], row_status: NDArray[np.int8]) -> highspy.HighsBasis:
+    """HiGHS' basis from status arrays; `alien` (its default): HiGHS factors it and repairs a singular part."""
     basis = highspy.HighsBasis()
+    basis.alien = True
     basis.col_status = [_STATUSES[i] for i in col_status.tolist()]
     basis.row_status = [_STATUSES[i] for i in row_status.tolist()]
     return basis

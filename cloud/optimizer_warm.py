@@ -13,10 +13,12 @@ A basis is a set of exactly as many basic variables (columns and row logicals) a
 rarely has that count, so it is fixed up: too many basic, the basic logicals of equality rows (always at their
 bound, nothing moves) go nonbasic first, then structural columns, the latest slots first; too few, nonbasic
 row logicals turn basic, the latest slots first. Each nonbasic variable sits at one of its bounds in the new
-model (a bound that became infinite moves it to the other one, or to zero if it is free). HiGHS repairs a
-singular basis by swapping in logicals, and a basis that is merely not optimal is only a slower start: the
-optimum and its objective are HiGHS' exactly as from a cold start, which tests/unit/test_optimizer_warm.py
-checks over random rolling re-plans.
+model (a bound that became infinite moves it to the other one, or to zero if it is free). The basis goes to
+HiGHS as an "alien" one (cloud.optimizer._highs_basis): HiGHS factors it and swaps logicals in for a singular
+part. (Handed over as its own, not alien, HiGHS checks the count and refuses a wrong one, but the same bases
+then took twice the iterations: 64,872 against 32,900 on 60 Ausgrid days.) A start that is merely not optimal
+is only a slower start: the optimum and its objective are HiGHS' exactly as from a cold start, which
+tests/unit/test_optimizer_warm.py checks over random rolling re-plans.
 """
 
 from __future__ import annotations
