@@ -186,8 +186,8 @@ def _highs_basis(col_status: NDArray[np.int8], row_status: NDArray[np.int8]) -> 
     """HiGHS' basis from status arrays; `alien` (its default): HiGHS factors it and repairs a singular part."""
     basis = highspy.HighsBasis()
     basis.alien = True
-    basis.col_status = [_STATUSES[i] for i in col_status.tolist()]
-    basis.row_status = [_STATUSES[i] for i in row_status.tolist()]
+    basis.col_status = list(map(_STATUSES.__getitem__, col_status.tolist()))
+    basis.row_status = list(map(_STATUSES.__getitem__, row_status.tolist()))
     return basis
 
 
