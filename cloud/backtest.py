@@ -1036,14 +1036,17 @@ def billing_target(tr: Traces, cfg: Config, first: int) -> PeakTarget:
     )
 
 
-def rolling_flows(tr: Traces, cfg: Config) -> tuple[FloatArray, FloatArray, int, SlotLog]:
+def rolling_flows(
+    tr: Traces, cfg: Config, planner: Planner | None = None
+) -> tuple[FloatArray, FloatArray, int, SlotLog]:
     """The battery's executed charge/discharge per slot under the rolling planner, the re-plan count, the log.
 
     Slot t's decision may use: prices published by t, load and PV before t (forecasts), and the real load and
-    PV of slot t itself only through the edge's controller, which measures them live.
+    PV of slot t itself only through the edge's controller, which measures them live. `planner`: one made for
+    `tr` and `cfg` by the caller (bench.warm_start audits its warm starts), else a new one.
     """
     every = max(1, round(cfg.replan_hours / tr.dt_h))
-    planner = Planner(tr, cfg)
+    planner = planner or Planner(tr, cfg)
     edge = Edge(tr, cfg)
     log = SlotLog.empty(tr.n)
     replans = 0

@@ -32,6 +32,7 @@ import highspy
 import msgspec
 import numpy as np
 from highspy._core import _Highs
+from numpy.typing import NDArray
 
 from cloud.optimizer_io import Problem, ProblemError, Solution, Status, decode_problem, error_solution
 from cloud.optimizer_model import (
@@ -51,8 +52,9 @@ from cloud.optimizer_model import (
     build_model,
     site_data,
 )
+from cloud.optimizer_warm import KeptBasis, shifted_basis
 
-__all__ = ["WarmStart", "energy_value", "recompute_cost", "solve", "solve_json"]
+__all__ = ["WarmStart", "WarmStats", "energy_value", "recompute_cost", "solve", "solve_json"]
 
 # Flows below this (kW) count as zero when checking the exclusions; HiGHS' feasibility tolerance is 1e-7.
 EXCLUSION_TOL = 1e-7
@@ -101,22 +103,40 @@ def solve_json(data: bytes | str, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S)
     return solve(problem, time_limit_s=time_limit_s)
 
 
-class WarmStart:
-    """One HiGHS instance kept across solves of LPs with the same matrix (a rolling planner's re-plans).
+@dataclass
+class WarmStats:
+    """How a WarmStart's LPs started, for the backtest's figures: `same` matrix (bounds and costs changed in
+    place), `shifted` (the last basis moved in time, cloud.optimizer_warm), `cold` (nothing to start from, or a
+    model that does not line up with the last), `refused` (HiGHS did not take the shifted basis: cold);
+    `iterations` the simplex iterations of all of them."""
 
-    Consecutive re-plans differ only in prices, forecasts and the initial energy, i.e. in costs and bounds:
-    changing those in place and re-running starts the simplex from the previous optimal basis, which takes
-    about a third of the time of a cold solve (measured over backtest re-plans, same objectives to 1e-15).
-    A different matrix (another horizon length, an EV) is passed afresh. Only the first LP relaxation of a
-    solve uses it; the repair dive and MILP rounds are built cold as before.
+    same: int = 0
+    shifted: int = 0
+    cold: int = 0
+    refused: int = 0
+    iterations: int = 0
+
+
+class WarmStart:
+    """One HiGHS start kept across the LPs of a rolling planner's re-plans.
+
+    Consecutive re-plans differ in prices, forecasts and the initial energy, and (the backtest's and the day-ahead
+    market's usual case) in the horizon, which shrinks by the executed slots until the next prices arrive. With
+    the same matrix the costs and bounds are changed in place and the simplex restarts from the previous optimal
+    basis (about a third of a cold solve's time, same objectives to 1e-15); with another matrix the last
+    optimal basis is carried over by slot time (cloud.optimizer_warm.shifted_basis) into a fresh instance. Only
+    the first LP relaxation of a solve uses it; the repair dive and MILP rounds are built cold as before.
     """
 
     def __init__(self) -> None:
         self._highs: _Highs | None = None
         self._matrix: tuple[IntArray, IntArray, FloatArray] | None = None
+        self._kept: KeptBasis | None = None
+        self.stats = WarmStats()
 
     def highs(self, model: Model) -> _Highs:
-        """The instance loaded with `model`: updated in place when the matrix is the last one's."""
+        """The instance loaded with `model`: updated in place when the matrix is the last one's, else a new
+        one started from the last optimal basis moved to this model's slots where it lines up."""
         matrix = (model.a_start, model.a_index, model.a_value)
         if self._highs is not None and self._same_matrix(matrix) and self._highs.getNumCol() == len(model.col_cost):
             h = self._highs
@@ -125,10 +145,25 @@ class WarmStart:
             h.changeColsCost(n, cols, model.col_cost)
             h.changeColsBounds(n, cols, model.col_lower, model.col_upper)
             h.changeRowsBounds(m, rows, model.row_lower, model.row_upper)  # type: ignore[attr-defined]  # not in the stub
+            self.stats.same += 1
             return h
-        self._highs = _new_highs(model)
+        h = _new_highs(model)
+        statuses = shifted_basis(self._kept, model) if self._kept is not None else None
+        if statuses is None:
+            self.stats.cold += 1
+        elif h.setBasis(_highs_basis(*statuses)) == highspy.HighsStatus.kOk:
+            self.stats.shifted += 1
+        else:
+            self.stats.refused += 1
+            h = _new_highs(model)
+        self._highs = h
         self._matrix = matrix
-        return self._highs
+        return h
+
+    def keep(self, model: Model, h: _Highs, col_value: FloatArray) -> None:
+        """After an optimal LP on `h`: its basis, for the next model that does not share the matrix."""
+        status, basic = h.getBasicVariables()  # type: ignore[attr-defined]  # not in the stub
+        self._kept = KeptBasis.of(model, basic, col_value) if status == highspy.HighsStatus.kOk else None
 
     def _same_matrix(self, matrix: tuple[IntArray, IntArray, FloatArray]) -> bool:
         if self._matrix is None:
@@ -142,6 +177,18 @@ class WarmStart:
             and np.array_equal(index, matrix[1])
             and np.array_equal(value, matrix[2])
         )
+
+
+_STATUSES = [highspy.HighsBasisStatus(i) for i in range(5)]
+
+
+def _highs_basis(col_status: NDArray[np.int8], row_status: NDArray[np.int8]) -> highspy.HighsBasis:
+    """HiGHS' basis from status arrays; `alien` (its default): HiGHS factors it and repairs a singular part."""
+    basis = highspy.HighsBasis()
+    basis.alien = True
+    basis.col_status = list(map(_STATUSES.__getitem__, col_status.tolist()))
+    basis.row_status = list(map(_STATUSES.__getitem__, row_status.tolist()))
+    return basis
 
 
 def solve(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S, warm: WarmStart | None = None) -> Solution:
@@ -353,7 +400,11 @@ def _run(model: Model, deadline: float, start: FloatArray | None, warm: WarmStar
             # columns (found by test_matches_independent_milp): solve again without the start.
             return _run(model, deadline, None)
         x = full[: model.n_real]
+    if warm is not None and start is None:
+        warm.stats.iterations += int(info.simplex_iteration_count)
     if status == highspy.HighsModelStatus.kOptimal and x is not None and solution is not None:
+        if warm is not None and start is None and not model.is_mip:
+            warm.keep(model, h, full)
         if model.is_mip:
             return _Outcome("optimal", x, objective, float(info.mip_dual_bound))
         duals = np.asarray(solution.row_dual, dtype=np.float64)

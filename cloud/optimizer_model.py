@@ -75,6 +75,7 @@ class SiteData:
     has_demand: bool
     ev_penalty: float
     terminal_value: float = 0.0
+    start_s: float = 0.0  # POSIX seconds at the start of slot 0: where a warm start's slots lie in time
 
 
 def site_data(problem: Problem) -> SiteData:
@@ -129,6 +130,7 @@ def site_data(problem: Problem) -> SiteData:
         has_demand=dc is not None and dc.price_per_kw > 0.0,
         ev_penalty=penalty,
         terminal_value=bat.terminal_value_per_kwh,
+        start_s=problem.start.timestamp(),
     )
 
 
@@ -173,6 +175,43 @@ class Disjunction:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A run of `length` columns (or rows) of one kind from index `first`: entry j is about slot j of the
+    horizon (`per_slot`), or a single entry about the whole horizon."""
+
+    kind: str
+    first: int
+    length: int
+    per_slot: bool = True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which slot each column and row of an LP is about, and when slot 0 starts.
+
+    Why: a rolling planner's next model starts some slots later and has another horizon, so its matrix is new,
+    but its columns and rows are the same kinds about mostly the same slots of time: the warm start
+    (cloud/optimizer_warm.py) carries the last optimal basis over by kind and slot time."""
+
+    start_s: float  # POSIX seconds at the start of slot 0
+    step_s: float
+    cols: tuple[Segment, ...]
+    rows: tuple[Segment, ...]
+
+    def renamed(self, prefix: str, col_offset: int, row_offset: int) -> Layout:
+        """This layout as part of a larger model: kinds prefixed, indices moved by the offsets."""
+        return replace(
+            self,
+            cols=tuple(Segment(f"{prefix}{g.kind}", g.first + col_offset, g.length, g.per_slot) for g in self.cols),
+            rows=tuple(Segment(f"{prefix}{g.kind}", g.first + row_offset, g.length, g.per_slot) for g in self.rows),
+        )
+
+
+# The column blocks' names in a Layout, by block index.
+BLOCK_NAMES = ("charge", "discharge", "import", "export", "pv_used", "ev_charge", "energy")
+
+
+@dataclass(frozen=True)
 class Model:
     """Arrays for `Highs.passModel` (row-wise CSR) plus where the extra columns live."""
 
@@ -189,6 +228,7 @@ class Model:
     slack_col: int | None
     n_real: int  # columns before those of the disjunctions
     disjunctions: tuple[Disjunction, ...]
+    layout: Layout | None = None  # an LP's columns and rows by slot; None for a model with exclusions
 
     @property
     def is_mip(self) -> bool:
@@ -321,10 +361,14 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
         coo.cols.append(col(ENERGY)[:-1])
         coo.vals.append(-np.ones(T - 1))
 
+    col_segments = [Segment(name, block * T, T) for block, name in enumerate(BLOCK_NAMES)]
+    row_segments = [Segment("balance", 0, T), Segment("storage", T, T)]
     peak_col = None
     if d.has_demand:
         # Only import above the period's peak so far is charged: excess >= import[t] - peak_already.
         peak_col = new_col(d.demand_price, 0.0, np.inf)
+        col_segments.append(Segment("peak", peak_col, 1, per_slot=False))
+        row_segments.append(Segment("peak", coo.n_rows, T))
         coo.add_block(
             T,
             [(col(IMPORT), one), (np.full(T, peak_col, dtype=np.int64), minus)],
@@ -340,8 +384,11 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
             slack_col = new_col(d.ev_penalty, 0.0, d.ev_need_kwh)
         else:
             slack_col = new_col(0.0, 0.0, min(ev_slack_cap, d.ev_need_kwh))
+        col_segments.append(Segment("ev_slack", slack_col, 1, per_slot=False))
+        row_segments.append(Segment("ev_need", coo.n_rows, 1, per_slot=False))
         coo.add_row(np.append(window, slack_col), np.append(ev_coef, 1.0), d.ev_need_kwh, np.inf)
     if d.has_ev and len(window) > 0:
+        row_segments.append(Segment("ev_room", coo.n_rows, 1, per_slot=False))
         coo.add_row(window, ev_coef, -np.inf, d.ev_room_kwh)
 
     n_real = columns.count
@@ -360,6 +407,7 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
     integrality = np.zeros(len(col_cost), dtype=np.int32)
     for cols in integer_cols:
         integrality[cols] = 1
+    layout = None if groups else Layout(d.start_s, d.dt * 3600.0, tuple(col_segments), tuple(row_segments))
     return Model(
         col_cost=col_cost,
         col_lower=col_lower,
@@ -374,6 +422,7 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
         slack_col=slack_col,
         n_real=n_real,
         disjunctions=tuple(groups),
+        layout=layout,
     )
 
 

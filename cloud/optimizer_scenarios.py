@@ -29,7 +29,18 @@ import numpy as np
 
 from cloud.optimizer import WarmStart, _net_battery, _net_grid, _run, _solution, _violations
 from cloud.optimizer_io import Problem, Solution
-from cloud.optimizer_model import CHARGE, DISCHARGE, N_BLOCKS, Model, build_model, site_data, with_flows
+from cloud.optimizer_model import (
+    BLOCK_NAMES,
+    CHARGE,
+    DISCHARGE,
+    N_BLOCKS,
+    Layout,
+    Model,
+    Segment,
+    build_model,
+    site_data,
+    with_flows,
+)
 
 # P10 / P50 / P90 scenario weights: Swanson's rule, the classic three-point approximation of a distribution's mean.
 SWANSON_WEIGHTS: Final = (0.3, 0.4, 0.3)
@@ -43,7 +54,13 @@ def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shar
     offsets = np.concatenate([[0], np.cumsum(n_cols)]).astype(np.int64)
     starts, indices, values, lower, upper = [], [], [], [], []
     row_base = 0
+    col_segments: list[Segment] = []
+    row_segments: list[Segment] = []
     for s, m in enumerate(models):
+        if m.layout is not None:
+            part = m.layout.renamed(f"{s}/", int(offsets[s]), row_base)
+            col_segments += part.cols
+            row_segments += part.rows
         starts.append(m.a_start[:-1].astype(np.int64) + (0 if s == 0 else int(sum(len(x.a_value) for x in models[:s]))))
         indices.append(m.a_index.astype(np.int64) + offsets[s])
         values.append(m.a_value)
@@ -54,6 +71,7 @@ def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shar
     tie_rows = 0
     for s in range(1, len(models)):
         for block in (CHARGE, DISCHARGE):
+            row_segments.append(Segment(f"{s}/tie_{BLOCK_NAMES[block]}", row_base + tie_rows, min(shared, horizon)))
             for t in range(min(shared, horizon)):
                 starts.append(np.array([nnz], dtype=np.int64))
                 indices.append(np.array([offsets[0] + block * horizon + t, offsets[s] + block * horizon + t]))
@@ -63,6 +81,10 @@ def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shar
                 nnz += 2
                 tie_rows += 1
     a_start = np.concatenate([*starts, np.array([nnz], dtype=np.int64)]).astype(np.int32)
+    first = models[0].layout
+    layout = None
+    if first is not None and all(m.layout is not None for m in models):
+        layout = Layout(first.start_s, first.step_s, tuple(col_segments), tuple(row_segments))
     return Model(
         col_cost=np.concatenate([w * m.col_cost for w, m in zip(weights, models, strict=True)]),
         col_lower=np.concatenate([m.col_lower for m in models]),
@@ -77,6 +99,7 @@ def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shar
         slack_col=None,
         n_real=int(offsets[-1]),
         disjunctions=(),
+        layout=layout,
     )
 
 
