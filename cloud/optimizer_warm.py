@@ -65,7 +65,9 @@ class KeptBasis:
         basic_cols[ids[ids >= 0]] = True
         basic_rows[-1 - ids[ids < 0]] = True
         upper = model.col_upper
-        at_upper = np.isfinite(upper) & (upper > model.col_lower) & (col_value >= upper - 1e-9 * (1.0 + np.abs(upper)))
+        finite = np.isfinite(upper)
+        bound = np.where(finite, upper, 0.0)  # an infinite upper bound is never "at" it (and inf - inf is NaN)
+        at_upper = finite & (upper > model.col_lower) & (col_value >= bound - 1e-9 * (1.0 + np.abs(bound)))
         return cls(model.layout, basic_cols, at_upper & ~basic_cols, basic_rows)
 
 
