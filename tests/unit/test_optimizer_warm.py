@@ -21,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud.optimizer import WarmStart, _run, solve
-from cloud.optimizer_io import Battery, Grid, Problem
+from cloud.optimizer_io import Grid, Problem
 from cloud.optimizer_model import build_model, site_data, with_flows
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, _stack
 from cloud.optimizer_warm import BASIC, UPPER, KeptBasis, shifted_basis
+from tests.plan_problems import bench_battery
 
 DAY = 24  # hourly slots
 PUBLICATION_HOUR = 13
@@ -61,17 +62,7 @@ class Rolling:
                     export_price=self.export_price[window],
                     load_kw=self.load[window],
                     pv_kw=self.pv[window],
-                    battery=Battery(
-                        capacity_kwh=10.0,
-                        soc_initial=soc,
-                        soc_min=0.1,
-                        soc_max=0.95,
-                        max_charge_kw=5.0,
-                        max_discharge_kw=5.0,
-                        charge_efficiency=0.95,
-                        discharge_efficiency=0.95,
-                        cycle_cost_per_kwh=0.02,
-                    ),
+                    battery=bench_battery(soc),
                     grid=Grid(max_import_kw=10.0, max_export_kw=10.0),
                 )
             )
@@ -189,17 +180,7 @@ def _battery_problem(n: int, start: datetime) -> Problem:
         export_price=[0.05] * n,
         load_kw=[1.0] * n,
         pv_kw=[0.5] * n,
-        battery=Battery(
-            capacity_kwh=10.0,
-            soc_initial=0.5,
-            soc_min=0.1,
-            soc_max=0.95,
-            max_charge_kw=5.0,
-            max_discharge_kw=5.0,
-            charge_efficiency=0.95,
-            discharge_efficiency=0.95,
-            cycle_cost_per_kwh=0.02,
-        ),
+        battery=bench_battery(0.5),
         grid=Grid(max_import_kw=10.0, max_export_kw=10.0),
     )
 

@@ -15,6 +15,7 @@ from cloud.backtest import Config, Planner, Traces
 from cloud.forecast_price import TerminalBasis, terminal_value
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Grid, Problem, ProblemError, decode_problem
+from tests.plan_problems import bench_battery
 
 
 def _problem(value: float) -> Problem:
@@ -26,18 +27,7 @@ def _problem(value: float) -> Problem:
         export_price=[0.10] * 4,
         load_kw=[0.0] * 4,
         pv_kw=[0.0] * 4,
-        battery=Battery(
-            capacity_kwh=10.0,
-            soc_initial=0.9,
-            soc_min=0.1,
-            soc_max=0.95,
-            max_charge_kw=5.0,
-            max_discharge_kw=5.0,
-            charge_efficiency=0.95,
-            discharge_efficiency=0.95,
-            cycle_cost_per_kwh=0.02,
-            terminal_value_per_kwh=value,
-        ),
+        battery=bench_battery(0.9, terminal_value_per_kwh=value),
         grid=Grid(max_import_kw=10.0, max_export_kw=10.0),
     )
 
