@@ -114,6 +114,7 @@ from cloud.plan_risk import (
     NO_LOAD_RISK,
     PvRatios,
     learn_load_risk,
+    night_shared_slots,
     pv_scenario_ratios,
     reserve_load,
     solve_two_stage,
@@ -980,7 +981,10 @@ class Planner:
             demand_charge=_demand(cfg, max(peak_kw, target.level_kw), target.reserve_for(k, horizon)),
         )
         two_stage = cfg.scenarios or cfg.load_scenarios
-        scenario = self._scenario_solve(problem, min(executed, horizon)) if two_stage else None
+        shared = min(executed, horizon)
+        if cfg.share_night and len(self.sky) >= k + horizon:
+            shared = night_shared_slots(self.sky[k : k + horizon], self.kwp, shared)
+        scenario = self._scenario_solve(problem, shared) if two_stage else None
         solution = scenario if scenario is not None else solve(problem, warm=self.warm)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption

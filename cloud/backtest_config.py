@@ -198,6 +198,9 @@ class Config:
     # two-stage plan over whole-day load scenarios (the P10 / P90 of the recent days' load energy over the
     # profile's); with `scenarios` too, a dark day with high load and a bright one with low load
     load_scenarios: bool = False
+    # the scenarios share every battery decision at night up to the first sunlit slot, not only the slots run
+    # before the next plan (cloud.plan_risk.night_shared_slots); default since it lowered all six Konstanz years
+    share_night: bool = True
     # the profile forecaster's recent level as an AR(1) nowcast with the house's own error persistence
     # (cloud.forecast_load.error_persistence) instead of the 2 h ratio fading over 4 h; default since the
     # fifth pass (lower cost on all six datasets)
@@ -387,6 +390,13 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         "(default on)",
     )
     bt.add_argument(
+        "--share-night",
+        action=argparse.BooleanOptionalAction,
+        default=d.share_night,
+        help="--scenarios: one battery decision for all scenarios at night up to the first sunlit slot (no PV "
+        "information arrives before it; default on), not only for the slots about to run",
+    )
+    bt.add_argument(
         "--load-scenarios",
         action="store_true",
         help="two-stage plan over whole-day load scenarios (P10 / P90 of the recent days' load over the profile)",
@@ -541,6 +551,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_quantile=getattr(args, "load_quantile", None),
         scenarios=getattr(args, "scenarios", d.scenarios),
         load_scenarios=getattr(args, "load_scenarios", d.load_scenarios),
+        share_night=getattr(args, "share_night", d.share_night),
         load_persistence=getattr(args, "load_persistence", d.load_persistence),
         load_reserve=getattr(args, "load_reserve", d.load_reserve),
         load_day_kinds=getattr(args, "load_day_kinds", d.load_day_kinds),

@@ -41,7 +41,7 @@ from cloud.forecast_load import FloatArray
 PV_PERSISTENCE_DAYS: Final = 28  # the window ρ is measured over (four weeks, like the load's error_persistence)
 MIN_PERSISTENCE_PAIRS: Final = 10  # fewer pairs of consecutive usable days: ρ = 0 (today's behaviour)
 MAX_PERSISTENCE: Final = 0.99  # ρ < 1: a deviation always fades
-_SUNNY_SHARE_OF_KWP: Final = 0.02  # a slot counts as sunlit above 2 % of kWp clear sky (learn_pv_factor's)
+SUNNY_SHARE_OF_KWP: Final = 0.02  # a slot counts as sunlit above 2 % of kWp clear sky (learn_pv_factor's)
 _MIN_CLEAR_KWH_PER_KWP: Final = 0.5  # a day with less clear-sky energy says nothing (learn_pv_factor's)
 _LEVEL_BOUNDS: Final = (0.02, 1.5)  # the factor's own bounds (cloud.forecast._FACTOR_BOUNDS)
 
@@ -56,7 +56,7 @@ def day_clearness(measured_kw: FloatArray, clear_kw: FloatArray, slots_per_day: 
         return np.zeros(0)
     m = measured_kw[: days * slots_per_day].reshape(days, slots_per_day)
     c = clear_kw[: days * slots_per_day].reshape(days, slots_per_day)
-    sunny = c > _SUNNY_SHARE_OF_KWP * kwp
+    sunny = c > SUNNY_SHARE_OF_KWP * kwp
     complete = (~np.isnan(m) | ~sunny).all(axis=1)
     c_energy = np.where(sunny, c, 0.0).sum(axis=1)
     m_energy = np.where(sunny, np.nan_to_num(m), 0.0).sum(axis=1)
@@ -139,7 +139,7 @@ def pv_day_outlook(
     last = float(history_k[-1]) if len(history_k) else math.nan
     prior = r * (last - mean) if math.isfinite(last) else 0.0
     ok = ~np.isnan(today_measured_kw) & ~np.isnan(today_clear_kw)
-    sunny = ok & (today_clear_kw > _SUNNY_SHARE_OF_KWP * kwp)
+    sunny = ok & (today_clear_kw > SUNNY_SHARE_OF_KWP * kwp)
     clear_so_far = float(np.sum(today_clear_kw[sunny]))
     deviation = prior
     if today_clear_total_kw > 0.0 and clear_so_far > 0.0:
@@ -276,7 +276,7 @@ class PvSpreadHistory:
             return None
         rest_q = _quantiles(np.where(dev_ok, rest - dev, np.nan))
         # today, read as each past day was above (pv_day_outlook's blend, over the mean day the forecast uses)
-        sunny = today_clear_kw[:spd] > _SUNNY_SHARE_OF_KWP * self.kwp
+        sunny = today_clear_kw[:spd] > SUNNY_SHARE_OF_KWP * self.kwp
         c_total = float(np.sum(today_clear_kw[:spd][sunny]))
         now_sunny = sunny[:h]
         c_now = float(np.sum(today_clear_kw[:h][now_sunny]))
@@ -307,7 +307,7 @@ def learn_spread_history(
     past_m = measured_kw[len(measured_kw) - n * spd :].reshape(n, spd)
     past_c = clear_kw[len(measured_kw) - n * spd : len(measured_kw)].reshape(n, spd)
     k = day_clearness(past_m.ravel(), past_c.ravel(), spd, kwp)
-    sunny = past_c > _SUNNY_SHARE_OF_KWP * kwp
+    sunny = past_c > SUNNY_SHARE_OF_KWP * kwp
     zero = np.zeros((n, 1))
     cm = np.hstack([zero, np.cumsum(np.where(sunny, np.nan_to_num(past_m), 0.0), axis=1)])
     cc = np.hstack([zero, np.cumsum(np.where(sunny, past_c, 0.0), axis=1)])
@@ -364,6 +364,7 @@ __all__ = [
     "PV_MEAN_DAYS",
     "PV_PERSISTENCE_DAYS",
     "PV_SPREAD_DAYS",
+    "SUNNY_SHARE_OF_KWP",
     "PvDayOutlook",
     "PvDaySpread",
     "PvSpreadHistory",

@@ -26,7 +26,7 @@ import numpy as np
 
 from cloud.forecast import NOWCAST_TAU_H, FloatArray
 from cloud.forecast_load import day_load_ratios, newsvendor_load
-from cloud.forecast_pv_day import PvDaySpread
+from cloud.forecast_pv_day import SUNNY_SHARE_OF_KWP, PvDaySpread
 from cloud.optimizer import WarmStart
 from cloud.optimizer_io import Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
@@ -153,6 +153,23 @@ def scenario_problems(problem: Problem, pv_spread: PvRatios, load_spread: tuple[
     return [scenario(dark, high), problem, scenario(bright, low)]
 
 
+def night_shared_slots(clear_kw: FloatArray, kwp: float, at_least: int) -> int:
+    """How many of a plan's first slots the scenarios share one battery decision over: `at_least` (the slots
+    the edge runs before the next plan) by day; at night, every slot up to and including the first sunlit one
+    (clear sky above SUNNY_SHARE_OF_KWP of kWp, as the day outlook counts a slot), at least `at_least`.
+
+    Why: the scenarios differ in how the day's weather turns out, and nothing tells them apart before the sun
+    is up. A plan made at 1 h that shares only its first hour lets the dark day charge at 3 h knowing it is
+    dark; the plan at 3 h does not know it either. So the night's charging and discharging is one decision
+    for all scenarios until the first slot whose PV is measured (docs/cloud-planning.md, "The night is one
+    decision"). `clear_kw`: the plan's slots' clear-sky PV; a horizon with no sunlit slot keeps `at_least`."""
+    horizon = len(clear_kw)
+    lit = np.flatnonzero(np.asarray(clear_kw, dtype=np.float64) > SUNNY_SHARE_OF_KWP * kwp)
+    if kwp <= 0.0 or not len(lit) or lit[0] == 0:
+        return min(at_least, horizon)
+    return min(max(at_least, int(lit[0]) + 1), horizon)
+
+
 def solve_two_stage(
     problem: Problem,
     pv_spread: PvRatios,
@@ -180,6 +197,7 @@ __all__ = [
     "checked_pv_ratios",
     "checked_spread",
     "learn_load_risk",
+    "night_shared_slots",
     "pv_scenario_ratios",
     "ramp",
     "reserve_load",

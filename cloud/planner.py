@@ -83,6 +83,7 @@ from cloud.plan_risk import (
     checked_pv_ratios,
     checked_spread,
     learn_load_risk,
+    night_shared_slots,
     pv_scenario_ratios,
     reserve_load,
     solve_two_stage,
@@ -131,6 +132,9 @@ class PlannerOptions:
     # all scenarios (an hour: the backtest's re-plan interval, where it was measured; docs/decisions.md)
     scenarios: bool = True
     scenario_shared: timedelta = timedelta(hours=1)
+    # and at night every decision up to the first sunlit slot: no PV information arrives before it
+    # (cloud.plan_risk.night_shared_slots, the backtest's --share-night)
+    scenario_share_night: bool = True
     # the newsvendor load reserve in the slots the battery serves (cloud.plan_risk)
     load_reserve: bool = True
 
@@ -304,9 +308,21 @@ async def prepare(
         price_known_slots=known,
         execution=options.execution,
         pv_spread=pv_spread if assets.battery is not None else NEUTRAL,
-        scenario_shared_slots=max(1, round(options.scenario_shared / STEP)),
+        scenario_shared_slots=await _scenario_shared_slots(assets, start, horizon, pv_spread, options),
         load_risk=load_risk,
     )
+
+
+async def _scenario_shared_slots(
+    assets: SiteAssets, start: datetime, horizon: int, pv_spread: PvRatios, options: PlannerOptions
+) -> int:
+    """The first slots whose battery decision the scenarios share: `scenario_shared`, and with
+    `scenario_share_night` at night up to the first sunlit slot of the horizon (cloud.plan_risk)."""
+    shared = max(1, round(options.scenario_shared / STEP))
+    if not options.scenario_share_night or is_neutral(pv_spread) or not assets.pv:
+        return shared
+    sky = await asyncio.to_thread(clear_sky_cached, assets.pv_location(), assets.pv_arrays(), start, STEP, horizon)
+    return night_shared_slots(sky.pv_kw, assets.pv_kwp, shared)
 
 
 async def _spot(
@@ -896,6 +912,7 @@ async def plan_site(
         # the first slot's (dark, bright): the rest of today's with the conditional spread (`first_slot_ratios`)
         pv_spread=[round(x, 3) for x in first_slot_ratios(prepared.pv_spread)],
         load_reserve=len(prepared.load_risk.ratios) > 0,
+        shared_slots=prepared.scenario_shared_slots if two_stage else 0,
     )
     return PlanResult(
         site_id=site_id,

@@ -185,3 +185,16 @@ async def test_the_spreads_use_no_telemetry_after_the_plans_start(db: Database) 
     assert all(np.array_equal(x, y) for x, y in zip(a.pv_spread, b.pv_spread, strict=True))
     assert np.array_equal(a.load_risk.ratios, b.load_risk.ratios)
     assert a.problem.load_kw == b.problem.load_kw and a.problem.pv_kw == b.problem.pv_kw
+
+
+async def test_at_night_the_scenarios_share_the_battery_decision_until_the_first_sunlit_slot(db: Database) -> None:
+    await _site(db, "night", ASSETS)
+    at_night = await prepare(db, "night", T0, RISK)  # 02:00 in De Bilt; sunrise on 1 June is about 03:25 UTC
+    # the 35-degree south plane passes 2 % of its kWp clear sky between sunrise and 05:00 UTC
+    assert 14 <= at_night.scenario_shared_slots <= 21
+    by_day = await prepare(db, "night", T0 - timedelta(hours=12), RISK)  # noon the day before
+    assert by_day.scenario_shared_slots == 4  # the hour the edge runs before the next plans
+    hour_only = await prepare(db, "night", T0, PlannerOptions(scenario_share_night=False))
+    assert hour_only.scenario_shared_slots == 4
+    result = await plan_site(db, "night", T0, SigningKey.generate(), options=RISK)
+    assert result.two_stage

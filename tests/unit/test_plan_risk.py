@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloud.forecast import NOWCAST_TAU_H
 from cloud.optimizer import solve
@@ -18,6 +20,7 @@ from cloud.plan_risk import (
     LoadRisk,
     checked_spread,
     learn_load_risk,
+    night_shared_slots,
     ramp,
     reserve_load,
     scenario_problems,
@@ -123,3 +126,29 @@ def test_the_reserve_raises_served_slots_only_and_not_without_ratios() -> None:
     f = 1.0 - math.exp(-2.0 / NOWCAST_TAU_H)
     assert out == pytest.approx([2.0, 0.5, 2.0 * (1.0 + (0.8 + 0.8 * (1 - 0.05 / 0.30) - 1.0) * f)])
     assert reserve_load(load, pv, imp, exp, NO_LOAD_RISK, 1.0) == pytest.approx(load)
+
+
+def test_at_night_the_scenarios_share_every_slot_up_to_the_first_sunlit_one() -> None:
+    # a 5 kWp plant: a slot is sunlit above 2 % of kWp clear sky (0.1 kW), as the day outlook counts it
+    night_then_day = np.array([0.0, 0.0, 0.0, 0.05, 0.3, 1.5, 3.0, 1.0, 0.0, 0.0])
+    assert night_shared_slots(night_then_day, 5.0, 1) == 5  # 00..03 dark or dawn, slot 4 the first measured
+    assert night_shared_slots(night_then_day, 5.0, 8) == 8  # never fewer than the slots the edge runs
+    assert night_shared_slots(night_then_day[4:], 5.0, 1) == 1  # by day: the slots the edge runs only
+    assert night_shared_slots(night_then_day[:3], 5.0, 1) == 1  # no sunlit slot ahead: nothing to tell apart
+    assert night_shared_slots(night_then_day, 0.0, 2) == 2  # no PV: no weather scenarios to share
+    assert night_shared_slots(night_then_day[:3], 5.0, 9) == 3  # at most the horizon
+
+
+@given(
+    st.lists(st.floats(0.0, 10.0), min_size=1, max_size=60),
+    st.floats(0.0, 20.0),
+    st.integers(1, 80),
+)
+def test_the_shared_slots_lie_between_the_edges_slots_and_the_first_sunlit_one(
+    clear: list[float], kwp: float, at_least: int
+) -> None:
+    clear_kw = np.asarray(clear)
+    shared = night_shared_slots(clear_kw, kwp, at_least)
+    assert min(at_least, len(clear)) <= shared <= len(clear)
+    if shared > at_least:  # only the night extends it, through the first sunlit slot and no further
+        assert (clear_kw[: shared - 1] <= 0.02 * kwp).all() and clear_kw[shared - 1] > 0.02 * kwp
