@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers.config_structs import BatteryLimits
@@ -187,6 +187,15 @@ def garbage_scenarios(draw: st.DrawFn) -> tuple[float, Snapshot, dict[str, Batte
 
 @settings(max_examples=600, deadline=None)
 @given(garbage_scenarios())
+@example(  # a request of +Inf on a site 1 W over its fuse: the battery discharges that watt (found by this test)
+    (
+        math.inf,
+        Snapshot(NOW, 1_381.0, None, None, {"b0": BatteryView("b0", 1.0, 0.0)}),
+        {"b0": BatteryLimits(capacity_wh=1_000.0, max_charge_w=0.0, max_discharge_w=1.0, reserve_soc=0.0)},
+        SiteLimits(fuse_limit_w=1_380.0, fuse_a=6.0, voltage_v=230.0, phases=1, max_export_w=None),
+        10.0,
+    )
+)
 def test_non_finite_input_is_unknown_and_safe(
     case: tuple[float, Snapshot, dict[str, BatteryLimits], SiteLimits, float],
 ) -> None:
@@ -207,9 +216,12 @@ def test_non_finite_input_is_unknown_and_safe(
             and ok(b.reserve_soc, 0, 1)
             and ok(b.max_soc, 0, 1)
         )
-        if not sane or not math.isfinite(requested) or not math.isfinite(tick):
+        if not sane or not math.isfinite(tick):
             assert p == 0.0, (b, view, requested, tick)  # unknown: hold, never a full charge or discharge
             continue
+        # A request that is not a number asks for nothing (`asked` below is 0): the battery holds, except
+        # where the site's own limits need it (over the fuse: discharge; over the export limit: charge),
+        # which the assertions below bound as for any request.
         counted.append(der_id)
         assert -b.max_discharge_w - EPS <= p <= b.max_charge_w + EPS
         assert view.soc is not None
