@@ -162,10 +162,14 @@ def night_shared_slots(clear_kw: FloatArray, kwp: float, at_least: int) -> int:
     is up. A plan made at 1 h that shares only its first hour lets the dark day charge at 3 h knowing it is
     dark; the plan at 3 h does not know it either. So the night's charging and discharging is one decision
     for all scenarios until the first slot whose PV is measured (docs/cloud-planning.md, "The night is one
-    decision"). `clear_kw`: the plan's slots' clear-sky PV; a horizon with no sunlit slot keeps `at_least`."""
+    decision"). `clear_kw`: the plan's slots' clear-sky PV; a horizon with no sunlit slot, or a kWp that is not
+    a positive number, keeps `at_least`. A clear sky that is not a number counts as dark: sharing longer only
+    makes the plan more cautious, never less."""
     horizon = len(clear_kw)
+    if not (math.isfinite(kwp) and kwp > 0.0):
+        return min(at_least, horizon)
     lit = np.flatnonzero(np.asarray(clear_kw, dtype=np.float64) > SUNNY_SHARE_OF_KWP * kwp)
-    if kwp <= 0.0 or not len(lit) or lit[0] == 0:
+    if not len(lit) or lit[0] == 0:
         return min(at_least, horizon)
     return min(max(at_least, int(lit[0]) + 1), horizon)
 
