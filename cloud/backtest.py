@@ -113,6 +113,7 @@ from cloud.plan_risk import (
     NEUTRAL,
     NO_LOAD_RISK,
     PvRatios,
+    checked_pv_ratios,
     learn_load_risk,
     night_shared_slots,
     pv_scenario_ratios,
@@ -782,7 +783,9 @@ class Planner:
         """(load kW, PV kW) for slots k..k+horizon-1, from what was known at the start of slot k."""
         tr, cfg, spd = self.tr, self.cfg, self.spd
         self._learn_load(k)
-        if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_LOAD):
+        truth = self.truth_slots(horizon)
+        whole = truth == slice(0, horizon)
+        if self.load_told_truth and whole:
             load = tr.load_kw[k : k + horizon].copy()
         elif self.gbm is not None and cfg.load_quantile is not None:
             load = at_quantile(self.gbm.quantiles(tr.load_kw, k, horizon), cfg.load_quantile)
@@ -821,13 +824,37 @@ class Planner:
             load = forecast_load(tr.load_kw[max(0, k - 28 * spd) : k], horizon, spd, persistence=self.persistence)
             if cfg.load_quantile is not None:
                 load = np.maximum(load + self._spread(k, horizon), 0.0)
-        if cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_PV):
+        if self.load_told_truth and not whole:
+            load = load.copy()
+            load[truth] = tr.load_kw[k + truth.start : k + truth.stop]
+        if self.pv_told_truth and whole:
             return load, tr.pv_kw[k : k + horizon].copy()
         pv = self._pv_model(k, horizon)
         if tr.pv_forecast_kw is not None:
             external = tr.pv_forecast_kw[k : k + horizon]
             pv = np.where(np.isnan(external), pv, external)
+        if self.pv_told_truth:
+            pv = pv.copy()
+            pv[truth] = tr.pv_kw[k + truth.start : k + truth.stop]
         return load, pv
+
+    @property
+    def load_told_truth(self) -> bool:
+        return self.cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_LOAD)
+
+    @property
+    def pv_told_truth(self) -> bool:
+        return self.cfg.forecast in (Forecast.PERFECT, Forecast.PERFECT_PV)
+
+    def truth_slots(self, horizon: int) -> slice:
+        """The slots of a plan's horizon that a perfect* forecast (a diagnostic) gives the measured values in:
+        truth_from_hours to truth_until_hours ahead (the horizon's end without it). Told only the next hours, a
+        plan shows what a better nowcast is worth; told only the hours after them, what a better day-ahead
+        forecast is (docs/cloud-planning.md, "Where the PV error's money is")."""
+        dt, cfg = self.tr.dt_h, self.cfg
+        a = min(round(cfg.truth_from_hours / dt), horizon)
+        b = horizon if cfg.truth_until_hours is None else min(round(cfg.truth_until_hours / dt), horizon)
+        return slice(a, max(a, b))
 
     def _learn_load(self, k: int) -> None:
         """Once a day: the house's load error persistence and whole-day load spread, when an option uses them."""
@@ -873,6 +900,11 @@ class Planner:
         if self.cfg.scenarios:
             left, horizon = self.day_spread_left, problem.horizon
             pv_spread = pv_scenario_ratios(self.day_spread, self.pv_spread, horizon, left, self.spd, self.pv_levels)
+            if self.pv_told_truth:  # the measured PV has no dark or bright day
+                dark, bright = checked_pv_ratios(pv_spread, horizon)
+                truth = self.truth_slots(horizon)
+                dark[truth], bright[truth] = 1.0, 1.0
+                pv_spread = (dark, bright)
         load_spread = self.load_risk.spread if self.cfg.load_scenarios else NEUTRAL
         return solve_two_stage(problem, pv_spread, load_spread, shared, warm=self.warm_scenarios)
 
@@ -967,6 +999,9 @@ class Planner:
         load_fc, pv_fc = self.forecasts(k, horizon)
         if cfg.load_reserve:
             load_fc = reserve_load(load_fc, pv_fc, imp, exp, self.load_risk, tr.dt_h)
+            if self.load_told_truth:  # a measured load needs no reserve
+                truth = self.truth_slots(horizon)
+                load_fc[truth] = tr.load_kw[k + truth.start : k + truth.stop]
         load_fc = np.minimum(load_fc, cfg.grid_import_kw + pv_fc)  # a forecast must not make it infeasible
         start = tr.start + tr.step * k
         problem = Problem(

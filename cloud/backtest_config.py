@@ -61,6 +61,8 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--charge-efficiency", 0.5, 1.0, "", "real batteries 0.9-0.98, below 0.5 none is sold"),
         Bound("--discharge-efficiency", 0.5, 1.0, "", "real batteries 0.9-0.98, below 0.5 none is sold"),
         Bound("--step-minutes", 5.0, 1440.0, "min", "the finest settlement in use (NEM) .. a day"),
+        Bound("--truth-from-hours", 0.0, 168.0, "h", "hours ahead of a plan, at most a week"),
+        Bound("--truth-until-hours", 0.0, 168.0, "h", "hours ahead of a plan, at most a week", lo_open=True),
         Bound("--soc-min", 0.0, 1.0, "", "a fraction of the capacity"),
         Bound("--soc-max", 0.0, 1.0, "", "a fraction of the capacity"),
         Bound("--soc-initial", 0.0, 1.0, "", "a fraction of the capacity"),
@@ -174,6 +176,10 @@ class Config:
     price_publication: clock_time = clock_time(13, 0)  # site-local time tomorrow's day-ahead prices are known
     execution: Execution = DEFAULT_EXECUTION
     forecast: Forecast = Forecast.MODEL
+    # with a perfect* forecast: the truth only from truth_from_hours to truth_until_hours ahead of each plan (None:
+    # to the horizon's end), the forecasters' output elsewhere; what a better forecast at those leads is worth
+    truth_from_hours: float = 0.0
+    truth_until_hours: float | None = None
     load_model: LoadModel = LoadModel.PROFILE
     pv_model: PvModel = PvModel.FACTOR
     # the factor forecast's hour-of-day shape corrected by the site's own telemetry (cloud.forecast.learn_pv_shape)
@@ -317,6 +323,19 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     )
     bt.add_argument(
         "--forecast", choices=[f.value for f in Forecast], default=d.forecast.value, help="diagnostics: perfect*"
+    )
+    bt.add_argument(
+        "--truth-from-hours",
+        type=float,
+        default=d.truth_from_hours,
+        help="with --forecast perfect*: the measured values only from this many hours ahead of each plan on",
+    )
+    bt.add_argument(
+        "--truth-until-hours",
+        type=float,
+        default=None,
+        help="with --forecast perfect*: the measured values only up to this many hours ahead of each plan "
+        "(default: the horizon's end); the forecasters' output elsewhere",
     )
     bt.add_argument(
         "--load-model",
@@ -538,6 +557,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         price_publication=getattr(args, "price_publication", d.price_publication),
         execution=Execution(getattr(args, "execution", d.execution.value)),
         forecast=Forecast(getattr(args, "forecast", d.forecast.value)),
+        truth_from_hours=getattr(args, "truth_from_hours", d.truth_from_hours),
+        truth_until_hours=getattr(args, "truth_until_hours", None),
         load_model=LoadModel(getattr(args, "load_model", d.load_model.value)),
         pv_model=PvModel(getattr(args, "pv_model", d.pv_model.value)),
         pv_shape=getattr(args, "pv_shape", d.pv_shape),
@@ -596,6 +617,11 @@ def config_problem(cfg: Config) -> str | None:
             return problem
     if cfg.load_quantile is not None and cfg.load_model is LoadModel.PERSISTENCE:
         return "--load-quantile needs --load-model profile, gbm or gbm_mean"
+    partial_truth = cfg.truth_from_hours > 0.0 or cfg.truth_until_hours is not None
+    if partial_truth and cfg.forecast is Forecast.MODEL:
+        return "--truth-from-hours / --truth-until-hours need --forecast perfect, perfect_pv or perfect_load"
+    if cfg.truth_until_hours is not None and not cfg.truth_from_hours < cfg.truth_until_hours:
+        return "need --truth-from-hours < --truth-until-hours"
     if not cfg.soc_min < cfg.soc_max or not cfg.soc_min <= cfg.soc_initial <= cfg.soc_max:
         return "need --soc-min <= --soc-initial <= --soc-max and --soc-min < --soc-max"
     try:
