@@ -850,7 +850,7 @@ class Planner:
         """The slots of a plan's horizon that a perfect* forecast (a diagnostic) gives the measured values in:
         truth_from_hours to truth_until_hours ahead (the horizon's end without it). Told only the next hours, a
         plan shows what a better nowcast is worth; told only the hours after them, what a better day-ahead
-        forecast is (docs/cloud-planning.md, "Where the PV error's money is")."""
+        forecast is (docs/cloud-planning.md, "The near hours again")."""
         dt, cfg = self.tr.dt_h, self.cfg
         a = min(round(cfg.truth_from_hours / dt), horizon)
         b = horizon if cfg.truth_until_hours is None else min(round(cfg.truth_until_hours / dt), horizon)
