@@ -53,6 +53,7 @@ from cloud.forecast_load import (
 )
 from cloud.planner_settings import DEFAULT_WEATHER_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from cloud.planner_settings import OPEN_METEO_URL
+from cloud.quantile import linear_quantiles
 
 # Daily ratios are only meaningful on days with real sun to measure against.
 _MIN_CLEAR_KWH_PER_KWP: Final = 0.5
@@ -149,7 +150,7 @@ def learn_pv_factor(measured_kw: FloatArray, clear_kw: FloatArray, slots_per_day
         return PvFactor()
     lo, hi = _FACTOR_BOUNDS
     typical = float(np.clip(m_energy.sum() / c_energy.sum(), lo, hi))  # the mean day: module docstring
-    clear = float(np.clip(np.quantile(m_energy / c_energy, 0.8), lo, hi))
+    clear = float(np.clip(linear_quantiles(m_energy / c_energy, 0.8), lo, hi))
     return PvFactor(typical=typical, clear=max(clear, typical), days=len(m_energy))
 
 
@@ -222,7 +223,7 @@ def pv_ratio_spread(
     mid = float(m_energy.sum() / c_energy.sum()) if len(m_energy) >= 3 else 0.0
     if mid <= 0.0:
         return 1.0, 1.0
-    lo, hi = np.quantile(m_energy / c_energy, [0.1, 0.9])
+    lo, hi = linear_quantiles(m_energy / c_energy, [0.1, 0.9])
     return float(lo) / mid, float(hi) / mid
 
 

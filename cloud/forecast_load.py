@@ -29,6 +29,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from cloud.quantile import linear_quantiles
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -391,7 +393,7 @@ def load_ratio_spread(
     ratios = day_load_ratios(history_kw, slots_per_day, weeks=weeks, days=days)
     if not len(ratios):
         return 1.0, 1.0
-    p10, p90 = np.quantile(ratios, [0.1, 0.9])
+    p10, p90 = linear_quantiles(ratios, [0.1, 0.9])
     return float(p10), float(p90)
 
 
@@ -417,7 +419,7 @@ def newsvendor_load(
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(import_price > 0, 1.0 - export_price / import_price, 0.5)
     q = np.clip(np.nan_to_num(q, nan=0.5), 0.5, 0.9)
-    scale = 1.0 + (np.quantile(ratios, q) - 1.0) * ramp
+    scale = 1.0 + (linear_quantiles(ratios, q) - 1.0) * ramp
     return np.asarray(np.where(load_kw > pv_kw, np.maximum(load_kw * scale, 0.0), load_kw), dtype=np.float64)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.forecast_load import FloatArray
+from cloud.quantile import linear_quantiles
 
 PV_PERSISTENCE_DAYS: Final = 28  # the window ρ is measured over (four weeks, like the load's error_persistence)
 MIN_PERSISTENCE_PAIRS: Final = 10  # fewer pairs of consecutive usable days: ρ = 0 (today's behaviour)
@@ -229,7 +230,7 @@ def _quantiles(x: FloatArray) -> tuple[float, float] | None:
     x = x[np.isfinite(x)]
     if len(x) < MIN_PERSISTENCE_PAIRS:
         return None
-    lo, hi = np.quantile(x, _SPREAD_QUANTILES)
+    lo, hi = linear_quantiles(x, _SPREAD_QUANTILES)
     return float(lo), float(hi)
 
 

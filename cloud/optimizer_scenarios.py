@@ -49,9 +49,11 @@ TIME_LIMIT_S: Final = 10.0
 
 def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shared: int) -> Model:
     """One LP: the scenarios' models side by side, costs weighted, charge/discharge of the first `shared`
-    slots equal across scenarios (rows c_s[t] - c_0[t] = 0)."""
+    slots equal across scenarios (rows c_s[t] - c_0[t] = 0). Built with whole-array operations: at 15-minute
+    slots a night shares a hundred slots, and a row at a time was a tenth of a backtest year."""
     n_cols = [len(m.col_cost) for m in models]
     offsets = np.concatenate([[0], np.cumsum(n_cols)]).astype(np.int64)
+    nnz_before = np.concatenate([[0], np.cumsum([len(m.a_value) for m in models])]).astype(np.int64)
     starts, indices, values, lower, upper = [], [], [], [], []
     row_base = 0
     col_segments: list[Segment] = []
@@ -61,25 +63,31 @@ def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shar
             part = m.layout.renamed(f"{s}/", int(offsets[s]), row_base)
             col_segments += part.cols
             row_segments += part.rows
-        starts.append(m.a_start[:-1].astype(np.int64) + (0 if s == 0 else int(sum(len(x.a_value) for x in models[:s]))))
+        starts.append(m.a_start[:-1].astype(np.int64) + nnz_before[s])
         indices.append(m.a_index.astype(np.int64) + offsets[s])
         values.append(m.a_value)
         lower.append(m.row_lower)
         upper.append(m.row_upper)
         row_base += len(m.row_lower)
-    nnz = int(sum(len(m.a_value) for m in models))
+    nnz = int(nnz_before[-1])
+    n_tied = min(shared, horizon)
     tie_rows = 0
     for s in range(1, len(models)):
         for block in (CHARGE, DISCHARGE):
-            row_segments.append(Segment(f"{s}/tie_{BLOCK_NAMES[block]}", row_base + tie_rows, min(shared, horizon)))
-            for t in range(min(shared, horizon)):
-                starts.append(np.array([nnz], dtype=np.int64))
-                indices.append(np.array([offsets[0] + block * horizon + t, offsets[s] + block * horizon + t]))
-                values.append(np.array([1.0, -1.0]))
-                lower.append(np.zeros(1))
-                upper.append(np.zeros(1))
-                nnz += 2
-                tie_rows += 1
+            row_segments.append(Segment(f"{s}/tie_{BLOCK_NAMES[block]}", row_base + tie_rows, n_tied))
+            tie_rows += n_tied
+    if tie_rows:
+        # rows in the order scenario, block, slot; each row: +1 on scenario 0's column, -1 on scenario s's
+        s_idx = np.repeat(np.arange(1, len(models), dtype=np.int64), 2 * n_tied)
+        block_idx = np.tile(np.repeat(np.array([CHARGE, DISCHARGE], dtype=np.int64), n_tied), len(models) - 1)
+        slot = np.tile(np.arange(n_tied, dtype=np.int64), 2 * (len(models) - 1))
+        col = block_idx * horizon + slot
+        starts.append(nnz + 2 * np.arange(tie_rows, dtype=np.int64))
+        indices.append(np.column_stack([offsets[0] + col, offsets[s_idx] + col]).ravel())
+        values.append(np.tile(np.array([1.0, -1.0]), tie_rows))
+        lower.append(np.zeros(tie_rows))
+        upper.append(np.zeros(tie_rows))
+        nnz += 2 * tie_rows
     a_start = np.concatenate([*starts, np.array([nnz], dtype=np.int64)]).astype(np.int32)
     first = models[0].layout
     layout = None

@@ -30,6 +30,7 @@ from cloud.forecast_pv_day import SUNNY_SHARE_OF_KWP, PvDaySpread
 from cloud.optimizer import WarmStart
 from cloud.optimizer_io import Problem, Solution
 from cloud.optimizer_scenarios import SWANSON_WEIGHTS, solve_scenarios
+from cloud.quantile import linear_quantiles
 
 # A spread's P90 (a day's energy over its forecast) beyond this is a broken meter or a unit error, not weather
 # or a house: such a spread is not used. A sanity bound, not a tuned one: the highest unconditional P90 over
@@ -103,7 +104,7 @@ class LoadRisk:
         """(P10, P90) of the ratios; NEUTRAL without them."""
         if not len(self.ratios):
             return NEUTRAL
-        p10, p90 = np.quantile(self.ratios, [0.1, 0.9])
+        p10, p90 = linear_quantiles(self.ratios, [0.1, 0.9])
         return checked_spread(float(p10), float(p90))
 
 
