@@ -179,15 +179,16 @@ class WarmStart:
         )
 
 
-_STATUSES = [highspy.HighsBasisStatus(i) for i in range(5)]
+# HiGHS' status enums by value, as an object array: indexing it by a status array is one numpy call
+_STATUSES = np.array([highspy.HighsBasisStatus(i) for i in range(5)], dtype=object)
 
 
 def _highs_basis(col_status: NDArray[np.int8], row_status: NDArray[np.int8]) -> highspy.HighsBasis:
     """HiGHS' basis from status arrays; `alien` (its default): HiGHS factors it and repairs a singular part."""
     basis = highspy.HighsBasis()
     basis.alien = True
-    basis.col_status = list(map(_STATUSES.__getitem__, col_status.tolist()))
-    basis.row_status = list(map(_STATUSES.__getitem__, row_status.tolist()))
+    basis.col_status = _STATUSES[col_status].tolist()
+    basis.row_status = _STATUSES[row_status].tolist()
     return basis
 
 
