@@ -564,3 +564,18 @@ def test_local_timestamps_across_a_daylight_saving_change_run(
     path.write_text("\n".join(rows) + "\n")
     code, out, err = _run(path, capsys, "--tz", "Europe/Berlin", "--lat", "52.5", "--lon", "13.4")
     assert code == 0 and "72 slots of 1:00:00" in out, err
+
+
+def test_the_bench_s_timing_year_is_the_house_held_at_its_step() -> None:
+    """bench/backtest.py's 15-minute row is house 2's trace with each hourly row held over four quarters, as
+    `zapcloud backtest --step-minutes 15` runs it: the same energy, four times the slots."""
+    from bench.backtest import DATASETS, TIMING_YEARS
+
+    (held,) = TIMING_YEARS
+    assert held.name == "opsd_kn_res4_nl_2023.csv@15min"
+    assert held.name not in {ds.name for ds in DATASETS}
+    hourly = next(ds for ds in DATASETS if ds.file == held.file).traces().head(48)
+    quarters = held.traces().head(4 * 48)
+    assert quarters.step.total_seconds() == 900.0 and hourly.step.total_seconds() == 3600.0
+    assert quarters.load_kw.reshape(48, 4).tolist() == [[v] * 4 for v in hourly.load_kw.tolist()]
+    assert float(quarters.pv_kw.sum()) / 4.0 == pytest.approx(float(hourly.pv_kw.sum()))
