@@ -150,7 +150,7 @@ class WarmStart:
             return h
         small_lp = not model.is_mip and len(model.row_lower) <= SMALL_LP_ROWS
         if self._highs is not None and small_lp and self._small_lp:
-            h = self._highs  # the same options: a new model replaces the last one and its basis (4 % of a year)
+            h = self._highs  # the same options: a new model replaces the last one and its basis (5 % of a year)
             _pass(h, model)
         else:
             h = _new_highs(model)

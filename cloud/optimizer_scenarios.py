@@ -50,7 +50,7 @@ TIME_LIMIT_S: Final = 10.0
 def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shared: int) -> Model:
     """One LP: the scenarios' models side by side, costs weighted, charge/discharge of the first `shared`
     slots equal across scenarios (rows c_s[t] - c_0[t] = 0). Built with whole-array operations: at 15-minute
-    slots a night shares a hundred slots, and a row at a time was a tenth of a backtest year."""
+    slots a night shares a hundred slots, and a row at a time was 9 % of a 15-minute year under cProfile."""
     n_cols = [len(m.col_cost) for m in models]
     offsets = np.concatenate([[0], np.cumsum(n_cols)]).astype(np.int64)
     nnz_before = np.concatenate([[0], np.cumsum([len(m.a_value) for m in models])]).astype(np.int64)

@@ -38,3 +38,11 @@ def test_nan_and_empty_answer_as_numpy() -> None:
             return
         raise AssertionError("an empty series must fail as numpy's does") from None
     assert np.isnan(linear_quantiles([], 0.5))
+
+
+def test_infinite_values_answer_as_numpy() -> None:
+    values = [1.0, np.inf, 2.0, -np.inf, 3.0]
+    with np.errstate(invalid="ignore"):
+        expected = np.quantile(values, [0.1, 0.5, 0.9])
+        got = linear_quantiles(values, [0.1, 0.5, 0.9])
+    assert got.tobytes() == expected.tobytes()
