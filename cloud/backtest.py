@@ -108,6 +108,7 @@ from cloud.forecast_pv_day import (
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
+from cloud.plan_grid import coarse_problem, coarse_slots, far_grid, fine_solution, ratios_on_grid
 from cloud.plan_risk import (
     LOAD_RISK_HISTORY_DAYS,
     NEUTRAL,
@@ -892,10 +893,11 @@ class Planner:
             self.spread_day, self.spread_origin = k // spd, k
         return np.asarray(self.spread[(k - self.spread_origin + np.arange(horizon)) % spd], dtype=np.float64)
 
-    def _scenario_solve(self, problem: Problem, shared: int) -> Solution | None:
+    def _scenario_solve(self, problem: Problem, shared: int, slot_steps: list[int]) -> Solution | None:
         """The two-stage plan over a dark day, the point forecast and a bright day (cloud.plan_risk: the PV
         history's P10 / P90 daily ratio, or with `pv_spread` conditional each day's conditional P10 / P90; with
-        `load_scenarios` the load's too), or None where it declines."""
+        `load_scenarios` the load's too), or None where it declines. `problem` has one step a slot; the plan
+        is solved on the grid `slot_steps` (cloud.plan_grid) and comes back on the grid."""
         pv_spread: PvRatios = NEUTRAL
         if self.cfg.scenarios:
             left, horizon = self.day_spread_left, problem.horizon
@@ -905,8 +907,12 @@ class Planner:
                 truth = self.truth_slots(horizon)
                 dark[truth], bright[truth] = 1.0, 1.0
                 pv_spread = (dark, bright)
+            pv_spread = ratios_on_grid(pv_spread, problem.pv_kw, slot_steps)
         load_spread = self.load_risk.spread if self.cfg.load_scenarios else NEUTRAL
-        return solve_two_stage(problem, pv_spread, load_spread, shared, warm=self.warm_scenarios)
+        on_grid = coarse_problem(problem, slot_steps)
+        return solve_two_stage(
+            on_grid, pv_spread, load_spread, coarse_slots(shared, slot_steps), warm=self.warm_scenarios
+        )
 
     def _pv_model(self, k: int, horizon: int) -> FloatArray:
         """The PV forecaster's output (before an external forecast overrides it)."""
@@ -1019,8 +1025,11 @@ class Planner:
         shared = min(executed, horizon)
         if cfg.share_night and len(self.sky) >= k + horizon:
             shared = night_shared_slots(self.sky[k : k + horizon], self.kwp, shared)
-        scenario = self._scenario_solve(problem, shared) if two_stage else None
-        solution = scenario if scenario is not None else solve(problem, warm=self.warm)
+        slot_steps = far_grid(start.timestamp(), problem.step_minutes, horizon, cfg.fine_hours)
+        scenario = self._scenario_solve(problem, shared, slot_steps) if two_stage else None
+        if scenario is None:
+            scenario = solve(coarse_problem(problem, slot_steps), warm=self.warm)
+        solution = fine_solution(scenario, slot_steps)
         if not solution.battery_charge_kw:
             return None  # the edge keeps no plan for these slots: its ladder falls back to self-consumption
         values = plan_values(solution, problem, min(executed, horizon))

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cloud.execution import DEFAULT_EXECUTION, Execution
 from cloud.forecast import NOWCAST_RATIO_BOUNDS
 from cloud.forecast_price import PriceModel, TerminalBasis
+from cloud.plan_grid import FINE_HOURS
 
 NO_LIMIT_KW: Final = 1000.0  # a trace carries no connection limit; this never binds for a household
 
@@ -71,6 +72,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--grid-export-kw", 0.0, MAX_POWER_KW, "kW", "zapd's power bound, 10 MW"),
         Bound("--replan-hours", 0.0, 168.0, "h", "at least one plan a week", lo_open=True),
         Bound("--horizon-hours", 1.0, 168.0, "h", "a week; day-ahead prices reach 12-36 h ahead"),
+        Bound("--fine-hours", 0.0, 168.0, "h", "as --horizon-hours; 0: hourly slots from the next clock hour"),
         Bound("--pv-kwp", 0.0, MAX_POWER_KW, "kWp", "zapd's power bound, 10 MW"),
         Bound("--lat", -90.0, 90.0, "degrees", "a latitude"),
         Bound("--lon", -180.0, 180.0, "degrees", "a longitude"),
@@ -160,6 +162,9 @@ class Config:
     grid_export_kw: float = NO_LIMIT_KW
     replan_hours: float = 1.0
     horizon_hours: float = 48.0
+    # a plan's slots at the data's step for this many hours, then an hour each (cloud.plan_grid); a step of an
+    # hour or more, or a value at the horizon or beyond, plans every slot at the step
+    fine_hours: float = FINE_HOURS
     lat: float = 52.1
     lon: float = 5.18
     pv_kwp: float = 5.0
@@ -290,6 +295,13 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
     bt.add_argument("--grid-export-kw", type=float, default=d.grid_export_kw, help="connection export limit")
     bt.add_argument("--replan-hours", type=float, default=d.replan_hours, help="hours between two plans")
     bt.add_argument("--horizon-hours", type=float, default=d.horizon_hours, help="hours each plan looks ahead")
+    bt.add_argument(
+        "--fine-hours",
+        type=float,
+        default=d.fine_hours,
+        help="sub-hourly data: plan this many hours at the data's step, then one slot per hour (default "
+        f"{d.fine_hours:g}; 168: every slot at the step)",
+    )
     # the site options: not given, they come from the trace's `# site:` header line, else from Config()
     for option, kind, default, about in (
         ("--pv-kwp", float, d.pv_kwp, "PV size the clear-sky forecaster assumes"),
@@ -546,6 +558,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         grid_export_kw=getattr(args, "grid_export_kw", d.grid_export_kw),
         replan_hours=args.replan_hours,
         horizon_hours=args.horizon_hours,
+        fine_hours=getattr(args, "fine_hours", d.fine_hours),
         lat=getattr(args, "lat", d.lat),
         lon=getattr(args, "lon", d.lon),
         pv_kwp=getattr(args, "pv_kwp", d.pv_kwp),

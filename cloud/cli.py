@@ -153,6 +153,13 @@ def _planner_arguments(serve: argparse.ArgumentParser) -> None:
         help="plan the slots the battery serves on the newsvendor quantile of the site's whole-day load ratio "
         "(default: %(default)s)",
     )
+    group.add_argument(
+        "--fine-hours",
+        type=float,
+        default=d.fine_hours,
+        help="hours planned at the 15-minute step, then one slot per hour (168: every slot at the step; "
+        "default: %(default)s)",
+    )
 
 
 def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
@@ -171,6 +178,7 @@ def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
         load_day_kinds=args.load_day_kinds,
         scenarios=args.scenarios,
         load_reserve=args.load_reserve,
+        fine_hours=args.fine_hours,
     )
 
 

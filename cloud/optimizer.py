@@ -80,12 +80,19 @@ _INFEASIBLE = "no plan satisfies the constraints (load beyond the grid, PV and b
 
 def recompute_cost(problem: Problem, solution: Solution) -> float:
     """The contract cost from the solution's arrays alone, so reported and audited costs cannot diverge."""
-    dt = problem.dt_hours
     imp = np.asarray(solution.grid_import_kw, dtype=np.float64)
     exp = np.asarray(solution.grid_export_kw, dtype=np.float64)
     throughput = np.asarray(solution.battery_charge_kw) + np.asarray(solution.battery_discharge_kw)
-    energy = dt * (float(np.dot(problem.import_price, imp)) - float(np.dot(problem.export_price, exp)))
-    cycling = problem.battery.cycle_cost_per_kwh * dt * float(np.sum(throughput))
+    if problem.slot_steps:  # slots of several steps: each slot's energy at its own length
+        dt_slot = np.asarray(problem.slot_hours(), dtype=np.float64)
+        energy = float(np.dot(dt_slot * np.asarray(problem.import_price), imp)) - float(
+            np.dot(dt_slot * np.asarray(problem.export_price), exp)
+        )
+        cycling = problem.battery.cycle_cost_per_kwh * float(np.dot(dt_slot, throughput))
+    else:
+        dt = problem.dt_hours
+        energy = dt * (float(np.dot(problem.import_price, imp)) - float(np.dot(problem.export_price, exp)))
+        cycling = problem.battery.cycle_cost_per_kwh * dt * float(np.sum(throughput))
     demand = 0.0
     if problem.demand_charge is not None and len(imp) > 0:
         dc = problem.demand_charge

@@ -18,6 +18,8 @@ Positive = Annotated[float, msgspec.Meta(gt=0.0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Efficiency = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 SlotIndex = Annotated[int, msgspec.Meta(ge=0)]
+# A slot spans at most a day of steps (cloud.plan_grid: the far hours of a sub-hourly plan, one slot an hour).
+SlotSteps = Annotated[int, msgspec.Meta(ge=1, le=1440)]
 
 Status = Literal["optimal", "infeasible", "error"]
 
@@ -79,6 +81,10 @@ class Problem(msgspec.Struct, frozen=True):
     grid: Grid
     demand_charge: DemandCharge | None = None
     ev: Ev | None = None
+    # Each slot's length in steps (empty: every slot is one step). Why: a sub-hourly plan's far hours need no
+    # quarter-hour decisions (they are planned again before they come), and one slot per hour there cuts the
+    # LP by about three (cloud/plan_grid.py). Every array stays one entry per slot, in kW and EUR/kWh.
+    slot_steps: list[SlotSteps] = msgspec.field(default_factory=list)
 
     @property
     def horizon(self) -> int:
@@ -86,7 +92,14 @@ class Problem(msgspec.Struct, frozen=True):
 
     @property
     def dt_hours(self) -> float:
+        """The step in hours: every slot's length where `slot_steps` is empty (`slot_hours` in general)."""
         return self.step_minutes / 60.0
+
+    def slot_hours(self) -> list[float]:
+        """Each slot's length in hours."""
+        if not self.slot_steps:
+            return [self.dt_hours] * self.horizon
+        return [self.dt_hours * n for n in self.slot_steps]
 
 
 class Solution(msgspec.Struct, frozen=True):
@@ -155,6 +168,11 @@ def validate_problem(problem: Problem) -> None:
         raise ProblemError(f"demand_charge.reserve_kwh: length {len(reserve)} != T={horizon} (or empty)")
     if not all(math.isfinite(r) and r >= 0.0 for r in reserve):
         raise ProblemError("demand_charge.reserve_kwh: must be finite numbers >= 0")
+    if problem.slot_steps:
+        if len(problem.slot_steps) != horizon:
+            raise ProblemError(f"slot_steps: length {len(problem.slot_steps)} != T={horizon} (or empty)")
+        if problem.step_minutes * max(problem.slot_steps) > 1440.0:
+            raise ProblemError("slot_steps: a slot may span at most a day (step_minutes x slot_steps <= 1440)")
     if problem.start.tzinfo is None:
         raise ProblemError("start: must be an RFC 3339 timestamp with a UTC offset")
     bat = problem.battery

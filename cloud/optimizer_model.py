@@ -49,7 +49,7 @@ class SiteData:
     """The problem as float arrays and scalars, with derived bounds computed once per solve."""
 
     horizon: int
-    dt: float
+    dt: FloatArray  # each slot's length in hours (Problem.slot_hours)
     import_price: FloatArray
     export_price: FloatArray
     load: FloatArray
@@ -76,10 +76,12 @@ class SiteData:
     ev_penalty: float
     terminal_value: float = 0.0
     start_s: float = 0.0  # POSIX seconds at the start of slot 0: where a warm start's slots lie in time
+    step_s: float = 0.0  # the problem's step in seconds; a slot is `slot_steps` of them
+    slot_steps: tuple[int, ...] = ()  # empty: every slot one step
 
 
 def site_data(problem: Problem) -> SiteData:
-    horizon, dt = problem.horizon, problem.dt_hours
+    horizon, dt = problem.horizon, np.asarray(problem.slot_hours(), dtype=np.float64)
     bat, grid = problem.battery, problem.grid
     load = np.asarray(problem.load_kw, dtype=np.float64)
     pv = np.asarray(problem.pv_kw, dtype=np.float64)
@@ -99,7 +101,11 @@ def site_data(problem: Problem) -> SiteData:
     dc = problem.demand_charge
     demand_price = dc.price_per_kw if dc is not None else 0.0
     worst_value = (
-        1.0 + float(np.max(np.abs(ip))) + float(np.max(np.abs(ep))) + 2.0 * bat.cycle_cost_per_kwh + demand_price / dt
+        1.0
+        + float(np.max(np.abs(ip)))
+        + float(np.max(np.abs(ep)))
+        + 2.0 * bat.cycle_cost_per_kwh
+        + demand_price / float(dt.min())
     )
     penalty = _PENALTY_MARGIN * worst_value / (ev_eff * bat.charge_efficiency * bat.discharge_efficiency)
     return SiteData(
@@ -131,12 +137,14 @@ def site_data(problem: Problem) -> SiteData:
         ev_penalty=penalty,
         terminal_value=bat.terminal_value_per_kwh,
         start_s=problem.start.timestamp(),
+        step_s=problem.step_minutes * 60.0,
+        slot_steps=tuple(problem.slot_steps),
     )
 
 
 def energy_bounds(problem: Problem, load: FloatArray, pv: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Stored-energy bounds (kWh) at the end of each slot, relaxed for an out-of-band start (module doc)."""
-    bat, grid, dt = problem.battery, problem.grid, problem.dt_hours
+    bat, grid, dt = problem.battery, problem.grid, np.asarray(problem.slot_hours(), dtype=np.float64)
     cap, e0 = bat.capacity_kwh, bat.soc_initial * bat.capacity_kwh
     charge_room = np.minimum(bat.max_charge_kw, np.maximum(0.0, pv + grid.max_import_kw - load))
     gain = dt * bat.charge_efficiency * charge_room
@@ -197,6 +205,7 @@ class Layout:
     step_s: float
     cols: tuple[Segment, ...]
     rows: tuple[Segment, ...]
+    slot_steps: tuple[int, ...] = ()  # each slot's length in steps; empty: one step each
 
     def renamed(self, prefix: str, col_offset: int, row_offset: int) -> Layout:
         """This layout as part of a larger model: kinds prefixed, indices moved by the offsets."""
@@ -349,8 +358,8 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
         T,
         [
             (col(ENERGY), one),
-            (col(CHARGE), np.array([-dt * d.eff_charge])),
-            (col(DISCHARGE), np.array([dt / d.eff_discharge])),
+            (col(CHARGE), -dt * d.eff_charge),
+            (col(DISCHARGE), dt / d.eff_discharge),
         ],
         soc_rhs,
         soc_rhs,
@@ -378,7 +387,7 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
 
     slack_col = None
     window = EV_CHARGE * T + np.flatnonzero(d.ev_ub > 0.0).astype(np.int64)
-    ev_coef = np.full(len(window), d.ev_eff * dt)
+    ev_coef = d.ev_eff * dt[window - EV_CHARGE * T]
     if d.has_ev and d.ev_need_kwh > 0.0:
         if ev_slack_cap is None:
             slack_col = new_col(d.ev_penalty, 0.0, d.ev_need_kwh)
@@ -407,7 +416,9 @@ def build_model(d: SiteData, bin_charge: BoolArray, bin_grid: BoolArray, ev_slac
     integrality = np.zeros(len(col_cost), dtype=np.int32)
     for cols in integer_cols:
         integrality[cols] = 1
-    layout = None if groups else Layout(d.start_s, d.dt * 3600.0, tuple(col_segments), tuple(row_segments))
+    layout = None
+    if not groups:
+        layout = Layout(d.start_s, d.step_s, tuple(col_segments), tuple(row_segments), d.slot_steps)
     return Model(
         col_cost=col_cost,
         col_lower=col_lower,

@@ -92,7 +92,7 @@ def _stack(models: Sequence[Model], weights: Sequence[float], horizon: int, shar
     first = models[0].layout
     layout = None
     if first is not None and all(m.layout is not None for m in models):
-        layout = Layout(first.start_s, first.step_s, tuple(col_segments), tuple(row_segments))
+        layout = Layout(first.start_s, first.step_s, tuple(col_segments), tuple(row_segments), first.slot_steps)
     return Model(
         col_cost=np.concatenate([w * m.col_cost for w, m in zip(weights, models, strict=True)]),
         col_lower=np.concatenate([m.col_lower for m in models]),

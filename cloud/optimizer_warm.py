@@ -72,7 +72,7 @@ class KeptBasis:
 
 
 def slot_shift(old: Layout, new: Layout) -> int | None:
-    """How many slots later the new layout starts: a whole number >= 0 with the same step, else None."""
+    """How many steps later the new layout starts: a whole number >= 0 with the same step, else None."""
     if old.step_s <= 0.0 or abs(new.step_s - old.step_s) > _SLOT_TOL * old.step_s:
         return None
     slots = (new.start_s - old.start_s) / old.step_s
@@ -80,17 +80,40 @@ def slot_shift(old: Layout, new: Layout) -> int | None:
     return shift if shift >= 0 and abs(slots - shift) <= _SLOT_TOL else None
 
 
-def _sources(old: Segment, new: Segment, shift: int) -> IntArray:
-    """For each entry of the new segment, the old index it takes its status from: the same slot of time,
-    the old segment's last slot past its end, the one entry of a scalar."""
+def _slot_starts(slot_steps: tuple[int, ...], length: int) -> NDArray[np.int64]:
+    """Where each of the first `length` slots starts, in steps from slot 0 (one step a slot past the list)."""
+    steps = np.ones(length, dtype=np.int64)
+    known = min(length, len(slot_steps))
+    steps[:known] = slot_steps[:known]
+    return np.concatenate([[0], np.cumsum(steps[:-1])]) if length else np.zeros(0, dtype=np.int64)
+
+
+def _sources(
+    old: Segment, new: Segment, shift: int, old_steps: tuple[int, ...], new_steps: tuple[int, ...]
+) -> IntArray:
+    """For each entry of the new segment, the old index it takes its status from: the old slot in which the
+    new slot starts (the same slot of time where both grids are one step a slot), the old segment's last slot
+    past its end, the one entry of a scalar."""
     if not new.per_slot or not old.per_slot:
         return np.full(new.length, old.first, dtype=np.int32)
-    src = np.minimum(np.arange(new.length, dtype=np.int64) + shift, old.length - 1)
+    if not old_steps and not new_steps:
+        src = np.minimum(np.arange(new.length, dtype=np.int64) + shift, old.length - 1)
+    else:
+        at = _slot_starts(new_steps, new.length) + shift
+        src = np.searchsorted(_slot_starts(old_steps, old.length), at, side="right") - 1
+        src = np.clip(src, 0, old.length - 1)
     return np.asarray(old.first + src, dtype=np.int32)
 
 
 @lru_cache(maxsize=512)
-def _map(old: tuple[Segment, ...], new: tuple[Segment, ...], size: int, shift: int) -> tuple[IntArray, IntArray]:
+def _map(
+    old: tuple[Segment, ...],
+    new: tuple[Segment, ...],
+    size: int,
+    shift: int,
+    old_steps: tuple[int, ...] = (),
+    new_steps: tuple[int, ...] = (),
+) -> tuple[IntArray, IntArray]:
     """The old index each new entry takes its status from (-1: none), and each entry's slot (-1: scalar).
 
     Cached (read-only arrays): it depends on the two layouts' shapes and the shift only, and a rolling planner's
@@ -103,7 +126,7 @@ def _map(old: tuple[Segment, ...], new: tuple[Segment, ...], size: int, shift: i
             slot[g.first : g.first + g.length] = np.arange(g.length)
         was = by_kind.get(g.kind)
         if was is not None and g.length > 0:
-            source[g.first : g.first + g.length] = _sources(was, g, shift)
+            source[g.first : g.first + g.length] = _sources(was, g, shift, old_steps, new_steps)
     source.flags.writeable = False
     slot.flags.writeable = False
     return source, slot
@@ -133,8 +156,9 @@ def shifted_basis(kept: KeptBasis, model: Model) -> tuple[StatusArray, StatusArr
     if shift is None:
         return None
     n_col, n_row = len(model.col_cost), len(model.row_lower)
-    col_src, col_slot = _map(kept.layout.cols, new.cols, n_col, shift)
-    row_src, row_slot = _map(kept.layout.rows, new.rows, n_row, shift)
+    steps = (kept.layout.slot_steps, new.slot_steps)
+    col_src, col_slot = _map(kept.layout.cols, new.cols, n_col, shift, *steps)
+    row_src, row_slot = _map(kept.layout.rows, new.rows, n_row, shift, *steps)
     col_mapped, row_mapped = col_src >= 0, row_src >= 0
     basic_col = np.zeros(n_col, dtype=np.bool_)
     basic_col[col_mapped] = kept.basic_cols[col_src[col_mapped]]

@@ -140,6 +140,9 @@ def scenario_problems(problem: Problem, pv_spread: PvRatios, load_spread: tuple[
     by slot (`PvRatios`)."""
     horizon = problem.horizon
     fade = ramp(horizon, problem.dt_hours)
+    if problem.slot_steps:  # slots of several steps (cloud.plan_grid): faded by each slot's start
+        hours = np.asarray(problem.slot_hours(), dtype=np.float64)
+        fade = 1.0 - np.exp(-np.concatenate([[0.0], np.cumsum(hours[:-1])]) / NOWCAST_TAU_H)
     pv = np.asarray(problem.pv_kw, dtype=np.float64)
     load = np.asarray(problem.load_kw, dtype=np.float64)
     dark, bright = checked_pv_ratios(pv_spread, horizon)

@@ -74,6 +74,7 @@ from cloud.forecast_pv_day import (
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w, round_up_w
+from cloud.plan_grid import FINE_HOURS, coarse_problem, coarse_slots, far_grid, fine_solution, ratios_on_grid
 from cloud.plan_risk import (
     LOAD_RISK_HISTORY_DAYS,
     NEUTRAL,
@@ -137,6 +138,9 @@ class PlannerOptions:
     scenario_share_night: bool = True
     # the newsvendor load reserve in the slots the battery serves (cloud.plan_risk)
     load_reserve: bool = True
+    # the plan's slots at the 15-minute step for this many hours (to the next clock hour), then an hour each
+    # (cloud.plan_grid; the backtest's --fine-hours); a demand-response window keeps the step throughout
+    fine_hours: float = FINE_HOURS
 
     def for_site(self, assets: SiteAssets) -> PlannerOptions:
         """These options with the site's own choices (`assets.planning`) where it made one."""
@@ -814,16 +818,32 @@ async def solve_prepared(prepared: Prepared, options: PlannerOptions) -> tuple[S
     """(the plan, whether it is two-stage): the two-stage plan over the PV scenarios where the site has a
     spread (`Prepared.pv_spread`) and cloud.optimizer_scenarios accepts the problem (no EV session, no
     capacity charge, no negative import price, no export dearer than import); the deterministic plan otherwise."""
+    steps = plan_grid(prepared, options)
+    problem = coarse_problem(prepared.problem, steps)
     if not is_neutral(prepared.pv_spread):
-        two = await asyncio.to_thread(
-            solve_two_stage, prepared.problem, prepared.pv_spread, NEUTRAL, prepared.scenario_shared_slots
-        )
+        spread = ratios_on_grid(prepared.pv_spread, prepared.problem.pv_kw, steps)
+        shared = coarse_slots(prepared.scenario_shared_slots, steps)
+        two = await asyncio.to_thread(solve_two_stage, problem, spread, NEUTRAL, shared)
         if two is not None:
-            return two, True
-    solution = await asyncio.to_thread(solve, prepared.problem, time_limit_s=options.solve_time_limit_s)
+            return fine_solution(two, steps), True
+    solution = await asyncio.to_thread(solve, problem, time_limit_s=options.solve_time_limit_s)
     if solution.status != "optimal" and not solution.grid_import_kw:
         raise PlanError(f"optimizer {solution.status}: {solution.message}")
-    return solution, False
+    return fine_solution(solution, steps), False
+
+
+def plan_grid(prepared: Prepared, options: PlannerOptions) -> list[int]:
+    """The plan's slots in steps (cloud.plan_grid.far_grid): the fine hours reach past the last slot of a
+    demand-response window (its import limit is each slot's planned import, a promise made per step); a
+    plan with an EV session stays on the step (its arrival and departure are steps)."""
+    p = prepared.problem
+    if p.ev is not None:
+        return []
+    fine_hours = options.fine_hours
+    paid = np.flatnonzero(prepared.incentive > 0.0)
+    if len(paid):
+        fine_hours = max(fine_hours, (int(paid[-1]) + 1) * p.dt_hours)
+    return far_grid(prepared.start.timestamp(), p.step_minutes, p.horizon, fine_hours)
 
 
 async def publish(

@@ -16,6 +16,7 @@ import httpx
 
 from cloud.assets import LoadModelName, PvModelName
 from cloud.execution import DEFAULT_EXECUTION, Execution
+from cloud.plan_grid import FINE_HOURS
 
 if TYPE_CHECKING:
     from cloud.planner import PlannerOptions
@@ -27,6 +28,7 @@ DEFAULT_WEATHER_TIMEOUT_S: Final = 10.0
 DEFAULT_WEATHER_CACHE_S: Final = 1800.0
 WEATHER_TIMEOUT_BOUNDS_S: Final = (0.1, 120.0)
 WEATHER_CACHE_BOUNDS_S: Final = (0.0, 6 * 3600.0)
+FINE_HOURS_BOUNDS: Final = (0.0, 168.0)  # as the backtest's --fine-hours
 
 PV_MODELS: Final = get_args(PvModelName)
 LOAD_MODELS: Final = get_args(LoadModelName)
@@ -67,6 +69,9 @@ class PlannerSettings:
     # backtest's --scenarios / --load-reserve; default since they lowered all six real years' cost)
     scenarios: bool = True
     load_reserve: bool = True
+    # hours planned at the 15-minute step before the far hours' hourly slots (cloud.plan_grid; the backtest's
+    # --fine-hours); 168 plans every slot at the step
+    fine_hours: float = FINE_HOURS
 
     def __post_init__(self) -> None:
         if self.weather_url is not None:
@@ -78,6 +83,7 @@ class PlannerSettings:
                 raise SettingsError(f"--weather-url: {self.weather_url!r} is not an http(s) URL with a host")
         _bounded("--weather-timeout-s", self.weather_timeout_s, WEATHER_TIMEOUT_BOUNDS_S)
         _bounded("--weather-cache-s", self.weather_cache_s, WEATHER_CACHE_BOUNDS_S)
+        _bounded("--fine-hours", self.fine_hours, FINE_HOURS_BOUNDS)
         for flag, value, allowed in (
             ("--pv-model", self.pv_model, PV_MODELS),
             ("--load-model", self.load_model, LOAD_MODELS),
@@ -110,6 +116,7 @@ class PlannerSettings:
             pv_persistence=self.pv_persistence,
             scenarios=self.scenarios,
             load_reserve=self.load_reserve,
+            fine_hours=self.fine_hours,
         )
 
 

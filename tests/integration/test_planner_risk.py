@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from cloud.db import Database
 from cloud.external_pv import PvUpload, put_external_pv
 from cloud.forecast import OpenMeteoClient
 from cloud.plan_risk import MAX_DAY_RATIO, NEUTRAL, checked_spread, reserve_load
-from cloud.planner import PlannerOptions, is_neutral, plan_site, prepare
+from cloud.planner import PlannerOptions, is_neutral, plan_grid, plan_site, prepare, solve_prepared, to_plan, true_cost
 from cloud.server.service import register_site
 from cloud_sync.keys import public_key_b64
 from cloud_sync.wire import WireReading
@@ -198,3 +199,29 @@ async def test_at_night_the_scenarios_share_the_battery_decision_until_the_first
     assert hour_only.scenario_shared_slots == 4
     result = await plan_site(db, "night", T0, SigningKey.generate(), options=RISK)
     assert result.two_stage
+
+
+async def test_the_far_hours_are_planned_in_hourly_slots_and_the_plan_still_has_every_quarter_hour(
+    db: Database,
+) -> None:
+    """The worker's plan on the far grid (cloud.plan_grid, the backtest's default): the first six hours at the
+    15-minute step, then hourly slots, spread back so the edge gets a plan slot per quarter-hour; it costs
+    about what the plan on every quarter-hour costs. A demand-response window keeps the step through its end."""
+    await _site(db, "far", ASSETS)
+    prepared = await prepare(db, "far", T0 + timedelta(hours=9, minutes=15), RISK)
+    steps = plan_grid(prepared, RISK)
+    horizon = prepared.problem.horizon
+    assert sum(steps) == horizon and steps[:27] == [1] * 27 and steps[27] == 4  # 09:15 + 6 h, to 16:00
+    solution, two_stage = await solve_prepared(prepared, RISK)
+    assert two_stage and len(solution.battery_charge_kw) == horizon and len(solution.soc) == horizon + 1
+    battery = np.asarray(solution.battery_charge_kw) - np.asarray(solution.battery_discharge_kw)
+    far = battery[27 : 27 + 4 * ((horizon - 27) // 4)].reshape(-1, 4)
+    assert (far == far[:, :1]).all()  # one power per far hour
+    fine, _ = await solve_prepared(prepared, replace(RISK, fine_hours=168.0))
+    assert true_cost(prepared, solution) == pytest.approx(true_cost(prepared, fine), rel=0.02, abs=0.05)
+    plan = to_plan(prepared, solution, 1, RISK)
+    assert len(plan.slots) == horizon and all(s.end - s.start == Q for s in plan.slots)
+    paid = prepared.incentive.copy()
+    paid[60:70] = 0.2  # a demand-response window 15-17.5 h ahead
+    assert plan_grid(replace(prepared, incentive=paid), RISK)[:70] == [1] * 70
+    assert plan_grid(prepared, replace(RISK, fine_hours=168.0)) == []

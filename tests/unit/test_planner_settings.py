@@ -58,6 +58,12 @@ def test_the_risk_flags_reach_the_planner() -> None:
     assert off.for_site(decode_assets({**BASE, "planning": {"load_reserve": True}})).load_reserve is True
 
 
+def test_the_fine_hours_reach_the_planner() -> None:
+    """--fine-hours: the hours at the 15-minute step before the far hours' hourly slots (cloud.plan_grid)."""
+    assert _planner_settings(build_parser().parse_args(["serve"])).options().fine_hours == PlannerOptions().fine_hours
+    assert _planner_settings(build_parser().parse_args(["serve", "--fine-hours", "168"])).options().fine_hours == 168
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -68,6 +74,9 @@ def test_the_risk_flags_reach_the_planner() -> None:
         (["--weather-cache-s", "inf"], "--weather-cache-s"),
         (["--weather-url", "ftp://example.org/x"], "--weather-url"),
         (["--weather-url", "not a url"], "--weather-url"),
+        (["--fine-hours", "-1"], "--fine-hours"),
+        (["--fine-hours", "nan"], "--fine-hours"),
+        (["--fine-hours", "169"], "--fine-hours"),
     ],
 )
 def test_bad_serve_flag_is_exit_2_naming_it(flags: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
