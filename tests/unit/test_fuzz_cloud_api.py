@@ -298,14 +298,15 @@ def test_no_request_gets_a_5xx(api: Api, endpoint: Endpoint) -> None:
         assert r.status_code < 500, (method, path, headers, body[:300], r.status_code, r.text[:500])
 
     check()
+    # Signed and admin draws got past authentication to the checks behind it: the decoding and the bounds.
+    # Checked here, per endpoint, not in a test after the fuzz: pytest-xdist may run that test in another
+    # worker than some of the fuzz (`make test` steals work), where it saw only part of the draws.
+    if endpoint[0] != "GET":
+        assert REACHED[endpoint[:2]] - {400, 401, 404, 405, 413, 415, 429}, (endpoint[:2], REACHED[endpoint[:2]])
 
 
-def test_the_fuzz_reaches_past_authentication(api: Api) -> None:
-    """Signed and admin draws got past authentication to the checks behind it (runs after the fuzz)."""
-    deep = [e[:2] for e in ENDPOINTS if e[0] != "GET"]
-    assert len(REACHED) == len(ENDPOINTS), dict(REACHED)
-    for endpoint in deep:  # each got draws past authentication, to the decoding and the bounds
-        assert REACHED[endpoint] - {400, 401, 404, 405, 413, 415, 429}, (endpoint, REACHED)
+def test_a_well_formed_signed_batch_is_accepted(api: Api) -> None:
+    """The fuzz's own well-formed message gets through: the endpoint it fuzzes is not simply closed."""
     one = {"seq": 1, "der_id": "m", "kind": "meter", "ts": NOW.isoformat(), "values": {"power_w": 1.0}}
     body = json.dumps({"site_id": SITE, "first_seq": 1, "last_seq": 1, "readings": [one]}).encode()
     r = api.request("POST", f"/v1/sites/{SITE}/telemetry", sign_body(api.key, body), body)
