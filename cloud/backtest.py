@@ -105,6 +105,15 @@ from cloud.forecast_pv_day import (
     learn_spread_history,
     pv_day_outlook_from_series,
 )
+from cloud.forecast_pv_index import (
+    IndexDays,
+    IndexOutlook,
+    PvIndexError,
+    index_days,
+    index_outlook,
+    index_ratios,
+    read_pv_index,
+)
 from cloud.optimizer import WarmStart, solve
 from cloud.optimizer_io import Battery, DemandCharge, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w
@@ -155,6 +164,7 @@ class Traces:
     load_kw: FloatArray
     pv_kw: FloatArray
     pv_forecast_kw: FloatArray | None = None  # an external PV forecast, NaN where it has no value
+    pv_index: FloatArray | None = None  # a regional day-ahead PV forecast (`with_pv_index`), NaN where it has none
 
     @property
     def n(self) -> int:
@@ -170,6 +180,7 @@ class Traces:
 
     def window(self, a: int, b: int) -> Traces:
         fc = None if self.pv_forecast_kw is None else self.pv_forecast_kw[a:b]
+        index = None if self.pv_index is None else self.pv_index[a:b]
         return Traces(
             self.start + self.step * a,
             self.step,
@@ -178,6 +189,7 @@ class Traces:
             self.load_kw[a:b],
             self.pv_kw[a:b],
             fc,
+            index,
         )
 
     def head(self, n: int) -> Traces:
@@ -712,6 +724,12 @@ class Planner:
         self.day_spread_left = 0
         self.spread_history: PvSpreadHistory | None = None  # the completed days it is read from, once a day
         self.pv_levels = np.ones(0)
+        # with a regional PV forecast (`Traces.pv_index`): its days, today's outlook, and this plan's (dark,
+        # bright) per slot where the index is published (NaN elsewhere)
+        self.index_days: IndexDays | None = None
+        self.index_outlook: IndexOutlook | None = None
+        self.index_day = -1
+        self.index_pairs: FloatArray | None = None
         self.persistence: float | None = None
         self.rho_day = 0.0
         self.load_day = -1
@@ -902,6 +920,8 @@ class Planner:
         if self.cfg.scenarios:
             left, horizon = self.day_spread_left, problem.horizon
             pv_spread = pv_scenario_ratios(self.day_spread, self.pv_spread, horizon, left, self.spd, self.pv_levels)
+            if self.index_pairs is not None:  # the days a regional forecast scales: its own residuals' spread
+                pv_spread = index_ratios(checked_pv_ratios(pv_spread, horizon), self.index_pairs)
             if self.pv_told_truth:  # the measured PV has no dark or bright day
                 dark, bright = checked_pv_ratios(pv_spread, horizon)
                 truth = self.truth_slots(horizon)
@@ -940,7 +960,13 @@ class Planner:
             self.factor_day = k // spd
         lo = max(0, k - round(NOWCAST_RECENT_H / self.tr.dt_h))  # the last hours' PV against their forecast
         at = k - self.shape_origin
-        if not cfg.pv_persistence:
+        self.index_pairs = None
+        if not cfg.pv_persistence and self.tr.pv_index is not None:
+            levels = self._index_levels(k, horizon)
+            recent = forecast_pv(self.sky[lo:k], self.factor) * levels[0]
+            pv = forecast_pv(self.sky[k : k + horizon], self.factor) * levels[1:]
+            self.pv_levels = levels[1:]
+        elif not cfg.pv_persistence:
             recent = forecast_pv(self.sky[lo:k], self.factor)
             pv = forecast_pv(self.sky[k : k + horizon], self.factor)
             self.pv_levels = np.ones(horizon)
@@ -962,6 +988,39 @@ class Planner:
         pv = pv * self.shape.at(at, horizon)
         bounds = (NOWCAST_RATIO_BOUNDS[0], cfg.pv_nowcast_max)
         return pv_nowcast(pv, self.tr.pv_kw[lo:k], recent, self.tr.dt_h, self.kwp, ratio_bounds=bounds)
+
+    def _index_levels(self, k: int, horizon: int) -> FloatArray:
+        """With a regional PV forecast: the level over the mean day of slot k − 1 (the nowcast's recent window)
+        and of each horizon slot, 1 where the day's index is not yet published (`pv_index_lead_hours` before
+        the day's first slot) or too few days are known to scale it (cloud.forecast_pv_index). Sets
+        `index_pairs`, the scenarios' (dark, bright) for the slots it scales."""
+        spd, tr = self.spd, self.tr
+        index = tr.pv_index
+        out = np.ones(horizon + 1)
+        if index is None:
+            return out
+        if self.index_days is None:  # each day's β reads only the days before it: one pass for the trace
+            self.index_days = index_days(tr.pv_kw, self.sky[: tr.n], index, spd, self.kwp)
+        if k // spd != self.index_day:
+            self.index_outlook = index_outlook(self.index_days, k // spd)
+            self.index_day = k // spd
+        outlook, days = self.index_outlook, self.index_days
+        if outlook is None:
+            return out
+        lead = round(self.cfg.pv_index_lead_hours / tr.dt_h)
+        typical = max(self.factor.typical, 1e-9)
+        pairs = np.full((horizon, 2), np.nan)
+        for j, slot in enumerate(range(k - 1, k + horizon)):
+            d = max(slot, 0) // spd
+            if d >= len(days.index) or k < d * spd - lead:
+                continue
+            level = outlook.level(float(days.index[d]), float(days.clear[d]))
+            if math.isfinite(level):
+                out[j] = level / typical
+                if j:
+                    pairs[j - 1] = outlook.spread
+        self.index_pairs = pairs
+        return out
 
     def _terminal_value(self, import_price: FloatArray, k: int, known: int) -> float:
         cfg = self.cfg
@@ -1337,7 +1396,11 @@ def run_backtest(args: argparse.Namespace) -> int:
                     "held over its sub-slots; planning in slots coarser than the data is not supported)"
                 )
             tr = hold(tr, step)
-    except TraceError as exc:
+        if pv_index := getattr(args, "pv_index", None):  # on the planning grid, so read after `hold`
+            if cfg.pv_persistence:
+                raise TraceError("--pv-index and --pv-persistence are two models of the day's PV level: use one")
+            tr = dataclasses.replace(tr, pv_index=read_pv_index(pv_index, tr.start, tr.step, tr.n))
+    except (TraceError, PvIndexError) as exc:
         print(f"zapcloud backtest: {exc}", file=sys.stderr)
         return 2
     for note in site_notes(tr, cfg):

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cloud.execution import DEFAULT_EXECUTION, Execution
 from cloud.forecast import NOWCAST_RATIO_BOUNDS
 from cloud.forecast_price import PriceModel, TerminalBasis
+from cloud.forecast_pv_index import DEFAULT_PUBLISHED_BEFORE_H
 from cloud.plan_grid import FINE_HOURS
 
 NO_LIMIT_KW: Final = 1000.0  # a trace carries no connection limit; this never binds for a household
@@ -85,6 +86,7 @@ BOUNDS: Final[dict[str, Bound]] = {
         Bound("--load-kind-weeks", 1.0, 8.0, "weeks", "a week .. two months of same-kind days"),
         Bound("--pv-nowcast-max", 1.0, 10.0, "", "1: never raised; a clear hour is at most ~5x a dark day's"),
         Bound("--pv-persistence-days", 2.0, 366.0, "days", "a pair of days .. a year of daily clearness"),
+        Bound("--pv-index-lead-hours", 0.0, 48.0, "h", "published at most two days before the day it is for"),
         Bound("--pv-spread-days", 11.0, 366.0, "days", "the ten pairs of days a quantile needs .. a year"),
         Bound("--days", 1.0, MAX_DAYS, "days", "at least one day of prices, at most a century"),
         Bound("--plot-days", 0.0, 366.0, "days", "a year on one figure is already unreadable", lo_open=True),
@@ -234,6 +236,8 @@ class Config:
     # expected deviation, ρ the site's own lag-1 autocorrelation of its daily clearness (cloud.forecast_pv_day)
     pv_persistence: bool = False
     pv_persistence_days: float = 28.0  # the window that ρ is measured over
+    # with a --pv-index: how long before a day's first slot its values are published (cloud.forecast_pv_index)
+    pv_index_lead_hours: float = DEFAULT_PUBLISHED_BEFORE_H
     # the scenarios' dark / bright days (PvSpread): conditional since it lowered the cost of `scenarios` on the
     # six real years and cut the synthetic house's loss (docs/cloud-planning.md, "Conditional PV spread")
     pv_spread: PvSpread = PvSpread.CONDITIONAL
@@ -327,6 +331,20 @@ def add_arguments(bt: argparse.ArgumentParser) -> None:
         help="site-local time tomorrow's day-ahead prices become known (HH:MM)",
     )
     bt.add_argument("--pv-forecast-column", default=None, help="a trace column holding an external PV forecast")
+    bt.add_argument(
+        "--pv-index",
+        default=None,
+        metavar="FILE",
+        help="a day-ahead forecast that follows the site's PV, e.g. a regional PV forecast (CSV ts,value): "
+        "each day's PV is planned on the site's ratio to it (cloud/forecast_pv_index.py)",
+    )
+    bt.add_argument(
+        "--pv-index-lead-hours",
+        type=float,
+        default=d.pv_index_lead_hours,
+        help="hours before a day's first slot its --pv-index values become known (default %(default)s: 18:00 "
+        "the day before, ENTSO-E's day-ahead wind and solar deadline)",
+    )
     bt.add_argument(
         "--execution",
         choices=[e.value for e in Execution],
@@ -595,6 +613,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load_kind_weeks=getattr(args, "load_kind_weeks", d.load_kind_weeks),
         pv_persistence=getattr(args, "pv_persistence", d.pv_persistence),
         pv_persistence_days=getattr(args, "pv_persistence_days", d.pv_persistence_days),
+        pv_index_lead_hours=getattr(args, "pv_index_lead_hours", d.pv_index_lead_hours),
         pv_spread=PvSpread(getattr(args, "pv_spread", d.pv_spread.value)),
         pv_spread_days=getattr(args, "pv_spread_days", d.pv_spread_days),
         terminal_value=getattr(args, "terminal_value", d.terminal_value),
