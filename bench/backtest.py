@@ -17,8 +17,10 @@ Datasets (bench/data/README.md has sources, licences and every transformation):
   quarters: a timing row (four times the decisions and LP slots, as a quarter-hourly meter or price series
   gives), not a forecasting one (held rows are no real quarter-hourly series; docs/cloud-planning.md, "A year
   at 15-minute slots").
+* the six Konstanz years again with `--pv-index apg_at_solar_dayahead_utc.csv`: a REAL regional day-ahead PV
+  forecast (Austrian Power Grid, the Austrian control area's PV; bench/data/README.md).
 Each dataset's year takes about a minute on a quiet 2-core machine (the oracle's year solves meanwhile in a
-second process), so the eleven take ten minutes or more.
+second process), so the seventeen take a quarter of an hour or more.
 10 kWh / 5 kW battery, 95 % each way, SoC 10-95 %, hourly re-plans over up to 48 h of published prices.
 Targets (issue 11): capture >= 0.90, planner - rule >= 50 % of oracle - rule, a year <= 60 s.
 """
@@ -27,11 +29,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 from cloud.backtest import WORST_DAYS, Config, Traces, hold, read_traces, run, site_config
+from cloud.forecast_pv_index import read_pv_index
 
 COMMAND = "python -m bench.backtest"
 DATA = Path(__file__).resolve().parent / "data"
@@ -45,15 +48,23 @@ class Dataset:
     file: str
     label: str
     hold_minutes: int | None = None  # slots this long, each row held (`zapcloud backtest --step-minutes`)
+    pv_index: str | None = None  # a regional day-ahead PV forecast (`zapcloud backtest --pv-index`)
 
     @property
     def name(self) -> str:
-        """How the bench's command line names the year: the file, with the held step after an @."""
-        return self.file if self.hold_minutes is None else f"{self.file}@{self.hold_minutes}min"
+        """How the bench's command line names the year: the file, with the held step after an @ and the index
+        file after a +."""
+        name = self.file if self.hold_minutes is None else f"{self.file}@{self.hold_minutes}min"
+        return name if self.pv_index is None else f"{name}+{self.pv_index}"
 
     def traces(self) -> Traces:
         traces = read_traces(str(DATA / self.file))
-        return traces if self.hold_minutes is None else hold(traces, timedelta(minutes=self.hold_minutes))
+        if self.hold_minutes is not None:
+            traces = hold(traces, timedelta(minutes=self.hold_minutes))
+        if self.pv_index is None:
+            return traces
+        index = read_pv_index(str(DATA / self.pv_index), traces.start, traces.step, traces.n)
+        return replace(traces, pv_index=index)
 
     @property
     def cfg(self) -> Config:
@@ -72,6 +83,14 @@ DATASETS = [
     Dataset("opsd_kn_res1_be_2023.csv", "real house 4 (Konstanz), real BE 2023 prices"),
     Dataset("be_2023_real_prices_hourly.csv", "synthetic house, real BE 2023 prices"),
     Dataset("synthetic_nl_2025_hourly.csv", "synthetic house, synthetic NL prices"),
+]
+# The Konstanz houses again with a REAL regional day-ahead PV forecast (Austrian Power Grid's forecast of the
+# Austrian control area's PV, published the day before; bench/data/README.md): the product's `--pv-index`.
+APG_INDEX = "apg_at_solar_dayahead_utc.csv"
+INDEX_YEARS = [
+    Dataset(ds.file, f"{ds.label}, with APG's real day-ahead PV forecast", pv_index=APG_INDEX)
+    for ds in DATASETS
+    if ds.file.startswith("opsd_kn_")
 ]
 # Years the bench runs for time only (not scored as datasets by bench.forecast_scores or bench.warm_start).
 TIMING_YEARS = [
@@ -122,12 +141,12 @@ def year_rows(ds: Dataset, cfg: Config | None = None) -> list[dict[str, str]]:
 
 
 def rows() -> list[dict[str, str]]:
-    return [row for ds in (*DATASETS, *TIMING_YEARS) for row in year_rows(ds)]
+    return [row for ds in (*DATASETS, *INDEX_YEARS, *TIMING_YEARS) for row in year_rows(ds)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    years = (*DATASETS, *TIMING_YEARS)
+    years = (*DATASETS, *INDEX_YEARS, *TIMING_YEARS)
     names = [ds.name for ds in years]
     parser.add_argument(
         "files", nargs="*", metavar="TRACE", help=f"bench years to run (default: all): {', '.join(names)}"
@@ -144,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DATASETS", "TIMING_YEARS", "Dataset", "rows", "year_rows"]
+__all__ = ["DATASETS", "INDEX_YEARS", "TIMING_YEARS", "Dataset", "rows", "year_rows"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -579,3 +579,19 @@ def test_the_bench_s_timing_year_is_the_house_held_at_its_step() -> None:
     assert quarters.step.total_seconds() == 900.0 and hourly.step.total_seconds() == 3600.0
     assert quarters.load_kw.reshape(48, 4).tolist() == [[v] * 4 for v in hourly.load_kw.tolist()]
     assert float(quarters.pv_kw.sum()) / 4.0 == pytest.approx(float(hourly.pv_kw.sum()))
+
+
+def test_the_bench_s_index_years_are_the_konstanz_houses_with_the_real_regional_forecast() -> None:
+    """bench/backtest.py's index rows are the six Konstanz years with APG's forecast on their hours, as
+    `zapcloud backtest --pv-index bench/data/apg_at_solar_dayahead_utc.csv` reads it: a value on every hour of
+    2016 (the Konstanz houses' year), zero at night, the day's peak near local noon."""
+    from bench.backtest import DATASETS, INDEX_YEARS
+
+    assert sorted(ds.file for ds in INDEX_YEARS) == sorted(ds.file for ds in DATASETS if "opsd_kn" in ds.file)
+    assert not {ds.name for ds in INDEX_YEARS} & {ds.name for ds in DATASETS}
+    house = next(ds for ds in INDEX_YEARS if ds.file == "opsd_kn_res4_nl_2023.csv").traces()
+    index = house.pv_index
+    assert index is not None and len(index) == house.n and not np.isnan(index).any()
+    days = index[: (house.n // 24) * 24].reshape(-1, 24)  # the trace starts at 00Z: 01:00 CET
+    assert days[:, [0, 1, 21, 22, 23]].max() == 0.0 and days.max() > 400.0  # MW: none at night; the peak
+    assert 10 <= int(np.argmax(days.sum(axis=0))) <= 12  # at 11-13 UTC+1: noon in Austria
