@@ -41,9 +41,9 @@ def read_forecast() -> dict[datetime, str]:
     return out
 
 
-def main() -> None:
+def main(out: Path = OUT) -> None:
     rows = read_forecast()
-    with open(OUT, "w", newline="") as fh:
+    with open(out, "w", newline="") as fh:
         fh.write(
             "# REAL day-ahead forecast of the PV output of the Austrian control area (Austrian Power Grid),\n"
             "# MW per hour, published the day before; transcribed in raw/apg_at_solar_dayahead_*.csv\n"
