@@ -112,6 +112,7 @@ from cloud.forecast_pv_index import (
     index_days,
     index_outlook,
     index_ratios,
+    plan_levels,
     read_pv_index,
 )
 from cloud.optimizer import WarmStart, solve
@@ -993,34 +994,21 @@ class Planner:
         """With a regional PV forecast: the level over the mean day of slot k − 1 (the nowcast's recent window)
         and of each horizon slot, 1 where the day's index is not yet published (`pv_index_lead_hours` before
         the day's first slot) or too few days are known to scale it (cloud.forecast_pv_index). Sets
-        `index_pairs`, the scenarios' (dark, bright) for the slots it scales."""
+        `index_pairs`, the scenarios' (dark, bright) for the horizon's slots."""
         spd, tr = self.spd, self.tr
-        index = tr.pv_index
-        out = np.ones(horizon + 1)
-        if index is None:
-            return out
+        if tr.pv_index is None:
+            return np.ones(horizon + 1)
         if self.index_days is None:  # each day's β reads only the days before it: one pass for the trace
-            self.index_days = index_days(tr.pv_kw, self.sky[: tr.n], index, spd, self.kwp)
+            self.index_days = index_days(tr.pv_kw, self.sky[: tr.n], tr.pv_index, spd, self.kwp)
         if k // spd != self.index_day:
             self.index_outlook = index_outlook(self.index_days, k // spd)
             self.index_day = k // spd
-        outlook, days = self.index_outlook, self.index_days
-        if outlook is None:
-            return out
+        slots = np.arange(k - 1, k + horizon)
         lead = round(self.cfg.pv_index_lead_hours / tr.dt_h)
-        typical = max(self.factor.typical, 1e-9)
-        pairs = np.full((horizon, 2), np.nan)
-        for j, slot in enumerate(range(k - 1, k + horizon)):
-            d = max(slot, 0) // spd
-            if d >= len(days.index) or k < d * spd - lead:
-                continue
-            level = outlook.level(float(days.index[d]), float(days.clear[d]))
-            if math.isfinite(level):
-                out[j] = level / typical
-                if j:
-                    pairs[j - 1] = outlook.spread
-        self.index_pairs = pairs
-        return out
+        published = k >= (np.maximum(slots, 0) // spd) * spd - lead
+        levels, pairs = plan_levels(self.index_days, self.index_outlook, slots, published, spd, self.factor.typical)
+        self.index_pairs = pairs[1:]
+        return levels
 
     def _terminal_value(self, import_price: FloatArray, k: int, known: int) -> float:
         cfg = self.cfg

@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud.forecast_load import FloatArray
 from cloud.forecast_pv_day import SUNNY_SHARE_OF_KWP
@@ -186,6 +187,35 @@ def read_pv_index(path: str, start: datetime, step: timedelta, n: int) -> FloatA
     return out
 
 
+def plan_levels(
+    days: IndexDays,
+    outlook: IndexOutlook | None,
+    slots: npt.NDArray[np.int64],
+    published: npt.NDArray[np.bool_],
+    slots_per_day: int,
+    mean: float,
+) -> tuple[FloatArray, FloatArray]:
+    """Per slot (`slots`: indices on the days' grid, whose day `slot // slots_per_day` is an `IndexDays` day):
+    its PV level over the mean day `mean`, 1 where its day's index is not `published` at plan time, unknown
+    or unscalable; and the scenarios' (dark, bright) pair where it is scaled (NaN elsewhere). The backtest and
+    the planner worker both plan on these."""
+    levels = np.ones(len(slots))
+    pairs = np.full((len(slots), 2), np.nan)
+    if outlook is None or not (math.isfinite(mean) and mean > 0.0):
+        return levels, pairs
+    day_level: dict[int, float] = {}
+    for j, slot in enumerate(slots):
+        d = max(int(slot), 0) // max(1, slots_per_day)
+        if not published[j] or d >= len(days.index):
+            continue
+        if d not in day_level:
+            day_level[d] = outlook.level(float(days.index[d]), float(days.clear[d]))
+        if math.isfinite(day_level[d]):
+            levels[j] = day_level[d] / mean
+            pairs[j] = outlook.spread
+    return levels, pairs
+
+
 def index_ratios(ratios: tuple[FloatArray, FloatArray], pairs: FloatArray) -> tuple[FloatArray, FloatArray]:
     """The scenarios' (dark, bright) ratios with each slot that has a pair (`pairs[j]`, not NaN: its day is
     scaled by the index) taking that pair; the other slots keep theirs."""
@@ -208,5 +238,6 @@ __all__ = [
     "index_days",
     "index_outlook",
     "index_ratios",
+    "plan_levels",
     "read_pv_index",
 ]
