@@ -24,6 +24,8 @@ def linear_quantiles(x: npt.ArrayLike, q: npt.ArrayLike) -> FloatArray:
     if n == 0 or values.ndim != 1 or not np.isfinite(values).all() or not ((qs >= 0.0) & (qs <= 1.0)).all():
         return np.asarray(np.quantile(values, qs), dtype=np.float64)
     ordered = np.sort(values)
+    if n == 1:  # numpy answers the one value itself (its bits: -0.0 stays -0.0, where a + 0 * diff gives +0.0)
+        return np.full(qs.shape, ordered[0], dtype=np.float64)
     virtual = (n - 1) * qs
     previous = np.floor(virtual)
     top = virtual >= n - 1

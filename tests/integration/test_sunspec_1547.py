@@ -44,7 +44,7 @@ def _image(doc: dict[str, Any], tmp_path: Any) -> dict[int, int]:
 async def _scan_and_poll(doc: dict[str, Any], tmp_path: Any) -> tuple[dict[str, Any], dict[str, Reading]]:
     server = await start_register_image({1: {"holding": _image(doc, tmp_path)}})
     try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        bus = get_tcp_bus(server.host, server.port, timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
         inv = SunSpecInverter(device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock())
         await inv.scan()
         got: dict[str, Reading] = {}
@@ -116,7 +116,7 @@ async def test_recognition_reports_the_sunspec_device(sample: dict[str, Any], tm
 
     server = await start_register_image({1: {"holding": _image(sample, tmp_path)}})
     try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        bus = get_tcp_bus(server.host, server.port, timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
         found = await recognize(bus, 1)
     finally:
         await close_all_buses()
@@ -172,7 +172,7 @@ async def test_a_battery_expectation_the_scan_contradicts_is_reported(
         m713.update({"WHRtg": 13500, "SoC": 55, "WH_SF": 0, "Pct_SF": 0})
     server = await start_register_image({1: {"holding": _image(doc, tmp_path)}})
     try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        bus = get_tcp_bus(server.host, server.port, timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
         inv = SunSpecInverter(
             device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock(), expect_battery=expect_battery
         )
@@ -241,7 +241,7 @@ async def test_model_704_controls_the_battery_where_124_is_absent(sample: dict[s
     at = _model_address(image, 704)
     server = await start_register_image({1: {"holding": image}})
     try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        bus = get_tcp_bus(server.host, server.port, timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
         inv = SunSpecInverter(device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock(), revert_timeout_s=300)
         await inv.scan()
         (battery,) = inv.capabilities()
@@ -300,7 +300,7 @@ async def test_model_704_is_refused_where_the_ac_terminals_carry_more_than_the_b
     image = _image(_with_704_battery(sample, ports=ports), tmp_path)
     server = await start_register_image({1: {"holding": image}})
     try:
-        bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
+        bus = get_tcp_bus(server.host, server.port, timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
         inv = SunSpecInverter(device_id="d", bus=bus, unit_id=1, poll_s=1.0, clock=SystemClock())
         await inv.scan()
         caps = {c.der_id: c for c in inv.capabilities()}
@@ -330,7 +330,7 @@ async def test_the_scan_says_why_a_hybrids_battery_is_not_controlled(sample: dic
     ):
         server = await start_register_image({1: {"holding": _image(_with_704_battery(sample, ports=ports), tmp_path)}})
         try:
-            bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05)
+            bus = get_tcp_bus(server.host, server.port, timeout_s=2.0, backoff_initial_s=0.05)
             (match,) = await recognize(bus, 1)
         finally:
             await close_all_buses()
@@ -370,7 +370,7 @@ async def test_has_battery_defaults_to_false_and_the_scan_snippet_says_when_ther
     for doc, battery in ((sample, False), (_with_704_battery(sample), True)):
         server = await start_register_image({1: {"holding": _image(doc, tmp_path)}})
         try:
-            bus = get_tcp_bus(server.host, server.port, timeout_s=0.5, backoff_initial_s=0.05)
+            bus = get_tcp_bus(server.host, server.port, timeout_s=2.0, backoff_initial_s=0.05)
             (match,) = await recognize(bus, 1)
         finally:
             await close_all_buses()
