@@ -39,33 +39,69 @@ class PvUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     values_kw: list[float]
 
 
+def series_problem(
+    start: datetime,
+    step_minutes: int,
+    values: list[float],
+    field: str,
+    max_value: float,
+    earliest: datetime,
+    now: datetime,
+) -> str | None:
+    """Why an uploaded series (this module's and cloud/pv_index_store.py's) cannot be stored, or None: its start
+    with a UTC offset, on a quarter hour, from `earliest` to a week after `now`; a step of 15, 30 or 60
+    minutes; 1 value to a week of them, each finite and within 0..`max_value`."""
+    if start.tzinfo is None:
+        return "start needs a UTC offset"
+    if step_minutes not in (15, 30, 60):
+        return "step_minutes must be 15, 30 or 60"
+    if not values or timedelta(minutes=step_minutes) * len(values) > MAX_SPAN:
+        return f"1 value to {MAX_SPAN.days} days of values"
+    for i, v in enumerate(values):
+        if not math.isfinite(v) or not 0.0 <= v <= max_value:
+            return f"{field}[{i}] must be finite and within 0..{max_value:g}"
+    if not earliest <= start <= now + MAX_SPAN:
+        return f"start must be between {earliest.isoformat()} and a week ahead"
+    if (start.minute % 15, start.second, start.microsecond) != (0, 0, 0):
+        return "start must be on a quarter hour"
+    return None
+
+
 def decode_pv_upload(body: bytes, now: datetime) -> PvUpload:
     try:
         up = msgspec.json.decode(body, type=PvUpload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise PvUploadError(f"pv-forecast: {exc}") from None
-    if up.start.tzinfo is None:
-        raise PvUploadError("pv-forecast: start needs a UTC offset")
-    if up.step_minutes not in (15, 30, 60):
-        raise PvUploadError("pv-forecast: step_minutes must be 15, 30 or 60")
-    if not up.values_kw or timedelta(minutes=up.step_minutes) * len(up.values_kw) > MAX_SPAN:
-        raise PvUploadError(f"pv-forecast: 1 value to {MAX_SPAN.days} days of values")
-    for i, v in enumerate(up.values_kw):
-        if not math.isfinite(v) or not 0.0 <= v <= MAX_KW:
-            raise PvUploadError(f"pv-forecast: values_kw[{i}] must be finite and within 0..{MAX_KW:g}")
-    if not now - timedelta(days=1) <= up.start <= now + MAX_SPAN:
-        raise PvUploadError("pv-forecast: start must be between a day ago and a week ahead")
-    if (up.start.minute % 15, up.start.second, up.start.microsecond) != (0, 0, 0):
-        raise PvUploadError("pv-forecast: start must be on a quarter hour")
+    earliest = now - timedelta(days=1)
+    if problem := series_problem(up.start, up.step_minutes, up.values_kw, "values_kw", MAX_KW, earliest, now):
+        raise PvUploadError(f"pv-forecast: {problem}")
     return up
+
+
+async def store_series(
+    db: Database, site_id: str, kind: str, start: datetime, step_minutes: int, values: list[float], now: datetime
+) -> int:
+    """Store an uploaded series as a `forecasts` row of `kind` on the 15-minute grid (a 30- or 60-minute value
+    holds for each of its quarters), issued `now`; returns the number of 15-minute slots."""
+    repeat = step_minutes // 15
+    quarters = [v for v in values for _ in range(repeat)]
+    await store.save_forecast(db, site_id, kind, now, start, STEP, quarters)
+    return len(quarters)
+
+
+def place(out: FloatArray, start: datetime, first: datetime, values: list[float]) -> None:
+    """Write a stored row's 15-minute `values` from `first` on onto `out`, the slots from `start` on (what
+    falls outside is dropped; SQLite gives naive UTC times)."""
+    first = first.replace(tzinfo=UTC) if first.tzinfo is None else first
+    offset = int((first - start) // STEP)
+    lo, hi = max(0, offset), min(len(out), offset + len(values))
+    if lo < hi:
+        out[lo:hi] = np.asarray(values, dtype=np.float64)[lo - offset : hi - offset]
 
 
 async def put_external_pv(db: Database, site_id: str, up: PvUpload, now: datetime) -> int:
     """Store the upload on the 15-minute grid; returns the number of 15-minute slots."""
-    repeat = up.step_minutes // 15
-    values = [v for v in up.values_kw for _ in range(repeat)]
-    await store.save_forecast(db, site_id, KIND, now, up.start, STEP, values)
-    return len(values)
+    return await store_series(db, site_id, KIND, up.start, up.step_minutes, up.values_kw, now)
 
 
 async def external_pv_on_grid(db: Database, site_id: str, start: datetime, horizon: int, now: datetime) -> FloatArray:
@@ -85,15 +121,19 @@ async def external_pv_on_grid(db: Database, site_id: str, start: datetime, horiz
                 .limit(1)
             )
         ).first()
-    if row is None or row[1] != int(STEP.total_seconds()):
-        return out
-    first = row[0].replace(tzinfo=UTC) if row[0].tzinfo is None else row[0]  # SQLite: naive UTC
-    values = np.asarray(row[2], dtype=np.float64)
-    offset = int((first - start) // STEP)  # where the upload's first slot lands on the plan's grid
-    lo, hi = max(0, offset), min(horizon, offset + len(values))
-    if lo < hi:
-        out[lo:hi] = values[lo - offset : hi - offset]
+    if row is not None and row[1] == int(STEP.total_seconds()):
+        place(out, start, row[0], row[2])
     return out
 
 
-__all__ = ["KIND", "PvUpload", "PvUploadError", "decode_pv_upload", "external_pv_on_grid", "put_external_pv"]
+__all__ = [
+    "KIND",
+    "PvUpload",
+    "PvUploadError",
+    "decode_pv_upload",
+    "external_pv_on_grid",
+    "place",
+    "put_external_pv",
+    "series_problem",
+    "store_series",
+]

@@ -71,6 +71,14 @@ from cloud.forecast_pv_day import (
     pv_day_outlook_from_series,
     pv_day_spread_from_series,
 )
+from cloud.forecast_pv_index import (
+    INDEX_RATIO_DAYS,
+    INDEX_SPREAD_DAYS,
+    index_days,
+    index_outlook,
+    index_ratios,
+    plan_levels,
+)
 from cloud.optimizer import solve
 from cloud.optimizer_io import Battery, Ev, Grid, Problem, Solution
 from cloud.peak_limit import NO_TARGET, TARGET_HISTORY_DAYS, PeakTarget, month_target, peak_import_limit_w, round_up_w
@@ -90,6 +98,8 @@ from cloud.plan_risk import (
     solve_two_stage,
 )
 from cloud.prices import EntsoeClient, NoPriceData, PriceSourceError
+from cloud.pv_index_store import KIND as PV_INDEX
+from cloud.pv_index_store import pv_index_on_grid
 from cloud.server.metrics import PV_REGISTRATION_MISMATCH, WEATHER_FAILURES
 from cloud.server.service import next_plan_version, publish_plan
 from cloud.site_forecast import LoadChoice, ModelChoice, PvChoice, site_load_forecast, site_pv_model
@@ -251,6 +261,8 @@ async def prepare(
     history_days = max(options.load_history_days, LOAD_RISK_HISTORY_DAYS if options.load_reserve else 0)
     if options.scenarios and assets.pv and assets.battery is not None:  # the conditional PV spread's days
         history_days = max(history_days, PV_SPREAD_HISTORY_DAYS)
+    if assets.pv and not options.pv_persistence:  # a regional PV forecast's days, where the site uploads one
+        history_days = max(history_days, PV_INDEX_HISTORY_DAYS)
     history_start = min(start - timedelta(days=history_days), billing_period_start(tariff, now))
     series = await load_series(
         db, site_id, history_start, start, STEP, has_battery=assets.battery is not None, has_ev=assets.ev is not None
@@ -405,12 +417,20 @@ async def _pv_forecast(
     recent_fc = forecast_pv(sky.pv_kw[past - recent : past], factor)
     pv = forecast_pv(sky.pv_kw[past:], factor)
     levels = np.ones(horizon)  # the point forecast's level over the mean day, per slot (the backtest's pv_levels)
+    index_pairs = None
     if options.pv_persistence:  # today and the next days on the site's own day-to-day persistence
         outlook, left_today = await _pv_day_outlook(assets, series, start, factor.typical)
         recent_fc = sky.pv_kw[past - recent : past] * outlook.level(0)
         day_levels = outlook.factors(horizon, left_today, SLOTS_PER_DAY)
         pv = sky.pv_kw[past:] * day_levels
         levels = day_levels / max(factor.typical, 1e-9)
+    elif (
+        by_index := await _pv_index_levels(db, site_id, assets, series, start, horizon, now, factor.typical)
+    ) is not None:
+        index_levels, index_pairs = by_index  # each day on the site's ratio to its uploaded regional forecast
+        recent_fc = recent_fc * index_levels[0]
+        pv = pv * index_levels[1:]
+        levels = index_levels[1:]
     nowcast = pv_nowcast(pv, measured[len(measured) - recent :], recent_fc, 24 / SLOTS_PER_DAY, assets.pv_kwp)
     if weather is None:
         spread: PvRatios = NEUTRAL
@@ -418,6 +438,8 @@ async def _pv_forecast(
             clear = sky.pv_kw[past - len(measured) : past]
             spread = checked_spread(*pv_ratio_spread(measured, clear, SLOTS_PER_DAY, assets.pv_kwp))
             spread = await _pv_scenario_spread(assets, series, start, horizon, factor.typical, spread, levels)
+            if index_pairs is not None:  # the days the index scales: its own residuals' dark / bright day
+                spread = index_ratios(checked_pv_ratios(spread, horizon), index_pairs[1:])
         return nowcast, factor, spread
     dimmed = forecast_pv(sky.pv_kw[past:], factor, weather_dimming(sky.ghi[past:], **weather))
     return _with_weather(weather, dimmed, nowcast), factor, NEUTRAL
@@ -481,6 +503,46 @@ async def _pv_day_outlook(
     )
     outlook = pv_day_outlook_from_series(measured, sky.pv_kw, today - first, SLOTS_PER_DAY, mean, assets.pv_kwp)
     return outlook, left_today
+
+
+# the telemetry a regional PV forecast is learnt from: its residuals' days, each on the ratio of the days before
+PV_INDEX_HISTORY_DAYS: Final = INDEX_SPREAD_DAYS + INDEX_RATIO_DAYS + 1
+
+
+async def _pv_index_levels(
+    db: Database,
+    site_id: str,
+    assets: SiteAssets,
+    series: SiteSeries,
+    start: datetime,
+    horizon: int,
+    now: datetime,
+    mean: float,
+) -> tuple[FloatArray, FloatArray] | None:
+    """With a regional day-ahead PV forecast uploaded for the site (cloud/pv_index_store.py): the level over
+    the mean day of the slot before `start` (the nowcast's window) and of each horizon slot, and the scenarios'
+    (dark, bright) pairs, as the backtest's `--pv-index` (cloud.forecast_pv_index.plan_levels) on the solar
+    days of the last PV_INDEX_HISTORY_DAYS and those the horizon reaches; None without an upload there. Only
+    what was uploaded by `now` is read, and no PV measured from `start` on."""
+    location = assets.pv_location()
+    today_start = solar_day_start(start, location.lon)
+    first = today_start - timedelta(days=PV_INDEX_HISTORY_DAYS)
+    ahead = math.ceil((start + STEP * horizon - today_start) / timedelta(days=1))
+    n = (PV_INDEX_HISTORY_DAYS + ahead) * SLOTS_PER_DAY
+    index = await pv_index_on_grid(db, site_id, first, n, now)
+    if np.isnan(index).all():
+        return None
+    sky = await asyncio.to_thread(clear_sky_cached, location, assets.pv_arrays(), first, STEP, n)
+    now_slot = int((start - first) // STEP)
+    measured = np.full(now_slot, np.nan)
+    offset = int((series.start - first) // STEP)  # the series may start after the first day (a new site)
+    lo, hi = max(0, offset), min(now_slot, offset + len(series.pv_kw))
+    if lo < hi:
+        measured[lo:hi] = series.pv_kw[lo - offset : hi - offset]
+    days = index_days(measured, sky.pv_kw, index, SLOTS_PER_DAY, assets.pv_kwp)
+    outlook = index_outlook(days, PV_INDEX_HISTORY_DAYS)
+    slots = np.arange(now_slot - 1, now_slot + horizon)
+    return plan_levels(days, outlook, slots, np.ones(len(slots), dtype=bool), SLOTS_PER_DAY, mean)
 
 
 # the telemetry the conditional PV spread reads: its PV_SPREAD_DAYS residual days, each on the mean day of the
@@ -895,6 +957,9 @@ async def record_forecasts(db: Database, prepared: Prepared, options: PlannerOpt
         await store.save_forecast(db, sid, kind, prepared.now, prepared.start, STEP, [float(v) for v in values])
     window = STEP * options.forecast_score_slots
     for f in await store.unscored_forecasts(db, sid, prepared.start - window + STEP):
+        if f.kind == PV_INDEX:  # a region's forecast, not the site's: nothing of the site to score it against
+            await store.set_forecast_mae(db, sid, f.kind, f.issued_at, None, 0)
+            continue
         actual_all = series.pv_kw if f.kind in ("pv", EXTERNAL_PV) else series.load_kw
         offset = int((f.start - series.start) // STEP)
         k = min(len(f.values), options.forecast_score_slots)

@@ -234,6 +234,7 @@ def create_app(
         Route("/v1/fleet/events/{event_id}", ep("fleet_event_get", _fleet_event_get), methods=["GET"]),
         Route("/v1/sites/{site_id}/forecast-errors", ep("forecast_errors", _forecast_errors), methods=["GET"]),
         Route("/v1/sites/{site_id}/pv-forecast", ep("pv_forecast_put", _pv_forecast_put), methods=["PUT"]),
+        Route("/v1/sites/{site_id}/pv-index", ep("pv_index_put", _pv_index_put), methods=["PUT"]),
         Route("/v1/sites/{site_id}/commands", ep("command_post", _command_post), methods=["POST"]),
         Route("/v1/commands/{command_id}", ep("command_get", _command_get), methods=["GET"]),
         WebSocketRoute(CHANNEL_PATH, channel.handle),
@@ -693,13 +694,32 @@ async def _pv_forecast_put(ctx: _Context, request: Request) -> Response:
     """A site's external PV forecast (cloud/external_pv.py): the planner prefers it where it has values."""
     from cloud.external_pv import decode_pv_upload, put_external_pv
 
+    return await _series_put(ctx, request, decode_pv_upload, put_external_pv)
+
+
+async def _pv_index_put(ctx: _Context, request: Request) -> Response:
+    """A regional day-ahead PV forecast for a site (cloud/pv_index_store.py): the planner plans each day it
+    covers on the site's learnt ratio to it."""
+    from cloud.pv_index_store import decode_pv_index_upload, put_pv_index
+
+    return await _series_put(ctx, request, decode_pv_index_upload, put_pv_index)
+
+
+async def _series_put(
+    ctx: _Context,
+    request: Request,
+    decode: Callable[[bytes, datetime], T],
+    put: Callable[[Database, str, T, datetime], Awaitable[int]],
+) -> Response:
+    """An admin's upload of a series for a known site: decoded (422 with the field), stored, 201 with its
+    15-minute slot count."""
     _require_admin(ctx, request)
     site_id = request.path_params["site_id"]
     if await ctx.db.get_site(site_id) is None:
         raise ApiError(404, "unknown_site", f"no site {site_id!r}")
     now = ctx.clock()
-    up = await _admin_body(ctx, request, lambda body: decode_pv_upload(body, now))
-    slots = await put_external_pv(ctx.db, site_id, up, now)
+    up = await _admin_body(ctx, request, lambda body: decode(body, now))
+    slots = await put(ctx.db, site_id, up, now)
     return _json({"site_id": site_id, "slots": slots}, 201)
 
 
