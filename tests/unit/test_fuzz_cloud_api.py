@@ -206,6 +206,24 @@ plan = mutated({"site_id": SITE, "version": plan_versions, "issued_at": iso(0), 
 prices = mutated({"start": iso(-3600), "step_minutes": 60, "prices": st.lists(st.floats(-0.5, 4), min_size=1)},
                  {"start": far_times, "step_minutes": edge_ints, "prices": st.one_of(st.lists(nums, max_size=10),
                   st.just([0.1] * 3000), json_values)})  # fmt: skip
+
+
+def uploaded_series(field: str) -> st.SearchStrategy[dict[str, Any]]:
+    """An external PV forecast (`values_kw`) or a regional PV index (`values`) upload, a few fields hostile."""
+    hour = NOW.replace(minute=0, second=0).isoformat()
+    good = {
+        "start": hour,
+        "step_minutes": st.sampled_from([15, 30, 60]),
+        field: st.lists(st.floats(0, 900), min_size=1, max_size=30),
+    }
+    hostile = {
+        "start": far_times,
+        "step_minutes": edge_ints,
+        field: st.one_of(st.lists(nums, max_size=10), st.just([1.0] * 3000), json_values),
+    }
+    return mutated(good, hostile)
+
+
 event = mutated(
     {"start": iso(3600), "end": iso(7200), "reduction_kw": 5.0},
     {"start": far_times, "end": far_times, "reduction_kw": nums},
@@ -231,6 +249,8 @@ ENDPOINTS: list[Endpoint] = [
     ("GET", "/v1/fleet/events/{id}", st.none()),
     ("GET", "/v1/fleet/flexibility", st.none()),
     ("GET", "/v1/sites/{id}/forecast-errors", st.none()),
+    ("PUT", "/v1/sites/{id}/pv-forecast", uploaded_series("values_kw")),
+    ("PUT", "/v1/sites/{id}/pv-index", uploaded_series("values")),
     ("GET", "/metrics", st.none()),
     ("GET", "/healthz", st.none()),
 ]
