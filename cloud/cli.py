@@ -126,6 +126,13 @@ def _planner_arguments(serve: argparse.ArgumentParser) -> None:
         "(the factor forecast without weather; default: %(default)s)",
     )
     group.add_argument(
+        "--pv-index",
+        action=argparse.BooleanOptionalAction,
+        default=d.pv_index,
+        help="plan each day's PV on the site's ratio to the regional day-ahead PV forecast it uploads to "
+        "/v1/sites/{id}/pv-index, where it uploads one (default: %(default)s)",
+    )
+    group.add_argument(
         "--load-day-level",
         action=argparse.BooleanOptionalAction,
         default=d.load_day_level,
@@ -174,6 +181,7 @@ def _planner_settings(args: argparse.Namespace) -> PlannerSettings:
         price_forecast=args.price_forecast,
         execution=args.execution,
         pv_persistence=args.pv_persistence,
+        pv_index=args.pv_index,
         load_day_level=args.load_day_level,
         load_day_kinds=args.load_day_kinds,
         scenarios=args.scenarios,

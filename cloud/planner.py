@@ -138,6 +138,9 @@ class PlannerOptions:
     models: ModelChoice = field(default_factory=ModelChoice)  # which forecasters; trained per site (site_forecast)
     # the factor forecast's day-to-day part from the site's own clear/cloudy-day persistence (cloud.forecast_pv_day)
     pv_persistence: bool = False
+    # plan each day on the site's ratio to its uploaded regional day-ahead PV forecast, where it has one
+    # (cloud/pv_index_store.py, cloud.forecast_pv_index; the backtest's --pv-index)
+    pv_index: bool = True
     # the two-stage plan over a dark and a bright day (cloud.plan_risk), where the PV is the factor forecast
     # without weather or an external forecast; the battery decision of the first `scenario_shared` is one for
     # all scenarios (an hour: the backtest's re-plan interval, where it was measured; docs/decisions.md)
@@ -261,7 +264,7 @@ async def prepare(
     history_days = max(options.load_history_days, LOAD_RISK_HISTORY_DAYS if options.load_reserve else 0)
     if options.scenarios and assets.pv and assets.battery is not None:  # the conditional PV spread's days
         history_days = max(history_days, PV_SPREAD_HISTORY_DAYS)
-    if assets.pv and not options.pv_persistence:  # a regional PV forecast's days, where the site uploads one
+    if assets.pv and options.pv_index and not options.pv_persistence:  # a regional PV forecast's days
         history_days = max(history_days, PV_INDEX_HISTORY_DAYS)
     history_start = min(start - timedelta(days=history_days), billing_period_start(tariff, now))
     series = await load_series(
@@ -424,9 +427,9 @@ async def _pv_forecast(
         day_levels = outlook.factors(horizon, left_today, SLOTS_PER_DAY)
         pv = sky.pv_kw[past:] * day_levels
         levels = day_levels / max(factor.typical, 1e-9)
-    elif (
+    elif options.pv_index and (
         by_index := await _pv_index_levels(db, site_id, assets, series, start, horizon, now, factor.typical)
-    ) is not None:
+    ):
         index_levels, index_pairs = by_index  # each day on the site's ratio to its uploaded regional forecast
         recent_fc = recent_fc * index_levels[0]
         pv = pv * index_levels[1:]

@@ -59,6 +59,9 @@ class PlannerSettings:
     # the factor PV forecast's day-to-day part from the site's own clear/cloudy-day persistence
     # (cloud.forecast_pv_day; the backtest's --pv-persistence)
     pv_persistence: bool = False
+    # each day's PV on the site's ratio to its uploaded regional day-ahead PV forecast (cloud/pv_index_store.py;
+    # the backtest's --pv-index): used where a site uploads one
+    pv_index: bool = True
     # the profile load forecast scaled by the site's own day-level persistence (cloud.forecast_load
     # .forecast_load_house; the backtest's --load-day-level, default on there too)
     load_day_level: bool = True
@@ -114,6 +117,7 @@ class PlannerSettings:
             price_forecast=self.price_forecast,
             execution=Execution(self.execution),
             pv_persistence=self.pv_persistence,
+            pv_index=self.pv_index,
             scenarios=self.scenarios,
             load_reserve=self.load_reserve,
             fine_hours=self.fine_hours,

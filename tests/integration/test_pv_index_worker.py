@@ -8,6 +8,7 @@ nothing stored."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -76,6 +77,8 @@ async def test_each_day_is_planned_on_the_sites_ratio_to_the_regions_forecast(db
     n_dark, n_bright = (np.asarray(r)[:80] for r in none.pv_spread)
     assert (n_dark < 0.9).any() and (n_bright > 1.1).any()
     assert dark.problem.pv_kw != bright.problem.pv_kw
+    ignored = await prepare(db, "dark", T0, replace(RISK, pv_index=False))  # `zapcloud serve --no-pv-index`
+    assert np.array_equal(ignored.pv_forecast, none.pv_forecast)
 
 
 async def test_nothing_uploaded_after_the_plans_start_is_read(db: Database) -> None:

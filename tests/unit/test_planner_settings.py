@@ -58,6 +58,13 @@ def test_the_risk_flags_reach_the_planner() -> None:
     assert off.for_site(decode_assets({**BASE, "planning": {"load_reserve": True}})).load_reserve is True
 
 
+def test_the_pv_index_flag_reaches_the_planner() -> None:
+    """--pv-index (default) / --no-pv-index: whether a site's uploaded regional PV forecast is planned on."""
+    assert _planner_settings(build_parser().parse_args(["serve"])).options().pv_index is True
+    assert PlannerOptions().pv_index is True
+    assert _planner_settings(build_parser().parse_args(["serve", "--no-pv-index"])).options().pv_index is False
+
+
 def test_the_fine_hours_reach_the_planner() -> None:
     """--fine-hours: the hours at the 15-minute step before the far hours' hourly slots (cloud.plan_grid)."""
     assert _planner_settings(build_parser().parse_args(["serve"])).options().fine_hours == PlannerOptions().fine_hours

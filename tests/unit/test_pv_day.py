@@ -167,7 +167,8 @@ def test_the_planner_worker_plans_on_the_same_outlook() -> None:
     on, factor, _ = asyncio.run(
         _pv_forecast(None, "s", assets, series, now, horizon, now, PlannerOptions(pv_persistence=True))  # type: ignore[arg-type]
     )
-    off, _, _ = asyncio.run(_pv_forecast(None, "s", assets, series, now, horizon, now, PlannerOptions()))  # type: ignore[arg-type]
+    no_index = PlannerOptions(pv_index=False)  # no database here: no regional forecast to look for
+    off, _, _ = asyncio.run(_pv_forecast(None, "s", assets, series, now, horizon, now, no_index))  # type: ignore[arg-type]
     today = int((solar_day_start(now, loc.lon) - history) // STEP)
     sky_all = clear_sky_cached(loc, arrays, history, STEP, n + horizon).pv_kw
     past = 14 * 96
