@@ -165,7 +165,7 @@ class Traces:
     load_kw: FloatArray
     pv_kw: FloatArray
     pv_forecast_kw: FloatArray | None = None  # an external PV forecast, NaN where it has no value
-    pv_index: FloatArray | None = None  # a regional day-ahead PV forecast (`with_pv_index`), NaN where it has none
+    pv_index: FloatArray | None = None  # a regional day-ahead PV forecast (`read_pv_index`), NaN where it has none
 
     @property
     def n(self) -> int:
@@ -962,15 +962,11 @@ class Planner:
         lo = max(0, k - round(NOWCAST_RECENT_H / self.tr.dt_h))  # the last hours' PV against their forecast
         at = k - self.shape_origin
         self.index_pairs = None
-        if not cfg.pv_persistence and self.tr.pv_index is not None:
+        if not cfg.pv_persistence:  # the mean day, or each day's level from a regional forecast (1 without one)
             levels = self._index_levels(k, horizon)
             recent = forecast_pv(self.sky[lo:k], self.factor) * levels[0]
             pv = forecast_pv(self.sky[k : k + horizon], self.factor) * levels[1:]
             self.pv_levels = levels[1:]
-        elif not cfg.pv_persistence:
-            recent = forecast_pv(self.sky[lo:k], self.factor)
-            pv = forecast_pv(self.sky[k : k + horizon], self.factor)
-            self.pv_levels = np.ones(horizon)
         else:  # today so far and the days after it: m + rho^j x today's deviation (cloud.forecast_pv_day)
             days = round(cfg.pv_persistence_days)
             first = max(0, today - days * spd)  # the planner worker's call, on the trace's days

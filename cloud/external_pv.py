@@ -16,6 +16,7 @@ from typing import Final
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import select
 
 from cloud.db import Database, forecasts
@@ -89,14 +90,15 @@ async def store_series(
     return len(quarters)
 
 
-def place(out: FloatArray, start: datetime, first: datetime, values: list[float]) -> None:
+def place(out: FloatArray, start: datetime, first: datetime, values: npt.ArrayLike) -> None:
     """Write a stored row's 15-minute `values` from `first` on onto `out`, the slots from `start` on (what
     falls outside is dropped; SQLite gives naive UTC times)."""
     first = first.replace(tzinfo=UTC) if first.tzinfo is None else first
+    row = np.asarray(values, dtype=np.float64)
     offset = int((first - start) // STEP)
-    lo, hi = max(0, offset), min(len(out), offset + len(values))
+    lo, hi = max(0, offset), min(len(out), offset + len(row))
     if lo < hi:
-        out[lo:hi] = np.asarray(values, dtype=np.float64)[lo - offset : hi - offset]
+        out[lo:hi] = row[lo - offset : hi - offset]
 
 
 async def put_external_pv(db: Database, site_id: str, up: PvUpload, now: datetime) -> int:

@@ -46,7 +46,7 @@ from cloud.execution import (
     slot_mode,
 )
 from cloud.external_pv import KIND as EXTERNAL_PV
-from cloud.external_pv import external_pv_on_grid
+from cloud.external_pv import external_pv_on_grid, place
 from cloud.forecast import (
     NOWCAST_RECENT_H,
     FloatArray,
@@ -537,11 +537,8 @@ async def _pv_index_levels(
         return None
     sky = await asyncio.to_thread(clear_sky_cached, location, assets.pv_arrays(), first, STEP, n)
     now_slot = int((start - first) // STEP)
-    measured = np.full(now_slot, np.nan)
-    offset = int((series.start - first) // STEP)  # the series may start after the first day (a new site)
-    lo, hi = max(0, offset), min(now_slot, offset + len(series.pv_kw))
-    if lo < hi:
-        measured[lo:hi] = series.pv_kw[lo - offset : hi - offset]
+    measured = np.full(now_slot, np.nan)  # the series may start after the first day (a new site)
+    place(measured, first, series.start, series.pv_kw)
     days = index_days(measured, sky.pv_kw, index, SLOTS_PER_DAY, assets.pv_kwp)
     outlook = index_outlook(days, PV_INDEX_HISTORY_DAYS)
     slots = np.arange(now_slot - 1, now_slot + horizon)
